@@ -1,0 +1,13 @@
+//! Shared between the XDP program (lb-ebpf) and the controller (lb-userspace).
+//!
+//! Everything here is `no_std`, `#[repr(C)]`, made of fixed-width integers with
+//! explicit padding, and checked for size at compile time: a map value's layout
+//! is a contract between two compilers.
+#![no_std]
+
+pub mod hash;
+pub mod maps;
+pub mod stats;
+pub mod types;
+
+pub use types::*;

@@ -1,0 +1,5 @@
+//! xlb's controller as a library: the `xlb` binary is a thin CLI over it, and
+//! the integration tests drive the same code.
+
+pub mod config;
+pub mod maglev;
