@@ -78,9 +78,8 @@ pub struct GlobalConfig {
     pub hash_seed: u32,
     /// `LAYOUT_VERSION` of the controller that wrote the maps.
     pub layout_version: u32,
-    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<GlobalConfig>() == 24);
+const _: () = assert!(size_of::<GlobalConfig>() == 16);
 
 /// Bumped whenever a map's key or value layout changes.
 pub const LAYOUT_VERSION: u32 = 1;

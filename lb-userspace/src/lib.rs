@@ -2,4 +2,7 @@
 //! the integration tests drive the same code.
 
 pub mod config;
+pub mod dataplane;
 pub mod maglev;
+pub mod simulate;
+pub mod state;

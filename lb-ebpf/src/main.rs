@@ -1,0 +1,90 @@
+//! xlb's balancer: an XDP program that sends each packet for a VIP to the
+//! backend its Maglev table names. The entry point is a thin wrapper that
+//! counts what `balance` decided, in one place: parse -> lookup -> forward.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod lookup;
+mod maps;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::Counters;
+
+use crate::maps::{XLB_ACTION_STATS, XLB_BACKEND_STATS, XLB_DROP_STATS, XLB_VIP_STATS};
+
+/// What `balance` decided, with what the counters need.
+enum Verdict {
+    /// Not for a VIP, or not something we balance: the host's stack takes it.
+    Pass,
+    /// Sent to a backend.
+    Tx { vip_id: u32, backend_id: u32 },
+    /// For a VIP, but nowhere to send it.
+    Drop { vip_id: u32, reason: u32 },
+}
+
+#[xdp]
+pub fn xlb_balancer(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (action, vip_id) = match balance(&ctx) {
+        Verdict::Pass => (xdp_action::XDP_PASS, None),
+        Verdict::Tx { vip_id, backend_id } => {
+            count(&XLB_BACKEND_STATS, backend_id, bytes);
+            (xdp_action::XDP_TX, Some(vip_id))
+        }
+        Verdict::Drop { vip_id, reason } => {
+            count(&XLB_DROP_STATS, reason, bytes);
+            (xdp_action::XDP_DROP, Some(vip_id))
+        }
+    };
+    if let Some(vip_id) = vip_id {
+        count(&XLB_VIP_STATS, vip_id, bytes);
+    }
+    count(&XLB_ACTION_STATS, action, bytes);
+    action
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> Verdict {
+    let Some(mut parsed) = parse::parse(ctx) else {
+        return Verdict::Pass;
+    };
+    let Some(meta) = lookup::vip(&mut parsed) else {
+        return Verdict::Pass;
+    };
+    let vip_id = meta.vip_id;
+    match lookup::backend(&parsed, &meta) {
+        Ok(choice) => match forward::l2_dsr(ctx, &choice) {
+            Some(()) => Verdict::Tx { vip_id, backend_id: choice.backend_id },
+            // Cannot happen (the Ethernet header was read already), but the
+            // verifier wants the check, and a frame we could not rewrite is
+            // one we must not send.
+            None => Verdict::Drop { vip_id, reason: lb_common::stats::DROP_NO_BACKEND },
+        },
+        Err(reason) => Verdict::Drop { vip_id, reason },
+    }
+}
+
+/// Add one packet of `bytes` to this CPU's slot `index` of a counter map.
+#[inline(always)]
+fn count<const N: usize>(map: &aya_ebpf::btf_maps::PerCpuArray<Counters, N>, index: u32, bytes: u64) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot: no other CPU writes it, and XDP runs with
+        // preemption disabled, so plain adds are race-free.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,54 @@
+//! The balancer's maps. Names and sizes come from lb_common::maps; the
+//! `#[btf_map]` statics must carry those names, and a test checks the built
+//! object against lb_common::maps::ALL.
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    Backend, Counters, GlobalConfig, VipKey, VipMeta,
+    maps::{BPF_F_INNER_MAP, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS, MAX_VIPS},
+    stats::{ACTION_COUNT, DROP_REASON_COUNT},
+};
+
+/// (address, port, protocol) -> VIP id and table size; written by the controller.
+#[btf_map]
+pub static XLB_VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new();
+
+/// vip_id -> that VIP's Maglev table (slot -> backend id). The controller
+/// builds a new inner array aside and swaps it in with one update, so a packet
+/// sees either the old table or the new one, never a mix. BPF_F_INNER_MAP lets
+/// each VIP's table have its own (prime) size.
+#[btf_map]
+pub static XLB_MAGLEV_TABLES: ArrayOfMaps<
+    Array<u32, { MAGLEV_TEMPLATE_SIZE as usize }, { BPF_F_INNER_MAP as usize }>,
+    { MAX_VIPS as usize },
+> = ArrayOfMaps::new();
+
+/// backend id -> where to send the frame.
+#[btf_map]
+pub static XLB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// Per-CPU packets and bytes per VIP.
+#[btf_map]
+pub static XLB_VIP_STATS: PerCpuArray<Counters, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+/// Per-CPU packets and bytes per backend.
+#[btf_map]
+pub static XLB_BACKEND_STATS: PerCpuArray<Counters, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+
+/// Per-CPU packets and bytes per XDP action.
+#[btf_map]
+pub static XLB_ACTION_STATS: PerCpuArray<Counters, { ACTION_COUNT as usize }> =
+    PerCpuArray::new();
+
+/// Per-CPU packets and bytes per drop reason.
+#[btf_map]
+pub static XLB_DROP_STATS: PerCpuArray<Counters, { DROP_REASON_COUNT as usize }> =
+    PerCpuArray::new();
+
+/// Host-wide settings: the interface MAC and the hash seed.
+#[btf_map]
+pub static XLB_CONFIG: Array<GlobalConfig, 1> = Array::new();

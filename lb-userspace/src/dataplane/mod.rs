@@ -1,0 +1,12 @@
+//! The only module that touches BPF maps and programs.
+//!
+//! - `loader`: the embedded objects, loading and attaching;
+//! - `writer`: turning a `state::Desired` into map updates, atomically per VIP;
+//! - `reader`: counters, summed over CPUs.
+
+mod loader;
+mod reader;
+mod writer;
+
+pub use loader::{Dataplane, DataplaneError, aux_object, balancer_object};
+pub use reader::CounterSnapshot;

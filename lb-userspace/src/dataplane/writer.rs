@@ -1,0 +1,93 @@
+//! Writing a `Desired` state into the maps, in the order that keeps every
+//! packet consistent:
+//!
+//! 1. host config (interface MAC, hash seed);
+//! 2. entries and zeroed counters of new backend ids (no table names them yet);
+//! 3. each changed table, filled in a fresh inner map, then swapped in with one
+//!    update of the outer map;
+//! 4. VIP entries (a new VIP becomes visible only once its table is there);
+//! 5. VIP entries that are gone are removed.
+//!
+//! Old backend entries are left as they are: a packet that read the old table
+//! just before the swap may still be reading them.
+
+use aya::maps::{Array, MapData, PerCpuValues};
+use lb_common::{Counters, GlobalConfig, LAYOUT_VERSION, maps};
+
+use super::{Dataplane, DataplaneError, loader::map_err};
+use crate::state::{Allocation, Desired, DesiredVip, kernel_backend};
+
+impl Dataplane {
+    pub fn write_global(&mut self, iface_mac: [u8; 6], hash_seed: u32) -> Result<(), DataplaneError> {
+        let cfg = GlobalConfig { iface_mac, _pad: [0; 2], hash_seed, layout_version: LAYOUT_VERSION };
+        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    fn zero_counters(map: &mut aya::maps::PerCpuArray<MapData, Counters>, name: &'static str, index: u32) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map { name, source: aya::maps::MapError::IoError(e) })?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DataplaneError::Map {
+            name,
+            source: aya::maps::MapError::IoError(e),
+        })?;
+        map.set(index, zeros, 0).map_err(map_err(name))
+    }
+
+    /// Build `slots` into a fresh inner array and swap it in for `vip_id`.
+    pub fn install_table(&mut self, vip_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let name = maps::MAGLEV_TABLES;
+        let mut inner: Array<MapData, u32> =
+            Array::create(slots.len() as u32, maps::BPF_F_INNER_MAP).map_err(map_err(name))?;
+        for (i, id) in slots.iter().enumerate() {
+            inner.set(i as u32, id, 0).map_err(map_err(name))?;
+        }
+        // The swap: one update of the outer map. The kernel frees the old
+        // inner map once no program can still hold it (RCU).
+        self.tables.set(vip_id, &inner, 0).map_err(map_err(name))
+    }
+
+    fn write_vip(&mut self, vip: &DesiredVip, previous: Option<&DesiredVip>) -> Result<(), DataplaneError> {
+        let table_changed = previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots);
+        if table_changed {
+            self.install_table(vip.id, &vip.slots)?;
+        }
+        if previous.is_none_or(|p| p.key != vip.key || p.meta != vip.meta) {
+            self.vips.insert(vip.key, vip.meta, 0).map_err(map_err(maps::VIPS))?;
+        }
+        Ok(())
+    }
+
+    /// Make the maps hold `desired`. `previous` is what they hold now (None on
+    /// a fresh load).
+    pub fn apply(&mut self, iface_mac: [u8; 6], desired: &Desired, previous: Option<&Desired>) -> Result<(), DataplaneError> {
+        let empty = Allocation::default();
+        let prev_alloc = previous.map_or(&empty, |p| &p.allocation);
+        self.write_global(iface_mac, desired.config.hash_seed)?;
+
+        let new_backend_ids = desired.new_backend_ids(prev_alloc);
+        for vip in &desired.vips {
+            for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+                if new_backend_ids.contains(&id) {
+                    Self::zero_counters(&mut self.backend_stats, maps::BACKEND_STATS, id)?;
+                    self.backends.set(id, kernel_backend(b), 0).map_err(map_err(maps::BACKENDS))?;
+                }
+            }
+        }
+        let new_vip_ids = desired.new_vip_ids(prev_alloc);
+        for vip in &desired.vips {
+            if new_vip_ids.contains(&vip.id) {
+                Self::zero_counters(&mut self.vip_stats, maps::VIP_STATS, vip.id)?;
+            }
+            // VIPs are identified by name across applies.
+            let prev = previous.and_then(|p| p.vips.iter().find(|v| v.config.name == vip.config.name));
+            self.write_vip(vip, prev)?;
+        }
+        if let Some(previous) = previous {
+            for old in &previous.vips {
+                if !desired.vips.iter().any(|v| v.key == old.key) {
+                    self.vips.remove(&old.key).map_err(map_err(maps::VIPS))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Frame building for fixtures (filled in by the packet tests).
