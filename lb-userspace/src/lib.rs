@@ -1,8 +1,18 @@
 //! xlb's controller as a library: the `xlb` binary is a thin CLI over it, and
 //! the integration tests drive the same code.
+//!
+//! Pure logic (config, maglev, state, simulate, status) has no I/O; only
+//! `dataplane` touches BPF maps, and `daemon`/`api` do the socket I/O.
 
+pub mod api;
+pub mod caps;
+pub mod cli;
 pub mod config;
+pub mod controller;
+pub mod daemon;
 pub mod dataplane;
 pub mod maglev;
 pub mod simulate;
 pub mod state;
+pub mod status;
+pub mod table;

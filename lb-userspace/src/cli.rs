@@ -1,0 +1,179 @@
+//! The `xlb` command line: clap definitions and what each subcommand does.
+//! Exit codes (DESIGN.md): 0 ok, 1 refused by a safety check, 2 bad input
+//! (clap's usage errors too), 4 daemon or kernel failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::api::{self, ErrorKind, Request, Response};
+use crate::{config, daemon, status};
+
+#[derive(Parser, Debug)]
+#[command(name = "xlb", version, about = "xlb: an XDP layer-4 load balancer with Maglev hashing")]
+pub struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "XLB_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Native (driver) mode where the driver has it, else generic.
+    Auto,
+    /// Native XDP in the driver.
+    Native,
+    /// Generic XDP (after the stack allocated the skb; slower).
+    Skb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: attach to the config's interface, apply, serve the API.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        xdp_mode: Mode,
+    },
+    /// Check a config file offline; nothing is applied.
+    Validate { file: PathBuf },
+    /// Apply a config file to the running daemon (all or nothing).
+    Apply { file: PathBuf },
+    /// Per VIP and backend: weights, expected, table and observed shares, counters.
+    Status,
+}
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn bad_input(message: impl ToString) -> Self {
+        Self { code: 2, message: message.to_string() }
+    }
+    fn internal(message: impl ToString) -> Self {
+        Self { code: 4, message: message.to_string() }
+    }
+}
+
+impl From<api::ClientError> for Failure {
+    fn from(e: api::ClientError) -> Self {
+        Failure::internal(e)
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+}
+
+fn from_api_error(e: api::ApiError) -> Failure {
+    match e.kind {
+        ErrorKind::BadInput => Failure::bad_input(e.message),
+        ErrorKind::Internal => Failure::internal(e.message),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run { config: file, xdp_mode } => {
+            let missing = crate::caps::missing();
+            if !missing.is_empty() {
+                let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+                return Err(Failure::internal(format!(
+                    "xlb run needs {} (missing from this process's effective capabilities)",
+                    names.join(" and ")
+                )));
+            }
+            let config = config::load(&file).map_err(Failure::bad_input)?;
+            let mode = match xdp_mode {
+                Mode::Auto => aya::programs::XdpMode::Default,
+                Mode::Native => aya::programs::XdpMode::Driver,
+                Mode::Skb => aya::programs::XdpMode::Skb,
+            };
+            daemon::run(daemon::RunOptions {
+                config,
+                config_file: file.display().to_string(),
+                socket: cli.socket,
+                mode,
+            })
+            .map_err(|e| Failure::internal(format!("{e:#}")))
+        }
+        Command::Validate { file } => {
+            let config = config::load(&file).map_err(Failure::bad_input)?;
+            let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
+            if cli.output == Output::Json {
+                print_json(&serde_json::json!({
+                    "schema_version": status::SCHEMA_VERSION,
+                    "file": file.display().to_string(),
+                    "valid": true,
+                    "vips": config.vips.len(),
+                    "backends": backends,
+                }));
+            } else {
+                println!("{}: valid ({} VIPs, {} backends)", file.display(), config.vips.len(), backends);
+            }
+            Ok(())
+        }
+        Command::Apply { file } => {
+            // Validate here first: a bad file is refused without a daemon.
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
+            let name = file.display().to_string();
+            config::parse(&text, &name).map_err(Failure::bad_input)?;
+            match api::call(&cli.socket, &Request::Apply { file: name.clone(), text })? {
+                Response::Applied { revision } => {
+                    if cli.output == Output::Json {
+                        print_json(&serde_json::json!({
+                            "schema_version": status::SCHEMA_VERSION, "file": name, "revision": revision,
+                        }));
+                    } else {
+                        println!("applied {name} as revision {revision}");
+                    }
+                    Ok(())
+                }
+                Response::Error(e) => Err(from_api_error(e)),
+                other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+            }
+        }
+        Command::Status => match api::call(&cli.socket, &Request::Status)? {
+            Response::Status(s) => {
+                match cli.output {
+                    Output::Json => print_json(&s),
+                    Output::Table => print!("{}", status::render_table(&s, false)),
+                    Output::Wide => print!("{}", status::render_table(&s, true)),
+                }
+                Ok(())
+            }
+            Response::Error(e) => Err(from_api_error(e)),
+            other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        },
+    }
+}
+
+/// The binary's entry: parse, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("xlb: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

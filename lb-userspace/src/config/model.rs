@@ -1,0 +1,414 @@
+//! The config file's shape: which keys exist, which are required, and the
+//! type of each value. `RawConfig::read` walks the parsed TOML document and
+//! keeps every value with its byte span, so `validate` can point at it.
+//!
+//! Problems found here (unknown key, missing field, wrong type) are recorded
+//! and reading goes on, so that one run reports everything wrong in a file.
+//! A field that is missing or of the wrong type is `None` in the raw model;
+//! its problem has already been recorded, and `validate` skips it.
+
+use std::ops::Range;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// A value and where it is in the file (byte range).
+#[derive(Clone, Debug)]
+pub(super) struct Sp<T> {
+    pub value: T,
+    pub span: Range<usize>,
+}
+
+/// A problem, located by byte offset; `validate` turns the offset into a line
+/// and a column.
+#[derive(Clone, Debug)]
+pub(super) struct Issue {
+    pub offset: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Issues(pub Vec<Issue>);
+
+impl Issues {
+    pub fn push(
+        &mut self,
+        span: &Range<usize>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.0.push(Issue {
+            offset: span.start,
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Keys of the top level, of a `[[vip]]` and of a `[[vip.backend]]`, in the
+/// order the error message lists them.
+pub(super) const ROOT_KEYS: &[&str] = &["interface", "hash_seed", "vip"];
+pub(super) const VIP_KEYS: &[&str] = &[
+    "name",
+    "address",
+    "port",
+    "protocol",
+    "table_size",
+    "backend",
+];
+pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state"];
+
+#[derive(Debug)]
+pub(super) struct RawConfig {
+    pub interface: Option<Sp<String>>,
+    pub hash_seed: Option<Sp<i128>>,
+    pub vips: Vec<RawVip>,
+}
+
+#[derive(Debug)]
+pub(super) struct RawVip {
+    /// `vip[3]`
+    pub path: String,
+    /// The `[[vip]]` header (or the inline table).
+    pub span: Range<usize>,
+    pub name: Option<Sp<String>>,
+    pub address: Option<Sp<String>>,
+    pub port: Option<Sp<i128>>,
+    pub protocol: Option<Sp<String>>,
+    pub table_size: Option<Sp<i128>>,
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug)]
+pub(super) struct RawBackend {
+    /// `vip[3].backend[0]`
+    pub path: String,
+    /// The `[[vip.backend]]` header (or the inline table).
+    pub span: Range<usize>,
+    pub name: Option<Sp<String>>,
+    pub address: Option<Sp<String>>,
+    pub mac: Option<Sp<String>>,
+    pub weight: Option<Sp<i128>>,
+    pub state: Option<Sp<String>>,
+}
+
+impl RawConfig {
+    /// Read the parsed document into the raw model, recording shape problems.
+    pub fn read(doc: &Spanned<DeTable<'_>>, issues: &mut Issues) -> RawConfig {
+        let root = Table {
+            table: doc.get_ref(),
+            span: doc.span(),
+            path: String::new(),
+        };
+        root.check_keys(ROOT_KEYS, None, issues);
+        let interface = root.string("interface", true, issues);
+        let hash_seed = root.integer("hash_seed", false, issues);
+        let vips = root
+            .tables("vip", "[[vip]]", issues)
+            .into_iter()
+            .map(|vip| RawVip::read(&vip, issues))
+            .collect();
+        RawConfig {
+            interface,
+            hash_seed,
+            vips,
+        }
+    }
+}
+
+impl RawVip {
+    fn read(t: &Table<'_, '_>, issues: &mut Issues) -> RawVip {
+        t.check_keys(
+            VIP_KEYS,
+            Some((
+                ROOT_KEYS,
+                "is a top-level key: move it above the first [[vip]]",
+            )),
+            issues,
+        );
+        RawVip {
+            path: t.path.clone(),
+            span: t.span.clone(),
+            name: t.string("name", true, issues),
+            address: t.string("address", true, issues),
+            port: t.integer("port", true, issues),
+            protocol: t.string("protocol", true, issues),
+            table_size: t.integer("table_size", false, issues),
+            backends: t
+                .tables("backend", "[[vip.backend]]", issues)
+                .into_iter()
+                .map(|b| RawBackend::read(&b, issues))
+                .collect(),
+        }
+    }
+}
+
+impl RawBackend {
+    fn read(t: &Table<'_, '_>, issues: &mut Issues) -> RawBackend {
+        t.check_keys(
+            BACKEND_KEYS,
+            Some((
+                VIP_KEYS,
+                "is a VIP key: move it above the VIP's first [[vip.backend]]",
+            )),
+            issues,
+        );
+        RawBackend {
+            path: t.path.clone(),
+            span: t.span.clone(),
+            name: t.string("name", true, issues),
+            address: t.string("address", true, issues),
+            mac: t.string("mac", true, issues),
+            weight: t.integer("weight", false, issues),
+            state: t.string("state", false, issues),
+        }
+    }
+}
+
+/// A TOML table being read, with its span and its field path.
+struct Table<'a, 'i> {
+    table: &'a DeTable<'i>,
+    span: Range<usize>,
+    /// `""` for the top level, `vip[0]`, `vip[0].backend[1]`.
+    path: String,
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    fn field(&self, key: &str) -> String {
+        field_path(&self.path, key)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Every key must be one of `allowed`; a typo gets a suggestion, and a
+    /// key of the enclosing level (`outer`) a hint about TOML's sections: a
+    /// key written after a `[[vip]]` header belongs to that VIP.
+    fn check_keys(&self, allowed: &[&str], outer: Option<(&[&str], &str)>, issues: &mut Issues) {
+        for (key, _) in self.table.iter() {
+            let key_str: &str = key.get_ref().as_ref();
+            if allowed.contains(&key_str) {
+                continue;
+            }
+            let mut reason = format!(
+                "unknown field {key_str:?}, expected one of: {}",
+                allowed.join(", ")
+            );
+            if let Some((outer_keys, hint)) = outer
+                && outer_keys.contains(&key_str)
+            {
+                reason.push_str(&format!(" ({key_str:?} {hint})"));
+            } else if let Some(close) = closest(key_str, allowed) {
+                reason.push_str(&format!(" (did you mean {close:?}?)"));
+            }
+            issues.push(&key.span(), self.field(key_str), reason);
+        }
+    }
+
+    fn missing(&self, key: &str, issues: &mut Issues) {
+        issues.push(&self.span, self.field(key), "required field is missing");
+    }
+
+    fn string(&self, key: &str, required: bool, issues: &mut Issues) -> Option<Sp<String>> {
+        let Some(v) = self.get(key) else {
+            if required {
+                self.missing(key, issues);
+            }
+            return None;
+        };
+        match v.get_ref() {
+            DeValue::String(s) => Some(Sp {
+                value: s.to_string(),
+                span: v.span(),
+            }),
+            other => {
+                let mut reason = format!("expected a string, found {}", describe(other));
+                if matches!(
+                    other,
+                    DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_)
+                ) {
+                    reason.push_str("; put the value in double quotes");
+                }
+                issues.push(&v.span(), self.field(key), reason);
+                None
+            }
+        }
+    }
+
+    fn integer(&self, key: &str, required: bool, issues: &mut Issues) -> Option<Sp<i128>> {
+        let Some(v) = self.get(key) else {
+            if required {
+                self.missing(key, issues);
+            }
+            return None;
+        };
+        match v.get_ref() {
+            DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(Sp {
+                    value: n,
+                    span: v.span(),
+                }),
+                Err(_) => {
+                    issues.push(
+                        &v.span(),
+                        self.field(key),
+                        format!("integer {i} is out of range"),
+                    );
+                    None
+                }
+            },
+            other => {
+                let mut reason = format!("expected an integer, found {}", describe(other));
+                if let DeValue::String(s) = other
+                    && s.trim().parse::<i128>().is_ok()
+                {
+                    reason.push_str(&format!("; write {key} = {} without quotes", s.trim()));
+                }
+                issues.push(&v.span(), self.field(key), reason);
+                None
+            }
+        }
+    }
+
+    /// An array of tables (`[[key]]` sections, or an inline array of inline
+    /// tables). Absent means none.
+    fn tables(&self, key: &str, syntax: &str, issues: &mut Issues) -> Vec<Table<'a, 'i>> {
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
+        let field = self.field(key);
+        let DeValue::Array(items) = v.get_ref() else {
+            issues.push(
+                &v.span(),
+                field,
+                format!(
+                    "expected an array of tables (write each entry as a {syntax} section), found {}",
+                    describe(v.get_ref())
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{field}[{i}]");
+            match item.get_ref() {
+                DeValue::Table(table) => out.push(Table {
+                    table,
+                    span: item.span(),
+                    path,
+                }),
+                other => issues.push(
+                    &item.span(),
+                    path,
+                    format!("expected a table, found {}", describe(other)),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// `vip[0]` + `port` → `vip[0].port`; a key that is not bare is quoted.
+pub(super) fn field_path(parent: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    };
+    if parent.is_empty() {
+        key
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// "a string (\"80\")", "an integer (8080)", "a table", ...
+fn describe(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => format!("a string ({s:?})"),
+        DeValue::Integer(i) => format!("an integer ({i})"),
+        DeValue::Float(f) => format!("a float ({f})"),
+        DeValue::Boolean(b) => format!("a boolean ({b})"),
+        DeValue::Datetime(d) => format!("a datetime ({d})"),
+        DeValue::Array(_) => "an array".to_string(),
+        DeValue::Table(_) => "a table".to_string(),
+    }
+}
+
+/// The allowed key closest to a misspelt one, if it is close enough to be
+/// the likely intent (Damerau-Levenshtein distance at most 2, and less than
+/// half its length).
+fn closest<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    let key = key.to_ascii_lowercase();
+    allowed
+        .iter()
+        .map(|a| (edit_distance(&key, a), *a))
+        .filter(|(d, a)| *d <= 2 && *d * 2 < a.len().max(key.len()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions
+/// and transpositions of adjacent characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let (n, m) = (a.len(), b.len());
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=m {
+        d[0][j] = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[n][m]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(closest("wieght", BACKEND_KEYS), Some("weight"));
+        assert_eq!(closest("Weight", BACKEND_KEYS), Some("weight"));
+        assert_eq!(closest("adress", BACKEND_KEYS), Some("address"));
+        assert_eq!(closest("tablesize", VIP_KEYS), Some("table_size"));
+        assert_eq!(closest("backends", VIP_KEYS), Some("backend"));
+        assert_eq!(closest("vips", ROOT_KEYS), Some("vip"));
+        assert_eq!(closest("health_check", VIP_KEYS), None);
+        assert_eq!(closest("x", BACKEND_KEYS), None);
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(field_path("", "interface"), "interface");
+        assert_eq!(field_path("vip[0]", "port"), "vip[0].port");
+        assert_eq!(field_path("vip[0]", "a b"), "vip[0].\"a b\"");
+    }
+}

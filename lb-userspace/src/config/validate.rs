@@ -1,0 +1,1003 @@
+//! From config text to a validated `Config`, or every problem in the file.
+//!
+//! Three steps: TOML syntax (`toml`'s parser, one problem at the first
+//! syntax error), shape (`model`: known keys, required fields, value types)
+//! and rules (here: value ranges and formats, uniqueness, limits). Shape and
+//! rule problems are all collected; any problem means no `Config` at all.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::IpAddr;
+use std::ops::Range;
+
+use lb_common::maps::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
+use toml::de::DeTable;
+
+use super::error::{ConfigError, Problem};
+use super::model::{Issues, RawBackend, RawConfig, RawVip, Sp, field_path};
+use super::types::{Backend, BackendState, Config, MacAddr, Protocol, Vip};
+use crate::maglev::is_prime;
+
+/// Largest backend weight.
+const MAX_WEIGHT: u32 = 10_000;
+/// Smallest Maglev table.
+const MIN_TABLE_SIZE: u32 = 101;
+/// A VIP's table has at least this many slots per backend, so that Maglev
+/// can follow the weights closely (its imbalance shrinks as slots/backend
+/// grows).
+const SLOTS_PER_BACKEND: u64 = 100;
+/// Longest VIP or backend name.
+const MAX_NAME_LEN: usize = 63;
+/// Linux's IFNAMSIZ less the NUL.
+const MAX_IFNAME_LEN: usize = 15;
+
+pub(super) fn parse_and_validate(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let lines = LineIndex::new(text);
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = lines.position(offset);
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems: vec![Problem {
+                    line,
+                    column,
+                    field: "toml".to_string(),
+                    reason: syntax_reason(text, &e),
+                }],
+            });
+        }
+    };
+    let mut issues = Issues::default();
+    let raw = RawConfig::read(&doc, &mut issues);
+    let config = Checker {
+        issues: &mut issues,
+        lines: &lines,
+    }
+    .config(&raw);
+    match config {
+        Some(config) if issues.is_empty() => Ok(config),
+        _ => {
+            if issues.is_empty() {
+                // Every path that drops a value records why; this is a bug.
+                issues.push(
+                    &(0..0),
+                    "toml",
+                    "internal error: config rejected without a reason",
+                );
+            }
+            let mut issues = issues.0;
+            // File order; problems at the same place keep the order found.
+            issues.sort_by_key(|i| i.offset);
+            let problems = issues
+                .into_iter()
+                .map(|i| {
+                    let (line, column) = lines.position(i.offset);
+                    Problem {
+                        line,
+                        column,
+                        field: i.field,
+                        reason: i.reason,
+                    }
+                })
+                .collect();
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems,
+            })
+        }
+    }
+}
+
+/// `toml`'s message, on one line; a duplicate key names the key.
+fn syntax_reason(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let message = if message.is_empty() {
+        "invalid TOML".to_string()
+    } else {
+        message
+    };
+    let key = e
+        .span()
+        .and_then(|s| text.get(s))
+        .filter(|k| !k.is_empty() && !k.contains('\n'));
+    match key {
+        Some(key) if message == "duplicate key" => {
+            format!("duplicate key {key:?} (each key may appear once per table)")
+        }
+        _ => message,
+    }
+}
+
+/// Byte offset → 1-based line and column (in characters).
+struct LineIndex<'t> {
+    text: &'t str,
+    /// Byte offset of each line's start.
+    starts: Vec<usize>,
+}
+
+impl<'t> LineIndex<'t> {
+    fn new(text: &'t str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, starts }
+    }
+
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        let column = self.text[start..offset].chars().count() + 1;
+        (line, column)
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.position(offset).0
+    }
+}
+
+struct Checker<'a, 't> {
+    issues: &'a mut Issues,
+    lines: &'a LineIndex<'t>,
+}
+
+/// Where a VIP endpoint or a name was first seen.
+struct First {
+    offset: usize,
+    what: String,
+}
+
+impl Checker<'_, '_> {
+    fn problem(
+        &mut self,
+        span: &Range<usize>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.issues.push(span, field, reason);
+    }
+
+    fn config(&mut self, raw: &RawConfig) -> Option<Config> {
+        let interface = raw.interface.as_ref().and_then(|i| self.interface(i));
+        let hash_seed = match &raw.hash_seed {
+            None => Some(0),
+            Some(seed) => self
+                .in_range(seed, "hash_seed", 0, u32::MAX.into(), "")
+                .map(|s| s as u32),
+        };
+
+        if raw.vips.len() > MAX_VIPS as usize {
+            let extra = &raw.vips[MAX_VIPS as usize];
+            self.problem(
+                &extra.span,
+                extra.path.clone(),
+                format!(
+                    "too many VIPs: at most {MAX_VIPS} are supported, this file has {}",
+                    raw.vips.len()
+                ),
+            );
+        }
+        let total: usize = raw.vips.iter().map(|v| v.backends.len()).sum();
+        if total > MAX_BACKENDS as usize {
+            // Point at the first backend past the limit.
+            if let Some(extra) = raw
+                .vips
+                .iter()
+                .flat_map(|v| &v.backends)
+                .nth(MAX_BACKENDS as usize)
+            {
+                self.problem(
+                    &extra.span,
+                    extra.path.clone(),
+                    format!(
+                        "too many backends: at most {MAX_BACKENDS} in all VIPs together are \
+                         supported, this file has {total}"
+                    ),
+                );
+            }
+        }
+
+        let mut names: HashMap<String, First> = HashMap::new();
+        let mut endpoints: HashMap<(IpAddr, u16, Protocol), First> = HashMap::new();
+        let mut vips = Vec::with_capacity(raw.vips.len());
+        let mut all_ok = true;
+        for raw_vip in &raw.vips {
+            match self.vip(raw_vip, &mut names, &mut endpoints) {
+                Some(vip) => vips.push(vip),
+                None => all_ok = false,
+            }
+        }
+        Some(Config {
+            interface: interface?,
+            hash_seed: hash_seed?,
+            vips: if all_ok { vips } else { return None },
+        })
+    }
+
+    /// Linux's rules for an interface name (`dev_valid_name`).
+    fn interface(&mut self, v: &Sp<String>) -> Option<String> {
+        let name = &v.value;
+        let reason = if name.is_empty() {
+            "must not be empty: name the network interface to attach to, like \"eth0\"".to_string()
+        } else if name.len() > MAX_IFNAME_LEN {
+            format!(
+                "interface name {name:?} is {} bytes long; Linux allows at most {MAX_IFNAME_LEN}",
+                name.len()
+            )
+        } else if name == "." || name == ".." {
+            format!("{name:?} is not a valid interface name")
+        } else if let Some(c) = name
+            .chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+        {
+            format!(
+                "interface name {name:?} contains {c:?}; Linux interface names cannot contain '/', \
+                 ':', whitespace or control characters"
+            )
+        } else {
+            return Some(name.clone());
+        };
+        self.problem(&v.span, "interface", reason);
+        None
+    }
+
+    fn vip(
+        &mut self,
+        raw: &RawVip,
+        names: &mut HashMap<String, First>,
+        endpoints: &mut HashMap<(IpAddr, u16, Protocol), First>,
+    ) -> Option<Vip> {
+        let path = &raw.path;
+        let name = raw
+            .name
+            .as_ref()
+            .and_then(|n| self.name(n, &field_path(path, "name")));
+        if let (Some(name), Some(raw_name)) = (&name, &raw.name) {
+            self.unique(
+                names,
+                name.clone(),
+                raw_name,
+                &field_path(path, "name"),
+                format!("duplicate VIP name {name:?}"),
+            );
+        }
+        let address = raw
+            .address
+            .as_ref()
+            .and_then(|a| self.address(a, &field_path(path, "address"), true));
+        let port = raw.port.as_ref().and_then(|p| {
+            self.in_range(
+                p,
+                &field_path(path, "port"),
+                0,
+                65535,
+                " (0 means every port)",
+            )
+            .map(|p| p as u16)
+        });
+        let protocol = raw
+            .protocol
+            .as_ref()
+            .and_then(|p| self.protocol(p, &field_path(path, "protocol")));
+
+        if let (Some(address), Some(port), Some(protocol), Some(raw_address)) =
+            (address, port, protocol, &raw.address)
+        {
+            let vip = Vip {
+                name: String::new(),
+                address,
+                port,
+                protocol,
+                table_size: 0,
+                backends: Vec::new(),
+            };
+            let endpoint = vip.endpoint();
+            let label = match &name {
+                Some(n) => format!("VIP {n:?}"),
+                None => path.clone(),
+            };
+            match endpoints.entry((address, port, protocol)) {
+                Entry::Vacant(e) => {
+                    e.insert(First {
+                        offset: raw_address.span.start,
+                        what: label,
+                    });
+                }
+                Entry::Occupied(e) => {
+                    let first = e.get();
+                    let reason = format!(
+                        "{endpoint} is already used by {} (line {}); address, port and protocol \
+                         together must be unique across VIPs",
+                        first.what,
+                        self.lines.line(first.offset)
+                    );
+                    self.problem(&raw_address.span, field_path(path, "address"), reason);
+                }
+            }
+        }
+
+        let backends = self.backends(raw);
+        let table_size = self.table_size(raw);
+
+        Some(Vip {
+            name: name?,
+            address: address?,
+            port: port?,
+            protocol: protocol?,
+            table_size: table_size?,
+            backends: backends?,
+        })
+    }
+
+    fn backends(&mut self, vip: &RawVip) -> Option<Vec<Backend>> {
+        let mut names: HashMap<String, First> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, First> = HashMap::new();
+        let mut out = Vec::with_capacity(vip.backends.len());
+        let mut all_ok = true;
+        for raw in &vip.backends {
+            match self.backend(raw, &mut names, &mut addresses) {
+                Some(b) => out.push(b),
+                None => all_ok = false,
+            }
+        }
+        all_ok.then_some(out)
+    }
+
+    fn backend(
+        &mut self,
+        raw: &RawBackend,
+        names: &mut HashMap<String, First>,
+        addresses: &mut HashMap<IpAddr, First>,
+    ) -> Option<Backend> {
+        let path = &raw.path;
+        let name = raw
+            .name
+            .as_ref()
+            .and_then(|n| self.name(n, &field_path(path, "name")));
+        if let (Some(name), Some(raw_name)) = (&name, &raw.name) {
+            self.unique(
+                names,
+                name.clone(),
+                raw_name,
+                &field_path(path, "name"),
+                format!("duplicate backend name {name:?} in this VIP"),
+            );
+        }
+        let address = raw
+            .address
+            .as_ref()
+            .and_then(|a| self.address(a, &field_path(path, "address"), false));
+        if let (Some(address), Some(raw_address)) = (address, &raw.address) {
+            self.unique(
+                addresses,
+                address,
+                raw_address,
+                &field_path(path, "address"),
+                format!("duplicate backend address {address} in this VIP"),
+            );
+        }
+        let mac = raw
+            .mac
+            .as_ref()
+            .and_then(|m| self.mac(m, &field_path(path, "mac")));
+        let weight = match &raw.weight {
+            None => Some(1),
+            Some(w) => self.weight(w, &field_path(path, "weight")),
+        };
+        let state = match &raw.state {
+            None => Some(BackendState::Active),
+            Some(s) => self.state(s, &field_path(path, "state")),
+        };
+        Some(Backend {
+            name: name?,
+            address: address?,
+            mac: mac?,
+            weight: weight?,
+            state: state?,
+        })
+    }
+
+    /// Records a duplicate, naming the line of the first one.
+    fn unique<K: std::hash::Hash + Eq, T>(
+        &mut self,
+        seen: &mut HashMap<K, First>,
+        key: K,
+        at: &Sp<T>,
+        field: &str,
+        reason: String,
+    ) {
+        match seen.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert(First {
+                    offset: at.span.start,
+                    what: String::new(),
+                });
+            }
+            Entry::Occupied(e) => {
+                let line = self.lines.line(e.get().offset);
+                self.problem(&at.span, field, format!("{reason} (first at line {line})"));
+            }
+        }
+    }
+
+    /// VIP and backend names: metric labels and Maglev input.
+    fn name(&mut self, v: &Sp<String>, field: &str) -> Option<String> {
+        let name = &v.value;
+        let reason = if name.is_empty() {
+            "must not be empty".to_string()
+        } else if name.chars().count() > MAX_NAME_LEN {
+            format!(
+                "{name:?} is {} characters long; at most {MAX_NAME_LEN} are allowed",
+                name.chars().count()
+            )
+        } else if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            format!(
+                "{name:?} contains {c:?}; names may only contain letters A-Z and a-z, digits, \
+                 '_', '.' and '-'"
+            )
+        } else {
+            return Some(name.clone());
+        };
+        self.problem(&v.span, field, reason);
+        None
+    }
+
+    fn address(&mut self, v: &Sp<String>, field: &str, is_vip: bool) -> Option<IpAddr> {
+        let text = v.value.trim();
+        let address: IpAddr = match text.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                let hint = if text.parse::<std::net::SocketAddr>().is_ok() {
+                    if is_vip {
+                        "; give the port in `port`, not in the address"
+                    } else {
+                        "; a backend address has no port (the VIP's port is kept)"
+                    }
+                } else if text.contains('/') {
+                    "; give a single address, without a prefix length"
+                } else {
+                    ""
+                };
+                self.problem(
+                    &v.span,
+                    field,
+                    format!("{:?} is not an IPv4 or IPv6 address{hint}", v.value),
+                );
+                return None;
+            }
+        };
+        let what = if is_vip { "a VIP" } else { "a backend" };
+        let bad = if address.is_unspecified() {
+            Some("the unspecified address")
+        } else if address.is_multicast() {
+            Some("a multicast address")
+        } else if matches!(address, IpAddr::V4(a) if a.is_broadcast()) {
+            Some("the broadcast address")
+        } else {
+            None
+        };
+        if let Some(bad) = bad {
+            self.problem(
+                &v.span,
+                field,
+                format!("{address} is {bad}; {what} needs a unicast address"),
+            );
+            return None;
+        }
+        Some(address)
+    }
+
+    fn protocol(&mut self, v: &Sp<String>, field: &str) -> Option<Protocol> {
+        match v.value.as_str() {
+            "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            other => {
+                let hint = if matches!(other.to_ascii_lowercase().as_str(), "tcp" | "udp") {
+                    " (lowercase)"
+                } else {
+                    ""
+                };
+                self.problem(
+                    &v.span,
+                    field,
+                    format!("unsupported protocol {other:?}: must be \"tcp\" or \"udp\"{hint}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn table_size(&mut self, vip: &RawVip) -> Option<u32> {
+        let field = field_path(&vip.path, "table_size");
+        let backends = vip.backends.len() as u64;
+        let needed = backends * SLOTS_PER_BACKEND;
+        let (size, span) = match &vip.table_size {
+            None => {
+                if u64::from(DEFAULT_TABLE_SIZE) < needed {
+                    let reason = format!(
+                        "the default table_size {DEFAULT_TABLE_SIZE} is too small for {backends} \
+                         backends (at least {SLOTS_PER_BACKEND} slots per backend): {}",
+                        self.bigger_table_advice(needed)
+                    );
+                    self.problem(&vip.span, field, reason);
+                    return None;
+                }
+                return Some(DEFAULT_TABLE_SIZE);
+            }
+            Some(v) => (v.value, &v.span),
+        };
+        let range = format!(
+            "a prime between {MIN_TABLE_SIZE} and {MAX_TABLE_SIZE} (default {DEFAULT_TABLE_SIZE})"
+        );
+        if size < i128::from(MIN_TABLE_SIZE) {
+            self.problem(
+                span,
+                field,
+                format!("must be at least {MIN_TABLE_SIZE}: use {range}"),
+            );
+            return None;
+        }
+        if size > i128::from(MAX_TABLE_SIZE) {
+            self.problem(
+                span,
+                field,
+                format!(
+                    "must be at most {MAX_TABLE_SIZE}, the largest supported table: use {range}"
+                ),
+            );
+            return None;
+        }
+        let size = size as u32;
+        let mut ok = true;
+        if !is_prime(size) {
+            let suggestion = next_prime(size)
+                .filter(|p| *p <= MAX_TABLE_SIZE)
+                .unwrap_or(MAX_TABLE_SIZE);
+            self.problem(
+                span,
+                field.clone(),
+                format!("must be a prime number ({size} is not; {suggestion} is)"),
+            );
+            ok = false;
+        }
+        if u64::from(size) < needed {
+            let reason = format!(
+                "{size} is too small for {backends} backends (at least {SLOTS_PER_BACKEND} slots \
+                 per backend, {needed}): {}",
+                self.bigger_table_advice(needed)
+            );
+            self.problem(span, field, reason);
+            ok = false;
+        }
+        ok.then_some(size)
+    }
+
+    fn bigger_table_advice(&self, needed: u64) -> String {
+        match u32::try_from(needed).ok().and_then(next_prime) {
+            Some(p) if p <= MAX_TABLE_SIZE => {
+                format!("set table_size to a prime >= {needed}, such as {p}")
+            }
+            _ => format!(
+                "even the largest table ({MAX_TABLE_SIZE}) is too small; split the backends \
+                 across VIPs"
+            ),
+        }
+    }
+
+    fn weight(&mut self, v: &Sp<i128>, field: &str) -> Option<u32> {
+        if v.value < 1 {
+            self.problem(
+                &v.span,
+                field,
+                format!(
+                    "must be at least 1 (got {}); weight 0 is not a state: use state = \"disabled\" \
+                     to take a backend out, or state = \"draining\" to let its flows finish",
+                    v.value
+                ),
+            );
+            return None;
+        }
+        self.in_range(v, field, 1, MAX_WEIGHT.into(), "")
+            .map(|w| w as u32)
+    }
+
+    fn state(&mut self, v: &Sp<String>, field: &str) -> Option<BackendState> {
+        match v.value.as_str() {
+            "active" => Some(BackendState::Active),
+            "draining" => Some(BackendState::Draining),
+            "disabled" => Some(BackendState::Disabled),
+            other => {
+                self.problem(
+                    &v.span,
+                    field,
+                    format!(
+                        "unknown state {other:?}: must be one of \"active\", \"draining\", \
+                         \"disabled\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `02:00:00:00:00:11`: the backend's (or the next hop's) Ethernet address.
+    fn mac(&mut self, v: &Sp<String>, field: &str) -> Option<MacAddr> {
+        let Some(mac) = parse_mac(&v.value) else {
+            self.problem(
+                &v.span,
+                field,
+                format!(
+                    "{:?} is not a MAC address: expected six pairs of hex digits separated by ':', \
+                     like \"02:00:00:00:00:11\"",
+                    v.value
+                ),
+            );
+            return None;
+        };
+        let reason = if mac.0 == [0; 6] {
+            format!("{mac} is all zeros; give the backend's unicast MAC address")
+        } else if mac.0 == [0xff; 6] {
+            format!("{mac} is the broadcast address; give the backend's unicast MAC address")
+        } else if mac.0[0] & 1 == 1 {
+            format!(
+                "{mac} is a multicast address (bit 0 of the first octet is set); give the \
+                 backend's unicast MAC address"
+            )
+        } else {
+            return Some(mac);
+        };
+        self.problem(&v.span, field, reason);
+        None
+    }
+
+    /// An integer in `min..=max`; `note` follows the range in the message.
+    fn in_range(
+        &mut self,
+        v: &Sp<i128>,
+        field: &str,
+        min: i128,
+        max: i128,
+        note: &str,
+    ) -> Option<i128> {
+        if (min..=max).contains(&v.value) {
+            Some(v.value)
+        } else {
+            self.problem(
+                &v.span,
+                field,
+                format!("must be between {min} and {max}, got {}{note}", v.value),
+            );
+            None
+        }
+    }
+}
+
+fn parse_mac(text: &str) -> Option<MacAddr> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut out {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(MacAddr(out))
+}
+
+/// The smallest prime >= n, if it fits in a u32.
+fn next_prime(n: u32) -> Option<u32> {
+    (n.max(2)..=u32::MAX).find(|&p| is_prime(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+# comment
+interface = "eth0"
+hash_seed = 1
+
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 8080
+protocol = "tcp"
+table_size = 65537
+
+  [[vip.backend]]
+  name = "b1"
+  address = "198.18.0.11"
+  mac = "02:00:00:00:00:11"
+  weight = 1
+
+  [[vip.backend]]
+  name = "b2"
+  address = "198.18.0.12"
+  mac = "02:00:00:00:00:12"
+  state = "draining"
+
+  [[vip.backend]]
+  name = "b3"
+  address = "198.18.0.13"
+  mac = "02:AB:00:00:00:13"
+  weight = 2
+  state = "disabled"
+
+[[vip]]
+name = "dns6"
+address = "2001:db8:100::1"
+port = 0
+protocol = "udp"
+backend = [
+  { name = "z", address = "2001:db8::11", mac = "02:00:00:00:00:11" },
+  { name = "a", address = "2001:db8::12", mac = "02:00:00:00:00:12", weight = 10000 },
+]
+
+[[vip]]
+name = "empty"
+address = "198.18.100.2"
+port = 53
+protocol = "udp"
+table_size = 101
+"#;
+
+    fn backend(
+        name: &str,
+        address: &str,
+        mac: [u8; 6],
+        weight: u32,
+        state: BackendState,
+    ) -> Backend {
+        Backend {
+            name: name.into(),
+            address: address.parse().unwrap(),
+            mac: MacAddr(mac),
+            weight,
+            state,
+        }
+    }
+
+    #[test]
+    fn example_parses_with_defaults_in_file_order() {
+        let config = parse_and_validate(EXAMPLE, "x.toml").unwrap();
+        let expected = Config {
+            interface: "eth0".into(),
+            hash_seed: 1,
+            vips: vec![
+                Vip {
+                    name: "web".into(),
+                    address: "198.18.100.1".parse().unwrap(),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    table_size: 65537,
+                    backends: vec![
+                        backend(
+                            "b1",
+                            "198.18.0.11",
+                            [2, 0, 0, 0, 0, 0x11],
+                            1,
+                            BackendState::Active,
+                        ),
+                        backend(
+                            "b2",
+                            "198.18.0.12",
+                            [2, 0, 0, 0, 0, 0x12],
+                            1,
+                            BackendState::Draining,
+                        ),
+                        backend(
+                            "b3",
+                            "198.18.0.13",
+                            [2, 0xab, 0, 0, 0, 0x13],
+                            2,
+                            BackendState::Disabled,
+                        ),
+                    ],
+                },
+                Vip {
+                    name: "dns6".into(),
+                    address: "2001:db8:100::1".parse().unwrap(),
+                    port: 0,
+                    protocol: Protocol::Udp,
+                    table_size: DEFAULT_TABLE_SIZE,
+                    backends: vec![
+                        backend(
+                            "z",
+                            "2001:db8::11",
+                            [2, 0, 0, 0, 0, 0x11],
+                            1,
+                            BackendState::Active,
+                        ),
+                        backend(
+                            "a",
+                            "2001:db8::12",
+                            [2, 0, 0, 0, 0, 0x12],
+                            10000,
+                            BackendState::Active,
+                        ),
+                    ],
+                },
+                Vip {
+                    name: "empty".into(),
+                    address: "198.18.100.2".parse().unwrap(),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                    table_size: 101,
+                    backends: vec![],
+                },
+            ],
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn minimal_config_defaults() {
+        let config = parse_and_validate("interface = \"lo\"\n", "x.toml").unwrap();
+        assert_eq!(
+            config,
+            Config {
+                interface: "lo".into(),
+                hash_seed: 0,
+                vips: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn same_address_port_different_protocol_or_port_is_fine() {
+        let text = r#"
+interface = "eth0"
+hash_seed = 4294967295
+[[vip]]
+name = "a"
+address = "198.18.100.1"
+port = 53
+protocol = "tcp"
+[[vip]]
+name = "b"
+address = "198.18.100.1"
+port = 53
+protocol = "udp"
+[[vip]]
+name = "c"
+address = "198.18.100.1"
+port = 0
+protocol = "udp"
+"#;
+        let config = parse_and_validate(text, "x.toml").unwrap();
+        assert_eq!(config.vips.len(), 3);
+        assert_eq!(config.hash_seed, u32::MAX);
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse_and_validate(text, "f.toml") {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    fn vip_with_backends(n: usize, table_size: Option<u32>) -> String {
+        let mut text = String::from(
+            "interface = \"eth0\"\n[[vip]]\nname = \"v\"\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n",
+        );
+        if let Some(t) = table_size {
+            text.push_str(&format!("table_size = {t}\n"));
+        }
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[vip.backend]]\nname = \"b{i}\"\naddress = \"10.1.{}.{}\"\nmac = \"02:00:00:00:{:02x}:{:02x}\"\n",
+                i / 256,
+                i % 256,
+                i / 256,
+                i % 256
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn default_table_too_small_for_many_backends() {
+        let p = problems(&vip_with_backends(656, None));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "2:1: vip[0].table_size: the default table_size 65537 is too small for 656 backends"
+            ),
+            "{p:?}"
+        );
+        assert!(p[0].contains("such as 65609"), "{p:?}");
+        assert!(parse_and_validate(&vip_with_backends(655, None), "x").is_ok());
+        assert!(parse_and_validate(&vip_with_backends(656, Some(65609)), "x").is_ok());
+    }
+
+    #[test]
+    fn too_many_backends_and_vips() {
+        let mut text = String::from("interface = \"eth0\"\n");
+        for v in 0..=MAX_VIPS {
+            text.push_str(&format!(
+                "[[vip]]\nname = \"v{v}\"\naddress = \"10.0.{}.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+                v / 256,
+                v % 256
+            ));
+            for b in 0..17 {
+                text.push_str(&format!(
+                    "[[vip.backend]]\nname = \"b{b}\"\naddress = \"10.1.0.{b}\"\nmac = \"02:00:00:00:00:01\"\n"
+                ));
+            }
+        }
+        let p = problems(&text);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("vip[240].backend[16]: too many backends: at most 4096"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("vip[256]: too many VIPs: at most 256 are supported, this file has 257"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("02:00:00:00:00:11"),
+            Some(MacAddr([2, 0, 0, 0, 0, 0x11]))
+        );
+        assert_eq!(
+            parse_mac("aA:bb:cc:dd:ee:ff"),
+            Some(MacAddr([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]))
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:11:22",
+            "2:00:00:00:00:11",
+            "02-00-00-00-00-11",
+            "02:00:00:00:00:1g",
+            "+2:00:00:00:00:11",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn primes() {
+        assert_eq!(next_prime(65536), Some(65537));
+        assert_eq!(next_prime(100), Some(101));
+        assert_eq!(next_prime(MAX_TABLE_SIZE), Some(MAX_TABLE_SIZE));
+        assert!(
+            is_prime(DEFAULT_TABLE_SIZE) && is_prime(MAX_TABLE_SIZE) && is_prime(MIN_TABLE_SIZE)
+        );
+        assert!(SLOTS_PER_BACKEND * u64::from(MAX_BACKENDS) <= u64::from(MAX_TABLE_SIZE));
+    }
+
+    #[test]
+    fn positions_count_characters() {
+        let index = LineIndex::new("a\nbé = 1\n\n");
+        assert_eq!(index.position(0), (1, 1));
+        assert_eq!(index.position(2), (2, 1));
+        assert_eq!(index.position(6), (2, 4));
+        assert_eq!(index.position(11), (4, 1));
+        assert_eq!(index.position(999), (4, 1));
+    }
+
+    #[test]
+    fn syntax_error_is_one_line() {
+        let p = problems("interface = \"eth0\nhash_seed = 1\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("1:18: toml: "), "{p:?}");
+        assert!(!p[0].contains('\n'));
+    }
+}

@@ -1,0 +1,130 @@
+//! `xlb run`: load, attach, apply, then serve the control API until SIGTERM
+//! or SIGINT, which detach the program (dropping the link) and exit.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use aya::programs::XdpMode;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::api::{ApiError, ErrorKind, Request, Response};
+use crate::config::Config;
+use crate::controller::Controller;
+use crate::dataplane::Dataplane;
+
+pub struct RunOptions {
+    pub config: Config,
+    pub config_file: String,
+    pub socket: PathBuf,
+    pub mode: XdpMode,
+}
+
+/// The interface's own MAC, the source of every frame we send.
+pub fn interface_mac(interface: &str) -> anyhow::Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{interface}/address");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("interface {interface} not found (reading {path})"))?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{path}: not a MAC address: {}", text.trim()))?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("{path}: not a 6-byte MAC address: {}", text.trim()))
+}
+
+/// Bind the control socket, readable and writable by root only.
+fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            anyhow::bail!("another xlb daemon is already listening on {}", socket.display());
+        }
+        std::fs::remove_file(socket).with_context(|| format!("removing stale {}", socket.display()))?;
+    }
+    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let interface = opts.config.interface.clone();
+    let mac = interface_mac(&interface)?;
+    let mut dataplane = Dataplane::load().context("loading the XDP program")?;
+    dataplane.attach(&interface, opts.mode)?;
+    log::info!("attached xlb_balancer to {interface}");
+    let mut controller = Controller::new(dataplane, interface, mac);
+    let revision = controller.apply(opts.config, &opts.config_file).context("applying the initial config")?;
+    log::info!("serving revision {revision}");
+    let controller = Arc::new(Mutex::new(controller));
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(serve(controller.clone(), &opts.socket));
+    let _ = std::fs::remove_file(&opts.socket);
+    // Dropping the controller drops the dataplane, which detaches the program.
+    drop(controller);
+    log::info!("detached; exiting");
+    result
+}
+
+async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> anyhow::Result<()> {
+    let listener = bind(socket)?;
+    log::info!("control socket {}", socket.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                let controller = controller.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, controller).await {
+                        log::warn!("control connection: {e:#}");
+                    }
+                });
+            }
+            _ = term.recv() => { log::info!("SIGTERM"); return Ok(()); }
+            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT"); return Ok(()); }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(64 << 20)).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response::Error(ApiError { kind: ErrorKind::BadInput, message: format!("bad request: {e}") }),
+        // Map writes and reads are blocking syscalls: keep them off the reactor.
+        Ok(request) => tokio::task::spawn_blocking(move || dispatch(&controller, request)).await?,
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
+    let mut controller = controller.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match request {
+        Request::Status => match controller.status() {
+            Ok(s) => Response::Status(Box::new(s)),
+            Err(e) => Response::Error(ApiError { kind: ErrorKind::Internal, message: e.to_string() }),
+        },
+        Request::Apply { file, text } => match controller.apply_text(&text, &file) {
+            Ok(revision) => Response::Applied { revision },
+            Err(e) => {
+                log::warn!("apply of {file} refused: {e}");
+                let kind = if e.is_bad_input() { ErrorKind::BadInput } else { ErrorKind::Internal };
+                Response::Error(ApiError { kind, message: e.to_string() })
+            }
+        },
+    }
+}
