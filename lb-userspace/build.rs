@@ -8,11 +8,17 @@ use anyhow::Context as _;
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest_dir).join("../lb-ebpf");
-    let ebpf_dir = ebpf_dir.canonicalize().with_context(|| format!("{}", ebpf_dir.display()))?;
+    let ebpf_dir = ebpf_dir
+        .canonicalize()
+        .with_context(|| format!("{}", ebpf_dir.display()))?;
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 path to lb-ebpf")?;
     println!("cargo:rerun-if-changed=../lb-common/src");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "lb-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
     .context(

@@ -12,7 +12,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -25,16 +28,20 @@ fn finish(mut h: u32, len: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// A flow as the hash sees it. Addresses are four words (IPv4: the address in
-/// word 0, zeros after); `ports` is the first four bytes of the TCP/UDP header
-/// (source then destination port, as on the wire) read as little-endian.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A flow as the hash sees it, and the key of the connection table.
+/// Addresses are four words (IPv4: the address in word 0, zeros after);
+/// `ports` is the first four bytes of the TCP/UDP header (source then
+/// destination port, as on the wire) read as little-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FlowWords {
     pub src: [u32; 4],
     pub dst: [u32; 4],
     pub ports: u32,
     pub proto: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<FlowWords>() == 40);
 
 /// Hash a flow with the fleet-wide seed.
 #[inline(always)]
@@ -58,7 +65,12 @@ pub fn addr_words(addr: &[u8]) -> [u32; 4] {
     let mut w = [0u32; 4];
     let mut i = 0;
     while i < 4 && i * 4 + 4 <= addr.len() {
-        w[i] = u32::from_le_bytes([addr[i * 4], addr[i * 4 + 1], addr[i * 4 + 2], addr[i * 4 + 3]]);
+        w[i] = u32::from_le_bytes([
+            addr[i * 4],
+            addr[i * 4 + 1],
+            addr[i * 4 + 2],
+            addr[i * 4 + 3],
+        ]);
         i += 1;
     }
     w
@@ -77,17 +89,43 @@ mod tests {
 
     #[test]
     fn seed_and_each_field_change_the_hash() {
-        let f = FlowWords { src: addr_words(&[198, 18, 0, 1]), dst: addr_words(&[198, 18, 0, 100]), ports: ports_word(40000, 80), proto: 6 };
+        let f = FlowWords {
+            src: addr_words(&[198, 18, 0, 1]),
+            dst: addr_words(&[198, 18, 0, 100]),
+            ports: ports_word(40000, 80),
+            proto: 6,
+        };
         let h = flow_hash(&f, 1);
         assert_ne!(h, flow_hash(&f, 2));
-        assert_ne!(h, flow_hash(&FlowWords { ports: ports_word(40001, 80), ..f }, 1));
+        assert_ne!(
+            h,
+            flow_hash(
+                &FlowWords {
+                    ports: ports_word(40001, 80),
+                    ..f
+                },
+                1
+            )
+        );
         assert_ne!(h, flow_hash(&FlowWords { proto: 17, ..f }, 1));
-        assert_ne!(h, flow_hash(&FlowWords { src: addr_words(&[198, 18, 0, 2]), ..f }, 1));
+        assert_ne!(
+            h,
+            flow_hash(
+                &FlowWords {
+                    src: addr_words(&[198, 18, 0, 2]),
+                    ..f
+                },
+                1
+            )
+        );
     }
 
     #[test]
     fn ports_word_is_the_wire_bytes() {
         // 0x1234 -> 0x0050 on the wire: 12 34 00 50
-        assert_eq!(ports_word(0x1234, 80), u32::from_le_bytes([0x12, 0x34, 0x00, 0x50]));
+        assert_eq!(
+            ports_word(0x1234, 80),
+            u32::from_le_bytes([0x12, 0x34, 0x00, 0x50])
+        );
     }
 }

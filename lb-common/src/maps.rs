@@ -16,9 +16,13 @@ pub const ACTION_STATS: &str = "XLB_ACTION_STATS";
 pub const DROP_STATS: &str = "XLB_DROP_STATS";
 /// Single `GlobalConfig` entry.
 pub const CONFIG: &str = "XLB_CONFIG";
+/// LRU: flow (`hash::FlowWords`) -> backend id, so a flow keeps its backend
+/// when tables change.
+pub const CONNS: &str = "XLB_CONNS";
 
 /// Every map the balancer object must define.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
+    CONNS,
     VIPS,
     MAGLEV_TABLES,
     BACKENDS,
@@ -34,6 +38,8 @@ pub const BALANCER_PROGRAM: &str = "xlb_balancer";
 
 pub const MAX_VIPS: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
+/// Connection-table entries (about 100 bytes each in the kernel).
+pub const CONN_TABLE_SIZE: u32 = 1 << 18;
 /// Inner tables are created with BPF_F_INNER_MAP, so each VIP's table may have
 /// its own size; this is only the size of the template in the object.
 pub const MAGLEV_TEMPLATE_SIZE: u32 = 65537;

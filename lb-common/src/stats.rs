@@ -7,7 +7,8 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 pub const ACTION_COUNT: u32 = 5;
-pub const ACTION_NAMES: [&str; ACTION_COUNT as usize] = ["aborted", "drop", "pass", "tx", "redirect"];
+pub const ACTION_NAMES: [&str; ACTION_COUNT as usize] =
+    ["aborted", "drop", "pass", "tx", "redirect"];
 
 /// Why the balancer dropped a frame; the index into DROP_STATS.
 pub const DROP_NO_BACKEND: u32 = 0;

@@ -92,4 +92,5 @@ mod user {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::GlobalConfig {}
+    unsafe impl aya::Pod for crate::hash::FlowWords {}
 }

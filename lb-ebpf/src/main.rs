@@ -56,11 +56,17 @@ fn balance(ctx: &XdpContext) -> Verdict {
     let vip_id = meta.vip_id;
     match lookup::backend(&parsed, &meta) {
         Ok(choice) => match forward::l2_dsr(ctx, &choice) {
-            Some(()) => Verdict::Tx { vip_id, backend_id: choice.backend_id },
+            Some(()) => Verdict::Tx {
+                vip_id,
+                backend_id: choice.backend_id,
+            },
             // Cannot happen (the Ethernet header was read already), but the
             // verifier wants the check, and a frame we could not rewrite is
             // one we must not send.
-            None => Verdict::Drop { vip_id, reason: lb_common::stats::DROP_NO_BACKEND },
+            None => Verdict::Drop {
+                vip_id,
+                reason: lb_common::stats::DROP_NO_BACKEND,
+            },
         },
         Err(reason) => Verdict::Drop { vip_id, reason },
     }
@@ -68,7 +74,11 @@ fn balance(ctx: &XdpContext) -> Verdict {
 
 /// Add one packet of `bytes` to this CPU's slot `index` of a counter map.
 #[inline(always)]
-fn count<const N: usize>(map: &aya_ebpf::btf_maps::PerCpuArray<Counters, N>, index: u32, bytes: u64) {
+fn count<const N: usize>(
+    map: &aya_ebpf::btf_maps::PerCpuArray<Counters, N>,
+    index: u32,
+    bytes: u64,
+) {
     if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU slot: no other CPU writes it, and XDP runs with
         // preemption disabled, so plain adds are race-free.

@@ -3,12 +3,13 @@
 //! object against lb_common::maps::ALL.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     Backend, Counters, GlobalConfig, VipKey, VipMeta,
-    maps::{BPF_F_INNER_MAP, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS, MAX_VIPS},
+    hash::FlowWords,
+    maps::{BPF_F_INNER_MAP, CONN_TABLE_SIZE, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS, MAX_VIPS},
     stats::{ACTION_COUNT, DROP_REASON_COUNT},
 };
 
@@ -36,13 +37,11 @@ pub static XLB_VIP_STATS: PerCpuArray<Counters, { MAX_VIPS as usize }> = PerCpuA
 
 /// Per-CPU packets and bytes per backend.
 #[btf_map]
-pub static XLB_BACKEND_STATS: PerCpuArray<Counters, { MAX_BACKENDS as usize }> =
-    PerCpuArray::new();
+pub static XLB_BACKEND_STATS: PerCpuArray<Counters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
 
 /// Per-CPU packets and bytes per XDP action.
 #[btf_map]
-pub static XLB_ACTION_STATS: PerCpuArray<Counters, { ACTION_COUNT as usize }> =
-    PerCpuArray::new();
+pub static XLB_ACTION_STATS: PerCpuArray<Counters, { ACTION_COUNT as usize }> = PerCpuArray::new();
 
 /// Per-CPU packets and bytes per drop reason.
 #[btf_map]
@@ -52,3 +51,9 @@ pub static XLB_DROP_STATS: PerCpuArray<Counters, { DROP_REASON_COUNT as usize }>
 /// Host-wide settings: the interface MAC and the hash seed.
 #[btf_map]
 pub static XLB_CONFIG: Array<GlobalConfig, 1> = Array::new();
+
+/// Connection table: flow -> backend id. A known flow keeps its backend when
+/// the Maglev table changes; one LRU shared by all CPUs, so a flow whose
+/// packets arrive on several queues still finds its entry.
+#[btf_map]
+pub static XLB_CONNS: LruHashMap<FlowWords, u32, { CONN_TABLE_SIZE as usize }> = LruHashMap::new();

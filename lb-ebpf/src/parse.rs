@@ -16,6 +16,8 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// What the balancer needs from a packet.
 pub struct Parsed {
@@ -23,6 +25,9 @@ pub struct Parsed {
     pub vip: VipKey,
     /// The flow as the hash sees it.
     pub flow: FlowWords,
+    /// A TCP SYN without ACK: a connection starting, whatever the
+    /// connection table remembers of an earlier one on the same ports.
+    pub new_connection: bool,
 }
 
 /// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
@@ -45,8 +50,18 @@ fn word(b: [u8; 4]) -> u32 {
 pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut vip = VipKey { addr: [0; 16], port_be: 0, proto: 0, family: 0 };
-    let mut flow = FlowWords { src: [0; 4], dst: [0; 4], ports: 0, proto: 0 };
+    let mut vip = VipKey {
+        addr: [0; 16],
+        port_be: 0,
+        proto: 0,
+        family: 0,
+    };
+    let mut flow = FlowWords {
+        src: [0; 4],
+        dst: [0; 4],
+        ports: 0,
+        proto: 0,
+    };
     let l4_offset = match ether_type {
         ETH_P_IPV4 => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
@@ -99,6 +114,7 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
     };
     // Both headers start with the source and destination ports; require the
     // whole header so a truncated one is never balanced.
+    let mut new_connection = false;
     let ports: [u8; 4] = match vip.proto {
         PROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, l4_offset)?;
@@ -108,6 +124,8 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
             if doff < 5 {
                 return None;
             }
+            let flags = unsafe { *(tcp as *const u8).add(13) };
+            new_connection = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             let tcp = unsafe { &*tcp };
             [tcp.source[0], tcp.source[1], tcp.dest[0], tcp.dest[1]]
         }
@@ -121,5 +139,9 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
     vip.port_be = u16::from_ne_bytes([ports[2], ports[3]]);
     flow.ports = word(ports);
     flow.proto = vip.proto as u32;
-    Some(Parsed { vip, flow })
+    Some(Parsed {
+        vip,
+        flow,
+        new_connection,
+    })
 }

@@ -18,7 +18,10 @@ pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 pub enum Request {
     Status,
     /// Validate `text` (named `file` in errors) and apply it.
-    Apply { file: String, text: String },
+    Apply {
+        file: String,
+        text: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,7 +49,9 @@ pub enum Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the xlb daemon at {socket}: {source} (is `xlb run` running? is --socket right?)")]
+    #[error(
+        "cannot reach the xlb daemon at {socket}: {source} (is `xlb run` running? is --socket right?)"
+    )]
     Connect {
         socket: String,
         #[source]
@@ -70,14 +75,24 @@ pub enum ClientError {
 /// build and write whole tables).
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let name = socket.display().to_string();
-    let io = |source| ClientError::Io { socket: name.clone(), source };
-    let mut stream =
-        UnixStream::connect(socket).map_err(|source| ClientError::Connect { socket: name.clone(), source })?;
-    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(io)?;
+    let io = |source| ClientError::Io {
+        socket: name.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        socket: name.clone(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(io)?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
-    serde_json::from_str(&reply).map_err(|source| ClientError::Decode { socket: name.clone(), source })
+    serde_json::from_str(&reply).map_err(|source| ClientError::Decode {
+        socket: name.clone(),
+        source,
+    })
 }

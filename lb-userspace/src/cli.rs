@@ -11,7 +11,11 @@ use crate::api::{self, ErrorKind, Request, Response};
 use crate::{config, daemon, status};
 
 #[derive(Parser, Debug)]
-#[command(name = "xlb", version, about = "xlb: an XDP layer-4 load balancer with Maglev hashing")]
+#[command(
+    name = "xlb",
+    version,
+    about = "xlb: an XDP layer-4 load balancer with Maglev hashing"
+)]
 pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -65,10 +69,16 @@ pub struct Failure {
 
 impl Failure {
     fn bad_input(message: impl ToString) -> Self {
-        Self { code: 2, message: message.to_string() }
+        Self {
+            code: 2,
+            message: message.to_string(),
+        }
     }
     fn internal(message: impl ToString) -> Self {
-        Self { code: 4, message: message.to_string() }
+        Self {
+            code: 4,
+            message: message.to_string(),
+        }
     }
 }
 
@@ -79,7 +89,10 @@ impl From<api::ClientError> for Failure {
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
 }
 
 fn from_api_error(e: api::ApiError) -> Failure {
@@ -91,7 +104,10 @@ fn from_api_error(e: api::ApiError) -> Failure {
 
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Run { config: file, xdp_mode } => {
+        Command::Run {
+            config: file,
+            xdp_mode,
+        } => {
             let missing = crate::caps::missing();
             if !missing.is_empty() {
                 let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
@@ -126,7 +142,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     "backends": backends,
                 }));
             } else {
-                println!("{}: valid ({} VIPs, {} backends)", file.display(), config.vips.len(), backends);
+                println!(
+                    "{}: valid ({} VIPs, {} backends)",
+                    file.display(),
+                    config.vips.len(),
+                    backends
+                );
             }
             Ok(())
         }
@@ -136,7 +157,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
             let name = file.display().to_string();
             config::parse(&text, &name).map_err(Failure::bad_input)?;
-            match api::call(&cli.socket, &Request::Apply { file: name.clone(), text })? {
+            match api::call(
+                &cli.socket,
+                &Request::Apply {
+                    file: name.clone(),
+                    text,
+                },
+            )? {
                 Response::Applied { revision } => {
                     if cli.output == Output::Json {
                         print_json(&serde_json::json!({

@@ -13,8 +13,14 @@ use crate::status::{self, Status, StatusContext};
 pub enum ApplyError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
-    #[error("{file}: interface: the running daemon is attached to {running}; a config for {wanted} needs a restart")]
-    InterfaceChange { file: String, running: String, wanted: String },
+    #[error(
+        "{file}: interface: the running daemon is attached to {running}; a config for {wanted} needs a restart"
+    )]
+    InterfaceChange {
+        file: String,
+        running: String,
+        wanted: String,
+    },
     #[error("{0}")]
     State(#[from] state::StateError),
     #[error("{0}")]
@@ -24,7 +30,10 @@ pub enum ApplyError {
 impl ApplyError {
     /// Bad input (the operator's to fix) or a failure of the daemon/kernel.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::InterfaceChange { .. } | Self::State(_))
+        matches!(
+            self,
+            Self::Config(_) | Self::InterfaceChange { .. } | Self::State(_)
+        )
     }
 }
 
@@ -87,18 +96,32 @@ impl Controller {
     fn snapshot(&self, desired: &Desired) -> Result<CounterSnapshot, DataplaneError> {
         self.dataplane.snapshot(
             desired.vips.iter().map(|v| v.id),
-            desired.vips.iter().flat_map(|v| v.backend_ids.iter().copied()),
+            desired
+                .vips
+                .iter()
+                .flat_map(|v| v.backend_ids.iter().copied()),
         )
     }
 
     pub fn status(&self) -> Result<Status, DataplaneError> {
-        let empty = Desired { config: Config { interface: self.interface.clone(), hash_seed: 0, vips: vec![] }, vips: vec![], allocation: Allocation::default() };
+        let empty = Desired {
+            config: Config {
+                interface: self.interface.clone(),
+                hash_seed: 0,
+                vips: vec![],
+            },
+            vips: vec![],
+            allocation: Allocation::default(),
+        };
         let desired = self.applied.as_ref().unwrap_or(&empty);
         let now = self.snapshot(desired)?;
         let ctx = StatusContext {
             interface: &self.interface,
             revision: self.revision,
-            applied_at_unix_seconds: self.applied_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            applied_at_unix_seconds: self
+                .applied_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             observed_seconds: self.applied_instant.elapsed().as_secs_f64(),
         };
         Ok(status::build(&ctx, desired, &now, &self.at_apply))

@@ -33,7 +33,9 @@ pub fn interface_mac(interface: &str) -> anyhow::Result<[u8; 6]> {
         .map(|h| u8::from_str_radix(h, 16))
         .collect::<Result<_, _>>()
         .with_context(|| format!("{path}: not a MAC address: {}", text.trim()))?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("{path}: not a 6-byte MAC address: {}", text.trim()))
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{path}: not a 6-byte MAC address: {}", text.trim()))
 }
 
 /// Bind the control socket, readable and writable by root only.
@@ -46,11 +48,16 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            anyhow::bail!("another xlb daemon is already listening on {}", socket.display());
+            anyhow::bail!(
+                "another xlb daemon is already listening on {}",
+                socket.display()
+            );
         }
-        std::fs::remove_file(socket).with_context(|| format!("removing stale {}", socket.display()))?;
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale {}", socket.display()))?;
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -62,11 +69,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     dataplane.attach(&interface, opts.mode)?;
     log::info!("attached xlb_balancer to {interface}");
     let mut controller = Controller::new(dataplane, interface, mac);
-    let revision = controller.apply(opts.config, &opts.config_file).context("applying the initial config")?;
+    let revision = controller
+        .apply(opts.config, &opts.config_file)
+        .context("applying the initial config")?;
     log::info!("serving revision {revision}");
     let controller = Arc::new(Mutex::new(controller));
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(serve(controller.clone(), &opts.socket));
     let _ = std::fs::remove_file(&opts.socket);
     // Dropping the controller drops the dataplane, which detaches the program.
@@ -99,9 +110,14 @@ async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> anyhow::Res
 async fn handle(stream: UnixStream, controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(64 << 20)).read_line(&mut line).await?;
+    BufReader::new(read.take(64 << 20))
+        .read_line(&mut line)
+        .await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response::Error(ApiError { kind: ErrorKind::BadInput, message: format!("bad request: {e}") }),
+        Err(e) => Response::Error(ApiError {
+            kind: ErrorKind::BadInput,
+            message: format!("bad request: {e}"),
+        }),
         // Map writes and reads are blocking syscalls: keep them off the reactor.
         Ok(request) => tokio::task::spawn_blocking(move || dispatch(&controller, request)).await?,
     };
@@ -112,18 +128,30 @@ async fn handle(stream: UnixStream, controller: Arc<Mutex<Controller>>) -> anyho
 }
 
 fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
-    let mut controller = controller.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut controller = controller
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     match request {
         Request::Status => match controller.status() {
             Ok(s) => Response::Status(Box::new(s)),
-            Err(e) => Response::Error(ApiError { kind: ErrorKind::Internal, message: e.to_string() }),
+            Err(e) => Response::Error(ApiError {
+                kind: ErrorKind::Internal,
+                message: e.to_string(),
+            }),
         },
         Request::Apply { file, text } => match controller.apply_text(&text, &file) {
             Ok(revision) => Response::Applied { revision },
             Err(e) => {
                 log::warn!("apply of {file} refused: {e}");
-                let kind = if e.is_bad_input() { ErrorKind::BadInput } else { ErrorKind::Internal };
-                Response::Error(ApiError { kind, message: e.to_string() })
+                let kind = if e.is_bad_input() {
+                    ErrorKind::BadInput
+                } else {
+                    ErrorKind::Internal
+                };
+                Response::Error(ApiError {
+                    kind,
+                    message: e.to_string(),
+                })
             }
         },
     }

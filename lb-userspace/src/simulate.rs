@@ -31,7 +31,9 @@ impl Flow {
 /// The VIP a flow is for: exact port first, then the port-0 wildcard.
 pub fn vip_for<'a>(desired: &'a Desired, flow: &Flow) -> Option<&'a DesiredVip> {
     let matches = |v: &&DesiredVip, port: u16| {
-        v.config.address == flow.dst && v.config.protocol.number() == flow.proto && v.config.port == port
+        v.config.address == flow.dst
+            && v.config.protocol.number() == flow.proto
+            && v.config.port == port
     };
     desired
         .vips

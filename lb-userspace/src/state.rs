@@ -82,7 +82,12 @@ pub enum StateError {
 
 pub fn vip_key(vip: &Vip) -> VipKey {
     let (addr, family) = addr_bytes(vip.address);
-    VipKey { addr, port_be: vip.port.to_be(), proto: vip.protocol.number(), family }
+    VipKey {
+        addr,
+        port_be: vip.port.to_be(),
+        proto: vip.protocol.number(),
+        family,
+    }
 }
 
 pub fn addr_bytes(a: IpAddr) -> ([u8; 16], u8) {
@@ -98,11 +103,21 @@ pub fn addr_bytes(a: IpAddr) -> ([u8; 16], u8) {
 
 pub fn kernel_backend(b: &Backend) -> KernelBackend {
     let (addr, family) = addr_bytes(b.address);
-    KernelBackend { mac: b.mac.0, flags: BACKEND_F_VALID, family, addr }
+    KernelBackend {
+        mac: b.mac.0,
+        flags: BACKEND_F_VALID,
+        family,
+        addr,
+    }
 }
 
 /// Lowest ids not in `used`, `n` of them.
-fn take_free(used: &BTreeSet<u32>, max: u32, n: usize, kind: &'static str) -> Result<Vec<u32>, StateError> {
+fn take_free(
+    used: &BTreeSet<u32>,
+    max: u32,
+    n: usize,
+    kind: &'static str,
+) -> Result<Vec<u32>, StateError> {
     let free: Vec<u32> = (0..max).filter(|id| !used.contains(id)).take(n).collect();
     if free.len() < n {
         return Err(StateError::OutOfIds { kind, max });
@@ -119,10 +134,16 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
     let vip_identities: Vec<VipIdentity> = config
         .vips
         .iter()
-        .map(|v| VipIdentity { name: v.name.clone(), table_size: v.table_size })
+        .map(|v| VipIdentity {
+            name: v.name.clone(),
+            table_size: v.table_size,
+        })
         .collect();
     let used: BTreeSet<u32> = previous.vips.values().copied().collect();
-    let new_count = vip_identities.iter().filter(|i| !previous.vips.contains_key(i)).count();
+    let new_count = vip_identities
+        .iter()
+        .filter(|i| !previous.vips.contains_key(i))
+        .count();
     let mut fresh = take_free(&used, MAX_VIPS, new_count, "VIP")?.into_iter();
     for ident in &vip_identities {
         let id = match previous.vips.get(ident) {
@@ -149,7 +170,11 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
         })
         .collect();
     let used: BTreeSet<u32> = previous.backends.values().copied().collect();
-    let new_count = backend_identities.iter().flatten().filter(|i| !previous.backends.contains_key(i)).count();
+    let new_count = backend_identities
+        .iter()
+        .flatten()
+        .filter(|i| !previous.backends.contains_key(i))
+        .count();
     let mut fresh = take_free(&used, MAX_BACKENDS, new_count, "backend")?.into_iter();
     for ident in backend_identities.iter().flatten() {
         let id = match previous.backends.get(ident) {
@@ -160,13 +185,26 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
     }
 
     let mut vips = Vec::with_capacity(config.vips.len());
-    for (v, (vip_ident, b_idents)) in config.vips.iter().zip(vip_identities.iter().zip(&backend_identities)) {
+    for (v, (vip_ident, b_idents)) in config
+        .vips
+        .iter()
+        .zip(vip_identities.iter().zip(&backend_identities))
+    {
         let id = allocation.vips[vip_ident];
         let backend_ids: Vec<u32> = b_idents.iter().map(|i| allocation.backends[i]).collect();
-        let inputs: Vec<MaglevBackend<'_>> =
-            v.table_backends().map(|b| MaglevBackend { name: &b.name, weight: b.weight }).collect();
-        let table = maglev::build(&inputs, v.table_size, config.hash_seed)
-            .map_err(|source| StateError::Maglev { vip: v.name.clone(), source })?;
+        let inputs: Vec<MaglevBackend<'_>> = v
+            .table_backends()
+            .map(|b| MaglevBackend {
+                name: &b.name,
+                weight: b.weight,
+            })
+            .collect();
+        let table = maglev::build(&inputs, v.table_size, config.hash_seed).map_err(|source| {
+            StateError::Maglev {
+                vip: v.name.clone(),
+                source,
+            }
+        })?;
         let slots = if table.slots.is_empty() {
             vec![NO_BACKEND]
         } else {
@@ -175,23 +213,40 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
                 .names
                 .iter()
                 .map(|n| {
-                    let i = v.backends.iter().position(|b| &b.name == n).expect("table names come from the VIP");
+                    let i = v
+                        .backends
+                        .iter()
+                        .position(|b| &b.name == n)
+                        .expect("table names come from the VIP");
                     backend_ids[i]
                 })
                 .collect();
-            table.slots.iter().map(|&i| ids_by_table_index[i as usize]).collect()
+            table
+                .slots
+                .iter()
+                .map(|&i| ids_by_table_index[i as usize])
+                .collect()
         };
         vips.push(DesiredVip {
             config: v.clone(),
             id,
             key: vip_key(v),
-            meta: VipMeta { vip_id: id, table_size: slots.len() as u32, flags: 0, _pad: 0 },
+            meta: VipMeta {
+                vip_id: id,
+                table_size: slots.len() as u32,
+                flags: 0,
+                _pad: 0,
+            },
             table,
             backend_ids,
             slots,
         });
     }
-    Ok(Desired { config: config.clone(), vips, allocation })
+    Ok(Desired {
+        config: config.clone(),
+        vips,
+        allocation,
+    })
 }
 
 impl Desired {
@@ -199,11 +254,21 @@ impl Desired {
     /// counters must be written before any table names them.
     pub fn new_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
         let old: BTreeSet<u32> = previous.backends.values().copied().collect();
-        self.allocation.backends.values().copied().filter(|id| !old.contains(id)).collect()
+        self.allocation
+            .backends
+            .values()
+            .copied()
+            .filter(|id| !old.contains(id))
+            .collect()
     }
 
     pub fn new_vip_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
         let old: BTreeSet<u32> = previous.vips.values().copied().collect();
-        self.allocation.vips.values().copied().filter(|id| !old.contains(id)).collect()
+        self.allocation
+            .vips
+            .values()
+            .copied()
+            .filter(|id| !old.contains(id))
+            .collect()
     }
 }

@@ -73,7 +73,12 @@ pub struct StatusContext<'a> {
     pub observed_seconds: f64,
 }
 
-pub fn build(ctx: &StatusContext<'_>, desired: &Desired, now: &CounterSnapshot, at_apply: &CounterSnapshot) -> Status {
+pub fn build(
+    ctx: &StatusContext<'_>,
+    desired: &Desired,
+    now: &CounterSnapshot,
+    at_apply: &CounterSnapshot,
+) -> Status {
     let vips = desired
         .vips
         .iter()
@@ -106,7 +111,10 @@ pub fn build(ctx: &StatusContext<'_>, desired: &Desired, now: &CounterSnapshot, 
                         } else {
                             0.0
                         },
-                        table_share_ratio: v.table.index_of(&b.name).map_or(0.0, |i| shares[i as usize]),
+                        table_share_ratio: v
+                            .table
+                            .index_of(&b.name)
+                            .map_or(0.0, |i| shares[i as usize]),
                         observed_share_ratio: (vip_since > 0)
                             .then(|| packets_since_apply as f64 / vip_since as f64),
                         packets: counters.packets,
@@ -132,7 +140,11 @@ pub fn build(ctx: &StatusContext<'_>, desired: &Desired, now: &CounterSnapshot, 
         names
             .iter()
             .zip(values)
-            .map(|(n, c)| NamedCounter { name: n.to_string(), packets: c.packets, bytes: c.bytes })
+            .map(|(n, c)| NamedCounter {
+                name: n.to_string(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
             .collect()
     };
     Status {
@@ -158,15 +170,36 @@ pub fn render_table(s: &Status, wide: bool) -> String {
         s.interface, s.revision, s.observed_seconds
     );
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut header = vec!["VIP", "BACKEND", "STATE", "WEIGHT", "EXPECTED", "TABLE", "OBSERVED", "PACKETS"];
+    let mut header = vec![
+        "VIP", "BACKEND", "STATE", "WEIGHT", "EXPECTED", "TABLE", "OBSERVED", "PACKETS",
+    ];
     if wide {
         header.extend(["BYTES", "ADDRESS", "MAC"]);
     }
     rows.push(header.iter().map(|h| h.to_string()).collect());
     for v in &s.vips {
-        let vip = format!("{} ({}:{}/{})", v.name, v.address, if v.port == 0 { "*".into() } else { v.port.to_string() }, v.protocol);
+        let vip = format!(
+            "{} ({}:{}/{})",
+            v.name,
+            v.address,
+            if v.port == 0 {
+                "*".into()
+            } else {
+                v.port.to_string()
+            },
+            v.protocol
+        );
         if v.backends.is_empty() {
-            rows.push(vec![vip.clone(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), v.packets.to_string()]);
+            rows.push(vec![
+                vip.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                v.packets.to_string(),
+            ]);
         }
         for b in &v.backends {
             let mut row = vec![
@@ -186,7 +219,12 @@ pub fn render_table(s: &Status, wide: bool) -> String {
         }
     }
     out.push_str(&crate::table::render(&rows));
-    let drops: Vec<String> = s.drops.iter().filter(|d| d.packets > 0).map(|d| format!("{} {}", d.name, d.packets)).collect();
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|d| d.packets > 0)
+        .map(|d| format!("{} {}", d.name, d.packets))
+        .collect();
     if !drops.is_empty() {
         out.push_str(&format!("\ndropped: {}\n", drops.join(", ")));
     }

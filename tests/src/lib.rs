@@ -1,16 +1,34 @@
-//! Test support: the privilege check, packet building, namespaces, servers
-//! and clients for the integration tests and the demo.
+//! Test support: the privilege check, frame building, namespaces, servers,
+//! clients and the daemon, for the integration tests and the demo.
 
+pub mod client;
+pub mod netns;
 pub mod packets;
+pub mod servers;
+pub mod testbed;
+pub mod xlbd;
 
 /// True when this process may load BPF programs and make namespaces. When
 /// not, prints why the test is skipped (CI runs as root, so there it runs).
 pub fn privileged(test: &str) -> bool {
-    let ok = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_BPF).unwrap_or(false)
-        && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_NET_ADMIN).unwrap_or(false)
-        && caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_ADMIN).unwrap_or(false);
+    let ok = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_BPF)
+        .unwrap_or(false)
+        && caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_NET_ADMIN,
+        )
+        .unwrap_or(false)
+        && caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_ADMIN,
+        )
+        .unwrap_or(false);
     if !ok {
-        eprintln!("SKIPPED {test}: needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root; CI does)");
+        eprintln!(
+            "SKIPPED {test}: needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root; CI does)"
+        );
     }
     ok
 }

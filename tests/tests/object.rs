@@ -5,11 +5,19 @@ use lb_common::maps;
 
 #[test]
 fn object_defines_every_map_in_lb_common() {
-    let object = aya_obj::Object::parse(xlb::dataplane::balancer_object()).expect("parse the balancer object");
+    let object = aya_obj::Object::parse(xlb::dataplane::balancer_object())
+        .expect("parse the balancer object");
     for name in maps::ALL {
-        assert!(object.maps.contains_key(name), "map {name} missing from the object");
+        assert!(
+            object.maps.contains_key(name),
+            "map {name} missing from the object"
+        );
     }
-    assert!(object.programs.contains_key(maps::BALANCER_PROGRAM), "program {} missing", maps::BALANCER_PROGRAM);
+    assert!(
+        object.programs.contains_key(maps::BALANCER_PROGRAM),
+        "program {} missing",
+        maps::BALANCER_PROGRAM
+    );
 }
 
 #[test]

@@ -52,13 +52,21 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Build => {
             setup::setup()?;
-            run(cargo().args(["build", "--workspace", "--exclude", "lb-ebpf", "--all-targets"]))
+            run(cargo().args([
+                "build",
+                "--workspace",
+                "--exclude",
+                "lb-ebpf",
+                "--all-targets",
+            ]))
         }
         Cmd::Test { args } => {
             setup::setup()?;
             // Build the `xlb` binary first: the end-to-end tests run it.
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
-            run(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf"]).args(&args))
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "lb-ebpf"])
+                .args(&args))
         }
         Cmd::Demo => {
             setup::setup()?;

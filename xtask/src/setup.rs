@@ -10,10 +10,20 @@ use anyhow::{Context as _, bail};
 use crate::run;
 
 /// Debian packages the tests and the demo use.
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "iputils-ping", "netcat-openbsd", "tcpdump"];
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "iputils-ping",
+    "netcat-openbsd",
+    "tcpdump",
+];
 
 fn ok(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
@@ -25,7 +35,13 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 fn rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: rust-src for nightly: present");
         return Ok(());
@@ -62,10 +78,22 @@ fn bpf_linker() -> anyhow::Result<()> {
         }
     }
     if !found {
-        bail!("no libLLVM.so.* in the nightly toolchain at {}", sysroot.trim());
+        bail!(
+            "no libLLVM.so.* in the nightly toolchain at {}",
+            sysroot.trim()
+        );
     }
     run(Command::new("cargo")
-        .args(["+stable", "install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features", "llvm-22"])
+        .args([
+            "+stable",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
         .env("LLVM_PREFIX", &prefix))?;
     if !ok(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but does not run on its own");
@@ -88,7 +116,10 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 pub fn setup() -> anyhow::Result<()> {

@@ -26,7 +26,10 @@ pub enum DataplaneError {
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the XDP object has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
@@ -68,7 +71,9 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::Missing { kind: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
     T::try_from(map).map_err(map_err(name))
 }
 
@@ -84,10 +89,15 @@ impl Dataplane {
         let name = maps::BALANCER_PROGRAM;
         let program: &mut Xdp = ebpf
             .program_mut(name)
-            .ok_or(DataplaneError::Missing { kind: "program", name })?
+            .ok_or(DataplaneError::Missing {
+                kind: "program",
+                name,
+            })?
             .try_into()
             .map_err(|source| DataplaneError::Program { name, source })?;
-        program.load().map_err(|source| DataplaneError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| DataplaneError::Program { name, source })?;
         Ok(Self {
             vips: take(&mut ebpf, maps::VIPS)?,
             tables: take(&mut ebpf, maps::MAGLEV_TABLES)?,
@@ -118,6 +128,9 @@ impl Dataplane {
             .expect("checked in load");
         program
             .attach(interface, mode)
-            .map_err(|source| DataplaneError::Attach { interface: interface.to_string(), source })
+            .map_err(|source| DataplaneError::Attach {
+                interface: interface.to_string(),
+                source,
+            })
     }
 }

@@ -2,14 +2,17 @@
 
 use aya::maps::{MapData, PerCpuArray};
 use lb_common::{
-    Counters,
-    maps,
+    Counters, maps,
     stats::{ACTION_COUNT, DROP_REASON_COUNT},
 };
 
 use super::{Dataplane, DataplaneError, loader::map_err};
 
-fn sum(map: &PerCpuArray<MapData, Counters>, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
+fn sum(
+    map: &PerCpuArray<MapData, Counters>,
+    name: &'static str,
+    index: u32,
+) -> Result<Counters, DataplaneError> {
     let values = map.get(&index, 0).map_err(map_err(name))?;
     Ok(values.iter().fold(Counters::default(), |acc, c| Counters {
         packets: acc.packets + c.packets,
@@ -53,7 +56,8 @@ impl Dataplane {
             s.backends.insert(id, self.backend_counters(id)?);
         }
         for a in 0..ACTION_COUNT {
-            s.actions.push(sum(&self.action_stats, maps::ACTION_STATS, a)?);
+            s.actions
+                .push(sum(&self.action_stats, maps::ACTION_STATS, a)?);
         }
         for d in 0..DROP_REASON_COUNT {
             s.drops.push(sum(&self.drop_stats, maps::DROP_STATS, d)?);

@@ -18,16 +18,34 @@ use super::{Dataplane, DataplaneError, loader::map_err};
 use crate::state::{Allocation, Desired, DesiredVip, kernel_backend};
 
 impl Dataplane {
-    pub fn write_global(&mut self, iface_mac: [u8; 6], hash_seed: u32) -> Result<(), DataplaneError> {
-        let cfg = GlobalConfig { iface_mac, _pad: [0; 2], hash_seed, layout_version: LAYOUT_VERSION };
+    pub fn write_global(
+        &mut self,
+        iface_mac: [u8; 6],
+        hash_seed: u32,
+    ) -> Result<(), DataplaneError> {
+        let cfg = GlobalConfig {
+            iface_mac,
+            _pad: [0; 2],
+            hash_seed,
+            layout_version: LAYOUT_VERSION,
+        };
         self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
     }
 
-    fn zero_counters(map: &mut aya::maps::PerCpuArray<MapData, Counters>, name: &'static str, index: u32) -> Result<(), DataplaneError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map { name, source: aya::maps::MapError::IoError(e) })?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DataplaneError::Map {
+    fn zero_counters(
+        map: &mut aya::maps::PerCpuArray<MapData, Counters>,
+        name: &'static str,
+        index: u32,
+    ) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
             name,
             source: aya::maps::MapError::IoError(e),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| {
+            DataplaneError::Map {
+                name,
+                source: aya::maps::MapError::IoError(e),
+            }
         })?;
         map.set(index, zeros, 0).map_err(map_err(name))
     }
@@ -45,20 +63,31 @@ impl Dataplane {
         self.tables.set(vip_id, &inner, 0).map_err(map_err(name))
     }
 
-    fn write_vip(&mut self, vip: &DesiredVip, previous: Option<&DesiredVip>) -> Result<(), DataplaneError> {
+    fn write_vip(
+        &mut self,
+        vip: &DesiredVip,
+        previous: Option<&DesiredVip>,
+    ) -> Result<(), DataplaneError> {
         let table_changed = previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots);
         if table_changed {
             self.install_table(vip.id, &vip.slots)?;
         }
         if previous.is_none_or(|p| p.key != vip.key || p.meta != vip.meta) {
-            self.vips.insert(vip.key, vip.meta, 0).map_err(map_err(maps::VIPS))?;
+            self.vips
+                .insert(vip.key, vip.meta, 0)
+                .map_err(map_err(maps::VIPS))?;
         }
         Ok(())
     }
 
     /// Make the maps hold `desired`. `previous` is what they hold now (None on
     /// a fresh load).
-    pub fn apply(&mut self, iface_mac: [u8; 6], desired: &Desired, previous: Option<&Desired>) -> Result<(), DataplaneError> {
+    pub fn apply(
+        &mut self,
+        iface_mac: [u8; 6],
+        desired: &Desired,
+        previous: Option<&Desired>,
+    ) -> Result<(), DataplaneError> {
         let empty = Allocation::default();
         let prev_alloc = previous.map_or(&empty, |p| &p.allocation);
         self.write_global(iface_mac, desired.config.hash_seed)?;
@@ -68,7 +97,9 @@ impl Dataplane {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 if new_backend_ids.contains(&id) {
                     Self::zero_counters(&mut self.backend_stats, maps::BACKEND_STATS, id)?;
-                    self.backends.set(id, kernel_backend(b), 0).map_err(map_err(maps::BACKENDS))?;
+                    self.backends
+                        .set(id, kernel_backend(b), 0)
+                        .map_err(map_err(maps::BACKENDS))?;
                 }
             }
         }
@@ -78,7 +109,8 @@ impl Dataplane {
                 Self::zero_counters(&mut self.vip_stats, maps::VIP_STATS, vip.id)?;
             }
             // VIPs are identified by name across applies.
-            let prev = previous.and_then(|p| p.vips.iter().find(|v| v.config.name == vip.config.name));
+            let prev =
+                previous.and_then(|p| p.vips.iter().find(|v| v.config.name == vip.config.name));
             self.write_vip(vip, prev)?;
         }
         if let Some(previous) = previous {
