@@ -27,9 +27,12 @@ fn main() -> anyhow::Result<()> {
     )?;
     // With AYA_BUILD_SKIP=1 (pure-logic work without the eBPF toolchain) no
     // object is built: leave an empty one, which the loader refuses by name.
-    let object = Path::new(&std::env::var("OUT_DIR").context("OUT_DIR")?).join("lb-ebpf");
-    if !object.exists() {
-        std::fs::write(&object, b"").context("writing the empty placeholder object")?;
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    for name in ["lb-ebpf", "xlb-aux"] {
+        let object = Path::new(&out_dir).join(name);
+        if !object.exists() {
+            std::fs::write(&object, b"").context("writing an empty placeholder object")?;
+        }
     }
     Ok(())
 }

@@ -178,16 +178,9 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     }
     rows.push(header.iter().map(|h| h.to_string()).collect());
     for v in &s.vips {
-        let vip = format!(
-            "{} ({}:{}/{})",
-            v.name,
-            v.address,
-            if v.port == 0 {
-                "*".into()
-            } else {
-                v.port.to_string()
-            },
-            v.protocol
+        let port = if v.port == 0 { "*".to_string() } else { v.port.to_string() };
+        let host = if v.address.contains(':') { format!("[{}]", v.address) } else { v.address.clone() };
+        let vip = format!("{} ({host}:{port}/{})", v.name, v.protocol);
         );
         if v.backends.is_empty() {
             rows.push(vec![

@@ -92,7 +92,11 @@ impl fmt::Display for BackendState {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -111,12 +115,18 @@ impl Serialize for MacAddr {
 impl Vip {
     /// Backends that belong in the Maglev table.
     pub fn table_backends(&self) -> impl Iterator<Item = &Backend> {
-        self.backends.iter().filter(|b| b.state == BackendState::Active)
+        self.backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
     }
 
     /// `198.18.0.10:80/tcp`, `[2001:db8::10]:*/udp`.
     pub fn endpoint(&self) -> String {
-        let port = if self.port == 0 { "*".to_string() } else { self.port.to_string() };
+        let port = if self.port == 0 {
+            "*".to_string()
+        } else {
+            self.port.to_string()
+        };
         match self.address {
             IpAddr::V4(a) => format!("{a}:{port}/{}", self.protocol),
             IpAddr::V6(a) => format!("[{a}]:{port}/{}", self.protocol),
