@@ -178,10 +178,17 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     }
     rows.push(header.iter().map(|h| h.to_string()).collect());
     for v in &s.vips {
-        let port = if v.port == 0 { "*".to_string() } else { v.port.to_string() };
-        let host = if v.address.contains(':') { format!("[{}]", v.address) } else { v.address.clone() };
+        let port = if v.port == 0 {
+            "*".to_string()
+        } else {
+            v.port.to_string()
+        };
+        let host = if v.address.contains(':') {
+            format!("[{}]", v.address)
+        } else {
+            v.address.clone()
+        };
         let vip = format!("{} ({host}:{port}/{})", v.name, v.protocol);
-        );
         if v.backends.is_empty() {
             rows.push(vec![
                 vip.clone(),
