@@ -16,9 +16,10 @@
 //!   nothing here iterates a `HashMap` or draws random numbers.
 //! * Each backend walks its own permutation of the slots (`offset`, then
 //!   `offset + skip`, ... mod M) and claims the first free one when its turn
-//!   comes. Because permutations barely depend on each other, removing a
-//!   backend mostly hands over its own slots and leaves the rest in place:
-//!   existing flows of the other backends keep their backend.
+//!   comes. Because permutations do not depend on each other, removing a
+//!   backend mostly hands over its own slots and leaves the rest in place, so
+//!   the other backends keep most of their flows (not all: a removal changes
+//!   who wins some contested slots; the tests measure how many move).
 //! * Weights follow Katran's "MaglevV2": turns are handed out in rounds; in each
 //!   round every backend adds its weight to a credit and takes a turn each time
 //!   the credit reaches the largest weight. A backend thus takes
@@ -35,12 +36,12 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let mut d = 3u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -55,7 +56,9 @@ pub struct MaglevBackend<'a> {
     /// renaming a backend moves its flows, but re-addressing it does not.
     pub name: &'a str,
     /// Relative weight, at least 1. A backend that must take no new flows is
-    /// left out of the table (drained), not given weight 0.
+    /// left out of the table (drained), not given weight 0. Its share of the
+    /// slots is weight / total weight; when that is below 1 / M it may get no
+    /// slot at all.
     pub weight: u32,
 }
 
@@ -77,7 +80,7 @@ pub enum MaglevError {
     /// (every skip in 1..M is then coprime with M).
     #[error("table size {table_size} is not a prime number (at least 2)")]
     TableSizeNotPrime { table_size: u32 },
-    /// Every backend needs at least one slot.
+    /// More backends than slots cannot all have one.
     #[error("table size {table_size} is smaller than the number of backends ({backends})")]
     TableTooSmall { table_size: u32, backends: usize },
     /// Names identify backends (and their permutations); two backends with one
@@ -90,15 +93,15 @@ pub enum MaglevError {
 }
 
 /// Low halves of the two xxh64 keys; the seed goes in the high half. Distinct
-/// tags make the offset and the skip independent hashes of the name, and the
-/// mapping seed -> key is injective, so two seeds never share permutations.
+/// tags make the offset and the skip independent hashes of the name, and
+/// distinct seeds give distinct keys, so unrelated permutations.
 const OFFSET_KEY_TAG: u64 = 0x4f46_4653; // "OFFS"
 const SKIP_KEY_TAG: u64 = 0x534b_4950; // "SKIP"
 
 /// The start and the stride of `name`'s permutation of a table of size `m`
 /// (prime, >= 2): it visits `offset`, `offset + skip`, ... (mod m). The skip
 /// lies in 1..m, coprime with the prime m, so the walk visits every slot once.
-pub fn permutation(name: &str, table_size: u32, seed: u32) -> (u32, u32) {
+fn permutation(name: &str, table_size: u32, seed: u32) -> (u32, u32) {
     let m = u64::from(table_size);
     let key = u64::from(seed) << 32;
     let offset = xxh64(name.as_bytes(), key | OFFSET_KEY_TAG) % m;
@@ -107,36 +110,50 @@ pub fn permutation(name: &str, table_size: u32, seed: u32) -> (u32, u32) {
     (offset as u32, skip as u32)
 }
 
-/// Per-backend state while the table fills.
-struct Walker {
-    /// Next slot of the permutation to try.
-    pos: u64,
-    skip: u64,
-    weight: u64,
-    /// Turns taken so far.
-    turns: u64,
-}
-
 /// Builds the table of `table_size` slots for `backends` (in any order) with
 /// the fleet-wide `seed`.
+///
+/// Errors, checked in this order so that the one reported does not depend on
+/// the input order either: the size is not prime, a name appears twice (the
+/// first in byte order is named), a weight is 0 (likewise), there are more
+/// backends than slots. No backends at all is not an error: the table is
+/// empty, and the caller decides what a VIP without backends does.
 pub fn build(
     backends: &[MaglevBackend<'_>],
     table_size: u32,
     seed: u32,
 ) -> Result<MaglevTable, MaglevError> {
+    build_with(backends, table_size, seed, None)
+}
+
+/// How turns are handed out. Both replay Katran's loop exactly and give the
+/// same table; they differ only in cost (see `build_with`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schedule {
+    /// Katran's loop as written: rounds over all backends.
+    Rounds,
+    /// The same order of turns from a min-heap keyed by (round, index).
+    Heap,
+}
+
+/// `build`, with the schedule forced by the tests (`None`: pick the cheaper).
+fn build_with(
+    backends: &[MaglevBackend<'_>],
+    table_size: u32,
+    seed: u32,
+    schedule: Option<Schedule>,
+) -> Result<MaglevTable, MaglevError> {
     if !is_prime(table_size) {
         return Err(MaglevError::TableSizeNotPrime { table_size });
     }
-    // Sort first so that everything below, including which error is reported
-    // when there are several, is independent of the input order.
+    // Sort first: everything below, the table and which error is reported,
+    // then depends on the set of backends and not on their order.
     let mut sorted: Vec<MaglevBackend<'_>> = backends.to_vec();
     sorted.sort_unstable_by(|a, b| a.name.cmp(b.name));
-    for pair in sorted.windows(2) {
-        if pair[0].name == pair[1].name {
-            return Err(MaglevError::DuplicateName {
-                name: pair[0].name.to_owned(),
-            });
-        }
+    if let Some(pair) = sorted.windows(2).find(|p| p[0].name == p[1].name) {
+        return Err(MaglevError::DuplicateName {
+            name: pair[0].name.to_owned(),
+        });
     }
     if let Some(b) = sorted.iter().find(|b| b.weight == 0) {
         return Err(MaglevError::ZeroWeight {
@@ -157,74 +174,163 @@ pub fn build(
         });
     }
 
-    let m = u64::from(table_size);
-    let max_weight = sorted.iter().map(|b| u64::from(b.weight)).max().unwrap_or(1);
-    let mut walkers: Vec<Walker> = sorted
+    let max_weight = sorted
         .iter()
-        .map(|b| {
-            let (offset, skip) = permutation(b.name, table_size, seed);
-            Walker {
-                pos: u64::from(offset),
-                skip: u64::from(skip),
-                weight: u64::from(b.weight),
-                turns: 0,
+        .map(|b| u64::from(b.weight))
+        .max()
+        .unwrap_or(1);
+    let weights: Vec<u32> = sorted.iter().map(|b| b.weight).collect();
+    let schedule = schedule.unwrap_or_else(|| cheaper_schedule(&weights));
+    let mut fill = Fill::new(&sorted, table_size, seed);
+    match schedule {
+        Schedule::Rounds => fill.by_rounds(max_weight),
+        Schedule::Heap => fill.by_heap(max_weight),
+    }
+    Ok(MaglevTable {
+        names,
+        slots: fill.slots,
+    })
+}
+
+/// Katran's loop runs until the M-th turn, that is for at most
+/// (M + N) * max_w / W + 1 rounds of N credit updates each, about
+/// M * max_w / mean_w updates: cheap when weights are even (about M when
+/// they are equal), but up to M * N when one backend outweighs all others
+/// (4e9 updates, seconds, at M ~ 1M and N = 4096). The heap costs
+/// O(M log N) whatever the weights, but one heap operation (~30 ns at
+/// N = 100, measured) costs as much as ~30 credit updates, and it made the
+/// equal-weight build at M = 65537, N = 100 2.7 times slower. So: the loop
+/// while the mean weight is at least max_w / 16 (at most ~16 updates per
+/// slot), the heap beyond.
+fn cheaper_schedule(weights: &[u32]) -> Schedule {
+    let max = weights.iter().copied().max().unwrap_or(1);
+    let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    if u128::from(max) * weights.len() as u128 <= 16 * total {
+        Schedule::Rounds
+    } else {
+        Schedule::Heap
+    }
+}
+
+/// Per-backend state while the table fills.
+struct Walker {
+    /// Next slot of the permutation to try.
+    pos: u64,
+    skip: u64,
+    weight: u64,
+    /// Katran's cumulative weight, always < max_weight between rounds.
+    credit: u64,
+    /// Turns taken so far.
+    turns: u64,
+}
+
+/// A table being filled.
+struct Fill {
+    m: u64,
+    /// Indexed like the sorted backends.
+    walkers: Vec<Walker>,
+    /// Which slots are taken, one bit each, so that the probe loop reads 8 KiB
+    /// at M = 65537 instead of 256 KiB of slots. Measured: 6% faster at
+    /// M = 65537, 20% at M ~ 1M, where the slots no longer fit in cache.
+    taken: Vec<u64>,
+    slots: Vec<u32>,
+    filled: u64,
+}
+
+impl Fill {
+    fn new(sorted: &[MaglevBackend<'_>], table_size: u32, seed: u32) -> Fill {
+        let walkers = sorted
+            .iter()
+            .map(|b| {
+                let (offset, skip) = permutation(b.name, table_size, seed);
+                Walker {
+                    pos: u64::from(offset),
+                    skip: u64::from(skip),
+                    weight: u64::from(b.weight),
+                    credit: 0,
+                    turns: 0,
+                }
+            })
+            .collect();
+        Fill {
+            m: u64::from(table_size),
+            walkers,
+            taken: vec![0; (table_size as usize).div_ceil(64)],
+            slots: vec![0; table_size as usize],
+            filled: 0,
+        }
+    }
+
+    /// Katran's MaglevV2 loop, as written there: each round, every backend
+    /// (in name order) adds its weight to its credit, and takes a turn when
+    /// the credit reaches the largest weight. A backend of the largest weight
+    /// takes a turn every round, one of half that weight every other round.
+    fn by_rounds(&mut self, max_weight: u64) {
+        loop {
+            for i in 0..self.walkers.len() {
+                let w = &mut self.walkers[i];
+                w.credit += w.weight;
+                if w.credit >= max_weight {
+                    w.credit -= max_weight;
+                    if self.take_turn(i) {
+                        return;
+                    }
+                }
             }
-        })
-        .collect();
+        }
+    }
 
-    // Katran's MaglevV2 loop is
-    //
-    //     loop { for i in 0..n { credit[i] += w[i];
-    //            if credit[i] >= max_w { credit[i] -= max_w; take_turn(i) } } }
-    //
-    // Backend i's k-th turn (k >= 1) therefore comes in round
-    // ceil(k * max_w / w[i]), and within a round, turns go in index order. We
-    // replay exactly that order with a min-heap keyed by (round, index): the
-    // literal loop costs O(M * max_w / mean_w) credit updates, which is up to
-    // O(M * N) with skewed weights (seconds at M ~ 1M, N = 4096), while the
-    // heap costs O(M log N) whatever the weights. The tests keep the literal
-    // loop as a reference and check that both agree.
-    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = walkers
-        .iter()
-        .enumerate()
-        .map(|(i, w)| Reverse((next_round(0, max_weight, w.weight), i as u32)))
-        .collect();
+    /// The same turns in the same order, from a heap. In Katran's loop,
+    /// backend i's k-th turn (k >= 1) comes in the first round r where
+    /// r * w_i >= k * max_w, that is round ceil(k * max_w / w_i), and turns in
+    /// one round go in index order; so popping the least (round, index) and
+    /// pushing the backend back with its next round replays that order.
+    fn by_heap(&mut self, max_weight: u64) {
+        let mut heap: BinaryHeap<Reverse<(u64, u32)>> = self
+            .walkers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Reverse((next_round(0, max_weight, w.weight), i as u32)))
+            .collect();
+        // Every pop pushes the backend back, so the heap never runs dry.
+        while let Some(Reverse((_, i))) = heap.pop() {
+            if self.take_turn(i as usize) {
+                return;
+            }
+            let w = &self.walkers[i as usize];
+            heap.push(Reverse((next_round(w.turns, max_weight, w.weight), i)));
+        }
+    }
 
-    // Which slots are taken, one bit each: the probe loop below reads only
-    // this (8 KiB at M = 65537, so it stays in L1 cache) rather than the
-    // 32-bit slots, which roughly halves the build time.
-    let mut taken = vec![0u64; (table_size as usize).div_ceil(64)];
-    let mut slots = vec![0u32; table_size as usize];
-    let mut filled: u64 = 0;
-    while filled < m {
-        // The heap never runs dry: every pop pushes the backend back.
-        let Some(Reverse((_, i))) = heap.pop() else {
-            unreachable!("maglev heap holds every backend");
-        };
-        let w = &mut walkers[i as usize];
-        // Walk the permutation to the first free slot. It exists (filled < m)
-        // and the walk reaches it because the permutation visits every slot.
-        // Slots skipped here are taken for good, so `pos` only moves forward
-        // and each backend walks its permutation at most once overall.
+    /// Backend `i` takes the next free slot in its permutation. Returns true
+    /// when that filled the table.
+    #[inline]
+    fn take_turn(&mut self, i: usize) -> bool {
+        let m = self.m;
+        let w = &mut self.walkers[i];
+        // A free slot exists (the table is not full) and the walk reaches it,
+        // since the permutation visits every slot. Slots skipped here are
+        // taken for good, so `pos` never needs to go back: each backend walks
+        // its permutation at most once in all.
         let mut pos = w.pos;
-        while taken[(pos >> 6) as usize] & (1 << (pos & 63)) != 0 {
+        while self.taken[(pos >> 6) as usize] & (1 << (pos & 63)) != 0 {
             pos += w.skip;
             if pos >= m {
                 pos -= m;
             }
         }
-        taken[(pos >> 6) as usize] |= 1 << (pos & 63);
-        slots[pos as usize] = i;
+        self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
+        // i < N <= M <= u32::MAX.
+        self.slots[pos as usize] = i as u32;
         pos += w.skip;
         if pos >= m {
             pos -= m;
         }
         w.pos = pos;
         w.turns += 1;
-        filled += 1;
-        heap.push(Reverse((next_round(w.turns, max_weight, w.weight), i)));
+        self.filled += 1;
+        self.filled == m
     }
-    Ok(MaglevTable { names, slots })
 }
 
 /// The round in which a backend that has taken `turns` turns takes the next
@@ -294,5 +400,647 @@ impl MaglevTable {
             .filter(|&(&a, &b)| map[a as usize] != Some(b))
             .count();
         Some(moved as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PIN_EQUAL: u64 = 0x6872_0b88_df53_faec;
+    const PIN_SKEWED: u64 = 0x88ee_91eb_14e6_ff06;
+
+    /// The default table size, the one the acceptance criteria are about.
+    const M: u32 = 65537;
+
+    fn names(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    }
+
+    fn backends<'a>(names: &'a [String], weights: &[u32]) -> Vec<MaglevBackend<'a>> {
+        assert_eq!(names.len(), weights.len());
+        names
+            .iter()
+            .zip(weights)
+            .map(|(name, &weight)| MaglevBackend { name, weight })
+            .collect()
+    }
+
+    fn from_pairs(pairs: &[(String, u32)]) -> Vec<MaglevBackend<'_>> {
+        pairs
+            .iter()
+            .map(|(name, weight)| MaglevBackend {
+                name,
+                weight: *weight,
+            })
+            .collect()
+    }
+
+    fn equal<'a>(names: &'a [String]) -> Vec<MaglevBackend<'a>> {
+        backends(names, &vec![1; names.len()])
+    }
+
+    /// splitmix64: reproducible pseudo-random weights for the sampled tests,
+    /// without a dependency.
+    struct SplitMix(u64);
+
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform enough in lo..=hi for tests.
+        fn range(&mut self, lo: u32, hi: u32) -> u32 {
+            lo + (self.next() % u64::from(hi - lo + 1)) as u32
+        }
+    }
+
+    /// Katran's MaglevHashV2::generateHashRing transcribed as literally as
+    /// possible (a `next` counter per backend, a modulo per probe, -1 for a
+    /// free slot): the oracle both schedules of `build` must agree with.
+    fn katran_reference(backends: &[MaglevBackend<'_>], m: u32, seed: u32) -> Vec<u32> {
+        let mut sorted = backends.to_vec();
+        sorted.sort_by(|a, b| a.name.cmp(b.name));
+        let n = sorted.len();
+        let ring = u64::from(m);
+        let perm: Vec<(u64, u64)> = sorted
+            .iter()
+            .map(|b| {
+                let (o, s) = permutation(b.name, m, seed);
+                (u64::from(o), u64::from(s))
+            })
+            .collect();
+        let max_weight = sorted.iter().map(|b| u64::from(b.weight)).max().unwrap();
+        let mut result = vec![-1i64; m as usize];
+        let mut next = vec![0u64; n];
+        let mut cum = vec![0u64; n];
+        let mut runs = 0u64;
+        loop {
+            for i in 0..n {
+                cum[i] += u64::from(sorted[i].weight);
+                if cum[i] >= max_weight {
+                    cum[i] -= max_weight;
+                    let (offset, skip) = perm[i];
+                    let mut cur = (offset + next[i] * skip) % ring;
+                    while result[cur as usize] >= 0 {
+                        next[i] += 1;
+                        cur = (offset + next[i] * skip) % ring;
+                    }
+                    result[cur as usize] = i as i64;
+                    next[i] += 1;
+                    runs += 1;
+                    if runs == ring {
+                        return result.into_iter().map(|x| x as u32).collect();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Of the slots that backends other than `removed` own in `before`, the
+    /// fraction whose owner (by name) differs in `after`.
+    fn reassigned_fraction(before: &MaglevTable, after: &MaglevTable, removed: &str) -> f64 {
+        let r = before
+            .index_of(removed)
+            .expect("removed backend was in the table");
+        let mut held = 0u64;
+        let mut moved = 0u64;
+        for slot in 0..before.table_size() {
+            if before.slots[slot] == r {
+                continue;
+            }
+            held += 1;
+            if before.owner(slot) != after.owner(slot) {
+                moved += 1;
+            }
+        }
+        moved as f64 / held as f64
+    }
+
+    fn max_over_mean(t: &MaglevTable) -> f64 {
+        let counts = t.slot_counts();
+        let mean = t.table_size() as f64 / counts.len() as f64;
+        *counts.iter().max().unwrap() as f64 / mean
+    }
+
+    // ---- unit tests ----
+
+    #[test]
+    fn is_prime_on_small_and_large_numbers() {
+        let primes: Vec<u32> = (0..60).filter(|&n| is_prime(n)).collect();
+        assert_eq!(
+            primes,
+            [
+                2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59
+            ]
+        );
+        assert!(is_prime(65537));
+        assert!(is_prime(1_048_573));
+        assert!(is_prime(4_294_967_291)); // largest u32 prime
+        assert!(!is_prime(65535));
+        assert!(!is_prime(u32::MAX));
+    }
+
+    /// Pins the hash key derivation and the whole algorithm on tables small
+    /// enough to check by hand; any change to either must show up here, since
+    /// it would move flows on every host at upgrade.
+    #[test]
+    fn pinned_tiny_tables() {
+        assert_eq!(permutation("a", 7, 0), (6, 5));
+        assert_eq!(permutation("b", 7, 0), (1, 3));
+        assert_eq!(permutation("c", 7, 0), (0, 1));
+        assert_eq!(permutation("backend-1", 65537, 0), (57470, 36462));
+        // The same from xxh64 directly: key = seed << 32 | tag.
+        assert_eq!(
+            xxh64(b"backend-1", 7 << 32 | 0x4f46_4653) % 65537,
+            u64::from(permutation("backend-1", 65537, 7).0)
+        );
+        assert_eq!(
+            xxh64(b"backend-1", 7 << 32 | 0x534b_4950) % 65536 + 1,
+            u64::from(permutation("backend-1", 65537, 7).1)
+        );
+
+        // By hand: a walks 6 4 2 0 5 3 1, b walks 1 4 0 3 6 2 5, c walks
+        // 0 1 2 ... Round 1: a->6, b->1, c->0. Round 2: a->4, b skips 4 and
+        // 0 ->3, c skips 1 ->2. Round 3: a skips 2 and 0 ->5, table full.
+        let t = build(
+            &[
+                MaglevBackend {
+                    name: "c",
+                    weight: 1,
+                },
+                MaglevBackend {
+                    name: "a",
+                    weight: 1,
+                },
+                MaglevBackend {
+                    name: "b",
+                    weight: 1,
+                },
+            ],
+            7,
+            0,
+        )
+        .unwrap();
+        assert_eq!(t.names, ["a", "b", "c"]);
+        assert_eq!(t.slots, [2, 1, 2, 1, 0, 0, 0]);
+
+        // Weights 1:2:3, max 3: every 3 rounds a takes 1 turn, b 2, c 3; 13
+        // slots = two such cycles plus c's turn in round 7.
+        let t = build(
+            &[
+                MaglevBackend {
+                    name: "a",
+                    weight: 1,
+                },
+                MaglevBackend {
+                    name: "b",
+                    weight: 2,
+                },
+                MaglevBackend {
+                    name: "c",
+                    weight: 3,
+                },
+            ],
+            13,
+            42,
+        )
+        .unwrap();
+        assert_eq!(t.slots, [1, 2, 2, 2, 2, 0, 2, 1, 1, 2, 0, 1, 2]);
+        assert_eq!(t.slot_counts(), [2, 4, 7]);
+    }
+
+    /// Digest of a table's slots (little-endian u32s), for pinning big tables.
+    fn digest(t: &MaglevTable) -> u64 {
+        let bytes: Vec<u8> = t.slots.iter().flat_map(|s| s.to_le_bytes()).collect();
+        xxh64(&bytes, 0)
+    }
+
+    /// Pins full-size tables, one built by rounds and one (skewed weights) by
+    /// the heap, so that a change anywhere in the algorithm, even one the tiny
+    /// tables do not reach, shows up. Every host must compute these values.
+    #[test]
+    fn pinned_full_size_tables() {
+        let n = names("backend", 100);
+        assert_eq!(cheaper_schedule(&[1; 100]), Schedule::Rounds);
+        let t = build(&equal(&n), M, 0x5eed).unwrap();
+        assert_eq!(digest(&t), PIN_EQUAL, "{:#x}", digest(&t));
+        let weights: Vec<u32> = (0..100)
+            .map(|i| if i == 42 { 5000 } else { i % 5 + 1 })
+            .collect();
+        assert_eq!(cheaper_schedule(&weights), Schedule::Heap);
+        let t = build(&backends(&n, &weights), M, 0x5eed).unwrap();
+        assert_eq!(digest(&t), PIN_SKEWED, "{:#x}", digest(&t));
+        assert_eq!(
+            t.slots,
+            katran_reference(&backends(&n, &weights), M, 0x5eed)
+        );
+    }
+
+    #[test]
+    fn no_backends_give_an_empty_table() {
+        let t = build(&[], M, 1).unwrap();
+        assert!(t.names.is_empty() && t.slots.is_empty());
+        assert_eq!(t.table_size(), 0);
+        assert!(t.slot_counts().is_empty() && t.shares().is_empty());
+        // The size is still checked.
+        assert_eq!(
+            build(&[], 65536, 1),
+            Err(MaglevError::TableSizeNotPrime { table_size: 65536 })
+        );
+    }
+
+    #[test]
+    fn one_backend_owns_every_slot() {
+        for m in [2, 3, 7, M] {
+            let t = build(
+                &[MaglevBackend {
+                    name: "only",
+                    weight: 5,
+                }],
+                m,
+                9,
+            )
+            .unwrap();
+            assert_eq!(t.slots, vec![0; m as usize]);
+            assert_eq!(t.shares(), [1.0]);
+        }
+    }
+
+    #[test]
+    fn as_many_backends_as_slots_with_equal_weights_get_one_each() {
+        let n = names("b", 13);
+        let t = build(&equal(&n), 13, 3).unwrap();
+        assert_eq!(t.slot_counts(), vec![1; 13]);
+    }
+
+    #[test]
+    fn errors_name_the_offending_value() {
+        let one = [MaglevBackend {
+            name: "x",
+            weight: 1,
+        }];
+        for m in [0, 1, 4, 9, 65535, 65536, u32::MAX] {
+            let err = build(&one, m, 0).unwrap_err();
+            assert_eq!(err, MaglevError::TableSizeNotPrime { table_size: m });
+            assert!(err.to_string().contains(&m.to_string()));
+        }
+        let n = names("b", 3);
+        let err = build(&equal(&n), 2, 0).unwrap_err();
+        assert_eq!(
+            err,
+            MaglevError::TableTooSmall {
+                table_size: 2,
+                backends: 3
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "table size 2 is smaller than the number of backends (3)"
+        );
+        assert!(build(&equal(&n), 3, 0).is_ok());
+
+        let err = build(
+            &[
+                MaglevBackend {
+                    name: "x",
+                    weight: 1,
+                },
+                MaglevBackend {
+                    name: "y",
+                    weight: 1,
+                },
+                MaglevBackend {
+                    name: "x",
+                    weight: 2,
+                },
+            ],
+            M,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(err, MaglevError::DuplicateName { name: "x".into() });
+        assert!(err.to_string().contains("\"x\""));
+
+        let err = build(
+            &[
+                MaglevBackend {
+                    name: "x",
+                    weight: 1,
+                },
+                MaglevBackend {
+                    name: "y",
+                    weight: 0,
+                },
+            ],
+            M,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(err, MaglevError::ZeroWeight { name: "y".into() });
+        assert!(err.to_string().contains("\"y\"") && err.to_string().contains("weight 0"));
+    }
+
+    #[test]
+    fn which_error_is_reported_does_not_depend_on_order() {
+        let a = MaglevBackend {
+            name: "a",
+            weight: 0,
+        };
+        let b = MaglevBackend {
+            name: "b",
+            weight: 0,
+        };
+        let d = MaglevBackend {
+            name: "d",
+            weight: 1,
+        };
+        // A duplicate comes before a zero weight, which comes before too
+        // many backends; among several, the first name in byte order.
+        for input in [[a, b, d, d], [d, b, a, d], [d, d, b, a]] {
+            assert_eq!(
+                build(&input, 2, 0),
+                Err(MaglevError::DuplicateName { name: "d".into() })
+            );
+        }
+        for input in [[a, b, d], [b, d, a], [d, b, a]] {
+            assert_eq!(
+                build(&input, 2, 0),
+                Err(MaglevError::ZeroWeight { name: "a".into() })
+            );
+        }
+    }
+
+    #[test]
+    fn accessors() {
+        let n = names("web", 5);
+        let t = build(&backends(&n, &[1, 2, 3, 4, 5]), 101, 0).unwrap();
+        assert_eq!(t.table_size(), 101);
+        let counts = t.slot_counts();
+        assert_eq!(counts.iter().sum::<u64>(), 101);
+        let shares = t.shares();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        for (i, name) in t.names.iter().enumerate() {
+            assert_eq!(t.index_of(name), Some(i as u32));
+            assert_eq!(shares[i], counts[i] as f64 / 101.0);
+        }
+        assert_eq!(t.index_of("nope"), None);
+        assert_eq!(t.owner(0), Some(t.names[t.slots[0] as usize].as_str()));
+        assert_eq!(t.owner(101), None);
+        assert_eq!(t.moved_slots(&t), Some(0));
+        let other = build(&backends(&n, &[1, 2, 3, 4, 5]), 103, 0).unwrap();
+        assert_eq!(t.moved_slots(&other), None);
+        // Dropping a backend moves at least its own slots.
+        let fewer = build(&backends(&n[1..], &[2, 3, 4, 5]), 101, 0).unwrap();
+        let own = counts[t.index_of(&n[0]).unwrap() as usize];
+        assert!(t.moved_slots(&fewer).unwrap() >= own);
+    }
+
+    /// Both schedules replay Katran's loop, on the default size and on weights
+    /// skewed enough that `build` picks the heap.
+    #[test]
+    fn schedules_agree_with_katran_at_full_size() {
+        let n = names("srv", 40);
+        let mut rng = SplitMix(7);
+        let even: Vec<u32> = (0..40).map(|_| rng.range(1, 100)).collect();
+        let mut skewed = vec![1u32; 40];
+        skewed[17] = 1000;
+        for weights in [even, skewed] {
+            let b = backends(&n, &weights);
+            let reference = katran_reference(&b, M, 11);
+            for schedule in [Schedule::Rounds, Schedule::Heap] {
+                let t = build_with(&b, M, 11, Some(schedule)).unwrap();
+                assert_eq!(t.slots, reference, "{schedule:?}");
+            }
+            assert_eq!(build(&b, M, 11).unwrap().slots, reference);
+        }
+    }
+
+    // ---- acceptance criterion 1: balance with equal weights ----
+
+    /// At M = 65537 with equal weights, max/mean share <= 1.01 for every
+    /// N <= 650, checked exhaustively (N = 1..=650, ~8 s in a debug build).
+    /// With equal weights every backend takes one turn per round, so each
+    /// owns floor(M/N) or ceil(M/N) slots, and max/mean <= 1 + N/M, which is
+    /// <= 1.01 up to N = 655; at N = 650 it is 101 / (65537/650) = 1.0017,
+    /// and the worst over 1..=650 is 1.0094 (N = 630).
+    #[test]
+    fn equal_weights_balance_within_one_percent_up_to_650() {
+        let all = names("backend", 650);
+        let mut worst = (0.0f64, 0usize);
+        for n in 1..=650 {
+            let t = build(&equal(&all[..n]), M, 0x5eed).unwrap();
+            let (lo, hi) = (u64::from(M) / n as u64, u64::from(M).div_ceil(n as u64));
+            assert!(
+                t.slot_counts().iter().all(|&c| c == lo || c == hi),
+                "N = {n}"
+            );
+            let ratio = max_over_mean(&t);
+            assert!(ratio <= 1.01, "N = {n}: max/mean = {ratio}");
+            if ratio > worst.0 {
+                worst = (ratio, n);
+            }
+        }
+        let at_650 = max_over_mean(&build(&equal(&all), M, 0x5eed).unwrap());
+        assert!((at_650 - 101.0 / (65537.0 / 650.0)).abs() < 1e-12);
+        eprintln!(
+            "criterion 1: worst max/mean {:.5} at N = {}, {at_650:.5} at N = 650",
+            worst.0, worst.1
+        );
+    }
+
+    // ---- acceptance criterion 3: removing a backend moves few others ----
+
+    /// The figures of criterion 3 on a fixed sample: for each N and both kinds
+    /// of weights, 3 tables (different names and seeds), and from each, the
+    /// removal of every backend (N <= 10) or of 6 of them, among them the
+    /// heaviest. Returns (N, weighted, worst fraction, mean fraction).
+    fn removal_figures(ns: &[usize], weighted: bool) -> Vec<(usize, bool, f64, f64)> {
+        let mut out = Vec::new();
+        for &n in ns {
+            let mut worst = 0.0f64;
+            let mut sum = 0.0;
+            let mut count = 0;
+            for table in 0..3u32 {
+                let mut rng = SplitMix(u64::from(table) << 32 | n as u64);
+                let all = names(&format!("t{table}"), n);
+                let weights: Vec<u32> = (0..n)
+                    .map(|_| if weighted { rng.range(1, 100) } else { 1 })
+                    .collect();
+                let b = backends(&all, &weights);
+                let before = build(&b, M, table).unwrap();
+                let heaviest = (0..n).max_by_key(|&i| (weights[i], i)).unwrap();
+                let removed: Vec<usize> = if n <= 10 {
+                    (0..n).collect()
+                } else {
+                    let mut r: Vec<usize> = (0..5)
+                        .map(|_| rng.range(0, n as u32 - 1) as usize)
+                        .collect();
+                    r.push(heaviest);
+                    r
+                };
+                for r in removed {
+                    let mut rest = b.clone();
+                    let gone = rest.remove(r);
+                    let after = build(&rest, M, table).unwrap();
+                    let f = reassigned_fraction(&before, &after, gone.name);
+                    worst = worst.max(f);
+                    sum += f;
+                    count += 1;
+                }
+            }
+            out.push((n, weighted, worst, sum / f64::from(count)));
+        }
+        out
+    }
+
+    const REMOVAL_NS: [usize; 7] = [2, 3, 5, 10, 50, 100, 500];
+
+    /// Criterion 3 (<= 1% of the other backends' slots change owner),
+    /// asserted on this fixed sample, where classic Maglev meets it at every
+    /// N listed except with weights at N = 500, which is held to 2% here (a
+    /// regression guard, not the criterion; the gap is documented in
+    /// docs/MAGLEV.md).
+    ///
+    /// The criterion is NOT a property of Maglev at M = 65537: it fails for
+    /// rare tables at most N and for many at large N with weights, and a
+    /// random sample could fail, hence the fixed one. Measured in release
+    /// over 1000 random tables per N for N <= 10 (every backend removed in
+    /// turn) and 300 for N >= 50 (3 random backends removed), as
+    /// worst / mean / share of removals above 1%:
+    ///
+    /// | N   | equal weights          | weights 1..=100         |
+    /// |-----|------------------------|-------------------------|
+    /// | 2   | 0%    / 0%    / 0      | 0%    / 0%    / 0       |
+    /// | 3   | 1.59% / 0.04% / 0.07%  | 1.69% / 0.04% / 0.07%   |
+    /// | 5   | 2.10% / 0.13% / 0.3%   | 1.39% / 0.12% / 0.2%    |
+    /// | 10  | 1.49% / 0.27% / 0.1%   | 1.94% / 0.23% / 0.1%    |
+    /// | 50  | 0.74% / 0.46% / 0      | 1.17% / 0.43% / 0.2%    |
+    /// | 100 | 0.93% / 0.57% / 0      | 1.40% / 0.58% / 0.3%    |
+    /// | 500 | 1.02% / 0.90% / 0.1%   | 1.34% / 0.81% / 35%     |
+    /// | 650 | 0.96% / 0.79% / 0      | 1.32% / 0.71% / 25%     |
+    ///
+    /// Removing the heaviest backend at N = 500 or 650 moved more than 1%
+    /// every time (mean 1.27%, worst 1.6%-1.7%): Maglev's extra disruption
+    /// grows with the removed backend's share, twice the mean here. Larger
+    /// tables help: at M = 131071 (40 tables), weights 1..=100, the worst was
+    /// 0.97% at N = 500 and 1.02% at N = 650.
+    #[test]
+    fn removing_a_backend_reassigns_little() {
+        let mut figures = removal_figures(&REMOVAL_NS, false);
+        figures.extend(removal_figures(&REMOVAL_NS, true));
+        for &(n, weighted, worst, mean) in &figures {
+            eprintln!(
+                "criterion 3: N = {n:3} weighted = {weighted:5}: worst {:.3}%, mean {:.3}%",
+                worst * 100.0,
+                mean * 100.0
+            );
+        }
+        for &(n, weighted, worst, _) in &figures {
+            let bound = if weighted && n >= 500 { 0.02 } else { 0.01 };
+            assert!(
+                worst <= bound,
+                "N = {n}, weighted = {weighted}: {:.3}% of the other backends' slots moved",
+                worst * 100.0
+            );
+        }
+    }
+
+    // ---- property tests ----
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Criterion 2: with weights in 1..=100, each backend's table share is
+        /// within 1% (relative) or 2 slots of its weight share.
+        ///
+        /// Why it holds: backend i takes floor(R w_i / max_w) turns in the R
+        /// full rounds plus at most one in the last, partial round; summing
+        /// over backends to M shows that its count differs from
+        /// M w_i / W by less than 1 + N w_i / W slots. That is within 2 slots
+        /// or 1% whenever N <= 327, for any weights; up to N = 650 it held in
+        /// 4000 random cases in release (worst: 1.9 slots against a
+        /// tolerance of 2.01), because the rounding errors mostly cancel.
+        #[test]
+        fn shares_follow_weights(
+            weights in prop::collection::vec(1u32..=100, 1..=650),
+            seed in any::<u32>(),
+        ) {
+            let n = names("be", weights.len());
+            let t = build(&backends(&n, &weights), M, seed).unwrap();
+            let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+            let counts = t.slot_counts();
+            for (name, &w) in n.iter().zip(&weights) {
+                let count = counts[t.index_of(name).unwrap() as usize] as f64;
+                let target = f64::from(M) * f64::from(w) / total as f64;
+                let tolerance = (0.01 * target).max(2.0);
+                prop_assert!(
+                    (count - target).abs() <= tolerance,
+                    "{name} (weight {w}): {count} slots, expected {target:.2} +- {tolerance:.2}"
+                );
+            }
+        }
+
+        /// Criterion 4: the table depends on the set of backends, not on their
+        /// order (nor does the error, when there is one).
+        #[test]
+        fn order_does_not_matter(
+            (backends_in_order, shuffled) in prop::collection::btree_map("[a-z0-9.-]{1,12}", 1u32..=100, 1..40)
+                .prop_map(|m| m.into_iter().collect::<Vec<(String, u32)>>())
+                .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle())),
+            m in prop::sample::select(vec![2u32, 7, 31, 1009, 65537]),
+            seed in any::<u32>(),
+        ) {
+            let a = from_pairs(&backends_in_order);
+            let b = from_pairs(&shuffled);
+            prop_assert_eq!(build(&a, m, seed), build(&b, m, seed));
+        }
+
+        /// Criterion 5: the seed changes the table (with two or more
+        /// backends; with one, every table is all zeros).
+        #[test]
+        fn seeds_change_the_table(
+            n in 2usize..=20,
+            weighted in any::<bool>(),
+            seeds in (any::<u32>(), any::<u32>()).prop_filter("distinct", |(a, b)| a != b),
+        ) {
+            let all = names("node", n);
+            let weights: Vec<u32> = (0..n as u32).map(|i| if weighted { i % 7 + 1 } else { 1 }).collect();
+            let b = backends(&all, &weights);
+            let t1 = build(&b, M, seeds.0).unwrap();
+            let t2 = build(&b, M, seeds.1).unwrap();
+            prop_assert_ne!(&t1.slots, &t2.slots);
+            // Same seed, same table: no hidden state.
+            prop_assert_eq!(&t1, &build(&b, M, seeds.0).unwrap());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Both schedules give Katran's table, at small sizes where wrap-around,
+        /// N close to M and extreme weights are all likely.
+        #[test]
+        fn schedules_match_katran(
+            m in prop::sample::select(vec![2u32, 3, 5, 7, 11, 13, 31, 101, 257, 1009]),
+            weights in prop::collection::vec(
+                prop_oneof![1u32..=3, 1u32..=100, Just(u32::MAX), 1u32..=u32::MAX],
+                1..=40,
+            ),
+            seed in any::<u32>(),
+        ) {
+            let n = names("r", weights.len().min(m as usize));
+            let b = backends(&n, &weights[..n.len()]);
+            let reference = katran_reference(&b, m, seed);
+            for schedule in [Schedule::Rounds, Schedule::Heap] {
+                let t = build_with(&b, m, seed, Some(schedule)).unwrap();
+                prop_assert_eq!(&t.slots, &reference, "{:?}", schedule);
+            }
+        }
     }
 }

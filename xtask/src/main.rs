@@ -3,7 +3,8 @@
 //! - `setup`: make a fresh machine of this kind ready (idempotent);
 //! - `build`: build everything, the XDP object included;
 //! - `test`: setup, then every test (the command CI runs);
-//! - `demo`: setup, build, and run the namespace demo.
+//! - `demo`: setup, build, and run the namespace demo;
+//! - `bench`: setup, then the benchmarks in xtask/benches.
 
 mod setup;
 
@@ -33,6 +34,8 @@ enum Cmd {
     },
     /// Run setup, build, then the demo in network namespaces.
     Demo,
+    /// Run the benchmarks (xtask/benches); results go to docs/BENCHMARKS.md by hand.
+    Bench,
 }
 
 pub fn cargo() -> Command {
@@ -67,6 +70,18 @@ fn main() -> anyhow::Result<()> {
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "lb-ebpf"])
                 .args(&args))
+        }
+        Cmd::Bench => {
+            setup::setup()?;
+            run(cargo().args([
+                "bench",
+                "-p",
+                "xtask",
+                "--bench",
+                "maglev",
+                "--bench",
+                "dataplane",
+            ]))
         }
         Cmd::Demo => {
             setup::setup()?;

@@ -1,0 +1,59 @@
+//! Maglev table build time (pure userspace) and, as root, the time to write a
+//! built table into a fresh inner map and swap it in. Median of many runs.
+
+use std::time::{Duration, Instant};
+
+use xlb::maglev::{MaglevBackend, build};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let names: Vec<String> = (0..100).map(|i| format!("backend-{i:03}")).collect();
+    for (label, weights) in [
+        ("equal weights", vec![1u32; 100]),
+        ("weights 1..100", (1..=100).collect()),
+    ] {
+        let backends: Vec<MaglevBackend<'_>> = names
+            .iter()
+            .zip(&weights)
+            .map(|(n, &w)| MaglevBackend { name: n, weight: w })
+            .collect();
+        let runs: Vec<Duration> = (0..21)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(build(&backends, 65537, 1).unwrap());
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "maglev build, M = 65537, 100 backends, {label}: median {:?} of {} runs",
+            median(runs),
+            21
+        );
+    }
+
+    if !nix::unistd::geteuid().is_root() {
+        println!("table install: skipped (needs root to create BPF maps)");
+        return;
+    }
+    let mut dp = xlb::dataplane::Dataplane::load().expect("load the balancer");
+    let backends: Vec<MaglevBackend<'_>> = names
+        .iter()
+        .map(|n| MaglevBackend { name: n, weight: 1 })
+        .collect();
+    let table = build(&backends, 65537, 1).unwrap();
+    let runs: Vec<Duration> = (0..11)
+        .map(|_| {
+            let t = Instant::now();
+            dp.install_table(0, &table.slots).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    println!(
+        "table install (fresh inner map, 65537 writes, swap): median {:?} of 11 runs",
+        median(runs)
+    );
+}
