@@ -272,3 +272,129 @@ impl Desired {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn config(backends: &[(&str, &str, u32)]) -> Config {
+        let mut text = String::from(
+            "interface = \"eth0\"\nhash_seed = 3\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n",
+        );
+        for (name, mac, weight) in backends {
+            text.push_str(&format!(
+                "[[vip.backend]]\nname = \"{name}\"\naddress = \"198.18.0.{}\"\nmac = \"{mac}\"\nweight = {weight}\n",
+                10 + name.len()
+            ));
+        }
+        parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn ids_survive_an_apply_and_new_ones_avoid_the_old() {
+        let first = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("bb", "02:00:00:00:00:02", 1),
+            ]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        assert_eq!(first.vips[0].backend_ids, vec![0, 1]);
+        // "a" goes, "ccc" comes: "bb" keeps id 1, and "ccc" must not take
+        // id 0, which the live table may still name.
+        let second = desired(
+            &config(&[
+                ("bb", "02:00:00:00:00:02", 1),
+                ("ccc", "02:00:00:00:00:03", 1),
+            ]),
+            &first.allocation,
+        )
+        .unwrap();
+        assert_eq!(second.vips[0].backend_ids, vec![1, 2]);
+        assert_eq!(
+            second
+                .new_backend_ids(&first.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        // A later apply may reuse id 0.
+        let third = desired(
+            &config(&[
+                ("bb", "02:00:00:00:00:02", 1),
+                ("dddd", "02:00:00:00:00:04", 1),
+            ]),
+            &second.allocation,
+        )
+        .unwrap();
+        assert_eq!(third.vips[0].backend_ids, vec![1, 0]);
+    }
+
+    #[test]
+    fn a_changed_mac_is_a_new_id() {
+        let first = desired(
+            &config(&[("a", "02:00:00:00:00:01", 1)]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let second = desired(&config(&[("a", "02:00:00:00:00:09", 1)]), &first.allocation).unwrap();
+        assert_ne!(first.vips[0].backend_ids, second.vips[0].backend_ids);
+    }
+
+    #[test]
+    fn kernel_slots_translate_the_maglev_table() {
+        let d = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("bb", "02:00:00:00:00:02", 3),
+            ]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let v = &d.vips[0];
+        assert_eq!(v.slots.len(), 1021);
+        assert_eq!(v.meta.table_size, 1021);
+        for (slot, &id) in v.slots.iter().enumerate() {
+            let name = &v.table.names[v.table.slots[slot] as usize];
+            let i = v
+                .config
+                .backends
+                .iter()
+                .position(|b| &b.name == name)
+                .unwrap();
+            assert_eq!(v.backend_ids[i], id);
+        }
+        let weight_weighted =
+            v.slots.iter().filter(|&&id| id == v.backend_ids[1]).count() as f64 / 1021.0;
+        assert!((weight_weighted - 0.75).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_vip_without_active_backends_gets_a_table_that_drops() {
+        let mut c = config(&[("a", "02:00:00:00:00:01", 1)]);
+        c.vips[0].backends[0].state = crate::config::BackendState::Disabled;
+        let d = desired(&c, &Allocation::default()).unwrap();
+        assert_eq!(d.vips[0].slots, vec![NO_BACKEND]);
+        assert_eq!(d.vips[0].meta.table_size, 1);
+        // The disabled backend still has an id (for its counters).
+        assert_eq!(d.vips[0].backend_ids.len(), 1);
+    }
+
+    #[test]
+    fn vip_keys_are_network_order() {
+        let d = desired(
+            &config(&[("a", "02:00:00:00:00:01", 1)]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let k = d.vips[0].key;
+        assert_eq!(&k.addr[..4], &[198, 18, 100, 1]);
+        assert_eq!(k.port_be.to_ne_bytes(), [0, 80]);
+        assert_eq!(
+            (k.proto, k.family),
+            (lb_common::PROTO_TCP, lb_common::FAMILY_V4)
+        );
+    }
+}

@@ -230,3 +230,77 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::Counters;
+
+    #[test]
+    fn shares_come_from_weights_table_and_counters_since_apply() {
+        let text = "interface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
+            [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\nweight = 1\n\
+            [[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:12\"\nweight = 3\n\
+            [[vip.backend]]\nname = \"c\"\naddress = \"198.18.0.13\"\nmac = \"02:00:00:00:00:13\"\nstate = \"draining\"\n";
+        let config = crate::config::parse(text, "t.toml").unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let ids = desired.vips[0].backend_ids.clone();
+        let c = |packets| Counters {
+            packets,
+            bytes: packets * 100,
+        };
+        let mut at_apply = CounterSnapshot::default();
+        at_apply.backends.insert(ids[0], c(1000));
+        let mut now = CounterSnapshot::default();
+        now.backends.insert(ids[0], c(1000 + 30));
+        now.backends.insert(ids[1], c(70));
+        now.backends.insert(ids[2], c(0));
+        let ctx = StatusContext {
+            interface: "eth0",
+            revision: 2,
+            applied_at_unix_seconds: 0,
+            observed_seconds: 1.0,
+        };
+        let s = build(&ctx, &desired, &now, &at_apply);
+        let b = &s.vips[0].backends;
+        assert_eq!(
+            (
+                b[0].expected_share_ratio,
+                b[1].expected_share_ratio,
+                b[2].expected_share_ratio
+            ),
+            (0.25, 0.75, 0.0)
+        );
+        assert!((b[0].table_share_ratio - 0.25).abs() < 0.01 && b[2].table_share_ratio == 0.0);
+        assert_eq!(b[0].observed_share_ratio, Some(0.3));
+        assert_eq!(b[1].observed_share_ratio, Some(0.7));
+        assert_eq!((b[0].packets, b[0].packets_since_apply), (1030, 30));
+        let table = render_table(&s, false);
+        assert!(table.contains("web (198.18.100.1:80/tcp)   a"), "{table}");
+    }
+
+    #[test]
+    fn no_traffic_means_no_observed_share() {
+        let config = crate::config::parse(
+            "interface = \"eth0\"\n[[vip]]\nname = \"w\"\naddress = \"2001:db8::1\"\nport = 0\nprotocol = \"udp\"\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"2001:db8::11\"\nmac = \"02:00:00:00:00:11\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let ctx = StatusContext {
+            interface: "eth0",
+            revision: 1,
+            applied_at_unix_seconds: 0,
+            observed_seconds: 0.0,
+        };
+        let s = build(
+            &ctx,
+            &desired,
+            &CounterSnapshot::default(),
+            &CounterSnapshot::default(),
+        );
+        assert_eq!(s.vips[0].backends[0].observed_share_ratio, None);
+        assert!(render_table(&s, false).contains("w ([2001:db8::1]:*/udp)"));
+    }
+}
