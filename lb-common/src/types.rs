@@ -57,14 +57,18 @@ pub struct Backend {
 }
 const _: () = assert!(size_of::<Backend>() == 24);
 
-/// A packet and byte counter pair; every counter map holds these, per CPU.
+/// What every counter map holds, one per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
+    /// Packets that missed the connection table and were hashed onto the
+    /// Maglev table: TCP SYNs, first packets of UDP flows, evicted flows.
+    /// Zero in the action and drop counters.
+    pub new_flows: u64,
 }
-const _: () = assert!(size_of::<Counters>() == 16);
+const _: () = assert!(size_of::<Counters>() == 24);
 
 /// Host-wide settings, the single entry of the config map.
 #[repr(C)]
@@ -82,7 +86,7 @@ pub struct GlobalConfig {
 const _: () = assert!(size_of::<GlobalConfig>() == 16);
 
 /// Bumped whenever a map's key or value layout changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 #[cfg(feature = "user")]
 mod user {

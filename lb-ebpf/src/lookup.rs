@@ -29,6 +29,8 @@ pub struct Choice {
     pub backend_id: u32,
     pub backend: Backend,
     pub iface_mac: [u8; 6],
+    /// Hashed onto the Maglev table: the connection table did not know it.
+    pub new_flow: bool,
 }
 
 /// The backend id and entry, if the entry may be used.
@@ -74,13 +76,14 @@ fn from_table(p: &Parsed, meta: &VipMeta, hash_seed: u32) -> Result<(u32, Backen
 #[inline(always)]
 pub fn backend(p: &Parsed, meta: &VipMeta) -> Result<Choice, u32> {
     let cfg = XLB_CONFIG.get(0).ok_or(DROP_NO_CONFIG)?;
-    let (backend_id, backend) = match remembered(p) {
-        Some(known) => known,
-        None => from_table(p, meta, cfg.hash_seed)?,
+    let ((backend_id, backend), new_flow) = match remembered(p) {
+        Some(known) => (known, false),
+        None => (from_table(p, meta, cfg.hash_seed)?, true),
     };
     Ok(Choice {
         backend_id,
         backend,
         iface_mac: cfg.iface_mac,
+        new_flow,
     })
 }

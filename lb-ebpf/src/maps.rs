@@ -9,7 +9,10 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Counters, GlobalConfig, VipKey, VipMeta,
     hash::FlowWords,
-    maps::{BPF_F_INNER_MAP, CONN_TABLE_SIZE, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS, MAX_VIPS},
+    maps::{
+        BPF_F_MMAPABLE, CONN_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS,
+        MAX_VIPS,
+    },
     stats::{ACTION_COUNT, DROP_REASON_COUNT},
 };
 
@@ -20,10 +23,11 @@ pub static XLB_VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::
 /// vip_id -> that VIP's Maglev table (slot -> backend id). The controller
 /// builds a new inner array aside and swaps it in with one update, so a packet
 /// sees either the old table or the new one, never a mix. BPF_F_INNER_MAP lets
-/// each VIP's table have its own (prime) size.
+/// each VIP's table have its own (prime) size; BPF_F_MMAPABLE lets the
+/// controller fill and check a table through memory.
 #[btf_map]
 pub static XLB_MAGLEV_TABLES: ArrayOfMaps<
-    Array<u32, { MAGLEV_TEMPLATE_SIZE as usize }, { BPF_F_INNER_MAP as usize }>,
+    Array<u32, { MAGLEV_TEMPLATE_SIZE as usize }, { MAGLEV_TABLE_FLAGS as usize }>,
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 
@@ -31,13 +35,20 @@ pub static XLB_MAGLEV_TABLES: ArrayOfMaps<
 #[btf_map]
 pub static XLB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// Per-CPU packets and bytes per VIP.
+/// Counters per CPU and VIP, slot `cpu * MAX_VIPS + vip_id` (see
+/// lb_common::maps::VIP_STATS for why not a per-CPU array). The size here is
+/// one CPU's stripe; the loader sets the real size, stripe x possible CPUs.
 #[btf_map]
-pub static XLB_VIP_STATS: PerCpuArray<Counters, { MAX_VIPS as usize }> = PerCpuArray::new();
+pub static XLB_VIP_STATS: Array<Counters, { MAX_VIPS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
-/// Per-CPU packets and bytes per backend.
+/// Counters per CPU and backend, slot `cpu * MAX_BACKENDS + backend_id`.
 #[btf_map]
-pub static XLB_BACKEND_STATS: PerCpuArray<Counters, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+pub static XLB_BACKEND_STATS: Array<
+    Counters,
+    { MAX_BACKENDS as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 
 /// Per-CPU packets and bytes per XDP action.
 #[btf_map]

@@ -248,6 +248,7 @@ mod tests {
         let c = |packets| Counters {
             packets,
             bytes: packets * 100,
+            new_flows: packets / 10,
         };
         let mut at_apply = CounterSnapshot::default();
         at_apply.backends.insert(ids[0], c(1000));

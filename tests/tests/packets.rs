@@ -500,6 +500,26 @@ fn plus_one(c: Counters, bytes: usize) -> Counters {
     Counters {
         packets: c.packets + 1,
         bytes: c.bytes + bytes as u64,
+        new_flows: c.new_flows,
+    }
+}
+
+/// `c` plus one packet of `bytes`, and one new flow if `new_flow`.
+fn plus_flow(c: Counters, bytes: usize, new_flow: bool) -> Counters {
+    Counters {
+        new_flows: c.new_flows + new_flow as u64,
+        ..plus_one(c, bytes)
+    }
+}
+
+/// A TCP segment with SYN and without ACK: it always starts a new flow.
+fn is_syn(frame: &[u8]) -> bool {
+    match etherparse::SlicedPacket::from_ethernet(frame) {
+        Ok(p) => matches!(
+            p.transport,
+            Some(etherparse::TransportSlice::Tcp(t)) if t.syn() && !t.ack()
+        ),
+        Err(_) => false,
     }
 }
 
@@ -572,6 +592,9 @@ fn packet_fixtures() {
     let mut failures = Vec::new();
     // Backend id -> (frames, bytes) the TX fixtures sent it.
     let mut sent: BTreeMap<u32, Counters> = BTreeMap::new();
+    // Flows the connection table has seen: their next non-SYN packet is no
+    // new flow.
+    let mut known: std::collections::BTreeSet<String> = Default::default();
 
     for (n, f) in fixtures.iter().enumerate() {
         let len = f.frame.len();
@@ -584,10 +607,13 @@ fn packet_fixtures() {
                 let (backend, id) =
                     expected_backend(&desired, &flow).expect("the simulator picks a backend");
                 let vip = vip_for(&desired, &flow).expect("a VIP flow");
-                want.vips.insert(vip.id, plus_one(want.vips[&vip.id], len));
-                want.backends.insert(id, plus_one(want.backends[&id], len));
+                let new_flow = known.insert(format!("{flow:?}")) || is_syn(&f.frame);
+                want.vips
+                    .insert(vip.id, plus_flow(want.vips[&vip.id], len, new_flow));
+                want.backends
+                    .insert(id, plus_flow(want.backends[&id], len, new_flow));
                 let s = sent.entry(id).or_default();
-                *s = plus_one(*s, len);
+                *s = plus_flow(*s, len, new_flow);
                 (
                     XDP_TX,
                     with_macs(&f.frame, backend.mac.0, LB_MAC),

@@ -2,10 +2,12 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{Backend, Counters, GlobalConfig, VipKey, VipMeta, maps};
+
+use super::mmap::MappedArray;
 
 /// The balancer object, built by build.rs (aya-build) and embedded.
 pub fn balancer_object() -> &'static [u8] {
@@ -48,6 +50,75 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("map {name}: {source}")]
+    Io {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub(super) fn io_err(name: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
+    move |source| DataplaneError::Io { name, source }
+}
+
+/// Possible CPUs: the number of stripes of the striped counter arrays.
+pub(super) fn possible_cpus() -> Result<usize, DataplaneError> {
+    aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io { name: path, source })
+}
+
+/// A CPU-striped counter array (slot `cpu * stripe + id`), mapped into memory.
+pub(super) struct Striped {
+    pub(super) mem: MappedArray<Counters>,
+    pub(super) stripe: u32,
+    pub(super) cpus: usize,
+    /// Keeps the map's fd open as long as the mapping (the mapping alone
+    /// would keep the map alive, but the fd is what pinning will need).
+    _map: MapData,
+}
+
+impl Striped {
+    fn take(ebpf: &mut Ebpf, name: &'static str, stripe: u32) -> Result<Self, DataplaneError> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or(DataplaneError::Missing { kind: "map", name })?;
+        let Map::Array(map) = map else {
+            return Err(DataplaneError::Missing {
+                kind: "BPF_MAP_TYPE_ARRAY",
+                name,
+            });
+        };
+        let cpus = possible_cpus()?;
+        let mem = MappedArray::new(map.fd(), cpus * stripe as usize).map_err(io_err(name))?;
+        Ok(Self {
+            mem,
+            stripe,
+            cpus,
+            _map: map,
+        })
+    }
+
+    /// `id`'s counters summed over CPUs.
+    pub(super) fn sum(&self, id: u32) -> Counters {
+        (0..self.cpus).fold(Counters::default(), |acc, cpu| {
+            let c = self.mem.get(cpu * self.stripe as usize + id as usize);
+            Counters {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+                new_flows: acc.new_flows + c.new_flows,
+            }
+        })
+    }
+
+    /// Zero `id` on every CPU: a new id starts from nothing.
+    pub(super) fn zero(&self, id: u32) {
+        for cpu in 0..self.cpus {
+            self.mem.set(
+                cpu * self.stripe as usize + id as usize,
+                Counters::default(),
+            );
+        }
+    }
 }
 
 pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -58,10 +129,10 @@ pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) ->
 pub struct Dataplane {
     pub(super) ebpf: Ebpf,
     pub(super) vips: HashMap<MapData, VipKey, VipMeta>,
-    pub(super) tables: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    pub(super) tables: ArrayOfMaps<MapData, MapData>,
     pub(super) backends: Array<MapData, Backend>,
-    pub(super) vip_stats: PerCpuArray<MapData, Counters>,
-    pub(super) backend_stats: PerCpuArray<MapData, Counters>,
+    pub(super) vip_stats: Striped,
+    pub(super) backend_stats: Striped,
     pub(super) action_stats: PerCpuArray<MapData, Counters>,
     pub(super) drop_stats: PerCpuArray<MapData, Counters>,
     pub(super) config: Array<MapData, GlobalConfig>,
@@ -85,7 +156,11 @@ impl Dataplane {
         if object.is_empty() {
             return Err(DataplaneError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(object)?;
+        let cpus = possible_cpus()? as u32;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::VIP_STATS, maps::MAX_VIPS * cpus)
+            .map_max_entries(maps::BACKEND_STATS, maps::MAX_BACKENDS * cpus)
+            .load(object)?;
         let name = maps::BALANCER_PROGRAM;
         let program: &mut Xdp = ebpf
             .program_mut(name)
@@ -102,8 +177,8 @@ impl Dataplane {
             vips: take(&mut ebpf, maps::VIPS)?,
             tables: take(&mut ebpf, maps::MAGLEV_TABLES)?,
             backends: take(&mut ebpf, maps::BACKENDS)?,
-            vip_stats: take(&mut ebpf, maps::VIP_STATS)?,
-            backend_stats: take(&mut ebpf, maps::BACKEND_STATS)?,
+            vip_stats: Striped::take(&mut ebpf, maps::VIP_STATS, maps::MAX_VIPS)?,
+            backend_stats: Striped::take(&mut ebpf, maps::BACKEND_STATS, maps::MAX_BACKENDS)?,
             action_stats: take(&mut ebpf, maps::ACTION_STATS)?,
             drop_stats: take(&mut ebpf, maps::DROP_STATS)?,
             config: take(&mut ebpf, maps::CONFIG)?,

@@ -2,9 +2,11 @@
 //!
 //! - `loader`: the embedded objects, loading and attaching;
 //! - `writer`: turning a `state::Desired` into map updates, atomically per VIP;
-//! - `reader`: counters, summed over CPUs.
+//! - `reader`: counters, summed over CPUs, and the live tables;
+//! - `mmap`: BPF arrays mapped into memory.
 
 mod loader;
+mod mmap;
 mod reader;
 mod writer;
 

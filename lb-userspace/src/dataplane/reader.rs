@@ -1,4 +1,5 @@
-//! Reading counters: per-CPU values are summed here, never exported per CPU.
+//! Reading counters and live tables. Per-CPU values are summed here, never
+//! exported per CPU (except the per-CPU totals of `actions_per_cpu`).
 
 use aya::maps::{MapData, PerCpuArray};
 use lb_common::{
@@ -6,18 +7,26 @@ use lb_common::{
     stats::{ACTION_COUNT, DROP_REASON_COUNT},
 };
 
-use super::{Dataplane, DataplaneError, loader::map_err};
+use super::{Dataplane, DataplaneError, loader::map_err, mmap::MappedArray};
 
-fn sum(
+fn per_cpu(
     map: &PerCpuArray<MapData, Counters>,
     name: &'static str,
     index: u32,
-) -> Result<Counters, DataplaneError> {
-    let values = map.get(&index, 0).map_err(map_err(name))?;
-    Ok(values.iter().fold(Counters::default(), |acc, c| Counters {
-        packets: acc.packets + c.packets,
-        bytes: acc.bytes + c.bytes,
-    }))
+) -> Result<Vec<Counters>, DataplaneError> {
+    Ok(map.get(&index, 0).map_err(map_err(name))?.to_vec())
+}
+
+fn add(a: Counters, b: &Counters) -> Counters {
+    Counters {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
+        new_flows: a.new_flows + b.new_flows,
+    }
+}
+
+fn total(values: &[Counters]) -> Counters {
+    values.iter().fold(Counters::default(), add)
 }
 
 /// Every counter the status needs, read at one moment.
@@ -31,15 +40,17 @@ pub struct CounterSnapshot {
     pub actions: Vec<Counters>,
     /// By drop reason.
     pub drops: Vec<Counters>,
+    /// All actions of each CPU, by CPU number.
+    pub per_cpu: Vec<Counters>,
 }
 
 impl Dataplane {
-    pub fn vip_counters(&self, vip_id: u32) -> Result<Counters, DataplaneError> {
-        sum(&self.vip_stats, maps::VIP_STATS, vip_id)
+    pub fn vip_counters(&self, vip_id: u32) -> Counters {
+        self.vip_stats.sum(vip_id)
     }
 
-    pub fn backend_counters(&self, backend_id: u32) -> Result<Counters, DataplaneError> {
-        sum(&self.backend_stats, maps::BACKEND_STATS, backend_id)
+    pub fn backend_counters(&self, backend_id: u32) -> Counters {
+        self.backend_stats.sum(backend_id)
     }
 
     /// Counters of the given VIP and backend ids, and all action and drop counters.
@@ -50,18 +61,46 @@ impl Dataplane {
     ) -> Result<CounterSnapshot, DataplaneError> {
         let mut s = CounterSnapshot::default();
         for id in vip_ids {
-            s.vips.insert(id, self.vip_counters(id)?);
+            s.vips.insert(id, self.vip_counters(id));
         }
         for id in backend_ids {
-            s.backends.insert(id, self.backend_counters(id)?);
+            s.backends.insert(id, self.backend_counters(id));
         }
         for a in 0..ACTION_COUNT {
-            s.actions
-                .push(sum(&self.action_stats, maps::ACTION_STATS, a)?);
+            let cpus = per_cpu(&self.action_stats, maps::ACTION_STATS, a)?;
+            if s.per_cpu.len() < cpus.len() {
+                s.per_cpu.resize(cpus.len(), Counters::default());
+            }
+            for (sum, c) in s.per_cpu.iter_mut().zip(&cpus) {
+                *sum = add(*sum, c);
+            }
+            s.actions.push(total(&cpus));
         }
         for d in 0..DROP_REASON_COUNT {
-            s.drops.push(sum(&self.drop_stats, maps::DROP_STATS, d)?);
+            s.drops
+                .push(total(&per_cpu(&self.drop_stats, maps::DROP_STATS, d)?));
         }
         Ok(s)
+    }
+
+    /// The Maglev table the kernel holds for `vip_id` now, slot by slot;
+    /// None if it holds none.
+    pub fn live_table(&self, vip_id: u32) -> Result<Option<Vec<u32>>, DataplaneError> {
+        let name = maps::MAGLEV_TABLES;
+        let inner = match self.tables.get(&vip_id, 0) {
+            Ok(inner) => inner,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err(name)(e)),
+        };
+        let len = inner.info().map_err(map_err(name))?.max_entries() as usize;
+        let mem = MappedArray::<u32>::new(inner.fd(), len).map_err(super::loader::io_err(name))?;
+        Ok(Some(mem.to_vec()))
+    }
+
+    /// The kernel's backend entry for `backend_id`.
+    pub fn live_backend(&self, backend_id: u32) -> Result<lb_common::Backend, DataplaneError> {
+        self.backends
+            .get(&backend_id, 0)
+            .map_err(map_err(maps::BACKENDS))
     }
 }

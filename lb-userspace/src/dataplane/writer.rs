@@ -11,10 +11,14 @@
 //! Old backend entries are left as they are: a packet that read the old table
 //! just before the swap may still be reading them.
 
-use aya::maps::{Array, MapData, PerCpuValues};
-use lb_common::{Counters, GlobalConfig, LAYOUT_VERSION, maps};
+use aya::maps::MapData;
+use lb_common::{GlobalConfig, LAYOUT_VERSION, maps};
 
-use super::{Dataplane, DataplaneError, loader::map_err};
+use super::{
+    Dataplane, DataplaneError,
+    loader::{io_err, map_err},
+    mmap::MappedArray,
+};
 use crate::state::{Allocation, Desired, DesiredVip, kernel_backend};
 
 impl Dataplane {
@@ -32,32 +36,22 @@ impl Dataplane {
         self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
     }
 
-    fn zero_counters(
-        map: &mut aya::maps::PerCpuArray<MapData, Counters>,
-        name: &'static str,
-        index: u32,
-    ) -> Result<(), DataplaneError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
-            name,
-            source: aya::maps::MapError::IoError(e),
-        })?;
-        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| {
-            DataplaneError::Map {
-                name,
-                source: aya::maps::MapError::IoError(e),
-            }
-        })?;
-        map.set(index, zeros, 0).map_err(map_err(name))
-    }
-
     /// Build `slots` into a fresh inner array and swap it in for `vip_id`.
     pub fn install_table(&mut self, vip_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
         let name = maps::MAGLEV_TABLES;
-        let mut inner: Array<MapData, u32> =
-            Array::create(slots.len() as u32, maps::BPF_F_INNER_MAP).map_err(map_err(name))?;
-        for (i, id) in slots.iter().enumerate() {
-            inner.set(i as u32, id, 0).map_err(map_err(name))?;
-        }
+        let def = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            size_of::<u32>() as u32,
+            size_of::<u32>() as u32,
+            slots.len() as u32,
+            maps::MAGLEV_TABLE_FLAGS,
+        );
+        let inner = MapData::create(def, "xlb_maglev", None).map_err(map_err(name))?;
+        // Fill it through memory: one copy instead of a syscall per slot. No
+        // program can see this map before the swap below.
+        MappedArray::<u32>::new(inner.fd(), slots.len())
+            .map_err(io_err(name))?
+            .fill_from(slots);
         // The swap: one update of the outer map. The kernel frees the old
         // inner map once no program can still hold it (RCU).
         self.tables.set(vip_id, &inner, 0).map_err(map_err(name))
@@ -96,7 +90,7 @@ impl Dataplane {
         for vip in &desired.vips {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 if new_backend_ids.contains(&id) {
-                    Self::zero_counters(&mut self.backend_stats, maps::BACKEND_STATS, id)?;
+                    self.backend_stats.zero(id);
                     self.backends
                         .set(id, kernel_backend(b), 0)
                         .map_err(map_err(maps::BACKENDS))?;
@@ -106,7 +100,7 @@ impl Dataplane {
         let new_vip_ids = desired.new_vip_ids(prev_alloc);
         for vip in &desired.vips {
             if new_vip_ids.contains(&vip.id) {
-                Self::zero_counters(&mut self.vip_stats, maps::VIP_STATS, vip.id)?;
+                self.vip_stats.zero(vip.id);
             }
             // VIPs are identified by name across applies.
             let prev =
