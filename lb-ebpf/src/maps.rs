@@ -31,9 +31,11 @@ pub static XLB_MAGLEV_TABLES: ArrayOfMaps<
     { MAX_VIPS as usize },
 > = ArrayOfMaps::new();
 
-/// backend id -> where to send the frame.
+/// backend id -> where to send the frame. Mmapable, so the controller's
+/// drift check reads every entry without a syscall each.
 #[btf_map]
-pub static XLB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+pub static XLB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// Counters per CPU and VIP, slot `cpu * MAX_VIPS + vip_id` (see
 /// lb_common::maps::VIP_STATS for why not a per-CPU array). The size here is

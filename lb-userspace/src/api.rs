@@ -17,6 +17,8 @@ pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Rewrite every table and backend entry from the applied config.
+    Repair,
     /// Validate `text` (named `file` in errors) and apply it.
     Apply {
         file: String,
@@ -44,6 +46,7 @@ pub struct ApiError {
 pub enum Response {
     Status(Box<Status>),
     Applied { revision: u64 },
+    Repaired(crate::controller::Repaired),
     Error(ApiError),
 }
 

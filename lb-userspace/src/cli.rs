@@ -52,13 +52,31 @@ pub enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         xdp_mode: Mode,
+        /// Serve /metrics, /api/status and the status page here instead of
+        /// the config's `metrics_address`.
+        #[arg(long)]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Check a config file offline; nothing is applied.
     Validate { file: PathBuf },
     /// Apply a config file to the running daemon (all or nothing).
     Apply { file: PathBuf },
-    /// Per VIP and backend: weights, expected, table and observed shares, counters.
+    /// Per VIP and backend: weights, expected, table and observed shares,
+    /// counters, and the imbalance detector's verdict.
     Status,
+    /// Rates and shares per backend, refreshed; one logfmt line per interval
+    /// when stdout is not a terminal.
+    Top {
+        /// Time between refreshes ("1s", "500ms").
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Stop after this many refreshes (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Rewrite every Maglev table and backend entry from the applied config
+    /// (after something else changed them: see "drift" in `xlb status`).
+    Repair,
 }
 
 /// A failure with the exit code it maps to.
@@ -107,6 +125,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run {
             config: file,
             xdp_mode,
+            metrics_address,
         } => {
             let missing = crate::caps::missing();
             if !missing.is_empty() {
@@ -127,6 +146,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 config_file: file.display().to_string(),
                 socket: cli.socket,
                 mode,
+                metrics_address,
             })
             .map_err(|e| Failure::internal(format!("{e:#}")))
         }
@@ -178,6 +198,32 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
             }
         }
+        Command::Top { interval, count } => top(&cli, interval, count),
+        Command::Repair => match api::call(&cli.socket, &Request::Repair)? {
+            Response::Repaired(r) => {
+                if cli.output == Output::Json {
+                    print_json(&serde_json::json!({
+                        "schema_version": status::SCHEMA_VERSION,
+                        "drifted": r.drifted,
+                        "rewritten": r.rewritten,
+                    }));
+                } else if r.drifted.is_empty() {
+                    println!(
+                        "no drift found; rewrote the tables of {} VIPs anyway",
+                        r.rewritten.len()
+                    );
+                } else {
+                    println!(
+                        "repaired {} (drifted); rewrote the tables of {} VIPs",
+                        r.drifted.join(", "),
+                        r.rewritten.len()
+                    );
+                }
+                Ok(())
+            }
+            Response::Error(e) => Err(from_api_error(e)),
+            other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        },
         Command::Status => match api::call(&cli.socket, &Request::Status)? {
             Response::Status(s) => {
                 match cli.output {
@@ -190,6 +236,35 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Response::Error(e) => Err(from_api_error(e)),
             other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
         },
+    }
+}
+
+fn top(cli: &Cli, interval: std::time::Duration, count: Option<u64>) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let mut shown = 0u64;
+    loop {
+        let s = match api::call(&cli.socket, &Request::Status)? {
+            Response::Status(s) => s,
+            Response::Error(e) => return Err(from_api_error(e)),
+            other => return Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        };
+        let mut out = std::io::stdout().lock();
+        let written = if tty {
+            // Home, clear, draw: the whole screen each time.
+            write!(out, "\x1b[H\x1b[2J{}", crate::top::render_screen(&s))
+        } else {
+            writeln!(out, "{}", crate::top::render_line(&s))
+        };
+        // A closed pipe (`xlb top | head`) ends top quietly.
+        if written.and_then(|_| out.flush()).is_err() {
+            return Ok(());
+        }
+        shown += 1;
+        if count.is_some_and(|c| shown >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
     }
 }
 

@@ -20,6 +20,8 @@ pub struct RunOptions {
     pub config_file: String,
     pub socket: PathBuf,
     pub mode: XdpMode,
+    /// Overrides the config's `metrics_address`.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// The interface's own MAC, the source of every frame we send.
@@ -40,11 +42,11 @@ pub fn interface_mac(interface: &str) -> anyhow::Result<[u8; 6]> {
 
 /// Bind the control socket, readable and writable by root only.
 fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+    if let Some(dir) = socket.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
@@ -68,7 +70,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut dataplane = Dataplane::load().context("loading the XDP program")?;
     dataplane.attach(&interface, opts.mode)?;
     log::info!("attached xlb_balancer to {interface}");
-    let mut controller = Controller::new(dataplane, interface, mac);
+    let metrics_address = opts.metrics_address.unwrap_or(opts.config.metrics_address);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut controller = Controller::new(dataplane, interface, mac, metrics);
     let revision = controller
         .apply(opts.config, &opts.config_file)
         .context("applying the initial config")?;
@@ -78,12 +82,38 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(controller.clone(), &opts.socket));
+    let result = runtime.block_on(async {
+        let http = crate::http::bind(metrics_address).await?;
+        log::info!("metrics, status page and /api/status on http://{metrics_address}/");
+        tokio::select! {
+            r = serve(controller.clone(), &opts.socket) => r,
+            r = crate::http::serve(http, controller.clone()) => r,
+            r = collect(controller.clone()) => r,
+        }
+    });
     let _ = std::fs::remove_file(&opts.socket);
     // Dropping the controller drops the dataplane, which detaches the program.
     drop(controller);
     log::info!("detached; exiting");
     result
+}
+
+/// Once a second: the detector and the drift check.
+async fn collect(controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let controller = controller.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut c = controller.lock().unwrap_or_else(|p| p.into_inner());
+            c.tick(crate::controller::unix_now())
+        })
+        .await?;
+        if let Err(e) = result {
+            log::warn!("collector: {e}");
+        }
+    }
 }
 
 async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> anyhow::Result<()> {
@@ -134,6 +164,13 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
     match request {
         Request::Status => match controller.status() {
             Ok(s) => Response::Status(Box::new(s)),
+            Err(e) => Response::Error(ApiError {
+                kind: ErrorKind::Internal,
+                message: e.to_string(),
+            }),
+        },
+        Request::Repair => match controller.repair() {
+            Ok(repaired) => Response::Repaired(repaired),
             Err(e) => Response::Error(ApiError {
                 kind: ErrorKind::Internal,
                 message: e.to_string(),

@@ -47,7 +47,7 @@ pub struct Allocation {
     backends: BTreeMap<BackendIdentity, u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DesiredVip {
     pub config: Vip,
     pub id: u32,
@@ -59,9 +59,12 @@ pub struct DesiredVip {
     pub backend_ids: Vec<u32>,
     /// The kernel table: slot -> backend id (`[NO_BACKEND]` when empty).
     pub slots: Vec<u32>,
+    /// Each `config.backends[i]`'s share of the table's slots (computed once
+    /// here: the collector needs them every second).
+    pub table_shares: Vec<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
     pub config: Config,
     pub vips: Vec<DesiredVip>,
@@ -227,7 +230,14 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
                 .map(|&i| ids_by_table_index[i as usize])
                 .collect()
         };
+        let shares = table.shares();
+        let table_shares = v
+            .backends
+            .iter()
+            .map(|b| table.index_of(&b.name).map_or(0.0, |i| shares[i as usize]))
+            .collect();
         vips.push(DesiredVip {
+            table_shares,
             config: v.clone(),
             id,
             key: vip_key(v),

@@ -4,11 +4,19 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::dataplane::CounterSnapshot;
+use crate::detect::{Signal, State, VipReport};
 use crate::state::Desired;
+use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
 use lb_common::stats::{ACTION_NAMES, DROP_REASON_NAMES};
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub use crate::detect::Verdict;
+
+/// 2: new flows, the detector's verdict, drift, window shares and rates,
+/// per-CPU totals and map fill.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -19,9 +27,64 @@ pub struct Status {
     pub applied_at_unix_seconds: u64,
     /// Seconds over which `observed_share_ratio` was measured (since the apply).
     pub observed_seconds: f64,
+    pub generated_at_unix_seconds: f64,
     pub vips: Vec<VipStatus>,
     pub actions: Vec<NamedCounter>,
     pub drops: Vec<NamedCounter>,
+    /// Packets and bytes the program saw on each CPU (all actions).
+    pub cpus: Vec<CpuCounter>,
+    pub maps: Vec<MapFill>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CpuCounter {
+    pub cpu: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+/// Per second, over the detector's window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub new_flows_per_second: f64,
+    pub packets_per_second: f64,
+    pub bytes_per_second: f64,
+}
+
+/// A backend's share of each signal over the detector's window (None
+/// without traffic).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowShares {
+    pub new_flows: Option<f64>,
+    pub packets: Option<f64>,
+    pub bytes: Option<f64>,
+}
+
+/// The last drift check of a VIP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriftStatus {
+    pub drifted: bool,
+    pub checked_at_unix_seconds: Option<f64>,
+    pub reason: Option<String>,
+}
+
+/// One signal of the detector, without the per-backend detail (that is in
+/// each backend's `window` and `rates`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalStatus {
+    pub signal: Signal,
+    pub rate_per_second: f64,
+    pub worst_backend: Option<String>,
+    pub worst_ratio: Option<f64>,
+    pub cv: Option<f64>,
+    pub state: State,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,6 +97,8 @@ pub struct NamedCounter {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipStatus {
     pub name: String,
+    /// The VIP's index in the kernel's maps (for bpftool).
+    pub id: u32,
     pub address: String,
     pub port: u16,
     pub protocol: String,
@@ -41,26 +106,39 @@ pub struct VipStatus {
     /// Since the VIP's id was created.
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
+    /// The imbalance detector's verdict.
+    pub imbalance: Verdict,
+    pub signals: Vec<SignalStatus>,
+    pub drift: DriftStatus,
+    pub rates: Rates,
     pub backends: Vec<BackendStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub name: String,
+    /// The backend's index in the kernel's backend map (for bpftool).
+    pub id: u32,
     pub address: String,
     pub mac: String,
     pub state: String,
     pub weight: u32,
     /// weight / sum of the weights of the VIP's active backends.
     pub expected_share_ratio: f64,
-    /// Fraction of the VIP's Maglev table slots that name this backend.
+    /// Fraction of the VIP's live Maglev table's slots that name this
+    /// backend (the applied table's, unless the live one drifted from it).
     pub table_share_ratio: f64,
     /// Fraction of the VIP's forwarded packets since the last apply; null
     /// before any packet arrived.
     pub observed_share_ratio: Option<f64>,
+    /// Shares over the detector's window.
+    pub window: WindowShares,
+    pub rates: Rates,
     /// Since the backend's id was created.
     pub packets: u64,
     pub bytes: u64,
+    pub new_flows: u64,
     /// Since the last apply.
     pub packets_since_apply: u64,
 }
@@ -71,6 +149,23 @@ pub struct StatusContext<'a> {
     pub revision: u64,
     pub applied_at_unix_seconds: u64,
     pub observed_seconds: f64,
+    pub generated_at_unix_seconds: f64,
+    /// The detector's last reports, by VIP name.
+    pub reports: &'a BTreeMap<String, VipReport>,
+    /// The last drift check, by VIP name.
+    pub drift: &'a BTreeMap<String, crate::drift::Finding>,
+    pub drift_checked_at: &'a BTreeMap<String, f64>,
+}
+
+fn no_verdict() -> Verdict {
+    Verdict {
+        state: State::LowRate,
+        cause: None,
+        backend: None,
+        ratio: None,
+        since_unix_seconds: None,
+        reason: "no measurement yet".to_string(),
+    }
 }
 
 pub fn build(
@@ -84,24 +179,38 @@ pub fn build(
         .iter()
         .map(|v| {
             let weight_sum: u64 = v.config.table_backends().map(|b| b.weight as u64).sum();
-            let shares = v.table.shares();
             let since = |id: u32| {
                 let n = now.backends.get(&id).map_or(0, |c| c.packets);
                 let b = at_apply.backends.get(&id).map_or(0, |c| c.packets);
                 n.saturating_sub(b)
             };
             let vip_since: u64 = v.backend_ids.iter().map(|&id| since(id)).sum();
+            let report = ctx.reports.get(&v.config.name);
+            let finding = ctx.drift.get(&v.config.name);
+            let live_shares = finding.and_then(|f| f.live_table_shares.as_ref());
+            // (signal, backend name) -> (share, rate) from the detector.
+            let mut window: BTreeMap<(Signal, &str), (Option<f64>, f64)> = BTreeMap::new();
+            for sig in report.map_or(&[][..], |r| &r.signals[..]) {
+                for b in &sig.backends {
+                    window.insert(
+                        (sig.signal, b.backend.as_str()),
+                        (b.observed_share_ratio, b.rate_per_second),
+                    );
+                }
+            }
             let backends = v
                 .config
                 .backends
                 .iter()
                 .zip(&v.backend_ids)
-                .map(|(b, &id)| {
+                .zip(&v.table_shares)
+                .map(|((b, &id), &applied_share)| {
                     let in_table = b.state == crate::config::BackendState::Active;
                     let counters = now.backends.get(&id).copied().unwrap_or_default();
                     let packets_since_apply = since(id);
                     BackendStatus {
                         name: b.name.clone(),
+                        id,
                         address: b.address.to_string(),
                         mac: b.mac.to_string(),
                         state: b.state.to_string(),
@@ -111,27 +220,81 @@ pub fn build(
                         } else {
                             0.0
                         },
-                        table_share_ratio: v
-                            .table
-                            .index_of(&b.name)
-                            .map_or(0.0, |i| shares[i as usize]),
+                        table_share_ratio: match live_shares {
+                            Some(live) => live.get(&b.name).copied().unwrap_or(0.0),
+                            None => applied_share,
+                        },
                         observed_share_ratio: (vip_since > 0)
                             .then(|| packets_since_apply as f64 / vip_since as f64),
+                        window: WindowShares {
+                            new_flows: window
+                                .get(&(Signal::NewFlows, &b.name[..]))
+                                .and_then(|w| w.0),
+                            packets: window
+                                .get(&(Signal::Packets, &b.name[..]))
+                                .and_then(|w| w.0),
+                            bytes: window.get(&(Signal::Bytes, &b.name[..])).and_then(|w| w.0),
+                        },
+                        rates: Rates {
+                            new_flows_per_second: window
+                                .get(&(Signal::NewFlows, &b.name[..]))
+                                .map_or(0.0, |w| w.1),
+                            packets_per_second: window
+                                .get(&(Signal::Packets, &b.name[..]))
+                                .map_or(0.0, |w| w.1),
+                            bytes_per_second: window
+                                .get(&(Signal::Bytes, &b.name[..]))
+                                .map_or(0.0, |w| w.1),
+                        },
                         packets: counters.packets,
                         bytes: counters.bytes,
+                        new_flows: counters.new_flows,
                         packets_since_apply,
                     }
                 })
                 .collect();
             let counters = now.vips.get(&v.id).copied().unwrap_or_default();
+            let signals: Vec<SignalStatus> = report.map_or(Vec::new(), |r| {
+                r.signals
+                    .iter()
+                    .map(|s| SignalStatus {
+                        signal: s.signal,
+                        rate_per_second: s.rate_per_second,
+                        worst_backend: s.worst_backend.clone(),
+                        worst_ratio: s.worst_ratio,
+                        cv: s.cv,
+                        state: s.verdict.state,
+                    })
+                    .collect()
+            });
+            let rate = |signal| {
+                signals
+                    .iter()
+                    .find(|s| s.signal == signal)
+                    .map_or(0.0, |s| s.rate_per_second)
+            };
             VipStatus {
                 name: v.config.name.clone(),
+                id: v.id,
                 address: v.config.address.to_string(),
                 port: v.config.port,
                 protocol: v.config.protocol.to_string(),
                 table_size: v.config.table_size,
                 packets: counters.packets,
                 bytes: counters.bytes,
+                new_flows: counters.new_flows,
+                imbalance: report.map_or_else(no_verdict, |r| r.verdict.clone()),
+                rates: Rates {
+                    new_flows_per_second: rate(Signal::NewFlows),
+                    packets_per_second: rate(Signal::Packets),
+                    bytes_per_second: rate(Signal::Bytes),
+                },
+                signals,
+                drift: DriftStatus {
+                    drifted: finding.is_some_and(|f| f.drifted),
+                    checked_at_unix_seconds: ctx.drift_checked_at.get(&v.config.name).copied(),
+                    reason: finding.and_then(|f| f.reason.clone()),
+                },
                 backends,
             }
         })
@@ -147,16 +310,75 @@ pub fn build(
             })
             .collect()
     };
+    let backend_ids: usize = desired.vips.iter().map(|v| v.backend_ids.len()).sum();
+    let fill = |name: &str, entries: usize, max: u32| MapFill {
+        name: name.to_string(),
+        entries: entries as u64,
+        max_entries: max.into(),
+    };
     Status {
         schema_version: SCHEMA_VERSION,
         interface: ctx.interface.to_string(),
         revision: ctx.revision,
         applied_at_unix_seconds: ctx.applied_at_unix_seconds,
         observed_seconds: ctx.observed_seconds,
+        generated_at_unix_seconds: ctx.generated_at_unix_seconds,
         vips,
         actions: named(&ACTION_NAMES, &now.actions),
         drops: named(&DROP_REASON_NAMES, &now.drops),
+        cpus: now
+            .per_cpu
+            .iter()
+            .enumerate()
+            .map(|(cpu, c)| CpuCounter {
+                cpu: cpu as u32,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect(),
+        maps: vec![
+            fill("vips", desired.vips.len(), MAX_VIPS),
+            fill("backends", backend_ids, MAX_BACKENDS),
+            fill("maglev_tables", desired.vips.len(), MAX_VIPS),
+        ],
     }
+}
+
+/// `web: imbalanced (traffic skew) since 2026-11-25T10:00:03Z (45s): b3 gets
+/// 2.29x its expected share; <the detector's reason>`.
+pub fn verdict_line(v: &VipStatus, now_unix_seconds: f64) -> String {
+    let i = &v.imbalance;
+    let state = match i.state {
+        State::Ok => "ok",
+        State::LowRate => "not judged (low rate)",
+        State::Pending => "pending",
+        State::Imbalanced => "IMBALANCED",
+    };
+    let mut line = format!("{}: {state}", v.name);
+    if let Some(cause) = i.cause {
+        line.push_str(match cause {
+            crate::detect::Cause::Table => " (table skew)",
+            crate::detect::Cause::Traffic => " (traffic skew)",
+        });
+    }
+    if let Some(since) = i.since_unix_seconds {
+        line.push_str(&format!(
+            " since {} ({:.0}s)",
+            rfc3339(since),
+            (now_unix_seconds - since).max(0.0)
+        ));
+    }
+    if let (Some(b), Some(r)) = (&i.backend, i.ratio) {
+        line.push_str(&format!(": {b} gets {r:.2}x its expected share"));
+    }
+    line.push_str(&format!("; {}", i.reason));
+    line
+}
+
+/// Unix seconds as an RFC 3339 UTC timestamp.
+pub fn rfc3339(unix_seconds: f64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds.max(0.0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn pct(r: f64) -> String {
@@ -219,6 +441,18 @@ pub fn render_table(s: &Status, wide: bool) -> String {
         }
     }
     out.push_str(&crate::table::render(&rows));
+    out.push('\n');
+    for v in &s.vips {
+        out.push_str(&verdict_line(v, s.generated_at_unix_seconds));
+        out.push('\n');
+        if v.drift.drifted {
+            out.push_str(&format!(
+                "{}: TABLE DRIFT: {}; run `xlb repair` to rewrite the applied tables\n",
+                v.name,
+                v.drift.reason.as_deref().unwrap_or("the kernel differs")
+            ));
+        }
+    }
     let drops: Vec<String> = s
         .drops
         .iter()
@@ -256,11 +490,18 @@ mod tests {
         now.backends.insert(ids[0], c(1000 + 30));
         now.backends.insert(ids[1], c(70));
         now.backends.insert(ids[2], c(0));
+        let none = BTreeMap::new();
+        let none_drift = BTreeMap::new();
+        let none_checked = BTreeMap::new();
         let ctx = StatusContext {
             interface: "eth0",
             revision: 2,
             applied_at_unix_seconds: 0,
             observed_seconds: 1.0,
+            generated_at_unix_seconds: 1.0,
+            reports: &none,
+            drift: &none_drift,
+            drift_checked_at: &none_checked,
         };
         let s = build(&ctx, &desired, &now, &at_apply);
         let b = &s.vips[0].backends;
@@ -289,11 +530,18 @@ mod tests {
         )
         .unwrap();
         let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let none = BTreeMap::new();
+        let none_drift = BTreeMap::new();
+        let none_checked = BTreeMap::new();
         let ctx = StatusContext {
             interface: "eth0",
             revision: 1,
             applied_at_unix_seconds: 0,
             observed_seconds: 0.0,
+            generated_at_unix_seconds: 0.0,
+            reports: &none,
+            drift: &none_drift,
+            drift_checked_at: &none_checked,
         };
         let s = build(
             &ctx,

@@ -109,6 +109,42 @@ pub fn drive(
         .collect()
 }
 
+/// One worker making about `per_second` exchanges a second until `stop` is
+/// set (bounded by `max_seconds`): steady traffic while a test watches.
+pub fn drive_paced(
+    client: &Netns,
+    target: SocketAddr,
+    proto: Proto,
+    per_second: u32,
+    stop: Arc<AtomicBool>,
+    max_seconds: u64,
+) -> Vec<Exchange> {
+    let gap = Duration::from_secs(1) / per_second.max(1);
+    let handle = client.spawn(move || {
+        let begun = Instant::now();
+        let deadline = begun + Duration::from_secs(max_seconds);
+        let mut out = Vec::new();
+        let mut next = begun;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let started = Instant::now();
+            let result = match proto {
+                Proto::Tcp => tcp_once(target),
+                Proto::Udp => udp_once(target),
+            };
+            out.push(Exchange { started, result });
+            next += gap;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(out)
+    });
+    handle
+        .join()
+        .expect("client thread")
+        .expect("client namespace")
+}
+
 /// Per-backend counts and the failures of a set of exchanges.
 #[derive(Debug, Default)]
 pub struct Tally {

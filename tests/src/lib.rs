@@ -1,9 +1,11 @@
 //! Test support: the privilege check, frame building, namespaces, servers,
 //! clients and the daemon, for the integration tests and the demo.
 
+pub mod browser;
 pub mod client;
 pub mod netns;
 pub mod packets;
+pub mod prom;
 pub mod servers;
 pub mod testbed;
 pub mod xlbd;

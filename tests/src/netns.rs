@@ -79,6 +79,21 @@ impl Netns {
         })
     }
 
+    /// Run `f` on a new thread inside the namespace called `name`, and wait.
+    pub fn in_named<T: Send + 'static>(
+        name: &str,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        let handle = ns.spawn(f);
+        std::mem::forget(ns); // not ours to delete
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in namespace {name} panicked"))?
+    }
+
     fn enter_and_forget(self) -> anyhow::Result<()> {
         let r = self.enter();
         std::mem::forget(self); // not ours to delete

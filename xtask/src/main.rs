@@ -81,6 +81,8 @@ fn main() -> anyhow::Result<()> {
                 "maglev",
                 "--bench",
                 "dataplane",
+                "--bench",
+                "observe",
             ]))
         }
         Cmd::Demo => {

@@ -17,6 +17,11 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "netcat-openbsd",
     "tcpdump",
+    // promtool for the rules' unit tests, and a real server that scrapes the
+    // daemon in the end-to-end test.
+    "prometheus",
+    // Headless, for the status page test.
+    "chromium",
 ];
 
 fn ok(cmd: &mut Command) -> bool {

@@ -3,6 +3,8 @@
 
 mod error;
 mod model;
+#[cfg(test)]
+mod tests;
 mod types;
 mod validate;
 

@@ -50,9 +50,16 @@ impl Issues {
     }
 }
 
-/// Keys of the top level, of a `[[vip]]` and of a `[[vip.backend]]`, in the
-/// order the error message lists them.
-pub(super) const ROOT_KEYS: &[&str] = &["interface", "hash_seed", "vip"];
+/// Keys of the top level, of a `[[vip]]`, of a `[[vip.backend]]` and of an
+/// `[imbalance]` or `[vip.imbalance]` table, in the order the error message
+/// lists them.
+pub(super) const ROOT_KEYS: &[&str] = &[
+    "interface",
+    "hash_seed",
+    "vip",
+    "metrics_address",
+    "imbalance",
+];
 pub(super) const VIP_KEYS: &[&str] = &[
     "name",
     "address",
@@ -60,13 +67,28 @@ pub(super) const VIP_KEYS: &[&str] = &[
     "protocol",
     "table_size",
     "backend",
+    "imbalance",
 ];
 pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state"];
+pub(super) const IMBALANCE_KEYS: &[&str] = &[
+    "max_ratio",
+    "max_cv",
+    "min_new_flow_rate",
+    "min_packet_rate",
+    "hold",
+    "window",
+];
+
+/// Top-level keys other than `imbalance` (which a VIP may have too).
+const ROOT_ONLY_KEYS: &[&str] = &["interface", "hash_seed", "vip", "metrics_address"];
 
 #[derive(Debug)]
 pub(super) struct RawConfig {
     pub interface: Option<Sp<String>>,
     pub hash_seed: Option<Sp<i128>>,
+    pub metrics_address: Option<Sp<String>>,
+    /// `[imbalance]`: the defaults of every VIP.
+    pub imbalance: Option<RawImbalance>,
     pub vips: Vec<RawVip>,
 }
 
@@ -81,6 +103,8 @@ pub(super) struct RawVip {
     pub port: Option<Sp<i128>>,
     pub protocol: Option<Sp<String>>,
     pub table_size: Option<Sp<i128>>,
+    /// `[vip.imbalance]`: this VIP's own thresholds, key by key.
+    pub imbalance: Option<RawImbalance>,
     pub backends: Vec<RawBackend>,
 }
 
@@ -97,6 +121,32 @@ pub(super) struct RawBackend {
     pub state: Option<Sp<String>>,
 }
 
+/// An `[imbalance]` or `[vip.imbalance]` table. Every key is optional.
+#[derive(Debug)]
+pub(super) struct RawImbalance {
+    /// `imbalance`, `vip[3].imbalance`
+    pub path: String,
+    /// The table's header (or the inline table).
+    pub span: Range<usize>,
+    pub max_ratio: Option<Sp<f64>>,
+    pub max_cv: Option<Sp<f64>>,
+    pub min_new_flow_rate: Option<Sp<f64>>,
+    pub min_packet_rate: Option<Sp<f64>>,
+    /// Durations, as written ("10s"); `validate` parses them.
+    pub hold: Option<Sp<String>>,
+    pub window: Option<Sp<String>>,
+}
+
+/// Hints for a key that is not allowed here but is a key of another table:
+/// (those keys, what to say), the first match wins.
+type Hints<'h> = &'h [(&'h [&'h str], &'h str)];
+
+/// A threshold written outside its table.
+const THRESHOLD_HINT_ROOT: &str =
+    "is an imbalance threshold: put it in an [imbalance] section (defaults for every VIP)";
+const THRESHOLD_HINT_VIP: &str =
+    "is an imbalance threshold: put it in a [vip.imbalance] section (this VIP's own)";
+
 impl RawConfig {
     /// Read the parsed document into the raw model, recording shape problems.
     pub fn read(doc: &Spanned<DeTable<'_>>, issues: &mut Issues) -> RawConfig {
@@ -105,17 +155,46 @@ impl RawConfig {
             span: doc.span(),
             path: String::new(),
         };
-        root.check_keys(ROOT_KEYS, None, issues);
+        root.check_keys(ROOT_KEYS, &[(IMBALANCE_KEYS, THRESHOLD_HINT_ROOT)], issues);
         let interface = root.string("interface", true, issues);
         let hash_seed = root.integer("hash_seed", false, issues);
-        let vips = root
-            .tables("vip", "[[vip]]", issues)
-            .into_iter()
-            .map(|vip| RawVip::read(&vip, issues))
-            .collect();
+        let metrics_address =
+            root.string_like("metrics_address", false, Some("\"127.0.0.1:9470\""), issues);
+        let imbalance = root
+            .table("imbalance", "an [imbalance] section", issues)
+            .map(|t| {
+                RawImbalance::read(
+                    &t,
+                    &[(
+                        ROOT_ONLY_KEYS,
+                        "is a top-level key: move it above the [imbalance] header",
+                    )],
+                    issues,
+                )
+            });
+        let vips = if let Some(v) = root.get("vip")
+            && let DeValue::Table(t) = v.get_ref()
+            && t.iter().any(|(k, _)| k.get_ref().as_ref() == "imbalance")
+        {
+            // `[vip.imbalance]` with no `[[vip]]` above it.
+            issues.push(
+                &v.span(),
+                "vip",
+                "a [vip.imbalance] section belongs to the [[vip]] above it, and there is none; \
+                 for the defaults of every VIP write [imbalance]",
+            );
+            Vec::new()
+        } else {
+            root.tables("vip", "[[vip]]", issues)
+                .into_iter()
+                .map(|vip| RawVip::read(&vip, issues))
+                .collect()
+        };
         RawConfig {
             interface,
             hash_seed,
+            metrics_address,
+            imbalance,
             vips,
         }
     }
@@ -125,10 +204,13 @@ impl RawVip {
     fn read(t: &Table<'_, '_>, issues: &mut Issues) -> RawVip {
         t.check_keys(
             VIP_KEYS,
-            Some((
-                ROOT_KEYS,
-                "is a top-level key: move it above the first [[vip]]",
-            )),
+            &[
+                (
+                    ROOT_ONLY_KEYS,
+                    "is a top-level key: move it above the first [[vip]]",
+                ),
+                (IMBALANCE_KEYS, THRESHOLD_HINT_VIP),
+            ],
             issues,
         );
         RawVip {
@@ -139,6 +221,24 @@ impl RawVip {
             port: t.integer("port", true, issues),
             protocol: t.string("protocol", true, issues),
             table_size: t.integer("table_size", false, issues),
+            imbalance: t
+                .table("imbalance", "a [vip.imbalance] section", issues)
+                .map(|i| {
+                    RawImbalance::read(
+                        &i,
+                        &[
+                            (
+                                VIP_KEYS,
+                                "is a VIP key: move it above the VIP's [vip.imbalance] header",
+                            ),
+                            (
+                                ROOT_ONLY_KEYS,
+                                "is a top-level key: move it above the first [[vip]]",
+                            ),
+                        ],
+                        issues,
+                    )
+                }),
             backends: t
                 .tables("backend", "[[vip.backend]]", issues)
                 .into_iter()
@@ -152,10 +252,18 @@ impl RawBackend {
     fn read(t: &Table<'_, '_>, issues: &mut Issues) -> RawBackend {
         t.check_keys(
             BACKEND_KEYS,
-            Some((
-                VIP_KEYS,
-                "is a VIP key: move it above the VIP's first [[vip.backend]]",
-            )),
+            &[
+                (
+                    &["imbalance"],
+                    "is a VIP setting, not a backend's: write the section as \
+                     [vip.imbalance], before or after the backends",
+                ),
+                (
+                    VIP_KEYS,
+                    "is a VIP key: move it above the VIP's first [[vip.backend]]",
+                ),
+                (IMBALANCE_KEYS, THRESHOLD_HINT_VIP),
+            ],
             issues,
         );
         RawBackend {
@@ -166,6 +274,22 @@ impl RawBackend {
             mac: t.string("mac", true, issues),
             weight: t.integer("weight", false, issues),
             state: t.string("state", false, issues),
+        }
+    }
+}
+
+impl RawImbalance {
+    fn read(t: &Table<'_, '_>, hints: Hints<'_>, issues: &mut Issues) -> RawImbalance {
+        t.check_keys(IMBALANCE_KEYS, hints, issues);
+        RawImbalance {
+            path: t.path.clone(),
+            span: t.span.clone(),
+            max_ratio: t.number("max_ratio", issues),
+            max_cv: t.number("max_cv", issues),
+            min_new_flow_rate: t.number("min_new_flow_rate", issues),
+            min_packet_rate: t.number("min_packet_rate", issues),
+            hold: t.duration("hold", issues),
+            window: t.duration("window", issues),
         }
     }
 }
@@ -191,9 +315,10 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Every key must be one of `allowed`; a typo gets a suggestion, and a
-    /// key of the enclosing level (`outer`) a hint about TOML's sections: a
-    /// key written after a `[[vip]]` header belongs to that VIP.
-    fn check_keys(&self, allowed: &[&str], outer: Option<(&[&str], &str)>, issues: &mut Issues) {
+    /// key of another level (`hints`) a hint about where it goes, often about
+    /// TOML's sections: a key written after a `[[vip]]` header belongs to
+    /// that VIP.
+    fn check_keys(&self, allowed: &[&str], hints: Hints<'_>, issues: &mut Issues) {
         for (key, _) in self.table.iter() {
             let key_str: &str = key.get_ref().as_ref();
             if allowed.contains(&key_str) {
@@ -203,9 +328,7 @@ impl<'a, 'i> Table<'a, 'i> {
                 "unknown field {key_str:?}, expected one of: {}",
                 allowed.join(", ")
             );
-            if let Some((outer_keys, hint)) = outer
-                && outer_keys.contains(&key_str)
-            {
+            if let Some((_, hint)) = hints.iter().find(|(keys, _)| keys.contains(&key_str)) {
                 reason.push_str(&format!(" ({key_str:?} {hint})"));
             } else if let Some(close) = closest(key_str, allowed) {
                 reason.push_str(&format!(" (did you mean {close:?}?)"));
@@ -219,6 +342,17 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     fn string(&self, key: &str, required: bool, issues: &mut Issues) -> Option<Sp<String>> {
+        self.string_like(key, required, None, issues)
+    }
+
+    /// A string; a value of another type is told to look like `example`.
+    fn string_like(
+        &self,
+        key: &str,
+        required: bool,
+        example: Option<&str>,
+        issues: &mut Issues,
+    ) -> Option<Sp<String>> {
         let Some(v) = self.get(key) else {
             if required {
                 self.missing(key, issues);
@@ -231,11 +365,21 @@ impl<'a, 'i> Table<'a, 'i> {
                 span: v.span(),
             }),
             other => {
-                let mut reason = format!("expected a string, found {}", describe(other));
-                if matches!(
-                    other,
-                    DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_)
-                ) {
+                let mut reason = match example {
+                    Some(example) => {
+                        format!(
+                            "expected a string like {example}, found {}",
+                            describe(other)
+                        )
+                    }
+                    None => format!("expected a string, found {}", describe(other)),
+                };
+                if example.is_none()
+                    && matches!(
+                        other,
+                        DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_)
+                    )
+                {
                     reason.push_str("; put the value in double quotes");
                 }
                 issues.push(&v.span(), self.field(key), reason);
@@ -274,6 +418,94 @@ impl<'a, 'i> Table<'a, 'i> {
                     reason.push_str(&format!("; write {key} = {} without quotes", s.trim()));
                 }
                 issues.push(&v.span(), self.field(key), reason);
+                None
+            }
+        }
+    }
+
+    /// A number: a TOML float or integer (`max_ratio = 2`). Optional.
+    fn number(&self, key: &str, issues: &mut Issues) -> Option<Sp<f64>> {
+        let v = self.get(key)?;
+        let value = match v.get_ref() {
+            DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            other => {
+                let mut reason = format!("expected a number, found {}", describe(other));
+                if let DeValue::String(s) = other
+                    && s.trim().parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    reason.push_str(&format!("; write {key} = {} without quotes", s.trim()));
+                }
+                issues.push(&v.span(), self.field(key), reason);
+                return None;
+            }
+        };
+        match value {
+            Some(value) => Some(Sp {
+                value,
+                span: v.span(),
+            }),
+            None => {
+                issues.push(&v.span(), self.field(key), "number is out of range");
+                None
+            }
+        }
+    }
+
+    /// A duration, as a string with a unit (`"10s"`); `validate` parses it.
+    /// A bare number is told to take a unit. Optional.
+    fn duration(&self, key: &str, issues: &mut Issues) -> Option<Sp<String>> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(Sp {
+                value: s.to_string(),
+                span: v.span(),
+            }),
+            other => {
+                let mut reason = format!(
+                    "expected a duration like \"10s\" or \"500ms\", found {}",
+                    describe(other)
+                );
+                // A plain non-negative number: suggest it with seconds.
+                let plain = match other {
+                    DeValue::Integer(n) if n.radix() == 10 => Some(n.as_str()),
+                    DeValue::Float(f) => Some(f.as_str()),
+                    _ => None,
+                }
+                .filter(|n| n.chars().all(|c| c.is_ascii_digit() || c == '.'));
+                if let Some(n) = plain {
+                    reason.push_str(&format!(
+                        "; give a unit in a string: {key} = \"{n}s\" for {n} seconds"
+                    ));
+                }
+                issues.push(&v.span(), self.field(key), reason);
+                None
+            }
+        }
+    }
+
+    /// A single table (a `[key]` section, an inline table or dotted keys).
+    /// Absent means none. `syntax` names the section: "an [imbalance] section".
+    fn table(&self, key: &str, syntax: &str, issues: &mut Issues) -> Option<Table<'a, 'i>> {
+        let v = self.get(key)?;
+        let field = self.field(key);
+        match v.get_ref() {
+            DeValue::Table(table) => Some(Table {
+                table,
+                span: v.span(),
+                path: field,
+            }),
+            other => {
+                issues.push(
+                    &v.span(),
+                    field,
+                    format!(
+                        "expected a table (write it as {syntax}), found {}",
+                        describe(other)
+                    ),
+                );
                 None
             }
         }
@@ -403,6 +635,13 @@ mod tests {
         assert_eq!(closest("vips", ROOT_KEYS), Some("vip"));
         assert_eq!(closest("health_check", VIP_KEYS), None);
         assert_eq!(closest("x", BACKEND_KEYS), None);
+        assert_eq!(closest("max_ration", IMBALANCE_KEYS), Some("max_ratio"));
+        assert_eq!(closest("maxcv", IMBALANCE_KEYS), Some("max_cv"));
+        assert_eq!(closest("windows", IMBALANCE_KEYS), Some("window"));
+        assert_eq!(
+            closest("metric_address", ROOT_KEYS),
+            Some("metrics_address")
+        );
     }
 
     #[test]

@@ -2,20 +2,28 @@
 //! here has passed `validate`; nothing downstream re-checks it.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+pub use crate::detect::Thresholds;
 
 use serde::Serialize;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config {
     /// Network interface the balancer attaches to.
     pub interface: String,
     /// Fleet-wide seed of the flow hash and of Maglev's permutations.
     pub hash_seed: u32,
+    /// Where the daemon serves /metrics, the status page and /api/status.
+    pub metrics_address: SocketAddr,
     pub vips: Vec<Vip>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The metrics address when the config names none: loopback only.
+pub const DEFAULT_METRICS_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9470);
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Vip {
     /// Stable, unique name (metrics label `vip`).
     pub name: String,
@@ -25,6 +33,8 @@ pub struct Vip {
     pub protocol: Protocol,
     /// Maglev table size: a prime.
     pub table_size: u32,
+    /// When the imbalance detector calls this VIP's split uneven.
+    pub imbalance: Thresholds,
     pub backends: Vec<Backend>,
 }
 

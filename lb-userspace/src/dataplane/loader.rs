@@ -67,6 +67,38 @@ pub(super) fn possible_cpus() -> Result<usize, DataplaneError> {
     aya::util::nr_cpus().map_err(|(path, source)| DataplaneError::Io { name: path, source })
 }
 
+/// A Maglev table we created and swapped in.
+pub(super) struct Installed {
+    pub(super) map_id: u32,
+    pub(super) mem: MappedArray<u32>,
+    _map: MapData,
+}
+
+impl Installed {
+    pub(super) fn new(map: MapData, mem: MappedArray<u32>) -> Result<Self, DataplaneError> {
+        let map_id = map.info().map_err(map_err(maps::MAGLEV_TABLES))?.id();
+        Ok(Self {
+            map_id,
+            mem,
+            _map: map,
+        })
+    }
+}
+
+/// An array map of the object as MapData.
+fn take_array(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DataplaneError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
+    match map {
+        Map::Array(map) => Ok(map),
+        _ => Err(DataplaneError::Missing {
+            kind: "BPF_MAP_TYPE_ARRAY",
+            name,
+        }),
+    }
+}
+
 /// A CPU-striped counter array (slot `cpu * stripe + id`), mapped into memory.
 pub(super) struct Striped {
     pub(super) mem: MappedArray<Counters>,
@@ -79,15 +111,7 @@ pub(super) struct Striped {
 
 impl Striped {
     fn take(ebpf: &mut Ebpf, name: &'static str, stripe: u32) -> Result<Self, DataplaneError> {
-        let map = ebpf
-            .take_map(name)
-            .ok_or(DataplaneError::Missing { kind: "map", name })?;
-        let Map::Array(map) = map else {
-            return Err(DataplaneError::Missing {
-                kind: "BPF_MAP_TYPE_ARRAY",
-                name,
-            });
-        };
+        let map = take_array(ebpf, name)?;
         let cpus = possible_cpus()?;
         let mem = MappedArray::new(map.fd(), cpus * stripe as usize).map_err(io_err(name))?;
         Ok(Self {
@@ -130,7 +154,11 @@ pub struct Dataplane {
     pub(super) ebpf: Ebpf,
     pub(super) vips: HashMap<MapData, VipKey, VipMeta>,
     pub(super) tables: ArrayOfMaps<MapData, MapData>,
-    pub(super) backends: Array<MapData, Backend>,
+    pub(super) backends: MappedArray<Backend>,
+    _backends_map: MapData,
+    /// The inner table each VIP id got from us, kept mapped: the drift check
+    /// reads it without a syscall when the outer map still points at it.
+    pub(super) installed: std::collections::HashMap<u32, Installed>,
     pub(super) vip_stats: Striped,
     pub(super) backend_stats: Striped,
     pub(super) action_stats: PerCpuArray<MapData, Counters>,
@@ -173,10 +201,14 @@ impl Dataplane {
         program
             .load()
             .map_err(|source| DataplaneError::Program { name, source })?;
+        let backends_map = take_array(&mut ebpf, maps::BACKENDS)?;
         Ok(Self {
             vips: take(&mut ebpf, maps::VIPS)?,
             tables: take(&mut ebpf, maps::MAGLEV_TABLES)?,
-            backends: take(&mut ebpf, maps::BACKENDS)?,
+            backends: MappedArray::new(backends_map.fd(), maps::MAX_BACKENDS as usize)
+                .map_err(io_err(maps::BACKENDS))?,
+            _backends_map: backends_map,
+            installed: Default::default(),
             vip_stats: Striped::take(&mut ebpf, maps::VIP_STATS, maps::MAX_VIPS)?,
             backend_stats: Striped::take(&mut ebpf, maps::BACKEND_STATS, maps::MAX_BACKENDS)?,
             action_stats: take(&mut ebpf, maps::ACTION_STATS)?,

@@ -92,15 +92,21 @@ impl Dataplane {
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(map_err(name)(e)),
         };
-        let len = inner.info().map_err(map_err(name))?.max_entries() as usize;
+        let info = inner.info().map_err(map_err(name))?;
+        // Still the table we swapped in: read it through our mapping.
+        if let Some(ours) = self.installed.get(&vip_id)
+            && ours.map_id == info.id()
+        {
+            return Ok(Some(ours.mem.to_vec()));
+        }
+        // Someone swapped in another map: map that one to read it.
+        let len = info.max_entries() as usize;
         let mem = MappedArray::<u32>::new(inner.fd(), len).map_err(super::loader::io_err(name))?;
         Ok(Some(mem.to_vec()))
     }
 
-    /// The kernel's backend entry for `backend_id`.
-    pub fn live_backend(&self, backend_id: u32) -> Result<lb_common::Backend, DataplaneError> {
-        self.backends
-            .get(&backend_id, 0)
-            .map_err(map_err(maps::BACKENDS))
+    /// The kernel's backend entry for `backend_id` (from memory).
+    pub fn live_backend(&self, backend_id: u32) -> lb_common::Backend {
+        self.backends.get(backend_id as usize)
     }
 }

@@ -49,39 +49,58 @@ impl Dataplane {
         let inner = MapData::create(def, "xlb_maglev", None).map_err(map_err(name))?;
         // Fill it through memory: one copy instead of a syscall per slot. No
         // program can see this map before the swap below.
-        MappedArray::<u32>::new(inner.fd(), slots.len())
-            .map_err(io_err(name))?
-            .fill_from(slots);
+        let mem = MappedArray::<u32>::new(inner.fd(), slots.len()).map_err(io_err(name))?;
+        mem.fill_from(slots);
         // The swap: one update of the outer map. The kernel frees the old
-        // inner map once no program can still hold it (RCU).
-        self.tables.set(vip_id, &inner, 0).map_err(map_err(name))
+        // inner map once no program can still hold it (RCU) and we let go.
+        self.tables.set(vip_id, &inner, 0).map_err(map_err(name))?;
+        self.installed
+            .insert(vip_id, super::loader::Installed::new(inner, mem)?);
+        Ok(())
     }
 
+    /// Write one VIP; returns how long its table swap took, if it had one.
     fn write_vip(
         &mut self,
         vip: &DesiredVip,
         previous: Option<&DesiredVip>,
-    ) -> Result<(), DataplaneError> {
+    ) -> Result<Option<f64>, DataplaneError> {
         let table_changed = previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots);
+        let mut swap_seconds = None;
         if table_changed {
+            let started = std::time::Instant::now();
             self.install_table(vip.id, &vip.slots)?;
+            swap_seconds = Some(started.elapsed().as_secs_f64());
         }
         if previous.is_none_or(|p| p.key != vip.key || p.meta != vip.meta) {
             self.vips
                 .insert(vip.key, vip.meta, 0)
                 .map_err(map_err(maps::VIPS))?;
         }
+        Ok(swap_seconds)
+    }
+
+    /// Rewrite every VIP's table and backend entries from `desired`, each
+    /// table swapped in whole: undoes whatever changed them behind our back.
+    pub fn rewrite(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
+        for vip in &desired.vips {
+            for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+                self.backends.set(id as usize, kernel_backend(b));
+            }
+            self.install_table(vip.id, &vip.slots)?;
+        }
         Ok(())
     }
 
     /// Make the maps hold `desired`. `previous` is what they hold now (None on
-    /// a fresh load).
+    /// a fresh load). Returns the duration of each table swap, in seconds.
     pub fn apply(
         &mut self,
         iface_mac: [u8; 6],
         desired: &Desired,
         previous: Option<&Desired>,
-    ) -> Result<(), DataplaneError> {
+    ) -> Result<Vec<f64>, DataplaneError> {
+        let mut swaps = Vec::new();
         let empty = Allocation::default();
         let prev_alloc = previous.map_or(&empty, |p| &p.allocation);
         self.write_global(iface_mac, desired.config.hash_seed)?;
@@ -91,9 +110,7 @@ impl Dataplane {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 if new_backend_ids.contains(&id) {
                     self.backend_stats.zero(id);
-                    self.backends
-                        .set(id, kernel_backend(b), 0)
-                        .map_err(map_err(maps::BACKENDS))?;
+                    self.backends.set(id as usize, kernel_backend(b));
                 }
             }
         }
@@ -105,7 +122,7 @@ impl Dataplane {
             // VIPs are identified by name across applies.
             let prev =
                 previous.and_then(|p| p.vips.iter().find(|v| v.config.name == vip.config.name));
-            self.write_vip(vip, prev)?;
+            swaps.extend(self.write_vip(vip, prev)?);
         }
         if let Some(previous) = previous {
             for old in &previous.vips {
@@ -114,6 +131,6 @@ impl Dataplane {
                 }
             }
         }
-        Ok(())
+        Ok(swaps)
     }
 }

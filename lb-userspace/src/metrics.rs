@@ -1,0 +1,430 @@
+//! Prometheus metrics (docs/METRICS.md): a prometheus-client registry with
+//! the daemon's histograms and one collector that turns the latest status
+//! document into every other series at scrape time. Series come from the
+//! document, so a VIP or backend that left the config leaves /metrics too.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::detect::{Cause, SIGNALS, State};
+use crate::status::Status;
+
+/// The content type of prometheus-client's text encoding (OpenMetrics).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The daemon's metrics: durations it observes, and the latest status.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub table_swap: Histogram,
+    pub maglev_build: Histogram,
+    pub collector: Histogram,
+    latest: Arc<Mutex<Option<Status>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // 10 us .. ~5 s: a table swap is well under a millisecond through
+        // mmap; a big apply's Maglev builds take tens of milliseconds.
+        let table_swap = Histogram::new(exponential_buckets(1e-5, 4.0, 10));
+        let maglev_build = Histogram::new(exponential_buckets(1e-5, 4.0, 10));
+        let collector = Histogram::new(exponential_buckets(1e-5, 4.0, 10));
+        registry.register_with_unit(
+            "xlb_table_swap_duration",
+            "Time to fill one VIP's new Maglev table and swap it in",
+            Unit::Seconds,
+            table_swap.clone(),
+        );
+        registry.register_with_unit(
+            "xlb_maglev_build_duration",
+            "Time to build the Maglev tables of one apply",
+            Unit::Seconds,
+            maglev_build.clone(),
+        );
+        registry.register_with_unit(
+            "xlb_collector_duration",
+            "One collector pass: read counters, run the detector, check drift",
+            Unit::Seconds,
+            collector.clone(),
+        );
+        let latest = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(StatusCollector {
+            latest: latest.clone(),
+        }));
+        Self {
+            registry,
+            table_swap,
+            maglev_build,
+            collector,
+            latest,
+        }
+    }
+
+    /// The text exposition of every series, from `status`.
+    pub fn encode(&self, status: Status) -> String {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[derive(Debug)]
+struct StatusCollector {
+    latest: Arc<Mutex<Option<Status>>>,
+}
+
+impl Collector for StatusCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        match latest.as_ref() {
+            Some(status) => encode_status(status, &mut encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family: a name, its help, and its series (none: not written).
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<(Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let Some(metric_type) = series.first().map(|(_, m)| m.metric_type()) else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, m) in series {
+        m.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn info(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<Labels>,
+) -> Result<(), std::fmt::Error> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Info)?;
+    for labels in series {
+        metric.encode_info(&labels)?;
+    }
+    Ok(())
+}
+
+fn gauge(v: f64) -> ConstGauge<f64> {
+    ConstGauge::new(v)
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+/// The detector's verdict as one `state` label value.
+fn state_label(state: State, cause: Option<Cause>) -> &'static str {
+    match (state, cause) {
+        (State::Ok, _) => "ok",
+        (State::LowRate, _) => "low_rate",
+        (State::Pending, _) => "pending",
+        (State::Imbalanced, Some(Cause::Table)) => "table_skew",
+        (State::Imbalanced, _) => "traffic_skew",
+    }
+}
+
+const STATES: [&str; 5] = ["ok", "low_rate", "pending", "table_skew", "traffic_skew"];
+
+fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let vip = |name: &str| vec![("vip", name.to_string())];
+    let backend = |v: &str, b: &str| vec![("vip", v.to_string()), ("backend", b.to_string())];
+    let backends = || {
+        s.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+    };
+
+    info(
+        e,
+        "xlb_build",
+        "The running xlb",
+        vec![vec![("version", env!("CARGO_PKG_VERSION").to_string())]],
+    )?;
+    info(
+        e,
+        "xlb_vip",
+        "One series per VIP, with its address",
+        s.vips
+            .iter()
+            .map(|v| {
+                vec![
+                    ("vip", v.name.clone()),
+                    ("address", v.address.clone()),
+                    ("port", v.port.to_string()),
+                    ("protocol", v.protocol.clone()),
+                ]
+            })
+            .collect(),
+    )?;
+    info(
+        e,
+        "xlb_backend",
+        "One series per backend, with its address, MAC and state",
+        backends()
+            .map(|(v, b)| {
+                vec![
+                    ("vip", v.name.clone()),
+                    ("backend", b.name.clone()),
+                    ("address", b.address.clone()),
+                    ("mac", b.mac.clone()),
+                    ("state", b.state.clone()),
+                ]
+            })
+            .collect(),
+    )?;
+
+    // Counters, summed over CPUs.
+    let vip_counter = |f: fn(&crate::status::VipStatus) -> u64| {
+        s.vips
+            .iter()
+            .map(|v| (vip(&v.name), counter(f(v))))
+            .collect::<Vec<_>>()
+    };
+    family(
+        e,
+        "xlb_vip_packets",
+        "Packets for the VIP, forwarded or dropped",
+        vip_counter(|v| v.packets),
+    )?;
+    family(
+        e,
+        "xlb_vip_bytes",
+        "Bytes of the VIP's packets",
+        vip_counter(|v| v.bytes),
+    )?;
+    family(
+        e,
+        "xlb_vip_new_flows",
+        "Flows of the VIP hashed onto its Maglev table (connection-table misses)",
+        vip_counter(|v| v.new_flows),
+    )?;
+    let backend_counter = |f: fn(&crate::status::BackendStatus) -> u64| {
+        backends()
+            .map(|(v, b)| (backend(&v.name, &b.name), counter(f(b))))
+            .collect::<Vec<_>>()
+    };
+    family(
+        e,
+        "xlb_backend_packets",
+        "Packets sent to the backend",
+        backend_counter(|b| b.packets),
+    )?;
+    family(
+        e,
+        "xlb_backend_bytes",
+        "Bytes sent to the backend",
+        backend_counter(|b| b.bytes),
+    )?;
+    family(
+        e,
+        "xlb_backend_new_flows",
+        "New flows sent to the backend",
+        backend_counter(|b| b.new_flows),
+    )?;
+
+    // Intent and the table.
+    let backend_gauge = |f: &dyn Fn(&crate::status::BackendStatus) -> f64| {
+        backends()
+            .map(|(v, b)| (backend(&v.name, &b.name), gauge(f(b))))
+            .collect::<Vec<_>>()
+    };
+    family(
+        e,
+        "xlb_backend_weight",
+        "Configured weight",
+        backend_gauge(&|b| b.weight as f64),
+    )?;
+    family(
+        e,
+        "xlb_backend_active",
+        "1 when the backend is in the Maglev table (state active)",
+        backend_gauge(&|b| (b.state == "active") as u8 as f64),
+    )?;
+    family(
+        e,
+        "xlb_backend_expected_share_ratio",
+        "Weight over the sum of the active backends' weights",
+        backend_gauge(&|b| b.expected_share_ratio),
+    )?;
+    family(
+        e,
+        "xlb_backend_table_share_ratio",
+        "Fraction of the live Maglev table's slots naming the backend",
+        backend_gauge(&|b| b.table_share_ratio),
+    )?;
+
+    // The detector.
+    let mut observed = Vec::new();
+    for (v, b) in backends() {
+        for signal in SIGNALS {
+            let share = match signal {
+                crate::detect::Signal::NewFlows => b.window.new_flows,
+                crate::detect::Signal::Packets => b.window.packets,
+                crate::detect::Signal::Bytes => b.window.bytes,
+            };
+            if let Some(share) = share {
+                let mut labels = backend(&v.name, &b.name);
+                labels.push(("signal", signal.as_str().to_string()));
+                observed.push((labels, gauge(share)));
+            }
+        }
+    }
+    family(
+        e,
+        "xlb_backend_observed_share_ratio",
+        "The backend's share of the VIP's signal over the detector's window",
+        observed,
+    )?;
+    let per_signal = |f: fn(&crate::status::SignalStatus) -> Option<f64>| {
+        s.vips
+            .iter()
+            .flat_map(|v| {
+                v.signals.iter().filter_map(move |sig| {
+                    f(sig).map(|x| {
+                        (
+                            vec![
+                                ("vip", v.name.clone()),
+                                ("signal", sig.signal.as_str().to_string()),
+                            ],
+                            gauge(x),
+                        )
+                    })
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        e,
+        "xlb_vip_worst_ratio",
+        "Observed over expected share of the backend furthest from 1",
+        per_signal(|sig| sig.worst_ratio),
+    )?;
+    family(
+        e,
+        "xlb_vip_share_cv",
+        "Coefficient of variation of observed/expected across active backends",
+        per_signal(|sig| sig.cv),
+    )?;
+    let mut states = Vec::new();
+    for v in &s.vips {
+        let current = state_label(v.imbalance.state, v.imbalance.cause);
+        for st in STATES {
+            states.push((
+                vec![("vip", v.name.clone()), ("state", st.to_string())],
+                gauge((st == current) as u8 as f64),
+            ));
+        }
+    }
+    family(
+        e,
+        "xlb_vip_imbalance_state",
+        "The imbalance detector's verdict: 1 for the current state",
+        states,
+    )?;
+    family(
+        e,
+        "xlb_vip_table_drift",
+        "1 when the live table or backend entries differ from what xlb applied",
+        s.vips
+            .iter()
+            .map(|v| (vip(&v.name), gauge(v.drift.drifted as u8 as f64)))
+            .collect(),
+    )?;
+
+    // Host-wide.
+    let named = |list: &[crate::status::NamedCounter],
+                 key: &'static str,
+                 f: fn(&crate::status::NamedCounter) -> u64| {
+        list.iter()
+            .map(|c| (vec![(key, c.name.clone())], counter(f(c))))
+            .collect::<Vec<_>>()
+    };
+    family(
+        e,
+        "xlb_xdp_packets",
+        "Packets by XDP action",
+        named(&s.actions, "action", |c| c.packets),
+    )?;
+    family(
+        e,
+        "xlb_xdp_bytes",
+        "Bytes by XDP action",
+        named(&s.actions, "action", |c| c.bytes),
+    )?;
+    family(
+        e,
+        "xlb_dropped_packets",
+        "Packets for a VIP that were dropped, by reason",
+        named(&s.drops, "reason", |c| c.packets),
+    )?;
+    family(
+        e,
+        "xlb_cpu_packets",
+        "Packets the program saw on each CPU",
+        s.cpus
+            .iter()
+            .map(|c| (vec![("cpu", c.cpu.to_string())], counter(c.packets)))
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_map_entries",
+        "Entries in use",
+        s.maps
+            .iter()
+            .map(|m| (vec![("map", m.name.clone())], gauge(m.entries as f64)))
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_map_max_entries",
+        "Capacity of the map",
+        s.maps
+            .iter()
+            .map(|m| (vec![("map", m.name.clone())], gauge(m.max_entries as f64)))
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_config_revision",
+        "Revision of the applied config",
+        vec![(Vec::new(), gauge(s.revision as f64))],
+    )?;
+    family(
+        e,
+        "xlb_config_last_apply_timestamp_seconds",
+        "Unix time of the last apply",
+        vec![(Vec::new(), gauge(s.applied_at_unix_seconds as f64))],
+    )?;
+    Ok(())
+}
