@@ -50,6 +50,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("injected failure (test)")]
+    Injected,
     #[error("map {name}: {source}")]
     Io {
         name: &'static str,
@@ -159,6 +161,8 @@ pub struct Dataplane {
     /// The inner table each VIP id got from us, kept mapped: the drift check
     /// reads it without a syscall when the outer map still points at it.
     pub(super) installed: std::collections::HashMap<u32, Installed>,
+    /// See `inject_swap_failure`.
+    pub(super) fail_after_swaps: Option<usize>,
     pub(super) vip_stats: Striped,
     pub(super) backend_stats: Striped,
     pub(super) action_stats: PerCpuArray<MapData, Counters>,
@@ -209,6 +213,7 @@ impl Dataplane {
                 .map_err(io_err(maps::BACKENDS))?,
             _backends_map: backends_map,
             installed: Default::default(),
+            fail_after_swaps: None,
             vip_stats: Striped::take(&mut ebpf, maps::VIP_STATS, maps::MAX_VIPS)?,
             backend_stats: Striped::take(&mut ebpf, maps::BACKEND_STATS, maps::MAX_BACKENDS)?,
             action_stats: take(&mut ebpf, maps::ACTION_STATS)?,

@@ -105,6 +105,18 @@ impl Dataplane {
         Ok(Some(mem.to_vec()))
     }
 
+    /// The kernel's VIP entry for `key`, if any.
+    pub fn live_vip(
+        &self,
+        key: &lb_common::VipKey,
+    ) -> Result<Option<lb_common::VipMeta>, DataplaneError> {
+        match self.vips.get(key, 0) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(maps::VIPS)(e)),
+        }
+    }
+
     /// The kernel's backend entry for `backend_id` (from memory).
     pub fn live_backend(&self, backend_id: u32) -> lb_common::Backend {
         self.backends.get(backend_id as usize)

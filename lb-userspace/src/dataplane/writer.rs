@@ -68,6 +68,12 @@ impl Dataplane {
         let table_changed = previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots);
         let mut swap_seconds = None;
         if table_changed {
+            if let Some(n) = self.fail_after_swaps {
+                if n == 0 {
+                    return Err(DataplaneError::Injected);
+                }
+                self.fail_after_swaps = Some(n - 1);
+            }
             let started = std::time::Instant::now();
             self.install_table(vip.id, &vip.slots)?;
             swap_seconds = Some(started.elapsed().as_secs_f64());
@@ -92,9 +98,65 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Make the maps hold `desired`. `previous` is what they hold now (None on
-    /// a fresh load). Returns the duration of each table swap, in seconds.
+    /// Make the maps hold `desired`, all or nothing: if any write fails part
+    /// way, every VIP is put back on `previous` (its tables swapped back in
+    /// whole, its VIP entries restored, VIPs new in `desired` removed) before
+    /// the error is returned. Returns the duration of each table swap.
     pub fn apply(
+        &mut self,
+        iface_mac: [u8; 6],
+        desired: &Desired,
+        previous: Option<&Desired>,
+    ) -> Result<Vec<f64>, DataplaneError> {
+        match self.apply_forward(iface_mac, desired, previous) {
+            Ok(swaps) => Ok(swaps),
+            Err(e) => {
+                log::warn!("apply failed part way ({e}); restoring the previous state");
+                if let Err(restore) = self.restore(iface_mac, desired, previous) {
+                    log::error!("restoring the previous state failed too: {restore}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Fail the apply after `swaps` more table swaps (tests of the rollback
+    /// path; never set in production).
+    #[doc(hidden)]
+    pub fn inject_swap_failure(&mut self, swaps: usize) {
+        self.fail_after_swaps = Some(swaps);
+    }
+
+    fn restore(
+        &mut self,
+        iface_mac: [u8; 6],
+        desired: &Desired,
+        previous: Option<&Desired>,
+    ) -> Result<(), DataplaneError> {
+        self.fail_after_swaps = None;
+        let Some(previous) = previous else {
+            // Nothing was serving before: serve nothing.
+            for vip in &desired.vips {
+                let _ = self.vips.remove(&vip.key);
+            }
+            return Ok(());
+        };
+        self.write_global(iface_mac, previous.config.hash_seed)?;
+        for vip in &previous.vips {
+            self.install_table(vip.id, &vip.slots)?;
+            self.vips
+                .insert(vip.key, vip.meta, 0)
+                .map_err(map_err(maps::VIPS))?;
+        }
+        for vip in &desired.vips {
+            if !previous.vips.iter().any(|p| p.key == vip.key) {
+                let _ = self.vips.remove(&vip.key);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_forward(
         &mut self,
         iface_mac: [u8; 6],
         desired: &Desired,
