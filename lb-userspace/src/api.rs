@@ -23,6 +23,17 @@ pub enum Request {
     Apply {
         file: String,
         text: String,
+        /// Who asks and why (recorded in the revision).
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// Every kept revision, oldest first.
+    History,
+    /// One revision.
+    Show {
+        number: u64,
     },
 }
 
@@ -47,6 +58,8 @@ pub enum Response {
     Status(Box<Status>),
     Applied { revision: u64 },
     Repaired(crate::controller::Repaired),
+    History(Vec<crate::revisions::Revision>),
+    Revision(Box<crate::revisions::Revision>),
     Error(ApiError),
 }
 

@@ -56,11 +56,27 @@ pub enum Command {
         /// the config's `metrics_address`.
         #[arg(long)]
         metrics_address: Option<std::net::SocketAddr>,
+        /// Where revisions are kept (default /var/lib/xlb/<interface>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// How many revisions to keep (the live one is always kept).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        keep_revisions: u64,
     },
     /// Check a config file offline; nothing is applied.
     Validate { file: PathBuf },
-    /// Apply a config file to the running daemon (all or nothing).
-    Apply { file: PathBuf },
+    /// Apply a config file to the running daemon (all or nothing), recorded
+    /// as a new revision.
+    Apply {
+        file: PathBuf,
+        /// Why: recorded in the revision (`xlb history`).
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// The kept revisions, oldest first: who applied what, when, and how it ended.
+    History,
+    /// One revision: its record and the exact config applied.
+    Show { revision: u64 },
     /// Per VIP and backend: weights, expected, table and observed shares,
     /// counters, and the imbalance detector's verdict.
     Status,
@@ -126,6 +142,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             config: file,
             xdp_mode,
             metrics_address,
+            state_dir,
+            keep_revisions,
         } => {
             let missing = crate::caps::missing();
             if !missing.is_empty() {
@@ -135,7 +153,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     names.join(" and ")
                 )));
             }
-            let config = config::load(&file).map_err(Failure::bad_input)?;
+            let config_text = std::fs::read_to_string(&file)
+                .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
+            let config = config::parse(&config_text, &file.display().to_string())
+                .map_err(Failure::bad_input)?;
+            let state_dir =
+                state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/xlb").join(&config.interface));
             let mode = match xdp_mode {
                 Mode::Auto => aya::programs::XdpMode::Default,
                 Mode::Native => aya::programs::XdpMode::Driver,
@@ -147,6 +170,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 socket: cli.socket,
                 mode,
                 metrics_address,
+                state_dir,
+                keep_revisions: keep_revisions as usize,
+                config_text,
             })
             .map_err(|e| Failure::internal(format!("{e:#}")))
         }
@@ -171,7 +197,36 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Apply { file } => {
+        Command::History => match api::call(&cli.socket, &Request::History)? {
+            Response::History(list) => {
+                if cli.output == Output::Json {
+                    print_json(&serde_json::json!({
+                        "schema_version": status::SCHEMA_VERSION,
+                        "revisions": list,
+                    }));
+                } else {
+                    print!("{}", crate::revisions::render_history(&list));
+                }
+                Ok(())
+            }
+            Response::Error(e) => Err(from_api_error(e)),
+            other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        },
+        Command::Show { revision } => {
+            match api::call(&cli.socket, &Request::Show { number: revision })? {
+                Response::Revision(rev) => {
+                    if cli.output == Output::Json {
+                        print_json(&rev);
+                    } else {
+                        print!("{}", crate::revisions::render_revision(&rev));
+                    }
+                    Ok(())
+                }
+                Response::Error(e) => Err(from_api_error(e)),
+                other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+            }
+        }
+        Command::Apply { file, message } => {
             // Validate here first: a bad file is refused without a daemon.
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
@@ -182,6 +237,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 &Request::Apply {
                     file: name.clone(),
                     text,
+                    user: current_user(),
+                    message,
                 },
             )? {
                 Response::Applied { revision } => {
@@ -237,6 +294,21 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
         },
     }
+}
+
+/// Who runs this command: the user behind sudo, else the login name, else
+/// the uid.
+pub fn current_user() -> String {
+    if let Ok(u) = std::env::var("SUDO_USER")
+        && !u.is_empty()
+    {
+        return u;
+    }
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name)
 }
 
 fn top(cli: &Cli, interval: std::time::Duration, count: Option<u64>) -> Result<(), Failure> {

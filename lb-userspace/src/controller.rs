@@ -12,6 +12,7 @@ use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneError};
 use crate::detect::{BackendSample, Cumulative, Detector, VipReport, VipSample};
 use crate::drift::{self, Finding};
 use crate::metrics::Metrics;
+use crate::revisions::{Kind, Outcome, Revision, Store};
 use crate::state::{self, Allocation, Desired};
 use crate::status::{self, Status, StatusContext};
 
@@ -72,6 +73,16 @@ pub struct Controller {
     /// Where the round-robin drift check goes on next tick (a VIP index).
     drift_cursor: usize,
     metrics: Arc<Metrics>,
+    /// Every apply recorded as a numbered revision (the daemon always has
+    /// one; benchmarks and tests of the dataplane may run without).
+    revisions: Option<Store>,
+}
+
+/// Who asked for a change and why, for the revision record.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    pub user: String,
+    pub message: Option<String>,
 }
 
 /// What `repair` did.
@@ -105,7 +116,63 @@ impl Controller {
             drift_checked_at: BTreeMap::new(),
             drift_cursor: 0,
             metrics,
+            revisions: None,
         }
+    }
+
+    /// Record applies in `store`; revision numbers continue from it.
+    pub fn with_revisions(mut self, store: Store) -> Self {
+        self.revisions = Some(store);
+        self
+    }
+
+    pub fn revisions(&self) -> Option<&Store> {
+        self.revisions.as_ref()
+    }
+
+    /// Validate config text, apply it and record it as a revision with its
+    /// outcome. Bad input is refused before anything is written or recorded;
+    /// a kernel failure is recorded as a failed revision.
+    pub fn apply_recorded(
+        &mut self,
+        text: &str,
+        file: &str,
+        origin: &Origin,
+        kind: Kind,
+    ) -> Result<u64, ApplyError> {
+        let config = config::parse(text, file)?;
+        let number = self
+            .revisions
+            .as_ref()
+            .map_or(self.revision + 1, |s| s.next_number());
+        let result = self.apply_numbered(config, file, number);
+        if let Some(store) = self.revisions.as_mut() {
+            let outcome = match &result {
+                Ok(_) => Outcome::Applied,
+                Err(e) if e.is_bad_input() => return result,
+                Err(e) => Outcome::Failed {
+                    error: e.to_string(),
+                },
+            };
+            let rev = Revision {
+                schema_version: crate::revisions::SCHEMA_VERSION,
+                number,
+                created_at_unix_seconds: unix_now(),
+                user: origin.user.clone(),
+                message: origin.message.clone(),
+                config_file: file.to_string(),
+                config_text: text.to_string(),
+                config_hash: crate::revisions::config_hash(text),
+                kind,
+                plan: None,
+                outcome,
+            };
+            if let Err(e) = store.record(&rev) {
+                // The change is in force; losing its record must be loud.
+                log::error!("revision {number} is applied but could not be recorded: {e}");
+            }
+        }
+        result
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -123,6 +190,15 @@ impl Controller {
     }
 
     pub fn apply(&mut self, config: Config, file: &str) -> Result<u64, ApplyError> {
+        self.apply_numbered(config, file, self.revision + 1)
+    }
+
+    fn apply_numbered(
+        &mut self,
+        config: Config,
+        file: &str,
+        number: u64,
+    ) -> Result<u64, ApplyError> {
         if config.interface != self.interface {
             return Err(ApplyError::InterfaceChange {
                 file: file.to_string(),
@@ -146,7 +222,7 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         self.applied = Some(desired);
-        self.revision += 1;
+        self.revision = number;
         self.applied_at = SystemTime::now();
         self.applied_instant = Instant::now();
         log::info!("applied revision {} from {file}", self.revision);

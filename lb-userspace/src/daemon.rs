@@ -22,6 +22,11 @@ pub struct RunOptions {
     pub mode: XdpMode,
     /// Overrides the config's `metrics_address`.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where revisions are kept (`<state_dir>/revisions`).
+    pub state_dir: PathBuf,
+    pub keep_revisions: usize,
+    /// The config file's text, recorded as the startup revision.
+    pub config_text: String,
 }
 
 /// The interface's own MAC, the source of every frame we send.
@@ -72,9 +77,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     log::info!("attached xlb_balancer to {interface}");
     let metrics_address = opts.metrics_address.unwrap_or(opts.config.metrics_address);
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut controller = Controller::new(dataplane, interface, mac, metrics);
+    let store =
+        crate::revisions::Store::open(&opts.state_dir.join("revisions"), opts.keep_revisions)
+            .context("opening the revision store")?;
+    let mut controller = Controller::new(dataplane, interface, mac, metrics).with_revisions(store);
     let revision = controller
-        .apply(opts.config, &opts.config_file)
+        .apply_recorded(
+            &opts.config_text,
+            &opts.config_file,
+            &crate::controller::Origin {
+                user: crate::cli::current_user(),
+                message: Some("daemon start".into()),
+            },
+            crate::revisions::Kind::Startup,
+        )
         .context("applying the initial config")?;
     log::info!("serving revision {revision}");
     let controller = Arc::new(Mutex::new(controller));
@@ -157,6 +173,13 @@ async fn handle(stream: UnixStream, controller: Arc<Mutex<Controller>>) -> anyho
     Ok(())
 }
 
+fn internal(message: String) -> Response {
+    Response::Error(ApiError {
+        kind: ErrorKind::Internal,
+        message,
+    })
+}
+
 fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
     let mut controller = controller
         .lock()
@@ -176,7 +199,30 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 message: e.to_string(),
             }),
         },
-        Request::Apply { file, text } => match controller.apply_text(&text, &file) {
+        Request::History => match controller.revisions().map(|s| s.list()) {
+            Some(Ok(list)) => Response::History(list),
+            Some(Err(e)) => internal(e.to_string()),
+            None => Response::History(Vec::new()),
+        },
+        Request::Show { number } => match controller.revisions().map(|s| s.get(number)) {
+            Some(Ok(Some(rev))) => Response::Revision(Box::new(rev)),
+            Some(Ok(None)) | None => Response::Error(ApiError {
+                kind: ErrorKind::BadInput,
+                message: format!("no revision {number} (see `xlb history`)"),
+            }),
+            Some(Err(e)) => internal(e.to_string()),
+        },
+        Request::Apply {
+            file,
+            text,
+            user,
+            message,
+        } => match controller.apply_recorded(
+            &text,
+            &file,
+            &crate::controller::Origin { user, message },
+            crate::revisions::Kind::Apply,
+        ) {
             Ok(revision) => Response::Applied { revision },
             Err(e) => {
                 log::warn!("apply of {file} refused: {e}");

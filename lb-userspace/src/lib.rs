@@ -16,6 +16,7 @@ pub mod drift;
 pub mod http;
 pub mod maglev;
 pub mod metrics;
+pub mod revisions;
 pub mod simulate;
 pub mod state;
 pub mod status;

@@ -48,6 +48,8 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
