@@ -59,6 +59,14 @@ pub enum Command {
         /// Where revisions are kept (default /var/lib/xlb/<interface>).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// How long an apply bakes: skew in that window rolls it back on
+        /// its own ("0s" turns baking off).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        bake_window: std::time::Duration,
+        /// How long a skew must last during a bake to roll back (the shorter
+        /// of this and the VIP's `hold`).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        bake_hold: std::time::Duration,
         /// How many revisions to keep (the live one is always kept).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         keep_revisions: u64,
@@ -72,6 +80,10 @@ pub enum Command {
         /// Why: recorded in the revision (`xlb history`).
         #[arg(short, long)]
         message: Option<String>,
+        /// Wait for the bake: exit 0 when it passes, 1 when the daemon
+        /// rolled the change back (a progress bar on a terminal).
+        #[arg(long)]
+        wait: bool,
     },
     /// The kept revisions, oldest first: who applied what, when, and how it ended.
     History,
@@ -144,6 +156,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             metrics_address,
             state_dir,
             keep_revisions,
+            bake_window,
+            bake_hold,
         } => {
             let missing = crate::caps::missing();
             if !missing.is_empty() {
@@ -173,6 +187,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 state_dir,
                 keep_revisions: keep_revisions as usize,
                 config_text,
+                bake: crate::controller::BakePolicy {
+                    window_seconds: bake_window.as_secs_f64(),
+                    hold_seconds: bake_hold.as_secs_f64(),
+                },
             })
             .map_err(|e| Failure::internal(format!("{e:#}")))
         }
@@ -226,7 +244,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
             }
         }
-        Command::Apply { file, message } => {
+        Command::Apply {
+            file,
+            message,
+            wait,
+        } => {
             // Validate here first: a bad file is refused without a daemon.
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
@@ -249,7 +271,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     } else {
                         println!("applied {name} as revision {revision}");
                     }
-                    Ok(())
+                    if wait {
+                        wait_for_bake(&cli.socket, revision)
+                    } else {
+                        Ok(())
+                    }
                 }
                 Response::Error(e) => Err(from_api_error(e)),
                 other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
@@ -293,6 +319,65 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Response::Error(e) => Err(from_api_error(e)),
             other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
         },
+    }
+}
+
+/// Follow the bake of `revision` until it ends: 0 baked, 1 rolled back.
+fn wait_for_bake(socket: &std::path::Path, revision: u64) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    // Bounded: a bake window is minutes at most; give up after an hour.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    loop {
+        let s = match api::call(socket, &Request::Status)? {
+            Response::Status(s) => s,
+            Response::Error(e) => return Err(from_api_error(e)),
+            other => return Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        };
+        let Some(bake) = s.bake.as_ref().filter(|b| b.revision == revision) else {
+            eprintln!("revision {revision}: not baking (the daemon runs with --bake-window 0s)");
+            return Ok(());
+        };
+        let line = status::bake_line(bake, s.generated_at_unix_seconds);
+        match bake.state {
+            crate::bake::BakeState::Baking => {
+                if tty {
+                    let total = (bake.until_unix_seconds - bake.started_at_unix_seconds).max(1.0);
+                    let done = ((s.generated_at_unix_seconds - bake.started_at_unix_seconds)
+                        / total)
+                        .clamp(0.0, 1.0);
+                    let filled = (done * 30.0) as usize;
+                    eprint!(
+                        "\r[{}{}] {line}   ",
+                        "#".repeat(filled),
+                        " ".repeat(30 - filled)
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+            }
+            crate::bake::BakeState::Baked => {
+                if tty {
+                    eprintln!();
+                }
+                println!("{line}");
+                return Ok(());
+            }
+            crate::bake::BakeState::RolledBack => {
+                if tty {
+                    eprintln!();
+                }
+                return Err(Failure {
+                    code: 1,
+                    message: line,
+                });
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::internal(
+                "gave up waiting for the bake after an hour",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::bake::{BakeState, BakeStatus, Decision};
 use crate::config::{self, Config};
 use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneError};
 use crate::detect::{BackendSample, Cumulative, Detector, VipReport, VipSample};
@@ -76,6 +77,33 @@ pub struct Controller {
     /// Every apply recorded as a numbered revision (the daemon always has
     /// one; benchmarks and tests of the dataplane may run without).
     revisions: Option<Store>,
+    /// The revision in force: number, config text, file name (the target
+    /// of the next automatic rollback).
+    current: Option<(u64, String, String)>,
+    /// What the last apply is rolled back to if its bake fails.
+    rollback_target: Option<(u64, String, String)>,
+    bake_policy: BakePolicy,
+    bake: Option<BakeStatus>,
+    /// Judges a baking revision against capacity shares (see `bake`).
+    capacity_detector: Detector,
+}
+
+/// How long a new revision bakes, and how long a skew must last to roll it
+/// back (the shorter of this and the VIP's `hold`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BakePolicy {
+    /// 0 turns the bake off.
+    pub window_seconds: f64,
+    pub hold_seconds: f64,
+}
+
+impl Default for BakePolicy {
+    fn default() -> Self {
+        Self {
+            window_seconds: 60.0,
+            hold_seconds: 3.0,
+        }
+    }
 }
 
 /// Who asked for a change and why, for the revision record.
@@ -117,7 +145,25 @@ impl Controller {
             drift_cursor: 0,
             metrics,
             revisions: None,
+            current: None,
+            rollback_target: None,
+            bake_policy: BakePolicy {
+                window_seconds: 0.0,
+                hold_seconds: 0.0,
+            },
+            bake: None,
+            capacity_detector: Detector::new(),
         }
+    }
+
+    /// Bake every apply (that replaces a revision) under `policy`.
+    pub fn with_bake(mut self, policy: BakePolicy) -> Self {
+        self.bake_policy = policy;
+        self
+    }
+
+    pub fn bake(&self) -> Option<&BakeStatus> {
+        self.bake.as_ref()
     }
 
     /// Record applies in `store`; revision numbers continue from it.
@@ -146,8 +192,34 @@ impl Controller {
             .as_ref()
             .map_or(self.revision + 1, |s| s.next_number());
         let result = self.apply_numbered(config, file, number);
+        let mut baking = false;
+        if result.is_ok() {
+            let previous = self
+                .current
+                .replace((number, text.to_string(), file.to_string()));
+            // An operator's apply that replaces a revision bakes; a rollback
+            // (manual or automatic) and the startup config do not.
+            if let (Kind::Apply, Some(previous)) = (&kind, previous)
+                && self.bake_policy.window_seconds > 0.0
+            {
+                let now = unix_now();
+                self.bake = Some(BakeStatus {
+                    revision: number,
+                    state: BakeState::Baking,
+                    started_at_unix_seconds: now,
+                    until_unix_seconds: now + self.bake_policy.window_seconds,
+                    rollback_to: previous.0,
+                    reason: None,
+                    rollback_revision: None,
+                });
+                self.rollback_target = Some(previous);
+                self.capacity_detector = Detector::new();
+                baking = true;
+            }
+        }
         if let Some(store) = self.revisions.as_mut() {
             let outcome = match &result {
+                Ok(_) if baking => Outcome::Baking,
                 Ok(_) => Outcome::Applied,
                 Err(e) if e.is_bad_input() => return result,
                 Err(e) => Outcome::Failed {
@@ -294,11 +366,98 @@ impl Controller {
             })
             .collect();
         let reports = self.detector.observe(now_unix_seconds, &samples);
+        let baking = self
+            .bake
+            .as_ref()
+            .is_some_and(|b| b.state == BakeState::Baking);
+        let capacity_reports = if baking {
+            capacity_view(
+                &mut self.capacity_detector,
+                desired,
+                self.bake_policy,
+                now_unix_seconds,
+                &samples,
+            )
+        } else {
+            Vec::new()
+        };
+        let decision = match &self.bake {
+            Some(bake) => crate::bake::decide(bake, now_unix_seconds, &reports, &capacity_reports),
+            None => Decision::Wait,
+        };
         self.reports = reports.into_iter().map(|r| (r.vip.clone(), r)).collect();
         self.metrics
             .collector
             .observe(started.elapsed().as_secs_f64());
+        match decision {
+            Decision::Wait => {}
+            Decision::Baked => self.finish_bake(),
+            Decision::RollBack(reason) => self.roll_back(&reason),
+        }
         Ok(())
+    }
+
+    fn finish_bake(&mut self) {
+        let Some(bake) = self.bake.as_mut() else {
+            return;
+        };
+        bake.state = BakeState::Baked;
+        log::info!("revision {} baked", bake.revision);
+        let number = bake.revision;
+        if let Some(store) = self.revisions.as_mut()
+            && let Err(e) = store.update_outcome(number, Outcome::Baked)
+        {
+            log::error!("recording that revision {number} baked: {e}");
+        }
+    }
+
+    /// Put the previous revision back, as a new revision, and record why.
+    fn roll_back(&mut self, reason: &str) {
+        let (Some(bake), Some((to, text, file))) =
+            (self.bake.clone(), self.rollback_target.clone())
+        else {
+            return;
+        };
+        log::warn!(
+            "revision {}: automatic rollback to revision {to}: {reason}",
+            bake.revision
+        );
+        let origin = Origin {
+            user: "xlb".into(),
+            message: Some(format!("automatic rollback of revision {}", bake.revision)),
+        };
+        let kind = Kind::AutomaticRollback {
+            to,
+            reason: reason.to_string(),
+        };
+        match self.apply_recorded(&text, &file, &origin, kind) {
+            Ok(new) => {
+                self.metrics.automatic_rollbacks.inc();
+                if let Some(store) = self.revisions.as_mut()
+                    && let Err(e) = store.update_outcome(
+                        bake.revision,
+                        Outcome::RolledBack {
+                            at_unix_seconds: unix_now(),
+                            by: new,
+                            reason: reason.to_string(),
+                        },
+                    )
+                {
+                    log::error!("recording the rollback of revision {}: {e}", bake.revision);
+                }
+                self.bake = Some(BakeStatus {
+                    state: BakeState::RolledBack,
+                    reason: Some(reason.to_string()),
+                    rollback_revision: Some(new),
+                    ..bake
+                });
+                self.rollback_target = None;
+            }
+            Err(e) => log::error!(
+                "automatic rollback of revision {} failed: {e}; still on it",
+                bake.revision
+            ),
+        }
     }
 
     /// Compare live tables and backend entries with the applied ones, for as
@@ -394,7 +553,53 @@ impl Controller {
             reports: &self.reports,
             drift: &self.drift,
             drift_checked_at: &self.drift_checked_at,
+            bake: self.bake.as_ref(),
         };
         Ok(status::build(&ctx, desired, &now, &self.at_apply))
     }
+}
+
+/// The capacity detector's reports: the same samples, with each active
+/// backend's expected share its capacity share, and the shorter hold.
+fn capacity_view(
+    detector: &mut Detector,
+    desired: &Desired,
+    policy: BakePolicy,
+    now: f64,
+    samples: &[VipSample<'_>],
+) -> Vec<VipReport> {
+    let thresholds: Vec<crate::detect::Thresholds> = desired
+        .vips
+        .iter()
+        .map(|v| crate::detect::Thresholds {
+            hold_seconds: v.config.imbalance.hold_seconds.min(policy.hold_seconds),
+            ..v.config.imbalance.clone()
+        })
+        .collect();
+    let samples: Vec<VipSample<'_>> = samples
+        .iter()
+        .zip(&desired.vips)
+        .zip(&thresholds)
+        .map(|((sample, v), t)| {
+            let total: f64 = v.config.table_backends().map(|b| b.capacity).sum();
+            VipSample {
+                vip: sample.vip,
+                thresholds: t,
+                backends: sample
+                    .backends
+                    .iter()
+                    .zip(&v.config.backends)
+                    .map(|(s, b)| BackendSample {
+                        expected_share: if s.active && total > 0.0 {
+                            b.capacity / total
+                        } else {
+                            0.0
+                        },
+                        ..s.clone()
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    detector.observe(now, &samples)
 }

@@ -27,6 +27,7 @@ pub struct RunOptions {
     pub keep_revisions: usize,
     /// The config file's text, recorded as the startup revision.
     pub config_text: String,
+    pub bake: crate::controller::BakePolicy,
 }
 
 /// The interface's own MAC, the source of every frame we send.
@@ -80,7 +81,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store =
         crate::revisions::Store::open(&opts.state_dir.join("revisions"), opts.keep_revisions)
             .context("opening the revision store")?;
-    let mut controller = Controller::new(dataplane, interface, mac, metrics).with_revisions(store);
+    let mut controller = Controller::new(dataplane, interface, mac, metrics)
+        .with_revisions(store)
+        .with_bake(opts.bake);
     let revision = controller
         .apply_recorded(
             &opts.config_text,

@@ -5,6 +5,7 @@
 //! `dataplane` touches BPF maps, and `daemon`/`api` do the socket I/O.
 
 pub mod api;
+pub mod bake;
 pub mod caps;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod drift;
 pub mod http;
 pub mod maglev;
 pub mod metrics;
+pub mod plan;
 pub mod revisions;
 pub mod simulate;
 pub mod state;

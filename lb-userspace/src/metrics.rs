@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -26,6 +26,7 @@ pub struct Metrics {
     pub table_swap: Histogram,
     pub maglev_build: Histogram,
     pub collector: Histogram,
+    pub automatic_rollbacks: Counter,
     latest: Arc<Mutex<Option<Status>>>,
 }
 
@@ -61,6 +62,12 @@ impl Metrics {
             Unit::Seconds,
             collector.clone(),
         );
+        let automatic_rollbacks = Counter::default();
+        registry.register(
+            "xlb_automatic_rollbacks",
+            "Revisions the daemon rolled back on its own after a failed bake",
+            automatic_rollbacks.clone(),
+        );
         let latest = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StatusCollector {
             latest: latest.clone(),
@@ -70,6 +77,7 @@ impl Metrics {
             table_swap,
             maglev_build,
             collector,
+            automatic_rollbacks,
             latest,
         }
     }

@@ -33,6 +33,8 @@ pub struct Status {
     pub drops: Vec<NamedCounter>,
     /// Packets and bytes the program saw on each CPU (all actions).
     pub cpus: Vec<CpuCounter>,
+    /// The bake of the last apply, if any.
+    pub bake: Option<crate::bake::BakeStatus>,
     pub maps: Vec<MapFill>,
 }
 
@@ -155,6 +157,7 @@ pub struct StatusContext<'a> {
     /// The last drift check, by VIP name.
     pub drift: &'a BTreeMap<String, crate::drift::Finding>,
     pub drift_checked_at: &'a BTreeMap<String, f64>,
+    pub bake: Option<&'a crate::bake::BakeStatus>,
 }
 
 fn no_verdict() -> Verdict {
@@ -326,6 +329,7 @@ pub fn build(
         vips,
         actions: named(&ACTION_NAMES, &now.actions),
         drops: named(&DROP_REASON_NAMES, &now.drops),
+        bake: ctx.bake.cloned(),
         cpus: now
             .per_cpu
             .iter()
@@ -373,6 +377,27 @@ pub fn verdict_line(v: &VipStatus, now_unix_seconds: f64) -> String {
     }
     line.push_str(&format!("; {}", i.reason));
     line
+}
+
+/// `revision 4: baking, 42s left (rolls back to 3 on skew)` and the like.
+pub fn bake_line(b: &crate::bake::BakeStatus, now: f64) -> String {
+    use crate::bake::BakeState;
+    match b.state {
+        BakeState::Baking => format!(
+            "revision {}: baking, {:.0}s left (rolls back to {} on skew)",
+            b.revision,
+            (b.until_unix_seconds - now).max(0.0),
+            b.rollback_to
+        ),
+        BakeState::Baked => format!("revision {}: baked", b.revision),
+        BakeState::RolledBack => format!(
+            "revision {}: ROLLED BACK to {} as revision {}: {}",
+            b.revision,
+            b.rollback_to,
+            b.rollback_revision.map_or("?".into(), |r| r.to_string()),
+            b.reason.as_deref().unwrap_or("")
+        ),
+    }
 }
 
 /// Unix seconds as an RFC 3339 UTC timestamp.
@@ -453,6 +478,10 @@ pub fn render_table(s: &Status, wide: bool) -> String {
             ));
         }
     }
+    if let Some(b) = &s.bake {
+        out.push_str(&bake_line(b, s.generated_at_unix_seconds));
+        out.push('\n');
+    }
     let drops: Vec<String> = s
         .drops
         .iter()
@@ -502,6 +531,7 @@ mod tests {
             reports: &none,
             drift: &none_drift,
             drift_checked_at: &none_checked,
+            bake: None,
         };
         let s = build(&ctx, &desired, &now, &at_apply);
         let b = &s.vips[0].backends;
@@ -542,6 +572,7 @@ mod tests {
             reports: &none,
             drift: &none_drift,
             drift_checked_at: &none_checked,
+            bake: None,
         };
         let s = build(
             &ctx,

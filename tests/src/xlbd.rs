@@ -37,6 +37,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(lb: &Netns, config: &Path, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(lb, config, dir, &[])
+    }
+
+    /// Start with extra `xlb run` arguments (e.g. `--bake-window 10s`).
+    pub fn start_with(
+        lb: &Netns,
+        config: &Path,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let socket = dir.join("xlb.sock");
         let log = dir.join("xlb.log");
         let log_file = std::fs::File::create(&log)?;
@@ -50,6 +60,7 @@ impl Daemon {
             .arg(config)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(extra)
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()

@@ -179,7 +179,7 @@ fn watch(bed: &Testbed, daemon: &Daemon, prom: &Prometheus) -> anyhow::Result<Re
     top_lines(daemon)?;
 
     // 6. Skew web's table behind the daemon's back.
-    skew_table(daemon)?;
+    skew_table(bed, daemon)?;
     let status = wait_status(daemon, "drift and table skew reported", |s| {
         let web = vip(s, "web")?;
         Ok(web["drift"]["drifted"] == true
@@ -360,17 +360,34 @@ fn top_lines(daemon: &Daemon) -> anyhow::Result<()> {
 
 /// Write web's Maglev table straight into the kernel map: about 60% of the
 /// slots of other backends now name b1 (25% -> ~70% of the table).
-fn skew_table(daemon: &Daemon) -> anyhow::Result<()> {
+fn skew_table(bed: &Testbed, daemon: &Daemon) -> anyhow::Result<()> {
     let status = daemon.status()?;
     let web = vip(&status, "web")?;
     let vip_id = web["id"].as_u64().context("web id")? as u32;
     let b1 = web["backends"][0]["id"].as_u64().context("b1 id")? as u32;
-    // Map names are cut to 15 characters in the kernel.
-    let outer = aya::maps::loaded_maps()
+    // This daemon's maps, not another test's: the program attached to the
+    // LB's eth0, and its map named XLB_MAGLEV_TABL (the kernel keeps 15
+    // characters of a map name).
+    let net: serde_json::Value = serde_json::from_str(
+        &bed.lb
+            .ns
+            .exec(&["bpftool", "-j", "net", "show", "dev", "eth0"])?,
+    )?;
+    let prog_id = net[0]["xdp"][0]["id"]
+        .as_u64()
+        .with_context(|| format!("no XDP program on the LB's eth0: {net}"))?
+        as u32;
+    let program = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|m| m.name_as_str() == Some("XLB_MAGLEV_TABL"))
-        .max_by_key(|m| m.id())
-        .context("no XLB_MAGLEV_TABLES map loaded")?;
+        .find(|p| p.id() == prog_id)
+        .context("the attached program is not loaded")?;
+    let outer = program
+        .map_ids()?
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| aya::maps::MapInfo::from_id(id).ok())
+        .find(|m| m.name_as_str() == Some("XLB_MAGLEV_TABL"))
+        .context("the program has no XLB_MAGLEV_TABLES map")?;
     let outer = MapData::from_id(outer.id())?;
     let outer: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(Map::ArrayOfMaps(outer))?;
     let inner = outer.get(&vip_id, 0)?;

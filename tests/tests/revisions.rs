@@ -32,7 +32,9 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let second = dir.join("second.toml");
     std::fs::write(&second, testbed::config(&[1, 1, 1]))?;
 
-    let mut daemon = Daemon::start(&bed.lb.ns, &first, dir)?;
+    // No bake here (tests/tests/bake.rs has it): outcomes are `applied`.
+    let no_bake = ["--bake-window", "0s"];
+    let mut daemon = Daemon::start_with(&bed.lb.ns, &first, dir, &no_bake)?;
     let out = daemon.xlb(&["apply", second.to_str().unwrap(), "-m", "even out b3"])?;
     ensure!(out.status.success(), "apply: {out:?}");
     ensure!(
@@ -76,7 +78,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     // Restart: the history is still there, and the new startup is revision 3.
     daemon.stop()?;
     drop(daemon);
-    let daemon = Daemon::start(&bed.lb.ns, &first, dir)?;
+    let daemon = Daemon::start_with(&bed.lb.ns, &first, dir, &no_bake)?;
     let history = json(daemon.xlb(&["history", "-o", "json"])?)?;
     let numbers: Vec<u64> = history["revisions"]
         .as_array()

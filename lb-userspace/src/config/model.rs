@@ -50,15 +50,16 @@ impl Issues {
     }
 }
 
-/// Keys of the top level, of a `[[vip]]`, of a `[[vip.backend]]` and of an
-/// `[imbalance]` or `[vip.imbalance]` table, in the order the error message
-/// lists them.
+/// Keys of the top level, of a `[[vip]]`, of a `[[vip.backend]]`, of an
+/// `[imbalance]` or `[vip.imbalance]` table and of a `[safety]` or
+/// `[vip.safety]` table, in the order the error message lists them.
 pub(super) const ROOT_KEYS: &[&str] = &[
     "interface",
     "hash_seed",
     "vip",
     "metrics_address",
     "imbalance",
+    "safety",
 ];
 pub(super) const VIP_KEYS: &[&str] = &[
     "name",
@@ -68,8 +69,9 @@ pub(super) const VIP_KEYS: &[&str] = &[
     "table_size",
     "backend",
     "imbalance",
+    "safety",
 ];
-pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state"];
+pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state", "capacity"];
 pub(super) const IMBALANCE_KEYS: &[&str] = &[
     "max_ratio",
     "max_cv",
@@ -78,8 +80,18 @@ pub(super) const IMBALANCE_KEYS: &[&str] = &[
     "hold",
     "window",
 ];
+pub(super) const SAFETY_KEYS: &[&str] = &[
+    "max_share_growth",
+    "max_capacity_ratio",
+    "max_flows_moved",
+    "max_capacity_removed",
+];
 
-/// Top-level keys other than `imbalance` (which a VIP may have too).
+/// The tables a VIP may have as well as the top level.
+const SECTION_KEYS: &[&str] = &["imbalance", "safety"];
+
+/// Top-level keys other than `imbalance` and `safety` (which a VIP may have
+/// too).
 const ROOT_ONLY_KEYS: &[&str] = &["interface", "hash_seed", "vip", "metrics_address"];
 
 #[derive(Debug)]
@@ -89,6 +101,8 @@ pub(super) struct RawConfig {
     pub metrics_address: Option<Sp<String>>,
     /// `[imbalance]`: the defaults of every VIP.
     pub imbalance: Option<RawImbalance>,
+    /// `[safety]`: the defaults of every VIP.
+    pub safety: Option<RawSafety>,
     pub vips: Vec<RawVip>,
 }
 
@@ -105,6 +119,8 @@ pub(super) struct RawVip {
     pub table_size: Option<Sp<i128>>,
     /// `[vip.imbalance]`: this VIP's own thresholds, key by key.
     pub imbalance: Option<RawImbalance>,
+    /// `[vip.safety]`: this VIP's own limits, key by key.
+    pub safety: Option<RawSafety>,
     pub backends: Vec<RawBackend>,
 }
 
@@ -119,6 +135,7 @@ pub(super) struct RawBackend {
     pub mac: Option<Sp<String>>,
     pub weight: Option<Sp<i128>>,
     pub state: Option<Sp<String>>,
+    pub capacity: Option<Sp<f64>>,
 }
 
 /// An `[imbalance]` or `[vip.imbalance]` table. Every key is optional.
@@ -137,6 +154,19 @@ pub(super) struct RawImbalance {
     pub window: Option<Sp<String>>,
 }
 
+/// A `[safety]` or `[vip.safety]` table. Every key is optional.
+#[derive(Debug)]
+pub(super) struct RawSafety {
+    /// `safety`, `vip[3].safety`
+    pub path: String,
+    /// The table's header (or the inline table).
+    pub span: Range<usize>,
+    pub max_share_growth: Option<Sp<f64>>,
+    pub max_capacity_ratio: Option<Sp<f64>>,
+    pub max_flows_moved: Option<Sp<f64>>,
+    pub max_capacity_removed: Option<Sp<f64>>,
+}
+
 /// Hints for a key that is not allowed here but is a key of another table:
 /// (those keys, what to say), the first match wins.
 type Hints<'h> = &'h [(&'h [&'h str], &'h str)];
@@ -146,6 +176,11 @@ const THRESHOLD_HINT_ROOT: &str =
     "is an imbalance threshold: put it in an [imbalance] section (defaults for every VIP)";
 const THRESHOLD_HINT_VIP: &str =
     "is an imbalance threshold: put it in a [vip.imbalance] section (this VIP's own)";
+/// A safety limit written outside its table.
+const SAFETY_HINT_ROOT: &str =
+    "is a safety limit: put it in a [safety] section (defaults for every VIP)";
+const SAFETY_HINT_VIP: &str =
+    "is a safety limit: put it in a [vip.safety] section (this VIP's own)";
 
 impl RawConfig {
     /// Read the parsed document into the raw model, recording shape problems.
@@ -155,7 +190,14 @@ impl RawConfig {
             span: doc.span(),
             path: String::new(),
         };
-        root.check_keys(ROOT_KEYS, &[(IMBALANCE_KEYS, THRESHOLD_HINT_ROOT)], issues);
+        root.check_keys(
+            ROOT_KEYS,
+            &[
+                (IMBALANCE_KEYS, THRESHOLD_HINT_ROOT),
+                (SAFETY_KEYS, SAFETY_HINT_ROOT),
+            ],
+            issues,
+        );
         let interface = root.string("interface", true, issues);
         let hash_seed = root.integer("hash_seed", false, issues);
         let metrics_address =
@@ -165,23 +207,50 @@ impl RawConfig {
             .map(|t| {
                 RawImbalance::read(
                     &t,
-                    &[(
-                        ROOT_ONLY_KEYS,
-                        "is a top-level key: move it above the [imbalance] header",
-                    )],
+                    &[
+                        (
+                            ROOT_ONLY_KEYS,
+                            "is a top-level key: move it above the [imbalance] header",
+                        ),
+                        (
+                            SAFETY_KEYS,
+                            "is a safety limit: put it in a [safety] section",
+                        ),
+                    ],
                     issues,
                 )
             });
+        let safety = root.table("safety", "a [safety] section", issues).map(|t| {
+            RawSafety::read(
+                &t,
+                &[
+                    (
+                        ROOT_ONLY_KEYS,
+                        "is a top-level key: move it above the [safety] header",
+                    ),
+                    (
+                        IMBALANCE_KEYS,
+                        "is an imbalance threshold: put it in an [imbalance] section",
+                    ),
+                ],
+                issues,
+            )
+        });
         let vips = if let Some(v) = root.get("vip")
             && let DeValue::Table(t) = v.get_ref()
-            && t.iter().any(|(k, _)| k.get_ref().as_ref() == "imbalance")
+            && let Some(section) = t
+                .iter()
+                .map(|(k, _)| k.get_ref().as_ref())
+                .find(|k| SECTION_KEYS.contains(k))
         {
-            // `[vip.imbalance]` with no `[[vip]]` above it.
+            // `[vip.imbalance]` or `[vip.safety]` with no `[[vip]]` above it.
             issues.push(
                 &v.span(),
                 "vip",
-                "a [vip.imbalance] section belongs to the [[vip]] above it, and there is none; \
-                 for the defaults of every VIP write [imbalance]",
+                format!(
+                    "a [vip.{section}] section belongs to the [[vip]] above it, and there is \
+                     none; for the defaults of every VIP write [{section}]"
+                ),
             );
             Vec::new()
         } else {
@@ -195,6 +264,7 @@ impl RawConfig {
             hash_seed,
             metrics_address,
             imbalance,
+            safety,
             vips,
         }
     }
@@ -210,6 +280,7 @@ impl RawVip {
                     "is a top-level key: move it above the first [[vip]]",
                 ),
                 (IMBALANCE_KEYS, THRESHOLD_HINT_VIP),
+                (SAFETY_KEYS, SAFETY_HINT_VIP),
             ],
             issues,
         );
@@ -235,6 +306,32 @@ impl RawVip {
                                 ROOT_ONLY_KEYS,
                                 "is a top-level key: move it above the first [[vip]]",
                             ),
+                            (
+                                SAFETY_KEYS,
+                                "is a safety limit: put it in a [vip.safety] section",
+                            ),
+                        ],
+                        issues,
+                    )
+                }),
+            safety: t
+                .table("safety", "a [vip.safety] section", issues)
+                .map(|i| {
+                    RawSafety::read(
+                        &i,
+                        &[
+                            (
+                                VIP_KEYS,
+                                "is a VIP key: move it above the VIP's [vip.safety] header",
+                            ),
+                            (
+                                ROOT_ONLY_KEYS,
+                                "is a top-level key: move it above the first [[vip]]",
+                            ),
+                            (
+                                IMBALANCE_KEYS,
+                                "is an imbalance threshold: put it in a [vip.imbalance] section",
+                            ),
                         ],
                         issues,
                     )
@@ -259,10 +356,16 @@ impl RawBackend {
                      [vip.imbalance], before or after the backends",
                 ),
                 (
+                    &["safety"],
+                    "is a VIP setting, not a backend's: write the section as \
+                     [vip.safety], before or after the backends",
+                ),
+                (
                     VIP_KEYS,
                     "is a VIP key: move it above the VIP's first [[vip.backend]]",
                 ),
                 (IMBALANCE_KEYS, THRESHOLD_HINT_VIP),
+                (SAFETY_KEYS, SAFETY_HINT_VIP),
             ],
             issues,
         );
@@ -274,6 +377,7 @@ impl RawBackend {
             mac: t.string("mac", true, issues),
             weight: t.integer("weight", false, issues),
             state: t.string("state", false, issues),
+            capacity: t.number("capacity", issues),
         }
     }
 }
@@ -290,6 +394,20 @@ impl RawImbalance {
             min_packet_rate: t.number("min_packet_rate", issues),
             hold: t.duration("hold", issues),
             window: t.duration("window", issues),
+        }
+    }
+}
+
+impl RawSafety {
+    fn read(t: &Table<'_, '_>, hints: Hints<'_>, issues: &mut Issues) -> RawSafety {
+        t.check_keys(SAFETY_KEYS, hints, issues);
+        RawSafety {
+            path: t.path.clone(),
+            span: t.span.clone(),
+            max_share_growth: t.number("max_share_growth", issues),
+            max_capacity_ratio: t.number("max_capacity_ratio", issues),
+            max_flows_moved: t.number("max_flows_moved", issues),
+            max_capacity_removed: t.number("max_capacity_removed", issues),
         }
     }
 }
@@ -638,6 +756,12 @@ mod tests {
         assert_eq!(closest("max_ration", IMBALANCE_KEYS), Some("max_ratio"));
         assert_eq!(closest("maxcv", IMBALANCE_KEYS), Some("max_cv"));
         assert_eq!(closest("windows", IMBALANCE_KEYS), Some("window"));
+        assert_eq!(closest("capacty", BACKEND_KEYS), Some("capacity"));
+        assert_eq!(closest("saftey", VIP_KEYS), Some("safety"));
+        assert_eq!(
+            closest("max_flow_moved", SAFETY_KEYS),
+            Some("max_flows_moved")
+        );
         assert_eq!(
             closest("metric_address", ROOT_KEYS),
             Some("metrics_address")

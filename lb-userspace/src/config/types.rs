@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 pub use crate::detect::Thresholds;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config {
@@ -35,7 +35,35 @@ pub struct Vip {
     pub table_size: u32,
     /// When the imbalance detector calls this VIP's split uneven.
     pub imbalance: Thresholds,
+    /// What `xlb plan` lets a change do to this VIP.
+    pub safety: Safety,
     pub backends: Vec<Backend>,
+}
+
+/// Per-VIP safety limits of a change (`[safety]` / `[vip.safety]` in the
+/// config): `xlb plan` refuses a change that breaks one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Safety {
+    /// A backend's predicted share may be at most this multiple of today's.
+    pub max_share_growth: f64,
+    /// A backend's predicted share may be at most this multiple of its
+    /// capacity share.
+    pub max_capacity_ratio: f64,
+    /// At most this fraction of the VIP's flows may hash to another backend.
+    pub max_flows_moved: f64,
+    /// At most this fraction of the VIP's active capacity may leave at once.
+    pub max_capacity_removed: f64,
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Self {
+            max_share_growth: 1.5,
+            max_capacity_ratio: 1.5,
+            max_flows_moved: 0.3,
+            max_capacity_removed: 0.5,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -45,7 +73,7 @@ pub enum Protocol {
     Udp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Backend {
     /// Stable name, unique within the VIP; Maglev tables depend on it.
     pub name: String,
@@ -53,6 +81,9 @@ pub struct Backend {
     pub mac: MacAddr,
     /// At least 1. Taking a backend out is a `state`, not weight 0.
     pub weight: u32,
+    /// Relative capacity (> 0; the weight when not given): the backend's
+    /// capacity share is capacity / the sum over the VIP's active backends.
+    pub capacity: f64,
     pub state: BackendState,
 }
 

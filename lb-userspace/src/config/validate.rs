@@ -15,9 +15,12 @@ use lb_common::maps::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS
 use toml::de::DeTable;
 
 use super::error::{ConfigError, Problem};
-use super::model::{Issues, RawBackend, RawConfig, RawImbalance, RawVip, Sp, field_path};
+use super::model::{
+    Issues, RawBackend, RawConfig, RawImbalance, RawSafety, RawVip, Sp, field_path,
+};
 use super::types::{
-    Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, MacAddr, Protocol, Thresholds, Vip,
+    Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, MacAddr, Protocol, Safety, Thresholds,
+    Vip,
 };
 use crate::maglev::is_prime;
 
@@ -34,7 +37,10 @@ const MAX_NAME_LEN: usize = 63;
 /// Linux's IFNAMSIZ less the NUL.
 const MAX_IFNAME_LEN: usize = 15;
 
-/// The rule of a number key of `[imbalance]`.
+/// Largest backend capacity.
+const MAX_CAPACITY: f64 = 1e6;
+
+/// The rule of a number key of `[imbalance]` or `[safety]`.
 struct NumberRule {
     key: &'static str,
     valid: fn(f64) -> bool,
@@ -61,6 +67,27 @@ const MIN_PACKET_RATE: NumberRule = NumberRule {
     key: "min_packet_rate",
     valid: |x| x >= 0.0 && x.is_finite(),
     rule: "must be a finite number of packets per second, at least 0",
+};
+
+const MAX_SHARE_GROWTH: NumberRule = NumberRule {
+    key: "max_share_growth",
+    valid: |x| x > 1.0 && x.is_finite(),
+    rule: "must be a finite number greater than 1",
+};
+const MAX_CAPACITY_RATIO: NumberRule = NumberRule {
+    key: "max_capacity_ratio",
+    valid: |x| x > 1.0 && x.is_finite(),
+    rule: "must be a finite number greater than 1",
+};
+const MAX_FLOWS_MOVED: NumberRule = NumberRule {
+    key: "max_flows_moved",
+    valid: |x| x > 0.0 && x <= 1.0,
+    rule: "must be a fraction greater than 0 and at most 1",
+};
+const MAX_CAPACITY_REMOVED: NumberRule = NumberRule {
+    key: "max_capacity_removed",
+    valid: |x| x > 0.0 && x <= 1.0,
+    rule: "must be a fraction greater than 0 and at most 1",
 };
 
 /// The bounds (inclusive) of a duration key of `[imbalance]`.
@@ -264,8 +291,16 @@ impl Checker<'_, '_> {
         let defaults = match &raw.imbalance {
             None => Some(builtin.clone()),
             Some(table) => {
-                self.imbalance_placement(table, raw);
+                self.section_placement(&table.span, &table.path, "imbalance", "thresholds", raw);
                 self.thresholds(table, &builtin)
+            }
+        };
+        let builtin_safety = Safety::default();
+        let safety_defaults = match &raw.safety {
+            None => Some(builtin_safety.clone()),
+            Some(table) => {
+                self.section_placement(&table.span, &table.path, "safety", "limits", raw);
+                self.safety(table, &builtin_safety)
             }
         };
 
@@ -275,12 +310,14 @@ impl Checker<'_, '_> {
         let mut all_ok = true;
         for raw_vip in &raw.vips {
             let base = defaults.as_ref().unwrap_or(&builtin);
-            match self.vip(raw_vip, base, &mut names, &mut endpoints) {
+            let base_safety = safety_defaults.as_ref().unwrap_or(&builtin_safety);
+            match self.vip(raw_vip, base, base_safety, &mut names, &mut endpoints) {
                 Some(vip) => vips.push(vip),
                 None => all_ok = false,
             }
         }
         defaults?;
+        safety_defaults?;
         Some(Config {
             interface: interface?,
             hash_seed: hash_seed?,
@@ -320,6 +357,7 @@ impl Checker<'_, '_> {
         &mut self,
         raw: &RawVip,
         defaults: &Thresholds,
+        safety_defaults: &Safety,
         names: &mut HashMap<String, First>,
         endpoints: &mut HashMap<(IpAddr, u16, Protocol), First>,
     ) -> Option<Vip> {
@@ -366,6 +404,7 @@ impl Checker<'_, '_> {
                 protocol,
                 table_size: 0,
                 imbalance: Default::default(),
+                safety: Default::default(),
                 backends: Vec::new(),
             };
             let endpoint = vip.endpoint();
@@ -399,6 +438,10 @@ impl Checker<'_, '_> {
             None => Some(defaults.clone()),
             Some(table) => self.thresholds(table, defaults),
         };
+        let safety = match &raw.safety {
+            None => Some(safety_defaults.clone()),
+            Some(table) => self.safety(table, safety_defaults),
+        };
 
         Some(Vip {
             name: name?,
@@ -407,6 +450,7 @@ impl Checker<'_, '_> {
             protocol: protocol?,
             table_size: table_size?,
             imbalance: imbalance?,
+            safety: safety?,
             backends: backends?,
         })
     }
@@ -470,11 +514,18 @@ impl Checker<'_, '_> {
             None => Some(BackendState::Active),
             Some(s) => self.state(s, &field_path(path, "state")),
         };
+        // Checked even when the weight is wrong, to report both.
+        let capacity = match &raw.capacity {
+            None => Some(None),
+            Some(c) => self.capacity(c, &field_path(path, "capacity")).map(Some),
+        };
+        let weight = weight?;
         Some(Backend {
             name: name?,
             address: address?,
             mac: mac?,
-            weight: weight?,
+            weight,
+            capacity: capacity?.unwrap_or(f64::from(weight)),
             state: state?,
         })
     }
@@ -686,6 +737,23 @@ impl Checker<'_, '_> {
             .map(|w| w as u32)
     }
 
+    /// A backend's relative capacity: a number in (0, 1e6].
+    fn capacity(&mut self, v: &Sp<f64>, field: &str) -> Option<f64> {
+        if v.value > 0.0 && v.value <= MAX_CAPACITY {
+            return Some(v.value);
+        }
+        self.problem(
+            &v.span,
+            field,
+            format!(
+                "must be a number greater than 0 and at most {MAX_CAPACITY} (default: the \
+                 backend's weight), got {}",
+                v.value
+            ),
+        );
+        None
+    }
+
     fn state(&mut self, v: &Sp<String>, field: &str) -> Option<BackendState> {
         match v.value.as_str() {
             "active" => Some(BackendState::Active),
@@ -798,21 +866,70 @@ impl Checker<'_, '_> {
         None
     }
 
-    /// A top-level `[imbalance]` written below a `[[vip]]` is still the
-    /// defaults of every VIP, whatever its place suggests. Refuse it there:
-    /// whoever wrote it under a VIP most likely meant `[vip.imbalance]`.
-    fn imbalance_placement(&mut self, table: &RawImbalance, raw: &RawConfig) {
+    /// A top-level `[imbalance]` or `[safety]` written below a `[[vip]]` is
+    /// still the defaults of every VIP, whatever its place suggests. Refuse
+    /// it there: whoever wrote it under a VIP most likely meant
+    /// `[vip.imbalance]` (`[vip.safety]`). `what` names its keys: "thresholds".
+    fn section_placement(
+        &mut self,
+        span: &Range<usize>,
+        path: &str,
+        section: &str,
+        what: &str,
+        raw: &RawConfig,
+    ) {
         if let Some(vip) = raw.vips.first()
-            && table.span.start > vip.span.start
+            && span.start > vip.span.start
         {
             let reason = format!(
-                "the [imbalance] section sets the defaults of every VIP, but it is written below \
+                "the [{section}] section sets the defaults of every VIP, but it is written below \
                  the first [[vip]] (line {}): move it above the first [[vip]], or, for one VIP's \
-                 own thresholds, write [vip.imbalance] under that VIP",
+                 own {what}, write [vip.{section}] under that VIP",
                 self.lines.line(vip.span.start)
             );
-            self.problem(&table.span, table.path.clone(), reason);
+            self.problem(span, path, reason);
         }
+    }
+
+    /// A `[safety]` or `[vip.safety]` table over `base`: each key given
+    /// replaces the base's value, the others are kept.
+    fn safety(&mut self, raw: &RawSafety, base: &Safety) -> Option<Safety> {
+        let builtin = Safety::default();
+        let path = &raw.path;
+        let max_share_growth = self.threshold(
+            raw.max_share_growth.as_ref(),
+            path,
+            &MAX_SHARE_GROWTH,
+            base.max_share_growth,
+            builtin.max_share_growth,
+        );
+        let max_capacity_ratio = self.threshold(
+            raw.max_capacity_ratio.as_ref(),
+            path,
+            &MAX_CAPACITY_RATIO,
+            base.max_capacity_ratio,
+            builtin.max_capacity_ratio,
+        );
+        let max_flows_moved = self.threshold(
+            raw.max_flows_moved.as_ref(),
+            path,
+            &MAX_FLOWS_MOVED,
+            base.max_flows_moved,
+            builtin.max_flows_moved,
+        );
+        let max_capacity_removed = self.threshold(
+            raw.max_capacity_removed.as_ref(),
+            path,
+            &MAX_CAPACITY_REMOVED,
+            base.max_capacity_removed,
+            builtin.max_capacity_removed,
+        );
+        Some(Safety {
+            max_share_growth: max_share_growth?,
+            max_capacity_ratio: max_capacity_ratio?,
+            max_flows_moved: max_flows_moved?,
+            max_capacity_removed: max_capacity_removed?,
+        })
     }
 
     /// An `[imbalance]` or `[vip.imbalance]` table over `base`: each key
@@ -1079,6 +1196,7 @@ table_size = 101
             address: address.parse().unwrap(),
             mac: MacAddr(mac),
             weight,
+            capacity: f64::from(weight),
             state,
         }
     }
@@ -1105,6 +1223,7 @@ table_size = 101
                         hold_seconds: 30.0,
                         ..defaults.clone()
                     },
+                    safety: Safety::default(),
                     backends: vec![
                         backend(
                             "b1",
@@ -1136,6 +1255,7 @@ table_size = 101
                     protocol: Protocol::Udp,
                     table_size: DEFAULT_TABLE_SIZE,
                     imbalance: defaults.clone(),
+                    safety: Safety::default(),
                     backends: vec![
                         backend(
                             "z",
@@ -1160,6 +1280,7 @@ table_size = 101
                     protocol: Protocol::Udp,
                     table_size: 101,
                     imbalance: defaults.clone(),
+                    safety: Safety::default(),
                     backends: vec![],
                 },
             ],

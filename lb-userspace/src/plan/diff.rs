@@ -1,0 +1,234 @@
+//! What differs: one VIP's backends, predicted shares and diff lines, and
+//! the config-wide lines. Backends are matched by name and listed by name,
+//! so the order of the file never shows as a change.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+
+use crate::config::{Backend, BackendState, Config, Safety, Thresholds, Vip};
+
+use super::flows::{Built, moved_ratio};
+use super::types::{BackendPlan, Change, VipPlan, ratio};
+
+/// One side of a VIP's change: its config and the table it builds.
+#[derive(Clone, Copy)]
+pub(super) struct Side<'a> {
+    pub vip: &'a Vip,
+    pub built: &'a Built,
+}
+
+/// The plan of one VIP, present in `before`, `after` or both.
+pub(super) fn vip_plan(before: Option<Side<'_>>, after: Option<Side<'_>>) -> VipPlan {
+    let name = after
+        .or(before)
+        .map(|s| s.vip.name.clone())
+        .expect("a VIP is on one side at least");
+    let backends = backend_plans(before, after);
+    let (change, details, flows_moved_ratio) = match (before, after) {
+        (Some(b), Some(a)) => {
+            let details = vip_details(b, a);
+            let change = if details.is_empty() {
+                Change::Unchanged
+            } else {
+                Change::Changed
+            };
+            (change, details, ratio(moved_ratio(b.built, a.built)))
+        }
+        (None, Some(a)) => (
+            Change::Added,
+            vec![format!(
+                "VIP added: {}, table_size {}, {}",
+                a.vip.endpoint(),
+                a.vip.table_size,
+                count_backends(a.vip)
+            )],
+            1.0,
+        ),
+        (Some(b), None) => (
+            Change::Removed,
+            vec![format!(
+                "VIP removed: {}, {}",
+                b.vip.endpoint(),
+                count_backends(b.vip)
+            )],
+            1.0,
+        ),
+        (None, None) => unreachable!("checked above"),
+    };
+    VipPlan {
+        name,
+        change,
+        details,
+        flows_moved_ratio,
+        backends,
+    }
+}
+
+/// Lines for changes outside any one VIP.
+pub(super) fn config_details(base: &Config, candidate: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    diff(&mut out, "interface", &base.interface, &candidate.interface);
+    diff(&mut out, "hash_seed", &base.hash_seed, &candidate.hash_seed);
+    diff(
+        &mut out,
+        "metrics_address",
+        &base.metrics_address,
+        &candidate.metrics_address,
+    );
+    out
+}
+
+/// "3 backends (2 active)".
+fn count_backends(vip: &Vip) -> String {
+    let n = vip.backends.len();
+    let active = vip.table_backends().count();
+    let plural = if n == 1 { "" } else { "s" };
+    format!("{n} backend{plural} ({active} active)")
+}
+
+/// capacity / the sum of the active backends' capacities; 0 when the
+/// backend is not active.
+pub(super) fn capacity_share(vip: &Vip, backend: &Backend) -> f64 {
+    if backend.state != BackendState::Active {
+        return 0.0;
+    }
+    let total: f64 = vip.table_backends().map(|b| b.capacity).sum();
+    if total > 0.0 {
+        backend.capacity / total
+    } else {
+        0.0
+    }
+}
+
+/// Backends of either side, by name.
+fn union<'a>(
+    before: Option<Side<'a>>,
+    after: Option<Side<'a>>,
+) -> BTreeMap<&'a str, (Option<&'a Backend>, Option<&'a Backend>)> {
+    let mut out: BTreeMap<&str, (Option<&Backend>, Option<&Backend>)> = BTreeMap::new();
+    for b in before.iter().flat_map(|s| &s.vip.backends) {
+        out.entry(&b.name).or_default().0 = Some(b);
+    }
+    for a in after.iter().flat_map(|s| &s.vip.backends) {
+        out.entry(&a.name).or_default().1 = Some(a);
+    }
+    out
+}
+
+fn backend_plans(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vec<BackendPlan> {
+    union(before, after)
+        .into_iter()
+        .map(|(name, (b, a))| BackendPlan {
+            name: name.to_string(),
+            change: match (b, a) {
+                (None, _) => Change::Added,
+                (_, None) => Change::Removed,
+                (Some(b), Some(a)) if b == a => Change::Unchanged,
+                _ => Change::Changed,
+            },
+            weight_before: b.map(|b| b.weight),
+            weight_after: a.map(|a| a.weight),
+            state_before: b.map(|b| b.state.to_string()),
+            state_after: a.map(|a| a.state.to_string()),
+            share_before_ratio: ratio(before.map_or(0.0, |s| s.built.share(name))),
+            share_after_ratio: ratio(after.map_or(0.0, |s| s.built.share(name))),
+            capacity_share_ratio: ratio(match (after, a) {
+                (Some(s), Some(a)) => capacity_share(s.vip, a),
+                _ => 0.0,
+            }),
+        })
+        .collect()
+}
+
+/// The diff lines of a VIP in both configs: its own keys, then its
+/// backends by name.
+fn vip_details(before: Side<'_>, after: Side<'_>) -> Vec<String> {
+    let (b, a) = (before.vip, after.vip);
+    let mut out = Vec::new();
+    diff(&mut out, "address", &b.address, &a.address);
+    diff(&mut out, "port", &b.port, &a.port);
+    diff(&mut out, "protocol", &b.protocol, &a.protocol);
+    diff(&mut out, "table_size", &b.table_size, &a.table_size);
+    diff(&mut out, "hash_seed", &before.built.seed, &after.built.seed);
+    imbalance_details(&mut out, &b.imbalance, &a.imbalance);
+    safety_details(&mut out, &b.safety, &a.safety);
+    for (name, sides) in union(Some(before), Some(after)) {
+        match sides {
+            (None, Some(a)) => {
+                let mut line = format!("backend {name} added (weight {}", a.weight);
+                if a.capacity != f64::from(a.weight) {
+                    line.push_str(&format!(", capacity {}", a.capacity));
+                }
+                line.push_str(&format!(", {})", a.state));
+                out.push(line);
+            }
+            (Some(_), None) => out.push(format!("backend {name} removed")),
+            (Some(b), Some(a)) => {
+                let key = |field: &str| format!("backend {name}: {field}");
+                diff(&mut out, &key("weight"), &b.weight, &a.weight);
+                diff(&mut out, &key("state"), &b.state, &a.state);
+                // A capacity that follows the weight (the default) is
+                // already told by the weight line.
+                let follows =
+                    b.capacity == f64::from(b.weight) && a.capacity == f64::from(a.weight);
+                if !follows {
+                    diff(&mut out, &key("capacity"), &b.capacity, &a.capacity);
+                }
+                diff(&mut out, &key("address"), &b.address, &a.address);
+                diff(&mut out, &key("mac"), &b.mac, &a.mac);
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+fn imbalance_details(out: &mut Vec<String>, b: &Thresholds, a: &Thresholds) {
+    let keys: [(&str, f64, f64, &str); 6] = [
+        ("max_ratio", b.max_ratio, a.max_ratio, ""),
+        ("max_cv", b.max_cv, a.max_cv, ""),
+        (
+            "min_new_flow_rate",
+            b.min_new_flow_rate,
+            a.min_new_flow_rate,
+            "",
+        ),
+        ("min_packet_rate", b.min_packet_rate, a.min_packet_rate, ""),
+        ("hold", b.hold_seconds, a.hold_seconds, "s"),
+        ("window", b.window_seconds, a.window_seconds, "s"),
+    ];
+    for (key, b, a, unit) in keys {
+        if b != a {
+            out.push(format!("imbalance.{key} {b}{unit} -> {a}{unit}"));
+        }
+    }
+}
+
+fn safety_details(out: &mut Vec<String>, b: &Safety, a: &Safety) {
+    let keys: [(&str, f64, f64); 4] = [
+        ("max_share_growth", b.max_share_growth, a.max_share_growth),
+        (
+            "max_capacity_ratio",
+            b.max_capacity_ratio,
+            a.max_capacity_ratio,
+        ),
+        ("max_flows_moved", b.max_flows_moved, a.max_flows_moved),
+        (
+            "max_capacity_removed",
+            b.max_capacity_removed,
+            a.max_capacity_removed,
+        ),
+    ];
+    for (key, b, a) in keys {
+        if b != a {
+            out.push(format!("safety.{key} {b} -> {a}"));
+        }
+    }
+}
+
+/// `key before -> after` when they differ.
+fn diff<T: PartialEq + Display>(out: &mut Vec<String>, key: &str, b: &T, a: &T) {
+    if b != a {
+        out.push(format!("{key} {b} -> {a}"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The safety checks of a VIP in both configs, against the candidate VIP's
+//! `[safety]` limits. Adding or removing a whole VIP is an explicit act of
+//! the operator and is not checked.
+//!
+//! * `capacity_removed`: the capacity of backends active today and not
+//!   active (or gone) in the candidate, over today's active capacity, is
+//!   above `max_capacity_removed`.
+//! * `flows_moved`: `flows_moved_ratio` is above `max_flows_moved`. Not when
+//!   the VIP has no active backend today: its packets are dropped, there is
+//!   no flow to move.
+//! * `share_growth`: a backend active on both sides, with a share today,
+//!   would get more than `max_share_growth` x that share. A new backend's
+//!   growth from 0 is not growth; the capacity check covers it.
+//! * `over_capacity`: a backend's predicted share is above
+//!   `max_capacity_ratio` x its capacity share, and above its share today.
+//!   A backend already over its capacity whose share does not grow is left
+//!   alone: the change does not make it worse, and refusing it would block
+//!   the change that relieves it.
+
+use crate::config::BackendState;
+
+use super::diff::Side;
+use super::types::{Lint, LintKind, VipPlan};
+
+pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Lint> {
+    let safety = &after.vip.safety;
+    let vip = &plan.name;
+    let mut lints = Vec::new();
+    let lint = |backend: Option<&str>, kind, message| Lint {
+        vip: vip.clone(),
+        backend: backend.map(str::to_string),
+        kind,
+        message,
+    };
+
+    // Capacity that leaves.
+    let active_after = |name: &str| {
+        after
+            .vip
+            .backends
+            .iter()
+            .any(|a| a.name == name && a.state == BackendState::Active)
+    };
+    let total: f64 = before.vip.table_backends().map(|b| b.capacity).sum();
+    let leaving: Vec<_> = before
+        .vip
+        .table_backends()
+        .filter(|b| !active_after(&b.name))
+        .collect();
+    let removed: f64 = leaving.iter().map(|b| b.capacity).sum();
+    if total > 0.0 && removed / total > safety.max_capacity_removed {
+        let mut names: Vec<&str> = leaving.iter().map(|b| b.name.as_str()).collect();
+        names.sort_unstable();
+        let (ratio, limit) = (removed / total, safety.max_capacity_removed);
+        lints.push(lint(
+            None,
+            LintKind::CapacityRemoved,
+            format!(
+                "{} of the active capacity would leave at once: {} (limit {})",
+                percent_above(ratio, limit),
+                names.join(", "),
+                limit_percent(limit)
+            ),
+        ));
+    }
+
+    // Flows that move.
+    let served_today = !before.built.table.slots.is_empty();
+    if served_today && plan.flows_moved_ratio > safety.max_flows_moved {
+        let cause = if before.vip.table_size != after.vip.table_size {
+            format!(
+                "; table_size {} -> {} gives every flow a new slot",
+                before.vip.table_size, after.vip.table_size
+            )
+        } else if before.built.seed != after.built.seed {
+            format!(
+                "; hash_seed {} -> {} gives every flow a new hash",
+                before.built.seed, after.built.seed
+            )
+        } else {
+            String::new()
+        };
+        lints.push(lint(
+            None,
+            LintKind::FlowsMoved,
+            format!(
+                "{} of the flows would move to another backend (limit {}){cause}",
+                percent_above(plan.flows_moved_ratio, safety.max_flows_moved),
+                limit_percent(safety.max_flows_moved)
+            ),
+        ));
+    }
+
+    // Each backend's predicted load.
+    let active = |state: &Option<String>| state.as_deref() == Some("active");
+    for b in &plan.backends {
+        let (now, next) = (b.share_before_ratio, b.share_after_ratio);
+        if active(&b.state_before)
+            && active(&b.state_after)
+            && now > 0.0
+            && next > safety.max_share_growth * now
+        {
+            lints.push(lint(
+                Some(&b.name),
+                LintKind::ShareGrowth,
+                format!(
+                    "{}: predicted share {} is {}x today's {} (limit {}x)",
+                    b.name,
+                    percent(next),
+                    number_above(next / now, safety.max_share_growth),
+                    percent(now),
+                    number(safety.max_share_growth)
+                ),
+            ));
+        }
+        let capacity = b.capacity_share_ratio;
+        if next > safety.max_capacity_ratio * capacity && next > now {
+            let times = if capacity > 0.0 {
+                format!(
+                    "{}x",
+                    number_above(next / capacity, safety.max_capacity_ratio)
+                )
+            } else {
+                "infinitely".to_string()
+            };
+            lints.push(lint(
+                Some(&b.name),
+                LintKind::OverCapacity,
+                format!(
+                    "{}: predicted share {} is {times} its capacity share {} (limit {}x)",
+                    b.name,
+                    percent(next),
+                    percent(capacity),
+                    number(safety.max_capacity_ratio)
+                ),
+            ));
+        }
+    }
+    lints
+}
+
+/// `41.2%`: a share or a fraction, one decimal.
+pub(super) fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
+/// `30%`, `0.1%`: a limit as written, without float noise.
+fn limit_percent(limit: f64) -> String {
+    number(limit * 100.0) + "%"
+}
+
+/// `ratio` as a percentage with as many decimals as it takes to show it
+/// above `limit` (30.04% against a 30% limit is not "30.0%").
+fn percent_above(ratio: f64, limit: f64) -> String {
+    let d = decimals_above(ratio * 100.0, limit * 100.0);
+    format!("{:.*}%", d, ratio * 100.0)
+}
+
+/// `1.5`, `1000`: a limit as written, without float noise.
+fn number(x: f64) -> String {
+    let s = format!("{x:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// `x` with as many decimals as it takes to show it above `limit`, at least
+/// two: `4.12`, `1.501`.
+fn number_above(x: f64, limit: f64) -> String {
+    format!("{:.*}", decimals_above(x, limit).max(2), x)
+}
+
+/// The fewest decimals (1 to 4) at which `x` rounds above `limit`.
+fn decimals_above(x: f64, limit: f64) -> usize {
+    (1..=4)
+        .find(|&d| {
+            let scale = 10f64.powi(d as i32);
+            (x * scale).round() > (limit * scale).round()
+        })
+        .unwrap_or(4)
+}

@@ -1,0 +1,156 @@
+//! What a plan says: the JSON contract of `xlb plan -o json` (a
+//! `schema_version`, raw numbers, `_ratio` suffixes for fractions in 0..=1).
+
+use serde::{Deserialize, Serialize};
+
+use crate::maglev::MaglevError;
+
+/// The version of the `Plan` document; bumped on an incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What a change of config would do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// `SCHEMA_VERSION`.
+    pub schema_version: u32,
+    /// The daemon's live revision the plan was made against; set by the
+    /// caller (an offline plan has none), never computed here.
+    pub base_revision: Option<u64>,
+    /// `config_hash` of the config applied today.
+    pub base_config_hash: String,
+    /// `config_hash` of the candidate config.
+    pub config_hash: String,
+    /// The candidate's VIPs in file order, then the VIPs it removes (in the
+    /// base's file order).
+    pub vips: Vec<VipPlan>,
+    /// Changes outside any one VIP: `interface eth0 -> eth1`,
+    /// `hash_seed 1 -> 2`, `metrics_address ...`.
+    pub details: Vec<String>,
+    /// Every safety check the change fails; empty when it may be applied.
+    pub lints: Vec<Lint>,
+    /// Whether anything differs at all. The order of VIPs or backends in the
+    /// file is not a difference (tables do not depend on it), even though
+    /// it changes `config_hash`.
+    pub changed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Added,
+    Removed,
+    Changed,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipPlan {
+    pub name: String,
+    pub change: Change,
+    /// One line per difference: `table_size 65537 -> 131071`,
+    /// `backend b2: weight 1 -> 4`, `backend b9 added (weight 1, active)`.
+    pub details: Vec<String>,
+    /// Fraction of the VIP's flows that would hash to another backend
+    /// (see `flows`); 1.0 for an added or removed VIP.
+    pub flows_moved_ratio: f64,
+    /// Today's and the candidate's backends together, by name.
+    pub backends: Vec<BackendPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendPlan {
+    pub name: String,
+    pub change: Change,
+    /// None when the backend is not in that config.
+    pub weight_before: Option<u32>,
+    pub weight_after: Option<u32>,
+    /// `active`, `draining`, `disabled`; None when not in that config.
+    pub state_before: Option<String>,
+    pub state_after: Option<String>,
+    /// Share of today's table (0 when absent or not active).
+    pub share_before_ratio: f64,
+    /// Share of the candidate's table: the predicted share of new flows.
+    pub share_after_ratio: f64,
+    /// capacity / the sum of the capacities of the candidate VIP's active
+    /// backends (0 when absent or not active in the candidate).
+    pub capacity_share_ratio: f64,
+}
+
+/// One failed safety check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lint {
+    pub vip: String,
+    /// The backend the check is about; None for a check of the whole VIP.
+    pub backend: Option<String>,
+    pub kind: LintKind,
+    /// Names the backend (or what leaves) and the predicted load against
+    /// the limit: `auth-3: predicted share 41.2% is 4.12x today's 10.0%
+    /// (limit 1.5x)`.
+    pub message: String,
+}
+
+/// The checks, one per key of `[safety]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LintKind {
+    /// `max_share_growth`
+    ShareGrowth,
+    /// `max_capacity_ratio`
+    OverCapacity,
+    /// `max_flows_moved`
+    FlowsMoved,
+    /// `max_capacity_removed`
+    CapacityRemoved,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A table cannot be built. A validated config always builds; this is
+    /// for configs assembled in code.
+    #[error("{which} config: vip {vip:?}: Maglev table: {source}")]
+    Maglev {
+        /// `base` or `candidate`.
+        which: &'static str,
+        vip: String,
+        #[source]
+        source: MaglevError,
+    },
+}
+
+/// A fraction as the plan holds it: rounded to 12 decimals, so that it
+/// survives a trip through JSON exactly (serde_json parses numbers of up to
+/// 15 significant digits exactly, longer ones to within an ulp) and a plan
+/// read back from a file equals the plan made.
+pub(super) fn ratio(x: f64) -> f64 {
+    (x * 1e12).round() / 1e12
+}
+
+impl Plan {
+    /// Whether a safety check refuses the change.
+    pub fn refused(&self) -> bool {
+        !self.lints.is_empty()
+    }
+}
+
+impl LintKind {
+    /// The `[safety]` key of the check.
+    pub fn key(self) -> &'static str {
+        match self {
+            LintKind::ShareGrowth => "max_share_growth",
+            LintKind::OverCapacity => "max_capacity_ratio",
+            LintKind::FlowsMoved => "max_flows_moved",
+            LintKind::CapacityRemoved => "max_capacity_removed",
+        }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Changed => "changed",
+            Change::Unchanged => "unchanged",
+        })
+    }
+}
