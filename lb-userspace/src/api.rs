@@ -28,6 +28,17 @@ pub enum Request {
         user: String,
         #[serde(default)]
         message: Option<String>,
+        /// Apply even when the safety checks refuse it.
+        #[serde(default)]
+        force: bool,
+        /// A reviewed plan's base revision: refused unless it is still live.
+        #[serde(default)]
+        expect_revision: Option<u64>,
+    },
+    /// Plan `text` against the applied config (nothing is applied).
+    Plan {
+        file: String,
+        text: String,
     },
     /// Every kept revision, oldest first.
     History,
@@ -44,6 +55,8 @@ pub enum ErrorKind {
     BadInput,
     /// The daemon or the kernel failed (exit code 4).
     Internal,
+    /// A safety check refused it (exit code 1).
+    Refused,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +72,7 @@ pub enum Response {
     Applied { revision: u64 },
     Repaired(crate::controller::Repaired),
     History(Vec<crate::revisions::Revision>),
+    Plan(Box<crate::plan::Plan>),
     Revision(Box<crate::revisions::Revision>),
     Error(ApiError),
 }

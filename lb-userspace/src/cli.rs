@@ -84,6 +84,27 @@ pub enum Command {
         /// rolled the change back (a progress bar on a terminal).
         #[arg(long)]
         wait: bool,
+        /// Apply even when the safety checks refuse it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// What a config would do before it is applied: the diff, each backend's
+    /// share today and after, the flows that move; exit 1 when a safety
+    /// check refuses it.
+    Plan {
+        file: PathBuf,
+        /// Plan offline against this config file instead of the running daemon.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// Write the plan (with the exact config) for `xlb apply PLANFILE`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Exit 0 even when a safety check refuses it.
+        #[arg(long)]
+        force: bool,
+        /// Exit 3 when the plan has changes (0: none).
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// The kept revisions, oldest first: who applied what, when, and how it ended.
     History,
@@ -145,7 +166,88 @@ fn from_api_error(e: api::ApiError) -> Failure {
     match e.kind {
         ErrorKind::BadInput => Failure::bad_input(e.message),
         ErrorKind::Internal => Failure::internal(e.message),
+        ErrorKind::Refused => Failure {
+            code: 1,
+            message: e.message,
+        },
     }
+}
+
+/// What `xlb plan --out` writes and `xlb apply PLANFILE` reads: the plan
+/// and exactly the config text it was made for.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PlanFile {
+    pub schema_version: u32,
+    pub plan: crate::plan::Plan,
+    pub config_file: String,
+    pub config_text: String,
+}
+
+fn read_text(file: &std::path::Path) -> Result<String, Failure> {
+    std::fs::read_to_string(file)
+        .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))
+}
+
+fn plan_command(
+    cli: &Cli,
+    file: &std::path::Path,
+    base: Option<&std::path::Path>,
+    out: Option<&std::path::Path>,
+    force: bool,
+    detailed_exitcode: bool,
+) -> Result<(), Failure> {
+    let text = read_text(file)?;
+    let name = file.display().to_string();
+    let candidate = config::parse(&text, &name).map_err(Failure::bad_input)?;
+    let plan = match base {
+        // Offline, against a file (e.g. `xlb show N -o json` of a revision).
+        Some(base) => {
+            let base_text = read_text(base)?;
+            let base = config::parse(&base_text, &base.display().to_string())
+                .map_err(Failure::bad_input)?;
+            crate::plan::plan(&base, &candidate).map_err(Failure::bad_input)?
+        }
+        None => match api::call(
+            &cli.socket,
+            &Request::Plan {
+                file: name.clone(),
+                text: text.clone(),
+            },
+        )? {
+            Response::Plan(p) => *p,
+            Response::Error(e) => return Err(from_api_error(e)),
+            other => return Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        },
+    };
+    match cli.output {
+        Output::Json => print_json(&plan),
+        _ => print!("{}", plan.render_table()),
+    }
+    if let Some(out) = out {
+        let doc = PlanFile {
+            schema_version: crate::plan::SCHEMA_VERSION,
+            plan: plan.clone(),
+            config_file: name,
+            config_text: text,
+        };
+        let json = serde_json::to_string_pretty(&doc).expect("plans serialize");
+        std::fs::write(out, json + "\n")
+            .map_err(|e| Failure::internal(format!("{}: cannot write: {e}", out.display())))?;
+        eprintln!("plan written to {}", out.display());
+    }
+    if plan.refused() && !force {
+        return Err(Failure {
+            code: 1,
+            message: "refused by the safety checks above (--force to plan it anyway)".into(),
+        });
+    }
+    if detailed_exitcode && plan.changed {
+        return Err(Failure {
+            code: 3,
+            message: "changes planned".into(),
+        });
+    }
+    Ok(())
 }
 
 pub fn run(cli: Cli) -> Result<(), Failure> {
@@ -244,15 +346,42 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
             }
         }
+        Command::Plan {
+            ref file,
+            ref base,
+            ref out,
+            force,
+            detailed_exitcode,
+        } => plan_command(
+            &cli,
+            file,
+            base.as_deref(),
+            out.as_deref(),
+            force,
+            detailed_exitcode,
+        ),
         Command::Apply {
             file,
             message,
             wait,
+            force,
         } => {
+            let raw = read_text(&file)?;
+            // A plan file applies exactly the config it was reviewed with,
+            // and only onto the revision it was made against.
+            let (name, text, expect_revision) = match serde_json::from_str::<PlanFile>(&raw) {
+                Ok(p) => {
+                    let Some(base) = p.plan.base_revision else {
+                        return Err(Failure::bad_input(format!(
+                            "{}: an offline plan (--base) cannot be applied; plan against the daemon",
+                            file.display()
+                        )));
+                    };
+                    (p.config_file, p.config_text, Some(base))
+                }
+                Err(_) => (file.display().to_string(), raw, None),
+            };
             // Validate here first: a bad file is refused without a daemon.
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
-            let name = file.display().to_string();
             config::parse(&text, &name).map_err(Failure::bad_input)?;
             match api::call(
                 &cli.socket,
@@ -261,6 +390,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     text,
                     user: current_user(),
                     message,
+                    force,
+                    expect_revision,
                 },
             )? {
                 Response::Applied { revision } => {

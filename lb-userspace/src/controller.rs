@@ -46,6 +46,16 @@ pub enum ApplyError {
     State(#[from] state::StateError),
     #[error("{0}")]
     Dataplane(#[from] DataplaneError),
+    #[error("{0}")]
+    Plan(#[from] crate::plan::PlanError),
+    /// A safety check refused the change (exit 1).
+    #[error("refused by the safety checks (apply with --force to override):\n{0}")]
+    Refused(String),
+    /// A reviewed plan no longer applies (exit 1).
+    #[error(
+        "stale plan: it was made against revision {planned}, the live revision is {live}; plan again"
+    )]
+    Stale { planned: u64, live: u64 },
 }
 
 impl ApplyError {
@@ -53,8 +63,13 @@ impl ApplyError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::InterfaceChange { .. } | Self::State(_)
+            Self::Config(_) | Self::InterfaceChange { .. } | Self::State(_) | Self::Plan(_)
         )
+    }
+
+    /// Refused by a safety check: the operator may force it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::Stale { .. })
     }
 }
 
@@ -86,6 +101,8 @@ pub struct Controller {
     bake: Option<BakeStatus>,
     /// Judges a baking revision against capacity shares (see `bake`).
     capacity_detector: Detector,
+    /// The plan of the apply being recorded.
+    next_plan: Option<serde_json::Value>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -153,6 +170,7 @@ impl Controller {
             },
             bake: None,
             capacity_detector: Detector::new(),
+            next_plan: None,
         }
     }
 
@@ -174,6 +192,63 @@ impl Controller {
 
     pub fn revisions(&self) -> Option<&Store> {
         self.revisions.as_ref()
+    }
+
+    /// The plan of changing from the applied config to `text`, against the
+    /// live revision.
+    pub fn plan_text(&self, text: &str, file: &str) -> Result<crate::plan::Plan, ApplyError> {
+        let candidate = config::parse(text, file)?;
+        let base = match &self.applied {
+            Some(d) => d.config.clone(),
+            None => Config {
+                interface: self.interface.clone(),
+                hash_seed: candidate.hash_seed,
+                metrics_address: candidate.metrics_address,
+                vips: vec![],
+            },
+        };
+        let mut plan = crate::plan::plan(&base, &candidate)?;
+        plan.base_revision = Some(self.revision);
+        Ok(plan)
+    }
+
+    /// An operator's apply: refused when `expect_revision` (a reviewed
+    /// plan's base) is not the live revision, or when the safety checks
+    /// refuse it and it is not forced; else applied, baked and recorded with
+    /// its plan.
+    pub fn apply_checked(
+        &mut self,
+        text: &str,
+        file: &str,
+        origin: &Origin,
+        force: bool,
+        expect_revision: Option<u64>,
+    ) -> Result<u64, ApplyError> {
+        if let Some(planned) = expect_revision
+            && planned != self.revision
+        {
+            return Err(ApplyError::Stale {
+                planned,
+                live: self.revision,
+            });
+        }
+        let plan = self.plan_text(text, file)?;
+        if plan.refused() && !force {
+            let lines: Vec<String> = plan
+                .lints
+                .iter()
+                .map(|l| format!("  {}: {}", l.vip, l.message))
+                .collect();
+            return Err(ApplyError::Refused(lines.join("\n")));
+        }
+        if plan.refused() {
+            log::warn!(
+                "{file}: safety checks overridden with --force by {}",
+                origin.user
+            );
+        }
+        self.next_plan = serde_json::to_value(&plan).ok();
+        self.apply_recorded(text, file, origin, Kind::Apply)
     }
 
     /// Validate config text, apply it and record it as a revision with its
@@ -236,7 +311,7 @@ impl Controller {
                 config_text: text.to_string(),
                 config_hash: crate::revisions::config_hash(text),
                 kind,
-                plan: None,
+                plan: self.next_plan.take(),
                 outcome,
             };
             if let Err(e) = store.record(&rev) {

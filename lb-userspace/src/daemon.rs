@@ -215,21 +215,37 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             }),
             Some(Err(e)) => internal(e.to_string()),
         },
+        Request::Plan { file, text } => match controller.plan_text(&text, &file) {
+            Ok(plan) => Response::Plan(Box::new(plan)),
+            Err(e) => Response::Error(ApiError {
+                kind: if e.is_bad_input() {
+                    ErrorKind::BadInput
+                } else {
+                    ErrorKind::Internal
+                },
+                message: e.to_string(),
+            }),
+        },
         Request::Apply {
             file,
             text,
             user,
             message,
-        } => match controller.apply_recorded(
+            force,
+            expect_revision,
+        } => match controller.apply_checked(
             &text,
             &file,
             &crate::controller::Origin { user, message },
-            crate::revisions::Kind::Apply,
+            force,
+            expect_revision,
         ) {
             Ok(revision) => Response::Applied { revision },
             Err(e) => {
                 log::warn!("apply of {file} refused: {e}");
-                let kind = if e.is_bad_input() {
+                let kind = if e.is_refusal() {
+                    ErrorKind::Refused
+                } else if e.is_bad_input() {
                     ErrorKind::BadInput
                 } else {
                     ErrorKind::Internal

@@ -1,0 +1,129 @@
+//! `xlb plan` and reviewed applies against a running daemon: a benign change
+//! plans clean (exit 0, or 3 with --detailed-exitcode) and its predicted
+//! shares are the shares of the tables the apply then builds; a skewing
+//! change is refused (exit 1) by plan and by apply, naming the backend and
+//! its predicted share, unless forced; a plan file applies once and is
+//! refused as stale after that.
+
+use anyhow::{Context as _, ensure};
+use tests::testbed::{self, Testbed};
+use tests::xlbd::Daemon;
+
+#[test]
+fn plan_lints_reviewed_apply_and_stale_plans() {
+    if !tests::privileged("plan_lints_reviewed_apply_and_stale_plans") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("xlb-plan-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let result = run(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.unwrap();
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn run(dir: &std::path::Path) -> anyhow::Result<()> {
+    let bed = Testbed::new("xp", 3)?;
+    let write = |name: &str, weights: &[u32]| {
+        let path = dir.join(name);
+        std::fs::write(&path, testbed::config(weights)).unwrap();
+        path.display().to_string()
+    };
+    let start = write("start.toml", &[1, 1, 2]);
+    let benign = write("benign.toml", &[1, 1, 1]);
+    let bad = write("bad.toml", &[8, 1, 1]);
+    let daemon = Daemon::start_with(
+        &bed.lb.ns,
+        std::path::Path::new(&start),
+        dir,
+        &["--bake-window", "0s"],
+    )?;
+
+    // Benign: exit 0, or 3 with --detailed-exitcode; nothing applied.
+    let out = daemon.xlb(&["plan", &benign])?;
+    ensure!(code(&out) == 0, "plan benign: {out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("no lints"),
+        "{out:?}"
+    );
+    let out = daemon.xlb(&["plan", &benign, "--detailed-exitcode"])?;
+    ensure!(code(&out) == 3, "plan --detailed-exitcode: {out:?}");
+    let out = daemon.xlb(&["plan", &start, "--detailed-exitcode"])?;
+    ensure!(code(&out) == 0, "plan of the live config: {out:?}");
+
+    // Bad: refused by plan and by apply, naming b1 and its predicted share.
+    let out = daemon.xlb(&["plan", &bad])?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        code(&out) == 1 && text.contains("b1: predicted share"),
+        "plan bad: {out:?}"
+    );
+    let out = daemon.xlb(&["apply", &bad])?;
+    ensure!(
+        code(&out) == 1 && String::from_utf8_lossy(&out.stderr).contains("b1: predicted share"),
+        "apply bad: {out:?}"
+    );
+    ensure!(
+        daemon.status()?["revision"] == 1,
+        "a refused apply changed the revision"
+    );
+
+    // A reviewed plan applies exactly once.
+    let planfile = dir.join("benign.plan.json").display().to_string();
+    let out = daemon.xlb(&["plan", &benign, "--out", &planfile, "-o", "json"])?;
+    ensure!(code(&out) == 0, "plan --out: {out:?}");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(plan["base_revision"] == 1, "{plan}");
+    let out = daemon.xlb(&["apply", &planfile, "-m", "reviewed"])?;
+    ensure!(code(&out) == 0, "apply plan: {out:?}");
+    let again = daemon.xlb(&["apply", &planfile])?;
+    ensure!(
+        code(&again) == 1 && String::from_utf8_lossy(&again.stderr).contains("stale plan"),
+        "second apply of the same plan: {again:?}"
+    );
+
+    // Predicted shares are the applied tables' shares, backend by backend.
+    let status = daemon.status()?;
+    for vip in plan["vips"].as_array().context("vips")? {
+        let live = status["vips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vip["name"])
+            .context("VIP in status")?;
+        for b in vip["backends"].as_array().unwrap() {
+            let got = live["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == b["name"])
+                .context("backend in status")?["table_share_ratio"]
+                .as_f64()
+                .unwrap();
+            let want = b["share_after_ratio"].as_f64().unwrap();
+            ensure!(
+                (got - want).abs() < 1e-9,
+                "{}/{}: predicted {want}, applied table {got}",
+                vip["name"],
+                b["name"]
+            );
+        }
+    }
+
+    // Forced through, the bad change applies (no bake in this daemon).
+    let out = daemon.xlb(&["apply", &bad, "--force", "-m", "forced"])?;
+    ensure!(code(&out) == 0, "apply --force: {out:?}");
+    let show: serde_json::Value =
+        serde_json::from_slice(&daemon.xlb(&["show", "3", "-o", "json"])?.stdout)?;
+    ensure!(
+        show["plan"]["lints"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "the forced revision records its plan and lints: {show}"
+    );
+    Ok(())
+}
