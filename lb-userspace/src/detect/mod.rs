@@ -74,7 +74,7 @@
 //! sums are taken in u128, and every number in a report is finite, so a
 //! report always serializes to JSON and back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -281,6 +281,7 @@ pub struct VipReport {
 #[derive(Debug, Default)]
 pub struct Detector {
     vips: HashMap<String, vip::VipState>,
+    scratch: vip::Scratch,
 }
 
 impl Detector {
@@ -299,11 +300,13 @@ impl Detector {
                     Some(state) => state,
                     None => self.vips.entry(sample.vip.to_owned()).or_default(),
                 };
-                state.observe(now_unix_seconds, sample)
+                state.seen = true;
+                state.observe(now_unix_seconds, sample, &mut self.scratch)
             })
             .collect();
-        let present: HashSet<&str> = samples.iter().map(|s| s.vip).collect();
-        self.vips.retain(|vip, _| present.contains(vip.as_str()));
+        // A mark per VIP rather than a set of this tick's names: no hashing,
+        // and taking it leaves every kept VIP unmarked for the next tick.
+        self.vips.retain(|_, state| std::mem::take(&mut state.seen));
         reports
     }
 }

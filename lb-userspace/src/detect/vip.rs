@@ -1,13 +1,17 @@
 //! One VIP's state (its window and hold timers) and the report of one tick:
 //! the glue between [`super::window`], [`super::shares`] and
 //! [`super::verdict`].
+//!
+//! This runs for every VIP every second, so it works in buffers kept from
+//! tick to tick ([`Scratch`], [`NameOrder`]) and allocates only what goes
+//! into the report.
 
-use super::shares::{self, Entry, Shares, sane_share};
+use super::shares::{Entry, Shares, sane_share};
 use super::verdict::{self, Hold, Off};
-use super::window::{Delta, Window};
+use super::window::Window;
 use super::{
-    BackendSample, BackendShare, SIGNALS, Signal, SignalReport, State, Thresholds, Verdict,
-    VipReport, VipSample,
+    BackendSample, BackendShare, Cumulative, SIGNALS, Signal, SignalReport, State, Thresholds,
+    Verdict, VipReport, VipSample,
 };
 
 #[derive(Debug, Default)]
@@ -15,6 +19,68 @@ pub struct VipState {
     window: Window,
     /// One per signal, in [`SIGNALS`] order.
     holds: [Hold; SIGNALS.len()],
+    order: NameOrder,
+    /// Set by every tick that reports the VIP; the detector forgets the VIPs
+    /// whose mark is not set and clears the others' for the next tick.
+    pub(super) seen: bool,
+}
+
+/// The sample's backends in name order (stable for duplicate names), kept
+/// from tick to tick: the daemon lists the same backends in the same order
+/// every tick, so checking that the last order still holds (n − 1
+/// comparisons) replaces the sort.
+#[derive(Debug, Default)]
+struct NameOrder {
+    /// Sample indices in name order.
+    order: Vec<usize>,
+    /// The inverse: `rank[i]` is the name-order position of the sample's
+    /// `i`th backend.
+    rank: Vec<usize>,
+}
+
+impl NameOrder {
+    fn update(&mut self, backends: &[BackendSample<'_>]) {
+        // `order` is a permutation of 0..len; if it lists the names in
+        // strictly increasing (name, index) order it is exactly what the
+        // stable sort would produce.
+        let key = |i: usize| (backends[i].name, i);
+        let still_sorted = self.order.len() == backends.len()
+            && self.order.windows(2).all(|w| key(w[0]) < key(w[1]));
+        if still_sorted {
+            return;
+        }
+        self.order.clear();
+        self.order.extend(0..backends.len());
+        self.order
+            .sort_by(|&a, &b| backends[a].name.cmp(backends[b].name));
+        self.rank.clear();
+        self.rank.resize(backends.len(), 0);
+        for (p, &i) in self.order.iter().enumerate() {
+            self.rank[i] = p;
+        }
+    }
+}
+
+/// Working memory for one VIP's tick, owned by the detector and lent to
+/// each VIP in turn: one set of buffers for all VIPs allocates nothing and
+/// stays in cache, where per-VIP buffers would be cold every tick. Every
+/// field is rewritten before it is read.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Per backend, in name order.
+    rows: Vec<Row>,
+    /// One per signal, in [`SIGNALS`] order; index for index with `rows`.
+    shares: [Shares; SIGNALS.len()],
+}
+
+/// One backend's numbers for this tick, inputs made sane.
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    active: bool,
+    expected: f64,
+    table: f64,
+    /// Growth over the window (0 before there is a window).
+    delta: Cumulative,
 }
 
 /// What a tick's numbers say about one signal, before the hold timer.
@@ -26,10 +92,11 @@ enum Assessment {
 }
 
 /// The tick's numbers shared by the three signals.
-struct Tick<'s, 'a> {
-    /// The sample's backends sorted by name.
-    sorted: &'s [&'s BackendSample<'a>],
-    delta: Option<&'s Delta>,
+struct Tick<'s> {
+    /// Per backend in name order.
+    rows: &'s [Row],
+    /// Whether there is a window yet.
+    warmed_up: bool,
     any_active: bool,
     new_flow_rate: f64,
     packet_rate: f64,
@@ -38,16 +105,22 @@ struct Tick<'s, 'a> {
 }
 
 impl VipState {
-    pub fn observe(&mut self, now: f64, sample: &VipSample<'_>) -> VipReport {
+    pub fn observe(
+        &mut self,
+        now: f64,
+        sample: &VipSample<'_>,
+        scratch: &mut Scratch,
+    ) -> VipReport {
         let th = sample.thresholds;
+        let backends = &sample.backends[..];
         // Work in name order (stable for duplicate names): the history is
         // matched by name, and the float sums, and so the verdict, do not
         // depend on the order of the sample.
-        let mut order: Vec<usize> = (0..sample.backends.len()).collect();
-        order.sort_by(|&a, &b| sample.backends[a].name.cmp(sample.backends[b].name));
-        let sorted: Vec<&BackendSample<'_>> = order.iter().map(|&i| &sample.backends[i]).collect();
+        self.order.update(backends);
+        let order = &self.order.order[..];
+        let sorted = order.iter().map(|&i| &backends[i]);
 
-        if self.window.push(now, &sorted, th.window_seconds) {
+        if self.window.push(now, sorted.clone(), th.window_seconds) {
             // A new regime: an old off streak says nothing about it.
             self.holds = Default::default();
         }
@@ -55,12 +128,32 @@ impl VipState {
         let span = delta.as_ref().map_or(0.0, |d| d.span);
         let per_second = |n: f64| if span > 0.0 { n / span } else { 0.0 };
 
-        let shares: [Shares; SIGNALS.len()] =
-            SIGNALS.map(|signal| shares::compute(&entries(&sorted, delta.as_ref(), signal)));
-        let any_active = sorted.iter().any(|b| b.active);
+        scratch.rows.clear();
+        scratch.rows.extend(sorted.enumerate().map(|(p, b)| {
+            Row {
+                active: b.active,
+                expected: sane_share(b.expected_share),
+                table: sane_share(b.table_share),
+                delta: delta
+                    .as_ref()
+                    .map_or_else(Cumulative::default, |d| d.get(p)),
+            }
+        }));
+        let rows = &scratch.rows[..];
+        let name = |p: usize| backends[order[p]].name;
+        for (&signal, shares) in SIGNALS.iter().zip(&mut scratch.shares) {
+            shares.recompute(rows.len(), |p| Entry {
+                name: name(p),
+                active: rows[p].active,
+                expected_share: rows[p].expected,
+                delta: rows[p].delta.get(signal),
+            });
+        }
+        let shares = &scratch.shares;
+        let any_active = rows.iter().any(|r| r.active);
         let tick = Tick {
-            sorted: &sorted,
-            delta: delta.as_ref(),
+            rows,
+            warmed_up: delta.is_some(),
             any_active,
             new_flow_rate: per_second(shares[0].total as f64),
             packet_rate: per_second(shares[1].total as f64),
@@ -69,7 +162,7 @@ impl VipState {
 
         let signals: Vec<SignalReport> = SIGNALS
             .iter()
-            .zip(&shares)
+            .zip(shares)
             .zip(&mut self.holds)
             .map(|((&signal, s), hold)| {
                 let verdict = match assess(signal, s, &tick, th) {
@@ -79,15 +172,14 @@ impl VipState {
                     }
                     Assessment::Off(w) => {
                         let (state, since) = hold.off(now, th.hold_seconds);
-                        let b = sorted[w];
                         let off = Off {
                             signal,
                             state,
-                            backend: b.name,
+                            backend: name(w),
                             ratio: s.ratio[w].unwrap_or(1.0),
                             observed: s.observed[w].unwrap_or(0.0),
-                            expected: sane_share(b.expected_share),
-                            table: sane_share(b.table_share),
+                            expected: rows[w].expected,
+                            table: rows[w].table,
                             cv: s.cv,
                             since,
                             now,
@@ -99,11 +191,11 @@ impl VipState {
                     signal,
                     rate_per_second: per_second(s.total as f64),
                     window_seconds: span,
-                    worst_backend: s.worst.map(|w| sorted[w].name.to_owned()),
+                    worst_backend: s.worst.map(|w| name(w).to_owned()),
                     worst_ratio: s.worst.and_then(|w| s.ratio[w]),
                     cv: s.cv,
                     verdict,
-                    backends: backend_shares(signal, s, &tick, &order, span),
+                    backends: backend_shares(signal, s, backends, &self.order.rank, rows, span),
                 }
             })
             .collect();
@@ -123,30 +215,10 @@ impl VipState {
     }
 }
 
-/// The share inputs of one signal, in name order.
-fn entries<'a>(
-    sorted: &[&BackendSample<'a>],
-    delta: Option<&Delta>,
-    signal: Signal,
-) -> Vec<Entry<'a>> {
-    sorted
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Entry {
-            name: b.name,
-            active: b.active,
-            expected_share: sane_share(b.expected_share),
-            delta: delta
-                .and_then(|d| d.counters.get(i))
-                .map_or(0, |c| c.get(signal)),
-        })
-        .collect()
-}
-
 /// Rules 1, 4 and 5 for one signal.
-fn assess(signal: Signal, s: &Shares, tick: &Tick<'_, '_>, th: &Thresholds) -> Assessment {
+fn assess(signal: Signal, s: &Shares, tick: &Tick<'_>, th: &Thresholds) -> Assessment {
     let low = |reason: String| Assessment::NotOff(verdict::plain(State::LowRate, reason));
-    if tick.delta.is_none() {
+    if !tick.warmed_up {
         return low("warming up".to_owned());
     }
     if !tick.any_active {
@@ -169,7 +241,7 @@ fn assess(signal: Signal, s: &Shares, tick: &Tick<'_, '_>, th: &Thresholds) -> A
     if !verdict::out_of_band(ratio, Some(cv), th) {
         return Assessment::NotOff(verdict::ok());
     }
-    let expected = sane_share(tick.sorted[w].expected_share);
+    let expected = tick.rows[w].expected;
     // Bytes are not independent events; the packets that carried them are
     // (as far as this test goes), so judge the byte share at the packet count.
     let (count, total) = match signal {
@@ -185,30 +257,81 @@ fn assess(signal: Signal, s: &Shares, tick: &Tick<'_, '_>, th: &Thresholds) -> A
     Assessment::Off(w)
 }
 
-/// Per-backend numbers of one signal, back in the sample's order.
+/// Per-backend numbers of one signal, in the sample's order (`rank` maps a
+/// sample index to its name-order position in `rows` and `s`).
 fn backend_shares(
     signal: Signal,
     s: &Shares,
-    tick: &Tick<'_, '_>,
-    order: &[usize],
+    backends: &[BackendSample<'_>],
+    rank: &[usize],
+    rows: &[Row],
     span: f64,
 ) -> Vec<BackendShare> {
-    let mut out: Vec<Option<BackendShare>> = vec![None; order.len()];
-    for (p, (&i, b)) in order.iter().zip(tick.sorted).enumerate() {
-        let delta = tick
-            .delta
-            .and_then(|d| d.counters.get(p))
-            .map_or(0, |c| c.get(signal));
-        out[i] = Some(BackendShare {
-            backend: b.name.to_owned(),
-            active: b.active,
-            expected_share_ratio: sane_share(b.expected_share),
-            table_share_ratio: sane_share(b.table_share),
-            observed_share_ratio: s.observed[p],
-            ratio: s.ratio[p],
-            rate_per_second: if span > 0.0 { delta as f64 / span } else { 0.0 },
-        });
+    backends
+        .iter()
+        .zip(rank)
+        .map(|(b, &p)| {
+            let row = &rows[p];
+            BackendShare {
+                backend: b.name.to_owned(),
+                active: row.active,
+                expected_share_ratio: row.expected,
+                table_share_ratio: row.table,
+                observed_share_ratio: s.observed[p],
+                ratio: s.ratio[p],
+                rate_per_second: if span > 0.0 {
+                    row.delta.get(signal) as f64 / span
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends<'a>(names: &[&'a str]) -> Vec<BackendSample<'a>> {
+        names
+            .iter()
+            .map(|&name| BackendSample {
+                name,
+                active: true,
+                expected_share: 0.0,
+                table_share: 0.0,
+                counters: Cumulative::default(),
+            })
+            .collect()
     }
-    // `order` is a permutation, so every slot is filled.
-    out.into_iter().flatten().collect()
+
+    fn check(o: &NameOrder, want: &[usize]) {
+        assert_eq!(o.order, want);
+        assert_eq!(o.rank.len(), want.len());
+        for (i, &p) in o.rank.iter().enumerate() {
+            assert_eq!(o.order[p], i, "rank is the inverse of order");
+        }
+    }
+
+    #[test]
+    fn name_order_is_kept_while_it_holds_and_redone_when_not() {
+        let mut o = NameOrder::default();
+        // Duplicates keep their sample order.
+        let b = backends(&["b2", "b10", "b1", "b2"]);
+        o.update(&b);
+        check(&o, &[2, 1, 0, 3]);
+        o.update(&b);
+        check(&o, &[2, 1, 0, 3]);
+        // Same length, other names: sorted again.
+        o.update(&backends(&["b2", "b0", "b1", "b2"]));
+        check(&o, &[1, 2, 0, 3]);
+        // Same names, another order.
+        o.update(&backends(&["b0", "b2", "b2", "b1"]));
+        check(&o, &[0, 3, 1, 2]);
+        o.update(&backends(&["b9"]));
+        check(&o, &[0]);
+        o.update(&[]);
+        check(&o, &[]);
+    }
 }
