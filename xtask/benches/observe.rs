@@ -5,6 +5,11 @@
 //! once-a-second tick.
 
 use std::sync::Arc;
+
+/// The daemon's allocator (lb-userspace/src/main.rs), so the bench measures
+/// what the daemon does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use xlb::detect::{BackendSample, Cumulative, Detector, Thresholds, VipSample};

@@ -4,6 +4,7 @@
 //! - `build`: build everything, the XDP object included;
 //! - `test`: setup, then every test (the command CI runs);
 //! - `demo`: setup, build, and run the namespace demo;
+//! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
 //! - `bench`: setup, then the benchmarks in xtask/benches.
 
 mod setup;
@@ -34,6 +35,9 @@ enum Cmd {
     },
     /// Run setup, build, then the demo in network namespaces.
     Demo,
+    /// Run setup, build, then the replay of the outage behind xlb in network
+    /// namespaces (docs/INCIDENT.md); exit 1 when it misses a goal.
+    IncidentReplay,
     /// Run the benchmarks (xtask/benches); results go to docs/BENCHMARKS.md by hand.
     Bench,
 }
@@ -89,6 +93,11 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
             run(cargo().args(["run", "-p", "tests", "--bin", "xlb-demo"]))
+        }
+        Cmd::IncidentReplay => {
+            setup::setup()?;
+            run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
+            run(cargo().args(["run", "-p", "tests", "--bin", "xlb-incident"]))
         }
     }
 }
