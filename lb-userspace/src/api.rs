@@ -35,6 +35,16 @@ pub enum Request {
         #[serde(default)]
         expect_revision: Option<u64>,
     },
+    /// Re-apply an earlier revision (default: the live one before the
+    /// current) as a new revision.
+    Rollback {
+        #[serde(default)]
+        to: Option<u64>,
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        message: Option<String>,
+    },
     /// Plan `text` against the applied config (nothing is applied).
     Plan {
         file: String,

@@ -108,6 +108,15 @@ pub enum Command {
     },
     /// The kept revisions, oldest first: who applied what, when, and how it ended.
     History,
+    /// Re-apply an earlier revision as a new one (default: the live revision
+    /// before the current).
+    Rollback {
+        #[arg(long)]
+        to_revision: Option<u64>,
+        /// Why: recorded in the revision and the audit log.
+        #[arg(short, long)]
+        message: Option<String>,
+    },
     /// One revision: its record and the exact config applied.
     Show { revision: u64 },
     /// Per VIP and backend: weights, expected, table and observed shares,
@@ -317,6 +326,30 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Rollback {
+            to_revision,
+            message,
+        } => match api::call(
+            &cli.socket,
+            &Request::Rollback {
+                to: to_revision,
+                user: current_user(),
+                message,
+            },
+        )? {
+            Response::Applied { revision } => {
+                if cli.output == Output::Json {
+                    print_json(&serde_json::json!({
+                        "schema_version": status::SCHEMA_VERSION, "revision": revision,
+                    }));
+                } else {
+                    println!("rolled back as revision {revision}");
+                }
+                Ok(())
+            }
+            Response::Error(e) => Err(from_api_error(e)),
+            other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        },
         Command::History => match api::call(&cli.socket, &Request::History)? {
             Response::History(list) => {
                 if cli.output == Output::Json {

@@ -56,6 +56,8 @@ pub enum ApplyError {
         "stale plan: it was made against revision {planned}, the live revision is {live}; plan again"
     )]
     Stale { planned: u64, live: u64 },
+    #[error("{0}")]
+    NoRevision(String),
 }
 
 impl ApplyError {
@@ -63,7 +65,11 @@ impl ApplyError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::InterfaceChange { .. } | Self::State(_) | Self::Plan(_)
+            Self::Config(_)
+                | Self::InterfaceChange { .. }
+                | Self::State(_)
+                | Self::Plan(_)
+                | Self::NoRevision(_)
         )
     }
 
@@ -103,6 +109,7 @@ pub struct Controller {
     capacity_detector: Detector,
     /// The plan of the apply being recorded.
     next_plan: Option<serde_json::Value>,
+    audit: Option<crate::audit::AuditLog>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -171,7 +178,103 @@ impl Controller {
             bake: None,
             capacity_detector: Detector::new(),
             next_plan: None,
+            audit: None,
         }
+    }
+
+    /// Append every plan, apply, refusal and rollback to `log`.
+    pub fn with_audit(mut self, log: crate::audit::AuditLog) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    fn audit(
+        &mut self,
+        event: &str,
+        user: &str,
+        revision: Option<u64>,
+        file: Option<&str>,
+        text: Option<&str>,
+        detail: Option<String>,
+    ) {
+        if let Some(log) = self.audit.as_mut() {
+            log.record(&crate::audit::Event {
+                ts_unix_seconds: unix_now(),
+                event: event.to_string(),
+                user: user.to_string(),
+                revision,
+                file: file.map(str::to_string),
+                config_hash: text.map(crate::revisions::config_hash),
+                detail,
+            });
+        }
+    }
+
+    /// Re-apply revision `to` (default: the live revision before the current
+    /// one) as a new revision. No safety checks: it goes back to a state that
+    /// served before.
+    pub fn rollback(&mut self, to: Option<u64>, origin: &Origin) -> Result<u64, ApplyError> {
+        let Some(store) = self.revisions.as_ref() else {
+            return Err(ApplyError::NoRevision(
+                "this daemon keeps no revisions".into(),
+            ));
+        };
+        let list = store
+            .list()
+            .map_err(|e| ApplyError::NoRevision(e.to_string()))?;
+        let current = self.revision;
+        let target = match to {
+            Some(n) => list.iter().find(|r| r.number == n).ok_or_else(|| {
+                ApplyError::NoRevision(format!("no revision {n} is kept (see `xlb history`)"))
+            })?,
+            None => list
+                .iter()
+                .rev()
+                .find(|r| r.number < current && r.outcome.is_live())
+                .ok_or_else(|| {
+                    ApplyError::NoRevision(format!(
+                        "no earlier live revision than {current} to roll back to"
+                    ))
+                })?,
+        };
+        if target.number == current {
+            return Err(ApplyError::NoRevision(format!(
+                "revision {current} is the live one already"
+            )));
+        }
+        let (number, text, file) = (
+            target.number,
+            target.config_text.clone(),
+            target.config_file.clone(),
+        );
+        let new = self.apply_recorded(&text, &file, origin, Kind::Rollback { to: number })?;
+        if let Some(store) = self.revisions.as_mut()
+            && let Ok(Some(old)) = store.get(current)
+            && !old.outcome.is_final()
+        {
+            let _ = store.update_outcome(
+                current,
+                Outcome::RolledBack {
+                    at_unix_seconds: unix_now(),
+                    by: new,
+                    reason: origin
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| format!("rolled back by {}", origin.user)),
+                },
+            );
+        }
+        // A manual rollback ends a bake.
+        self.bake = None;
+        self.audit(
+            "rollback",
+            &origin.user.clone(),
+            Some(new),
+            Some(&file),
+            Some(&text),
+            Some(format!("to revision {number}")),
+        );
+        Ok(new)
     }
 
     /// Bake every apply (that replaces a revision) under `policy`.
@@ -227,10 +330,19 @@ impl Controller {
         if let Some(planned) = expect_revision
             && planned != self.revision
         {
-            return Err(ApplyError::Stale {
+            let e = ApplyError::Stale {
                 planned,
                 live: self.revision,
-            });
+            };
+            self.audit(
+                "refused",
+                &origin.user,
+                None,
+                Some(file),
+                Some(text),
+                Some(e.to_string()),
+            );
+            return Err(e);
         }
         let plan = self.plan_text(text, file)?;
         if plan.refused() && !force {
@@ -239,7 +351,16 @@ impl Controller {
                 .iter()
                 .map(|l| format!("  {}: {}", l.vip, l.message))
                 .collect();
-            return Err(ApplyError::Refused(lines.join("\n")));
+            let e = ApplyError::Refused(lines.join("\n"));
+            self.audit(
+                "refused",
+                &origin.user,
+                None,
+                Some(file),
+                Some(text),
+                Some(e.to_string()),
+            );
+            return Err(e);
         }
         if plan.refused() {
             log::warn!(
@@ -248,7 +369,31 @@ impl Controller {
             );
         }
         self.next_plan = serde_json::to_value(&plan).ok();
-        self.apply_recorded(text, file, origin, Kind::Apply)
+        let result = self.apply_recorded(text, file, origin, Kind::Apply);
+        let (event, revision, detail) = match &result {
+            Ok(n) => (
+                "apply",
+                Some(*n),
+                match (force && plan.refused(), &origin.message) {
+                    (true, m) => Some(format!(
+                        "forced past {} safety findings; {}",
+                        plan.lints.len(),
+                        m.as_deref().unwrap_or("")
+                    )),
+                    (false, m) => m.clone(),
+                },
+            ),
+            Err(e) => ("failed", None, Some(e.to_string())),
+        };
+        self.audit(
+            event,
+            &origin.user,
+            revision,
+            Some(file),
+            Some(text),
+            detail,
+        );
+        result
     }
 
     /// Validate config text, apply it and record it as a revision with its
@@ -510,6 +655,14 @@ impl Controller {
         match self.apply_recorded(&text, &file, &origin, kind) {
             Ok(new) => {
                 self.metrics.automatic_rollbacks.inc();
+                self.audit(
+                    "automatic_rollback",
+                    "xlb",
+                    Some(new),
+                    Some(&file),
+                    Some(&text),
+                    Some(format!("revision {} -> {to}: {reason}", bake.revision)),
+                );
                 if let Some(store) = self.revisions.as_mut()
                     && let Err(e) = store.update_outcome(
                         bake.revision,

@@ -83,7 +83,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             .context("opening the revision store")?;
     let mut controller = Controller::new(dataplane, interface, mac, metrics)
         .with_revisions(store)
-        .with_bake(opts.bake);
+        .with_bake(opts.bake)
+        .with_audit(
+            crate::audit::AuditLog::open(&opts.state_dir.join("audit.log"))
+                .context("opening the audit log")?,
+        );
     let revision = controller
         .apply_recorded(
             &opts.config_text,
@@ -215,6 +219,19 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             }),
             Some(Err(e)) => internal(e.to_string()),
         },
+        Request::Rollback { to, user, message } => {
+            match controller.rollback(to, &crate::controller::Origin { user, message }) {
+                Ok(revision) => Response::Applied { revision },
+                Err(e) => Response::Error(ApiError {
+                    kind: if e.is_bad_input() {
+                        ErrorKind::BadInput
+                    } else {
+                        ErrorKind::Internal
+                    },
+                    message: e.to_string(),
+                }),
+            }
+        }
         Request::Plan { file, text } => match controller.plan_text(&text, &file) {
             Ok(plan) => Response::Plan(Box::new(plan)),
             Err(e) => Response::Error(ApiError {

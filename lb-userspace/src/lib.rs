@@ -5,6 +5,7 @@
 //! `dataplane` touches BPF maps, and `daemon`/`api` do the socket I/O.
 
 pub mod api;
+pub mod audit;
 pub mod bake;
 pub mod caps;
 pub mod cli;

@@ -75,7 +75,42 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let missing = daemon.xlb(&["show", "99"])?;
     ensure!(missing.status.code() == Some(2), "{missing:?}");
 
-    // Restart: the history is still there, and the new startup is revision 3.
+    // Roll back to the startup config: a new revision 3, and 2 is marked.
+    let out = daemon.xlb(&["rollback", "-m", "undo the even-out"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("revision 3"),
+        "rollback: {out:?}"
+    );
+    let history = json(daemon.xlb(&["history", "-o", "json"])?)?;
+    let revs = history["revisions"].as_array().unwrap();
+    ensure!(
+        revs[2]["kind"]["type"] == "rollback"
+            && revs[2]["kind"]["to"] == 1
+            && revs[2]["config_text"] == revs[0]["config_text"]
+            && revs[1]["outcome"]["type"] == "rolled_back"
+            && revs[1]["outcome"]["by"] == 3,
+        "{history}"
+    );
+    let out = daemon.xlb(&["rollback", "--to-revision", "3"])?;
+    ensure!(
+        out.status.code() == Some(2),
+        "rollback to the live revision: {out:?}"
+    );
+
+    // The audit log has one JSON line per apply and rollback.
+    let audit = std::fs::read_to_string(dir.join("state/audit.log"))?;
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    ensure!(kinds == ["apply", "rollback"], "audit log: {audit}");
+    ensure!(
+        events[0]["detail"] == "even out b3" && events[1]["revision"] == 3,
+        "{audit}"
+    );
+
+    // Restart: the history is still there, and the new startup is revision 4.
     daemon.stop()?;
     drop(daemon);
     let daemon = Daemon::start_with(&bed.lb.ns, &first, dir, &no_bake)?;
@@ -86,8 +121,8 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         .iter()
         .map(|r| r["number"].as_u64().unwrap())
         .collect();
-    ensure!(numbers == [1, 2, 3], "{history}");
+    ensure!(numbers == [1, 2, 3, 4], "{history}");
     let status = daemon.status()?;
-    ensure!(status["revision"] == 3, "{status}");
+    ensure!(status["revision"] == 4, "{status}");
     Ok(())
 }
