@@ -103,6 +103,10 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the xlb daemon at {socket} closed the connection without answering (did it exit? see its log)"
+    )]
+    Closed { socket: String },
     #[error("the xlb daemon at {socket} sent a response this xlb does not understand: {source}")]
     Decode {
         socket: String,
@@ -131,6 +135,9 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     stream.write_all(&line).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    if reply.is_empty() {
+        return Err(ClientError::Closed { socket: name });
+    }
     serde_json::from_str(&reply).map_err(|source| ClientError::Decode {
         socket: name.clone(),
         source,

@@ -109,6 +109,13 @@ impl Daemon {
     }
 
     /// SIGTERM and wait; the exit status.
+    /// SIGKILL: no cleanup, as in a crash.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
