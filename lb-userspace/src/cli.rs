@@ -106,6 +106,22 @@ pub enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
     },
+    /// Staging check on the real XDP program, offline: load it privately
+    /// (attached to nothing), fill its maps from FILE, push synthetic flows
+    /// (or a pcap) through it and compare each backend's share with its
+    /// expected share; exit 1 beyond the VIP's `max_ratio`. Needs CAP_BPF.
+    Simulate {
+        file: PathBuf,
+        /// Synthetic flows per VIP.
+        #[arg(long, default_value_t = crate::staging::DEFAULT_FLOWS, conflicts_with = "pcap")]
+        flows: usize,
+        /// Replay the packets of this pcap file (Ethernet) instead.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// Seed of the synthetic flows (the same seed, the same flows).
+        #[arg(long, default_value_t = crate::staging::DEFAULT_SEED)]
+        seed: u64,
+    },
     /// The kept revisions, oldest first: who applied what, when, and how it ended.
     History,
     /// Re-apply an earlier revision as a new one (default: the live revision
@@ -323,6 +339,35 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     config.vips.len(),
                     backends
                 );
+            }
+            Ok(())
+        }
+        Command::Simulate {
+            file,
+            flows,
+            pcap,
+            seed,
+        } => {
+            let text = read_text(&file)?;
+            let config =
+                config::parse(&text, &file.display().to_string()).map_err(Failure::bad_input)?;
+            let opts = crate::staging::SimulateOptions { flows, seed, pcap };
+            let report = crate::staging::simulate(&config, &opts).map_err(|e| {
+                if e.is_bad_input() {
+                    Failure::bad_input(e)
+                } else {
+                    Failure::internal(e)
+                }
+            })?;
+            match cli.output {
+                Output::Json => print_json(&report),
+                _ => print!("{}", report.render_table()),
+            }
+            if report.refused() {
+                return Err(Failure {
+                    code: 1,
+                    message: "the simulated split is beyond the thresholds above".into(),
+                });
             }
             Ok(())
         }

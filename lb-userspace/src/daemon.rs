@@ -180,6 +180,22 @@ async fn handle(stream: UnixStream, controller: Arc<Mutex<Controller>>) -> anyho
     Ok(())
 }
 
+/// An apply-like request's error, with the kind its exit code follows:
+/// refused (1), bad input (2) or a failure (4).
+fn refused_or_failed(e: &crate::controller::ApplyError) -> Response {
+    let kind = if e.is_refusal() {
+        ErrorKind::Refused
+    } else if e.is_bad_input() {
+        ErrorKind::BadInput
+    } else {
+        ErrorKind::Internal
+    };
+    Response::Error(ApiError {
+        kind,
+        message: e.to_string(),
+    })
+}
+
 fn internal(message: String) -> Response {
     Response::Error(ApiError {
         kind: ErrorKind::Internal,
@@ -222,26 +238,12 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
         Request::Rollback { to, user, message } => {
             match controller.rollback(to, &crate::controller::Origin { user, message }) {
                 Ok(revision) => Response::Applied { revision },
-                Err(e) => Response::Error(ApiError {
-                    kind: if e.is_bad_input() {
-                        ErrorKind::BadInput
-                    } else {
-                        ErrorKind::Internal
-                    },
-                    message: e.to_string(),
-                }),
+                Err(e) => refused_or_failed(&e),
             }
         }
         Request::Plan { file, text } => match controller.plan_text(&text, &file) {
             Ok(plan) => Response::Plan(Box::new(plan)),
-            Err(e) => Response::Error(ApiError {
-                kind: if e.is_bad_input() {
-                    ErrorKind::BadInput
-                } else {
-                    ErrorKind::Internal
-                },
-                message: e.to_string(),
-            }),
+            Err(e) => refused_or_failed(&e),
         },
         Request::Apply {
             file,
@@ -260,17 +262,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             Ok(revision) => Response::Applied { revision },
             Err(e) => {
                 log::warn!("apply of {file} refused: {e}");
-                let kind = if e.is_refusal() {
-                    ErrorKind::Refused
-                } else if e.is_bad_input() {
-                    ErrorKind::BadInput
-                } else {
-                    ErrorKind::Internal
-                };
-                Response::Error(ApiError {
-                    kind,
-                    message: e.to_string(),
-                })
+                refused_or_failed(&e)
             }
         },
     }

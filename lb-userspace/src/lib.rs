@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod plan;
 pub mod revisions;
 pub mod simulate;
+pub mod staging;
 pub mod state;
 pub mod status;
 pub mod table;

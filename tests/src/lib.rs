@@ -10,6 +10,20 @@ pub mod servers;
 pub mod testbed;
 pub mod xlbd;
 
+/// Run `f` in a fresh work directory `<tmp>/xlb-<name>-<pid>`; removed
+/// after a success, kept (and named in the panic) after a failure.
+pub fn in_workdir(name: &str, f: impl FnOnce(&std::path::Path) -> anyhow::Result<()>) {
+    let dir = std::env::temp_dir().join(format!("xlb-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("work directory");
+    match f(&dir) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Err(e) => panic!("{e:#}\n(files kept in {})", dir.display()),
+    }
+}
+
 /// True when this process may load BPF programs and make namespaces. When
 /// not, prints why the test is skipped (CI runs as root, so there it runs).
 pub fn privileged(test: &str) -> bool {

@@ -1,7 +1,8 @@
 //! Bake and automatic rollback, in the namespace testbed under real traffic.
 //! Backends declare capacities 1:1:2. A change to weights 8:1:1 (b1 gets
 //! ~80% of new flows against a 25% capacity share) is rolled back by the
-//! daemon on its own within 10 s, and `xlb apply --wait` exits 1; a benign
+//! daemon on its own within 10 s (forced past the plan's safety checks, which
+//! refuse it), and `xlb apply --wait` exits 1; a benign
 //! change bakes and stays (exit 0). No TCP connection fails throughout.
 
 use std::net::SocketAddr;
@@ -36,16 +37,7 @@ fn a_skewing_change_is_rolled_back_and_a_benign_one_bakes() {
     if !tests::privileged("a_skewing_change_is_rolled_back_and_a_benign_one_bakes") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("xlb-bake-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let result = run(&dir);
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if let Err(e) = result {
-        panic!("{e:#}\n(files kept in {})", dir.display());
-    }
+    tests::in_workdir("bake", run);
 }
 
 fn run(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -78,7 +70,8 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs(4));
             // The bad change, forced through: the daemon rolls it back.
             let started = Instant::now();
-            let out = daemon.xlb(&["apply", &files[1], "-m", "bad weights", "--wait"])?;
+            let out =
+                daemon.xlb(&["apply", &files[1], "--force", "-m", "bad weights", "--wait"])?;
             let took = started.elapsed();
             let stderr = String::from_utf8_lossy(&out.stderr).to_string();
             ensure!(

@@ -50,7 +50,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let mut daemon = Daemon::start_with(&bed.lb.ns, &small, dir, &no_bake)?;
 
     // The apply, from another process; the daemon dies under it.
-    let mut apply = std::process::Command::new(xlb_binary()?)
+    let apply = std::process::Command::new(xlb_binary()?)
         .arg("--socket")
         .arg(&daemon.socket)
         .args(["apply", "--force"])

@@ -47,16 +47,7 @@ fn prometheus_dashboard_status_page_top_and_drift() {
     if !tests::privileged("prometheus_dashboard_status_page_top_and_drift") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("xlb-observe-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let result = run(&dir);
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if let Err(e) = result {
-        panic!("{e:#}\n(files kept in {})", dir.display());
-    }
+    tests::in_workdir("observe", run);
 }
 
 fn run(dir: &std::path::Path) -> anyhow::Result<()> {
