@@ -94,8 +94,16 @@ pub enum Command {
     Plan {
         file: PathBuf,
         /// Plan offline against this config file instead of the running daemon.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "revision")]
         base: Option<PathBuf>,
+        /// Plan offline against this recorded revision (read from the state
+        /// directory, no daemon needed).
+        #[arg(long)]
+        revision: Option<u64>,
+        /// The daemon's state directory, for --revision (default
+        /// /var/lib/xlb/<the file's interface>).
+        #[arg(long, requires = "revision")]
+        state_dir: Option<PathBuf>,
         /// Write the plan (with the exact config) for `xlb apply PLANFILE`.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -213,10 +221,17 @@ fn read_text(file: &std::path::Path) -> Result<String, Failure> {
         .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))
 }
 
+/// What an offline plan compares with.
+enum Base {
+    File(PathBuf),
+    /// A recorded revision, from this state directory (or the default).
+    Revision(u64, Option<PathBuf>),
+}
+
 fn plan_command(
     cli: &Cli,
     file: &std::path::Path,
-    base: Option<&std::path::Path>,
+    base: Option<Base>,
     out: Option<&std::path::Path>,
     force: bool,
     detailed_exitcode: bool,
@@ -225,11 +240,30 @@ fn plan_command(
     let name = file.display().to_string();
     let candidate = config::parse(&text, &name).map_err(Failure::bad_input)?;
     let plan = match base {
-        // Offline, against a file (e.g. `xlb show N -o json` of a revision).
+        // Offline, against a file or a recorded revision.
         Some(base) => {
-            let base_text = read_text(base)?;
-            let base = config::parse(&base_text, &base.display().to_string())
-                .map_err(Failure::bad_input)?;
+            let (base_text, base_name) = match base {
+                Base::File(path) => (read_text(&path)?, path.display().to_string()),
+                Base::Revision(n, dir) => {
+                    let dir = dir.unwrap_or_else(|| {
+                        PathBuf::from("/var/lib/xlb").join(&candidate.interface)
+                    });
+                    let store_dir = dir.join("revisions");
+                    if !store_dir.is_dir() {
+                        return Err(Failure::bad_input(format!(
+                            "no revisions in {} (is --state-dir right?)",
+                            dir.display()
+                        )));
+                    }
+                    let store = crate::revisions::Store::open(&store_dir, usize::MAX)
+                        .map_err(Failure::bad_input)?;
+                    let rev = store.get(n).map_err(Failure::bad_input)?.ok_or_else(|| {
+                        Failure::bad_input(format!("no revision {n} in {}", dir.display()))
+                    })?;
+                    (rev.config_text, format!("revision {n}"))
+                }
+            };
+            let base = config::parse(&base_text, &base_name).map_err(Failure::bad_input)?;
             crate::plan::plan(&base, &candidate).map_err(Failure::bad_input)?
         }
         None => match api::call(
@@ -427,17 +461,19 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plan {
             ref file,
             ref base,
+            revision,
+            ref state_dir,
             ref out,
             force,
             detailed_exitcode,
-        } => plan_command(
-            &cli,
-            file,
-            base.as_deref(),
-            out.as_deref(),
-            force,
-            detailed_exitcode,
-        ),
+        } => {
+            let base = match (base, revision) {
+                (Some(path), _) => Some(Base::File(path.clone())),
+                (None, Some(n)) => Some(Base::Revision(n, state_dir.clone())),
+                (None, None) => None,
+            };
+            plan_command(&cli, file, base, out.as_deref(), force, detailed_exitcode)
+        }
         Command::Apply {
             file,
             message,

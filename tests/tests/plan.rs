@@ -62,6 +62,13 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         code(&out) == 1 && text.contains("b1: predicted share"),
         "plan bad: {out:?}"
     );
+    // The same offline, against the recorded revision 1.
+    let state = dir.join("state").display().to_string();
+    let out = daemon.xlb(&["plan", &bad, "--revision", "1", "--state-dir", &state])?;
+    ensure!(
+        code(&out) == 1 && String::from_utf8_lossy(&out.stdout).contains("b1: predicted share"),
+        "offline plan against revision 1: {out:?}"
+    );
     let out = daemon.xlb(&["apply", &bad])?;
     ensure!(
         code(&out) == 1 && String::from_utf8_lossy(&out.stderr).contains("b1: predicted share"),
