@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod logins;
 pub mod netns;
 pub mod packets;
 pub mod prom;
