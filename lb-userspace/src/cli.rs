@@ -65,8 +65,11 @@ pub enum Command {
         bake_window: std::time::Duration,
         /// How long a skew must last during a bake to roll back (the shorter
         /// of this and the VIP's `hold`).
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         bake_hold: std::time::Duration,
+        /// The collector's period while a revision bakes (1s otherwise).
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        bake_tick: std::time::Duration,
         /// How many revisions to keep (the live one is always kept).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         keep_revisions: u64,
@@ -319,6 +322,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             keep_revisions,
             bake_window,
             bake_hold,
+            bake_tick,
         } => {
             let missing = crate::caps::missing();
             if !missing.is_empty() {
@@ -352,6 +356,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     window_seconds: bake_window.as_secs_f64(),
                     hold_seconds: bake_hold.as_secs_f64(),
                 },
+                bake_tick,
             })
             .map_err(|e| Failure::internal(format!("{e:#}")))
         }

@@ -125,7 +125,7 @@ impl Default for BakePolicy {
     fn default() -> Self {
         Self {
             window_seconds: 60.0,
-            hold_seconds: 3.0,
+            hold_seconds: 1.0,
         }
     }
 }
@@ -285,6 +285,13 @@ impl Controller {
 
     pub fn bake(&self) -> Option<&BakeStatus> {
         self.bake.as_ref()
+    }
+
+    /// A revision is baking now.
+    pub fn baking(&self) -> bool {
+        self.bake
+            .as_ref()
+            .is_some_and(|b| b.state == BakeState::Baking)
     }
 
     /// Record applies in `store`; revision numbers continue from it.

@@ -28,6 +28,8 @@ pub struct RunOptions {
     /// The config file's text, recorded as the startup revision.
     pub config_text: String,
     pub bake: crate::controller::BakePolicy,
+    /// The collector's period while a revision bakes.
+    pub bake_tick: std::time::Duration,
 }
 
 /// The interface's own MAC, the source of every frame we send.
@@ -111,7 +113,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             r = serve(controller.clone(), &opts.socket) => r,
             r = crate::http::serve(http, controller.clone()) => r,
-            r = collect(controller.clone()) => r,
+            r = collect(controller.clone(), opts.bake_tick) => r,
         }
     });
     let _ = std::fs::remove_file(&opts.socket);
@@ -122,20 +124,36 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 /// Once a second: the detector and the drift check.
-async fn collect(controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
-    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Once a second: the detector and the drift check; every `bake_tick`
+/// while a revision bakes, so a bad change is judged, and rolled back, in a
+/// fraction of the time (each tick is evidence the detector can use). The
+/// loop wakes every `bake_tick` to notice a bake as soon as an apply starts
+/// one, and otherwise runs the tick once a second.
+async fn collect(
+    controller: Arc<Mutex<Controller>>,
+    bake_tick: std::time::Duration,
+) -> anyhow::Result<()> {
+    let second = std::time::Duration::from_secs(1);
+    let wake = bake_tick.min(second);
+    let mut last: Option<std::time::Instant> = None;
     loop {
-        interval.tick().await;
         let controller = controller.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let due = last;
+        let ran = tokio::task::spawn_blocking(move || {
             let mut c = controller.lock().unwrap_or_else(|p| p.into_inner());
-            c.tick(crate::controller::unix_now())
+            if c.baking() || due.is_none_or(|t| t.elapsed() >= second) {
+                if let Err(e) = c.tick(crate::controller::unix_now()) {
+                    log::warn!("collector: {e}");
+                }
+                return true;
+            }
+            false
         })
         .await?;
-        if let Err(e) = result {
-            log::warn!("collector: {e}");
+        if ran {
+            last = Some(std::time::Instant::now());
         }
+        tokio::time::sleep(wake).await;
     }
 }
 

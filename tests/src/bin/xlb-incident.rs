@@ -77,10 +77,10 @@ fn main() -> anyhow::Result<()> {
 /// The goals the replay missed, if any (or that it was interrupted).
 struct Missed(Option<String>);
 
-/// `--bake-hold` of the daemon: 2s, or XLB_INCIDENT_BAKE_HOLD for an
+/// `--bake-hold` of the daemon: 1s (its default), or XLB_INCIDENT_BAKE_HOLD for an
 /// experiment (docs/INCIDENT.md); the goals stay the same.
 fn bake_hold() -> String {
-    std::env::var("XLB_INCIDENT_BAKE_HOLD").unwrap_or_else(|_| "2s".into())
+    std::env::var("XLB_INCIDENT_BAKE_HOLD").unwrap_or_else(|_| "1s".into())
 }
 
 fn names() -> Vec<String> {
