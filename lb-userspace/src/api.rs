@@ -49,6 +49,9 @@ pub enum Request {
     Plan {
         file: String,
         text: String,
+        /// Who asks (the audit log).
+        #[serde(default)]
+        user: String,
     },
     /// Every kept revision, oldest first.
     History,

@@ -274,6 +274,7 @@ fn plan_command(
             &Request::Plan {
                 file: name.clone(),
                 text: text.clone(),
+                user: current_user(),
             },
         )? {
             Response::Plan(p) => *p,

@@ -322,6 +322,32 @@ impl Controller {
         Ok(plan)
     }
 
+    /// Plan for an operator, and put it in the audit log.
+    pub fn plan_audited(
+        &mut self,
+        text: &str,
+        file: &str,
+        user: &str,
+    ) -> Result<crate::plan::Plan, ApplyError> {
+        let plan = self.plan_text(text, file)?;
+        let detail = if plan.refused() {
+            format!("refused: {} safety findings", plan.lints.len())
+        } else if plan.changed {
+            "changes, no findings".to_string()
+        } else {
+            "no changes".to_string()
+        };
+        self.audit(
+            "plan",
+            user,
+            plan.base_revision,
+            Some(file),
+            Some(text),
+            Some(detail),
+        );
+        Ok(plan)
+    }
+
     /// An operator's apply: refused when `expect_revision` (a reviewed
     /// plan's base) is not the live revision, or when the safety checks
     /// refuse it and it is not forced; else applied, baked and recorded with

@@ -259,7 +259,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 Err(e) => refused_or_failed(&e),
             }
         }
-        Request::Plan { file, text } => match controller.plan_text(&text, &file) {
+        Request::Plan { file, text, user } => match controller.plan_audited(&text, &file, &user) {
             Ok(plan) => Response::Plan(Box::new(plan)),
             Err(e) => refused_or_failed(&e),
         },

@@ -75,6 +75,10 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let missing = daemon.xlb(&["show", "99"])?;
     ensure!(missing.status.code() == Some(2), "{missing:?}");
 
+    // A plan is audited too (nothing applied).
+    let out = daemon.xlb(&["plan", second.to_str().unwrap()])?;
+    ensure!(out.status.success(), "plan: {out:?}");
+
     // Roll back to the startup config: a new revision 3, and 2 is marked.
     let out = daemon.xlb(&["rollback", "-m", "undo the even-out"])?;
     ensure!(
@@ -104,9 +108,11 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
-    ensure!(kinds == ["apply", "rollback"], "audit log: {audit}");
+    ensure!(kinds == ["apply", "plan", "rollback"], "audit log: {audit}");
     ensure!(
-        events[0]["detail"] == "even out b3" && events[1]["revision"] == 3,
+        events[0]["detail"] == "even out b3"
+            && events[1]["detail"] == "no changes"
+            && events[2]["revision"] == 3,
         "{audit}"
     );
 
