@@ -1,6 +1,11 @@
 //! Header parsing: Ethernet, IPv4 (any IHL) or IPv6, then TCP or UDP. Every
 //! read is bounds-checked against data_end; anything we do not balance makes
 //! the parser return None and the packet goes on untouched (XDP_PASS).
+//!
+//! Length fields are checked too (found by fuzzing, tests/tests/fuzz.rs): an
+//! IP packet longer than its frame, or a TCP/UDP header longer than its IP
+//! payload, is malformed, and the balancer never sends a malformed packet to
+//! a backend; the host's stack drops it as it would without us.
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
@@ -62,7 +67,9 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
         ports: 0,
         proto: 0,
     };
-    let l4_offset = match ether_type {
+    let frame_len = ctx.data_end() - ctx.data();
+    // (offset of the L4 header, bytes of IP payload the IP header declares)
+    let (l4_offset, ip_payload) = match ether_type {
         ETH_P_IPV4 => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
             let ip = unsafe { &*ip };
@@ -78,12 +85,17 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
             if u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0 {
                 return None;
             }
+            // The packet must fit its frame (a longer frame is padding).
+            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+            if tot_len < ihl || EthHdr::LEN + tot_len > frame_len {
+                return None;
+            }
             vip.family = FAMILY_V4;
             vip.proto = ip.proto;
             vip.addr[..4].copy_from_slice(&ip.dst_addr);
             flow.src[0] = word(ip.src_addr);
             flow.dst[0] = word(ip.dst_addr);
-            EthHdr::LEN + ihl
+            (EthHdr::LEN + ihl, tot_len - ihl)
         }
         ETH_P_IPV6 => {
             let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
@@ -92,6 +104,10 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
                 return None;
             }
             // Extension headers are passed on: TCP or UDP must follow directly.
+            let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+            if EthHdr::LEN + Ipv6Hdr::LEN + payload_len > frame_len {
+                return None;
+            }
             vip.family = FAMILY_V6;
             vip.proto = ip.next_hdr;
             vip.addr = ip.dst_addr;
@@ -108,7 +124,7 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
                 word([d[8], d[9], d[10], d[11]]),
                 word([d[12], d[13], d[14], d[15]]),
             ];
-            EthHdr::LEN + Ipv6Hdr::LEN
+            (EthHdr::LEN + Ipv6Hdr::LEN, payload_len)
         }
         _ => return None,
     };
@@ -121,7 +137,7 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
             // Data offset: the high nibble of byte 12 (read directly; the
             // crate's bitfield accessor costs instructions for nothing).
             let doff = unsafe { *(tcp as *const u8).add(12) } >> 4;
-            if doff < 5 {
+            if doff < 5 || (doff as usize) * 4 > ip_payload {
                 return None;
             }
             let flags = unsafe { *(tcp as *const u8).add(13) };
@@ -132,6 +148,10 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
         PROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4_offset)?;
             let udp = unsafe { &*udp };
+            let len = u16::from_be_bytes(udp.len) as usize;
+            if len < UdpHdr::LEN || len > ip_payload {
+                return None;
+            }
             [udp.src[0], udp.src[1], udp.dst[0], udp.dst[1]]
         }
         _ => return None,

@@ -463,6 +463,33 @@ fn fixtures() -> Vec<Fixture> {
             patched(frame(web6), |f| set_tcp_data_offset(f, 0)),
             Pass,
         ),
+        // Length fields that claim more than the frame holds (found by
+        // fuzzing): malformed, so passed untouched, never sent.
+        fx(
+            "IPv4 total length 100 bytes past the frame, TCP to web4",
+            patched(frame(web4), |f| {
+                let n = u16::from_be_bytes([f[ETH_LEN + 2], f[ETH_LEN + 3]]) + 100;
+                f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&n.to_be_bytes());
+            }),
+            Pass,
+        ),
+        fx(
+            "IPv6 payload length 50 bytes past the frame, UDP to dns6",
+            patched(frame(dns6), |f| {
+                let n = u16::from_be_bytes([f[ETH_LEN + 4], f[ETH_LEN + 5]]) + 50;
+                f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&n.to_be_bytes());
+            }),
+            Pass,
+        ),
+        fx(
+            "IPv4 UDP length longer than the IP payload, to dns4",
+            patched(frame(dns4), |f| {
+                let at = ETH_LEN + IPV4_LEN + 4;
+                let n = u16::from_be_bytes([f[at], f[at + 1]]) + 1;
+                f[at..at + 2].copy_from_slice(&n.to_be_bytes());
+            }),
+            Pass,
+        ),
         fx(
             "IPv4 UDP header truncated (7 of 8 bytes)",
             truncated(frame(dns4), ETH_LEN + IPV4_LEN + UDP_LEN - 1),
