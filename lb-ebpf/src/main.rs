@@ -36,8 +36,6 @@ enum Verdict {
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    // SAFETY: a helper without arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
     let (action, vip) = match balance(&ctx) {
         Verdict::Pass => (xdp_action::XDP_PASS, None),
         Verdict::Tx {
@@ -45,16 +43,17 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
             backend_id,
             new_flow,
         } => {
+            let cpu = this_cpu();
             let slot = striped(cpu, MAX_BACKENDS, backend_id);
             count_flow(&XLB_BACKEND_STATS, slot, bytes, new_flow);
-            (xdp_action::XDP_TX, Some((vip_id, new_flow)))
+            (xdp_action::XDP_TX, Some((vip_id, new_flow, cpu)))
         }
         Verdict::Drop { vip_id, reason } => {
             count(&XLB_DROP_STATS, reason, bytes);
-            (xdp_action::XDP_DROP, Some((vip_id, false)))
+            (xdp_action::XDP_DROP, Some((vip_id, false, this_cpu())))
         }
     };
-    if let Some((vip_id, new_flow)) = vip {
+    if let Some((vip_id, new_flow, cpu)) = vip {
         count_flow(
             &XLB_VIP_STATS,
             striped(cpu, MAX_VIPS, vip_id),
@@ -64,6 +63,14 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     }
     count(&XLB_ACTION_STATS, action, bytes);
     action
+}
+
+/// The CPU this program runs on: asked only for packets counted in the
+/// striped arrays, not for the ones passed untouched.
+#[inline(always)]
+fn this_cpu() -> u32 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_smp_processor_id() }
 }
 
 /// The slot of `id` in this CPU's stripe. An id past the stripe (never written

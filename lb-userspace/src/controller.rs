@@ -504,10 +504,6 @@ impl Controller {
         &self.metrics
     }
 
-    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
-        &mut self.dataplane
-    }
-
     /// Validate config text and apply it. On any error nothing is written.
     pub fn apply_text(&mut self, text: &str, file: &str) -> Result<u64, ApplyError> {
         let config = config::parse(text, file)?;
@@ -739,12 +735,7 @@ impl Controller {
                 break;
             }
             budget = budget.saturating_sub(vip.slots.len());
-            let live_table = self.dataplane.live_table(vip.id)?;
-            let mut live_backends = BTreeMap::new();
-            for &id in &vip.backend_ids {
-                live_backends.insert(id, self.dataplane.live_backend(id));
-            }
-            let finding = drift::check(vip, live_table.as_deref(), &live_backends);
+            let finding = find_drift(&self.dataplane, vip)?;
             if finding.drifted && !self.drift.get(&vip.config.name).is_some_and(|f| f.drifted) {
                 log::warn!(
                     "VIP {}: drift: {}",
@@ -773,12 +764,7 @@ impl Controller {
         // Know the whole picture first, not just the round-robin's part.
         let mut drifted = Vec::new();
         for vip in &desired.vips {
-            let live_table = self.dataplane.live_table(vip.id)?;
-            let mut live_backends = BTreeMap::new();
-            for &id in &vip.backend_ids {
-                live_backends.insert(id, self.dataplane.live_backend(id));
-            }
-            if drift::check(vip, live_table.as_deref(), &live_backends).drifted {
+            if find_drift(&self.dataplane, vip)?.drifted {
                 drifted.push(vip.config.name.clone());
             }
         }
@@ -865,4 +851,19 @@ fn capacity_view(
         })
         .collect();
     detector.observe(now, &samples)
+}
+
+/// Read a VIP's live table and backend entries and compare them with what
+/// was applied.
+fn find_drift(
+    dataplane: &Dataplane,
+    vip: &crate::state::DesiredVip,
+) -> Result<Finding, DataplaneError> {
+    let live_table = dataplane.live_table(vip.id)?;
+    let live_backends: BTreeMap<u32, lb_common::Backend> = vip
+        .backend_ids
+        .iter()
+        .map(|&id| (id, dataplane.live_backend(id)))
+        .collect();
+    Ok(drift::check(vip, live_table.as_deref(), &live_backends))
 }

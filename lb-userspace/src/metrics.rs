@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::detect::{Cause, SIGNALS, State};
+use crate::detect::{SIGNALS, VERDICT_LABELS};
 use crate::status::Status;
 
 /// The content type of prometheus-client's text encoding (OpenMetrics).
@@ -149,19 +149,6 @@ fn gauge(v: f64) -> ConstGauge<f64> {
 fn counter(v: u64) -> ConstCounter<u64> {
     ConstCounter::new(v)
 }
-
-/// The detector's verdict as one `state` label value.
-fn state_label(state: State, cause: Option<Cause>) -> &'static str {
-    match (state, cause) {
-        (State::Ok, _) => "ok",
-        (State::LowRate, _) => "low_rate",
-        (State::Pending, _) => "pending",
-        (State::Imbalanced, Some(Cause::Table)) => "table_skew",
-        (State::Imbalanced, _) => "traffic_skew",
-    }
-}
-
-const STATES: [&str; 5] = ["ok", "low_rate", "pending", "table_skew", "traffic_skew"];
 
 fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let vip = |name: &str| vec![("vip", name.to_string())];
@@ -345,8 +332,8 @@ fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::
     )?;
     let mut states = Vec::new();
     for v in &s.vips {
-        let current = state_label(v.imbalance.state, v.imbalance.cause);
-        for st in STATES {
+        let current = v.imbalance.label();
+        for st in VERDICT_LABELS {
             states.push((
                 vec![("vip", v.name.clone()), ("state", st.to_string())],
                 gauge((st == current) as u8 as f64),

@@ -95,13 +95,7 @@ pub fn render_line(s: &Status) -> String {
     ];
     for v in &s.vips {
         let p = value(&v.name);
-        let state = match (v.imbalance.state, v.imbalance.cause) {
-            (crate::detect::State::Imbalanced, Some(crate::detect::Cause::Table)) => "table_skew",
-            (crate::detect::State::Imbalanced, _) => "traffic_skew",
-            (crate::detect::State::Ok, _) => "ok",
-            (crate::detect::State::LowRate, _) => "low_rate",
-            (crate::detect::State::Pending, _) => "pending",
-        };
+        let state = v.imbalance.label();
         fields.push(format!("{p}.state={state}"));
         fields.push(format!(
             "{p}.new_flows_per_second={:.1}",

@@ -310,3 +310,21 @@ impl Detector {
         reports
     }
 }
+
+impl Verdict {
+    /// The verdict as one word, cause included: `ok`, `low_rate`, `pending`,
+    /// `table_skew`, `traffic_skew` (the `state` label of
+    /// `xlb_vip_imbalance_state`, and `xlb top`'s `<vip>.state`).
+    pub fn label(&self) -> &'static str {
+        match (self.state, self.cause) {
+            (State::Ok, _) => "ok",
+            (State::LowRate, _) => "low_rate",
+            (State::Pending, _) => "pending",
+            (State::Imbalanced, Some(Cause::Table)) => "table_skew",
+            (State::Imbalanced, _) => "traffic_skew",
+        }
+    }
+}
+
+/// Every value of `Verdict::label`.
+pub const VERDICT_LABELS: [&str; 5] = ["ok", "low_rate", "pending", "table_skew", "traffic_skew"];
