@@ -43,6 +43,34 @@ pub struct FlowWords {
 
 const _: () = assert!(core::mem::size_of::<FlowWords>() == 40);
 
+/// Key of the fragment tracker: one IP datagram (addresses, protocol and
+/// the IP identification; 16 bits for IPv4, 32 for IPv6).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub id: u32,
+    pub proto: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
+/// What the Maglev hash sees of a flow under a VIP's hash mode
+/// (`types::HASH_*`): the 5-tuple, the source address only, or no ports.
+#[inline(always)]
+pub fn hash_input(f: &FlowWords, mode: u8) -> FlowWords {
+    let mut h = *f;
+    if mode == crate::HASH_SOURCE {
+        h.dst = [0; 4];
+        h.ports = 0;
+        h.proto = 0;
+    } else if mode == crate::HASH_NO_PORTS {
+        h.ports = 0;
+    }
+    h
+}
+
 /// Hash a flow with the fleet-wide seed.
 #[inline(always)]
 pub fn flow_hash(f: &FlowWords, seed: u32) -> u32 {

@@ -23,8 +23,16 @@ pub const CONFIG: &str = "XLB_CONFIG";
 /// when tables change.
 pub const CONNS: &str = "XLB_CONNS";
 
+/// Per-CPU u64 per data-plane event (`stats::EV_*`).
+pub const EVENT_STATS: &str = "XLB_EVENT_STATS";
+/// LRU: IP datagram (`FragKey`) -> the ports its first fragment carried, so
+/// every fragment of a datagram goes where its first went.
+pub const FRAGS: &str = "XLB_FRAGS";
+
 /// Every map the balancer object must define.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
+    EVENT_STATS,
+    FRAGS,
     CONNS,
     VIPS,
     MAGLEV_TABLES,
@@ -42,8 +50,15 @@ pub const BALANCER_PROGRAM: &str = "xlb_balancer";
 pub const MAX_VIPS: u32 = 1024;
 /// Backend ids are per (VIP, backend): 1,024 VIPs x 64 backends.
 pub const MAX_BACKENDS: u32 = 65536;
-/// Connection-table entries (about 100 bytes each in the kernel).
+/// Connection-table entries when the config names no size (about 100 bytes
+/// each in the kernel); `conn_table_size` in the config sets it at load.
 pub const CONN_TABLE_SIZE: u32 = 1 << 18;
+/// Datagrams whose fragments are tracked at once.
+pub const FRAG_TABLE_SIZE: u32 = 8192;
+/// BPF_F_NO_COMMON_LRU: each CPU evicts from its own LRU list (no shared
+/// list lock on insert); the hash table itself stays shared, so a flow whose
+/// packets arrive on several CPUs still finds its entry.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// Inner tables are created with BPF_F_INNER_MAP, so each VIP's table may have
 /// its own size; this is only the size of the template in the object.
 pub const MAGLEV_TEMPLATE_SIZE: u32 = 65537;

@@ -13,5 +13,60 @@ pub const ACTION_NAMES: [&str; ACTION_COUNT as usize] =
 /// Why the balancer dropped a frame; the index into DROP_STATS.
 pub const DROP_NO_BACKEND: u32 = 0;
 pub const DROP_NO_CONFIG: u32 = 1;
-pub const DROP_REASON_COUNT: u32 = 2;
-pub const DROP_REASON_NAMES: [&str; DROP_REASON_COUNT as usize] = ["no_backend", "no_config"];
+/// A tunnelled frame with no next hop: bpf_fib_lookup named none and no
+/// gateway MAC is configured.
+pub const DROP_NO_ROUTE: u32 = 2;
+/// The frame could not be grown for the outer headers (bpf_xdp_adjust_head).
+pub const DROP_ENCAP_FAILED: u32 = 3;
+/// The encapsulated packet would exceed the MTU and no ICMP error could be
+/// built in its place.
+pub const DROP_TOO_BIG: u32 = 4;
+pub const DROP_REASON_COUNT: u32 = 5;
+pub const DROP_REASON_NAMES: [&str; DROP_REASON_COUNT as usize] = [
+    "no_backend",
+    "no_config",
+    "no_route",
+    "encap_failed",
+    "too_big",
+];
+
+/// Data-plane events, counted per CPU in EVENT_STATS (one u64 each): what the
+/// connection table, the fragment tracker and the ICMP paths did.
+/// A VIP packet whose flow the connection table knew.
+pub const EV_CONN_HIT: u32 = 0;
+/// A VIP packet hashed onto the Maglev table (and remembered).
+pub const EV_CONN_MISS: u32 = 1;
+/// The connection table named a backend that is gone (or now another
+/// VIP's): the flow was hashed onto the table again.
+pub const EV_CONN_RESTEER: u32 = 2;
+/// The first fragment of a VIP datagram: its ports were remembered.
+pub const EV_FRAG_FIRST: u32 = 3;
+/// A later fragment that found its datagram's ports.
+pub const EV_FRAG_FOLLOW: u32 = 4;
+/// A later fragment whose first fragment was not seen: passed to the stack.
+pub const EV_FRAG_UNKNOWN: u32 = 5;
+/// An ICMP "fragmentation needed" / "packet too big" about a VIP flow,
+/// steered to that flow's backend.
+pub const EV_ICMP_ERROR_STEERED: u32 = 6;
+/// An ICMP echo request to a VIP address, answered.
+pub const EV_ICMP_ECHO_REPLY: u32 = 7;
+/// A packet too big for the tunnel, answered with ICMP.
+pub const EV_ICMP_TOO_BIG_SENT: u32 = 8;
+/// bpf_fib_lookup could not name the next hop; the gateway MAC was used.
+pub const EV_FIB_FALLBACK: u32 = 9;
+/// A VIP packet that carried an 802.1Q tag.
+pub const EV_VLAN: u32 = 10;
+pub const EVENT_COUNT: u32 = 11;
+pub const EVENT_NAMES: [&str; EVENT_COUNT as usize] = [
+    "conn_hit",
+    "conn_miss",
+    "conn_resteer",
+    "frag_first",
+    "frag_follow",
+    "frag_unknown",
+    "icmp_error_steered",
+    "icmp_echo_reply",
+    "icmp_too_big_sent",
+    "fib_fallback",
+    "vlan",
+];

@@ -11,6 +11,12 @@ pub const FAMILY_V6: u8 = 6;
 /// IP protocol numbers that xlb balances.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+/// IPv4 carried in IP (outer IPv4 protocol / IPv6 next header).
+pub const PROTO_IPIP: u8 = 4;
+/// IPv6 carried in IP.
+pub const PROTO_IPV6: u8 = 41;
 
 /// Key of the VIP map: (address, port, protocol). An IPv4 address fills the
 /// first four bytes of `addr`, the rest are zero. `port_be == 0` is the
@@ -33,11 +39,38 @@ pub struct VipMeta {
     pub vip_id: u32,
     /// Number of slots of this VIP's Maglev table (a prime).
     pub table_size: u32,
-    /// Reserved for per-VIP options (forwarding method, hash mode); zero today.
-    pub flags: u32,
-    pub _pad: u32,
+    /// How frames reach the backend: `METHOD_*`.
+    pub method: u8,
+    /// What the flow hash covers: `HASH_*`.
+    pub hash: u8,
+    /// `VIP_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<VipMeta>() == 16);
+
+/// L2 direct server return: the backend holds the VIP; only the Ethernet
+/// addresses change.
+pub const METHOD_L2_DSR: u8 = 0;
+/// IP-in-IP: an outer IPv4 or IPv6 header to the backend's address (IPv4 in
+/// IPv4, IPv6 in IPv6, IPv4 in IPv6).
+pub const METHOD_IPIP: u8 = 1;
+/// GUE variant 1 (direct IP encapsulation): outer IP + UDP to the GUE port,
+/// the inner IP packet as the UDP payload; the UDP source port follows the
+/// flow so the backend's NIC spreads flows over its queues (RSS).
+pub const METHOD_GUE: u8 = 2;
+
+/// Hash the 5-tuple (default).
+pub const HASH_FIVE_TUPLE: u8 = 0;
+/// Hash the source address only: a client sticks to one backend.
+pub const HASH_SOURCE: u8 = 1;
+/// Hash addresses and protocol, not ports (for UDP services whose clients
+/// change ports, or whose datagrams fragment).
+pub const HASH_NO_PORTS: u8 = 2;
+
+/// The entry is the ICMP echo entry of a VIP address (key: the address, port
+/// 0, protocol ICMP or ICMPv6): echo requests to it are answered.
+pub const VIP_F_ECHO_REPLY: u8 = 1;
 
 /// The entry may be used for forwarding. A zeroed (never written or retired)
 /// entry lacks it, so a table slot that names it drops instead of sending the
@@ -51,11 +84,17 @@ pub struct Backend {
     /// Destination MAC for L2 direct server return.
     pub mac: [u8; 6],
     pub flags: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`: the family of `addr`.
     pub family: u8,
-    /// The backend's own address (tunnels and health checks; unused by L2 DSR).
+    /// The backend's own address: the tunnel destination.
     pub addr: [u8; 16],
+    /// The VIP the entry belongs to. A connection-table entry is used only if
+    /// its backend still belongs to the packet's VIP: ids are reused by later
+    /// applies, and an old flow must never reach another VIP's backend.
+    pub vip_id: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<Backend>() == 32);
 
 /// What every counter map holds, one per CPU.
 #[repr(C)]
@@ -76,17 +115,43 @@ const _: () = assert!(size_of::<Counters>() == 24);
 pub struct GlobalConfig {
     /// Source MAC for frames the balancer sends: the interface's own.
     pub iface_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Next hop for tunnelled frames when bpf_fib_lookup cannot name one
+    /// (no route or no neighbour entry yet); all zero: none, such frames drop.
+    pub gateway_mac: [u8; 6],
     /// Fleet-wide seed of the flow hash: every node with the same seed and
     /// tables sends a flow to the same backend.
     pub hash_seed: u32,
     /// `LAYOUT_VERSION` of the controller that wrote the maps.
     pub layout_version: u32,
+    /// The interface the balancer is attached to (bpf_fib_lookup's ifindex).
+    pub ifindex: u32,
+    /// The interface's MTU: a tunnelled packet whose outer IP packet exceeds
+    /// it is answered with ICMP "fragmentation needed" / "packet too big".
+    pub mtu: u16,
+    /// GUE destination port, network byte order.
+    pub gue_port_be: u16,
+    /// `GLOBAL_F_*`.
+    pub flags: u32,
+    /// Outer IPv4 source of tunnelled frames: `tunnel_src_v4 | (flow hash &
+    /// tunnel_src_v4_hostmask)`, so the outer addresses vary with the inner
+    /// flow and the backend's NIC spreads IPIP flows over its queues.
+    pub tunnel_src_v4: [u8; 4],
+    /// Host bits of the IPv4 tunnel source prefix (network byte order).
+    pub tunnel_src_v4_hostmask: [u8; 4],
+    /// Outer IPv6 source prefix; the flow hash fills the hostmask's bits of
+    /// the last four bytes.
+    pub tunnel_src_v6: [u8; 16],
+    /// Host bits within the last four bytes of the IPv6 source (network order).
+    pub tunnel_src_v6_hostmask: [u8; 4],
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<GlobalConfig>() == 16);
+const _: () = assert!(size_of::<GlobalConfig>() == 64);
+
+/// Default GUE destination port (Katran's).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
 
 /// Bumped whenever a map's key or value layout changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 #[cfg(feature = "user")]
 mod user {
@@ -97,4 +162,5 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::GlobalConfig {}
     unsafe impl aya::Pod for crate::hash::FlowWords {}
+    unsafe impl aya::Pod for crate::hash::FragKey {}
 }

@@ -8,12 +8,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Counters, GlobalConfig, VipKey, VipMeta,
-    hash::FlowWords,
+    hash::{FlowWords, FragKey},
     maps::{
-        BPF_F_MMAPABLE, CONN_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS,
+        BPF_F_MMAPABLE, CONN_TABLE_SIZE, FRAG_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS,
         MAX_VIPS,
     },
-    stats::{ACTION_COUNT, DROP_REASON_COUNT},
+    stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
 };
 
 /// (address, port, protocol) -> VIP id and table size; written by the controller.
@@ -70,3 +70,11 @@ pub static XLB_CONFIG: Array<GlobalConfig, 1> = Array::new();
 /// packets arrive on several queues still finds its entry.
 #[btf_map]
 pub static XLB_CONNS: LruHashMap<FlowWords, u32, { CONN_TABLE_SIZE as usize }> = LruHashMap::new();
+
+/// Per-CPU count of each data-plane event (`lb_common::stats::EV_*`).
+#[btf_map]
+pub static XLB_EVENT_STATS: PerCpuArray<u64, { EVENT_COUNT as usize }> = PerCpuArray::new();
+
+/// Fragment tracker: datagram -> the ports word its first fragment carried.
+#[btf_map]
+pub static XLB_FRAGS: LruHashMap<FragKey, u32, { FRAG_TABLE_SIZE as usize }> = LruHashMap::new();

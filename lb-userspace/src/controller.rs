@@ -82,7 +82,7 @@ impl ApplyError {
 pub struct Controller {
     dataplane: Dataplane,
     interface: String,
-    iface_mac: [u8; 6],
+    host: crate::dataplane::HostInterface,
     applied: Option<Desired>,
     revision: u64,
     applied_at: SystemTime,
@@ -150,13 +150,13 @@ impl Controller {
     pub fn new(
         dataplane: Dataplane,
         interface: String,
-        iface_mac: [u8; 6],
+        host: impl Into<crate::dataplane::HostInterface>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             dataplane,
             interface,
-            iface_mac,
+            host: host.into(),
             applied: None,
             revision: 0,
             applied_at: SystemTime::now(),
@@ -534,7 +534,7 @@ impl Controller {
         self.metrics
             .maglev_build
             .observe(started.elapsed().as_secs_f64());
-        let swaps = self.dataplane.apply(self.iface_mac, &desired, previous)?;
+        let swaps = self.dataplane.apply(&self.host, &desired, previous)?;
         for seconds in swaps {
             self.metrics.table_swap.observe(seconds);
         }

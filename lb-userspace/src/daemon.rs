@@ -32,22 +32,6 @@ pub struct RunOptions {
     pub bake_tick: std::time::Duration,
 }
 
-/// The interface's own MAC, the source of every frame we send.
-pub fn interface_mac(interface: &str) -> anyhow::Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{interface}/address");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("interface {interface} not found (reading {path})"))?;
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{path}: not a MAC address: {}", text.trim()))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{path}: not a 6-byte MAC address: {}", text.trim()))
-}
-
 /// Bind the control socket, readable and writable by root only.
 fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = socket.parent()
@@ -74,7 +58,7 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let interface = opts.config.interface.clone();
-    let mac = interface_mac(&interface)?;
+    let host = crate::dataplane::HostInterface::read(&interface)?;
     let mut dataplane = Dataplane::load().context("loading the XDP program")?;
     dataplane.attach(&interface, opts.mode)?;
     log::info!("attached xlb_balancer to {interface}");
@@ -83,7 +67,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let store =
         crate::revisions::Store::open(&opts.state_dir.join("revisions"), opts.keep_revisions)
             .context("opening the revision store")?;
-    let mut controller = Controller::new(dataplane, interface, mac, metrics)
+    let mut controller = Controller::new(dataplane, interface, host, metrics)
         .with_revisions(store)
         .with_bake(opts.bake)
         .with_audit(

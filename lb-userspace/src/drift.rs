@@ -61,7 +61,7 @@ pub fn check(
         Some(_) => {}
     }
     for (b, id) in vip.config.backends.iter().zip(&vip.backend_ids) {
-        let want = kernel_backend(b);
+        let want = kernel_backend(b, vip.id);
         match live_backends.get(id) {
             Some(got) if *got == want => {}
             Some(got) => reasons.push(format!(
@@ -120,7 +120,7 @@ mod tests {
             .backends
             .iter()
             .zip(&vip.backend_ids)
-            .map(|(b, id)| (*id, kernel_backend(b)))
+            .map(|(b, id)| (*id, kernel_backend(b, vip.id)))
             .collect()
     }
 

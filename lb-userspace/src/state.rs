@@ -104,13 +104,16 @@ pub fn addr_bytes(a: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-pub fn kernel_backend(b: &Backend) -> KernelBackend {
+/// The kernel entry of backend `b` of the VIP with id `vip_id`.
+pub fn kernel_backend(b: &Backend, vip_id: u32) -> KernelBackend {
     let (addr, family) = addr_bytes(b.address);
     KernelBackend {
         mac: b.mac.0,
         flags: BACKEND_F_VALID,
         family,
         addr,
+        vip_id,
+        _pad: 0,
     }
 }
 
@@ -244,8 +247,10 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
             meta: VipMeta {
                 vip_id: id,
                 table_size: slots.len() as u32,
+                method: lb_common::METHOD_L2_DSR,
+                hash: lb_common::HASH_FIVE_TUPLE,
                 flags: 0,
-                _pad: 0,
+                _pad: [0; 5],
             },
             table,
             backend_ids,

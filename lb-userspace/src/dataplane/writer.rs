@@ -19,19 +19,30 @@ use super::{
     loader::{io_err, map_err},
     mmap::MappedArray,
 };
+use super::HostInterface;
+use crate::config::Config;
 use crate::state::{Allocation, Desired, DesiredVip, kernel_backend};
 
 impl Dataplane {
     pub fn write_global(
         &mut self,
-        iface_mac: [u8; 6],
-        hash_seed: u32,
+        host: &HostInterface,
+        config: &Config,
     ) -> Result<(), DataplaneError> {
         let cfg = GlobalConfig {
-            iface_mac,
-            _pad: [0; 2],
-            hash_seed,
+            iface_mac: host.mac,
+            gateway_mac: [0; 6],
+            hash_seed: config.hash_seed,
             layout_version: LAYOUT_VERSION,
+            ifindex: host.ifindex,
+            mtu: host.mtu,
+            gue_port_be: lb_common::DEFAULT_GUE_PORT.to_be(),
+            flags: 0,
+            tunnel_src_v4: [0; 4],
+            tunnel_src_v4_hostmask: [0; 4],
+            tunnel_src_v6: [0; 16],
+            tunnel_src_v6_hostmask: [0; 4],
+            _pad: 0,
         };
         self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
     }
@@ -91,7 +102,7 @@ impl Dataplane {
     pub fn rewrite(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
         for vip in &desired.vips {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
-                self.backends.set(id as usize, kernel_backend(b));
+                self.backends.set(id as usize, kernel_backend(b, vip.id));
             }
             self.install_table(vip.id, &vip.slots)?;
         }
@@ -104,15 +115,16 @@ impl Dataplane {
     /// the error is returned. Returns the duration of each table swap.
     pub fn apply(
         &mut self,
-        iface_mac: [u8; 6],
+        host: impl Into<HostInterface>,
         desired: &Desired,
         previous: Option<&Desired>,
     ) -> Result<Vec<f64>, DataplaneError> {
-        match self.apply_forward(iface_mac, desired, previous) {
+        let host = &host.into();
+        match self.apply_forward(host, desired, previous) {
             Ok(swaps) => Ok(swaps),
             Err(e) => {
                 log::warn!("apply failed part way ({e}); restoring the previous state");
-                if let Err(restore) = self.restore(iface_mac, desired, previous) {
+                if let Err(restore) = self.restore(host, desired, previous) {
                     log::error!("restoring the previous state failed too: {restore}");
                 }
                 Err(e)
@@ -129,7 +141,7 @@ impl Dataplane {
 
     fn restore(
         &mut self,
-        iface_mac: [u8; 6],
+        host: &HostInterface,
         desired: &Desired,
         previous: Option<&Desired>,
     ) -> Result<(), DataplaneError> {
@@ -141,7 +153,7 @@ impl Dataplane {
             }
             return Ok(());
         };
-        self.write_global(iface_mac, previous.config.hash_seed)?;
+        self.write_global(host, &previous.config)?;
         for vip in &previous.vips {
             self.install_table(vip.id, &vip.slots)?;
             self.vips
@@ -158,21 +170,21 @@ impl Dataplane {
 
     fn apply_forward(
         &mut self,
-        iface_mac: [u8; 6],
+        host: &HostInterface,
         desired: &Desired,
         previous: Option<&Desired>,
     ) -> Result<Vec<f64>, DataplaneError> {
         let mut swaps = Vec::new();
         let empty = Allocation::default();
         let prev_alloc = previous.map_or(&empty, |p| &p.allocation);
-        self.write_global(iface_mac, desired.config.hash_seed)?;
+        self.write_global(host, &desired.config)?;
 
         let new_backend_ids = desired.new_backend_ids(prev_alloc);
         for vip in &desired.vips {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 if new_backend_ids.contains(&id) {
                     self.backend_stats.zero(id);
-                    self.backends.set(id as usize, kernel_backend(b));
+                    self.backends.set(id as usize, kernel_backend(b, vip.id));
                 }
             }
         }
