@@ -1,19 +1,119 @@
-//! Sending the frame on. L2 direct server return: the backend holds the VIP
-//! itself, so only the Ethernet addresses change and the frame goes back out
-//! of the interface it came in on (XDP_TX); replies go straight to the client.
+//! Sending the frame on. L2 direct server return rewrites the Ethernet
+//! addresses only; tunnels (tunnel.rs) find the next hop with `route`.
+//!
+//! A send path answers one u32 (`Sent`): the XDP action, or a drop reason,
+//! or "answered with ICMP". A plain integer because enums with payloads,
+//! returned across branches, produce code the verifier refuses.
 
-use aya_ebpf::programs::XdpContext;
-use network_types::eth::EthHdr;
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action},
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::{FAMILY_V6, GlobalConfig, stats::EV_FIB_FALLBACK};
 
-use crate::{lookup::Choice, parse::ptr_at};
+use crate::{count_event, parse::ptr_at, scratch::Scratch};
 
-#[inline(always)]
-pub fn l2_dsr(ctx: &XdpContext, c: &Choice) -> Option<()> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at; the frame is ours until we return.
-    unsafe {
-        (*eth).dst_addr = c.backend.mac;
-        (*eth).src_addr = c.iface_mac;
+/// Outcome of a send path.
+#[derive(Clone, Copy)]
+pub struct Sent(pub u32);
+
+const DROPPED: u32 = 0x100;
+const REPLIED: u32 = 0x200;
+
+impl Sent {
+    pub const TX: Sent = Sent(xdp_action::XDP_TX);
+    /// The packet was answered in place (ICMP) and goes back out: XDP_TX.
+    pub const REPLIED: Sent = Sent(REPLIED);
+
+    #[inline(always)]
+    pub fn drop(reason: u32) -> Sent {
+        Sent(DROPPED | reason)
     }
+
+    /// The drop reason, if dropped.
+    #[inline(always)]
+    pub fn dropped(self) -> Option<u32> {
+        (self.0 & DROPPED != 0).then_some(self.0 & 0xff)
+    }
+
+    #[inline(always)]
+    pub fn replied(self) -> bool {
+        self.0 == REPLIED
+    }
+}
+
+/// L2 DSR: the backend holds the VIP itself, so only the Ethernet addresses
+/// change and the frame goes back out of the interface it came in on.
+#[inline(always)]
+pub fn l2_dsr(ctx: &XdpContext, mac: [u8; 6], iface_mac: [u8; 6]) -> Option<()> {
+    let eth: *mut [u8; 12] = ptr_at(ctx, 0)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&mac);
+    macs[6..].copy_from_slice(&iface_mac);
+    // SAFETY: bounds checked by ptr_at; the frame is ours until we return.
+    unsafe { *eth = macs };
     Some(())
+}
+
+/// bpf_fib_lookup's answer in the way `route` reports it.
+pub const ROUTE_TX: u32 = 0;
+pub const ROUTE_NONE: u32 = u32::MAX;
+
+/// The next hop of the outer packet (`s.outer_src` -> `s.outer_dst`): its
+/// MAC and ours land in `s.fib.dmac` / `s.fib.smac`. Answers ROUTE_TX to
+/// send back out of the ingress interface, an ifindex to redirect to, or
+/// ROUTE_NONE. When the kernel has no answer (no route, no neighbour entry
+/// yet, forwarding off), the configured gateway MAC is the next hop.
+#[inline(never)]
+pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> u32 {
+    // SAFETY: plain old data; all-zero is its "no options" value.
+    s.fib = unsafe { core::mem::zeroed() };
+    let f = &mut s.fib;
+    f.ifindex = cfg.ifindex;
+    if family == FAMILY_V6 {
+        f.family = 10; // AF_INET6
+        let (a, b) = (&s.outer_src, &s.outer_dst);
+        f.__bindgen_anon_3.ipv6_src = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        f.__bindgen_anon_4.ipv6_dst = [
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+            u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+        ];
+    } else {
+        f.family = 2; // AF_INET
+        let (a, b) = (&s.outer_src, &s.outer_dst);
+        f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    // tot_len stays 0: the MTU check against the interface's MTU is ours
+    // (tunnel.rs), done before the lookup.
+    // SAFETY: f is a whole bpf_fib_lookup in map memory.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.ctx.cast(),
+            f as *mut bpf_fib_lookup,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if ret == 0 {
+        let egress = f.ifindex;
+        // SAFETY: ctx points at the kernel's xdp_md.
+        let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+        return if egress == ingress { ROUTE_TX } else { egress };
+    }
+    if cfg.gateway_mac == [0; 6] {
+        return ROUTE_NONE;
+    }
+    count_event(EV_FIB_FALLBACK);
+    f.dmac = cfg.gateway_mac;
+    f.smac = cfg.iface_mac;
+    ROUTE_TX
 }

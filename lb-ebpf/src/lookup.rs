@@ -1,15 +1,16 @@
 //! From a parsed packet to a backend: VIP lookup (exact port, then the port-0
-//! wildcard), flow hash, Maglev slot, backend entry.
+//! wildcard), connection table, flow hash, Maglev slot, backend entry.
 
 use lb_common::{
-    BACKEND_F_VALID, Backend, VipMeta,
-    hash::flow_hash,
-    stats::{DROP_NO_BACKEND, DROP_NO_CONFIG},
+    BACKEND_F_VALID, Backend, GlobalConfig, VipMeta,
+    hash::{flow_hash, hash_input},
+    stats::{EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER},
 };
 
 use crate::{
-    maps::{XLB_BACKENDS, XLB_CONFIG, XLB_CONNS, XLB_MAGLEV_TABLES, XLB_VIPS},
-    parse::Parsed,
+    count_event,
+    maps::{XLB_BACKENDS, XLB_CONNS, XLB_MAGLEV_TABLES, XLB_VIPS},
+    scratch::{KIND_ICMP_ERROR, Parsed},
 };
 
 /// The VIP a packet is for, if any.
@@ -20,70 +21,72 @@ pub fn vip(p: &mut Parsed) -> Option<VipMeta> {
     if let Some(m) = unsafe { XLB_VIPS.get(&p.vip) } {
         return Some(*m);
     }
+    if p.vip.port_be == 0 {
+        return None;
+    }
     p.vip.port_be = 0;
     unsafe { XLB_VIPS.get(&p.vip) }.copied()
 }
 
-/// The chosen backend, or the drop reason.
+/// The backend entry of `backend_id` if it may carry this VIP's packets:
+/// valid, and still this VIP's (an id the connection table remembers may
+/// have been retired since).
+#[inline(always)]
+fn usable(backend_id: u32, vip_id: u32) -> Option<*const Backend> {
+    let b = XLB_BACKENDS.get_ptr(backend_id)?;
+    // SAFETY: a pointer into the array map, valid for this run.
+    let ok = unsafe { (*b).flags & BACKEND_F_VALID != 0 && (*b).vip_id == vip_id };
+    ok.then_some(b)
+}
+
+/// The chosen backend: its id and entry, and whether the flow was hashed
+/// (a new flow for the counters).
 pub struct Choice {
     pub backend_id: u32,
-    pub backend: Backend,
-    pub iface_mac: [u8; 6],
-    /// Hashed onto the Maglev table: the connection table did not know it.
+    pub backend: *const Backend,
     pub new_flow: bool,
 }
 
-/// The backend id and entry, if the entry may be used.
+/// Where this packet goes, or None if its VIP has nowhere to send it.
+///
+/// A TCP SYN starts a new connection: clients reuse source ports at once,
+/// and an old connection's entry must not pin the new one. An ICMP error is
+/// steered where its flow goes but never creates an entry.
 #[inline(always)]
-fn usable(backend_id: u32) -> Option<(u32, Backend)> {
-    let backend = *XLB_BACKENDS.get(backend_id)?;
-    (backend.flags & BACKEND_F_VALID != 0).then_some((backend_id, backend))
-}
-
-/// The backend the connection table remembers for this flow. A SYN starts a
-/// new connection: clients reuse source ports at once, and an old
-/// connection's entry must not pin the new one.
-#[inline(always)]
-fn remembered(p: &Parsed) -> Option<(u32, Backend)> {
-    if p.new_connection {
+pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice> {
+    let mut event = EV_CONN_MISS;
+    if p.new_connection == 0 {
+        // SAFETY: the value is a u32, copied out at once.
+        if let Some(id) = unsafe { XLB_CONNS.get(&p.flow) }.copied() {
+            if let Some(backend) = usable(id, meta.vip_id) {
+                count_event(EV_CONN_HIT);
+                return Some(Choice {
+                    backend_id: id,
+                    backend,
+                    new_flow: false,
+                });
+            }
+            event = EV_CONN_RESTEER;
+        }
+    }
+    count_event(event);
+    if meta.table_size == 0 {
         return None;
     }
-    // SAFETY: the value is a u32, copied out at once.
-    let backend_id = *unsafe { XLB_CONNS.get(&p.flow) }?;
-    usable(backend_id)
-}
-
-/// The backend the VIP's Maglev table names for this flow.
-#[inline(always)]
-fn from_table(p: &Parsed, meta: &VipMeta, hash_seed: u32) -> Result<(u32, Backend), u32> {
-    if meta.table_size == 0 {
-        return Err(DROP_NO_BACKEND);
-    }
-    let slot = flow_hash(&p.flow, hash_seed) % meta.table_size;
+    let slot = flow_hash(&hash_input(&p.flow, meta.hash), cfg.hash_seed) % meta.table_size;
     // No inner table, a slot past its end, or a slot naming no valid backend
     // (a VIP without active backends): nowhere to send the packet.
-    let backend_id = *XLB_MAGLEV_TABLES
-        .get_value(meta.vip_id, &slot)
-        .ok_or(DROP_NO_BACKEND)?;
-    let chosen = usable(backend_id).ok_or(DROP_NO_BACKEND)?;
-    // Remember the flow. A full LRU evicts its oldest entry; a failed insert
-    // only means the next packet hashes again, to the same backend unless the
-    // table changed in between.
-    let _ = XLB_CONNS.insert(&p.flow, &backend_id, 0);
-    Ok(chosen)
-}
-
-#[inline(always)]
-pub fn backend(p: &Parsed, meta: &VipMeta) -> Result<Choice, u32> {
-    let cfg = XLB_CONFIG.get(0).ok_or(DROP_NO_CONFIG)?;
-    let ((backend_id, backend), new_flow) = match remembered(p) {
-        Some(known) => (known, false),
-        None => (from_table(p, meta, cfg.hash_seed)?, true),
-    };
-    Ok(Choice {
+    let backend_id = *XLB_MAGLEV_TABLES.get_value(meta.vip_id, &slot)?;
+    let backend = usable(backend_id, meta.vip_id)?;
+    if p.kind != KIND_ICMP_ERROR {
+        // A full LRU evicts its oldest entry; a failed insert only means the
+        // next packet hashes again, to the same backend unless the table
+        // changed in between.
+        let _ = XLB_CONNS.insert(&p.flow, &backend_id, 0);
+    }
+    Some(Choice {
         backend_id,
         backend,
-        iface_mac: cfg.iface_mac,
-        new_flow,
+        new_flow: true,
     })
 }

@@ -4,31 +4,50 @@
 #![no_std]
 #![no_main]
 
+mod csum;
 mod forward;
+mod icmp;
 mod lookup;
 mod maps;
 mod parse;
+mod scratch;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_smp_processor_id, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
-    Counters,
+    Counters, METHOD_L2_DSR, VIP_F_ECHO_REPLY,
     maps::{MAX_BACKENDS, MAX_VIPS},
+    stats::{
+        DROP_NO_BACKEND, DROP_NO_CONFIG, EV_FRAG_FIRST, EV_FRAG_FOLLOW, EV_ICMP_ECHO_REPLY,
+        EV_ICMP_ERROR_STEERED, EV_ICMP_TOO_BIG_SENT, EV_VLAN,
+    },
 };
 
-use crate::maps::{XLB_ACTION_STATS, XLB_BACKEND_STATS, XLB_DROP_STATS, XLB_VIP_STATS};
+use crate::{
+    forward::Sent,
+    maps::{
+        XLB_ACTION_STATS, XLB_BACKEND_STATS, XLB_CONFIG, XLB_DROP_STATS, XLB_EVENT_STATS,
+        XLB_FRAGS, XLB_VIP_STATS,
+    },
+    scratch::{FRAG_FIRST, FRAG_LATER, KIND_ECHO, KIND_ICMP_ERROR},
+};
 
 /// What `balance` decided, with what the counters need.
 enum Verdict {
     /// Not for a VIP, or not something we balance: the host's stack takes it.
     Pass,
-    /// Sent to a backend; `new_flow` if it was hashed (a connection-table miss).
-    Tx {
+    /// Sent to a backend with `action` (XDP_TX or XDP_REDIRECT); `new_flow`
+    /// if it was hashed (not a connection-table hit).
+    Sent {
         vip_id: u32,
         backend_id: u32,
         new_flow: bool,
+        action: u32,
     },
+    /// Answered by the balancer itself (ICMP), sent back with XDP_TX.
+    Replied { vip_id: u32 },
     /// For a VIP, but nowhere to send it.
     Drop { vip_id: u32, reason: u32 },
 }
@@ -38,16 +57,18 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let (action, vip) = match balance(&ctx) {
         Verdict::Pass => (xdp_action::XDP_PASS, None),
-        Verdict::Tx {
+        Verdict::Sent {
             vip_id,
             backend_id,
             new_flow,
+            action,
         } => {
             let cpu = this_cpu();
             let slot = striped(cpu, MAX_BACKENDS, backend_id);
             count_flow(&XLB_BACKEND_STATS, slot, bytes, new_flow);
-            (xdp_action::XDP_TX, Some((vip_id, new_flow, cpu)))
+            (action, Some((vip_id, new_flow, cpu)))
         }
+        Verdict::Replied { vip_id } => (xdp_action::XDP_TX, Some((vip_id, false, this_cpu()))),
         Verdict::Drop { vip_id, reason } => {
             count(&XLB_DROP_STATS, reason, bytes);
             (xdp_action::XDP_DROP, Some((vip_id, false, this_cpu())))
@@ -84,31 +105,82 @@ fn striped(cpu: u32, stripe: u32, id: u32) -> u32 {
     cpu.wrapping_mul(stripe).wrapping_add(id)
 }
 
+/// One data-plane event (`lb_common::stats::EV_*`) on this CPU.
+#[inline(always)]
+pub fn count_event(event: u32) {
+    if let Some(c) = XLB_EVENT_STATS.get_ptr_mut(event) {
+        // SAFETY: per-CPU slot, see `count`.
+        unsafe { *c += 1 };
+    }
+}
+
+/// parse -> VIP -> (echo | backend -> forward).
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Verdict {
-    let Some(mut parsed) = parse::parse(ctx) else {
+    let Some(s) = scratch::scratch() else {
         return Verdict::Pass;
     };
-    let Some(meta) = lookup::vip(&mut parsed) else {
+    if !parse::parse(ctx, &mut s.p) {
+        return Verdict::Pass;
+    }
+    let Some(meta) = lookup::vip(&mut s.p) else {
         return Verdict::Pass;
     };
     let vip_id = meta.vip_id;
-    match lookup::backend(&parsed, &meta) {
-        Ok(choice) => match forward::l2_dsr(ctx, &choice) {
-            Some(()) => Verdict::Tx {
-                vip_id,
-                backend_id: choice.backend_id,
-                new_flow: choice.new_flow,
-            },
-            // Cannot happen (the Ethernet header was read already), but the
-            // verifier wants the check, and a frame we could not rewrite is
-            // one we must not send.
-            None => Verdict::Drop {
-                vip_id,
-                reason: lb_common::stats::DROP_NO_BACKEND,
-            },
-        },
-        Err(reason) => Verdict::Drop { vip_id, reason },
+    let Some(cfg) = XLB_CONFIG.get(0) else {
+        return Verdict::Drop {
+            vip_id,
+            reason: DROP_NO_CONFIG,
+        };
+    };
+    if s.p.vlan != 0 {
+        count_event(EV_VLAN);
+    }
+    if s.p.kind == KIND_ECHO {
+        if meta.flags & VIP_F_ECHO_REPLY == 0 || !icmp::echo_reply(ctx, &s.p, &cfg.iface_mac) {
+            return Verdict::Pass;
+        }
+        count_event(EV_ICMP_ECHO_REPLY);
+        return Verdict::Replied { vip_id };
+    }
+    if s.p.frag == FRAG_FIRST {
+        // Later fragments of this datagram will look its ports up.
+        let _ = XLB_FRAGS.insert(&s.p.frag_key, &s.p.flow.ports, 0);
+        count_event(EV_FRAG_FIRST);
+    } else if s.p.frag == FRAG_LATER {
+        count_event(EV_FRAG_FOLLOW);
+    }
+    let Some(choice) = lookup::backend(&s.p, &meta, cfg) else {
+        return Verdict::Drop {
+            vip_id,
+            reason: DROP_NO_BACKEND,
+        };
+    };
+    if s.p.kind == KIND_ICMP_ERROR {
+        count_event(EV_ICMP_ERROR_STEERED);
+    }
+    // SAFETY: a pointer into the backends array, valid for this run.
+    let backend = unsafe { &*choice.backend };
+    let sent = if meta.method == METHOD_L2_DSR {
+        match forward::l2_dsr(ctx, backend.mac, cfg.iface_mac) {
+            Some(()) => Sent::TX,
+            None => Sent::drop(DROP_NO_BACKEND),
+        }
+    } else {
+        tunnel::send(ctx, s, backend, cfg, meta.method)
+    };
+    if let Some(reason) = sent.dropped() {
+        return Verdict::Drop { vip_id, reason };
+    }
+    if sent.replied() {
+        count_event(EV_ICMP_TOO_BIG_SENT);
+        return Verdict::Replied { vip_id };
+    }
+    Verdict::Sent {
+        vip_id,
+        backend_id: choice.backend_id,
+        new_flow: choice.new_flow,
+        action: sent.0,
     }
 }
 

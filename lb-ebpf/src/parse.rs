@@ -1,45 +1,64 @@
-//! Header parsing: Ethernet, IPv4 (any IHL) or IPv6, then TCP or UDP. Every
-//! read is bounds-checked against data_end; anything we do not balance makes
-//! the parser return None and the packet goes on untouched (XDP_PASS).
+//! Header parsing: Ethernet with at most one 802.1Q tag, IPv4 (any IHL) or
+//! IPv6 (with at most a fragment header), then TCP, UDP or ICMP. Every read is
+//! bounds-checked against data_end; anything we do not balance makes the
+//! parser return false and the packet goes on untouched (XDP_PASS).
 //!
 //! Length fields are checked too (found by fuzzing, tests/tests/fuzz.rs): an
 //! IP packet longer than its frame, or a TCP/UDP header longer than its IP
-//! payload, is malformed, and the balancer never sends a malformed packet to
-//! a backend; the host's stack drops it as it would without us.
+//! payload, is malformed, and the balancer never sends a malformed packet on.
+//!
+//! Fragments follow their datagram's flow (as in Cilium): the first fragment
+//! carries the ports and the balancer remembers them (XLB_FRAGS, written once
+//! the packet is known to be for a VIP); later fragments find them there and
+//! take the flow's way. A later fragment whose first was not seen (lost,
+//! reordered, or not for a VIP) is passed to the stack.
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
-use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, VipKey, hash::FlowWords};
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    stats::EV_FRAG_UNKNOWN,
+};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+
+use crate::{
+    count_event,
+    maps::XLB_FRAGS,
+    scratch::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_ECHO, KIND_FLOW, KIND_ICMP_ERROR, Parsed},
 };
 
+const ETH_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
-/// IPv4 "more fragments" flag and fragment offset bits.
-const IPV4_FRAG_MASK: u16 = 0x3fff;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV6_FRAGMENT: u8 = 44;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
 
-/// What the balancer needs from a packet.
-pub struct Parsed {
-    /// The destination as a VIP key (exact port; the caller tries port 0 next).
-    pub vip: VipKey,
-    /// The flow as the hash sees it.
-    pub flow: FlowWords,
-    /// A TCP SYN without ACK: a connection starting, whatever the
-    /// connection table remembers of an earlier one on the same ports.
-    pub new_connection: bool,
+/// The packet's start and end. Read with volatile loads so that the
+/// compiler re-reads them after bpf_xdp_adjust_head/tail instead of reusing
+/// stale values, and never does arithmetic the verifier refuses on them.
+#[inline(always)]
+pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
+    // SAFETY: ctx points at the kernel's xdp_md for this run.
+    unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    }
 }
 
 /// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let (start, end) = bounds(ctx);
     if start + offset + size_of::<T>() > end {
         return None;
     }
@@ -47,31 +66,58 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-fn word(b: [u8; 4]) -> u32 {
-    u32::from_le_bytes(b)
+fn word(b: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*b)
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut vip = VipKey {
-        addr: [0; 16],
-        port_be: 0,
-        proto: 0,
-        family: 0,
-    };
-    let mut flow = FlowWords {
-        src: [0; 4],
-        dst: [0; 4],
-        ports: 0,
-        proto: 0,
-    };
-    let frame_len = ctx.data_end() - ctx.data();
-    // (offset of the L4 header, bytes of IP payload the IP header declares)
-    let (l4_offset, ip_payload) = match ether_type {
+fn words16(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_le_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_le_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_le_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_le_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// Parse the frame into `p`. True if it is a TCP/UDP/ICMP packet the
+/// balancer may handle (whether its address is a VIP is looked up next).
+#[inline(never)]
+pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> bool {
+    parse_frame(ctx, p).is_some()
+}
+
+#[inline(always)]
+fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
+    let (start, end) = bounds(ctx);
+    let frame_len = end - start;
+    let ether_type: *const [u8; 2] = ptr_at(ctx, 12)?;
+    let mut ether_type = u16::from_be_bytes(unsafe { *ether_type });
+    let mut l3_off = ETH_LEN;
+    p.vlan = 0;
+    if ether_type == ETH_P_8021Q {
+        // One tag: TCI, then the inner type. Its VLAN id is the interface's
+        // business (the frame left on the VLAN it came in on).
+        let inner: *const [u8; 2] = ptr_at(ctx, ETH_LEN + 2)?;
+        ether_type = u16::from_be_bytes(unsafe { *inner });
+        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+            return None;
+        }
+        l3_off += 4;
+        p.vlan = 1;
+    }
+    p.l3_off = l3_off as u32;
+    p.frag = FRAG_NONE;
+    p.new_connection = 0;
+    p.lco = 0;
+    p.df = 0;
+    p.kind = KIND_FLOW;
+    p.vip.port_be = 0;
+    p.flow.ports = 0;
+    // The IP payload: offset of the L4 header, its length, protocol.
+    let (l4_off, l4_len, proto) = match ether_type {
         ETH_P_IPV4 => {
-            let ip: *const Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
+            let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off)?;
             let ip = unsafe { &*ip };
             if ip.vihl >> 4 != 4 {
                 return None;
@@ -81,87 +127,189 @@ pub fn parse(ctx: &XdpContext) -> Option<Parsed> {
             if ihl < Ipv4Hdr::LEN {
                 return None;
             }
-            // Fragments are passed on for now: only the first carries ports.
-            if u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0 {
-                return None;
-            }
             // The packet must fit its frame (a longer frame is padding).
             let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-            if tot_len < ihl || EthHdr::LEN + tot_len > frame_len {
+            if tot_len < ihl || l3_off + tot_len > frame_len {
                 return None;
             }
-            vip.family = FAMILY_V4;
-            vip.proto = ip.proto;
-            vip.addr[..4].copy_from_slice(&ip.dst_addr);
-            flow.src[0] = word(ip.src_addr);
-            flow.dst[0] = word(ip.dst_addr);
-            (EthHdr::LEN + ihl, tot_len - ihl)
+            let frags = u16::from_be_bytes(ip.frags);
+            p.family = FAMILY_V4;
+            p.tos = ip.tos;
+            p.df = (frags & 0x4000 != 0) as u8;
+            p.ip_len = tot_len as u32;
+            p.vip.addr = [0; 16];
+            p.vip.addr[..4].copy_from_slice(&ip.dst_addr);
+            p.flow.src = [word(&ip.src_addr), 0, 0, 0];
+            p.flow.dst = [word(&ip.dst_addr), 0, 0, 0];
+            if frags & 0x3fff != 0 {
+                p.frag_key.id = u16::from_le_bytes(ip.id) as u32;
+                p.frag = if frags & 0x1fff != 0 { FRAG_LATER } else { FRAG_FIRST };
+            }
+            (l3_off + ihl, tot_len - ihl, ip.proto)
         }
         ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
+            let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
             let ip = unsafe { &*ip };
             if ip.vcf[0] >> 4 != 6 {
                 return None;
             }
-            // Extension headers are passed on: TCP or UDP must follow directly.
             let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-            if EthHdr::LEN + Ipv6Hdr::LEN + payload_len > frame_len {
+            if l3_off + Ipv6Hdr::LEN + payload_len > frame_len {
                 return None;
             }
-            vip.family = FAMILY_V6;
-            vip.proto = ip.next_hdr;
-            vip.addr = ip.dst_addr;
-            let (s, d) = (&ip.src_addr, &ip.dst_addr);
-            flow.src = [
-                word([s[0], s[1], s[2], s[3]]),
-                word([s[4], s[5], s[6], s[7]]),
-                word([s[8], s[9], s[10], s[11]]),
-                word([s[12], s[13], s[14], s[15]]),
-            ];
-            flow.dst = [
-                word([d[0], d[1], d[2], d[3]]),
-                word([d[4], d[5], d[6], d[7]]),
-                word([d[8], d[9], d[10], d[11]]),
-                word([d[12], d[13], d[14], d[15]]),
-            ];
-            (EthHdr::LEN + Ipv6Hdr::LEN, payload_len)
+            p.family = FAMILY_V6;
+            p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
+            p.ip_len = (Ipv6Hdr::LEN + payload_len) as u32;
+            p.vip.addr = ip.dst_addr;
+            p.flow.src = words16(&ip.src_addr);
+            p.flow.dst = words16(&ip.dst_addr);
+            let mut l4_off = l3_off + Ipv6Hdr::LEN;
+            let mut l4_len = payload_len;
+            let mut next = ip.next_hdr;
+            if next == IPV6_FRAGMENT {
+                // Next header, reserved, offset (13 bits) + M, identification.
+                let fh: *const [u8; 8] = ptr_at(ctx, l4_off)?;
+                let fh = unsafe { &*fh };
+                if l4_len < 8 {
+                    return None;
+                }
+                next = fh[0];
+                let offset_m = u16::from_be_bytes([fh[2], fh[3]]);
+                l4_off += 8;
+                l4_len -= 8;
+                // An atomic fragment (offset 0, M 0) is a whole packet.
+                if offset_m & 0xfff9 != 0 {
+                    p.frag_key.id = u32::from_le_bytes([fh[4], fh[5], fh[6], fh[7]]);
+                    p.frag = if offset_m & 0xfff8 != 0 { FRAG_LATER } else { FRAG_FIRST };
+                }
+            }
+            (l4_off, l4_len, next)
         }
         _ => return None,
     };
-    // Both headers start with the source and destination ports; require the
-    // whole header so a truncated one is never balanced.
-    let mut new_connection = false;
-    let ports: [u8; 4] = match vip.proto {
-        PROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, l4_offset)?;
-            // Data offset: the high nibble of byte 12 (read directly; the
-            // crate's bitfield accessor costs instructions for nothing).
-            let doff = unsafe { *(tcp as *const u8).add(12) } >> 4;
-            if doff < 5 || (doff as usize) * 4 > ip_payload {
-                return None;
-            }
-            let flags = unsafe { *(tcp as *const u8).add(13) };
-            new_connection = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let tcp = unsafe { &*tcp };
-            [tcp.source[0], tcp.source[1], tcp.dest[0], tcp.dest[1]]
+    p.vip.family = p.family;
+    p.vip.proto = proto;
+    p.flow.proto = proto as u32;
+    p.l4_off = l4_off as u32;
+    p.l4_len = l4_len as u32;
+    if p.frag != FRAG_NONE {
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return None;
         }
-        PROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, l4_offset)?;
-            let udp = unsafe { &*udp };
-            let len = u16::from_be_bytes(udp.len) as usize;
-            if len < UdpHdr::LEN || len > ip_payload {
+        p.frag_key.src = p.flow.src;
+        p.frag_key.dst = p.flow.dst;
+        p.frag_key.proto = proto as u32;
+        if p.frag == FRAG_LATER {
+            // SAFETY: a u32 value, copied out at once.
+            let Some(ports) = (unsafe { XLB_FRAGS.get(&p.frag_key) }).copied() else {
+                count_event(EV_FRAG_UNKNOWN);
                 return None;
-            }
-            [udp.src[0], udp.src[1], udp.dst[0], udp.dst[1]]
+            };
+            p.flow.ports = ports;
+            p.vip.port_be = (ports >> 16) as u16;
+            return Some(());
         }
-        _ => return None,
+    }
+    match proto {
+        PROTO_TCP => tcp(ctx, p, l4_off, l4_len),
+        PROTO_UDP => udp(ctx, p, l4_off, l4_len),
+        PROTO_ICMP if p.family == FAMILY_V4 => icmp(ctx, p, l4_off),
+        PROTO_ICMPV6 if p.family == FAMILY_V6 => icmp(ctx, p, l4_off),
+        _ => None,
+    }
+}
+
+/// Store the ports word (source then destination port, as on the wire).
+#[inline(always)]
+fn set_ports(p: &mut Parsed, ports: [u8; 4]) {
+    p.flow.ports = u32::from_le_bytes(ports);
+    p.vip.port_be = u16::from_ne_bytes([ports[2], ports[3]]);
+}
+
+#[inline(always)]
+fn tcp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()> {
+    // Require the whole header so a truncated one is never balanced.
+    let tcp: *const [u8; 20] = ptr_at(ctx, off)?;
+    let tcp = unsafe { &*tcp };
+    let doff = (tcp[12] >> 4) as usize;
+    if doff < 5 || doff * 4 > l4_len {
+        return None;
+    }
+    p.new_connection = (tcp[13] & (TCP_SYN | TCP_ACK) == TCP_SYN) as u8;
+    p.lco = (p.frag == FRAG_NONE) as u8;
+    set_ports(p, [tcp[0], tcp[1], tcp[2], tcp[3]]);
+    Some(())
+}
+
+#[inline(always)]
+fn udp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()> {
+    let udp: *const [u8; 8] = ptr_at(ctx, off)?;
+    let udp = unsafe { &*udp };
+    // A first fragment's UDP length is the whole datagram's.
+    if p.frag == FRAG_NONE {
+        let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+        if len < 8 || len > l4_len {
+            return None;
+        }
+        // A zero checksum (IPv4) means "none": nothing to derive from.
+        p.lco = (udp[6] | udp[7] != 0) as u8;
+    }
+    set_ports(p, [udp[0], udp[1], udp[2], udp[3]]);
+    Some(())
+}
+
+/// Echo requests, and the two errors path MTU discovery depends on. Any
+/// other ICMP goes to the host's stack.
+#[inline(always)]
+fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize) -> Option<()> {
+    let hdr: *const [u8; 8] = ptr_at(ctx, off)?;
+    let (kind, code) = unsafe { ((*hdr)[0], (*hdr)[1]) };
+    let v4 = p.family == FAMILY_V4;
+    if (v4 && kind == ICMP_ECHO_REQUEST && code == 0) || (!v4 && kind == ICMPV6_ECHO_REQUEST) {
+        p.kind = KIND_ECHO;
+        return Some(());
+    }
+    if v4 && (kind != ICMP_DEST_UNREACH || code != ICMP_FRAG_NEEDED) {
+        return None;
+    }
+    if !v4 && kind != ICMPV6_PACKET_TOO_BIG {
+        return None;
+    }
+    // The quoted packet was sent by a backend from the VIP to a client: the
+    // flow to steer is its reverse, client to VIP.
+    let quoted = off + 8;
+    let (ports_off, proto) = if v4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, quoted)?;
+        let ip = unsafe { &*ip };
+        let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
+            return None;
+        }
+        p.vip.addr = [0; 16];
+        p.vip.addr[..4].copy_from_slice(&ip.src_addr);
+        p.flow.src = [word(&ip.dst_addr), 0, 0, 0];
+        p.flow.dst = [word(&ip.src_addr), 0, 0, 0];
+        (quoted + ihl, ip.proto)
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, quoted)?;
+        let ip = unsafe { &*ip };
+        if ip.vcf[0] >> 4 != 6 {
+            return None;
+        }
+        p.vip.addr = ip.src_addr;
+        p.flow.src = words16(&ip.dst_addr);
+        p.flow.dst = words16(&ip.src_addr);
+        (quoted + Ipv6Hdr::LEN, ip.next_hdr)
     };
-    vip.port_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    flow.ports = word(ports);
-    flow.proto = vip.proto as u32;
-    Some(Parsed {
-        vip,
-        flow,
-        new_connection,
-    })
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let ports: *const [u8; 4] = ptr_at(ctx, ports_off)?;
+    let ports = unsafe { *ports };
+    p.kind = KIND_ICMP_ERROR;
+    p.vip.proto = proto;
+    p.flow.proto = proto as u32;
+    set_ports(p, [ports[2], ports[3], ports[0], ports[1]]);
+    // The reversed flow's destination port is the VIP's: the quoted source.
+    Some(())
 }

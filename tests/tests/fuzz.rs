@@ -88,12 +88,19 @@ fn input(rng: &mut StdRng, seeds: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-/// A sent frame must parse as IPv4/IPv6 with TCP or UDP, to a VIP address.
+/// A sent frame must parse as IPv4/IPv6 with TCP or UDP (or be a fragment
+/// of such a datagram), to a VIP address.
 fn well_formed(out: &[u8], vips: &BTreeSet<IpAddr>) -> Result<(), String> {
     let p = etherparse::SlicedPacket::from_ethernet(out).map_err(|e| format!("{e}"))?;
-    let dst: IpAddr = match &p.net {
-        Some(etherparse::NetSlice::Ipv4(v4)) => v4.header().destination_addr().into(),
-        Some(etherparse::NetSlice::Ipv6(v6)) => v6.header().destination_addr().into(),
+    let (dst, fragment): (IpAddr, bool) = match &p.net {
+        Some(etherparse::NetSlice::Ipv4(v4)) => (
+            v4.header().destination_addr().into(),
+            v4.is_payload_fragmented(),
+        ),
+        Some(etherparse::NetSlice::Ipv6(v6)) => (
+            v6.header().destination_addr().into(),
+            v6.is_payload_fragmented(),
+        ),
         other => return Err(format!("no IP header: {other:?}")),
     };
     if !vips.contains(&dst) {
@@ -103,6 +110,9 @@ fn well_formed(out: &[u8], vips: &BTreeSet<IpAddr>) -> Result<(), String> {
         Some(etherparse::TransportSlice::Tcp(_)) | Some(etherparse::TransportSlice::Udp(_)) => {
             Ok(())
         }
+        // A later fragment carries no L4 header: its ports came from the
+        // first fragment of its datagram (the fragment tracker).
+        None if fragment => Ok(()),
         other => Err(format!("no TCP/UDP header: {other:?}")),
     }
 }

@@ -388,19 +388,19 @@ fn fixtures() -> Vec<Fixture> {
             Pass,
         ),
         fx(
-            "IPv4 first fragment (MF, offset 0) of TCP to web4",
+            "IPv4 first fragment (MF, offset 0) of TCP to web4: balanced, ports remembered",
             fb(web4).ipv4_fragment(true, 0).payload(40).build(),
-            Pass,
+            Tx(web4),
         ),
         fx(
-            "IPv4 middle fragment (MF, offset 1) to web4",
+            "IPv4 middle fragment (MF, offset 1) of the same datagram: its flow's backend",
             fb(web4).ipv4_fragment(true, 1).payload(40).build(),
-            Pass,
+            Tx(web4),
         ),
         fx(
-            "IPv4 last fragment (offset 185) to web4",
+            "IPv4 last fragment (offset 185) of the same datagram: its flow's backend",
             fb(web4).ipv4_fragment(false, 185).payload(40).build(),
-            Pass,
+            Tx(web4),
         ),
         // --- malformed or truncated: XDP_PASS ---
         fx(
@@ -540,14 +540,25 @@ fn plus_flow(c: Counters, bytes: usize, new_flow: bool) -> Counters {
 }
 
 /// A TCP segment with SYN and without ACK: it always starts a new flow.
+/// A first fragment carries the TCP header too (etherparse does not parse
+/// transports of fragments, so it is read from the IP payload).
 fn is_syn(frame: &[u8]) -> bool {
-    match etherparse::SlicedPacket::from_ethernet(frame) {
-        Ok(p) => matches!(
-            p.transport,
-            Some(etherparse::TransportSlice::Tcp(t)) if t.syn() && !t.ack()
-        ),
-        Err(_) => false,
-    }
+    let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) else {
+        return false;
+    };
+    let tcp = match (&p.transport, &p.net) {
+        (Some(etherparse::TransportSlice::Tcp(t)), _) => Some(t.to_header()),
+        (None, Some(etherparse::NetSlice::Ipv4(v4)))
+            if v4.header().fragments_offset().value() == 0
+                && v4.header().protocol() == etherparse::IpNumber::TCP =>
+        {
+            etherparse::TcpHeader::from_slice(v4.payload().payload)
+                .ok()
+                .map(|(t, _)| t)
+        }
+        _ => None,
+    };
+    tcp.is_some_and(|t| t.syn && !t.ack)
 }
 
 /// Differences between two snapshots, as readable lines.

@@ -1,0 +1,54 @@
+//! Internet checksums (RFC 1071) in the "native view": 16-bit words are read
+//! from the wire bytes in the host's order and the result written back the
+//! same way. A ones-complement sum commutes with byte swapping, so this gives
+//! the right bytes on the wire without swapping every word.
+
+/// Fold a running sum to 16 bits with end-around carry.
+#[inline(always)]
+pub fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The sum of the two 16-bit halves of a word read from wire bytes.
+#[inline(always)]
+pub fn word(w: u32) -> u64 {
+    (w & 0xffff) as u64 + (w >> 16) as u64
+}
+
+/// A 16-bit value as it sits on the wire (big-endian), in the native view.
+#[inline(always)]
+pub fn be16(v: u16) -> u64 {
+    u16::from_ne_bytes(v.to_be_bytes()) as u64
+}
+
+/// The sum of `bytes` (an even count).
+#[inline(always)]
+pub fn sum_bytes<const N: usize>(bytes: &[u8; N]) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_ne_bytes([bytes[i], bytes[i + 1]]) as u64;
+        i += 2;
+    }
+    sum
+}
+
+/// The checksum field for data summing to `sum`.
+#[inline(always)]
+pub fn finish(sum: u64) -> [u8; 2] {
+    (!fold(sum)).to_ne_bytes()
+}
+
+/// RFC 1624 incremental update of checksum field `csum` when a 16-bit word
+/// changes from `old` to `new` (all three as wire bytes).
+#[inline(always)]
+pub fn replace(csum: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {
+    let sum = (!u16::from_ne_bytes(csum)) as u64
+        + (!u16::from_ne_bytes(old)) as u64
+        + u16::from_ne_bytes(new) as u64;
+    finish(sum)
+}

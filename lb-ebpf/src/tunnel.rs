@@ -1,0 +1,229 @@
+//! IPIP and GUE: the balancer puts an outer IP header (and for GUE a UDP
+//! header) in front of the packet and sends it to the backend's address; the
+//! backend's decap program (decap.rs) takes it off again. The backend answers
+//! clients directly, as with DSR.
+//!
+//! The outer source address (IPv4: host bits of a configured prefix; IPv6:
+//! the last 32 bits at most) and, for GUE, the UDP source port are taken
+//! from the flow's hash, so the outer headers vary with the inner flow and
+//! the backend's NIC spreads tunnelled flows over its queues (RSS); the IPv6
+//! flow label carries the hash too.
+
+use aya_ebpf::{
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, FAMILY_V4, FAMILY_V6, GlobalConfig, METHOD_GUE, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    hash::flow_hash,
+    stats::{DROP_ENCAP_FAILED, DROP_NO_ROUTE, DROP_TOO_BIG},
+};
+
+use crate::{
+    csum,
+    forward::{ROUTE_NONE, ROUTE_TX, Sent, route},
+    icmp,
+    parse::{bounds, ptr_at},
+    scratch::{Parsed, Scratch},
+};
+
+const IPV4_LEN: u32 = 20;
+const IPV6_LEN: u32 = 40;
+const UDP_LEN: u32 = 8;
+const TTL: u8 = 64;
+
+/// Encapsulate the packet for `b` and send it (or answer it with ICMP when
+/// the result would not fit the interface's MTU).
+#[inline(never)]
+pub fn send(ctx: &XdpContext, s: &mut Scratch, b: &Backend, cfg: &GlobalConfig, method: u8) -> Sent {
+    let outer_family = b.family;
+    if outer_family == FAMILY_V4 && s.p.family == FAMILY_V6 {
+        return Sent::drop(DROP_ENCAP_FAILED);
+    }
+    let gue = method == METHOD_GUE;
+    let overhead = if outer_family == FAMILY_V6 { IPV6_LEN } else { IPV4_LEN }
+        + if gue { UDP_LEN } else { 0 };
+    if s.p.ip_len + overhead > cfg.mtu as u32 {
+        // Too big for the link once wrapped: a router would say so, and the
+        // client's path MTU discovery shrinks its packets. IPv4 without DF
+        // would be fragmented by a router; we cannot, so it is dropped.
+        if s.p.family == FAMILY_V4 && s.p.df == 0 {
+            return Sent::drop(DROP_TOO_BIG);
+        }
+        return icmp::too_big(ctx, s, cfg, cfg.mtu as u32 - overhead);
+    }
+    let h = flow_hash(&s.p.flow, cfg.hash_seed);
+    outer_addresses(s, b, cfg, h);
+    let next_hop = route(ctx, s, cfg, outer_family);
+    if next_hop == ROUTE_NONE {
+        return Sent::drop(DROP_NO_ROUTE);
+    }
+    if encapsulate(ctx, s, cfg, overhead, h).is_none() {
+        return Sent::drop(DROP_ENCAP_FAILED);
+    }
+    if next_hop == ROUTE_TX {
+        return Sent::TX;
+    }
+    // SAFETY: a helper taking plain integers.
+    Sent(unsafe { bpf_redirect(next_hop, 0) } as u32)
+}
+
+/// The outer source and destination into the scratch.
+#[inline(always)]
+fn outer_addresses(s: &mut Scratch, b: &Backend, cfg: &GlobalConfig, h: u32) {
+    let hb = h.to_be_bytes();
+    s.outer_dst = b.addr;
+    if b.family == FAMILY_V6 {
+        s.outer_src = cfg.tunnel_src_v6;
+        let m = &cfg.tunnel_src_v6_hostmask;
+        let mut i = 0;
+        while i < 4 {
+            s.outer_src[12 + i] = (s.outer_src[12 + i] & !m[i]) | (hb[i] & m[i]);
+            i += 1;
+        }
+    } else {
+        let (a, m) = (&cfg.tunnel_src_v4, &cfg.tunnel_src_v4_hostmask);
+        s.outer_src = [0; 16];
+        let mut i = 0;
+        while i < 4 {
+            s.outer_src[i] = (a[i] & !m[i]) | (hb[i] & m[i]);
+            i += 1;
+        }
+    }
+}
+
+/// Make room for the outer headers and write them. `overhead` says which:
+/// IPv4 20 / 28 (IPIP / GUE), IPv6 40 / 48. `h` is the flow hash.
+#[inline(never)]
+fn encapsulate(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, overhead: u32, h: u32) -> Option<()> {
+    let outer_v6 = overhead >= IPV6_LEN;
+    let gue = overhead == IPV4_LEN + UDP_LEN || overhead == IPV6_LEN + UDP_LEN;
+    let p = &s.p;
+    let l3 = p.l3_off as usize;
+    let inner_len = p.ip_len;
+    // The outer checksum for GUE over IPv6 is derived from the inner one;
+    // read what it needs before the packet moves.
+    let lco = gue && outer_v6 && p.lco != 0;
+    let inner_sum = if lco { lco_sum(ctx, p)? } else { 0 };
+    // Ethernet padding after the inner packet is not carried along.
+    let (start, end) = bounds(ctx);
+    let excess = (end - start) as i64 - (l3 as i64 + inner_len as i64);
+    if excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
+        return None;
+    }
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+        return None;
+    }
+    // The L2 header moves to the new start (overhead >= 20 > 18: no overlap).
+    let off = overhead as usize & 0x3f;
+    let old_eth: *const [u8; 14] = ptr_at(ctx, off)?;
+    let eth: *mut [u8; 14] = ptr_at(ctx, 0)?;
+    unsafe {
+        *eth = *old_eth;
+        (&mut *eth)[..6].copy_from_slice(&s.fib.dmac);
+        (&mut *eth)[6..12].copy_from_slice(&s.fib.smac);
+    }
+    let ether_type: [u8; 2] = if outer_v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
+    if p.vlan != 0 {
+        let old_tag: *const [u8; 4] = ptr_at(ctx, off + 14)?;
+        let tag: *mut [u8; 4] = ptr_at(ctx, 14)?;
+        unsafe {
+            *tag = *old_tag;
+            (&mut *tag)[2..].copy_from_slice(&ether_type);
+            (&mut *eth)[12..].copy_from_slice(&[0x81, 0x00]);
+        }
+    } else {
+        unsafe { (&mut *eth)[12..].copy_from_slice(&ether_type) };
+    }
+    let l3 = l3 & 0x1f;
+    let inner_proto = if p.family == FAMILY_V6 { PROTO_IPV6 } else { PROTO_IPIP };
+    let proto = if gue { PROTO_UDP } else { inner_proto };
+    let udp_len = inner_len + UDP_LEN;
+    let l4 = if outer_v6 {
+        let ip: *mut [u8; 40] = ptr_at(ctx, l3)?;
+        let payload = if gue { udp_len } else { inner_len };
+        let label = h & 0x000f_ffff;
+        let mut o = [0u8; 40];
+        o[0] = 0x60 | (p.tos >> 4);
+        o[1] = (p.tos << 4) | (label >> 16) as u8;
+        o[2] = (label >> 8) as u8;
+        o[3] = label as u8;
+        o[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+        o[6] = proto;
+        o[7] = TTL;
+        o[8..24].copy_from_slice(&s.outer_src);
+        o[24..40].copy_from_slice(&s.outer_dst);
+        unsafe { *ip = o };
+        l3 + IPV6_LEN as usize
+    } else {
+        let ip: *mut [u8; 20] = ptr_at(ctx, l3)?;
+        let mut o = [0u8; 20];
+        o[0] = 0x45;
+        o[1] = p.tos;
+        o[2..4].copy_from_slice(&((inner_len + overhead) as u16).to_be_bytes());
+        // RFC 2003: DF copied from the inner header.
+        o[6] = if p.df != 0 { 0x40 } else { 0 };
+        o[8] = TTL;
+        o[9] = proto;
+        o[12..16].copy_from_slice(&s.outer_src[..4]);
+        o[16..20].copy_from_slice(&s.outer_dst[..4]);
+        let c = csum::finish(csum::sum_bytes(&o));
+        o[10..12].copy_from_slice(&c);
+        unsafe { *ip = o };
+        l3 + IPV4_LEN as usize
+    };
+    if gue {
+        let udp: *mut [u8; 8] = ptr_at(ctx, l4)?;
+        let mut u = [0u8; 8];
+        u[..2].copy_from_slice(&(0xc000 | (h & 0x3fff) as u16).to_be_bytes());
+        u[2..4].copy_from_slice(&cfg.gue_port_be.to_ne_bytes());
+        u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        if lco {
+            let sum = inner_sum + csum::sum_bytes(&u) + pseudo_outer_v6(s, udp_len);
+            let mut c = csum::finish(sum);
+            if c == [0, 0] {
+                c = [0xff, 0xff];
+            }
+            u[6..].copy_from_slice(&c);
+        }
+        unsafe { *udp = u };
+    }
+    Some(())
+}
+
+/// The outer IPv6 pseudo-header's sum for a UDP datagram of `udp_len`.
+#[inline(always)]
+fn pseudo_outer_v6(s: &Scratch, udp_len: u32) -> u64 {
+    csum::sum_bytes(&s.outer_src) + csum::sum_bytes(&s.outer_dst) + csum::be16(udp_len as u16)
+        + csum::be16(PROTO_UDP as u16)
+}
+
+/// Local checksum offload (LCO): the sum of the whole inner packet, from
+/// its headers and its L4 checksum, without reading the payload. With a
+/// right L4 checksum, pseudo-header + segment sum to -0, so the segment sums
+/// to the complement of the pseudo-header. Only for unfragmented TCP, and
+/// UDP with a checksum (`p.lco`); otherwise the outer checksum stays 0.
+/// An IPv4 header with its right checksum sums to -0 too: it adds nothing.
+#[inline(always)]
+fn lco_sum(ctx: &XdpContext, p: &Parsed) -> Option<u64> {
+    let mut sum = csum::be16(p.l4_len as u16) + csum::be16(p.flow.proto as u16);
+    let mut i = 0;
+    while i < 4 {
+        sum += csum::word(p.flow.src[i]) + csum::word(p.flow.dst[i]);
+        i += 1;
+    }
+    let segment = (!csum::fold(sum)) as u64;
+    if p.family == FAMILY_V4 {
+        return Some(segment);
+    }
+    let l3 = p.l3_off as usize & 0x1f;
+    // The IPv6 header, and an atomic fragment's header if there is one.
+    let headers = if p.l4_off - p.l3_off == IPV6_LEN {
+        let hdr: *const [u8; 40] = ptr_at(ctx, l3)?;
+        csum::sum_bytes(unsafe { &*hdr })
+    } else {
+        let hdr: *const [u8; 48] = ptr_at(ctx, l3)?;
+        csum::sum_bytes(unsafe { &*hdr })
+    };
+    Some(headers + segment)
+}
