@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     // With AYA_BUILD_SKIP=1 (pure-logic work without the eBPF toolchain) no
     // object is built: leave an empty one, which the loader refuses by name.
     let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
-    for name in ["lb-ebpf", "xlb-aux"] {
+    for name in ["lb-ebpf", "xlb-aux", "xlb-decap"] {
         let object = Path::new(&out_dir).join(name);
         if !object.exists() {
             std::fs::write(&object, b"").context("writing an empty placeholder object")?;

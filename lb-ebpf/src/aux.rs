@@ -1,9 +1,24 @@
 //! Helper XDP programs for the testbed and the benchmarks; not part of the
 //! balancer.
+//!
+//! - `xlb_pass`: lets a veth accept XDP_TX frames from its peer;
+//! - `xlb_mac_swap`: the bare XDP_TX floor benchmarks compare with;
+//! - `xlb_count_drop` and `xlb_gen_tcp_acks`: the receiver and the generator
+//!   of the packets-per-second bench (xtask/benches/veth_pps.rs);
+//! - `xlb_lru_*`: the connection-table LRU choice (xtask/benches/lru_choice.rs);
+//! - `xlb_fib_lookup`, `xlb_fib_lookup6`: the cost of the tunnels' next-hop lookup
+//!   (xtask/benches/dataplane.rs).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, xdp_action},
+    btf_maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use lb_common::{hash::FlowWords, maps::BPF_F_NO_COMMON_LRU};
 
 /// Lets a veth accept frames its peer sends with XDP_TX (see TESTBED.md).
 #[xdp]
@@ -11,12 +26,12 @@ pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The floor: swap the Ethernet addresses and send the frame back.
-#[xdp]
-pub fn xlb_mac_swap(ctx: XdpContext) -> u32 {
+/// Swap the Ethernet addresses in place; false when the frame is too short.
+#[inline(always)]
+fn swap_macs(ctx: &XdpContext) -> bool {
     let start = ctx.data();
     if start + 12 > ctx.data_end() {
-        return xdp_action::XDP_PASS;
+        return false;
     }
     let eth = start as *mut [u8; 12];
     // SAFETY: the 12 bytes are inside the packet (checked above).
@@ -27,7 +42,282 @@ pub fn xlb_mac_swap(ctx: XdpContext) -> u32 {
         swapped[6..].copy_from_slice(&old[..6]);
         *eth = swapped;
     }
+    true
+}
+
+/// The floor: swap the Ethernet addresses and send the frame back.
+#[xdp]
+pub fn xlb_mac_swap(ctx: XdpContext) -> u32 {
+    if swap_macs(&ctx) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Frames `xlb_count_drop` saw, per CPU (index 0).
+#[btf_map]
+pub static XLB_RX_COUNT: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// The receiving end of the pps bench: count the frame and drop it, so what
+/// is counted is what the program under test delivered, and nothing else is
+/// spent on it.
+#[xdp]
+pub fn xlb_count_drop(_ctx: XdpContext) -> u32 {
+    if let Some(n) = XLB_RX_COUNT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; XDP is not preempted by XDP on one CPU.
+        unsafe { *n += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Distinct TCP source ports (flows) `xlb_gen_tcp_acks` cycles through.
+pub const GEN_FLOWS: u16 = 1024;
+/// First of those source ports.
+pub const GEN_FIRST_PORT: u16 = 20000;
+/// Ethernet + IPv4 without options: where the generator's TCP header starts.
+const GEN_TCP_OFFSET: usize = 14 + 20;
+/// The generator's frame: a TCP ACK with 6 bytes of payload (64 on a wire).
+pub const GEN_FRAME_LEN: usize = GEN_TCP_OFFSET + 20 + 6;
+
+/// The frame the generator sends, written by the bench (index 0). Copied
+/// over every frame before it goes out: with live frames the kernel recycles
+/// a page without restoring its bytes, and the program under test may have
+/// rewritten them (an encapsulation moves the headers up and writes its own).
+#[btf_map]
+pub static XLB_GEN_TEMPLATE: Array<[u8; GEN_FRAME_LEN], 1> = Array::new();
+
+/// Per-CPU frame sequence of the generator (index 0).
+#[btf_map]
+pub static XLB_GEN_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// RFC 1624 incremental update of an Internet checksum when one 16-bit word
+/// changes from `old` to `new` (all in network byte order as read).
+#[inline(always)]
+fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!csum as u32) + (!old as u32 & 0xffff) + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The pps bench's generator, run from userspace with BPF_PROG_TEST_RUN and
+/// BPF_F_TEST_XDP_LIVE_FRAMES on the generator's veth: each run writes the
+/// template frame (`XLB_GEN_TEMPLATE`: an IPv4 TCP ACK, no IP options) over
+/// the frame, gives it the next of
+/// `GEN_FLOWS` source ports with its TCP checksum kept valid, and sends it
+/// out of that veth (XDP_TX becomes a transmit there). So the program under
+/// test sees many flows, like production, at a rate no socket reaches here.
+#[xdp]
+pub fn xlb_gen_tcp_acks(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    // The bench's frames are GEN_FRAME_LEN bytes long.
+    if start + GEN_FRAME_LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // No template written (EtherType 0): the bench forgot; say so loudly.
+    let Some(template) = XLB_GEN_TEMPLATE.get(0).filter(|t| t[12] != 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the frame holds GEN_FRAME_LEN bytes (checked above).
+    unsafe { *(start as *mut [u8; GEN_FRAME_LEN]) = *template };
+    let Some(seq) = XLB_GEN_SEQ.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: this CPU's slot; XDP is not preempted by XDP on one CPU.
+    let n = unsafe {
+        *seq += 1;
+        *seq
+    };
+    let port = (GEN_FIRST_PORT + (n % GEN_FLOWS as u64) as u16).to_be();
+    let tcp = (start + GEN_TCP_OFFSET) as *mut u16;
+    // SAFETY: the 20-byte TCP header is inside the frame (checked above);
+    // word 0 is the source port, word 8 the checksum.
+    unsafe {
+        let old = *tcp;
+        *tcp.add(8) = csum_replace(*tcp.add(8), old, port);
+        *tcp = port;
+    }
     xdp_action::XDP_TX
+}
+
+/// Entries the LRU maps below are declared with. The bench sets the real
+/// size (the balancer's, `lb_common::maps::CONN_TABLE_SIZE`) at load with
+/// `EbpfLoader::map_max_entries`, so the tests that load this object for
+/// `xlb_pass` do not preallocate ~100 MB of tables they never use.
+const LRU_DECLARED_SIZE: usize = 1024;
+
+/// The three candidates for the balancer's connection table, with its key and
+/// value (flow -> backend id):
+/// one LRU list shared by all CPUs (the balancer's choice before the bench);
+#[btf_map]
+pub static XLB_LRU_COMMON: LruHashMap<FlowWords, u32, LRU_DECLARED_SIZE> = LruHashMap::new();
+/// one shared table, each CPU evicting from its own list;
+#[btf_map]
+pub static XLB_LRU_NO_COMMON: LruHashMap<
+    FlowWords,
+    u32,
+    LRU_DECLARED_SIZE,
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
+/// shared keys, a value per CPU (a packet on another CPU sees that CPU's
+/// empty value).
+#[btf_map]
+pub static XLB_LRU_PERCPU: LruPerCpuHashMap<FlowWords, u32, LRU_DECLARED_SIZE> =
+    LruPerCpuHashMap::new();
+
+/// Per-CPU sequence the "new flow" programs make keys from (index 0).
+#[btf_map]
+pub static XLB_LRU_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Marks the first key word: new-flow keys and the known key never collide.
+const NEW_FLOW_MARK: u32 = 0x4e45_5700;
+const KNOWN_FLOW_MARK: u32 = 0x4b4e_4f00;
+
+#[inline(always)]
+fn this_cpu() -> u32 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+/// A flow key no earlier run used: this CPU's next sequence number, and the
+/// CPU, so two CPUs running at once never make the same key.
+#[inline(always)]
+fn new_flow_key() -> Option<FlowWords> {
+    let seq = XLB_LRU_SEQ.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; XDP is not preempted by XDP on one CPU.
+    let n = unsafe {
+        *seq += 1;
+        *seq
+    };
+    Some(FlowWords {
+        src: [NEW_FLOW_MARK, this_cpu(), n as u32, (n >> 32) as u32],
+        dst: [0x0164_12c6, 0, 0, 0],
+        ports: 0x5000_409c,
+        proto: 6,
+    })
+}
+
+/// The one flow the "hit" programs look up: one per CPU, as each CPU of a
+/// real balancer serves its own flows.
+#[inline(always)]
+fn known_flow_key() -> FlowWords {
+    FlowWords {
+        src: [KNOWN_FLOW_MARK, this_cpu(), 0, 0],
+        dst: [0x0164_12c6, 0, 0, 0],
+        ports: 0x5000_409c,
+        proto: 6,
+    }
+}
+
+/// For each candidate map, two programs that do the map work of one packet
+/// and then what the floor does (MAC swap, XDP_TX), so their time above the
+/// floor is the map's:
+/// - `new`: insert a flow never seen (a full table evicts its oldest entry);
+/// - `hit`: look up a flow that is there. A miss (only the first run, or
+///   after other programs' inserts evicted the flow) inserts it and returns
+///   XDP_PASS, so a bench sees a last run that missed.
+macro_rules! lru_programs {
+    ($map:ident, $new:ident, $hit:ident) => {
+        #[xdp]
+        pub fn $new(ctx: XdpContext) -> u32 {
+            let Some(key) = new_flow_key() else {
+                return xdp_action::XDP_ABORTED;
+            };
+            if $map.insert(&key, &1, 0).is_err() {
+                return xdp_action::XDP_DROP;
+            }
+            if swap_macs(&ctx) {
+                xdp_action::XDP_TX
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+
+        #[xdp]
+        pub fn $hit(ctx: XdpContext) -> u32 {
+            let key = known_flow_key();
+            if $map.get_ptr(&key).is_none() {
+                let _ = $map.insert(&key, &1, 0);
+                return xdp_action::XDP_PASS;
+            }
+            if swap_macs(&ctx) {
+                xdp_action::XDP_TX
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    };
+}
+
+lru_programs!(XLB_LRU_COMMON, xlb_lru_common_new, xlb_lru_common_hit);
+lru_programs!(
+    XLB_LRU_NO_COMMON,
+    xlb_lru_no_common_new,
+    xlb_lru_no_common_hit
+);
+lru_programs!(XLB_LRU_PERCPU, xlb_lru_percpu_new, xlb_lru_percpu_hit);
+
+/// The IPv4 address `xlb_fib_lookup` asks the FIB about (network order, as
+/// read from the address's bytes), written by the bench (index 0).
+#[btf_map]
+pub static XLB_FIB_DST: Array<u32, 1> = Array::new();
+/// The IPv6 address `xlb_fib_lookup6` asks about, likewise.
+#[btf_map]
+pub static XLB_FIB_DST6: Array<[u32; 4], 1> = Array::new();
+
+/// One `bpf_fib_lookup`, as the balancer's tunnels make one for each packet
+/// (forward.rs `route`): IPv4 to `XLB_FIB_DST` from the interface the frame
+/// came in on, then what the floor does. Its time above the floor is the
+/// lookup's. XDP_TX when the FIB named a next hop, XDP_DROP when not.
+#[xdp]
+pub fn xlb_fib_lookup(ctx: XdpContext) -> u32 {
+    let Some(dst) = XLB_FIB_DST.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: plain old data; all-zero is its "no options" value.
+    let mut f: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    f.family = 2; // AF_INET
+    f.__bindgen_anon_4.ipv4_dst = *dst;
+    fib_then_swap(&ctx, &mut f)
+}
+
+/// `xlb_fib_lookup` for IPv6, to `XLB_FIB_DST6`.
+#[xdp]
+pub fn xlb_fib_lookup6(ctx: XdpContext) -> u32 {
+    let Some(dst) = XLB_FIB_DST6.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: plain old data; all-zero is its "no options" value.
+    let mut f: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    f.family = 10; // AF_INET6
+    f.__bindgen_anon_4.ipv6_dst = *dst;
+    fib_then_swap(&ctx, &mut f)
+}
+
+/// Look `f` up from the ingress interface; swap the MACs and XDP_TX when
+/// the FIB named a next hop, XDP_DROP when not.
+#[inline(always)]
+fn fib_then_swap(ctx: &XdpContext, f: &mut bpf_fib_lookup) -> u32 {
+    // SAFETY: ctx points at the kernel's xdp_md.
+    f.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: f is a whole bpf_fib_lookup on the stack.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.ctx.cast(),
+            f as *mut bpf_fib_lookup,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if ret != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    if swap_macs(ctx) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 #[cfg(not(test))]

@@ -162,6 +162,26 @@ pub enum Command {
     /// Rewrite every Maglev table and backend entry from the applied config
     /// (after something else changed them: see "drift" in `xlb status`).
     Repair,
+    /// On a backend behind a tunnelling xlb: strip IPIP and GUE addressed to
+    /// this host in XDP and hand the inner packet to the stack (no tunnel
+    /// device needed). Runs until SIGINT/SIGTERM, then detaches and prints
+    /// its counters. Needs CAP_BPF and CAP_NET_ADMIN.
+    Decap {
+        /// The interface tunnelled packets arrive on; all its IPv4 and IPv6
+        /// addresses (read at start) are tunnel destinations.
+        #[arg(long)]
+        interface: String,
+        /// UDP destination port of GUE packets.
+        #[arg(long, default_value_t = lb_common::DEFAULT_GUE_PORT,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        gue_port: u16,
+        /// Another tunnel destination this host answers for (repeatable).
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<std::net::IpAddr>,
+        /// XDP attach mode ("skb" is accepted for generic, as in `run`).
+        #[arg(long, value_enum, default_value_t = crate::decap::DecapMode::Auto)]
+        mode: crate::decap::DecapMode,
+    },
 }
 
 /// A failure with the exit code it maps to.
@@ -533,6 +553,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Top { interval, count } => top(&cli, interval, count),
+        Command::Decap {
+            interface,
+            gue_port,
+            addresses,
+            mode,
+        } => decap_command(
+            cli.output,
+            crate::decap::DecapOptions {
+                interface,
+                gue_port,
+                extra_addresses: addresses,
+                mode,
+            },
+        ),
         Command::Repair => match api::call(&cli.socket, &Request::Repair)? {
             Response::Repaired(r) => {
                 if cli.output == Output::Json {
@@ -571,6 +605,35 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
         },
     }
+}
+
+/// `xlb decap`: run until a signal, then print the counters.
+fn decap_command(output: Output, opts: crate::decap::DecapOptions) -> Result<(), Failure> {
+    let missing = crate::caps::missing();
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+        return Err(Failure::internal(format!(
+            "xlb decap needs {} (missing from this process's effective capabilities)",
+            names.join(" and ")
+        )));
+    }
+    let counters = crate::decap::run(&opts).map_err(|e| {
+        let message = format!("decap on {}: {e}", opts.interface);
+        if e.is_bad_input() {
+            Failure::bad_input(message)
+        } else {
+            Failure::internal(message)
+        }
+    })?;
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "schema_version": status::SCHEMA_VERSION,
+            "interface": opts.interface,
+            "packets": counters,
+        })),
+        _ => print!("{}", counters.render_table()),
+    }
+    Ok(())
 }
 
 /// Follow the bake of `revision` until it ends: 0 baked, 1 rolled back.

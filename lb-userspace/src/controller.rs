@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bake::{BakeState, BakeStatus, Decision};
 use crate::config::{self, Config};
-use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneError};
+use crate::dataplane::{ConnScan, CounterSnapshot, Dataplane, DataplaneError};
 use crate::detect::{BackendSample, Cumulative, Detector, VipReport, VipSample};
 use crate::drift::{self, Finding};
 use crate::metrics::Metrics;
@@ -42,6 +42,13 @@ pub enum ApplyError {
         running: String,
         wanted: String,
     },
+    /// The connection table is sized when the program loads.
+    #[error("{file}: conn_table_size: {wanted} needs a restart; the running program has {running}")]
+    ConnTableSizeChange {
+        file: String,
+        running: u32,
+        wanted: u32,
+    },
     #[error("{0}")]
     State(#[from] state::StateError),
     #[error("{0}")]
@@ -67,6 +74,7 @@ impl ApplyError {
             self,
             Self::Config(_)
                 | Self::InterfaceChange { .. }
+                | Self::ConnTableSizeChange { .. }
                 | Self::State(_)
                 | Self::Plan(_)
                 | Self::NoRevision(_)
@@ -110,6 +118,9 @@ pub struct Controller {
     /// The plan of the apply being recorded.
     next_plan: Option<serde_json::Value>,
     audit: Option<crate::audit::AuditLog>,
+    /// The last count of the connection table (the daemon scans it every
+    /// `CONN_SCAN_PERIOD`, outside this controller's lock).
+    conn_scan: Option<ConnScan>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -179,6 +190,7 @@ impl Controller {
             capacity_detector: Detector::new(),
             next_plan: None,
             audit: None,
+            conn_scan: None,
         }
     }
 
@@ -310,11 +322,11 @@ impl Controller {
         let candidate = config::parse(text, file)?;
         let base = match &self.applied {
             Some(d) => d.config.clone(),
+            // Nothing applied yet: only the VIPs are new.
             None => Config {
                 interface: self.interface.clone(),
-                hash_seed: candidate.hash_seed,
-                metrics_address: candidate.metrics_address,
                 vips: vec![],
+                ..candidate.clone()
             },
         };
         let mut plan = crate::plan::plan(&base, &candidate)?;
@@ -500,6 +512,16 @@ impl Controller {
         result
     }
 
+    /// A handle to the connection table, to count it without this lock.
+    pub fn conn_table(&self) -> crate::dataplane::ConnTable {
+        self.dataplane.conn_table()
+    }
+
+    /// Keep a connection-table count for the status and /metrics.
+    pub fn record_conn_scan(&mut self, scan: ConnScan) {
+        self.conn_scan = Some(scan);
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -527,6 +549,13 @@ impl Controller {
                 wanted: config.interface,
             });
         }
+        if config.conn_table_size != self.dataplane.conn_table_size() {
+            return Err(ApplyError::ConnTableSizeChange {
+                file: file.to_string(),
+                running: self.dataplane.conn_table_size(),
+                wanted: config.conn_table_size,
+            });
+        }
         let empty = Allocation::default();
         let previous = self.applied.as_ref();
         let started = Instant::now();
@@ -534,7 +563,7 @@ impl Controller {
         self.metrics
             .maglev_build
             .observe(started.elapsed().as_secs_f64());
-        let swaps = self.dataplane.apply(&self.host, &desired, previous)?;
+        let swaps = self.dataplane.apply(self.host, &desired, previous)?;
         for seconds in swaps {
             self.metrics.table_swap.observe(seconds);
         }
@@ -779,13 +808,9 @@ impl Controller {
 
     pub fn status(&self) -> Result<Status, DataplaneError> {
         let empty = Desired {
-            config: Config {
-                interface: self.interface.clone(),
-                hash_seed: 0,
-                metrics_address: crate::config::DEFAULT_METRICS_ADDRESS,
-                vips: vec![],
-            },
+            config: Config::empty(self.interface.clone()),
             vips: vec![],
+            echo: vec![],
             allocation: Allocation::default(),
         };
         let desired = self.applied.as_ref().unwrap_or(&empty);
@@ -803,6 +828,7 @@ impl Controller {
             drift: &self.drift,
             drift_checked_at: &self.drift_checked_at,
             bake: self.bake.as_ref(),
+            conn_scan: self.conn_scan.as_ref(),
         };
         Ok(status::build(&ctx, desired, &now, &self.at_apply))
     }

@@ -59,7 +59,10 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let interface = opts.config.interface.clone();
     let host = crate::dataplane::HostInterface::read(&interface)?;
-    let mut dataplane = Dataplane::load().context("loading the XDP program")?;
+    // The connection table is sized here, once: a later apply that changes
+    // conn_table_size is refused (it needs a restart).
+    let mut dataplane =
+        Dataplane::load_with(opts.config.conn_table_size).context("loading the XDP program")?;
     dataplane.attach(&interface, opts.mode)?;
     log::info!("attached xlb_balancer to {interface}");
     let metrics_address = opts.metrics_address.unwrap_or(opts.config.metrics_address);
@@ -86,6 +89,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
         .context("applying the initial config")?;
     log::info!("serving revision {revision}");
+    let conns = controller.conn_table();
     let controller = Arc::new(Mutex::new(controller));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -98,6 +102,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             r = serve(controller.clone(), &opts.socket) => r,
             r = crate::http::serve(http, controller.clone()) => r,
             r = collect(controller.clone(), opts.bake_tick) => r,
+            r = count_conns(controller.clone(), conns) => r,
         }
     });
     let _ = std::fs::remove_file(&opts.socket);
@@ -138,6 +143,36 @@ async fn collect(
             last = Some(std::time::Instant::now());
         }
         tokio::time::sleep(wake).await;
+    }
+}
+
+/// Every `CONN_SCAN_PERIOD` (the first at once; longer after a slow scan):
+/// count the connection table on the blocking pool, without the
+/// controller's lock (a full table of 16 M entries takes seconds), then
+/// record the count under it.
+async fn count_conns(
+    controller: Arc<Mutex<Controller>>,
+    conns: crate::dataplane::ConnTable,
+) -> anyhow::Result<()> {
+    loop {
+        let controller = controller.clone();
+        let conns = conns.clone();
+        let took = tokio::task::spawn_blocking(move || match conns.scan() {
+            Ok(scan) => {
+                let took = scan.seconds;
+                controller
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_conn_scan(scan);
+                took
+            }
+            Err(e) => {
+                log::warn!("connection-table scan: {e}");
+                0.0
+            }
+        })
+        .await?;
+        tokio::time::sleep(crate::dataplane::conn_scan_pause(took)).await;
     }
 }
 

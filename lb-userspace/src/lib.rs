@@ -13,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod dataplane;
+pub mod decap;
 pub mod detect;
 pub mod drift;
 pub mod http;

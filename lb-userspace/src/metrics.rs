@@ -411,6 +411,61 @@ fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::
     )?;
     family(
         e,
+        "xlb_dataplane_events",
+        "Data-plane events (connection table, fragments, ICMP, FIB, VLAN), by event",
+        s.events
+            .iter()
+            .map(|(name, n)| (vec![("event", name.clone())], counter(*n)))
+            .collect(),
+    )?;
+
+    // The connection table, as the last scan counted it (none before it).
+    let conn = |f: fn(&crate::status::ConnTableStatus) -> f64| {
+        s.conn_table
+            .iter()
+            .map(|c| (Labels::new(), gauge(f(c))))
+            .collect::<Vec<_>>()
+    };
+    family(
+        e,
+        "xlb_conn_table_entries",
+        "Flows the connection table remembers",
+        conn(|c| c.entries as f64),
+    )?;
+    family(
+        e,
+        "xlb_conn_table_capacity",
+        "The connection table's max_entries (the LRU evicts beyond)",
+        conn(|c| c.capacity as f64),
+    )?;
+    family(
+        e,
+        "xlb_conn_table_stale_entries",
+        "Connection-table entries naming a backend id not in the applied config",
+        conn(|c| c.stale_entries as f64),
+    )?;
+    family(
+        e,
+        "xlb_conn_table_scan_seconds",
+        "How long the last count of the connection table took",
+        conn(|c| c.scan_seconds),
+    )?;
+    family(
+        e,
+        "xlb_conn_table_last_scan_timestamp_seconds",
+        "Unix time of the last count of the connection table",
+        conn(|c| c.scanned_at_unix_seconds),
+    )?;
+    family(
+        e,
+        "xlb_backend_flows",
+        "Flows the connection table remembers for the backend (what a draining backend still carries)",
+        backends()
+            .filter_map(|(v, b)| Some((backend(&v.name, &b.name), gauge(b.flows? as f64))))
+            .collect(),
+    )?;
+    family(
+        e,
         "xlb_config_revision",
         "Revision of the applied config",
         vec![(Vec::new(), gauge(s.revision as f64))],
@@ -422,4 +477,90 @@ fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::
         vec![(Vec::new(), gauge(s.applied_at_unix_seconds as f64))],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{ConnScan, CounterSnapshot};
+    use std::collections::BTreeMap;
+
+    fn status(scan: Option<&ConnScan>) -> Status {
+        let config = crate::config::parse(
+            "interface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n\
+             [[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:12\"\nstate = \"draining\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let mut now = CounterSnapshot {
+            events: vec![0; lb_common::stats::EVENT_COUNT as usize],
+            ..Default::default()
+        };
+        now.events[lb_common::stats::EV_CONN_HIT as usize] = 41;
+        now.events[lb_common::stats::EV_CONN_RESTEER as usize] = 2;
+        let none = BTreeMap::new();
+        let none_drift = BTreeMap::new();
+        let none_checked = BTreeMap::new();
+        let ctx = crate::status::StatusContext {
+            interface: "eth0",
+            revision: 1,
+            applied_at_unix_seconds: 0,
+            observed_seconds: 1.0,
+            generated_at_unix_seconds: 1.0,
+            reports: &none,
+            drift: &none_drift,
+            drift_checked_at: &none_checked,
+            bake: None,
+            conn_scan: scan,
+        };
+        crate::status::build(&ctx, &desired, &now, &CounterSnapshot::default())
+    }
+
+    #[test]
+    fn events_and_the_connection_table_are_exported() {
+        let s = status(None);
+        let ids: Vec<u32> = s.vips[0].backends.iter().map(|b| b.id).collect();
+        let scan = ConnScan {
+            entries: 1500,
+            capacity: 262_144,
+            by_backend: BTreeMap::from([(ids[0], 1000), (ids[1], 480), (60_000, 20)]),
+            scanned_at_unix_seconds: 1_700_000_000.0,
+            seconds: 0.03,
+        };
+        let text = Metrics::new().encode(status(Some(&scan)));
+        for line in [
+            "xlb_dataplane_events_total{event=\"conn_hit\"} 41",
+            "xlb_dataplane_events_total{event=\"conn_resteer\"} 2",
+            "xlb_dataplane_events_total{event=\"vlan\"} 0",
+            "xlb_conn_table_entries{} 1500.0",
+            "xlb_conn_table_capacity{} 262144.0",
+            "xlb_conn_table_stale_entries{} 20.0",
+            "xlb_conn_table_scan_seconds{} 0.03",
+            "xlb_conn_table_last_scan_timestamp_seconds{} 1700000000.0",
+            "xlb_backend_flows{vip=\"web\",backend=\"a\"} 1000.0",
+            "xlb_backend_flows{vip=\"web\",backend=\"b\"} 480.0",
+            "# TYPE xlb_dataplane_events counter",
+            "# TYPE xlb_conn_table_entries gauge",
+            "# TYPE xlb_backend_flows gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("xlb_dataplane_events_total{").count(),
+            lb_common::stats::EVENT_COUNT as usize
+        );
+    }
+
+    #[test]
+    fn no_connection_table_series_before_the_first_scan() {
+        let text = Metrics::new().encode(status(None));
+        assert!(!text.contains("xlb_conn_table_"), "{text}");
+        assert!(!text.contains("xlb_backend_flows"), "{text}");
+        assert!(text.contains("xlb_dataplane_events_total{event=\"conn_hit\"} 41"));
+    }
 }

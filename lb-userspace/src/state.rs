@@ -2,22 +2,34 @@
 //! backend ids and each VIP's Maglev table in backend ids. Pure: the writer
 //! turns a `Desired` into map updates, the simulator reads it.
 //!
+//! Besides one VIP map entry per VIP, each distinct VIP address gets an
+//! ICMP echo entry when `icmp_echo = "reply"`: (address, port 0, ICMP or
+//! ICMPv6) with `VIP_F_ECHO_REPLY`, so the program answers pings to it.
+//!
 //! Ids are a local translation of names; Maglev tables themselves depend only
 //! on names, weights and the hash seed, so every node picks the same backend.
 //! An id is never rewritten while a live table may still name it: a changed
-//! backend (MAC or address) gets a new id, and ids freed by an apply are
-//! reused only by a later one, long after packets stopped reading them.
+//! backend (MAC or address) gets a new id. An id freed by an apply (its
+//! backend removed or changed) is retired by the writer once no table names
+//! it (its entry loses `BACKEND_F_VALID`, so flows the connection table still
+//! remembers on it are hashed again onto the live table), and backend ids are
+//! handed out next-fit (`ids`), so a freed id is not given to another backend
+//! until the whole id space has been gone through.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use lb_common::{
-    BACKEND_F_VALID, Backend as KernelBackend, FAMILY_V4, FAMILY_V6, VipKey, VipMeta,
+    BACKEND_F_VALID, Backend as KernelBackend, FAMILY_V4, FAMILY_V6, GlobalConfig, LAYOUT_VERSION,
+    PROTO_ICMP, PROTO_ICMPV6, VIP_F_ECHO_REPLY, VipKey, VipMeta,
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
 
-use crate::config::{Backend, Config, Vip};
+use crate::config::{Backend, Config, IcmpEcho, Vip};
+use crate::dataplane::HostInterface;
 use crate::maglev::{self, MaglevBackend, MaglevTable};
+
+mod ids;
 
 /// Table slot value of a VIP without active backends: no such backend
 /// exists, so the program drops the packet and counts `no_backend`.
@@ -45,6 +57,9 @@ struct BackendIdentity {
 pub struct Allocation {
     vips: BTreeMap<VipIdentity, u32>,
     backends: BTreeMap<BackendIdentity, u32>,
+    /// Where the search for the next new backend id starts: one past the
+    /// last one handed out (next-fit, see `ids`).
+    next_backend_id: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +83,9 @@ pub struct DesiredVip {
 pub struct Desired {
     pub config: Config,
     pub vips: Vec<DesiredVip>,
+    /// The ICMP echo entries of the VIP map, one per distinct VIP address
+    /// (none with `icmp_echo = "pass"`), in file order.
+    pub echo: Vec<(VipKey, VipMeta)>,
     pub allocation: Allocation,
 }
 
@@ -117,18 +135,32 @@ pub fn kernel_backend(b: &Backend, vip_id: u32) -> KernelBackend {
     }
 }
 
-/// Lowest ids not in `used`, `n` of them.
-fn take_free(
-    used: &BTreeSet<u32>,
-    max: u32,
-    n: usize,
-    kind: &'static str,
-) -> Result<Vec<u32>, StateError> {
-    let free: Vec<u32> = (0..max).filter(|id| !used.contains(id)).take(n).collect();
-    if free.len() < n {
-        return Err(StateError::OutOfIds { kind, max });
+/// The config map's entry for `config` on `host`. Tunnel settings that are
+/// not configured are zero (no gateway MAC; a zero source prefix, which the
+/// config refuses for a VIP that would need it).
+pub fn global_config(host: &HostInterface, config: &Config) -> GlobalConfig {
+    let tunnel = &config.tunnel;
+    let (tunnel_src_v4, tunnel_src_v4_hostmask) = tunnel
+        .source_v4
+        .map_or(([0; 4], [0; 4]), |p| (p.addr.octets(), p.hostmask()));
+    let (tunnel_src_v6, tunnel_src_v6_hostmask) = tunnel
+        .source_v6
+        .map_or(([0; 16], [0; 4]), |p| (p.addr.octets(), p.hostmask()));
+    GlobalConfig {
+        iface_mac: host.mac,
+        gateway_mac: tunnel.gateway_mac.map_or([0; 6], |m| m.0),
+        hash_seed: config.hash_seed,
+        layout_version: LAYOUT_VERSION,
+        ifindex: host.ifindex,
+        mtu: host.mtu,
+        gue_port_be: tunnel.gue_port.to_be(),
+        flags: 0,
+        tunnel_src_v4,
+        tunnel_src_v4_hostmask,
+        tunnel_src_v6,
+        tunnel_src_v6_hostmask,
+        _pad: 0,
     }
-    Ok(free)
 }
 
 /// Compute the desired kernel state for `config`, keeping the ids of
@@ -150,7 +182,7 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
         .iter()
         .filter(|i| !previous.vips.contains_key(i))
         .count();
-    let mut fresh = take_free(&used, MAX_VIPS, new_count, "VIP")?.into_iter();
+    let mut fresh = ids::lowest_free(&used, MAX_VIPS, new_count, "VIP")?.into_iter();
     for ident in &vip_identities {
         let id = match previous.vips.get(ident) {
             Some(&id) => id,
@@ -159,7 +191,6 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
         allocation.vips.insert(ident.clone(), id);
     }
 
-    // Backend ids, the same way.
     let backend_identities: Vec<Vec<BackendIdentity>> = config
         .vips
         .iter()
@@ -175,13 +206,24 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
                 .collect()
         })
         .collect();
+    // Backend ids, next-fit: the ids the previous config holds stay taken
+    // (a packet may still read them), and the search goes on from the last
+    // id handed out, so an id freed now is not handed out again soon.
     let used: BTreeSet<u32> = previous.backends.values().copied().collect();
     let new_count = backend_identities
         .iter()
         .flatten()
         .filter(|i| !previous.backends.contains_key(i))
         .count();
-    let mut fresh = take_free(&used, MAX_BACKENDS, new_count, "backend")?.into_iter();
+    let taken = ids::next_fit(
+        &used,
+        previous.next_backend_id,
+        MAX_BACKENDS,
+        new_count,
+        "backend",
+    )?;
+    allocation.next_backend_id = taken.next;
+    let mut fresh = taken.ids.into_iter();
     for ident in backend_identities.iter().flatten() {
         let id = match previous.backends.get(ident) {
             Some(&id) => id,
@@ -247,8 +289,8 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
             meta: VipMeta {
                 vip_id: id,
                 table_size: slots.len() as u32,
-                method: lb_common::METHOD_L2_DSR,
-                hash: lb_common::HASH_FIVE_TUPLE,
+                method: v.forwarding.method(),
+                hash: v.hash.code(),
                 flags: 0,
                 _pad: [0; 5],
             },
@@ -257,11 +299,47 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
             slots,
         });
     }
+    let echo = echo_entries(config.icmp_echo, &vips);
     Ok(Desired {
         config: config.clone(),
         vips,
+        echo,
         allocation,
     })
+}
+
+/// One ICMP echo entry per distinct VIP address, from the first VIP at that
+/// address (its id names the counters the echo traffic is counted under; its
+/// method and hash go along so the entry reads like the VIP's own). No table:
+/// `table_size` 0.
+fn echo_entries(icmp_echo: IcmpEcho, vips: &[DesiredVip]) -> Vec<(VipKey, VipMeta)> {
+    if icmp_echo == IcmpEcho::Pass {
+        return Vec::new();
+    }
+    let mut seen = BTreeSet::new();
+    vips.iter()
+        .filter(|v| seen.insert(v.config.address))
+        .map(|v| {
+            let (addr, family) = addr_bytes(v.config.address);
+            let proto = if family == FAMILY_V4 {
+                PROTO_ICMP
+            } else {
+                PROTO_ICMPV6
+            };
+            let key = VipKey {
+                addr,
+                port_be: 0,
+                proto,
+                family,
+            };
+            let meta = VipMeta {
+                table_size: 0,
+                flags: VIP_F_ECHO_REPLY,
+                ..v.meta
+            };
+            (key, meta)
+        })
+        .collect()
 }
 
 impl Desired {
@@ -274,6 +352,20 @@ impl Desired {
             .values()
             .copied()
             .filter(|id| !old.contains(id))
+            .collect()
+    }
+
+    /// Backend ids `previous` had that are not in use any more (their
+    /// backend was removed, or changed and got a new id): once no live table
+    /// names them, their entries must stop being valid, so the flows the
+    /// connection table remembers on them are hashed again.
+    pub fn retired_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
+        let now: BTreeSet<u32> = self.allocation.backends.values().copied().collect();
+        previous
+            .backends
+            .values()
+            .copied()
+            .filter(|id| !now.contains(id))
             .collect()
     }
 
@@ -335,7 +427,15 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![2]
         );
-        // A later apply may reuse id 0.
+        assert_eq!(
+            second
+                .retired_backend_ids(&first.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![0]
+        );
+        // Nor does a later apply reuse id 0: the connection table may still
+        // remember flows on it. The search goes on past the last id given.
         let third = desired(
             &config(&[
                 ("bb", "02:00:00:00:00:02", 1),
@@ -344,7 +444,85 @@ mod tests {
             &second.allocation,
         )
         .unwrap();
-        assert_eq!(third.vips[0].backend_ids, vec![1, 0]);
+        assert_eq!(third.vips[0].backend_ids, vec![1, 3]);
+        assert_eq!(
+            third
+                .retired_backend_ids(&second.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+    }
+
+    #[test]
+    fn a_freed_backend_id_is_not_reused_before_the_id_space_cycles() {
+        // "a" stays; a second backend is replaced on every apply. Each new
+        // one gets an id nobody held before.
+        let mut previous = Allocation::default();
+        let mut seen = BTreeSet::new();
+        for round in 0..50u32 {
+            let other = format!("b{round}");
+            let d = desired(
+                &config(&[
+                    ("a", "02:00:00:00:00:01", 1),
+                    (&other, "02:00:00:00:00:02", 1),
+                ]),
+                &previous,
+            )
+            .unwrap();
+            let ids = &d.vips[0].backend_ids;
+            assert_eq!(ids[0], 0, "round {round}: a keeps its id");
+            assert!(seen.insert(ids[1]), "round {round}: id {} reused", ids[1]);
+            previous = d.allocation;
+        }
+        assert_eq!(seen, (1..=50).collect());
+        // Deep into the space, the search wraps over MAX_BACKENDS and takes
+        // the lowest id free again.
+        previous.next_backend_id = MAX_BACKENDS - 1;
+        let d = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("xx", "02:00:00:00:00:03", 1),
+                ("yyy", "02:00:00:00:00:04", 1),
+            ]),
+            &previous,
+        )
+        .unwrap();
+        assert_eq!(d.vips[0].backend_ids, vec![0, MAX_BACKENDS - 1, 1]);
+        assert_eq!(d.allocation.next_backend_id, 2);
+    }
+
+    #[test]
+    fn only_ids_that_left_the_config_are_retired() {
+        let first = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("bb", "02:00:00:00:00:02", 1),
+                ("ccc", "02:00:00:00:00:03", 1),
+            ]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        // bb drains (still configured: keeps its id and its flows), ccc
+        // gets a new MAC (a new id; the old one is retired), a is removed.
+        let mut c = config(&[
+            ("bb", "02:00:00:00:00:02", 1),
+            ("ccc", "02:00:00:00:00:09", 1),
+        ]);
+        c.vips[0].backends[0].state = crate::config::BackendState::Draining;
+        let second = desired(&c, &first.allocation).unwrap();
+        assert_eq!(second.vips[0].backend_ids, vec![1, 3]);
+        assert_eq!(
+            second
+                .retired_backend_ids(&first.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        // Nothing changes: nothing retired.
+        let again = desired(&c, &second.allocation).unwrap();
+        assert!(again.retired_backend_ids(&second.allocation).is_empty());
+        assert_eq!(again.allocation, second.allocation);
     }
 
     #[test]
@@ -395,6 +573,170 @@ mod tests {
         assert_eq!(d.vips[0].meta.table_size, 1);
         // The disabled backend still has an id (for its counters).
         assert_eq!(d.vips[0].backend_ids.len(), 1);
+    }
+
+    /// Three VIPs on two addresses (one IPv4, one IPv6), with their own
+    /// forwarding and hash; `top` goes above the first VIP.
+    fn methods_config(top: &str) -> Config {
+        let text = format!(
+            "interface = \"eth0\"\n{top}\n\
+             [tunnel]\nsource_v4 = \"198.18.200.0/24\"\nsource_v6 = \"2001:db8:ff::/96\"\n\
+             [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             forwarding = \"ipip\"\nhash = \"source\"\ntable_size = 1021\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.10\"\n\
+             [[vip]]\nname = \"dns\"\naddress = \"198.18.100.1\"\nport = 53\nprotocol = \"udp\"\n\
+             forwarding = \"gue\"\nhash = \"no_ports\"\ntable_size = 1021\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"2001:db8::10\"\n\
+             [[vip]]\nname = \"web6\"\naddress = \"2001:db8:100::1\"\nport = 80\n\
+             protocol = \"tcp\"\ntable_size = 1021\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"2001:db8::10\"\nmac = \"02:00:00:00:00:01\"\n"
+        );
+        parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn method_and_hash_are_encoded_in_the_vip_entry() {
+        let d = desired(&methods_config(""), &Allocation::default()).unwrap();
+        let encoded: Vec<(u8, u8, u8)> = d
+            .vips
+            .iter()
+            .map(|v| (v.meta.method, v.meta.hash, v.meta.flags))
+            .collect();
+        assert_eq!(
+            encoded,
+            [
+                (lb_common::METHOD_IPIP, lb_common::HASH_SOURCE, 0),
+                (lb_common::METHOD_GUE, lb_common::HASH_NO_PORTS, 0),
+                (lb_common::METHOD_L2_DSR, lb_common::HASH_FIVE_TUPLE, 0),
+            ]
+        );
+        // A tunnelled backend without a MAC: the zero MAC, its address the
+        // tunnel's destination.
+        let b = kernel_backend(&d.vips[1].config.backends[0], d.vips[1].id);
+        assert_eq!(b.mac, [0; 6]);
+        assert_eq!(b.family, FAMILY_V6);
+        assert_eq!(
+            b.addr,
+            "2001:db8::10"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+    }
+
+    #[test]
+    fn one_echo_entry_per_distinct_vip_address() {
+        let d = desired(&methods_config(""), &Allocation::default()).unwrap();
+        // web and dns share 198.18.100.1: one entry, from web (the first).
+        assert_eq!(d.echo.len(), 2);
+        let (k4, m4) = d.echo[0];
+        assert_eq!(&k4.addr[..4], &[198, 18, 100, 1]);
+        assert_eq!(&k4.addr[4..], &[0; 12]);
+        assert_eq!(
+            (k4.port_be, k4.proto, k4.family),
+            (0, PROTO_ICMP, FAMILY_V4)
+        );
+        assert_eq!(
+            m4,
+            VipMeta {
+                vip_id: d.vips[0].id,
+                table_size: 0,
+                method: lb_common::METHOD_IPIP,
+                hash: lb_common::HASH_SOURCE,
+                flags: VIP_F_ECHO_REPLY,
+                _pad: [0; 5],
+            }
+        );
+        let (k6, m6) = d.echo[1];
+        assert_eq!(
+            k6.addr,
+            "2001:db8:100::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!(
+            (k6.port_be, k6.proto, k6.family),
+            (0, PROTO_ICMPV6, FAMILY_V6)
+        );
+        assert_eq!(
+            (m6.vip_id, m6.table_size, m6.flags, m6.method),
+            (d.vips[2].id, 0, VIP_F_ECHO_REPLY, lb_common::METHOD_L2_DSR)
+        );
+        // No echo key is a VIP key.
+        assert!(
+            d.echo
+                .iter()
+                .all(|(k, _)| d.vips.iter().all(|v| v.key != *k))
+        );
+
+        let d = desired(
+            &methods_config("icmp_echo = \"pass\""),
+            &Allocation::default(),
+        )
+        .unwrap();
+        assert!(d.echo.is_empty());
+        let d = desired(
+            &methods_config("icmp_echo = \"reply\""),
+            &Allocation::default(),
+        )
+        .unwrap();
+        assert_eq!(d.echo.len(), 2);
+    }
+
+    #[test]
+    fn global_config_carries_the_tunnel_settings() {
+        let host = HostInterface {
+            mac: [2, 0, 0, 0, 0, 0xaa],
+            ifindex: 7,
+            mtu: 9000,
+        };
+        let g = global_config(&host, &methods_config("hash_seed = 9"));
+        assert_eq!(g.iface_mac, host.mac);
+        assert_eq!((g.ifindex, g.mtu, g.hash_seed), (7, 9000, 9));
+        assert_eq!(g.layout_version, LAYOUT_VERSION);
+        assert_eq!(g.gue_port_be.to_ne_bytes(), 6080u16.to_be_bytes());
+        assert_eq!(g.tunnel_src_v4, [198, 18, 200, 0]);
+        assert_eq!(g.tunnel_src_v4_hostmask, [0, 0, 0, 255]);
+        assert_eq!(
+            g.tunnel_src_v6,
+            "2001:db8:ff::"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!(g.tunnel_src_v6_hostmask, [255; 4]);
+        assert_eq!(g.gateway_mac, [0; 6]);
+
+        // Other prefix lengths, a gateway, another GUE port.
+        let text = "interface = \"eth0\"\n[tunnel]\nsource_v4 = \"198.18.0.0/15\"\n\
+                    source_v6 = \"2001:db8:ff::1/128\"\ngue_port = 9999\n\
+                    gateway_mac = \"02:00:00:00:00:01\"\n";
+        let g = global_config(&host, &parse(text, "t.toml").unwrap());
+        assert_eq!(g.tunnel_src_v4, [198, 18, 0, 0]);
+        assert_eq!(g.tunnel_src_v4_hostmask, [0, 1, 255, 255]);
+        assert_eq!(g.tunnel_src_v6[15], 1);
+        assert_eq!(g.tunnel_src_v6_hostmask, [0; 4]);
+        assert_eq!(g.gue_port_be.to_ne_bytes(), [0x27, 0x0f]);
+        assert_eq!(g.gateway_mac, [2, 0, 0, 0, 0, 1]);
+        let text = "interface = \"eth0\"\n[tunnel]\nsource_v4 = \"198.18.200.9/32\"\n\
+                    source_v6 = \"2001:db8:ff::100/120\"\n";
+        let g = global_config(&host, &parse(text, "t.toml").unwrap());
+        assert_eq!(g.tunnel_src_v4_hostmask, [0; 4]);
+        assert_eq!(g.tunnel_src_v6_hostmask, [0, 0, 0, 255]);
+
+        // Nothing configured: zero.
+        let g = global_config(&host, &parse("interface = \"eth0\"\n", "t.toml").unwrap());
+        assert_eq!(
+            (g.tunnel_src_v4, g.tunnel_src_v4_hostmask),
+            ([0; 4], [0; 4])
+        );
+        assert_eq!(
+            (g.tunnel_src_v6, g.tunnel_src_v6_hostmask),
+            ([0; 16], [0; 4])
+        );
+        assert_eq!(g.gateway_mac, [0; 6]);
+        assert_eq!(g.gue_port_be, lb_common::DEFAULT_GUE_PORT.to_be());
     }
 
     #[test]

@@ -6,16 +6,18 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use crate::dataplane::CounterSnapshot;
+use crate::dataplane::{ConnScan, CounterSnapshot};
 use crate::detect::{Signal, State, VipReport};
 use crate::state::Desired;
 use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
-use lb_common::stats::{ACTION_NAMES, DROP_REASON_NAMES};
+use lb_common::stats::{ACTION_NAMES, DROP_REASON_NAMES, EVENT_NAMES};
 
 pub use crate::detect::Verdict;
 
 /// 2: new flows, the detector's verdict, drift, window shares and rates,
-/// per-CPU totals and map fill.
+/// per-CPU totals and map fill. Later additions within 2 (absent from an
+/// older daemon's document, so they default): `events`, `conn_table`, each
+/// backend's `flows`.
 pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +38,27 @@ pub struct Status {
     /// The bake of the last apply, if any.
     pub bake: Option<crate::bake::BakeStatus>,
     pub maps: Vec<MapFill>,
+    /// Data-plane events since the program was loaded, by name
+    /// (`conn_hit`, `conn_miss`, ...: lb_common::stats::EVENT_NAMES).
+    #[serde(default)]
+    pub events: BTreeMap<String, u64>,
+    /// The last count of the connection table; null until the first.
+    #[serde(default)]
+    pub conn_table: Option<ConnTableStatus>,
+}
+
+/// What the last connection-table scan found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnTableStatus {
+    /// Flows the table remembers.
+    pub entries: u64,
+    /// Its max_entries: the LRU evicts the least recently used flow beyond.
+    pub capacity: u64,
+    /// Entries naming a backend id that is not in the applied config.
+    pub stale_entries: u64,
+    pub scanned_at_unix_seconds: f64,
+    /// How long the scan took.
+    pub scan_seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,6 +166,10 @@ pub struct BackendStatus {
     pub new_flows: u64,
     /// Since the last apply.
     pub packets_since_apply: u64,
+    /// Flows the connection table remembers for this backend at the last
+    /// scan: what a draining backend still carries. Null before the first.
+    #[serde(default)]
+    pub flows: Option<u64>,
 }
 
 /// Inputs that are not in `Desired`.
@@ -158,6 +185,8 @@ pub struct StatusContext<'a> {
     pub drift: &'a BTreeMap<String, crate::drift::Finding>,
     pub drift_checked_at: &'a BTreeMap<String, f64>,
     pub bake: Option<&'a crate::bake::BakeStatus>,
+    /// The last connection-table scan, if any.
+    pub conn_scan: Option<&'a ConnScan>,
 }
 
 fn no_verdict() -> Verdict {
@@ -253,6 +282,9 @@ pub fn build(
                         bytes: counters.bytes,
                         new_flows: counters.new_flows,
                         packets_since_apply,
+                        flows: ctx
+                            .conn_scan
+                            .map(|scan| scan.by_backend.get(&id).copied().unwrap_or(0)),
                     }
                 })
                 .collect();
@@ -314,6 +346,11 @@ pub fn build(
             .collect()
     };
     let backend_ids: usize = desired.vips.iter().map(|v| v.backend_ids.len()).sum();
+    let known: std::collections::BTreeSet<u32> = desired
+        .vips
+        .iter()
+        .flat_map(|v| v.backend_ids.iter().copied())
+        .collect();
     let fill = |name: &str, entries: usize, max: u32| MapFill {
         name: name.to_string(),
         entries: entries as u64,
@@ -345,6 +382,18 @@ pub fn build(
             fill("backends", backend_ids, MAX_BACKENDS),
             fill("maglev_tables", desired.vips.len(), MAX_VIPS),
         ],
+        events: EVENT_NAMES
+            .iter()
+            .zip(&now.events)
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect(),
+        conn_table: ctx.conn_scan.map(|scan| ConnTableStatus {
+            entries: scan.entries,
+            capacity: scan.capacity.into(),
+            stale_entries: scan.stale_entries(|id| known.contains(&id)),
+            scanned_at_unix_seconds: scan.scanned_at_unix_seconds,
+            scan_seconds: scan.seconds,
+        }),
     }
 }
 
@@ -400,6 +449,34 @@ pub fn bake_line(b: &crate::bake::BakeStatus, now: f64) -> String {
     }
 }
 
+/// `connection table: 1234 of 262144 flows (0.5%), 0 stale, counted 3s
+/// ago in 4.1 ms; hits 100, misses 20, re-steered 0`.
+pub fn conn_table_line(c: &ConnTableStatus, events: &BTreeMap<String, u64>, now: f64) -> String {
+    let fill = if c.capacity > 0 {
+        c.entries as f64 / c.capacity as f64
+    } else {
+        0.0
+    };
+    let mut line = format!(
+        "connection table: {} of {} flows ({}), {} stale, counted {:.0}s ago in {:.1} ms",
+        c.entries,
+        c.capacity,
+        pct(fill),
+        c.stale_entries,
+        (now - c.scanned_at_unix_seconds).max(0.0),
+        c.scan_seconds * 1e3
+    );
+    let event = |name: &str| events.get(name).copied();
+    if let (Some(hit), Some(miss), Some(resteer)) =
+        (event("conn_hit"), event("conn_miss"), event("conn_resteer"))
+    {
+        line.push_str(&format!(
+            "; hits {hit}, misses {miss}, re-steered {resteer}"
+        ));
+    }
+    line
+}
+
 /// Unix seconds as an RFC 3339 UTC timestamp.
 pub fn rfc3339(unix_seconds: f64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds.max(0.0) as u64);
@@ -418,7 +495,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     );
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec![
-        "VIP", "BACKEND", "STATE", "WEIGHT", "EXPECTED", "TABLE", "OBSERVED", "PACKETS",
+        "VIP", "BACKEND", "STATE", "WEIGHT", "EXPECTED", "TABLE", "OBSERVED", "PACKETS", "FLOWS",
     ];
     if wide {
         header.extend(["BYTES", "ADDRESS", "MAC"]);
@@ -446,6 +523,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
                 "-".into(),
                 "-".into(),
                 v.packets.to_string(),
+                "-".into(),
             ]);
         }
         for b in &v.backends {
@@ -458,6 +536,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
                 pct(b.table_share_ratio),
                 b.observed_share_ratio.map_or("-".into(), pct),
                 b.packets.to_string(),
+                b.flows.map_or("-".into(), |n| n.to_string()),
             ];
             if wide {
                 row.extend([b.bytes.to_string(), b.address.clone(), b.mac.clone()]);
@@ -480,6 +559,10 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     }
     if let Some(b) = &s.bake {
         out.push_str(&bake_line(b, s.generated_at_unix_seconds));
+        out.push('\n');
+    }
+    if let Some(c) = &s.conn_table {
+        out.push_str(&conn_table_line(c, &s.events, s.generated_at_unix_seconds));
         out.push('\n');
     }
     let drops: Vec<String> = s
@@ -532,6 +615,7 @@ mod tests {
             drift: &none_drift,
             drift_checked_at: &none_checked,
             bake: None,
+            conn_scan: None,
         };
         let s = build(&ctx, &desired, &now, &at_apply);
         let b = &s.vips[0].backends;
@@ -573,6 +657,7 @@ mod tests {
             drift: &none_drift,
             drift_checked_at: &none_checked,
             bake: None,
+            conn_scan: None,
         };
         let s = build(
             &ctx,
@@ -582,5 +667,112 @@ mod tests {
         );
         assert_eq!(s.vips[0].backends[0].observed_share_ratio, None);
         assert!(render_table(&s, false).contains("w ([2001:db8::1]:*/udp)"));
+    }
+
+    #[test]
+    fn flows_per_backend_stale_entries_and_events() {
+        let text = "interface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
+            [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n\
+            [[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:12\"\nstate = \"draining\"\n";
+        let config = crate::config::parse(text, "t.toml").unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let ids = desired.vips[0].backend_ids.clone();
+        let gone = (0..).find(|id| !ids.contains(id)).unwrap();
+        let scan = ConnScan {
+            entries: 100,
+            capacity: 1000,
+            by_backend: BTreeMap::from([(ids[0], 60), (ids[1], 30), (gone, 10)]),
+            scanned_at_unix_seconds: 7.0,
+            seconds: 0.004,
+        };
+        let now = CounterSnapshot {
+            events: (0..EVENT_NAMES.len() as u64).map(|i| i * 10).collect(),
+            ..Default::default()
+        };
+        let none = BTreeMap::new();
+        let none_drift = BTreeMap::new();
+        let none_checked = BTreeMap::new();
+        let mut ctx = StatusContext {
+            interface: "eth0",
+            revision: 1,
+            applied_at_unix_seconds: 0,
+            observed_seconds: 1.0,
+            generated_at_unix_seconds: 10.0,
+            reports: &none,
+            drift: &none_drift,
+            drift_checked_at: &none_checked,
+            bake: None,
+            conn_scan: Some(&scan),
+        };
+        let s = build(&ctx, &desired, &now, &CounterSnapshot::default());
+        let b = &s.vips[0].backends;
+        assert_eq!((b[0].flows, b[1].flows), (Some(60), Some(30)));
+        let c = s.conn_table.as_ref().expect("a scan was given");
+        assert_eq!((c.entries, c.capacity, c.stale_entries), (100, 1000, 10));
+        assert_eq!(s.events["conn_hit"], 0);
+        assert_eq!(s.events["conn_miss"], 10);
+        assert_eq!(s.events["vlan"], 100);
+        assert_eq!(s.events.len(), EVENT_NAMES.len());
+
+        let table = render_table(&s, false);
+        let draining = table
+            .lines()
+            .find(|l| l.contains(" b ") && l.contains("draining"))
+            .unwrap_or_else(|| panic!("no row for b:\n{table}"));
+        assert!(draining.trim_end().ends_with("30"), "{draining}");
+        assert!(
+            table.contains(
+                "connection table: 100 of 1000 flows (10.0%), 10 stale, counted 3s ago in 4.0 ms; \
+                 hits 0, misses 10, re-steered 20"
+            ),
+            "{table}"
+        );
+
+        // Before the first scan: no flows and no conn-table line.
+        ctx.conn_scan = None;
+        let s = build(&ctx, &desired, &now, &CounterSnapshot::default());
+        assert_eq!((s.vips[0].backends[1].flows, &s.conn_table), (None, &None));
+        assert!(!render_table(&s, false).contains("connection table"));
+    }
+
+    #[test]
+    fn a_document_without_the_new_fields_still_reads() {
+        let config = crate::config::parse(
+            "interface = \"eth0\"\n[[vip]]\nname = \"w\"\naddress = \"198.18.100.2\"\nport = 80\nprotocol = \"tcp\"\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let none = BTreeMap::new();
+        let none_drift = BTreeMap::new();
+        let none_checked = BTreeMap::new();
+        let ctx = StatusContext {
+            interface: "eth0",
+            revision: 1,
+            applied_at_unix_seconds: 0,
+            observed_seconds: 0.0,
+            generated_at_unix_seconds: 0.0,
+            reports: &none,
+            drift: &none_drift,
+            drift_checked_at: &none_checked,
+            bake: None,
+            conn_scan: None,
+        };
+        let s = build(
+            &ctx,
+            &desired,
+            &CounterSnapshot::default(),
+            &CounterSnapshot::default(),
+        );
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("events");
+        json.as_object_mut().unwrap().remove("conn_table");
+        json["vips"][0]["backends"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("flows");
+        let back: Status = serde_json::from_value(json).expect("an older document parses");
+        assert_eq!(back, s);
     }
 }

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use xlb::config::{self, BackendState, ConfigError, Protocol, load, parse};
+use xlb::config::{
+    self, BackendState, ConfigError, Forwarding, HashMode, IcmpEcho, Protocol, Tunnel, load, parse,
+};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -28,6 +30,10 @@ fn example_config_loads() {
     let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.interface, "eth0");
     assert_eq!(config.hash_seed, 1);
+    assert_eq!(config.conn_table_size, lb_common::maps::CONN_TABLE_SIZE);
+    assert_eq!(config.icmp_echo, IcmpEcho::Reply);
+    // [tunnel] is shown commented out: the demo forwards with L2 DSR.
+    assert_eq!(config.tunnel, Tunnel::default());
     let summary: Vec<(String, String, usize)> = config
         .vips
         .iter()
@@ -43,6 +49,10 @@ fn example_config_loads() {
     );
     for vip in &config.vips {
         assert_eq!(vip.table_size, lb_common::maps::DEFAULT_TABLE_SIZE);
+        assert_eq!(
+            (vip.forwarding, vip.hash),
+            (Forwarding::Dsr, HashMode::FiveTuple)
+        );
         let backends: Vec<(&str, String, String, u32, BackendState)> = vip
             .backends
             .iter()
@@ -99,7 +109,7 @@ fn example_config_loads() {
 #[test]
 fn bad_configs_are_rejected_with_the_expected_problems() {
     let files = bad_configs();
-    assert!(files.len() >= 24, "only {} bad configs", files.len());
+    assert!(files.len() >= 64, "only {} bad configs", files.len());
     let mut failures = Vec::new();
     for path in &files {
         let file = path.display().to_string();

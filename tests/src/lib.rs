@@ -3,12 +3,17 @@
 
 pub mod browser;
 pub mod client;
+pub mod cpu_time;
+pub mod depth_frames;
+pub mod echo;
+pub mod haproxy;
 pub mod logins;
 pub mod netns;
 pub mod packets;
 pub mod prom;
 pub mod servers;
 pub mod testbed;
+pub mod tunnel;
 pub mod xlbd;
 
 /// Run `f` in a fresh work directory `<tmp>/xlb-<name>-<pid>`; removed

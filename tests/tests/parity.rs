@@ -2,7 +2,9 @@
 //! balancer with BPF_PROG_TEST_RUN; the backend it chose (read from the
 //! output frame's destination MAC) must be the one `xlb::simulate` names for
 //! the same flow. The observed split over backends must also be near each
-//! backend's share of its Maglev table (a loose sanity bound).
+//! backend's share of its Maglev table (a loose sanity bound). Run for the
+//! default hash mode (the 5-tuple) and for the others (`hash = "source"`,
+//! `"no_ports"`), whose flows the simulator hashes with `hash_input`.
 //!
 //! The RNG seed is printed; set XLB_PARITY_SEED to replay a run.
 
@@ -85,6 +87,42 @@ backend = [
 ]
 "#;
 
+/// The same VIPs and backends hashed otherwise: the fixed-port TCP VIPs by
+/// source address only, the wildcard UDP VIPs without ports.
+fn hash_modes_config() -> String {
+    let mut text = String::new();
+    for line in CONFIG.lines() {
+        text.push_str(
+            &line
+                .replace("name = \"web", "name = \"src")
+                .replace("name = \"any", "name = \"np"),
+        );
+        text.push('\n');
+        if line.starts_with("protocol = \"tcp\"") {
+            text.push_str("hash = \"source\"\n");
+        } else if line.starts_with("protocol = \"udp\"") {
+            text.push_str("hash = \"no_ports\"\n");
+        }
+    }
+    text
+}
+
+/// The VIPs the random flows go to, per family: a fixed-port VIP and a
+/// port-0 one.
+struct Targets {
+    v4: (&'static str, &'static str),
+    v6: (&'static str, &'static str),
+}
+
+const FIVE_TUPLE: Targets = Targets {
+    v4: ("web4", "any4"),
+    v6: ("web6", "any6"),
+};
+const HASH_MODES: Targets = Targets {
+    v4: ("src4", "np4"),
+    v6: ("src6", "np6"),
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     V4,
@@ -112,10 +150,10 @@ fn client(rng: &mut StdRng, family: Family) -> IpAddr {
 
 /// A random flow to one of the family's two VIPs: the fixed-port TCP VIP, or
 /// any port of the UDP wildcard VIP.
-fn random_flow(rng: &mut StdRng, family: Family, desired: &Desired) -> Flow {
+fn random_flow(rng: &mut StdRng, family: Family, desired: &Desired, targets: &Targets) -> Flow {
     let (fixed, wildcard) = match family {
-        Family::V4 => ("web4", "any4"),
-        Family::V6 => ("web6", "any6"),
+        Family::V4 => targets.v4,
+        Family::V6 => targets.v6,
     };
     let name = if rng.random_bool(0.5) {
         fixed
@@ -142,11 +180,11 @@ fn random_flow(rng: &mut StdRng, family: Family, desired: &Desired) -> Flow {
     }
 }
 
-fn parity(test: &str, family: Family) {
+fn parity(test: &str, family: Family, config: &str, targets: &Targets) {
     if !tests::privileged(test) {
         return;
     }
-    let config = xlb::config::parse(CONFIG, "parity.toml").expect("parity config is valid");
+    let config = xlb::config::parse(config, "parity.toml").expect("parity config is valid");
     let desired = xlb::state::desired(&config, &Allocation::default()).expect("desired state");
     let mut dp = Dataplane::load().expect("load the balancer");
     dp.apply(LB_MAC, &desired, None)
@@ -170,7 +208,7 @@ fn parity(test: &str, family: Family) {
 
     let started = Instant::now();
     for _ in 0..FLOWS {
-        let flow = random_flow(&mut rng, family, &desired);
+        let flow = random_flow(&mut rng, family, &desired, targets);
         let (want, _) = expected_backend(&desired, &flow).expect("the simulator picks a backend");
         let vip = &xlb::simulate::vip_for(&desired, &flow)
             .expect("a VIP flow")
@@ -279,10 +317,40 @@ fn parity(test: &str, family: Family) {
 
 #[test]
 fn kernel_matches_simulator_ipv4() {
-    parity("kernel_matches_simulator_ipv4", Family::V4);
+    parity(
+        "kernel_matches_simulator_ipv4",
+        Family::V4,
+        CONFIG,
+        &FIVE_TUPLE,
+    );
 }
 
 #[test]
 fn kernel_matches_simulator_ipv6() {
-    parity("kernel_matches_simulator_ipv6", Family::V6);
+    parity(
+        "kernel_matches_simulator_ipv6",
+        Family::V6,
+        CONFIG,
+        &FIVE_TUPLE,
+    );
+}
+
+#[test]
+fn kernel_matches_simulator_hash_modes_ipv4() {
+    parity(
+        "kernel_matches_simulator_hash_modes_ipv4",
+        Family::V4,
+        &hash_modes_config(),
+        &HASH_MODES,
+    );
+}
+
+#[test]
+fn kernel_matches_simulator_hash_modes_ipv6() {
+    parity(
+        "kernel_matches_simulator_hash_modes_ipv6",
+        Family::V6,
+        &hash_modes_config(),
+        &HASH_MODES,
+    );
 }

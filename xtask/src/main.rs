@@ -5,7 +5,8 @@
 //! - `test`: setup, then every test (the command CI runs);
 //! - `demo`: setup, build, and run the namespace demo;
 //! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
-//! - `bench`: setup, then the benchmarks in xtask/benches.
+//! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
+//!   the named ones; `dataplane` names the data-plane group).
 
 mod setup;
 
@@ -39,7 +40,57 @@ enum Cmd {
     /// namespaces (docs/INCIDENT.md); exit 1 when it misses a goal.
     IncidentReplay,
     /// Run the benchmarks (xtask/benches); results go to docs/BENCHMARKS.md by hand.
-    Bench,
+    Bench {
+        /// Benches to run (file names in xtask/benches, or `dataplane` for the
+        /// data-plane group); none runs them all.
+        names: Vec<String>,
+    },
+}
+
+/// Every bench in xtask/benches, in the order `cargo xtask bench` runs them.
+const BENCHES: &[&str] = &[
+    "maglev",
+    "dataplane",
+    "lru_choice",
+    "veth_pps",
+    "vs_haproxy",
+    "observe",
+];
+
+/// Names that stand for several benches. `dataplane` is the issue's
+/// `cargo xtask bench dataplane`: the per-packet times, the connection-table
+/// LRU choice, packets per second on a veth, connections per second against
+/// HAProxy. (So the per-packet bench alone is `cargo bench -p xtask --bench
+/// dataplane`.)
+const GROUPS: &[(&str, &[&str])] = &[(
+    "dataplane",
+    &["dataplane", "lru_choice", "veth_pps", "vs_haproxy"],
+)];
+
+/// The benches `names` stand for, in `BENCHES` order, each once.
+fn benches_named(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    if names.is_empty() {
+        return Ok(BENCHES.to_vec());
+    }
+    let mut wanted = Vec::new();
+    for name in names {
+        if let Some((_, members)) = GROUPS.iter().find(|(group, _)| group == name) {
+            wanted.extend_from_slice(members);
+        } else if let Some(bench) = BENCHES.iter().find(|b| *b == name) {
+            wanted.push(*bench);
+        } else {
+            bail!(
+                "no bench named {name:?}; benches: {}; groups: {}",
+                BENCHES.join(", "),
+                GROUPS.iter().map(|(g, _)| *g).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(BENCHES
+        .iter()
+        .copied()
+        .filter(|b| wanted.contains(b))
+        .collect())
 }
 
 pub fn cargo() -> Command {
@@ -75,19 +126,15 @@ fn main() -> anyhow::Result<()> {
                 .args(["test", "--workspace", "--exclude", "lb-ebpf"])
                 .args(&args))
         }
-        Cmd::Bench => {
+        Cmd::Bench { names } => {
+            let benches = benches_named(&names)?;
             setup::setup()?;
-            run(cargo().args([
-                "bench",
-                "-p",
-                "xtask",
-                "--bench",
-                "maglev",
-                "--bench",
-                "dataplane",
-                "--bench",
-                "observe",
-            ]))
+            let mut cmd = cargo();
+            cmd.args(["bench", "-p", "xtask"]);
+            for bench in benches {
+                cmd.args(["--bench", bench]);
+            }
+            run(&mut cmd)
         }
         Cmd::Demo => {
             setup::setup()?;
@@ -98,6 +145,47 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
             run(cargo().args(["run", "-p", "tests", "--bin", "xlb-incident"]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn no_name_runs_every_bench() {
+        assert_eq!(benches_named(&[]).unwrap(), BENCHES);
+    }
+
+    #[test]
+    fn dataplane_names_the_group_and_others_add_to_it_once() {
+        assert_eq!(
+            benches_named(&names(&["observe", "dataplane", "veth_pps"])).unwrap(),
+            ["dataplane", "lru_choice", "veth_pps", "vs_haproxy", "observe"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_known_ones() {
+        let e = benches_named(&names(&["pps"])).unwrap_err().to_string();
+        assert!(e.contains("\"pps\""), "{e}");
+        assert!(e.contains("veth_pps"), "{e}");
+    }
+
+    #[test]
+    fn every_bench_file_is_known() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let stem = path.file_stem().unwrap().to_str().unwrap();
+                assert!(BENCHES.contains(&stem), "{stem}.rs is not in BENCHES");
+            }
         }
     }
 }

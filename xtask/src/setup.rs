@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 
 use crate::run;
 
-/// Debian packages the tests and the demo use.
+/// Debian packages the tests, the demo and the benches use.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // Headless, for the status page test.
     "chromium",
+    // The baseline of the connections-per-second bench (xtask/benches/vs_haproxy.rs).
+    "haproxy",
 ];
 
 fn ok(cmd: &mut Command) -> bool {

@@ -2,6 +2,9 @@
 //! file, line, column, field and reason. Pure: no I/O beyond reading the file.
 
 mod error;
+mod forwarding;
+#[cfg(test)]
+mod forwarding_tests;
 mod model;
 #[cfg(test)]
 mod tests;

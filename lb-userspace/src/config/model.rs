@@ -51,8 +51,9 @@ impl Issues {
 }
 
 /// Keys of the top level, of a `[[vip]]`, of a `[[vip.backend]]`, of an
-/// `[imbalance]` or `[vip.imbalance]` table and of a `[safety]` or
-/// `[vip.safety]` table, in the order the error message lists them.
+/// `[imbalance]` or `[vip.imbalance]` table, of a `[safety]` or
+/// `[vip.safety]` table and of the `[tunnel]` table, in the order the error
+/// message lists them.
 pub(super) const ROOT_KEYS: &[&str] = &[
     "interface",
     "hash_seed",
@@ -60,6 +61,9 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "metrics_address",
     "imbalance",
     "safety",
+    "conn_table_size",
+    "icmp_echo",
+    "tunnel",
 ];
 pub(super) const VIP_KEYS: &[&str] = &[
     "name",
@@ -70,6 +74,8 @@ pub(super) const VIP_KEYS: &[&str] = &[
     "backend",
     "imbalance",
     "safety",
+    "forwarding",
+    "hash",
 ];
 pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state", "capacity"];
 pub(super) const IMBALANCE_KEYS: &[&str] = &[
@@ -86,13 +92,26 @@ pub(super) const SAFETY_KEYS: &[&str] = &[
     "max_flows_moved",
     "max_capacity_removed",
 ];
+pub(super) const TUNNEL_KEYS: &[&str] = &["source_v4", "source_v6", "gue_port", "gateway_mac"];
+
+/// VIP keys that are not also top-level keys (a hint when one is written at
+/// the top).
+const VIP_ONLY_KEYS: &[&str] = &["forwarding", "hash"];
 
 /// The tables a VIP may have as well as the top level.
 const SECTION_KEYS: &[&str] = &["imbalance", "safety"];
 
 /// Top-level keys other than `imbalance` and `safety` (which a VIP may have
 /// too).
-const ROOT_ONLY_KEYS: &[&str] = &["interface", "hash_seed", "vip", "metrics_address"];
+const ROOT_ONLY_KEYS: &[&str] = &[
+    "interface",
+    "hash_seed",
+    "vip",
+    "metrics_address",
+    "conn_table_size",
+    "icmp_echo",
+    "tunnel",
+];
 
 #[derive(Debug)]
 pub(super) struct RawConfig {
@@ -103,6 +122,9 @@ pub(super) struct RawConfig {
     pub imbalance: Option<RawImbalance>,
     /// `[safety]`: the defaults of every VIP.
     pub safety: Option<RawSafety>,
+    pub conn_table_size: Option<Sp<i128>>,
+    pub icmp_echo: Option<Sp<String>>,
+    pub tunnel: Option<RawTunnel>,
     pub vips: Vec<RawVip>,
 }
 
@@ -117,6 +139,8 @@ pub(super) struct RawVip {
     pub port: Option<Sp<i128>>,
     pub protocol: Option<Sp<String>>,
     pub table_size: Option<Sp<i128>>,
+    pub forwarding: Option<Sp<String>>,
+    pub hash: Option<Sp<String>>,
     /// `[vip.imbalance]`: this VIP's own thresholds, key by key.
     pub imbalance: Option<RawImbalance>,
     /// `[vip.safety]`: this VIP's own limits, key by key.
@@ -167,6 +191,18 @@ pub(super) struct RawSafety {
     pub max_capacity_removed: Option<Sp<f64>>,
 }
 
+/// The `[tunnel]` table. Every key is optional.
+#[derive(Debug)]
+pub(super) struct RawTunnel {
+    /// The table's header (or the inline table).
+    pub span: Range<usize>,
+    /// Prefixes as written (`"198.18.200.0/24"`); `validate` parses them.
+    pub source_v4: Option<Sp<String>>,
+    pub source_v6: Option<Sp<String>>,
+    pub gue_port: Option<Sp<i128>>,
+    pub gateway_mac: Option<Sp<String>>,
+}
+
 /// Hints for a key that is not allowed here but is a key of another table:
 /// (those keys, what to say), the first match wins.
 type Hints<'h> = &'h [(&'h [&'h str], &'h str)];
@@ -176,6 +212,11 @@ const THRESHOLD_HINT_ROOT: &str =
     "is an imbalance threshold: put it in an [imbalance] section (defaults for every VIP)";
 const THRESHOLD_HINT_VIP: &str =
     "is an imbalance threshold: put it in a [vip.imbalance] section (this VIP's own)";
+/// A tunnel setting written outside its table.
+const TUNNEL_HINT: &str =
+    "is a tunnel setting: put it in a [tunnel] section, above the first [[vip]]";
+/// A VIP key written at the top level.
+const VIP_KEY_HINT_ROOT: &str = "is a setting of each VIP: write it under each [[vip]] header";
 /// A safety limit written outside its table.
 const SAFETY_HINT_ROOT: &str =
     "is a safety limit: put it in a [safety] section (defaults for every VIP)";
@@ -195,6 +236,8 @@ impl RawConfig {
             &[
                 (IMBALANCE_KEYS, THRESHOLD_HINT_ROOT),
                 (SAFETY_KEYS, SAFETY_HINT_ROOT),
+                (TUNNEL_KEYS, TUNNEL_HINT),
+                (VIP_ONLY_KEYS, VIP_KEY_HINT_ROOT),
             ],
             issues,
         );
@@ -236,6 +279,11 @@ impl RawConfig {
                 issues,
             )
         });
+        let conn_table_size = root.integer("conn_table_size", false, issues);
+        let icmp_echo = root.string("icmp_echo", false, issues);
+        let tunnel = root
+            .table("tunnel", "a [tunnel] section", issues)
+            .map(|t| RawTunnel::read(&t, issues));
         let vips = if let Some(v) = root.get("vip")
             && let DeValue::Table(t) = v.get_ref()
             && let Some(section) = t
@@ -265,7 +313,33 @@ impl RawConfig {
             metrics_address,
             imbalance,
             safety,
+            conn_table_size,
+            icmp_echo,
+            tunnel,
             vips,
+        }
+    }
+}
+
+impl RawTunnel {
+    fn read(t: &Table<'_, '_>, issues: &mut Issues) -> RawTunnel {
+        t.check_keys(
+            TUNNEL_KEYS,
+            &[
+                (
+                    ROOT_ONLY_KEYS,
+                    "is a top-level key: move it above the [tunnel] header",
+                ),
+                (VIP_KEYS, "is a VIP key: write it under a [[vip]] header"),
+            ],
+            issues,
+        );
+        RawTunnel {
+            span: t.span.clone(),
+            source_v4: t.string_like("source_v4", false, Some("\"198.18.200.0/24\""), issues),
+            source_v6: t.string_like("source_v6", false, Some("\"2001:db8:ff::/96\""), issues),
+            gue_port: t.integer("gue_port", false, issues),
+            gateway_mac: t.string("gateway_mac", false, issues),
         }
     }
 }
@@ -281,6 +355,7 @@ impl RawVip {
                 ),
                 (IMBALANCE_KEYS, THRESHOLD_HINT_VIP),
                 (SAFETY_KEYS, SAFETY_HINT_VIP),
+                (TUNNEL_KEYS, TUNNEL_HINT),
             ],
             issues,
         );
@@ -292,6 +367,8 @@ impl RawVip {
             port: t.integer("port", true, issues),
             protocol: t.string("protocol", true, issues),
             table_size: t.integer("table_size", false, issues),
+            forwarding: t.string("forwarding", false, issues),
+            hash: t.string("hash", false, issues),
             imbalance: t
                 .table("imbalance", "a [vip.imbalance] section", issues)
                 .map(|i| {
@@ -366,6 +443,7 @@ impl RawBackend {
                 ),
                 (IMBALANCE_KEYS, THRESHOLD_HINT_VIP),
                 (SAFETY_KEYS, SAFETY_HINT_VIP),
+                (TUNNEL_KEYS, TUNNEL_HINT),
             ],
             issues,
         );
@@ -374,7 +452,8 @@ impl RawBackend {
             span: t.span.clone(),
             name: t.string("name", true, issues),
             address: t.string("address", true, issues),
-            mac: t.string("mac", true, issues),
+            // Required for a "dsr" VIP only: `validate` knows the VIP's method.
+            mac: t.string("mac", false, issues),
             weight: t.integer("weight", false, issues),
             state: t.string("state", false, issues),
             capacity: t.number("capacity", issues),

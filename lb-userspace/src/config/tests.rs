@@ -444,15 +444,17 @@ fn misplaced_settings_get_a_hint() {
                  protocol = \"tcp\"\nhold = \"5s\"\n"
             ),
             "f.toml:7:1: vip[0].hold: unknown field \"hold\", expected one of: name, address, \
-             port, protocol, table_size, backend, imbalance, safety (\"hold\" is an imbalance \
+             port, protocol, table_size, backend, imbalance, safety, forwarding, hash (\"hold\" \
+             is an imbalance \
              threshold: put it in a [vip.imbalance] section (this VIP's own))",
         ),
         (
             // ... or at the top level.
             format!("{HEAD}max_cv = 1\n"),
             "f.toml:2:1: max_cv: unknown field \"max_cv\", expected one of: interface, \
-             hash_seed, vip, metrics_address, imbalance, safety (\"max_cv\" is an imbalance \
-             threshold: put it in an [imbalance] section (defaults for every VIP))",
+             hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
+             tunnel (\"max_cv\" is an imbalance threshold: put it in an [imbalance] section \
+             (defaults for every VIP))",
         ),
         (
             // A top-level key after the [imbalance] header belongs to it.
@@ -827,7 +829,8 @@ fn every_bad_safety_value_is_one_located_problem() {
             "max_flows_moved = 0.5",
             "root",
             "f.toml:2:1: max_flows_moved: unknown field \"max_flows_moved\", expected one of: \
-             interface, hash_seed, vip, metrics_address, imbalance, safety (\"max_flows_moved\" \
+             interface, hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, \
+             icmp_echo, tunnel (\"max_flows_moved\" \
              is a safety limit: put it in a [safety] section (defaults for every VIP))",
         ),
     ];
@@ -924,8 +927,8 @@ fn misplaced_safety_settings_get_a_hint() {
                  protocol = \"tcp\"\nmax_flows_moved = 1\n"
             ),
             "f.toml:7:1: vip[0].max_flows_moved: unknown field \"max_flows_moved\", expected one \
-             of: name, address, port, protocol, table_size, backend, imbalance, safety \
-             (\"max_flows_moved\" is a safety limit: put it in a [vip.safety] section (this \
+             of: name, address, port, protocol, table_size, backend, imbalance, safety, \
+             forwarding, hash (\"max_flows_moved\" is a safety limit: put it in a [vip.safety] section (this \
              VIP's own))",
         ),
         (

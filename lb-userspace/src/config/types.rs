@@ -2,7 +2,7 @@
 //! here has passed `validate`; nothing downstream re-checks it.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub use crate::detect::Thresholds;
 
@@ -16,7 +16,30 @@ pub struct Config {
     pub hash_seed: u32,
     /// Where the daemon serves /metrics, the status page and /api/status.
     pub metrics_address: SocketAddr,
+    /// Connection-table entries. Fixed while the program runs: the map is
+    /// sized when the daemon loads it.
+    pub conn_table_size: u32,
+    /// What happens to ICMP echo requests to a VIP address.
+    pub icmp_echo: IcmpEcho,
+    /// Settings of IPIP and GUE forwarding (`[tunnel]`).
+    pub tunnel: Tunnel,
     pub vips: Vec<Vip>,
+}
+
+impl Config {
+    /// No VIPs on `interface`, every other key at its default: what a
+    /// daemon serves before its first apply.
+    pub fn empty(interface: String) -> Config {
+        Config {
+            interface,
+            hash_seed: 0,
+            metrics_address: DEFAULT_METRICS_ADDRESS,
+            conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
+            icmp_echo: IcmpEcho::default(),
+            tunnel: Tunnel::default(),
+            vips: Vec::new(),
+        }
+    }
 }
 
 /// The metrics address when the config names none: loopback only.
@@ -31,6 +54,10 @@ pub struct Vip {
     /// 0 takes every port.
     pub port: u16,
     pub protocol: Protocol,
+    /// How frames reach the backends.
+    pub forwarding: Forwarding,
+    /// What of a flow picks its backend.
+    pub hash: HashMode,
     /// Maglev table size: a prime.
     pub table_size: u32,
     /// When the imbalance detector calls this VIP's split uneven.
@@ -78,6 +105,8 @@ pub struct Backend {
     /// Stable name, unique within the VIP; Maglev tables depend on it.
     pub name: String,
     pub address: IpAddr,
+    /// The backend's MAC (L2 DSR). All zeros for a backend of an IPIP or GUE
+    /// VIP that names none: the next hop comes from the kernel's FIB.
     pub mac: MacAddr,
     /// At least 1. Taking a backend out is a `state`, not weight 0.
     pub weight: u32,
@@ -102,6 +131,110 @@ pub enum BackendState {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MacAddr(pub [u8; 6]);
 
+/// How a VIP's frames reach its backends (`forwarding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// L2 direct server return: only the Ethernet addresses change; the
+    /// backend shares the balancer's L2 segment and holds the VIP.
+    #[default]
+    Dsr,
+    /// IP-in-IP to the backend's address.
+    Ipip,
+    /// GUE (IP in UDP) to the backend's address, so its NIC spreads flows.
+    Gue,
+}
+
+/// What of a flow the Maglev hash covers (`hash`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashMode {
+    /// Addresses, ports and protocol.
+    #[default]
+    FiveTuple,
+    /// The client's address only: every flow of a client to one backend.
+    Source,
+    /// Addresses and protocol, not ports: meant for UDP services whose
+    /// clients change source ports.
+    NoPorts,
+}
+
+/// ICMP echo requests to VIP addresses (`icmp_echo`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IcmpEcho {
+    /// The XDP program answers them.
+    #[default]
+    Reply,
+    /// They go on to the host's stack.
+    Pass,
+}
+
+/// `[tunnel]`: how IPIP and GUE frames are built.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tunnel {
+    /// Outer IPv4 source prefix; the flow hash fills its host bits.
+    pub source_v4: Option<Ipv4Prefix>,
+    /// Outer IPv6 source prefix (/96 to /128); the flow hash fills the host
+    /// bits, all within the last 32.
+    pub source_v6: Option<Ipv6Prefix>,
+    /// GUE destination port.
+    pub gue_port: u16,
+    /// Next hop when the kernel's FIB cannot name one.
+    pub gateway_mac: Option<MacAddr>,
+}
+
+impl Default for Tunnel {
+    fn default() -> Self {
+        Self {
+            source_v4: None,
+            source_v6: None,
+            gue_port: lb_common::DEFAULT_GUE_PORT,
+            gateway_mac: None,
+        }
+    }
+}
+
+/// An IPv4 prefix whose host bits are zero: `198.18.200.0/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Prefix {
+    pub addr: Ipv4Addr,
+    /// 0 to 32.
+    pub len: u8,
+}
+
+/// An IPv6 prefix whose host bits are zero: `2001:db8:ff::/96`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv6Prefix {
+    pub addr: Ipv6Addr,
+    /// 96 to 128 (validated): the host bits fit in the last 32.
+    pub len: u8,
+}
+
+/// The host bits of a prefix of `len` bits within a 32-bit word, in network
+/// byte order: /24 -> 0.0.0.255, /32 -> 0, /0 -> 255.255.255.255.
+fn host_bits(len: u8) -> [u8; 4] {
+    u32::MAX
+        .checked_shr(u32::from(len))
+        .unwrap_or(0)
+        .to_be_bytes()
+}
+
+impl Ipv4Prefix {
+    /// The bits the flow hash fills (network byte order).
+    pub fn hostmask(&self) -> [u8; 4] {
+        host_bits(self.len)
+    }
+}
+
+impl Ipv6Prefix {
+    /// The bits of the last four bytes the flow hash fills (network byte
+    /// order): /96 -> ff.ff.ff.ff, /120 -> 0.0.0.ff, /128 -> 0.
+    pub fn hostmask(&self) -> [u8; 4] {
+        host_bits(self.len.saturating_sub(96))
+    }
+}
+
 impl Protocol {
     pub fn number(self) -> u8 {
         match self {
@@ -117,6 +250,95 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
         })
+    }
+}
+
+impl Forwarding {
+    /// Every value, as the config spells it.
+    pub const ALL: [Forwarding; 3] = [Forwarding::Dsr, Forwarding::Ipip, Forwarding::Gue];
+
+    /// `lb_common::METHOD_*`.
+    pub fn method(self) -> u8 {
+        match self {
+            Forwarding::Dsr => lb_common::METHOD_L2_DSR,
+            Forwarding::Ipip => lb_common::METHOD_IPIP,
+            Forwarding::Gue => lb_common::METHOD_GUE,
+        }
+    }
+
+    /// The backend's address is a tunnel's destination.
+    pub fn tunnels(self) -> bool {
+        self != Forwarding::Dsr
+    }
+}
+
+impl HashMode {
+    pub const ALL: [HashMode; 3] = [HashMode::FiveTuple, HashMode::Source, HashMode::NoPorts];
+
+    /// `lb_common::HASH_*`.
+    pub fn code(self) -> u8 {
+        match self {
+            HashMode::FiveTuple => lb_common::HASH_FIVE_TUPLE,
+            HashMode::Source => lb_common::HASH_SOURCE,
+            HashMode::NoPorts => lb_common::HASH_NO_PORTS,
+        }
+    }
+}
+
+impl IcmpEcho {
+    pub const ALL: [IcmpEcho; 2] = [IcmpEcho::Reply, IcmpEcho::Pass];
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Forwarding::Dsr => "dsr",
+            Forwarding::Ipip => "ipip",
+            Forwarding::Gue => "gue",
+        })
+    }
+}
+
+impl fmt::Display for HashMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HashMode::FiveTuple => "five_tuple",
+            HashMode::Source => "source",
+            HashMode::NoPorts => "no_ports",
+        })
+    }
+}
+
+impl fmt::Display for IcmpEcho {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IcmpEcho::Reply => "reply",
+            IcmpEcho::Pass => "pass",
+        })
+    }
+}
+
+impl fmt::Display for Ipv4Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl fmt::Display for Ipv6Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Serialize for Ipv4Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Serialize for Ipv6Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -15,12 +15,13 @@ use lb_common::maps::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS
 use toml::de::DeTable;
 
 use super::error::{ConfigError, Problem};
+use super::forwarding::VipContext;
 use super::model::{
     Issues, RawBackend, RawConfig, RawImbalance, RawSafety, RawVip, Sp, field_path,
 };
 use super::types::{
     Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, MacAddr, Protocol, Safety, Thresholds,
-    Vip,
+    Tunnel, Vip,
 };
 use crate::maglev::is_prime;
 
@@ -190,7 +191,7 @@ fn syntax_reason(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Byte offset → 1-based line and column (in characters).
-struct LineIndex<'t> {
+pub(super) struct LineIndex<'t> {
     text: &'t str,
     /// Byte offset of each line's start.
     starts: Vec<usize>,
@@ -214,14 +215,24 @@ impl<'t> LineIndex<'t> {
         (line, column)
     }
 
-    fn line(&self, offset: usize) -> usize {
+    pub(super) fn line(&self, offset: usize) -> usize {
         self.position(offset).0
     }
 }
 
-struct Checker<'a, 't> {
-    issues: &'a mut Issues,
-    lines: &'a LineIndex<'t>,
+/// Records the problems of one file. The rules live here and, for the
+/// forwarding settings, in `forwarding`.
+pub(super) struct Checker<'a, 't> {
+    pub(super) issues: &'a mut Issues,
+    pub(super) lines: &'a LineIndex<'t>,
+}
+
+/// What a VIP inherits from the top level.
+struct VipDefaults<'a> {
+    imbalance: &'a Thresholds,
+    safety: &'a Safety,
+    /// None when `[tunnel]` is invalid (reported).
+    tunnel: Option<&'a Tunnel>,
 }
 
 /// Where a VIP endpoint or a name was first seen.
@@ -231,7 +242,7 @@ struct First {
 }
 
 impl Checker<'_, '_> {
-    fn problem(
+    pub(super) fn problem(
         &mut self,
         span: &Range<usize>,
         field: impl Into<String>,
@@ -284,6 +295,9 @@ impl Checker<'_, '_> {
             None => Some(DEFAULT_METRICS_ADDRESS),
             Some(a) => self.metrics_address(a),
         };
+        let conn_table_size = self.conn_table_size(raw);
+        let icmp_echo = self.icmp_echo(raw);
+        let tunnel = self.tunnel(raw);
         // The defaults of every VIP. If they are wrong (reported), VIPs are
         // still checked against the built-in defaults, to report their own
         // problems too.
@@ -311,7 +325,12 @@ impl Checker<'_, '_> {
         for raw_vip in &raw.vips {
             let base = defaults.as_ref().unwrap_or(&builtin);
             let base_safety = safety_defaults.as_ref().unwrap_or(&builtin_safety);
-            match self.vip(raw_vip, base, base_safety, &mut names, &mut endpoints) {
+            let defaults = VipDefaults {
+                imbalance: base,
+                safety: base_safety,
+                tunnel: tunnel.as_ref(),
+            };
+            match self.vip(raw_vip, &defaults, &mut names, &mut endpoints) {
                 Some(vip) => vips.push(vip),
                 None => all_ok = false,
             }
@@ -322,6 +341,9 @@ impl Checker<'_, '_> {
             interface: interface?,
             hash_seed: hash_seed?,
             metrics_address: metrics_address?,
+            conn_table_size: conn_table_size?,
+            icmp_echo: icmp_echo?,
+            tunnel: tunnel?,
             vips: if all_ok { vips } else { return None },
         })
     }
@@ -356,8 +378,7 @@ impl Checker<'_, '_> {
     fn vip(
         &mut self,
         raw: &RawVip,
-        defaults: &Thresholds,
-        safety_defaults: &Safety,
+        defaults: &VipDefaults<'_>,
         names: &mut HashMap<String, First>,
         endpoints: &mut HashMap<(IpAddr, u16, Protocol), First>,
     ) -> Option<Vip> {
@@ -393,6 +414,8 @@ impl Checker<'_, '_> {
             .protocol
             .as_ref()
             .and_then(|p| self.protocol(p, &field_path(path, "protocol")));
+        let forwarding = self.forwarding(raw.forwarding.as_ref(), path);
+        let hash = self.hash_mode(raw.hash.as_ref(), path);
 
         if let (Some(address), Some(port), Some(protocol), Some(raw_address)) =
             (address, port, protocol, &raw.address)
@@ -402,6 +425,8 @@ impl Checker<'_, '_> {
                 address,
                 port,
                 protocol,
+                forwarding: Default::default(),
+                hash: Default::default(),
                 table_size: 0,
                 imbalance: Default::default(),
                 safety: Default::default(),
@@ -432,15 +457,26 @@ impl Checker<'_, '_> {
             }
         }
 
-        let backends = self.backends(raw);
+        let mut ctx = VipContext {
+            label: match &name {
+                Some(n) => format!("VIP {n:?}"),
+                None => path.clone(),
+            },
+            address,
+            forwarding,
+            tunnel: defaults.tunnel,
+            missing_v4_reported: false,
+            missing_v6_reported: false,
+        };
+        let backends = self.backends(raw, &mut ctx);
         let table_size = self.table_size(raw);
         let imbalance = match &raw.imbalance {
-            None => Some(defaults.clone()),
-            Some(table) => self.thresholds(table, defaults),
+            None => Some(defaults.imbalance.clone()),
+            Some(table) => self.thresholds(table, defaults.imbalance),
         };
         let safety = match &raw.safety {
-            None => Some(safety_defaults.clone()),
-            Some(table) => self.safety(table, safety_defaults),
+            None => Some(defaults.safety.clone()),
+            Some(table) => self.safety(table, defaults.safety),
         };
 
         Some(Vip {
@@ -448,6 +484,8 @@ impl Checker<'_, '_> {
             address: address?,
             port: port?,
             protocol: protocol?,
+            forwarding: forwarding?,
+            hash: hash?,
             table_size: table_size?,
             imbalance: imbalance?,
             safety: safety?,
@@ -455,13 +493,13 @@ impl Checker<'_, '_> {
         })
     }
 
-    fn backends(&mut self, vip: &RawVip) -> Option<Vec<Backend>> {
+    fn backends(&mut self, vip: &RawVip, ctx: &mut VipContext<'_>) -> Option<Vec<Backend>> {
         let mut names: HashMap<String, First> = HashMap::new();
         let mut addresses: HashMap<IpAddr, First> = HashMap::new();
         let mut out = Vec::with_capacity(vip.backends.len());
         let mut all_ok = true;
         for raw in &vip.backends {
-            match self.backend(raw, &mut names, &mut addresses) {
+            match self.backend(raw, ctx, &mut names, &mut addresses) {
                 Some(b) => out.push(b),
                 None => all_ok = false,
             }
@@ -472,6 +510,7 @@ impl Checker<'_, '_> {
     fn backend(
         &mut self,
         raw: &RawBackend,
+        ctx: &mut VipContext<'_>,
         names: &mut HashMap<String, First>,
         addresses: &mut HashMap<IpAddr, First>,
     ) -> Option<Backend> {
@@ -502,10 +541,11 @@ impl Checker<'_, '_> {
                 format!("duplicate backend address {address} in this VIP"),
             );
         }
-        let mac = raw
-            .mac
-            .as_ref()
-            .and_then(|m| self.mac(m, &field_path(path, "mac")));
+        if let (Some(address), Some(raw_address)) = (address, &raw.address) {
+            let label = raw.name.as_ref().map_or(path.as_str(), |n| &n.value);
+            self.tunnel_backend(ctx, label, address, raw_address, path);
+        }
+        let mac = self.backend_mac(raw.mac.as_ref(), &raw.span, path, ctx);
         let weight = match &raw.weight {
             None => Some(1),
             Some(w) => self.weight(w, &field_path(path, "weight")),
@@ -773,8 +813,9 @@ impl Checker<'_, '_> {
         }
     }
 
-    /// `02:00:00:00:00:11`: the backend's (or the next hop's) Ethernet address.
-    fn mac(&mut self, v: &Sp<String>, field: &str) -> Option<MacAddr> {
+    /// `02:00:00:00:00:11`: the backend's (or the gateway's) Ethernet
+    /// address; `whose` says which, in the messages: "the backend's".
+    pub(super) fn mac(&mut self, v: &Sp<String>, field: &str, whose: &str) -> Option<MacAddr> {
         let Some(mac) = parse_mac(&v.value) else {
             self.problem(
                 &v.span,
@@ -788,13 +829,13 @@ impl Checker<'_, '_> {
             return None;
         };
         let reason = if mac.0 == [0; 6] {
-            format!("{mac} is all zeros; give the backend's unicast MAC address")
+            format!("{mac} is all zeros; give {whose} unicast MAC address")
         } else if mac.0 == [0xff; 6] {
-            format!("{mac} is the broadcast address; give the backend's unicast MAC address")
+            format!("{mac} is the broadcast address; give {whose} unicast MAC address")
         } else if mac.0[0] & 1 == 1 {
             format!(
-                "{mac} is a multicast address (bit 0 of the first octet is set); give the \
-                 backend's unicast MAC address"
+                "{mac} is a multicast address (bit 0 of the first octet is set); give {whose} \
+                 unicast MAC address"
             )
         } else {
             return Some(mac);
@@ -1047,7 +1088,7 @@ impl Checker<'_, '_> {
     }
 
     /// An integer in `min..=max`; `note` follows the range in the message.
-    fn in_range(
+    pub(super) fn in_range(
         &mut self,
         v: &Sp<i128>,
         field: &str,
@@ -1212,12 +1253,17 @@ table_size = 101
             interface: "eth0".into(),
             hash_seed: 1,
             metrics_address: "[::1]:9471".parse().unwrap(),
+            conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
+            icmp_echo: Default::default(),
+            tunnel: Default::default(),
             vips: vec![
                 Vip {
                     name: "web".into(),
                     address: "198.18.100.1".parse().unwrap(),
                     port: 8080,
                     protocol: Protocol::Tcp,
+                    forwarding: Default::default(),
+                    hash: Default::default(),
                     table_size: 65537,
                     imbalance: Thresholds {
                         hold_seconds: 30.0,
@@ -1253,6 +1299,8 @@ table_size = 101
                     address: "2001:db8:100::1".parse().unwrap(),
                     port: 0,
                     protocol: Protocol::Udp,
+                    forwarding: Default::default(),
+                    hash: Default::default(),
                     table_size: DEFAULT_TABLE_SIZE,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
@@ -1278,6 +1326,8 @@ table_size = 101
                     address: "198.18.100.2".parse().unwrap(),
                     port: 53,
                     protocol: Protocol::Udp,
+                    forwarding: Default::default(),
+                    hash: Default::default(),
                     table_size: 101,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
@@ -1297,6 +1347,14 @@ table_size = 101
                 interface: "lo".into(),
                 hash_seed: 0,
                 metrics_address: crate::config::DEFAULT_METRICS_ADDRESS,
+                conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
+                icmp_echo: crate::config::IcmpEcho::Reply,
+                tunnel: crate::config::Tunnel {
+                    source_v4: None,
+                    source_v6: None,
+                    gue_port: lb_common::DEFAULT_GUE_PORT,
+                    gateway_mac: None,
+                },
                 vips: vec![]
             }
         );

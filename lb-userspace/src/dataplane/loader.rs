@@ -19,6 +19,11 @@ pub fn aux_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-aux"))
 }
 
+/// The backends' decap program (`xlb_decap`, run by `xlb decap`).
+pub fn decap_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(
@@ -168,6 +173,12 @@ pub struct Dataplane {
     pub(super) action_stats: PerCpuArray<MapData, Counters>,
     pub(super) drop_stats: PerCpuArray<MapData, Counters>,
     pub(super) config: Array<MapData, GlobalConfig>,
+    /// Per-CPU u64 per data-plane event (`stats::EV_*`).
+    pub(super) event_stats: PerCpuArray<MapData, u64>,
+    /// The connection table, for counting (see `conns`).
+    pub(super) conns: super::ConnTable,
+    /// XLB_CONNS's max_entries, fixed at load (`conn_table_size`).
+    conn_table_size: u32,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -184,6 +195,12 @@ impl Dataplane {
     /// Load the object and its program into the kernel (the verifier runs
     /// here); nothing is attached yet.
     pub fn load() -> Result<Self, DataplaneError> {
+        Self::load_with(maps::CONN_TABLE_SIZE)
+    }
+
+    /// `load` with a connection table of `conn_table_size` entries (the
+    /// config's `conn_table_size`; a map's size is fixed once created).
+    pub fn load_with(conn_table_size: u32) -> Result<Self, DataplaneError> {
         let object = balancer_object();
         if object.is_empty() {
             return Err(DataplaneError::NoObject);
@@ -192,6 +209,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::VIP_STATS, maps::MAX_VIPS * cpus)
             .map_max_entries(maps::BACKEND_STATS, maps::MAX_BACKENDS * cpus)
+            .map_max_entries(maps::CONNS, conn_table_size)
             .load(object)?;
         let name = maps::BALANCER_PROGRAM;
         let program: &mut Xdp = ebpf
@@ -219,8 +237,16 @@ impl Dataplane {
             action_stats: take(&mut ebpf, maps::ACTION_STATS)?,
             drop_stats: take(&mut ebpf, maps::DROP_STATS)?,
             config: take(&mut ebpf, maps::CONFIG)?,
+            conn_table_size,
+            event_stats: take(&mut ebpf, maps::EVENT_STATS)?,
+            conns: super::ConnTable::take(&mut ebpf)?,
             ebpf,
         })
+    }
+
+    /// Entries of the connection table the program was loaded with.
+    pub fn conn_table_size(&self) -> u32 {
+        self.conn_table_size
     }
 
     /// The loaded balancer program (for BPF_PROG_TEST_RUN, or to attach).

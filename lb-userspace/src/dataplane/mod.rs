@@ -3,14 +3,19 @@
 //! - `loader`: the embedded objects, loading and attaching;
 //! - `writer`: turning a `state::Desired` into map updates, atomically per VIP;
 //! - `reader`: counters, summed over CPUs, and the live tables;
+//! - `conns`: the connection table counted (fill, flows per backend);
 //! - `mmap`: BPF arrays mapped into memory.
 
+mod conns;
 mod host;
 mod loader;
 mod mmap;
 mod reader;
 mod writer;
 
+pub use conns::{
+    ConnScan, ConnTable, SCAN_PERIOD as CONN_SCAN_PERIOD, pause_after as conn_scan_pause,
+};
 pub use host::HostInterface;
-pub use loader::{Dataplane, DataplaneError, aux_object, balancer_object};
+pub use loader::{Dataplane, DataplaneError, aux_object, balancer_object, decap_object};
 pub use reader::CounterSnapshot;

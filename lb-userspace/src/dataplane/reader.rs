@@ -4,7 +4,7 @@
 use aya::maps::{MapData, PerCpuArray};
 use lb_common::{
     Counters, maps,
-    stats::{ACTION_COUNT, DROP_REASON_COUNT},
+    stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
 };
 
 use super::{Dataplane, DataplaneError, loader::map_err, mmap::MappedArray};
@@ -29,6 +29,12 @@ fn total(values: &[Counters]) -> Counters {
     values.iter().fold(Counters::default(), add)
 }
 
+/// One event counter summed over CPUs. Wrapping, as the kernel's per-CPU
+/// increments wrap: a Prometheus counter that wraps reads as a reset.
+pub(crate) fn sum_cpus(values: &[u64]) -> u64 {
+    values.iter().fold(0, |a, b| a.wrapping_add(*b))
+}
+
 /// Every counter the status needs, read at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct CounterSnapshot {
@@ -42,6 +48,8 @@ pub struct CounterSnapshot {
     pub drops: Vec<Counters>,
     /// All actions of each CPU, by CPU number.
     pub per_cpu: Vec<Counters>,
+    /// Data-plane events, by `stats::EV_*`.
+    pub events: Vec<u64>,
 }
 
 impl Dataplane {
@@ -53,7 +61,8 @@ impl Dataplane {
         self.backend_stats.sum(backend_id)
     }
 
-    /// Counters of the given VIP and backend ids, and all action and drop counters.
+    /// Counters of the given VIP and backend ids, and all action, drop and
+    /// event counters.
     pub fn snapshot(
         &self,
         vip_ids: impl IntoIterator<Item = u32>,
@@ -79,6 +88,13 @@ impl Dataplane {
         for d in 0..DROP_REASON_COUNT {
             s.drops
                 .push(total(&per_cpu(&self.drop_stats, maps::DROP_STATS, d)?));
+        }
+        for ev in 0..EVENT_COUNT {
+            let cpus = self
+                .event_stats
+                .get(&ev, 0)
+                .map_err(map_err(maps::EVENT_STATS))?;
+            s.events.push(sum_cpus(&cpus));
         }
         Ok(s)
     }
@@ -120,5 +136,18 @@ impl Dataplane {
     /// The kernel's backend entry for `backend_id` (from memory).
     pub fn live_backend(&self, backend_id: u32) -> lb_common::Backend {
         self.backends.get(backend_id as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_summed_over_cpus() {
+        assert_eq!(sum_cpus(&[]), 0);
+        assert_eq!(sum_cpus(&[3, 0, 4, 10]), 17);
+        // A CPU's counter that wrapped does not panic the collector.
+        assert_eq!(sum_cpus(&[u64::MAX, 2]), 1);
     }
 }

@@ -1,27 +1,45 @@
 //! Writing a `Desired` state into the maps, in the order that keeps every
 //! packet consistent:
 //!
-//! 1. host config (interface MAC, hash seed);
+//! 1. host config (interface MAC, hash seed, tunnel settings);
 //! 2. entries and zeroed counters of new backend ids (no table names them yet);
 //! 3. each changed table, filled in a fresh inner map, then swapped in with one
 //!    update of the outer map;
-//! 4. VIP entries (a new VIP becomes visible only once its table is there);
-//! 5. VIP entries that are gone are removed.
+//! 4. VIP entries (a new VIP becomes visible only once its table is there),
+//!    then the ICMP echo entries (they name VIP ids written in 4);
+//! 5. VIP and echo entries that are gone are removed;
+//! 6. after `RETIRE_GRACE`, the entries of backend ids no table names any
+//!    more (removed or changed backends) lose `BACKEND_F_VALID`.
 //!
-//! Old backend entries are left as they are: a packet that read the old table
-//! just before the swap may still be reading them.
+//! Step 6 is what re-steers a removed backend's flows: the connection table
+//! still remembers them on its id, and the program hashes a flow again onto
+//! the live table when its remembered entry is not valid. The entries stay
+//! valid until then because a packet that read the old table (or the
+//! connection table) just before the swap reads the backend entry next.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{Ordering, fence};
+use std::time::Duration;
 
 use aya::maps::MapData;
-use lb_common::{GlobalConfig, LAYOUT_VERSION, maps};
+use lb_common::{BACKEND_F_VALID, Backend as KernelBackend, maps};
 
+use super::HostInterface;
 use super::{
     Dataplane, DataplaneError,
     loader::{io_err, map_err},
     mmap::MappedArray,
 };
-use super::HostInterface;
 use crate::config::Config;
 use crate::state::{Allocation, Desired, DesiredVip, kernel_backend};
+
+/// How long the entry of a backend id that no live table names any more
+/// stays valid after the swap. A packet that read the old table (or the
+/// connection table) just before the swap reads the backend entry next, in
+/// the same run of the program; an XDP run takes microseconds and is not
+/// preempted, so a few milliseconds cover every such packet with a wide
+/// margin, and an apply that removes backends is only that much slower.
+pub const RETIRE_GRACE: Duration = Duration::from_millis(5);
 
 impl Dataplane {
     pub fn write_global(
@@ -29,22 +47,9 @@ impl Dataplane {
         host: &HostInterface,
         config: &Config,
     ) -> Result<(), DataplaneError> {
-        let cfg = GlobalConfig {
-            iface_mac: host.mac,
-            gateway_mac: [0; 6],
-            hash_seed: config.hash_seed,
-            layout_version: LAYOUT_VERSION,
-            ifindex: host.ifindex,
-            mtu: host.mtu,
-            gue_port_be: lb_common::DEFAULT_GUE_PORT.to_be(),
-            flags: 0,
-            tunnel_src_v4: [0; 4],
-            tunnel_src_v4_hostmask: [0; 4],
-            tunnel_src_v6: [0; 16],
-            tunnel_src_v6_hostmask: [0; 4],
-            _pad: 0,
-        };
-        self.config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+        self.config
+            .set(0, crate::state::global_config(host, config), 0)
+            .map_err(map_err(maps::CONFIG))
     }
 
     /// Build `slots` into a fresh inner array and swap it in for `vip_id`.
@@ -97,6 +102,57 @@ impl Dataplane {
         Ok(swap_seconds)
     }
 
+    /// Write the entry of a backend id no table names yet. First without
+    /// `BACKEND_F_VALID`, then whole: a packet that reads it meanwhile (a
+    /// flow the connection table still remembers on this id from before it
+    /// was retired) sees an invalid entry or a complete one, never a valid
+    /// entry with half of another backend's address in it.
+    fn publish_backend(&self, id: u32, entry: KernelBackend) {
+        let invalid = KernelBackend {
+            flags: entry.flags & !BACKEND_F_VALID,
+            ..entry
+        };
+        self.backends.set(id as usize, invalid);
+        fence(Ordering::Release);
+        self.backends.set(id as usize, entry);
+    }
+
+    /// After `RETIRE_GRACE`, take `BACKEND_F_VALID` from the entries of
+    /// `ids`, which no live table names any more. Only the flags byte
+    /// changes (the rest is rewritten with the bytes it holds), so a packet
+    /// reading an entry meanwhile sees it whole, valid or not.
+    fn retire_backends(&self, ids: &BTreeSet<u32>) {
+        if ids.is_empty() {
+            return;
+        }
+        std::thread::sleep(RETIRE_GRACE);
+        for &id in ids {
+            let entry = self.backends.get(id as usize);
+            self.backends.set(
+                id as usize,
+                KernelBackend {
+                    flags: entry.flags & !BACKEND_F_VALID,
+                    ..entry
+                },
+            );
+        }
+    }
+
+    /// Give the kept backends of a VIP whose id changed (a new table size)
+    /// the new VIP id, right after its VIP entry names that id. Only
+    /// `vip_id` differs from what the entry holds (an id's address and MAC
+    /// never change), so the entry stays valid throughout; a remembered flow
+    /// that reads the new VIP entry just before its backend's entry is
+    /// rewritten is hashed again (the kernel uses a remembered backend only
+    /// for its own VIP), a window of microseconds.
+    fn move_kept_backends(&self, vip: &DesiredVip, new_ids: &BTreeSet<u32>) {
+        for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+            if !new_ids.contains(&id) {
+                self.backends.set(id as usize, kernel_backend(b, vip.id));
+            }
+        }
+    }
+
     /// Rewrite every VIP's table and backend entries from `desired`, each
     /// table swapped in whole: undoes whatever changed them behind our back.
     pub fn rewrite(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
@@ -146,11 +202,19 @@ impl Dataplane {
         previous: Option<&Desired>,
     ) -> Result<(), DataplaneError> {
         self.fail_after_swaps = None;
+        let empty = Allocation::default();
+        // Ids the failed apply wrote: once the tables that may name them are
+        // swapped back out, flows remembered on them are hashed again.
+        let written = desired.new_backend_ids(previous.map_or(&empty, |p| &p.allocation));
         let Some(previous) = previous else {
             // Nothing was serving before: serve nothing.
             for vip in &desired.vips {
                 let _ = self.vips.remove(&vip.key);
             }
+            for (key, _) in &desired.echo {
+                let _ = self.vips.remove(key);
+            }
+            self.retire_backends(&written);
             return Ok(());
         };
         self.write_global(host, &previous.config)?;
@@ -159,12 +223,27 @@ impl Dataplane {
             self.vips
                 .insert(vip.key, vip.meta, 0)
                 .map_err(map_err(maps::VIPS))?;
+            // Back to the VIP id they had, if the failed apply moved them.
+            for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+                self.backends.set(id as usize, kernel_backend(b, vip.id));
+            }
+        }
+        for (key, meta) in &previous.echo {
+            self.vips
+                .insert(key, meta, 0)
+                .map_err(map_err(maps::VIPS))?;
         }
         for vip in &desired.vips {
             if !previous.vips.iter().any(|p| p.key == vip.key) {
                 let _ = self.vips.remove(&vip.key);
             }
         }
+        for (key, _) in &desired.echo {
+            if !previous.echo.iter().any(|(k, _)| k == key) {
+                let _ = self.vips.remove(key);
+            }
+        }
+        self.retire_backends(&written);
         Ok(())
     }
 
@@ -184,7 +263,7 @@ impl Dataplane {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 if new_backend_ids.contains(&id) {
                     self.backend_stats.zero(id);
-                    self.backends.set(id as usize, kernel_backend(b, vip.id));
+                    self.publish_backend(id, kernel_backend(b, vip.id));
                 }
             }
         }
@@ -197,6 +276,17 @@ impl Dataplane {
             let prev =
                 previous.and_then(|p| p.vips.iter().find(|v| v.config.name == vip.config.name));
             swaps.extend(self.write_vip(vip, prev)?);
+            if prev.is_some_and(|p| p.id != vip.id) {
+                self.move_kept_backends(vip, &new_backend_ids);
+            }
+        }
+        let previous_echo = previous.map_or(&[][..], |p| &p.echo[..]);
+        for entry @ (key, meta) in &desired.echo {
+            if !previous_echo.contains(entry) {
+                self.vips
+                    .insert(key, meta, 0)
+                    .map_err(map_err(maps::VIPS))?;
+            }
         }
         if let Some(previous) = previous {
             for old in &previous.vips {
@@ -204,7 +294,13 @@ impl Dataplane {
                     self.vips.remove(&old.key).map_err(map_err(maps::VIPS))?;
                 }
             }
+            for (key, _) in &previous.echo {
+                if !desired.echo.iter().any(|(k, _)| k == key) {
+                    self.vips.remove(key).map_err(map_err(maps::VIPS))?;
+                }
+            }
         }
+        self.retire_backends(&desired.retired_backend_ids(prev_alloc));
         Ok(swaps)
     }
 }

@@ -37,8 +37,9 @@ pub(super) fn vip_plan(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vip
         (None, Some(a)) => (
             Change::Added,
             vec![format!(
-                "VIP added: {}, table_size {}, {}",
+                "VIP added: {}, {}table_size {}, {}",
                 a.vip.endpoint(),
+                non_default_methods(a.vip),
                 a.vip.table_size,
                 count_backends(a.vip)
             )],
@@ -75,6 +76,51 @@ pub(super) fn config_details(base: &Config, candidate: &Config) -> Vec<String> {
         &base.metrics_address,
         &candidate.metrics_address,
     );
+    diff(
+        &mut out,
+        "conn_table_size",
+        &base.conn_table_size,
+        &candidate.conn_table_size,
+    );
+    diff(&mut out, "icmp_echo", &base.icmp_echo, &candidate.icmp_echo);
+    let (b, c) = (&base.tunnel, &candidate.tunnel);
+    diff(
+        &mut out,
+        "tunnel.source_v4",
+        &shown(b.source_v4),
+        &shown(c.source_v4),
+    );
+    diff(
+        &mut out,
+        "tunnel.source_v6",
+        &shown(b.source_v6),
+        &shown(c.source_v6),
+    );
+    diff(&mut out, "tunnel.gue_port", &b.gue_port, &c.gue_port);
+    diff(
+        &mut out,
+        "tunnel.gateway_mac",
+        &shown(b.gateway_mac),
+        &shown(c.gateway_mac),
+    );
+    out
+}
+
+/// An optional setting as a diff line shows it: its value, or `none`.
+fn shown<T: Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+/// "forwarding gue, hash source, " for what differs from the defaults
+/// (L2 DSR, the 5-tuple); empty for a VIP on both.
+fn non_default_methods(vip: &Vip) -> String {
+    let mut out = String::new();
+    if vip.forwarding != Default::default() {
+        out.push_str(&format!("forwarding {}, ", vip.forwarding));
+    }
+    if vip.hash != Default::default() {
+        out.push_str(&format!("hash {}, ", vip.hash));
+    }
     out
 }
 
@@ -148,6 +194,8 @@ fn vip_details(before: Side<'_>, after: Side<'_>) -> Vec<String> {
     diff(&mut out, "address", &b.address, &a.address);
     diff(&mut out, "port", &b.port, &a.port);
     diff(&mut out, "protocol", &b.protocol, &a.protocol);
+    diff(&mut out, "forwarding", &b.forwarding, &a.forwarding);
+    diff(&mut out, "hash", &b.hash, &a.hash);
     diff(&mut out, "table_size", &b.table_size, &a.table_size);
     diff(&mut out, "hash_seed", &before.built.seed, &after.built.seed);
     imbalance_details(&mut out, &b.imbalance, &a.imbalance);

@@ -1,16 +1,19 @@
 //! The tables both configs would build, and how many flows change backend
 //! between them.
 //!
-//! A new flow goes to `slots[flow_hash(flow, hash_seed) % M]`. Treating the
-//! flow hash as uniformly distributed (it is MurmurHash3's finaliser over the
-//! 5-tuple), the fraction of flows that change backend is:
+//! A new flow goes to `slots[flow_hash(hash_input(flow, hash), hash_seed) %
+//! M]`. Treating the flow hash as uniformly distributed (it is MurmurHash3's
+//! finaliser over what the VIP's hash mode keeps of the flow), the fraction
+//! of flows that change backend is:
 //!
-//! * same `table_size`, same `hash_seed`: a flow keeps its slot, so it is
-//!   exactly the fraction of slots whose owner (by name) differs;
-//! * another `table_size` (sizes are primes, so coprime) or another
-//!   `hash_seed`: a flow's old slot and new slot are independent: with a new
-//!   seed the hash itself is new, and with sizes M1 != M2 every pair (h mod M1,
-//!   h mod M2) occurs exactly once in any M1 x M2 consecutive hash values
+//! * same `table_size`, same `hash_seed`, same `hash` mode: a flow keeps its
+//!   slot, so it is exactly the fraction of slots whose owner (by name)
+//!   differs;
+//! * another `table_size` (sizes are primes, so coprime), another
+//!   `hash_seed` or another `hash` mode: a flow's old slot and new slot are
+//!   independent: with a new seed or a new mode the hash itself is new (the
+//!   mode changes the hash's input), and with sizes M1 != M2 every pair (h mod
+//!   M1, h mod M2) occurs exactly once in any M1 x M2 consecutive hash values
 //!   (Chinese remainder theorem). A flow then stays on its backend with
 //!   probability sum over backends of share_before x share_after, and the
 //!   moved fraction is 1 minus that, computed exactly from slot counts in
@@ -23,13 +26,15 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Vip;
+use crate::config::{HashMode, Vip};
 use crate::maglev::{self, MaglevBackend, MaglevError, MaglevTable};
 
-/// A VIP's table as one config builds it, with that config's seed.
+/// A VIP's table as one config builds it, with that config's seed and the
+/// VIP's hash mode: together, where a flow lands.
 pub(super) struct Built {
     pub table: MaglevTable,
     pub seed: u32,
+    pub hash: HashMode,
     /// `table.shares()`, indexed like `table.names`.
     shares: Vec<f64>,
 }
@@ -47,16 +52,18 @@ pub(super) fn build(vip: &Vip, seed: u32) -> Result<Built, MaglevError> {
     Ok(Built::from_table(
         maglev::build(&inputs, vip.table_size, seed)?,
         seed,
+        vip.hash,
     ))
 }
 
 impl Built {
-    pub fn from_table(table: MaglevTable, seed: u32) -> Built {
+    pub fn from_table(table: MaglevTable, seed: u32, hash: HashMode) -> Built {
         // Empty only without backends, so `shares` is then empty too.
         let shares = table.shares();
         Built {
             table,
             seed,
+            hash,
             shares,
         }
     }
@@ -89,7 +96,7 @@ pub(super) fn moved_ratio(before: &Built, after: &Built) -> f64 {
         (0, _) | (_, 0) => return 1.0,
         _ => {}
     }
-    if m1 == m2 && before.seed == after.seed {
+    if m1 == m2 && before.seed == after.seed && before.hash == after.hash {
         let moved = before
             .table
             .moved_slots(&after.table)

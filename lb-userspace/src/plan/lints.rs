@@ -77,6 +77,11 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
                 "; hash_seed {} -> {} gives every flow a new hash",
                 before.built.seed, after.built.seed
             )
+        } else if before.built.hash != after.built.hash {
+            format!(
+                "; hash {} -> {} gives every flow a new hash",
+                before.built.hash, after.built.hash
+            )
         } else {
             String::new()
         };

@@ -31,6 +31,8 @@ fn vip(name: &str, table_size: u32, backends: Vec<Backend>) -> Vip {
         address: "198.18.100.1".parse().unwrap(),
         port: 80,
         protocol: Protocol::Tcp,
+        forwarding: Default::default(),
+        hash: Default::default(),
         table_size,
         imbalance: Default::default(),
         safety: Safety::default(),
@@ -40,10 +42,9 @@ fn vip(name: &str, table_size: u32, backends: Vec<Backend>) -> Vip {
 
 fn config(hash_seed: u32, vips: Vec<Vip>) -> Config {
     Config {
-        interface: "eth0".into(),
         hash_seed,
-        metrics_address: config::DEFAULT_METRICS_ADDRESS,
         vips,
+        ..Config::empty("eth0".into())
     }
 }
 
@@ -335,18 +336,24 @@ fn disabling_3_of_4_backends_fails_capacity_removed() {
 }
 
 #[test]
-fn table_size_or_hash_seed_change_moves_most_flows() {
+fn table_size_hash_seed_or_hash_mode_change_moves_most_flows() {
     let base = equal(10);
     let mut bigger = base.clone();
     bigger.vips[0].table_size = 8191;
     let mut reseeded = base.clone();
     reseeded.hash_seed = 8;
+    let mut by_source = base.clone();
+    by_source.vips[0].hash = config::HashMode::Source;
     for (candidate, cause) in [
         (
             &bigger,
             "; table_size 4093 -> 8191 gives every flow a new slot",
         ),
         (&reseeded, "; hash_seed 7 -> 8 gives every flow a new hash"),
+        (
+            &by_source,
+            "; hash five_tuple -> source gives every flow a new hash",
+        ),
     ] {
         let p = plan(&base, candidate).unwrap();
         let moved = p.vips[0].flows_moved_ratio;
@@ -368,6 +375,35 @@ fn table_size_or_hash_seed_change_moves_most_flows() {
     let p = plan(&base, &bigger).unwrap();
     assert!(p.details.is_empty());
     assert_eq!(p.vips[0].details, ["table_size 4093 -> 8191"]);
+    let p = plan(&base, &by_source).unwrap();
+    assert!(p.details.is_empty());
+    assert_eq!(p.vips[0].details, ["hash five_tuple -> source"]);
+}
+
+#[test]
+fn a_forwarding_change_moves_no_flow() {
+    // The method says how frames reach the backend, not which backend.
+    let base = equal(10);
+    let mut gue = base.clone();
+    gue.vips[0].forwarding = config::Forwarding::Gue;
+    let p = plan(&base, &gue).unwrap();
+    assert!(p.changed && !p.refused());
+    assert_eq!(p.vips[0].change, Change::Changed);
+    assert_eq!(p.vips[0].details, ["forwarding dsr -> gue"]);
+    assert_eq!(p.vips[0].flows_moved_ratio, 0.0);
+    // A new VIP's line names what is not the default.
+    let mut api = vip("api", 1021, vec![backend(0, 1)]);
+    api.forwarding = config::Forwarding::Gue;
+    api.hash = config::HashMode::Source;
+    gue.vips.push(api);
+    let p = plan(&base, &gue).unwrap();
+    assert_eq!(
+        p.vips[1].details,
+        [
+            "VIP added: 198.18.100.1:80/tcp, forwarding gue, hash source, table_size 1021, \
+             1 backend (1 active)"
+        ]
+    );
 }
 
 #[test]
@@ -593,12 +629,27 @@ fn every_difference_has_a_line() {
     web.backends[0].mac = MacAddr([2, 0, 0, 0, 0, 0x99]);
     web.backends[1].capacity = 2.5;
     web.backends.remove(2);
+    web.forwarding = config::Forwarding::Ipip;
+    web.hash = config::HashMode::NoPorts;
+    c.conn_table_size = 1 << 20;
+    c.icmp_echo = config::IcmpEcho::Pass;
+    c.tunnel.source_v4 = Some(config::Ipv4Prefix {
+        addr: "198.18.200.0".parse().unwrap(),
+        len: 24,
+    });
+    c.tunnel.gue_port = 6081;
+    c.tunnel.gateway_mac = Some(MacAddr([2, 0, 0, 0, 0, 1]));
     let p = plan(&base, &c).unwrap();
     assert_eq!(
         p.details,
         [
             "interface eth0 -> eth1",
-            "metrics_address 127.0.0.1:9470 -> 127.0.0.1:9999"
+            "metrics_address 127.0.0.1:9470 -> 127.0.0.1:9999",
+            "conn_table_size 262144 -> 1048576",
+            "icmp_echo reply -> pass",
+            "tunnel.source_v4 none -> 198.18.200.0/24",
+            "tunnel.gue_port 6080 -> 6081",
+            "tunnel.gateway_mac none -> 02:00:00:00:00:01",
         ]
     );
     assert_eq!(
@@ -607,6 +658,8 @@ fn every_difference_has_a_line() {
             "address 198.18.100.1 -> 198.18.100.9",
             "port 8080 -> 8081",
             "protocol tcp -> udp",
+            "forwarding dsr -> ipip",
+            "hash five_tuple -> no_ports",
             "imbalance.max_ratio 1.5 -> 2",
             "imbalance.hold 10s -> 30s",
             "backend b1: address 198.18.0.11 -> 198.18.0.99",
@@ -674,7 +727,11 @@ fn moved_fraction_across_sizes_equals_brute_force() {
             .zip(weights)
             .map(|(&name, weight)| MaglevBackend { name, weight })
             .collect();
-        flows::Built::from_table(maglev::build(&inputs, m, 3).unwrap(), 3)
+        flows::Built::from_table(
+            maglev::build(&inputs, m, 3).unwrap(),
+            3,
+            config::HashMode::FiveTuple,
+        )
     };
     for (m1, m2, n1, n2) in [(101, 103, 4, 4), (101, 107, 4, 3), (109, 101, 2, 4)] {
         let (before, after) = (build(m1, n1), build(m2, n2));
@@ -688,10 +745,11 @@ fn moved_fraction_across_sizes_equals_brute_force() {
 }
 
 /// Against the real flow hash: push random flows through both configs as
-/// the XDP program would, and count those that change backend.
+/// the XDP program would (the VIP's hash mode, then the hash), and count
+/// those that change backend.
 #[test]
 fn moved_fraction_matches_real_flows() {
-    use lb_common::hash::{FlowWords, flow_hash};
+    use lb_common::hash::{FlowWords, flow_hash, hash_input};
     let base = equal(6);
     let mut bigger = base.clone();
     bigger.vips[0].table_size = 8191;
@@ -700,6 +758,10 @@ fn moved_fraction_matches_real_flows() {
     let mut weighted = base.clone();
     weighted.vips[0].backends[1].weight = 4;
     weighted.vips[0].backends.remove(5);
+    let mut by_source = base.clone();
+    by_source.vips[0].hash = config::HashMode::Source;
+    let mut no_ports = weighted.clone();
+    no_ports.vips[0].hash = config::HashMode::NoPorts;
 
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -716,20 +778,16 @@ fn moved_fraction_matches_real_flows() {
             proto: 6,
         })
         .collect();
-    for candidate in [&bigger, &reseeded, &weighted] {
+    let slot = |config: &Config, f: &FlowWords| {
+        let vip = &config.vips[0];
+        (flow_hash(&hash_input(f, vip.hash.code()), config.hash_seed) % vip.table_size) as usize
+    };
+    for candidate in [&bigger, &reseeded, &weighted, &by_source, &no_ports] {
         let before = flows::build(&base.vips[0], base.hash_seed).unwrap();
         let after = flows::build(&candidate.vips[0], candidate.hash_seed).unwrap();
         let moved = flows
             .iter()
-            .filter(|f| {
-                let a = before
-                    .table
-                    .owner((flow_hash(f, base.hash_seed) % M) as usize);
-                let b = after.table.owner(
-                    (flow_hash(f, candidate.hash_seed) % candidate.vips[0].table_size) as usize,
-                );
-                a != b
-            })
+            .filter(|f| before.table.owner(slot(&base, f)) != after.table.owner(slot(candidate, f)))
             .count() as f64
             / flows.len() as f64;
         let predicted = plan(&base, candidate).unwrap().vips[0].flows_moved_ratio;
@@ -898,7 +956,7 @@ fn same_assignment(before: &flows::Built, after: &flows::Built) -> bool {
     if t1.slots.is_empty() || t2.slots.is_empty() {
         return t1.slots.is_empty() && t2.slots.is_empty();
     }
-    if t1.slots.len() == t2.slots.len() && before.seed == after.seed {
+    if t1.slots.len() == t2.slots.len() && before.seed == after.seed && before.hash == after.hash {
         return (0..t1.slots.len()).all(|i| t1.owner(i) == t2.owner(i));
     }
     // Independent slots: only a single, same owner keeps every flow.

@@ -1,0 +1,506 @@
+//! `xlb decap`: the backend side of IPIP and GUE. Loads the `xlb_decap` XDP
+//! program (lb-ebpf/src/decap.rs), tells it the host's addresses and the GUE
+//! port, attaches it to one interface and keeps it there until SIGINT or
+//! SIGTERM; then detaches it and reports what it did.
+//!
+//! The program's map key and config layouts are defined in lb-ebpf/src/decap.rs
+//! (the decap program is not part of the balancer's lb-common contract) and
+//! mirrored here, with the same size checks; a test reads the map names and
+//! sizes out of the built object.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use bytemuck::{Pod, Zeroable};
+
+use crate::dataplane::{DataplaneError, decap_object};
+
+/// The XDP program in the decap object.
+pub const PROGRAM: &str = "xlb_decap";
+/// Host address (`DecapAddr`) -> 1: outer destinations to decapsulate for.
+pub const ADDRS_MAP: &str = "XLB_DECAP_ADDRS";
+/// The single `DecapConfig`.
+pub const CONFIG_MAP: &str = "XLB_DECAP_CONFIG";
+/// Per-CPU u64 per outcome, indexed as `STAT_NAMES`.
+pub const STATS_MAP: &str = "XLB_DECAP_STATS";
+/// Every map the decap object must define.
+pub const MAPS: [&str; 3] = [ADDRS_MAP, CONFIG_MAP, STATS_MAP];
+/// Entries of `ADDRS_MAP` (the object's max_entries).
+pub const MAX_ADDRS: usize = 1024;
+/// What each counter of `STATS_MAP` counts, in index order: frames
+/// decapsulated by kind and outer family, then frames passed untouched.
+pub const STAT_NAMES: [&str; 6] = ["ipip4", "ipip6", "gue4", "gue6", "not_ours", "malformed"];
+
+/// Key of `ADDRS_MAP`: an IPv4 address fills the first four bytes of `addr`.
+/// Mirrors `DecapAddr` in lb-ebpf/src/decap.rs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DecapAddr {
+    pub addr: [u8; 16],
+    /// `lb_common::FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<DecapAddr>() == 20);
+
+impl DecapAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        let mut key = Self::zeroed();
+        match ip {
+            IpAddr::V4(v4) => {
+                key.addr[..4].copy_from_slice(&v4.octets());
+                key.family = lb_common::FAMILY_V4;
+            }
+            IpAddr::V6(v6) => {
+                key.addr = v6.octets();
+                key.family = lb_common::FAMILY_V6;
+            }
+        }
+        key
+    }
+}
+
+/// The single entry of `CONFIG_MAP`. Mirrors `DecapConfig` in lb-ebpf.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DecapConfig {
+    /// GUE destination port, network byte order; 0 turns GUE off.
+    pub gue_port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<DecapConfig>() == 8);
+
+// SAFETY: both are #[repr(C)] and Pod (bytemuck-checked), no padding holes.
+unsafe impl aya::Pod for DecapAddr {}
+unsafe impl aya::Pod for DecapConfig {}
+
+/// How the program is attached (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecapMode {
+    /// Native where the driver has it, else generic.
+    Auto,
+    /// Native XDP in the driver.
+    Native,
+    /// Generic XDP, after the stack allocated the skb (slower).
+    #[value(alias = "skb")]
+    Generic,
+}
+
+impl DecapMode {
+    /// As written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    pub fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Auto => XdpMode::Default,
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecapError {
+    #[error("no such interface: {interface}")]
+    NoSuchInterface { interface: String },
+    #[error(
+        "interface {interface} has no IPv4 or IPv6 address; add one, or name the \
+         tunnel destination with --address"
+    )]
+    NoAddress { interface: String },
+    #[error("{count} addresses to decapsulate for; the program holds at most {max}")]
+    TooManyAddresses { count: usize, max: usize },
+    #[error("reading the addresses of interface {interface}: {source}")]
+    ReadAddresses {
+        interface: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("waiting for SIGINT/SIGTERM: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+}
+
+impl DecapError {
+    /// The user's mistake (exit 2), not the kernel's refusal (exit 4).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::NoSuchInterface { .. } | Self::NoAddress { .. } | Self::TooManyAddresses { .. }
+        )
+    }
+}
+
+/// Every IPv4 and IPv6 address of `interface` now (link-local ones too: a
+/// tunnel may be addressed to one).
+pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>, DecapError> {
+    if nix::net::if_::if_nametoindex(interface).is_err() {
+        return Err(DecapError::NoSuchInterface {
+            interface: interface.to_string(),
+        });
+    }
+    let read_err = |source| DecapError::ReadAddresses {
+        interface: interface.to_string(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in nix::ifaddrs::getifaddrs().map_err(read_err)? {
+        if entry.interface_name != interface {
+            continue;
+        }
+        let Some(addr) = entry.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out)
+}
+
+/// The addresses to decapsulate for: the interface's and the extra ones,
+/// each once, in order; refused when there are none or too many.
+pub fn addresses_to_hold(
+    interface: &str,
+    found: &[IpAddr],
+    extra: &[IpAddr],
+) -> Result<Vec<IpAddr>, DecapError> {
+    let all: BTreeSet<IpAddr> = found.iter().chain(extra).copied().collect();
+    if all.is_empty() {
+        return Err(DecapError::NoAddress {
+            interface: interface.to_string(),
+        });
+    }
+    if all.len() > MAX_ADDRS {
+        return Err(DecapError::TooManyAddresses {
+            count: all.len(),
+            max: MAX_ADDRS,
+        });
+    }
+    Ok(all.into_iter().collect())
+}
+
+/// Packets per outcome, summed over CPUs (`STAT_NAMES` order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DecapCounters {
+    pub ipip4: u64,
+    pub ipip6: u64,
+    pub gue4: u64,
+    pub gue6: u64,
+    pub not_ours: u64,
+    pub malformed: u64,
+}
+
+impl DecapCounters {
+    /// From the counters in `STAT_NAMES` order.
+    pub fn from_slots(s: [u64; STAT_NAMES.len()]) -> Self {
+        Self {
+            ipip4: s[0],
+            ipip6: s[1],
+            gue4: s[2],
+            gue6: s[3],
+            not_ours: s[4],
+            malformed: s[5],
+        }
+    }
+
+    pub fn slots(&self) -> [u64; STAT_NAMES.len()] {
+        [
+            self.ipip4,
+            self.ipip6,
+            self.gue4,
+            self.gue6,
+            self.not_ours,
+            self.malformed,
+        ]
+    }
+
+    pub fn decapsulated(&self) -> u64 {
+        self.ipip4 + self.ipip6 + self.gue4 + self.gue6
+    }
+
+    /// A borderless table: one line per counter.
+    pub fn render_table(&self) -> String {
+        let mut out = format!("{:<10} {:>12}\n", "OUTCOME", "PACKETS");
+        for (name, n) in STAT_NAMES.iter().zip(self.slots()) {
+            out.push_str(&format!("{name:<10} {n:>12}\n"));
+        }
+        out
+    }
+}
+
+/// The loaded decap program and its maps.
+pub struct DecapProgram {
+    ebpf: Ebpf,
+    addrs: HashMap<MapData, DecapAddr, u8>,
+    config: Array<MapData, DecapConfig>,
+    stats: PerCpuArray<MapData, u64>,
+    link: Option<XdpLinkId>,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl DecapProgram {
+    /// Load the object and its program (the verifier runs here); no
+    /// address, GUE off, attached to nothing.
+    pub fn load() -> Result<Self, DataplaneError> {
+        let object = decap_object();
+        if object.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let mut ebpf = Ebpf::load(object)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(DataplaneError::Missing {
+                kind: "program",
+                name: PROGRAM,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                name: PROGRAM,
+                source,
+            })?;
+        program.load().map_err(|source| DataplaneError::Program {
+            name: PROGRAM,
+            source,
+        })?;
+        Ok(Self {
+            addrs: take(&mut ebpf, ADDRS_MAP)?,
+            config: take(&mut ebpf, CONFIG_MAP)?,
+            stats: take(&mut ebpf, STATS_MAP)?,
+            ebpf,
+            link: None,
+        })
+    }
+
+    /// Decapsulate packets addressed to `ip`.
+    pub fn add_address(&mut self, ip: IpAddr) -> Result<(), DataplaneError> {
+        self.addrs
+            .insert(DecapAddr::new(ip), 1, 0)
+            .map_err(map_err(ADDRS_MAP))
+    }
+
+    /// Decapsulate UDP to `port` as GUE; 0 turns GUE off.
+    pub fn set_gue_port(&mut self, port: u16) -> Result<(), DataplaneError> {
+        let config = DecapConfig {
+            gue_port_be: port.to_be(),
+            _pad: [0; 6],
+        };
+        self.config.set(0, config, 0).map_err(map_err(CONFIG_MAP))
+    }
+
+    /// The loaded program (for BPF_PROG_TEST_RUN, or to attach).
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("checked in load")
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("checked in load")
+    }
+
+    /// Attach to `interface`; detached by `detach` or when `self` is dropped.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        let link = self
+            .program_mut()
+            .attach(interface, mode)
+            .map_err(|source| DataplaneError::Attach {
+                interface: interface.to_string(),
+                source,
+            })?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Detach from the interface, if attached.
+    pub fn detach(&mut self) -> Result<(), DataplaneError> {
+        let Some(link) = self.link.take() else {
+            return Ok(());
+        };
+        self.program_mut()
+            .detach(link)
+            .map_err(|source| DataplaneError::Program {
+                name: PROGRAM,
+                source,
+            })
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<DecapCounters, DataplaneError> {
+        let mut slots = [0u64; STAT_NAMES.len()];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let per_cpu = self.stats.get(&(i as u32), 0).map_err(map_err(STATS_MAP))?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(DecapCounters::from_slots(slots))
+    }
+}
+
+/// What `xlb decap` was asked to do.
+#[derive(Clone, Debug)]
+pub struct DecapOptions {
+    pub interface: String,
+    pub gue_port: u16,
+    /// Tunnel destinations besides the interface's own addresses.
+    pub extra_addresses: Vec<IpAddr>,
+    pub mode: DecapMode,
+}
+
+/// Run the decap program on the interface until SIGINT or SIGTERM; its
+/// counters at the end.
+pub fn run(opts: &DecapOptions) -> Result<DecapCounters, DecapError> {
+    let found = interface_addresses(&opts.interface)?;
+    let addresses = addresses_to_hold(&opts.interface, &found, &opts.extra_addresses)?;
+    let mut decap = DecapProgram::load()?;
+    for ip in &addresses {
+        decap.add_address(*ip)?;
+    }
+    decap.set_gue_port(opts.gue_port)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DecapError::Signal)?;
+    // The handlers go in before the program is attached: a signal sent as
+    // soon as we report "attached" must stop us cleanly, not kill us.
+    let (mut term, mut int) = runtime
+        .block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })
+        .map_err(DecapError::Signal)?;
+
+    decap.attach(&opts.interface, opts.mode.xdp_mode())?;
+    let list: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+    log::info!(
+        "xlb decap: attached to {} ({} mode); decapsulating IPIP and GUE (UDP port {}) \
+         addressed to {}",
+        opts.interface,
+        opts.mode.name(),
+        opts.gue_port,
+        list.join(", ")
+    );
+    let signal = runtime.block_on(async {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    });
+    decap.detach()?;
+    let counters = decap.counters()?;
+    log::info!(
+        "xlb decap: {signal}: detached from {}; {} packets decapsulated",
+        opts.interface,
+        counters.decapsulated()
+    );
+    Ok(counters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn keys_put_ipv4_first_and_zero_the_rest() {
+        let k = DecapAddr::new(ip("198.18.0.11"));
+        assert_eq!(k.addr[..4], [198, 18, 0, 11]);
+        assert_eq!(k.addr[4..], [0; 12]);
+        assert_eq!(k.family, lb_common::FAMILY_V4);
+        let k = DecapAddr::new(ip("2001:db8::11"));
+        assert_eq!(k.addr, ip6_octets("2001:db8::11"));
+        assert_eq!(k.family, lb_common::FAMILY_V6);
+    }
+
+    fn ip6_octets(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn addresses_are_merged_once_each() {
+        let found = [ip("198.18.0.11"), ip("2001:db8::11")];
+        let extra = [ip("198.18.0.11"), ip("198.18.0.99")];
+        let all = addresses_to_hold("eth0", &found, &extra).unwrap();
+        assert_eq!(
+            all,
+            [ip("198.18.0.11"), ip("198.18.0.99"), ip("2001:db8::11")]
+        );
+    }
+
+    #[test]
+    fn no_address_is_bad_input_naming_the_interface() {
+        let e = addresses_to_hold("eth7", &[], &[]).unwrap_err();
+        assert!(e.is_bad_input());
+        assert!(e.to_string().contains("eth7"), "{e}");
+        assert!(e.to_string().contains("--address"), "{e}");
+    }
+
+    #[test]
+    fn too_many_addresses_are_refused() {
+        let many: Vec<IpAddr> = (0..=MAX_ADDRS as u32)
+            .map(|i| IpAddr::V4((0xc612_0000 + i).into()))
+            .collect();
+        let e = addresses_to_hold("eth0", &many, &[]).unwrap_err();
+        assert!(matches!(e, DecapError::TooManyAddresses { count, .. } if count == MAX_ADDRS + 1));
+    }
+
+    #[test]
+    fn a_missing_interface_is_named() {
+        let e = interface_addresses("xlb-no-such0").unwrap_err();
+        assert!(e.is_bad_input());
+        assert_eq!(e.to_string(), "no such interface: xlb-no-such0");
+    }
+
+    #[test]
+    fn loopback_has_its_address() {
+        let found = interface_addresses("lo").unwrap();
+        assert!(found.contains(&ip("127.0.0.1")), "{found:?}");
+    }
+
+    #[test]
+    fn counters_keep_the_object_order() {
+        let c = DecapCounters::from_slots([1, 2, 3, 4, 5, 6]);
+        assert_eq!(c.slots(), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(c.decapsulated(), 10);
+        let table = c.render_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 1 + STAT_NAMES.len());
+        assert!(lines[1].starts_with("ipip4") && lines[1].ends_with(" 1"));
+        assert!(lines[6].starts_with("malformed") && lines[6].ends_with(" 6"));
+    }
+}

@@ -1,0 +1,228 @@
+//! The benchmarks' own XDP programs (lb-ebpf's aux object) do what the
+//! benches take for granted: a smoke test of each, one BPF_PROG_TEST_RUN at
+//! a time, no namespace (the benches themselves run with
+//! `cargo xtask bench`, never in CI).
+
+use aya::maps::PerCpuArray;
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+/// `GEN_FIRST_PORT` and `GEN_FLOWS` in lb-ebpf/src/aux.rs.
+const GEN_PORTS: std::ops::Range<u16> = 20000..21024;
+
+fn ack() -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([198, 18, 0, 1], [198, 18, 100, 1], 64)
+        .tcp(12345, 8080, 1, 65535)
+        .ack(1)
+        .write(&mut out, &[0u8; 6])
+        .unwrap();
+    out
+}
+
+/// Keep this test's thread on CPU 0: the generator's sequence and the
+/// "known flow" of the LRU programs are per CPU.
+fn pin() {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin to CPU 0");
+}
+
+fn aux() -> aya::Ebpf {
+    aya::Ebpf::load(xlb::dataplane::aux_object()).expect("load the aux object")
+}
+
+fn load<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a Xdp {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("no program {name}"))
+        .try_into()
+        .unwrap();
+    prog.load()
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"));
+    ebpf.program(name).unwrap().try_into().unwrap()
+}
+
+/// One run: the action and the output frame.
+fn run(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 64];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+#[test]
+fn mac_swap_sends_the_frame_back_with_the_addresses_swapped() {
+    if !tests::privileged("mac_swap_sends_the_frame_back_with_the_addresses_swapped") {
+        return;
+    }
+    let mut ebpf = aux();
+    let frame = ack();
+    let (action, out) = run(load(&mut ebpf, "xlb_mac_swap"), &frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[..6], frame[6..12]);
+    assert_eq!(out[6..12], frame[..6]);
+    assert_eq!(out[12..], frame[12..]);
+}
+
+#[test]
+fn generator_varies_the_source_port_and_keeps_the_checksum_valid() {
+    if !tests::privileged("generator_varies_the_source_port_and_keeps_the_checksum_valid") {
+        return;
+    }
+    pin();
+    let mut ebpf = aux();
+    let frame = ack();
+    let template: [u8; 60] = frame.as_slice().try_into().expect("a 60-byte frame");
+    aya::maps::Array::<_, [u8; 60]>::try_from(ebpf.map_mut("XLB_GEN_TEMPLATE").unwrap())
+        .unwrap()
+        .set(0, template, 0)
+        .unwrap();
+    let generator = load(&mut ebpf, "xlb_gen_tcp_acks");
+    // The template is written over what the frame held.
+    let (action, out) = run(generator, &[0u8; 60]);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[..34], frame[..34], "the template's headers");
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let (action, out) = run(generator, &frame);
+        assert_eq!(action, XDP_TX);
+        let packet = SlicedPacket::from_ethernet(&out).expect("a frame");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
+            panic!("not IPv4");
+        };
+        let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+            panic!("not TCP");
+        };
+        let expected = tcp
+            .to_header()
+            .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+            .unwrap();
+        assert_eq!(
+            tcp.checksum(),
+            expected,
+            "TCP checksum after the port change"
+        );
+        assert!(
+            GEN_PORTS.contains(&tcp.source_port()),
+            "{}",
+            tcp.source_port()
+        );
+        assert_eq!(out[..34], frame[..34], "only the TCP header may change");
+        ports.push(tcp.source_port());
+    }
+    // A fresh object's sequence starts at 0: the first run above took
+    // port 20001, these the next three.
+    assert_eq!(ports, [20002, 20003, 20004]);
+}
+
+#[test]
+fn count_drop_counts_and_drops() {
+    if !tests::privileged("count_drop_counts_and_drops") {
+        return;
+    }
+    let mut ebpf = aux();
+    let counted = |ebpf: &aya::Ebpf| -> u64 {
+        let counts = PerCpuArray::<_, u64>::try_from(ebpf.map("XLB_RX_COUNT").unwrap()).unwrap();
+        counts.get(&0, 0).unwrap().iter().sum()
+    };
+    load(&mut ebpf, "xlb_count_drop");
+    let before = counted(&ebpf);
+    let prog: &Xdp = ebpf.program("xlb_count_drop").unwrap().try_into().unwrap();
+    let (action, _) = run(prog, &ack());
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(counted(&ebpf), before + 1);
+}
+
+#[test]
+fn lru_programs_insert_new_flows_and_find_the_known_one() {
+    if !tests::privileged("lru_programs_insert_new_flows_and_find_the_known_one") {
+        return;
+    }
+    pin();
+    // One object per candidate: its tables start empty.
+    for map in ["common", "no_common", "percpu"] {
+        let mut ebpf = aux();
+        let frame = ack();
+        let (action, out) = run(load(&mut ebpf, &format!("xlb_lru_{map}_new")), &frame);
+        assert_eq!(action, XDP_TX, "{map}: new flow");
+        assert_eq!(out[..6], frame[6..12], "{map}: new flow, MACs swapped");
+        let hit = load(&mut ebpf, &format!("xlb_lru_{map}_hit"));
+        // The first lookup misses and inserts the known flow; the next
+        // ones find it.
+        let actions: Vec<u32> = (0..3).map(|_| run(hit, &frame).0).collect();
+        assert_eq!(actions, [XDP_PASS, XDP_TX, XDP_TX], "{map}");
+    }
+}
+
+#[test]
+fn fib_lookup_answers_as_the_namespace_fib_does() {
+    if !tests::privileged("fib_lookup_answers_as_the_namespace_fib_does") {
+        return;
+    }
+    // A namespace of its own: a veth with a route and a neighbour entry for
+    // one address, forwarding on (bpf_fib_lookup requires it).
+    let ns = tests::netns::Netns::new("xlbbench-smoke-fib").unwrap();
+    ns.ip(&["link", "add", "f0", "type", "veth", "peer", "name", "f1"])
+        .unwrap();
+    ns.ip(&["link", "set", "f1", "up"]).unwrap();
+    ns.ip(&["link", "set", "f0", "up"]).unwrap();
+    ns.ip(&["addr", "add", "198.18.0.2/24", "dev", "f0"])
+        .unwrap();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "198.18.0.11",
+        "lladdr",
+        "02:00:00:00:00:11",
+        "dev",
+        "f0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let actions = ns
+        .spawn(|| {
+            let mut ebpf = aux();
+            load(&mut ebpf, "xlb_fib_lookup");
+            let ifindex = nix::net::if_::if_nametoindex("f0")?;
+            let frame = ack();
+            let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+                .iter()
+                .flat_map(|w: &u32| w.to_ne_bytes())
+                .collect();
+            let mut actions = Vec::new();
+            for dst in [[198, 18, 0, 11], [198, 18, 255, 254]] {
+                aya::maps::Array::<_, u32>::try_from(ebpf.map_mut("XLB_FIB_DST").unwrap())?.set(
+                    0,
+                    u32::from_ne_bytes(dst),
+                    0,
+                )?;
+                let prog: &Xdp = ebpf.program("xlb_fib_lookup").unwrap().try_into()?;
+                let r = prog.test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    ctx_in: Some(&ctx),
+                    ..TestRunOptions::new()
+                })?;
+                actions.push(r.return_value);
+            }
+            Ok(actions)
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    // The neighbour's address: a next hop (XDP_TX); one off every route:
+    // none (XDP_DROP).
+    assert_eq!(actions, [XDP_TX, XDP_DROP]);
+}

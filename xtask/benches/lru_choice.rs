@@ -1,0 +1,286 @@
+//! The connection table's LRU flavour, measured: a common LRU hash, an LRU
+//! hash with BPF_F_NO_COMMON_LRU, and an LRU per-CPU hash, each with the
+//! balancer's key and value (`FlowWords` -> u32) and size (262,144), beside
+//! the bare MAC-swap floor. Programs: `xlb_lru_*` in lb-ebpf's aux object.
+//!
+//! Method: BPF_PROG_TEST_RUN with `REPEAT` runs per call (the kernel reports
+//! the mean per run); the programs only swap MACs after their map work, so
+//! repeat > 1 is sound. Rows:
+//! - new flow: insert a key no run used before, into a table filled first
+//!   (the steady state of a busy balancer: every insert evicts);
+//! - hit: look up a key that is there.
+//!
+//! Each row runs on one CPU alone, then on every CPU at once (one thread
+//! pinned to each, started together): the common LRU's list lock is shared
+//! by all CPUs, which is what BPF_F_NO_COMMON_LRU avoids. Rows interleaved,
+//! `ROUNDS` rounds, medians.
+
+mod support;
+
+use std::sync::Barrier;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use aya::maps::Map;
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use etherparse::PacketBuilder;
+use lb_common::maps::{BPF_F_NO_COMMON_LRU, CONN_TABLE_SIZE};
+
+use support::{median_duration, pin_to_cpu};
+
+const REPEAT: u32 = 100_000;
+const ROUNDS: usize = 7;
+/// Inserts per CPU before measuring: more than the table holds, so every
+/// CPU's part of every table is full and each measured insert evicts.
+const FILL_PER_CPU: u32 = CONN_TABLE_SIZE + CONN_TABLE_SIZE / 2;
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// A candidate: its label, its map, its programs (new flow, hit), the map
+/// type and flags the kernel must report.
+struct Candidate {
+    label: &'static str,
+    map: &'static str,
+    new: &'static str,
+    hit: &'static str,
+    per_cpu_values: bool,
+    flags: u32,
+}
+
+const CANDIDATES: [Candidate; 3] = [
+    Candidate {
+        label: "LRU hash, common LRU list",
+        map: "XLB_LRU_COMMON",
+        new: "xlb_lru_common_new",
+        hit: "xlb_lru_common_hit",
+        per_cpu_values: false,
+        flags: 0,
+    },
+    Candidate {
+        label: "LRU hash, BPF_F_NO_COMMON_LRU",
+        map: "XLB_LRU_NO_COMMON",
+        new: "xlb_lru_no_common_new",
+        hit: "xlb_lru_no_common_hit",
+        per_cpu_values: false,
+        flags: BPF_F_NO_COMMON_LRU,
+    },
+    Candidate {
+        label: "LRU per-CPU hash",
+        map: "XLB_LRU_PERCPU",
+        new: "xlb_lru_percpu_new",
+        hit: "xlb_lru_percpu_hit",
+        per_cpu_values: true,
+        flags: 0,
+    },
+];
+
+const FLOOR: &str = "xlb_mac_swap";
+
+/// One measured row: a label and its program.
+struct Row {
+    label: String,
+    program: &'static str,
+}
+
+fn rows() -> Vec<Row> {
+    let mut rows = vec![Row {
+        label: "bare MAC swap, XDP_TX (floor)".into(),
+        program: FLOOR,
+    }];
+    for c in &CANDIDATES {
+        rows.push(Row {
+            label: format!("{}: new flow", c.label),
+            program: c.new,
+        });
+        rows.push(Row {
+            label: format!("{}: hit", c.label),
+            program: c.hit,
+        });
+    }
+    rows
+}
+
+fn frame() -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([198, 18, 0, 1], [198, 18, 100, 1], 64)
+        .tcp(40000, 80, 1, 65535)
+        .ack(1)
+        .write(&mut out, &[0u8; 6])
+        .expect("frame");
+    out
+}
+
+/// Run `prog` `repeat` times on `frame`; the kernel's mean per run.
+fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, Duration)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok((r.return_value, r.duration))
+}
+
+/// Run `prog` on every CPU in `cpus` at once (a thread pinned to each,
+/// released together); each CPU's mean per run.
+fn run_on_all(
+    prog: &Xdp,
+    frame: &[u8],
+    repeat: u32,
+    cpus: usize,
+) -> anyhow::Result<Vec<(u32, Duration)>> {
+    let start = Barrier::new(cpus);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                let start = &start;
+                s.spawn(move || {
+                    pin_to_cpu(cpu)?;
+                    start.wait();
+                    run(prog, frame, repeat)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("bench thread panicked"))
+            .collect()
+    })
+}
+
+/// The map as the kernel made it must be the one the row names.
+fn check_map(aux: &aya::Ebpf, c: &Candidate) -> anyhow::Result<()> {
+    let info = match aux.map(c.map) {
+        Some(Map::LruHashMap(m)) if !c.per_cpu_values => m.info()?,
+        Some(Map::PerCpuLruHashMap(m)) if c.per_cpu_values => m.info()?,
+        Some(_) => bail!("map {} has the wrong type", c.map),
+        None => bail!("no map {} in the aux object", c.map),
+    };
+    ensure!(
+        info.map_flags() == c.flags,
+        "map {}: flags {:#x}, expected {:#x}",
+        c.map,
+        info.map_flags(),
+        c.flags
+    );
+    // BPF_F_NO_COMMON_LRU rounds the size up to a multiple of the CPUs.
+    ensure!(
+        info.max_entries() >= CONN_TABLE_SIZE && info.max_entries() < CONN_TABLE_SIZE + 1024,
+        "map {}: {} entries, expected {CONN_TABLE_SIZE}",
+        c.map,
+        info.max_entries()
+    );
+    Ok(())
+}
+
+fn print_table(title: &str, rows: &[Row], results: &[Vec<Duration>]) {
+    let floor = median_duration(results[0].clone());
+    println!("\n{title}");
+    println!(
+        "{:<44} {:>8} {:>11} {:>9}",
+        "program / packet", "ns/run", "above floor", "vs floor"
+    );
+    for (row, r) in rows.iter().zip(results) {
+        let m = median_duration(r.clone());
+        println!(
+            "{:<44} {:>8} {:>11} {:>8.2}x",
+            row.label,
+            m.as_nanos(),
+            m.as_nanos() as i128 - floor.as_nanos() as i128,
+            m.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    if !support::root("lru_choice") {
+        return Ok(());
+    }
+    let cpus = support::online_cpus();
+    let mut loader = aya::EbpfLoader::new();
+    for c in &CANDIDATES {
+        loader.map_max_entries(c.map, CONN_TABLE_SIZE);
+    }
+    let mut aux = loader.load(xlb::dataplane::aux_object())?;
+    for c in &CANDIDATES {
+        check_map(&aux, c)?;
+    }
+    let rows = rows();
+    for row in &rows {
+        support::load_xdp(&mut aux, row.program)?;
+    }
+    let frame = frame();
+
+    // Fill every table from every CPU, so each measured insert evicts.
+    for c in &CANDIDATES {
+        let prog = support::xdp(&aux, c.new)?;
+        for (cpu, (ret, _)) in run_on_all(prog, &frame, FILL_PER_CPU, cpus)?
+            .into_iter()
+            .enumerate()
+        {
+            ensure!(
+                ret == XDP_TX,
+                "{}: filling on CPU {cpu} returned {ret}",
+                c.new
+            );
+        }
+    }
+
+    let check = |row: &Row, ret: u32| -> anyhow::Result<()> {
+        match ret {
+            XDP_TX => Ok(()),
+            XDP_PASS if row.program.ends_with("_hit") => {
+                bail!("{}: the last run missed the known flow", row.label)
+            }
+            other => bail!("{}: returned {other}, expected XDP_TX", row.label),
+        }
+    };
+
+    pin_to_cpu(0)?;
+    let mut alone: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
+    let mut together: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
+    for _ in 0..ROUNDS {
+        for (i, row) in rows.iter().enumerate() {
+            let prog = support::xdp(&aux, row.program)?;
+            let (ret, d) = run(prog, &frame, REPEAT)?;
+            check(row, ret)?;
+            alone[i].push(d);
+        }
+        if cpus > 1 {
+            for (i, row) in rows.iter().enumerate() {
+                let prog = support::xdp(&aux, row.program)?;
+                let per_cpu = run_on_all(prog, &frame, REPEAT, cpus)?;
+                for (ret, _) in &per_cpu {
+                    check(row, *ret)?;
+                }
+                // The mean over CPUs of each CPU's mean per run.
+                let sum: Duration = per_cpu.iter().map(|(_, d)| *d).sum();
+                together[i].push(sum / cpus as u32);
+            }
+        }
+    }
+
+    println!(
+        "connection-table LRU choice: {} entries, key 40 B (FlowWords), value u32; \
+         BPF_PROG_TEST_RUN repeat {REPEAT}, median of {ROUNDS} interleaved rounds; \
+         tables full before measuring (new flows evict); load average {}",
+        CONN_TABLE_SIZE,
+        support::load_average()
+    );
+    print_table("one CPU (CPU 0), alone:", &rows, &alone);
+    if cpus > 1 {
+        print_table(
+            &format!("all {cpus} CPUs at once (ns per run on each CPU, mean over CPUs):"),
+            &rows,
+            &together,
+        );
+    } else {
+        println!("\none CPU online: no concurrent run");
+    }
+    Ok(())
+}
