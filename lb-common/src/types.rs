@@ -147,6 +147,11 @@ pub struct GlobalConfig {
 }
 const _: () = assert!(size_of::<GlobalConfig>() == 64);
 
+/// `GlobalConfig.flags`: some VIP has port 0 (every port), so a packet whose
+/// exact (address, port, protocol) is no VIP is looked up again with port 0.
+/// Without it a packet not for a VIP costs one hash lookup, not two.
+pub const GLOBAL_F_PORT_WILDCARD: u32 = 1;
+
 /// Default GUE destination port (Katran's).
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 

@@ -7,10 +7,12 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
-    helpers::bpf_fib_lookup as fib_lookup,
+    btf_maps::Array,
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
+    macros::btf_map,
     programs::XdpContext,
 };
-use lb_common::{FAMILY_V6, GlobalConfig, stats::EV_FIB_FALLBACK};
+use lb_common::{FAMILY_V6, GlobalConfig, maps::MAX_BACKENDS, stats::EV_FIB_FALLBACK};
 
 use crate::{count_event, parse::ptr_at, scratch::Scratch};
 
@@ -60,13 +62,70 @@ pub fn l2_dsr(ctx: &XdpContext, mac: [u8; 6], iface_mac: [u8; 6]) -> Option<()> 
 pub const ROUTE_TX: u32 = 0;
 pub const ROUTE_NONE: u32 = u32::MAX;
 
-/// The next hop of the outer packet (`s.outer_src` -> `s.outer_dst`): its
-/// MAC and ours land in `s.fib.dmac` / `s.fib.smac`. Answers ROUTE_TX to
-/// send back out of the ingress interface, an ifindex to redirect to, or
-/// ROUTE_NONE. When the kernel has no answer (no route, no neighbour entry
-/// yet, forwarding off), the configured gateway MAC is the next hop.
+/// A backend's next hop, as `route` last found it.
+#[repr(C)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// `route`'s answer: ROUTE_TX or the ifindex to redirect to.
+    pub route: u32,
+    /// bpf_ktime_get_coarse_ns() when found; 0: never.
+    pub found_ns: u64,
+}
+
+/// How long a next hop is reused before it is looked up again: a neighbour
+/// whose MAC changes (failover) is followed within this time.
+const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// backend id -> its next hop. bpf_fib_lookup costs 160 ns (IPv4) to 310 ns
+/// (IPv6) a packet here (docs/BENCHMARKS.md), more than the rest of the
+/// balancer; the outer destination of a backend id never changes (a changed
+/// address is a new id), so its next hop is looked up once a second.
+/// Kernel-private: the controller never reads or writes it. Two CPUs
+/// refreshing an entry at once write the same values.
+#[btf_map]
+static XLB_NEXT_HOPS: Array<NextHop, { MAX_BACKENDS as usize }> = Array::new();
+
+/// The next hop of the outer packet (`s.outer_src` -> `s.outer_dst`) for
+/// backend `s.backend_id`: its MAC and ours land in `s.fib.dmac` /
+/// `s.fib.smac`. Answers ROUTE_TX to send back out of the ingress
+/// interface, an ifindex to redirect to, or ROUTE_NONE. When the kernel has
+/// no answer (no route, no neighbour entry yet, forwarding off), the
+/// configured gateway MAC is the next hop.
 #[inline(never)]
 pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> u32 {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cached = XLB_NEXT_HOPS.get_ptr_mut(s.backend_id);
+    if let Some(nh) = cached {
+        // SAFETY: a pointer into the array map, valid for this run.
+        let nh = unsafe { &*nh };
+        if nh.found_ns != 0 && now.wrapping_sub(nh.found_ns) < NEXT_HOP_TTL_NS {
+            s.fib.dmac = nh.dmac;
+            s.fib.smac = nh.smac;
+            return nh.route;
+        }
+    }
+    let route = lookup(ctx, s, cfg, family);
+    if route != ROUTE_NONE
+        && let Some(nh) = cached
+    {
+        // SAFETY: as above; the entry is rewritten whole.
+        unsafe {
+            *nh = NextHop {
+                dmac: s.fib.dmac,
+                smac: s.fib.smac,
+                route,
+                found_ns: now,
+            };
+        }
+    }
+    route
+}
+
+/// bpf_fib_lookup for the outer packet, or the gateway MAC.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> u32 {
     // SAFETY: plain old data; all-zero is its "no options" value.
     s.fib = unsafe { core::mem::zeroed() };
     let f = &mut s.fib;

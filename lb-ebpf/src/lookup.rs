@@ -13,15 +13,16 @@ use crate::{
     scratch::{KIND_ICMP_ERROR, Parsed},
 };
 
-/// The VIP a packet is for, if any.
+/// The VIP a packet is for, if any. The port-0 (every port) entry is tried
+/// only when some VIP has one (`wildcard`).
 #[inline(always)]
-pub fn vip(p: &mut Parsed) -> Option<VipMeta> {
+pub fn vip(p: &mut Parsed, wildcard: bool) -> Option<VipMeta> {
     // SAFETY: the controller writes VIP entries whole with one map update; we
     // copy the value out at once.
     if let Some(m) = unsafe { XLB_VIPS.get(&p.vip) } {
         return Some(*m);
     }
-    if p.vip.port_be == 0 {
+    if !wildcard || p.vip.port_be == 0 {
         return None;
     }
     p.vip.port_be = 0;

@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_smp_processor_id, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
-    Counters, METHOD_L2_DSR, VIP_F_ECHO_REPLY,
+    Counters, GLOBAL_F_PORT_WILDCARD, METHOD_L2_DSR, VIP_F_ECHO_REPLY,
     maps::{MAX_BACKENDS, MAX_VIPS},
     stats::{
         DROP_NO_BACKEND, DROP_NO_CONFIG, EV_FRAG_FIRST, EV_FRAG_FOLLOW, EV_ICMP_ECHO_REPLY,
@@ -123,11 +123,13 @@ fn balance(ctx: &XdpContext) -> Verdict {
     if !parse::parse(ctx, &mut s.p) {
         return Verdict::Pass;
     }
-    let Some(meta) = lookup::vip(&mut s.p) else {
+    let cfg = XLB_CONFIG.get(0);
+    let wildcard = cfg.is_none_or(|c| c.flags & GLOBAL_F_PORT_WILDCARD != 0);
+    let Some(meta) = lookup::vip(&mut s.p, wildcard) else {
         return Verdict::Pass;
     };
     let vip_id = meta.vip_id;
-    let Some(cfg) = XLB_CONFIG.get(0) else {
+    let Some(cfg) = cfg else {
         return Verdict::Drop {
             vip_id,
             reason: DROP_NO_CONFIG,
@@ -167,6 +169,7 @@ fn balance(ctx: &XdpContext) -> Verdict {
             None => Sent::drop(DROP_NO_BACKEND),
         }
     } else {
+        s.backend_id = choice.backend_id;
         tunnel::send(ctx, s, backend, cfg, meta.method)
     };
     if let Some(reason) = sent.dropped() {

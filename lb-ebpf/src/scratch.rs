@@ -69,6 +69,8 @@ pub struct Scratch {
     pub outer_dst: [u8; 16],
     /// bpf_fib_lookup's parameters and result.
     pub fib: bpf_fib_lookup,
+    /// The chosen backend (the next-hop cache's key).
+    pub backend_id: u32,
 }
 
 #[btf_map]

@@ -1670,7 +1670,12 @@ fn counter_problems(
     }
     for e in 0..EVENT_COUNT as usize {
         let got = after.events[e].wrapping_sub(before.events[e]);
-        if !f.loose.contains(&(e as u32)) && got != want_events[e] {
+        // The program keeps a backend's next hop for a second
+        // (forward.rs, XLB_NEXT_HOPS): a fallback to the gateway MAC is
+        // counted when the next hop is looked up, not on every packet, so a
+        // fixture that routes may count it once or, cached, not at all.
+        let cached = e as u32 == EV_FIB_FALLBACK && want_events[e] == 1 && got == 0;
+        if !f.loose.contains(&(e as u32)) && got != want_events[e] && !cached {
             problems.push(format!(
                 "event {}: +{got}, want +{}",
                 EVENT_NAMES[e], want_events[e]
