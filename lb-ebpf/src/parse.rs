@@ -213,8 +213,8 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
     match proto {
         PROTO_TCP => tcp(ctx, p, l4_off, l4_len),
         PROTO_UDP => udp(ctx, p, l4_off, l4_len),
-        PROTO_ICMP if p.family == FAMILY_V4 => icmp(ctx, p, l4_off),
-        PROTO_ICMPV6 if p.family == FAMILY_V6 => icmp(ctx, p, l4_off),
+        PROTO_ICMP if p.family == FAMILY_V4 => icmp(ctx, p, l4_off, l4_len),
+        PROTO_ICMPV6 if p.family == FAMILY_V6 => icmp(ctx, p, l4_off, l4_len),
         _ => None,
     }
 }
@@ -245,6 +245,9 @@ fn tcp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()
 fn udp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()> {
     let udp: *const [u8; 8] = ptr_at(ctx, off)?;
     let udp = unsafe { &*udp };
+    if l4_len < 8 {
+        return None;
+    }
     // A first fragment's UDP length is the whole datagram's.
     if p.frag == FRAG_NONE {
         let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
@@ -252,7 +255,7 @@ fn udp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()
             return None;
         }
         // A zero checksum (IPv4) means "none": nothing to derive from.
-        p.lco = (udp[6] | udp[7] != 0) as u8;
+        p.lco = (udp[6] | udp[7] != 0 && len == l4_len) as u8;
     }
     set_ports(p, [udp[0], udp[1], udp[2], udp[3]]);
     Some(())
@@ -261,7 +264,10 @@ fn udp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()
 /// Echo requests, and the two errors path MTU discovery depends on. Any
 /// other ICMP goes to the host's stack.
 #[inline(always)]
-fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize) -> Option<()> {
+fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()> {
+    if l4_len < 8 {
+        return None;
+    }
     let hdr: *const [u8; 8] = ptr_at(ctx, off)?;
     let (kind, code) = unsafe { ((*hdr)[0], (*hdr)[1]) };
     let v4 = p.family == FAMILY_V4;
@@ -285,6 +291,9 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize) -> Option<()> {
         if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
             return None;
         }
+        if l4_len < 8 + ihl + 4 {
+            return None;
+        }
         p.vip.addr = [0; 16];
         p.vip.addr[..4].copy_from_slice(&ip.src_addr);
         p.flow.src = [word(&ip.dst_addr), 0, 0, 0];
@@ -293,7 +302,7 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize) -> Option<()> {
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, quoted)?;
         let ip = unsafe { &*ip };
-        if ip.vcf[0] >> 4 != 6 {
+        if ip.vcf[0] >> 4 != 6 || l4_len < 8 + Ipv6Hdr::LEN + 4 {
             return None;
         }
         p.vip.addr = ip.src_addr;

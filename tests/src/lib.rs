@@ -6,6 +6,7 @@ pub mod client;
 pub mod cpu_time;
 pub mod depth_frames;
 pub mod echo;
+pub mod fuzz_oracle;
 pub mod haproxy;
 pub mod logins;
 pub mod netns;

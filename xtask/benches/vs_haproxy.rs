@@ -57,6 +57,8 @@ struct Run {
     /// The balancer's own CPU time over the run: xlb's XDP program run
     /// time, or HAProxy's process time.
     lb_cpu: Duration,
+    /// Runs of xlb's XDP program over the run (xlb runs only).
+    xdp_runs: u64,
 }
 
 impl Run {
@@ -101,6 +103,7 @@ fn drive_connections(bed: &Testbed) -> anyhow::Result<Run> {
         time,
         softirq,
         lb_cpu: Duration::ZERO,
+        xdp_runs: 0,
     })
 }
 
@@ -124,11 +127,16 @@ fn run_xlb(bed: &Testbed) -> anyhow::Result<Run> {
     // The kernel counts the program's run time while this is held.
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics")?;
-    let xdp_time = || -> anyhow::Result<Duration> { Ok(dp.program().info()?.run_time()) };
-    let xdp_before = xdp_time()?;
+    let xdp_stats = || -> anyhow::Result<(Duration, u64)> {
+        let info = dp.program().info()?;
+        Ok((info.run_time(), info.run_count()))
+    };
+    let (time_before, runs_before) = xdp_stats()?;
     let mut run = drive_connections(bed)?;
-    run.lb_cpu = xdp_time()? - xdp_before;
+    let (time_after, runs_after) = xdp_stats()?;
     drop(stats);
+    run.lb_cpu = time_after - time_before;
+    run.xdp_runs = runs_after - runs_before;
     let web = desired
         .vips
         .iter()
@@ -193,17 +201,23 @@ fn print_row(label: &str, runs: &[Run]) {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    let xdp_runs: u64 = runs.iter().map(|r| r.xdp_runs).sum();
+    if xdp_runs > 0 {
+        let completed: u64 = runs.iter().map(|r| r.completed).sum();
+        let time: Duration = runs.iter().map(|r| r.lb_cpu).sum();
+        println!(
+            "         XDP program: {:.1} runs per connection, {:.0} ns per run (all runs)",
+            xdp_runs as f64 / completed.max(1) as f64,
+            time.as_nanos() as f64 / xdp_runs as f64
+        );
+    }
     if let Some(e) = runs.iter().find_map(|r| r.first_error.as_ref()) {
         println!("         first error: {e}");
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    if !support::root("vs_haproxy") {
-        return Ok(());
-    }
-    let dir = std::env::temp_dir().join(format!("xlbbench-haproxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// Build the testbed and run both balancers, interleaved: (xlb, HAProxy).
+fn measure(dir: &std::path::Path) -> anyhow::Result<(Vec<Run>, Vec<Run>)> {
     let bed = Testbed::new("xlbbench-cps", BACKENDS)?;
     let _servers = Servers::start(&bed)?;
     // HAProxy listens on the VIP: the LB holds it. With xlb attached, VIP
@@ -216,8 +230,20 @@ fn main() -> anyhow::Result<()> {
     let mut haproxy_runs = Vec::new();
     for _ in 0..RUNS {
         xlb_runs.push(run_xlb(&bed)?);
-        haproxy_runs.push(run_haproxy(&bed, &dir)?);
+        haproxy_runs.push(run_haproxy(&bed, dir)?);
     }
+    Ok((xlb_runs, haproxy_runs))
+}
+
+fn main() -> anyhow::Result<()> {
+    if !support::root("vs_haproxy") {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("xlbbench-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // HAProxy's config and log stay for a look when something failed.
+    let (xlb_runs, haproxy_runs) =
+        measure(&dir).with_context(|| format!("(files kept in {})", dir.display()))?;
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
