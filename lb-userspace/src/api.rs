@@ -59,6 +59,9 @@ pub enum Request {
     Show {
         number: u64,
     },
+    /// `xlb drain`/`undrain`/`weight`: edit one backend in the live
+    /// revision's config and apply the result as a new revision.
+    Edit(crate::edit::live::EditRequest),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +73,9 @@ pub enum ErrorKind {
     Internal,
     /// A safety check refused it (exit code 1).
     Refused,
+    /// The peer (SO_PEERCRED) may not make this request: a change asked
+    /// by a user other than root or the socket group (exit code 1).
+    Forbidden,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,6 +93,8 @@ pub enum Response {
     History(Vec<crate::revisions::Revision>),
     Plan(Box<crate::plan::Plan>),
     Revision(Box<crate::revisions::Revision>),
+    /// An edit applied: the new revision and its plan.
+    Edited(Box<crate::edit::live::Edited>),
     Error(ApiError),
 }
 

@@ -1,15 +1,13 @@
-//! Capability check at startup: name what is missing instead of failing deep
-//! inside a syscall.
+//! The capabilities the daemon needs (`privileges::DAEMON`), for tests that
+//! skip without them. The startup check itself is `privileges::check`.
 
 use caps::{CapSet, Capability};
 
-/// What the daemon needs: loading programs and maps, and attaching XDP.
-pub const REQUIRED: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_NET_ADMIN];
-
-/// The required capabilities missing from this process's effective set.
+/// The needed capabilities missing from this process's effective set.
 pub fn missing() -> Vec<Capability> {
-    REQUIRED
-        .into_iter()
+    crate::privileges::DAEMON
+        .iter()
+        .map(|n| n.capability)
         .filter(|c| !caps::has_cap(None, CapSet::Effective, *c).unwrap_or(false))
         .collect()
 }

@@ -73,6 +73,31 @@ pub enum Command {
         /// How many revisions to keep (the live one is always kept).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         keep_revisions: u64,
+        /// Let this group use the control socket (0660 root:GROUP): its
+        /// members may also change state; others only root (see
+        /// deploy/systemd/README.md).
+        #[arg(long, env = "XLB_SOCKET_GROUP", value_name = "GROUP")]
+        socket_group: Option<String>,
+        /// The bpffs mount the maps and the XDP link are pinned under
+        /// (`BPFFS/xlb/<interface>/`); mounted when it is the default and
+        /// not a bpffs yet.
+        #[arg(long, default_value = crate::dataplane::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// Load the balancer from this object file instead of the one built
+        /// into xlb (staging a rebuilt program; swapped in under the live
+        /// link like any restart).
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
+    },
+    /// Remove the balancer from an interface: unpin its XDP link (the program
+    /// is detached) and every pinned map. Forwarding on it stops. Refused
+    /// while a daemon serves the interface on --socket.
+    Detach {
+        #[arg(long)]
+        interface: String,
+        /// The bpffs mount the pins are under.
+        #[arg(long, default_value = crate::dataplane::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
     },
     /// Check a config file offline; nothing is applied.
     Validate { file: PathBuf },
@@ -145,7 +170,22 @@ pub enum Command {
         message: Option<String>,
     },
     /// One revision: its record and the exact config applied.
-    Show { revision: u64 },
+    Show {
+        revision: u64,
+        /// Print only the exact config text, to take it over into a file
+        /// (`xlb show 7 --config-text > xlb.toml`).
+        #[arg(long)]
+        config_text: bool,
+    },
+    /// Take a backend out of its VIP's Maglev table, keeping its established
+    /// flows: `state = "draining"` in the live config, planned, checked and
+    /// applied as a new revision (exit 1 when a safety check refuses it).
+    Drain(crate::edit::command::EditArgs),
+    /// Put a draining backend back into the table (`state = "active"`), as
+    /// a new revision.
+    Undrain(crate::edit::command::EditArgs),
+    /// Change a backend's weight in the live config, as a new revision.
+    Weight(crate::edit::command::WeightArgs),
     /// Per VIP and backend: weights, expected, table and observed shares,
     /// counters, and the imbalance detector's verdict.
     Status,
@@ -165,7 +205,7 @@ pub enum Command {
     /// On a backend behind a tunnelling xlb: strip IPIP and GUE addressed to
     /// this host in XDP and hand the inner packet to the stack (no tunnel
     /// device needed). Runs until SIGINT/SIGTERM, then detaches and prints
-    /// its counters. Needs CAP_BPF and CAP_NET_ADMIN.
+    /// its counters. Needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
     Decap {
         /// The interface tunnelled packets arrive on; all its IPv4 and IPv6
         /// addresses (read at start) are tunnel destinations.
@@ -191,13 +231,13 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn bad_input(message: impl ToString) -> Self {
+    pub(crate) fn bad_input(message: impl ToString) -> Self {
         Self {
             code: 2,
             message: message.to_string(),
         }
     }
-    fn internal(message: impl ToString) -> Self {
+    pub(crate) fn internal(message: impl ToString) -> Self {
         Self {
             code: 4,
             message: message.to_string(),
@@ -211,18 +251,18 @@ impl From<api::ClientError> for Failure {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("serializable")
     );
 }
 
-fn from_api_error(e: api::ApiError) -> Failure {
+pub(crate) fn from_api_error(e: api::ApiError) -> Failure {
     match e.kind {
         ErrorKind::BadInput => Failure::bad_input(e.message),
         ErrorKind::Internal => Failure::internal(e.message),
-        ErrorKind::Refused => Failure {
+        ErrorKind::Refused | ErrorKind::Forbidden => Failure {
             code: 1,
             message: e.message,
         },
@@ -344,15 +384,18 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             bake_window,
             bake_hold,
             bake_tick,
+            socket_group,
+            bpffs,
+            object,
         } => {
-            let missing = crate::caps::missing();
-            if !missing.is_empty() {
-                let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
-                return Err(Failure::internal(format!(
-                    "xlb run needs {} (missing from this process's effective capabilities)",
-                    names.join(" and ")
-                )));
-            }
+            crate::privileges::check("xlb run", crate::privileges::DAEMON)
+                .map_err(Failure::internal)?;
+            let socket_group = socket_group
+                .map(|g| crate::peer::SocketGroup::resolve(&g))
+                .transpose()
+                .map_err(Failure::bad_input)?;
+            crate::peer::preflight(&cli.socket, socket_group.as_ref())
+                .map_err(Failure::bad_input)?;
             let config_text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
             let config = config::parse(&config_text, &file.display().to_string())
@@ -378,9 +421,16 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                     hold_seconds: bake_hold.as_secs_f64(),
                 },
                 bake_tick,
+                socket_group,
+                bpffs,
+                object,
             })
             .map_err(|e| Failure::internal(format!("{e:#}")))
         }
+        Command::Detach {
+            ref interface,
+            ref bpffs,
+        } => crate::restart::detach(&cli.socket, cli.output, interface, bpffs),
         Command::Validate { file } => {
             let config = config::load(&file).map_err(Failure::bad_input)?;
             let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
@@ -470,10 +520,22 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Response::Error(e) => Err(from_api_error(e)),
             other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
         },
-        Command::Show { revision } => {
+        Command::Drain(ref a) => {
+            crate::edit::command::run(&cli, a.edit(crate::edit::Change::Drain), &a.options)
+        }
+        Command::Undrain(ref a) => {
+            crate::edit::command::run(&cli, a.edit(crate::edit::Change::Undrain), &a.options)
+        }
+        Command::Weight(ref a) => crate::edit::command::run(&cli, a.edit(), &a.options),
+        Command::Show {
+            revision,
+            config_text,
+        } => {
             match api::call(&cli.socket, &Request::Show { number: revision })? {
                 Response::Revision(rev) => {
-                    if cli.output == Output::Json {
+                    if config_text {
+                        print!("{}", rev.config_text);
+                    } else if cli.output == Output::Json {
                         print_json(&rev);
                     } else {
                         print!("{}", crate::revisions::render_revision(&rev));
@@ -609,14 +671,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 /// `xlb decap`: run until a signal, then print the counters.
 fn decap_command(output: Output, opts: crate::decap::DecapOptions) -> Result<(), Failure> {
-    let missing = crate::caps::missing();
-    if !missing.is_empty() {
-        let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
-        return Err(Failure::internal(format!(
-            "xlb decap needs {} (missing from this process's effective capabilities)",
-            names.join(" and ")
-        )));
-    }
+    // The same three as `xlb run`: it loads and attaches an XDP program too.
+    crate::privileges::check("xlb decap", crate::privileges::DAEMON)
+        .map_err(Failure::internal)?;
     let counters = crate::decap::run(&opts).map_err(|e| {
         let message = format!("decap on {}: {e}", opts.interface);
         if e.is_bad_input() {
@@ -637,7 +694,7 @@ fn decap_command(output: Output, opts: crate::decap::DecapOptions) -> Result<(),
 }
 
 /// Follow the bake of `revision` until it ends: 0 baked, 1 rolled back.
-fn wait_for_bake(socket: &std::path::Path, revision: u64) -> Result<(), Failure> {
+pub(crate) fn wait_for_bake(socket: &std::path::Path, revision: u64) -> Result<(), Failure> {
     use std::io::{IsTerminal, Write};
     let tty = std::io::stderr().is_terminal();
     // Bounded: a bake window is minutes at most; give up after an hour.

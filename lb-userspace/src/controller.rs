@@ -17,6 +17,9 @@ use crate::revisions::{Kind, Outcome, Revision, Store};
 use crate::state::{self, Allocation, Desired};
 use crate::status::{self, Status, StatusContext};
 
+#[path = "health/hooks.rs"]
+mod health_hooks;
+
 /// Table slots the drift check reads per tick at most (well under a
 /// millisecond of reading and hashing): with many large tables it walks them
 /// round-robin instead of all each second. 1,000 VIPs of 6,421 slots take 25
@@ -43,7 +46,9 @@ pub enum ApplyError {
         wanted: String,
     },
     /// The connection table is sized when the program loads.
-    #[error("{file}: conn_table_size: {wanted} needs a restart; the running program has {running}")]
+    #[error(
+        "{file}: conn_table_size: {wanted} needs a restart after `xlb detach` (the pinned connection table has {running} entries)"
+    )]
     ConnTableSizeChange {
         file: String,
         running: u32,
@@ -121,6 +126,9 @@ pub struct Controller {
     /// The last count of the connection table (the daemon scans it every
     /// `CONN_SCAN_PERIOD`, outside this controller's lock).
     conn_scan: Option<ConnScan>,
+    /// Health checks: each backend's state and what each VIP's live table
+    /// holds (health/); shared with the daemon's check loop.
+    health: Arc<std::sync::Mutex<crate::health::Monitor>>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -191,6 +199,7 @@ impl Controller {
             next_plan: None,
             audit: None,
             conn_scan: None,
+            health: Default::default(),
         }
     }
 
@@ -372,6 +381,21 @@ impl Controller {
         force: bool,
         expect_revision: Option<u64>,
     ) -> Result<u64, ApplyError> {
+        self.apply_checked_as(text, file, origin, force, expect_revision, Kind::Apply)
+            .map(|(revision, _)| revision)
+    }
+
+    /// `apply_checked`, recorded as `kind` (an operator's apply, or an
+    /// edit of the live config: `xlb drain`), with the plan it applied.
+    pub fn apply_checked_as(
+        &mut self,
+        text: &str,
+        file: &str,
+        origin: &Origin,
+        force: bool,
+        expect_revision: Option<u64>,
+        kind: Kind,
+    ) -> Result<(u64, crate::plan::Plan), ApplyError> {
         if let Some(planned) = expect_revision
             && planned != self.revision
         {
@@ -414,7 +438,11 @@ impl Controller {
             );
         }
         self.next_plan = serde_json::to_value(&plan).ok();
-        let result = self.apply_recorded(text, file, origin, Kind::Apply);
+        let edit = match &kind {
+            Kind::Edit { command } => Some(command.clone()),
+            _ => None,
+        };
+        let result = self.apply_recorded(text, file, origin, kind);
         let (event, revision, detail) = match &result {
             Ok(n) => (
                 "apply",
@@ -430,6 +458,12 @@ impl Controller {
             ),
             Err(e) => ("failed", None, Some(e.to_string())),
         };
+        // An edit says which: `drain web b2; <message>`.
+        let detail = match (edit, detail) {
+            (Some(c), Some(d)) => Some(format!("{c}; {d}")),
+            (Some(c), None) => Some(c),
+            (None, d) => d,
+        };
         self.audit(
             event,
             &origin.user,
@@ -438,7 +472,15 @@ impl Controller {
             Some(text),
             detail,
         );
-        result
+        result.map(|revision| (revision, plan))
+    }
+
+    /// The live revision: its number, config text and file name (None
+    /// before the first apply). `xlb drain` edits this text.
+    pub fn live_revision(&self) -> Option<(u64, &str, &str)> {
+        self.current
+            .as_ref()
+            .map(|(n, text, file)| (*n, text.as_str(), file.as_str()))
     }
 
     /// Validate config text, apply it and record it as a revision with its
@@ -462,9 +504,9 @@ impl Controller {
             let previous = self
                 .current
                 .replace((number, text.to_string(), file.to_string()));
-            // An operator's apply that replaces a revision bakes; a rollback
+            // An operator's apply (or edit) that replaces a revision bakes; a rollback
             // (manual or automatic) and the startup config do not.
-            if let (Kind::Apply, Some(previous)) = (&kind, previous)
+            if let (Kind::Apply | Kind::Edit { .. }, Some(previous)) = (&kind, previous)
                 && self.bake_policy.window_seconds > 0.0
             {
                 let now = unix_now();
@@ -526,6 +568,43 @@ impl Controller {
         &self.metrics
     }
 
+    /// Take over what an earlier daemon left in the pinned maps: the applied
+    /// state becomes `text`'s (the live revision `number`, when it is one)
+    /// under the ids the maps hold (`state::adopt`), so the next apply moves
+    /// only what changes. Where the maps differ from it (a daemon killed in
+    /// the middle of an apply), they are rewritten to it first, each table
+    /// swapped in whole. Returns those differences.
+    pub fn adopt(
+        &mut self,
+        text: &str,
+        file: &str,
+        number: Option<u64>,
+    ) -> Result<Vec<String>, ApplyError> {
+        let config = config::parse(text, file)?;
+        let live = self.dataplane.read_live()?;
+        let adopted = state::adopt(&config, &self.host, &live)?;
+        if !adopted.differences.is_empty() {
+            for d in &adopted.differences {
+                log::warn!("adopting {file}: the pinned maps differ: {d}");
+            }
+            self.dataplane
+                .reconcile(&self.host, &adopted.desired, &adopted.stray)?;
+        }
+        self.dataplane.adopt_tables(&adopted.desired)?;
+        self.at_apply = self.snapshot(&adopted.desired)?;
+        self.drift.clear();
+        self.drift_checked_at.clear();
+        self.applied = Some(adopted.desired);
+        self.health_follow(Vec::new());
+        if let Some(n) = number {
+            self.revision = n;
+            self.current = Some((n, text.to_string(), file.to_string()));
+        }
+        self.applied_at = SystemTime::now();
+        self.applied_instant = Instant::now();
+        Ok(adopted.differences)
+    }
+
     /// Validate config text and apply it. On any error nothing is written.
     pub fn apply_text(&mut self, text: &str, file: &str) -> Result<u64, ApplyError> {
         let config = config::parse(text, file)?;
@@ -559,7 +638,10 @@ impl Controller {
         let empty = Allocation::default();
         let previous = self.applied.as_ref();
         let started = Instant::now();
-        let desired = state::desired(&config, previous.map_or(&empty, |p| &p.allocation))?;
+        let mut desired = state::desired(&config, previous.map_or(&empty, |p| &p.allocation))?;
+        // Backends the checks call down stay out of the new tables.
+        let memberships =
+            crate::health::patch_desired(&health_hooks::lock(&self.health), &mut desired);
         self.metrics
             .maglev_build
             .observe(started.elapsed().as_secs_f64());
@@ -572,6 +654,7 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         self.applied = Some(desired);
+        self.health_follow(memberships);
         self.revision = number;
         self.applied_at = SystemTime::now();
         self.applied_instant = Instant::now();
@@ -596,8 +679,12 @@ impl Controller {
         if self.applied.is_none() {
             return Ok(());
         }
+        // A failed health table write is tried again here.
+        self.health_sync();
         self.check_drift(now_unix_seconds, DRIFT_SLOTS_PER_TICK)?;
         let desired = self.applied.as_ref().expect("checked above");
+        // A backend health took out of the table expects no share.
+        let health = health_hooks::lock(&self.health);
         // Counters straight from the mapped arrays: no snapshot map here,
         // this runs for every backend every second.
         let dataplane = &self.dataplane;
@@ -605,7 +692,13 @@ impl Controller {
             .vips
             .iter()
             .map(|v| {
-                let weight_sum: u64 = v.config.table_backends().map(|b| b.weight as u64).sum();
+                let serving = health.live(&v.config.name);
+                let weight_sum: u64 = v
+                    .config
+                    .table_backends()
+                    .filter(|b| serving.serves(&b.name))
+                    .map(|b| b.weight as u64)
+                    .sum();
                 let live = self
                     .drift
                     .get(&v.config.name)
@@ -620,7 +713,8 @@ impl Controller {
                         .zip(&v.backend_ids)
                         .zip(&v.table_shares)
                         .map(|((b, id), &applied_share)| {
-                            let active = b.state == config::BackendState::Active;
+                            let active =
+                                b.state == config::BackendState::Active && serving.serves(&b.name);
                             let c = dataplane.backend_counters(*id);
                             BackendSample {
                                 name: &b.name,
@@ -645,6 +739,7 @@ impl Controller {
                 }
             })
             .collect();
+        drop(health);
         let reports = self.detector.observe(now_unix_seconds, &samples);
         let baking = self
             .bake
@@ -830,7 +925,9 @@ impl Controller {
             bake: self.bake.as_ref(),
             conn_scan: self.conn_scan.as_ref(),
         };
-        Ok(status::build(&ctx, desired, &now, &self.at_apply))
+        let mut status = status::build(&ctx, desired, &now, &self.at_apply);
+        crate::health::annotate(&mut status, &health_hooks::lock(&self.health));
+        Ok(status)
     }
 }
 
@@ -856,7 +953,15 @@ fn capacity_view(
         .zip(&desired.vips)
         .zip(&thresholds)
         .map(|((sample, v), t)| {
-            let total: f64 = v.config.table_backends().map(|b| b.capacity).sum();
+            // Over the backends in the live table (health may have taken
+            // some out).
+            let total: f64 = sample
+                .backends
+                .iter()
+                .zip(&v.config.backends)
+                .filter(|(s, _)| s.active)
+                .map(|(_, b)| b.capacity)
+                .sum();
             VipSample {
                 vip: sample.vip,
                 thresholds: t,

@@ -1,7 +1,8 @@
-//! `xlb run`: load, attach, apply, then serve the control API until SIGTERM
-//! or SIGINT, which detach the program (dropping the link) and exit.
+//! `xlb run`: load, attach (or adopt the pins of an earlier daemon:
+//! restart.rs), apply, then serve the control API until SIGTERM or SIGINT,
+//! which exit and leave the program attached and its maps pinned (`xlb
+//! detach` removes them). SIGHUP re-reads the config file.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +14,6 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::api::{ApiError, ErrorKind, Request, Response};
 use crate::config::Config;
 use crate::controller::Controller;
-use crate::dataplane::Dataplane;
 
 pub struct RunOptions {
     pub config: Config,
@@ -30,41 +30,33 @@ pub struct RunOptions {
     pub bake: crate::controller::BakePolicy,
     /// The collector's period while a revision bakes.
     pub bake_tick: std::time::Duration,
+    /// `--socket-group`: who besides root may use the control socket.
+    pub socket_group: Option<crate::peer::SocketGroup>,
+    /// The bpffs mount the pins live under (`<bpffs>/xlb/<interface>/`).
+    pub bpffs: PathBuf,
+    /// Load the balancer from this object file instead of the embedded one.
+    pub object: Option<PathBuf>,
 }
 
-/// Bind the control socket, readable and writable by root only.
-fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = socket.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            anyhow::bail!(
-                "another xlb daemon is already listening on {}",
-                socket.display()
-            );
-        }
-        std::fs::remove_file(socket)
-            .with_context(|| format!("removing stale {}", socket.display()))?;
-    }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+/// Bind the control socket: root only, or root and `--socket-group`
+/// (peer.rs).
+fn bind(socket: &Path, group: Option<&crate::peer::SocketGroup>) -> anyhow::Result<UnixListener> {
+    crate::peer::bind(socket, group)
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let interface = opts.config.interface.clone();
     let host = crate::dataplane::HostInterface::read(&interface)?;
-    // The connection table is sized here, once: a later apply that changes
-    // conn_table_size is refused (it needs a restart).
-    let mut dataplane =
-        Dataplane::load_with(opts.config.conn_table_size).context("loading the XDP program")?;
-    dataplane.attach(&interface, opts.mode)?;
-    log::info!("attached xlb_balancer to {interface}");
+    crate::restart::ignore_hangup_for_now();
+    // The connection table is sized here, once (and pinned): a later apply
+    // that changes conn_table_size is refused.
+    let (dataplane, pinned) = crate::restart::load_and_attach(
+        &interface,
+        opts.config.conn_table_size,
+        opts.mode,
+        &opts.bpffs,
+        opts.object.as_deref(),
+    )?;
     let metrics_address = opts.metrics_address.unwrap_or(opts.config.metrics_address);
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let store =
@@ -77,17 +69,12 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             crate::audit::AuditLog::open(&opts.state_dir.join("audit.log"))
                 .context("opening the audit log")?,
         );
-    let revision = controller
-        .apply_recorded(
-            &opts.config_text,
-            &opts.config_file,
-            &crate::controller::Origin {
-                user: crate::cli::current_user(),
-                message: Some("daemon start".into()),
-            },
-            crate::revisions::Kind::Startup,
-        )
-        .context("applying the initial config")?;
+    let revision = crate::restart::first_apply(
+        &mut controller,
+        &pinned,
+        &opts.config_text,
+        &opts.config_file,
+    )?;
     log::info!("serving revision {revision}");
     let conns = controller.conn_table();
     let controller = Arc::new(Mutex::new(controller));
@@ -95,20 +82,26 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let policy = Arc::new(crate::peer::Policy::new(opts.socket_group.clone()));
     let result = runtime.block_on(async {
         let http = crate::http::bind(metrics_address).await?;
         log::info!("metrics, status page and /api/status on http://{metrics_address}/");
         tokio::select! {
-            r = serve(controller.clone(), &opts.socket) => r,
+            r = serve(controller.clone(), &opts.socket, policy, revision) => r,
+            r = crate::notify::watchdog(controller.clone()) => r,
             r = crate::http::serve(http, controller.clone()) => r,
             r = collect(controller.clone(), opts.bake_tick) => r,
             r = count_conns(controller.clone(), conns) => r,
+            r = crate::health::run::serve(controller.clone()) => r,
+            r = crate::restart::reload_on_hangup(controller.clone(), PathBuf::from(&opts.config_file)) => r,
         }
     });
+    crate::notify::stopping();
     let _ = std::fs::remove_file(&opts.socket);
-    // Dropping the controller drops the dataplane, which detaches the program.
+    // The pinned link keeps the program attached, the pinned maps keep
+    // their tables and flows: forwarding goes on until the next start.
     drop(controller);
-    log::info!("detached; exiting");
+    log::info!("exiting; the program stays attached (`xlb detach` removes it)");
     result
 }
 
@@ -176,17 +169,26 @@ async fn count_conns(
     }
 }
 
-async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> anyhow::Result<()> {
-    let listener = bind(socket)?;
+/// Serve the control socket; READY=1 to systemd once it listens (the
+/// first apply, `revision`, is done by then).
+async fn serve(
+    controller: Arc<Mutex<Controller>>,
+    socket: &Path,
+    policy: Arc<crate::peer::Policy>,
+    revision: u64,
+) -> anyhow::Result<()> {
+    let listener = bind(socket, policy.group.as_ref())?;
     log::info!("control socket {}", socket.display());
+    crate::notify::ready(revision);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = accepted?;
                 let controller = controller.clone();
+                let policy = policy.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, controller).await {
+                    if let Err(e) = handle(stream, controller, policy).await {
                         log::warn!("control connection: {e:#}");
                     }
                 });
@@ -197,20 +199,27 @@ async fn serve(controller: Arc<Mutex<Controller>>, socket: &Path) -> anyhow::Res
     }
 }
 
-async fn handle(stream: UnixStream, controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    controller: Arc<Mutex<Controller>>,
+    policy: Arc<crate::peer::Policy>,
+) -> anyhow::Result<()> {
+    // Who is asking, from the kernel: decides what it may do (peer.rs).
+    let peer = crate::peer::Peer::of(&stream).context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(64 << 20))
         .read_line(&mut line)
         .await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Response::Error(ApiError {
-            kind: ErrorKind::BadInput,
-            message: format!("bad request: {e}"),
-        }),
-        // Map writes and reads are blocking syscalls: keep them off the reactor.
-        Ok(request) => tokio::task::spawn_blocking(move || dispatch(&controller, request)).await?,
-    };
+    // Map writes and reads are blocking syscalls (and so is the peer's
+    // user lookup): keep them off the reactor.
+    let response = tokio::task::spawn_blocking(move || {
+        match crate::peer::admit(&policy, &peer, &line) {
+            Err(e) => Response::Error(e),
+            Ok(request) => dispatch(&controller, request),
+        }
+    })
+    .await?;
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     write.write_all(&out).await?;
@@ -219,7 +228,7 @@ async fn handle(stream: UnixStream, controller: Arc<Mutex<Controller>>) -> anyho
 
 /// An apply-like request's error, with the kind its exit code follows:
 /// refused (1), bad input (2) or a failure (4).
-fn refused_or_failed(e: &crate::controller::ApplyError) -> Response {
+pub(crate) fn refused_or_failed(e: &crate::controller::ApplyError) -> Response {
     let kind = if e.is_refusal() {
         ErrorKind::Refused
     } else if e.is_bad_input() {
@@ -278,6 +287,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 Err(e) => refused_or_failed(&e),
             }
         }
+        Request::Edit(edit) => crate::edit::live::respond(&mut controller, edit),
         Request::Plan { file, text, user } => match controller.plan_audited(&text, &file, &user) {
             Ok(plan) => Response::Plan(Box::new(plan)),
             Err(e) => refused_or_failed(&e),

@@ -476,6 +476,97 @@ fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::
         "Unix time of the last apply",
         vec![(Vec::new(), gauge(s.applied_at_unix_seconds as f64))],
     )?;
+    encode_health(s, e)?;
+    Ok(())
+}
+
+/// Health checks (health/): series only for checked backends and VIPs.
+fn encode_health(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let checked = || {
+        s.vips.iter().flat_map(|v| {
+            v.backends
+                .iter()
+                .filter_map(move |b| Some((v, b, b.health.as_ref()?)))
+        })
+    };
+    let labels = |v: &crate::status::VipStatus, b: &crate::status::BackendStatus| {
+        vec![("vip", v.name.clone()), ("backend", b.name.clone())]
+    };
+    family(
+        e,
+        "xlb_backend_health_up",
+        "1 when the backend's health checks pass (up), 0 when they took it down",
+        checked()
+            .map(|(v, b, h)| {
+                let up = h.machine.state == crate::health::Health::Up;
+                (labels(v, b), gauge(up as u8 as f64))
+            })
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_backend_health_in_table",
+        "1 when the backend is in the VIP's live Maglev table after health checks",
+        checked()
+            .map(|(v, b, h)| (labels(v, b), gauge(h.in_table as u8 as f64)))
+            .collect(),
+    )?;
+    let mut checks = Vec::new();
+    for (v, b, h) in checked() {
+        for (result, n) in [
+            ("ok", h.machine.checks_ok_total),
+            ("failed", h.machine.checks_failed_total),
+        ] {
+            let mut l = labels(v, b);
+            l.push(("result", result.to_string()));
+            checks.push((l, counter(n)));
+        }
+    }
+    family(
+        e,
+        "xlb_backend_health_checks",
+        "Health checks of the backend, by result",
+        checks,
+    )?;
+    family(
+        e,
+        "xlb_backend_health_down_events",
+        "Times the health checks took the backend down",
+        checked()
+            .map(|(v, b, h)| (labels(v, b), counter(h.machine.down_events_total)))
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_backend_health_flapping",
+        "1 while the backend is damped for flapping (it needs flap_hold of passed checks)",
+        checked()
+            .map(|(v, b, h)| (labels(v, b), gauge(h.machine.flapping as u8 as f64)))
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_backend_health_last_change_timestamp_seconds",
+        "Unix time the backend last went up or down (or its check was set up)",
+        checked()
+            .map(|(v, b, h)| (labels(v, b), gauge(h.machine.since_unix_seconds)))
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_vip_health_all_down",
+        "1 when every active backend of the VIP is down: its all_down policy applies",
+        s.vips
+            .iter()
+            .filter_map(|v| {
+                let h = v.health.as_ref()?;
+                Some((
+                    vec![("vip", v.name.clone())],
+                    gauge(h.all_down as u8 as f64),
+                ))
+            })
+            .collect(),
+    )?;
     Ok(())
 }
 

@@ -92,6 +92,8 @@ pub enum Kind {
     AutomaticRollback { to: u64, reason: String },
     /// The daemon applied its config at startup.
     Startup,
+    /// An operator edited the live config: `drain web b2`, `weight web b2 4`.
+    Edit { command: String },
 }
 
 /// What became of a revision.
@@ -807,6 +809,7 @@ fn kind_label(kind: &Kind) -> String {
         Kind::Rollback { to } => format!("rollback to {to}"),
         Kind::AutomaticRollback { to, .. } => format!("automatic_rollback to {to}"),
         Kind::Startup => "startup".to_string(),
+        Kind::Edit { command } => command.clone(),
     }
 }
 

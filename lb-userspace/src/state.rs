@@ -29,7 +29,10 @@ use crate::config::{Backend, Config, IcmpEcho, Vip};
 use crate::dataplane::HostInterface;
 use crate::maglev::{self, MaglevBackend, MaglevTable};
 
+mod adopt;
 mod ids;
+
+pub use adopt::{Adopted, LiveMaps, adopt};
 
 /// Table slot value of a VIP without active backends: no such backend
 /// exists, so the program drops the packet and counts `no_backend`.

@@ -17,7 +17,7 @@ pub use crate::detect::Verdict;
 /// 2: new flows, the detector's verdict, drift, window shares and rates,
 /// per-CPU totals and map fill. Later additions within 2 (absent from an
 /// older daemon's document, so they default): `events`, `conn_table`, each
-/// backend's `flows`.
+/// backend's `flows`, each VIP's and backend's `health`.
 pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,6 +138,10 @@ pub struct VipStatus {
     pub drift: DriftStatus,
     pub rates: Rates,
     pub backends: Vec<BackendStatus>,
+    /// The VIP's health check, if it has one (health/): the check, the
+    /// all-down policy and whether it applies now.
+    #[serde(default)]
+    pub health: Option<crate::health::VipHealth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -170,6 +174,10 @@ pub struct BackendStatus {
     /// scan: what a draining backend still carries. Null before the first.
     #[serde(default)]
     pub flows: Option<u64>,
+    /// The backend's health: up or down, since when, the last error; null
+    /// when its VIP has no health check (or it is disabled).
+    #[serde(default)]
+    pub health: Option<crate::health::BackendHealth>,
 }
 
 /// Inputs that are not in `Desired`.
@@ -285,6 +293,7 @@ pub fn build(
                         flows: ctx
                             .conn_scan
                             .map(|scan| scan.by_backend.get(&id).copied().unwrap_or(0)),
+                        health: None,
                     }
                 })
                 .collect();
@@ -331,6 +340,7 @@ pub fn build(
                     reason: finding.and_then(|f| f.reason.clone()),
                 },
                 backends,
+                health: None,
             }
         })
         .collect();
@@ -495,7 +505,8 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     );
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec![
-        "VIP", "BACKEND", "STATE", "WEIGHT", "EXPECTED", "TABLE", "OBSERVED", "PACKETS", "FLOWS",
+        "VIP", "BACKEND", "STATE", "HEALTH", "WEIGHT", "EXPECTED", "TABLE", "OBSERVED", "PACKETS",
+        "FLOWS",
     ];
     if wide {
         header.extend(["BYTES", "ADDRESS", "MAC"]);
@@ -522,6 +533,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 v.packets.to_string(),
                 "-".into(),
             ]);
@@ -531,6 +543,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
                 vip.clone(),
                 b.name.clone(),
                 b.state.clone(),
+                crate::health::cell(b.health.as_ref(), s.generated_at_unix_seconds),
                 b.weight.to_string(),
                 pct(b.expected_share_ratio),
                 pct(b.table_share_ratio),
@@ -549,6 +562,10 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     for v in &s.vips {
         out.push_str(&verdict_line(v, s.generated_at_unix_seconds));
         out.push('\n');
+        for line in crate::health::status_lines(v, s.generated_at_unix_seconds) {
+            out.push_str(&line);
+            out.push('\n');
+        }
         if v.drift.drifted {
             out.push_str(&format!(
                 "{}: TABLE DRIFT: {}; run `xlb repair` to rewrite the applied tables\n",

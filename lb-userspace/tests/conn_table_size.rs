@@ -101,8 +101,8 @@ fn an_apply_that_changes_the_size_is_refused_and_writes_nothing() {
         assert_eq!(
             err.to_string(),
             format!(
-                "b.toml: conn_table_size: {wanted} needs a restart; the running program has \
-                 {SIZE}"
+                "b.toml: conn_table_size: {wanted} needs a restart after `xlb detach` (the \
+                 pinned connection table has {SIZE} entries)"
             )
         );
         assert_eq!(table(&controller), served, "nothing applied");

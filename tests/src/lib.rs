@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod confine;
 pub mod cpu_time;
 pub mod depth_frames;
 pub mod echo;

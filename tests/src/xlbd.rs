@@ -81,6 +81,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id (for signals: `kill -HUP`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -538,13 +538,13 @@ fn misplaced_forwarding_settings_get_a_hint() {
             format!("{HEAD}forwarding = \"gue\"\n"),
             "f.toml:2:1: forwarding: unknown field \"forwarding\", expected one of: interface, \
              hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
-             tunnel (\"forwarding\" is a setting of each VIP: write it under each [[vip]] header)",
+             tunnel, health (\"forwarding\" is a setting of each VIP: write it under each [[vip]] header)",
         ),
         (
             format!("{HEAD}gue_port = 6080\n"),
             "f.toml:2:1: gue_port: unknown field \"gue_port\", expected one of: interface, \
              hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
-             tunnel (\"gue_port\" is a tunnel setting: put it in a [tunnel] section, above the \
+             tunnel, health (\"gue_port\" is a tunnel setting: put it in a [tunnel] section, above the \
              first [[vip]])",
         ),
         (
@@ -558,7 +558,7 @@ fn misplaced_forwarding_settings_get_a_hint() {
                 )
             ),
             "f.toml:7:1: vip[0].source_v4: unknown field \"source_v4\", expected one of: name, \
-             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash \
+             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, health \
              (\"source_v4\" is a tunnel setting: put it in a [tunnel] section, above the first \
              [[vip]])",
         ),
@@ -568,7 +568,7 @@ fn misplaced_forwarding_settings_get_a_hint() {
                 vip("198.18.100.1", "icmp_echo = \"pass\"\n", &[], true)
             ),
             "f.toml:7:1: vip[0].icmp_echo: unknown field \"icmp_echo\", expected one of: name, \
-             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash \
+             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, health \
              (\"icmp_echo\" is a top-level key: move it above the first [[vip]])",
         ),
         (

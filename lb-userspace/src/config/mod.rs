@@ -5,6 +5,7 @@ mod error;
 mod forwarding;
 #[cfg(test)]
 mod forwarding_tests;
+mod health;
 mod model;
 #[cfg(test)]
 mod tests;
@@ -12,7 +13,9 @@ mod types;
 mod validate;
 
 pub use error::ConfigError;
+pub use health::{AllDown, CheckKind, HealthCheck};
 pub use types::*;
+pub use validate::MAX_WEIGHT;
 
 use std::path::Path;
 

@@ -12,6 +12,8 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::health::{HEALTH_ONLY_KEYS, RawHealth};
+
 /// A value and where it is in the file (byte range).
 #[derive(Clone, Debug)]
 pub(super) struct Sp<T> {
@@ -64,6 +66,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "conn_table_size",
     "icmp_echo",
     "tunnel",
+    "health",
 ];
 pub(super) const VIP_KEYS: &[&str] = &[
     "name",
@@ -76,6 +79,7 @@ pub(super) const VIP_KEYS: &[&str] = &[
     "safety",
     "forwarding",
     "hash",
+    "health",
 ];
 pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state", "capacity"];
 pub(super) const IMBALANCE_KEYS: &[&str] = &[
@@ -99,7 +103,7 @@ pub(super) const TUNNEL_KEYS: &[&str] = &["source_v4", "source_v6", "gue_port", 
 const VIP_ONLY_KEYS: &[&str] = &["forwarding", "hash"];
 
 /// The tables a VIP may have as well as the top level.
-const SECTION_KEYS: &[&str] = &["imbalance", "safety"];
+const SECTION_KEYS: &[&str] = &["imbalance", "safety", "health"];
 
 /// Top-level keys other than `imbalance` and `safety` (which a VIP may have
 /// too).
@@ -125,6 +129,8 @@ pub(super) struct RawConfig {
     pub conn_table_size: Option<Sp<i128>>,
     pub icmp_echo: Option<Sp<String>>,
     pub tunnel: Option<RawTunnel>,
+    /// `[health]`: the health-check defaults of every VIP.
+    pub health: Option<RawHealth>,
     pub vips: Vec<RawVip>,
 }
 
@@ -145,6 +151,8 @@ pub(super) struct RawVip {
     pub imbalance: Option<RawImbalance>,
     /// `[vip.safety]`: this VIP's own limits, key by key.
     pub safety: Option<RawSafety>,
+    /// `[vip.health]`: this VIP's own health check, key by key.
+    pub health: Option<RawHealth>,
     pub backends: Vec<RawBackend>,
 }
 
@@ -205,7 +213,7 @@ pub(super) struct RawTunnel {
 
 /// Hints for a key that is not allowed here but is a key of another table:
 /// (those keys, what to say), the first match wins.
-type Hints<'h> = &'h [(&'h [&'h str], &'h str)];
+pub(super) type Hints<'h> = &'h [(&'h [&'h str], &'h str)];
 
 /// A threshold written outside its table.
 const THRESHOLD_HINT_ROOT: &str =
@@ -238,6 +246,10 @@ impl RawConfig {
                 (SAFETY_KEYS, SAFETY_HINT_ROOT),
                 (TUNNEL_KEYS, TUNNEL_HINT),
                 (VIP_ONLY_KEYS, VIP_KEY_HINT_ROOT),
+                (
+                    HEALTH_ONLY_KEYS,
+                    "is a health-check setting: put it in a [health] section (defaults for every VIP)",
+                ),
             ],
             issues,
         );
@@ -284,6 +296,16 @@ impl RawConfig {
         let tunnel = root
             .table("tunnel", "a [tunnel] section", issues)
             .map(|t| RawTunnel::read(&t, issues));
+        let health = root.table("health", "a [health] section", issues).map(|t| {
+            RawHealth::read(
+                &t,
+                &[(
+                    ROOT_ONLY_KEYS,
+                    "is a top-level key: move it above the [health] header",
+                )],
+                issues,
+            )
+        });
         let vips = if let Some(v) = root.get("vip")
             && let DeValue::Table(t) = v.get_ref()
             && let Some(section) = t
@@ -316,6 +338,7 @@ impl RawConfig {
             conn_table_size,
             icmp_echo,
             tunnel,
+            health,
             vips,
         }
     }
@@ -356,6 +379,10 @@ impl RawVip {
                 (IMBALANCE_KEYS, THRESHOLD_HINT_VIP),
                 (SAFETY_KEYS, SAFETY_HINT_VIP),
                 (TUNNEL_KEYS, TUNNEL_HINT),
+                (
+                    HEALTH_ONLY_KEYS,
+                    "is a health-check setting: put it in a [vip.health] section (this VIP's own)",
+                ),
             ],
             issues,
         );
@@ -408,6 +435,24 @@ impl RawVip {
                             (
                                 IMBALANCE_KEYS,
                                 "is an imbalance threshold: put it in a [vip.imbalance] section",
+                            ),
+                        ],
+                        issues,
+                    )
+                }),
+            health: t
+                .table("health", "a [vip.health] section", issues)
+                .map(|h| {
+                    RawHealth::read(
+                        &h,
+                        &[
+                            (
+                                VIP_KEYS,
+                                "is a VIP key: move it above the VIP's [vip.health] header",
+                            ),
+                            (
+                                ROOT_ONLY_KEYS,
+                                "is a top-level key: move it above the first [[vip]]",
                             ),
                         ],
                         issues,
@@ -492,11 +537,11 @@ impl RawSafety {
 }
 
 /// A TOML table being read, with its span and its field path.
-struct Table<'a, 'i> {
+pub(super) struct Table<'a, 'i> {
     table: &'a DeTable<'i>,
-    span: Range<usize>,
+    pub(super) span: Range<usize>,
     /// `""` for the top level, `vip[0]`, `vip[0].backend[1]`.
-    path: String,
+    pub(super) path: String,
 }
 
 impl<'a, 'i> Table<'a, 'i> {
@@ -504,7 +549,7 @@ impl<'a, 'i> Table<'a, 'i> {
         field_path(&self.path, key)
     }
 
-    fn get(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    pub(super) fn get(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
         self.table
             .iter()
             .find(|(k, _)| k.get_ref().as_ref() == key)
@@ -515,7 +560,7 @@ impl<'a, 'i> Table<'a, 'i> {
     /// key of another level (`hints`) a hint about where it goes, often about
     /// TOML's sections: a key written after a `[[vip]]` header belongs to
     /// that VIP.
-    fn check_keys(&self, allowed: &[&str], hints: Hints<'_>, issues: &mut Issues) {
+    pub(super) fn check_keys(&self, allowed: &[&str], hints: Hints<'_>, issues: &mut Issues) {
         for (key, _) in self.table.iter() {
             let key_str: &str = key.get_ref().as_ref();
             if allowed.contains(&key_str) {
@@ -538,7 +583,12 @@ impl<'a, 'i> Table<'a, 'i> {
         issues.push(&self.span, self.field(key), "required field is missing");
     }
 
-    fn string(&self, key: &str, required: bool, issues: &mut Issues) -> Option<Sp<String>> {
+    pub(super) fn string(
+        &self,
+        key: &str,
+        required: bool,
+        issues: &mut Issues,
+    ) -> Option<Sp<String>> {
         self.string_like(key, required, None, issues)
     }
 
@@ -585,7 +635,12 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    fn integer(&self, key: &str, required: bool, issues: &mut Issues) -> Option<Sp<i128>> {
+    pub(super) fn integer(
+        &self,
+        key: &str,
+        required: bool,
+        issues: &mut Issues,
+    ) -> Option<Sp<i128>> {
         let Some(v) = self.get(key) else {
             if required {
                 self.missing(key, issues);
@@ -653,7 +708,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// A duration, as a string with a unit (`"10s"`); `validate` parses it.
     /// A bare number is told to take a unit. Optional.
-    fn duration(&self, key: &str, issues: &mut Issues) -> Option<Sp<String>> {
+    pub(super) fn duration(&self, key: &str, issues: &mut Issues) -> Option<Sp<String>> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::String(s) => Some(Sp {

@@ -64,6 +64,8 @@ pub struct Vip {
     pub imbalance: Thresholds,
     /// What `xlb plan` lets a change do to this VIP.
     pub safety: Safety,
+    /// How its backends are checked (`[health]`, `[vip.health]`).
+    pub health: super::health::HealthCheck,
     pub backends: Vec<Backend>,
 }
 

@@ -16,6 +16,7 @@ use toml::de::DeTable;
 
 use super::error::{ConfigError, Problem};
 use super::forwarding::VipContext;
+use super::health::HealthBase;
 use super::model::{
     Issues, RawBackend, RawConfig, RawImbalance, RawSafety, RawVip, Sp, field_path,
 };
@@ -25,8 +26,8 @@ use super::types::{
 };
 use crate::maglev::is_prime;
 
-/// Largest backend weight.
-const MAX_WEIGHT: u32 = 10_000;
+/// Largest backend weight (`xlb weight` checks it too).
+pub const MAX_WEIGHT: u32 = 10_000;
 /// Smallest Maglev table.
 const MIN_TABLE_SIZE: u32 = 101;
 /// A VIP's table has at least this many slots per backend, so that Maglev
@@ -231,6 +232,8 @@ pub(super) struct Checker<'a, 't> {
 struct VipDefaults<'a> {
     imbalance: &'a Thresholds,
     safety: &'a Safety,
+    /// None when `[health]` is invalid (reported).
+    health: Option<&'a HealthBase>,
     /// None when `[tunnel]` is invalid (reported).
     tunnel: Option<&'a Tunnel>,
 }
@@ -317,6 +320,13 @@ impl Checker<'_, '_> {
                 self.safety(table, &builtin_safety)
             }
         };
+        let health_defaults = match &raw.health {
+            None => Some(HealthBase::default()),
+            Some(table) => {
+                self.section_placement(&table.span, &table.path, "health", "health check", raw);
+                self.health_table(table, &HealthBase::default())
+            }
+        };
 
         let mut names: HashMap<String, First> = HashMap::new();
         let mut endpoints: HashMap<(IpAddr, u16, Protocol), First> = HashMap::new();
@@ -328,6 +338,7 @@ impl Checker<'_, '_> {
             let defaults = VipDefaults {
                 imbalance: base,
                 safety: base_safety,
+                health: health_defaults.as_ref(),
                 tunnel: tunnel.as_ref(),
             };
             match self.vip(raw_vip, &defaults, &mut names, &mut endpoints) {
@@ -337,6 +348,7 @@ impl Checker<'_, '_> {
         }
         defaults?;
         safety_defaults?;
+        health_defaults?;
         Some(Config {
             interface: interface?,
             hash_seed: hash_seed?,
@@ -430,6 +442,7 @@ impl Checker<'_, '_> {
                 table_size: 0,
                 imbalance: Default::default(),
                 safety: Default::default(),
+                health: Default::default(),
                 backends: Vec::new(),
             };
             let endpoint = vip.endpoint();
@@ -478,6 +491,7 @@ impl Checker<'_, '_> {
             None => Some(defaults.safety.clone()),
             Some(table) => self.safety(table, defaults.safety),
         };
+        let health = self.vip_health(raw.health.as_ref(), defaults.health, port, &raw.span, path);
 
         Some(Vip {
             name: name?,
@@ -489,6 +503,7 @@ impl Checker<'_, '_> {
             table_size: table_size?,
             imbalance: imbalance?,
             safety: safety?,
+            health: health?,
             backends: backends?,
         })
     }
@@ -911,7 +926,7 @@ impl Checker<'_, '_> {
     /// still the defaults of every VIP, whatever its place suggests. Refuse
     /// it there: whoever wrote it under a VIP most likely meant
     /// `[vip.imbalance]` (`[vip.safety]`). `what` names its keys: "thresholds".
-    fn section_placement(
+    pub(super) fn section_placement(
         &mut self,
         span: &Range<usize>,
         path: &str,
@@ -1128,7 +1143,7 @@ fn parse_mac(text: &str) -> Option<MacAddr> {
 /// A duration as the config writes it: a number and a unit, `"10s"`,
 /// `"500ms"`, `"1.5m"`, `"1h"` (humantime's syntax, as on the command line).
 /// The error says what to write.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     const UNITS: &str = "ms, s, m or h";
     let trimmed = text.trim();
     humantime::parse_duration(trimmed).map_err(|e| match e {
@@ -1149,7 +1164,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// `0s`, `2s`, `10m`, `1h`: the bounds in error messages.
-fn format_duration(d: Duration) -> String {
+pub(super) fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s > 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
@@ -1270,6 +1285,7 @@ table_size = 101
                         ..defaults.clone()
                     },
                     safety: Safety::default(),
+                    health: Default::default(),
                     backends: vec![
                         backend(
                             "b1",
@@ -1304,6 +1320,7 @@ table_size = 101
                     table_size: DEFAULT_TABLE_SIZE,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
+                    health: Default::default(),
                     backends: vec![
                         backend(
                             "z",
@@ -1331,6 +1348,7 @@ table_size = 101
                     table_size: 101,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
+                    health: Default::default(),
                     backends: vec![],
                 },
             ],

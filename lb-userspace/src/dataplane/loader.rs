@@ -57,6 +57,8 @@ pub enum DataplaneError {
     },
     #[error("injected failure (test)")]
     Injected,
+    #[error(transparent)]
+    Pin(#[from] super::pins::PinError),
     #[error("map {name}: {source}")]
     Io {
         name: &'static str,
@@ -161,6 +163,9 @@ pub struct Dataplane {
     pub(super) ebpf: Ebpf,
     pub(super) vips: HashMap<MapData, VipKey, VipMeta>,
     pub(super) tables: ArrayOfMaps<MapData, MapData>,
+    /// XLB_MAGLEV_TABLES again, for reading which map an entry names
+    /// without opening it (see `reader::tables_fd`).
+    pub(super) tables_fd: std::os::fd::OwnedFd,
     pub(super) backends: MappedArray<Backend>,
     _backends_map: MapData,
     /// The inner table each VIP id got from us, kept mapped: the drift check
@@ -201,16 +206,41 @@ impl Dataplane {
     /// `load` with a connection table of `conn_table_size` entries (the
     /// config's `conn_table_size`; a map's size is fixed once created).
     pub fn load_with(conn_table_size: u32) -> Result<Self, DataplaneError> {
-        let object = balancer_object();
+        Self::load_object(balancer_object(), conn_table_size, None)
+    }
+
+    /// `load_with` from `object` (the embedded one, or a rebuilt one from a
+    /// file), over the maps pinned in `pins` (each map missing there is
+    /// created and pinned). Check `pins` with `PinDir::inspect` first: the
+    /// kernel does not compare a pinned map with the object's definition.
+    pub fn load_pinned(
+        object: &[u8],
+        conn_table_size: u32,
+        pins: &super::PinDir,
+    ) -> Result<Self, DataplaneError> {
+        Self::load_object(object, conn_table_size, Some(pins))
+    }
+
+    fn load_object(
+        object: &[u8],
+        conn_table_size: u32,
+        pins: Option<&super::PinDir>,
+    ) -> Result<Self, DataplaneError> {
         if object.is_empty() {
             return Err(DataplaneError::NoObject);
         }
         let cpus = possible_cpus()? as u32;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(maps::VIP_STATS, maps::MAX_VIPS * cpus)
             .map_max_entries(maps::BACKEND_STATS, maps::MAX_BACKENDS * cpus)
-            .map_max_entries(maps::CONNS, conn_table_size)
-            .load(object)?;
+            .map_max_entries(maps::CONNS, conn_table_size);
+        if let Some(pins) = pins {
+            for name in maps::ALL {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
+        let mut ebpf = loader.load(object)?;
         let name = maps::BALANCER_PROGRAM;
         let program: &mut Xdp = ebpf
             .program_mut(name)
@@ -226,6 +256,7 @@ impl Dataplane {
         let backends_map = take_array(&mut ebpf, maps::BACKENDS)?;
         Ok(Self {
             vips: take(&mut ebpf, maps::VIPS)?,
+            tables_fd: super::reader::tables_fd(&ebpf)?,
             tables: take(&mut ebpf, maps::MAGLEV_TABLES)?,
             backends: MappedArray::new(backends_map.fd(), maps::MAX_BACKENDS as usize)
                 .map_err(io_err(maps::BACKENDS))?,
@@ -255,6 +286,23 @@ impl Dataplane {
             .program(maps::BALANCER_PROGRAM)
             .and_then(|p| <&Xdp>::try_from(p).ok())
             .expect("checked in load")
+    }
+
+    /// Attach the balancer to `interface` under the link pinned in `pins`
+    /// (replacing the program there without a gap), or attach and pin a new
+    /// link. Stays attached when `self` is dropped.
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        mode: XdpMode,
+        pins: &super::PinDir,
+    ) -> Result<super::Attached, DataplaneError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::BALANCER_PROGRAM)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .expect("checked in load");
+        pins.attach(program, interface, mode)
     }
 
     /// Attach the balancer to `interface`; detached when `self` is dropped.

@@ -4,12 +4,14 @@
 //! - `writer`: turning a `state::Desired` into map updates, atomically per VIP;
 //! - `reader`: counters, summed over CPUs, and the live tables;
 //! - `conns`: the connection table counted (fill, flows per backend);
-//! - `mmap`: BPF arrays mapped into memory.
+//! - `mmap`: BPF arrays mapped into memory;
+//! - `pins`: maps and the XDP link pinned in bpffs, adopted by the next daemon.
 
 mod conns;
 mod host;
 mod loader;
 mod mmap;
+mod pins;
 mod reader;
 mod writer;
 
@@ -18,4 +20,7 @@ pub use conns::{
 };
 pub use host::HostInterface;
 pub use loader::{Dataplane, DataplaneError, aux_object, balancer_object, decap_object};
+pub use pins::{
+    Attached, DEFAULT_BPFFS, PinDir, PinError, Pinned, Removed, ensure_bpffs, is_bpffs,
+};
 pub use reader::CounterSnapshot;

@@ -101,21 +101,43 @@ impl Dataplane {
 
     /// The Maglev table the kernel holds for `vip_id` now, slot by slot;
     /// None if it holds none.
+    ///
+    /// The outer map's entry is read as a map id with a plain lookup: when
+    /// it is the table we swapped in, it is read through our mapping, with
+    /// no further syscall and no privilege beyond CAP_BPF. Another map
+    /// (swapped in by something else, or pinned by an earlier daemon) can
+    /// only be opened by id, which needs CAP_SYS_ADMIN; without it, that
+    /// table reads as empty: it differs from every applied table, so the
+    /// drift check flags it, and adoption swaps in a fresh copy of the
+    /// applied table (same slots: no flow moves).
     pub fn live_table(&self, vip_id: u32) -> Result<Option<Vec<u32>>, DataplaneError> {
+        use std::os::fd::AsFd;
         let name = maps::MAGLEV_TABLES;
-        let inner = match self.tables.get(&vip_id, 0) {
-            Ok(inner) => inner,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(map_err(name)(e)),
+        let id = match super::pins::lookup_raw(self.tables_fd.as_fd(), vip_id, 4) {
+            Ok(v) => u32::from_ne_bytes(v[..4].try_into().expect("4 bytes")),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(super::loader::io_err(name)(e)),
         };
-        let info = inner.info().map_err(map_err(name))?;
         // Still the table we swapped in: read it through our mapping.
         if let Some(ours) = self.installed.get(&vip_id)
-            && ours.map_id == info.id()
+            && ours.map_id == id
         {
             return Ok(Some(ours.mem.to_vec()));
         }
-        // Someone swapped in another map: map that one to read it.
+        let inner = match MapData::from_id(id) {
+            Ok(inner) => inner,
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                log::debug!(
+                    "VIP id {vip_id}: its table is map {id}, not ours; reading it needs \
+                     CAP_SYS_ADMIN: taken as different"
+                );
+                return Ok(Some(Vec::new()));
+            }
+            Err(e) => return Err(map_err(name)(e)),
+        };
+        let info = inner.info().map_err(map_err(name))?;
         let len = info.max_entries() as usize;
         let mem = MappedArray::<u32>::new(inner.fd(), len).map_err(super::loader::io_err(name))?;
         Ok(Some(mem.to_vec()))
@@ -136,6 +158,24 @@ impl Dataplane {
     /// The kernel's backend entry for `backend_id` (from memory).
     pub fn live_backend(&self, backend_id: u32) -> lb_common::Backend {
         self.backends.get(backend_id as usize)
+    }
+}
+
+/// A second fd of the loaded XLB_MAGLEV_TABLES (aya keeps the typed map's
+/// own private): BPF_MAP_LOOKUP_ELEM on an array of maps gives the inner
+/// map's id, which is all the drift check needs to know that a table is
+/// still ours. aya's `ArrayOfMaps::get` turns the id into an fd with
+/// BPF_MAP_GET_FD_BY_ID, which needs CAP_SYS_ADMIN.
+pub(super) fn tables_fd(ebpf: &aya::Ebpf) -> Result<std::os::fd::OwnedFd, DataplaneError> {
+    use std::os::fd::AsFd;
+    let name = maps::MAGLEV_TABLES;
+    match ebpf.map(name) {
+        Some(aya::maps::Map::ArrayOfMaps(data)) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(super::loader::io_err(name)),
+        _ => Err(DataplaneError::Missing { kind: "map", name }),
     }
 }
 

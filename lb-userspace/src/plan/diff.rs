@@ -200,6 +200,7 @@ fn vip_details(before: Side<'_>, after: Side<'_>) -> Vec<String> {
     diff(&mut out, "hash_seed", &before.built.seed, &after.built.seed);
     imbalance_details(&mut out, &b.imbalance, &a.imbalance);
     safety_details(&mut out, &b.safety, &a.safety);
+    out.extend(crate::health::plan_details(&b.health, &a.health));
     for (name, sides) in union(Some(before), Some(after)) {
         match sides {
             (None, Some(a)) => {

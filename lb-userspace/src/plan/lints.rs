@@ -7,7 +7,9 @@
 //!   above `max_capacity_removed`.
 //! * `flows_moved`: `flows_moved_ratio` is above `max_flows_moved`. Not when
 //!   the VIP has no active backend today: its packets are dropped, there is
-//!   no flow to move.
+//!   no flow to move. The flows of backends the candidate drains are not
+//!   counted: draining means moving them on purpose, and the connection
+//!   table keeps their established connections where they are.
 //! * `share_growth`: a backend active on both sides, with a share today,
 //!   would get more than `max_share_growth` x that share. A new backend's
 //!   growth from 0 is not growth; the capacity check covers it.
@@ -64,9 +66,24 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
         ));
     }
 
-    // Flows that move.
+    // Flows that move, but for those of backends being drained.
     let served_today = !before.built.table.slots.is_empty();
-    if served_today && plan.flows_moved_ratio > safety.max_flows_moved {
+    let drained: f64 = before
+        .vip
+        .backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .filter(|b| {
+            after
+                .vip
+                .backends
+                .iter()
+                .any(|a| a.name == b.name && a.state == BackendState::Draining)
+        })
+        .map(|b| before.built.share(&b.name))
+        .sum();
+    let moved = (plan.flows_moved_ratio - drained).max(0.0);
+    if served_today && moved > safety.max_flows_moved {
         let cause = if before.vip.table_size != after.vip.table_size {
             format!(
                 "; table_size {} -> {} gives every flow a new slot",
@@ -89,9 +106,17 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
             None,
             LintKind::FlowsMoved,
             format!(
-                "{} of the flows would move to another backend (limit {}){cause}",
-                percent_above(plan.flows_moved_ratio, safety.max_flows_moved),
-                limit_percent(safety.max_flows_moved)
+                "{} of the flows would move to another backend (limit {}){cause}{}",
+                percent_above(moved, safety.max_flows_moved),
+                limit_percent(safety.max_flows_moved),
+                if drained > 0.0 {
+                    format!(
+                        " (not counting the {:.1}% on backends being drained)",
+                        drained * 100.0
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ));
     }

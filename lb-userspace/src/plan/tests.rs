@@ -36,6 +36,7 @@ fn vip(name: &str, table_size: u32, backends: Vec<Backend>) -> Vip {
         table_size,
         imbalance: Default::default(),
         safety: Safety::default(),
+        health: Default::default(),
         backends,
     }
 }
@@ -333,6 +334,29 @@ fn disabling_3_of_4_backends_fails_capacity_removed() {
     candidate.vips[0].backends[0].state = BackendState::Disabled;
     let p = plan(&base, &candidate).unwrap();
     assert!(kinds(&p).contains(&LintKind::CapacityRemoved), "{p:#?}");
+}
+
+#[test]
+fn draining_one_backend_does_not_count_its_flows_as_moved() {
+    // Draining 1 of 3: its third of the table moves on purpose (the
+    // connection table keeps its connections), so flows_moved stays quiet.
+    let base = equal(3);
+    let mut candidate = base.clone();
+    candidate.vips[0].backends[1].state = BackendState::Draining;
+    let p = plan(&base, &candidate).unwrap();
+    assert!(p.vips[0].flows_moved_ratio > 0.3, "{p:#?}");
+    assert!(!kinds(&p).contains(&LintKind::FlowsMoved), "{p:#?}");
+    // Disabling it instead is a move like any other.
+    candidate.vips[0].backends[1].state = BackendState::Disabled;
+    let p = plan(&base, &candidate).unwrap();
+    assert!(kinds(&p).contains(&LintKind::FlowsMoved), "{p:#?}");
+    // Draining 1 of 3 while a new seed reshuffles everything: the rest counts.
+    let mut candidate = base.clone();
+    candidate.vips[0].backends[1].state = BackendState::Draining;
+    candidate.hash_seed = 8;
+    let p = plan(&base, &candidate).unwrap();
+    let lint = p.lints.iter().find(|l| l.kind == LintKind::FlowsMoved).expect("flows_moved");
+    assert!(lint.message.contains("not counting the 33."), "{}", lint.message);
 }
 
 #[test]
