@@ -595,7 +595,7 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         self.applied = Some(adopted.desired);
-        self.health_follow(Vec::new());
+        self.health_adopt(adopted.health);
         if let Some(n) = number {
             self.revision = n;
             self.current = Some((n, text.to_string(), file.to_string()));

@@ -499,3 +499,143 @@ fn no_backend_drops(status: &serde_json::Value) -> u64 {
         .and_then(|d| d["packets"].as_u64())
         .unwrap_or(0)
 }
+
+/// A bpffs mounted at a directory of the test's, for the pins a restarted
+/// daemon adopts (as in restart.rs: `ip netns exec` gives each daemon a
+/// private /sys); unmounted, which unpins everything, on drop.
+struct Bpffs(std::path::PathBuf);
+
+impl Bpffs {
+    fn mount(path: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        tests::netns::sh(&["mount", "-t", "bpf", "bpf", path.to_str().context("path")?])?;
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = tests::netns::sh(&["umount", "-l", &self.0.display().to_string()]);
+    }
+}
+
+#[test]
+fn a_restarted_daemon_keeps_a_dead_backend_out() {
+    if !tests::privileged("a_restarted_daemon_keeps_a_dead_backend_out") {
+        return;
+    }
+    tests::in_workdir("health-restart", keep_down_across_restart);
+}
+
+fn keep_down_across_restart(dir: &Path) -> anyhow::Result<()> {
+    const RESTART_PORT: u16 = 8076;
+    let bed = Testbed::new("xlbhc-r", 3)?;
+    let b = &bed.backends;
+    let mut servers: Vec<Option<EchoServers>> = b
+        .iter()
+        .map(|h| EchoServers::start(std::slice::from_ref(h), RESTART_PORT).map(Some))
+        .collect::<anyhow::Result<_>>()?;
+    let text = format!(
+        "interface = \"eth0\"\nhash_seed = 1\n{}",
+        vip(
+            "web",
+            RESTART_PORT,
+            &[(&b[0], 1), (&b[1], 1), (&b[2], 2)],
+            CHECK
+        )
+    );
+    let config_path = dir.join("xlb.toml");
+    std::fs::write(&config_path, &text)?;
+    let bpffs = Bpffs::mount(&dir.join("bpffs"))?;
+    let pins = bpffs.0.display().to_string();
+    let args = ["--bake-window", "0s", "--bpffs", pins.as_str()];
+    let mut daemon = Daemon::start_with(&bed.lb.ns, &config_path, dir, &args)?;
+    wait(Duration::from_secs(5), "every backend up", || {
+        let s = daemon.status()?;
+        Ok(["b1", "b2", "b3"]
+            .iter()
+            .all(|n| health(&s, "web", n).as_deref() == Some("up")))
+    })?;
+    let status = daemon.status()?;
+    let revision = status["revision"].clone();
+    let (vip_id, id) = ids(&status, "web")?;
+    let b2 = id["b2"];
+    let built = config_table(&text, "web", &id)?;
+    ensure!(
+        live_table(&bed.lb.ns, vip_id)? == built,
+        "the live table is not the config's at the start"
+    );
+
+    // b2's server dies; once it is out of the table, the daemon is killed.
+    servers[1] = None;
+    wait(DOWN_WITHIN, "b2 out of the live table", || {
+        Ok(!live_table(&bed.lb.ns, vip_id)?.contains(&b2))
+    })?;
+    let patched = live_table(&bed.lb.ns, vip_id)?;
+    daemon.kill()?;
+    drop(daemon);
+    let started = Instant::now();
+    let daemon = Daemon::start_with(&bed.lb.ns, &config_path, dir, &args)?;
+    let ready = started.elapsed();
+
+    // For 3 s (longer than fall × interval), the live table stays the
+    // patched one: b2 is never put back.
+    let watch = Instant::now();
+    let mut polls = 0;
+    while watch.elapsed() < Duration::from_secs(3) {
+        let live = live_table(&bed.lb.ns, vip_id)?;
+        ensure!(
+            !live.contains(&b2),
+            "b2 is back in the table {:?} after the restarted daemon answered ({} of its \
+             slots)",
+            watch.elapsed(),
+            live.iter().filter(|&&s| s == b2).count()
+        );
+        ensure!(live == patched, "the restart changed the patched table");
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = daemon.status()?;
+    let web = vip_status(&status, "web")?;
+    let h2 = &web["backends"][1]["health"];
+    ensure!(
+        h2["state"] == "down" && h2["in_table"] == false,
+        "b2's health after the restart: {h2}"
+    );
+    ensure!(
+        web["health"]["table"] == "without_down" && web["drift"]["drifted"] == false,
+        "web after the restart: {web}"
+    );
+    ensure!(
+        status["revision"] == revision,
+        "the restart made a revision"
+    );
+    let log = daemon.log_text();
+    ensure!(
+        !log.contains("the pinned maps differ") && log.contains("the pinned table is without b2"),
+        "the restarted daemon's log:\n{log}"
+    );
+
+    // b2's server comes back: after rise (2) passed checks, the config's
+    // table again.
+    let restarted = Instant::now();
+    servers[1] = Some(EchoServers::start(&b[1..2], RESTART_PORT)?);
+    wait(Duration::from_secs(5), "the config's table back", || {
+        Ok(live_table(&bed.lb.ns, vip_id)? == built)
+    })?;
+    let up_after = restarted.elapsed();
+    ensure!(
+        up_after >= Duration::from_millis(800),
+        "b2 came back {up_after:?} after its restart: sooner than rise = 2 allows"
+    );
+    let status = daemon.status()?;
+    let h2 = &vip_status(&status, "web")?["backends"][1]["health"];
+    ensure!(h2["state"] == "up" && h2["in_table"] == true, "b2: {h2}");
+    eprintln!(
+        "restart over the pins answered in {ready:?}; b2 stayed out for {polls} polls over 3 s; \
+         back {up_after:?} after its server restarted"
+    );
+    drop(daemon);
+    drop(bpffs);
+    Ok(())
+}

@@ -33,6 +33,23 @@ impl Controller {
         }
     }
 
+    /// After an adoption: check what the adopted config says, and take the
+    /// health patches found in the pinned tables (`memberships`, from
+    /// `state::adopt`) as live, their left-out backends down.
+    pub(super) fn health_adopt(&mut self, memberships: Vec<(String, Membership)>) {
+        self.health_follow(Vec::new());
+        let mut monitor = lock(&self.health);
+        let now = crate::health::now();
+        for (vip, m) in memberships {
+            log::info!(
+                "VIP {vip}: health: the pinned table is {}, as an earlier daemon's checks left it; \
+                 kept, those backends start down",
+                describe(&m)
+            );
+            monitor.adopt_live(&vip, m, now);
+        }
+    }
+
     /// Bring every VIP's live table in line with its backends' health, if
     /// any changed (or a write failed) since the last call: each VIP whose
     /// table should hold other backends gets its patched table swapped in

@@ -4,7 +4,8 @@
 //! The rules:
 //!
 //! - A backend starts **up** (a restarted daemon keeps serving what the
-//!   config says until the checks say otherwise).
+//!   config says until the checks say otherwise), unless a restarted daemon
+//!   finds it out of its pinned table (`start_down`).
 //! - Up, it goes **down** after `fall` failed checks in a row.
 //! - Down, it comes back **up** after `rise` successful checks in a row,
 //!   unless it is *flapping*.
@@ -108,6 +109,16 @@ impl Machine {
             checks_failed: 0,
             down_events: 0,
         }
+    }
+
+    /// Down since `now`, with no history: a backend an earlier daemon's
+    /// checks had taken out (its patched table found in the pinned maps).
+    /// It comes back after `rise` passed checks, as any down backend.
+    pub fn start_down(&mut self, now: Clock) {
+        self.state = Health::Down;
+        self.since = now;
+        self.ok_streak = 0;
+        self.ok_since = None;
     }
 
     pub fn state(&self) -> Health {

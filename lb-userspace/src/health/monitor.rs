@@ -292,6 +292,34 @@ impl Monitor {
         }
     }
 
+    /// A restarted daemon found `m` in `vip`'s live table (an earlier
+    /// daemon's health patch): record it as live and start the backends it
+    /// leaves out down, so the table is kept until they pass `rise` checks.
+    /// Call after `sync` with the adopted config.
+    pub fn adopt_live(&mut self, vip: &str, m: Membership, now: Clock) {
+        let out: Vec<String> = self
+            .vips
+            .get(vip)
+            .map(|v| {
+                v.table_backends
+                    .iter()
+                    .filter(|n| !m.serves(n))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for backend in out {
+            let key = Key {
+                vip: vip.to_string(),
+                backend,
+            };
+            if let Some(t) = self.targets.get_mut(&key) {
+                t.machine.start_down(now);
+            }
+        }
+        self.set_live(vip, m);
+    }
+
     /// What the live table of `vip` holds (Full unless health changed it).
     pub fn live(&self, vip: &str) -> &Membership {
         static FULL: Membership = Membership::Full;
@@ -539,6 +567,49 @@ mod tests {
         m.sync(&c4, at(t));
         assert_eq!(m.live("web"), &Membership::Full);
         assert!(m.vip_view("web").is_none());
+    }
+
+    #[test]
+    fn an_adopted_patch_starts_its_backends_down_until_rise() {
+        let c = config("");
+        let mut m = Monitor::new();
+        m.sync(&c, at(0.0));
+        let without_b = Membership::Without(["b".to_string()].into());
+        m.adopt_live("web", without_b.clone(), at(0.0));
+        // b is down and out: the table is what it should be, nothing to do.
+        assert_eq!(m.wanted(&c.vips[0]), without_b);
+        assert_eq!(m.live("web"), &without_b);
+        assert!(!m.take_dirty());
+        let view = m.backend_view("web", "b").unwrap();
+        assert_eq!(view.machine.state, Health::Down);
+        assert!(!view.in_table);
+        assert_eq!(
+            m.backend_view("web", "a").unwrap().machine.state,
+            Health::Up
+        );
+        // It comes back after `rise` (2) passed checks, not before.
+        let mut transitions = Vec::new();
+        let mut t = 0.0;
+        while t < 1.0 {
+            transitions.extend(step(&mut m, t, &|_| true));
+            t += 0.1;
+        }
+        assert!(transitions.is_empty(), "{transitions:?}");
+        while t < 2.0 {
+            transitions.extend(step(&mut m, t, &|_| true));
+            t += 0.1;
+        }
+        assert_eq!(transitions, [("b".to_string(), Transition::CameUp)]);
+        assert_eq!(m.wanted(&c.vips[0]), Membership::Full);
+        // Closed: every table backend starts down.
+        let mut m = Monitor::new();
+        m.sync(&config("all_down = \"fail_closed\"\n"), at(0.0));
+        m.adopt_live("web", Membership::Closed, at(0.0));
+        let v = m.vip_view("web").unwrap();
+        assert_eq!(
+            (v.backends_down, v.all_down, v.table.as_str()),
+            (2, true, "closed")
+        );
     }
 
     #[test]

@@ -175,6 +175,41 @@ pub fn patched(vip: &DesiredVip, m: &Membership, seed: u32) -> Patched {
     Patched { slots, shares }
 }
 
+/// The health patch a restarted daemon finds in `vip`'s live table, if
+/// that is what it holds: the config's table backends that hold no slot in
+/// `live` form a set D, and `live` is exactly `patched(vip, Without(D))`
+/// (or, when the VIP fails closed, every slot names no backend: `Closed`).
+/// None for anything else, the config's own table included (it is not a
+/// patch), and for a VIP without health checks.
+pub fn recognise(vip: &DesiredVip, live: &[u32], seed: u32) -> Option<Membership> {
+    let check = &vip.config.health;
+    let names = &vip.table.names;
+    if !check.enabled() || names.is_empty() || live.len() != vip.table.slots.len() {
+        return None;
+    }
+    if check.all_down == crate::config::AllDown::FailClosed
+        && live.iter().all(|&id| id == NO_BACKEND)
+    {
+        return Some(Membership::Closed);
+    }
+    let held: BTreeSet<u32> = live.iter().copied().collect();
+    let gone: BTreeSet<String> = vip
+        .config
+        .backends
+        .iter()
+        .zip(&vip.backend_ids)
+        .filter(|(b, id)| names.contains(&b.name) && !held.contains(id))
+        .map(|(b, _)| b.name.clone())
+        .collect();
+    // Nobody out, or nobody left (that would be `Closed`, or fail-open's
+    // full table): not a patch.
+    if gone.is_empty() || gone.len() == names.len() {
+        return None;
+    }
+    let m = Membership::Without(gone);
+    (patched(vip, &m, seed).slots == live).then_some(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +363,66 @@ mod tests {
         let closed = patched(&v, &Membership::Closed, 2);
         assert_eq!(closed.slots, vec![NO_BACKEND; 1021]);
         assert!(closed.shares.iter().all(|&s| s == 0.0));
+    }
+
+    fn checked_vip(all_down: &str) -> DesiredVip {
+        let text = format!(
+            "interface = \"eth0\"\nhash_seed = 2\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
+            [vip.health]\nall_down = \"{all_down}\"\n\
+            [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n\
+            [[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:12\"\nweight = 2\n\
+            [[vip.backend]]\nname = \"c\"\naddress = \"198.18.0.13\"\nmac = \"02:00:00:00:00:13\"\n"
+        );
+        let config = crate::config::parse(&text, "t.toml").unwrap();
+        crate::state::desired(&config, &Default::default())
+            .unwrap()
+            .vips
+            .remove(0)
+    }
+
+    #[test]
+    fn a_health_patch_is_recognised_in_a_live_table_and_nothing_else_is() {
+        let v = checked_vip("fail_open");
+        let without =
+            |names: &[&str]| Membership::Without(names.iter().map(|n| n.to_string()).collect());
+        // The config's own table is no patch.
+        assert_eq!(recognise(&v, &v.slots, 2), None);
+        // One or two backends out: recognised, whichever.
+        for gone in [&["a"][..], &["b"], &["a", "c"]] {
+            let m = without(gone);
+            let live = patched(&v, &m, 2).slots;
+            assert_eq!(recognise(&v, &live, 2), Some(m), "{gone:?}");
+            // Under another seed it is not the patch this config makes
+            // (unless one backend is left: it holds every slot either way).
+            if gone.len() == 1 {
+                assert_eq!(recognise(&v, &live, 3), None, "{gone:?}");
+            }
+            // One slot given back to a backend that is out: not a patch.
+            let mut off = live.clone();
+            let out = v.config.backends.iter().position(|b| b.name == gone[0]);
+            off[0] = v.backend_ids[out.unwrap()];
+            assert_eq!(recognise(&v, &off, 2), None, "{gone:?}");
+        }
+        // A table of another size, or without a backend but otherwise the
+        // config's (a backend that left in an unrecorded apply): not a patch.
+        assert_eq!(recognise(&v, &v.slots[1..], 2), None);
+        let a = v.backend_ids[0];
+        let b = v.backend_ids[1];
+        let no_a: Vec<u32> = v
+            .slots
+            .iter()
+            .map(|&id| if id == a { b } else { id })
+            .collect();
+        assert_eq!(recognise(&v, &no_a, 2), None);
+        // Every slot empty: `Closed` when the VIP fails closed, only.
+        let empty = vec![NO_BACKEND; v.slots.len()];
+        assert_eq!(recognise(&v, &empty, 2), None);
+        let closed = checked_vip("fail_closed");
+        assert_eq!(recognise(&closed, &empty, 2), Some(Membership::Closed));
+        // A VIP without checks never holds a patch.
+        let plain = vip();
+        let live = patched(&plain, &without(&["a"]), 2).slots;
+        assert_eq!(recognise(&plain, &live, 2), None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::dataplane::HostInterface;
+use crate::health::Membership;
 
 /// Where a backend entry sends frames: (VIP id, MAC, family, address).
 type Target = (u32, [u8; 6], u8, [u8; 16]);
@@ -57,6 +58,10 @@ pub struct Adopted {
     pub differences: Vec<String>,
     /// VIP map entries `desired` does not have (to remove).
     pub stray: Vec<VipKey>,
+    /// The VIPs whose live table holds a health patch (the backends an
+    /// earlier daemon's checks took out, `health::patch::recognise`): their
+    /// `desired` table is that patched table, kept as it is.
+    pub health: Vec<(String, Membership)>,
 }
 
 /// Name of the placeholder identities that keep ids the maps use, but the
@@ -71,13 +76,34 @@ pub fn adopt(
     live: &LiveMaps,
 ) -> Result<Adopted, StateError> {
     let allocation = read_ids(config, live);
-    let desired = desired(config, &allocation)?;
+    let mut desired = desired(config, &allocation)?;
+    let health = keep_health_patches(&mut desired, live);
     let (differences, stray) = compare(&desired, host, live);
     Ok(Adopted {
         desired,
         differences,
         stray,
+        health,
     })
+}
+
+/// Take each live table that is a health patch of its VIP's config table
+/// (see `Adopted::health`) as the VIP's table, so it is no difference.
+fn keep_health_patches(desired: &mut Desired, live: &LiveMaps) -> Vec<(String, Membership)> {
+    let seed = desired.config.hash_seed;
+    let mut out = Vec::new();
+    for vip in &mut desired.vips {
+        let Some(slots) = live.tables.get(&vip.id) else {
+            continue;
+        };
+        if let Some(m) = crate::health::patch::recognise(vip, slots, seed) {
+            let p = crate::health::patch::patched(vip, &m, seed);
+            vip.slots = p.slots;
+            vip.table_shares = p.shares;
+            out.push((vip.config.name.clone(), m));
+        }
+    }
+    out
 }
 
 /// The allocation the maps imply for `config`, with every other id in use
@@ -510,6 +536,49 @@ mod tests {
             "{:?}",
             adopted.differences
         );
+    }
+
+    #[test]
+    fn a_health_patched_table_is_kept_and_anything_else_rewritten() {
+        let mut checked = config(
+            &[
+                ("b1", 11, 1, "active"),
+                ("b2", 12, 1, "active"),
+                ("b3", 13, 2, "active"),
+            ],
+            1021,
+        );
+        checked.vips[0].health.kind = crate::config::CheckKind::Tcp;
+        let (applied, mut live) = maps_after(&[&checked]);
+        let web = &applied.vips[0];
+        let m = Membership::Without(["b2".to_string()].into());
+        let p = crate::health::patch::patched(web, &m, checked.hash_seed);
+        live.tables.insert(web.id, p.slots.clone());
+        let adopted = adopt(&checked, &HOST, &live).unwrap();
+        assert_eq!(adopted.differences, Vec::<String>::new());
+        assert_eq!(adopted.health, [("web".to_string(), m.clone())]);
+        assert_eq!(adopted.desired.vips[0].slots, p.slots);
+        assert_eq!(adopted.desired.vips[0].table_shares, p.shares);
+        assert_eq!(adopted.desired.vips[0].table, web.table);
+        // The same table under a config that does not check web: a
+        // difference, rewritten to the config's table.
+        let mut unchecked = checked.clone();
+        unchecked.vips[0].health.kind = crate::config::CheckKind::None;
+        let adopted = adopt(&unchecked, &HOST, &live).unwrap();
+        assert!(adopted.health.is_empty());
+        assert_eq!(
+            adopted.differences,
+            [format!("vip web: the live table (id {}) differs", web.id)]
+        );
+        assert_eq!(adopted.desired.vips[0].slots, web.slots);
+        // Nor is a table with b2 out in some other way.
+        let mut other = p.slots.clone();
+        let i = other.iter().position(|&id| id != other[0]).unwrap();
+        other.swap(0, i);
+        live.tables.insert(web.id, other);
+        let adopted = adopt(&checked, &HOST, &live).unwrap();
+        assert!(adopted.health.is_empty());
+        assert_eq!(adopted.differences.len(), 1, "{:?}", adopted.differences);
     }
 
     #[test]
