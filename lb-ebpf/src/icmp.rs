@@ -40,7 +40,14 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
     let icmp: *mut [u8; 4] = ptr_at(ctx, l4)?;
     // SAFETY (all derefs below): bounds checked by ptr_at.
     unsafe {
-        let client = [(*eth)[6], (*eth)[7], (*eth)[8], (*eth)[9], (*eth)[10], (*eth)[11]];
+        let client = [
+            (*eth)[6],
+            (*eth)[7],
+            (*eth)[8],
+            (*eth)[9],
+            (*eth)[10],
+            (*eth)[11],
+        ];
         (&mut *eth)[..6].copy_from_slice(&client);
         (&mut *eth)[6..].copy_from_slice(iface_mac);
     }
@@ -48,7 +55,10 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
         let ip: *mut [u8; 20] = ptr_at(ctx, l3)?;
         unsafe {
             let ip = &mut *ip;
-            let (src, dst) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
+            let (src, dst) = (
+                [ip[12], ip[13], ip[14], ip[15]],
+                [ip[16], ip[17], ip[18], ip[19]],
+            );
             ip[12..16].copy_from_slice(&dst);
             ip[16..20].copy_from_slice(&src);
             let old = [ip[8], ip[9]];

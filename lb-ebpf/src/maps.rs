@@ -10,8 +10,8 @@ use lb_common::{
     Backend, Counters, GlobalConfig, VipKey, VipMeta,
     hash::{FlowWords, FragKey},
     maps::{
-        BPF_F_MMAPABLE, CONN_TABLE_SIZE, FRAG_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE, MAX_BACKENDS,
-        MAX_VIPS,
+        BPF_F_MMAPABLE, CONN_TABLE_SIZE, FRAG_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE,
+        MAX_BACKENDS, MAX_VIPS,
     },
     stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
 };

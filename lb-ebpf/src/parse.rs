@@ -16,8 +16,7 @@
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use lb_common::{
-    FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    stats::EV_FRAG_UNKNOWN,
+    FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, stats::EV_FRAG_UNKNOWN,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
@@ -143,7 +142,11 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
             p.flow.dst = [word(&ip.dst_addr), 0, 0, 0];
             if frags & 0x3fff != 0 {
                 p.frag_key.id = u16::from_le_bytes(ip.id) as u32;
-                p.frag = if frags & 0x1fff != 0 { FRAG_LATER } else { FRAG_FIRST };
+                p.frag = if frags & 0x1fff != 0 {
+                    FRAG_LATER
+                } else {
+                    FRAG_FIRST
+                };
             }
             (l3_off + ihl, tot_len - ihl, ip.proto)
         }
@@ -180,7 +183,11 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
                 // An atomic fragment (offset 0, M 0) is a whole packet.
                 if offset_m & 0xfff9 != 0 {
                     p.frag_key.id = u32::from_le_bytes([fh[4], fh[5], fh[6], fh[7]]);
-                    p.frag = if offset_m & 0xfff8 != 0 { FRAG_LATER } else { FRAG_FIRST };
+                    p.frag = if offset_m & 0xfff8 != 0 {
+                        FRAG_LATER
+                    } else {
+                        FRAG_FIRST
+                    };
                 }
             }
             (l4_off, l4_len, next)

@@ -35,14 +35,23 @@ const TTL: u8 = 64;
 /// Encapsulate the packet for `b` and send it (or answer it with ICMP when
 /// the result would not fit the interface's MTU).
 #[inline(never)]
-pub fn send(ctx: &XdpContext, s: &mut Scratch, b: &Backend, cfg: &GlobalConfig, method: u8) -> Sent {
+pub fn send(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    b: &Backend,
+    cfg: &GlobalConfig,
+    method: u8,
+) -> Sent {
     let outer_family = b.family;
     if outer_family == FAMILY_V4 && s.p.family == FAMILY_V6 {
         return Sent::drop(DROP_ENCAP_FAILED);
     }
     let gue = method == METHOD_GUE;
-    let overhead = if outer_family == FAMILY_V6 { IPV6_LEN } else { IPV4_LEN }
-        + if gue { UDP_LEN } else { 0 };
+    let overhead = if outer_family == FAMILY_V6 {
+        IPV6_LEN
+    } else {
+        IPV4_LEN
+    } + if gue { UDP_LEN } else { 0 };
     if s.p.ip_len + overhead > cfg.mtu as u32 {
         // Too big for the link once wrapped: a router would say so, and the
         // client's path MTU discovery shrinks its packets. IPv4 without DF
@@ -95,7 +104,13 @@ fn outer_addresses(s: &mut Scratch, b: &Backend, cfg: &GlobalConfig, h: u32) {
 /// Make room for the outer headers and write them. `overhead` says which:
 /// IPv4 20 / 28 (IPIP / GUE), IPv6 40 / 48. `h` is the flow hash.
 #[inline(never)]
-fn encapsulate(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, overhead: u32, h: u32) -> Option<()> {
+fn encapsulate(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    cfg: &GlobalConfig,
+    overhead: u32,
+    h: u32,
+) -> Option<()> {
     let outer_v6 = overhead >= IPV6_LEN;
     let gue = overhead == IPV4_LEN + UDP_LEN || overhead == IPV6_LEN + UDP_LEN;
     let p = &s.p;
@@ -136,7 +151,11 @@ fn encapsulate(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, overhead: 
         unsafe { (&mut *eth)[12..].copy_from_slice(&ether_type) };
     }
     let l3 = l3 & 0x1f;
-    let inner_proto = if p.family == FAMILY_V6 { PROTO_IPV6 } else { PROTO_IPIP };
+    let inner_proto = if p.family == FAMILY_V6 {
+        PROTO_IPV6
+    } else {
+        PROTO_IPIP
+    };
     let proto = if gue { PROTO_UDP } else { inner_proto };
     let udp_len = inner_len + UDP_LEN;
     let l4 = if outer_v6 {
@@ -194,7 +213,9 @@ fn encapsulate(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, overhead: 
 /// The outer IPv6 pseudo-header's sum for a UDP datagram of `udp_len`.
 #[inline(always)]
 fn pseudo_outer_v6(s: &Scratch, udp_len: u32) -> u64 {
-    csum::sum_bytes(&s.outer_src) + csum::sum_bytes(&s.outer_dst) + csum::be16(udp_len as u16)
+    csum::sum_bytes(&s.outer_src)
+        + csum::sum_bytes(&s.outer_dst)
+        + csum::be16(udp_len as u16)
         + csum::be16(PROTO_UDP as u16)
 }
 

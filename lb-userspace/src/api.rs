@@ -88,7 +88,9 @@ pub struct ApiError {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
-    Applied { revision: u64 },
+    Applied {
+        revision: u64,
+    },
     Repaired(crate::controller::Repaired),
     History(Vec<crate::revisions::Revision>),
     Plan(Box<crate::plan::Plan>),

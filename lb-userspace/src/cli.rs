@@ -530,22 +530,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Show {
             revision,
             config_text,
-        } => {
-            match api::call(&cli.socket, &Request::Show { number: revision })? {
-                Response::Revision(rev) => {
-                    if config_text {
-                        print!("{}", rev.config_text);
-                    } else if cli.output == Output::Json {
-                        print_json(&rev);
-                    } else {
-                        print!("{}", crate::revisions::render_revision(&rev));
-                    }
-                    Ok(())
+        } => match api::call(&cli.socket, &Request::Show { number: revision })? {
+            Response::Revision(rev) => {
+                if config_text {
+                    print!("{}", rev.config_text);
+                } else if cli.output == Output::Json {
+                    print_json(&rev);
+                } else {
+                    print!("{}", crate::revisions::render_revision(&rev));
                 }
-                Response::Error(e) => Err(from_api_error(e)),
-                other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+                Ok(())
             }
-        }
+            Response::Error(e) => Err(from_api_error(e)),
+            other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        },
         Command::Plan {
             ref file,
             ref base,
@@ -672,8 +670,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// `xlb decap`: run until a signal, then print the counters.
 fn decap_command(output: Output, opts: crate::decap::DecapOptions) -> Result<(), Failure> {
     // The same three as `xlb run`: it loads and attaches an XDP program too.
-    crate::privileges::check("xlb decap", crate::privileges::DAEMON)
-        .map_err(Failure::internal)?;
+    crate::privileges::check("xlb decap", crate::privileges::DAEMON).map_err(Failure::internal)?;
     let counters = crate::decap::run(&opts).map_err(|e| {
         let message = format!("decap on {}: {e}", opts.interface);
         if e.is_bad_input() {

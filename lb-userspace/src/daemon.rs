@@ -213,13 +213,12 @@ async fn handle(
         .await?;
     // Map writes and reads are blocking syscalls (and so is the peer's
     // user lookup): keep them off the reactor.
-    let response = tokio::task::spawn_blocking(move || {
-        match crate::peer::admit(&policy, &peer, &line) {
+    let response =
+        tokio::task::spawn_blocking(move || match crate::peer::admit(&policy, &peer, &line) {
             Err(e) => Response::Error(e),
             Ok(request) => dispatch(&controller, request),
-        }
-    })
-    .await?;
+        })
+        .await?;
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
     write.write_all(&out).await?;

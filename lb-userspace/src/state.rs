@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use lb_common::{
-    BACKEND_F_VALID, Backend as KernelBackend, FAMILY_V4, FAMILY_V6, GLOBAL_F_PORT_WILDCARD, GlobalConfig, LAYOUT_VERSION,
-    PROTO_ICMP, PROTO_ICMPV6, VIP_F_ECHO_REPLY, VipKey, VipMeta,
+    BACKEND_F_VALID, Backend as KernelBackend, FAMILY_V4, FAMILY_V6, GLOBAL_F_PORT_WILDCARD,
+    GlobalConfig, LAYOUT_VERSION, PROTO_ICMP, PROTO_ICMPV6, VIP_F_ECHO_REPLY, VipKey, VipMeta,
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
 
@@ -695,10 +695,16 @@ mod tests {
     fn the_port_wildcard_flag_says_whether_a_vip_takes_every_port() {
         let host = HostInterface::from([2, 0, 0, 0, 0, 0xaa]);
         let exact = methods_config("");
-        assert_eq!(global_config(&host, &exact).flags & GLOBAL_F_PORT_WILDCARD, 0);
+        assert_eq!(
+            global_config(&host, &exact).flags & GLOBAL_F_PORT_WILDCARD,
+            0
+        );
         let mut any_port = exact.clone();
         any_port.vips[1].port = 0;
-        assert_ne!(global_config(&host, &any_port).flags & GLOBAL_F_PORT_WILDCARD, 0);
+        assert_ne!(
+            global_config(&host, &any_port).flags & GLOBAL_F_PORT_WILDCARD,
+            0
+        );
     }
 
     #[test]

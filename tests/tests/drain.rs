@@ -385,12 +385,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     expect_exit(&daemon, &["undrain", "echo", "b2"], 2, "is not draining")?;
     // Edits go through the safety checks: b1 at weight 10 would take 10/12
     // of the traffic, 2.5x its share today (max_share_growth 1.5).
-    expect_exit(
-        &daemon,
-        &["weight", "echo", "b1", "10"],
-        1,
-        "x today's",
-    )?;
+    expect_exit(&daemon, &["weight", "echo", "b1", "10"], 1, "x today's")?;
     ensure!(
         revision(&daemon)? == start,
         "a refused or bad edit changed the revision"

@@ -82,7 +82,11 @@ fn benches_named(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
             bail!(
                 "no bench named {name:?}; benches: {}; groups: {}",
                 BENCHES.join(", "),
-                GROUPS.iter().map(|(g, _)| *g).collect::<Vec<_>>().join(", ")
+                GROUPS
+                    .iter()
+                    .map(|(g, _)| *g)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -166,7 +170,13 @@ mod tests {
     fn dataplane_names_the_group_and_others_add_to_it_once() {
         assert_eq!(
             benches_named(&names(&["observe", "dataplane", "veth_pps"])).unwrap(),
-            ["dataplane", "lru_choice", "veth_pps", "vs_haproxy", "observe"]
+            [
+                "dataplane",
+                "lru_choice",
+                "veth_pps",
+                "vs_haproxy",
+                "observe"
+            ]
         );
     }
 

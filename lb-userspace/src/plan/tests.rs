@@ -355,8 +355,16 @@ fn draining_one_backend_does_not_count_its_flows_as_moved() {
     candidate.vips[0].backends[1].state = BackendState::Draining;
     candidate.hash_seed = 8;
     let p = plan(&base, &candidate).unwrap();
-    let lint = p.lints.iter().find(|l| l.kind == LintKind::FlowsMoved).expect("flows_moved");
-    assert!(lint.message.contains("not counting the 33."), "{}", lint.message);
+    let lint = p
+        .lints
+        .iter()
+        .find(|l| l.kind == LintKind::FlowsMoved)
+        .expect("flows_moved");
+    assert!(
+        lint.message.contains("not counting the 33."),
+        "{}",
+        lint.message
+    );
 }
 
 #[test]
