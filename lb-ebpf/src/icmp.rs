@@ -14,11 +14,11 @@ use lb_common::{
 use crate::{
     csum,
     forward::Sent,
+    headers,
     parse::{bounds, ptr_at},
     scratch::{KIND_ICMP_ERROR, Parsed, Scratch},
 };
 
-const TTL: u8 = 64;
 /// Bytes of the offending packet an ICMP error quotes: its IP header and
 /// the start of its TCP/UDP header at least, which is what the client needs
 /// to find the connection (RFC 792 asks for header + 8 bytes).
@@ -62,14 +62,9 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
             ip[12..16].copy_from_slice(&dst);
             ip[16..20].copy_from_slice(&src);
             let old = [ip[8], ip[9]];
-            ip[8] = TTL;
+            ip[8] = headers::TTL;
             let c = csum::replace([ip[10], ip[11]], old, [ip[8], ip[9]]);
             ip[10..12].copy_from_slice(&c);
-            let icmp = &mut *icmp;
-            let old = [icmp[0], icmp[1]];
-            icmp[0] = 0; // echo reply
-            let c = csum::replace([icmp[2], icmp[3]], old, [icmp[0], icmp[1]]);
-            icmp[2..4].copy_from_slice(&c);
         }
     } else {
         let ip: *mut [u8; 40] = ptr_at(ctx, l3)?;
@@ -79,13 +74,17 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
             src.copy_from_slice(&ip[8..24]);
             ip.copy_within(24..40, 8);
             ip[24..40].copy_from_slice(&src);
-            ip[7] = TTL;
-            let icmp = &mut *icmp;
-            let old = [icmp[0], icmp[1]];
-            icmp[0] = 129; // echo reply
-            let c = csum::replace([icmp[2], icmp[3]], old, [icmp[0], icmp[1]]);
-            icmp[2..4].copy_from_slice(&c);
+            ip[7] = headers::TTL;
         }
+    }
+    // Echo request -> echo reply: ICMP type 0, ICMPv6 type 129.
+    let reply = if p.family == FAMILY_V4 { 0 } else { 129 };
+    unsafe {
+        let icmp = &mut *icmp;
+        let old = [icmp[0], icmp[1]];
+        icmp[0] = reply;
+        let c = csum::replace([icmp[2], icmp[3]], old, [icmp[0], icmp[1]]);
+        icmp[2..4].copy_from_slice(&c);
     }
     Some(())
 }
@@ -123,13 +122,7 @@ fn write_too_big(ctx: &XdpContext, p: &Parsed, cfg: &GlobalConfig, mtu: u32) -> 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return None;
     }
-    let old_l2: *const [u8; 18] = ptr_at(ctx, grow)?;
-    let l2: *mut [u8; 18] = ptr_at(ctx, 0)?;
-    unsafe {
-        *l2 = *old_l2;
-        (&mut *l2)[..6].copy_from_slice(&client_mac);
-        (&mut *l2)[6..12].copy_from_slice(&cfg.iface_mac);
-    }
+    headers::move_l2(ctx, grow, &client_mac, &cfg.iface_mac)?;
     // The addresses: from the VIP (the packet's destination) to the client.
     let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
     let mut i = 0;
@@ -142,26 +135,11 @@ fn write_too_big(ctx: &XdpContext, p: &Parsed, cfg: &GlobalConfig, mtu: u32) -> 
     let mut sum = 0u64;
     if v4 {
         let ip: *mut [u8; 20] = ptr_at(ctx, l3)?;
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&(20 + icmp_len).to_be_bytes());
-        h[8] = TTL;
-        h[9] = PROTO_ICMP;
-        h[12..16].copy_from_slice(&src[..4]);
-        h[16..20].copy_from_slice(&dst[..4]);
-        let c = csum::finish(csum::sum_bytes(&h));
-        h[10..12].copy_from_slice(&c);
+        let h = headers::ipv4(0, 20 + icmp_len, false, PROTO_ICMP, &src[..4], &dst[..4]);
         unsafe { *ip = h };
     } else {
         let ip: *mut [u8; 40] = ptr_at(ctx, l3)?;
-        let mut h = [0u8; 40];
-        h[0] = 0x60;
-        h[4..6].copy_from_slice(&icmp_len.to_be_bytes());
-        h[6] = PROTO_ICMPV6;
-        h[7] = TTL;
-        h[8..24].copy_from_slice(&src);
-        h[24..40].copy_from_slice(&dst);
-        unsafe { *ip = h };
+        unsafe { *ip = headers::ipv6(0, 0, icmp_len, PROTO_ICMPV6, &src, &dst) };
         // ICMPv6's checksum covers a pseudo-header.
         sum = csum::sum_bytes(&src)
             + csum::sum_bytes(&dst)

@@ -2,7 +2,7 @@
 //! wildcard), connection table, flow hash, Maglev slot, backend entry.
 
 use lb_common::{
-    BACKEND_F_VALID, Backend, GlobalConfig, VipMeta,
+    BACKEND_F_VALID, Backend, GlobalConfig, HASH_FIVE_TUPLE, VipMeta,
     hash::{flow_hash, hash_input},
     stats::{EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER},
 };
@@ -46,6 +46,9 @@ pub struct Choice {
     pub backend_id: u32,
     pub backend: *const Backend,
     pub new_flow: bool,
+    /// The flow's 5-tuple hash, when picking the backend computed it (a
+    /// new flow of a VIP hashing the 5-tuple): the tunnel reuses it.
+    pub tuple_hash: Option<u32>,
 }
 
 /// Where this packet goes, or None if its VIP has nowhere to send it.
@@ -65,6 +68,7 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
                     backend_id: id,
                     backend,
                     new_flow: false,
+                    tuple_hash: None,
                 });
             }
             event = EV_CONN_RESTEER;
@@ -74,7 +78,8 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
     if meta.table_size == 0 {
         return None;
     }
-    let slot = flow_hash(&hash_input(&p.flow, meta.hash), cfg.hash_seed) % meta.table_size;
+    let hash = flow_hash(&hash_input(&p.flow, meta.hash), cfg.hash_seed);
+    let slot = hash % meta.table_size;
     // No inner table, a slot past its end, or a slot naming no valid backend
     // (a VIP without active backends): nowhere to send the packet.
     let backend_id = *XLB_MAGLEV_TABLES.get_value(meta.vip_id, &slot)?;
@@ -89,5 +94,6 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
         backend_id,
         backend,
         new_flow: true,
+        tuple_hash: (meta.hash == HASH_FIVE_TUPLE).then_some(hash),
     })
 }

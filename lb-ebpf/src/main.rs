@@ -6,6 +6,7 @@
 
 mod csum;
 mod forward;
+mod headers;
 mod icmp;
 mod lookup;
 mod maps;
@@ -18,6 +19,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counters, GLOBAL_F_PORT_WILDCARD, METHOD_L2_DSR, VIP_F_ECHO_REPLY,
+    hash::flow_hash,
     maps::{MAX_BACKENDS, MAX_VIPS},
     stats::{
         DROP_NO_BACKEND, DROP_NO_CONFIG, EV_FRAG_FIRST, EV_FRAG_FOLLOW, EV_ICMP_ECHO_REPLY,
@@ -170,6 +172,9 @@ fn balance(ctx: &XdpContext) -> Verdict {
         }
     } else {
         s.backend_id = choice.backend_id;
+        s.flow_hash = choice
+            .tuple_hash
+            .unwrap_or_else(|| flow_hash(&s.p.flow, cfg.hash_seed));
         tunnel::send(ctx, s, backend, cfg, meta.method)
     };
     if let Some(reason) = sent.dropped() {

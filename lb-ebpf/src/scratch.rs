@@ -71,6 +71,8 @@ pub struct Scratch {
     pub fib: bpf_fib_lookup,
     /// The chosen backend (the next-hop cache's key).
     pub backend_id: u32,
+    /// The flow's 5-tuple hash: the outer source, GUE port and flow label.
+    pub flow_hash: u32,
 }
 
 #[btf_map]

@@ -15,14 +15,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, GlobalConfig, METHOD_GUE, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
-    hash::flow_hash,
     stats::{DROP_ENCAP_FAILED, DROP_NO_ROUTE, DROP_TOO_BIG},
 };
 
 use crate::{
     csum,
     forward::{ROUTE_NONE, ROUTE_TX, Sent, route},
-    icmp,
+    headers, icmp,
     parse::{bounds, ptr_at},
     scratch::{Parsed, Scratch},
 };
@@ -30,7 +29,6 @@ use crate::{
 const IPV4_LEN: u32 = 20;
 const IPV6_LEN: u32 = 40;
 const UDP_LEN: u32 = 8;
-const TTL: u8 = 64;
 
 /// Encapsulate the packet for `b` and send it (or answer it with ICMP when
 /// the result would not fit the interface's MTU).
@@ -61,7 +59,7 @@ pub fn send(
         }
         return icmp::too_big(ctx, s, cfg, cfg.mtu as u32 - overhead);
     }
-    let h = flow_hash(&s.p.flow, cfg.hash_seed);
+    let h = s.flow_hash;
     outer_addresses(s, b, cfg, h);
     let next_hop = route(ctx, s, cfg, outer_family);
     if next_hop == ROUTE_NONE {
@@ -129,27 +127,12 @@ fn encapsulate(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return None;
     }
-    // The L2 header moves to the new start (overhead >= 20 > 18: no overlap).
-    let off = overhead as usize & 0x3f;
-    let old_eth: *const [u8; 14] = ptr_at(ctx, off)?;
-    let eth: *mut [u8; 14] = ptr_at(ctx, 0)?;
-    unsafe {
-        *eth = *old_eth;
-        (&mut *eth)[..6].copy_from_slice(&s.fib.dmac);
-        (&mut *eth)[6..12].copy_from_slice(&s.fib.smac);
-    }
+    // The L2 header moves to the new start (overhead >= 20 > 18).
+    headers::move_l2(ctx, overhead as usize & 0x3f, &s.fib.dmac, &s.fib.smac)?;
     let ether_type: [u8; 2] = if outer_v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
-    if p.vlan != 0 {
-        let old_tag: *const [u8; 4] = ptr_at(ctx, off + 14)?;
-        let tag: *mut [u8; 4] = ptr_at(ctx, 14)?;
-        unsafe {
-            *tag = *old_tag;
-            (&mut *tag)[2..].copy_from_slice(&ether_type);
-            (&mut *eth)[12..].copy_from_slice(&[0x81, 0x00]);
-        }
-    } else {
-        unsafe { (&mut *eth)[12..].copy_from_slice(&ether_type) };
-    }
+    // The type after the tag, if any (the tag's own type stays 0x8100).
+    let type_at: *mut [u8; 2] = ptr_at(ctx, if p.vlan != 0 { 16 } else { 12 })?;
+    unsafe { *type_at = ether_type };
     let l3 = l3 & 0x1f;
     let inner_proto = if p.family == FAMILY_V6 {
         PROTO_IPV6
@@ -162,33 +145,15 @@ fn encapsulate(
         let ip: *mut [u8; 40] = ptr_at(ctx, l3)?;
         let payload = if gue { udp_len } else { inner_len };
         let label = h & 0x000f_ffff;
-        let mut o = [0u8; 40];
-        o[0] = 0x60 | (p.tos >> 4);
-        o[1] = (p.tos << 4) | (label >> 16) as u8;
-        o[2] = (label >> 8) as u8;
-        o[3] = label as u8;
-        o[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
-        o[6] = proto;
-        o[7] = TTL;
-        o[8..24].copy_from_slice(&s.outer_src);
-        o[24..40].copy_from_slice(&s.outer_dst);
-        unsafe { *ip = o };
+        let (src, dst) = (&s.outer_src, &s.outer_dst);
+        unsafe { *ip = headers::ipv6(p.tos, label, payload as u16, proto, src, dst) };
         l3 + IPV6_LEN as usize
     } else {
         let ip: *mut [u8; 20] = ptr_at(ctx, l3)?;
-        let mut o = [0u8; 20];
-        o[0] = 0x45;
-        o[1] = p.tos;
-        o[2..4].copy_from_slice(&((inner_len + overhead) as u16).to_be_bytes());
+        let total = (inner_len + overhead) as u16;
         // RFC 2003: DF copied from the inner header.
-        o[6] = if p.df != 0 { 0x40 } else { 0 };
-        o[8] = TTL;
-        o[9] = proto;
-        o[12..16].copy_from_slice(&s.outer_src[..4]);
-        o[16..20].copy_from_slice(&s.outer_dst[..4]);
-        let c = csum::finish(csum::sum_bytes(&o));
-        o[10..12].copy_from_slice(&c);
-        unsafe { *ip = o };
+        let (src, dst) = (&s.outer_src[..4], &s.outer_dst[..4]);
+        unsafe { *ip = headers::ipv4(p.tos, total, p.df != 0, proto, src, dst) };
         l3 + IPV4_LEN as usize
     };
     if gue {

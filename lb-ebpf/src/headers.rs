@@ -1,0 +1,68 @@
+//! Headers the balancer writes itself: outer IP headers of tunnelled frames
+//! and of its ICMP answers, and the L2 header moved to a frame's new start
+//! after bpf_xdp_adjust_head.
+
+use aya_ebpf::programs::XdpContext;
+
+use crate::{csum, parse::ptr_at};
+
+/// TTL / hop limit of every IP header the balancer writes.
+pub const TTL: u8 = 64;
+
+/// An IPv4 header without options, with its checksum.
+#[inline(always)]
+pub fn ipv4(tos: u8, total_len: u16, df: bool, proto: u8, src: &[u8], dst: &[u8]) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[1] = tos;
+    h[2..4].copy_from_slice(&total_len.to_be_bytes());
+    h[6] = if df { 0x40 } else { 0 };
+    h[8] = TTL;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src[..4]);
+    h[16..20].copy_from_slice(&dst[..4]);
+    let c = csum::finish(csum::sum_bytes(&h));
+    h[10..12].copy_from_slice(&c);
+    h
+}
+
+/// An IPv6 header.
+#[inline(always)]
+pub fn ipv6(
+    traffic_class: u8,
+    flow_label: u32,
+    payload_len: u16,
+    next: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> [u8; 40] {
+    let mut h = [0u8; 40];
+    h[0] = 0x60 | (traffic_class >> 4);
+    h[1] = (traffic_class << 4) | ((flow_label >> 16) & 0x0f) as u8;
+    h[2] = (flow_label >> 8) as u8;
+    h[3] = flow_label as u8;
+    h[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    h[6] = next;
+    h[7] = TTL;
+    h[8..24].copy_from_slice(src);
+    h[24..40].copy_from_slice(dst);
+    h
+}
+
+/// After bpf_xdp_adjust_head grew the frame by `grown` bytes (more than
+/// 18, so the copies cannot overlap): the Ethernet header and a possible
+/// 802.1Q tag (18 bytes; without a tag the last 4 are overwritten by the
+/// caller's IP header) to the new start, with new MACs.
+#[inline(always)]
+pub fn move_l2(ctx: &XdpContext, grown: usize, dmac: &[u8; 6], smac: &[u8; 6]) -> Option<()> {
+    let old: *const [u8; 18] = ptr_at(ctx, grown)?;
+    let l2: *mut [u8; 18] = ptr_at(ctx, 0)?;
+    // SAFETY: both in bounds (ptr_at); distinct bytes (grown > 18).
+    unsafe {
+        *l2 = *old;
+        let l2 = &mut *l2;
+        l2[..6].copy_from_slice(dmac);
+        l2[6..12].copy_from_slice(smac);
+    }
+    Some(())
+}
