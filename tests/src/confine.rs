@@ -10,7 +10,7 @@
 //! daemon's.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -121,90 +121,6 @@ pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> anyhow::Result<Output
     }
 }
 
-/// A confined `xlb run`; SIGTERM and wait on drop.
-pub struct ConfinedDaemon {
-    pub child: Child,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-}
-
-impl ConfinedDaemon {
-    /// Start `cmd` (an `xlb --socket SOCKET run ...`), its output to `log`,
-    /// and wait until `xlb status` answers as root.
-    pub fn start(mut cmd: Command, socket: &Path, log: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(log)?;
-        let child = cmd
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("starting xlb run")?;
-        let mut d = Self {
-            child,
-            socket: socket.to_path_buf(),
-            log: log.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = d.child.try_wait()? {
-                bail!("xlb run exited with {status}: {}", d.log_text());
-            }
-            if d.xlb(&["status"]).is_ok_and(|o| o.status.success()) {
-                return Ok(d);
-            }
-            if Instant::now() > deadline {
-                bail!("xlb run did not answer within 30 s: {}", d.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The CLI against this daemon, as root with all capabilities.
-    pub fn xlb(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(crate::xlbd::xlb_binary()?)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running xlb")
-    }
-
-    /// SIGTERM, and the exit status.
-    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("xlb run did not exit within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ConfinedDaemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.stop();
-        }
-    }
-}
-
 /// A bpffs mounted for one test (the daemon's `--bpffs`): `ip netns exec`
 /// mounts a fresh /sys, without the host's /sys/fs/bpf, and mounting one
 /// needs CAP_SYS_ADMIN, which the unit does not grant (under systemd the
@@ -224,6 +140,11 @@ impl Bpffs {
 
     pub fn arg(&self) -> &str {
         self.path.to_str().expect("utf-8 path")
+    }
+
+    /// Where a daemon pins its link and maps for `interface`.
+    pub fn pins(&self, interface: &str) -> PathBuf {
+        self.path.join("xlb").join(interface)
     }
 }
 

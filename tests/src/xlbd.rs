@@ -49,9 +49,8 @@ impl Daemon {
     ) -> anyhow::Result<Self> {
         let socket = dir.join("xlb.sock");
         let log = dir.join("xlb.log");
-        let log_file = std::fs::File::create(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lb.name])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lb.name])
             .arg(xlb_binary()?)
             .arg("--socket")
             .arg(&socket)
@@ -60,12 +59,25 @@ impl Daemon {
             .arg(config)
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .args(extra)
+            .args(extra);
+        Self::spawn(cmd, &socket, &log)
+    }
+
+    /// Start `cmd` (an `xlb --socket SOCKET run ...`, however wrapped:
+    /// `ip netns exec`, setpriv, strace), its output to `log`, and wait
+    /// until `xlb status` answers.
+    pub fn spawn(mut cmd: Command, socket: &Path, log: &Path) -> anyhow::Result<Self> {
+        let log_file = std::fs::File::create(log)?;
+        let child = cmd
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
             .context("starting xlb run")?;
-        let mut d = Self { child, socket, log };
+        let mut d = Self {
+            child,
+            socket: socket.to_path_buf(),
+            log: log.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = d.child.try_wait()? {
@@ -79,6 +91,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The exit status, if the daemon has exited.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// The daemon's process id (for signals: `kill -HUP`).

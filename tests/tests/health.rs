@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{Array, ArrayOfMaps, Map, MapData};
+use tests::confine::Bpffs;
 use tests::echo::{EchoServers, LongConnections, Pace, probe};
 use tests::netns::Netns;
 use tests::testbed::{Host, Testbed, VIP4};
@@ -500,25 +501,6 @@ fn no_backend_drops(status: &serde_json::Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// A bpffs mounted at a directory of the test's, for the pins a restarted
-/// daemon adopts (as in restart.rs: `ip netns exec` gives each daemon a
-/// private /sys); unmounted, which unpins everything, on drop.
-struct Bpffs(std::path::PathBuf);
-
-impl Bpffs {
-    fn mount(path: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(path)?;
-        tests::netns::sh(&["mount", "-t", "bpf", "bpf", path.to_str().context("path")?])?;
-        Ok(Self(path.to_path_buf()))
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = tests::netns::sh(&["umount", "-l", &self.0.display().to_string()]);
-    }
-}
-
 #[test]
 fn a_restarted_daemon_keeps_a_dead_backend_out() {
     if !tests::privileged("a_restarted_daemon_keeps_a_dead_backend_out") {
@@ -547,8 +529,7 @@ fn keep_down_across_restart(dir: &Path) -> anyhow::Result<()> {
     let config_path = dir.join("xlb.toml");
     std::fs::write(&config_path, &text)?;
     let bpffs = Bpffs::mount(&dir.join("bpffs"))?;
-    let pins = bpffs.0.display().to_string();
-    let args = ["--bake-window", "0s", "--bpffs", pins.as_str()];
+    let args = ["--bake-window", "0s", "--bpffs", bpffs.arg()];
     let mut daemon = Daemon::start_with(&bed.lb.ns, &config_path, dir, &args)?;
     wait(Duration::from_secs(5), "every backend up", || {
         let s = daemon.status()?;

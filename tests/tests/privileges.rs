@@ -26,10 +26,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use tests::confine::{Bpffs, ConfinedDaemon, Confinement, UNIT, detach, effective_of, run_to_exit};
+use tests::confine::{Bpffs, Confinement, UNIT, detach, effective_of, run_to_exit};
 use tests::echo::{EchoServers, probe};
 use tests::testbed::{self, Testbed};
-use tests::xlbd::xlb_binary;
+use tests::xlbd::{Daemon, xlb_binary};
 
 const DROP_IN: &str = include_str!("../../deploy/systemd/socket-group.conf");
 
@@ -171,7 +171,7 @@ fn the_units_capabilities_suffice_and_each_one_is_needed() {
         ];
         let args = run_args("full");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut daemon = ConfinedDaemon::start(
+        let mut daemon = Daemon::spawn(
             full.command(&bed.lb.ns.name, &args)?,
             Path::new(args[1]),
             &dir.join("full.log"),
@@ -247,7 +247,7 @@ fn the_units_capabilities_suffice_and_each_one_is_needed() {
         // CAP_SYS_ADMIN to open maps by id), and forwards.
         let args = run_args("full");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut again = ConfinedDaemon::start(
+        let mut again = Daemon::spawn(
             unit.command(&bed.lb.ns.name, &args)?,
             Path::new(args[1]),
             &dir.join("again.log"),
@@ -487,7 +487,7 @@ fn the_daemon_stays_inside_the_units_sandbox() {
             "--bpffs",
             bpffs.arg(),
         ];
-        let mut daemon = ConfinedDaemon::start(
+        let mut daemon = Daemon::spawn(
             confined.command(&bed.lb.ns.name, &args)?,
             &socket,
             &dir.join("xlb.log"),
@@ -533,7 +533,7 @@ fn the_daemon_stays_inside_the_units_sandbox() {
             nix::sys::signal::Signal::SIGTERM,
         )?;
         let deadline = Instant::now() + Duration::from_secs(15);
-        while daemon.child.try_wait()?.is_none() {
+        while daemon.exited()?.is_none() {
             ensure!(Instant::now() < deadline, "strace did not end");
             std::thread::sleep(Duration::from_millis(50));
         }

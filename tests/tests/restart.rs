@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use tests::client::{self, Exchange, Proto};
+use tests::confine::Bpffs;
 use tests::echo::{EchoServers, FaultKind, Held, LongConnections, Pace, probe};
-use tests::netns::sh;
 use tests::servers::Servers;
 use tests::testbed::{TCP_PORT, Testbed, VIP4, VIP6};
 use tests::xlbd::{Daemon, xlb_binary};
@@ -45,38 +45,17 @@ const NO_DAEMON: Duration = Duration::from_millis(400);
 /// No answer for this long is a stall.
 const STALL: Duration = Duration::from_secs(2);
 
-/// A bpffs mounted at a directory of the test's; unmounted (which unpins
-/// everything on it) on drop.
-struct Bpffs {
-    path: PathBuf,
+/// The pins of the testbed's LB interface.
+fn pins(bpffs: &Bpffs) -> PathBuf {
+    bpffs.pins("eth0")
 }
 
-impl Bpffs {
-    fn mount(path: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(path)?;
-        sh(&["mount", "-t", "bpf", "bpf", path.to_str().unwrap()])?;
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn pins(&self) -> PathBuf {
-        self.path.join("xlb/eth0")
-    }
-
-    /// The id of the program the pinned link runs.
-    fn link_program(&self) -> anyhow::Result<u32> {
-        let link = aya::programs::links::PinnedLink::from_pin(self.pins().join("link"))
-            .context("opening the pinned link")?;
-        let fd: aya::programs::links::FdLink = link.into();
-        Ok(fd.info()?.program_id())
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = sh(&["umount", "-l", self.path.to_str().unwrap()]);
-    }
+/// The id of the program the pinned link runs.
+fn link_program(bpffs: &Bpffs) -> anyhow::Result<u32> {
+    let link = aya::programs::links::PinnedLink::from_pin(pins(bpffs).join("link"))
+        .context("opening the pinned link")?;
+    let fd: aya::programs::links::FdLink = link.into();
+    Ok(fd.info()?.program_id())
 }
 
 /// `web` (the one-shot servers, new connections) and `echo` (the
@@ -282,7 +261,7 @@ fn restarts(dir: &Path) -> anyhow::Result<()> {
 
     let result = (|| -> anyhow::Result<(Vec<Duration>, Seen)> {
         let mut last = seen(&daemon)?;
-        let mut program = bpffs.link_program()?;
+        let mut program = link_program(&bpffs)?;
         let mut starts = Vec::new();
         for i in 1..=RESTARTS {
             daemon.kill()?;
@@ -306,7 +285,7 @@ fn restarts(dir: &Path) -> anyhow::Result<()> {
                 (now.revision, &now.ids)
             );
             never_backwards(&last, &now, &format!("restart {i}"))?;
-            let p = bpffs.link_program()?;
+            let p = link_program(&bpffs)?;
             ensure!(p != program, "restart {i}: the link still runs program {p}");
             program = p;
             last = now;
@@ -319,7 +298,7 @@ fn restarts(dir: &Path) -> anyhow::Result<()> {
         let status = daemon.stop()?;
         ensure!(status.success(), "xlb run exited with {status} on SIGTERM");
         ensure!(
-            bpffs.link_program()? == program,
+            link_program(&bpffs)? == program,
             "SIGTERM changed or removed the link's program"
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -331,7 +310,7 @@ fn restarts(dir: &Path) -> anyhow::Result<()> {
             log.contains("balancer object from") && log.contains("under the pinned link"),
             "the upgrade did not load the object file under the live link:\n{log}"
         );
-        let p = bpffs.link_program()?;
+        let p = link_program(&bpffs)?;
         ensure!(p != program, "the upgrade left program {p} under the link");
         let now = seen(&daemon)?;
         ensure!(now.revision == first.revision && now.ids == first.ids);
@@ -622,7 +601,7 @@ fn detach(dir: &Path) -> anyhow::Result<()> {
 
     // Another layout version in the pinned config map: refused at start.
     {
-        let map = aya::maps::MapData::from_pin(bpffs.pins().join(lb_common::maps::CONFIG))?;
+        let map = aya::maps::MapData::from_pin(pins(&bpffs).join(lb_common::maps::CONFIG))?;
         let mut config: aya::maps::Array<_, lb_common::GlobalConfig> =
             aya::maps::Array::try_from(aya::maps::Map::Array(map))?;
         let mut g = config.get(&0, 0)?;
@@ -665,9 +644,9 @@ fn detach(dir: &Path) -> anyhow::Result<()> {
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
     ensure!(
-        !bpffs.pins().exists(),
+        !pins(&bpffs).exists(),
         "{} is still there",
-        bpffs.pins().display()
+        pins(&bpffs).display()
     );
     let left: Vec<_> = std::fs::read_dir(&bpffs.path)?
         .filter_map(Result::ok)

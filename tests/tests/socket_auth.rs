@@ -19,10 +19,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use tests::confine::{Bpffs, ConfinedDaemon, Confinement, detach, run_to_exit};
+use tests::confine::{Bpffs, Confinement, detach, run_to_exit};
 use tests::netns::sh;
 use tests::testbed::{self, Testbed};
-use tests::xlbd::xlb_binary;
+use tests::xlbd::{Daemon, xlb_binary};
 
 const GROUP: &str = "xlbsa-ops";
 const NOBODY: u32 = 65534;
@@ -93,7 +93,7 @@ fn mode(path: &Path) -> anyhow::Result<(u32, u32)> {
 }
 
 /// The recorded revisions, as `xlb history -o json` shows them to root.
-fn history(daemon: &ConfinedDaemon) -> anyhow::Result<Vec<serde_json::Value>> {
+fn history(daemon: &Daemon) -> anyhow::Result<Vec<serde_json::Value>> {
     let out = daemon.xlb(&["-o", "json", "history"])?;
     ensure!(out.status.success(), "history: {}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -144,7 +144,7 @@ fn only_root_and_the_socket_group_may_change_state() {
         let mut confined = Confinement::unit()?;
         confined.gid = Some(group.gid);
         confined.env = vec![("XLB_SOCKET_GROUP".into(), GROUP.into())];
-        let mut daemon = ConfinedDaemon::start(
+        let mut daemon = Daemon::spawn(
             confined.command(&bed.lb.ns.name, &run_args)?,
             &socket,
             &dir.join("xlb.log"),
