@@ -599,6 +599,26 @@ mod tests {
     use super::*;
     use lb_common::Counters;
 
+    static NO_REPORTS: BTreeMap<String, VipReport> = BTreeMap::new();
+    static NO_DRIFT: BTreeMap<String, crate::drift::Finding> = BTreeMap::new();
+    static NO_CHECKS: BTreeMap<String, f64> = BTreeMap::new();
+
+    /// A context with nothing detected, drifted, baking or scanned.
+    fn context<'a>(revision: u64, observed: f64, generated_at: f64) -> StatusContext<'a> {
+        StatusContext {
+            interface: "eth0",
+            revision,
+            applied_at_unix_seconds: 0,
+            observed_seconds: observed,
+            generated_at_unix_seconds: generated_at,
+            reports: &NO_REPORTS,
+            drift: &NO_DRIFT,
+            drift_checked_at: &NO_CHECKS,
+            bake: None,
+            conn_scan: None,
+        }
+    }
+
     #[test]
     fn shares_come_from_weights_table_and_counters_since_apply() {
         let text = "interface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
@@ -619,21 +639,7 @@ mod tests {
         now.backends.insert(ids[0], c(1000 + 30));
         now.backends.insert(ids[1], c(70));
         now.backends.insert(ids[2], c(0));
-        let none = BTreeMap::new();
-        let none_drift = BTreeMap::new();
-        let none_checked = BTreeMap::new();
-        let ctx = StatusContext {
-            interface: "eth0",
-            revision: 2,
-            applied_at_unix_seconds: 0,
-            observed_seconds: 1.0,
-            generated_at_unix_seconds: 1.0,
-            reports: &none,
-            drift: &none_drift,
-            drift_checked_at: &none_checked,
-            bake: None,
-            conn_scan: None,
-        };
+        let ctx = context(2, 1.0, 1.0);
         let s = build(&ctx, &desired, &now, &at_apply);
         let b = &s.vips[0].backends;
         assert_eq!(
@@ -661,21 +667,7 @@ mod tests {
         )
         .unwrap();
         let desired = crate::state::desired(&config, &Default::default()).unwrap();
-        let none = BTreeMap::new();
-        let none_drift = BTreeMap::new();
-        let none_checked = BTreeMap::new();
-        let ctx = StatusContext {
-            interface: "eth0",
-            revision: 1,
-            applied_at_unix_seconds: 0,
-            observed_seconds: 0.0,
-            generated_at_unix_seconds: 0.0,
-            reports: &none,
-            drift: &none_drift,
-            drift_checked_at: &none_checked,
-            bake: None,
-            conn_scan: None,
-        };
+        let ctx = context(1, 0.0, 0.0);
         let s = build(
             &ctx,
             &desired,
@@ -706,21 +698,8 @@ mod tests {
             events: (0..EVENT_NAMES.len() as u64).map(|i| i * 10).collect(),
             ..Default::default()
         };
-        let none = BTreeMap::new();
-        let none_drift = BTreeMap::new();
-        let none_checked = BTreeMap::new();
-        let mut ctx = StatusContext {
-            interface: "eth0",
-            revision: 1,
-            applied_at_unix_seconds: 0,
-            observed_seconds: 1.0,
-            generated_at_unix_seconds: 10.0,
-            reports: &none,
-            drift: &none_drift,
-            drift_checked_at: &none_checked,
-            bake: None,
-            conn_scan: Some(&scan),
-        };
+        let mut ctx = context(1, 1.0, 10.0);
+        ctx.conn_scan = Some(&scan);
         let s = build(&ctx, &desired, &now, &CounterSnapshot::default());
         let b = &s.vips[0].backends;
         assert_eq!((b[0].flows, b[1].flows), (Some(60), Some(30)));
@@ -761,21 +740,7 @@ mod tests {
         )
         .unwrap();
         let desired = crate::state::desired(&config, &Default::default()).unwrap();
-        let none = BTreeMap::new();
-        let none_drift = BTreeMap::new();
-        let none_checked = BTreeMap::new();
-        let ctx = StatusContext {
-            interface: "eth0",
-            revision: 1,
-            applied_at_unix_seconds: 0,
-            observed_seconds: 0.0,
-            generated_at_unix_seconds: 0.0,
-            reports: &none,
-            drift: &none_drift,
-            drift_checked_at: &none_checked,
-            bake: None,
-            conn_scan: None,
-        };
+        let ctx = context(1, 0.0, 0.0);
         let s = build(
             &ctx,
             &desired,
