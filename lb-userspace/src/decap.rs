@@ -18,7 +18,7 @@ use aya::{
 };
 use bytemuck::{Pod, Zeroable};
 
-use crate::dataplane::{DataplaneError, decap_object};
+use crate::dataplane::{DataplaneError, decap_object, load_xdp, map_err, take};
 
 /// The XDP program in the decap object.
 pub const PROGRAM: &str = "xlb_decap";
@@ -250,20 +250,6 @@ pub struct DecapProgram {
     link: Option<XdpLinkId>,
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
-}
-
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, DataplaneError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DataplaneError::Missing { kind: "map", name })?;
-    T::try_from(map).map_err(map_err(name))
-}
-
 impl DecapProgram {
     /// Load the object and its program (the verifier runs here); no
     /// address, GUE off, attached to nothing.
@@ -273,21 +259,7 @@ impl DecapProgram {
             return Err(DataplaneError::NoObject);
         }
         let mut ebpf = Ebpf::load(object)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DataplaneError::Missing {
-                kind: "program",
-                name: PROGRAM,
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                name: PROGRAM,
-                source,
-            })?;
-        program.load().map_err(|source| DataplaneError::Program {
-            name: PROGRAM,
-            source,
-        })?;
+        load_xdp(&mut ebpf, PROGRAM)?;
         Ok(Self {
             addrs: take(&mut ebpf, ADDRS_MAP)?,
             config: take(&mut ebpf, CONFIG_MAP)?,

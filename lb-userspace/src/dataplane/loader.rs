@@ -154,7 +154,7 @@ impl Striped {
     }
 }
 
-pub(super) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+pub(crate) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
@@ -186,7 +186,8 @@ pub struct Dataplane {
     conn_table_size: u32,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+/// Take map `name` out of a loaded object as a typed handle.
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
@@ -194,6 +195,22 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
         .take_map(name)
         .ok_or(DataplaneError::Missing { kind: "map", name })?;
     T::try_from(map).map_err(map_err(name))
+}
+
+/// Load XDP program `name` of an object into the kernel (the verifier runs
+/// here).
+pub(crate) fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), DataplaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| DataplaneError::Program { name, source })
 }
 
 impl Dataplane {
@@ -241,18 +258,7 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(object)?;
-        let name = maps::BALANCER_PROGRAM;
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Missing {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        load_xdp(&mut ebpf, maps::BALANCER_PROGRAM)?;
         let backends_map = take_array(&mut ebpf, maps::BACKENDS)?;
         Ok(Self {
             vips: take(&mut ebpf, maps::VIPS)?,

@@ -20,6 +20,7 @@ pub use conns::{
 };
 pub use host::HostInterface;
 pub use loader::{Dataplane, DataplaneError, aux_object, balancer_object, decap_object};
+pub(crate) use loader::{load_xdp, map_err, take};
 pub use pins::{
     Attached, DEFAULT_BPFFS, PinDir, PinError, Pinned, Removed, ensure_bpffs, is_bpffs,
 };
