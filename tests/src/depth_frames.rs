@@ -961,6 +961,44 @@ fn check_l4(
     }
 }
 
+/// A TCP flow from `s` to `d` ("addr:port", IPv6 in brackets).
+pub fn tcp(s: &str, d: &str) -> Flow {
+    crate::packets::flow(lb_common::PROTO_TCP, s, d)
+}
+
+/// A UDP flow from `s` to `d`.
+pub fn udp(s: &str, d: &str) -> Flow {
+    crate::packets::flow(lb_common::PROTO_UDP, s, d)
+}
+
+/// The octets of an IPv4 address.
+pub fn v4(a: IpAddr) -> [u8; 4] {
+    match a {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(_) => panic!("{a} is not IPv4"),
+    }
+}
+
+/// The octets of an IPv6 address.
+pub fn v6(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => panic!("{a} is not IPv6"),
+    }
+}
+
+/// Bytes as lowercase hex, for messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// ICMP "fragmentation needed" advertising `mtu`.
+pub fn frag_needed(mtu: u16) -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

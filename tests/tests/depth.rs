@@ -35,15 +35,15 @@ use lb_common::stats::{
     EV_ICMP_TOO_BIG_SENT, EV_VLAN, EVENT_COUNT, EVENT_NAMES, XDP_DROP, XDP_PASS, XDP_REDIRECT,
     XDP_TX,
 };
-use lb_common::{Counters, HASH_FIVE_TUPLE, PROTO_TCP, PROTO_UDP};
+use lb_common::{Counters, HASH_FIVE_TUPLE};
 use tests::depth_frames::{
     ETH_P_8021AD, ETH_P_8021Q, LB_MAC, Link, Packet, ROUTER_MAC, TunnelOut, V4Fields, V6Fields,
-    atomic_fragment, check_checksums, double_tagged, echo4, echo6, encapsulated, fragments, framed,
-    icmpv4, icmpv6, in_prefix, padded, split_frame, too_big_reply, tunnel_source_v4,
-    tunnel_source_v6,
+    atomic_fragment, check_checksums, double_tagged, echo4, echo6, encapsulated, frag_needed,
+    fragments, framed, hex, icmpv4, icmpv6, in_prefix, padded, split_frame, tcp, too_big_reply,
+    tunnel_source_v4, tunnel_source_v6, udp, v4, v6,
 };
 use tests::netns::Netns;
-use tests::packets::{action_name, flow, run, with_macs};
+use tests::packets::{action_name, run, with_macs};
 use xlb::config::Forwarding;
 use xlb::dataplane::{CounterSnapshot, Dataplane, HostInterface};
 use xlb::simulate::{Flow, pick, pick_name, vip_for};
@@ -417,14 +417,6 @@ impl Steps {
     }
 }
 
-fn tcp(s: &str, d: &str) -> Flow {
-    flow(PROTO_TCP, s, d)
-}
-
-fn udp(s: &str, d: &str) -> Flow {
-    flow(PROTO_UDP, s, d)
-}
-
 /// To the table's pick, tunnels through the gateway MAC.
 fn fwd(flow: Flow) -> Expect {
     Expect::Forward {
@@ -440,20 +432,6 @@ fn fwd_to(flow: Flow, name: &'static str) -> Expect {
         flow,
         backend: Some(name),
         next_hop: NextHop::Gateway,
-    }
-}
-
-fn v4(a: IpAddr) -> [u8; 4] {
-    match a {
-        IpAddr::V4(a) => a.octets(),
-        IpAddr::V6(_) => panic!("{a} is not IPv4"),
-    }
-}
-
-fn v6(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V6(a) => a.octets(),
-        IpAddr::V4(_) => panic!("{a} is not IPv6"),
     }
 }
 
@@ -524,12 +502,6 @@ fn icmp6_error(flow: &Flow, ty: etherparse::Icmpv6Type) -> Vec<u8> {
         &quoted_reply(flow, 1500, 100),
     );
     framed(&Link::incoming(), &ip)
-}
-
-fn frag_needed(mtu: u16) -> etherparse::Icmpv4Type {
-    etherparse::Icmpv4Type::DestinationUnreachable(
-        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
-    )
 }
 
 fn main_group() -> Group {
@@ -1720,10 +1692,6 @@ fn outer_source(frame: &[u8]) -> Option<IpAddr> {
         6 if ip.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?)),
         _ => None,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Run one fixture; returns the listing line and the problems.

@@ -28,7 +28,6 @@
 //! run proves little.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use etherparse::{Icmpv4Type, Icmpv6Type};
 use lb_common::stats::{
@@ -39,11 +38,12 @@ use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tests::depth_frames::{
     ETH_P_8021AD, ETH_P_8021Q, Link, Packet, V4Fields, V6Fields, atomic_fragment, check_checksums,
-    double_tagged, echo4, echo6, fragments, framed, icmpv4, icmpv6, padded,
+    double_tagged, echo4, echo6, frag_needed, fragments, framed, hex, icmpv4, icmpv6, padded, tcp,
+    udp, v4, v6,
 };
 use tests::fuzz_oracle::{Frag, Ingress, Verdict, World, judge, ones_sum, pseudo_header};
 use tests::netns::Netns;
-use tests::packets::{FrameBuilder, LB_MAC, action_name, arp_request, flow, run};
+use tests::packets::{FrameBuilder, LB_MAC, action_name, arp_request, run};
 use xlb::dataplane::{Dataplane, HostInterface};
 use xlb::simulate::Flow;
 use xlb::state::Allocation;
@@ -269,28 +269,6 @@ struct Seed {
     expect: &'static str,
 }
 
-fn tcp(s: &str, d: &str) -> Flow {
-    flow(PROTO_TCP, s, d)
-}
-
-fn udp(s: &str, d: &str) -> Flow {
-    flow(PROTO_UDP, s, d)
-}
-
-fn v4(a: IpAddr) -> [u8; 4] {
-    match a {
-        IpAddr::V4(a) => a.octets(),
-        IpAddr::V6(_) => panic!("{a} is not IPv4"),
-    }
-}
-
-fn v6(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V6(a) => a.octets(),
-        IpAddr::V4(_) => panic!("{a} is not IPv6"),
-    }
-}
-
 /// The first `quote` bytes of a 1400-byte reply of `flow` (VIP to client):
 /// what an ICMP error about the reply quotes.
 fn quoted_reply(flow: &Flow, quote: usize) -> Vec<u8> {
@@ -341,12 +319,6 @@ fn icmp6_error(flow: &Flow, ty: Icmpv6Type) -> Vec<u8> {
         &quoted_reply(flow, 100),
     );
     framed(&Link::incoming(), &ip)
-}
-
-fn frag_needed(mtu: u16) -> Icmpv4Type {
-    Icmpv4Type::DestinationUnreachable(
-        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
-    )
 }
 
 /// `p`'s IP packet with `extra` bytes after its UDP datagram, inside the IP
@@ -870,10 +842,6 @@ fn input(rng: &mut StdRng, seeds: &[Seed]) -> Vec<u8> {
         _ => {}
     }
     f
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Findings of one kind (the problem's text without its numbers): how
