@@ -14,7 +14,7 @@ use serde::Serialize;
 use toml::de::DeValue;
 
 use super::model::{Hints, Issues, Sp, Table, field_path};
-use super::validate::{Checker, format_duration, parse_duration};
+use super::validate::{Checker, DurationRule, format_duration};
 
 /// Keys of a `[health]` / `[vip.health]` table, in the order errors list them.
 pub(super) const HEALTH_KEYS: &[&str] = &[
@@ -232,28 +232,22 @@ pub(super) struct HealthBase {
 }
 
 /// Bounds of the duration keys.
-struct Bounds {
-    key: &'static str,
-    min: Duration,
-    max: Duration,
-}
-
-const INTERVAL: Bounds = Bounds {
+const INTERVAL: DurationRule = DurationRule {
     key: "interval",
     min: Duration::from_millis(100),
     max: Duration::from_secs(600),
 };
-const TIMEOUT: Bounds = Bounds {
+const TIMEOUT: DurationRule = DurationRule {
     key: "timeout",
     min: Duration::from_millis(10),
     max: Duration::from_secs(60),
 };
-const FLAP_WINDOW: Bounds = Bounds {
+const FLAP_WINDOW: DurationRule = DurationRule {
     key: "flap_window",
     min: Duration::from_secs(1),
     max: Duration::from_secs(3600),
 };
-const FLAP_HOLD: Bounds = Bounds {
+const FLAP_HOLD: DurationRule = DurationRule {
     key: "flap_hold",
     min: Duration::ZERO,
     max: Duration::from_secs(3600),
@@ -343,14 +337,14 @@ impl Checker<'_, '_> {
                 }
             }
         }
-        let interval = self.health_duration(
+        let interval = self.period(
             raw.interval.as_ref(),
             path,
             &INTERVAL,
             b.interval_seconds,
             builtin.interval_seconds,
         );
-        let timeout = self.health_duration(
+        let timeout = self.period(
             raw.timeout.as_ref(),
             path,
             &TIMEOUT,
@@ -393,14 +387,14 @@ impl Checker<'_, '_> {
             MAX_FLAP_LIMIT,
             b.flap_limit,
         );
-        let flap_window = self.health_duration(
+        let flap_window = self.period(
             raw.flap_window.as_ref(),
             path,
             &FLAP_WINDOW,
             b.flap_window_seconds,
             builtin.flap_window_seconds,
         );
-        let flap_hold = self.health_duration(
+        let flap_hold = self.period(
             raw.flap_hold.as_ref(),
             path,
             &FLAP_HOLD,
@@ -503,39 +497,6 @@ impl Checker<'_, '_> {
         })
     }
 
-    fn health_duration(
-        &mut self,
-        v: Option<&Sp<String>>,
-        path: &str,
-        bounds: &Bounds,
-        base: f64,
-        builtin: f64,
-    ) -> Option<f64> {
-        let Some(v) = v else { return Some(base) };
-        let field = field_path(path, bounds.key);
-        match parse_duration(&v.value) {
-            Ok(d) if (bounds.min..=bounds.max).contains(&d) => Some(d.as_secs_f64()),
-            Ok(_) => {
-                self.problem(
-                    &v.span,
-                    field,
-                    format!(
-                        "must be between {} and {} (default {}), got {:?}",
-                        short(bounds.min),
-                        short(bounds.max),
-                        short(Duration::from_secs_f64(builtin)),
-                        v.value
-                    ),
-                );
-                None
-            }
-            Err(reason) => {
-                self.problem(&v.span, field, reason);
-                None
-            }
-        }
-    }
-
     /// An absolute path of printable ASCII, no spaces: it goes into the
     /// request line as written.
     fn http_path(&mut self, v: &Sp<String>, path: &str) -> Option<String> {
@@ -598,16 +559,8 @@ impl Checker<'_, '_> {
 }
 
 /// `500ms`, `2s`, `1m`: the bounds in messages.
-fn short(d: Duration) -> String {
-    if d.subsec_nanos() != 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format_duration(d)
-    }
-}
-
 fn seconds(s: f64) -> String {
-    short(Duration::from_secs_f64(s))
+    format_duration(Duration::from_secs_f64(s))
 }
 
 #[cfg(test)]

@@ -93,10 +93,10 @@ const MAX_CAPACITY_REMOVED: NumberRule = NumberRule {
 };
 
 /// The bounds (inclusive) of a duration key of `[imbalance]`.
-struct DurationRule {
-    key: &'static str,
-    min: Duration,
-    max: Duration,
+pub(super) struct DurationRule {
+    pub key: &'static str,
+    pub min: Duration,
+    pub max: Duration,
 }
 
 const HOLD: DurationRule = DurationRule {
@@ -1069,7 +1069,7 @@ impl Checker<'_, '_> {
 
     /// A duration threshold, in seconds: `base` if not given, else the
     /// value if it parses and is in range.
-    fn period(
+    pub(super) fn period(
         &mut self,
         v: Option<&Sp<String>>,
         path: &str,
@@ -1163,8 +1163,11 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// `0s`, `2s`, `10m`, `1h`: the bounds in error messages.
+/// `0s`, `2s`, `10m`, `1h`, `100ms`: the bounds in error messages.
 pub(super) fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
     let s = d.as_secs();
     if s > 0 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
