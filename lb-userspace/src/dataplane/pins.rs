@@ -409,7 +409,7 @@ impl PinDir {
             let link = XdpLink::try_from(fd).map_err(link_err)?;
             match program.attach_to_link(link) {
                 Ok(id) => {
-                    let program_id = Self::release(program, id, interface)?;
+                    let (_, program_id) = Self::release(program, id, interface, &path)?;
                     return Ok(Attached::Replaced {
                         old_program_id,
                         program_id,
@@ -450,16 +450,7 @@ impl PinDir {
                 }
             }
         };
-        let link = program
-            .take_link(id)
-            .map_err(|source| DataplaneError::Attach {
-                interface: interface.to_string(),
-                source,
-            })?;
-        let fd = FdLink::try_from(link).map_err(|_| PinError::NoLink {
-            interface: interface.to_string(),
-        })?;
-        let program_id = fd.info().map_err(link_err)?.program_id();
+        let (fd, program_id) = Self::release(program, id, interface, &path)?;
         fd.pin(&path).map_err(|e| PinError::Io {
             op: "pinning",
             path: path.display().to_string(),
@@ -469,12 +460,13 @@ impl PinDir {
     }
 
     /// Take the link back from the program (so dropping the program does not
-    /// touch it) and return the id of the program it runs.
+    /// touch it): the link, and the id of the program it runs.
     fn release(
         program: &mut Xdp,
         id: aya::programs::xdp::XdpLinkId,
         interface: &str,
-    ) -> Result<u32, DataplaneError> {
+        path: &Path,
+    ) -> Result<(FdLink, u32), DataplaneError> {
         let link = program
             .take_link(id)
             .map_err(|source| DataplaneError::Attach {
@@ -484,14 +476,14 @@ impl PinDir {
         let fd = FdLink::try_from(link).map_err(|_| PinError::NoLink {
             interface: interface.to_string(),
         })?;
-        let id = fd
+        let program_id = fd
             .info()
             .map_err(|source| PinError::Link {
-                path: "(updated link)".into(),
+                path: path.display().to_string(),
                 source,
             })?
             .program_id();
-        Ok(id)
+        Ok((fd, program_id))
     }
 }
 
