@@ -18,7 +18,7 @@
 //!
 //! Everything else is passed untouched, byte for byte: the host's own
 //! traffic, tunnel packets for other hosts, IPv6 with extension headers,
-//! outer fragments (the balancer sets DF and never fragments), and tunnel
+//! outer fragments (the balancer never fragments), and tunnel
 //! packets for us that are broken (counted apart, as malformed).
 #![no_std]
 #![no_main]
@@ -31,6 +31,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use core::{ffi::c_void, mem::size_of};
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    decap::{
+        DecapAddr, DecapConfig, MAX_ADDRS, STAT_COUNT, STAT_GUE4, STAT_GUE6, STAT_IPIP4,
+        STAT_IPIP6, STAT_MALFORMED, STAT_NOT_OURS,
+    },
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -38,53 +45,9 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-/// A host address the program decapsulates for: an IPv4 address fills the
-/// first four bytes of `addr`, the rest are zero. Mirrored in
-/// lb-userspace/src/decap.rs (`DecapAddr`), with the same size check.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct DecapAddr {
-    pub addr: [u8; 16],
-    /// 4 or 6 (lb_common::FAMILY_V4 / FAMILY_V6).
-    pub family: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(size_of::<DecapAddr>() == 20);
-
-/// The single entry of `XLB_DECAP_CONFIG`. Mirrored in userspace.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct DecapConfig {
-    /// GUE destination port, network byte order; 0: GUE off.
-    pub gue_port_be: u16,
-    pub _pad: [u8; 6],
-}
-const _: () = assert!(size_of::<DecapConfig>() == 8);
-
-/// Counter indices of `XLB_DECAP_STATS` (the same order in userspace's
-/// `STAT_NAMES`). Decapsulated frames are counted by the outer family.
-const STAT_IPIP4: u32 = 0;
-const STAT_IPIP6: u32 = 1;
-const STAT_GUE4: u32 = 2;
-const STAT_GUE6: u32 = 3;
-/// Passed untouched: not a tunnel packet for this host.
-const STAT_NOT_OURS: u32 = 4;
-/// Passed untouched (or dropped, see `write_l2`): a tunnel packet for this
-/// host that cannot be decapsulated.
-const STAT_MALFORMED: u32 = 5;
-const STAT_COUNT: usize = 6;
-
-/// Host addresses, at most this many (userspace refuses more).
-const MAX_ADDRS: usize = 1024;
-
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
-const PROTO_IPIP: u8 = 4;
-const PROTO_IPV6: u8 = 41;
-const PROTO_UDP: u8 = 17;
-const FAMILY_V4: u8 = 4;
-const FAMILY_V6: u8 = 6;
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IPV4_FRAG_MASK: u16 = 0x3fff;
 

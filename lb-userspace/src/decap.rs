@@ -3,10 +3,9 @@
 //! port, attaches it to one interface and keeps it there until SIGINT or
 //! SIGTERM; then detaches it and reports what it did.
 //!
-//! The program's map key and config layouts are defined in lb-ebpf/src/decap.rs
-//! (the decap program is not part of the balancer's lb-common contract) and
-//! mirrored here, with the same size checks; a test reads the map names and
-//! sizes out of the built object.
+//! The program's maps, key and config layouts are lb-common's (`decap`), as
+//! the balancer's are; a test reads the map names and sizes out of the built
+//! object.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -16,68 +15,12 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
-use bytemuck::{Pod, Zeroable};
 
 use crate::dataplane::{DataplaneError, decap_object, load_xdp, map_err, take};
 
-/// The XDP program in the decap object.
-pub const PROGRAM: &str = "xlb_decap";
-/// Host address (`DecapAddr`) -> 1: outer destinations to decapsulate for.
-pub const ADDRS_MAP: &str = "XLB_DECAP_ADDRS";
-/// The single `DecapConfig`.
-pub const CONFIG_MAP: &str = "XLB_DECAP_CONFIG";
-/// Per-CPU u64 per outcome, indexed as `STAT_NAMES`.
-pub const STATS_MAP: &str = "XLB_DECAP_STATS";
-/// Every map the decap object must define.
-pub const MAPS: [&str; 3] = [ADDRS_MAP, CONFIG_MAP, STATS_MAP];
-/// Entries of `ADDRS_MAP` (the object's max_entries).
-pub const MAX_ADDRS: usize = 1024;
-/// What each counter of `STATS_MAP` counts, in index order: frames
-/// decapsulated by kind and outer family, then frames passed untouched.
-pub const STAT_NAMES: [&str; 6] = ["ipip4", "ipip6", "gue4", "gue6", "not_ours", "malformed"];
-
-/// Key of `ADDRS_MAP`: an IPv4 address fills the first four bytes of `addr`.
-/// Mirrors `DecapAddr` in lb-ebpf/src/decap.rs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct DecapAddr {
-    pub addr: [u8; 16],
-    /// `lb_common::FAMILY_V4` or `FAMILY_V6`.
-    pub family: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(size_of::<DecapAddr>() == 20);
-
-impl DecapAddr {
-    pub fn new(ip: IpAddr) -> Self {
-        let mut key = Self::zeroed();
-        match ip {
-            IpAddr::V4(v4) => {
-                key.addr[..4].copy_from_slice(&v4.octets());
-                key.family = lb_common::FAMILY_V4;
-            }
-            IpAddr::V6(v6) => {
-                key.addr = v6.octets();
-                key.family = lb_common::FAMILY_V6;
-            }
-        }
-        key
-    }
-}
-
-/// The single entry of `CONFIG_MAP`. Mirrors `DecapConfig` in lb-ebpf.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct DecapConfig {
-    /// GUE destination port, network byte order; 0 turns GUE off.
-    pub gue_port_be: u16,
-    pub _pad: [u8; 6],
-}
-const _: () = assert!(size_of::<DecapConfig>() == 8);
-
-// SAFETY: both are #[repr(C)] and Pod (bytemuck-checked), no padding holes.
-unsafe impl aya::Pod for DecapAddr {}
-unsafe impl aya::Pod for DecapConfig {}
+pub use lb_common::decap::{
+    ADDRS_MAP, CONFIG_MAP, DecapAddr, DecapConfig, MAPS, MAX_ADDRS, PROGRAM, STAT_NAMES, STATS_MAP,
+};
 
 /// How the program is attached (`--mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,84 @@
+//! The decap program's maps (lb-ebpf/src/decap.rs), shared with `xlb decap`
+//! (lb-userspace/src/decap.rs) like the balancer's are: one definition for
+//! both compilers.
+
+use bytemuck::{Pod, Zeroable};
+use core::mem::size_of;
+use core::net::IpAddr;
+
+use crate::{FAMILY_V4, FAMILY_V6};
+
+/// The XDP program in the decap object.
+pub const PROGRAM: &str = "xlb_decap";
+/// Host address (`DecapAddr`) -> 1: outer destinations to decapsulate for.
+pub const ADDRS_MAP: &str = "XLB_DECAP_ADDRS";
+/// The single `DecapConfig`.
+pub const CONFIG_MAP: &str = "XLB_DECAP_CONFIG";
+/// Per-CPU u64 per outcome (`STAT_*`), indexed as `STAT_NAMES`.
+pub const STATS_MAP: &str = "XLB_DECAP_STATS";
+/// Every map the decap object must define.
+pub const MAPS: [&str; 3] = [ADDRS_MAP, CONFIG_MAP, STATS_MAP];
+/// Entries of `ADDRS_MAP` (userspace refuses more addresses).
+pub const MAX_ADDRS: usize = 1024;
+
+/// Counter indices of `STATS_MAP`. Decapsulated frames are counted by kind
+/// and outer family.
+pub const STAT_IPIP4: u32 = 0;
+pub const STAT_IPIP6: u32 = 1;
+pub const STAT_GUE4: u32 = 2;
+pub const STAT_GUE6: u32 = 3;
+/// Passed untouched: not a tunnel packet for this host.
+pub const STAT_NOT_OURS: u32 = 4;
+/// Passed untouched (or dropped, when the frame was already cut): a tunnel
+/// packet for this host that cannot be decapsulated.
+pub const STAT_MALFORMED: u32 = 5;
+pub const STAT_COUNT: usize = 6;
+/// What each counter counts, in index order.
+pub const STAT_NAMES: [&str; STAT_COUNT] =
+    ["ipip4", "ipip6", "gue4", "gue6", "not_ours", "malformed"];
+
+/// Key of `ADDRS_MAP`: an IPv4 address fills the first four bytes of `addr`,
+/// the rest are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DecapAddr {
+    pub addr: [u8; 16],
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<DecapAddr>() == 20);
+
+impl DecapAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        let mut key = Self::zeroed();
+        match ip {
+            IpAddr::V4(v4) => {
+                key.addr[..4].copy_from_slice(&v4.octets());
+                key.family = FAMILY_V4;
+            }
+            IpAddr::V6(v6) => {
+                key.addr = v6.octets();
+                key.family = FAMILY_V6;
+            }
+        }
+        key
+    }
+}
+
+/// The single entry of `CONFIG_MAP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DecapConfig {
+    /// GUE destination port, network byte order; 0: GUE off.
+    pub gue_port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<DecapConfig>() == 8);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are #[repr(C)] and Pod (bytemuck-checked), no padding holes.
+    unsafe impl aya::Pod for super::DecapAddr {}
+    unsafe impl aya::Pod for super::DecapConfig {}
+}
