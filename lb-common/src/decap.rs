@@ -1,5 +1,5 @@
 //! The decap program's maps (lb-ebpf/src/decap.rs), shared with `xlb decap`
-//! (lb-userspace/src/decap.rs) like the balancer's are: one definition for
+//! (lb-dataplane/src/decap.rs) like the balancer's are: one definition for
 //! both compilers.
 
 use bytemuck::{Pod, Zeroable};

@@ -1,35 +1,17 @@
-//! xlb's controller as a library: the `xlb` binary is a thin CLI over it, and
-//! the integration tests drive the same code.
+//! The `xlb` binary as a library (the integration tests drive the same
+//! code): the command line and the daemon, over `xlb_core` (pure logic) and
+//! `xlb_dataplane` (the BPF programs and maps).
 //!
-//! Pure logic (config, maglev, state, simulate, status) has no I/O; only
-//! `dataplane` touches BPF maps, and `daemon`/`api` do the socket I/O.
+//! - `user`: who runs this process;
+//! - `store`: the revision store on disk (used by the daemon, and read-only
+//!   by `xlb plan --revision`);
+//! - `daemon`: `xlb run`: the controller, the control socket, HTTP and
+//!   metrics, health probes, restarts and reloads;
+//! - `cli`: every subcommand; the client of the control socket.
+//!
+//! `cli` may use `daemon` (`xlb run` starts it); `daemon` never uses `cli`.
 
-pub mod api;
-pub mod audit;
-pub mod bake;
-pub mod caps;
 pub mod cli;
-pub mod config;
-pub mod controller;
 pub mod daemon;
-pub mod dataplane;
-pub mod decap;
-pub mod detect;
-pub mod drift;
-pub mod edit;
-pub mod health;
-pub mod http;
-pub mod maglev;
-pub mod metrics;
-pub mod notify;
-pub mod peer;
-pub mod plan;
-pub mod privileges;
-pub mod restart;
-pub mod revisions;
-pub mod simulate;
-pub mod staging;
-pub mod state;
-pub mod status;
-pub mod table;
-pub mod top;
+pub mod store;
+pub mod user;

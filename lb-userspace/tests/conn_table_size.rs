@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use xlb::controller::{ApplyError, Controller};
-use xlb::dataplane::Dataplane;
+use xlb::daemon::controller::{ApplyError, Controller};
+use xlb_dataplane::Dataplane;
 
 /// Sizes no other test uses, so the kernel map is told apart from the
 /// connection tables of tests running at the same time (one per test here,
@@ -16,7 +16,7 @@ const SIZE: u32 = 5003;
 const LOAD_SIZE: u32 = 5011;
 
 fn privileged(test: &str) -> bool {
-    let missing = xlb::caps::missing();
+    let missing = xlb::daemon::privileges::lacking();
     if !missing.is_empty() {
         eprintln!("{test}: skipped: needs {missing:?} (run as root)");
     }
@@ -66,7 +66,7 @@ fn an_apply_that_changes_the_size_is_refused_and_writes_nothing() {
         return;
     }
     let dp = Dataplane::load_with(SIZE).expect("load the balancer");
-    let metrics = Arc::new(xlb::metrics::Metrics::new());
+    let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
     let mut controller = Controller::new(dp, "xlbcts0".into(), [2, 0, 0, 0, 0, 0xaa], metrics);
     let revision = controller
         .apply_text(&config(Some(SIZE), 1), "a.toml")

@@ -5,13 +5,13 @@
 //! cannot run.
 
 use lb_common::{VIP_F_ECHO_REPLY, VipKey};
-use xlb::dataplane::Dataplane;
-use xlb::state::{Allocation, Desired, desired};
+use xlb_core::state::{Allocation, Desired, desired};
+use xlb_dataplane::Dataplane;
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
 
 fn privileged(test: &str) -> bool {
-    let missing = xlb::caps::missing();
+    let missing = xlb::daemon::privileges::lacking();
     if !missing.is_empty() {
         eprintln!("{test}: skipped: needs {missing:?} (run as root)");
     }
@@ -31,7 +31,7 @@ fn state(icmp_echo: &str, addresses: &[&str], weight: u32, previous: &Allocation
              mac = \"02:00:00:00:00:02\"\n"
         ));
     }
-    let config = xlb::config::parse(&text, "echo.toml").expect("valid config");
+    let config = xlb_core::config::parse(&text, "echo.toml").expect("valid config");
     desired(&config, previous).expect("desired state")
 }
 

@@ -7,13 +7,13 @@
 //! CAP_NET_ADMIN, and says so when it cannot run.
 
 use lb_common::{BACKEND_F_VALID, Backend};
-use xlb::dataplane::Dataplane;
-use xlb::state::{Allocation, Desired, DesiredVip, desired, kernel_backend};
+use xlb_core::state::{Allocation, Desired, DesiredVip, desired, kernel_backend};
+use xlb_dataplane::Dataplane;
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
 
 fn privileged(test: &str) -> bool {
-    let missing = xlb::caps::missing();
+    let missing = xlb::daemon::privileges::lacking();
     if !missing.is_empty() {
         eprintln!("{test}: skipped: needs {missing:?} (run as root)");
     }
@@ -34,7 +34,7 @@ fn state(table_size: u32, backends: &[(&str, &str)], previous: &Allocation) -> D
             0x10 + i
         ));
     }
-    let config = xlb::config::parse(&text, "retired.toml").expect("valid config");
+    let config = xlb_core::config::parse(&text, "retired.toml").expect("valid config");
     desired(&config, previous).expect("desired state")
 }
 

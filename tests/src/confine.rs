@@ -22,8 +22,8 @@ pub const UNIT: &str = include_str!("../../deploy/systemd/xlb.service");
 /// The unit's `CapabilityBoundingSet=`, checked equal to its
 /// `AmbientCapabilities=`, in kernel order.
 pub fn unit_capabilities() -> anyhow::Result<Vec<Capability>> {
-    let bounding = xlb::privileges::unit_capabilities(UNIT, "CapabilityBoundingSet")?;
-    let ambient = xlb::privileges::unit_capabilities(UNIT, "AmbientCapabilities")?;
+    let bounding = xlb::daemon::privileges::unit_capabilities(UNIT, "CapabilityBoundingSet")?;
+    let ambient = xlb::daemon::privileges::unit_capabilities(UNIT, "AmbientCapabilities")?;
     anyhow::ensure!(
         bounding == ambient,
         "the unit's CapabilityBoundingSet {bounding:?} and AmbientCapabilities {ambient:?} differ"

@@ -19,7 +19,7 @@ use etherparse::{
     IpDscp, IpEcn, IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header,
     PacketBuilder, SingleVlanHeader, TcpHeaderSlice, UdpHeader, VlanId, VlanPcp,
 };
-use xlb::simulate::Flow;
+use xlb_core::simulate::Flow;
 
 pub use crate::packets::{LB_MAC, ROUTER_MAC};
 

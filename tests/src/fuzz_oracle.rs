@@ -37,9 +37,9 @@ use etherparse::{Icmpv4Type, Icmpv6Type};
 use lb_common::hash::flow_hash;
 use lb_common::stats::{XDP_DROP, XDP_PASS, XDP_TX};
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-use xlb::config::Forwarding;
-use xlb::simulate::{Flow, pick, vip_for};
-use xlb::state::{Desired, DesiredVip};
+use xlb_core::config::Forwarding;
+use xlb_core::simulate::{Flow, pick, vip_for};
+use xlb_core::state::{Desired, DesiredVip};
 
 use crate::depth_frames::{
     BALANCER_TTL, TOO_BIG_QUOTE, V4Fields, V6Fields, icmpv4, icmpv6, in_prefix, tunnel_source_v4,
@@ -1208,7 +1208,7 @@ mod tests {
     use super::*;
     use crate::depth_frames::{Link, Packet, TunnelOut, echo4, encapsulated, fragments, framed};
     use crate::packets::{LB_MAC, ROUTER_MAC, flow, with_macs};
-    use xlb::state::Allocation;
+    use xlb_core::state::Allocation;
 
     const CONFIG: &str = r#"
 interface = "xlbfuzz0"
@@ -1259,8 +1259,8 @@ forwarding = "ipip"
 "#;
 
     fn world() -> World {
-        let config = xlb::config::parse(CONFIG, "oracle.toml").expect("config");
-        let d = xlb::state::desired(&config, &Allocation::default()).expect("desired");
+        let config = xlb_core::config::parse(CONFIG, "oracle.toml").expect("config");
+        let d = xlb_core::state::desired(&config, &Allocation::default()).expect("desired");
         World::new(d, LB_MAC, 200).expect("world")
     }
 

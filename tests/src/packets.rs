@@ -1,5 +1,5 @@
 //! Frames for the packet tests: well-formed ones built with etherparse from an
-//! `xlb::simulate::Flow` (the same value the simulator answers for), byte
+//! `xlb_core::simulate::Flow` (the same value the simulator answers for), byte
 //! patches that break one header field at a time, the output a frame should
 //! have after the balancer, and one run of the balancer on a frame with
 //! BPF_PROG_TEST_RUN.
@@ -15,9 +15,9 @@ use etherparse::{
     ArpHardwareId, ArpOperation, ArpPacket, EtherType, IpHeaders, IpNumber, Ipv4Header,
     Ipv4Options, Ipv6Extensions, Ipv6Header, Ipv6RawExtHeader, PacketBuilder,
 };
-use xlb::config::Backend;
-use xlb::simulate::Flow;
-use xlb::state::Desired;
+use xlb_core::config::Backend;
+use xlb_core::simulate::Flow;
+use xlb_core::state::Desired;
 
 /// Source MAC of frames coming in: the router in front of the balancer.
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -270,10 +270,10 @@ pub fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 /// name in the flow's VIP), with its kernel id (`pick`); None when the
 /// program would pass or drop the frame.
 pub fn expected_backend<'a>(desired: &'a Desired, flow: &Flow) -> Option<(&'a Backend, u32)> {
-    let vip = xlb::simulate::vip_for(desired, flow)?;
-    let name = xlb::simulate::pick_name(desired, flow)?;
+    let vip = xlb_core::simulate::vip_for(desired, flow)?;
+    let name = xlb_core::simulate::pick_name(desired, flow)?;
     let i = vip.config.backends.iter().position(|b| b.name == name)?;
-    let id = xlb::simulate::pick(desired, flow)?;
+    let id = xlb_core::simulate::pick(desired, flow)?;
     assert_eq!(
         id, vip.backend_ids[i],
         "pick and pick_name disagree for {flow:?}"

@@ -117,7 +117,7 @@ impl Testbed {
 
         let peer_program = switch
             .spawn(|| {
-                let mut ebpf = aya::Ebpf::load(xlb::dataplane::aux_object())?;
+                let mut ebpf = aya::Ebpf::load(xlb_dataplane::aux_object())?;
                 let prog: &mut aya::programs::Xdp = ebpf
                     .program_mut("xlb_pass")
                     .context("xlb_pass program")?

@@ -2,8 +2,8 @@
 //! VIPs' table swaps leaves every VIP on the previous state (tables, VIP
 //! entries), and a VIP the failed config added is not served.
 
-use xlb::dataplane::Dataplane;
-use xlb::state::{Allocation, Desired};
+use xlb_core::state::{Allocation, Desired};
+use xlb_dataplane::Dataplane;
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
@@ -28,8 +28,8 @@ fn config(weights: [u32; 2], extra_vip: bool) -> String {
 }
 
 fn desired(text: &str, previous: &Allocation) -> Desired {
-    let config = xlb::config::parse(text, "t.toml").expect("valid config");
-    xlb::state::desired(&config, previous).expect("desired")
+    let config = xlb_core::config::parse(text, "t.toml").expect("valid config");
+    xlb_core::state::desired(&config, previous).expect("desired")
 }
 
 /// Every VIP of `d` is served with exactly its table.

@@ -33,7 +33,7 @@ fn pin() {
 }
 
 fn aux() -> aya::Ebpf {
-    aya::Ebpf::load(xlb::dataplane::aux_object()).expect("load the aux object")
+    aya::Ebpf::load(xlb_dataplane::aux_object()).expect("load the aux object")
 }
 
 fn load<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a Xdp {

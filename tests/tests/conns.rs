@@ -16,9 +16,9 @@ use lb_common::hash::{FlowWords, addr_words, ports_word};
 use lb_common::maps::CONN_TABLE_SIZE;
 use lb_common::stats::XDP_TX;
 use tests::packets::{self, LB_MAC};
-use xlb::controller::Controller;
-use xlb::dataplane::{ConnTable, Dataplane};
-use xlb::state::Allocation;
+use xlb::daemon::controller::Controller;
+use xlb_core::state::Allocation;
+use xlb_dataplane::{ConnTable, Dataplane};
 
 const CONFIG: &str = "interface = \"xlbcn0\"\nhash_seed = 7\n\
     [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
@@ -101,7 +101,7 @@ fn fifty_thousand_flows_counted_per_backend_and_stale() {
     if !tests::privileged("fifty_thousand_flows_counted_per_backend_and_stale") {
         return;
     }
-    let metrics = Arc::new(xlb::metrics::Metrics::new());
+    let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
     let dp = Dataplane::load().expect("load the balancer");
     let mut controller = Controller::new(dp, "xlbcn0".into(), LB_MAC, metrics.clone());
     controller.apply_text(CONFIG, "conns.toml").expect("apply");
@@ -163,7 +163,7 @@ fn fifty_thousand_flows_counted_per_backend_and_stale() {
         (c.entries, c.capacity, c.stale_entries),
         (50_000, CONN_TABLE_SIZE as u64, 2_500)
     );
-    let text = xlb::status::render_table(&status, false);
+    let text = xlb_core::status::render_table(&status, false);
     let b2 = text
         .lines()
         .find(|l| l.contains(" b2 "))
@@ -200,8 +200,8 @@ fn flows_the_program_remembered_are_counted_per_backend() {
     if !tests::privileged("flows_the_program_remembered_are_counted_per_backend") {
         return;
     }
-    let config = xlb::config::parse(CONFIG, "conns.toml").expect("a valid config");
-    let desired = xlb::state::desired(&config, &Allocation::default()).expect("desired");
+    let config = xlb_core::config::parse(CONFIG, "conns.toml").expect("a valid config");
+    let desired = xlb_core::state::desired(&config, &Allocation::default()).expect("desired");
     let mut dp = Dataplane::load().expect("load the balancer");
     dp.apply(LB_MAC, &desired, None).expect("apply");
 

@@ -71,7 +71,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
 
     // Every revision on disk is whole.
     let store_dir = dir.join("state/revisions");
-    let store = xlb::revisions::Store::open(&store_dir, 100)?;
+    let store = xlb::store::Store::open(&store_dir, 100)?;
     let revs = store.list()?;
     ensure!(!revs.is_empty(), "no startup revision");
     for (i, r) in revs.iter().enumerate() {
@@ -81,7 +81,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             revs.iter().map(|r| r.number).collect::<Vec<_>>()
         );
         ensure!(
-            xlb::revisions::config_hash(&r.config_text) == r.config_hash,
+            xlb_core::revision::config_hash(&r.config_text) == r.config_hash,
             "revision {} is not whole",
             r.number
         );

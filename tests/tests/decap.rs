@@ -15,7 +15,7 @@ use tests::tunnel::{
     ETH_P_IPV4, ETH_P_IPV6, Encap, Link, decapsulated, encapsulate, encapsulate_with, tcp_syn,
     udp_datagram,
 };
-use xlb::decap::{DecapCounters, DecapProgram, MAPS, MAX_ADDRS, STAT_NAMES};
+use xlb_dataplane::decap::{DecapCounters, DecapProgram, MAPS, MAX_ADDRS, STAT_NAMES};
 
 /// The backend running the decap program: its addresses are in the map.
 const HOST4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
@@ -591,27 +591,27 @@ fn the_gue_port_is_the_configured_one() {
 #[test]
 fn object_matches_the_userspace_mirror() {
     let object =
-        aya_obj::Object::parse(xlb::dataplane::decap_object()).expect("parse the decap object");
+        aya_obj::Object::parse(xlb_dataplane::decap_object()).expect("parse the decap object");
     for name in MAPS {
         assert!(object.maps.contains_key(name), "map {name} missing");
     }
     assert!(
-        object.programs.contains_key(xlb::decap::PROGRAM),
+        object.programs.contains_key(xlb_dataplane::decap::PROGRAM),
         "program {} missing",
-        xlb::decap::PROGRAM
+        xlb_dataplane::decap::PROGRAM
     );
-    let addrs = &object.maps[xlb::decap::ADDRS_MAP];
+    let addrs = &object.maps[xlb_dataplane::decap::ADDRS_MAP];
     assert_eq!(
         addrs.key_size() as usize,
-        size_of::<xlb::decap::DecapAddr>()
+        size_of::<xlb_dataplane::decap::DecapAddr>()
     );
     assert_eq!(addrs.max_entries() as usize, MAX_ADDRS);
-    let config = &object.maps[xlb::decap::CONFIG_MAP];
+    let config = &object.maps[xlb_dataplane::decap::CONFIG_MAP];
     assert_eq!(
         config.value_size() as usize,
-        size_of::<xlb::decap::DecapConfig>()
+        size_of::<xlb_dataplane::decap::DecapConfig>()
     );
-    let stats = &object.maps[xlb::decap::STATS_MAP];
+    let stats = &object.maps[xlb_dataplane::decap::STATS_MAP];
     assert_eq!(stats.max_entries() as usize, STAT_NAMES.len());
     assert_eq!(stats.value_size() as usize, size_of::<u64>());
 }

@@ -44,10 +44,10 @@ use tests::depth_frames::{
 };
 use tests::netns::Netns;
 use tests::packets::{action_name, run, with_macs};
-use xlb::config::Forwarding;
-use xlb::dataplane::{CounterSnapshot, Dataplane, HostInterface};
-use xlb::simulate::{Flow, pick, pick_name, vip_for};
-use xlb::state::{Allocation, Desired, DesiredVip};
+use xlb_core::config::Forwarding;
+use xlb_core::simulate::{Flow, pick, pick_name, vip_for};
+use xlb_core::state::{Allocation, Desired, DesiredVip};
+use xlb_dataplane::{CounterSnapshot, Dataplane, HostInterface};
 
 /// Next hop when the FIB names none (groups `main` and `fib`).
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
@@ -436,8 +436,8 @@ fn fwd_to(flow: Flow, name: &'static str) -> Expect {
 }
 
 fn parse_desired(text: &str, previous: &Allocation) -> Desired {
-    let config = xlb::config::parse(text, "depth.toml").expect("fixture config is valid");
-    xlb::state::desired(&config, previous).expect("desired state")
+    let config = xlb_core::config::parse(text, "depth.toml").expect("fixture config is valid");
+    xlb_core::state::desired(&config, previous).expect("desired state")
 }
 
 /// The backend id `flow`'s VIP table would pick if it hashed the 5-tuple.

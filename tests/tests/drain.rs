@@ -25,7 +25,7 @@ use tests::echo::{EchoServers, probe};
 use tests::netns::Netns;
 use tests::testbed::{Testbed, VIP4};
 use tests::xlbd::Daemon;
-use xlb::simulate::{Flow, pick_name};
+use xlb_core::simulate::{Flow, pick_name};
 
 const PORT: u16 = 8071;
 /// Long-lived connections held on the drained backend.
@@ -241,8 +241,8 @@ fn check_probes(
     target: SocketAddr,
     got: &[(SocketAddr, String)],
 ) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
-    let config = xlb::config::parse(text, "drain.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let desired = xlb::state::desired(&config, &Default::default())?;
+    let config = xlb_core::config::parse(text, "drain.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let desired = xlb_core::state::desired(&config, &Default::default())?;
     let mut wrong = Vec::new();
     let mut count = std::collections::BTreeMap::<String, usize>::new();
     for (local, name) in got {
@@ -402,7 +402,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
 
     // Drain b2.
-    let drain_began = xlb::controller::unix_now();
+    let drain_began = xlb_core::clock::unix_now();
     let drained = edit(
         &daemon,
         // The others' shares grow 1.5x, at max_share_growth: forced.

@@ -145,7 +145,7 @@ fn balances_real_tcp_and_udp_and_reweights_live() {
     // Bad configs are refused with exit code 2 and change nothing.
     let revision = daemon.status().unwrap()["revision"].as_u64().unwrap();
     let bad_dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-userspace/tests/bad_configs");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-core/tests/bad_configs");
     let mut bad: Vec<_> = std::fs::read_dir(&bad_dir)
         .unwrap()
         .map(|e| e.unwrap().path())

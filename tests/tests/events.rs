@@ -14,9 +14,9 @@ use lb_common::stats::{
     EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER, EVENT_COUNT, EVENT_NAMES, XDP_TX,
 };
 use tests::packets::{FrameBuilder, action_name, expected_backend, flow, run};
-use xlb::dataplane::Dataplane;
-use xlb::simulate::Flow;
-use xlb::state::{Allocation, Desired};
+use xlb_core::simulate::Flow;
+use xlb_core::state::{Allocation, Desired};
+use xlb_dataplane::Dataplane;
 
 const LB_MAC: [u8; 6] = tests::packets::LB_MAC;
 
@@ -52,8 +52,8 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
-        let config = xlb::config::parse(CONFIG, "events.toml").expect("a valid config");
-        let desired = xlb::state::desired(&config, &Allocation::default()).expect("desired");
+        let config = xlb_core::config::parse(CONFIG, "events.toml").expect("a valid config");
+        let desired = xlb_core::state::desired(&config, &Allocation::default()).expect("desired");
         let mut dp = Dataplane::load().expect("load the balancer");
         dp.apply(LB_MAC, &desired, None).expect("apply");
         Self {

@@ -44,9 +44,9 @@ use tests::depth_frames::{
 use tests::fuzz_oracle::{Frag, Ingress, Verdict, World, judge, ones_sum, pseudo_header};
 use tests::netns::Netns;
 use tests::packets::{FrameBuilder, LB_MAC, action_name, arp_request, run};
-use xlb::dataplane::{Dataplane, HostInterface};
-use xlb::simulate::Flow;
-use xlb::state::Allocation;
+use xlb_core::simulate::Flow;
+use xlb_core::state::Allocation;
+use xlb_dataplane::{Dataplane, HostInterface};
 
 const DEFAULT_SEED: u64 = 0x786c_6266_757a_7a00;
 const DEFAULT_FRAMES: usize = 1_000_000;
@@ -923,8 +923,8 @@ impl Report {
 /// Load the balancer in the calling thread's namespace, run the seeds once
 /// each and then `count` fuzz inputs from `seed`, judging every run.
 fn fuzz(seed: u64, count: usize) -> anyhow::Result<Report> {
-    let config = xlb::config::parse(&config(), "fuzz.toml")?;
-    let desired = xlb::state::desired(&config, &Allocation::default())?;
+    let config = xlb_core::config::parse(&config(), "fuzz.toml")?;
+    let desired = xlb_core::state::desired(&config, &Allocation::default())?;
     let host = HostInterface {
         mac: LB_MAC,
         ifindex: 1,

@@ -105,8 +105,9 @@ fn ids(status: &serde_json::Value, name: &str) -> anyhow::Result<(u32, BTreeMap<
 
 /// The table as the config alone builds it, in kernel ids.
 fn config_table(text: &str, vip: &str, ids: &BTreeMap<String, u32>) -> anyhow::Result<Vec<u32>> {
-    let config = xlb::config::parse(text, "health.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let d = xlb::state::desired(&config, &Default::default())?;
+    let config =
+        xlb_core::config::parse(text, "health.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let d = xlb_core::state::desired(&config, &Default::default())?;
     let v = d
         .vips
         .iter()

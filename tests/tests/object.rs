@@ -5,7 +5,7 @@ use lb_common::maps;
 
 #[test]
 fn object_defines_every_map_in_lb_common() {
-    let object = aya_obj::Object::parse(xlb::dataplane::balancer_object())
+    let object = aya_obj::Object::parse(xlb_dataplane::balancer_object())
         .expect("parse the balancer object");
     for name in maps::ALL {
         assert!(
@@ -25,5 +25,5 @@ fn verifier_accepts_the_balancer() {
     if !tests::privileged("verifier_accepts_the_balancer") {
         return;
     }
-    xlb::dataplane::Dataplane::load().expect("load the balancer");
+    xlb_dataplane::Dataplane::load().expect("load the balancer");
 }

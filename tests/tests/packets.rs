@@ -17,9 +17,9 @@ use tests::packets::{
     expected_backend, flow, frame, icmpv4_echo, run, set_ip_version, set_ipv4_ihl,
     set_tcp_data_offset, with_macs,
 };
-use xlb::dataplane::{CounterSnapshot, Dataplane};
-use xlb::simulate::{Flow, vip_for};
-use xlb::state::{Allocation, Desired};
+use xlb_core::simulate::{Flow, vip_for};
+use xlb_core::state::{Allocation, Desired};
+use xlb_dataplane::{CounterSnapshot, Dataplane};
 
 /// The fixtures' services. Every backend has its own MAC
 /// (02:00:00:<vip>:00:<backend>), so an output frame names one backend.
@@ -601,8 +601,8 @@ fn snapshot_diff(want: &CounterSnapshot, got: &CounterSnapshot) -> Vec<String> {
 
 /// Load the balancer and apply the fixtures' config.
 fn loaded() -> (Dataplane, Desired) {
-    let config = xlb::config::parse(CONFIG, "fixture.toml").expect("fixture config is valid");
-    let desired = xlb::state::desired(&config, &Allocation::default()).expect("desired state");
+    let config = xlb_core::config::parse(CONFIG, "fixture.toml").expect("fixture config is valid");
+    let desired = xlb_core::state::desired(&config, &Allocation::default()).expect("desired state");
     let mut dp = Dataplane::load().expect("load the balancer");
     dp.apply(LB_MAC, &desired, None)
         .expect("apply the fixture config");
@@ -662,7 +662,7 @@ fn packet_fixtures() {
             }
             Expect::Drop(flow) => {
                 assert_eq!(
-                    xlb::simulate::pick(&desired, &flow),
+                    xlb_core::simulate::pick(&desired, &flow),
                     None,
                     "{}: the simulator picks a backend",
                     f.description

@@ -1,6 +1,6 @@
 //! Kernel pick == simulator pick: random flows go through the loaded
 //! balancer with BPF_PROG_TEST_RUN; the backend it chose (read from the
-//! output frame's destination MAC) must be the one `xlb::simulate` names for
+//! output frame's destination MAC) must be the one `xlb_core::simulate` names for
 //! the same flow. The observed split over backends must also be near each
 //! backend's share of its Maglev table (a loose sanity bound). Run for the
 //! default hash mode (the 5-tuple) and for the others (`hash = "source"`,
@@ -15,9 +15,9 @@ use std::time::Instant;
 use lb_common::{PROTO_TCP, PROTO_UDP, stats::XDP_TX};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tests::packets::{FrameBuilder, LB_MAC, action_name, backends_by_mac, expected_backend, run};
-use xlb::dataplane::Dataplane;
-use xlb::simulate::Flow;
-use xlb::state::{Allocation, Desired};
+use xlb_core::simulate::Flow;
+use xlb_core::state::{Allocation, Desired};
+use xlb_dataplane::Dataplane;
 
 /// Random flows per address family.
 const FLOWS: usize = 100_000;
@@ -184,8 +184,8 @@ fn parity(test: &str, family: Family, config: &str, targets: &Targets) {
     if !tests::privileged(test) {
         return;
     }
-    let config = xlb::config::parse(config, "parity.toml").expect("parity config is valid");
-    let desired = xlb::state::desired(&config, &Allocation::default()).expect("desired state");
+    let config = xlb_core::config::parse(config, "parity.toml").expect("parity config is valid");
+    let desired = xlb_core::state::desired(&config, &Allocation::default()).expect("desired state");
     let mut dp = Dataplane::load().expect("load the balancer");
     dp.apply(LB_MAC, &desired, None)
         .expect("apply the parity config");
@@ -210,7 +210,7 @@ fn parity(test: &str, family: Family, config: &str, targets: &Targets) {
     for _ in 0..FLOWS {
         let flow = random_flow(&mut rng, family, &desired, targets);
         let (want, _) = expected_backend(&desired, &flow).expect("the simulator picks a backend");
-        let vip = &xlb::simulate::vip_for(&desired, &flow)
+        let vip = &xlb_core::simulate::vip_for(&desired, &flow)
             .expect("a VIP flow")
             .config
             .name;

@@ -296,7 +296,7 @@ fn the_units_capabilities_suffice_and_each_one_is_needed() {
                 "without {cap} it went past the check: {stderr}"
             );
 
-            fewer.env = vec![(xlb::privileges::SKIP_CHECK_ENV.into(), "1".into())];
+            fewer.env = vec![(xlb::daemon::privileges::SKIP_CHECK_ENV.into(), "1".into())];
             let args = run_args(&format!("unchecked-{i}"));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let out = run_to_exit(

@@ -229,10 +229,10 @@ fn restarts(dir: &Path) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let first = seen(&daemon)?;
-    let fresh = xlb::state::desired(
-        &xlb::config::parse(&config([1, 1, 1], 1), "fresh.toml")
+    let fresh = xlb_core::state::desired(
+        &xlb_core::config::parse(&config([1, 1, 1], 1), "fresh.toml")
             .map_err(|e| anyhow::anyhow!("{e}"))?,
-        &xlb::state::Allocation::default(),
+        &xlb_core::state::Allocation::default(),
     )?;
     ensure!(
         first.ids[0].2 != u64::from(fresh.vips[0].id),
@@ -294,7 +294,7 @@ fn restarts(dir: &Path) -> anyhow::Result<()> {
         // The upgrade: a balancer object from a file, after a SIGTERM
         // (which leaves forwarding running too).
         let object = dir.join("xlb-balancer.o");
-        std::fs::write(&object, xlb::dataplane::balancer_object())?;
+        std::fs::write(&object, xlb_dataplane::balancer_object())?;
         let status = daemon.stop()?;
         ensure!(status.success(), "xlb run exited with {status} on SIGTERM");
         ensure!(

@@ -1,4 +1,4 @@
-//! `xlb simulate`'s engine (`xlb::staging`) against the program itself:
+//! `xlb simulate`'s engine (`xlb_dataplane::staging`) against the program itself:
 //!
 //! - its shares (read from the program's counters) are what a second,
 //!   independently loaded program does with the same flows, told apart by
@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use lb_common::stats::XDP_TX;
 use tests::packets::{LB_MAC, action_name, arp_request, backends_by_mac, flow, frame, run};
-use xlb::config::Config;
-use xlb::dataplane::Dataplane;
-use xlb::staging::{SimReport, SimVip, SimulateOptions, simulate, synthetic_frames};
-use xlb::state::{Allocation, desired};
+use xlb_core::config::Config;
+use xlb_core::state::{Allocation, desired};
+use xlb_dataplane::Dataplane;
+use xlb_dataplane::staging::{SimReport, SimVip, SimulateOptions, simulate, synthetic_frames};
 
 /// Flows per VIP: enough for shares within about a point of the weights,
 /// few enough to keep the test (two runs of each flow) short in debug.
@@ -54,7 +54,7 @@ backend = [
 "#;
 
 fn config(text: &str) -> Config {
-    xlb::config::parse(text, "simulate.toml").expect("valid config")
+    xlb_core::config::parse(text, "simulate.toml").expect("valid config")
 }
 
 fn vip<'a>(report: &'a SimReport, name: &str) -> &'a SimVip {

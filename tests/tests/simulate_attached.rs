@@ -80,16 +80,16 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let text = testbed::config(&[1, 1, 2]);
     let path = dir.join("xlb.toml");
     std::fs::write(&path, &text)?;
-    let config = xlb::config::parse(&text, "xlb.toml")?;
+    let config = xlb_core::config::parse(&text, "xlb.toml")?;
     let daemon = Daemon::start_with(&bed.lb.ns, &path, dir, &["--bake-window", "0s"])?;
 
     // What simulate says, for web (IPv4, TCP).
-    let opts = xlb::staging::SimulateOptions {
+    let opts = xlb_dataplane::staging::SimulateOptions {
         flows: FLOWS,
         seed: 7,
         pcap: None,
     };
-    let report = xlb::staging::simulate(&config, &opts)?;
+    let report = xlb_dataplane::staging::simulate(&config, &opts)?;
     let web = report
         .vips
         .iter()
@@ -97,7 +97,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         .context("web in the report")?;
 
     // The same flows, on the wire: to the LB's MAC, from the client's.
-    let frames = xlb::staging::synthetic_frames(&config, &opts)
+    let frames = xlb_dataplane::staging::synthetic_frames(&config, &opts)
         .into_iter()
         .find(|(name, _)| name == "web")
         .context("web's frames")?

@@ -1,4 +1,4 @@
-//! The live status page (lb-userspace/src/web/status.html) in headless
+//! The live status page (lb-userspace/src/daemon/web/status.html) in headless
 //! Chromium, served with fixture documents from a tiny HTTP server on
 //! 127.0.0.1. Needs no root; needs `chromium` (or `XLB_CHROMIUM`).
 //!
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tests::browser::{self, Page};
 
-const HTML: &str = include_str!("../../lb-userspace/src/web/status.html");
+const HTML: &str = include_str!("../../lb-userspace/src/daemon/web/status.html");
 const FIXTURE: &str = include_str!("../fixtures/status.json");
 const SIZE: (u32, u32) = (1200, 1200);
 

@@ -24,8 +24,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tests::echo::{EchoServers, FaultKind, Held, LongConnections, Pace, probe};
 use tests::testbed::{Host, Testbed};
 use tests::xlbd::Daemon;
-use xlb::simulate::{Flow, pick_name};
-use xlb::state::{Allocation, Desired};
+use xlb_core::simulate::{Flow, pick_name};
+use xlb_core::state::{Allocation, Desired};
 
 /// The echo service's port on both VIPs (not the testbed's 8080, so the
 /// one-shot servers could run beside it).
@@ -86,8 +86,9 @@ fn config(backends: &[Host], step: &Step) -> String {
 /// What the kernel maps hold for `text` (names and slots, as the
 /// simulator sees them).
 fn desired(text: &str) -> anyhow::Result<Desired> {
-    let config = xlb::config::parse(text, "survive.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(xlb::state::desired(&config, &Allocation::default())?)
+    let config =
+        xlb_core::config::parse(text, "survive.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(xlb_core::state::desired(&config, &Allocation::default())?)
 }
 
 /// True when both VIPs' Maglev tables differ between the two configs.

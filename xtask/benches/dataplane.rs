@@ -38,7 +38,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::hash::FlowWords;
 use support::frames::{self, Family, Method, NextHop, Outcome, XDP_PASS, XDP_TX};
 use tests::netns::Netns;
-use xlb::dataplane::HostInterface;
+use xlb_dataplane::HostInterface;
 
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 9;
@@ -310,9 +310,9 @@ fn main() -> anyhow::Result<()> {
     let fib = FibHost::enter()?;
     support::pin_to_cpu(0)?;
 
-    let mut dp = xlb::dataplane::Dataplane::load()?;
-    let config = xlb::config::parse(&config(), "dataplane.toml")?;
-    let desired = xlb::state::desired(&config, &Default::default())?;
+    let mut dp = xlb_dataplane::Dataplane::load()?;
+    let config = xlb_core::config::parse(&config(), "dataplane.toml")?;
+    let desired = xlb_core::state::desired(&config, &Default::default())?;
     let host = HostInterface {
         mac: frames::LB_MAC,
         ifindex: fib.ifindex,
@@ -321,7 +321,7 @@ fn main() -> anyhow::Result<()> {
     dp.apply(host, &desired, None)?;
     let mut conns = dp.conn_table().flows_map()?;
 
-    let mut aux = aya::Ebpf::load(xlb::dataplane::aux_object())?;
+    let mut aux = aya::Ebpf::load(xlb_dataplane::aux_object())?;
     support::load_xdp(&mut aux, "xlb_mac_swap")?;
     support::load_xdp(&mut aux, "xlb_fib_lookup")?;
     let map = aux.map_mut("XLB_FIB_DST").context("no map XLB_FIB_DST")?;

@@ -206,7 +206,7 @@ fn main() -> anyhow::Result<()> {
     for c in &CANDIDATES {
         loader.map_max_entries(c.map, CONN_TABLE_SIZE);
     }
-    let mut aux = loader.load(xlb::dataplane::aux_object())?;
+    let mut aux = loader.load(xlb_dataplane::aux_object())?;
     for c in &CANDIDATES {
         check_map(&aux, c)?;
     }

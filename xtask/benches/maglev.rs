@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use xlb::maglev::{MaglevBackend, build};
+use xlb_core::maglev::{MaglevBackend, build};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -39,7 +39,7 @@ fn main() {
         println!("table install: skipped (needs root to create BPF maps)");
         return;
     }
-    let mut dp = xlb::dataplane::Dataplane::load().expect("load the balancer");
+    let mut dp = xlb_dataplane::Dataplane::load().expect("load the balancer");
     let backends: Vec<MaglevBackend<'_>> = names
         .iter()
         .map(|n| MaglevBackend { name: n, weight: 1 })

@@ -12,7 +12,7 @@ use std::sync::Arc;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
-use xlb::detect::{BackendSample, Cumulative, Detector, Thresholds, VipSample};
+use xlb_core::detect::{BackendSample, Cumulative, Detector, Thresholds, VipSample};
 
 const VIPS: usize = 1000;
 const BACKENDS: usize = 64;
@@ -96,10 +96,10 @@ fn main() {
         println!("collector and scrape: skipped (needs root to load the balancer)");
         return;
     }
-    let config = xlb::config::parse(&config(), "bench.toml").expect("bench config");
-    let dataplane = xlb::dataplane::Dataplane::load().expect("load the balancer");
-    let metrics = Arc::new(xlb::metrics::Metrics::new());
-    let mut controller = xlb::controller::Controller::new(
+    let config = xlb_core::config::parse(&config(), "bench.toml").expect("bench config");
+    let dataplane = xlb_dataplane::Dataplane::load().expect("load the balancer");
+    let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
+    let mut controller = xlb::daemon::controller::Controller::new(
         dataplane,
         "lo".into(),
         [2, 0, 0, 0, 0, 1],

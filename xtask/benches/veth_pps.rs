@@ -31,7 +31,7 @@ use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
 use etherparse::PacketBuilder;
 use support::frames::{self, Family, Method, Outcome};
 use tests::netns::Netns;
-use xlb::dataplane::HostInterface;
+use xlb_dataplane::HostInterface;
 
 const RUNS: usize = 5;
 const RUN_TIME: Duration = Duration::from_secs(3);
@@ -232,10 +232,10 @@ fn generate(aux: &aya::Ebpf, frame: &[u8], gen_ifindex: u32) -> anyhow::Result<R
 fn balancer(
     wire: &Wire,
     method: Method,
-) -> anyhow::Result<(xlb::dataplane::Dataplane, xlb::state::Desired)> {
-    let mut dp = xlb::dataplane::Dataplane::load()?;
-    let config = xlb::config::parse(&config(method), "veth_pps.toml")?;
-    let desired = xlb::state::desired(&config, &Default::default())?;
+) -> anyhow::Result<(xlb_dataplane::Dataplane, xlb_core::state::Desired)> {
+    let mut dp = xlb_dataplane::Dataplane::load()?;
+    let config = xlb_core::config::parse(&config(method), "veth_pps.toml")?;
+    let desired = xlb_core::state::desired(&config, &Default::default())?;
     dp.apply(wire.lb, &desired, None)?;
     Ok((dp, desired))
 }
@@ -338,7 +338,7 @@ fn main() -> anyhow::Result<()> {
     let wire = Wire::new()?;
     // Everything on CPU 0: the generator, and the NAPI polls it triggers.
     support::pin_to_cpu(0)?;
-    let mut aux = aya::Ebpf::load(xlb::dataplane::aux_object())?;
+    let mut aux = aya::Ebpf::load(xlb_dataplane::aux_object())?;
     for name in ["xlb_gen_tcp_acks", "xlb_count_drop", "xlb_mac_swap"] {
         support::load_xdp(&mut aux, name)?;
     }

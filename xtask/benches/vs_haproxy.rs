@@ -109,15 +109,15 @@ fn drive_connections(bed: &Testbed) -> anyhow::Result<Run> {
 
 fn run_xlb(bed: &Testbed) -> anyhow::Result<Run> {
     let mac: [u8; 6] = parse_mac(LB_MAC)?;
-    let config = xlb::config::parse(&testbed::config(&[1; BACKENDS]), "vs_haproxy.toml")?;
-    let desired = xlb::state::desired(&config, &Default::default())?;
+    let config = xlb_core::config::parse(&testbed::config(&[1; BACKENDS]), "vs_haproxy.toml")?;
+    let desired = xlb_core::state::desired(&config, &Default::default())?;
     // Load and attach from a thread in the LB's namespace (the interface is
     // found by name there); the attachment outlives the thread.
     let (dp, desired) = bed
         .lb
         .ns
         .spawn(move || {
-            let mut dp = xlb::dataplane::Dataplane::load()?;
+            let mut dp = xlb_dataplane::Dataplane::load()?;
             dp.apply(mac, &desired, None)?;
             dp.attach("eth0", XdpMode::Driver)?;
             Ok((dp, desired))

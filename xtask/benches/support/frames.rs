@@ -143,7 +143,7 @@ pub fn udp_v4(dst_port: u16, src_port: u16) -> Vec<u8> {
 
 /// The connection-table key the balancer files a TCP flow of `family` under.
 pub fn tcp_flow_key(family: Family, dst_port: u16, src_port: u16) -> lb_common::hash::FlowWords {
-    xlb::simulate::Flow {
+    xlb_core::simulate::Flow {
         src: family.client(),
         dst: family.vip(),
         src_port,

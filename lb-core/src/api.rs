@@ -1,0 +1,136 @@
+//! The control API: one JSON request per connection on a root-only Unix
+//! socket, one JSON response back. The CLI is its only client today.
+
+use serde::{Deserialize, Serialize};
+
+use crate::edit::Edit;
+use crate::plan::Plan;
+use crate::status::Status;
+
+/// Where the daemon listens unless told otherwise (`--socket`, `XLB_SOCKET`).
+pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Rewrite every table and backend entry from the applied config.
+    Repair,
+    /// Validate `text` (named `file` in errors) and apply it.
+    Apply {
+        file: String,
+        text: String,
+        /// Who asks and why (recorded in the revision).
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        message: Option<String>,
+        /// Apply even when the safety checks refuse it.
+        #[serde(default)]
+        force: bool,
+        /// A reviewed plan's base revision: refused unless it is still live.
+        #[serde(default)]
+        expect_revision: Option<u64>,
+    },
+    /// Re-apply an earlier revision (default: the live one before the
+    /// current) as a new revision.
+    Rollback {
+        #[serde(default)]
+        to: Option<u64>,
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// Plan `text` against the applied config (nothing is applied).
+    Plan {
+        file: String,
+        text: String,
+        /// Who asks (the audit log).
+        #[serde(default)]
+        user: String,
+    },
+    /// Every kept revision, oldest first.
+    History,
+    /// One revision.
+    Show {
+        number: u64,
+    },
+    /// `xlb drain`/`undrain`/`weight`: edit one backend in the live
+    /// revision's config and apply the result as a new revision.
+    Edit(EditRequest),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request or the config in it is invalid (exit code 2).
+    BadInput,
+    /// The daemon or the kernel failed (exit code 4).
+    Internal,
+    /// A safety check refused it (exit code 1).
+    Refused,
+    /// The peer (SO_PEERCRED) may not make this request: a change asked
+    /// by a user other than root or the socket group (exit code 1).
+    Forbidden,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<Status>),
+    Applied {
+        revision: u64,
+    },
+    Repaired(Repaired),
+    History(Vec<crate::revision::Revision>),
+    Plan(Box<crate::plan::Plan>),
+    Revision(Box<crate::revision::Revision>),
+    /// An edit applied: the new revision and its plan.
+    Edited(Box<Edited>),
+    Error(ApiError),
+}
+
+/// What `repair` did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Repaired {
+    /// VIPs whose tables or backend entries had drifted before the repair.
+    pub drifted: Vec<String>,
+    /// VIPs whose tables were rewritten (all of them).
+    pub rewritten: Vec<String>,
+}
+
+/// What the CLI sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditRequest {
+    pub edit: Edit,
+    /// Who asks and why (recorded in the revision and the audit log).
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Apply even when the safety checks refuse it.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What an applied edit made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Edited {
+    /// The new revision.
+    pub revision: u64,
+    /// The revision whose config was edited.
+    pub base_revision: u64,
+    /// `drain web b2`.
+    pub command: String,
+    /// The config file the edited revision came from (the operator's copy,
+    /// which does not have the change yet).
+    pub config_file: String,
+    pub plan: Plan,
+}

@@ -1,0 +1,71 @@
+//! What the data plane counted, as plain data: the per-CPU counters summed
+//! (`CounterSnapshot`) and a count of the connection table (`ConnScan`).
+//! The dataplane crate reads them; status, metrics and detection use them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lb_common::Counters;
+
+/// How often the daemon counts the table: a full default table takes about
+/// 0.1 s of CPU and one of 16 M entries some seconds, so not every
+/// collector tick.
+pub const SCAN_PERIOD: Duration = Duration::from_secs(10);
+
+/// The pause after a scan is at least this many times the scan's own
+/// duration, so counting costs at most 1/20 of a core however big the
+/// table (a full default table takes about 0.1 s: the pause is
+/// `SCAN_PERIOD`, and counting costs about 1% of a core).
+const SCAN_PAUSE_FACTOR: f64 = 20.0;
+
+/// How long to wait after a scan that took `scan_seconds`.
+pub fn pause_after(scan_seconds: f64) -> Duration {
+    let scaled = Duration::try_from_secs_f64(scan_seconds.max(0.0) * SCAN_PAUSE_FACTOR)
+        .unwrap_or(Duration::MAX);
+    scaled.max(SCAN_PERIOD)
+}
+
+/// One count of the connection table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnScan {
+    /// Entries read.
+    pub entries: u64,
+    /// The table's max_entries.
+    pub capacity: u32,
+    /// backend id -> entries naming it.
+    pub by_backend: BTreeMap<u32, u64>,
+    /// When the scan ended.
+    pub scanned_at_unix_seconds: f64,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+impl ConnScan {
+    /// Entries naming a backend id that `known` does not know: ids no longer
+    /// in the applied config (the kernel re-steers such a flow on its next
+    /// packet, or the LRU evicts it).
+    pub fn stale_entries(&self, known: impl Fn(u32) -> bool) -> u64 {
+        self.by_backend
+            .iter()
+            .filter(|(id, _)| !known(**id))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Every counter the status needs, read at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct CounterSnapshot {
+    /// By vip id.
+    pub vips: BTreeMap<u32, Counters>,
+    /// By backend id.
+    pub backends: BTreeMap<u32, Counters>,
+    /// By XDP action value.
+    pub actions: Vec<Counters>,
+    /// By drop reason.
+    pub drops: Vec<Counters>,
+    /// All actions of each CPU, by CPU number.
+    pub per_cpu: Vec<Counters>,
+    /// Data-plane events, by `stats::EV_*`.
+    pub events: Vec<u64>,
+}

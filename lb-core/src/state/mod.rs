@@ -1,0 +1,777 @@
+//! From a validated config to what the kernel maps must hold: VIP ids,
+//! backend ids and each VIP's Maglev table in backend ids. Pure: the writer
+//! turns a `Desired` into map updates, the simulator reads it.
+//!
+//! Besides one VIP map entry per VIP, each distinct VIP address gets an
+//! ICMP echo entry when `icmp_echo = "reply"`: (address, port 0, ICMP or
+//! ICMPv6) with `VIP_F_ECHO_REPLY`, so the program answers pings to it.
+//!
+//! Ids are a local translation of names; Maglev tables themselves depend only
+//! on names, weights and the hash seed, so every node picks the same backend.
+//! An id is never rewritten while a live table may still name it: a changed
+//! backend (MAC or address) gets a new id. An id freed by an apply (its
+//! backend removed or changed) is retired by the writer once no table names
+//! it (its entry loses `BACKEND_F_VALID`, so flows the connection table still
+//! remembers on it are hashed again onto the live table), and backend ids are
+//! handed out next-fit (`ids`), so a freed id is not given to another backend
+//! until the whole id space has been gone through.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use lb_common::{
+    BACKEND_F_VALID, Backend as KernelBackend, FAMILY_V4, FAMILY_V6, GLOBAL_F_PORT_WILDCARD,
+    GlobalConfig, LAYOUT_VERSION, PROTO_ICMP, PROTO_ICMPV6, VIP_F_ECHO_REPLY, VipKey, VipMeta,
+    maps::{MAX_BACKENDS, MAX_VIPS},
+};
+
+use crate::config::{Backend, Config, IcmpEcho, Vip};
+use crate::host::HostInterface;
+use crate::maglev::{self, MaglevBackend, MaglevTable};
+
+mod ids;
+
+/// Table slot value of a VIP without active backends: no such backend
+/// exists, so the program drops the packet and counts `no_backend`.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// What identifies a VIP's id: a new table size needs a new id, so a packet
+/// never pairs one size with a table of another.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct VipIdentity {
+    pub(crate) name: String,
+    pub(crate) table_size: u32,
+}
+
+/// What identifies a backend's id: any change of where frames go is a new id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct BackendIdentity {
+    pub(crate) vip: String,
+    pub(crate) name: String,
+    pub(crate) mac: [u8; 6],
+    pub(crate) address: IpAddr,
+}
+
+/// Which ids are in use, and by whom.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub(crate) vips: BTreeMap<VipIdentity, u32>,
+    pub(crate) backends: BTreeMap<BackendIdentity, u32>,
+    /// Where the search for the next new backend id starts: one past the
+    /// last one handed out (next-fit, see `ids`).
+    pub(crate) next_backend_id: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredVip {
+    pub config: Vip,
+    pub id: u32,
+    pub key: VipKey,
+    pub meta: VipMeta,
+    /// The Maglev table over the VIP's active backends (names, slots).
+    pub table: MaglevTable,
+    /// Kernel backend id of each `config.backends[i]`.
+    pub backend_ids: Vec<u32>,
+    /// The kernel table: slot -> backend id (`[NO_BACKEND]` when empty).
+    pub slots: Vec<u32>,
+    /// Each `config.backends[i]`'s share of the table's slots (computed once
+    /// here: the collector needs them every second).
+    pub table_shares: Vec<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    pub config: Config,
+    pub vips: Vec<DesiredVip>,
+    /// The ICMP echo entries of the VIP map, one per distinct VIP address
+    /// (none with `icmp_echo = "pass"`), in file order.
+    pub echo: Vec<(VipKey, VipMeta)>,
+    pub allocation: Allocation,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("vip[{vip}]: Maglev table: {source}")]
+    Maglev {
+        vip: String,
+        #[source]
+        source: maglev::MaglevError,
+    },
+    #[error("out of {kind} ids (at most {max}, counting ids the previous config still holds)")]
+    OutOfIds { kind: &'static str, max: u32 },
+}
+
+pub fn vip_key(vip: &Vip) -> VipKey {
+    let (addr, family) = addr_bytes(vip.address);
+    VipKey {
+        addr,
+        port_be: vip.port.to_be(),
+        proto: vip.protocol.number(),
+        family,
+    }
+}
+
+pub fn addr_bytes(a: IpAddr) -> ([u8; 16], u8) {
+    let mut addr = [0u8; 16];
+    match a {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            (addr, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The kernel entry of backend `b` of the VIP with id `vip_id`.
+pub fn kernel_backend(b: &Backend, vip_id: u32) -> KernelBackend {
+    let (addr, family) = addr_bytes(b.address);
+    KernelBackend {
+        mac: b.mac.0,
+        flags: BACKEND_F_VALID,
+        family,
+        addr,
+        vip_id,
+        _pad: 0,
+    }
+}
+
+/// The config map's entry for `config` on `host`. Tunnel settings that are
+/// not configured are zero (no gateway MAC; a zero source prefix, which the
+/// config refuses for a VIP that would need it).
+pub fn global_config(host: &HostInterface, config: &Config) -> GlobalConfig {
+    let tunnel = &config.tunnel;
+    let (tunnel_src_v4, tunnel_src_v4_hostmask) = tunnel
+        .source_v4
+        .map_or(([0; 4], [0; 4]), |p| (p.addr.octets(), p.hostmask()));
+    let (tunnel_src_v6, tunnel_src_v6_hostmask) = tunnel
+        .source_v6
+        .map_or(([0; 16], [0; 4]), |p| (p.addr.octets(), p.hostmask()));
+    GlobalConfig {
+        iface_mac: host.mac,
+        gateway_mac: tunnel.gateway_mac.map_or([0; 6], |m| m.0),
+        hash_seed: config.hash_seed,
+        layout_version: LAYOUT_VERSION,
+        ifindex: host.ifindex,
+        mtu: host.mtu,
+        gue_port_be: tunnel.gue_port.to_be(),
+        flags: if config.vips.iter().any(|v| v.port == 0) {
+            GLOBAL_F_PORT_WILDCARD
+        } else {
+            0
+        },
+        tunnel_src_v4,
+        tunnel_src_v4_hostmask,
+        tunnel_src_v6,
+        tunnel_src_v6_hostmask,
+        _pad: 0,
+    }
+}
+
+/// Compute the desired kernel state for `config`, keeping the ids of
+/// everything `previous` already placed.
+pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateError> {
+    let mut allocation = Allocation::default();
+
+    // VIP ids: keep, then allocate the new ones from ids nobody held before.
+    let vip_identities: Vec<VipIdentity> = config
+        .vips
+        .iter()
+        .map(|v| VipIdentity {
+            name: v.name.clone(),
+            table_size: v.table_size,
+        })
+        .collect();
+    let used: BTreeSet<u32> = previous.vips.values().copied().collect();
+    let new_count = vip_identities
+        .iter()
+        .filter(|i| !previous.vips.contains_key(i))
+        .count();
+    let mut fresh = ids::lowest_free(&used, MAX_VIPS, new_count, "VIP")?.into_iter();
+    for ident in &vip_identities {
+        let id = match previous.vips.get(ident) {
+            Some(&id) => id,
+            None => fresh.next().expect("counted above"),
+        };
+        allocation.vips.insert(ident.clone(), id);
+    }
+
+    let backend_identities: Vec<Vec<BackendIdentity>> = config
+        .vips
+        .iter()
+        .map(|v| {
+            v.backends
+                .iter()
+                .map(|b| BackendIdentity {
+                    vip: v.name.clone(),
+                    name: b.name.clone(),
+                    mac: b.mac.0,
+                    address: b.address,
+                })
+                .collect()
+        })
+        .collect();
+    // Backend ids, next-fit: the ids the previous config holds stay taken
+    // (a packet may still read them), and the search goes on from the last
+    // id handed out, so an id freed now is not handed out again soon.
+    let used: BTreeSet<u32> = previous.backends.values().copied().collect();
+    let new_count = backend_identities
+        .iter()
+        .flatten()
+        .filter(|i| !previous.backends.contains_key(i))
+        .count();
+    let taken = ids::next_fit(
+        &used,
+        previous.next_backend_id,
+        MAX_BACKENDS,
+        new_count,
+        "backend",
+    )?;
+    allocation.next_backend_id = taken.next;
+    let mut fresh = taken.ids.into_iter();
+    for ident in backend_identities.iter().flatten() {
+        let id = match previous.backends.get(ident) {
+            Some(&id) => id,
+            None => fresh.next().expect("counted above"),
+        };
+        allocation.backends.insert(ident.clone(), id);
+    }
+
+    let mut vips = Vec::with_capacity(config.vips.len());
+    for (v, (vip_ident, b_idents)) in config
+        .vips
+        .iter()
+        .zip(vip_identities.iter().zip(&backend_identities))
+    {
+        let id = allocation.vips[vip_ident];
+        let backend_ids: Vec<u32> = b_idents.iter().map(|i| allocation.backends[i]).collect();
+        let inputs: Vec<MaglevBackend<'_>> = v
+            .table_backends()
+            .map(|b| MaglevBackend {
+                name: &b.name,
+                weight: b.weight,
+            })
+            .collect();
+        let table = maglev::build(&inputs, v.table_size, config.hash_seed).map_err(|source| {
+            StateError::Maglev {
+                vip: v.name.clone(),
+                source,
+            }
+        })?;
+        let slots = if table.slots.is_empty() {
+            vec![NO_BACKEND]
+        } else {
+            // Table index -> config index -> kernel id.
+            let ids_by_table_index: Vec<u32> = table
+                .names
+                .iter()
+                .map(|n| {
+                    let i = v
+                        .backends
+                        .iter()
+                        .position(|b| &b.name == n)
+                        .expect("table names come from the VIP");
+                    backend_ids[i]
+                })
+                .collect();
+            table
+                .slots
+                .iter()
+                .map(|&i| ids_by_table_index[i as usize])
+                .collect()
+        };
+        let shares = table.shares();
+        let table_shares = v
+            .backends
+            .iter()
+            .map(|b| table.index_of(&b.name).map_or(0.0, |i| shares[i as usize]))
+            .collect();
+        vips.push(DesiredVip {
+            table_shares,
+            config: v.clone(),
+            id,
+            key: vip_key(v),
+            meta: VipMeta {
+                vip_id: id,
+                table_size: slots.len() as u32,
+                method: v.forwarding.method(),
+                hash: v.hash.code(),
+                flags: 0,
+                _pad: [0; 5],
+            },
+            table,
+            backend_ids,
+            slots,
+        });
+    }
+    let echo = echo_entries(config.icmp_echo, &vips);
+    Ok(Desired {
+        config: config.clone(),
+        vips,
+        echo,
+        allocation,
+    })
+}
+
+/// One ICMP echo entry per distinct VIP address, from the first VIP at that
+/// address (its id names the counters the echo traffic is counted under; its
+/// method and hash go along so the entry reads like the VIP's own). No table:
+/// `table_size` 0.
+fn echo_entries(icmp_echo: IcmpEcho, vips: &[DesiredVip]) -> Vec<(VipKey, VipMeta)> {
+    if icmp_echo == IcmpEcho::Pass {
+        return Vec::new();
+    }
+    let mut seen = BTreeSet::new();
+    vips.iter()
+        .filter(|v| seen.insert(v.config.address))
+        .map(|v| {
+            let (addr, family) = addr_bytes(v.config.address);
+            let proto = if family == FAMILY_V4 {
+                PROTO_ICMP
+            } else {
+                PROTO_ICMPV6
+            };
+            let key = VipKey {
+                addr,
+                port_be: 0,
+                proto,
+                family,
+            };
+            let meta = VipMeta {
+                table_size: 0,
+                flags: VIP_F_ECHO_REPLY,
+                ..v.meta
+            };
+            (key, meta)
+        })
+        .collect()
+}
+
+impl Desired {
+    /// Backend ids in use that `previous` did not have: their entries and
+    /// counters must be written before any table names them.
+    pub fn new_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
+        let old: BTreeSet<u32> = previous.backends.values().copied().collect();
+        self.allocation
+            .backends
+            .values()
+            .copied()
+            .filter(|id| !old.contains(id))
+            .collect()
+    }
+
+    /// Backend ids `previous` had that are not in use any more (their
+    /// backend was removed, or changed and got a new id): once no live table
+    /// names them, their entries must stop being valid, so the flows the
+    /// connection table remembers on them are hashed again.
+    pub fn retired_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
+        let now: BTreeSet<u32> = self.allocation.backends.values().copied().collect();
+        previous
+            .backends
+            .values()
+            .copied()
+            .filter(|id| !now.contains(id))
+            .collect()
+    }
+
+    pub fn new_vip_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
+        let old: BTreeSet<u32> = previous.vips.values().copied().collect();
+        self.allocation
+            .vips
+            .values()
+            .copied()
+            .filter(|id| !old.contains(id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn config(backends: &[(&str, &str, u32)]) -> Config {
+        let mut text = String::from(
+            "interface = \"eth0\"\nhash_seed = 3\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n",
+        );
+        for (name, mac, weight) in backends {
+            text.push_str(&format!(
+                "[[vip.backend]]\nname = \"{name}\"\naddress = \"198.18.0.{}\"\nmac = \"{mac}\"\nweight = {weight}\n",
+                10 + name.len()
+            ));
+        }
+        parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn ids_survive_an_apply_and_new_ones_avoid_the_old() {
+        let first = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("bb", "02:00:00:00:00:02", 1),
+            ]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        assert_eq!(first.vips[0].backend_ids, vec![0, 1]);
+        // "a" goes, "ccc" comes: "bb" keeps id 1, and "ccc" must not take
+        // id 0, which the live table may still name.
+        let second = desired(
+            &config(&[
+                ("bb", "02:00:00:00:00:02", 1),
+                ("ccc", "02:00:00:00:00:03", 1),
+            ]),
+            &first.allocation,
+        )
+        .unwrap();
+        assert_eq!(second.vips[0].backend_ids, vec![1, 2]);
+        assert_eq!(
+            second
+                .new_backend_ids(&first.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(
+            second
+                .retired_backend_ids(&first.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![0]
+        );
+        // Nor does a later apply reuse id 0: the connection table may still
+        // remember flows on it. The search goes on past the last id given.
+        let third = desired(
+            &config(&[
+                ("bb", "02:00:00:00:00:02", 1),
+                ("dddd", "02:00:00:00:00:04", 1),
+            ]),
+            &second.allocation,
+        )
+        .unwrap();
+        assert_eq!(third.vips[0].backend_ids, vec![1, 3]);
+        assert_eq!(
+            third
+                .retired_backend_ids(&second.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+    }
+
+    #[test]
+    fn a_freed_backend_id_is_not_reused_before_the_id_space_cycles() {
+        // "a" stays; a second backend is replaced on every apply. Each new
+        // one gets an id nobody held before.
+        let mut previous = Allocation::default();
+        let mut seen = BTreeSet::new();
+        for round in 0..50u32 {
+            let other = format!("b{round}");
+            let d = desired(
+                &config(&[
+                    ("a", "02:00:00:00:00:01", 1),
+                    (&other, "02:00:00:00:00:02", 1),
+                ]),
+                &previous,
+            )
+            .unwrap();
+            let ids = &d.vips[0].backend_ids;
+            assert_eq!(ids[0], 0, "round {round}: a keeps its id");
+            assert!(seen.insert(ids[1]), "round {round}: id {} reused", ids[1]);
+            previous = d.allocation;
+        }
+        assert_eq!(seen, (1..=50).collect());
+        // Deep into the space, the search wraps over MAX_BACKENDS and takes
+        // the lowest id free again.
+        previous.next_backend_id = MAX_BACKENDS - 1;
+        let d = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("xx", "02:00:00:00:00:03", 1),
+                ("yyy", "02:00:00:00:00:04", 1),
+            ]),
+            &previous,
+        )
+        .unwrap();
+        assert_eq!(d.vips[0].backend_ids, vec![0, MAX_BACKENDS - 1, 1]);
+        assert_eq!(d.allocation.next_backend_id, 2);
+    }
+
+    #[test]
+    fn only_ids_that_left_the_config_are_retired() {
+        let first = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("bb", "02:00:00:00:00:02", 1),
+                ("ccc", "02:00:00:00:00:03", 1),
+            ]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        // bb drains (still configured: keeps its id and its flows), ccc
+        // gets a new MAC (a new id; the old one is retired), a is removed.
+        let mut c = config(&[
+            ("bb", "02:00:00:00:00:02", 1),
+            ("ccc", "02:00:00:00:00:09", 1),
+        ]);
+        c.vips[0].backends[0].state = crate::config::BackendState::Draining;
+        let second = desired(&c, &first.allocation).unwrap();
+        assert_eq!(second.vips[0].backend_ids, vec![1, 3]);
+        assert_eq!(
+            second
+                .retired_backend_ids(&first.allocation)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        // Nothing changes: nothing retired.
+        let again = desired(&c, &second.allocation).unwrap();
+        assert!(again.retired_backend_ids(&second.allocation).is_empty());
+        assert_eq!(again.allocation, second.allocation);
+    }
+
+    #[test]
+    fn a_changed_mac_is_a_new_id() {
+        let first = desired(
+            &config(&[("a", "02:00:00:00:00:01", 1)]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let second = desired(&config(&[("a", "02:00:00:00:00:09", 1)]), &first.allocation).unwrap();
+        assert_ne!(first.vips[0].backend_ids, second.vips[0].backend_ids);
+    }
+
+    #[test]
+    fn kernel_slots_translate_the_maglev_table() {
+        let d = desired(
+            &config(&[
+                ("a", "02:00:00:00:00:01", 1),
+                ("bb", "02:00:00:00:00:02", 3),
+            ]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let v = &d.vips[0];
+        assert_eq!(v.slots.len(), 1021);
+        assert_eq!(v.meta.table_size, 1021);
+        for (slot, &id) in v.slots.iter().enumerate() {
+            let name = &v.table.names[v.table.slots[slot] as usize];
+            let i = v
+                .config
+                .backends
+                .iter()
+                .position(|b| &b.name == name)
+                .unwrap();
+            assert_eq!(v.backend_ids[i], id);
+        }
+        let weight_weighted =
+            v.slots.iter().filter(|&&id| id == v.backend_ids[1]).count() as f64 / 1021.0;
+        assert!((weight_weighted - 0.75).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_vip_without_active_backends_gets_a_table_that_drops() {
+        let mut c = config(&[("a", "02:00:00:00:00:01", 1)]);
+        c.vips[0].backends[0].state = crate::config::BackendState::Disabled;
+        let d = desired(&c, &Allocation::default()).unwrap();
+        assert_eq!(d.vips[0].slots, vec![NO_BACKEND]);
+        assert_eq!(d.vips[0].meta.table_size, 1);
+        // The disabled backend still has an id (for its counters).
+        assert_eq!(d.vips[0].backend_ids.len(), 1);
+    }
+
+    /// Three VIPs on two addresses (one IPv4, one IPv6), with their own
+    /// forwarding and hash; `top` goes above the first VIP.
+    fn methods_config(top: &str) -> Config {
+        let text = format!(
+            "interface = \"eth0\"\n{top}\n\
+             [tunnel]\nsource_v4 = \"198.18.200.0/24\"\nsource_v6 = \"2001:db8:ff::/96\"\n\
+             [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             forwarding = \"ipip\"\nhash = \"source\"\ntable_size = 1021\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.10\"\n\
+             [[vip]]\nname = \"dns\"\naddress = \"198.18.100.1\"\nport = 53\nprotocol = \"udp\"\n\
+             forwarding = \"gue\"\nhash = \"no_ports\"\ntable_size = 1021\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"2001:db8::10\"\n\
+             [[vip]]\nname = \"web6\"\naddress = \"2001:db8:100::1\"\nport = 80\n\
+             protocol = \"tcp\"\ntable_size = 1021\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"2001:db8::10\"\nmac = \"02:00:00:00:00:01\"\n"
+        );
+        parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn method_and_hash_are_encoded_in_the_vip_entry() {
+        let d = desired(&methods_config(""), &Allocation::default()).unwrap();
+        let encoded: Vec<(u8, u8, u8)> = d
+            .vips
+            .iter()
+            .map(|v| (v.meta.method, v.meta.hash, v.meta.flags))
+            .collect();
+        assert_eq!(
+            encoded,
+            [
+                (lb_common::METHOD_IPIP, lb_common::HASH_SOURCE, 0),
+                (lb_common::METHOD_GUE, lb_common::HASH_NO_PORTS, 0),
+                (lb_common::METHOD_L2_DSR, lb_common::HASH_FIVE_TUPLE, 0),
+            ]
+        );
+        // A tunnelled backend without a MAC: the zero MAC, its address the
+        // tunnel's destination.
+        let b = kernel_backend(&d.vips[1].config.backends[0], d.vips[1].id);
+        assert_eq!(b.mac, [0; 6]);
+        assert_eq!(b.family, FAMILY_V6);
+        assert_eq!(
+            b.addr,
+            "2001:db8::10"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+    }
+
+    #[test]
+    fn one_echo_entry_per_distinct_vip_address() {
+        let d = desired(&methods_config(""), &Allocation::default()).unwrap();
+        // web and dns share 198.18.100.1: one entry, from web (the first).
+        assert_eq!(d.echo.len(), 2);
+        let (k4, m4) = d.echo[0];
+        assert_eq!(&k4.addr[..4], &[198, 18, 100, 1]);
+        assert_eq!(&k4.addr[4..], &[0; 12]);
+        assert_eq!(
+            (k4.port_be, k4.proto, k4.family),
+            (0, PROTO_ICMP, FAMILY_V4)
+        );
+        assert_eq!(
+            m4,
+            VipMeta {
+                vip_id: d.vips[0].id,
+                table_size: 0,
+                method: lb_common::METHOD_IPIP,
+                hash: lb_common::HASH_SOURCE,
+                flags: VIP_F_ECHO_REPLY,
+                _pad: [0; 5],
+            }
+        );
+        let (k6, m6) = d.echo[1];
+        assert_eq!(
+            k6.addr,
+            "2001:db8:100::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!(
+            (k6.port_be, k6.proto, k6.family),
+            (0, PROTO_ICMPV6, FAMILY_V6)
+        );
+        assert_eq!(
+            (m6.vip_id, m6.table_size, m6.flags, m6.method),
+            (d.vips[2].id, 0, VIP_F_ECHO_REPLY, lb_common::METHOD_L2_DSR)
+        );
+        // No echo key is a VIP key.
+        assert!(
+            d.echo
+                .iter()
+                .all(|(k, _)| d.vips.iter().all(|v| v.key != *k))
+        );
+
+        let d = desired(
+            &methods_config("icmp_echo = \"pass\""),
+            &Allocation::default(),
+        )
+        .unwrap();
+        assert!(d.echo.is_empty());
+        let d = desired(
+            &methods_config("icmp_echo = \"reply\""),
+            &Allocation::default(),
+        )
+        .unwrap();
+        assert_eq!(d.echo.len(), 2);
+    }
+
+    #[test]
+    fn the_port_wildcard_flag_says_whether_a_vip_takes_every_port() {
+        let host = HostInterface::from([2, 0, 0, 0, 0, 0xaa]);
+        let exact = methods_config("");
+        assert_eq!(
+            global_config(&host, &exact).flags & GLOBAL_F_PORT_WILDCARD,
+            0
+        );
+        let mut any_port = exact.clone();
+        any_port.vips[1].port = 0;
+        assert_ne!(
+            global_config(&host, &any_port).flags & GLOBAL_F_PORT_WILDCARD,
+            0
+        );
+    }
+
+    #[test]
+    fn global_config_carries_the_tunnel_settings() {
+        let host = HostInterface {
+            mac: [2, 0, 0, 0, 0, 0xaa],
+            ifindex: 7,
+            mtu: 9000,
+        };
+        let g = global_config(&host, &methods_config("hash_seed = 9"));
+        assert_eq!(g.iface_mac, host.mac);
+        assert_eq!((g.ifindex, g.mtu, g.hash_seed), (7, 9000, 9));
+        assert_eq!(g.layout_version, LAYOUT_VERSION);
+        assert_eq!(g.gue_port_be.to_ne_bytes(), 6080u16.to_be_bytes());
+        assert_eq!(g.tunnel_src_v4, [198, 18, 200, 0]);
+        assert_eq!(g.tunnel_src_v4_hostmask, [0, 0, 0, 255]);
+        assert_eq!(
+            g.tunnel_src_v6,
+            "2001:db8:ff::"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!(g.tunnel_src_v6_hostmask, [255; 4]);
+        assert_eq!(g.gateway_mac, [0; 6]);
+
+        // Other prefix lengths, a gateway, another GUE port.
+        let text = "interface = \"eth0\"\n[tunnel]\nsource_v4 = \"198.18.0.0/15\"\n\
+                    source_v6 = \"2001:db8:ff::1/128\"\ngue_port = 9999\n\
+                    gateway_mac = \"02:00:00:00:00:01\"\n";
+        let g = global_config(&host, &parse(text, "t.toml").unwrap());
+        assert_eq!(g.tunnel_src_v4, [198, 18, 0, 0]);
+        assert_eq!(g.tunnel_src_v4_hostmask, [0, 1, 255, 255]);
+        assert_eq!(g.tunnel_src_v6[15], 1);
+        assert_eq!(g.tunnel_src_v6_hostmask, [0; 4]);
+        assert_eq!(g.gue_port_be.to_ne_bytes(), [0x27, 0x0f]);
+        assert_eq!(g.gateway_mac, [2, 0, 0, 0, 0, 1]);
+        let text = "interface = \"eth0\"\n[tunnel]\nsource_v4 = \"198.18.200.9/32\"\n\
+                    source_v6 = \"2001:db8:ff::100/120\"\n";
+        let g = global_config(&host, &parse(text, "t.toml").unwrap());
+        assert_eq!(g.tunnel_src_v4_hostmask, [0; 4]);
+        assert_eq!(g.tunnel_src_v6_hostmask, [0, 0, 0, 255]);
+
+        // Nothing configured: zero.
+        let g = global_config(&host, &parse("interface = \"eth0\"\n", "t.toml").unwrap());
+        assert_eq!(
+            (g.tunnel_src_v4, g.tunnel_src_v4_hostmask),
+            ([0; 4], [0; 4])
+        );
+        assert_eq!(
+            (g.tunnel_src_v6, g.tunnel_src_v6_hostmask),
+            ([0; 16], [0; 4])
+        );
+        assert_eq!(g.gateway_mac, [0; 6]);
+        assert_eq!(g.gue_port_be, lb_common::DEFAULT_GUE_PORT.to_be());
+    }
+
+    #[test]
+    fn vip_keys_are_network_order() {
+        let d = desired(
+            &config(&[("a", "02:00:00:00:00:01", 1)]),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let k = d.vips[0].key;
+        assert_eq!(&k.addr[..4], &[198, 18, 100, 1]);
+        assert_eq!(k.port_be.to_ne_bytes(), [0, 80]);
+        assert_eq!(
+            (k.proto, k.family),
+            (lb_common::PROTO_TCP, lb_common::FAMILY_V4)
+        );
+    }
+}

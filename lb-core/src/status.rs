@@ -1,0 +1,760 @@
+//! `xlb status`: the document the daemon serves and the CLI renders. Built by
+//! a pure function from the applied state and two counter snapshots, so the
+//! arithmetic is tested without a kernel.
+
+use serde::{Deserialize, Serialize};
+
+use std::collections::BTreeMap;
+
+use crate::counters::{ConnScan, CounterSnapshot};
+use crate::detect::{Signal, State, VipReport};
+use crate::state::Desired;
+use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
+use lb_common::stats::{ACTION_NAMES, DROP_REASON_NAMES, EVENT_NAMES};
+
+pub use crate::detect::Verdict;
+
+/// 2: new flows, the detector's verdict, drift, window shares and rates,
+/// per-CPU totals and map fill. Later additions within 2 (absent from an
+/// older daemon's document, so they default): `events`, `conn_table`, each
+/// backend's `flows`, each VIP's and backend's `health`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub schema_version: u32,
+    pub interface: String,
+    /// Increases by one with every successful apply.
+    pub revision: u64,
+    pub applied_at_unix_seconds: u64,
+    /// Seconds over which `observed_share_ratio` was measured (since the apply).
+    pub observed_seconds: f64,
+    pub generated_at_unix_seconds: f64,
+    pub vips: Vec<VipStatus>,
+    pub actions: Vec<NamedCounter>,
+    pub drops: Vec<NamedCounter>,
+    /// Packets and bytes the program saw on each CPU (all actions).
+    pub cpus: Vec<CpuCounter>,
+    /// The bake of the last apply, if any.
+    pub bake: Option<crate::bake::BakeStatus>,
+    pub maps: Vec<MapFill>,
+    /// Data-plane events since the program was loaded, by name
+    /// (`conn_hit`, `conn_miss`, ...: lb_common::stats::EVENT_NAMES).
+    #[serde(default)]
+    pub events: BTreeMap<String, u64>,
+    /// The last count of the connection table; null until the first.
+    #[serde(default)]
+    pub conn_table: Option<ConnTableStatus>,
+}
+
+/// What the last connection-table scan found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnTableStatus {
+    /// Flows the table remembers.
+    pub entries: u64,
+    /// Its max_entries: the LRU evicts the least recently used flow beyond.
+    pub capacity: u64,
+    /// Entries naming a backend id that is not in the applied config.
+    pub stale_entries: u64,
+    pub scanned_at_unix_seconds: f64,
+    /// How long the scan took.
+    pub scan_seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CpuCounter {
+    pub cpu: u32,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+/// Per second, over the detector's window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub new_flows_per_second: f64,
+    pub packets_per_second: f64,
+    pub bytes_per_second: f64,
+}
+
+/// A backend's share of each signal over the detector's window (None
+/// without traffic).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowShares {
+    pub new_flows: Option<f64>,
+    pub packets: Option<f64>,
+    pub bytes: Option<f64>,
+}
+
+/// The last drift check of a VIP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriftStatus {
+    pub drifted: bool,
+    pub checked_at_unix_seconds: Option<f64>,
+    pub reason: Option<String>,
+}
+
+/// One signal of the detector, without the per-backend detail (that is in
+/// each backend's `window` and `rates`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalStatus {
+    pub signal: Signal,
+    pub rate_per_second: f64,
+    pub worst_backend: Option<String>,
+    pub worst_ratio: Option<f64>,
+    pub cv: Option<f64>,
+    pub state: State,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedCounter {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    /// The VIP's index in the kernel's maps (for bpftool).
+    pub id: u32,
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    pub table_size: u32,
+    /// Since the VIP's id was created.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// The imbalance detector's verdict.
+    pub imbalance: Verdict,
+    pub signals: Vec<SignalStatus>,
+    pub drift: DriftStatus,
+    pub rates: Rates,
+    pub backends: Vec<BackendStatus>,
+    /// The VIP's health check, if it has one (health/): the check, the
+    /// all-down policy and whether it applies now.
+    #[serde(default)]
+    pub health: Option<crate::health::VipHealth>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub name: String,
+    /// The backend's index in the kernel's backend map (for bpftool).
+    pub id: u32,
+    pub address: String,
+    pub mac: String,
+    pub state: String,
+    pub weight: u32,
+    /// weight / sum of the weights of the VIP's active backends.
+    pub expected_share_ratio: f64,
+    /// Fraction of the VIP's live Maglev table's slots that name this
+    /// backend (the applied table's, unless the live one drifted from it).
+    pub table_share_ratio: f64,
+    /// Fraction of the VIP's forwarded packets since the last apply; null
+    /// before any packet arrived.
+    pub observed_share_ratio: Option<f64>,
+    /// Shares over the detector's window.
+    pub window: WindowShares,
+    pub rates: Rates,
+    /// Since the backend's id was created.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Since the last apply.
+    pub packets_since_apply: u64,
+    /// Flows the connection table remembers for this backend at the last
+    /// scan: what a draining backend still carries. Null before the first.
+    #[serde(default)]
+    pub flows: Option<u64>,
+    /// The backend's health: up or down, since when, the last error; null
+    /// when its VIP has no health check (or it is disabled).
+    #[serde(default)]
+    pub health: Option<crate::health::BackendHealth>,
+}
+
+/// Inputs that are not in `Desired`.
+pub struct StatusContext<'a> {
+    pub interface: &'a str,
+    pub revision: u64,
+    pub applied_at_unix_seconds: u64,
+    pub observed_seconds: f64,
+    pub generated_at_unix_seconds: f64,
+    /// The detector's last reports, by VIP name.
+    pub reports: &'a BTreeMap<String, VipReport>,
+    /// The last drift check, by VIP name.
+    pub drift: &'a BTreeMap<String, crate::drift::Finding>,
+    pub drift_checked_at: &'a BTreeMap<String, f64>,
+    pub bake: Option<&'a crate::bake::BakeStatus>,
+    /// The last connection-table scan, if any.
+    pub conn_scan: Option<&'a ConnScan>,
+}
+
+fn no_verdict() -> Verdict {
+    Verdict {
+        state: State::LowRate,
+        cause: None,
+        backend: None,
+        ratio: None,
+        since_unix_seconds: None,
+        reason: "no measurement yet".to_string(),
+    }
+}
+
+pub fn build(
+    ctx: &StatusContext<'_>,
+    desired: &Desired,
+    now: &CounterSnapshot,
+    at_apply: &CounterSnapshot,
+) -> Status {
+    let vips = desired
+        .vips
+        .iter()
+        .map(|v| {
+            let weight_sum: u64 = v.config.table_backends().map(|b| b.weight as u64).sum();
+            let since = |id: u32| {
+                let n = now.backends.get(&id).map_or(0, |c| c.packets);
+                let b = at_apply.backends.get(&id).map_or(0, |c| c.packets);
+                n.saturating_sub(b)
+            };
+            let vip_since: u64 = v.backend_ids.iter().map(|&id| since(id)).sum();
+            let report = ctx.reports.get(&v.config.name);
+            let finding = ctx.drift.get(&v.config.name);
+            let live_shares = finding.and_then(|f| f.live_table_shares.as_ref());
+            // (signal, backend name) -> (share, rate) from the detector.
+            let mut window: BTreeMap<(Signal, &str), (Option<f64>, f64)> = BTreeMap::new();
+            for sig in report.map_or(&[][..], |r| &r.signals[..]) {
+                for b in &sig.backends {
+                    window.insert(
+                        (sig.signal, b.backend.as_str()),
+                        (b.observed_share_ratio, b.rate_per_second),
+                    );
+                }
+            }
+            let backends = v
+                .config
+                .backends
+                .iter()
+                .zip(&v.backend_ids)
+                .zip(&v.table_shares)
+                .map(|((b, &id), &applied_share)| {
+                    let in_table = b.state == crate::config::BackendState::Active;
+                    let counters = now.backends.get(&id).copied().unwrap_or_default();
+                    let packets_since_apply = since(id);
+                    BackendStatus {
+                        name: b.name.clone(),
+                        id,
+                        address: b.address.to_string(),
+                        mac: b.mac.to_string(),
+                        state: b.state.to_string(),
+                        weight: b.weight,
+                        expected_share_ratio: if in_table && weight_sum > 0 {
+                            b.weight as f64 / weight_sum as f64
+                        } else {
+                            0.0
+                        },
+                        table_share_ratio: match live_shares {
+                            Some(live) => live.get(&b.name).copied().unwrap_or(0.0),
+                            None => applied_share,
+                        },
+                        observed_share_ratio: (vip_since > 0)
+                            .then(|| packets_since_apply as f64 / vip_since as f64),
+                        window: WindowShares {
+                            new_flows: window
+                                .get(&(Signal::NewFlows, &b.name[..]))
+                                .and_then(|w| w.0),
+                            packets: window
+                                .get(&(Signal::Packets, &b.name[..]))
+                                .and_then(|w| w.0),
+                            bytes: window.get(&(Signal::Bytes, &b.name[..])).and_then(|w| w.0),
+                        },
+                        rates: Rates {
+                            new_flows_per_second: window
+                                .get(&(Signal::NewFlows, &b.name[..]))
+                                .map_or(0.0, |w| w.1),
+                            packets_per_second: window
+                                .get(&(Signal::Packets, &b.name[..]))
+                                .map_or(0.0, |w| w.1),
+                            bytes_per_second: window
+                                .get(&(Signal::Bytes, &b.name[..]))
+                                .map_or(0.0, |w| w.1),
+                        },
+                        packets: counters.packets,
+                        bytes: counters.bytes,
+                        new_flows: counters.new_flows,
+                        packets_since_apply,
+                        flows: ctx
+                            .conn_scan
+                            .map(|scan| scan.by_backend.get(&id).copied().unwrap_or(0)),
+                        health: None,
+                    }
+                })
+                .collect();
+            let counters = now.vips.get(&v.id).copied().unwrap_or_default();
+            let signals: Vec<SignalStatus> = report.map_or(Vec::new(), |r| {
+                r.signals
+                    .iter()
+                    .map(|s| SignalStatus {
+                        signal: s.signal,
+                        rate_per_second: s.rate_per_second,
+                        worst_backend: s.worst_backend.clone(),
+                        worst_ratio: s.worst_ratio,
+                        cv: s.cv,
+                        state: s.verdict.state,
+                    })
+                    .collect()
+            });
+            let rate = |signal| {
+                signals
+                    .iter()
+                    .find(|s| s.signal == signal)
+                    .map_or(0.0, |s| s.rate_per_second)
+            };
+            VipStatus {
+                name: v.config.name.clone(),
+                id: v.id,
+                address: v.config.address.to_string(),
+                port: v.config.port,
+                protocol: v.config.protocol.to_string(),
+                table_size: v.config.table_size,
+                packets: counters.packets,
+                bytes: counters.bytes,
+                new_flows: counters.new_flows,
+                imbalance: report.map_or_else(no_verdict, |r| r.verdict.clone()),
+                rates: Rates {
+                    new_flows_per_second: rate(Signal::NewFlows),
+                    packets_per_second: rate(Signal::Packets),
+                    bytes_per_second: rate(Signal::Bytes),
+                },
+                signals,
+                drift: DriftStatus {
+                    drifted: finding.is_some_and(|f| f.drifted),
+                    checked_at_unix_seconds: ctx.drift_checked_at.get(&v.config.name).copied(),
+                    reason: finding.and_then(|f| f.reason.clone()),
+                },
+                backends,
+                health: None,
+            }
+        })
+        .collect();
+    let named = |names: &[&str], values: &[lb_common::Counters]| {
+        names
+            .iter()
+            .zip(values)
+            .map(|(n, c)| NamedCounter {
+                name: n.to_string(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect()
+    };
+    let backend_ids: usize = desired.vips.iter().map(|v| v.backend_ids.len()).sum();
+    let known: std::collections::BTreeSet<u32> = desired
+        .vips
+        .iter()
+        .flat_map(|v| v.backend_ids.iter().copied())
+        .collect();
+    let fill = |name: &str, entries: usize, max: u32| MapFill {
+        name: name.to_string(),
+        entries: entries as u64,
+        max_entries: max.into(),
+    };
+    Status {
+        schema_version: SCHEMA_VERSION,
+        interface: ctx.interface.to_string(),
+        revision: ctx.revision,
+        applied_at_unix_seconds: ctx.applied_at_unix_seconds,
+        observed_seconds: ctx.observed_seconds,
+        generated_at_unix_seconds: ctx.generated_at_unix_seconds,
+        vips,
+        actions: named(&ACTION_NAMES, &now.actions),
+        drops: named(&DROP_REASON_NAMES, &now.drops),
+        bake: ctx.bake.cloned(),
+        cpus: now
+            .per_cpu
+            .iter()
+            .enumerate()
+            .map(|(cpu, c)| CpuCounter {
+                cpu: cpu as u32,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect(),
+        maps: vec![
+            fill("vips", desired.vips.len(), MAX_VIPS),
+            fill("backends", backend_ids, MAX_BACKENDS),
+            fill("maglev_tables", desired.vips.len(), MAX_VIPS),
+        ],
+        events: EVENT_NAMES
+            .iter()
+            .zip(&now.events)
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect(),
+        conn_table: ctx.conn_scan.map(|scan| ConnTableStatus {
+            entries: scan.entries,
+            capacity: scan.capacity.into(),
+            stale_entries: scan.stale_entries(|id| known.contains(&id)),
+            scanned_at_unix_seconds: scan.scanned_at_unix_seconds,
+            scan_seconds: scan.seconds,
+        }),
+    }
+}
+
+/// `web: imbalanced (traffic skew) since 2026-11-25T10:00:03Z (45s): b3 gets
+/// 2.29x its expected share; <the detector's reason>`.
+pub fn verdict_line(v: &VipStatus, now_unix_seconds: f64) -> String {
+    let i = &v.imbalance;
+    let state = match i.state {
+        State::Ok => "ok",
+        State::LowRate => "not judged (low rate)",
+        State::Pending => "pending",
+        State::Imbalanced => "IMBALANCED",
+    };
+    let mut line = format!("{}: {state}", v.name);
+    if let Some(cause) = i.cause {
+        line.push_str(match cause {
+            crate::detect::Cause::Table => " (table skew)",
+            crate::detect::Cause::Traffic => " (traffic skew)",
+        });
+    }
+    if let Some(since) = i.since_unix_seconds {
+        line.push_str(&format!(
+            " since {} ({:.0}s)",
+            rfc3339(since),
+            (now_unix_seconds - since).max(0.0)
+        ));
+    }
+    if let (Some(b), Some(r)) = (&i.backend, i.ratio) {
+        line.push_str(&format!(": {b} gets {r:.2}x its expected share"));
+    }
+    line.push_str(&format!("; {}", i.reason));
+    line
+}
+
+/// `revision 4: baking, 42s left (rolls back to 3 on skew)` and the like.
+pub fn bake_line(b: &crate::bake::BakeStatus, now: f64) -> String {
+    use crate::bake::BakeState;
+    match b.state {
+        BakeState::Baking => format!(
+            "revision {}: baking, {:.0}s left (rolls back to {} on skew)",
+            b.revision,
+            (b.until_unix_seconds - now).max(0.0),
+            b.rollback_to
+        ),
+        BakeState::Baked => format!("revision {}: baked", b.revision),
+        BakeState::RolledBack => format!(
+            "revision {}: ROLLED BACK to {} as revision {}: {}",
+            b.revision,
+            b.rollback_to,
+            b.rollback_revision.map_or("?".into(), |r| r.to_string()),
+            b.reason.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// `connection table: 1234 of 262144 flows (0.5%), 0 stale, counted 3s
+/// ago in 4.1 ms; hits 100, misses 20, re-steered 0`.
+pub fn conn_table_line(c: &ConnTableStatus, events: &BTreeMap<String, u64>, now: f64) -> String {
+    let fill = if c.capacity > 0 {
+        c.entries as f64 / c.capacity as f64
+    } else {
+        0.0
+    };
+    let mut line = format!(
+        "connection table: {} of {} flows ({}), {} stale, counted {:.0}s ago in {:.1} ms",
+        c.entries,
+        c.capacity,
+        pct(fill),
+        c.stale_entries,
+        (now - c.scanned_at_unix_seconds).max(0.0),
+        c.scan_seconds * 1e3
+    );
+    let event = |name: &str| events.get(name).copied();
+    if let (Some(hit), Some(miss), Some(resteer)) =
+        (event("conn_hit"), event("conn_miss"), event("conn_resteer"))
+    {
+        line.push_str(&format!(
+            "; hits {hit}, misses {miss}, re-steered {resteer}"
+        ));
+    }
+    line
+}
+
+/// Unix seconds as an RFC 3339 UTC timestamp.
+pub fn rfc3339(unix_seconds: f64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds.max(0.0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn pct(r: f64) -> String {
+    format!("{:.1}%", r * 100.0)
+}
+
+/// kubectl-like borderless table; `wide` adds addresses and byte counts.
+pub fn render_table(s: &Status, wide: bool) -> String {
+    let mut out = format!(
+        "interface {}  revision {}  observed over {:.0}s since apply\n\n",
+        s.interface, s.revision, s.observed_seconds
+    );
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header = vec![
+        "VIP", "BACKEND", "STATE", "HEALTH", "WEIGHT", "EXPECTED", "TABLE", "OBSERVED", "PACKETS",
+        "FLOWS",
+    ];
+    if wide {
+        header.extend(["BYTES", "ADDRESS", "MAC"]);
+    }
+    rows.push(header.iter().map(|h| h.to_string()).collect());
+    for v in &s.vips {
+        let port = if v.port == 0 {
+            "*".to_string()
+        } else {
+            v.port.to_string()
+        };
+        let host = if v.address.contains(':') {
+            format!("[{}]", v.address)
+        } else {
+            v.address.clone()
+        };
+        let vip = format!("{} ({host}:{port}/{})", v.name, v.protocol);
+        if v.backends.is_empty() {
+            rows.push(vec![
+                vip.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                v.packets.to_string(),
+                "-".into(),
+            ]);
+        }
+        for b in &v.backends {
+            let mut row = vec![
+                vip.clone(),
+                b.name.clone(),
+                b.state.clone(),
+                crate::health::cell(b.health.as_ref(), s.generated_at_unix_seconds),
+                b.weight.to_string(),
+                pct(b.expected_share_ratio),
+                pct(b.table_share_ratio),
+                b.observed_share_ratio.map_or("-".into(), pct),
+                b.packets.to_string(),
+                b.flows.map_or("-".into(), |n| n.to_string()),
+            ];
+            if wide {
+                row.extend([b.bytes.to_string(), b.address.clone(), b.mac.clone()]);
+            }
+            rows.push(row);
+        }
+    }
+    out.push_str(&crate::table::render(&rows));
+    out.push('\n');
+    for v in &s.vips {
+        out.push_str(&verdict_line(v, s.generated_at_unix_seconds));
+        out.push('\n');
+        for line in crate::health::status_lines(v, s.generated_at_unix_seconds) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if v.drift.drifted {
+            out.push_str(&format!(
+                "{}: TABLE DRIFT: {}; run `xlb repair` to rewrite the applied tables\n",
+                v.name,
+                v.drift.reason.as_deref().unwrap_or("the kernel differs")
+            ));
+        }
+    }
+    if let Some(b) = &s.bake {
+        out.push_str(&bake_line(b, s.generated_at_unix_seconds));
+        out.push('\n');
+    }
+    if let Some(c) = &s.conn_table {
+        out.push_str(&conn_table_line(c, &s.events, s.generated_at_unix_seconds));
+        out.push('\n');
+    }
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .filter(|d| d.packets > 0)
+        .map(|d| format!("{} {}", d.name, d.packets))
+        .collect();
+    if !drops.is_empty() {
+        out.push_str(&format!("\ndropped: {}\n", drops.join(", ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::Counters;
+
+    static NO_REPORTS: BTreeMap<String, VipReport> = BTreeMap::new();
+    static NO_DRIFT: BTreeMap<String, crate::drift::Finding> = BTreeMap::new();
+    static NO_CHECKS: BTreeMap<String, f64> = BTreeMap::new();
+
+    /// A context with nothing detected, drifted, baking or scanned.
+    fn context<'a>(revision: u64, observed: f64, generated_at: f64) -> StatusContext<'a> {
+        StatusContext {
+            interface: "eth0",
+            revision,
+            applied_at_unix_seconds: 0,
+            observed_seconds: observed,
+            generated_at_unix_seconds: generated_at,
+            reports: &NO_REPORTS,
+            drift: &NO_DRIFT,
+            drift_checked_at: &NO_CHECKS,
+            bake: None,
+            conn_scan: None,
+        }
+    }
+
+    #[test]
+    fn shares_come_from_weights_table_and_counters_since_apply() {
+        let text = "interface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
+            [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\nweight = 1\n\
+            [[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:12\"\nweight = 3\n\
+            [[vip.backend]]\nname = \"c\"\naddress = \"198.18.0.13\"\nmac = \"02:00:00:00:00:13\"\nstate = \"draining\"\n";
+        let config = crate::config::parse(text, "t.toml").unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let ids = desired.vips[0].backend_ids.clone();
+        let c = |packets| Counters {
+            packets,
+            bytes: packets * 100,
+            new_flows: packets / 10,
+        };
+        let mut at_apply = CounterSnapshot::default();
+        at_apply.backends.insert(ids[0], c(1000));
+        let mut now = CounterSnapshot::default();
+        now.backends.insert(ids[0], c(1000 + 30));
+        now.backends.insert(ids[1], c(70));
+        now.backends.insert(ids[2], c(0));
+        let ctx = context(2, 1.0, 1.0);
+        let s = build(&ctx, &desired, &now, &at_apply);
+        let b = &s.vips[0].backends;
+        assert_eq!(
+            (
+                b[0].expected_share_ratio,
+                b[1].expected_share_ratio,
+                b[2].expected_share_ratio
+            ),
+            (0.25, 0.75, 0.0)
+        );
+        assert!((b[0].table_share_ratio - 0.25).abs() < 0.01 && b[2].table_share_ratio == 0.0);
+        assert_eq!(b[0].observed_share_ratio, Some(0.3));
+        assert_eq!(b[1].observed_share_ratio, Some(0.7));
+        assert_eq!((b[0].packets, b[0].packets_since_apply), (1030, 30));
+        let table = render_table(&s, false);
+        assert!(table.contains("web (198.18.100.1:80/tcp)   a"), "{table}");
+    }
+
+    #[test]
+    fn no_traffic_means_no_observed_share() {
+        let config = crate::config::parse(
+            "interface = \"eth0\"\n[[vip]]\nname = \"w\"\naddress = \"2001:db8::1\"\nport = 0\nprotocol = \"udp\"\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"2001:db8::11\"\nmac = \"02:00:00:00:00:11\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let ctx = context(1, 0.0, 0.0);
+        let s = build(
+            &ctx,
+            &desired,
+            &CounterSnapshot::default(),
+            &CounterSnapshot::default(),
+        );
+        assert_eq!(s.vips[0].backends[0].observed_share_ratio, None);
+        assert!(render_table(&s, false).contains("w ([2001:db8::1]:*/udp)"));
+    }
+
+    #[test]
+    fn flows_per_backend_stale_entries_and_events() {
+        let text = "interface = \"eth0\"\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
+            [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n\
+            [[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:12\"\nstate = \"draining\"\n";
+        let config = crate::config::parse(text, "t.toml").unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let ids = desired.vips[0].backend_ids.clone();
+        let gone = (0..).find(|id| !ids.contains(id)).unwrap();
+        let scan = ConnScan {
+            entries: 100,
+            capacity: 1000,
+            by_backend: BTreeMap::from([(ids[0], 60), (ids[1], 30), (gone, 10)]),
+            scanned_at_unix_seconds: 7.0,
+            seconds: 0.004,
+        };
+        let now = CounterSnapshot {
+            events: (0..EVENT_NAMES.len() as u64).map(|i| i * 10).collect(),
+            ..Default::default()
+        };
+        let mut ctx = context(1, 1.0, 10.0);
+        ctx.conn_scan = Some(&scan);
+        let s = build(&ctx, &desired, &now, &CounterSnapshot::default());
+        let b = &s.vips[0].backends;
+        assert_eq!((b[0].flows, b[1].flows), (Some(60), Some(30)));
+        let c = s.conn_table.as_ref().expect("a scan was given");
+        assert_eq!((c.entries, c.capacity, c.stale_entries), (100, 1000, 10));
+        assert_eq!(s.events["conn_hit"], 0);
+        assert_eq!(s.events["conn_miss"], 10);
+        assert_eq!(s.events["vlan"], 100);
+        assert_eq!(s.events.len(), EVENT_NAMES.len());
+
+        let table = render_table(&s, false);
+        let draining = table
+            .lines()
+            .find(|l| l.contains(" b ") && l.contains("draining"))
+            .unwrap_or_else(|| panic!("no row for b:\n{table}"));
+        assert!(draining.trim_end().ends_with("30"), "{draining}");
+        assert!(
+            table.contains(
+                "connection table: 100 of 1000 flows (10.0%), 10 stale, counted 3s ago in 4.0 ms; \
+                 hits 0, misses 10, re-steered 20"
+            ),
+            "{table}"
+        );
+
+        // Before the first scan: no flows and no conn-table line.
+        ctx.conn_scan = None;
+        let s = build(&ctx, &desired, &now, &CounterSnapshot::default());
+        assert_eq!((s.vips[0].backends[1].flows, &s.conn_table), (None, &None));
+        assert!(!render_table(&s, false).contains("connection table"));
+    }
+
+    #[test]
+    fn a_document_without_the_new_fields_still_reads() {
+        let config = crate::config::parse(
+            "interface = \"eth0\"\n[[vip]]\nname = \"w\"\naddress = \"198.18.100.2\"\nport = 80\nprotocol = \"tcp\"\n\
+             [[vip.backend]]\nname = \"a\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let desired = crate::state::desired(&config, &Default::default()).unwrap();
+        let ctx = context(1, 0.0, 0.0);
+        let s = build(
+            &ctx,
+            &desired,
+            &CounterSnapshot::default(),
+            &CounterSnapshot::default(),
+        );
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("events");
+        json.as_object_mut().unwrap().remove("conn_table");
+        json["vips"][0]["backends"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("flows");
+        let back: Status = serde_json::from_value(json).expect("an older document parses");
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,457 @@
+//! Counting the connection table (XLB_CONNS): how many flows it remembers
+//! and how many of them name each backend id.
+//!
+//! aya 0.14 has no batch API, and walking an LRU hash with
+//! BPF_MAP_GET_NEXT_KEY is wrong while packets evict entries (a key deleted
+//! under the cursor restarts the walk from the first bucket: entries are
+//! counted twice and the walk may not end). BPF_MAP_LOOKUP_BATCH walks the
+//! hash bucket by bucket instead, each bucket copied under its own lock, and
+//! its cursor is a bucket index, so it always moves on: every bucket is read
+//! once, and a flow inserted or evicted during the scan is either counted or
+//! not, never twice. The figure is a snapshot that is as old as the scan is
+//! long (docs/METRICS.md: about 0.1 s of CPU, most of it in the kernel, for a
+//! full 262,144-entry table).
+//!
+//! The scan holds nothing the packet path needs beyond one bucket lock at a
+//! time, and nothing of the controller's: the daemon runs it on the blocking
+//! thread pool every `SCAN_PERIOD` (longer after a slow scan: `pause_after`)
+//! and only then takes the controller's lock to record the result.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::{hash::FlowWords, maps};
+
+pub use xlb_core::counters::{ConnScan, SCAN_PERIOD, pause_after};
+
+use crate::{
+    DataplaneError,
+    loader::{io_err, map_err},
+};
+
+/// Entries asked for per BPF_MAP_LOOKUP_BATCH call: 4,096 x 44 bytes of keys
+/// and values is 176 KiB of buffers, and a full default table (262,144) is 64
+/// calls.
+pub const BATCH_ENTRIES: usize = 4096;
+
+/// Entries per backend id, dense for the ids the controller hands out
+/// (< MAX_BACKENDS: one add per entry, no hashing) and sparse beyond (a
+/// value the controller never wrote, counted all the same).
+#[derive(Debug)]
+pub(crate) struct Tally {
+    dense: Vec<u64>,
+    sparse: BTreeMap<u32, u64>,
+    entries: u64,
+}
+
+impl Tally {
+    pub(crate) fn new() -> Self {
+        Self {
+            dense: vec![0; maps::MAX_BACKENDS as usize],
+            sparse: BTreeMap::new(),
+            entries: 0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, backend_ids: &[u32]) {
+        for &id in backend_ids {
+            match self.dense.get_mut(id as usize) {
+                Some(n) => *n += 1,
+                None => *self.sparse.entry(id).or_default() += 1,
+            }
+        }
+        self.entries += backend_ids.len() as u64;
+    }
+
+    /// (entries, backend id -> entries) for the ids that have any.
+    pub(crate) fn finish(self) -> (u64, BTreeMap<u32, u64>) {
+        // Dense ids, then sparse ones (all larger): already in order, so
+        // the map is built in one pass, not searched per id.
+        let by_backend = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(id, n)| (id as u32, *n))
+            .chain(self.sparse)
+            .collect();
+        (self.entries, by_backend)
+    }
+}
+
+/// What one batch read returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Batch {
+    /// `count` entries; more follow from cursor `next`.
+    More { count: usize, next: u64 },
+    /// The last `count` entries (ENOENT: the walk is done).
+    Last { count: usize },
+    /// One bucket holds more entries than the buffers (ENOSPC with none
+    /// returned): read the same cursor again with larger buffers.
+    TooSmall,
+}
+
+/// The syscall behind the walk, so the walk is tested without a kernel.
+pub(crate) trait BatchRead {
+    /// Read from `cursor` (None: the first bucket) at most `values.len()`
+    /// entries; keys go to `keys` (`values.len()` keys of the map's key size).
+    fn read(
+        &mut self,
+        cursor: Option<u64>,
+        keys: &mut [u8],
+        values: &mut [u32],
+    ) -> std::io::Result<Batch>;
+}
+
+/// Walk the whole table in batches of `batch` entries and count the backend
+/// ids. `max_calls` bounds the walk (the kernel's cursor always advances, so
+/// the bound is only a guard against a kernel that does not).
+pub(crate) fn walk(
+    source: &mut impl BatchRead,
+    key_size: usize,
+    batch: usize,
+    max_calls: usize,
+) -> std::io::Result<(u64, BTreeMap<u32, u64>)> {
+    let mut tally = Tally::new();
+    let mut len = batch.max(1);
+    let mut keys = vec![0u8; len * key_size];
+    let mut values = vec![0u32; len];
+    let mut cursor = None;
+    for _ in 0..max_calls {
+        match source.read(cursor, &mut keys, &mut values)? {
+            Batch::More { count, next } => {
+                tally.add(&values[..count.min(len)]);
+                cursor = Some(next);
+            }
+            Batch::Last { count } => {
+                tally.add(&values[..count.min(len)]);
+                return Ok(tally.finish());
+            }
+            Batch::TooSmall => {
+                len *= 2;
+                keys.resize(len * key_size, 0);
+                values.resize(len, 0);
+            }
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "BPF_MAP_LOOKUP_BATCH did not reach the end of the table in {max_calls} calls"
+    )))
+}
+
+/// `union bpf_attr`'s member for the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+const _: () = assert!(size_of::<BatchAttr>() == 56);
+
+/// `enum bpf_cmd`: BPF_MAP_LOOKUP_BATCH (Linux 5.6).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// BPF_MAP_LOOKUP_BATCH on a hash map's fd.
+struct Syscall<'a> {
+    fd: std::os::fd::BorrowedFd<'a>,
+    /// The cursor the kernel writes (a hash map's is a u32 bucket index;
+    /// 8 bytes leave room).
+    out: u64,
+    cursor: u64,
+}
+
+impl BatchRead for Syscall<'_> {
+    fn read(
+        &mut self,
+        cursor: Option<u64>,
+        keys: &mut [u8],
+        values: &mut [u32],
+    ) -> std::io::Result<Batch> {
+        if let Some(c) = cursor {
+            self.cursor = c;
+        }
+        self.out = 0;
+        let mut attr = BatchAttr {
+            in_batch: match cursor {
+                Some(_) => &raw const self.cursor as u64,
+                None => 0,
+            },
+            out_batch: &raw mut self.out as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: values.len() as u32,
+            map_fd: self.fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is the batch member of bpf_attr, its size passed
+        // along; the kernel writes at most `count` keys (sized by the
+        // caller for this map's key size) and values, the cursor (8 bytes
+        // available) and `attr.count`, all of which outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let count = attr.count as usize;
+        if ret == 0 {
+            return Ok(Batch::More {
+                count,
+                next: self.out,
+            });
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(Batch::Last { count }),
+            Some(libc::ENOSPC) if count == 0 => Ok(Batch::TooSmall),
+            _ => Err(e),
+        }
+    }
+}
+
+/// A handle to the connection table, cheap to clone and to send to another
+/// thread: the scan runs outside the controller's lock.
+#[derive(Clone, Debug)]
+pub struct ConnTable {
+    map: Arc<MapData>,
+    capacity: u32,
+    key_size: usize,
+}
+
+impl ConnTable {
+    /// Take XLB_CONNS out of the loaded object.
+    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
+        let name = maps::CONNS;
+        match ebpf.take_map(name) {
+            Some(Map::LruHashMap(map)) => Self::new(map),
+            Some(_) => Err(DataplaneError::Missing {
+                kind: "BPF_MAP_TYPE_LRU_HASH",
+                name,
+            }),
+            None => Err(DataplaneError::Missing { kind: "map", name }),
+        }
+    }
+
+    fn new(map: MapData) -> Result<Self, DataplaneError> {
+        let info = map.info().map_err(map_err(maps::CONNS))?;
+        Ok(Self {
+            capacity: info.max_entries(),
+            key_size: info.key_size() as usize,
+            map: Arc::new(map),
+        })
+    }
+
+    /// max_entries of the loaded table.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Count the entries and the backend ids they name.
+    pub fn scan(&self) -> Result<ConnScan, DataplaneError> {
+        self.scan_in_batches(BATCH_ENTRIES)
+    }
+
+    /// `scan` with `batch` entries per syscall (tests try small batches).
+    pub fn scan_in_batches(&self, batch: usize) -> Result<ConnScan, DataplaneError> {
+        let started = Instant::now();
+        let mut syscall = Syscall {
+            fd: self.map.fd().as_fd(),
+            out: 0,
+            cursor: 0,
+        };
+        // The kernel has at most next_power_of_two(max_entries) buckets and
+        // moves past at least one per call.
+        let max_calls = self.capacity.max(1).next_power_of_two() as usize + 2;
+        let (entries, by_backend) =
+            walk(&mut syscall, self.key_size, batch, max_calls).map_err(io_err(maps::CONNS))?;
+        Ok(ConnScan {
+            entries,
+            capacity: self.capacity,
+            by_backend,
+            scanned_at_unix_seconds: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// A second, typed handle to the same map, for tests and tools that
+    /// write flows into it.
+    pub fn flows_map(&self) -> Result<HashMap<MapData, FlowWords, u32>, DataplaneError> {
+        let fd = self
+            .map
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err(maps::CONNS))?;
+        let map = MapData::from_fd(fd).map_err(map_err(maps::CONNS))?;
+        HashMap::try_from(Map::from_map_data(map).map_err(map_err(maps::CONNS))?)
+            .map_err(map_err(maps::CONNS))
+    }
+}
+
+impl crate::Dataplane {
+    /// A handle to the connection table, to count it (`ConnTable::scan`)
+    /// without borrowing the dataplane.
+    pub fn conn_table(&self) -> ConnTable {
+        self.conns.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table in memory, walked like the kernel walks a hash: bucket by
+    /// bucket, a bucket whole or not at all, ENOSPC when the first bucket
+    /// does not fit.
+    struct Fake {
+        buckets: Vec<Vec<u32>>,
+        calls: usize,
+    }
+
+    impl BatchRead for Fake {
+        fn read(
+            &mut self,
+            cursor: Option<u64>,
+            keys: &mut [u8],
+            values: &mut [u32],
+        ) -> std::io::Result<Batch> {
+            self.calls += 1;
+            assert_eq!(keys.len(), values.len() * 40, "a key buffer per value");
+            let mut bucket = cursor.unwrap_or(0) as usize;
+            let mut total = 0;
+            while bucket < self.buckets.len() {
+                let b = &self.buckets[bucket];
+                if b.len() > values.len() - total {
+                    if total == 0 {
+                        return Ok(Batch::TooSmall);
+                    }
+                    return Ok(Batch::More {
+                        count: total,
+                        next: bucket as u64,
+                    });
+                }
+                values[total..total + b.len()].copy_from_slice(b);
+                total += b.len();
+                bucket += 1;
+            }
+            Ok(Batch::Last { count: total })
+        }
+    }
+
+    #[test]
+    fn walk_counts_every_bucket_once_per_backend() {
+        // 1,000 buckets of 0..3 entries naming ids 0..7.
+        let buckets: Vec<Vec<u32>> = (0..1000u32)
+            .map(|b| (0..b % 4).map(|i| (b + i) % 7).collect())
+            .collect();
+        let mut want = BTreeMap::new();
+        for id in buckets.iter().flatten() {
+            *want.entry(*id).or_insert(0u64) += 1;
+        }
+        let total: u64 = want.values().sum();
+        for batch in [3, 5, 64, 4096] {
+            let mut fake = Fake {
+                buckets: buckets.clone(),
+                calls: 0,
+            };
+            let (entries, by_backend) = walk(&mut fake, 40, batch, 10_000).unwrap();
+            assert_eq!((entries, &by_backend), (total, &want), "batch {batch}");
+        }
+    }
+
+    #[test]
+    fn a_bucket_larger_than_the_batch_grows_the_buffers() {
+        let mut fake = Fake {
+            buckets: vec![vec![1], vec![2; 9], vec![3, 3]],
+            calls: 0,
+        };
+        let (entries, by_backend) = walk(&mut fake, 40, 2, 100).unwrap();
+        assert_eq!(entries, 12);
+        assert_eq!(by_backend, BTreeMap::from([(1, 1), (2, 9), (3, 2)]));
+    }
+
+    #[test]
+    fn an_empty_table_is_one_call() {
+        let mut fake = Fake {
+            buckets: vec![vec![]; 16],
+            calls: 0,
+        };
+        let (entries, by_backend) = walk(&mut fake, 40, 8, 100).unwrap();
+        assert_eq!((entries, by_backend.len(), fake.calls), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_cursor_that_never_ends_is_an_error_not_a_hang() {
+        struct Forever;
+        impl BatchRead for Forever {
+            fn read(
+                &mut self,
+                _: Option<u64>,
+                _: &mut [u8],
+                v: &mut [u32],
+            ) -> std::io::Result<Batch> {
+                v[0] = 1;
+                Ok(Batch::More { count: 1, next: 0 })
+            }
+        }
+        let err = walk(&mut Forever, 40, 8, 50).unwrap_err();
+        assert!(err.to_string().contains("50 calls"), "{err}");
+    }
+
+    #[test]
+    fn ids_beyond_the_dense_range_are_counted_too() {
+        let mut t = Tally::new();
+        t.add(&[
+            0,
+            5,
+            5,
+            maps::MAX_BACKENDS - 1,
+            maps::MAX_BACKENDS,
+            u32::MAX,
+        ]);
+        let (entries, by_backend) = t.finish();
+        assert_eq!(entries, 6);
+        assert_eq!(
+            by_backend,
+            BTreeMap::from([
+                (0, 1),
+                (5, 2),
+                (maps::MAX_BACKENDS - 1, 1),
+                (maps::MAX_BACKENDS, 1),
+                (u32::MAX, 1)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_slow_scan_waits_longer() {
+        assert_eq!(pause_after(0.03), SCAN_PERIOD);
+        assert_eq!(pause_after(-1.0), SCAN_PERIOD);
+        assert_eq!(pause_after(2.0), Duration::from_secs(40));
+        assert_eq!(pause_after(f64::INFINITY), Duration::MAX);
+    }
+
+    #[test]
+    fn stale_entries_name_unknown_ids() {
+        let scan = ConnScan {
+            entries: 10,
+            by_backend: BTreeMap::from([(1, 4), (2, 3), (9, 2), (u32::MAX, 1)]),
+            ..Default::default()
+        };
+        assert_eq!(scan.stale_entries(|id| id == 1 || id == 2), 3);
+        assert_eq!(scan.stale_entries(|_| true), 0);
+    }
+}

@@ -1,0 +1,306 @@
+//! Writing a `Desired` state into the maps, in the order that keeps every
+//! packet consistent:
+//!
+//! 1. host config (interface MAC, hash seed, tunnel settings);
+//! 2. entries and zeroed counters of new backend ids (no table names them yet);
+//! 3. each changed table, filled in a fresh inner map, then swapped in with one
+//!    update of the outer map;
+//! 4. VIP entries (a new VIP becomes visible only once its table is there),
+//!    then the ICMP echo entries (they name VIP ids written in 4);
+//! 5. VIP and echo entries that are gone are removed;
+//! 6. after `RETIRE_GRACE`, the entries of backend ids no table names any
+//!    more (removed or changed backends) lose `BACKEND_F_VALID`.
+//!
+//! Step 6 is what re-steers a removed backend's flows: the connection table
+//! still remembers them on its id, and the program hashes a flow again onto
+//! the live table when its remembered entry is not valid. The entries stay
+//! valid until then because a packet that read the old table (or the
+//! connection table) just before the swap reads the backend entry next.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{Ordering, fence};
+use std::time::Duration;
+
+use aya::maps::MapData;
+use lb_common::{BACKEND_F_VALID, Backend as KernelBackend, maps};
+
+use crate::HostInterface;
+use crate::{
+    Dataplane, DataplaneError,
+    loader::{io_err, map_err},
+    mmap::MappedArray,
+};
+use xlb_core::config::Config;
+use xlb_core::state::{Allocation, Desired, DesiredVip, kernel_backend};
+
+/// How long the entry of a backend id that no live table names any more
+/// stays valid after the swap. A packet that read the old table (or the
+/// connection table) just before the swap reads the backend entry next, in
+/// the same run of the program; an XDP run takes microseconds and is not
+/// preempted, so a few milliseconds cover every such packet with a wide
+/// margin, and an apply that removes backends is only that much slower.
+pub const RETIRE_GRACE: Duration = Duration::from_millis(5);
+
+impl Dataplane {
+    pub fn write_global(
+        &mut self,
+        host: &HostInterface,
+        config: &Config,
+    ) -> Result<(), DataplaneError> {
+        self.config
+            .set(0, xlb_core::state::global_config(host, config), 0)
+            .map_err(map_err(maps::CONFIG))
+    }
+
+    /// Build `slots` into a fresh inner array and swap it in for `vip_id`.
+    pub fn install_table(&mut self, vip_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let name = maps::MAGLEV_TABLES;
+        let def = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            size_of::<u32>() as u32,
+            size_of::<u32>() as u32,
+            slots.len() as u32,
+            maps::MAGLEV_TABLE_FLAGS,
+        );
+        let inner = MapData::create(def, "xlb_maglev", None).map_err(map_err(name))?;
+        // Fill it through memory: one copy instead of a syscall per slot. No
+        // program can see this map before the swap below.
+        let mem = MappedArray::<u32>::new(inner.fd(), slots.len()).map_err(io_err(name))?;
+        mem.fill_from(slots);
+        // The swap: one update of the outer map. The kernel frees the old
+        // inner map once no program can still hold it (RCU) and we let go.
+        self.tables.set(vip_id, &inner, 0).map_err(map_err(name))?;
+        self.installed
+            .insert(vip_id, crate::loader::Installed::new(inner, mem)?);
+        Ok(())
+    }
+
+    /// Write one VIP; returns how long its table swap took, if it had one.
+    fn write_vip(
+        &mut self,
+        vip: &DesiredVip,
+        previous: Option<&DesiredVip>,
+    ) -> Result<Option<f64>, DataplaneError> {
+        let table_changed = previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots);
+        let mut swap_seconds = None;
+        if table_changed {
+            if let Some(n) = self.fail_after_swaps {
+                if n == 0 {
+                    return Err(DataplaneError::Injected);
+                }
+                self.fail_after_swaps = Some(n - 1);
+            }
+            let started = std::time::Instant::now();
+            self.install_table(vip.id, &vip.slots)?;
+            swap_seconds = Some(started.elapsed().as_secs_f64());
+        }
+        if previous.is_none_or(|p| p.key != vip.key || p.meta != vip.meta) {
+            self.vips
+                .insert(vip.key, vip.meta, 0)
+                .map_err(map_err(maps::VIPS))?;
+        }
+        Ok(swap_seconds)
+    }
+
+    /// Write the entry of a backend id no table names yet. First without
+    /// `BACKEND_F_VALID`, then whole: a packet that reads it meanwhile (a
+    /// flow the connection table still remembers on this id from before it
+    /// was retired) sees an invalid entry or a complete one, never a valid
+    /// entry with half of another backend's address in it.
+    fn publish_backend(&self, id: u32, entry: KernelBackend) {
+        let invalid = KernelBackend {
+            flags: entry.flags & !BACKEND_F_VALID,
+            ..entry
+        };
+        self.backends.set(id as usize, invalid);
+        fence(Ordering::Release);
+        self.backends.set(id as usize, entry);
+    }
+
+    /// After `RETIRE_GRACE`, take `BACKEND_F_VALID` from the entries of
+    /// `ids`, which no live table names any more. Only the flags byte
+    /// changes (the rest is rewritten with the bytes it holds), so a packet
+    /// reading an entry meanwhile sees it whole, valid or not.
+    fn retire_backends(&self, ids: &BTreeSet<u32>) {
+        if ids.is_empty() {
+            return;
+        }
+        std::thread::sleep(RETIRE_GRACE);
+        for &id in ids {
+            let entry = self.backends.get(id as usize);
+            self.backends.set(
+                id as usize,
+                KernelBackend {
+                    flags: entry.flags & !BACKEND_F_VALID,
+                    ..entry
+                },
+            );
+        }
+    }
+
+    /// Give the kept backends of a VIP whose id changed (a new table size)
+    /// the new VIP id, right after its VIP entry names that id. Only
+    /// `vip_id` differs from what the entry holds (an id's address and MAC
+    /// never change), so the entry stays valid throughout; a remembered flow
+    /// that reads the new VIP entry just before its backend's entry is
+    /// rewritten is hashed again (the kernel uses a remembered backend only
+    /// for its own VIP), a window of microseconds.
+    fn move_kept_backends(&self, vip: &DesiredVip, new_ids: &BTreeSet<u32>) {
+        for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+            if !new_ids.contains(&id) {
+                self.backends.set(id as usize, kernel_backend(b, vip.id));
+            }
+        }
+    }
+
+    /// Rewrite every VIP's table and backend entries from `desired`, each
+    /// table swapped in whole: undoes whatever changed them behind our back.
+    pub fn rewrite(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
+        for vip in &desired.vips {
+            for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+                self.backends.set(id as usize, kernel_backend(b, vip.id));
+            }
+            self.install_table(vip.id, &vip.slots)?;
+        }
+        Ok(())
+    }
+
+    /// Make the maps hold `desired`, all or nothing: if any write fails part
+    /// way, every VIP is put back on `previous` (its tables swapped back in
+    /// whole, its VIP entries restored, VIPs new in `desired` removed) before
+    /// the error is returned. Returns the duration of each table swap.
+    pub fn apply(
+        &mut self,
+        host: impl Into<HostInterface>,
+        desired: &Desired,
+        previous: Option<&Desired>,
+    ) -> Result<Vec<f64>, DataplaneError> {
+        let host = &host.into();
+        match self.apply_forward(host, desired, previous) {
+            Ok(swaps) => Ok(swaps),
+            Err(e) => {
+                log::warn!("apply failed part way ({e}); restoring the previous state");
+                if let Err(restore) = self.restore(host, desired, previous) {
+                    log::error!("restoring the previous state failed too: {restore}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Fail the apply after `swaps` more table swaps (tests of the rollback
+    /// path; never set in production).
+    #[doc(hidden)]
+    pub fn inject_swap_failure(&mut self, swaps: usize) {
+        self.fail_after_swaps = Some(swaps);
+    }
+
+    fn restore(
+        &mut self,
+        host: &HostInterface,
+        desired: &Desired,
+        previous: Option<&Desired>,
+    ) -> Result<(), DataplaneError> {
+        self.fail_after_swaps = None;
+        let empty = Allocation::default();
+        // Ids the failed apply wrote: once the tables that may name them are
+        // swapped back out, flows remembered on them are hashed again.
+        let written = desired.new_backend_ids(previous.map_or(&empty, |p| &p.allocation));
+        let Some(previous) = previous else {
+            // Nothing was serving before: serve nothing.
+            for vip in &desired.vips {
+                let _ = self.vips.remove(&vip.key);
+            }
+            for (key, _) in &desired.echo {
+                let _ = self.vips.remove(key);
+            }
+            self.retire_backends(&written);
+            return Ok(());
+        };
+        self.write_global(host, &previous.config)?;
+        for vip in &previous.vips {
+            self.install_table(vip.id, &vip.slots)?;
+            self.vips
+                .insert(vip.key, vip.meta, 0)
+                .map_err(map_err(maps::VIPS))?;
+            // Back to the VIP id they had, if the failed apply moved them.
+            for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+                self.backends.set(id as usize, kernel_backend(b, vip.id));
+            }
+        }
+        for (key, meta) in &previous.echo {
+            self.vips
+                .insert(key, meta, 0)
+                .map_err(map_err(maps::VIPS))?;
+        }
+        for vip in &desired.vips {
+            if !previous.vips.iter().any(|p| p.key == vip.key) {
+                let _ = self.vips.remove(&vip.key);
+            }
+        }
+        for (key, _) in &desired.echo {
+            if !previous.echo.iter().any(|(k, _)| k == key) {
+                let _ = self.vips.remove(key);
+            }
+        }
+        self.retire_backends(&written);
+        Ok(())
+    }
+
+    fn apply_forward(
+        &mut self,
+        host: &HostInterface,
+        desired: &Desired,
+        previous: Option<&Desired>,
+    ) -> Result<Vec<f64>, DataplaneError> {
+        let mut swaps = Vec::new();
+        let empty = Allocation::default();
+        let prev_alloc = previous.map_or(&empty, |p| &p.allocation);
+        self.write_global(host, &desired.config)?;
+
+        let new_backend_ids = desired.new_backend_ids(prev_alloc);
+        for vip in &desired.vips {
+            for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+                if new_backend_ids.contains(&id) {
+                    self.backend_stats.zero(id);
+                    self.publish_backend(id, kernel_backend(b, vip.id));
+                }
+            }
+        }
+        let new_vip_ids = desired.new_vip_ids(prev_alloc);
+        for vip in &desired.vips {
+            if new_vip_ids.contains(&vip.id) {
+                self.vip_stats.zero(vip.id);
+            }
+            // VIPs are identified by name across applies.
+            let prev =
+                previous.and_then(|p| p.vips.iter().find(|v| v.config.name == vip.config.name));
+            swaps.extend(self.write_vip(vip, prev)?);
+            if prev.is_some_and(|p| p.id != vip.id) {
+                self.move_kept_backends(vip, &new_backend_ids);
+            }
+        }
+        let previous_echo = previous.map_or(&[][..], |p| &p.echo[..]);
+        for entry @ (key, meta) in &desired.echo {
+            if !previous_echo.contains(entry) {
+                self.vips
+                    .insert(key, meta, 0)
+                    .map_err(map_err(maps::VIPS))?;
+            }
+        }
+        if let Some(previous) = previous {
+            for old in &previous.vips {
+                if !desired.vips.iter().any(|v| v.key == old.key) {
+                    self.vips.remove(&old.key).map_err(map_err(maps::VIPS))?;
+                }
+            }
+            for (key, _) in &previous.echo {
+                if !desired.echo.iter().any(|(k, _)| k == key) {
+                    self.vips.remove(key).map_err(map_err(maps::VIPS))?;
+                }
+            }
+        }
+        self.retire_backends(&desired.retired_backend_ids(prev_alloc));
+        Ok(swaps)
+    }
+}

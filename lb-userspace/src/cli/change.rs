@@ -1,0 +1,244 @@
+//! The commands that make or judge a change: `validate`, `plan`, `apply`
+//! (of a file or a reviewed plan), `rollback`, and following a bake.
+
+use std::path::{Path, PathBuf};
+
+use xlb_core::api::Request;
+use xlb_core::config;
+use xlb_core::status::SCHEMA_VERSION;
+
+use super::Cli;
+use super::client::Client;
+use super::output::{Failure, Output, print_json};
+use crate::user::current_user;
+
+/// What `xlb plan --out` writes and `xlb apply PLANFILE` reads: the plan
+/// and exactly the config text it was made for.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PlanFile {
+    pub schema_version: u32,
+    pub plan: xlb_core::plan::Plan,
+    pub config_file: String,
+    pub config_text: String,
+}
+
+pub(super) fn read_text(file: &std::path::Path) -> Result<String, Failure> {
+    std::fs::read_to_string(file)
+        .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))
+}
+
+/// `xlb validate FILE`: offline, nothing applied.
+pub(super) fn validate(output: Output, file: &Path) -> Result<(), Failure> {
+    let config = config::load(file).map_err(Failure::bad_input)?;
+    let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
+    if output == Output::Json {
+        print_json(&serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "file": file.display().to_string(),
+            "valid": true,
+            "vips": config.vips.len(),
+            "backends": backends,
+        }));
+    } else {
+        println!(
+            "{}: valid ({} VIPs, {} backends)",
+            file.display(),
+            config.vips.len(),
+            backends
+        );
+    }
+    Ok(())
+}
+
+/// What an offline plan compares with.
+pub(super) enum Base {
+    File(PathBuf),
+    /// A recorded revision, from this state directory (or the default).
+    Revision(u64, Option<PathBuf>),
+}
+
+pub(super) fn plan(
+    cli: &Cli,
+    file: &Path,
+    base: Option<Base>,
+    out: Option<&Path>,
+    force: bool,
+    detailed_exitcode: bool,
+) -> Result<(), Failure> {
+    let text = read_text(file)?;
+    let name = file.display().to_string();
+    let candidate = config::parse(&text, &name).map_err(Failure::bad_input)?;
+    let plan = match base {
+        // Offline, against a file or a recorded revision.
+        Some(base) => {
+            let (base_text, base_name) = match base {
+                Base::File(path) => (read_text(&path)?, path.display().to_string()),
+                Base::Revision(n, dir) => {
+                    let dir = dir.unwrap_or_else(|| {
+                        PathBuf::from("/var/lib/xlb").join(&candidate.interface)
+                    });
+                    let store_dir = dir.join("revisions");
+                    if !store_dir.is_dir() {
+                        return Err(Failure::bad_input(format!(
+                            "no revisions in {} (is --state-dir right?)",
+                            dir.display()
+                        )));
+                    }
+                    let store = crate::store::Store::open(&store_dir, usize::MAX)
+                        .map_err(Failure::bad_input)?;
+                    let rev = store.get(n).map_err(Failure::bad_input)?.ok_or_else(|| {
+                        Failure::bad_input(format!("no revision {n} in {}", dir.display()))
+                    })?;
+                    (rev.config_text, format!("revision {n}"))
+                }
+            };
+            let base = config::parse(&base_text, &base_name).map_err(Failure::bad_input)?;
+            xlb_core::plan::plan(&base, &candidate).map_err(Failure::bad_input)?
+        }
+        None => Client::new(&cli.socket).plan(name.clone(), text.clone(), current_user())?,
+    };
+    match cli.output {
+        Output::Json => print_json(&plan),
+        _ => print!("{}", plan.render_table()),
+    }
+    if let Some(out) = out {
+        let doc = PlanFile {
+            schema_version: xlb_core::plan::SCHEMA_VERSION,
+            plan: plan.clone(),
+            config_file: name,
+            config_text: text,
+        };
+        let json = serde_json::to_string_pretty(&doc).expect("plans serialize");
+        std::fs::write(out, json + "\n")
+            .map_err(|e| Failure::internal(format!("{}: cannot write: {e}", out.display())))?;
+        eprintln!("plan written to {}", out.display());
+    }
+    if plan.refused() && !force {
+        return Err(Failure::refused(
+            "refused by the safety checks above (--force to plan it anyway)",
+        ));
+    }
+    if detailed_exitcode && plan.changed {
+        return Err(Failure {
+            code: 3,
+            message: "changes planned".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `xlb apply FILE|PLANFILE`: validated here (a bad file never reaches the
+/// daemon), applied there as a new revision.
+pub(super) fn apply(
+    cli: &Cli,
+    file: &Path,
+    message: Option<String>,
+    force: bool,
+    wait: bool,
+) -> Result<(), Failure> {
+    let raw = read_text(file)?;
+    // A plan file applies exactly the config it was reviewed with, and
+    // only onto the revision it was made against.
+    let (name, text, expect_revision) = match serde_json::from_str::<PlanFile>(&raw) {
+        Ok(p) => {
+            let Some(base) = p.plan.base_revision else {
+                return Err(Failure::bad_input(format!(
+                    "{}: an offline plan (--base) cannot be applied; plan against the daemon",
+                    file.display()
+                )));
+            };
+            (p.config_file, p.config_text, Some(base))
+        }
+        Err(_) => (file.display().to_string(), raw, None),
+    };
+    config::parse(&text, &name).map_err(Failure::bad_input)?;
+    let revision = Client::new(&cli.socket).applied(&Request::Apply {
+        file: name.clone(),
+        text,
+        user: current_user(),
+        message,
+        force,
+        expect_revision,
+    })?;
+    if cli.output == Output::Json {
+        print_json(&serde_json::json!({
+            "schema_version": SCHEMA_VERSION, "file": name, "revision": revision,
+        }));
+    } else {
+        println!("applied {name} as revision {revision}");
+    }
+    if wait {
+        wait_for_bake(&cli.socket, revision)
+    } else {
+        Ok(())
+    }
+}
+
+/// `xlb rollback [--to-revision N]`.
+pub(super) fn rollback(cli: &Cli, to: Option<u64>, message: Option<String>) -> Result<(), Failure> {
+    let revision = Client::new(&cli.socket).applied(&Request::Rollback {
+        to,
+        user: current_user(),
+        message,
+    })?;
+    if cli.output == Output::Json {
+        print_json(&serde_json::json!({
+            "schema_version": SCHEMA_VERSION, "revision": revision,
+        }));
+    } else {
+        println!("rolled back as revision {revision}");
+    }
+    Ok(())
+}
+
+/// Follow the bake of `revision` until it ends: 0 baked, 1 rolled back.
+pub(super) fn wait_for_bake(socket: &Path, revision: u64) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    // Bounded: a bake window is minutes at most; give up after an hour.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    loop {
+        let s = Client::new(socket).status()?;
+        let Some(bake) = s.bake.as_ref().filter(|b| b.revision == revision) else {
+            eprintln!("revision {revision}: not baking (the daemon runs with --bake-window 0s)");
+            return Ok(());
+        };
+        let line = xlb_core::status::bake_line(bake, s.generated_at_unix_seconds);
+        match bake.state {
+            xlb_core::bake::BakeState::Baking => {
+                if tty {
+                    let total = (bake.until_unix_seconds - bake.started_at_unix_seconds).max(1.0);
+                    let done = ((s.generated_at_unix_seconds - bake.started_at_unix_seconds)
+                        / total)
+                        .clamp(0.0, 1.0);
+                    let filled = (done * 30.0) as usize;
+                    eprint!(
+                        "\r[{}{}] {line}   ",
+                        "#".repeat(filled),
+                        " ".repeat(30 - filled)
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+            }
+            xlb_core::bake::BakeState::Baked => {
+                if tty {
+                    eprintln!();
+                }
+                println!("{line}");
+                return Ok(());
+            }
+            xlb_core::bake::BakeState::RolledBack => {
+                if tty {
+                    eprintln!();
+                }
+                return Err(Failure::refused(line));
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::internal(
+                "gave up waiting for the bake after an hour",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

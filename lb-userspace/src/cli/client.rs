@@ -1,0 +1,154 @@
+//! The control socket's client: one JSON request per connection, one JSON
+//! response back (the types are `xlb_core::api`'s). `Client` has one typed
+//! method per request; an error answer or an answer of the wrong kind is
+//! turned into a `Failure` in one place (`ask`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use xlb_core::api::{EditRequest, Edited, Repaired, Request, Response};
+use xlb_core::plan::Plan;
+use xlb_core::revision::Revision;
+use xlb_core::status::Status;
+
+use super::output::Failure;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the xlb daemon at {socket}: {source} (is `xlb run` running? is --socket right?)"
+    )]
+    Connect {
+        socket: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the xlb daemon at {socket}: {source}")]
+    Io {
+        socket: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the xlb daemon at {socket} closed the connection without answering (did it exit? see its log)"
+    )]
+    Closed { socket: String },
+    #[error("the xlb daemon at {socket} sent a response this xlb does not understand: {source}")]
+    Decode {
+        socket: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Send one request, wait for its response (applies can take a while: they
+/// build and write whole tables).
+pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let name = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        socket: name.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        socket: name.clone(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(io)?;
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    if reply.is_empty() {
+        return Err(ClientError::Closed { socket: name });
+    }
+    serde_json::from_str(&reply).map_err(|source| ClientError::Decode {
+        socket: name.clone(),
+        source,
+    })
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::internal(e)
+    }
+}
+
+/// The daemon at a control socket, one method per request.
+pub struct Client<'a> {
+    socket: &'a Path,
+}
+
+impl<'a> Client<'a> {
+    pub fn new(socket: &'a Path) -> Self {
+        Self { socket }
+    }
+
+    /// Send `request`; `pick` takes the answer it expects and hands back any
+    /// other. The daemon's error answers keep their exit codes.
+    fn ask<T>(
+        &self,
+        request: &Request,
+        pick: impl FnOnce(Response) -> Result<T, Response>,
+    ) -> Result<T, Failure> {
+        match call(self.socket, request)? {
+            Response::Error(e) => Err(e.into()),
+            other => pick(other)
+                .map_err(|other| Failure::internal(format!("unexpected response: {other:?}"))),
+        }
+    }
+
+    pub fn status(&self) -> Result<Status, Failure> {
+        self.ask(&Request::Status, |r| match r {
+            Response::Status(s) => Ok(*s),
+            other => Err(other),
+        })
+    }
+
+    /// An apply or a rollback: the new revision's number.
+    pub fn applied(&self, request: &Request) -> Result<u64, Failure> {
+        self.ask(request, |r| match r {
+            Response::Applied { revision } => Ok(revision),
+            other => Err(other),
+        })
+    }
+
+    pub fn plan(&self, file: String, text: String, user: String) -> Result<Plan, Failure> {
+        self.ask(&Request::Plan { file, text, user }, |r| match r {
+            Response::Plan(p) => Ok(*p),
+            other => Err(other),
+        })
+    }
+
+    pub fn history(&self) -> Result<Vec<Revision>, Failure> {
+        self.ask(&Request::History, |r| match r {
+            Response::History(list) => Ok(list),
+            other => Err(other),
+        })
+    }
+
+    pub fn show(&self, number: u64) -> Result<Revision, Failure> {
+        self.ask(&Request::Show { number }, |r| match r {
+            Response::Revision(rev) => Ok(*rev),
+            other => Err(other),
+        })
+    }
+
+    pub fn repair(&self) -> Result<Repaired, Failure> {
+        self.ask(&Request::Repair, |r| match r {
+            Response::Repaired(r) => Ok(r),
+            other => Err(other),
+        })
+    }
+
+    pub fn edit(&self, request: EditRequest) -> Result<Edited, Failure> {
+        self.ask(&Request::Edit(request), |r| match r {
+            Response::Edited(e) => Ok(*e),
+            other => Err(other),
+        })
+    }
+}

@@ -1,0 +1,60 @@
+//! How a command ends: its output format, JSON printing, and a failure
+//! with the exit code it maps to (DESIGN.md: 0 ok, 1 refused by a safety
+//! check, 2 bad input, 3 changes planned, 4 daemon or kernel failure).
+
+use xlb_core::api::{ApiError, ErrorKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Json,
+}
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn bad_input(message: impl ToString) -> Self {
+        Self {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+    pub(crate) fn internal(message: impl ToString) -> Self {
+        Self {
+            code: 4,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl Failure {
+    /// Refused by a safety check (exit code 1).
+    pub(crate) fn refused(message: impl ToString) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        match e.kind {
+            ErrorKind::BadInput => Failure::bad_input(e.message),
+            ErrorKind::Internal => Failure::internal(e.message),
+            ErrorKind::Refused | ErrorKind::Forbidden => Failure::refused(e.message),
+        }
+    }
+}
+
+pub(crate) fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}

@@ -1,0 +1,57 @@
+//! `xlb run`: check what the daemon needs before it starts, then run it.
+
+use std::path::{Path, PathBuf};
+
+use xlb_core::config;
+
+use super::RunArgs;
+use super::output::Failure;
+use crate::daemon;
+
+pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
+    let RunArgs {
+        config: file,
+        xdp_mode,
+        metrics_address,
+        state_dir,
+        keep_revisions,
+        bake_window,
+        bake_hold,
+        bake_tick,
+        socket_group,
+        bpffs,
+        object,
+    } = args.clone();
+    crate::daemon::privileges::check("xlb run", crate::daemon::privileges::DAEMON)
+        .map_err(Failure::internal)?;
+    let socket_group = socket_group
+        .map(|g| crate::daemon::peer::SocketGroup::resolve(&g))
+        .transpose()
+        .map_err(Failure::bad_input)?;
+    crate::daemon::peer::preflight(socket, socket_group.as_ref()).map_err(Failure::bad_input)?;
+    let config_text = std::fs::read_to_string(&file)
+        .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
+    let config =
+        config::parse(&config_text, &file.display().to_string()).map_err(Failure::bad_input)?;
+    let state_dir =
+        state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/xlb").join(&config.interface));
+    daemon::run(daemon::RunOptions {
+        config,
+        config_file: file.display().to_string(),
+        socket: socket.to_path_buf(),
+        mode: xdp_mode.into(),
+        metrics_address,
+        state_dir,
+        keep_revisions: keep_revisions as usize,
+        config_text,
+        bake: crate::daemon::controller::BakePolicy {
+            window_seconds: bake_window.as_secs_f64(),
+            hold_seconds: bake_hold.as_secs_f64(),
+        },
+        bake_tick,
+        socket_group,
+        bpffs,
+        object,
+    })
+    .map_err(|e| Failure::internal(format!("{e:#}")))
+}

@@ -1,0 +1,328 @@
+//! `xlb run`: load, attach (or adopt the pins of an earlier daemon:
+//! restart.rs), apply, then serve the control API until SIGTERM or SIGINT,
+//! which exit and leave the program attached and its maps pinned (`xlb
+//! detach` removes them). SIGHUP re-reads the config file.
+
+pub mod audit;
+pub mod controller;
+pub mod edit;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod peer;
+pub mod privileges;
+pub mod restart;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::daemon::controller::Controller;
+use xlb_core::api::{ApiError, ErrorKind, Request, Response};
+use xlb_core::config::Config;
+
+pub struct RunOptions {
+    pub config: Config,
+    pub config_file: String,
+    pub socket: PathBuf,
+    pub mode: xlb_dataplane::AttachMode,
+    /// Overrides the config's `metrics_address`.
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where revisions are kept (`<state_dir>/revisions`).
+    pub state_dir: PathBuf,
+    pub keep_revisions: usize,
+    /// The config file's text, recorded as the startup revision.
+    pub config_text: String,
+    pub bake: crate::daemon::controller::BakePolicy,
+    /// The collector's period while a revision bakes.
+    pub bake_tick: std::time::Duration,
+    /// `--socket-group`: who besides root may use the control socket.
+    pub socket_group: Option<crate::daemon::peer::SocketGroup>,
+    /// The bpffs mount the pins live under (`<bpffs>/xlb/<interface>/`).
+    pub bpffs: PathBuf,
+    /// Load the balancer from this object file instead of the embedded one.
+    pub object: Option<PathBuf>,
+}
+
+/// Bind the control socket: root only, or root and `--socket-group`
+/// (peer.rs).
+fn bind(
+    socket: &Path,
+    group: Option<&crate::daemon::peer::SocketGroup>,
+) -> anyhow::Result<UnixListener> {
+    crate::daemon::peer::bind(socket, group)
+}
+
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let interface = opts.config.interface.clone();
+    let host = xlb_dataplane::host::read(&interface)?;
+    crate::daemon::restart::ignore_hangup_for_now();
+    // The connection table is sized here, once (and pinned): a later apply
+    // that changes conn_table_size is refused.
+    let (dataplane, pinned) = crate::daemon::restart::load_and_attach(
+        &interface,
+        opts.config.conn_table_size,
+        opts.mode,
+        &opts.bpffs,
+        opts.object.as_deref(),
+    )?;
+    let metrics_address = opts.metrics_address.unwrap_or(opts.config.metrics_address);
+    let metrics = Arc::new(crate::daemon::metrics::Metrics::new());
+    let store = crate::store::Store::open(&opts.state_dir.join("revisions"), opts.keep_revisions)
+        .context("opening the revision store")?;
+    let mut controller = Controller::new(dataplane, interface, host, metrics)
+        .with_revisions(store)
+        .with_bake(opts.bake)
+        .with_audit(
+            crate::daemon::audit::AuditLog::open(&opts.state_dir.join("audit.log"))
+                .context("opening the audit log")?,
+        );
+    let revision = crate::daemon::restart::first_apply(
+        &mut controller,
+        &pinned,
+        &opts.config_text,
+        &opts.config_file,
+    )?;
+    log::info!("serving revision {revision}");
+    let conns = controller.conn_table();
+    let controller = Arc::new(Mutex::new(controller));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let policy = Arc::new(crate::daemon::peer::Policy::new(opts.socket_group.clone()));
+    let result = runtime.block_on(async {
+        let http = crate::daemon::http::bind(metrics_address).await?;
+        log::info!("metrics, status page and /api/status on http://{metrics_address}/");
+        tokio::select! {
+            r = serve(controller.clone(), &opts.socket, policy, revision) => r,
+            r = crate::daemon::notify::watchdog(controller.clone()) => r,
+            r = crate::daemon::http::serve(http, controller.clone()) => r,
+            r = collect(controller.clone(), opts.bake_tick) => r,
+            r = count_conns(controller.clone(), conns) => r,
+            r = crate::daemon::health::serve(controller.clone()) => r,
+            r = crate::daemon::restart::reload_on_hangup(controller.clone(), PathBuf::from(&opts.config_file)) => r,
+        }
+    });
+    crate::daemon::notify::stopping();
+    let _ = std::fs::remove_file(&opts.socket);
+    // The pinned link keeps the program attached, the pinned maps keep
+    // their tables and flows: forwarding goes on until the next start.
+    drop(controller);
+    log::info!("exiting; the program stays attached (`xlb detach` removes it)");
+    result
+}
+
+/// Once a second: the detector and the drift check.
+/// Once a second: the detector and the drift check; every `bake_tick`
+/// while a revision bakes, so a bad change is judged, and rolled back, in a
+/// fraction of the time (each tick is evidence the detector can use). The
+/// loop wakes every `bake_tick` to notice a bake as soon as an apply starts
+/// one, and otherwise runs the tick once a second.
+async fn collect(
+    controller: Arc<Mutex<Controller>>,
+    bake_tick: std::time::Duration,
+) -> anyhow::Result<()> {
+    let second = std::time::Duration::from_secs(1);
+    let wake = bake_tick.min(second);
+    let mut last: Option<std::time::Instant> = None;
+    loop {
+        let controller = controller.clone();
+        let due = last;
+        let ran = tokio::task::spawn_blocking(move || {
+            let mut c = controller.lock().unwrap_or_else(|p| p.into_inner());
+            if c.baking() || due.is_none_or(|t| t.elapsed() >= second) {
+                if let Err(e) = c.tick(xlb_core::clock::unix_now()) {
+                    log::warn!("collector: {e}");
+                }
+                return true;
+            }
+            false
+        })
+        .await?;
+        if ran {
+            last = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(wake).await;
+    }
+}
+
+/// Every `CONN_SCAN_PERIOD` (the first at once; longer after a slow scan):
+/// count the connection table on the blocking pool, without the
+/// controller's lock (a full table of 16 M entries takes seconds), then
+/// record the count under it.
+async fn count_conns(
+    controller: Arc<Mutex<Controller>>,
+    conns: xlb_dataplane::ConnTable,
+) -> anyhow::Result<()> {
+    loop {
+        let controller = controller.clone();
+        let conns = conns.clone();
+        let took = tokio::task::spawn_blocking(move || match conns.scan() {
+            Ok(scan) => {
+                let took = scan.seconds;
+                controller
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_conn_scan(scan);
+                took
+            }
+            Err(e) => {
+                log::warn!("connection-table scan: {e}");
+                0.0
+            }
+        })
+        .await?;
+        tokio::time::sleep(xlb_dataplane::conn_scan_pause(took)).await;
+    }
+}
+
+/// Serve the control socket; READY=1 to systemd once it listens (the
+/// first apply, `revision`, is done by then).
+async fn serve(
+    controller: Arc<Mutex<Controller>>,
+    socket: &Path,
+    policy: Arc<crate::daemon::peer::Policy>,
+    revision: u64,
+) -> anyhow::Result<()> {
+    let listener = bind(socket, policy.group.as_ref())?;
+    log::info!("control socket {}", socket.display());
+    crate::daemon::notify::ready(revision);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                let controller = controller.clone();
+                let policy = policy.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, controller, policy).await {
+                        log::warn!("control connection: {e:#}");
+                    }
+                });
+            }
+            _ = term.recv() => { log::info!("SIGTERM"); return Ok(()); }
+            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT"); return Ok(()); }
+        }
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    controller: Arc<Mutex<Controller>>,
+    policy: Arc<crate::daemon::peer::Policy>,
+) -> anyhow::Result<()> {
+    // Who is asking, from the kernel: decides what it may do (peer.rs).
+    let peer = crate::daemon::peer::Peer::of(&stream).context("reading the peer's credentials")?;
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(64 << 20))
+        .read_line(&mut line)
+        .await?;
+    // Map writes and reads are blocking syscalls (and so is the peer's
+    // user lookup): keep them off the reactor.
+    let response = tokio::task::spawn_blocking(move || {
+        match crate::daemon::peer::admit(&policy, &peer, &line) {
+            Err(e) => Response::Error(e),
+            Ok(request) => dispatch(&controller, request),
+        }
+    })
+    .await?;
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// An apply-like request's error, with the kind its exit code follows:
+/// refused (1), bad input (2) or a failure (4).
+pub(crate) fn refused_or_failed(e: &crate::daemon::controller::ApplyError) -> Response {
+    let kind = if e.is_refusal() {
+        ErrorKind::Refused
+    } else if e.is_bad_input() {
+        ErrorKind::BadInput
+    } else {
+        ErrorKind::Internal
+    };
+    Response::Error(ApiError {
+        kind,
+        message: e.to_string(),
+    })
+}
+
+fn internal(message: String) -> Response {
+    Response::Error(ApiError {
+        kind: ErrorKind::Internal,
+        message,
+    })
+}
+
+fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
+    let mut controller = controller
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match request {
+        Request::Status => match controller.status() {
+            Ok(s) => Response::Status(Box::new(s)),
+            Err(e) => Response::Error(ApiError {
+                kind: ErrorKind::Internal,
+                message: e.to_string(),
+            }),
+        },
+        Request::Repair => match controller.repair() {
+            Ok(repaired) => Response::Repaired(repaired),
+            Err(e) => Response::Error(ApiError {
+                kind: ErrorKind::Internal,
+                message: e.to_string(),
+            }),
+        },
+        Request::History => match controller.revisions().map(|s| s.list()) {
+            Some(Ok(list)) => Response::History(list),
+            Some(Err(e)) => internal(e.to_string()),
+            None => Response::History(Vec::new()),
+        },
+        Request::Show { number } => match controller.revisions().map(|s| s.get(number)) {
+            Some(Ok(Some(rev))) => Response::Revision(Box::new(rev)),
+            Some(Ok(None)) | None => Response::Error(ApiError {
+                kind: ErrorKind::BadInput,
+                message: format!("no revision {number} (see `xlb history`)"),
+            }),
+            Some(Err(e)) => internal(e.to_string()),
+        },
+        Request::Rollback { to, user, message } => {
+            match controller.rollback(to, &crate::daemon::controller::Origin { user, message }) {
+                Ok(revision) => Response::Applied { revision },
+                Err(e) => refused_or_failed(&e),
+            }
+        }
+        Request::Edit(edit) => crate::daemon::edit::respond(&mut controller, edit),
+        Request::Plan { file, text, user } => match controller.plan_audited(&text, &file, &user) {
+            Ok(plan) => Response::Plan(Box::new(plan)),
+            Err(e) => refused_or_failed(&e),
+        },
+        Request::Apply {
+            file,
+            text,
+            user,
+            message,
+            force,
+            expect_revision,
+        } => match controller.apply_checked(
+            &text,
+            &file,
+            &crate::daemon::controller::Origin { user, message },
+            force,
+            expect_revision,
+        ) {
+            Ok(revision) => Response::Applied { revision },
+            Err(e) => {
+                log::warn!("apply of {file} refused: {e}");
+                refused_or_failed(&e)
+            }
+        },
+    }
+}

@@ -1,0 +1,1393 @@
+//! The daemon's revision store: every configuration the daemon applied (or
+//! tried to), numbered and immutable, so `xlb history` can list them and a
+//! rollback can re-apply an old one as a new revision (kubectl rollout undo).
+//!
+//! # On disk
+//!
+//! A store is one directory (the daemon's state directory, e.g.
+//! `/var/lib/xlb/<ifname>/revisions`, mode 0700) holding:
+//!
+//! - `NNNNNNNNNN.json` (the number, zero-padded to 10 digits): one
+//!   [`Revision`] each, pretty JSON, mode 0600 (revisions hold configs).
+//! - `next`: the high-water mark, the decimal number the next revision gets.
+//! - `NNNNNNNNNN.json.corrupt[.K]`: files that failed to parse when the store
+//!   was opened, set aside for a human; never deleted by the store.
+//!
+//! # Crash safety
+//!
+//! Every file is written whole by [`write_atomic`]: into `.<name>.tmp-<pid>`
+//! in the same directory, `write_all`, `fsync` the file, `rename` it over the
+//! final name, `fsync` the directory. `rename` within a directory is atomic,
+//! so the final name always points at either the old complete file or the new
+//! complete (and already fsynced) file: a reader never sees a torn revision.
+//! A crash before the rename leaves only a temp file, which [`Store::open`]
+//! removes (with a warning); the final name is then untouched. A crash after
+//! the rename but before the directory fsync may lose the rename (old state)
+//! or keep it (new state), both complete. Pruning is `unlink` of whole files,
+//! oldest first, so a crash mid-prune only leaves extra old revisions, pruned
+//! at the next [`Store::record`].
+//!
+//! # Numbers are never reused
+//!
+//! [`Store::next_number`] is the maximum of: the `next` file, and 1 + the
+//! highest number found among revision file names and set-aside
+//! `.json.corrupt` names. `record` writes the revision file first, then
+//! `next`, then prunes; pruning never deletes the newest revision. So if a
+//! crash falls between the two writes the highest file name still carries the
+//! mark, and once pruned files are gone the `next` file does. The `next` file
+//! also covers files an operator deleted by hand.
+//!
+//! The store assumes a single writer (the daemon owns its state directory).
+
+use std::collections::BTreeSet;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+use xlb_core::revision::{Kind, Outcome, Revision, SCHEMA_VERSION, config_hash};
+
+const NEXT_FILE: &str = "next";
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// What went wrong, naming the file and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// e.g. "writing /var/lib/xlb/eth0/revisions/0000000007.json: No space
+    /// left on device".
+    #[error("{op} {}: {}", .path.display(), describe_io(.error))]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    #[error("parsing {}: {error}", .path.display())]
+    Parse {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    /// The file is readable but not what its name says, or is in the way.
+    #[error("{}: {reason}", .path.display())]
+    Inconsistent { path: PathBuf, reason: String },
+    #[error("the number of revisions to keep must be at least 1")]
+    InvalidKeep,
+    #[error("cannot record revision {got}: the next revision number is {expected}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("invalid revision {number}: {reason}")]
+    Invalid { number: u64, reason: String },
+    #[error("revision {0} is not in the store")]
+    NotFound(u64),
+    #[error("revision {number} is {from}, which is final; refusing to change it to {to}")]
+    FinalOutcome {
+        number: u64,
+        from: &'static str,
+        to: &'static str,
+    },
+}
+
+/// An OS error's description without Rust's " (os error N)" suffix.
+fn describe_io(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        None => error.to_string(),
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |error| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// The steps of [`write_atomic`], after which a test can simulate a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The temp file exists, empty.
+    TempCreated,
+    /// Half the bytes are in the temp file, not fsynced.
+    HalfWritten,
+    /// All the bytes are written, not fsynced.
+    Written,
+    /// The temp file is fsynced and closed: just before the rename.
+    Synced,
+    /// Renamed over the final name; the directory is not fsynced yet.
+    Renamed,
+}
+
+fn crash_at(crash: Option<Step>, step: Step) {
+    if crash == Some(step) {
+        // Tests catch this unwind and drop the store without running any of
+        // the code after this point, as a crash would.
+        panic!("injected crash after step {step:?}");
+    }
+}
+
+/// Replace `dir/name` with `bytes`, crash-safely (see the module docs). On a
+/// real error before the rename, the temp file is removed; errors name the
+/// final path.
+fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    crash: Option<Step>,
+) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written: Result<(), StoreError> = (|| {
+        // A leftover from an earlier process with our pid.
+        remove_if_exists(&tmp).map_err(io_err("removing", &tmp))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+            .map_err(io_err("writing", &path))?;
+        // Exactly 0600 whatever the umask.
+        file.set_permissions(Permissions::from_mode(FILE_MODE))
+            .map_err(io_err("writing", &path))?;
+        crash_at(crash, Step::TempCreated);
+        if crash == Some(Step::HalfWritten) {
+            file.write_all(&bytes[..bytes.len() / 2])
+                .map_err(io_err("writing", &path))?;
+            crash_at(crash, Step::HalfWritten);
+        }
+        file.write_all(bytes).map_err(io_err("writing", &path))?;
+        crash_at(crash, Step::Written);
+        file.sync_all().map_err(io_err("syncing", &path))?;
+        drop(file);
+        crash_at(crash, Step::Synced);
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(error) = fs::rename(&tmp, &path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(StoreError::Io {
+            op: "renaming a temporary file to",
+            path,
+            error,
+        });
+    }
+    crash_at(crash, Step::Renamed);
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+fn file_name(number: u64) -> String {
+    format!("{number:010}.json")
+}
+
+/// The number of a revision file name (`0000000007.json`); `None` for
+/// anything else, including non-canonical spellings.
+fn parse_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".json")?;
+    if stem.len() < 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number: u64 = stem.parse().ok()?;
+    (format!("{number:010}") == stem).then_some(number)
+}
+
+/// The number of a set-aside file (`0000000007.json.corrupt[.K]`).
+fn parse_corrupt_name(name: &str) -> Option<u64> {
+    let i = name.find(".json.corrupt")?;
+    parse_file_name(&name[..i + ".json".len()])
+}
+
+/// `.<name>.tmp-<pid>`, as written by [`write_atomic`].
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn to_bytes(rev: &Revision) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = serde_json::to_vec_pretty(rev).map_err(|e| StoreError::Invalid {
+        number: rev.number,
+        reason: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Read and parse a revision file; `Ok(None)` if it does not exist. A
+/// parse error is [`StoreError::Parse`]; I/O errors are [`StoreError::Io`].
+fn read_revision(path: &Path) -> Result<Option<Revision>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(StoreError::Io {
+                op: "reading",
+                path: path.to_path_buf(),
+                error,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| StoreError::Parse {
+            path: path.to_path_buf(),
+            error,
+        })
+}
+
+fn check_finite(number: u64, what: &str, value: f64) -> Result<(), StoreError> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        // serde_json would write it as null and fail to read it back.
+        Err(StoreError::Invalid {
+            number,
+            reason: format!("{what} is {value}"),
+        })
+    }
+}
+
+fn check_outcome(number: u64, outcome: &Outcome) -> Result<(), StoreError> {
+    if let Outcome::RolledBack {
+        at_unix_seconds,
+        by,
+        ..
+    } = outcome
+    {
+        check_finite(number, "rolled_back.at_unix_seconds", *at_unix_seconds)?;
+        if *by <= number {
+            return Err(StoreError::Invalid {
+                number,
+                reason: format!("rolled back by revision {by}, which is not newer"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_revision(rev: &Revision) -> Result<(), StoreError> {
+    let invalid = |reason: String| StoreError::Invalid {
+        number: rev.number,
+        reason,
+    };
+    if rev.schema_version != SCHEMA_VERSION {
+        return Err(invalid(format!(
+            "schema_version is {}, this store writes {SCHEMA_VERSION}",
+            rev.schema_version
+        )));
+    }
+    let hash = config_hash(&rev.config_text);
+    if rev.config_hash != hash {
+        return Err(invalid(format!(
+            "config_hash is {:?} but the config text hashes to {hash}",
+            rev.config_hash
+        )));
+    }
+    check_finite(
+        rev.number,
+        "created_at_unix_seconds",
+        rev.created_at_unix_seconds,
+    )?;
+    if let Kind::Rollback { to } | Kind::AutomaticRollback { to, .. } = rev.kind
+        && to >= rev.number
+    {
+        return Err(invalid(format!(
+            "a rollback to revision {to}, which is not older"
+        )));
+    }
+    check_outcome(rev.number, &rev.outcome)
+}
+
+/// Create `dir` (and missing parents) mode 0700, or check the existing one.
+fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                warn!(
+                    "revision store {} is mode {mode:o}; it holds configs and should be 700",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => Err(StoreError::Io {
+            op: "opening",
+            path: dir.to_path_buf(),
+            error: io::Error::from_raw_os_error(libc::ENOTDIR),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(dir)
+                .map_err(io_err("creating directory", dir))?;
+            fs::set_permissions(dir, Permissions::from_mode(DIR_MODE))
+                .map_err(io_err("creating directory", dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        }
+        Err(error) => Err(StoreError::Io {
+            op: "opening",
+            path: dir.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+/// Rename `path` to `path.corrupt` (or `.corrupt.K` if taken).
+fn set_aside(path: &Path, why: &str) -> Result<(), StoreError> {
+    let base = path.as_os_str().to_owned();
+    let mut k = 0;
+    let dest = loop {
+        let mut dest = base.clone();
+        dest.push(".corrupt");
+        if k > 0 {
+            dest.push(format!(".{k}"));
+        }
+        let dest = PathBuf::from(dest);
+        if !exists(&dest) {
+            break dest;
+        }
+        k += 1;
+    };
+    warn!(
+        "setting aside {} as {}: {why}",
+        path.display(),
+        dest.display()
+    );
+    fs::rename(path, &dest).map_err(io_err("setting aside", path))
+}
+
+/// The revision store. See the module docs.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    keep: usize,
+    /// The revision files present.
+    numbers: BTreeSet<u64>,
+    next: u64,
+    /// Tests: crash at this step of the n-th `write_atomic` (counting from 0).
+    #[cfg(test)]
+    crash: Option<(usize, Step)>,
+    #[cfg(test)]
+    writes: usize,
+}
+
+impl Store {
+    /// Open (creating it mode 0700 if missing) the store in `dir`, keeping
+    /// the newest `keep` revisions (plus the live one, see [`Store::record`]).
+    ///
+    /// Stray temp files from interrupted writes are removed; revision files
+    /// that fail to parse, or hold another number than their name, are
+    /// renamed to `<name>.corrupt` (never deleted); both with a warning.
+    /// Existing files beyond `keep` are pruned at the next `record`, not here.
+    pub fn open(dir: &Path, keep: usize) -> Result<Store, StoreError> {
+        if keep == 0 {
+            return Err(StoreError::InvalidKeep);
+        }
+        ensure_dir(dir)?;
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+            names.push(entry.map_err(io_err("listing", dir))?.file_name());
+        }
+        names.sort();
+
+        let mut numbers = BTreeSet::new();
+        let mut highest = 0;
+        let mut next_file = None;
+        let mut changed = false;
+        for name in names {
+            let path = dir.join(&name);
+            let Some(name) = name.to_str() else {
+                debug!("ignoring {} in the revision store", path.display());
+                continue;
+            };
+            if is_temp_name(name) {
+                warn!("removing {}, left by an interrupted write", path.display());
+                remove_if_exists(&path).map_err(io_err("removing", &path))?;
+                changed = true;
+            } else if let Some(number) = parse_file_name(name) {
+                highest = highest.max(number);
+                match read_revision(&path) {
+                    Ok(Some(rev)) if rev.number == number => {
+                        if rev.schema_version > SCHEMA_VERSION {
+                            warn!(
+                                "{} has schema_version {}, newer than this daemon's {SCHEMA_VERSION}",
+                                path.display(),
+                                rev.schema_version
+                            );
+                        }
+                        numbers.insert(number);
+                    }
+                    Ok(Some(rev)) => {
+                        set_aside(&path, &format!("it holds revision {}", rev.number))?;
+                        changed = true;
+                    }
+                    Ok(None) => {}
+                    Err(e @ StoreError::Parse { .. }) => {
+                        set_aside(&path, &e.to_string())?;
+                        changed = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if let Some(number) = parse_corrupt_name(name) {
+                highest = highest.max(number);
+            } else if name == NEXT_FILE {
+                let text = fs::read(&path).map_err(io_err("reading", &path))?;
+                match std::str::from_utf8(&text)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                {
+                    Some(n) => next_file = Some(n),
+                    None => {
+                        set_aside(&path, "not a number")?;
+                        changed = true;
+                    }
+                }
+            } else {
+                debug!("ignoring {} in the revision store", path.display());
+            }
+        }
+        if changed {
+            sync_dir(dir)?;
+        }
+        let next = next_file.unwrap_or(1).max(highest.saturating_add(1)).max(1);
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            keep,
+            numbers,
+            next,
+            #[cfg(test)]
+            crash: None,
+            #[cfg(test)]
+            writes: 0,
+        })
+    }
+
+    /// The directory of the store.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The number the next recorded revision must have: 1 + the highest
+    /// ever recorded, even if since pruned.
+    pub fn next_number(&self) -> u64 {
+        self.next
+    }
+
+    #[cfg(test)]
+    fn crash_for_next_write(&mut self) -> Option<Step> {
+        let n = self.writes;
+        self.writes += 1;
+        self.crash.filter(|(at, _)| *at == n).map(|(_, step)| step)
+    }
+
+    #[cfg(not(test))]
+    fn crash_for_next_write(&mut self) -> Option<Step> {
+        None
+    }
+
+    fn path(&self, number: u64) -> PathBuf {
+        self.dir.join(file_name(number))
+    }
+
+    /// Record a new revision, numbered [`Store::next_number`], crash-safely;
+    /// then prune the oldest revisions beyond `keep`, except the live one
+    /// (the newest applied/baking/baked, which the daemon restores on start).
+    ///
+    /// Returns an error only if the revision is not recorded, or if only the
+    /// final directory fsync failed (then it is visible, its number is used,
+    /// but it may not survive a power loss). Failures to update `next` or to
+    /// prune are logged: the revision is recorded, and the high-water mark is
+    /// still carried by its file name.
+    pub fn record(&mut self, rev: &Revision) -> Result<(), StoreError> {
+        if rev.number != self.next {
+            return Err(StoreError::OutOfOrder {
+                expected: self.next,
+                got: rev.number,
+            });
+        }
+        check_revision(rev)?;
+        let number = rev.number;
+        let after = number.checked_add(1).ok_or_else(|| StoreError::Invalid {
+            number,
+            reason: "revision numbers are exhausted".to_string(),
+        })?;
+        let path = self.path(number);
+        if exists(&path) {
+            return Err(StoreError::Inconsistent {
+                path,
+                reason: "already exists, and revisions are immutable".to_string(),
+            });
+        }
+        let bytes = to_bytes(rev)?;
+        let crash = self.crash_for_next_write();
+        let written = write_atomic(&self.dir, &file_name(number), &bytes, crash);
+        // If the rename happened, the number is taken, whatever went wrong.
+        if written.is_ok() || exists(&path) {
+            self.numbers.insert(number);
+            self.next = after;
+        }
+        written?;
+
+        let crash = self.crash_for_next_write();
+        let next = format!("{}\n", self.next);
+        if let Err(e) = write_atomic(&self.dir, NEXT_FILE, next.as_bytes(), crash) {
+            warn!("revision {number} is recorded, but the high-water mark is not: {e}");
+        }
+        self.prune();
+        Ok(())
+    }
+
+    fn prune(&mut self) {
+        if self.numbers.len() <= self.keep {
+            return;
+        }
+        let live = match self.latest_applied() {
+            Ok(rev) => rev.map(|r| r.number),
+            Err(e) => {
+                warn!("not pruning revisions: {e}");
+                return;
+            }
+        };
+        let window: BTreeSet<u64> = self.numbers.iter().rev().take(self.keep).copied().collect();
+        let victims: Vec<u64> = self
+            .numbers
+            .iter()
+            .copied()
+            .filter(|n| !window.contains(n) && Some(*n) != live)
+            .collect();
+        for number in victims {
+            let path = self.path(number);
+            match remove_if_exists(&path) {
+                Ok(()) => {
+                    debug!("pruned revision {number}");
+                    self.numbers.remove(&number);
+                }
+                Err(error) => {
+                    let e = StoreError::Io {
+                        op: "removing",
+                        path,
+                        error,
+                    };
+                    warn!("pruning revisions: {e}");
+                }
+            }
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            warn!("pruning revisions: {e}");
+        }
+    }
+
+    /// Change the outcome of a recorded revision (baking -> baked, or ->
+    /// rolled_back), rewriting its file whole, crash-safely. Failed and
+    /// rolled-back outcomes are final; setting the current outcome again is a
+    /// no-op.
+    pub fn update_outcome(&mut self, number: u64, outcome: Outcome) -> Result<(), StoreError> {
+        let mut rev = self.get(number)?.ok_or(StoreError::NotFound(number))?;
+        if rev.outcome == outcome {
+            return Ok(());
+        }
+        if rev.outcome.is_final() {
+            return Err(StoreError::FinalOutcome {
+                number,
+                from: rev.outcome.name(),
+                to: outcome.name(),
+            });
+        }
+        check_outcome(number, &outcome)?;
+        rev.outcome = outcome;
+        let bytes = to_bytes(&rev)?;
+        let crash = self.crash_for_next_write();
+        write_atomic(&self.dir, &file_name(number), &bytes, crash)
+    }
+
+    /// The revision numbered `number`, if the store holds it.
+    pub fn get(&self, number: u64) -> Result<Option<Revision>, StoreError> {
+        if !self.numbers.contains(&number) {
+            return Ok(None);
+        }
+        let path = self.path(number);
+        match read_revision(&path)? {
+            Some(rev) if rev.number != number => Err(StoreError::Inconsistent {
+                path,
+                reason: format!("holds revision {}", rev.number),
+            }),
+            rev => Ok(rev),
+        }
+    }
+
+    /// All the revisions held, oldest first.
+    pub fn list(&self) -> Result<Vec<Revision>, StoreError> {
+        let mut revs = Vec::with_capacity(self.numbers.len());
+        for &number in &self.numbers {
+            revs.extend(self.get(number)?);
+        }
+        Ok(revs)
+    }
+
+    /// The newest revision, whatever its outcome.
+    pub fn latest(&self) -> Result<Option<Revision>, StoreError> {
+        for &number in self.numbers.iter().rev() {
+            if let Some(rev) = self.get(number)? {
+                return Ok(Some(rev));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The newest revision whose outcome is applied, baking or baked: what
+    /// the daemon should restore on start.
+    pub fn latest_applied(&self) -> Result<Option<Revision>, StoreError> {
+        for &number in self.numbers.iter().rev() {
+            if let Some(rev) = self.get(number)?
+                && rev.outcome.is_live()
+            {
+                return Ok(Some(rev));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(label: &str) -> TempDir {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "xlb-revisions-{}-{}-{label}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            TempDir(path)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rev(number: u64, config_text: &str) -> Revision {
+        Revision {
+            schema_version: SCHEMA_VERSION,
+            number,
+            created_at_unix_seconds: 1_700_000_000.0 + number as f64,
+            user: "alice".to_string(),
+            message: Some(format!("change {number}")),
+            config_file: "/etc/xlb/xlb.toml".to_string(),
+            config_text: config_text.to_string(),
+            config_hash: config_hash(config_text),
+            kind: Kind::Apply,
+            plan: Some(serde_json::json!({ "schema_version": 1, "changes": [] })),
+            outcome: Outcome::Applied,
+        }
+    }
+
+    fn config(number: u64) -> String {
+        format!("# revision {number}\nhash_seed = {number}\n")
+    }
+
+    fn record_n(store: &mut Store, count: u64) {
+        for _ in 0..count {
+            let n = store.next_number();
+            store.record(&rev(n, &config(n))).unwrap();
+        }
+    }
+
+    fn numbers(store: &Store) -> Vec<u64> {
+        store.list().unwrap().iter().map(|r| r.number).collect()
+    }
+
+    fn dir_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn temp_files(dir: &Path) -> Vec<String> {
+        dir_names(dir)
+            .into_iter()
+            .filter(|n| is_temp_name(n))
+            .collect()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn record_list_get_latest() {
+        let tmp = TempDir::new("basic");
+        let mut store = Store::open(tmp.path(), 10).unwrap();
+        assert_eq!(store.next_number(), 1);
+        assert_eq!(store.latest().unwrap(), None);
+        assert_eq!(store.latest_applied().unwrap(), None);
+        assert!(store.list().unwrap().is_empty());
+
+        let r1 = rev(1, &config(1));
+        store.record(&r1).unwrap();
+        let mut r2 = rev(2, &config(2));
+        r2.kind = Kind::Rollback { to: 1 };
+        r2.message = None;
+        r2.plan = None;
+        store.record(&r2).unwrap();
+        let mut r3 = rev(3, "bad");
+        r3.outcome = Outcome::Failed {
+            error: "vip 10.0.0.1:80: no backends".to_string(),
+        };
+        store.record(&r3).unwrap();
+
+        assert_eq!(store.next_number(), 4);
+        assert_eq!(store.get(1).unwrap(), Some(r1.clone()));
+        assert_eq!(store.get(2).unwrap(), Some(r2.clone()));
+        assert_eq!(store.get(4).unwrap(), None);
+        assert_eq!(store.list().unwrap(), vec![r1, r2.clone(), r3.clone()]);
+        assert_eq!(store.latest().unwrap(), Some(r3.clone()));
+        assert_eq!(store.latest_applied().unwrap(), Some(r2.clone()));
+
+        // The same after reopening.
+        drop(store);
+        let store = Store::open(tmp.path(), 10).unwrap();
+        assert_eq!(store.next_number(), 4);
+        assert_eq!(store.latest().unwrap(), Some(r3));
+        assert_eq!(store.latest_applied().unwrap(), Some(r2));
+        assert_eq!(
+            dir_names(tmp.path()),
+            [
+                "0000000001.json",
+                "0000000002.json",
+                "0000000003.json",
+                "next"
+            ]
+        );
+        assert_eq!(fs::read_to_string(tmp.path().join("next")).unwrap(), "4\n");
+    }
+
+    #[test]
+    fn json_shape_is_the_documented_one() {
+        let mut r = rev(7, "x = 1\n");
+        r.kind = Kind::AutomaticRollback {
+            to: 5,
+            reason: "skew".to_string(),
+        };
+        r.outcome = Outcome::RolledBack {
+            at_unix_seconds: 1.5,
+            by: 9,
+            reason: "operator".to_string(),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(
+            v["kind"],
+            serde_json::json!({"type": "automatic_rollback", "to": 5, "reason": "skew"})
+        );
+        assert_eq!(
+            v["outcome"],
+            serde_json::json!({"type": "rolled_back", "at_unix_seconds": 1.5, "by": 9, "reason": "operator"})
+        );
+        assert_eq!(
+            serde_json::to_value(Outcome::Baking).unwrap(),
+            serde_json::json!({"type": "baking"})
+        );
+        assert_eq!(v["config_hash"].as_str().unwrap().len(), 16);
+        let back: Revision = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn record_refuses_out_of_order_and_invalid_revisions() {
+        let tmp = TempDir::new("invalid");
+        let mut store = Store::open(tmp.path(), 3).unwrap();
+        let e = store.record(&rev(2, "a")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::OutOfOrder {
+                    expected: 1,
+                    got: 2
+                }
+            ),
+            "{e}"
+        );
+
+        let mut bad_hash = rev(1, "a");
+        bad_hash.config_hash = config_hash("b");
+        let mut nan = rev(1, "a");
+        nan.created_at_unix_seconds = f64::NAN;
+        let mut rollback_forward = rev(1, "a");
+        rollback_forward.kind = Kind::Rollback { to: 1 };
+        let mut schema = rev(1, "a");
+        schema.schema_version = 2;
+        let mut rolled_back_by_older = rev(1, "a");
+        rolled_back_by_older.outcome = Outcome::RolledBack {
+            at_unix_seconds: 1.0,
+            by: 1,
+            reason: String::new(),
+        };
+        for r in [
+            bad_hash,
+            nan,
+            rollback_forward,
+            schema,
+            rolled_back_by_older,
+        ] {
+            let e = store.record(&r).unwrap_err();
+            assert!(matches!(e, StoreError::Invalid { number: 1, .. }), "{e}");
+        }
+        assert_eq!(store.next_number(), 1);
+        assert!(store.list().unwrap().is_empty());
+
+        // A file in the way (not ours) is not overwritten.
+        let mut store = Store::open(tmp.path(), 3).unwrap();
+        fs::write(tmp.path().join("0000000001.json"), "someone else's").unwrap();
+        let e = store.record(&rev(1, "a")).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("0000000001.json")).unwrap(),
+            "someone else's"
+        );
+
+        assert!(matches!(
+            Store::open(tmp.path(), 0).unwrap_err(),
+            StoreError::InvalidKeep
+        ));
+
+        // A `next` at the very end of the numbers refuses, never wraps.
+        fs::write(tmp.path().join(NEXT_FILE), format!("{}\n", u64::MAX)).unwrap();
+        let mut store = Store::open(tmp.path(), 3).unwrap();
+        assert_eq!(store.next_number(), u64::MAX);
+        let e = store.record(&rev(u64::MAX, "a")).unwrap_err();
+        assert!(e.to_string().contains("exhausted"), "{e}");
+    }
+
+    #[test]
+    fn keep_prunes_oldest_and_numbers_are_never_reused() {
+        let tmp = TempDir::new("prune");
+        let mut store = Store::open(tmp.path(), 3).unwrap();
+        record_n(&mut store, 7);
+        assert_eq!(numbers(&store), [5, 6, 7]);
+        assert_eq!(store.next_number(), 8);
+        assert_eq!(store.get(1).unwrap(), None);
+
+        // After reopening, with the pruned numbers gone from disk.
+        drop(store);
+        let mut store = Store::open(tmp.path(), 3).unwrap();
+        assert_eq!(store.next_number(), 8);
+        record_n(&mut store, 1);
+        assert_eq!(numbers(&store), [6, 7, 8]);
+
+        // Even if every revision file is deleted by hand, `next` holds the
+        // mark.
+        drop(store);
+        for n in 6..=8 {
+            fs::remove_file(tmp.path().join(file_name(n))).unwrap();
+        }
+        let mut store = Store::open(tmp.path(), 3).unwrap();
+        assert_eq!(store.next_number(), 9);
+        assert!(store.list().unwrap().is_empty());
+        record_n(&mut store, 1);
+        assert_eq!(numbers(&store), [9]);
+
+        // And if `next` is lost, the highest file name carries it.
+        drop(store);
+        fs::remove_file(tmp.path().join(NEXT_FILE)).unwrap();
+        let store = Store::open(tmp.path(), 3).unwrap();
+        assert_eq!(store.next_number(), 10);
+
+        // A smaller keep prunes at the next record, oldest first.
+        drop(store);
+        let mut store = Store::open(tmp.path(), 1).unwrap();
+        record_n(&mut store, 3);
+        assert_eq!(numbers(&store), [12]);
+        let mut store = Store::open(tmp.path(), 2).unwrap();
+        record_n(&mut store, 1);
+        assert_eq!(numbers(&store), [12, 13]);
+    }
+
+    #[test]
+    fn pruning_keeps_the_live_revision() {
+        let tmp = TempDir::new("live");
+        let mut store = Store::open(tmp.path(), 2).unwrap();
+        record_n(&mut store, 1);
+        for n in 2..=4 {
+            let mut r = rev(n, "broken");
+            r.outcome = Outcome::Failed {
+                error: "invalid".to_string(),
+            };
+            store.record(&r).unwrap();
+        }
+        // 1 is what the daemon restores on start: it stays beyond `keep`.
+        assert_eq!(numbers(&store), [1, 3, 4]);
+        assert_eq!(store.latest_applied().unwrap().unwrap().number, 1);
+        record_n(&mut store, 1);
+        assert_eq!(numbers(&store), [4, 5]);
+    }
+
+    #[test]
+    fn update_outcome_persists_and_final_outcomes_stay() {
+        let tmp = TempDir::new("outcome");
+        let mut store = Store::open(tmp.path(), 5).unwrap();
+        let mut r1 = rev(1, &config(1));
+        r1.outcome = Outcome::Baking;
+        store.record(&r1).unwrap();
+        store.update_outcome(1, Outcome::Baked).unwrap();
+        assert_eq!(store.get(1).unwrap().unwrap().outcome, Outcome::Baked);
+        record_n(&mut store, 1);
+        let rolled_back = Outcome::RolledBack {
+            at_unix_seconds: 1_700_000_100.0,
+            by: 3,
+            reason: "operator rollback".to_string(),
+        };
+        store.update_outcome(2, rolled_back.clone()).unwrap();
+
+        drop(store);
+        let mut store = Store::open(tmp.path(), 5).unwrap();
+        let mut expected = r1.clone();
+        expected.outcome = Outcome::Baked;
+        assert_eq!(store.get(1).unwrap(), Some(expected));
+        assert_eq!(store.get(2).unwrap().unwrap().outcome, rolled_back);
+        assert_eq!(store.latest_applied().unwrap().unwrap().number, 1);
+
+        // Same outcome again: a no-op; changing a final one: refused.
+        store.update_outcome(2, rolled_back.clone()).unwrap();
+        let e = store.update_outcome(2, Outcome::Applied).unwrap_err();
+        assert!(
+            matches!(e, StoreError::FinalOutcome { number: 2, .. }),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "revision 2 is rolled_back, which is final; refusing to change it to applied"
+        );
+        assert!(matches!(
+            store.update_outcome(9, Outcome::Baked).unwrap_err(),
+            StoreError::NotFound(9)
+        ));
+        let e = store
+            .update_outcome(
+                1,
+                Outcome::RolledBack {
+                    at_unix_seconds: 0.0,
+                    by: 1,
+                    reason: String::new(),
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Invalid { number: 1, .. }), "{e}");
+        assert_eq!(store.get(1).unwrap().unwrap().outcome, Outcome::Baked);
+    }
+
+    #[test]
+    fn corrupt_files_are_set_aside_not_deleted() {
+        let tmp = TempDir::new("corrupt");
+        let dir = tmp.path();
+        let mut store = Store::open(dir, 10).unwrap();
+        record_n(&mut store, 5);
+        drop(store);
+
+        let full = fs::read(dir.join(file_name(2))).unwrap();
+        fs::write(dir.join(file_name(2)), &full[..full.len() / 2]).unwrap(); // truncated
+        fs::write(dir.join(file_name(3)), "").unwrap(); // empty
+        fs::copy(dir.join(file_name(1)), dir.join(file_name(4))).unwrap(); // wrong number
+        fs::write(dir.join(file_name(5)), b"\xff\xfe garbage").unwrap(); // the newest
+        fs::write(dir.join(format!("{}.corrupt", file_name(3))), "earlier").unwrap();
+        fs::write(dir.join("notes.txt"), "operator's").unwrap();
+
+        let store = Store::open(dir, 10).unwrap();
+        assert_eq!(numbers(&store), [1]);
+        // 5 was set aside, but its number stays used.
+        assert_eq!(store.next_number(), 6);
+        assert_eq!(
+            dir_names(dir),
+            [
+                "0000000001.json",
+                "0000000002.json.corrupt",
+                "0000000003.json.corrupt",
+                "0000000003.json.corrupt.1",
+                "0000000004.json.corrupt",
+                "0000000005.json.corrupt",
+                "next",
+                "notes.txt",
+            ]
+        );
+        assert_eq!(
+            fs::read(dir.join("0000000002.json.corrupt")).unwrap(),
+            &full[..full.len() / 2]
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("0000000003.json.corrupt")).unwrap(),
+            "earlier"
+        );
+        assert_eq!(
+            fs::read(dir.join("0000000005.json.corrupt")).unwrap(),
+            b"\xff\xfe garbage"
+        );
+
+        // Even without `next`, a set-aside number is not reused.
+        drop(store);
+        fs::remove_file(dir.join(NEXT_FILE)).unwrap();
+        let mut store = Store::open(dir, 10).unwrap();
+        assert_eq!(store.next_number(), 6);
+
+        // A corrupt `next` is set aside too; the file names still carry the mark.
+        record_n(&mut store, 1);
+        drop(store);
+        fs::write(dir.join(NEXT_FILE), "seven").unwrap();
+        let store = Store::open(dir, 10).unwrap();
+        assert_eq!(store.next_number(), 7);
+        assert_eq!(
+            fs::read_to_string(dir.join("next.corrupt")).unwrap(),
+            "seven"
+        );
+    }
+
+    #[test]
+    fn stray_temp_files_are_removed() {
+        let tmp = TempDir::new("temps");
+        let dir = tmp.path();
+        let mut store = Store::open(dir, 10).unwrap();
+        record_n(&mut store, 2);
+        drop(store);
+        fs::write(dir.join(".0000000003.json.tmp-4242"), "{ \"schema_ver").unwrap();
+        fs::write(dir.join(".0000000002.json.tmp-17"), "{}").unwrap();
+        fs::write(dir.join(".next.tmp-99"), "1").unwrap();
+        fs::write(dir.join(".hidden"), "not ours").unwrap();
+
+        let mut store = Store::open(dir, 10).unwrap();
+        assert!(temp_files(dir).is_empty(), "{:?}", dir_names(dir));
+        assert!(dir.join(".hidden").exists());
+        assert_eq!(numbers(&store), [1, 2]);
+        assert_eq!(store.next_number(), 3);
+        record_n(&mut store, 1);
+        assert_eq!(numbers(&store), [1, 2, 3]);
+        assert!(temp_files(dir).is_empty());
+    }
+
+    /// The state a crash left must open as exactly the old or the new state,
+    /// with no temp file and nothing set aside.
+    fn open_after_crash(dir: &Path, keep: usize) -> Store {
+        let store = Store::open(dir, keep).unwrap();
+        let names = dir_names(dir);
+        assert!(temp_files(dir).is_empty(), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+        store
+    }
+
+    #[test]
+    fn crash_at_each_step_leaves_old_or_new_state() {
+        const STEPS: [Step; 5] = [
+            Step::TempCreated,
+            Step::HalfWritten,
+            Step::Written,
+            Step::Synced,
+            Step::Renamed,
+        ];
+        // A config big enough that half of it is not valid JSON by luck.
+        let big = config(5).repeat(200);
+
+        // record: write 0 is the revision file, write 1 is `next`.
+        for write in [0, 1] {
+            for step in STEPS {
+                let tmp = TempDir::new("crash-record");
+                let dir = tmp.path();
+                let mut store = Store::open(dir, 3).unwrap();
+                record_n(&mut store, 4);
+                let old = store.list().unwrap();
+                assert_eq!(numbers(&store), [2, 3, 4]);
+
+                let new = rev(5, &big);
+                store.crash = Some((store.writes + write, step));
+                let crashed = catch_unwind(AssertUnwindSafe(|| store.record(&new)));
+                assert!(crashed.is_err(), "no crash at write {write} {step:?}");
+                drop(store);
+                if step != Step::Renamed {
+                    assert_eq!(temp_files(dir).len(), 1, "{write} {step:?}");
+                }
+
+                let mut store = open_after_crash(dir, 3);
+                let what = format!("crash at write {write} after {step:?}");
+                if write == 0 && step != Step::Renamed {
+                    assert_eq!(store.list().unwrap(), old, "{what}");
+                    assert_eq!(store.next_number(), 5, "{what}");
+                } else {
+                    // New state; the crash came before pruning.
+                    let mut expected = old.clone();
+                    expected.push(new.clone());
+                    assert_eq!(store.list().unwrap(), expected, "{what}");
+                    assert_eq!(store.next_number(), 6, "{what}");
+                }
+                // The store carries on, and prunes what the crash left.
+                let n = store.next_number();
+                store.record(&rev(n, &config(n))).unwrap();
+                assert_eq!(numbers(&store), [n - 2, n - 1, n], "{what}");
+                assert_eq!(store.next_number(), n + 1);
+            }
+        }
+
+        // update_outcome: one write, the revision file.
+        for step in STEPS {
+            let tmp = TempDir::new("crash-outcome");
+            let dir = tmp.path();
+            let mut store = Store::open(dir, 3).unwrap();
+            let mut baking = rev(1, &big);
+            baking.outcome = Outcome::Baking;
+            store.record(&baking).unwrap();
+
+            store.crash = Some((store.writes, step));
+            let crashed =
+                catch_unwind(AssertUnwindSafe(|| store.update_outcome(1, Outcome::Baked)));
+            assert!(crashed.is_err());
+            drop(store);
+
+            let store = open_after_crash(dir, 3);
+            let expected = if step == Step::Renamed {
+                Outcome::Baked
+            } else {
+                Outcome::Baking
+            };
+            let got = store.get(1).unwrap().unwrap();
+            assert_eq!(got.outcome, expected, "crash after {step:?}");
+            assert_eq!(got.config_text, big);
+            assert_eq!(store.next_number(), 2);
+        }
+    }
+
+    const KILL_ENV: &str = "XLB_REVISIONS_TEST_KILL_DIR";
+    const KILL_KEEP: usize = 4;
+
+    /// In the child: record (baking) and bake revisions until killed.
+    fn write_until_killed(dir: &Path) -> ! {
+        let mut store = Store::open(dir, KILL_KEEP).unwrap();
+        let started = Instant::now();
+        // Big enough that some kills land mid-write.
+        let padding = "# padding\n".repeat(6000);
+        // A safety net in case the parent dies without killing us.
+        while started.elapsed() < Duration::from_secs(20) {
+            let n = store.next_number();
+            let mut r = rev(n, &format!("{}{padding}", config(n)));
+            r.outcome = Outcome::Baking;
+            store.record(&r).unwrap();
+            store.update_outcome(n, Outcome::Baked).unwrap();
+        }
+        std::process::exit(0);
+    }
+
+    fn highest_file_number(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| parse_file_name(e.ok()?.file_name().to_str()?))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn sigkill_mid_write_leaves_a_consistent_store() {
+        if let Some(dir) = std::env::var_os(KILL_ENV) {
+            write_until_killed(Path::new(&dir));
+        }
+        let tmp = TempDir::new("sigkill");
+        let dir = tmp.path().join("revisions");
+        let module = module_path!();
+        let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+        let test_name = format!("{module}::sigkill_mid_write_leaves_a_consistent_store");
+        let mut last = 0;
+        // Kills at different times; each child reopens what the previous one
+        // left.
+        for delay_ms in [200, 70, 130, 40, 170] {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", &test_name, "--nocapture", "--test-threads=1"])
+                .env(KILL_ENV, &dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut child = ChildGuard(child);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while highest_file_number(&dir) <= last {
+                assert!(
+                    child.0.try_wait().unwrap().is_none(),
+                    "the writer exited early"
+                );
+                assert!(Instant::now() < deadline, "the writer never wrote");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+            let status = child.0.wait().unwrap();
+            assert!(!status.success(), "{status:?}");
+
+            let store = Store::open(&dir, KILL_KEEP).unwrap();
+            let names = dir_names(&dir);
+            assert!(temp_files(&dir).is_empty(), "{names:?}");
+            assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+            let revs = store.list().unwrap(); // every file parses
+            let nums: Vec<u64> = revs.iter().map(|r| r.number).collect();
+            let newest = *nums.last().unwrap();
+            assert!(newest > last, "{nums:?} after {last}");
+            // Contiguous up to pruning: at most one extra (a kill between
+            // recording and pruning).
+            assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+            assert!(nums.len() <= KILL_KEEP + 1, "{nums:?}");
+            assert_eq!(store.next_number(), newest + 1);
+            for r in &revs {
+                assert!(r.config_text.starts_with(&config(r.number)));
+                assert_eq!(r.config_hash, config_hash(&r.config_text));
+                assert!(matches!(r.outcome, Outcome::Baking | Outcome::Baked));
+            }
+            last = newest;
+        }
+    }
+
+    /// Kills the child if an assertion fails before the test does.
+    struct ChildGuard(std::process::Child);
+
+    impl Drop for ChildGuard {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn permissions_are_private() {
+        let tmp = TempDir::new("perms");
+        let dir = tmp.path().join("xlb/eth0/revisions");
+        let mut store = Store::open(&dir, 3).unwrap();
+        for d in [tmp.path(), &tmp.path().join("xlb/eth0"), &dir] {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+        let mut r = rev(1, "secret = true\n");
+        r.outcome = Outcome::Baking;
+        store.record(&r).unwrap();
+        store.update_outcome(1, Outcome::Baked).unwrap();
+        assert_eq!(mode(&dir.join(file_name(1))), 0o600);
+        assert_eq!(mode(&dir.join(NEXT_FILE)), 0o600);
+        // An existing directory is left as it is.
+        fs::set_permissions(&dir, Permissions::from_mode(0o750)).unwrap();
+        Store::open(&dir, 3).unwrap();
+        assert_eq!(mode(&dir), 0o750);
+    }
+
+    #[test]
+    fn errors_name_the_operation_and_the_path() {
+        let e = StoreError::Io {
+            op: "writing",
+            path: PathBuf::from("/var/lib/xlb/eth0/revisions/0000000007.json"),
+            error: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(
+            e.to_string(),
+            "writing /var/lib/xlb/eth0/revisions/0000000007.json: No space left on device"
+        );
+
+        let tmp = TempDir::new("errors");
+        fs::create_dir_all(tmp.path()).unwrap();
+        let file = tmp.path().join("a-file");
+        fs::write(&file, "").unwrap();
+        let e = Store::open(&file, 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("opening {}: Not a directory", file.display())
+        );
+        let e = Store::open(&file.join("revisions"), 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "opening {}: Not a directory",
+                file.join("revisions").display()
+            )
+        );
+
+        // The directory vanishes under the store.
+        let dir = tmp.path().join("revisions");
+        let mut store = Store::open(&dir, 3).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        let e = store.record(&rev(1, "a")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "writing {}: No such file or directory",
+                dir.join("0000000001.json").display()
+            )
+        );
+        assert_eq!(store.next_number(), 1);
+
+        // A revision file that went bad after open.
+        let mut store = Store::open(&dir, 3).unwrap();
+        record_n(&mut store, 1);
+        fs::write(dir.join(file_name(1)), "{").unwrap();
+        let e = store.get(1).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("parsing {}: ", dir.join(file_name(1)).display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(file_name(7), "0000000007.json");
+        assert_eq!(parse_file_name("0000000007.json"), Some(7));
+        assert_eq!(parse_file_name("12345678901.json"), Some(12_345_678_901));
+        assert_eq!(parse_file_name("7.json"), None);
+        assert_eq!(parse_file_name("00000000007.json"), None);
+        assert_eq!(parse_file_name("000000000x.json"), None);
+        assert_eq!(parse_file_name("0000000007.json.corrupt"), None);
+        assert_eq!(parse_corrupt_name("0000000007.json.corrupt"), Some(7));
+        assert_eq!(parse_corrupt_name("0000000007.json.corrupt.3"), Some(7));
+        assert!(is_temp_name(".0000000007.json.tmp-123"));
+        assert!(is_temp_name(".next.tmp-1"));
+        assert!(!is_temp_name(".next.tmp-"));
+        assert!(!is_temp_name("0000000007.json.tmp-1"));
+        assert!(!is_temp_name(".hidden"));
+    }
+}
