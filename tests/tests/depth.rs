@@ -1873,33 +1873,25 @@ fn loopback(_: &Netns) -> anyhow::Result<u32> {
 
 #[test]
 fn depth_tunnels_mtu_vlan_fragments_icmp_hash() {
-    if !tests::privileged("depth_tunnels_mtu_vlan_fragments_icmp_hash") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(main_group(), loopback);
 }
 
 #[test]
 fn depth_no_route_and_echo_passed() {
-    if !tests::privileged("depth_no_route_and_echo_passed") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(noroute_group(), loopback);
 }
 
 #[test]
 fn depth_next_hop_from_the_fib() {
-    if !tests::privileged("depth_next_hop_from_the_fib") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(fib_group(), fib_setup);
 }
 
 #[test]
 fn depth_connection_table_across_applies() {
-    if !tests::privileged("depth_connection_table_across_applies") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(conn_group(), loopback);
 }
 

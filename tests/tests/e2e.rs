@@ -83,9 +83,7 @@ fn apply(daemon: &Daemon, dir: &std::path::Path, name: &str, text: &str) -> std:
 
 #[test]
 fn balances_real_tcp_and_udp_and_reweights_live() {
-    if !tests::privileged("balances_real_tcp_and_udp_and_reweights_live") {
-        return;
-    }
+    tests::require_privileges!();
     let dir = std::env::temp_dir().join(format!("xlb-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bed = Testbed::new(&format!("xlbe2e{}", std::process::id() % 100000), 3).expect("testbed");

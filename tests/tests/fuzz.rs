@@ -1002,9 +1002,7 @@ fn fuzz(seed: u64, count: usize) -> anyhow::Result<Report> {
 
 #[test]
 fn a_million_random_and_mutated_frames() {
-    if !tests::privileged("a_million_random_and_mutated_frames") {
-        return;
-    }
+    tests::require_privileges!();
     let seed: u64 = std::env::var("XLB_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -44,9 +44,7 @@ fn config() -> String {
 
 #[test]
 fn prometheus_dashboard_status_page_top_and_drift() {
-    if !tests::privileged("prometheus_dashboard_status_page_top_and_drift") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("observe", run);
 }
 

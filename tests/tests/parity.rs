@@ -181,9 +181,7 @@ fn random_flow(rng: &mut StdRng, family: Family, desired: &Desired, targets: &Ta
 }
 
 fn parity(test: &str, family: Family, config: &str, targets: &Targets) {
-    if !tests::privileged(test) {
-        return;
-    }
+    tests::require_privileges!(test);
     let config = xlb::config::parse(config, "parity.toml").expect("parity config is valid");
     let desired = xlb::state::desired(&config, &Allocation::default()).expect("desired state");
     let mut dp = Dataplane::load().expect("load the balancer");

@@ -203,9 +203,7 @@ fn new_connections(
 
 #[test]
 fn sigkill_restarts_and_an_upgrade_under_load_lose_nothing() {
-    if !tests::privileged("sigkill_restarts_and_an_upgrade_under_load_lose_nothing") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("restart", restarts);
 }
 
@@ -472,9 +470,7 @@ fn check_long(held: &[Held]) -> anyhow::Result<()> {
 
 #[test]
 fn layout_mismatch_detach_and_sighup() {
-    if !tests::privileged("layout_mismatch_detach_and_sighup") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("restart-detach", detach);
 }
 

@@ -246,9 +246,7 @@ fn swap_tables(
 
 #[test]
 fn long_lived_flows_survive_100_table_swaps() {
-    if !tests::privileged("long_lived_flows_survive_100_table_swaps") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("survive", run);
 }
 

@@ -449,9 +449,7 @@ fn check_decap_counters(
 
 #[test]
 fn ipip_and_gue_carry_real_tcp_and_udp_to_decapsulating_backends() {
-    if !tests::privileged("ipip_and_gue_carry_real_tcp_and_udp_to_decapsulating_backends") {
-        return;
-    }
+    tests::require_privileges!();
     let prefix = format!("xlbtun-{}", std::process::id() % 100000);
     tests::in_workdir("tunnel-e2e", |dir| {
         let started = Instant::now();
