@@ -9,7 +9,7 @@
 //! config (tests/src/depth_frames.rs), never copied from program output.
 //!
 //! Each group of fixtures runs in a fresh network namespace of its own
-//! ("xlbdepth-<group>-<pid>", removed on drop), on a thread that entered
+//! ("xlbdepth-<group>-<pid>-<n>", removed on drop), on a thread that entered
 //! it: BPF_PROG_TEST_RUN runs the program on that namespace's loopback,
 //! and bpf_fib_lookup looks there. In a fresh namespace forwarding is off,
 //! so the lookup fails and tunnelled frames take the gateway MAC; the `fib`
@@ -1833,8 +1833,7 @@ fn run_steps(host: HostInterface, steps: Vec<Step>) -> anyhow::Result<Report> {
 /// ifindex of the interface the balancer sends on), and fail the test with
 /// every failing fixture.
 fn run_group(group: Group, setup: impl FnOnce(&Netns) -> anyhow::Result<u32>) {
-    let name = format!("xlbdepth-{}-{}", group.name, std::process::id());
-    let ns = Netns::new(&name).expect("create the namespace");
+    let ns = Netns::new(&format!("xlbdepth-{}", group.name)).expect("create the namespace");
     let ifindex = setup(&ns).expect("prepare the namespace");
     let host = HostInterface {
         mac: LB_MAC,
@@ -1852,7 +1851,7 @@ fn run_group(group: Group, setup: impl FnOnce(&Netns) -> anyhow::Result<u32>) {
     }
     println!(
         "group {}: {} fixtures, {} failed, {:.2} s",
-        name,
+        ns.name,
         report.fixtures,
         report.failures.len(),
         started.elapsed().as_secs_f64()

@@ -179,12 +179,7 @@ fn new_connections(
     [VIP4.into(), VIP6.into()]
         .into_iter()
         .map(|ip: std::net::IpAddr| {
-            let (client, stop) = (
-                tests::netns::Netns {
-                    name: bed.client.ns.name.clone(),
-                },
-                stop.clone(),
-            );
+            let (client, stop) = (bed.client.ns.handle(), stop.clone());
             std::thread::spawn(move || {
                 let out = client::drive_paced(
                     &client,
@@ -194,7 +189,6 @@ fn new_connections(
                     stop,
                     240,
                 );
-                std::mem::forget(client); // the testbed's, not ours to delete
                 out
             })
         })

@@ -258,7 +258,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     };
     eprintln!("schedule seed {seed} (XLB_SURVIVE_SEED replays it)");
 
-    let bed = Testbed::new("xs", 5)?;
+    let bed = Testbed::new("xsv", 5)?;
     let _servers = EchoServers::start(&bed.backends, PORT)?;
     let steps = schedule(&bed.backends, seed)?;
     let (joins, leaves) = joins_and_leaves(&steps);
