@@ -2,7 +2,7 @@
 //! run under virtual time, and return the rendered DOM and a screenshot.
 //!
 //! The binary is `chromium` from PATH unless `XLB_CHROMIUM` names another.
-//! `prefix` runs it under another command, e.g. `ip netns exec xlb-lb`, so an
+//! `prefix` runs it under another command, e.g. `Netns::exec_prefix`, so an
 //! end-to-end test can load the page from a daemon inside a namespace.
 
 use std::io::Read;
@@ -29,7 +29,7 @@ pub struct Page {
 /// Load `url` in headless Chromium, wait `wait_ms` of virtual time for
 /// scripts/fetches, return the rendered DOM (--dump-dom) and a PNG screenshot
 /// (--screenshot). `prefix` is a command prefix to run chromium under, e.g.
-/// ["ip","netns","exec","xlb-lb"] or empty.
+/// `ns.exec_prefix()` (`ip netns exec <ns.name>`) or empty.
 ///
 /// Virtual time advances only while the page is idle: a pending fetch holds
 /// it, so a page that polls every second gets `wait_ms / 1000` complete polls

@@ -12,6 +12,7 @@ pub mod haproxy;
 pub mod logins;
 pub mod netns;
 pub mod packets;
+pub mod privileges;
 pub mod prom;
 pub mod servers;
 pub mod testbed;
@@ -30,29 +31,4 @@ pub fn in_workdir(name: &str, f: impl FnOnce(&std::path::Path) -> anyhow::Result
         }
         Err(e) => panic!("{e:#}\n(files kept in {})", dir.display()),
     }
-}
-
-/// True when this process may load BPF programs and make namespaces. When
-/// not, prints why the test is skipped (CI runs as root, so there it runs).
-pub fn privileged(test: &str) -> bool {
-    let ok = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_BPF)
-        .unwrap_or(false)
-        && caps::has_cap(
-            None,
-            caps::CapSet::Effective,
-            caps::Capability::CAP_NET_ADMIN,
-        )
-        .unwrap_or(false)
-        && caps::has_cap(
-            None,
-            caps::CapSet::Effective,
-            caps::Capability::CAP_SYS_ADMIN,
-        )
-        .unwrap_or(false);
-    if !ok {
-        eprintln!(
-            "SKIPPED {test}: needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (run as root; CI does)"
-        );
-    }
-    ok
 }

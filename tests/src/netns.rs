@@ -1,9 +1,11 @@
 //! Network namespaces as test hosts: an RAII guard that removes the namespace
-//! on drop (also when a test panics), `ip` helpers, and running code on a
-//! thread that has entered a namespace.
+//! on drop (also when a test panics), named uniquely per process
+//! (`<label>-<pid>-<n>`, as aya's NetNsGuard does), `ip` helpers, and
+//! running code on a thread that has entered a namespace.
 
 use std::fs::File;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context as _, bail};
 
@@ -22,21 +24,51 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A network namespace, deleted on drop.
+/// A network namespace, deleted on drop (also when the test panics) if this
+/// value made it; a [`handle`](Netns::handle) names one without owning it.
 pub struct Netns {
     pub name: String,
+    owned: bool,
 }
 
+/// Namespaces made by this process so far, for unique names.
+static MADE: AtomicU32 = AtomicU32::new(0);
+
 impl Netns {
-    pub fn new(name: &str) -> anyhow::Result<Self> {
-        // A namespace left by a killed run of the same test: remove it first.
-        let _ = sh(&["ip", "netns", "del", name]);
-        sh(&["ip", "netns", "add", name])?;
-        let ns = Self {
-            name: name.to_string(),
-        };
+    /// Make a namespace named `<label>-<pid>-<n>` (`n` counts the
+    /// namespaces this process made), so that no two tests, test processes
+    /// or runs share a name, whatever labels they pick. Interface names
+    /// (15 bytes at most) are never derived from it.
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        crate::privileges::check(&format!("making network namespace {label}-*"))?;
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{label}-{}-{n}", std::process::id());
+        // One left by a killed process that had the same pid: remove it.
+        let _ = sh(&["ip", "netns", "del", &name]);
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Self { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// The namespace called `name`, not deleted on drop.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            owned: false,
+        }
+    }
+
+    /// This namespace, not deleted when the handle drops (for a thread
+    /// that needs one of its own).
+    pub fn handle(&self) -> Self {
+        Self::named(&self.name)
+    }
+
+    /// `ip netns exec NAME`: the words that run a command in this
+    /// namespace.
+    pub fn exec_prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
     }
 
     /// `ip -n NAME ARGS...`
@@ -48,7 +80,7 @@ impl Netns {
 
     /// `ip netns exec NAME ARGS...`
     pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
+        let mut full = self.exec_prefix().to_vec();
         full.extend_from_slice(args);
         sh(&full)
     }
@@ -72,9 +104,9 @@ impl Netns {
         &self,
         f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> std::thread::JoinHandle<anyhow::Result<T>> {
-        let name = self.name.clone();
+        let ns = self.handle();
         std::thread::spawn(move || {
-            Netns { name: name.clone() }.enter_and_forget()?;
+            ns.enter()?;
             f()
         })
     }
@@ -84,25 +116,17 @@ impl Netns {
         name: &str,
         f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let ns = Netns {
-            name: name.to_string(),
-        };
-        let handle = ns.spawn(f);
-        std::mem::forget(ns); // not ours to delete
-        handle
+        Self::named(name)
+            .spawn(f)
             .join()
             .map_err(|_| anyhow::anyhow!("thread in namespace {name} panicked"))?
-    }
-
-    fn enter_and_forget(self) -> anyhow::Result<()> {
-        let r = self.enter();
-        std::mem::forget(self); // not ours to delete
-        r
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.name]);
+        if self.owned {
+            let _ = sh(&["ip", "netns", "del", &self.name]);
+        }
     }
 }

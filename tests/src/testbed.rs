@@ -76,7 +76,8 @@ fn host(prefix: &str, switch: &Netns, name: &str, last: u8) -> anyhow::Result<Ho
 
 impl Testbed {
     /// Build the testbed with `backends` backends (b1, b2, ... at .11, .12, ...).
-    /// `prefix` names the namespaces; make it unique per test.
+    /// The namespaces are `<prefix>-sw-<pid>-<n>`, `<prefix>-client-...`,
+    /// `<prefix>-lb-...`, `<prefix>-b1-...` (`Netns::new` makes them unique).
     pub fn new(prefix: &str, backends: usize) -> anyhow::Result<Self> {
         let switch = Netns::new(&format!("{prefix}-sw"))?;
         switch.sysctl("net.ipv6.conf.default.accept_dad", "0")?;

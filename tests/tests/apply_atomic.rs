@@ -59,9 +59,7 @@ fn assert_serving(dp: &Dataplane, d: &Desired, what: &str) {
 
 #[test]
 fn a_failure_between_swaps_restores_every_vip() {
-    if !tests::privileged("a_failure_between_swaps_restores_every_vip") {
-        return;
-    }
+    tests::require_privileges!();
     let mut dp = Dataplane::load().expect("load");
     let old = desired(&config([1, 1], false), &Allocation::default());
     dp.apply(MAC, &old, None).expect("first apply");

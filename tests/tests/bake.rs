@@ -34,9 +34,7 @@ fn config(weights: &[u32]) -> String {
 
 #[test]
 fn a_skewing_change_is_rolled_back_and_a_benign_one_bakes() {
-    if !tests::privileged("a_skewing_change_is_rolled_back_and_a_benign_one_bakes") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("bake", run);
 }
 

@@ -63,9 +63,7 @@ fn run(prog: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
 
 #[test]
 fn mac_swap_sends_the_frame_back_with_the_addresses_swapped() {
-    if !tests::privileged("mac_swap_sends_the_frame_back_with_the_addresses_swapped") {
-        return;
-    }
+    tests::require_privileges!();
     let mut ebpf = aux();
     let frame = ack();
     let (action, out) = run(load(&mut ebpf, "xlb_mac_swap"), &frame);
@@ -77,9 +75,7 @@ fn mac_swap_sends_the_frame_back_with_the_addresses_swapped() {
 
 #[test]
 fn generator_varies_the_source_port_and_keeps_the_checksum_valid() {
-    if !tests::privileged("generator_varies_the_source_port_and_keeps_the_checksum_valid") {
-        return;
-    }
+    tests::require_privileges!();
     pin();
     let mut ebpf = aux();
     let frame = ack();
@@ -128,9 +124,7 @@ fn generator_varies_the_source_port_and_keeps_the_checksum_valid() {
 
 #[test]
 fn count_drop_counts_and_drops() {
-    if !tests::privileged("count_drop_counts_and_drops") {
-        return;
-    }
+    tests::require_privileges!();
     let mut ebpf = aux();
     let counted = |ebpf: &aya::Ebpf| -> u64 {
         let counts = PerCpuArray::<_, u64>::try_from(ebpf.map("XLB_RX_COUNT").unwrap()).unwrap();
@@ -146,9 +140,7 @@ fn count_drop_counts_and_drops() {
 
 #[test]
 fn lru_programs_insert_new_flows_and_find_the_known_one() {
-    if !tests::privileged("lru_programs_insert_new_flows_and_find_the_known_one") {
-        return;
-    }
+    tests::require_privileges!();
     pin();
     // One object per candidate: its tables start empty.
     for map in ["common", "no_common", "percpu"] {
@@ -167,9 +159,7 @@ fn lru_programs_insert_new_flows_and_find_the_known_one() {
 
 #[test]
 fn fib_lookup_answers_as_the_namespace_fib_does() {
-    if !tests::privileged("fib_lookup_answers_as_the_namespace_fib_does") {
-        return;
-    }
+    tests::require_privileges!();
     // A namespace of its own: a veth with a route and a neighbour entry for
     // one address, forwarding on (bpf_fib_lookup requires it).
     let ns = tests::netns::Netns::new("xlbbench-smoke-fib").unwrap();

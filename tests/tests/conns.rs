@@ -17,8 +17,8 @@ use lb_common::maps::CONN_TABLE_SIZE;
 use lb_common::stats::XDP_TX;
 use tests::packets::{self, LB_MAC};
 use xlb::daemon::controller::Controller;
-use xlb_core::state::Allocation;
 use xlb_dataplane::{ConnTable, Dataplane};
+use xlb_core::state::Allocation;
 
 const CONFIG: &str = "interface = \"xlbcn0\"\nhash_seed = 7\n\
     [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
@@ -98,9 +98,7 @@ fn walk_keys(map: &HashMap<MapData, FlowWords, u32>) -> (u64, BTreeMap<u32, u64>
 
 #[test]
 fn fifty_thousand_flows_counted_per_backend_and_stale() {
-    if !tests::privileged("fifty_thousand_flows_counted_per_backend_and_stale") {
-        return;
-    }
+    tests::require_privileges!();
     let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
     let dp = Dataplane::load().expect("load the balancer");
     let mut controller = Controller::new(dp, "xlbcn0".into(), LB_MAC, metrics.clone());
@@ -197,9 +195,7 @@ fn fifty_thousand_flows_counted_per_backend_and_stale() {
 
 #[test]
 fn flows_the_program_remembered_are_counted_per_backend() {
-    if !tests::privileged("flows_the_program_remembered_are_counted_per_backend") {
-        return;
-    }
+    tests::require_privileges!();
     let config = xlb_core::config::parse(CONFIG, "conns.toml").expect("a valid config");
     let desired = xlb_core::state::desired(&config, &Allocation::default()).expect("desired");
     let mut dp = Dataplane::load().expect("load the balancer");
@@ -251,9 +247,7 @@ fn flows_the_program_remembered_are_counted_per_backend() {
 
 #[test]
 fn a_smaller_table_holds_no_more_than_its_size() {
-    if !tests::privileged("a_smaller_table_holds_no_more_than_its_size") {
-        return;
-    }
+    tests::require_privileges!();
     let size = 4096;
     let dp = Dataplane::load_with(size).expect("load the balancer");
     assert_eq!(dp.conn_table_size(), size);
@@ -274,9 +268,7 @@ fn a_smaller_table_holds_no_more_than_its_size() {
 
 #[test]
 fn a_full_default_table_counts_like_a_key_walk() {
-    if !tests::privileged("a_full_default_table_counts_like_a_key_walk") {
-        return;
-    }
+    tests::require_privileges!();
     let dp = Dataplane::load().expect("load the balancer");
     let table = dp.conn_table();
     let capacity = table.capacity();

@@ -29,9 +29,7 @@ fn big_config() -> String {
 
 #[test]
 fn sigkill_during_apply_leaves_whole_revisions() {
-    if !tests::privileged("sigkill_during_apply_leaves_whole_revisions") {
-        return;
-    }
+    tests::require_privileges!();
     let dir = std::env::temp_dir().join(format!("xlb-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -514,9 +514,7 @@ fn run_fixtures(d: &DecapProgram, fixtures: &[Fixture]) {
 
 #[test]
 fn tunnel_frames_for_this_host_are_decapsulated() {
-    if !tests::privileged("tunnel_frames_for_this_host_are_decapsulated") {
-        return;
-    }
+    tests::require_privileges!();
     let fixtures = decap_fixtures();
     assert!(fixtures.len() >= 37, "{} fixtures", fixtures.len());
     run_fixtures(&loaded(), &fixtures);
@@ -524,9 +522,7 @@ fn tunnel_frames_for_this_host_are_decapsulated() {
 
 #[test]
 fn other_frames_pass_untouched() {
-    if !tests::privileged("other_frames_pass_untouched") {
-        return;
-    }
+    tests::require_privileges!();
     let mut fixtures = not_ours_fixtures();
     fixtures.extend(malformed_fixtures());
     assert!(fixtures.len() >= 26, "{} fixtures", fixtures.len());
@@ -535,9 +531,7 @@ fn other_frames_pass_untouched() {
 
 #[test]
 fn the_gue_port_is_the_configured_one() {
-    if !tests::privileged("the_gue_port_is_the_configured_one") {
-        return;
-    }
+    tests::require_privileges!();
     let mut d = loaded();
     d.set_gue_port(7777).expect("set the GUE port");
     let l = link(false);

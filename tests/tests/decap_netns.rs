@@ -365,17 +365,13 @@ fn decap_end_to_end(prefix: &str, mode: &'static str) {
 
 #[test]
 fn decap_native_xdp_carries_tcp_and_udp() {
-    if !tests::privileged("decap_native_xdp_carries_tcp_and_udp") {
-        return;
-    }
+    tests::require_privileges!();
     decap_end_to_end("xdcn", "native");
 }
 
 #[test]
 fn decap_generic_xdp_carries_tcp_and_udp() {
-    if !tests::privileged("decap_generic_xdp_carries_tcp_and_udp") {
-        return;
-    }
+    tests::require_privileges!();
     decap_end_to_end("xdcg", "generic");
 }
 
@@ -396,9 +392,7 @@ fn decap_fails(ns: &Netns, args: &[&str]) -> anyhow::Result<(i32, String)> {
 
 #[test]
 fn decap_refuses_bad_input_with_exit_2() {
-    if !tests::privileged("decap_refuses_bad_input_with_exit_2") {
-        return;
-    }
+    tests::require_privileges!();
     let ns = Netns::new("xdce-be").expect("namespace");
     // A veth left down has no address at all (not even link-local).
     ns.ip(&[

@@ -9,7 +9,7 @@
 //! config (tests/src/depth_frames.rs), never copied from program output.
 //!
 //! Each group of fixtures runs in a fresh network namespace of its own
-//! ("xlbdepth-<group>-<pid>", removed on drop), on a thread that entered
+//! ("xlbdepth-<group>-<pid>-<n>", removed on drop), on a thread that entered
 //! it: BPF_PROG_TEST_RUN runs the program on that namespace's loopback,
 //! and bpf_fib_lookup looks there. In a fresh namespace forwarding is off,
 //! so the lookup fails and tunnelled frames take the gateway MAC; the `fib`
@@ -1833,8 +1833,7 @@ fn run_steps(host: HostInterface, steps: Vec<Step>) -> anyhow::Result<Report> {
 /// ifindex of the interface the balancer sends on), and fail the test with
 /// every failing fixture.
 fn run_group(group: Group, setup: impl FnOnce(&Netns) -> anyhow::Result<u32>) {
-    let name = format!("xlbdepth-{}-{}", group.name, std::process::id());
-    let ns = Netns::new(&name).expect("create the namespace");
+    let ns = Netns::new(&format!("xlbdepth-{}", group.name)).expect("create the namespace");
     let ifindex = setup(&ns).expect("prepare the namespace");
     let host = HostInterface {
         mac: LB_MAC,
@@ -1852,7 +1851,7 @@ fn run_group(group: Group, setup: impl FnOnce(&Netns) -> anyhow::Result<u32>) {
     }
     println!(
         "group {}: {} fixtures, {} failed, {:.2} s",
-        name,
+        ns.name,
         report.fixtures,
         report.failures.len(),
         started.elapsed().as_secs_f64()
@@ -1873,33 +1872,25 @@ fn loopback(_: &Netns) -> anyhow::Result<u32> {
 
 #[test]
 fn depth_tunnels_mtu_vlan_fragments_icmp_hash() {
-    if !tests::privileged("depth_tunnels_mtu_vlan_fragments_icmp_hash") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(main_group(), loopback);
 }
 
 #[test]
 fn depth_no_route_and_echo_passed() {
-    if !tests::privileged("depth_no_route_and_echo_passed") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(noroute_group(), loopback);
 }
 
 #[test]
 fn depth_next_hop_from_the_fib() {
-    if !tests::privileged("depth_next_hop_from_the_fib") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(fib_group(), fib_setup);
 }
 
 #[test]
 fn depth_connection_table_across_applies() {
-    if !tests::privileged("depth_connection_table_across_applies") {
-        return;
-    }
+    tests::require_privileges!();
     run_group(conn_group(), loopback);
 }
 

@@ -83,9 +83,7 @@ fn config_with_b2(line: &str) -> String {
 
 #[test]
 fn drain_undrain_and_weight_through_revisions() {
-    if !tests::privileged("drain_undrain_and_weight_through_revisions") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("drain", run);
 }
 

@@ -83,12 +83,10 @@ fn apply(daemon: &Daemon, dir: &std::path::Path, name: &str, text: &str) -> std:
 
 #[test]
 fn balances_real_tcp_and_udp_and_reweights_live() {
-    if !tests::privileged("balances_real_tcp_and_udp_and_reweights_live") {
-        return;
-    }
+    tests::require_privileges!();
     let dir = std::env::temp_dir().join(format!("xlb-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bed = Testbed::new(&format!("xlbe2e{}", std::process::id() % 100000), 3).expect("testbed");
+    let bed = Testbed::new("xlbe2e", 3).expect("testbed");
     let _servers = Servers::start(&bed).expect("backend servers");
     let config = dir.join("xlb.toml");
     std::fs::write(&config, testbed::config(&[1, 1, 2])).unwrap();
@@ -195,12 +193,7 @@ fn balances_real_tcp_and_udp_and_reweights_live() {
     let equal = [("b1", 1.0 / 3.0), ("b2", 1.0 / 3.0), ("b3", 1.0 / 3.0)];
     let new_config = testbed::config(&[1, 1, 1]);
     let stop = Arc::new(AtomicBool::new(false));
-    let (client_ns, flag) = (
-        tests::netns::Netns {
-            name: bed.client.ns.name.clone(),
-        },
-        stop.clone(),
-    );
+    let (client_ns, flag) = (bed.client.ns.handle(), stop.clone());
     let traffic = std::thread::spawn(move || {
         let ex = drive(
             &client_ns,
@@ -209,7 +202,6 @@ fn balances_real_tcp_and_udp_and_reweights_live() {
             WORKERS,
             Until::Flag(flag, 20_000),
         );
-        std::mem::forget(client_ns); // the testbed owns the namespace
         ex
     });
     std::thread::sleep(Duration::from_millis(500));

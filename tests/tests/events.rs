@@ -120,9 +120,7 @@ impl Bench {
 
 #[test]
 fn connection_table_hits_misses_and_resteers() {
-    if !tests::privileged("connection_table_hits_misses_and_resteers") {
-        return;
-    }
+    tests::require_privileges!();
     let mut bench = Bench::new();
     let n = 64u16;
 

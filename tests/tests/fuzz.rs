@@ -15,7 +15,7 @@
 //! with right lengths and the checksums it writes right. Any other outcome
 //! is a finding, reported with the frame's number, input and output.
 //!
-//! The run happens in a fresh network namespace ("xlbfuzz-<pid>", removed
+//! The run happens in a fresh network namespace ("xlbfuzz-<pid>-<n>", removed
 //! on drop): there forwarding is off, bpf_fib_lookup fails, and tunnelled
 //! frames take `[tunnel] gateway_mac`, deterministically. The interface MTU
 //! the balancer is given is 576 bytes, so frames near the seeds' sizes
@@ -1002,9 +1002,7 @@ fn fuzz(seed: u64, count: usize) -> anyhow::Result<Report> {
 
 #[test]
 fn a_million_random_and_mutated_frames() {
-    if !tests::privileged("a_million_random_and_mutated_frames") {
-        return;
-    }
+    tests::require_privileges!();
     let seed: u64 = std::env::var("XLB_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1013,7 +1011,7 @@ fn a_million_random_and_mutated_frames() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_FRAMES);
-    let ns = Netns::new(&format!("xlbfuzz-{}", std::process::id())).expect("create the namespace");
+    let ns = Netns::new("xlbfuzz").expect("create the namespace");
     let started = std::time::Instant::now();
     let report = ns
         .spawn(move || fuzz(seed, count))

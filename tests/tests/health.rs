@@ -153,9 +153,7 @@ fn wait(
 
 #[test]
 fn a_dead_backend_leaves_the_table_alone_and_comes_back() {
-    if !tests::privileged("a_dead_backend_leaves_the_table_alone_and_comes_back") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("health-fall-rise", fall_and_rise);
 }
 
@@ -359,9 +357,7 @@ fn fall_and_rise(dir: &Path) -> anyhow::Result<()> {
 
 #[test]
 fn every_backend_down_fails_open_or_closed() {
-    if !tests::privileged("every_backend_down_fails_open_or_closed") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("health-all-down", all_down);
 }
 
@@ -504,9 +500,7 @@ fn no_backend_drops(status: &serde_json::Value) -> u64 {
 
 #[test]
 fn a_restarted_daemon_keeps_a_dead_backend_out() {
-    if !tests::privileged("a_restarted_daemon_keeps_a_dead_backend_out") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("health-restart", keep_down_across_restart);
 }
 

@@ -6,9 +6,7 @@
 
 #[test]
 fn incident_replay_meets_its_goals() {
-    if !tests::privileged("incident_replay_meets_its_goals") {
-        return;
-    }
+    tests::require_privileges!();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xlb-incident"))
         .output()
         .expect("run the incident replay");

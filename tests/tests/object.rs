@@ -22,8 +22,6 @@ fn object_defines_every_map_in_lb_common() {
 
 #[test]
 fn verifier_accepts_the_balancer() {
-    if !tests::privileged("verifier_accepts_the_balancer") {
-        return;
-    }
+    tests::require_privileges!();
     xlb_dataplane::Dataplane::load().expect("load the balancer");
 }

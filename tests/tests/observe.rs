@@ -44,9 +44,7 @@ fn config() -> String {
 
 #[test]
 fn prometheus_dashboard_status_page_top_and_drift() {
-    if !tests::privileged("prometheus_dashboard_status_page_top_and_drift") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("observe", run);
 }
 
@@ -302,7 +300,7 @@ fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 }
 
 fn status_page(bed: &Testbed) -> anyhow::Result<()> {
-    let prefix = ["ip", "netns", "exec", bed.lb.ns.name.as_str()];
+    let prefix = bed.lb.ns.exec_prefix();
     let page = tests::browser::load(&format!("http://{METRICS}/"), &prefix, 4000, (1280, 900))?;
     for b in ["b1", "b2", "b3"] {
         ensure!(

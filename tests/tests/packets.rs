@@ -611,9 +611,7 @@ fn loaded() -> (Dataplane, Desired) {
 
 #[test]
 fn packet_fixtures() {
-    if !tests::privileged("packet_fixtures") {
-        return;
-    }
+    tests::require_privileges!();
     let (dp, desired) = loaded();
     let vip_ids: Vec<u32> = desired.vips.iter().map(|v| v.id).collect();
     let backend_ids: Vec<u32> = desired

@@ -15,9 +15,9 @@ use std::time::Instant;
 use lb_common::{PROTO_TCP, PROTO_UDP, stats::XDP_TX};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tests::packets::{FrameBuilder, LB_MAC, action_name, backends_by_mac, expected_backend, run};
+use xlb_dataplane::Dataplane;
 use xlb_core::simulate::Flow;
 use xlb_core::state::{Allocation, Desired};
-use xlb_dataplane::Dataplane;
 
 /// Random flows per address family.
 const FLOWS: usize = 100_000;
@@ -181,9 +181,7 @@ fn random_flow(rng: &mut StdRng, family: Family, desired: &Desired, targets: &Ta
 }
 
 fn parity(test: &str, family: Family, config: &str, targets: &Targets) {
-    if !tests::privileged(test) {
-        return;
-    }
+    tests::require_privileges!(test);
     let config = xlb_core::config::parse(config, "parity.toml").expect("parity config is valid");
     let desired = xlb_core::state::desired(&config, &Allocation::default()).expect("desired state");
     let mut dp = Dataplane::load().expect("load the balancer");

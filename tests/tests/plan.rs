@@ -11,9 +11,7 @@ use tests::xlbd::Daemon;
 
 #[test]
 fn plan_lints_reviewed_apply_and_stale_plans() {
-    if !tests::privileged("plan_lints_reviewed_apply_and_stale_plans") {
-        return;
-    }
+    tests::require_privileges!();
     let dir = std::env::temp_dir().join(format!("xlb-plan-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

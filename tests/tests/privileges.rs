@@ -132,9 +132,7 @@ fn is_loopback(hex: &str) -> bool {
 
 #[test]
 fn the_units_capabilities_suffice_and_each_one_is_needed() {
-    if !tests::privileged("the_units_capabilities_suffice_and_each_one_is_needed") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("xlbsd-caps", |dir| {
         let started = Instant::now();
         let unit = Confinement::unit()?;
@@ -460,9 +458,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn the_daemon_stays_inside_the_units_sandbox() {
-    if !tests::privileged("the_daemon_stays_inside_the_units_sandbox") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("xlbsd-sandbox", |dir| {
         let bed = Testbed::new("xlbsd-s", 2)?;
         let _servers = EchoServers::start(&bed.backends, testbed::TCP_PORT)?;

@@ -179,12 +179,7 @@ fn new_connections(
     [VIP4.into(), VIP6.into()]
         .into_iter()
         .map(|ip: std::net::IpAddr| {
-            let (client, stop) = (
-                tests::netns::Netns {
-                    name: bed.client.ns.name.clone(),
-                },
-                stop.clone(),
-            );
+            let (client, stop) = (bed.client.ns.handle(), stop.clone());
             std::thread::spawn(move || {
                 let out = client::drive_paced(
                     &client,
@@ -194,7 +189,6 @@ fn new_connections(
                     stop,
                     240,
                 );
-                std::mem::forget(client); // the testbed's, not ours to delete
                 out
             })
         })
@@ -203,9 +197,7 @@ fn new_connections(
 
 #[test]
 fn sigkill_restarts_and_an_upgrade_under_load_lose_nothing() {
-    if !tests::privileged("sigkill_restarts_and_an_upgrade_under_load_lose_nothing") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("restart", restarts);
 }
 
@@ -472,9 +464,7 @@ fn check_long(held: &[Held]) -> anyhow::Result<()> {
 
 #[test]
 fn layout_mismatch_detach_and_sighup() {
-    if !tests::privileged("layout_mismatch_detach_and_sighup") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("restart-detach", detach);
 }
 

@@ -134,9 +134,7 @@ fn resets_of_others(backends: &[Host]) -> anyhow::Result<u64> {
 
 #[test]
 fn a_removed_backends_flows_are_resteered() {
-    if !tests::privileged("a_removed_backends_flows_are_resteered") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("resteer", run);
 }
 

@@ -9,9 +9,7 @@ use tests::xlbd::Daemon;
 
 #[test]
 fn revisions_are_recorded_listed_and_survive_a_restart() {
-    if !tests::privileged("revisions_are_recorded_listed_and_survive_a_restart") {
-        return;
-    }
+    tests::require_privileges!();
     let dir = std::env::temp_dir().join(format!("xlb-revisions-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

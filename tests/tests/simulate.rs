@@ -95,9 +95,7 @@ fn attached_counts(
 
 #[test]
 fn shares_match_what_the_attached_program_does_with_the_same_flows() {
-    if !tests::privileged("shares_match_what_the_attached_program_does_with_the_same_flows") {
-        return;
-    }
+    tests::require_privileges!();
     let config = config(CONFIG);
     let opts = SimulateOptions {
         flows: FLOWS,
@@ -207,9 +205,7 @@ backend = [
 
 #[test]
 fn a_pcap_is_replayed_frame_by_frame() {
-    if !tests::privileged("a_pcap_is_replayed_frame_by_frame") {
-        return;
-    }
+    tests::require_privileges!();
     use lb_common::{PROTO_TCP, PROTO_UDP};
     let config = config(PCAP_CONFIG);
     let mut frames = Vec::new();

@@ -15,9 +15,7 @@ const FLOWS: usize = 20_000;
 
 #[test]
 fn simulated_shares_match_the_attached_program() {
-    if !tests::privileged("simulated_shares_match_the_attached_program") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("simulate-attached", run);
 }
 

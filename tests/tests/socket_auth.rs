@@ -102,9 +102,7 @@ fn history(daemon: &Daemon) -> anyhow::Result<Vec<serde_json::Value>> {
 
 #[test]
 fn only_root_and_the_socket_group_may_change_state() {
-    if !tests::privileged("only_root_and_the_socket_group_may_change_state") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("xlbsa-auth", |dir| {
         let started = Instant::now();
         // nobody must reach the files it is given: the work dir 0755.

@@ -247,9 +247,7 @@ fn swap_tables(
 
 #[test]
 fn long_lived_flows_survive_100_table_swaps() {
-    if !tests::privileged("long_lived_flows_survive_100_table_swaps") {
-        return;
-    }
+    tests::require_privileges!();
     tests::in_workdir("survive", run);
 }
 
@@ -261,7 +259,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     };
     eprintln!("schedule seed {seed} (XLB_SURVIVE_SEED replays it)");
 
-    let bed = Testbed::new("xs", 5)?;
+    let bed = Testbed::new("xsv", 5)?;
     let _servers = EchoServers::start(&bed.backends, PORT)?;
     let steps = schedule(&bed.backends, seed)?;
     let (joins, leaves) = joins_and_leaves(&steps);

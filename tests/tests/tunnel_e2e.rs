@@ -449,13 +449,10 @@ fn check_decap_counters(
 
 #[test]
 fn ipip_and_gue_carry_real_tcp_and_udp_to_decapsulating_backends() {
-    if !tests::privileged("ipip_and_gue_carry_real_tcp_and_udp_to_decapsulating_backends") {
-        return;
-    }
-    let prefix = format!("xlbtun-{}", std::process::id() % 100000);
+    tests::require_privileges!();
     tests::in_workdir("tunnel-e2e", |dir| {
         let started = Instant::now();
-        let bed = Testbed::new(&prefix, 3)?;
+        let bed = Testbed::new("xlbtun", 3)?;
         prepare_lb(&bed)?;
         let _servers = Servers::start(&bed.backends)?;
         let mut decaps = Vec::new();

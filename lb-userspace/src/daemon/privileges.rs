@@ -288,12 +288,3 @@ mod tests {
         ));
     }
 }
-
-/// The capabilities of `DAEMON` missing from this process's effective set.
-pub fn lacking() -> Vec<Capability> {
-    DAEMON
-        .iter()
-        .map(|n| n.capability)
-        .filter(|c| !caps::has_cap(None, CapSet::Effective, *c).unwrap_or(false))
-        .collect()
-}

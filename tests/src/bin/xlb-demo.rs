@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use nix::sys::signal::{SigHandler, Signal, signal};
 use tests::client::{Proto, Tally, Until, drive};
 use tests::servers::Servers;
@@ -23,9 +23,8 @@ extern "C" fn on_signal(_: i32) {
 }
 
 fn main() -> anyhow::Result<()> {
-    if !tests::privileged("xlb demo") {
-        bail!("the demo makes network namespaces and loads XDP programs: run it as root");
-    }
+    // It makes network namespaces and loads XDP programs.
+    tests::privileges::check("the demo")?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         signal(Signal::SIGINT, SigHandler::Handler(on_signal))?;

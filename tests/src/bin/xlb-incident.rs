@@ -52,9 +52,8 @@ const OUTAGE_SECONDS: f64 = 2.0 * 3600.0 + 45.0 * 60.0;
 const SLOW: Duration = Duration::from_secs(1);
 
 fn main() -> anyhow::Result<()> {
-    if !tests::privileged("xlb incident replay") {
-        bail!("the replay makes network namespaces and loads XDP programs: run it as root");
-    }
+    // It makes network namespaces and loads XDP programs.
+    tests::privileges::check("the replay")?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         signal(Signal::SIGINT, SigHandler::Handler(on_signal))?;

@@ -1,22 +1,13 @@
 //! The ICMP echo entries of the VIP map through applies: written with the
 //! VIPs, removed when their address goes or `icmp_echo = "pass"`, and left
 //! as they were by an apply that fails part way. Loads the balancer (no
-//! attach, no traffic): needs CAP_BPF and CAP_NET_ADMIN, and says so when it
-//! cannot run.
+//! attach, no traffic): a privileged test (`tests::require_privileges!`).
 
 use lb_common::{VIP_F_ECHO_REPLY, VipKey};
-use xlb_core::state::{Allocation, Desired, desired};
 use xlb_dataplane::Dataplane;
+use xlb_core::state::{Allocation, Desired, desired};
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
-
-fn privileged(test: &str) -> bool {
-    let missing = xlb::daemon::privileges::lacking();
-    if !missing.is_empty() {
-        eprintln!("{test}: skipped: needs {missing:?} (run as root)");
-    }
-    missing.is_empty()
-}
 
 /// One TCP VIP per address, each with one backend of `weight`.
 fn state(icmp_echo: &str, addresses: &[&str], weight: u32, previous: &Allocation) -> Desired {
@@ -50,9 +41,7 @@ fn echo_key(d: &Desired, i: usize) -> VipKey {
 
 #[test]
 fn echo_entries_follow_the_applied_config() {
-    if !privileged("echo_entries_follow_the_applied_config") {
-        return;
-    }
+    tests::require_privileges!();
     let mut dp = Dataplane::load().expect("load the balancer");
 
     let first = state(

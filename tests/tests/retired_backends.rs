@@ -3,22 +3,14 @@
 //! keeps the rest; a draining backend keeps its valid entry; a new backend
 //! does not take a freed id; a VIP whose id changes (new table size) takes
 //! its kept backends along; an apply that fails part way retires the ids it
-//! wrote. Loads the balancer (no attach, no traffic): needs CAP_BPF and
-//! CAP_NET_ADMIN, and says so when it cannot run.
+//! wrote. Loads the balancer (no attach, no traffic): a privileged
+//! test (`tests::require_privileges!`).
 
 use lb_common::{BACKEND_F_VALID, Backend};
-use xlb_core::state::{Allocation, Desired, DesiredVip, desired, kernel_backend};
 use xlb_dataplane::Dataplane;
+use xlb_core::state::{Allocation, Desired, DesiredVip, desired, kernel_backend};
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
-
-fn privileged(test: &str) -> bool {
-    let missing = xlb::daemon::privileges::lacking();
-    if !missing.is_empty() {
-        eprintln!("{test}: skipped: needs {missing:?} (run as root)");
-    }
-    missing.is_empty()
-}
 
 /// One VIP of `table_size` with `backends` (name, state).
 fn state(table_size: u32, backends: &[(&str, &str)], previous: &Allocation) -> Desired {
@@ -82,9 +74,7 @@ fn assert_retired(dp: &Dataplane, id: u32, was: Backend, what: &str) {
 
 #[test]
 fn removed_backends_are_retired_and_their_ids_not_reused() {
-    if !privileged("removed_backends_are_retired_and_their_ids_not_reused") {
-        return;
-    }
+    tests::require_privileges!();
     let mut dp = Dataplane::load().expect("load the balancer");
 
     let first = state(

@@ -1,8 +1,7 @@
 //! `conn_table_size` is fixed when the program loads: `Dataplane::load_with`
 //! sizes the kernel's connection table, and the controller refuses an apply
 //! that asks for another size, writing nothing. Loads the balancer (no
-//! attach, no traffic): needs CAP_BPF and CAP_NET_ADMIN, and says so when
-//! it cannot run.
+//! attach, no traffic): a privileged test (`tests::require_privileges!`).
 
 use std::sync::Arc;
 
@@ -14,14 +13,6 @@ use xlb_dataplane::Dataplane;
 /// for the same reason).
 const SIZE: u32 = 5003;
 const LOAD_SIZE: u32 = 5011;
-
-fn privileged(test: &str) -> bool {
-    let missing = xlb::daemon::privileges::lacking();
-    if !missing.is_empty() {
-        eprintln!("{test}: skipped: needs {missing:?} (run as root)");
-    }
-    missing.is_empty()
-}
 
 fn config(conn_table_size: Option<u32>, weight: u32) -> String {
     let size = conn_table_size.map_or(String::new(), |n| format!("conn_table_size = {n}\n"));
@@ -46,9 +37,7 @@ fn conn_tables_of_size(max_entries: u32) -> usize {
 
 #[test]
 fn load_with_sizes_the_connection_table() {
-    if !privileged("load_with_sizes_the_connection_table") {
-        return;
-    }
+    tests::require_privileges!();
     let before = conn_tables_of_size(LOAD_SIZE);
     let dp = Dataplane::load_with(LOAD_SIZE).expect("load the balancer");
     assert_eq!(dp.conn_table_size(), LOAD_SIZE);
@@ -62,9 +51,7 @@ fn load_with_sizes_the_connection_table() {
 
 #[test]
 fn an_apply_that_changes_the_size_is_refused_and_writes_nothing() {
-    if !privileged("an_apply_that_changes_the_size_is_refused_and_writes_nothing") {
-        return;
-    }
+    tests::require_privileges!();
     let dp = Dataplane::load_with(SIZE).expect("load the balancer");
     let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
     let mut controller = Controller::new(dp, "xlbcts0".into(), [2, 0, 0, 0, 0, 0xaa], metrics);
