@@ -25,7 +25,8 @@ pub struct Revision {
     pub config_file: String,
     /// The exact TOML applied.
     pub config_text: String,
-    /// [`config_hash`] of `config_text`.
+    /// [`text_hash`] of `config_text` (the hash of the text's bytes; a
+    /// plan's `config_hash` is of the parsed config: `plan::config_hash`).
     pub config_hash: String,
     pub kind: Kind,
     /// The plan document; opaque here.
@@ -91,9 +92,9 @@ impl Outcome {
     }
 }
 
-/// The `config_hash` of a config text: hex xxh64 (seed 0) of its bytes, 16
+/// A revision's `config_hash`: hex xxh64 (seed 0) of the config text's bytes, 16
 /// lowercase digits.
-pub fn config_hash(config_text: &str) -> String {
+pub fn text_hash(config_text: &str) -> String {
     format!(
         "{:016x}",
         xxhash_rust::xxh64::xxh64(config_text.as_bytes(), 0)
@@ -247,7 +248,7 @@ mod tests {
             message: Some(format!("change {number}")),
             config_file: "/etc/xlb/xlb.toml".to_string(),
             config_text: config_text.to_string(),
-            config_hash: config_hash(config_text),
+            config_hash: text_hash(config_text),
             kind: Kind::Apply,
             plan: Some(serde_json::json!({ "schema_version": 1, "changes": [] })),
             outcome: Outcome::Applied,
@@ -278,8 +279,8 @@ mod tests {
 
     #[test]
     fn history_table() {
-        let h1 = &config_hash("a = 1\n")[..12];
-        let h2 = &config_hash("a = 2\n")[..12];
+        let h1 = &text_hash("a = 1\n")[..12];
+        let h2 = &text_hash("a = 2\n")[..12];
         let expected = format!(
             "\
 REVISION   WHEN                   USER       KIND            OUTCOME          CONFIG HASH    MESSAGE
@@ -329,7 +330,7 @@ Plan:          recorded (see -o json)
 
 a = 1
 ",
-            config_hash("a = 1\n")
+            text_hash("a = 1\n")
         );
         assert_eq!(got, expected);
 

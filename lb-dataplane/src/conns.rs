@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{hash::FlowWords, maps};
 
+use crate::sys::{Batch, BatchRead, BatchSyscall};
+
 pub use xlb_core::counters::{ConnScan, SCAN_PERIOD, pause_after};
 
 use crate::{
@@ -82,30 +84,6 @@ impl Tally {
     }
 }
 
-/// What one batch read returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Batch {
-    /// `count` entries; more follow from cursor `next`.
-    More { count: usize, next: u64 },
-    /// The last `count` entries (ENOENT: the walk is done).
-    Last { count: usize },
-    /// One bucket holds more entries than the buffers (ENOSPC with none
-    /// returned): read the same cursor again with larger buffers.
-    TooSmall,
-}
-
-/// The syscall behind the walk, so the walk is tested without a kernel.
-pub(crate) trait BatchRead {
-    /// Read from `cursor` (None: the first bucket) at most `values.len()`
-    /// entries; keys go to `keys` (`values.len()` keys of the map's key size).
-    fn read(
-        &mut self,
-        cursor: Option<u64>,
-        keys: &mut [u8],
-        values: &mut [u32],
-    ) -> std::io::Result<Batch>;
-}
-
 /// Walk the whole table in batches of `batch` entries and count the backend
 /// ids. `max_calls` bounds the walk (the kernel's cursor always advances, so
 /// the bound is only a guard against a kernel that does not).
@@ -140,84 +118,6 @@ pub(crate) fn walk(
     Err(std::io::Error::other(format!(
         "BPF_MAP_LOOKUP_BATCH did not reach the end of the table in {max_calls} calls"
     )))
-}
-
-/// `union bpf_attr`'s member for the BPF_MAP_*_BATCH commands.
-#[repr(C)]
-#[derive(Debug, Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-const _: () = assert!(size_of::<BatchAttr>() == 56);
-
-/// `enum bpf_cmd`: BPF_MAP_LOOKUP_BATCH (Linux 5.6).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// BPF_MAP_LOOKUP_BATCH on a hash map's fd.
-struct Syscall<'a> {
-    fd: std::os::fd::BorrowedFd<'a>,
-    /// The cursor the kernel writes (a hash map's is a u32 bucket index;
-    /// 8 bytes leave room).
-    out: u64,
-    cursor: u64,
-}
-
-impl BatchRead for Syscall<'_> {
-    fn read(
-        &mut self,
-        cursor: Option<u64>,
-        keys: &mut [u8],
-        values: &mut [u32],
-    ) -> std::io::Result<Batch> {
-        if let Some(c) = cursor {
-            self.cursor = c;
-        }
-        self.out = 0;
-        let mut attr = BatchAttr {
-            in_batch: match cursor {
-                Some(_) => &raw const self.cursor as u64,
-                None => 0,
-            },
-            out_batch: &raw mut self.out as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: values.len() as u32,
-            map_fd: self.fd.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `attr` is the batch member of bpf_attr, its size passed
-        // along; the kernel writes at most `count` keys (sized by the
-        // caller for this map's key size) and values, the cursor (8 bytes
-        // available) and `attr.count`, all of which outlive the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let count = attr.count as usize;
-        if ret == 0 {
-            return Ok(Batch::More {
-                count,
-                next: self.out,
-            });
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOENT) => Ok(Batch::Last { count }),
-            Some(libc::ENOSPC) if count == 0 => Ok(Batch::TooSmall),
-            _ => Err(e),
-        }
-    }
 }
 
 /// A handle to the connection table, cheap to clone and to send to another
@@ -265,7 +165,7 @@ impl ConnTable {
     /// `scan` with `batch` entries per syscall (tests try small batches).
     pub fn scan_in_batches(&self, batch: usize) -> Result<ConnScan, DataplaneError> {
         let started = Instant::now();
-        let mut syscall = Syscall {
+        let mut syscall = BatchSyscall {
             fd: self.map.fd().as_fd(),
             out: 0,
             cursor: 0,

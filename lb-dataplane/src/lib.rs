@@ -25,6 +25,7 @@ mod mode;
 pub mod pins;
 mod reader;
 pub mod staging;
+mod sys;
 mod writer;
 
 pub use conns::{ConnTable, SCAN_PERIOD as CONN_SCAN_PERIOD, pause_after as conn_scan_pause};

@@ -341,7 +341,8 @@ impl PinDir {
                 interface: self.interface.clone(),
             });
         }
-        let value = lookup_raw(map.fd().as_fd(), 0, value_size).map_err(io_at("reading", path))?;
+        let value = crate::sys::lookup_elem(map.fd().as_fd(), 0, value_size)
+            .map_err(io_at("reading", path))?;
         let bytes = &value[LAYOUT_VERSION_OFFSET..LAYOUT_VERSION_OFFSET + 4];
         Ok(u32::from_ne_bytes(bytes.try_into().expect("4 bytes")))
     }
@@ -486,43 +487,6 @@ impl PinDir {
             .program_id();
         Ok((fd, program_id))
     }
-}
-
-/// BPF_MAP_LOOKUP_ELEM of a u32 key into a value of `value_size` bytes,
-/// whatever the value's type (aya's typed maps insist on ours).
-pub(super) fn lookup_raw(fd: BorrowedFd<'_>, key: u32, value_size: usize) -> io::Result<Vec<u8>> {
-    // The map-element part of union bpf_attr.
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    let mut value = vec![0u8; value_size];
-    let attr = Attr {
-        map_fd: fd.as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    // SAFETY: `attr` points at a live key and a buffer of the map's value
-    // size, both outliving the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
-            &attr as *const Attr,
-            size_of::<Attr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
 }
 
 impl Dataplane {

@@ -98,7 +98,7 @@ impl Dataplane {
     pub fn live_table(&self, vip_id: u32) -> Result<Option<Vec<u32>>, DataplaneError> {
         use std::os::fd::AsFd;
         let name = maps::MAGLEV_TABLES;
-        let id = match crate::pins::lookup_raw(self.tables_fd.as_fd(), vip_id, 4) {
+        let id = match crate::sys::lookup_elem(self.tables_fd.as_fd(), vip_id, 4) {
             Ok(v) => u32::from_ne_bytes(v[..4].try_into().expect("4 bytes")),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
             Err(e) => return Err(crate::loader::io_err(name)(e)),

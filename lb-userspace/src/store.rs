@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
-use xlb_core::revision::{Kind, Outcome, Revision, SCHEMA_VERSION, config_hash};
+use xlb_core::revision::{Kind, Outcome, Revision, SCHEMA_VERSION, text_hash};
 
 const NEXT_FILE: &str = "next";
 const DIR_MODE: u32 = 0o700;
@@ -297,7 +297,7 @@ fn check_revision(rev: &Revision) -> Result<(), StoreError> {
             rev.schema_version
         )));
     }
-    let hash = config_hash(&rev.config_text);
+    let hash = text_hash(&rev.config_text);
     if rev.config_hash != hash {
         return Err(invalid(format!(
             "config_hash is {:?} but the config text hashes to {hash}",
@@ -716,7 +716,7 @@ mod tests {
             message: Some(format!("change {number}")),
             config_file: "/etc/xlb/xlb.toml".to_string(),
             config_text: config_text.to_string(),
-            config_hash: config_hash(config_text),
+            config_hash: text_hash(config_text),
             kind: Kind::Apply,
             plan: Some(serde_json::json!({ "schema_version": 1, "changes": [] })),
             outcome: Outcome::Applied,
@@ -854,7 +854,7 @@ mod tests {
         );
 
         let mut bad_hash = rev(1, "a");
-        bad_hash.config_hash = config_hash("b");
+        bad_hash.config_hash = text_hash("b");
         let mut nan = rev(1, "a");
         nan.created_at_unix_seconds = f64::NAN;
         let mut rollback_forward = rev(1, "a");
@@ -1278,7 +1278,7 @@ mod tests {
             assert_eq!(store.next_number(), newest + 1);
             for r in &revs {
                 assert!(r.config_text.starts_with(&config(r.number)));
-                assert_eq!(r.config_hash, config_hash(&r.config_text));
+                assert_eq!(r.config_hash, text_hash(&r.config_text));
                 assert!(matches!(r.outcome, Outcome::Baking | Outcome::Baked));
             }
             last = newest;

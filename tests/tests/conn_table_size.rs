@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use xlb::daemon::controller::{ApplyError, Controller};
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::revision::Kind;
 use xlb_dataplane::Dataplane;
 
 /// Sizes no other test uses, so the kernel map is told apart from the
@@ -13,6 +15,13 @@ use xlb_dataplane::Dataplane;
 /// for the same reason).
 const SIZE: u32 = 5003;
 const LOAD_SIZE: u32 = 5011;
+
+/// An operator's apply of `text`, unchecked (as a test of the data plane).
+fn apply(controller: &mut Controller, text: &str, file: &str) -> Result<u64, ApplyError> {
+    let candidate = Candidate::parse(text, file, Origin::default())?;
+    let options = ApplyOptions::unchecked(Kind::Apply);
+    Ok(controller.apply(candidate, options)?.revision)
+}
 
 fn config(conn_table_size: Option<u32>, weight: u32) -> String {
     let size = conn_table_size.map_or(String::new(), |n| format!("conn_table_size = {n}\n"));
@@ -55,9 +64,8 @@ fn an_apply_that_changes_the_size_is_refused_and_writes_nothing() {
     let dp = Dataplane::load_with(SIZE).expect("load the balancer");
     let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
     let mut controller = Controller::new(dp, "xlbcts0".into(), [2, 0, 0, 0, 0, 0xaa], metrics);
-    let revision = controller
-        .apply_text(&config(Some(SIZE), 1), "a.toml")
-        .expect("the size the program has");
+    let revision =
+        apply(&mut controller, &config(Some(SIZE), 1), "a.toml").expect("the size the program has");
     let table = |c: &Controller| {
         c.status()
             .expect("status")
@@ -76,8 +84,7 @@ fn an_apply_that_changes_the_size_is_refused_and_writes_nothing() {
     // Another size, and another weight that would change the table: refused
     // whole.
     for other in [None, Some(SIZE * 2)] {
-        let err = controller
-            .apply_text(&config(other, 5), "b.toml")
+        let err = apply(&mut controller, &config(other, 5), "b.toml")
             .expect_err("another size needs a restart");
         let wanted = other.unwrap_or(lb_common::maps::CONN_TABLE_SIZE);
         assert!(
@@ -95,9 +102,7 @@ fn an_apply_that_changes_the_size_is_refused_and_writes_nothing() {
         assert_eq!(table(&controller), served, "nothing applied");
     }
     // The same size with the new weight goes through.
-    let next = controller
-        .apply_text(&config(Some(SIZE), 5), "c.toml")
-        .expect("same size");
+    let next = apply(&mut controller, &config(Some(SIZE), 5), "c.toml").expect("same size");
     assert_eq!(next, revision + 1);
     assert_ne!(table(&controller), served);
 }

@@ -17,8 +17,10 @@ use lb_common::maps::CONN_TABLE_SIZE;
 use lb_common::stats::XDP_TX;
 use tests::packets::{self, LB_MAC};
 use xlb::daemon::controller::Controller;
-use xlb_dataplane::{ConnTable, Dataplane};
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::revision::Kind;
 use xlb_core::state::Allocation;
+use xlb_dataplane::{ConnTable, Dataplane};
 
 const CONFIG: &str = "interface = \"xlbcn0\"\nhash_seed = 7\n\
     [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
@@ -102,7 +104,10 @@ fn fifty_thousand_flows_counted_per_backend_and_stale() {
     let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
     let dp = Dataplane::load().expect("load the balancer");
     let mut controller = Controller::new(dp, "xlbcn0".into(), LB_MAC, metrics.clone());
-    controller.apply_text(CONFIG, "conns.toml").expect("apply");
+    let candidate = Candidate::parse(CONFIG, "conns.toml", Origin::default()).expect("valid");
+    controller
+        .apply(candidate, ApplyOptions::unchecked(Kind::Apply))
+        .expect("apply");
     let status = controller.status().expect("status");
     let ids: BTreeMap<String, u32> = status
         .vips

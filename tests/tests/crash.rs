@@ -79,7 +79,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             revs.iter().map(|r| r.number).collect::<Vec<_>>()
         );
         ensure!(
-            xlb_core::revision::config_hash(&r.config_text) == r.config_hash,
+            xlb_core::revision::text_hash(&r.config_text) == r.config_hash,
             "revision {} is not whole",
             r.number
         );

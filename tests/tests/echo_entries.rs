@@ -4,8 +4,8 @@
 //! attach, no traffic): a privileged test (`tests::require_privileges!`).
 
 use lb_common::{VIP_F_ECHO_REPLY, VipKey};
-use xlb_dataplane::Dataplane;
 use xlb_core::state::{Allocation, Desired, desired};
+use xlb_dataplane::Dataplane;
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
 

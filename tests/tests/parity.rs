@@ -15,9 +15,9 @@ use std::time::Instant;
 use lb_common::{PROTO_TCP, PROTO_UDP, stats::XDP_TX};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tests::packets::{FrameBuilder, LB_MAC, action_name, backends_by_mac, expected_backend, run};
-use xlb_dataplane::Dataplane;
 use xlb_core::simulate::Flow;
 use xlb_core::state::{Allocation, Desired};
+use xlb_dataplane::Dataplane;
 
 /// Random flows per address family.
 const FLOWS: usize = 100_000;

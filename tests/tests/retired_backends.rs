@@ -7,8 +7,8 @@
 //! test (`tests::require_privileges!`).
 
 use lb_common::{BACKEND_F_VALID, Backend};
-use xlb_dataplane::Dataplane;
 use xlb_core::state::{Allocation, Desired, DesiredVip, desired, kernel_backend};
+use xlb_dataplane::Dataplane;
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xee];
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
 use xlb_core::detect::{BackendSample, Cumulative, Detector, Thresholds, VipSample};
+use xlb_core::revision::Kind;
 
 const VIPS: usize = 1000;
 const BACKENDS: usize = 64;
@@ -96,7 +98,8 @@ fn main() {
         println!("collector and scrape: skipped (needs root to load the balancer)");
         return;
     }
-    let config = xlb_core::config::parse(&config(), "bench.toml").expect("bench config");
+    let candidate =
+        Candidate::parse(config(), "bench.toml", Origin::default()).expect("bench config");
     let dataplane = xlb_dataplane::Dataplane::load().expect("load the balancer");
     let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
     let mut controller = xlb::daemon::controller::Controller::new(
@@ -106,7 +109,9 @@ fn main() {
         metrics.clone(),
     );
     let t = Instant::now();
-    controller.apply(config, "bench.toml").expect("apply");
+    controller
+        .apply(candidate, ApplyOptions::unchecked(Kind::Apply))
+        .expect("apply");
     println!(
         "apply of {VIPS} VIPs x {BACKENDS} backends (M = {TABLE_SIZE}): {:?}",
         t.elapsed()

@@ -266,7 +266,7 @@ fn implemented(wire: &Wire, method: Method, frame: &[u8]) -> anyhow::Result<bool
 fn run_balancer(wire: &Wire, method: Method, aux: &aya::Ebpf, frame: &[u8]) -> anyhow::Result<Run> {
     wire.lb_ns.enter()?;
     let (mut dp, desired) = balancer(wire, method)?;
-    dp.attach("lb0", XdpMode::Driver)?;
+    dp.attach("lb0", xlb_dataplane::AttachMode::Native)?;
     wire.gen_ns.enter()?;
     let run = generate(aux, frame, wire.gen_ifindex)?;
     let vip = dp.vip_counters(desired.vips[0].id);

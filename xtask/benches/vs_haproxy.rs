@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use aya::programs::XdpMode;
 use tests::client::{Proto, Tally, Until, drive};
 use tests::servers::Servers;
 use tests::testbed::{self, LB_MAC, TCP_PORT, Testbed, VIP4};
@@ -119,7 +118,7 @@ fn run_xlb(bed: &Testbed) -> anyhow::Result<Run> {
         .spawn(move || {
             let mut dp = xlb_dataplane::Dataplane::load()?;
             dp.apply(mac, &desired, None)?;
-            dp.attach("eth0", XdpMode::Driver)?;
+            dp.attach("eth0", xlb_dataplane::AttachMode::Native)?;
             Ok((dp, desired))
         })
         .join()

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use xlb_core::config;
+use xlb_core::change::{Candidate, Origin};
+
+use crate::user::current_user;
 
 use super::RunArgs;
 use super::output::Failure;
@@ -29,21 +31,20 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(Failure::bad_input)?;
     crate::daemon::peer::preflight(socket, socket_group.as_ref()).map_err(Failure::bad_input)?;
-    let config_text = std::fs::read_to_string(&file)
+    let text = std::fs::read_to_string(&file)
         .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
-    let config =
-        config::parse(&config_text, &file.display().to_string()).map_err(Failure::bad_input)?;
-    let state_dir =
-        state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/xlb").join(&config.interface));
+    let origin = Origin::daemon(current_user(), "daemon start");
+    let candidate =
+        Candidate::parse(text, file.display().to_string(), origin).map_err(Failure::bad_input)?;
+    let state_dir = state_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/xlb").join(&candidate.config.interface));
     daemon::run(daemon::RunOptions {
-        config,
-        config_file: file.display().to_string(),
+        candidate,
         socket: socket.to_path_buf(),
         mode: xdp_mode.into(),
         metrics_address,
         state_dir,
         keep_revisions: keep_revisions as usize,
-        config_text,
         bake: crate::daemon::controller::BakePolicy {
             window_seconds: bake_window.as_secs_f64(),
             hold_seconds: bake_hold.as_secs_f64(),

@@ -1,25 +1,23 @@
 //! An edit in the daemon: the live revision's config text, edited
-//! (`super::edit_config`), planned, checked and applied as a new revision of
+//! (`xlb_core::edit::edit_config`), planned, checked and applied as a new revision of
 //! kind `edit` through the same path as `xlb apply` (safety checks,
 //! `--force`, bake, audit log), all under the controller's lock, so no other
 //! change slips in between reading the live text and applying its edit.
 
-use crate::daemon::controller::{Controller, Origin};
-use xlb_core::api::{ApiError, ErrorKind, Response};
-use xlb_core::api::{EditRequest, Edited};
+use xlb_core::api::{ApiError, EditRequest, Edited, ErrorKind, Response};
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
 use xlb_core::edit::{EditError, edit_config};
-use xlb_core::plan::Plan;
 use xlb_core::revision::Kind;
+
+use crate::daemon::controller::{Applied, ApplyError, Controller};
 
 /// Edit, plan, check and apply; the response for the CLI.
 pub fn respond(controller: &mut Controller, request: EditRequest) -> Response {
-    let Some((base, text, file)) = controller
-        .live_revision()
-        .map(|(n, t, f)| (n, t.to_string(), f.to_string()))
-    else {
+    let Some(live) = controller.live_revision().cloned() else {
         return bad_input(&EditError::NoConfig);
     };
-    let edited = match edit_config(&text, base, &request.edit) {
+    let (base, file) = (live.number, live.file);
+    let edited = match edit_config(&live.text, base, &request.edit) {
         Ok(t) => t,
         Err(e) => return bad_input(&e),
     };
@@ -28,17 +26,22 @@ pub fn respond(controller: &mut Controller, request: EditRequest) -> Response {
         user: request.user,
         message: request.message,
     };
-    match controller.apply_checked_as(
-        &edited,
-        &file,
-        &origin,
-        request.force,
-        Some(base),
+    let candidate = match Candidate::parse(edited, file.clone(), origin) {
+        Ok(c) => c,
+        Err(e) => return crate::daemon::refused_or_failed(&ApplyError::from(e)),
+    };
+    let options = ApplyOptions::operator(
         Kind::Edit {
             command: command.clone(),
         },
-    ) {
-        Ok((revision, plan)) => {
+        request.force,
+        Some(base),
+    );
+    match controller.apply(candidate, options) {
+        Ok(Applied {
+            revision,
+            plan: Some(plan),
+        }) => {
             log::info!("{command}: revision {revision} (edited revision {base})");
             Response::Edited(Box::new(Edited {
                 revision,
@@ -48,6 +51,10 @@ pub fn respond(controller: &mut Controller, request: EditRequest) -> Response {
                 plan,
             }))
         }
+        Ok(Applied { plan: None, .. }) => Response::Error(ApiError {
+            kind: ErrorKind::Internal,
+            message: format!("{command}: applied without a plan"),
+        }),
         Err(e) => {
             log::warn!("{command} refused: {e}");
             crate::daemon::refused_or_failed(&e)

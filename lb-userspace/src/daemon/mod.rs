@@ -21,13 +21,17 @@ use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::daemon::controller::Controller;
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::revision::Kind;
+
+use crate::daemon::controller::{ApplyError, Controller};
 use xlb_core::api::{ApiError, ErrorKind, Request, Response};
-use xlb_core::config::Config;
 
 pub struct RunOptions {
-    pub config: Config,
-    pub config_file: String,
+    /// The config file, parsed where it entered (`xlb run` parses it to
+    /// find the interface before anything is loaded); recorded as the
+    /// startup revision.
+    pub candidate: Candidate,
     pub socket: PathBuf,
     pub mode: xlb_dataplane::AttachMode,
     /// Overrides the config's `metrics_address`.
@@ -35,8 +39,6 @@ pub struct RunOptions {
     /// Where revisions are kept (`<state_dir>/revisions`).
     pub state_dir: PathBuf,
     pub keep_revisions: usize,
-    /// The config file's text, recorded as the startup revision.
-    pub config_text: String,
     pub bake: crate::daemon::controller::BakePolicy,
     /// The collector's period while a revision bakes.
     pub bake_tick: std::time::Duration,
@@ -58,19 +60,20 @@ fn bind(
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let interface = opts.config.interface.clone();
+    let config = &opts.candidate.config;
+    let interface = config.interface.clone();
     let host = xlb_dataplane::host::read(&interface)?;
     crate::daemon::restart::ignore_hangup_for_now();
     // The connection table is sized here, once (and pinned): a later apply
     // that changes conn_table_size is refused.
     let (dataplane, pinned) = crate::daemon::restart::load_and_attach(
         &interface,
-        opts.config.conn_table_size,
+        config.conn_table_size,
         opts.mode,
         &opts.bpffs,
         opts.object.as_deref(),
     )?;
-    let metrics_address = opts.metrics_address.unwrap_or(opts.config.metrics_address);
+    let metrics_address = opts.metrics_address.unwrap_or(config.metrics_address);
     let metrics = Arc::new(crate::daemon::metrics::Metrics::new());
     let store = crate::store::Store::open(&opts.state_dir.join("revisions"), opts.keep_revisions)
         .context("opening the revision store")?;
@@ -81,12 +84,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             crate::daemon::audit::AuditLog::open(&opts.state_dir.join("audit.log"))
                 .context("opening the audit log")?,
         );
-    let revision = crate::daemon::restart::first_apply(
-        &mut controller,
-        &pinned,
-        &opts.config_text,
-        &opts.config_file,
-    )?;
+    let config_file = PathBuf::from(&opts.candidate.file);
+    let revision = crate::daemon::restart::first_apply(&mut controller, &pinned, opts.candidate)?;
     log::info!("serving revision {revision}");
     let conns = controller.conn_table();
     let controller = Arc::new(Mutex::new(controller));
@@ -105,7 +104,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             r = collect(controller.clone(), opts.bake_tick) => r,
             r = count_conns(controller.clone(), conns) => r,
             r = crate::daemon::health::serve(controller.clone()) => r,
-            r = crate::daemon::restart::reload_on_hangup(controller.clone(), PathBuf::from(&opts.config_file)) => r,
+            r = crate::daemon::restart::reload_on_hangup(controller.clone(), config_file) => r,
         }
     });
     crate::daemon::notify::stopping();
@@ -294,16 +293,25 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             Some(Err(e)) => internal(e.to_string()),
         },
         Request::Rollback { to, user, message } => {
-            match controller.rollback(to, &crate::daemon::controller::Origin { user, message }) {
+            match controller.rollback(to, &Origin { user, message }) {
                 Ok(revision) => Response::Applied { revision },
                 Err(e) => refused_or_failed(&e),
             }
         }
         Request::Edit(edit) => crate::daemon::edit::respond(&mut controller, edit),
-        Request::Plan { file, text, user } => match controller.plan_audited(&text, &file, &user) {
-            Ok(plan) => Response::Plan(Box::new(plan)),
-            Err(e) => refused_or_failed(&e),
-        },
+        Request::Plan { file, text, user } => {
+            let origin = Origin {
+                user,
+                message: None,
+            };
+            match Candidate::parse(text, file, origin) {
+                Ok(candidate) => match controller.plan_audited(&candidate) {
+                    Ok(plan) => Response::Plan(Box::new(plan)),
+                    Err(e) => refused_or_failed(&e),
+                },
+                Err(e) => refused_or_failed(&ApplyError::from(e)),
+            }
+        }
         Request::Apply {
             file,
             text,
@@ -311,18 +319,22 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             message,
             force,
             expect_revision,
-        } => match controller.apply_checked(
-            &text,
-            &file,
-            &crate::daemon::controller::Origin { user, message },
-            force,
-            expect_revision,
-        ) {
-            Ok(revision) => Response::Applied { revision },
-            Err(e) => {
-                log::warn!("apply of {file} refused: {e}");
-                refused_or_failed(&e)
+        } => {
+            let applied = Candidate::parse(text, file.clone(), Origin { user, message })
+                .map_err(ApplyError::from)
+                .and_then(|candidate| {
+                    let options = ApplyOptions::operator(Kind::Apply, force, expect_revision);
+                    controller.apply(candidate, options)
+                });
+            match applied {
+                Ok(applied) => Response::Applied {
+                    revision: applied.revision,
+                },
+                Err(e) => {
+                    log::warn!("apply of {file} refused: {e}");
+                    refused_or_failed(&e)
+                }
             }
-        },
+        }
     }
 }

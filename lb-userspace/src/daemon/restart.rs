@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
-use crate::daemon::controller::{Controller, Origin};
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
+
+use crate::daemon::controller::{ApplyError, Controller};
 use xlb_core::revision::Kind;
 use xlb_dataplane::{Attached, Dataplane, PinDir, Pinned, balancer_object, ensure_bpffs};
 
@@ -85,17 +87,14 @@ pub fn load_and_attach(
     Ok((dataplane, pinned))
 }
 
-/// Step 3. Returns the revision in force.
+/// Step 3: the startup candidate (the config file, parsed where it entered
+/// the daemon) adopted or applied. Returns the revision in force.
 pub fn first_apply(
     controller: &mut Controller,
     pinned: &Pinned,
-    text: &str,
-    file: &str,
+    candidate: Candidate,
 ) -> anyhow::Result<u64> {
-    let origin = |message: String| Origin {
-        user: crate::user::current_user(),
-        message: Some(message),
-    };
+    let file = candidate.file.clone();
     if pinned.holds_state() {
         let live = match controller.revisions().map(|s| s.latest_applied()) {
             Some(Ok(rev)) => rev,
@@ -106,7 +105,11 @@ pub fn first_apply(
             None => None,
         };
         if let Some(rev) = live {
-            match controller.adopt(&rev.config_text, &rev.config_file, Some(rev.number)) {
+            let adopted =
+                Candidate::parse(&rev.config_text, &rev.config_file, candidate.origin.clone())
+                    .map_err(ApplyError::from)
+                    .and_then(|recorded| controller.adopt(&recorded, Some(rev.number)));
+            match adopted {
                 Ok(differences) => {
                     log::info!(
                         "adopted revision {} from the pinned maps ({})",
@@ -117,7 +120,7 @@ pub fn first_apply(
                             format!("{} differences rewritten", differences.len())
                         }
                     );
-                    if rev.config_text == text {
+                    if rev.config_text == candidate.text {
                         log::info!("{file} is revision {}: nothing to apply", rev.number);
                         return Ok(rev.number);
                     }
@@ -125,17 +128,17 @@ pub fn first_apply(
                         "{file} differs from revision {}: applying it through plan",
                         rev.number
                     );
-                    return match controller.apply_checked(
-                        text,
-                        file,
-                        &origin(format!(
-                            "daemon start: {file} differs from revision {}",
-                            rev.number
-                        )),
-                        false,
-                        None,
-                    ) {
-                        Ok(n) => Ok(n),
+                    let candidate = Candidate {
+                        origin: Origin::daemon(
+                            candidate.origin.user,
+                            format!("daemon start: {file} differs from revision {}", rev.number),
+                        ),
+                        ..candidate
+                    };
+                    return match controller
+                        .apply(candidate, ApplyOptions::operator(Kind::Apply, false, None))
+                    {
+                        Ok(applied) => Ok(applied.revision),
                         Err(e) => {
                             log::warn!(
                                 "{file} not applied at start: {e}; serving revision {} (`xlb apply` it to retry)",
@@ -156,11 +159,12 @@ pub fn first_apply(
             );
         }
         controller
-            .adopt(text, file, None)
+            .adopt(&candidate, None)
             .context("adopting the pinned maps")?;
     }
     controller
-        .apply_recorded(text, file, &origin("daemon start".into()), Kind::Startup)
+        .apply(candidate, ApplyOptions::unchecked(Kind::Startup))
+        .map(|applied| applied.revision)
         .context("applying the initial config")
 }
 
@@ -176,18 +180,19 @@ pub enum Reload {
 pub fn reload(controller: &mut Controller, file: &Path) -> Result<Reload, String> {
     let name = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|e| format!("{name}: cannot read: {e}"))?;
-    if let Some((n, live, _)) = controller.live_revision()
-        && live == text
+    if let Some(live) = controller.live_revision()
+        && live.text == text
     {
-        return Ok(Reload::Unchanged(n));
+        return Ok(Reload::Unchanged(live.number));
     }
-    let origin = Origin {
-        user: crate::user::current_user(),
-        message: Some(format!("SIGHUP: reload of {name}")),
-    };
+    let origin = Origin::daemon(
+        crate::user::current_user(),
+        format!("SIGHUP: reload of {name}"),
+    );
+    let candidate = Candidate::parse(text, name, origin).map_err(|e| e.to_string())?;
     controller
-        .apply_checked(&text, &name, &origin, false, None)
-        .map(Reload::Applied)
+        .apply(candidate, ApplyOptions::operator(Kind::Apply, false, None))
+        .map(|applied| Reload::Applied(applied.revision))
         .map_err(|e| e.to_string())
 }
 

@@ -1,0 +1,325 @@
+//! The one way a change is made: a `Candidate` (parsed once, where it
+//! entered the daemon) planned, checked as its `ApplyOptions` say, written,
+//! recorded as a revision, baked and audited. Adoption takes over the
+//! pinned maps of an earlier daemon instead of writing them.
+
+use std::time::{Instant, SystemTime};
+
+use xlb_core::bake::{BakeState, BakeStatus};
+use xlb_core::change::{ApplyOptions, Candidate, Checks, LiveRevision};
+use xlb_core::clock::unix_now;
+use xlb_core::config::Config;
+use xlb_core::detect::Detector;
+use xlb_core::plan::Plan;
+use xlb_core::revision::{Kind, Outcome, Revision};
+use xlb_core::state::{self, Allocation};
+
+use super::{ApplyError, Controller, health};
+
+/// What an apply made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub revision: u64,
+    /// The plan it was checked against (operator changes only).
+    pub plan: Option<Plan>,
+}
+
+impl Controller {
+    /// The plan of changing from the applied config to `candidate`, against
+    /// the live revision.
+    pub fn plan(&self, candidate: &Candidate) -> Result<Plan, ApplyError> {
+        let base = match &self.applied {
+            Some(d) => d.config.clone(),
+            // Nothing applied yet: only the VIPs are new.
+            None => Config {
+                interface: self.interface.clone(),
+                vips: vec![],
+                ..candidate.config.clone()
+            },
+        };
+        let mut plan = xlb_core::plan::plan(&base, &candidate.config)?;
+        plan.base_revision = Some(self.revision);
+        Ok(plan)
+    }
+
+    /// Plan for an operator, and put it in the audit log.
+    pub fn plan_audited(&mut self, candidate: &Candidate) -> Result<Plan, ApplyError> {
+        let plan = self.plan(candidate)?;
+        let detail = if plan.refused() {
+            format!("refused: {} safety findings", plan.lints.len())
+        } else if plan.changed {
+            "changes, no findings".to_string()
+        } else {
+            "no changes".to_string()
+        };
+        self.audit(
+            "plan",
+            &candidate.origin.user,
+            plan.base_revision,
+            Some(&candidate.file),
+            Some(&candidate.text),
+            Some(detail),
+        );
+        Ok(plan)
+    }
+
+    /// Apply `candidate` as a new revision. An operator's change
+    /// (`Checks::Operator`) is refused when its reviewed plan is stale or the
+    /// safety checks refuse it unforced, and is audited; every change is
+    /// recorded with its outcome (bad input is refused before anything is
+    /// written or recorded; a kernel failure is recorded as a failed
+    /// revision). An operator's apply or edit that replaces a revision bakes.
+    pub fn apply(
+        &mut self,
+        candidate: Candidate,
+        options: ApplyOptions,
+    ) -> Result<Applied, ApplyError> {
+        let Candidate {
+            origin,
+            file,
+            text,
+            config,
+        } = &candidate;
+        let ApplyOptions { kind, checks } = options;
+        let plan = match checks {
+            Checks::Unchecked => None,
+            Checks::Operator {
+                force,
+                expect_revision,
+            } => {
+                let refusal = match expect_revision {
+                    Some(planned) if planned != self.revision => Some(ApplyError::Stale {
+                        planned,
+                        live: self.revision,
+                    }),
+                    _ => None,
+                };
+                let plan = match refusal {
+                    Some(_) => None,
+                    None => Some(self.plan(&candidate)?),
+                };
+                let refusal = refusal.or_else(|| {
+                    plan.as_ref().filter(|p| p.refused() && !force).map(|p| {
+                        let lines: Vec<String> = p
+                            .lints
+                            .iter()
+                            .map(|l| format!("  {}: {}", l.vip, l.message))
+                            .collect();
+                        ApplyError::Refused(lines.join("\n"))
+                    })
+                });
+                if let Some(e) = refusal {
+                    self.audit(
+                        "refused",
+                        &origin.user,
+                        None,
+                        Some(file),
+                        Some(text),
+                        Some(e.to_string()),
+                    );
+                    return Err(e);
+                }
+                if plan.as_ref().is_some_and(Plan::refused) {
+                    log::warn!(
+                        "{file}: safety checks overridden with --force by {}",
+                        origin.user
+                    );
+                }
+                plan
+            }
+        };
+        let number = self
+            .revisions
+            .as_ref()
+            .map_or(self.revision + 1, |s| s.next_number());
+        let result = self.write(config, file, number);
+        let baking = result.is_ok() && self.start_bake(&candidate, &kind, number);
+        if let Some(store) = self.revisions.as_mut() {
+            let outcome = match &result {
+                Ok(_) if baking => Outcome::Baking,
+                Ok(_) => Outcome::Applied,
+                Err(e) if e.is_bad_input() => {
+                    return result.map(|revision| Applied { revision, plan });
+                }
+                Err(e) => Outcome::Failed {
+                    error: e.to_string(),
+                },
+            };
+            let rev = Revision {
+                schema_version: xlb_core::revision::SCHEMA_VERSION,
+                number,
+                created_at_unix_seconds: unix_now(),
+                user: origin.user.clone(),
+                message: origin.message.clone(),
+                config_file: file.clone(),
+                config_text: text.clone(),
+                config_hash: xlb_core::revision::text_hash(text),
+                kind: kind.clone(),
+                plan: plan.as_ref().and_then(|p| serde_json::to_value(p).ok()),
+                outcome,
+            };
+            if let Err(e) = store.record(&rev) {
+                // The change is in force; losing its record must be loud.
+                log::error!("revision {number} is applied but could not be recorded: {e}");
+            }
+        }
+        if let (Checks::Operator { force, .. }, Some(plan)) = (checks, &plan) {
+            self.audit_operator_apply(&candidate, &kind, force, plan, &result);
+        }
+        result.map(|revision| Applied { revision, plan })
+    }
+
+    /// After a successful write: the new revision replaces the live one, and
+    /// bakes when it is an operator's apply or edit replacing a revision and
+    /// baking is on. True when it bakes.
+    fn start_bake(&mut self, candidate: &Candidate, kind: &Kind, number: u64) -> bool {
+        let previous = self.current.replace(LiveRevision {
+            number,
+            text: candidate.text.clone(),
+            file: candidate.file.clone(),
+        });
+        let (Kind::Apply | Kind::Edit { .. }, Some(previous)) = (kind, previous) else {
+            return false;
+        };
+        if self.bake_policy.window_seconds <= 0.0 {
+            return false;
+        }
+        let now = unix_now();
+        self.bake = Some(BakeStatus {
+            revision: number,
+            state: BakeState::Baking,
+            started_at_unix_seconds: now,
+            until_unix_seconds: now + self.bake_policy.window_seconds,
+            rollback_to: previous.number,
+            reason: None,
+            rollback_revision: None,
+        });
+        self.rollback_target = Some(previous);
+        self.capacity_detector = Detector::new();
+        true
+    }
+
+    fn audit_operator_apply(
+        &mut self,
+        candidate: &Candidate,
+        kind: &Kind,
+        force: bool,
+        plan: &Plan,
+        result: &Result<u64, ApplyError>,
+    ) {
+        let origin = &candidate.origin;
+        let (event, revision, detail) = match result {
+            Ok(n) => (
+                "apply",
+                Some(*n),
+                match (force && plan.refused(), &origin.message) {
+                    (true, m) => Some(format!(
+                        "forced past {} safety findings; {}",
+                        plan.lints.len(),
+                        m.as_deref().unwrap_or("")
+                    )),
+                    (false, m) => m.clone(),
+                },
+            ),
+            Err(e) => ("failed", None, Some(e.to_string())),
+        };
+        // An edit says which: `drain web b2; <message>`.
+        let detail = match (kind, detail) {
+            (Kind::Edit { command }, Some(d)) => Some(format!("{command}; {d}")),
+            (Kind::Edit { command }, None) => Some(command.clone()),
+            (_, d) => d,
+        };
+        self.audit(
+            event,
+            &origin.user,
+            revision,
+            Some(&candidate.file),
+            Some(&candidate.text),
+            detail,
+        );
+    }
+
+    /// Take over what an earlier daemon left in the pinned maps: the applied
+    /// state becomes `candidate`'s (the live revision `number`, when it is one)
+    /// under the ids the maps hold (`adopt::adopt`), so the next apply moves
+    /// only what changes. Where the maps differ from it (a daemon killed in
+    /// the middle of an apply), they are rewritten to it first, each table
+    /// swapped in whole. Returns those differences.
+    pub fn adopt(
+        &mut self,
+        candidate: &Candidate,
+        number: Option<u64>,
+    ) -> Result<Vec<String>, ApplyError> {
+        let (config, file) = (&candidate.config, &candidate.file);
+        let live = self.dataplane.read_live()?;
+        let adopted = xlb_core::adopt::adopt(config, &self.host, &live)?;
+        if !adopted.differences.is_empty() {
+            for d in &adopted.differences {
+                log::warn!("adopting {file}: the pinned maps differ: {d}");
+            }
+            self.dataplane
+                .reconcile(&self.host, &adopted.desired, &adopted.stray)?;
+        }
+        self.dataplane.adopt_tables(&adopted.desired)?;
+        self.at_apply = self.snapshot(&adopted.desired)?;
+        self.drift.clear();
+        self.drift_checked_at.clear();
+        self.applied = Some(adopted.desired);
+        self.health_adopt(adopted.health);
+        if let Some(n) = number {
+            self.revision = n;
+            self.current = Some(LiveRevision {
+                number: n,
+                text: candidate.text.clone(),
+                file: file.clone(),
+            });
+        }
+        self.applied_at = SystemTime::now();
+        self.applied_instant = Instant::now();
+        Ok(adopted.differences)
+    }
+
+    /// Build the tables of `config` and swap them in; nothing is written
+    /// unless everything validated.
+    fn write(&mut self, config: &Config, file: &str, number: u64) -> Result<u64, ApplyError> {
+        if config.interface != self.interface {
+            return Err(ApplyError::InterfaceChange {
+                file: file.to_string(),
+                running: self.interface.clone(),
+                wanted: config.interface.clone(),
+            });
+        }
+        if config.conn_table_size != self.dataplane.conn_table_size() {
+            return Err(ApplyError::ConnTableSizeChange {
+                file: file.to_string(),
+                running: self.dataplane.conn_table_size(),
+                wanted: config.conn_table_size,
+            });
+        }
+        let empty = Allocation::default();
+        let previous = self.applied.as_ref();
+        let started = Instant::now();
+        let mut desired = state::desired(config, previous.map_or(&empty, |p| &p.allocation))?;
+        // Backends the checks call down stay out of the new tables.
+        let memberships =
+            xlb_core::health::patch_desired(&health::lock(&self.health), &mut desired);
+        self.metrics
+            .maglev_build
+            .observe(started.elapsed().as_secs_f64());
+        let swaps = self.dataplane.apply(self.host, &desired, previous)?;
+        for seconds in swaps {
+            self.metrics.table_swap.observe(seconds);
+        }
+        self.at_apply = self.snapshot(&desired)?;
+        // What the drift check compared is history now.
+        self.drift.clear();
+        self.drift_checked_at.clear();
+        self.applied = Some(desired);
+        self.health_follow(memberships);
+        self.revision = number;
+        self.applied_at = SystemTime::now();
+        self.applied_instant = Instant::now();
+        log::info!("applied revision {} from {file}", self.revision);
+        Ok(self.revision)
+    }
+}

@@ -1,0 +1,140 @@
+//! Judging a new revision while it bakes: the bake ends baked, or the
+//! previous revision is put back automatically (through the one apply
+//! path) and the reason recorded.
+
+use xlb_core::bake::{BakeState, BakeStatus};
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::clock::unix_now;
+use xlb_core::detect::{BackendSample, Detector, VipReport, VipSample};
+use xlb_core::revision::{Kind, Outcome};
+use xlb_core::state::Desired;
+
+use super::{ApplyError, BakePolicy, Controller};
+
+impl Controller {
+    pub(super) fn finish_bake(&mut self) {
+        let Some(bake) = self.bake.as_mut() else {
+            return;
+        };
+        bake.state = BakeState::Baked;
+        log::info!("revision {} baked", bake.revision);
+        let number = bake.revision;
+        if let Some(store) = self.revisions.as_mut()
+            && let Err(e) = store.update_outcome(number, Outcome::Baked)
+        {
+            log::error!("recording that revision {number} baked: {e}");
+        }
+    }
+
+    /// Put the previous revision back, as a new revision, and record why.
+    pub(super) fn roll_back(&mut self, reason: &str) {
+        let (Some(bake), Some(target)) = (self.bake.clone(), self.rollback_target.clone()) else {
+            return;
+        };
+        let to = target.number;
+        log::warn!(
+            "revision {}: automatic rollback to revision {to}: {reason}",
+            bake.revision
+        );
+        let origin = Origin::daemon(
+            "xlb",
+            format!("automatic rollback of revision {}", bake.revision),
+        );
+        let kind = Kind::AutomaticRollback {
+            to,
+            reason: reason.to_string(),
+        };
+        let applied = Candidate::parse(&target.text, &target.file, origin)
+            .map_err(ApplyError::from)
+            .and_then(|c| self.apply(c, ApplyOptions::unchecked(kind)));
+        match applied.map(|a| a.revision) {
+            Ok(new) => {
+                self.metrics.automatic_rollbacks.inc();
+                self.audit(
+                    "automatic_rollback",
+                    "xlb",
+                    Some(new),
+                    Some(&target.file),
+                    Some(&target.text),
+                    Some(format!("revision {} -> {to}: {reason}", bake.revision)),
+                );
+                if let Some(store) = self.revisions.as_mut()
+                    && let Err(e) = store.update_outcome(
+                        bake.revision,
+                        Outcome::RolledBack {
+                            at_unix_seconds: unix_now(),
+                            by: new,
+                            reason: reason.to_string(),
+                        },
+                    )
+                {
+                    log::error!("recording the rollback of revision {}: {e}", bake.revision);
+                }
+                self.bake = Some(BakeStatus {
+                    state: BakeState::RolledBack,
+                    reason: Some(reason.to_string()),
+                    rollback_revision: Some(new),
+                    ..bake
+                });
+                self.rollback_target = None;
+            }
+            Err(e) => log::error!(
+                "automatic rollback of revision {} failed: {e}; still on it",
+                bake.revision
+            ),
+        }
+    }
+}
+
+/// The capacity detector's reports: the same samples, with each active
+/// backend's expected share its capacity share, and the shorter hold.
+pub(super) fn capacity_view(
+    detector: &mut Detector,
+    desired: &Desired,
+    policy: BakePolicy,
+    now: f64,
+    samples: &[VipSample<'_>],
+) -> Vec<VipReport> {
+    let thresholds: Vec<xlb_core::detect::Thresholds> = desired
+        .vips
+        .iter()
+        .map(|v| xlb_core::detect::Thresholds {
+            hold_seconds: v.config.imbalance.hold_seconds.min(policy.hold_seconds),
+            ..v.config.imbalance.clone()
+        })
+        .collect();
+    let samples: Vec<VipSample<'_>> = samples
+        .iter()
+        .zip(&desired.vips)
+        .zip(&thresholds)
+        .map(|((sample, v), t)| {
+            // Over the backends in the live table (health may have taken
+            // some out).
+            let total: f64 = sample
+                .backends
+                .iter()
+                .zip(&v.config.backends)
+                .filter(|(s, _)| s.active)
+                .map(|(_, b)| b.capacity)
+                .sum();
+            VipSample {
+                vip: sample.vip,
+                thresholds: t,
+                backends: sample
+                    .backends
+                    .iter()
+                    .zip(&v.config.backends)
+                    .map(|(s, b)| BackendSample {
+                        expected_share: if s.active && total > 0.0 {
+                            b.capacity / total
+                        } else {
+                            0.0
+                        },
+                        ..s.clone()
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    detector.observe(now, &samples)
+}

@@ -1,0 +1,160 @@
+//! The collector: once a second, the drift check's share, the counters
+//! fed to the imbalance detector (and, while a revision bakes, to the
+//! capacity detector), and what the bake decides; the status document.
+
+use std::time::{Instant, UNIX_EPOCH};
+
+use xlb_core::bake::{BakeState, Decision};
+use xlb_core::clock::unix_now;
+use xlb_core::config::{self, Config};
+use xlb_core::detect::{BackendSample, Cumulative, VipSample};
+use xlb_core::state::{Allocation, Desired};
+use xlb_core::status::{self, Status, StatusContext};
+use xlb_dataplane::{CounterSnapshot, DataplaneError};
+
+use super::bake::capacity_view;
+use super::drift::DRIFT_SLOTS_PER_TICK;
+use super::{Controller, health};
+
+impl Controller {
+    pub(super) fn snapshot(&self, desired: &Desired) -> Result<CounterSnapshot, DataplaneError> {
+        self.dataplane.snapshot(
+            desired.vips.iter().map(|v| v.id),
+            desired
+                .vips
+                .iter()
+                .flat_map(|v| v.backend_ids.iter().copied()),
+        )
+    }
+
+    /// One collector pass: check drift (round-robin within a budget), then
+    /// feed the detector the counters. Called once a second.
+    pub fn tick(&mut self, now_unix_seconds: f64) -> Result<(), DataplaneError> {
+        let started = Instant::now();
+        if self.applied.is_none() {
+            return Ok(());
+        }
+        // A failed health table write is tried again here.
+        self.health_sync();
+        self.check_drift(now_unix_seconds, DRIFT_SLOTS_PER_TICK)?;
+        let desired = self.applied.as_ref().expect("checked above");
+        // A backend health took out of the table expects no share.
+        let health = health::lock(&self.health);
+        // Counters straight from the mapped arrays: no snapshot map here,
+        // this runs for every backend every second.
+        let dataplane = &self.dataplane;
+        let samples: Vec<VipSample<'_>> = desired
+            .vips
+            .iter()
+            .map(|v| {
+                let serving = health.live(&v.config.name);
+                let weight_sum: u64 = v
+                    .config
+                    .table_backends()
+                    .filter(|b| serving.serves(&b.name))
+                    .map(|b| b.weight as u64)
+                    .sum();
+                let live = self
+                    .drift
+                    .get(&v.config.name)
+                    .and_then(|f| f.live_table_shares.as_ref());
+                VipSample {
+                    vip: &v.config.name,
+                    thresholds: &v.config.imbalance,
+                    backends: v
+                        .config
+                        .backends
+                        .iter()
+                        .zip(&v.backend_ids)
+                        .zip(&v.table_shares)
+                        .map(|((b, id), &applied_share)| {
+                            let active =
+                                b.state == config::BackendState::Active && serving.serves(&b.name);
+                            let c = dataplane.backend_counters(*id);
+                            BackendSample {
+                                name: &b.name,
+                                active,
+                                expected_share: if active && weight_sum > 0 {
+                                    b.weight as f64 / weight_sum as f64
+                                } else {
+                                    0.0
+                                },
+                                table_share: match live {
+                                    Some(live) => live.get(&b.name).copied().unwrap_or(0.0),
+                                    None => applied_share,
+                                },
+                                counters: Cumulative {
+                                    new_flows: c.new_flows,
+                                    packets: c.packets,
+                                    bytes: c.bytes,
+                                },
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        drop(health);
+        let reports = self.detector.observe(now_unix_seconds, &samples);
+        let baking = self
+            .bake
+            .as_ref()
+            .is_some_and(|b| b.state == BakeState::Baking);
+        let capacity_reports = if baking {
+            capacity_view(
+                &mut self.capacity_detector,
+                desired,
+                self.bake_policy,
+                now_unix_seconds,
+                &samples,
+            )
+        } else {
+            Vec::new()
+        };
+        let decision = match &self.bake {
+            Some(bake) => {
+                xlb_core::bake::decide(bake, now_unix_seconds, &reports, &capacity_reports)
+            }
+            None => Decision::Wait,
+        };
+        self.reports = reports.into_iter().map(|r| (r.vip.clone(), r)).collect();
+        self.metrics
+            .collector
+            .observe(started.elapsed().as_secs_f64());
+        match decision {
+            Decision::Wait => {}
+            Decision::Baked => self.finish_bake(),
+            Decision::RollBack(reason) => self.roll_back(&reason),
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Status, DataplaneError> {
+        let empty = Desired {
+            config: Config::empty(self.interface.clone()),
+            vips: vec![],
+            echo: vec![],
+            allocation: Allocation::default(),
+        };
+        let desired = self.applied.as_ref().unwrap_or(&empty);
+        let now = self.snapshot(desired)?;
+        let ctx = StatusContext {
+            interface: &self.interface,
+            revision: self.revision,
+            applied_at_unix_seconds: self
+                .applied_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            observed_seconds: self.applied_instant.elapsed().as_secs_f64(),
+            generated_at_unix_seconds: unix_now(),
+            reports: &self.reports,
+            drift: &self.drift,
+            drift_checked_at: &self.drift_checked_at,
+            bake: self.bake.as_ref(),
+            conn_scan: self.conn_scan.as_ref(),
+        };
+        let mut status = status::build(&ctx, desired, &now, &self.at_apply);
+        xlb_core::health::annotate(&mut status, &health::lock(&self.health));
+        Ok(status)
+    }
+}
