@@ -6,8 +6,11 @@
 //! - `demo`: setup, build, and run the namespace demo;
 //! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
 //! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
-//!   the named ones; `dataplane` names the data-plane group).
+//!   the named ones; `dataplane` names the data-plane group);
+//! - `modcheck`: check that no module of any workspace crate imports in a
+//!   cycle (modcheck.rs says what counts).
 
+mod modcheck;
 mod setup;
 
 use std::process::Command;
@@ -45,6 +48,9 @@ enum Cmd {
         /// data-plane group); none runs them all.
         names: Vec<String>,
     },
+    /// Check that no module of any workspace crate imports in a cycle; exit 1
+    /// naming the files and the names that make each cycle.
+    Modcheck,
 }
 
 /// Every bench in xtask/benches, in the order `cargo xtask bench` runs them.
@@ -139,6 +145,12 @@ fn main() -> anyhow::Result<()> {
                 cmd.args(["--bench", bench]);
             }
             run(&mut cmd)
+        }
+        Cmd::Modcheck => {
+            if modcheck::run()? > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Cmd::Demo => {
             setup::setup()?;
