@@ -10,13 +10,14 @@
 //! - `modcheck`: check that no module of any workspace crate imports in a
 //!   cycle (modcheck.rs says what counts).
 
+mod command;
 mod modcheck;
 mod setup;
 
-use std::process::Command;
-
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
+
+use command::{cargo, run};
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -101,18 +102,6 @@ fn benches_named(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
         .copied()
         .filter(|b| wanted.contains(b))
         .collect())
-}
-
-pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -87,13 +87,12 @@ use syn::{Attribute, Expr, ImplItem, Item, Lit, Meta, Token, UseTree, Visibility
 /// returns the number of cycles.
 pub fn run() -> anyhow::Result<usize> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let output =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["metadata", "--no-deps", "--format-version", "1"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .output()
-            .context("running cargo metadata")?;
+    let output = crate::command::cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .output()
+        .context("running cargo metadata")?;
     if !output.status.success() {
         bail!(
             "cargo metadata failed: {}",
