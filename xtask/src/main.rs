@@ -2,7 +2,7 @@
 //!
 //! - `setup`: make a fresh machine of this kind ready (idempotent);
 //! - `build`: build everything, the XDP object included;
-//! - `test`: setup, then every test (the command CI runs);
+//! - `test`: modcheck, setup, then every test (the command CI runs);
 //! - `demo`: setup, build, and run the namespace demo;
 //! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
 //! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
@@ -32,7 +32,7 @@ enum Cmd {
     Setup,
     /// Build the workspace (and the XDP object, through lb-userspace's build.rs).
     Build,
-    /// Run setup, then every test.
+    /// Run modcheck and setup, then every test.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
@@ -118,6 +118,11 @@ fn main() -> anyhow::Result<()> {
             ]))
         }
         Cmd::Test { args } => {
+            // No module imports in a cycle (modcheck.rs); it reads the
+            // source only, so it goes before anything is built.
+            if modcheck::run()? > 0 {
+                bail!("module cycles (above): a module uses what is below it, never what uses it");
+            }
             setup::setup()?;
             // Build the `xlb` binary first: the end-to-end tests run it.
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
