@@ -2,18 +2,22 @@
 //!
 //! - `setup`: make a fresh machine of this kind ready (idempotent);
 //! - `build`: build everything, the XDP object included;
-//! - `test`: setup, then every test (the command CI runs);
+//! - `test`: modcheck, setup, then every test (the command CI runs);
 //! - `demo`: setup, build, and run the namespace demo;
 //! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
 //! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
-//!   the named ones; `dataplane` names the data-plane group).
+//!   the named ones; `dataplane` names the data-plane group);
+//! - `modcheck`: check that no module of any workspace crate imports in a
+//!   cycle (modcheck.rs says what counts).
 
+mod command;
+mod modcheck;
 mod setup;
 
-use std::process::Command;
-
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
+
+use command::{cargo, run};
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -28,7 +32,7 @@ enum Cmd {
     Setup,
     /// Build the workspace (and the XDP object, through lb-userspace's build.rs).
     Build,
-    /// Run setup, then every test.
+    /// Run modcheck and setup, then every test.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(last = true)]
@@ -45,6 +49,9 @@ enum Cmd {
         /// data-plane group); none runs them all.
         names: Vec<String>,
     },
+    /// Check that no module of any workspace crate imports in a cycle; exit 1
+    /// naming the files and the names that make each cycle.
+    Modcheck,
 }
 
 /// Every bench in xtask/benches, in the order `cargo xtask bench` runs them.
@@ -97,18 +104,6 @@ fn benches_named(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
         .collect())
 }
 
-pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),
@@ -123,6 +118,11 @@ fn main() -> anyhow::Result<()> {
             ]))
         }
         Cmd::Test { args } => {
+            // No module imports in a cycle (modcheck.rs); it reads the
+            // source only, so it goes before anything is built.
+            if modcheck::run()? > 0 {
+                bail!("module cycles (above): a module uses what is below it, never what uses it");
+            }
             setup::setup()?;
             // Build the `xlb` binary first: the end-to-end tests run it.
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
@@ -139,6 +139,12 @@ fn main() -> anyhow::Result<()> {
                 cmd.args(["--bench", bench]);
             }
             run(&mut cmd)
+        }
+        Cmd::Modcheck => {
+            if modcheck::run()? > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Cmd::Demo => {
             setup::setup()?;

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::run;
+use crate::command::run;
 
 /// Debian packages the tests, the demo and the benches use.
 const PACKAGES: &[&str] = &[
