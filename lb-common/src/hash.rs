@@ -157,3 +157,11 @@ mod tests {
         );
     }
 }
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: each type is #[repr(C)], Pod (bytemuck-checked), with no padding holes.
+    unsafe impl aya::Pod for super::FlowWords {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragKey {}
+}

@@ -166,6 +166,4 @@ mod user {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::GlobalConfig {}
-    unsafe impl aya::Pod for crate::hash::FlowWords {}
-    unsafe impl aya::Pod for crate::hash::FragKey {}
 }

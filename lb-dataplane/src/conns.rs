@@ -31,7 +31,7 @@ pub use xlb_core::counters::{ConnScan, SCAN_PERIOD, pause_after};
 
 use crate::{
     DataplaneError,
-    loader::{io_err, map_err},
+    error::{io_err, map_err},
 };
 
 /// Entries asked for per BPF_MAP_LOOKUP_BATCH call: 4,096 x 44 bytes of keys
@@ -198,14 +198,6 @@ impl ConnTable {
         let map = MapData::from_fd(fd).map_err(map_err(maps::CONNS))?;
         HashMap::try_from(Map::from_map_data(map).map_err(map_err(maps::CONNS))?)
             .map_err(map_err(maps::CONNS))
-    }
-}
-
-impl crate::Dataplane {
-    /// A handle to the connection table, to count it (`ConnTable::scan`)
-    /// without borrowing the dataplane.
-    pub fn conn_table(&self) -> ConnTable {
-        self.conns.clone()
     }
 }
 

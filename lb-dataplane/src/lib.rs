@@ -5,23 +5,30 @@
 //! From the bottom up (a module uses only those above it in this list):
 //! - `sys`: the raw `bpf()` calls aya does not wrap, behind one small trait
 //!   that tests replace;
+//! - `error`: `DataplaneError`, `PinError`;
 //! - `host`: the interface read from sysfs;
+//! - `mode`: how a program is attached;
 //! - `mmap`: BPF arrays mapped into memory;
-//! - `loader`: the embedded objects, loading, the `Dataplane` handle;
-//! - `pins`: maps and the XDP link pinned in bpffs, adopted by the next
-//!   daemon; attaching;
+//! - `objects`: the embedded objects; programs and maps taken out of them;
+//! - `conns`: the connection table counted (fill, flows per backend);
+//! - `handle`: `Dataplane`, the handle on a loaded balancer's maps;
 //! - `reader`: counters, summed over CPUs, and the live tables;
 //! - `writer`: a `state::Desired` turned into map updates, atomically per VIP;
-//! - `conns`: the connection table counted (fill, flows per backend);
+//! - `pins`: maps and the XDP link pinned in bpffs, adopted by the next
+//!   daemon; attaching under a pinned link;
+//! - `loader`: loading the balancer into a `Dataplane`, attaching it;
 //! - `staging`: flows through the real program (BPF_PROG_TEST_RUN), judged;
 //! - `decap`: the backend-side decapsulation program.
 
 pub mod conns;
 pub mod decap;
+mod error;
+mod handle;
 pub mod host;
 mod loader;
 mod mmap;
 mod mode;
+mod objects;
 pub mod pins;
 mod reader;
 pub mod staging;
@@ -29,11 +36,12 @@ mod sys;
 mod writer;
 
 pub use conns::{ConnTable, SCAN_PERIOD as CONN_SCAN_PERIOD, pause_after as conn_scan_pause};
+pub(crate) use error::map_err;
+pub use error::{DataplaneError, PinError};
+pub use handle::Dataplane;
 pub use host::HostInterface;
-pub use loader::{Dataplane, DataplaneError, aux_object, balancer_object, decap_object};
-pub(crate) use loader::{load_xdp, map_err, take};
 pub use mode::AttachMode;
-pub use pins::{
-    Attached, DEFAULT_BPFFS, PinDir, PinError, Pinned, Removed, ensure_bpffs, is_bpffs,
-};
+pub use objects::{aux_object, balancer_object, decap_object};
+pub(crate) use objects::{load_xdp, take};
+pub use pins::{Attached, DEFAULT_BPFFS, PinDir, Pinned, Removed, ensure_bpffs, is_bpffs};
 pub use xlb_core::counters::{ConnScan, CounterSnapshot};

@@ -27,9 +27,10 @@ use aya::programs::{
 };
 use lb_common::{Backend as KernelBackend, GlobalConfig, LAYOUT_VERSION, VipKey, maps};
 
-use crate::loader::{Installed, io_err, map_err};
+use crate::HostInterface;
+use crate::error::{DataplaneError, PinError, io_err, map_err};
+use crate::handle::{Dataplane, Installed, possible_cpus};
 use crate::mmap::MappedArray;
-use crate::{Dataplane, DataplaneError, HostInterface};
 use xlb_core::adopt::LiveMaps;
 use xlb_core::state::{Desired, kernel_backend};
 
@@ -46,75 +47,6 @@ const BUSY_WAIT: Duration = Duration::from_secs(3);
 /// any xlb can read which layout an older or newer one wrote.
 const LAYOUT_VERSION_OFFSET: usize = 16;
 const _: () = assert!(std::mem::offset_of!(GlobalConfig, layout_version) == LAYOUT_VERSION_OFFSET);
-
-#[derive(Debug, thiserror::Error)]
-pub enum PinError {
-    #[error(
-        "{path} is not a bpffs mount and mounting one there failed ({source}); mount it first: `mount -t bpf bpf {path}`"
-    )]
-    Mount {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("--bpffs {path}: not a bpffs mount; mount one there first (`mount -t bpf bpf {path}`)")]
-    NotBpffs { path: String },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
-        "the maps pinned in {dir} have map layout version {pinned}; this xlb's program needs version {ours} and cannot use them. \
-         Remove them with `xlb detach --interface {interface}` (forwarding on {interface} stops until xlb starts again), then start xlb"
-    )]
-    LayoutMismatch {
-        dir: String,
-        pinned: u32,
-        ours: u32,
-        interface: String,
-    },
-    #[error(
-        "the map pinned as {path} is not what this xlb's program expects: {detail}. \
-         Remove the pins with `xlb detach --interface {interface}`, then start xlb"
-    )]
-    MapMismatch {
-        path: String,
-        detail: String,
-        interface: String,
-    },
-    #[error(
-        "conn_table_size: the config asks for {wanted} entries, the connection table pinned in {dir} has {pinned}; \
-         a map's size is fixed: set conn_table_size = {pinned}, or remove the pins with `xlb detach --interface {interface}` \
-         (every remembered flow is forgotten) and start xlb"
-    )]
-    ConnTableSize {
-        dir: String,
-        wanted: u32,
-        pinned: u32,
-        interface: String,
-    },
-    #[error("pinned map {path}: {source}")]
-    Map {
-        path: String,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("pinned link {path}: {source}")]
-    Link {
-        path: String,
-        #[source]
-        source: LinkError,
-    },
-    #[error(
-        "attaching to {interface}: the kernel attached without a bpf_link (netlink), which cannot be pinned; xlb needs Linux 5.9 or later"
-    )]
-    NoLink { interface: String },
-    #[error("{path}: unexpected files {files:?}; not removing the directory")]
-    Unexpected { path: String, files: Vec<String> },
-}
 
 fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
     move |source| PinError::Io {
@@ -271,7 +203,7 @@ impl PinDir {
                 interface: self.interface.clone(),
             })
         })?;
-        let cpus = crate::loader::possible_cpus()? as u32;
+        let cpus = possible_cpus()? as u32;
         for name in maps::ALL {
             let path = self.map_path(name);
             if !path.exists() {

@@ -7,7 +7,7 @@ use lb_common::{
     stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
 };
 
-use crate::{Dataplane, DataplaneError, loader::map_err, mmap::MappedArray};
+use crate::{Dataplane, DataplaneError, error::map_err, mmap::MappedArray};
 
 fn per_cpu(
     map: &PerCpuArray<MapData, Counters>,
@@ -101,7 +101,7 @@ impl Dataplane {
         let id = match crate::sys::lookup_elem(self.tables_fd.as_fd(), vip_id, 4) {
             Ok(v) => u32::from_ne_bytes(v[..4].try_into().expect("4 bytes")),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(crate::loader::io_err(name)(e)),
+            Err(e) => return Err(crate::error::io_err(name)(e)),
         };
         // Still the table we swapped in: read it through our mapping.
         if let Some(ours) = self.installed.get(&vip_id)
@@ -124,7 +124,7 @@ impl Dataplane {
         };
         let info = inner.info().map_err(map_err(name))?;
         let len = info.max_entries() as usize;
-        let mem = MappedArray::<u32>::new(inner.fd(), len).map_err(crate::loader::io_err(name))?;
+        let mem = MappedArray::<u32>::new(inner.fd(), len).map_err(crate::error::io_err(name))?;
         Ok(Some(mem.to_vec()))
     }
 
@@ -159,7 +159,7 @@ pub(super) fn tables_fd(ebpf: &aya::Ebpf) -> Result<std::os::fd::OwnedFd, Datapl
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(crate::loader::io_err(name)),
+            .map_err(crate::error::io_err(name)),
         _ => Err(DataplaneError::Missing { kind: "map", name }),
     }
 }

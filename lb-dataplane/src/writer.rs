@@ -27,7 +27,7 @@ use lb_common::{BACKEND_F_VALID, Backend as KernelBackend, maps};
 use crate::HostInterface;
 use crate::{
     Dataplane, DataplaneError,
-    loader::{io_err, map_err},
+    error::{io_err, map_err},
     mmap::MappedArray,
 };
 use xlb_core::config::Config;
@@ -71,7 +71,7 @@ impl Dataplane {
         // inner map once no program can still hold it (RCU) and we let go.
         self.tables.set(vip_id, &inner, 0).map_err(map_err(name))?;
         self.installed
-            .insert(vip_id, crate::loader::Installed::new(inner, mem)?);
+            .insert(vip_id, crate::handle::Installed::new(inner, mem)?);
         Ok(())
     }
 
@@ -84,6 +84,7 @@ impl Dataplane {
         let table_changed = previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots);
         let mut swap_seconds = None;
         if table_changed {
+            #[cfg(feature = "fault-injection")]
             if let Some(n) = self.fail_after_swaps {
                 if n == 0 {
                     return Err(DataplaneError::Injected);
@@ -189,8 +190,9 @@ impl Dataplane {
     }
 
     /// Fail the apply after `swaps` more table swaps (tests of the rollback
-    /// path; never set in production).
-    #[doc(hidden)]
+    /// path): only with the `fault-injection` feature, which the integration
+    /// tests turn on and the `xlb` binary never has.
+    #[cfg(feature = "fault-injection")]
     pub fn inject_swap_failure(&mut self, swaps: usize) {
         self.fail_after_swaps = Some(swaps);
     }
@@ -201,7 +203,10 @@ impl Dataplane {
         desired: &Desired,
         previous: Option<&Desired>,
     ) -> Result<(), DataplaneError> {
-        self.fail_after_swaps = None;
+        #[cfg(feature = "fault-injection")]
+        {
+            self.fail_after_swaps = None;
+        }
         let empty = Allocation::default();
         // Ids the failed apply wrote: once the tables that may name them are
         // swapped back out, flows remembered on them are hashed again.

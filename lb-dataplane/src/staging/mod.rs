@@ -12,6 +12,7 @@
 //! choice (Maglev build, id translation, map layout, flow hash, parser)
 //! shows as a skew against the weights.
 
+mod error;
 mod flows;
 mod pcap;
 mod report;
@@ -28,9 +29,12 @@ use crate::{Dataplane, DataplaneError};
 use xlb_core::config::{BackendState, Config};
 use xlb_core::state::{self, Allocation, DesiredVip, StateError};
 
+pub use error::StagingError;
 pub use flows::{SIM_IFACE_MAC, SIM_ROUTER_MAC, vip_flows, write_frame};
 pub use pcap::PcapReader;
-pub use report::{Judgement, SIGNIFICANCE_SIGMAS, beyond, judge, significant};
+pub use report::{
+    Judgement, SIGNIFICANCE_SIGMAS, SimBackend, SimReport, SimVip, beyond, judge, significant,
+};
 
 /// Version of the JSON document (`-o json`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -72,94 +76,6 @@ impl Default for SimulateOptions {
             seed: DEFAULT_SEED,
             pcap: None,
         }
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct SimReport {
-    pub schema_version: u32,
-    pub vips: Vec<SimVip>,
-    /// Frames run through the program.
-    pub packets: u64,
-    /// Frames not for any VIP (the program passed them to the host stack).
-    pub unmatched_packets: u64,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct SimVip {
-    pub name: String,
-    /// Packets the program counted for the VIP (forwarded or dropped).
-    pub packets: u64,
-    /// Of those, dropped (no backend).
-    pub dropped: u64,
-    /// Connection-table misses: the flows the split is measured on.
-    pub new_flows: u64,
-    pub backends: Vec<SimBackend>,
-    /// Simulated/expected share of the backend furthest from its weight;
-    /// None when not judged (no active backend, no flows).
-    pub worst_ratio: Option<f64>,
-    /// That backend.
-    pub worst_backend: Option<String>,
-    /// The VIP's `imbalance.max_ratio`.
-    pub max_ratio: f64,
-    /// Some backend is beyond `max_ratio` (or its inverse), and by more than
-    /// 4-sigma noise.
-    pub over_threshold: bool,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct SimBackend {
-    pub name: String,
-    /// Its weight over the weights of the VIP's active backends (0 when not
-    /// active).
-    pub expected_share_ratio: f64,
-    /// Its share of the VIP's new flows, from the program's counters; None
-    /// when the VIP had no new flows.
-    pub simulated_share_ratio: Option<f64>,
-    pub new_flows: u64,
-    pub packets: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StagingError {
-    #[error("{0}")]
-    Options(String),
-    #[error("config: {0}")]
-    State(#[from] StateError),
-    #[error("loading the balancer program into the kernel (needs root: CAP_BPF): {0}")]
-    Load(#[source] DataplaneError),
-    #[error("filling the simulator's maps: {0}")]
-    Apply(#[source] DataplaneError),
-    #[error("reading the program's counters: {0}")]
-    Counters(#[source] DataplaneError),
-    #[error("BPF_PROG_TEST_RUN of {what}: {source}")]
-    Run {
-        what: String,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("{}: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: byte {offset}: {reason}", path.display())]
-    Pcap {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
-}
-
-impl StagingError {
-    /// The input was wrong (options, config, capture file), as opposed to
-    /// the kernel or the program failing: exit 2 rather than 4.
-    pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            Self::Options(_) | Self::State(_) | Self::Open { .. } | Self::Pcap { .. }
-        )
     }
 }
 

@@ -1,7 +1,52 @@
-//! Judging a simulated split against the weights, and rendering the report.
-//! Pure: no I/O.
+//! The simulation's report: its types, judging a simulated split against
+//! the weights, and rendering it. Pure: no I/O.
 
-use super::{SimBackend, SimReport, SimVip};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SimReport {
+    pub schema_version: u32,
+    pub vips: Vec<SimVip>,
+    /// Frames run through the program.
+    pub packets: u64,
+    /// Frames not for any VIP (the program passed them to the host stack).
+    pub unmatched_packets: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SimVip {
+    pub name: String,
+    /// Packets the program counted for the VIP (forwarded or dropped).
+    pub packets: u64,
+    /// Of those, dropped (no backend).
+    pub dropped: u64,
+    /// Connection-table misses: the flows the split is measured on.
+    pub new_flows: u64,
+    pub backends: Vec<SimBackend>,
+    /// Simulated/expected share of the backend furthest from its weight;
+    /// None when not judged (no active backend, no flows).
+    pub worst_ratio: Option<f64>,
+    /// That backend.
+    pub worst_backend: Option<String>,
+    /// The VIP's `imbalance.max_ratio`.
+    pub max_ratio: f64,
+    /// Some backend is beyond `max_ratio` (or its inverse), and by more than
+    /// 4-sigma noise.
+    pub over_threshold: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SimBackend {
+    pub name: String,
+    /// Its weight over the weights of the VIP's active backends (0 when not
+    /// active).
+    pub expected_share_ratio: f64,
+    /// Its share of the VIP's new flows, from the program's counters; None
+    /// when the VIP had no new flows.
+    pub simulated_share_ratio: Option<f64>,
+    pub new_flows: u64,
+    pub packets: u64,
+}
 
 /// How many binomial standard deviations a backend's count must be from its
 /// expectation before it counts as off: the daemon's detector uses the same

@@ -7,7 +7,7 @@ use xlb_core::api::Request;
 use xlb_core::config;
 use xlb_core::status::SCHEMA_VERSION;
 
-use super::Cli;
+use super::args::Cli;
 use super::client::Client;
 use super::output::{Failure, Output, print_json};
 use crate::user::current_user;

@@ -6,72 +6,11 @@
 use xlb_core::api::{EditRequest, Edited};
 use xlb_core::edit::{Change, Edit};
 
-use super::Cli;
+use super::args::{Cli, EditOptions};
 use super::change::wait_for_bake;
 use super::client::Client;
 use super::output::{Failure, Output, print_json};
 use crate::user::current_user;
-
-/// A backend of a VIP, by name.
-#[derive(clap::Args, Debug)]
-pub struct EditArgs {
-    /// The VIP's name (as in `xlb status`).
-    pub vip: String,
-    /// The backend's name in that VIP.
-    pub backend: String,
-    #[command(flatten)]
-    pub options: EditOptions,
-}
-
-/// `xlb weight VIP BACKEND N`.
-#[derive(clap::Args, Debug)]
-pub struct WeightArgs {
-    /// The VIP's name (as in `xlb status`).
-    pub vip: String,
-    /// The backend's name in that VIP.
-    pub backend: String,
-    /// The new weight (1..=10000).
-    pub weight: u32,
-    #[command(flatten)]
-    pub options: EditOptions,
-}
-
-/// What every edit takes, as `xlb apply` does.
-#[derive(clap::Args, Debug)]
-pub struct EditOptions {
-    /// Why: recorded in the revision (`xlb history`) and the audit log.
-    #[arg(short, long)]
-    pub message: Option<String>,
-    /// Apply even when the safety checks refuse it.
-    #[arg(long)]
-    pub force: bool,
-    /// Wait for the bake: exit 0 when it passes, 1 when the daemon rolled
-    /// the change back.
-    #[arg(long)]
-    pub wait: bool,
-}
-
-impl EditArgs {
-    pub fn edit(&self, change: Change) -> Edit {
-        Edit {
-            vip: self.vip.clone(),
-            backend: self.backend.clone(),
-            change,
-        }
-    }
-}
-
-impl WeightArgs {
-    pub fn edit(&self) -> Edit {
-        Edit {
-            vip: self.vip.clone(),
-            backend: self.backend.clone(),
-            change: Change::Weight {
-                weight: self.weight,
-            },
-        }
-    }
-}
 
 /// Ask the daemon for `edit`; print what it applied.
 pub fn run(cli: &Cli, edit: Edit, options: &EditOptions) -> Result<(), Failure> {

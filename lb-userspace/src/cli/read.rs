@@ -4,7 +4,7 @@
 use xlb_core::revision::{render_history, render_revision};
 use xlb_core::status::{self, SCHEMA_VERSION};
 
-use super::Cli;
+use super::args::Cli;
 use super::client::Client;
 use super::output::{Failure, Output, print_json};
 

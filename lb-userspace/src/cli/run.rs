@@ -6,7 +6,7 @@ use xlb_core::change::{Candidate, Origin};
 
 use crate::user::current_user;
 
-use super::RunArgs;
+use super::args::RunArgs;
 use super::output::Failure;
 use crate::daemon;
 

@@ -28,7 +28,7 @@ pub fn respond(controller: &mut Controller, request: EditRequest) -> Response {
     };
     let candidate = match Candidate::parse(edited, file.clone(), origin) {
         Ok(c) => c,
-        Err(e) => return crate::daemon::refused_or_failed(&ApplyError::from(e)),
+        Err(e) => return ApplyError::from(e).response(),
     };
     let options = ApplyOptions::operator(
         Kind::Edit {
@@ -57,7 +57,7 @@ pub fn respond(controller: &mut Controller, request: EditRequest) -> Response {
         }),
         Err(e) => {
             log::warn!("{command} refused: {e}");
-            crate::daemon::refused_or_failed(&e)
+            e.response()
         }
     }
 }

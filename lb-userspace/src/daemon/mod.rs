@@ -237,22 +237,6 @@ async fn handle(
     Ok(())
 }
 
-/// An apply-like request's error, with the kind its exit code follows:
-/// refused (1), bad input (2) or a failure (4).
-pub(crate) fn refused_or_failed(e: &crate::daemon::controller::ApplyError) -> Response {
-    let kind = if e.is_refusal() {
-        ErrorKind::Refused
-    } else if e.is_bad_input() {
-        ErrorKind::BadInput
-    } else {
-        ErrorKind::Internal
-    };
-    Response::Error(ApiError {
-        kind,
-        message: e.to_string(),
-    })
-}
-
 fn internal(message: String) -> Response {
     Response::Error(ApiError {
         kind: ErrorKind::Internal,
@@ -295,7 +279,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
         Request::Rollback { to, user, message } => {
             match controller.rollback(to, &Origin { user, message }) {
                 Ok(revision) => Response::Applied { revision },
-                Err(e) => refused_or_failed(&e),
+                Err(e) => e.response(),
             }
         }
         Request::Edit(edit) => crate::daemon::edit::respond(&mut controller, edit),
@@ -307,9 +291,9 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             match Candidate::parse(text, file, origin) {
                 Ok(candidate) => match controller.plan_audited(&candidate) {
                     Ok(plan) => Response::Plan(Box::new(plan)),
-                    Err(e) => refused_or_failed(&e),
+                    Err(e) => e.response(),
                 },
-                Err(e) => refused_or_failed(&ApplyError::from(e)),
+                Err(e) => ApplyError::from(e).response(),
             }
         }
         Request::Apply {
@@ -332,7 +316,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 },
                 Err(e) => {
                     log::warn!("apply of {file} refused: {e}");
-                    refused_or_failed(&e)
+                    e.response()
                 }
             }
         }

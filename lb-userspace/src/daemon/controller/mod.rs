@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use xlb_core::api::{ApiError, ErrorKind, Response};
 use xlb_core::bake::{BakeState, BakeStatus};
 use xlb_core::change::LiveRevision;
 use xlb_core::clock::unix_now;
@@ -86,6 +87,22 @@ impl ApplyError {
                 | Self::Plan(_)
                 | Self::NoRevision(_)
         )
+    }
+
+    /// The control socket's answer: refused (exit 1), bad input (2) or a
+    /// failure of the daemon or the kernel (4).
+    pub fn response(&self) -> Response {
+        let kind = if self.is_refusal() {
+            ErrorKind::Refused
+        } else if self.is_bad_input() {
+            ErrorKind::BadInput
+        } else {
+            ErrorKind::Internal
+        };
+        Response::Error(ApiError {
+            kind,
+            message: self.to_string(),
+        })
     }
 
     /// Refused by a safety check: the operator may force it.
