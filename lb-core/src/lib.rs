@@ -16,7 +16,8 @@
 //!   config's state, health patches included;
 //! - `plan`: a change's diff, predicted shares, flows moved, safety checks;
 //! - `simulate`: the flow hash's pick, as the kernel makes it;
-//! - `status`: the status document and its rendering;
+//! - `status`: the status document (the health monitor's views added) and
+//!   its rendering;
 //! - `revision`: a recorded revision and its rendering;
 //! - `edit`: drain/undrain/weight as edits of a config text;
 //! - `change`: a candidate change (origin, text, parsed config);

@@ -1,13 +1,16 @@
 //! `xlb status`: the document the daemon serves and the CLI renders. Built by
 //! a pure function from the applied state and two counter snapshots, so the
-//! arithmetic is tested without a kernel.
+//! arithmetic is tested without a kernel; `annotate` adds the health
+//! monitor's views (the status is above `health`, which never names it).
 
 use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
+use crate::config::AllDown;
 use crate::counters::{ConnScan, CounterSnapshot};
 use crate::detect::{Signal, State, VipReport};
+use crate::health::{BackendHealth, Health, Membership, Monitor, VipHealth};
 use crate::state::Desired;
 use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
 use lb_common::stats::{ACTION_NAMES, DROP_REASON_NAMES, EVENT_NAMES};
@@ -141,7 +144,7 @@ pub struct VipStatus {
     /// The VIP's health check, if it has one (health/): the check, the
     /// all-down policy and whether it applies now.
     #[serde(default)]
-    pub health: Option<crate::health::VipHealth>,
+    pub health: Option<VipHealth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,7 +180,7 @@ pub struct BackendStatus {
     /// The backend's health: up or down, since when, the last error; null
     /// when its VIP has no health check (or it is disabled).
     #[serde(default)]
-    pub health: Option<crate::health::BackendHealth>,
+    pub health: Option<BackendHealth>,
 }
 
 /// Inputs that are not in `Desired`.
@@ -407,6 +410,36 @@ pub fn build(
     }
 }
 
+/// Add each checked backend's and VIP's health to `status`, and take the
+/// backends health removed out of the expected shares (their zero share is
+/// not a skew).
+pub fn annotate(status: &mut Status, monitor: &Monitor) {
+    for v in &mut status.vips {
+        v.health = monitor.vip_view(&v.name);
+        let live = monitor.live(&v.name);
+        for b in &mut v.backends {
+            b.health = monitor.backend_view(&v.name, &b.name);
+        }
+        if *live == Membership::Full {
+            continue;
+        }
+        let serves = |b: &BackendStatus| b.state == "active" && live.serves(&b.name);
+        let total: u64 = v
+            .backends
+            .iter()
+            .filter(|b| serves(b))
+            .map(|b| u64::from(b.weight))
+            .sum();
+        for b in &mut v.backends {
+            b.expected_share_ratio = if serves(b) && total > 0 {
+                f64::from(b.weight) / total as f64
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// `web: imbalanced (traffic skew) since 2026-11-25T10:00:03Z (45s): b3 gets
 /// 2.29x its expected share; <the detector's reason>`.
 pub fn verdict_line(v: &VipStatus, now_unix_seconds: f64) -> String {
@@ -487,6 +520,66 @@ pub fn conn_table_line(c: &ConnTableStatus, events: &BTreeMap<String, u64>, now:
     line
 }
 
+/// The `HEALTH` cell of a backend in `xlb status`: `-` (not checked), `up`,
+/// `down 12s`, `up (flapping)`.
+pub fn health_cell(h: Option<&BackendHealth>, now_unix: f64) -> String {
+    let Some(h) = h else {
+        return "-".to_string();
+    };
+    let m = &h.machine;
+    let mut s = m.state.as_str().to_string();
+    if m.state == Health::Down {
+        s.push_str(&format!(
+            " {:.0}s",
+            (now_unix - m.since_unix_seconds).max(0.0)
+        ));
+    }
+    if m.flapping {
+        s.push_str(" (flapping)");
+    }
+    s
+}
+
+/// Lines under the `xlb status` table for one VIP: each down backend with
+/// since when and why, and the all-down policy when it applies.
+pub fn health_lines(v: &VipStatus, now_unix: f64) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in &v.backends {
+        let Some(h) = &b.health else { continue };
+        if h.machine.state != Health::Down {
+            continue;
+        }
+        out.push(format!(
+            "{}: backend {} DOWN since {} ({:.0}s): {}{}",
+            v.name,
+            b.name,
+            rfc3339(h.machine.since_unix_seconds),
+            (now_unix - h.machine.since_unix_seconds).max(0.0),
+            h.machine.last_error.as_deref().unwrap_or("failed checks"),
+            if h.in_table {
+                "; still in the table (fail-open: every backend is down)"
+            } else {
+                "; out of the table"
+            }
+        ));
+    }
+    if let Some(h) = &v.health
+        && h.all_down
+    {
+        out.push(match h.all_down_policy {
+            AllDown::FailOpen => format!(
+                "{}: EVERY BACKEND DOWN: failing open (the whole table serves)",
+                v.name
+            ),
+            AllDown::FailClosed => format!(
+                "{}: EVERY BACKEND DOWN: failing closed (new flows are dropped)",
+                v.name
+            ),
+        });
+    }
+    out
+}
+
 /// Unix seconds as an RFC 3339 UTC timestamp.
 pub fn rfc3339(unix_seconds: f64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds.max(0.0) as u64);
@@ -543,7 +636,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
                 vip.clone(),
                 b.name.clone(),
                 b.state.clone(),
-                crate::health::cell(b.health.as_ref(), s.generated_at_unix_seconds),
+                health_cell(b.health.as_ref(), s.generated_at_unix_seconds),
                 b.weight.to_string(),
                 pct(b.expected_share_ratio),
                 pct(b.table_share_ratio),
@@ -562,7 +655,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     for v in &s.vips {
         out.push_str(&verdict_line(v, s.generated_at_unix_seconds));
         out.push('\n');
-        for line in crate::health::status_lines(v, s.generated_at_unix_seconds) {
+        for line in health_lines(v, s.generated_at_unix_seconds) {
             out.push_str(&line);
             out.push('\n');
         }

@@ -4,7 +4,7 @@
 //! them.
 
 use super::shares::RATIO_FLOOR;
-use super::{Cause, Signal, State, TIME_SLACK_SECONDS, Thresholds, Verdict};
+use super::types::{Cause, Signal, State, TIME_SLACK_SECONDS, Thresholds, Verdict};
 
 /// How many standard deviations a worst backend's count must be from its
 /// expectation before it may raise an alarm. At 4 sigma a window of honest

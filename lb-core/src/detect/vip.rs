@@ -7,12 +7,12 @@
 //! into the report.
 
 use super::shares::{Entry, Shares, sane_share};
-use super::verdict::{self, Hold, Off};
-use super::window::Window;
-use super::{
+use super::types::{
     BackendSample, BackendShare, Cumulative, SIGNALS, Signal, SignalReport, State, Thresholds,
     Verdict, VipReport, VipSample,
 };
+use super::verdict::{self, Hold, Off};
+use super::window::Window;
 
 #[derive(Debug, Default)]
 pub struct VipState {

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::{BackendSample, Cumulative, TIME_SLACK_SECONDS};
+use super::types::{BackendSample, Cumulative, TIME_SLACK_SECONDS};
 
 /// Upper bound on kept snapshots, whatever `window_seconds` says: at one tick
 /// a second that is over an hour of history, and it bounds memory even when a

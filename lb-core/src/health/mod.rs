@@ -6,6 +6,8 @@
 //!   pure.
 //! - `monitor`: every check's schedule and state, and what each VIP's table
 //!   should hold; pure (the time is passed in).
+//! - `check`: a VIP's check in words (the monitor's view of it, `xlb plan`'s
+//!   line); pure.
 //! - `probe`: running one check (TCP connect, HTTP GET); the only I/O.
 //! - `run`: the daemon's loop that runs due checks and reports them.
 //!
@@ -16,16 +18,20 @@
 //! the table that is live), and rebuilds a patched table from `table`, the
 //! config's Maglev table, which it never patches.
 
+mod check;
 pub mod machine;
 pub mod monitor;
 pub mod patch;
 
+pub use check::{describe, plan_details};
 pub use machine::{Clock, Health, Transition};
 pub use monitor::{BackendHealth, Monitor, VipHealth};
 pub use patch::Membership;
+// The status document is above `health` (it carries the monitor's views),
+// so what adds them to a status is `status::annotate`; kept at this path too.
+pub use crate::status::annotate;
 
 use crate::state::Desired;
-use crate::status::Status;
 
 /// Patch each VIP of a freshly built `desired` for the backends `monitor`
 /// calls down (an apply writes the tables this way from the start); the
@@ -45,130 +51,6 @@ pub fn patch_desired(monitor: &Monitor, desired: &mut Desired) -> Vec<(String, M
             (vip.config.name.clone(), m)
         })
         .collect()
-}
-
-/// Add each checked backend's and VIP's health to `status`, and take the
-/// backends health removed out of the expected shares (their zero share is
-/// not a skew).
-pub fn annotate(status: &mut Status, monitor: &Monitor) {
-    for v in &mut status.vips {
-        v.health = monitor.vip_view(&v.name);
-        let live = monitor.live(&v.name);
-        for b in &mut v.backends {
-            b.health = monitor.backend_view(&v.name, &b.name);
-        }
-        if *live == Membership::Full {
-            continue;
-        }
-        let serves = |b: &crate::status::BackendStatus| b.state == "active" && live.serves(&b.name);
-        let total: u64 = v
-            .backends
-            .iter()
-            .filter(|b| serves(b))
-            .map(|b| u64::from(b.weight))
-            .sum();
-        for b in &mut v.backends {
-            b.expected_share_ratio = if serves(b) && total > 0 {
-                f64::from(b.weight) / total as f64
-            } else {
-                0.0
-            };
-        }
-    }
-}
-
-/// The `HEALTH` cell of a backend in `xlb status`: `-` (not checked), `up`,
-/// `down 12s`, `up (flapping)`.
-pub fn cell(h: Option<&BackendHealth>, now_unix: f64) -> String {
-    let Some(h) = h else {
-        return "-".to_string();
-    };
-    let m = &h.machine;
-    let mut s = m.state.as_str().to_string();
-    if m.state == Health::Down {
-        s.push_str(&format!(
-            " {:.0}s",
-            (now_unix - m.since_unix_seconds).max(0.0)
-        ));
-    }
-    if m.flapping {
-        s.push_str(" (flapping)");
-    }
-    s
-}
-
-/// Lines under the `xlb status` table for one VIP: each down backend with
-/// since when and why, and the all-down policy when it applies.
-pub fn status_lines(v: &crate::status::VipStatus, now_unix: f64) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in &v.backends {
-        let Some(h) = &b.health else { continue };
-        if h.machine.state != Health::Down {
-            continue;
-        }
-        out.push(format!(
-            "{}: backend {} DOWN since {} ({:.0}s): {}{}",
-            v.name,
-            b.name,
-            crate::status::rfc3339(h.machine.since_unix_seconds),
-            (now_unix - h.machine.since_unix_seconds).max(0.0),
-            h.machine.last_error.as_deref().unwrap_or("failed checks"),
-            if h.in_table {
-                "; still in the table (fail-open: every backend is down)"
-            } else {
-                "; out of the table"
-            }
-        ));
-    }
-    if let Some(h) = &v.health
-        && h.all_down
-    {
-        out.push(match h.all_down_policy {
-            crate::config::AllDown::FailOpen => format!(
-                "{}: EVERY BACKEND DOWN: failing open (the whole table serves)",
-                v.name
-            ),
-            crate::config::AllDown::FailClosed => format!(
-                "{}: EVERY BACKEND DOWN: failing closed (new flows are dropped)",
-                v.name
-            ),
-        });
-    }
-    out
-}
-
-/// A VIP's check in a few words: `none`, `tcp :8080 every 2s (timeout 1s,
-/// rise 2, fall 3, flap 3 in 60s: hold 30s, fail_open)`.
-pub fn describe(h: &crate::config::HealthCheck) -> String {
-    use crate::config::CheckKind;
-    let what = match &h.kind {
-        CheckKind::None => return "none".to_string(),
-        CheckKind::Tcp => format!("tcp :{}", h.port),
-        CheckKind::Http {
-            path,
-            status_min,
-            status_max,
-        } => format!("http GET :{}{path} ({status_min}-{status_max})", h.port),
-    };
-    format!(
-        "{what} every {}s (timeout {}s, rise {}, fall {}, flap {} in {}s: hold {}s, {})",
-        h.interval_seconds,
-        h.timeout_seconds,
-        h.rise,
-        h.fall,
-        h.flap_limit,
-        h.flap_window_seconds,
-        h.flap_hold_seconds,
-        h.all_down
-    )
-}
-
-/// `xlb plan`'s line for a changed health check (none when unchanged).
-pub fn plan_details(b: &crate::config::HealthCheck, a: &crate::config::HealthCheck) -> Vec<String> {
-    if b == a {
-        return Vec::new();
-    }
-    vec![format!("health {} -> {}", describe(b), describe(a))]
 }
 
 #[cfg(test)]

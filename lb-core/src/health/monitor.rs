@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::check::describe;
 use super::machine::{Clock, Health, Machine, MachineView, Params, Transition};
 use super::patch::Membership;
 use crate::config::{AllDown, Backend, BackendState, CheckKind, Config, HealthCheck, Vip};
@@ -361,7 +362,7 @@ impl Monitor {
             .count();
         let c = &v.check;
         Some(VipHealth {
-            check: super::describe(c),
+            check: describe(c),
             all_down_policy: c.all_down,
             backends_down: down as u32,
             all_down: down > 0 && down == v.table_backends.len(),

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use super::StateError;
+use super::error::StateError;
 
 /// Ids handed out by one call of `next_fit`, and where the next search
 /// starts.

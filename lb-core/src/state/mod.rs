@@ -29,7 +29,10 @@ use crate::config::{Backend, Config, IcmpEcho, Vip};
 use crate::host::HostInterface;
 use crate::maglev::{self, MaglevBackend, MaglevTable};
 
+mod error;
 mod ids;
+
+pub use error::StateError;
 
 /// Table slot value of a VIP without active backends: no such backend
 /// exists, so the program drops the packet and counts `no_backend`.
@@ -87,18 +90,6 @@ pub struct Desired {
     /// (none with `icmp_echo = "pass"`), in file order.
     pub echo: Vec<(VipKey, VipMeta)>,
     pub allocation: Allocation,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum StateError {
-    #[error("vip[{vip}]: Maglev table: {source}")]
-    Maglev {
-        vip: String,
-        #[source]
-        source: maglev::MaglevError,
-    },
-    #[error("out of {kind} ids (at most {max}, counting ids the previous config still holds)")]
-    OutOfIds { kind: &'static str, max: u32 },
 }
 
 pub fn vip_key(vip: &Vip) -> VipKey {
@@ -769,9 +760,6 @@ mod tests {
         let k = d.vips[0].key;
         assert_eq!(&k.addr[..4], &[198, 18, 100, 1]);
         assert_eq!(k.port_be.to_ne_bytes(), [0, 80]);
-        assert_eq!(
-            (k.proto, k.family),
-            (lb_common::PROTO_TCP, lb_common::FAMILY_V4)
-        );
+        assert_eq!((k.proto, k.family), (lb_common::PROTO_TCP, FAMILY_V4));
     }
 }
