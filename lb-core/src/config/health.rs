@@ -6,220 +6,21 @@
 //! `"none"`: a table without `kind` checks with a TCP connect. The checked
 //! port is the VIP's unless `port` says otherwise; a VIP with port 0 (every
 //! port) must name one.
+//!
+//! This file holds the rules: functions that take the `Checker` and a raw
+//! table (`model::RawHealth`) and give the resolved `HealthCheck` (`types`).
 
 use std::ops::Range;
 use std::time::Duration;
 
-use serde::Serialize;
-use toml::de::DeValue;
-
-use super::model::{Hints, Issues, Sp, Table, field_path};
-use super::validate::{Checker, DurationRule, format_duration};
-
-/// Keys of a `[health]` / `[vip.health]` table, in the order errors list them.
-pub(super) const HEALTH_KEYS: &[&str] = &[
-    "kind",
-    "port",
-    "path",
-    "status",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-    "all_down",
-    "flap_limit",
-    "flap_window",
-    "flap_hold",
-];
-
-/// Health keys that no other table has: written elsewhere, they get a hint.
-pub(super) const HEALTH_ONLY_KEYS: &[&str] = &[
-    "kind",
-    "status",
-    "interval",
-    "timeout",
-    "rise",
-    "fall",
-    "all_down",
-    "flap_limit",
-    "flap_window",
-    "flap_hold",
-];
-
-/// What a check does.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum CheckKind {
-    /// No checks: every backend counts as up.
-    None,
-    /// A TCP connect to the backend's address and the check port.
-    Tcp,
-    /// A TCP connect, then `GET path HTTP/1.1` (Host: the backend's address);
-    /// the status code must be in `status_min..=status_max`.
-    Http {
-        path: String,
-        status_min: u16,
-        status_max: u16,
-    },
-}
-
-impl CheckKind {
-    /// `tcp`, `http`, `none`: as the config spells it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            CheckKind::None => "none",
-            CheckKind::Tcp => "tcp",
-            CheckKind::Http { .. } => "http",
-        }
-    }
-}
-
-/// What a VIP's table holds when every checked backend in it is down.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AllDown {
-    /// Keep the whole table, as the config builds it: traffic goes on to the
-    /// backends the checks call down (a check that fails for everyone is
-    /// more likely wrong than every backend dead).
-    #[default]
-    FailOpen,
-    /// Drop the VIP's new flows (the table names no backend; counted as
-    /// `no_backend`).
-    FailClosed,
-}
-
-impl AllDown {
-    pub const ALL: [AllDown; 2] = [AllDown::FailOpen, AllDown::FailClosed];
-}
-
-impl std::fmt::Display for AllDown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AllDown::FailOpen => "fail_open",
-            AllDown::FailClosed => "fail_closed",
-        })
-    }
-}
-
-/// One VIP's health check, resolved (defaults and overrides merged).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HealthCheck {
-    pub kind: CheckKind,
-    /// The port checked on each backend: the VIP's port unless `port` is
-    /// set; never 0 when `kind` is not `None` (0 then).
-    pub port: u16,
-    pub interval_seconds: f64,
-    /// A check that has not finished after this fails; at most the interval.
-    pub timeout_seconds: f64,
-    /// Consecutive successes that bring a down backend back.
-    pub rise: u32,
-    /// Consecutive failures that take an up backend out.
-    pub fall: u32,
-    /// A backend that went down this many times within `flap_window` is
-    /// flapping: it must pass every check for `flap_hold` (and `rise`
-    /// checks) before it comes back. 0: no damping.
-    pub flap_limit: u32,
-    pub flap_window_seconds: f64,
-    pub flap_hold_seconds: f64,
-    pub all_down: AllDown,
-}
-
-impl Default for HealthCheck {
-    /// No checks; the other values are the defaults a `[health]` table gets.
-    fn default() -> Self {
-        Self {
-            kind: CheckKind::None,
-            port: 0,
-            interval_seconds: 2.0,
-            timeout_seconds: 1.0,
-            rise: 2,
-            fall: 3,
-            flap_limit: 3,
-            flap_window_seconds: 60.0,
-            flap_hold_seconds: 30.0,
-            all_down: AllDown::FailOpen,
-        }
-    }
-}
-
-impl HealthCheck {
-    /// The backends of this VIP are checked.
-    pub fn enabled(&self) -> bool {
-        self.kind != CheckKind::None
-    }
-}
+use super::check::{Checker, DurationRule, Sp, field_path, format_duration};
+use super::model::RawHealth;
+use super::types::{AllDown, CheckKind, HealthCheck};
 
 /// The HTTP status range when none is given.
 pub const DEFAULT_STATUS: (u16, u16) = (200, 399);
 /// The HTTP path when none is given.
 pub const DEFAULT_PATH: &str = "/";
-
-/// A `[health]` or `[vip.health]` table as written. Every key is optional.
-#[derive(Debug)]
-pub(super) struct RawHealth {
-    /// `health`, `vip[3].health`
-    pub path: String,
-    /// The table's header (or the inline table).
-    pub span: Range<usize>,
-    pub kind: Option<Sp<String>>,
-    pub port: Option<Sp<i128>>,
-    pub http_path: Option<Sp<String>>,
-    /// `"200-399"`, `"200"` or `200`.
-    pub status: Option<Sp<String>>,
-    pub interval: Option<Sp<String>>,
-    pub timeout: Option<Sp<String>>,
-    pub rise: Option<Sp<i128>>,
-    pub fall: Option<Sp<i128>>,
-    pub all_down: Option<Sp<String>>,
-    pub flap_limit: Option<Sp<i128>>,
-    pub flap_window: Option<Sp<String>>,
-    pub flap_hold: Option<Sp<String>>,
-}
-
-impl RawHealth {
-    pub(super) fn read(t: &Table<'_, '_>, hints: Hints<'_>, issues: &mut Issues) -> RawHealth {
-        t.check_keys(HEALTH_KEYS, hints, issues);
-        RawHealth {
-            path: t.path.clone(),
-            span: t.span.clone(),
-            kind: t.string("kind", false, issues),
-            port: t.integer("port", false, issues),
-            http_path: t.string("path", false, issues),
-            status: status(t, issues),
-            interval: t.duration("interval", issues),
-            timeout: t.duration("timeout", issues),
-            rise: t.integer("rise", false, issues),
-            fall: t.integer("fall", false, issues),
-            all_down: t.string("all_down", false, issues),
-            flap_limit: t.integer("flap_limit", false, issues),
-            flap_window: t.duration("flap_window", issues),
-            flap_hold: t.duration("flap_hold", issues),
-        }
-    }
-}
-
-/// `status`: a string range or a plain integer, kept as text.
-fn status(t: &Table<'_, '_>, issues: &mut Issues) -> Option<Sp<String>> {
-    let v = t.get("status")?;
-    match v.get_ref() {
-        DeValue::String(s) => Some(Sp {
-            value: s.to_string(),
-            span: v.span(),
-        }),
-        DeValue::Integer(i) if i.radix() == 10 => Some(Sp {
-            value: i.as_str().to_string(),
-            span: v.span(),
-        }),
-        _ => {
-            issues.push(
-                &v.span(),
-                field_path(&t.path, "status"),
-                "expected a status code or range like \"200-399\" or 200",
-            );
-            None
-        }
-    }
-}
 
 /// The defaults a VIP inherits: the top-level `[health]`, resolved, with
 /// its port (if it names one) kept apart from the VIP's.
@@ -257,303 +58,301 @@ const MAX_FLAP_LIMIT: i128 = 1000;
 /// Longest HTTP path.
 const MAX_PATH_LEN: usize = 1024;
 
-impl Checker<'_, '_> {
-    /// A `[health]` or `[vip.health]` table over `base`: each key given
-    /// replaces the base's value. None when something is wrong (reported).
-    pub(super) fn health_table(
-        &mut self,
-        raw: &RawHealth,
-        base: &HealthBase,
-    ) -> Option<HealthBase> {
-        let path = &raw.path;
-        let b = &base.check;
-        let builtin = HealthCheck::default();
-        let kind_name = match &raw.kind {
-            None if base.present => Some(b.kind.name()),
-            // A health table without `kind` checks with a TCP connect.
-            None => Some("tcp"),
-            Some(v) => match v.value.as_str() {
-                k @ ("tcp" | "http" | "none") => Some(k),
-                other => {
-                    let hint = if matches!(other.to_ascii_lowercase().as_str(), "tcp" | "http") {
-                        " (lowercase)"
-                    } else {
-                        ""
-                    };
-                    self.problem(
-                        &v.span,
-                        field_path(path, "kind"),
-                        format!(
-                            "unknown check kind {other:?}: must be one of \"tcp\", \"http\", \
-                             \"none\"{hint}"
-                        ),
-                    );
-                    None
-                }
-            },
-        };
-        let port = match &raw.port {
-            None => Some(base.port),
-            Some(p) => self
-                .in_range(
-                    p,
-                    &field_path(path, "port"),
-                    1,
-                    65535,
-                    " (default: the VIP's port)",
-                )
-                .map(|p| Some(p as u16)),
-        };
-        let (base_path, base_status) = match &b.kind {
-            CheckKind::Http {
-                path,
-                status_min,
-                status_max,
-            } => (path.clone(), (*status_min, *status_max)),
-            _ => (DEFAULT_PATH.to_string(), DEFAULT_STATUS),
-        };
-        let http_path = match &raw.http_path {
-            None => Some(base_path),
-            Some(v) => self.http_path(v, path),
-        };
-        let status = match &raw.status {
-            None => Some(base_status),
-            Some(v) => self.status_range(v, path),
-        };
-        // `path` and `status` belong to HTTP checks.
-        if let Some(k) = kind_name
-            && k != "http"
-        {
-            for (key, v) in [("path", &raw.http_path), ("status", &raw.status)] {
-                if let Some(v) = v {
-                    self.problem(
-                        &v.span,
-                        field_path(path, key),
-                        format!(
-                            "only an HTTP check has a {key}, and this check's kind is {k:?}: \
-                             set kind = \"http\", or remove {key}"
-                        ),
-                    );
-                }
+/// A `[health]` or `[vip.health]` table over `base`: each key given
+/// replaces the base's value. None when something is wrong (reported).
+pub(super) fn health_table(
+    ck: &mut Checker<'_, '_>,
+    raw: &RawHealth,
+    base: &HealthBase,
+) -> Option<HealthBase> {
+    let path = &raw.path;
+    let b = &base.check;
+    let builtin = HealthCheck::default();
+    let kind_name = match &raw.kind {
+        None if base.present => Some(b.kind.name()),
+        // A health table without `kind` checks with a TCP connect.
+        None => Some("tcp"),
+        Some(v) => match v.value.as_str() {
+            k @ ("tcp" | "http" | "none") => Some(k),
+            other => {
+                let hint = if matches!(other.to_ascii_lowercase().as_str(), "tcp" | "http") {
+                    " (lowercase)"
+                } else {
+                    ""
+                };
+                ck.problem(
+                    &v.span,
+                    field_path(path, "kind"),
+                    format!(
+                        "unknown check kind {other:?}: must be one of \"tcp\", \"http\", \
+                         \"none\"{hint}"
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let port = match &raw.port {
+        None => Some(base.port),
+        Some(p) => ck
+            .in_range(
+                p,
+                &field_path(path, "port"),
+                1,
+                65535,
+                " (default: the VIP's port)",
+            )
+            .map(|p| Some(p as u16)),
+    };
+    let (base_path, base_status) = match &b.kind {
+        CheckKind::Http {
+            path,
+            status_min,
+            status_max,
+        } => (path.clone(), (*status_min, *status_max)),
+        _ => (DEFAULT_PATH.to_string(), DEFAULT_STATUS),
+    };
+    let http_path = match &raw.http_path {
+        None => Some(base_path),
+        Some(v) => http_path(ck, v, path),
+    };
+    let status = match &raw.status {
+        None => Some(base_status),
+        Some(v) => status_range(ck, v, path),
+    };
+    // `path` and `status` belong to HTTP checks.
+    if let Some(k) = kind_name
+        && k != "http"
+    {
+        for (key, v) in [("path", &raw.http_path), ("status", &raw.status)] {
+            if let Some(v) = v {
+                ck.problem(
+                    &v.span,
+                    field_path(path, key),
+                    format!(
+                        "only an HTTP check has a {key}, and this check's kind is {k:?}: \
+                         set kind = \"http\", or remove {key}"
+                    ),
+                );
             }
         }
-        let interval = self.period(
-            raw.interval.as_ref(),
-            path,
-            &INTERVAL,
-            b.interval_seconds,
-            builtin.interval_seconds,
+    }
+    let interval = ck.period(
+        raw.interval.as_ref(),
+        path,
+        &INTERVAL,
+        b.interval_seconds,
+        builtin.interval_seconds,
+    );
+    let timeout = ck.period(
+        raw.timeout.as_ref(),
+        path,
+        &TIMEOUT,
+        b.timeout_seconds,
+        builtin.timeout_seconds,
+    );
+    if let (Some(i), Some(t)) = (interval, timeout)
+        && t > i
+        && let Some((key, span)) = raw
+            .timeout
+            .as_ref()
+            .map(|v| ("timeout", &v.span))
+            .or(raw.interval.as_ref().map(|v| ("interval", &v.span)))
+    {
+        ck.problem(
+            span,
+            field_path(path, key),
+            format!(
+                "the timeout ({}) must not be longer than the interval ({}): a check ends \
+                 before the next one starts",
+                seconds(t),
+                seconds(i)
+            ),
         );
-        let timeout = self.period(
-            raw.timeout.as_ref(),
-            path,
-            &TIMEOUT,
-            b.timeout_seconds,
-            builtin.timeout_seconds,
-        );
-        if let (Some(i), Some(t)) = (interval, timeout)
-            && t > i
-            && let Some((key, span)) = raw
-                .timeout
-                .as_ref()
-                .map(|v| ("timeout", &v.span))
-                .or(raw.interval.as_ref().map(|v| ("interval", &v.span)))
-        {
-            self.problem(
-                span,
-                field_path(path, key),
-                format!(
-                    "the timeout ({}) must not be longer than the interval ({}): a check ends \
-                     before the next one starts",
-                    seconds(t),
-                    seconds(i)
-                ),
-            );
-        }
-        let count = |this: &mut Self, v: &Option<Sp<i128>>, key: &str, min, max, base: u32| match v
-        {
+    }
+    let count =
+        |ck: &mut Checker<'_, '_>, v: &Option<Sp<i128>>, key: &str, min, max, base: u32| match v {
             None => Some(base),
-            Some(v) => this
+            Some(v) => ck
                 .in_range(v, &field_path(path, key), min, max, "")
                 .map(|n| n as u32),
         };
-        let rise = count(self, &raw.rise, "rise", 1, MAX_RISE_FALL, b.rise);
-        let fall = count(self, &raw.fall, "fall", 1, MAX_RISE_FALL, b.fall);
-        let flap_limit = count(
-            self,
-            &raw.flap_limit,
-            "flap_limit",
-            0,
-            MAX_FLAP_LIMIT,
-            b.flap_limit,
-        );
-        let flap_window = self.period(
-            raw.flap_window.as_ref(),
-            path,
-            &FLAP_WINDOW,
-            b.flap_window_seconds,
-            builtin.flap_window_seconds,
-        );
-        let flap_hold = self.period(
-            raw.flap_hold.as_ref(),
-            path,
-            &FLAP_HOLD,
-            b.flap_hold_seconds,
-            builtin.flap_hold_seconds,
-        );
-        let all_down = match &raw.all_down {
-            None => Some(b.all_down),
-            Some(v) => {
-                let found = AllDown::ALL.iter().find(|a| a.to_string() == v.value);
-                if found.is_none() {
-                    self.problem(
-                        &v.span,
-                        field_path(path, "all_down"),
-                        format!(
-                            "unknown all_down {:?}: must be \"fail_open\" (keep the whole table \
-                             when every backend is down) or \"fail_closed\" (drop)",
-                            v.value
-                        ),
-                    );
-                }
-                found.copied()
-            }
-        };
-        let (http_path, (status_min, status_max)) = (http_path?, status?);
-        let kind = match kind_name? {
-            "tcp" => CheckKind::Tcp,
-            "http" => CheckKind::Http {
-                path: http_path,
-                status_min,
-                status_max,
-            },
-            _ => CheckKind::None,
-        };
-        Some(HealthBase {
-            check: HealthCheck {
-                kind,
-                port: 0,
-                interval_seconds: interval?,
-                timeout_seconds: timeout?,
-                rise: rise?,
-                fall: fall?,
-                flap_limit: flap_limit?,
-                flap_window_seconds: flap_window?,
-                flap_hold_seconds: flap_hold?,
-                all_down: all_down?,
-            },
-            port: port?,
-            present: true,
-        })
-    }
-
-    /// One VIP's check: its `[vip.health]` over the defaults, with the port
-    /// resolved. `vip_port` is None when the VIP's port is invalid
-    /// (reported); `vip_span`/`vip_path` locate a missing port.
-    pub(super) fn vip_health(
-        &mut self,
-        raw: Option<&RawHealth>,
-        base: Option<&HealthBase>,
-        vip_port: Option<u16>,
-        vip_span: &Range<usize>,
-        vip_path: &str,
-    ) -> Option<HealthCheck> {
-        let fallback = HealthBase::default();
-        let merged = match raw {
-            None => base.unwrap_or(&fallback).clone(),
-            Some(raw) => self.health_table(raw, base.unwrap_or(&fallback))?,
-        };
-        // Wrong defaults were reported at the [health] table.
-        base?;
-        if !merged.check.enabled() {
-            return Some(HealthCheck {
-                port: 0,
-                ..merged.check
-            });
-        }
-        let port = match (merged.port, vip_port?) {
-            (Some(p), _) => p,
-            (None, 0) => {
-                let (span, field) = match raw {
-                    Some(r) => (&r.span, field_path(&r.path, "port")),
-                    None => (
-                        vip_span,
-                        field_path(&field_path(vip_path, "health"), "port"),
-                    ),
-                };
-                self.problem(
-                    span,
-                    field,
-                    "required: this VIP takes every port (port = 0), so its health check needs a \
-                     port to connect to: set port in [vip.health] (or kind = \"none\")",
-                );
-                return None;
-            }
-            (None, p) => p,
-        };
-        Some(HealthCheck {
-            port,
-            ..merged.check
-        })
-    }
-
-    /// An absolute path of printable ASCII, no spaces: it goes into the
-    /// request line as written.
-    fn http_path(&mut self, v: &Sp<String>, path: &str) -> Option<String> {
-        let p = &v.value;
-        let reason = if !p.starts_with('/') {
-            format!("{p:?} must start with '/', like \"/healthz\"")
-        } else if p.len() > MAX_PATH_LEN {
-            format!(
-                "is {} bytes long; at most {MAX_PATH_LEN} are allowed",
-                p.len()
-            )
-        } else if let Some(c) = p.chars().find(|c| !c.is_ascii_graphic()) {
-            format!(
-                "{p:?} contains {c:?}: a request path is printable ASCII without spaces \
-                 (percent-encode the rest)"
-            )
-        } else {
-            return Some(p.clone());
-        };
-        self.problem(&v.span, field_path(path, "path"), reason);
-        None
-    }
-
-    /// `"200-399"`, `"200"`, `200`: codes 100 to 599, low to high.
-    fn status_range(&mut self, v: &Sp<String>, path: &str) -> Option<(u16, u16)> {
-        let text = v.value.trim();
-        let parse = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|c| (100..=599).contains(c))
-        };
-        let range = match text.split_once('-') {
-            Some((lo, hi)) => parse(lo).zip(parse(hi)),
-            None => parse(text).map(|c| (c, c)),
-        };
-        match range {
-            Some((lo, hi)) if lo <= hi => Some((lo, hi)),
-            Some((lo, hi)) => {
-                self.problem(
+    let rise = count(ck, &raw.rise, "rise", 1, MAX_RISE_FALL, b.rise);
+    let fall = count(ck, &raw.fall, "fall", 1, MAX_RISE_FALL, b.fall);
+    let flap_limit = count(
+        ck,
+        &raw.flap_limit,
+        "flap_limit",
+        0,
+        MAX_FLAP_LIMIT,
+        b.flap_limit,
+    );
+    let flap_window = ck.period(
+        raw.flap_window.as_ref(),
+        path,
+        &FLAP_WINDOW,
+        b.flap_window_seconds,
+        builtin.flap_window_seconds,
+    );
+    let flap_hold = ck.period(
+        raw.flap_hold.as_ref(),
+        path,
+        &FLAP_HOLD,
+        b.flap_hold_seconds,
+        builtin.flap_hold_seconds,
+    );
+    let all_down = match &raw.all_down {
+        None => Some(b.all_down),
+        Some(v) => {
+            let found = AllDown::ALL.iter().find(|a| a.to_string() == v.value);
+            if found.is_none() {
+                ck.problem(
                     &v.span,
-                    field_path(path, "status"),
-                    format!("{text:?}: the range runs from low to high: write \"{hi}-{lo}\""),
-                );
-                None
-            }
-            None => {
-                self.problem(
-                    &v.span,
-                    field_path(path, "status"),
+                    field_path(path, "all_down"),
                     format!(
-                        "{text:?} is not a status code or range: write a code from 100 to 599 \
-                         or a range like \"200-399\""
+                        "unknown all_down {:?}: must be \"fail_open\" (keep the whole table \
+                         when every backend is down) or \"fail_closed\" (drop)",
+                        v.value
                     ),
                 );
-                None
             }
+            found.copied()
+        }
+    };
+    let (http_path, (status_min, status_max)) = (http_path?, status?);
+    let kind = match kind_name? {
+        "tcp" => CheckKind::Tcp,
+        "http" => CheckKind::Http {
+            path: http_path,
+            status_min,
+            status_max,
+        },
+        _ => CheckKind::None,
+    };
+    Some(HealthBase {
+        check: HealthCheck {
+            kind,
+            port: 0,
+            interval_seconds: interval?,
+            timeout_seconds: timeout?,
+            rise: rise?,
+            fall: fall?,
+            flap_limit: flap_limit?,
+            flap_window_seconds: flap_window?,
+            flap_hold_seconds: flap_hold?,
+            all_down: all_down?,
+        },
+        port: port?,
+        present: true,
+    })
+}
+
+/// One VIP's check: its `[vip.health]` over the defaults, with the port
+/// resolved. `vip_port` is None when the VIP's port is invalid
+/// (reported); `vip_span`/`vip_path` locate a missing port.
+pub(super) fn vip_health(
+    ck: &mut Checker<'_, '_>,
+    raw: Option<&RawHealth>,
+    base: Option<&HealthBase>,
+    vip_port: Option<u16>,
+    vip_span: &Range<usize>,
+    vip_path: &str,
+) -> Option<HealthCheck> {
+    let fallback = HealthBase::default();
+    let merged = match raw {
+        None => base.unwrap_or(&fallback).clone(),
+        Some(raw) => health_table(ck, raw, base.unwrap_or(&fallback))?,
+    };
+    // Wrong defaults were reported at the [health] table.
+    base?;
+    if !merged.check.enabled() {
+        return Some(HealthCheck {
+            port: 0,
+            ..merged.check
+        });
+    }
+    let port = match (merged.port, vip_port?) {
+        (Some(p), _) => p,
+        (None, 0) => {
+            let (span, field) = match raw {
+                Some(r) => (&r.span, field_path(&r.path, "port")),
+                None => (
+                    vip_span,
+                    field_path(&field_path(vip_path, "health"), "port"),
+                ),
+            };
+            ck.problem(
+                span,
+                field,
+                "required: this VIP takes every port (port = 0), so its health check needs a \
+                 port to connect to: set port in [vip.health] (or kind = \"none\")",
+            );
+            return None;
+        }
+        (None, p) => p,
+    };
+    Some(HealthCheck {
+        port,
+        ..merged.check
+    })
+}
+
+/// An absolute path of printable ASCII, no spaces: it goes into the
+/// request line as written.
+fn http_path(ck: &mut Checker<'_, '_>, v: &Sp<String>, path: &str) -> Option<String> {
+    let p = &v.value;
+    let reason = if !p.starts_with('/') {
+        format!("{p:?} must start with '/', like \"/healthz\"")
+    } else if p.len() > MAX_PATH_LEN {
+        format!(
+            "is {} bytes long; at most {MAX_PATH_LEN} are allowed",
+            p.len()
+        )
+    } else if let Some(c) = p.chars().find(|c| !c.is_ascii_graphic()) {
+        format!(
+            "{p:?} contains {c:?}: a request path is printable ASCII without spaces \
+             (percent-encode the rest)"
+        )
+    } else {
+        return Some(p.clone());
+    };
+    ck.problem(&v.span, field_path(path, "path"), reason);
+    None
+}
+
+/// `"200-399"`, `"200"`, `200`: codes 100 to 599, low to high.
+fn status_range(ck: &mut Checker<'_, '_>, v: &Sp<String>, path: &str) -> Option<(u16, u16)> {
+    let text = v.value.trim();
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    let range = match text.split_once('-') {
+        Some((lo, hi)) => parse(lo).zip(parse(hi)),
+        None => parse(text).map(|c| (c, c)),
+    };
+    match range {
+        Some((lo, hi)) if lo <= hi => Some((lo, hi)),
+        Some((lo, hi)) => {
+            ck.problem(
+                &v.span,
+                field_path(path, "status"),
+                format!("{text:?}: the range runs from low to high: write \"{hi}-{lo}\""),
+            );
+            None
+        }
+        None => {
+            ck.problem(
+                &v.span,
+                field_path(path, "status"),
+                format!(
+                    "{text:?} is not a status code or range: write a code from 100 to 599 \
+                     or a range like \"200-399\""
+                ),
+            );
+            None
         }
     }
 }

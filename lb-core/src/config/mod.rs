@@ -1,6 +1,20 @@
 //! Configuration: TOML in, a validated `Config` out, or an error naming the
 //! file, line, column, field and reason. Pure: no I/O beyond reading the file.
+//!
+//! The files, each using only those below it (`cargo xtask modcheck`); this
+//! one (`load`, `parse`) is above them all:
+//! - `validate`: text to `Config`: parses the TOML, reads it into the raw
+//!   model and runs the rules: its own (top level, VIPs, backends,
+//!   `[imbalance]`, `[safety]`) and those of `forwarding` and `health`.
+//! - `forwarding`, `health`: the rules of the forwarding settings and of
+//!   the health checks, functions of a `Checker` from raw values to typed.
+//! - `model`: the file's shape, every value with its span (`RawConfig`).
+//! - `check`: what the model and every rule use: `Sp`, `Issues`, field paths, durations,
+//!   lines and the `Checker`.
+//! - `types`: the validated `Config`, health checks included; `error`:
+//!   `ConfigError`. Neither uses another file of `config`.
 
+mod check;
 mod error;
 mod forwarding;
 #[cfg(test)]
@@ -13,7 +27,6 @@ mod types;
 mod validate;
 
 pub use error::ConfigError;
-pub use health::{AllDown, CheckKind, HealthCheck};
 pub use types::*;
 pub use validate::MAX_WEIGHT;
 

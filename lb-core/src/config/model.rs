@@ -1,56 +1,18 @@
 //! The config file's shape: which keys exist, which are required, and the
 //! type of each value. `RawConfig::read` walks the parsed TOML document and
-//! keeps every value with its byte span, so `validate` can point at it.
+//! keeps every value with its byte span, so the rules can point at it.
 //!
 //! Problems found here (unknown key, missing field, wrong type) are recorded
 //! and reading goes on, so that one run reports everything wrong in a file.
 //! A field that is missing or of the wrong type is `None` in the raw model;
-//! its problem has already been recorded, and `validate` skips it.
+//! its problem has already been recorded, and the rules skip it.
 
 use std::ops::Range;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::health::{HEALTH_ONLY_KEYS, RawHealth};
-
-/// A value and where it is in the file (byte range).
-#[derive(Clone, Debug)]
-pub(super) struct Sp<T> {
-    pub value: T,
-    pub span: Range<usize>,
-}
-
-/// A problem, located by byte offset; `validate` turns the offset into a line
-/// and a column.
-#[derive(Clone, Debug)]
-pub(super) struct Issue {
-    pub offset: usize,
-    pub field: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Default)]
-pub(super) struct Issues(pub Vec<Issue>);
-
-impl Issues {
-    pub fn push(
-        &mut self,
-        span: &Range<usize>,
-        field: impl Into<String>,
-        reason: impl Into<String>,
-    ) {
-        self.0.push(Issue {
-            offset: span.start,
-            field: field.into(),
-            reason: reason.into(),
-        });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+use super::check::{Issues, Sp, field_path};
 
 /// Keys of the top level, of a `[[vip]]`, of a `[[vip.backend]]`, of an
 /// `[imbalance]` or `[vip.imbalance]` table, of a `[safety]` or
@@ -97,6 +59,35 @@ pub(super) const SAFETY_KEYS: &[&str] = &[
     "max_capacity_removed",
 ];
 pub(super) const TUNNEL_KEYS: &[&str] = &["source_v4", "source_v6", "gue_port", "gateway_mac"];
+/// Keys of a `[health]` / `[vip.health]` table, in the order errors list them.
+pub(super) const HEALTH_KEYS: &[&str] = &[
+    "kind",
+    "port",
+    "path",
+    "status",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "all_down",
+    "flap_limit",
+    "flap_window",
+    "flap_hold",
+];
+
+/// Health keys that no other table has: written elsewhere, they get a hint.
+const HEALTH_ONLY_KEYS: &[&str] = &[
+    "kind",
+    "status",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "all_down",
+    "flap_limit",
+    "flap_window",
+    "flap_hold",
+];
 
 /// VIP keys that are not also top-level keys (a hint when one is written at
 /// the top).
@@ -204,11 +195,33 @@ pub(super) struct RawSafety {
 pub(super) struct RawTunnel {
     /// The table's header (or the inline table).
     pub span: Range<usize>,
-    /// Prefixes as written (`"198.18.200.0/24"`); `validate` parses them.
+    /// Prefixes as written (`"198.18.200.0/24"`); `forwarding` parses them.
     pub source_v4: Option<Sp<String>>,
     pub source_v6: Option<Sp<String>>,
     pub gue_port: Option<Sp<i128>>,
     pub gateway_mac: Option<Sp<String>>,
+}
+
+/// A `[health]` or `[vip.health]` table as written. Every key is optional.
+#[derive(Debug)]
+pub(super) struct RawHealth {
+    /// `health`, `vip[3].health`
+    pub path: String,
+    /// The table's header (or the inline table).
+    pub span: Range<usize>,
+    pub kind: Option<Sp<String>>,
+    pub port: Option<Sp<i128>>,
+    pub http_path: Option<Sp<String>>,
+    /// `"200-399"`, `"200"` or `200`.
+    pub status: Option<Sp<String>>,
+    pub interval: Option<Sp<String>>,
+    pub timeout: Option<Sp<String>>,
+    pub rise: Option<Sp<i128>>,
+    pub fall: Option<Sp<i128>>,
+    pub all_down: Option<Sp<String>>,
+    pub flap_limit: Option<Sp<i128>>,
+    pub flap_window: Option<Sp<String>>,
+    pub flap_hold: Option<Sp<String>>,
 }
 
 /// Hints for a key that is not allowed here but is a key of another table:
@@ -497,7 +510,7 @@ impl RawBackend {
             span: t.span.clone(),
             name: t.string("name", true, issues),
             address: t.string("address", true, issues),
-            // Required for a "dsr" VIP only: `validate` knows the VIP's method.
+            // Required for a "dsr" VIP only: `forwarding` knows the VIP's method.
             mac: t.string("mac", false, issues),
             weight: t.integer("weight", false, issues),
             state: t.string("state", false, issues),
@@ -532,6 +545,51 @@ impl RawSafety {
             max_capacity_ratio: t.number("max_capacity_ratio", issues),
             max_flows_moved: t.number("max_flows_moved", issues),
             max_capacity_removed: t.number("max_capacity_removed", issues),
+        }
+    }
+}
+
+impl RawHealth {
+    fn read(t: &Table<'_, '_>, hints: Hints<'_>, issues: &mut Issues) -> RawHealth {
+        t.check_keys(HEALTH_KEYS, hints, issues);
+        RawHealth {
+            path: t.path.clone(),
+            span: t.span.clone(),
+            kind: t.string("kind", false, issues),
+            port: t.integer("port", false, issues),
+            http_path: t.string("path", false, issues),
+            status: health_status(t, issues),
+            interval: t.duration("interval", issues),
+            timeout: t.duration("timeout", issues),
+            rise: t.integer("rise", false, issues),
+            fall: t.integer("fall", false, issues),
+            all_down: t.string("all_down", false, issues),
+            flap_limit: t.integer("flap_limit", false, issues),
+            flap_window: t.duration("flap_window", issues),
+            flap_hold: t.duration("flap_hold", issues),
+        }
+    }
+}
+
+/// `status`: a string range or a plain integer, kept as text.
+fn health_status(t: &Table<'_, '_>, issues: &mut Issues) -> Option<Sp<String>> {
+    let v = t.get("status")?;
+    match v.get_ref() {
+        DeValue::String(s) => Some(Sp {
+            value: s.to_string(),
+            span: v.span(),
+        }),
+        DeValue::Integer(i) if i.radix() == 10 => Some(Sp {
+            value: i.as_str().to_string(),
+            span: v.span(),
+        }),
+        _ => {
+            issues.push(
+                &v.span(),
+                field_path(&t.path, "status"),
+                "expected a status code or range like \"200-399\" or 200",
+            );
+            None
         }
     }
 }
@@ -706,7 +764,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    /// A duration, as a string with a unit (`"10s"`); `validate` parses it.
+    /// A duration, as a string with a unit (`"10s"`); the rules parse it.
     /// A bare number is told to take a unit. Optional.
     pub(super) fn duration(&self, key: &str, issues: &mut Issues) -> Option<Sp<String>> {
         let v = self.get(key)?;
@@ -798,24 +856,6 @@ impl<'a, 'i> Table<'a, 'i> {
             }
         }
         out
-    }
-}
-
-/// `vip[0]` + `port` → `vip[0].port`; a key that is not bare is quoted.
-pub(super) fn field_path(parent: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare {
-        key.to_string()
-    } else {
-        format!("{key:?}")
-    };
-    if parent.is_empty() {
-        key
-    } else {
-        format!("{parent}.{key}")
     }
 }
 

@@ -44,7 +44,7 @@ impl Config {
 
 /// The metrics address when the config names none: loopback only.
 pub const DEFAULT_METRICS_ADDRESS: SocketAddr =
-    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9470);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9470);
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Vip {
@@ -65,7 +65,7 @@ pub struct Vip {
     /// What `xlb plan` lets a change do to this VIP.
     pub safety: Safety,
     /// How its backends are checked (`[health]`, `[vip.health]`).
-    pub health: super::health::HealthCheck,
+    pub health: HealthCheck,
     pub backends: Vec<Backend>,
 }
 
@@ -92,6 +92,109 @@ impl Default for Safety {
             max_flows_moved: 0.3,
             max_capacity_removed: 0.5,
         }
+    }
+}
+
+/// What a check does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CheckKind {
+    /// No checks: every backend counts as up.
+    None,
+    /// A TCP connect to the backend's address and the check port.
+    Tcp,
+    /// A TCP connect, then `GET path HTTP/1.1` (Host: the backend's address);
+    /// the status code must be in `status_min..=status_max`.
+    Http {
+        path: String,
+        status_min: u16,
+        status_max: u16,
+    },
+}
+
+impl CheckKind {
+    /// `tcp`, `http`, `none`: as the config spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+        }
+    }
+}
+
+/// What a VIP's table holds when every checked backend in it is down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllDown {
+    /// Keep the whole table, as the config builds it: traffic goes on to the
+    /// backends the checks call down (a check that fails for everyone is
+    /// more likely wrong than every backend dead).
+    #[default]
+    FailOpen,
+    /// Drop the VIP's new flows (the table names no backend; counted as
+    /// `no_backend`).
+    FailClosed,
+}
+
+impl AllDown {
+    pub const ALL: [AllDown; 2] = [AllDown::FailOpen, AllDown::FailClosed];
+}
+
+impl fmt::Display for AllDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllDown::FailOpen => "fail_open",
+            AllDown::FailClosed => "fail_closed",
+        })
+    }
+}
+
+/// One VIP's health check, resolved (defaults and overrides merged).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// The port checked on each backend: the VIP's port unless `port` is
+    /// set; never 0 when `kind` is not `None` (0 then).
+    pub port: u16,
+    pub interval_seconds: f64,
+    /// A check that has not finished after this fails; at most the interval.
+    pub timeout_seconds: f64,
+    /// Consecutive successes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend out.
+    pub fall: u32,
+    /// A backend that went down this many times within `flap_window` is
+    /// flapping: it must pass every check for `flap_hold` (and `rise`
+    /// checks) before it comes back. 0: no damping.
+    pub flap_limit: u32,
+    pub flap_window_seconds: f64,
+    pub flap_hold_seconds: f64,
+    pub all_down: AllDown,
+}
+
+impl Default for HealthCheck {
+    /// No checks; the other values are the defaults a `[health]` table gets.
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::None,
+            port: 0,
+            interval_seconds: 2.0,
+            timeout_seconds: 1.0,
+            rise: 2,
+            fall: 3,
+            flap_limit: 3,
+            flap_window_seconds: 60.0,
+            flap_hold_seconds: 30.0,
+            all_down: AllDown::FailOpen,
+        }
+    }
+}
+
+impl HealthCheck {
+    /// The backends of this VIP are checked.
+    pub fn enabled(&self) -> bool {
+        self.kind != CheckKind::None
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Three steps: TOML syntax (`toml`'s parser, one problem at the first
 //! syntax error), shape (`model`: known keys, required fields, value types)
-//! and rules (here: value ranges and formats, uniqueness, limits). Shape and
-//! rule problems are all collected; any problem means no `Config` at all.
+//! and rules (value ranges and formats, uniqueness, limits: here, and for
+//! the forwarding settings and health checks in `forwarding` and `health`,
+//! which this file calls). Shape and rule problems are all collected; any
+//! problem means no `Config` at all.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -14,15 +16,14 @@ use std::time::Duration;
 use lb_common::maps::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
 use toml::de::DeTable;
 
+use super::check::{Checker, DurationRule, Issues, LineIndex, Sp, field_path};
 use super::error::{ConfigError, Problem};
-use super::forwarding::VipContext;
-use super::health::HealthBase;
-use super::model::{
-    Issues, RawBackend, RawConfig, RawImbalance, RawSafety, RawVip, Sp, field_path,
-};
+use super::forwarding::{self, VipContext};
+use super::health::{self, HealthBase};
+use super::model::{RawBackend, RawConfig, RawImbalance, RawSafety, RawVip};
 use super::types::{
-    Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, MacAddr, Protocol, Safety, Thresholds,
-    Tunnel, Vip,
+    Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, Protocol, Safety, Thresholds, Tunnel,
+    Vip,
 };
 use crate::maglev::is_prime;
 
@@ -92,13 +93,7 @@ const MAX_CAPACITY_REMOVED: NumberRule = NumberRule {
     rule: "must be a fraction greater than 0 and at most 1",
 };
 
-/// The bounds (inclusive) of a duration key of `[imbalance]`.
-pub(super) struct DurationRule {
-    pub key: &'static str,
-    pub min: Duration,
-    pub max: Duration,
-}
-
+/// The bounds of the duration keys of `[imbalance]`.
 const HOLD: DurationRule = DurationRule {
     key: "hold",
     min: Duration::ZERO,
@@ -191,43 +186,6 @@ fn syntax_reason(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-/// Byte offset → 1-based line and column (in characters).
-pub(super) struct LineIndex<'t> {
-    text: &'t str,
-    /// Byte offset of each line's start.
-    starts: Vec<usize>,
-}
-
-impl<'t> LineIndex<'t> {
-    fn new(text: &'t str) -> Self {
-        let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { text, starts }
-    }
-
-    fn position(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let line = self.starts.partition_point(|&s| s <= offset);
-        let start = self.starts[line - 1];
-        let column = self.text[start..offset].chars().count() + 1;
-        (line, column)
-    }
-
-    pub(super) fn line(&self, offset: usize) -> usize {
-        self.position(offset).0
-    }
-}
-
-/// Records the problems of one file. The rules live here and, for the
-/// forwarding settings, in `forwarding`.
-pub(super) struct Checker<'a, 't> {
-    pub(super) issues: &'a mut Issues,
-    pub(super) lines: &'a LineIndex<'t>,
-}
-
 /// What a VIP inherits from the top level.
 struct VipDefaults<'a> {
     imbalance: &'a Thresholds,
@@ -244,16 +202,9 @@ struct First {
     what: String,
 }
 
+/// The rules of this file: the top level, VIPs, backends, `[imbalance]`
+/// and `[safety]`. Private: only this file calls them.
 impl Checker<'_, '_> {
-    pub(super) fn problem(
-        &mut self,
-        span: &Range<usize>,
-        field: impl Into<String>,
-        reason: impl Into<String>,
-    ) {
-        self.issues.push(span, field, reason);
-    }
-
     fn config(&mut self, raw: &RawConfig) -> Option<Config> {
         let interface = raw.interface.as_ref().and_then(|i| self.interface(i));
         let hash_seed = match &raw.hash_seed {
@@ -298,9 +249,9 @@ impl Checker<'_, '_> {
             None => Some(DEFAULT_METRICS_ADDRESS),
             Some(a) => self.metrics_address(a),
         };
-        let conn_table_size = self.conn_table_size(raw);
-        let icmp_echo = self.icmp_echo(raw);
-        let tunnel = self.tunnel(raw);
+        let conn_table_size = forwarding::conn_table_size(self, raw);
+        let icmp_echo = forwarding::icmp_echo(self, raw);
+        let tunnel = forwarding::tunnel(self, raw);
         // The defaults of every VIP. If they are wrong (reported), VIPs are
         // still checked against the built-in defaults, to report their own
         // problems too.
@@ -324,7 +275,7 @@ impl Checker<'_, '_> {
             None => Some(HealthBase::default()),
             Some(table) => {
                 self.section_placement(&table.span, &table.path, "health", "health check", raw);
-                self.health_table(table, &HealthBase::default())
+                health::health_table(self, table, &HealthBase::default())
             }
         };
 
@@ -426,8 +377,8 @@ impl Checker<'_, '_> {
             .protocol
             .as_ref()
             .and_then(|p| self.protocol(p, &field_path(path, "protocol")));
-        let forwarding = self.forwarding(raw.forwarding.as_ref(), path);
-        let hash = self.hash_mode(raw.hash.as_ref(), path);
+        let forwarding = forwarding::vip_forwarding(self, raw.forwarding.as_ref(), path);
+        let hash = forwarding::hash_mode(self, raw.hash.as_ref(), path);
 
         if let (Some(address), Some(port), Some(protocol), Some(raw_address)) =
             (address, port, protocol, &raw.address)
@@ -491,7 +442,14 @@ impl Checker<'_, '_> {
             None => Some(defaults.safety.clone()),
             Some(table) => self.safety(table, defaults.safety),
         };
-        let health = self.vip_health(raw.health.as_ref(), defaults.health, port, &raw.span, path);
+        let health = health::vip_health(
+            self,
+            raw.health.as_ref(),
+            defaults.health,
+            port,
+            &raw.span,
+            path,
+        );
 
         Some(Vip {
             name: name?,
@@ -558,9 +516,9 @@ impl Checker<'_, '_> {
         }
         if let (Some(address), Some(raw_address)) = (address, &raw.address) {
             let label = raw.name.as_ref().map_or(path.as_str(), |n| &n.value);
-            self.tunnel_backend(ctx, label, address, raw_address, path);
+            forwarding::tunnel_backend(self, ctx, label, address, raw_address, path);
         }
-        let mac = self.backend_mac(raw.mac.as_ref(), &raw.span, path, ctx);
+        let mac = forwarding::backend_mac(self, raw.mac.as_ref(), &raw.span, path, ctx);
         let weight = match &raw.weight {
             None => Some(1),
             Some(w) => self.weight(w, &field_path(path, "weight")),
@@ -638,7 +596,7 @@ impl Checker<'_, '_> {
         let address: IpAddr = match text.parse() {
             Ok(a) => a,
             Err(_) => {
-                let hint = if text.parse::<std::net::SocketAddr>().is_ok() {
+                let hint = if text.parse::<SocketAddr>().is_ok() {
                     if is_vip {
                         "; give the port in `port`, not in the address"
                     } else {
@@ -826,37 +784,6 @@ impl Checker<'_, '_> {
                 None
             }
         }
-    }
-
-    /// `02:00:00:00:00:11`: the backend's (or the gateway's) Ethernet
-    /// address; `whose` says which, in the messages: "the backend's".
-    pub(super) fn mac(&mut self, v: &Sp<String>, field: &str, whose: &str) -> Option<MacAddr> {
-        let Some(mac) = parse_mac(&v.value) else {
-            self.problem(
-                &v.span,
-                field,
-                format!(
-                    "{:?} is not a MAC address: expected six pairs of hex digits separated by ':', \
-                     like \"02:00:00:00:00:11\"",
-                    v.value
-                ),
-            );
-            return None;
-        };
-        let reason = if mac.0 == [0; 6] {
-            format!("{mac} is all zeros; give {whose} unicast MAC address")
-        } else if mac.0 == [0xff; 6] {
-            format!("{mac} is the broadcast address; give {whose} unicast MAC address")
-        } else if mac.0[0] & 1 == 1 {
-            format!(
-                "{mac} is a multicast address (bit 0 of the first octet is set); give {whose} \
-                 unicast MAC address"
-            )
-        } else {
-            return Some(mac);
-        };
-        self.problem(&v.span, field, reason);
-        None
     }
 
     /// `127.0.0.1:9470`, `[::1]:9470`: where the daemon serves /metrics.
@@ -1066,116 +993,6 @@ impl Checker<'_, '_> {
         );
         None
     }
-
-    /// A duration threshold, in seconds: `base` if not given, else the
-    /// value if it parses and is in range.
-    pub(super) fn period(
-        &mut self,
-        v: Option<&Sp<String>>,
-        path: &str,
-        rule: &DurationRule,
-        base: f64,
-        builtin: f64,
-    ) -> Option<f64> {
-        let Some(v) = v else { return Some(base) };
-        let field = field_path(path, rule.key);
-        match parse_duration(&v.value) {
-            Ok(d) if (rule.min..=rule.max).contains(&d) => Some(d.as_secs_f64()),
-            Ok(_) => {
-                self.problem(
-                    &v.span,
-                    field,
-                    format!(
-                        "must be between {} and {} (default {}), got {:?}",
-                        format_duration(rule.min),
-                        format_duration(rule.max),
-                        format_duration(Duration::from_secs_f64(builtin)),
-                        v.value
-                    ),
-                );
-                None
-            }
-            Err(reason) => {
-                self.problem(&v.span, field, reason);
-                None
-            }
-        }
-    }
-
-    /// An integer in `min..=max`; `note` follows the range in the message.
-    pub(super) fn in_range(
-        &mut self,
-        v: &Sp<i128>,
-        field: &str,
-        min: i128,
-        max: i128,
-        note: &str,
-    ) -> Option<i128> {
-        if (min..=max).contains(&v.value) {
-            Some(v.value)
-        } else {
-            self.problem(
-                &v.span,
-                field,
-                format!("must be between {min} and {max}, got {}{note}", v.value),
-            );
-            None
-        }
-    }
-}
-
-fn parse_mac(text: &str) -> Option<MacAddr> {
-    let mut out = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut out {
-        let part = parts.next()?;
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(MacAddr(out))
-}
-
-/// A duration as the config writes it: a number and a unit, `"10s"`,
-/// `"500ms"`, `"1.5m"`, `"1h"` (humantime's syntax, as on the command line).
-/// The error says what to write.
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    const UNITS: &str = "ms, s, m or h";
-    let trimmed = text.trim();
-    humantime::parse_duration(trimmed).map_err(|e| match e {
-        humantime::DurationError::Empty => {
-            format!("must not be empty: write a duration like \"10s\" ({UNITS})")
-        }
-        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
-            format!("{text:?} has no unit: write e.g. \"{trimmed}s\" for seconds (units: {UNITS})")
-        }
-        humantime::DurationError::UnknownUnit { unit, .. } => {
-            format!("{text:?} has an unknown unit {unit:?}: use {UNITS}, like \"10s\" or \"500ms\"")
-        }
-        _ => format!(
-            "{text:?} is not a duration: write a number and a unit ({UNITS}), like \"10s\", \
-             \"500ms\" or \"1.5m\""
-        ),
-    })
-}
-
-/// `0s`, `2s`, `10m`, `1h`, `100ms`: the bounds in error messages.
-pub(super) fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() != 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let s = d.as_secs();
-    if s > 0 && s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s > 0 && s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
 }
 
 /// The smallest prime >= n, if it fits in a u32.
@@ -1185,6 +1002,9 @@ fn next_prime(n: u32) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::check::{format_duration, parse_duration};
+    use super::super::forwarding::parse_mac;
+    use super::super::types::MacAddr;
     use super::*;
 
     const EXAMPLE: &str = r#"
@@ -1367,10 +1187,10 @@ table_size = 101
             Config {
                 interface: "lo".into(),
                 hash_seed: 0,
-                metrics_address: crate::config::DEFAULT_METRICS_ADDRESS,
+                metrics_address: DEFAULT_METRICS_ADDRESS,
                 conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
                 icmp_echo: crate::config::IcmpEcho::Reply,
-                tunnel: crate::config::Tunnel {
+                tunnel: Tunnel {
                     source_v4: None,
                     source_v6: None,
                     gue_port: lb_common::DEFAULT_GUE_PORT,
