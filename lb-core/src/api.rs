@@ -90,7 +90,7 @@ pub enum Response {
     },
     Repaired(Repaired),
     History(Vec<crate::revision::Revision>),
-    Plan(Box<crate::plan::Plan>),
+    Plan(Box<Plan>),
     Revision(Box<crate::revision::Revision>),
     /// An edit applied: the new revision and its plan.
     Edited(Box<Edited>),

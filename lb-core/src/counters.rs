@@ -69,3 +69,16 @@ pub struct CounterSnapshot {
     /// Data-plane events, by `stats::EV_*`.
     pub events: Vec<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_scan_waits_longer() {
+        assert_eq!(pause_after(0.03), SCAN_PERIOD);
+        assert_eq!(pause_after(-1.0), SCAN_PERIOD);
+        assert_eq!(pause_after(2.0), Duration::from_secs(40));
+        assert_eq!(pause_after(f64::INFINITY), Duration::MAX);
+    }
+}

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use xlb_core::config::{
-    self, BackendState, ConfigError, Forwarding, HashMode, IcmpEcho, Protocol, Tunnel, load, parse,
+    BackendState, ConfigError, Forwarding, HashMode, IcmpEcho, Protocol, Tunnel, load, parse,
 };
 
 fn repo_root() -> PathBuf {
@@ -193,7 +193,7 @@ fn every_problem_is_reported_not_just_the_first() {
 #[test]
 fn validated_config_round_trips_through_json() {
     // The JSON form is what `xlb validate -o json` and the API show.
-    let config = config::load(&repo_root().join("examples/xlb.toml")).unwrap();
+    let config = load(&repo_root().join("examples/xlb.toml")).unwrap();
     let json = serde_json::to_value(&config).unwrap();
     assert_eq!(json["vips"][0]["backends"][2]["mac"], "02:00:00:00:00:13");
     assert_eq!(json["vips"][1]["protocol"], "udp");

@@ -46,7 +46,7 @@ pub enum DataplaneError {
     Io {
         name: &'static str,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
 }
 
@@ -125,6 +125,6 @@ pub(crate) fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) ->
 }
 
 /// An I/O error on map `name`, as a `DataplaneError`.
-pub(crate) fn io_err(name: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
+pub(crate) fn io_err(name: &'static str) -> impl FnOnce(io::Error) -> DataplaneError {
     move |source| DataplaneError::Io { name, source }
 }

@@ -25,6 +25,8 @@ const fn stride<T>() -> usize {
 // SAFETY: the mapping is plain shared memory owned by this value; every access
 // goes through volatile reads and writes of Pod values.
 unsafe impl<T: Pod> Send for MappedArray<T> {}
+// SAFETY: as for Send: shared references only do volatile reads and writes
+// of whole Pod values, which the kernel side does concurrently anyway.
 unsafe impl<T: Pod> Sync for MappedArray<T> {}
 
 impl<T: Pod> MappedArray<T> {

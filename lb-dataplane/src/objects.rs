@@ -39,7 +39,7 @@ pub(crate) fn take_array(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData,
 }
 
 /// Take map `name` out of a loaded object as a typed handle.
-pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+pub(crate) fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {

@@ -15,14 +15,14 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aya::maps::MapData;
 use aya::programs::{
     ProgramError, Xdp,
-    links::{FdLink, LinkError, PinnedLink},
+    links::{FdLink, PinnedLink},
     xdp::XdpLink,
 };
 use lb_common::{Backend as KernelBackend, GlobalConfig, LAYOUT_VERSION, VipKey, maps};

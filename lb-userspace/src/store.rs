@@ -44,7 +44,6 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
 use xlb_core::revision::{Kind, Outcome, Revision, SCHEMA_VERSION, text_hash};
@@ -679,7 +678,7 @@ mod tests {
     use super::*;
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     /// A directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);

@@ -195,14 +195,13 @@ fn balances_real_tcp_and_udp_and_reweights_live() {
     let stop = Arc::new(AtomicBool::new(false));
     let (client_ns, flag) = (bed.client.ns.handle(), stop.clone());
     let traffic = std::thread::spawn(move || {
-        let ex = drive(
+        drive(
             &client_ns,
             v4(TCP_PORT),
             Proto::Tcp,
             WORKERS,
             Until::Flag(flag, 20_000),
-        );
-        ex
+        )
     });
     std::thread::sleep(Duration::from_millis(500));
     let out = apply(&daemon, &dir, "equal.toml", &new_config);

@@ -181,15 +181,14 @@ fn new_connections(
         .map(|ip: std::net::IpAddr| {
             let (client, stop) = (bed.client.ns.handle(), stop.clone());
             std::thread::spawn(move || {
-                let out = client::drive_paced(
+                client::drive_paced(
                     &client,
                     SocketAddr::new(ip, TCP_PORT),
                     Proto::Tcp,
                     NEW_PER_SECOND,
                     stop,
                     240,
-                );
-                out
+                )
             })
         })
         .collect()

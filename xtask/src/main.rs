@@ -14,7 +14,7 @@ mod command;
 mod modcheck;
 mod setup;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use command::{cargo, run};
@@ -104,6 +104,40 @@ fn benches_named(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
         .collect())
 }
 
+/// Clippy on the eBPF crate, the way aya-build builds it: the nightly
+/// toolchain, its own target, `core` built from source.
+fn ebpf_clippy() -> std::process::Command {
+    let mut cmd = std::process::Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "-p",
+        "lb-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--bins",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    // Set by the stable cargo running xtask; they would pin its rustc.
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),
@@ -123,7 +157,22 @@ fn main() -> anyhow::Result<()> {
             if modcheck::run()? > 0 {
                 bail!("module cycles (above): a module uses what is below it, never what uses it");
             }
+            run(cargo().args(["fmt", "--all", "--check"]))
+                .context("formatting: run `cargo fmt --all`")?;
             setup::setup()?;
+            // Clippy with the workspace lints, every warning an error: the
+            // host crates, then the eBPF crate on its own target.
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "lb-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            run(&mut ebpf_clippy())?;
             // Build the `xlb` binary first: the end-to-end tests run it.
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
             run(cargo()

@@ -759,7 +759,7 @@ fn moved_fraction_across_sizes_equals_brute_force() {
             .zip(weights)
             .map(|(&name, weight)| MaglevBackend { name, weight })
             .collect();
-        flows::Built::from_table(
+        Built::from_table(
             maglev::build(&inputs, m, 3).unwrap(),
             3,
             config::HashMode::FiveTuple,
@@ -867,10 +867,7 @@ fn config_hash_is_of_the_json_form() {
     let a = example();
     assert_eq!(config_hash(&a), config_hash(&a.clone()));
     let json = serde_json::to_vec(&a).unwrap();
-    assert_eq!(
-        config_hash(&a),
-        format!("{:016x}", xxhash_rust::xxh64::xxh64(&json, 0))
-    );
+    assert_eq!(config_hash(&a), format!("{:016x}", xxh64(&json, 0)));
     let mut b = a.clone();
     b.vips[0].backends[0].capacity = 1.5;
     assert_ne!(config_hash(&a), config_hash(&b));
@@ -983,7 +980,7 @@ fn gen_backend() -> impl Strategy<Value = Gen> {
 }
 
 /// Whether every flow goes to the same backend under both tables.
-fn same_assignment(before: &flows::Built, after: &flows::Built) -> bool {
+fn same_assignment(before: &Built, after: &Built) -> bool {
     let (t1, t2) = (&before.table, &after.table);
     if t1.slots.is_empty() || t2.slots.is_empty() {
         return t1.slots.is_empty() && t2.slots.is_empty();
@@ -992,7 +989,7 @@ fn same_assignment(before: &flows::Built, after: &flows::Built) -> bool {
         return (0..t1.slots.len()).all(|i| t1.owner(i) == t2.owner(i));
     }
     // Independent slots: only a single, same owner keeps every flow.
-    let owners = |t: &crate::maglev::MaglevTable| {
+    let owners = |t: &maglev::MaglevTable| {
         let counts = t.slot_counts();
         t.names
             .iter()

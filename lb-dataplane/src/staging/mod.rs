@@ -21,13 +21,12 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use aya::programs::{ProgramError, TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions};
 use lb_common::stats::XDP_PASS;
-use serde::{Deserialize, Serialize};
 
-use crate::{Dataplane, DataplaneError};
+use crate::Dataplane;
 use xlb_core::config::{BackendState, Config};
-use xlb_core::state::{self, Allocation, DesiredVip, StateError};
+use xlb_core::state::{self, Allocation, DesiredVip};
 
 pub use error::StagingError;
 pub use flows::{SIM_IFACE_MAC, SIM_ROUTER_MAC, vip_flows, write_frame};

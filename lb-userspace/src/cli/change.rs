@@ -22,7 +22,7 @@ pub struct PlanFile {
     pub config_text: String,
 }
 
-pub(super) fn read_text(file: &std::path::Path) -> Result<String, Failure> {
+pub(super) fn read_text(file: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(file)
         .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))
 }

@@ -4,7 +4,7 @@
 //! out of range, already draining), 1 when a safety check refuses it.
 
 use xlb_core::api::{EditRequest, Edited};
-use xlb_core::edit::{Change, Edit};
+use xlb_core::edit::Edit;
 
 use super::args::{Cli, EditOptions};
 use super::change::wait_for_bake;

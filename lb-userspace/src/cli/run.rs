@@ -24,13 +24,12 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         bpffs,
         object,
     } = args.clone();
-    crate::daemon::privileges::check("xlb run", crate::daemon::privileges::DAEMON)
-        .map_err(Failure::internal)?;
+    daemon::privileges::check("xlb run", daemon::privileges::DAEMON).map_err(Failure::internal)?;
     let socket_group = socket_group
-        .map(|g| crate::daemon::peer::SocketGroup::resolve(&g))
+        .map(|g| daemon::peer::SocketGroup::resolve(&g))
         .transpose()
         .map_err(Failure::bad_input)?;
-    crate::daemon::peer::preflight(socket, socket_group.as_ref()).map_err(Failure::bad_input)?;
+    daemon::peer::preflight(socket, socket_group.as_ref()).map_err(Failure::bad_input)?;
     let text = std::fs::read_to_string(&file)
         .map_err(|e| Failure::bad_input(format!("{}: cannot read: {e}", file.display())))?;
     let origin = Origin::daemon(current_user(), "daemon start");
@@ -45,7 +44,7 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         metrics_address,
         state_dir,
         keep_revisions: keep_revisions as usize,
-        bake: crate::daemon::controller::BakePolicy {
+        bake: daemon::controller::BakePolicy {
             window_seconds: bake_window.as_secs_f64(),
             hold_seconds: bake_hold.as_secs_f64(),
         },

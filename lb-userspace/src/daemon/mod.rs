@@ -39,11 +39,11 @@ pub struct RunOptions {
     /// Where revisions are kept (`<state_dir>/revisions`).
     pub state_dir: PathBuf,
     pub keep_revisions: usize,
-    pub bake: crate::daemon::controller::BakePolicy,
+    pub bake: controller::BakePolicy,
     /// The collector's period while a revision bakes.
     pub bake_tick: std::time::Duration,
     /// `--socket-group`: who besides root may use the control socket.
-    pub socket_group: Option<crate::daemon::peer::SocketGroup>,
+    pub socket_group: Option<peer::SocketGroup>,
     /// The bpffs mount the pins live under (`<bpffs>/xlb/<interface>/`).
     pub bpffs: PathBuf,
     /// Load the balancer from this object file instead of the embedded one.
@@ -52,21 +52,18 @@ pub struct RunOptions {
 
 /// Bind the control socket: root only, or root and `--socket-group`
 /// (peer.rs).
-fn bind(
-    socket: &Path,
-    group: Option<&crate::daemon::peer::SocketGroup>,
-) -> anyhow::Result<UnixListener> {
-    crate::daemon::peer::bind(socket, group)
+fn bind(socket: &Path, group: Option<&peer::SocketGroup>) -> anyhow::Result<UnixListener> {
+    peer::bind(socket, group)
 }
 
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = &opts.candidate.config;
     let interface = config.interface.clone();
     let host = xlb_dataplane::host::read(&interface)?;
-    crate::daemon::restart::ignore_hangup_for_now();
+    restart::ignore_hangup_for_now();
     // The connection table is sized here, once (and pinned): a later apply
     // that changes conn_table_size is refused.
-    let (dataplane, pinned) = crate::daemon::restart::load_and_attach(
+    let (dataplane, pinned) = restart::load_and_attach(
         &interface,
         config.conn_table_size,
         opts.mode,
@@ -74,18 +71,18 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.object.as_deref(),
     )?;
     let metrics_address = opts.metrics_address.unwrap_or(config.metrics_address);
-    let metrics = Arc::new(crate::daemon::metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::new());
     let store = crate::store::Store::open(&opts.state_dir.join("revisions"), opts.keep_revisions)
         .context("opening the revision store")?;
     let mut controller = Controller::new(dataplane, interface, host, metrics)
         .with_revisions(store)
         .with_bake(opts.bake)
         .with_audit(
-            crate::daemon::audit::AuditLog::open(&opts.state_dir.join("audit.log"))
+            audit::AuditLog::open(&opts.state_dir.join("audit.log"))
                 .context("opening the audit log")?,
         );
     let config_file = PathBuf::from(&opts.candidate.file);
-    let revision = crate::daemon::restart::first_apply(&mut controller, &pinned, opts.candidate)?;
+    let revision = restart::first_apply(&mut controller, &pinned, opts.candidate)?;
     log::info!("serving revision {revision}");
     let conns = controller.conn_table();
     let controller = Arc::new(Mutex::new(controller));
@@ -93,21 +90,21 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let policy = Arc::new(crate::daemon::peer::Policy::new(opts.socket_group.clone()));
+    let policy = Arc::new(peer::Policy::new(opts.socket_group.clone()));
     let result = runtime.block_on(async {
-        let http = crate::daemon::http::bind(metrics_address).await?;
+        let http = http::bind(metrics_address).await?;
         log::info!("metrics, status page and /api/status on http://{metrics_address}/");
         tokio::select! {
             r = serve(controller.clone(), &opts.socket, policy, revision) => r,
-            r = crate::daemon::notify::watchdog(controller.clone()) => r,
-            r = crate::daemon::http::serve(http, controller.clone()) => r,
+            r = notify::watchdog(controller.clone()) => r,
+            r = http::serve(http, controller.clone()) => r,
             r = collect(controller.clone(), opts.bake_tick) => r,
             r = count_conns(controller.clone(), conns) => r,
-            r = crate::daemon::health::serve(controller.clone()) => r,
-            r = crate::daemon::restart::reload_on_hangup(controller.clone(), config_file) => r,
+            r = health::serve(controller.clone()) => r,
+            r = restart::reload_on_hangup(controller.clone(), config_file) => r,
         }
     });
-    crate::daemon::notify::stopping();
+    notify::stopping();
     let _ = std::fs::remove_file(&opts.socket);
     // The pinned link keeps the program attached, the pinned maps keep
     // their tables and flows: forwarding goes on until the next start.
@@ -185,12 +182,12 @@ async fn count_conns(
 async fn serve(
     controller: Arc<Mutex<Controller>>,
     socket: &Path,
-    policy: Arc<crate::daemon::peer::Policy>,
+    policy: Arc<peer::Policy>,
     revision: u64,
 ) -> anyhow::Result<()> {
     let listener = bind(socket, policy.group.as_ref())?;
     log::info!("control socket {}", socket.display());
-    crate::daemon::notify::ready(revision);
+    notify::ready(revision);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -213,10 +210,10 @@ async fn serve(
 async fn handle(
     stream: UnixStream,
     controller: Arc<Mutex<Controller>>,
-    policy: Arc<crate::daemon::peer::Policy>,
+    policy: Arc<peer::Policy>,
 ) -> anyhow::Result<()> {
     // Who is asking, from the kernel: decides what it may do (peer.rs).
-    let peer = crate::daemon::peer::Peer::of(&stream).context("reading the peer's credentials")?;
+    let peer = peer::Peer::of(&stream).context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(64 << 20))
@@ -224,11 +221,9 @@ async fn handle(
         .await?;
     // Map writes and reads are blocking syscalls (and so is the peer's
     // user lookup): keep them off the reactor.
-    let response = tokio::task::spawn_blocking(move || {
-        match crate::daemon::peer::admit(&policy, &peer, &line) {
-            Err(e) => Response::Error(e),
-            Ok(request) => dispatch(&controller, request),
-        }
+    let response = tokio::task::spawn_blocking(move || match peer::admit(&policy, &peer, &line) {
+        Err(e) => Response::Error(e),
+        Ok(request) => dispatch(&controller, request),
     })
     .await?;
     let mut out = serde_json::to_vec(&response)?;
@@ -282,7 +277,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 Err(e) => e.response(),
             }
         }
-        Request::Edit(edit) => crate::daemon::edit::respond(&mut controller, edit),
+        Request::Edit(edit) => edit::respond(&mut controller, edit),
         Request::Plan { file, text, user } => {
             let origin = Origin {
                 user,

@@ -99,7 +99,7 @@ impl Peer {
 
 /// SO_PEERGROUPS: the peer's supplementary groups at connect time.
 fn peer_groups(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
-    let size = std::mem::size_of::<libc::gid_t>();
+    let size = size_of::<libc::gid_t>();
     let mut buf: Vec<libc::gid_t> = vec![0; 32];
     // Bounded: NGROUPS_MAX is 65536.
     for _ in 0..4 {

@@ -138,7 +138,7 @@ pub struct Controller {
     bake: Option<BakeStatus>,
     /// Judges a baking revision against capacity shares (see `bake`).
     capacity_detector: Detector,
-    audit: Option<crate::daemon::audit::AuditLog>,
+    audit: Option<AuditLog>,
     /// The last count of the connection table (the daemon scans it every
     /// `CONN_SCAN_PERIOD`, outside this controller's lock).
     conn_scan: Option<ConnScan>,
