@@ -78,7 +78,9 @@ const _: () = assert!(size_of::<DecapConfig>() == 8);
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: both are #[repr(C)] and Pod (bytemuck-checked), no padding holes.
+    // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes),
+    // so any bytes the kernel hands back are a valid value.
     unsafe impl aya::Pod for super::DecapAddr {}
+    // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes).
     unsafe impl aya::Pod for super::DecapConfig {}
 }

@@ -5,6 +5,7 @@
 //! is a contract between two compilers.
 #![no_std]
 
+pub mod aux;
 pub mod decap;
 pub mod hash;
 pub mod maps;

@@ -160,10 +160,15 @@ pub const LAYOUT_VERSION: u32 = 3;
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: each type is #[repr(C)], Pod (bytemuck-checked), with no padding holes.
+    // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes),
+    // so any bytes the kernel hands back are a valid value.
     unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes).
     unsafe impl aya::Pod for super::VipMeta {}
+    // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes).
     unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes).
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes).
     unsafe impl aya::Pod for super::GlobalConfig {}
 }

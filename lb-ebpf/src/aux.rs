@@ -18,7 +18,15 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use lb_common::{hash::FlowWords, maps::BPF_F_NO_COMMON_LRU};
+use lb_common::{
+    aux::{GEN_FIRST_PORT, GEN_FLOWS, GEN_FRAME_LEN},
+    hash::FlowWords,
+    maps::BPF_F_NO_COMMON_LRU,
+};
+// The panic handler and the license (lb-ebpf's lib.rs). The floor keeps its
+// own two-line bounds check rather than packet::ptr_at, so its code, which
+// every bench row is measured against, stays what the recorded figures used.
+use lb_ebpf as _;
 
 /// Lets a veth accept frames its peer sends with XDP_TX (see TESTBED.md).
 #[xdp]
@@ -71,14 +79,8 @@ pub fn xlb_count_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// Distinct TCP source ports (flows) `xlb_gen_tcp_acks` cycles through.
-pub const GEN_FLOWS: u16 = 1024;
-/// First of those source ports.
-pub const GEN_FIRST_PORT: u16 = 20000;
 /// Ethernet + IPv4 without options: where the generator's TCP header starts.
 const GEN_TCP_OFFSET: usize = 14 + 20;
-/// The generator's frame: a TCP ACK with 6 bytes of payload (64 on a wire).
-pub const GEN_FRAME_LEN: usize = GEN_TCP_OFFSET + 20 + 6;
 
 /// The frame the generator sends, written by the bench (index 0). Copied
 /// over every frame before it goes out: with live frames the kernel recycles
@@ -176,7 +178,7 @@ const KNOWN_FLOW_MARK: u32 = 0x4b4e_4f00;
 
 #[inline(always)]
 fn this_cpu() -> u32 {
-    // SAFETY: a helper without arguments.
+    // SAFETY: a BPF helper without arguments; it only reads the CPU id.
     unsafe { bpf_get_smp_processor_id() }
 }
 
@@ -299,9 +301,9 @@ pub fn xlb_fib_lookup6(ctx: XdpContext) -> u32 {
 /// the FIB named a next hop, XDP_DROP when not.
 #[inline(always)]
 fn fib_then_swap(ctx: &XdpContext, f: &mut bpf_fib_lookup) -> u32 {
-    // SAFETY: ctx points at the kernel's xdp_md.
+    // SAFETY: ctx.ctx is the kernel's xdp_md, valid for the whole run.
     f.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    // SAFETY: f is a whole bpf_fib_lookup on the stack.
+    // SAFETY: `f` is a whole bpf_fib_lookup and the size passed is its size.
     let ret = unsafe {
         fib_lookup(
             ctx.ctx.cast(),
@@ -319,13 +321,3 @@ fn fib_then_swap(ctx: &XdpContext, f: &mut bpf_fib_lookup) -> u32 {
         xdp_action::XDP_PASS
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -30,7 +30,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use core::{ffi::c_void, mem::size_of};
+use core::ffi::c_void;
 use lb_common::{
     FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
     decap::{
@@ -38,18 +38,13 @@ use lb_common::{
         STAT_IPIP6, STAT_MALFORMED, STAT_NOT_OURS,
     },
 };
+use lb_ebpf::packet::{
+    ETH_LEN, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV4_FRAG_MASK, VLAN_LEN, bounds, ptr_at,
+};
 use network_types::{
-    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
-    vlan::VlanHdr,
 };
-
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-/// IPv4 "more fragments" flag and fragment offset bits.
-const IPV4_FRAG_MASK: u16 = 0x3fff;
 
 /// The host's addresses: outer destinations we decapsulate for (value 1;
 /// only presence matters). Written by `xlb decap` before it attaches.
@@ -90,7 +85,9 @@ pub fn xlb_decap(ctx: XdpContext) -> u32 {
         Outcome::Broken => (STAT_MALFORMED, xdp_action::XDP_DROP),
     };
     if let Some(n) = XLB_DECAP_STATS.get_ptr_mut(stat) {
-        // SAFETY: this CPU's slot; XDP is not preempted by XDP on one CPU.
+        // SAFETY: the pointer is to this CPU's slot of a per-CPU array, valid
+        // for the whole run; XDP is not preempted by another XDP run on the
+        // same CPU, so nothing else writes it meanwhile.
         unsafe { *n += 1 };
     }
     action
@@ -106,17 +103,6 @@ struct Tunnel {
     inner_family: u8,
     /// The counter of this kind of tunnel.
     stat: u32,
-}
-
-/// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet
-/// (as lb-ebpf's parse::ptr_at).
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    Some((start + offset) as *mut T)
 }
 
 /// The outer header of a tunnel packet: what it carries, where its payload
@@ -139,17 +125,23 @@ struct Outer {
     stats: (u32, u32),
 }
 
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
+)]
 #[inline(always)]
 fn find_tunnel(ctx: &XdpContext) -> Result<Tunnel, Outcome> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Outcome::NotOurs)?;
-    // SAFETY (here and below): every pointer comes from ptr_at, so the
-    // whole header lies inside the packet.
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut l2_len = EthHdr::LEN;
+    let eth_type: *const [u8; 2] = ptr_at(ctx, ETH_LEN - 2).ok_or(Outcome::NotOurs)?;
+    // SAFETY: ptr_at checked that the two bytes lie inside the frame, which
+    // nothing has moved yet; a byte array has no alignment to keep.
+    let mut ether_type = u16::from_be_bytes(unsafe { *eth_type });
+    let mut l2_len = ETH_LEN;
     if ether_type == ETH_P_8021Q {
-        let vlan: *const VlanHdr = ptr_at(ctx, l2_len).ok_or(Outcome::NotOurs)?;
-        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
-        l2_len += VlanHdr::LEN;
+        // The tag: TCI, then the inner EtherType.
+        let inner: *const [u8; 2] = ptr_at(ctx, l2_len + 2).ok_or(Outcome::NotOurs)?;
+        // SAFETY: as above (ptr_at, bytes).
+        ether_type = u16::from_be_bytes(unsafe { *inner });
+        l2_len += VLAN_LEN;
     }
     let outer = match ether_type {
         ETH_P_IPV4 => outer_v4(ctx, l2_len)?,
@@ -163,6 +155,9 @@ fn find_tunnel(ctx: &XdpContext) -> Result<Tunnel, Outcome> {
         PROTO_UDP => {
             let udp: *const UdpHdr =
                 ptr_at(ctx, outer.payload_at as usize).ok_or(Outcome::NotOurs)?;
+            // SAFETY: ptr_at checked the whole header is inside the frame;
+            // UdpHdr is bytes only (alignment 1); the frame is not moved
+            // while the reference lives.
             let udp = unsafe { &*udp };
             let config = XLB_DECAP_CONFIG.get(0).ok_or(Outcome::NotOurs)?;
             let port_be = u16::from_ne_bytes(udp.dst);
@@ -181,7 +176,8 @@ fn find_tunnel(ctx: &XdpContext) -> Result<Tunnel, Outcome> {
         }
         _ => return Err(Outcome::NotOurs),
     };
-    // SAFETY: the value is a u8 flag, read at once.
+    // SAFETY: `get` is unsafe because userspace may change or delete the
+    // entry while we hold the reference; only its presence is used here.
     if unsafe { XLB_DECAP_ADDRS.get(&outer.dst) }.is_none() {
         return Err(Outcome::NotOurs);
     }
@@ -209,6 +205,8 @@ fn find_tunnel(ctx: &XdpContext) -> Result<Tunnel, Outcome> {
 #[inline(always)]
 fn outer_v4(ctx: &XdpContext, at: usize) -> Result<Outer, Outcome> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, at).ok_or(Outcome::NotOurs)?;
+    // SAFETY: ptr_at checked the whole header is inside the frame; Ipv4Hdr
+    // is bytes only (alignment 1); the frame is not moved meanwhile.
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
         return Err(Outcome::NotOurs);
@@ -219,7 +217,8 @@ fn outer_v4(ctx: &XdpContext, at: usize) -> Result<Outer, Outcome> {
         return Err(Outcome::NotOurs);
     }
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
+    let (start, end) = bounds(ctx);
+    let frame_len = end - start;
     let fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAG_MASK != 0;
     let whole = !fragment && tot_len >= ihl && at + tot_len <= frame_len;
     let mut dst = DecapAddr {
@@ -241,12 +240,14 @@ fn outer_v4(ctx: &XdpContext, at: usize) -> Result<Outer, Outcome> {
 #[inline(always)]
 fn outer_v6(ctx: &XdpContext, at: usize) -> Result<Outer, Outcome> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, at).ok_or(Outcome::NotOurs)?;
+    // SAFETY: as in outer_v4 (ptr_at, Ipv6Hdr is bytes only).
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
         return Err(Outcome::NotOurs);
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
+    let (start, end) = bounds(ctx);
+    let frame_len = end - start;
     let whole = at + Ipv6Hdr::LEN + payload_len <= frame_len;
     // Extension headers are not what the balancer sends: `proto` is then
     // none of ours and the caller passes the frame on.
@@ -273,6 +274,8 @@ fn inner_family(ctx: &XdpContext, at: usize, len: usize) -> Result<u8, Outcome> 
     // version byte alone does not work: LLVM turns its bound check into
     // `ptr < end`, from which the verifier grants no bytes at offset 0.)
     let v4: *const Ipv4Hdr = ptr_at(ctx, at).ok_or(Outcome::Malformed)?;
+    // SAFETY: ptr_at checked the whole header is inside the frame; Ipv4Hdr
+    // is bytes only (alignment 1); the frame is not moved meanwhile.
     let v4 = unsafe { &*v4 };
     match v4.vihl >> 4 {
         4 => {
@@ -285,6 +288,7 @@ fn inner_family(ctx: &XdpContext, at: usize, len: usize) -> Result<u8, Outcome> 
         }
         6 => {
             let ip: *const Ipv6Hdr = ptr_at(ctx, at).ok_or(Outcome::Malformed)?;
+            // SAFETY: as above (ptr_at, Ipv6Hdr is bytes only).
             let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
             if Ipv6Hdr::LEN + payload_len > len {
                 return Err(Outcome::Malformed);
@@ -306,7 +310,8 @@ fn strip(ctx: &XdpContext, t: &Tunnel) -> Outcome {
     // Both L2 lengths are at most 18 and the outer headers follow, so 18
     // bytes are always there.
     let mut l2 = [0u8; 18];
-    // SAFETY: the helper writes at most 18 bytes into `l2`.
+    // SAFETY: the helper copies 18 bytes of the frame into `l2`, a local of
+    // exactly that size, and fails without writing when the frame is shorter.
     let copied =
         unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, l2.as_mut_ptr() as *mut c_void, l2.len() as u32) };
     if copied != 0 {
@@ -317,12 +322,13 @@ fn strip(ctx: &XdpContext, t: &Tunnel) -> Outcome {
     } else {
         ETH_P_IPV6
     };
-    // SAFETY: a helper on our own context; on failure the frame is unchanged.
+    // SAFETY: a helper on this run's own context; on failure the frame is
+    // unchanged; every packet pointer is taken again after it (write_l2).
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, t.outer_len as i32) } != 0 {
         return Outcome::Malformed;
     }
     // The EtherType of the payload: the tag's when tagged (the tag stays).
-    if t.l2_len as usize == EthHdr::LEN + VlanHdr::LEN {
+    if t.l2_len as usize == ETH_LEN + VLAN_LEN {
         l2[16..18].copy_from_slice(&inner_type.to_be_bytes());
         write_l2::<18>(ctx, &l2)
     } else {
@@ -340,17 +346,8 @@ fn write_l2<const N: usize>(ctx: &XdpContext, l2: &[u8; 18]) -> Option<()> {
     let dst: *mut [u8; N] = ptr_at(ctx, 0)?;
     let mut bytes = [0u8; N];
     bytes.copy_from_slice(&l2[..N]);
-    // SAFETY: inside the packet (checked just above).
+    // SAFETY: ptr_at checked the N bytes lie inside the frame as it is after
+    // adjust_head; a byte array has no alignment to keep.
     unsafe { *dst = bytes };
     Some(())
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -14,7 +14,9 @@ use aya_ebpf::{
 };
 use lb_common::{FAMILY_V6, GlobalConfig, maps::MAX_BACKENDS, stats::EV_FIB_FALLBACK};
 
-use crate::{count_event, parse::ptr_at, scratch::Scratch};
+use lb_ebpf::packet::ptr_at;
+
+use crate::{count_event, scratch::Scratch};
 
 /// Outcome of a send path.
 #[derive(Clone, Copy)]
@@ -53,7 +55,8 @@ pub fn l2_dsr(ctx: &XdpContext, mac: [u8; 6], iface_mac: [u8; 6]) -> Option<()> 
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&mac);
     macs[6..].copy_from_slice(&iface_mac);
-    // SAFETY: bounds checked by ptr_at; the frame is ours until we return.
+    // SAFETY: ptr_at checked the 12 bytes lie inside the frame; bytes
+    // (alignment 1); the frame is ours until we return.
     unsafe { *eth = macs };
     Some(())
 }
@@ -94,11 +97,12 @@ static XLB_NEXT_HOPS: Array<NextHop, { MAX_BACKENDS as usize }> = Array::new();
 /// configured gateway MAC is the next hop.
 #[inline(never)]
 pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> u32 {
-    // SAFETY: a helper without arguments.
+    // SAFETY: a BPF helper without arguments; it only reads a clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let cached = XLB_NEXT_HOPS.get_ptr_mut(s.backend_id);
     if let Some(nh) = cached {
-        // SAFETY: a pointer into the array map, valid for this run.
+        // SAFETY: get_ptr_mut checked the index; array map values are never
+        // freed while a program runs; NextHop is a #[repr(C)] map value.
         let nh = unsafe { &*nh };
         if nh.found_ns != 0 && now.wrapping_sub(nh.found_ns) < NEXT_HOP_TTL_NS {
             s.fib.dmac = nh.dmac;
@@ -110,7 +114,8 @@ pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) 
     if route != ROUTE_NONE
         && let Some(nh) = cached
     {
-        // SAFETY: as above; the entry is rewritten whole.
+        // SAFETY: as above. Another CPU may write the same entry at once; both
+        // write the same values, and a torn read only costs one extra lookup.
         unsafe {
             *nh = NextHop {
                 dmac: s.fib.dmac,
@@ -153,7 +158,8 @@ fn lookup(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> 
     }
     // tot_len stays 0: the MTU check against the interface's MTU is ours
     // (tunnel.rs), done before the lookup.
-    // SAFETY: f is a whole bpf_fib_lookup in map memory.
+    // SAFETY: `f` is a whole bpf_fib_lookup (in the per-CPU scratch) and the
+    // size passed is its size; ctx is this run's context.
     let ret = unsafe {
         fib_lookup(
             ctx.ctx.cast(),
@@ -164,7 +170,7 @@ fn lookup(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> 
     };
     if ret == 0 {
         let egress = f.ifindex;
-        // SAFETY: ctx points at the kernel's xdp_md.
+        // SAFETY: ctx.ctx is the kernel's xdp_md, valid for the whole run.
         let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
         return if egress == ingress { ROUTE_TX } else { egress };
     }

@@ -4,7 +4,9 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use crate::{csum, parse::ptr_at};
+use lb_ebpf::packet::ptr_at;
+
+use crate::csum;
 
 /// TTL / hop limit of every IP header the balancer writes.
 pub const TTL: u8 = 64;
@@ -57,7 +59,8 @@ pub fn ipv6(
 pub fn move_l2(ctx: &XdpContext, grown: usize, dmac: &[u8; 6], smac: &[u8; 6]) -> Option<()> {
     let old: *const [u8; 18] = ptr_at(ctx, grown)?;
     let l2: *mut [u8; 18] = ptr_at(ctx, 0)?;
-    // SAFETY: both in bounds (ptr_at); distinct bytes (grown > 18).
+    // SAFETY: ptr_at checked both ranges lie inside the frame as it is after
+    // adjust_head; they do not overlap (grown > 18); bytes (alignment 1).
     unsafe {
         *l2 = *old;
         let l2 = &mut *l2;

@@ -10,12 +10,12 @@ use lb_common::{
     FAMILY_V4, GlobalConfig, PROTO_ICMP, PROTO_ICMPV6,
     stats::{DROP_ENCAP_FAILED, DROP_TOO_BIG},
 };
+use lb_ebpf::packet::{bounds, ptr_at};
 
 use crate::{
     csum,
     forward::Sent,
     headers,
-    parse::{bounds, ptr_at},
     scratch::{KIND_ICMP_ERROR, Parsed, Scratch},
 };
 
@@ -38,7 +38,9 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
     let l4 = p.l4_off as usize & 0x7f;
     let eth: *mut [u8; 12] = ptr_at(ctx, 0)?;
     let icmp: *mut [u8; 4] = ptr_at(ctx, l4)?;
-    // SAFETY (all derefs below): bounds checked by ptr_at.
+    // SAFETY: ptr_at checked the 12 bytes lie inside the frame, which this
+    // function never moves; bytes (alignment 1); they do not overlap the
+    // ICMP header `icmp` points at (l4 > 12).
     unsafe {
         let client = [
             (*eth)[6],
@@ -53,6 +55,8 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
     }
     if p.family == FAMILY_V4 {
         let ip: *mut [u8; 20] = ptr_at(ctx, l3)?;
+        // SAFETY: ptr_at checked the 20 bytes lie inside the frame; bytes;
+        // the only live reference into them.
         unsafe {
             let ip = &mut *ip;
             let (src, dst) = (
@@ -68,6 +72,7 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
         }
     } else {
         let ip: *mut [u8; 40] = ptr_at(ctx, l3)?;
+        // SAFETY: as for IPv4, 40 bytes.
         unsafe {
             let ip = &mut *ip;
             let mut src = [0u8; 16];
@@ -79,6 +84,8 @@ fn reply_in_place(ctx: &XdpContext, p: &Parsed, iface_mac: &[u8; 6]) -> Option<(
     }
     // Echo request -> echo reply: ICMP type 0, ICMPv6 type 129.
     let reply = if p.family == FAMILY_V4 { 0 } else { 129 };
+    // SAFETY: ptr_at checked the 4 bytes lie inside the frame (still where
+    // it was); bytes; no other reference to them is alive.
     unsafe {
         let icmp = &mut *icmp;
         let old = [icmp[0], icmp[1]];
@@ -112,13 +119,19 @@ fn write_too_big(ctx: &XdpContext, p: &Parsed, cfg: &GlobalConfig, mtu: u32) -> 
     let grow = ip_len + 8;
     let l3 = p.l3_off as usize & 0x1f;
     let client_mac: *const [u8; 6] = ptr_at(ctx, 6)?;
+    // SAFETY: ptr_at checked the 6 bytes lie inside the frame, read before
+    // it is cut or grown; bytes.
     let client_mac = unsafe { *client_mac };
     // Keep [L2][IP header + ICMP header][the first QUOTE bytes of the packet].
     let (start, end) = bounds(ctx);
     let keep = (l3 + QUOTE) as i64 - (end - start) as i64;
+    // SAFETY: a helper on this run's own context, shrinking by less than
+    // the frame's length; every packet pointer is taken again after it.
     if keep < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep as i32) } != 0 {
         return None;
     }
+    // SAFETY: as above; the kernel refuses (and leaves the frame alone)
+    // when the headroom is too small.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return None;
     }
@@ -136,9 +149,11 @@ fn write_too_big(ctx: &XdpContext, p: &Parsed, cfg: &GlobalConfig, mtu: u32) -> 
     if v4 {
         let ip: *mut [u8; 20] = ptr_at(ctx, l3)?;
         let h = headers::ipv4(0, 20 + icmp_len, false, PROTO_ICMP, &src[..4], &dst[..4]);
+        // SAFETY: ptr_at checked the 20 bytes lie inside the grown frame; bytes.
         unsafe { *ip = h };
     } else {
         let ip: *mut [u8; 40] = ptr_at(ctx, l3)?;
+        // SAFETY: ptr_at checked the 40 bytes lie inside the grown frame; bytes.
         unsafe { *ip = headers::ipv6(0, 0, icmp_len, PROTO_ICMPV6, &src, &dst) };
         // ICMPv6's checksum covers a pseudo-header.
         sum = csum::sum_bytes(&src)
@@ -147,6 +162,8 @@ fn write_too_big(ctx: &XdpContext, p: &Parsed, cfg: &GlobalConfig, mtu: u32) -> 
             + csum::be16(PROTO_ICMPV6 as u16);
     }
     let icmp: *mut [u8; 8 + QUOTE] = ptr_at(ctx, (l3 + ip_len) & 0x7f)?;
+    // SAFETY: ptr_at checked the ICMP header and quote lie inside the frame,
+    // not moved again before we return; bytes; no other reference to them.
     let icmp = unsafe { &mut *icmp };
     let mut h = [0u8; 8];
     if v4 {

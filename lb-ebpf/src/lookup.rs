@@ -15,10 +15,15 @@ use crate::{
 
 /// The VIP a packet is for, if any. The port-0 (every port) entry is tried
 /// only when some VIP has one (`wildcard`).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
+)]
 #[inline(always)]
 pub fn vip(p: &mut Parsed, wildcard: bool) -> Option<VipMeta> {
-    // SAFETY: the controller writes VIP entries whole with one map update; we
-    // copy the value out at once.
+    // SAFETY: `get` is unsafe because userspace may rewrite or delete the
+    // entry while the reference lives; the value is copied out at once, and
+    // the controller writes VIP entries whole with one map update.
     if let Some(m) = unsafe { XLB_VIPS.get(&p.vip) } {
         return Some(*m);
     }
@@ -26,6 +31,7 @@ pub fn vip(p: &mut Parsed, wildcard: bool) -> Option<VipMeta> {
         return None;
     }
     p.vip.port_be = 0;
+    // SAFETY: as above: the value is copied out at once.
     unsafe { XLB_VIPS.get(&p.vip) }.copied()
 }
 
@@ -35,7 +41,9 @@ pub fn vip(p: &mut Parsed, wildcard: bool) -> Option<VipMeta> {
 #[inline(always)]
 fn usable(backend_id: u32, vip_id: u32) -> Option<*const Backend> {
     let b = XLB_BACKENDS.get_ptr(backend_id)?;
-    // SAFETY: a pointer into the array map, valid for this run.
+    // SAFETY: get_ptr checked the index; an array map's values are never
+    // freed while a program runs, and `Backend` is a #[repr(C)] map value
+    // aligned by the kernel.
     let ok = unsafe { (*b).flags & BACKEND_F_VALID != 0 && (*b).vip_id == vip_id };
     ok.then_some(b)
 }
@@ -56,11 +64,16 @@ pub struct Choice {
 /// A TCP SYN starts a new connection: clients reuse source ports at once,
 /// and an old connection's entry must not pin the new one. An ICMP error is
 /// steered where its flow goes but never creates an entry.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
+)]
 #[inline(always)]
 pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice> {
     let mut event = EV_CONN_MISS;
     if p.new_connection == 0 {
-        // SAFETY: the value is a u32, copied out at once.
+        // SAFETY: `get` is unsafe because the entry may be changed or
+        // evicted while the reference lives; the u32 is copied out at once.
         if let Some(id) = unsafe { XLB_CONNS.get(&p.flow) }.copied() {
             if let Some(backend) = usable(id, meta.vip_id) {
                 count_event(EV_CONN_HIT);

@@ -92,7 +92,7 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
 /// striped arrays, not for the ones passed untouched.
 #[inline(always)]
 fn this_cpu() -> u32 {
-    // SAFETY: a helper without arguments.
+    // SAFETY: a BPF helper without arguments; it only reads the CPU id.
     unsafe { bpf_get_smp_processor_id() }
 }
 
@@ -117,6 +117,10 @@ pub fn count_event(event: u32) {
 }
 
 /// parse -> VIP -> (echo | backend -> forward).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
+)]
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Verdict {
     let Some(s) = scratch::scratch() else {
@@ -163,7 +167,8 @@ fn balance(ctx: &XdpContext) -> Verdict {
     if s.p.kind == KIND_ICMP_ERROR {
         count_event(EV_ICMP_ERROR_STEERED);
     }
-    // SAFETY: a pointer into the backends array, valid for this run.
+    // SAFETY: `usable` took it from XLB_BACKENDS with a checked index; array
+    // map values are never freed while a program runs.
     let backend = unsafe { &*choice.backend };
     let sent = if meta.method == METHOD_L2_DSR {
         match forward::l2_dsr(ctx, backend.mac, cfg.iface_mac) {
@@ -229,13 +234,3 @@ fn count<const N: usize>(
         }
     }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -14,9 +14,11 @@
 //! reordered, or not for a VIP) is passed to the stack.
 
 use aya_ebpf::programs::XdpContext;
-use core::mem::size_of;
 use lb_common::{
     FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, stats::EV_FRAG_UNKNOWN,
+};
+use lb_ebpf::packet::{
+    ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, VLAN_LEN, bounds, ptr_at,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
@@ -26,11 +28,6 @@ use crate::{
     scratch::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_ECHO, KIND_FLOW, KIND_ICMP_ERROR, Parsed},
 };
 
-const ETH_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_FRAGMENT: u8 = 44;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -39,30 +36,6 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
-
-/// The packet's start and end. Read with volatile loads so that the
-/// compiler re-reads them after bpf_xdp_adjust_head/tail instead of reusing
-/// stale values, and never does arithmetic the verifier refuses on them.
-#[inline(always)]
-pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
-    // SAFETY: ctx points at the kernel's xdp_md for this run.
-    unsafe {
-        (
-            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
-            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
-        )
-    }
-}
-
-/// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let (start, end) = bounds(ctx);
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
 
 #[inline(always)]
 fn word(b: &[u8; 4]) -> u32 {
@@ -86,11 +59,17 @@ pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> bool {
     parse_frame(ctx, p).is_some()
 }
 
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
+)]
 #[inline(always)]
 fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
     let (start, end) = bounds(ctx);
     let frame_len = end - start;
     let ether_type: *const [u8; 2] = ptr_at(ctx, 12)?;
+    // SAFETY: ptr_at checked the two bytes lie inside the frame; a byte
+    // array has no alignment to keep.
     let mut ether_type = u16::from_be_bytes(unsafe { *ether_type });
     let mut l3_off = ETH_LEN;
     p.vlan = 0;
@@ -98,11 +77,12 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
         // One tag: TCI, then the inner type. Its VLAN id is the interface's
         // business (the frame left on the VLAN it came in on).
         let inner: *const [u8; 2] = ptr_at(ctx, ETH_LEN + 2)?;
+        // SAFETY: as above (ptr_at, bytes).
         ether_type = u16::from_be_bytes(unsafe { *inner });
         if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
             return None;
         }
-        l3_off += 4;
+        l3_off += VLAN_LEN;
         p.vlan = 1;
     }
     p.l3_off = l3_off as u32;
@@ -117,6 +97,9 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
     let (l4_off, l4_len, proto) = match ether_type {
         ETH_P_IPV4 => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off)?;
+            // SAFETY: ptr_at checked the whole header lies inside the frame, which
+            // the parser never moves; the network-types headers are bytes only
+            // (alignment 1).
             let ip = unsafe { &*ip };
             if ip.vihl >> 4 != 4 {
                 return None;
@@ -152,6 +135,9 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
         }
         ETH_P_IPV6 => {
             let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off)?;
+            // SAFETY: ptr_at checked the whole header lies inside the frame, which
+            // the parser never moves; the network-types headers are bytes only
+            // (alignment 1).
             let ip = unsafe { &*ip };
             if ip.vcf[0] >> 4 != 6 {
                 return None;
@@ -172,6 +158,7 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
             if next == IPV6_FRAGMENT {
                 // Next header, reserved, offset (13 bits) + M, identification.
                 let fh: *const [u8; 8] = ptr_at(ctx, l4_off)?;
+                // SAFETY: ptr_at checked the 8 bytes lie inside the frame; bytes.
                 let fh = unsafe { &*fh };
                 if l4_len < 8 {
                     return None;
@@ -207,7 +194,8 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
         p.frag_key.dst = p.flow.dst;
         p.frag_key.proto = proto as u32;
         if p.frag == FRAG_LATER {
-            // SAFETY: a u32 value, copied out at once.
+            // SAFETY: `get` is unsafe because the entry may be changed or
+            // evicted while the reference lives; the u32 is copied out at once.
             let Some(ports) = (unsafe { XLB_FRAGS.get(&p.frag_key) }).copied() else {
                 count_event(EV_FRAG_UNKNOWN);
                 return None;
@@ -237,6 +225,8 @@ fn set_ports(p: &mut Parsed, ports: [u8; 4]) {
 fn tcp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()> {
     // Require the whole header so a truncated one is never balanced.
     let tcp: *const [u8; 20] = ptr_at(ctx, off)?;
+    // SAFETY: ptr_at checked the 20 bytes lie inside the frame, which the
+    // parser never moves; bytes (alignment 1).
     let tcp = unsafe { &*tcp };
     let doff = (tcp[12] >> 4) as usize;
     if doff < 5 || doff * 4 > l4_len {
@@ -251,6 +241,7 @@ fn tcp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()
 #[inline(always)]
 fn udp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<()> {
     let udp: *const [u8; 8] = ptr_at(ctx, off)?;
+    // SAFETY: as in tcp (ptr_at, 8 bytes).
     let udp = unsafe { &*udp };
     if l4_len < 8 {
         return None;
@@ -276,6 +267,7 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         return None;
     }
     let hdr: *const [u8; 8] = ptr_at(ctx, off)?;
+    // SAFETY: ptr_at checked the 8 bytes lie inside the frame; bytes.
     let (kind, code) = unsafe { ((*hdr)[0], (*hdr)[1]) };
     let v4 = p.family == FAMILY_V4;
     if (v4 && kind == ICMP_ECHO_REQUEST && code == 0) || (!v4 && kind == ICMPV6_ECHO_REQUEST) {
@@ -293,6 +285,9 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
     let quoted = off + 8;
     let (ports_off, proto) = if v4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, quoted)?;
+        // SAFETY: ptr_at checked the whole header lies inside the frame, which
+        // the parser never moves; the network-types headers are bytes only
+        // (alignment 1).
         let ip = unsafe { &*ip };
         let ihl = ((ip.vihl & 0x0f) as usize) * 4;
         if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
@@ -308,6 +303,9 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         (quoted + ihl, ip.proto)
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, quoted)?;
+        // SAFETY: ptr_at checked the whole header lies inside the frame, which
+        // the parser never moves; the network-types headers are bytes only
+        // (alignment 1).
         let ip = unsafe { &*ip };
         if ip.vcf[0] >> 4 != 6 || l4_len < 8 + Ipv6Hdr::LEN + 4 {
             return None;
@@ -321,6 +319,7 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         return None;
     }
     let ports: *const [u8; 4] = ptr_at(ctx, ports_off)?;
+    // SAFETY: ptr_at checked the 4 bytes lie inside the frame; bytes.
     let ports = unsafe { *ports };
     p.kind = KIND_ICMP_ERROR;
     p.vip.proto = proto;

@@ -81,6 +81,8 @@ pub static XLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// This CPU's scratch.
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: per-CPU slot, used by one XDP run at a time (see the module doc).
+    // SAFETY: get_ptr_mut checked the index; the slot is this CPU's, and XDP
+    // runs to completion on its CPU, so this is the only reference to it
+    // (balance takes it once per packet).
     XLB_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }

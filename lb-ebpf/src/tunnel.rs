@@ -17,12 +17,12 @@ use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, GlobalConfig, METHOD_GUE, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
     stats::{DROP_ENCAP_FAILED, DROP_NO_ROUTE, DROP_TOO_BIG},
 };
+use lb_ebpf::packet::{bounds, ptr_at};
 
 use crate::{
     csum,
     forward::{ROUTE_NONE, ROUTE_TX, Sent, route},
     headers, icmp,
-    parse::{bounds, ptr_at},
     scratch::{Parsed, Scratch},
 };
 
@@ -71,7 +71,7 @@ pub fn send(
     if next_hop == ROUTE_TX {
         return Sent::TX;
     }
-    // SAFETY: a helper taking plain integers.
+    // SAFETY: a BPF helper taking plain integers; it touches no memory of ours.
     Sent(unsafe { bpf_redirect(next_hop, 0) } as u32)
 }
 
@@ -121,9 +121,13 @@ fn encapsulate(
     // Ethernet padding after the inner packet is not carried along.
     let (start, end) = bounds(ctx);
     let excess = (end - start) as i64 - (l3 as i64 + inner_len as i64);
+    // SAFETY: a helper on this run's own context, shrinking by less than
+    // the frame's length; every packet pointer is taken again after it.
     if excess > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
         return None;
     }
+    // SAFETY: as above; the kernel refuses (and leaves the frame alone)
+    // when the headroom is too small.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return None;
     }
@@ -132,6 +136,8 @@ fn encapsulate(
     let ether_type: [u8; 2] = if outer_v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
     // The type after the tag, if any (the tag's own type stays 0x8100).
     let type_at: *mut [u8; 2] = ptr_at(ctx, if p.vlan != 0 { 16 } else { 12 })?;
+    // SAFETY: ptr_at checked the 2 bytes lie inside the frame as it is after
+    // adjust_head; a byte array has no alignment to keep.
     unsafe { *type_at = ether_type };
     let l3 = l3 & 0x1f;
     let inner_proto = if p.family == FAMILY_V6 {
@@ -146,6 +152,7 @@ fn encapsulate(
         let payload = if gue { udp_len } else { inner_len };
         let label = h & 0x000f_ffff;
         let (src, dst) = (&s.outer_src, &s.outer_dst);
+        // SAFETY: ptr_at checked the 40 bytes lie inside the grown frame; bytes.
         unsafe { *ip = headers::ipv6(p.tos, label, payload as u16, proto, src, dst) };
         l3 + IPV6_LEN as usize
     } else {
@@ -153,6 +160,7 @@ fn encapsulate(
         let total = (inner_len + overhead) as u16;
         // RFC 2003: DF copied from the inner header.
         let (src, dst) = (&s.outer_src[..4], &s.outer_dst[..4]);
+        // SAFETY: ptr_at checked the 20 bytes lie inside the grown frame; bytes.
         unsafe { *ip = headers::ipv4(p.tos, total, p.df != 0, proto, src, dst) };
         l3 + IPV4_LEN as usize
     };
@@ -170,6 +178,7 @@ fn encapsulate(
             }
             u[6..].copy_from_slice(&c);
         }
+        // SAFETY: ptr_at checked the 8 bytes lie inside the grown frame; bytes.
         unsafe { *udp = u };
     }
     Some(())
@@ -206,9 +215,13 @@ fn lco_sum(ctx: &XdpContext, p: &Parsed) -> Option<u64> {
     // The IPv6 header, and an atomic fragment's header if there is one.
     let headers = if p.l4_off - p.l3_off == IPV6_LEN {
         let hdr: *const [u8; 40] = ptr_at(ctx, l3)?;
+        // SAFETY: ptr_at checked the header lies inside the frame, not moved
+        // yet (this runs before adjust_head); bytes.
         csum::sum_bytes(unsafe { &*hdr })
     } else {
         let hdr: *const [u8; 48] = ptr_at(ctx, l3)?;
+        // SAFETY: ptr_at checked the header lies inside the frame, not moved
+        // yet (this runs before adjust_head); bytes.
         csum::sum_bytes(unsafe { &*hdr })
     };
     Some(headers + segment)

@@ -120,7 +120,7 @@ impl Testbed {
             .spawn(|| {
                 let mut ebpf = aya::Ebpf::load(xlb_dataplane::aux_object())?;
                 let prog: &mut aya::programs::Xdp = ebpf
-                    .program_mut("xlb_pass")
+                    .program_mut(lb_common::aux::PASS_PROGRAM)
                     .context("xlb_pass program")?
                     .try_into()?;
                 prog.load()?;

@@ -6,12 +6,13 @@
 use aya::maps::PerCpuArray;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use lb_common::aux;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
-/// `GEN_FIRST_PORT` and `GEN_FLOWS` in lb-ebpf/src/aux.rs.
-const GEN_PORTS: std::ops::Range<u16> = 20000..21024;
+/// The generator's source ports.
+const GEN_PORTS: std::ops::Range<u16> = aux::GEN_FIRST_PORT..aux::GEN_FIRST_PORT + aux::GEN_FLOWS;
 
 fn ack() -> Vec<u8> {
     let mut out = Vec::new();
@@ -66,7 +67,7 @@ fn mac_swap_sends_the_frame_back_with_the_addresses_swapped() {
     tests::require_privileges!();
     let mut ebpf = aux();
     let frame = ack();
-    let (action, out) = run(load(&mut ebpf, "xlb_mac_swap"), &frame);
+    let (action, out) = run(load(&mut ebpf, aux::MAC_SWAP_PROGRAM), &frame);
     assert_eq!(action, XDP_TX);
     assert_eq!(out[..6], frame[6..12]);
     assert_eq!(out[6..12], frame[..6]);
@@ -79,12 +80,14 @@ fn generator_varies_the_source_port_and_keeps_the_checksum_valid() {
     pin();
     let mut ebpf = aux();
     let frame = ack();
-    let template: [u8; 60] = frame.as_slice().try_into().expect("a 60-byte frame");
-    aya::maps::Array::<_, [u8; 60]>::try_from(ebpf.map_mut("XLB_GEN_TEMPLATE").unwrap())
-        .unwrap()
-        .set(0, template, 0)
-        .unwrap();
-    let generator = load(&mut ebpf, "xlb_gen_tcp_acks");
+    let template: [u8; aux::GEN_FRAME_LEN] = frame.as_slice().try_into().expect("a 60-byte frame");
+    aya::maps::Array::<_, [u8; aux::GEN_FRAME_LEN]>::try_from(
+        ebpf.map_mut(aux::GEN_TEMPLATE_MAP).unwrap(),
+    )
+    .unwrap()
+    .set(0, template, 0)
+    .unwrap();
+    let generator = load(&mut ebpf, aux::GEN_TCP_ACKS_PROGRAM);
     // The template is written over what the frame held.
     let (action, out) = run(generator, &[0u8; 60]);
     assert_eq!(action, XDP_TX);
@@ -127,12 +130,16 @@ fn count_drop_counts_and_drops() {
     tests::require_privileges!();
     let mut ebpf = aux();
     let counted = |ebpf: &aya::Ebpf| -> u64 {
-        let counts = PerCpuArray::<_, u64>::try_from(ebpf.map("XLB_RX_COUNT").unwrap()).unwrap();
+        let counts = PerCpuArray::<_, u64>::try_from(ebpf.map(aux::RX_COUNT_MAP).unwrap()).unwrap();
         counts.get(&0, 0).unwrap().iter().sum()
     };
-    load(&mut ebpf, "xlb_count_drop");
+    load(&mut ebpf, aux::COUNT_DROP_PROGRAM);
     let before = counted(&ebpf);
-    let prog: &Xdp = ebpf.program("xlb_count_drop").unwrap().try_into().unwrap();
+    let prog: &Xdp = ebpf
+        .program(aux::COUNT_DROP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
     let (action, _) = run(prog, &ack());
     assert_eq!(action, XDP_DROP);
     assert_eq!(counted(&ebpf), before + 1);
@@ -143,13 +150,14 @@ fn lru_programs_insert_new_flows_and_find_the_known_one() {
     tests::require_privileges!();
     pin();
     // One object per candidate: its tables start empty.
-    for map in ["common", "no_common", "percpu"] {
+    for candidate in aux::LRU_CANDIDATES {
+        let map = candidate.map;
         let mut ebpf = aux();
         let frame = ack();
-        let (action, out) = run(load(&mut ebpf, &format!("xlb_lru_{map}_new")), &frame);
+        let (action, out) = run(load(&mut ebpf, candidate.new_program), &frame);
         assert_eq!(action, XDP_TX, "{map}: new flow");
         assert_eq!(out[..6], frame[6..12], "{map}: new flow, MACs swapped");
-        let hit = load(&mut ebpf, &format!("xlb_lru_{map}_hit"));
+        let hit = load(&mut ebpf, candidate.hit_program);
         // The first lookup misses and inserts the known flow; the next
         // ones find it.
         let actions: Vec<u32> = (0..3).map(|_| run(hit, &frame).0).collect();
@@ -185,7 +193,7 @@ fn fib_lookup_answers_as_the_namespace_fib_does() {
     let actions = ns
         .spawn(|| {
             let mut ebpf = aux();
-            load(&mut ebpf, "xlb_fib_lookup");
+            load(&mut ebpf, aux::FIB_LOOKUP_PROGRAM);
             let ifindex = nix::net::if_::if_nametoindex("f0")?;
             let frame = ack();
             let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
@@ -194,12 +202,9 @@ fn fib_lookup_answers_as_the_namespace_fib_does() {
                 .collect();
             let mut actions = Vec::new();
             for dst in [[198, 18, 0, 11], [198, 18, 255, 254]] {
-                aya::maps::Array::<_, u32>::try_from(ebpf.map_mut("XLB_FIB_DST").unwrap())?.set(
-                    0,
-                    u32::from_ne_bytes(dst),
-                    0,
-                )?;
-                let prog: &Xdp = ebpf.program("xlb_fib_lookup").unwrap().try_into()?;
+                aya::maps::Array::<_, u32>::try_from(ebpf.map_mut(aux::FIB_DST_MAP).unwrap())?
+                    .set(0, u32::from_ne_bytes(dst), 0)?;
+                let prog: &Xdp = ebpf.program(aux::FIB_LOOKUP_PROGRAM).unwrap().try_into()?;
                 let r = prog.test_run(TestRunOptions {
                     data_in: Some(&frame),
                     ctx_in: Some(&ctx),

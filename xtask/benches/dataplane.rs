@@ -35,7 +35,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_common::hash::FlowWords;
+use lb_common::{aux, hash::FlowWords};
 use support::frames::{self, Family, Method, NextHop, Outcome, XDP_PASS, XDP_TX};
 use tests::netns::Netns;
 use xlb_dataplane::HostInterface;
@@ -322,25 +322,29 @@ fn main() -> anyhow::Result<()> {
     let mut conns = dp.conn_table().flows_map()?;
 
     let mut aux = aya::Ebpf::load(xlb_dataplane::aux_object())?;
-    support::load_xdp(&mut aux, "xlb_mac_swap")?;
-    support::load_xdp(&mut aux, "xlb_fib_lookup")?;
-    let map = aux.map_mut("XLB_FIB_DST").context("no map XLB_FIB_DST")?;
+    support::load_xdp(&mut aux, aux::MAC_SWAP_PROGRAM)?;
+    support::load_xdp(&mut aux, aux::FIB_LOOKUP_PROGRAM)?;
+    let map = aux
+        .map_mut(aux::FIB_DST_MAP)
+        .context("no map XLB_FIB_DST")?;
     aya::maps::Array::<_, u32>::try_from(map)?.set(
         0,
         u32::from_ne_bytes(frames::BACKEND_V4.octets()),
         0,
     )?;
-    support::load_xdp(&mut aux, "xlb_fib_lookup6")?;
-    let map = aux.map_mut("XLB_FIB_DST6").context("no map XLB_FIB_DST6")?;
+    support::load_xdp(&mut aux, aux::FIB_LOOKUP6_PROGRAM)?;
+    let map = aux
+        .map_mut(aux::FIB_DST6_MAP)
+        .context("no map XLB_FIB_DST6")?;
     // The address as the program reads it: four words in memory order.
     let v6 = frames::BACKEND_V6.octets();
     let v6_words: [u32; 4] = std::array::from_fn(|i| {
         u32::from_ne_bytes([v6[4 * i], v6[4 * i + 1], v6[4 * i + 2], v6[4 * i + 3]])
     });
     aya::maps::Array::<_, [u32; 4]>::try_from(map)?.set(0, v6_words, 0)?;
-    let floor = support::xdp(&aux, "xlb_mac_swap")?;
-    let fib_lookup = support::xdp(&aux, "xlb_fib_lookup")?;
-    let fib_lookup6 = support::xdp(&aux, "xlb_fib_lookup6")?;
+    let floor = support::xdp(&aux, aux::MAC_SWAP_PROGRAM)?;
+    let fib_lookup = support::xdp(&aux, aux::FIB_LOOKUP_PROGRAM)?;
+    let fib_lookup6 = support::xdp(&aux, aux::FIB_LOOKUP6_PROGRAM)?;
     let balancer = dp.program();
 
     // Steady state.

@@ -24,7 +24,10 @@ use anyhow::{Context as _, bail, ensure};
 use aya::maps::Map;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::PacketBuilder;
-use lb_common::maps::{BPF_F_NO_COMMON_LRU, CONN_TABLE_SIZE};
+use lb_common::{
+    aux,
+    maps::{BPF_F_NO_COMMON_LRU, CONN_TABLE_SIZE},
+};
 
 use support::{median_duration, pin_to_cpu};
 
@@ -37,13 +40,11 @@ const FILL_PER_CPU: u32 = CONN_TABLE_SIZE + CONN_TABLE_SIZE / 2;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-/// A candidate: its label, its map, its programs (new flow, hit), the map
+/// A candidate: its label, its map and programs (lb_common::aux), the map
 /// type and flags the kernel must report.
 struct Candidate {
     label: &'static str,
-    map: &'static str,
-    new: &'static str,
-    hit: &'static str,
+    names: aux::LruCandidate,
     per_cpu_values: bool,
     flags: u32,
 }
@@ -51,31 +52,25 @@ struct Candidate {
 const CANDIDATES: [Candidate; 3] = [
     Candidate {
         label: "LRU hash, common LRU list",
-        map: "XLB_LRU_COMMON",
-        new: "xlb_lru_common_new",
-        hit: "xlb_lru_common_hit",
+        names: aux::LRU_COMMON,
         per_cpu_values: false,
         flags: 0,
     },
     Candidate {
         label: "LRU hash, BPF_F_NO_COMMON_LRU",
-        map: "XLB_LRU_NO_COMMON",
-        new: "xlb_lru_no_common_new",
-        hit: "xlb_lru_no_common_hit",
+        names: aux::LRU_NO_COMMON,
         per_cpu_values: false,
         flags: BPF_F_NO_COMMON_LRU,
     },
     Candidate {
         label: "LRU per-CPU hash",
-        map: "XLB_LRU_PERCPU",
-        new: "xlb_lru_percpu_new",
-        hit: "xlb_lru_percpu_hit",
+        names: aux::LRU_PERCPU,
         per_cpu_values: true,
         flags: 0,
     },
 ];
 
-const FLOOR: &str = "xlb_mac_swap";
+const FLOOR: &str = aux::MAC_SWAP_PROGRAM;
 
 /// One measured row: a label and its program.
 struct Row {
@@ -91,11 +86,11 @@ fn rows() -> Vec<Row> {
     for c in &CANDIDATES {
         rows.push(Row {
             label: format!("{}: new flow", c.label),
-            program: c.new,
+            program: c.names.new_program,
         });
         rows.push(Row {
             label: format!("{}: hit", c.label),
-            program: c.hit,
+            program: c.names.hit_program,
         });
     }
     rows
@@ -155,16 +150,16 @@ fn run_on_all(
 
 /// The map as the kernel made it must be the one the row names.
 fn check_map(aux: &aya::Ebpf, c: &Candidate) -> anyhow::Result<()> {
-    let info = match aux.map(c.map) {
+    let info = match aux.map(c.names.map) {
         Some(Map::LruHashMap(m)) if !c.per_cpu_values => m.info()?,
         Some(Map::PerCpuLruHashMap(m)) if c.per_cpu_values => m.info()?,
-        Some(_) => bail!("map {} has the wrong type", c.map),
-        None => bail!("no map {} in the aux object", c.map),
+        Some(_) => bail!("map {} has the wrong type", c.names.map),
+        None => bail!("no map {} in the aux object", c.names.map),
     };
     ensure!(
         info.map_flags() == c.flags,
         "map {}: flags {:#x}, expected {:#x}",
-        c.map,
+        c.names.map,
         info.map_flags(),
         c.flags
     );
@@ -172,7 +167,7 @@ fn check_map(aux: &aya::Ebpf, c: &Candidate) -> anyhow::Result<()> {
     ensure!(
         info.max_entries() >= CONN_TABLE_SIZE && info.max_entries() < CONN_TABLE_SIZE + 1024,
         "map {}: {} entries, expected {CONN_TABLE_SIZE}",
-        c.map,
+        c.names.map,
         info.max_entries()
     );
     Ok(())
@@ -204,7 +199,7 @@ fn main() -> anyhow::Result<()> {
     let cpus = support::online_cpus();
     let mut loader = aya::EbpfLoader::new();
     for c in &CANDIDATES {
-        loader.map_max_entries(c.map, CONN_TABLE_SIZE);
+        loader.map_max_entries(c.names.map, CONN_TABLE_SIZE);
     }
     let mut aux = loader.load(xlb_dataplane::aux_object())?;
     for c in &CANDIDATES {
@@ -218,7 +213,7 @@ fn main() -> anyhow::Result<()> {
 
     // Fill every table from every CPU, so each measured insert evicts.
     for c in &CANDIDATES {
-        let prog = support::xdp(&aux, c.new)?;
+        let prog = support::xdp(&aux, c.names.new_program)?;
         for (cpu, (ret, _)) in run_on_all(prog, &frame, FILL_PER_CPU, cpus)?
             .into_iter()
             .enumerate()
@@ -226,7 +221,7 @@ fn main() -> anyhow::Result<()> {
             ensure!(
                 ret == XDP_TX,
                 "{}: filling on CPU {cpu} returned {ret}",
-                c.new
+                c.names.new_program
             );
         }
     }

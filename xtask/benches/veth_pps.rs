@@ -29,6 +29,7 @@ use anyhow::{Context as _, ensure};
 use aya::maps::PerCpuArray;
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
 use etherparse::PacketBuilder;
+use lb_common::aux;
 use support::frames::{self, Family, Method, Outcome};
 use tests::netns::Netns;
 use xlb_dataplane::HostInterface;
@@ -40,10 +41,10 @@ const WARM_UP: Duration = Duration::from_millis(300);
 const CHUNK: u32 = 1 << 18;
 /// Frames the kernel runs through the generator before each flush.
 const BATCH: u32 = 64;
-/// The generator's flows (`GEN_FLOWS` in lb-ebpf's aux.rs).
-const FLOWS: u64 = 1024;
-/// The generator's frame length (`GEN_FRAME_LEN` in lb-ebpf's aux.rs).
-const FRAME_LEN: usize = 60;
+/// The generator's flows.
+const FLOWS: u64 = aux::GEN_FLOWS as u64;
+/// The generator's frame length.
+const FRAME_LEN: usize = aux::GEN_FRAME_LEN;
 /// The VIP's port; the generator's frames go to it.
 const VIP_PORT: u16 = 8080;
 /// Issue 6: the balancer must deliver at least this share of the floor's rate.
@@ -169,7 +170,7 @@ impl Wire {
 
 /// Frames `xlb_count_drop` counted, over all CPUs.
 fn delivered(aux: &aya::Ebpf) -> anyhow::Result<u64> {
-    let map = aux.map("XLB_RX_COUNT").context("no map XLB_RX_COUNT")?;
+    let map = aux.map(aux::RX_COUNT_MAP).context("no map XLB_RX_COUNT")?;
     let counts = PerCpuArray::<_, u64>::try_from(map)?;
     Ok(counts.get(&0, 0)?.iter().sum())
 }
@@ -191,7 +192,7 @@ impl Run {
 /// came back. The calling thread must be in the generator's namespace (the
 /// kernel finds gen0 by ifindex there).
 fn generate(aux: &aya::Ebpf, frame: &[u8], gen_ifindex: u32) -> anyhow::Result<Run> {
-    let generator = support::xdp(aux, "xlb_gen_tcp_acks")?;
+    let generator = support::xdp(aux, aux::GEN_TCP_ACKS_PROGRAM)?;
     let ctx = xdp_md(frame.len(), gen_ifindex);
     let send = |frames: u32| -> anyhow::Result<()> {
         generator
@@ -305,10 +306,10 @@ fn run_balancer(wire: &Wire, method: Method, aux: &aya::Ebpf, frame: &[u8]) -> a
 /// A run of the bare MAC swap on lb0.
 fn run_floor(wire: &Wire, aux: &mut aya::Ebpf, frame: &[u8]) -> anyhow::Result<Run> {
     wire.lb_ns.enter()?;
-    let link = support::xdp_mut(aux, "xlb_mac_swap")?.attach("lb0", XdpMode::Driver)?;
+    let link = support::xdp_mut(aux, aux::MAC_SWAP_PROGRAM)?.attach("lb0", XdpMode::Driver)?;
     wire.gen_ns.enter()?;
     let run = generate(aux, frame, wire.gen_ifindex);
-    support::xdp_mut(aux, "xlb_mac_swap")?.detach(link)?;
+    support::xdp_mut(aux, aux::MAC_SWAP_PROGRAM)?.detach(link)?;
     run
 }
 
@@ -339,11 +340,15 @@ fn main() -> anyhow::Result<()> {
     // Everything on CPU 0: the generator, and the NAPI polls it triggers.
     support::pin_to_cpu(0)?;
     let mut aux = aya::Ebpf::load(xlb_dataplane::aux_object())?;
-    for name in ["xlb_gen_tcp_acks", "xlb_count_drop", "xlb_mac_swap"] {
+    for name in [
+        aux::GEN_TCP_ACKS_PROGRAM,
+        aux::COUNT_DROP_PROGRAM,
+        aux::MAC_SWAP_PROGRAM,
+    ] {
         support::load_xdp(&mut aux, name)?;
     }
     // The receiver; also what lets gen0 accept lb0's XDP_TX frames.
-    support::xdp_mut(&mut aux, "xlb_count_drop")?.attach("gen0", XdpMode::Driver)?;
+    support::xdp_mut(&mut aux, aux::COUNT_DROP_PROGRAM)?.attach("gen0", XdpMode::Driver)?;
 
     let frame = frame();
     // The generator writes this over every frame it sends.
@@ -354,7 +359,7 @@ fn main() -> anyhow::Result<()> {
         )
     })?;
     let map = aux
-        .map_mut("XLB_GEN_TEMPLATE")
+        .map_mut(aux::GEN_TEMPLATE_MAP)
         .context("no map XLB_GEN_TEMPLATE")?;
     aya::maps::Array::<_, [u8; FRAME_LEN]>::try_from(map)?.set(0, template, 0)?;
     let mut methods = Vec::new();

@@ -1,0 +1,97 @@
+//! The aux object's programs and maps (lb-ebpf/src/aux.rs): the helper XDP
+//! programs of the testbed and the benchmarks. Their names live here like
+//! the balancer's (maps.rs) and the decap program's (decap.rs), so the tests
+//! and benches (tests/, xtask/benches/) never spell them as literals.
+
+/// XDP_PASS: lets a veth accept XDP_TX frames from its peer.
+pub const PASS_PROGRAM: &str = "xlb_pass";
+/// The bare MAC-swap XDP_TX floor the benchmarks compare with.
+pub const MAC_SWAP_PROGRAM: &str = "xlb_mac_swap";
+/// The pps bench's receiver: counts a frame in `RX_COUNT_MAP` and drops it.
+pub const COUNT_DROP_PROGRAM: &str = "xlb_count_drop";
+/// The pps bench's generator: `GEN_TEMPLATE_MAP`'s frame, `GEN_FLOWS` flows.
+pub const GEN_TCP_ACKS_PROGRAM: &str = "xlb_gen_tcp_acks";
+/// One IPv4 / IPv6 `bpf_fib_lookup` to `FIB_DST_MAP` / `FIB_DST6_MAP`, then
+/// the floor's work.
+pub const FIB_LOOKUP_PROGRAM: &str = "xlb_fib_lookup";
+pub const FIB_LOOKUP6_PROGRAM: &str = "xlb_fib_lookup6";
+
+/// Per-CPU u64 (index 0): frames `COUNT_DROP_PROGRAM` saw.
+pub const RX_COUNT_MAP: &str = "XLB_RX_COUNT";
+/// `[u8; GEN_FRAME_LEN]` (index 0): the frame the generator sends.
+pub const GEN_TEMPLATE_MAP: &str = "XLB_GEN_TEMPLATE";
+/// Per-CPU u64 (index 0): the generator's frame sequence.
+pub const GEN_SEQ_MAP: &str = "XLB_GEN_SEQ";
+/// Per-CPU u64 (index 0): the sequence the LRU "new flow" programs make
+/// keys from.
+pub const LRU_SEQ_MAP: &str = "XLB_LRU_SEQ";
+/// u32 (index 0): the IPv4 destination `FIB_LOOKUP_PROGRAM` asks about.
+pub const FIB_DST_MAP: &str = "XLB_FIB_DST";
+/// `[u32; 4]` (index 0): the IPv6 destination `FIB_LOOKUP6_PROGRAM` asks about.
+pub const FIB_DST6_MAP: &str = "XLB_FIB_DST6";
+
+/// One candidate for the connection table (xtask/benches/lru_choice.rs): its
+/// map and its two programs (insert a new flow; look up a known one).
+#[derive(Clone, Copy, Debug)]
+pub struct LruCandidate {
+    pub map: &'static str,
+    pub new_program: &'static str,
+    pub hit_program: &'static str,
+}
+
+/// One LRU list shared by all CPUs.
+pub const LRU_COMMON: LruCandidate = LruCandidate {
+    map: "XLB_LRU_COMMON",
+    new_program: "xlb_lru_common_new",
+    hit_program: "xlb_lru_common_hit",
+};
+/// BPF_F_NO_COMMON_LRU: each CPU evicts from its own list.
+pub const LRU_NO_COMMON: LruCandidate = LruCandidate {
+    map: "XLB_LRU_NO_COMMON",
+    new_program: "xlb_lru_no_common_new",
+    hit_program: "xlb_lru_no_common_hit",
+};
+/// An LRU per-CPU hash.
+pub const LRU_PERCPU: LruCandidate = LruCandidate {
+    map: "XLB_LRU_PERCPU",
+    new_program: "xlb_lru_percpu_new",
+    hit_program: "xlb_lru_percpu_hit",
+};
+pub const LRU_CANDIDATES: [LruCandidate; 3] = [LRU_COMMON, LRU_NO_COMMON, LRU_PERCPU];
+
+/// Every map the aux object must define.
+pub const MAPS: [&str; 9] = [
+    RX_COUNT_MAP,
+    GEN_TEMPLATE_MAP,
+    GEN_SEQ_MAP,
+    LRU_SEQ_MAP,
+    FIB_DST_MAP,
+    FIB_DST6_MAP,
+    LRU_COMMON.map,
+    LRU_NO_COMMON.map,
+    LRU_PERCPU.map,
+];
+
+/// Every program the aux object must define.
+pub const PROGRAMS: [&str; 12] = [
+    PASS_PROGRAM,
+    MAC_SWAP_PROGRAM,
+    COUNT_DROP_PROGRAM,
+    GEN_TCP_ACKS_PROGRAM,
+    FIB_LOOKUP_PROGRAM,
+    FIB_LOOKUP6_PROGRAM,
+    LRU_COMMON.new_program,
+    LRU_COMMON.hit_program,
+    LRU_NO_COMMON.new_program,
+    LRU_NO_COMMON.hit_program,
+    LRU_PERCPU.new_program,
+    LRU_PERCPU.hit_program,
+];
+
+/// Distinct TCP source ports (flows) the generator cycles through.
+pub const GEN_FLOWS: u16 = 1024;
+/// First of those source ports.
+pub const GEN_FIRST_PORT: u16 = 20000;
+/// The generator's frame: Ethernet, IPv4 without options, a TCP ACK with 6
+/// bytes of payload (64 bytes on a wire).
+pub const GEN_FRAME_LEN: usize = 14 + 20 + 20 + 6;
