@@ -16,7 +16,7 @@ use lb_common::{FAMILY_V6, GlobalConfig, maps::MAX_BACKENDS, stats::EV_FIB_FALLB
 
 use lb_ebpf::packet::ptr_at;
 
-use crate::{count_event, scratch::Scratch};
+use crate::{events::count_event, scratch::Scratch};
 
 /// Outcome of a send path.
 #[derive(Clone, Copy)]

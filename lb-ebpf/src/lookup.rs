@@ -8,7 +8,7 @@ use lb_common::{
 };
 
 use crate::{
-    count_event,
+    events::count_event,
     maps::{XLB_BACKENDS, XLB_CONNS, XLB_MAGLEV_TABLES, XLB_VIPS},
     scratch::{KIND_ICMP_ERROR, Parsed},
 };

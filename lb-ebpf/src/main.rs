@@ -5,6 +5,7 @@
 #![no_main]
 
 mod csum;
+mod events;
 mod forward;
 mod headers;
 mod icmp;
@@ -28,10 +29,10 @@ use lb_common::{
 };
 
 use crate::{
+    events::count_event,
     forward::Sent,
     maps::{
-        XLB_ACTION_STATS, XLB_BACKEND_STATS, XLB_CONFIG, XLB_DROP_STATS, XLB_EVENT_STATS,
-        XLB_FRAGS, XLB_VIP_STATS,
+        XLB_ACTION_STATS, XLB_BACKEND_STATS, XLB_CONFIG, XLB_DROP_STATS, XLB_FRAGS, XLB_VIP_STATS,
     },
     scratch::{FRAG_FIRST, FRAG_LATER, KIND_ECHO, KIND_ICMP_ERROR},
 };
@@ -105,15 +106,6 @@ fn striped(cpu: u32, stripe: u32, id: u32) -> u32 {
         return u32::MAX;
     }
     cpu.wrapping_mul(stripe).wrapping_add(id)
-}
-
-/// One data-plane event (`lb_common::stats::EV_*`) on this CPU.
-#[inline(always)]
-pub fn count_event(event: u32) {
-    if let Some(c) = XLB_EVENT_STATS.get_ptr_mut(event) {
-        // SAFETY: per-CPU slot, see `count`.
-        unsafe { *c += 1 };
-    }
 }
 
 /// parse -> VIP -> (echo | backend -> forward).

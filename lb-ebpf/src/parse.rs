@@ -23,7 +23,7 @@ use lb_ebpf::packet::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    count_event,
+    events::count_event,
     maps::XLB_FRAGS,
     scratch::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_ECHO, KIND_FLOW, KIND_ICMP_ERROR, Parsed},
 };

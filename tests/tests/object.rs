@@ -28,8 +28,7 @@ fn verifier_accepts_the_balancer() {
 
 #[test]
 fn aux_object_defines_every_map_and_program_in_lb_common() {
-    let object =
-        aya_obj::Object::parse(xlb_dataplane::aux_object()).expect("parse the aux object");
+    let object = aya_obj::Object::parse(xlb_dataplane::aux_object()).expect("parse the aux object");
     for name in lb_common::aux::MAPS {
         assert!(
             object.maps.contains_key(name),
