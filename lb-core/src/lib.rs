@@ -4,7 +4,7 @@
 //! tested without privileges.
 //!
 //! From the bottom up (a module uses only those above it in this list):
-//! - `clock`, `table`: the time now, borderless tables;
+//! - `clock`, `table`, `prng`: the time now, borderless tables, SplitMix64;
 //! - `config`: TOML parsed and validated into typed `Config`;
 //! - `maglev`: weighted Maglev tables;
 //! - `host`, `counters`: plain data read from the host and the kernel;
@@ -37,6 +37,7 @@ pub mod health;
 pub mod host;
 pub mod maglev;
 pub mod plan;
+pub mod prng;
 pub mod revision;
 pub mod simulate;
 pub mod state;

@@ -5,18 +5,15 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::prng::SplitMix64;
 
-/// splitmix64: a tiny deterministic PRNG, seeded by proptest or a constant,
-/// so traffic is reproducible without a `rand` dependency.
-struct SplitMix(u64);
+/// The shared SplitMix64, seeded by proptest or a constant, so traffic is
+/// reproducible; these tests draw with a modulo (bias below 2^-32 here).
+struct SplitMix(SplitMix64);
 
 impl SplitMix {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in 0..n (n > 0); the modulo bias is below 2^-32 here.
@@ -196,7 +193,7 @@ fn warms_up_on_the_first_sample() {
 #[test]
 fn silent_when_shares_follow_weights() {
     let mut sim = Sim::new(&[2, 1, 1]);
-    let mut rng = SplitMix(7);
+    let mut rng = SplitMix(SplitMix64(7));
     sim.observe();
     for t in 1..120 {
         // 2:1:1 at 400 flows/s, each count within ±5%.
@@ -809,7 +806,7 @@ fn honest_run(
     ticks: usize,
 ) -> Vec<VipReport> {
     let mut sim = Sim::new(weights);
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix(SplitMix64(seed));
     let w: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
     let mut reports = vec![sim.observe()];
     for _ in 0..ticks {
@@ -905,8 +902,8 @@ proptest! {
         // Some backends get up to 4x their share, so verdicts vary.
         let traffic: Vec<u64> = weights_and_skew.iter().map(|(w, m)| u64::from(*w) * m).collect();
         let th = Thresholds { hold_seconds: 3.0, window_seconds: 3.0, ..Thresholds::default() };
-        let mut rng = SplitMix(seed);
-        let mut order_rng = SplitMix(!seed);
+        let mut rng = SplitMix(SplitMix64(seed));
+        let mut order_rng = SplitMix(SplitMix64(!seed));
         let (mut canonical, mut shuffled) = (Detector::new(), Detector::new());
         let mut counters = vec![Cumulative::default(); n];
         for t in 0..12 {

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use lb_common::{PROTO_TCP, PROTO_UDP};
 
 use xlb_core::config::{Config, Vip};
+use xlb_core::prng::SplitMix64;
 use xlb_core::simulate::Flow;
 
 /// Destination MAC of the frames we make: the simulated interface's. The
@@ -27,25 +28,6 @@ const CLIENT_V4_COUNT: u64 = 1 << 17;
 const CLIENT_V6_PREFIX: u128 = 0x2001_0db8 << 96;
 /// Source ports: the ephemeral range a client stack picks from.
 const FIRST_SOURCE_PORT: u16 = 1024;
-
-/// SplitMix64: tiny, fast and well mixed; reproducible across platforms,
-/// which is all the simulator asks of its randomness.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (multiply-high: no modulo bias worth the name).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
 
 /// The per-VIP generator seed: the run's seed mixed with what identifies the
 /// VIP, so adding or reordering VIPs does not change another VIP's flows.
@@ -75,7 +57,7 @@ fn client(rng: &mut SplitMix64, vip: &Vip) -> IpAddr {
                 IpAddr::V4(Ipv4Addr::from(CLIENT_V4_BASE | host))
             }
             IpAddr::V6(_) => {
-                let low = (u128::from(rng.next()) << 32) | u128::from(rng.next() >> 32);
+                let low = (u128::from(rng.next_u64()) << 32) | u128::from(rng.next_u64() >> 32);
                 IpAddr::V6(Ipv6Addr::from(CLIENT_V6_PREFIX | low))
             }
         };
