@@ -3,7 +3,7 @@
 //! packet access and the header constants (`packet`), and the panic handler
 //! and license each eBPF object needs, written once here.
 //!
-//! lb-userspace also names this crate as a build dependency, so cargo
+//! lb-dataplane also names this crate as a build dependency, so cargo
 //! rebuilds the objects when it changes (as aya-template); the items that
 //! only make sense in an eBPF object are compiled for the BPF target only.
 #![no_std]
