@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{SigHandler, Signal, signal};
@@ -131,13 +131,6 @@ impl Clock {
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 fn show_output(command: &str, out: &std::process::Output) {
     println!("\n$ {command}");
     for line in String::from_utf8_lossy(&out.stdout)
@@ -200,7 +193,7 @@ fn replay(dir: &Path) -> anyhow::Result<Missed> {
 
     let clock = Clock {
         t0: Instant::now(),
-        unix0: unix_now(),
+        unix0: xlb_core::clock::unix_now(),
     };
     let target = SocketAddr::new(VIP4.into(), TCP_PORT);
     let client = LoginClient::start(
@@ -426,7 +419,7 @@ fn the_change(clock: &Clock, daemon: &Daemon, bad: &str, tl: &mut Timeline) -> a
     let at = clock.of_unix(
         rev["created_at_unix_seconds"]
             .as_f64()
-            .unwrap_or(unix_now()),
+            .unwrap_or(xlb_core::clock::unix_now()),
     );
     tl.change = Some(at);
     clock.say(format!(
@@ -470,7 +463,11 @@ fn rolled_back(
     tl.history_ok = bad["outcome"]["type"] == "rolled_back"
         && rb["kind"]["type"] == "automatic_rollback"
         && rb["kind"]["to"] == bake["rollback_to"];
-    let at = clock.of_unix(rb["created_at_unix_seconds"].as_f64().unwrap_or(unix_now()));
+    let at = clock.of_unix(
+        rb["created_at_unix_seconds"]
+            .as_f64()
+            .unwrap_or(xlb_core::clock::unix_now()),
+    );
     tl.rollback = Some(at);
     tl.rollback_reason = Some(reason.clone());
     let change = tl.change.unwrap_or(at);
