@@ -16,6 +16,8 @@
 //!   config's state, health patches included;
 //! - `plan`: a change's diff, predicted shares, flows moved, safety checks;
 //! - `simulate`: the flow hash's pick, as the kernel makes it;
+//! - `fleet`: what decides a new flow's backend, fingerprinted and compared
+//!   across nodes;
 //! - `status`: the status document (the health monitor's views added) and
 //!   its rendering;
 //! - `revision`: a recorded revision and its rendering;
@@ -33,6 +35,7 @@ pub mod counters;
 pub mod detect;
 pub mod drift;
 pub mod edit;
+pub mod fleet;
 pub mod health;
 pub mod host;
 pub mod maglev;

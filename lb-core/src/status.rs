@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::config::AllDown;
 use crate::counters::{ConnScan, CounterSnapshot};
 use crate::detect::{Signal, State, VipReport};
+use crate::fleet::{self, Decision};
 use crate::health::{BackendHealth, Health, Membership, Monitor, VipHealth};
 use crate::state::Desired;
 use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
@@ -48,6 +49,9 @@ pub struct Status {
     /// The last count of the connection table; null until the first.
     #[serde(default)]
     pub conn_table: Option<ConnTableStatus>,
+    /// Of every VIP's decision fingerprint: equal on nodes that agree.
+    #[serde(default)]
+    pub fingerprint: String,
 }
 
 /// What the last connection-table scan found.
@@ -145,6 +149,10 @@ pub struct VipStatus {
     /// all-down policy and whether it applies now.
     #[serde(default)]
     pub health: Option<VipHealth>,
+    /// What decides a new flow's backend here, and its fingerprint: equal
+    /// on every node of a fleet that agrees (`xlb fleet status`).
+    #[serde(default)]
+    pub decision: Option<Decision>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -344,6 +352,7 @@ pub fn build(
                 },
                 backends,
                 health: None,
+                decision: Some(fleet::decision(v, desired.config.hash_seed)),
             }
         })
         .collect();
@@ -369,7 +378,7 @@ pub fn build(
         entries: entries as u64,
         max_entries: max.into(),
     };
-    Status {
+    let mut status = Status {
         schema_version: SCHEMA_VERSION,
         interface: ctx.interface.to_string(),
         revision: ctx.revision,
@@ -407,7 +416,14 @@ pub fn build(
             scanned_at_unix_seconds: scan.scanned_at_unix_seconds,
             scan_seconds: scan.seconds,
         }),
-    }
+        fingerprint: String::new(),
+    };
+    status.fingerprint = fleet::node_fingerprint(status.vips.iter().filter_map(|v| {
+        v.decision
+            .as_ref()
+            .map(|d| (v.name.as_str(), d.fingerprint.as_str()))
+    }));
+    status
 }
 
 /// Add each checked backend's and VIP's health to `status`, and take the
@@ -683,6 +699,23 @@ pub fn render_table(s: &Status, wide: bool) -> String {
         .collect();
     if !drops.is_empty() {
         out.push_str(&format!("\ndropped: {}\n", drops.join(", ")));
+    }
+    if wide {
+        // What `xlb fleet status` compares across nodes.
+        let vips: Vec<String> = s
+            .vips
+            .iter()
+            .filter_map(|v| {
+                v.decision
+                    .as_ref()
+                    .map(|d| format!("{} {}", v.name, d.fingerprint))
+            })
+            .collect();
+        out.push_str(&format!(
+            "\nfingerprint {} (VIPs: {})\n",
+            s.fingerprint,
+            vips.join(", ")
+        ));
     }
     out
 }

@@ -162,6 +162,9 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Compare the nodes of a fleet behind ECMP.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Rewrite every Maglev table and backend entry from the applied config
     /// (after something else changed them: see "drift" in `xlb status`).
     Repair,
@@ -185,6 +188,19 @@ pub enum Command {
         /// "skb").
         #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
         mode: XdpModeArg,
+    },
+}
+
+/// `xlb fleet ...`.
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Read each node's /api/status and say, per VIP, whether the nodes pick
+    /// the same backend for every new flow (seed, hash mode, table size,
+    /// backends, the live table); exit 1 naming each node that differs.
+    Status {
+        /// Each node's metrics/status address, e.g. http://198.18.0.1:9470.
+        #[arg(required = true, value_name = "URL")]
+        urls: Vec<String>,
     },
 }
 

@@ -9,6 +9,7 @@
 //! - `change`: validate, plan, apply, rollback (and following a bake);
 //! - `edit`: drain, undrain, weight;
 //! - `read`: status, top, history, show, repair;
+//! - `fleet`: the nodes of a fleet compared;
 //! - `run`, `detach`, `decap`, `simulate`: the commands that load programs.
 
 pub mod args;
@@ -17,6 +18,7 @@ pub mod client;
 mod decap;
 mod detach;
 pub mod edit;
+pub mod fleet;
 pub mod output;
 mod read;
 mod run;
@@ -27,7 +29,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{Cli, Command, RunArgs, XdpModeArg};
+pub use args::{Cli, Command, FleetCommand, RunArgs, XdpModeArg};
 pub use output::{Failure, Output};
 
 /// Run one parsed command line.
@@ -81,6 +83,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             config_text,
         } => read::show(&cli, *revision, *config_text),
         Command::Repair => read::repair(&cli),
+        Command::Fleet(FleetCommand::Status { urls }) => fleet::status(cli.output, urls),
         Command::Decap {
             interface,
             gue_port,

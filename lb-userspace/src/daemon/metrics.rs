@@ -183,6 +183,28 @@ fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::
     )?;
     info(
         e,
+        "xlb_vip_fingerprint",
+        "What decides a VIP's new flows here (seed, hash mode, table size, backends, the live table), as a fingerprint: equal on every node of a fleet that agrees",
+        s.vips
+            .iter()
+            .filter_map(|v| {
+                v.decision.as_ref().map(|d| {
+                    vec![
+                        ("vip", v.name.clone()),
+                        ("fingerprint", d.fingerprint.clone()),
+                    ]
+                })
+            })
+            .collect(),
+    )?;
+    info(
+        e,
+        "xlb_node_fingerprint",
+        "Of every VIP's fingerprint: equal on nodes that agree on every VIP",
+        vec![vec![("fingerprint", s.fingerprint.clone())]],
+    )?;
+    info(
+        e,
         "xlb_backend",
         "One series per backend, with its address, MAC and state",
         backends()
@@ -661,6 +683,28 @@ mod tests {
                 "no {line:?} in:\n{metrics}"
             );
         }
+    }
+
+    #[test]
+    fn fingerprints_are_exported() {
+        let s = status(None);
+        let fp = s.vips[0]
+            .decision
+            .as_ref()
+            .expect("a decision")
+            .fingerprint
+            .clone();
+        let text = Metrics::new().encode(s.clone());
+        assert!(
+            text.lines()
+                .any(|l| l
+                    == format!("xlb_vip_fingerprint_info{{vip=\"web\",fingerprint=\"{fp}\"}} 1")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "xlb_node_fingerprint_info{{fingerprint=\"{}\"}} 1",
+            s.fingerprint
+        )));
     }
 
     #[test]
