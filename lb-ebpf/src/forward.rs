@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use lb_common::{FAMILY_V6, GlobalConfig, maps::MAX_BACKENDS, stats::EV_FIB_FALLBACK};
 
-use lb_ebpf::packet::ptr_at;
+use lb_ebpf::packet::{copy, ptr_at};
 
 use crate::{events::count_event, scratch::Scratch};
 
@@ -105,8 +105,8 @@ pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) 
         // freed while a program runs; NextHop is a #[repr(C)] map value.
         let nh = unsafe { &*nh };
         if nh.found_ns != 0 && now.wrapping_sub(nh.found_ns) < NEXT_HOP_TTL_NS {
-            s.fib.dmac = nh.dmac;
-            s.fib.smac = nh.smac;
+            copy(&mut s.fib.dmac, &nh.dmac);
+            copy(&mut s.fib.smac, &nh.smac);
             return nh.route;
         }
     }

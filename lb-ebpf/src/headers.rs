@@ -4,7 +4,7 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use lb_ebpf::packet::ptr_at;
+use lb_ebpf::packet::{copy, ptr_at};
 
 use crate::csum;
 
@@ -62,8 +62,8 @@ pub fn move_l2(ctx: &XdpContext, grown: usize, dmac: &[u8; 6], smac: &[u8; 6]) -
     // SAFETY: ptr_at checked both ranges lie inside the frame as it is after
     // adjust_head; they do not overlap (grown > 18); bytes (alignment 1).
     unsafe {
-        *l2 = *old;
         let l2 = &mut *l2;
+        copy(l2, &*old);
         l2[..6].copy_from_slice(dmac);
         l2[6..12].copy_from_slice(smac);
     }

@@ -44,3 +44,61 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+/// Copy `src` to `dst` a word at a time. `dst = *src` on byte arrays that
+/// LLVM cannot prove apart (packet and map memory both come from raw
+/// pointers) becomes a call to a byte-at-a-time `memmove` loop on BPF
+/// (about 8 instructions a byte), and zeroing one a `memset` loop; these
+/// loads and stores of u64/u32/u16 are one instruction each (the objects
+/// are built with `allows-misaligned-mem-access`, see build.rs).
+#[inline(always)]
+pub fn copy<const N: usize>(dst: &mut [u8; N], src: &[u8; N]) {
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    let mut i = 0;
+    while i + 8 <= N {
+        // SAFETY: bytes i..i+8 lie inside both arrays (i + 8 <= N); the
+        // accesses are unaligned ones; `dst` and `src` do not overlap (a
+        // `&mut` and a `&`).
+        unsafe {
+            d.add(i)
+                .cast::<u64>()
+                .write_unaligned(s.add(i).cast::<u64>().read_unaligned())
+        };
+        i += 8;
+    }
+    if i + 4 <= N {
+        // SAFETY: as above, 4 bytes.
+        unsafe {
+            d.add(i)
+                .cast::<u32>()
+                .write_unaligned(s.add(i).cast::<u32>().read_unaligned())
+        };
+        i += 4;
+    }
+    if i + 2 <= N {
+        // SAFETY: as above, 2 bytes.
+        unsafe {
+            d.add(i)
+                .cast::<u16>()
+                .write_unaligned(s.add(i).cast::<u16>().read_unaligned())
+        };
+        i += 2;
+    }
+    if i < N {
+        dst[i] = src[i];
+    }
+}
+
+/// `dst` = an IPv4 address in its first four bytes, zeros after (the
+/// 16-byte address fields of map keys), in three stores.
+#[inline(always)]
+pub fn put_v4(dst: &mut [u8; 16], v4: &[u8; 4]) {
+    let d = dst.as_mut_ptr();
+    // SAFETY: bytes 0..4, 4..8 and 8..16 lie inside the 16-byte `dst`; the
+    // stores are unaligned ones; `v4` is read whole first.
+    unsafe {
+        d.cast::<u32>().write_unaligned(u32::from_ne_bytes(*v4));
+        d.add(4).cast::<u32>().write_unaligned(0);
+        d.add(8).cast::<u64>().write_unaligned(0);
+    }
+}

@@ -18,7 +18,8 @@ use lb_common::{
     FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, stats::EV_FRAG_UNKNOWN,
 };
 use lb_ebpf::packet::{
-    ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, VLAN_LEN, bounds, ptr_at,
+    ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, VLAN_LEN, bounds, copy, ptr_at,
+    put_v4,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
@@ -119,8 +120,7 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
             p.tos = ip.tos;
             p.df = (frags & 0x4000 != 0) as u8;
             p.ip_len = tot_len as u32;
-            p.vip.addr = [0; 16];
-            p.vip.addr[..4].copy_from_slice(&ip.dst_addr);
+            put_v4(&mut p.vip.addr, &ip.dst_addr);
             p.flow.src = [word(&ip.src_addr), 0, 0, 0];
             p.flow.dst = [word(&ip.dst_addr), 0, 0, 0];
             if frags & 0x3fff != 0 {
@@ -149,7 +149,7 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
             p.family = FAMILY_V6;
             p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
             p.ip_len = (Ipv6Hdr::LEN + payload_len) as u32;
-            p.vip.addr = ip.dst_addr;
+            copy(&mut p.vip.addr, &ip.dst_addr);
             p.flow.src = words16(&ip.src_addr);
             p.flow.dst = words16(&ip.dst_addr);
             let mut l4_off = l3_off + Ipv6Hdr::LEN;
@@ -296,8 +296,7 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         if l4_len < 8 + ihl + 4 {
             return None;
         }
-        p.vip.addr = [0; 16];
-        p.vip.addr[..4].copy_from_slice(&ip.src_addr);
+        put_v4(&mut p.vip.addr, &ip.src_addr);
         p.flow.src = [word(&ip.dst_addr), 0, 0, 0];
         p.flow.dst = [word(&ip.src_addr), 0, 0, 0];
         (quoted + ihl, ip.proto)
@@ -310,7 +309,7 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         if ip.vcf[0] >> 4 != 6 || l4_len < 8 + Ipv6Hdr::LEN + 4 {
             return None;
         }
-        p.vip.addr = ip.src_addr;
+        copy(&mut p.vip.addr, &ip.src_addr);
         p.flow.src = words16(&ip.dst_addr);
         p.flow.dst = words16(&ip.src_addr);
         (quoted + Ipv6Hdr::LEN, ip.next_hdr)

@@ -17,7 +17,7 @@ use lb_common::{
     Backend, FAMILY_V4, FAMILY_V6, GlobalConfig, METHOD_GUE, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
     stats::{DROP_ENCAP_FAILED, DROP_NO_ROUTE, DROP_TOO_BIG},
 };
-use lb_ebpf::packet::{bounds, ptr_at};
+use lb_ebpf::packet::{bounds, copy, ptr_at, put_v4};
 
 use crate::{
     csum,
@@ -81,21 +81,17 @@ fn outer_addresses(s: &mut Scratch, b: &Backend, cfg: &GlobalConfig, h: u32) {
     let hb = h.to_be_bytes();
     s.outer_dst = b.addr;
     if b.family == FAMILY_V6 {
-        s.outer_src = cfg.tunnel_src_v6;
-        let m = &cfg.tunnel_src_v6_hostmask;
-        let mut i = 0;
-        while i < 4 {
-            s.outer_src[12 + i] = (s.outer_src[12 + i] & !m[i]) | (hb[i] & m[i]);
-            i += 1;
-        }
+        copy(&mut s.outer_src, &cfg.tunnel_src_v6);
+        let p = &cfg.tunnel_src_v6;
+        let a = u32::from_ne_bytes([p[12], p[13], p[14], p[15]]);
+        let m = u32::from_ne_bytes(cfg.tunnel_src_v6_hostmask);
+        let last = (a & !m) | (u32::from_ne_bytes(hb) & m);
+        s.outer_src[12..].copy_from_slice(&last.to_ne_bytes());
     } else {
-        let (a, m) = (&cfg.tunnel_src_v4, &cfg.tunnel_src_v4_hostmask);
-        s.outer_src = [0; 16];
-        let mut i = 0;
-        while i < 4 {
-            s.outer_src[i] = (a[i] & !m[i]) | (hb[i] & m[i]);
-            i += 1;
-        }
+        let a = u32::from_ne_bytes(cfg.tunnel_src_v4);
+        let m = u32::from_ne_bytes(cfg.tunnel_src_v4_hostmask);
+        let src = (a & !m) | (u32::from_ne_bytes(hb) & m);
+        put_v4(&mut s.outer_src, &src.to_ne_bytes());
     }
 }
 
