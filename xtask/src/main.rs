@@ -175,8 +175,16 @@ fn main() -> anyhow::Result<()> {
             run(&mut ebpf_clippy())?;
             // Build the `xlb` binary first: the end-to-end tests run it.
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
+            // Every test binary runs even when one fails, so a run reports
+            // every failure at once.
             run(cargo()
-                .args(["test", "--workspace", "--exclude", "lb-ebpf"])
+                .args([
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "lb-ebpf",
+                    "--no-fail-fast",
+                ])
                 .args(&args))
         }
         Cmd::Bench { names } => {
