@@ -1,10 +1,13 @@
-//! One daemon per state directory and per pin directory: `xlb run` takes
-//! two exclusive `flock(2)` locks before it loads, attaches or swaps
-//! anything, and holds them until it exits (the kernel drops them with the
+//! One daemon per state directory, per interface and per pin directory:
+//! `xlb run` takes three exclusive `flock(2)` locks before it loads,
+//! attaches or swaps anything, and holds them until it exits (the kernel drops them with the
 //! process, also on SIGKILL: a lock is never stale).
 //!
 //! - `<state dir>/lock`: the revision store and the audit log have one
 //!   writer.
+//! - `/run/xlb/if-<interface>-<dev>-<ino>.lock`: the interface has one
+//!   daemon, whatever bpffs each would pin to (named after the interface
+//!   and its network namespace, `/proc/self/ns/net`'s device and inode).
 //! - `/run/xlb/pins-<interface>-<dev>-<ino>.lock`: the pins in
 //!   `<bpffs>/xlb/<interface>/` have one owner. A lock file cannot live on
 //!   bpffs, so it is named after the interface and the bpffs mount (the
@@ -12,8 +15,8 @@
 //!   such as the private ones of `ip netns exec`, never share a lock; a
 //!   bind mount of the same bpffs does).
 //!
-//! The holder writes who it is into both files (`pid`, `socket`,
-//! `interface`, `state_dir`, `pins`, one `key value` a line), so a second
+//! The holder writes who it is (`pid`, `socket`,
+//! `interface`, `state_dir`, `pins`, one `key value` a line) into each, so a second
 //! daemon names the running one. The holder removes them as it exits,
 //! still holding the lock; a process that locked a file it opened before
 //! that removal sees that the path no longer names its file, and opens
@@ -215,8 +218,15 @@ fn lock_file(
     Ok(locked)
 }
 
-/// Lock the state directory `state_dir` (which must exist) and the pins
-/// of `interface` under `bpffs` (lock file in `run_dir`, created 0700 if
+/// The lock file of `interface` in this process's network namespace, in
+/// `run_dir`.
+pub fn interface_lock_path(run_dir: &Path, interface: &str) -> io::Result<PathBuf> {
+    let meta = std::fs::metadata("/proc/self/ns/net")?;
+    Ok(run_dir.join(format!("if-{interface}-{}-{}.lock", meta.dev(), meta.ino())))
+}
+
+/// Lock the state directory `state_dir` (which must exist), `interface`
+/// and its pins under `bpffs` (lock files in `run_dir`, created 0700 if
 /// missing) for a daemon answering on `socket`.
 pub fn lock_daemon(
     state_dir: &Path,
@@ -252,6 +262,17 @@ pub fn lock_daemon(
                 error,
             })?;
     }
+    let if_lock = interface_lock_path(run_dir, interface).map_err(|error| LockError::Io {
+        op: "reading",
+        path: PathBuf::from("/proc/self/ns/net"),
+        error,
+    })?;
+    let nic = lock_file(
+        &if_lock,
+        &format!("{interface} in this network namespace"),
+        " (`xlb status` asks it what it serves)",
+        &holder,
+    )?;
     let pins_lock = pins_lock_path(run_dir, bpffs, interface).map_err(|error| LockError::Io {
         op: "reading",
         path: bpffs.to_path_buf(),
@@ -264,7 +285,7 @@ pub fn lock_daemon(
         &holder,
     )?;
     Ok(Locks {
-        held: vec![(state_lock, state), (pins_lock, pins)],
+        held: vec![(state_lock, state), (if_lock, nic), (pins_lock, pins)],
     })
 }
 
@@ -296,14 +317,17 @@ mod tests {
                 && text.contains("state directory"),
             "{text}"
         );
-        // Another state directory, the same pins: refused on the pins.
+        // Another state directory, the same interface: refused on it.
         let other = dir.join("other");
         std::fs::create_dir_all(&other).unwrap();
         let e = lock_daemon(&other, &run, &bpffs, "eth0", Path::new("/run/b.sock")).unwrap_err();
-        assert!(e.to_string().contains("eth0 and its pins"), "{e}");
+        assert!(
+            e.to_string().contains("eth0 in this network namespace"),
+            "{e}"
+        );
         // Another interface on its own state directory: fine.
         let third = lock_daemon(&other, &run, &bpffs, "eth1", Path::new("/run/c.sock")).unwrap();
-        assert_eq!(third.paths().len(), 2);
+        assert_eq!(third.paths().len(), 3);
         drop(first);
         // Released with the holder: the next one takes it.
         lock_daemon(&state, &run, &bpffs, "eth0", Path::new("/run/b.sock")).unwrap();

@@ -5,8 +5,9 @@
 //!
 //! - `a_second_daemon_is_refused_before_it_touches_anything` (root,
 //!   namespaces `xlbst-2*`): a second `xlb run` for the same state
-//!   directory, then for the same interface and pins with another state
-//!   directory, exits 2 at once naming the running daemon's pid and socket;
+//!   directory, for the same interface (another state directory and
+//!   bpffs), and for the same pins (from another namespace's interface of
+//!   the same name) exits 2 at once naming the running daemon's pid and socket;
 //!   the program under the pinned link is the same, the first daemon's
 //!   revisions are untouched and it still serves.
 //! - `a_start_that_fails_late_leaves_forwarding_as_it_was` (root,
@@ -56,8 +57,20 @@ fn run_once(
     bpffs: &Bpffs,
     extra: &[&str],
 ) -> anyhow::Result<Output> {
+    run_in(&bed.lb.ns.name, socket, file, state, bpffs, extra)
+}
+
+/// `run_once` in namespace `ns`.
+fn run_in(
+    ns: &str,
+    socket: &Path,
+    file: &Path,
+    state: &Path,
+    bpffs: &Bpffs,
+    extra: &[&str],
+) -> anyhow::Result<Output> {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &bed.lb.ns.name])
+    cmd.args(["netns", "exec", ns])
         .arg(xlb_binary()?)
         .arg("--socket")
         .arg(socket)
@@ -150,9 +163,29 @@ fn second(dir: &Path) -> anyhow::Result<()> {
         &[&pid, &socket, "state directory"],
         "same state directory",
     )?;
+    // Another state directory and another bpffs: the same interface.
     let state2 = dir.join("state2");
-    let out = run_once(&bed, &dir.join("c.sock"), &file, &state2, &bpffs, &other)?;
-    refused(&out, &[&pid, &socket, "eth0"], "same interface and pins")?;
+    let bpffs2 = Bpffs::mount(&dir.join("bpffs2"))?;
+    let out = run_once(&bed, &dir.join("c.sock"), &file, &state2, &bpffs2, &other)?;
+    refused(
+        &out,
+        &[&pid, &socket, "eth0 in this network namespace"],
+        "same interface, another bpffs",
+    )?;
+    // The same pins from another namespace's eth0 (the client's).
+    let out = run_in(
+        &bed.client.ns.name,
+        &dir.join("d.sock"),
+        &file,
+        &state2,
+        &bpffs,
+        &other,
+    )?;
+    refused(
+        &out,
+        &[&pid, &socket, "its pins"],
+        "same pins, another namespace",
+    )?;
 
     ensure!(
         link_program(&bpffs)? == program,

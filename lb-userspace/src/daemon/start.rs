@@ -5,8 +5,8 @@
 //! write, another daemon) or 4 (the kernel, the pins).
 //!
 //! In order: the state directory (created 0700), bpffs (mounted when it is
-//! the default place and not one yet), the two locks (`crate::lock`: one
-//! daemon per state directory and per pin directory), the control socket
+//! the default place and not one yet), the three locks (`crate::lock`: one
+//! daemon per state directory, interface and pin directory), the control socket
 //! (no daemon answers on it), the interface, the revision store (opens,
 //! and a probe file can be written whole), the audit log, the metrics
 //! address (bound here; the listener is handed to the HTTP server).
