@@ -3,6 +3,7 @@
 //! `xlb_dataplane` (the BPF programs and maps).
 //!
 //! - `user`: who runs this process;
+//! - `lock`: one daemon per state directory and per pin directory;
 //! - `store`: the revision store on disk (used by the daemon, and read-only
 //!   by `xlb plan --revision`);
 //! - `daemon`: `xlb run`: the controller, the control socket, HTTP and
@@ -13,5 +14,6 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod lock;
 pub mod store;
 pub mod user;

@@ -37,7 +37,9 @@
 //! mark, and once pruned files are gone the `next` file does. The `next` file
 //! also covers files an operator deleted by hand.
 //!
-//! The store assumes a single writer (the daemon owns its state directory).
+//! The store has a single writer: the daemon, which holds its state
+//! directory's lock (`crate::lock`) while it runs. Readers beside it (`xlb
+//! plan --revision`) use [`Store::open_read_only`], which changes nothing.
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
@@ -79,6 +81,9 @@ pub enum StoreError {
     Invalid { number: u64, reason: String },
     #[error("revision {0} is not in the store")]
     NotFound(u64),
+    /// A store opened with [`Store::open_read_only`] is never written.
+    #[error("the revision store {} is open read-only", .0.display())]
+    ReadOnly(PathBuf),
     #[error("revision {number} is {from}, which is final; refusing to change it to {to}")]
     FinalOutcome {
         number: u64,
@@ -386,6 +391,9 @@ fn set_aside(path: &Path, why: &str) -> Result<(), StoreError> {
 pub struct Store {
     dir: PathBuf,
     keep: usize,
+    /// Opened by [`Store::open_read_only`]: nothing is written, renamed or
+    /// removed.
+    read_only: bool,
     /// The revision files present.
     numbers: BTreeSet<u64>,
     next: u64,
@@ -405,10 +413,43 @@ impl Store {
     /// renamed to `<name>.corrupt` (never deleted); both with a warning.
     /// Existing files beyond `keep` are pruned at the next `record`, not here.
     pub fn open(dir: &Path, keep: usize) -> Result<Store, StoreError> {
+        Self::open_as(dir, keep, false)
+    }
+
+    /// Open an existing store to read it (`xlb plan --revision`, beside a
+    /// running daemon): nothing in the directory is created, removed or
+    /// renamed. Temp files are ignored (they may be a running daemon's
+    /// writes in progress); files that fail to parse are left where they
+    /// are and are not listed; `record` and `update_outcome` are refused.
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_as(dir, usize::MAX, true)
+    }
+
+    fn open_as(dir: &Path, keep: usize, read_only: bool) -> Result<Store, StoreError> {
         if keep == 0 {
             return Err(StoreError::InvalidKeep);
         }
-        ensure_dir(dir)?;
+        if read_only {
+            if !fs::metadata(dir).map_err(io_err("opening", dir))?.is_dir() {
+                return Err(StoreError::Io {
+                    op: "opening",
+                    path: dir.to_path_buf(),
+                    error: io::Error::from_raw_os_error(libc::ENOTDIR),
+                });
+            }
+        } else {
+            ensure_dir(dir)?;
+        }
+        // What open does to a file it cannot use: set it aside, or (read
+        // only) leave it and say so.
+        let set_aside = |path: &Path, why: &str| -> Result<(), StoreError> {
+            if read_only {
+                warn!("ignoring {}: {why}", path.display());
+                Ok(())
+            } else {
+                set_aside(path, why)
+            }
+        };
         let mut names = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
             names.push(entry.map_err(io_err("listing", dir))?.file_name());
@@ -425,7 +466,12 @@ impl Store {
                 debug!("ignoring {} in the revision store", path.display());
                 continue;
             };
-            if is_temp_name(name) {
+            if is_temp_name(name) && read_only {
+                debug!(
+                    "ignoring {} (a write in progress, or interrupted)",
+                    path.display()
+                );
+            } else if is_temp_name(name) {
                 warn!("removing {}, left by an interrupted write", path.display());
                 remove_if_exists(&path).map_err(io_err("removing", &path))?;
                 changed = true;
@@ -471,13 +517,14 @@ impl Store {
                 debug!("ignoring {} in the revision store", path.display());
             }
         }
-        if changed {
+        if changed && !read_only {
             sync_dir(dir)?;
         }
         let next = next_file.unwrap_or(1).max(highest.saturating_add(1)).max(1);
         Ok(Store {
             dir: dir.to_path_buf(),
             keep,
+            read_only,
             numbers,
             next,
             #[cfg(test)]
@@ -485,6 +532,19 @@ impl Store {
             #[cfg(test)]
             writes: 0,
         })
+    }
+
+    /// Check that the store can be written, before a daemon relies on it:
+    /// a probe file is written whole (as a revision would be) and removed.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.dir.clone()));
+        }
+        let name = "writable-probe";
+        write_atomic(&self.dir, name, b"probe\n", None)?;
+        let path = self.dir.join(name);
+        fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        sync_dir(&self.dir)
     }
 
     /// The directory of the store.
@@ -524,6 +584,9 @@ impl Store {
     /// prune are logged: the revision is recorded, and the high-water mark is
     /// still carried by its file name.
     pub fn record(&mut self, rev: &Revision) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.dir.clone()));
+        }
         if rev.number != self.next {
             return Err(StoreError::OutOfOrder {
                 expected: self.next,
@@ -607,6 +670,9 @@ impl Store {
     /// rolled-back outcomes are final; setting the current outcome again is a
     /// no-op.
     pub fn update_outcome(&mut self, number: u64, outcome: Outcome) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly(self.dir.clone()));
+        }
         let mut rev = self.get(number)?.ok_or(StoreError::NotFound(number))?;
         if rev.outcome == outcome {
             return Ok(());
@@ -1081,6 +1147,44 @@ mod tests {
             fs::read_to_string(dir.join("next.corrupt")).unwrap(),
             "seven"
         );
+    }
+
+    #[test]
+    fn a_read_only_open_changes_nothing() {
+        let tmp = TempDir::new("read-only");
+        let dir = tmp.path();
+        let mut store = Store::open(dir, 10).unwrap();
+        record_n(&mut store, 3);
+        drop(store);
+        // A running daemon's write in progress, and a file that does not
+        // parse: a read-only open leaves both.
+        fs::write(dir.join(".0000000004.json.tmp-4242"), "{ \"schema_ver").unwrap();
+        fs::write(dir.join(file_name(2)), "{ torn").unwrap();
+        let before = dir_names(dir);
+        let mut store = Store::open_read_only(dir).unwrap();
+        assert_eq!(dir_names(dir), before);
+        assert_eq!(numbers(&store), [1, 3]);
+        assert_eq!(store.get(3).unwrap().unwrap().number, 3);
+        assert!(matches!(
+            store.record(&rev(4, &config(4))),
+            Err(StoreError::ReadOnly(_))
+        ));
+        assert!(store.check_writable().is_err());
+        assert_eq!(dir_names(dir), before);
+        // A missing directory is not created.
+        let missing = dir.join("missing");
+        assert!(Store::open_read_only(&missing).is_err());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn check_writable_leaves_nothing_behind() {
+        let tmp = TempDir::new("writable");
+        let dir = tmp.path();
+        let store = Store::open(dir, 10).unwrap();
+        let before = dir_names(dir);
+        store.check_writable().unwrap();
+        assert_eq!(dir_names(dir), before);
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub(super) fn plan(
                             dir.display()
                         )));
                     }
-                    let store = crate::store::Store::open(&store_dir, usize::MAX)
+                    // Read-only: a daemon may be writing this store now.
+                    let store = crate::store::Store::open_read_only(&store_dir)
                         .map_err(Failure::bad_input)?;
                     let rev = store.get(n).map_err(Failure::bad_input)?.ok_or_else(|| {
                         Failure::bad_input(format!("no revision {n} in {}", dir.display()))

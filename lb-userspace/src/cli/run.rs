@@ -53,5 +53,8 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         bpffs,
         object,
     })
-    .map_err(|e| Failure::internal(format!("{e:#}")))
+    .map_err(|e| match e {
+        daemon::start::StartError::BadInput(e) => Failure::bad_input(format!("{e:#}")),
+        daemon::start::StartError::Failed(e) => Failure::internal(format!("{e:#}")),
+    })
 }

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod peer;
 pub mod privileges;
 pub mod restart;
+pub mod start;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use xlb_core::change::{ApplyOptions, Candidate, Origin};
 use xlb_core::revision::Kind;
 
 use crate::daemon::controller::{ApplyError, Controller};
+use crate::daemon::start::StartError;
 use xlb_core::api::{ApiError, ErrorKind, Request, Response};
 
 pub struct RunOptions {
@@ -56,43 +58,56 @@ fn bind(socket: &Path, group: Option<&peer::SocketGroup>) -> anyhow::Result<Unix
     peer::bind(socket, group)
 }
 
-pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+/// Run the daemon until SIGTERM or SIGINT. Every check that can fail runs
+/// first (`start::check`, `restart::inspect`): a start refused there has
+/// touched neither the interface nor the pins.
+pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let config = &opts.candidate.config;
     let interface = config.interface.clone();
-    let host = xlb_dataplane::host::read(&interface)?;
     restart::ignore_hangup_for_now();
-    // The connection table is sized here, once (and pinned): a later apply
-    // that changes conn_table_size is refused.
-    let (dataplane, pinned) = restart::load_and_attach(
+    let metrics_address = opts.metrics_address.unwrap_or(config.metrics_address);
+    let ready = start::check(&start::Checks {
+        interface: &interface,
+        state_dir: &opts.state_dir,
+        bpffs: &opts.bpffs,
+        run_dir: Path::new(crate::lock::RUN_DIR),
+        socket: &opts.socket,
+        metrics_address,
+        keep_revisions: opts.keep_revisions,
+    })?;
+    // Held until the daemon exits: one daemon per interface and state dir.
+    let _locks = ready.locks;
+    let inspected = restart::inspect(
         &interface,
         config.conn_table_size,
-        opts.mode,
         &opts.bpffs,
         opts.object.as_deref(),
     )?;
-    let metrics_address = opts.metrics_address.unwrap_or(config.metrics_address);
+    // From here on the interface and the pins change.
+    // The connection table is sized here, once (and pinned): a later apply
+    // that changes conn_table_size is refused.
+    let (dataplane, pinned) =
+        restart::load_and_attach(inspected, &interface, opts.mode).map_err(StartError::Failed)?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let store = crate::store::Store::open(&opts.state_dir.join("revisions"), opts.keep_revisions)
-        .context("opening the revision store")?;
-    let mut controller = Controller::new(dataplane, interface, host, metrics)
-        .with_revisions(store)
+    let mut controller = Controller::new(dataplane, interface, ready.host, metrics)
+        .with_revisions(ready.store)
         .with_bake(opts.bake)
-        .with_audit(
-            audit::AuditLog::open(&opts.state_dir.join("audit.log"))
-                .context("opening the audit log")?,
-        );
+        .with_audit(ready.audit);
     let config_file = PathBuf::from(&opts.candidate.file);
-    let revision = restart::first_apply(&mut controller, &pinned, opts.candidate)?;
+    let revision = restart::first_apply(&mut controller, &pinned, opts.candidate)
+        .map_err(StartError::Failed)?;
     log::info!("serving revision {revision}");
     let conns = controller.conn_table();
     let controller = Arc::new(Mutex::new(controller));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(StartError::failed)?;
     let policy = Arc::new(peer::Policy::new(opts.socket_group.clone()));
+    let metrics_listener = ready.metrics;
     let result = runtime.block_on(async {
-        let http = http::bind(metrics_address).await?;
+        let http = tokio::net::TcpListener::from_std(metrics_listener)?;
         log::info!("metrics, status page and /api/status on http://{metrics_address}/");
         tokio::select! {
             r = serve(controller.clone(), &opts.socket, policy, revision) => r,
@@ -110,7 +125,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     // their tables and flows: forwarding goes on until the next start.
     drop(controller);
     log::info!("exiting; the program stays attached (`xlb detach` removes it)");
-    result
+    result.map_err(StartError::Failed)
 }
 
 /// Once a second: the detector and the drift check.

@@ -1,10 +1,11 @@
 //! Hitless restart and upgrade: what `xlb run` does with the pins of an
 //! earlier daemon, and SIGHUP.
 //!
-//! 1. bpffs is made sure of (`dataplane::ensure_bpffs`), the interface's pin
-//!    directory created, and what is pinned there checked against the object
-//!    about to be loaded (layout version, map shapes): a mismatch stops the
-//!    start before anything is loaded, naming `xlb detach`.
+//! 1. After `start::check` (bpffs made sure of, the locks taken, every
+//!    check that can fail done), what is pinned for the interface is
+//!    checked against the object about to be loaded (`inspect`: layout
+//!    version, map shapes), read only: a mismatch stops the start before
+//!    anything is created, loaded or attached, naming `xlb detach`.
 //! 2. The object is loaded over the pinned maps (connection table, counters,
 //!    tables, backends), and its program put under the pinned link with one
 //!    bpf_link_update: the old program forwards until the new one replaces
@@ -29,8 +30,9 @@ use anyhow::Context as _;
 use xlb_core::change::{ApplyOptions, Candidate, Origin};
 
 use crate::daemon::controller::{ApplyError, Controller};
+use crate::daemon::start::{self, StartError};
 use xlb_core::revision::Kind;
-use xlb_dataplane::{Attached, Dataplane, PinDir, Pinned, balancer_object, ensure_bpffs};
+use xlb_dataplane::{Attached, Dataplane, DataplaneError, PinDir, Pinned, balancer_object};
 
 /// Ignore SIGHUP until the reload handler is installed (its default action
 /// would end the daemon during the start).
@@ -40,28 +42,60 @@ pub fn ignore_hangup_for_now() {
     let _ = unsafe { signal(Signal::SIGHUP, SigHandler::SigIgn) };
 }
 
-/// Steps 1 and 2: the balancer loaded over `interface`'s pins under
-/// `bpffs` and attached, and what was pinned before.
-pub fn load_and_attach(
+/// Step 1, read only: the object this start will load, and what is pinned
+/// for `interface` under `bpffs` (which `start::check` made sure of),
+/// checked against it. Nothing is created, loaded or attached.
+pub struct Inspected {
+    pins: PinDir,
+    object: Cow<'static, [u8]>,
+    conn_table_size: u32,
+    pub pinned: Pinned,
+}
+
+pub fn inspect(
     interface: &str,
     conn_table_size: u32,
-    mode: xlb_dataplane::AttachMode,
     bpffs: &Path,
     object: Option<&Path>,
-) -> anyhow::Result<(Dataplane, Pinned)> {
-    ensure_bpffs(bpffs)?;
+) -> Result<Inspected, StartError> {
     let pins = PinDir::new(bpffs, interface);
-    pins.create()?;
     let object: Cow<'static, [u8]> = match object {
         Some(path) => {
             let bytes = std::fs::read(path)
-                .with_context(|| format!("--object {}: cannot read", path.display()))?;
+                .with_context(|| format!("--object {}: cannot read", path.display()))
+                .map_err(StartError::BadInput)?;
             log::info!("balancer object from {}", path.display());
             Cow::Owned(bytes)
         }
         None => Cow::Borrowed(balancer_object()),
     };
-    let pinned = pins.inspect(&object, conn_table_size)?;
+    let pinned = match pins.inspect(&object, conn_table_size) {
+        Ok(pinned) => pinned,
+        Err(DataplaneError::Pin(e)) => return Err(start::pin_error(e)),
+        Err(e) => return Err(StartError::failed(e)),
+    };
+    Ok(Inspected {
+        pins,
+        object,
+        conn_table_size,
+        pinned,
+    })
+}
+
+/// Step 2: the inspected balancer loaded over the pins and attached; what
+/// was pinned before.
+pub fn load_and_attach(
+    inspected: Inspected,
+    interface: &str,
+    mode: xlb_dataplane::AttachMode,
+) -> anyhow::Result<(Dataplane, Pinned)> {
+    let Inspected {
+        pins,
+        object,
+        conn_table_size,
+        pinned,
+    } = inspected;
+    pins.create()?;
     if pinned.holds_state() || pinned.link {
         log::info!(
             "{}: {} pinned maps{}; adopting them",
