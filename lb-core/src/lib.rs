@@ -41,6 +41,7 @@ pub mod host;
 pub mod maglev;
 pub mod plan;
 pub mod prng;
+pub mod reload;
 pub mod revision;
 pub mod simulate;
 pub mod state;

@@ -129,7 +129,8 @@ fn one_line(s: &str) -> String {
     }
 }
 
-fn kind_label(kind: &Kind) -> String {
+/// How `xlb history` names a kind: `apply`, `rollback to 3`, `drain web b2`.
+pub fn kind_label(kind: &Kind) -> String {
     match kind {
         Kind::Apply => "apply".to_string(),
         Kind::Rollback { to } => format!("rollback to {to}"),

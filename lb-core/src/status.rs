@@ -52,6 +52,11 @@ pub struct Status {
     /// Of every VIP's decision fingerprint: equal on nodes that agree.
     #[serde(default)]
     pub fingerprint: String,
+    /// The `--config` file against the live revision (`reload`): whether
+    /// it differs and why the daemon keeps the live revision; null when the
+    /// daemon has no file (tests, benchmarks).
+    #[serde(default)]
+    pub config_file: Option<crate::reload::ConfigFileStatus>,
 }
 
 /// What the last connection-table scan found.
@@ -409,6 +414,7 @@ pub fn build(
             .zip(&now.events)
             .map(|(n, c)| (n.to_string(), *c))
             .collect(),
+        config_file: None,
         conn_table: ctx.conn_scan.map(|scan| ConnTableStatus {
             entries: scan.entries,
             capacity: scan.capacity.into(),
@@ -685,6 +691,10 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     }
     if let Some(b) = &s.bake {
         out.push_str(&bake_line(b, s.generated_at_unix_seconds));
+        out.push('\n');
+    }
+    if let Some(line) = s.config_file.as_ref().and_then(|c| c.line()) {
+        out.push_str(&line);
         out.push('\n');
     }
     if let Some(c) = &s.conn_table {

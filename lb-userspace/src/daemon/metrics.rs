@@ -498,6 +498,20 @@ fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::
         "Unix time of the last apply",
         vec![(Vec::new(), gauge(s.applied_at_unix_seconds as f64))],
     )?;
+    family(
+        e,
+        "xlb_config_file_differs",
+        "1 while the --config file differs from the live revision and the daemon keeps the live one (applying the file would revert a change made through the daemon, or a safety check refused it)",
+        s.config_file
+            .iter()
+            .map(|c| {
+                (
+                    vec![("file", c.file.clone())],
+                    gauge(if c.differs { 1.0 } else { 0.0 }),
+                )
+            })
+            .collect(),
+    )?;
     encode_health(s, e)?;
     Ok(())
 }

@@ -12,11 +12,15 @@
 //!    it. Without a link pin, the program is attached and its link pinned.
 //! 3. The first apply (`first_apply`): maps some daemon wrote are adopted
 //!    under the live revision recorded in the state directory (its ids read
-//!    back from the maps, `adopt::adopt`), so nothing is rewritten; then
-//!    `--config`, when its text differs from that revision, goes through
-//!    plan and the safety checks like `xlb apply` (refused: logged, the
-//!    adopted revision keeps serving). Fresh maps get `--config` as the
-//!    startup revision, as a first start always did.
+//!    back from the maps, `adopt::adopt`), so nothing is rewritten; a bake
+//!    it was in resumes (`Controller::resume_bake`); then `--config` is
+//!    judged against it (`xlb_core::reload`, `sync_file`): applied through
+//!    plan and the safety checks like `xlb apply` only when that reverts no
+//!    change made through the daemon, else kept out and said to differ
+//!    (status, log, `xlb_config_file_differs`). Fresh maps get `--config`
+//!    as the startup revision, as a first start always did.
+//!
+//! SIGHUP (`reload`) judges the file the same way.
 //!
 //! SIGTERM, SIGINT and SIGKILL leave the pins, so forwarding goes on with
 //! the last applied tables until the next start; `xlb detach` removes them.
@@ -28,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 
 use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::clock::unix_now;
+use xlb_core::reload::{ConfigFileStatus, Verdict, judge};
 
 use crate::daemon::controller::{ApplyError, Controller};
 use crate::daemon::start::{self, StartError};
@@ -154,14 +160,9 @@ pub fn first_apply(
                             format!("{} differences rewritten", differences.len())
                         }
                     );
-                    if rev.config_text == candidate.text {
-                        log::info!("{file} is revision {}: nothing to apply", rev.number);
-                        return Ok(rev.number);
-                    }
-                    log::info!(
-                        "{file} differs from revision {}: applying it through plan",
-                        rev.number
-                    );
+                    let history = history(controller);
+                    controller.resume_bake(&rev, &history);
+                    let text = candidate.text.clone();
                     let candidate = Candidate {
                         origin: Origin::daemon(
                             candidate.origin.user,
@@ -169,18 +170,27 @@ pub fn first_apply(
                         ),
                         ..candidate
                     };
-                    return match controller
-                        .apply(candidate, ApplyOptions::operator(Kind::Apply, false, None))
-                    {
-                        Ok(applied) => Ok(applied.revision),
+                    return Ok(match sync_file(controller, &file, &text, Ok(candidate)) {
+                        Ok(Reload::Unchanged(n)) => {
+                            log::info!("{file} is revision {n}: nothing to apply");
+                            n
+                        }
+                        Ok(Reload::Applied(n)) => {
+                            log::info!(
+                                "{file} differed from revision {}: applied through plan as revision {n}",
+                                rev.number
+                            );
+                            n
+                        }
+                        Ok(Reload::Kept(n)) => n,
                         Err(e) => {
                             log::warn!(
                                 "{file} not applied at start: {e}; serving revision {} (`xlb apply` it to retry)",
                                 rev.number
                             );
-                            Ok(rev.number)
+                            rev.number
                         }
-                    };
+                    });
                 }
                 Err(e) => log::warn!(
                     "revision {} cannot be adopted ({e}); adopting the pinned maps for {file} instead",
@@ -196,38 +206,130 @@ pub fn first_apply(
             .adopt(&candidate, None)
             .context("adopting the pinned maps")?;
     }
-    controller
+    let text = candidate.text.clone();
+    let revision = controller
         .apply(candidate, ApplyOptions::unchecked(Kind::Startup))
         .map(|applied| applied.revision)
-        .context("applying the initial config")
+        .context("applying the initial config")?;
+    controller.set_config_file(ConfigFileStatus::in_sync(
+        &file,
+        &text,
+        revision,
+        unix_now(),
+    ));
+    Ok(revision)
 }
 
-/// What a SIGHUP did.
+/// What a SIGHUP (or the start) did with the config file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
+    /// The file is the live revision.
     Unchanged(u64),
+    /// The file was applied as this revision.
     Applied(u64),
+    /// The file would revert a change made through the daemon: the live
+    /// revision is kept (`xlb_core::reload`), and the status says so.
+    Kept(u64),
 }
 
-/// Re-read `file` and apply it through plan and the safety checks, as `xlb
-/// apply` would (all or nothing); an error says why nothing changed.
+/// Every recorded revision (empty, and logged, when the store cannot be
+/// read: then no revision counts as applied from the file, and the live
+/// revision is kept).
+fn history(controller: &Controller) -> Vec<xlb_core::revision::Revision> {
+    match controller.revisions().map(|s| s.list()) {
+        Some(Ok(revs)) => revs,
+        Some(Err(e)) => {
+            log::warn!("reading the recorded revisions: {e}");
+            Vec::new()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// The config file `file` (its `text`, and what it parsed into) judged
+/// against the live revision (`xlb_core::reload::judge`): in sync, nothing
+/// happens; kept, the controller says the file differs; otherwise it is
+/// applied through plan and the safety checks, as `xlb apply` (refused or
+/// broken: an error, and the file differs).
+fn sync_file(
+    controller: &mut Controller,
+    file: &str,
+    text: &str,
+    candidate: Result<Candidate, String>,
+) -> Result<Reload, String> {
+    let now = unix_now();
+    let Some(live) = controller.live_revision().cloned() else {
+        // Nothing applied yet: the file is all there is.
+        let candidate = candidate?;
+        return controller
+            .apply(candidate, ApplyOptions::operator(Kind::Apply, false, None))
+            .map(|applied| Reload::Applied(applied.revision))
+            .map_err(|e| e.to_string());
+    };
+    match judge(file, text, &live, &history(controller)) {
+        Verdict::InSync => {
+            controller.set_config_file(ConfigFileStatus::in_sync(file, text, live.number, now));
+            Ok(Reload::Unchanged(live.number))
+        }
+        Verdict::Keep {
+            last_applied,
+            reason,
+        } => {
+            controller.set_config_file(ConfigFileStatus::kept(
+                file,
+                text,
+                live.number,
+                last_applied,
+                reason,
+                now,
+            ));
+            Ok(Reload::Kept(live.number))
+        }
+        Verdict::Apply { last_applied } => {
+            let not_applied = |controller: &mut Controller, reason: String| {
+                controller.set_config_file(ConfigFileStatus::kept(
+                    file,
+                    text,
+                    live.number,
+                    Some(last_applied),
+                    reason.clone(),
+                    now,
+                ));
+                reason
+            };
+            let candidate = match candidate {
+                Ok(c) => c,
+                Err(e) => return Err(not_applied(controller, e)),
+            };
+            match controller.apply(candidate, ApplyOptions::operator(Kind::Apply, false, None)) {
+                Ok(applied) => {
+                    controller.set_config_file(ConfigFileStatus::in_sync(
+                        file,
+                        text,
+                        applied.revision,
+                        now,
+                    ));
+                    Ok(Reload::Applied(applied.revision))
+                }
+                Err(e) => Err(not_applied(controller, e.to_string())),
+            }
+        }
+    }
+}
+
+/// Re-read `file` and judge it against the live revision: applied through
+/// plan and the safety checks, as `xlb apply` would (all or nothing), only
+/// when that reverts no change made through the daemon (`sync_file`); an
+/// error says why nothing changed.
 pub fn reload(controller: &mut Controller, file: &Path) -> Result<Reload, String> {
     let name = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|e| format!("{name}: cannot read: {e}"))?;
-    if let Some(live) = controller.live_revision()
-        && live.text == text
-    {
-        return Ok(Reload::Unchanged(live.number));
-    }
     let origin = Origin::daemon(
         crate::user::current_user(),
         format!("SIGHUP: reload of {name}"),
     );
-    let candidate = Candidate::parse(text, name, origin).map_err(|e| e.to_string())?;
-    controller
-        .apply(candidate, ApplyOptions::operator(Kind::Apply, false, None))
-        .map(|applied| Reload::Applied(applied.revision))
-        .map_err(|e| e.to_string())
+    let candidate = Candidate::parse(text.clone(), name.clone(), origin).map_err(|e| e.to_string());
+    sync_file(controller, &name, &text, candidate)
 }
 
 /// On each SIGHUP, `reload` the config file; the outcome is logged.
@@ -251,6 +353,11 @@ pub async fn reload_on_hangup(
             (Ok(Reload::Applied(n)), file) => {
                 log::info!("SIGHUP: applied {} as revision {n}", file.display())
             }
+            (Ok(Reload::Kept(n)), file) => log::warn!(
+                "SIGHUP: {} differs from live revision {n} and would revert a change made through the daemon: keeping revision {n} (`xlb apply {}` applies the file)",
+                file.display(),
+                file.display()
+            ),
             (Err(e), _) => log::warn!("SIGHUP: reload refused, nothing changed: {e}"),
         }
     }

@@ -132,8 +132,13 @@ impl Controller {
             .revisions
             .as_ref()
             .map_or(self.revision + 1, |s| s.next_number());
-        let result = self.write(config, file, number);
-        let baking = result.is_ok() && self.start_bake(&candidate, &kind, number);
+        // What the tables go back to if the new revision cannot be recorded.
+        let previous = self
+            .applied
+            .as_ref()
+            .map(|d| (d.config.clone(), self.revision));
+        let mut result = self.write(config, file, number);
+        let baking = result.is_ok() && self.bakes(&kind);
         if let Some(store) = self.revisions.as_mut() {
             let outcome = match &result {
                 Ok(_) if baking => Outcome::Baking,
@@ -159,8 +164,19 @@ impl Controller {
                 outcome,
             };
             if let Err(e) = store.record(&rev) {
-                // The change is in force; losing its record must be loud.
-                log::error!("revision {number} is applied but could not be recorded: {e}");
+                if result.is_ok() {
+                    // Not durably recorded, so not applied: the next start
+                    // would return to the recorded revision anyway.
+                    result = Err(self.unrecorded(number, &e, previous));
+                } else {
+                    log::error!("revision {number} failed and its failure is not recorded: {e}");
+                }
+            }
+        }
+        if result.is_ok() {
+            self.start_bake(&candidate, &kind, number);
+            if let Some(c) = self.config_file.as_mut() {
+                c.after_apply(number, &kind, file, text);
             }
         }
         if let (Checks::Operator { force, .. }, Some(plan)) = (checks, &plan) {
@@ -169,20 +185,72 @@ impl Controller {
         result.map(|revision| Applied { revision, plan })
     }
 
+    /// Revision `number` is in the tables but `error` kept it from the store:
+    /// put the tables back to `previous` (its config and revision; the
+    /// writer's own path, a whole apply of it) and say so. A revision file
+    /// that made it to disk anyway (only the directory sync failed) is
+    /// marked failed, so no start adopts it.
+    fn unrecorded(
+        &mut self,
+        number: u64,
+        error: &crate::store::StoreError,
+        previous: Option<(Config, u64)>,
+    ) -> ApplyError {
+        log::error!("revision {number} could not be recorded: {error}; undoing it");
+        let restored = match previous {
+            Some((config, revision)) => {
+                let file = self
+                    .current
+                    .as_ref()
+                    .map_or_else(|| format!("revision {revision}"), |c| c.file.clone());
+                match self.write(&config, &file, revision) {
+                    Ok(_) => format!("the tables are back at revision {revision}"),
+                    Err(e) => format!("putting revision {revision} back failed too: {e}"),
+                }
+            }
+            None => "there was no earlier revision to put back".to_string(),
+        };
+        log::error!("revision {number}: {restored}");
+        if let Some(store) = self.revisions.as_mut()
+            && let Ok(Some(_)) = store.get(number)
+            && let Err(e) = store.update_outcome(
+                number,
+                Outcome::Failed {
+                    error: format!("not recorded durably: {error}"),
+                },
+            )
+        {
+            log::error!("marking revision {number} failed: {e}");
+        }
+        ApplyError::NotRecorded {
+            number,
+            cause: error.to_string(),
+            restored,
+        }
+    }
+
+    /// Whether an apply of `kind` made now would bake: an operator's apply
+    /// or edit that replaces a revision, with baking on.
+    fn bakes(&self, kind: &Kind) -> bool {
+        matches!(kind, Kind::Apply | Kind::Edit { .. })
+            && self.current.is_some()
+            && self.bake_policy.window_seconds > 0.0
+    }
+
     /// After a successful write: the new revision replaces the live one, and
     /// bakes when it is an operator's apply or edit replacing a revision and
-    /// baking is on. True when it bakes.
-    fn start_bake(&mut self, candidate: &Candidate, kind: &Kind, number: u64) -> bool {
+    /// baking is on (`bakes`).
+    fn start_bake(&mut self, candidate: &Candidate, kind: &Kind, number: u64) {
         let previous = self.current.replace(LiveRevision {
             number,
             text: candidate.text.clone(),
             file: candidate.file.clone(),
         });
         let (Kind::Apply | Kind::Edit { .. }, Some(previous)) = (kind, previous) else {
-            return false;
+            return;
         };
         if self.bake_policy.window_seconds <= 0.0 {
-            return false;
+            return;
         }
         let now = unix_now();
         self.bake = Some(BakeStatus {
@@ -196,7 +264,6 @@ impl Controller {
         });
         self.rollback_target = Some(previous);
         self.capacity_detector = Detector::new();
-        true
     }
 
     fn audit_operator_apply(

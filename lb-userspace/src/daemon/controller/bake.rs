@@ -3,15 +3,71 @@
 //! path) and the reason recorded.
 
 use xlb_core::bake::{BakeState, BakeStatus};
-use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::change::{ApplyOptions, Candidate, LiveRevision, Origin};
 use xlb_core::clock::unix_now;
 use xlb_core::detect::{BackendSample, Detector, VipReport, VipSample};
-use xlb_core::revision::{Kind, Outcome};
+use xlb_core::revision::{Kind, Outcome, Revision};
 use xlb_core::state::Desired;
 
 use super::{ApplyError, BakePolicy, Controller};
 
 impl Controller {
+    /// `rev`, adopted as the live revision, was baking when the last daemon
+    /// stopped: its bake goes on for what is left of its window (counted
+    /// from the revision's record, under this daemon's window), or, when
+    /// the window has passed, it is judged at the first collector pass; the
+    /// outcome is recorded as for any bake. A rollback goes to the newest
+    /// earlier revision of `history` that was in force; with none, the
+    /// revision is recorded baked at once.
+    pub fn resume_bake(&mut self, rev: &Revision, history: &[Revision]) {
+        if rev.outcome != Outcome::Baking {
+            return;
+        }
+        let target = history
+            .iter()
+            .filter(|r| r.number < rev.number && r.outcome.is_live())
+            .max_by_key(|r| r.number);
+        let started = rev.created_at_unix_seconds;
+        let until = started + self.bake_policy.window_seconds.max(0.0);
+        let now = unix_now();
+        self.bake = Some(BakeStatus {
+            revision: rev.number,
+            state: BakeState::Baking,
+            started_at_unix_seconds: started,
+            until_unix_seconds: until,
+            rollback_to: target.map_or(0, |t| t.number),
+            reason: None,
+            rollback_revision: None,
+        });
+        let Some(target) = target else {
+            log::warn!(
+                "revision {} was baking when the last daemon stopped; no earlier revision to roll back to: baked",
+                rev.number
+            );
+            self.finish_bake();
+            return;
+        };
+        self.rollback_target = Some(LiveRevision {
+            number: target.number,
+            text: target.config_text.clone(),
+            file: target.config_file.clone(),
+        });
+        self.capacity_detector = Detector::new();
+        if now >= until {
+            log::info!(
+                "revision {} was baking when the last daemon stopped and its window has passed: judged at the first collector pass",
+                rev.number
+            );
+        } else {
+            log::info!(
+                "revision {} was baking when the last daemon stopped: its bake resumes for {:.0} s (rollback to revision {})",
+                rev.number,
+                until - now,
+                target.number
+            );
+        }
+    }
+
     pub(super) fn finish_bake(&mut self) {
         let Some(bake) = self.bake.as_mut() else {
             return;

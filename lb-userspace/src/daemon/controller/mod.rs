@@ -20,6 +20,7 @@ use xlb_core::clock::unix_now;
 use xlb_core::config;
 use xlb_core::detect::{Detector, VipReport};
 use xlb_core::drift::Finding;
+use xlb_core::reload::ConfigFileStatus;
 use xlb_core::state::{self, Desired};
 use xlb_dataplane::{ConnScan, CounterSnapshot, Dataplane, DataplaneError};
 
@@ -73,6 +74,16 @@ pub enum ApplyError {
     Stale { planned: u64, live: u64 },
     #[error("{0}")]
     NoRevision(String),
+    /// The tables were written but the revision could not be recorded
+    /// (disk full, read-only directory): the tables were put back, nothing
+    /// is applied (exit 4).
+    #[error("revision {number} is not applied: it could not be recorded: {cause}; {restored}")]
+    NotRecorded {
+        number: u64,
+        cause: String,
+        /// What became of the tables ("the tables are back at revision 3").
+        restored: String,
+    },
 }
 
 impl ApplyError {
@@ -145,6 +156,9 @@ pub struct Controller {
     /// Health checks: each backend's state and what each VIP's live table
     /// holds (health/); shared with the daemon's check loop.
     health: Arc<std::sync::Mutex<xlb_core::health::Monitor>>,
+    /// The `--config` file against the live revision (`restart`): set at
+    /// the start and by each SIGHUP, followed by every apply.
+    config_file: Option<ConfigFileStatus>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -199,6 +213,7 @@ impl Controller {
             audit: None,
             conn_scan: None,
             health: Default::default(),
+            config_file: None,
         }
     }
 
@@ -269,6 +284,20 @@ impl Controller {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// What the start or the last SIGHUP found of the `--config` file.
+    pub fn config_file(&self) -> Option<&ConfigFileStatus> {
+        self.config_file.as_ref()
+    }
+
+    /// Say what the `--config` file is against the live revision (status,
+    /// `xlb_config_file_differs`); logged when it differs.
+    pub fn set_config_file(&mut self, status: ConfigFileStatus) {
+        if let Some(line) = status.line() {
+            log::warn!("{line}");
+        }
+        self.config_file = Some(status);
     }
 
     /// The live revision (None before the first apply). `xlb drain` edits
