@@ -220,6 +220,7 @@ impl Dataplane {
                 let _ = self.vips.remove(key);
             }
             self.retire_backends(&written);
+            self.installed.clear();
             return Ok(());
         };
         self.write_global(host, &previous.config)?;
@@ -249,6 +250,7 @@ impl Dataplane {
             }
         }
         self.retire_backends(&written);
+        self.close_unused_tables(previous);
         Ok(())
     }
 
@@ -306,6 +308,23 @@ impl Dataplane {
             }
         }
         self.retire_backends(&desired.retired_backend_ids(prev_alloc));
+        self.close_unused_tables(desired);
         Ok(swaps)
+    }
+
+    /// Let go of the tables no VIP of `live` uses any more (removed VIPs,
+    /// and the old ids of VIPs whose table size changed): their descriptor
+    /// and mapping are closed. Called after the VIP entries that named them
+    /// are gone and after `RETIRE_GRACE`, so no program run still reads
+    /// them through us; the outer map's slot keeps the kernel's reference
+    /// until a new VIP takes that id.
+    pub(crate) fn close_unused_tables(&mut self, live: &Desired) {
+        self.installed
+            .retain(|id, _| live.vips.iter().any(|v| v.id == *id));
+    }
+
+    /// The Maglev tables this process holds open (one descriptor each).
+    pub fn open_tables(&self) -> usize {
+        self.installed.len()
     }
 }

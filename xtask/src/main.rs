@@ -62,6 +62,7 @@ const BENCHES: &[&str] = &[
     "veth_pps",
     "vs_haproxy",
     "observe",
+    "scrape_load",
 ];
 
 /// Names that stand for several benches. `dataplane` is the issue's
@@ -190,6 +191,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { names } => {
             let benches = benches_named(&names)?;
             setup::setup()?;
+            if benches.contains(&"scrape_load") {
+                // It runs the daemon itself: the release binary beside the
+                // bench (tests::xlbd::xlb_binary looks there).
+                run(cargo().args(["build", "--release", "-p", "lb-userspace", "--bin", "xlb"]))?;
+            }
             let mut cmd = cargo();
             cmd.args(["bench", "-p", "xtask"]);
             for bench in benches {

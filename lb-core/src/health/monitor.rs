@@ -236,6 +236,17 @@ impl Monitor {
             .reduce(f64::min)
     }
 
+    /// A check that could not be run (a local failure: no descriptor, no
+    /// buffer): it is no longer running, and its result is not counted, so
+    /// no backend's health changes. It runs again at its next due time.
+    pub fn release(&mut self, probe: &Probe) {
+        if let Some(t) = self.targets.get_mut(&probe.key)
+            && t.generation == probe.generation
+        {
+            t.in_flight = None;
+        }
+    }
+
     /// Take a check's result. A transition marks the tables for an update
     /// (see `take_dirty`) and is logged.
     pub fn report(

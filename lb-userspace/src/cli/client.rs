@@ -60,10 +60,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         .map_err(io)?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    // A daemon that refuses the request before reading all of it (too big)
+    // answers and closes: the write fails, and its answer is read all the
+    // same.
+    let written = stream.write_all(&line);
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    let read = BufReader::new(&stream).read_line(&mut reply);
     if reply.is_empty() {
+        written.map_err(io)?;
+        read.map_err(io)?;
         return Err(ClientError::Closed { socket: name });
     }
     serde_json::from_str(&reply).map_err(|source| ClientError::Decode {

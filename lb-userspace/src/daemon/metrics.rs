@@ -9,6 +9,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -27,7 +28,37 @@ pub struct Metrics {
     pub maglev_build: Histogram,
     pub collector: Histogram,
     pub automatic_rollbacks: Counter,
-    latest: Arc<Mutex<Option<Status>>>,
+    /// Health checks that failed for a reason of this host's own (no
+    /// descriptor, no buffer, no local port), by `reason`: they change no
+    /// backend's health.
+    pub health_probe_local_errors: Family<Vec<(String, String)>, Counter>,
+    /// Failed `accept` calls on the control socket (the loop backs off).
+    pub control_accept_errors: Counter,
+    /// Control requests answered with an error before they were parsed
+    /// (not UTF-8, not JSON, too big, too slow), by `reason`.
+    pub control_bad_requests: Family<Vec<(String, String)>, Counter>,
+    /// HTTP connections closed at once because `HTTP_MAX_CONNECTIONS` were
+    /// open.
+    pub http_connections_refused: Counter,
+    /// Status documents the HTTP side built (under the controller's lock,
+    /// at most one per collector tick or change, however many scrapes).
+    pub http_status_builds: Counter,
+    latest: Arc<Mutex<Option<Arc<Status>>>>,
+    /// Held across one encode, so two scrapes never mix their documents.
+    encoding: Mutex<()>,
+    /// What the HTTP side serves: the status document and its encodings,
+    /// built at most once per collector tick or change (http.rs).
+    published: Mutex<Arc<Published>>,
+}
+
+/// One published status document and its encodings, each made on first
+/// use (by the first scrape after the document was marked stale) and then
+/// shared by every scrape until the next `invalidate`.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub status: tokio::sync::OnceCell<Arc<Status>>,
+    pub text: tokio::sync::OnceCell<axum::body::Bytes>,
+    pub json: tokio::sync::OnceCell<axum::body::Bytes>,
 }
 
 impl Default for Metrics {
@@ -68,6 +99,38 @@ impl Metrics {
             "Revisions the daemon rolled back on its own after a failed bake",
             automatic_rollbacks.clone(),
         );
+        let health_probe_local_errors = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "xlb_health_probe_local_errors",
+            "Health checks that failed for a local reason (EMFILE, ENFILE, ENOBUFS, ENOMEM, \
+             EADDRNOTAVAIL); they change no backend's health",
+            health_probe_local_errors.clone(),
+        );
+        let control_accept_errors = Counter::default();
+        registry.register(
+            "xlb_control_accept_errors",
+            "Failed accept calls on the control socket (logged, backed off)",
+            control_accept_errors.clone(),
+        );
+        let control_bad_requests = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "xlb_control_bad_requests",
+            "Control requests answered with bad_input before parsing, by reason",
+            control_bad_requests.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "xlb_http_connections_refused",
+            "HTTP connections closed at once: the connection cap was reached",
+            http_connections_refused.clone(),
+        );
+        let http_status_builds = Counter::default();
+        registry.register(
+            "xlb_http_status_builds",
+            "Status documents built for /metrics and /api/status (at most one per collector \
+             tick or change, shared by every scrape)",
+            http_status_builds.clone(),
+        );
         let latest = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StatusCollector {
             latest: latest.clone(),
@@ -78,23 +141,64 @@ impl Metrics {
             maglev_build,
             collector,
             automatic_rollbacks,
+            health_probe_local_errors,
+            control_accept_errors,
+            control_bad_requests,
+            http_connections_refused,
+            http_status_builds,
             latest,
+            encoding: Mutex::new(()),
+            published: Mutex::new(Arc::default()),
         }
     }
 
     /// The text exposition of every series, from `status`.
     pub fn encode(&self, status: Status) -> String {
+        self.encode_shared(Arc::new(status))
+    }
+
+    /// The text exposition of every series, from a shared `status`.
+    pub fn encode_shared(&self, status: Arc<Status>) -> String {
+        let _one_at_a_time = self.encoding.lock().unwrap_or_else(|p| p.into_inner());
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The document the HTTP side serves now.
+    pub fn published(&self) -> Arc<Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Mark the published document stale (after a collector tick or a
+    /// change): the next scrape builds a new one.
+    pub fn invalidate(&self) {
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
+    }
+
+    /// Count one local health-check failure.
+    pub fn probe_local_error(&self, reason: &str) {
+        self.health_probe_local_errors
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+
+    /// Count one control request refused before parsing.
+    pub fn control_bad_request(&self, reason: &str) {
+        self.control_bad_requests
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
 }
 
 #[derive(Debug)]
 struct StatusCollector {
-    latest: Arc<Mutex<Option<Status>>>,
+    latest: Arc<Mutex<Option<Arc<Status>>>>,
 }
 
 impl Collector for StatusCollector {

@@ -150,6 +150,8 @@ async fn collect(
                 if let Err(e) = c.tick(xlb_core::clock::unix_now()) {
                     log::warn!("collector: {e}");
                 }
+                // The HTTP side's document is rebuilt from this tick on.
+                c.metrics().invalidate();
                 return true;
             }
             false
@@ -192,8 +194,39 @@ async fn count_conns(
     }
 }
 
+/// A control request (one JSON line) must arrive whole within this, and
+/// its answer be taken within it.
+pub const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The largest control request: the largest valid config (an apply or plan
+/// carries the file's text, JSON-escaped), from the declared maxima of
+/// lb_common::maps: `MAX_BACKENDS` (65,536) backends at
+/// `REQUEST_BYTES_PER_BACKEND` each, `MAX_VIPS` (1,024) VIPs at
+/// `REQUEST_BYTES_PER_VIP` each, and `REQUEST_BYTES_BASE` for the top-level
+/// keys and the request's own fields: 65,536 x 384 + 1,024 x 4,096 +
+/// 65,536 = 29,425,664 bytes (28.06 MiB). A backend written out in full
+/// (six keys, a 63-character name, the longest IPv6 address, a MAC,
+/// weight 10000, state "draining", a capacity) is under 256 bytes with its
+/// quotes and newlines escaped; the rest is room for indentation and
+/// comments (docs/RELIABILITY.md).
+pub const MAX_REQUEST_BYTES: usize = lb_common::maps::MAX_BACKENDS as usize
+    * REQUEST_BYTES_PER_BACKEND
+    + lb_common::maps::MAX_VIPS as usize * REQUEST_BYTES_PER_VIP
+    + REQUEST_BYTES_BASE;
+pub const REQUEST_BYTES_PER_BACKEND: usize = 384;
+pub const REQUEST_BYTES_PER_VIP: usize = 4096;
+pub const REQUEST_BYTES_BASE: usize = 65_536;
+
+/// Control connections served at once, at most.
+pub const MAX_CONTROL_CONNECTIONS: usize = 64;
+
+/// After a failed `accept` (EMFILE, ENFILE, ENOBUFS): wait this long, so a
+/// daemon out of descriptors neither exits nor spins.
+pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serve the control socket; READY=1 to systemd once it listens (the
-/// first apply, `revision`, is done by then).
+/// first apply, `revision`, is done by then). Each connection is served on
+/// its own task: a slow client delays nobody else.
 async fn serve(
     controller: Arc<Mutex<Controller>>,
     socket: &Path,
@@ -203,15 +236,41 @@ async fn serve(
     let listener = bind(socket, policy.group.as_ref())?;
     log::info!("control socket {}", socket.display());
     notify::ready(revision);
+    let metrics = controller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .metrics()
+        .clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        // At most MAX_CONTROL_CONNECTIONS at once: more wait in the
+        // listen backlog (each served one is done within CONTROL_TIMEOUT
+        // of reading, plus its own work).
+        let next = async {
+            let permit = permits.clone().acquire_owned().await;
+            (permit, listener.accept().await)
+        };
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = accepted?;
+            (permit, accepted) = next => {
+                let permit = permit?;
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors (or buffers): the daemon goes
+                        // on forwarding and checking; try again shortly.
+                        metrics.control_accept_errors.inc();
+                        log::warn!("control socket: accept: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
                 let controller = controller.clone();
                 let policy = policy.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, controller, policy).await {
+                    let _permit = permit;
+                    if let Err(e) = handle(stream, controller, policy, metrics).await {
                         log::warn!("control connection: {e:#}");
                     }
                 });
@@ -222,28 +281,120 @@ async fn serve(
     }
 }
 
+/// Why a request was answered before it was parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadRequest {
+    TooBig,
+    TimedOut,
+    NotUtf8,
+}
+
+impl BadRequest {
+    fn reason(&self) -> &'static str {
+        match self {
+            BadRequest::TooBig => "too_big",
+            BadRequest::TimedOut => "timed_out",
+            BadRequest::NotUtf8 => "not_utf8",
+        }
+    }
+
+    fn response(&self) -> Response {
+        let message = match self {
+            BadRequest::TooBig => format!(
+                "bad request: larger than {MAX_REQUEST_BYTES} bytes (the largest valid config, \
+                 1024 VIPs and 65536 backends, fits)"
+            ),
+            BadRequest::TimedOut => format!(
+                "bad request: no complete request line within {}s",
+                CONTROL_TIMEOUT.as_secs()
+            ),
+            BadRequest::NotUtf8 => "bad request: not UTF-8".to_string(),
+        };
+        Response::Error(ApiError {
+            kind: ErrorKind::BadInput,
+            message,
+        })
+    }
+}
+
+/// Read one request line: at most `limit` bytes, within `timeout`. None:
+/// the client closed without sending anything.
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
+    read: R,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Option<String>, BadRequest> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(limit as u64 + 1));
+    match tokio::time::timeout(timeout, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => return Err(BadRequest::TimedOut),
+        // A read error is a closed connection: nothing to answer.
+        Ok(Err(_)) => return Ok(None),
+        Ok(Ok(_)) => {}
+    }
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.len() > limit {
+        return Err(BadRequest::TooBig);
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| BadRequest::NotUtf8)
+}
+
+/// The requests that change what the daemon serves (the HTTP side's
+/// published document is rebuilt after them).
+fn changes(request: &Request) -> bool {
+    !matches!(
+        request,
+        Request::Status | Request::History | Request::Show { .. } | Request::Plan { .. }
+    )
+}
+
 async fn handle(
     stream: UnixStream,
     controller: Arc<Mutex<Controller>>,
     policy: Arc<peer::Policy>,
+    metrics: Arc<metrics::Metrics>,
 ) -> anyhow::Result<()> {
     // Who is asking, from the kernel: decides what it may do (peer.rs).
     let peer = peer::Peer::of(&stream).context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read.take(64 << 20))
-        .read_line(&mut line)
-        .await?;
-    // Map writes and reads are blocking syscalls (and so is the peer's
-    // user lookup): keep them off the reactor.
-    let response = tokio::task::spawn_blocking(move || match peer::admit(&policy, &peer, &line) {
-        Err(e) => Response::Error(e),
-        Ok(request) => dispatch(&controller, request),
-    })
-    .await?;
+    let response = match read_request(read, MAX_REQUEST_BYTES, CONTROL_TIMEOUT).await {
+        Ok(None) => return Ok(()),
+        Err(bad) => {
+            metrics.control_bad_request(bad.reason());
+            log::warn!(
+                "control socket: bad request from pid {:?}: {}",
+                peer.pid,
+                bad.reason()
+            );
+            bad.response()
+        }
+        Ok(Some(line)) => {
+            // Map writes and reads are blocking syscalls (and so is the
+            // peer's user lookup): keep them off the reactor.
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || match peer::admit(&policy, &peer, &line) {
+                Err(e) => Response::Error(e),
+                Ok(request) => {
+                    let changed = changes(&request);
+                    let response = dispatch(&controller, request);
+                    if changed {
+                        metrics.invalidate();
+                    }
+                    response
+                }
+            })
+            .await?
+        }
+    };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');
-    write.write_all(&out).await?;
+    tokio::time::timeout(CONTROL_TIMEOUT, write.write_all(&out))
+        .await
+        .context("writing the answer: timed out")??;
     Ok(())
 }
 

@@ -19,9 +19,13 @@ const TICK: Duration = Duration::from_millis(50);
 /// Checks running at once, at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
+/// Counts a check that failed for a local reason (its errno's name).
+pub type LocalError = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 pub async fn run(
     monitor: Arc<Mutex<Monitor>>,
     on_change: Arc<dyn Fn() + Send + Sync>,
+    local_error: LocalError,
 ) -> anyhow::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
@@ -32,8 +36,28 @@ pub async fn run(
         for probe in due {
             let permit = permits.clone().acquire_owned().await?;
             let (monitor, on_change) = (monitor.clone(), on_change.clone());
+            let local_error = local_error.clone();
             tokio::spawn(async move {
-                let result = probe::check(&probe.spec).await;
+                let result = match probe::probe(&probe.spec).await {
+                    Ok(()) => Ok(()),
+                    Err(probe::Failure::Backend(why)) => Err(why),
+                    Err(probe::Failure::Local { reason, message }) => {
+                        // This host's fault, not the backend's: counted,
+                        // and the backend keeps its health.
+                        drop(permit);
+                        log::debug!(
+                            "health check of {}/{} not run: {message}",
+                            probe.key.vip,
+                            probe.key.backend
+                        );
+                        local_error(reason);
+                        monitor
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .release(&probe);
+                        return;
+                    }
+                };
                 drop(permit);
                 let changed = monitor
                     .lock()
@@ -55,18 +79,22 @@ pub async fn run(
 pub async fn serve(
     controller: Arc<Mutex<crate::daemon::controller::Controller>>,
 ) -> anyhow::Result<()> {
-    let monitor = controller
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .health_monitor();
+    let (monitor, metrics) = {
+        let c = controller.lock().unwrap_or_else(|p| p.into_inner());
+        (c.health_monitor(), c.metrics().clone())
+    };
+    let counted = metrics.clone();
+    let local_error: LocalError = Arc::new(move |reason| counted.probe_local_error(reason));
     let on_change: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let controller = controller.clone();
+        let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || {
             controller
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .health_sync();
+            metrics.invalidate();
         });
     });
-    run(monitor, on_change).await
+    run(monitor, on_change, local_error).await
 }

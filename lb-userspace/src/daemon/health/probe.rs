@@ -19,11 +19,57 @@ use xlb_core::health::monitor::Spec;
 /// The most of a response read looking for the status line.
 const MAX_STATUS_LINE: usize = 4096;
 
+/// Why a check failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The backend's answer (or its silence): counts against it.
+    Backend(String),
+    /// This host could not run the check (`reason`: the errno's name):
+    /// says nothing about the backend, so it changes no health.
+    Local {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The errors that are this host's, not the backend's: out of descriptors
+/// (process or system), of socket buffers or memory, of local ports.
+pub fn local_reason(e: &std::io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE => Some("EMFILE"),
+        libc::ENFILE => Some("ENFILE"),
+        libc::ENOBUFS => Some("ENOBUFS"),
+        libc::ENOMEM => Some("ENOMEM"),
+        libc::EADDRNOTAVAIL => Some("EADDRNOTAVAIL"),
+        _ => None,
+    }
+}
+
+fn io_failure(what: &str, e: std::io::Error) -> Failure {
+    match local_reason(&e) {
+        Some(reason) => Failure::Local {
+            reason,
+            message: format!("{what}: {e}"),
+        },
+        None => Failure::Backend(format!("{what}: {e}")),
+    }
+}
+
 /// Run the check `spec`: Ok, or why it failed in a few words.
 pub async fn check(spec: &Spec) -> Result<(), String> {
+    probe(spec).await.map_err(|f| match f {
+        Failure::Backend(m) | Failure::Local { message: m, .. } => m,
+    })
+}
+
+/// Run the check `spec`: Ok, or whose failure it was and why.
+pub async fn probe(spec: &Spec) -> Result<(), Failure> {
     match tokio::time::timeout(spec.timeout, run(spec)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("timed out after {}", millis(spec.timeout))),
+        Err(_) => Err(Failure::Backend(format!(
+            "timed out after {}",
+            millis(spec.timeout)
+        ))),
     }
 }
 
@@ -35,10 +81,10 @@ fn millis(d: Duration) -> String {
     }
 }
 
-async fn run(spec: &Spec) -> Result<(), String> {
+async fn run(spec: &Spec) -> Result<(), Failure> {
     let stream = TcpStream::connect(spec.addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| io_failure("connect", e))?;
     // Close with a reset: no TIME_WAIT here.
     let _ = stream.set_zero_linger();
     match &spec.kind {
@@ -72,11 +118,11 @@ async fn http(
     path: &str,
     min: u16,
     max: u16,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     stream
         .write_all(request(spec, path).as_bytes())
         .await
-        .map_err(|e| format!("sending the request: {e}"))?;
+        .map_err(|e| io_failure("sending the request", e))?;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     let line = loop {
@@ -84,31 +130,33 @@ async fn http(
             break String::from_utf8_lossy(&buf[..end]).trim_end().to_string();
         }
         if buf.len() >= MAX_STATUS_LINE {
-            return Err(format!(
+            return Err(Failure::Backend(format!(
                 "no HTTP status line in the first {MAX_STATUS_LINE} bytes"
-            ));
+            )));
         }
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("reading the response: {e}"))?;
+            .map_err(|e| io_failure("reading the response", e))?;
         if n == 0 {
-            return Err(if buf.is_empty() {
+            return Err(Failure::Backend(if buf.is_empty() {
                 "the connection closed without a response".to_string()
             } else {
                 format!(
                     "the connection closed in the status line: {:?}",
                     String::from_utf8_lossy(&buf)
                 )
-            });
+            }));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let code = status_code(&line)?;
+    let code = status_code(&line).map_err(Failure::Backend)?;
     if (min..=max).contains(&code) {
         Ok(())
     } else {
-        Err(format!("HTTP status {code} (expected {min}-{max})"))
+        Err(Failure::Backend(format!(
+            "HTTP status {code} (expected {min}-{max})"
+        )))
     }
 }
 
@@ -252,6 +300,27 @@ mod tests {
             );
             assert!(started.elapsed() < Duration::from_secs(2));
         });
+    }
+
+    #[test]
+    fn local_errors_are_told_apart() {
+        let e = |n| std::io::Error::from_raw_os_error(n);
+        assert_eq!(local_reason(&e(libc::EMFILE)), Some("EMFILE"));
+        assert_eq!(local_reason(&e(libc::ENOBUFS)), Some("ENOBUFS"));
+        assert_eq!(local_reason(&e(libc::EADDRNOTAVAIL)), Some("EADDRNOTAVAIL"));
+        assert_eq!(local_reason(&e(libc::ECONNREFUSED)), None);
+        assert_eq!(local_reason(&e(libc::EHOSTUNREACH)), None);
+        assert!(matches!(
+            io_failure("connect", e(libc::EMFILE)),
+            Failure::Local {
+                reason: "EMFILE",
+                ..
+            }
+        ));
+        assert!(matches!(
+            io_failure("connect", e(libc::ECONNREFUSED)),
+            Failure::Backend(_)
+        ));
     }
 
     #[test]
