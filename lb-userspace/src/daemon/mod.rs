@@ -483,3 +483,48 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request limit's per-backend share holds the longest backend the
+    /// config accepts, written out in full and JSON-escaped, with room.
+    #[test]
+    fn the_request_limit_holds_the_largest_valid_config() {
+        let name = "b".repeat(63);
+        let backend = format!(
+            "  [[vip.backend]]\n  name = \"{name}\"\n  address = \"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff\"\n  \
+             mac = \"02:00:00:00:00:11\"\n  weight = 10000\n  state = \"draining\"\n  capacity = 4294967295\n"
+        );
+        let escaped = serde_json::to_string(&backend).unwrap();
+        assert!(escaped.len() < 256, "{} bytes", escaped.len());
+        assert!(escaped.len() * 3 / 2 <= REQUEST_BYTES_PER_BACKEND);
+        assert_eq!(MAX_REQUEST_BYTES, 29_425_664);
+    }
+
+    #[test]
+    fn bad_requests_are_told_apart() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ok = read_request(&b"{\"op\":\"status\"}\n"[..], 100, CONTROL_TIMEOUT).await;
+            assert_eq!(ok, Ok(Some("{\"op\":\"status\"}\n".to_string())));
+            assert_eq!(
+                read_request(&b"\xff\xfe\n"[..], 100, CONTROL_TIMEOUT).await,
+                Err(BadRequest::NotUtf8)
+            );
+            assert_eq!(
+                read_request(&[b'a'; 101][..], 100, CONTROL_TIMEOUT).await,
+                Err(BadRequest::TooBig)
+            );
+            assert_eq!(read_request(&b""[..], 100, CONTROL_TIMEOUT).await, Ok(None));
+            let (client, server) = tokio::io::duplex(64);
+            let slow = read_request(server, 100, std::time::Duration::from_millis(50)).await;
+            assert_eq!(slow, Err(BadRequest::TimedOut));
+            drop(client);
+        });
+    }
+}
