@@ -42,8 +42,8 @@ pub enum Verdict {
     },
 }
 
-/// The newest revision of `history` applied from `file` (see the module
-/// docs).
+/// The newest revision of `history` (oldest first) applied from `file` (see
+/// the module docs).
 pub fn last_applied_from<'a>(file: &str, history: &'a [Revision]) -> Option<&'a Revision> {
     history.iter().rev().find(|r| {
         r.config_file == file
@@ -53,7 +53,7 @@ pub fn last_applied_from<'a>(file: &str, history: &'a [Revision]) -> Option<&'a 
 }
 
 /// Judge `file` (its current `text`) against the `live` revision, given the
-/// recorded `history` (any order of numbers; the newest wins).
+/// recorded `history`, oldest first (as `Store::list` gives it).
 pub fn judge(file: &str, text: &str, live: &LiveRevision, history: &[Revision]) -> Verdict {
     if text == live.text {
         return Verdict::InSync;
