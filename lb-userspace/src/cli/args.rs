@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use xlb_core::api;
-use xlb_core::edit::{Change, Edit};
+use xlb_core::config::MAX_WEIGHT;
+use xlb_core::edit::{Change, Edit, EditError};
 use xlb_dataplane::AttachMode;
 
 use super::output::Output;
@@ -96,7 +97,9 @@ pub enum Command {
         #[arg(long, requires = "revision")]
         state_dir: Option<PathBuf>,
         /// Write the plan (with the exact config) for `xlb apply PLANFILE`.
-        #[arg(long)]
+        /// Only a plan made against the daemon can be applied, so not with
+        /// --base or --revision.
+        #[arg(long, conflicts_with_all = ["base", "revision"])]
         out: Option<PathBuf>,
         /// Exit 0 even when a safety check refuses it.
         #[arg(long)]
@@ -267,7 +270,8 @@ pub struct WeightArgs {
     pub vip: String,
     /// The backend's name in that VIP.
     pub backend: String,
-    /// The new weight (1..=10000).
+    /// The new weight (1..=10000); checked here, before any daemon is asked.
+    #[arg(value_parser = weight)]
     pub weight: u32,
     #[command(flatten)]
     pub options: EditOptions,
@@ -307,5 +311,57 @@ impl WeightArgs {
                 weight: self.weight,
             },
         }
+    }
+}
+
+/// A backend weight as the config takes it (1..=MAX_WEIGHT), with the
+/// daemon's words for one out of range.
+fn weight(text: &str) -> Result<u32, String> {
+    let weight: u32 = text
+        .parse()
+        .map_err(|_| format!("weight {text:?} is not a whole number"))?;
+    if (1..=MAX_WEIGHT).contains(&weight) {
+        Ok(weight)
+    } else {
+        Err(EditError::WeightOutOfRange {
+            weight,
+            max: MAX_WEIGHT,
+        }
+        .to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn a_weight_out_of_range_is_refused_before_any_daemon_is_asked() {
+        let parse = |w: &str| Cli::try_parse_from(["xlb", "weight", "web", "b1", w]);
+        let e = parse("0").expect_err("weight 0");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("weight 0 is out of range"), "{e}");
+        assert!(parse("10001").is_err());
+        assert!(parse("x").is_err());
+        assert!(parse("1").is_ok() && parse("10000").is_ok());
+    }
+
+    /// An offline plan cannot be applied (`xlb apply` needs the live
+    /// revision it was made against), so it is not written as a plan file.
+    #[test]
+    fn an_offline_plan_is_not_written_for_apply() {
+        for offline in [["--base", "old.toml"], ["--revision", "3"]] {
+            let e = Cli::try_parse_from(
+                ["xlb", "plan", "new.toml", "--out", "p.json"]
+                    .into_iter()
+                    .chain(offline),
+            )
+            .expect_err("--out with an offline base");
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--out"), "{e}");
+        }
+        assert!(Cli::try_parse_from(["xlb", "plan", "new.toml", "--out", "p.json"]).is_ok());
     }
 }
