@@ -296,6 +296,11 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         if l4_len < 8 + ihl + 4 {
             return None;
         }
+        // Only an error addressed to the VIP address it quotes is the VIP's:
+        // one to any other address (the host's own) is the host's business.
+        if word(&ip.src_addr) != p.flow.dst[0] {
+            return None;
+        }
         put_v4(&mut p.vip.addr, &ip.src_addr);
         p.flow.src = [word(&ip.dst_addr), 0, 0, 0];
         p.flow.dst = [word(&ip.src_addr), 0, 0, 0];
@@ -307,6 +312,14 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         // (alignment 1).
         let ip = unsafe { &*ip };
         if ip.vcf[0] >> 4 != 6 || l4_len < 8 + Ipv6Hdr::LEN + 4 {
+            return None;
+        }
+        // As for IPv4: addressed to the VIP address it quotes, or passed.
+        // Word by word: an array comparison could become a call to bcmp,
+        // which BPF does not have.
+        let q = words16(&ip.src_addr);
+        let d = &p.flow.dst;
+        if q[0] != d[0] || q[1] != d[1] || q[2] != d[2] || q[3] != d[3] {
             return None;
         }
         copy(&mut p.vip.addr, &ip.src_addr);

@@ -422,6 +422,12 @@ impl<'a> Ingress<'a> {
             }
             (addr4(&q[12..]), addr4(&q[16..]), q[9], &q[ihl..ihl + 4])
         };
+        // An error is about a VIP flow only if it is addressed to the
+        // address the quoted packet came from (the VIP's); any other
+        // destination is the host's.
+        if src != self.dst {
+            return None;
+        }
         (proto == PROTO_TCP || proto == PROTO_UDP).then(|| Flow {
             src: dst,
             dst: src,

@@ -473,10 +473,15 @@ fn router6() -> [u8; 16] {
 /// An ICMPv4 error from a router on the path to the VIP address the quoted
 /// packet came from.
 fn icmp4_error(flow: &Flow, ty: etherparse::Icmpv4Type) -> Vec<u8> {
+    icmp4_error_to(flow, ty, v4(flow.dst))
+}
+
+/// As `icmp4_error`, but addressed to `dst` (not necessarily the VIP's).
+fn icmp4_error_to(flow: &Flow, ty: etherparse::Icmpv4Type, dst: [u8; 4]) -> Vec<u8> {
     let ip = icmpv4(
         V4Fields {
             src: ROUTER4,
-            dst: v4(flow.dst),
+            dst,
             ttl: 61,
             tos: 0xc0,
             id: 0x7777,
@@ -490,10 +495,15 @@ fn icmp4_error(flow: &Flow, ty: etherparse::Icmpv4Type) -> Vec<u8> {
 
 /// An ICMPv6 error from a router, quoting 100 bytes of the reply packet.
 fn icmp6_error(flow: &Flow, ty: etherparse::Icmpv6Type) -> Vec<u8> {
+    icmp6_error_to(flow, ty, v6(flow.dst))
+}
+
+/// As `icmp6_error`, but addressed to `dst` (not necessarily the VIP's).
+fn icmp6_error_to(flow: &Flow, ty: etherparse::Icmpv6Type, dst: [u8; 16]) -> Vec<u8> {
     let ip = icmpv6(
         V6Fields {
             src: router6(),
-            dst: v6(flow.dst),
+            dst,
             hop_limit: 61,
             traffic_class: 0,
             flow_label: 0,
@@ -890,6 +900,18 @@ fn main_group() -> Group {
         Pass,
         &[],
     );
+    s.add(
+        "ICMP: fragmentation needed quoting that flow's reply, addressed to a non-VIP address: passed",
+        icmp4_error_to(&f, frag_needed(1400), [198, 18, 200, 9]),
+        Pass,
+        &[],
+    );
+    s.add(
+        "ICMP: fragmentation needed quoting that flow's reply, addressed to another VIP address: passed",
+        icmp4_error_to(&f, frag_needed(1400), [198, 18, 100, 2]),
+        Pass,
+        &[],
+    );
     let other_port = tcp("198.18.0.16:44001", "198.18.100.1:8080");
     s.add(
         "ICMP: fragmentation needed quoting a packet from the VIP address, another port: passed",
@@ -909,6 +931,16 @@ fn main_group() -> Group {
         icmp6_error(&f, etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 }),
         fwd(f),
         &[EV_ICMP_ERROR_STEERED, EV_CONN_HIT],
+    );
+    s.add(
+        "ICMPv6: packet too big quoting that flow's reply, addressed to a non-VIP address: passed",
+        icmp6_error_to(
+            &f,
+            etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 },
+            v6("2001:db8:200::9".parse().unwrap()),
+        ),
+        Pass,
+        &[],
     );
     s.add(
         "ICMPv6: destination unreachable quoting that flow's reply: passed",
