@@ -21,13 +21,28 @@ pub const DROP_ENCAP_FAILED: u32 = 3;
 /// The encapsulated packet would exceed the MTU and no ICMP error could be
 /// built in its place.
 pub const DROP_TOO_BIG: u32 = 4;
-pub const DROP_REASON_COUNT: u32 = 5;
+/// A packet to a VIP address that the parser does not handle, dropped by
+/// `unhandled = "drop"` (the default): an IPv6 extension header other than
+/// one fragment header ...
+pub const DROP_UNHANDLED_EXT_HEADER: u32 = 5;
+/// ... a second VLAN tag (802.1Q in 802.1Q, or an 802.1ad outer tag) ...
+pub const DROP_UNHANDLED_VLAN: u32 = 6;
+/// ... a later fragment whose first fragment was not seen ...
+pub const DROP_UNHANDLED_FRAGMENT: u32 = 7;
+/// ... an ICMP message other than an echo request or a "fragmentation
+/// needed" / "packet too big".
+pub const DROP_UNHANDLED_ICMP: u32 = 8;
+pub const DROP_REASON_COUNT: u32 = 9;
 pub const DROP_REASON_NAMES: [&str; DROP_REASON_COUNT as usize] = [
     "no_backend",
     "no_config",
     "no_route",
     "encap_failed",
     "too_big",
+    "unhandled_ext_header",
+    "unhandled_vlan",
+    "unhandled_fragment",
+    "unhandled_icmp",
 ];
 
 /// Data-plane events, counted per CPU in EVENT_STATS (one u64 each): what the
@@ -56,7 +71,14 @@ pub const EV_ICMP_TOO_BIG_SENT: u32 = 8;
 pub const EV_FIB_FALLBACK: u32 = 9;
 /// A VIP packet that carried an 802.1Q tag.
 pub const EV_VLAN: u32 = 10;
-pub const EVENT_COUNT: u32 = 11;
+/// A packet to a VIP address the parser does not handle, passed to the
+/// host's stack by `unhandled = "pass"`, by reason (as the
+/// `DROP_UNHANDLED_*` reasons of the packets `unhandled = "drop"` drops).
+pub const EV_UNHANDLED_EXT_HEADER_PASSED: u32 = 11;
+pub const EV_UNHANDLED_VLAN_PASSED: u32 = 12;
+pub const EV_UNHANDLED_FRAGMENT_PASSED: u32 = 13;
+pub const EV_UNHANDLED_ICMP_PASSED: u32 = 14;
+pub const EVENT_COUNT: u32 = 15;
 pub const EVENT_NAMES: [&str; EVENT_COUNT as usize] = [
     "conn_hit",
     "conn_miss",
@@ -69,4 +91,8 @@ pub const EVENT_NAMES: [&str; EVENT_COUNT as usize] = [
     "icmp_too_big_sent",
     "fib_fallback",
     "vlan",
+    "unhandled_ext_header_passed",
+    "unhandled_vlan_passed",
+    "unhandled_fragment_passed",
+    "unhandled_icmp_passed",
 ];

@@ -72,6 +72,17 @@ pub const HASH_NO_PORTS: u8 = 2;
 /// 0, protocol ICMP or ICMPv6): echo requests to it are answered.
 pub const VIP_F_ECHO_REPLY: u8 = 1;
 
+/// The entry is the address entry of a VIP address (the ICMP echo entry's
+/// key; present for every VIP address, with `VIP_F_ECHO_REPLY` only when
+/// echo requests are answered): packets to the address that the parser does
+/// not handle are looked up by it.
+pub const VIP_F_ADDRESS: u8 = 2;
+
+/// In an address entry: packets to the address that the parser does not
+/// handle are passed to the host's stack (`unhandled = "pass"`); without it
+/// they are dropped.
+pub const VIP_F_UNHANDLED_PASS: u8 = 4;
+
 /// The entry may be used for forwarding. A zeroed (never written or retired)
 /// entry lacks it, so a table slot that names it drops instead of sending the
 /// frame to a zero MAC.
@@ -156,7 +167,9 @@ pub const GLOBAL_F_PORT_WILDCARD: u32 = 1;
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 
 /// Bumped whenever a map's key or value layout changes.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: the drop-reason and event counter arrays grew (the `unhandled_*`
+/// reasons and events).
+pub const LAYOUT_VERSION: u32 = 4;
 
 #[cfg(feature = "user")]
 mod user {

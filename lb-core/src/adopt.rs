@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{
-    BACKEND_F_VALID, Backend as KernelBackend, GlobalConfig, VIP_F_ECHO_REPLY, VipKey, VipMeta,
+    BACKEND_F_VALID, Backend as KernelBackend, GlobalConfig, VIP_F_ADDRESS, VIP_F_ECHO_REPLY,
+    VipKey, VipMeta,
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
 
@@ -118,7 +119,7 @@ fn read_ids(config: &Config, live: &LiveMaps) -> Allocation {
         let Some(meta) = entries.get(&vip_key(v)) else {
             continue;
         };
-        if meta.flags & VIP_F_ECHO_REPLY != 0
+        if meta.flags & (VIP_F_ECHO_REPLY | VIP_F_ADDRESS) != 0
             || meta.vip_id >= MAX_VIPS
             || !claimed_vips.insert(meta.vip_id)
         {

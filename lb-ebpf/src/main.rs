@@ -19,12 +19,14 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_get_smp_processor_id, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
-    Counters, GLOBAL_F_PORT_WILDCARD, METHOD_L2_DSR, VIP_F_ECHO_REPLY,
+    Counters, FAMILY_V4, GLOBAL_F_PORT_WILDCARD, METHOD_L2_DSR, PROTO_ICMP, PROTO_ICMPV6,
+    VIP_F_ADDRESS, VIP_F_ECHO_REPLY, VIP_F_UNHANDLED_PASS,
     hash::flow_hash,
     maps::{MAX_BACKENDS, MAX_VIPS},
     stats::{
-        DROP_NO_BACKEND, DROP_NO_CONFIG, EV_FRAG_FIRST, EV_FRAG_FOLLOW, EV_ICMP_ECHO_REPLY,
-        EV_ICMP_ERROR_STEERED, EV_ICMP_TOO_BIG_SENT, EV_VLAN,
+        DROP_NO_BACKEND, DROP_NO_CONFIG, DROP_UNHANDLED_EXT_HEADER, EV_FRAG_FIRST, EV_FRAG_FOLLOW,
+        EV_ICMP_ECHO_REPLY, EV_ICMP_ERROR_STEERED, EV_ICMP_TOO_BIG_SENT,
+        EV_UNHANDLED_EXT_HEADER_PASSED, EV_VLAN,
     },
 };
 
@@ -33,8 +35,11 @@ use crate::{
     forward::Sent,
     maps::{
         XLB_ACTION_STATS, XLB_BACKEND_STATS, XLB_CONFIG, XLB_DROP_STATS, XLB_FRAGS, XLB_VIP_STATS,
+        XLB_VIPS,
     },
-    scratch::{FRAG_FIRST, FRAG_LATER, KIND_ECHO, KIND_ICMP_ERROR},
+    scratch::{
+        FRAG_FIRST, FRAG_LATER, KIND_ECHO, KIND_ICMP_ERROR, KIND_UNHANDLED_EXT_HEADER, Parsed,
+    },
 };
 
 /// What `balance` decided, with what the counters need.
@@ -119,13 +124,18 @@ fn balance(ctx: &XdpContext) -> Verdict {
         return Verdict::Pass;
     };
     if !parse::parse(ctx, &mut s.p) {
-        return Verdict::Pass;
+        return unhandled(&mut s.p);
     }
     let cfg = XLB_CONFIG.get(0);
     let wildcard = cfg.is_none_or(|c| c.flags & GLOBAL_F_PORT_WILDCARD != 0);
     let Some(meta) = lookup::vip(&mut s.p, wildcard) else {
         return Verdict::Pass;
     };
+    // Every VIP address has an address entry; without the echo flag a
+    // request to it goes to the host, as before there was such an entry.
+    if s.p.kind == KIND_ECHO && meta.flags & VIP_F_ECHO_REPLY == 0 {
+        return Verdict::Pass;
+    }
     let vip_id = meta.vip_id;
     let Some(cfg) = cfg else {
         return Verdict::Drop {
@@ -186,6 +196,47 @@ fn balance(ctx: &XdpContext) -> Verdict {
         backend_id: choice.backend_id,
         new_flow: choice.new_flow,
         action: sent.0,
+    }
+}
+
+/// A packet the parser does not handle: if its destination is a VIP
+/// address (it has an address entry), that address's `unhandled` setting
+/// drops it (counted by reason) or passes it (counted as an event);
+/// otherwise, or if the parser could not read its address, it is passed.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
+)]
+#[inline(always)]
+fn unhandled(p: &mut Parsed) -> Verdict {
+    if p.kind < KIND_UNHANDLED_EXT_HEADER {
+        return Verdict::Pass;
+    }
+    // The reasons and events are numbered in the order of the kinds.
+    let index = (p.kind - KIND_UNHANDLED_EXT_HEADER) as u32;
+    p.vip.family = p.family;
+    p.vip.port_be = 0;
+    p.vip.proto = if p.family == FAMILY_V4 {
+        PROTO_ICMP
+    } else {
+        PROTO_ICMPV6
+    };
+    // SAFETY: `get` is unsafe because userspace may rewrite the entry while
+    // the reference lives; the two fields are copied out at once.
+    let Some((flags, vip_id)) = (unsafe { XLB_VIPS.get(&p.vip) }).map(|m| (m.flags, m.vip_id))
+    else {
+        return Verdict::Pass;
+    };
+    if flags & VIP_F_ADDRESS == 0 {
+        return Verdict::Pass;
+    }
+    if flags & VIP_F_UNHANDLED_PASS != 0 {
+        count_event(EV_UNHANDLED_EXT_HEADER_PASSED + index);
+        return Verdict::Pass;
+    }
+    Verdict::Drop {
+        vip_id,
+        reason: DROP_UNHANDLED_EXT_HEADER + index,
     }
 }
 

@@ -11,7 +11,13 @@
 //! carries the ports and the balancer remembers them (XLB_FRAGS, written once
 //! the packet is known to be for a VIP); later fragments find them there and
 //! take the flow's way. A later fragment whose first was not seen (lost,
-//! reordered, or not for a VIP) is passed to the stack.
+//! reordered, or not for a VIP) is not handled (below).
+//!
+//! What the parser does not handle but can still read the destination
+//! address of (an IPv6 extension header, a second VLAN tag, a later fragment
+//! whose first was not seen, other ICMP) it marks with a `KIND_UNHANDLED_*`
+//! kind: if the address is a VIP's, its `unhandled` setting drops or passes
+//! the packet (main.rs); otherwise it is passed like any other.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -26,10 +32,21 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     events::count_event,
     maps::XLB_FRAGS,
-    scratch::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_ECHO, KIND_FLOW, KIND_ICMP_ERROR, Parsed},
+    scratch::{
+        FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_ECHO, KIND_FLOW, KIND_ICMP_ERROR,
+        KIND_UNHANDLED_EXT_HEADER, KIND_UNHANDLED_FRAGMENT, KIND_UNHANDLED_ICMP,
+        KIND_UNHANDLED_VLAN, Parsed,
+    },
 };
 
 const IPV6_FRAGMENT: u8 = 44;
+/// IPv6 extension headers (RFC 8200 4, IANA's list) other than the fragment
+/// header: hop-by-hop, routing, destination options, AH, mobility, HIP,
+/// shim6, and the two experimental numbers.
+#[inline(always)]
+fn ipv6_extension(next: u8) -> bool {
+    matches!(next, 0 | 43 | 60 | 51 | 135 | 139 | 140 | 253 | 254)
+}
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -54,10 +71,50 @@ fn words16(a: &[u8; 16]) -> [u32; 4] {
 }
 
 /// Parse the frame into `p`. True if it is a TCP/UDP/ICMP packet the
-/// balancer may handle (whether its address is a VIP is looked up next).
+/// balancer may handle (whether its address is a VIP is looked up next);
+/// false with `p.kind` one of `KIND_UNHANDLED_*` if it is one the parser
+/// does not handle but whose destination address it read.
 #[inline(never)]
 pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> bool {
+    p.kind = KIND_FLOW;
     parse_frame(ctx, p).is_some()
+}
+
+/// Two VLAN tags (802.1Q or 802.1ad, then 802.1Q): read the IP destination
+/// behind them into `p` and mark the packet unhandled. None if what follows
+/// is not IPv4/IPv6 (then it is passed as before).
+#[inline(always)]
+fn double_tagged(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
+    let l3 = ETH_LEN + 2 * VLAN_LEN;
+    let inner: *const [u8; 2] = ptr_at(ctx, l3 - 2)?;
+    // SAFETY: ptr_at checked the two bytes lie inside the frame; bytes.
+    let ether_type = u16::from_be_bytes(unsafe { *inner });
+    match ether_type {
+        ETH_P_IPV4 => {
+            let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
+            // SAFETY: ptr_at checked the whole header lies inside the frame;
+            // the network-types headers are bytes only (alignment 1).
+            let ip = unsafe { &*ip };
+            if ip.vihl >> 4 != 4 {
+                return None;
+            }
+            p.family = FAMILY_V4;
+            put_v4(&mut p.vip.addr, &ip.dst_addr);
+        }
+        ETH_P_IPV6 => {
+            let ip: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+            // SAFETY: as for IPv4.
+            let ip = unsafe { &*ip };
+            if ip.vcf[0] >> 4 != 6 {
+                return None;
+            }
+            p.family = FAMILY_V6;
+            copy(&mut p.vip.addr, &ip.dst_addr);
+        }
+        _ => return None,
+    }
+    p.kind = KIND_UNHANDLED_VLAN;
+    None
 }
 
 #[expect(
@@ -74,13 +131,24 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
     let mut ether_type = u16::from_be_bytes(unsafe { *ether_type });
     let mut l3_off = ETH_LEN;
     p.vlan = 0;
+    if ether_type == ETH_P_8021AD {
+        let inner: *const [u8; 2] = ptr_at(ctx, ETH_LEN + 2)?;
+        // SAFETY: as above (ptr_at, bytes).
+        if u16::from_be_bytes(unsafe { *inner }) == ETH_P_8021Q {
+            return double_tagged(ctx, p);
+        }
+        return None;
+    }
     if ether_type == ETH_P_8021Q {
         // One tag: TCI, then the inner type. Its VLAN id is the interface's
         // business (the frame left on the VLAN it came in on).
         let inner: *const [u8; 2] = ptr_at(ctx, ETH_LEN + 2)?;
         // SAFETY: as above (ptr_at, bytes).
         ether_type = u16::from_be_bytes(unsafe { *inner });
-        if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        if ether_type == ETH_P_8021Q {
+            return double_tagged(ctx, p);
+        }
+        if ether_type == ETH_P_8021AD {
             return None;
         }
         l3_off += VLAN_LEN;
@@ -91,7 +159,6 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
     p.new_connection = 0;
     p.lco = 0;
     p.df = 0;
-    p.kind = KIND_FLOW;
     p.vip.port_be = 0;
     p.flow.ports = 0;
     // The IP payload: offset of the L4 header, its length, protocol.
@@ -155,6 +222,10 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
             let mut l4_off = l3_off + Ipv6Hdr::LEN;
             let mut l4_len = payload_len;
             let mut next = ip.next_hdr;
+            if ipv6_extension(next) {
+                p.kind = KIND_UNHANDLED_EXT_HEADER;
+                return None;
+            }
             if next == IPV6_FRAGMENT {
                 // Next header, reserved, offset (13 bits) + M, identification.
                 let fh: *const [u8; 8] = ptr_at(ctx, l4_off)?;
@@ -164,6 +235,10 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
                     return None;
                 }
                 next = fh[0];
+                if ipv6_extension(next) || next == IPV6_FRAGMENT {
+                    p.kind = KIND_UNHANDLED_EXT_HEADER;
+                    return None;
+                }
                 let offset_m = u16::from_be_bytes([fh[2], fh[3]]);
                 l4_off += 8;
                 l4_len -= 8;
@@ -198,6 +273,7 @@ fn parse_frame(ctx: &XdpContext, p: &mut Parsed) -> Option<()> {
             // evicted while the reference lives; the u32 is copied out at once.
             let Some(ports) = (unsafe { XLB_FRAGS.get(&p.frag_key) }).copied() else {
                 count_event(EV_FRAG_UNKNOWN);
+                p.kind = KIND_UNHANDLED_FRAGMENT;
                 return None;
             };
             p.flow.ports = ports;
@@ -274,10 +350,10 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         p.kind = KIND_ECHO;
         return Some(());
     }
-    if v4 && (kind != ICMP_DEST_UNREACH || code != ICMP_FRAG_NEEDED) {
-        return None;
-    }
-    if !v4 && kind != ICMPV6_PACKET_TOO_BIG {
+    if (v4 && (kind != ICMP_DEST_UNREACH || code != ICMP_FRAG_NEEDED))
+        || (!v4 && kind != ICMPV6_PACKET_TOO_BIG)
+    {
+        p.kind = KIND_UNHANDLED_ICMP;
         return None;
     }
     // The quoted packet was sent by a backend from the VIP to a client: the
@@ -296,6 +372,11 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         if l4_len < 8 + ihl + 4 {
             return None;
         }
+        // Only an error addressed to the VIP address it quotes is the VIP's:
+        // one to any other address (the host's own) is the host's business.
+        if word(&ip.src_addr) != p.flow.dst[0] {
+            return None;
+        }
         put_v4(&mut p.vip.addr, &ip.src_addr);
         p.flow.src = [word(&ip.dst_addr), 0, 0, 0];
         p.flow.dst = [word(&ip.src_addr), 0, 0, 0];
@@ -307,6 +388,14 @@ fn icmp(ctx: &XdpContext, p: &mut Parsed, off: usize, l4_len: usize) -> Option<(
         // (alignment 1).
         let ip = unsafe { &*ip };
         if ip.vcf[0] >> 4 != 6 || l4_len < 8 + Ipv6Hdr::LEN + 4 {
+            return None;
+        }
+        // As for IPv4: addressed to the VIP address it quotes, or passed.
+        // Word by word: an array comparison could become a call to bcmp,
+        // which BPF does not have.
+        let q = words16(&ip.src_addr);
+        let d = &p.flow.dst;
+        if q[0] != d[0] || q[1] != d[1] || q[2] != d[2] || q[3] != d[3] {
             return None;
         }
         copy(&mut p.vip.addr, &ip.src_addr);

@@ -17,6 +17,17 @@ pub const KIND_ECHO: u8 = 1;
 /// An ICMP "fragmentation needed" / "packet too big" about a VIP flow; the
 /// flow is the quoted one, reversed (client to VIP).
 pub const KIND_ICMP_ERROR: u8 = 2;
+/// Not parsed to the end, and the parser does not handle it, but its
+/// destination address was read (`vip.addr`, `family`): a VIP address's
+/// `unhandled` setting decides. An IPv6 extension header other than one
+/// fragment header ...
+pub const KIND_UNHANDLED_EXT_HEADER: u8 = 3;
+/// ... a second VLAN tag ...
+pub const KIND_UNHANDLED_VLAN: u8 = 4;
+/// ... a later fragment whose first was not seen ...
+pub const KIND_UNHANDLED_FRAGMENT: u8 = 5;
+/// ... ICMP other than an echo request or the two errors handled.
+pub const KIND_UNHANDLED_ICMP: u8 = 6;
 
 /// Not a fragment (or an atomic IPv6 fragment).
 pub const FRAG_NONE: u8 = 0;

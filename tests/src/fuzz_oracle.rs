@@ -422,6 +422,12 @@ impl<'a> Ingress<'a> {
             }
             (addr4(&q[12..]), addr4(&q[16..]), q[9], &q[ihl..ihl + 4])
         };
+        // An error is about a VIP flow only if it is addressed to the
+        // address the quoted packet came from (the VIP's); any other
+        // destination is the host's.
+        if src != self.dst {
+            return None;
+        }
         (proto == PROTO_TCP || proto == PROTO_UDP).then(|| Flow {
             src: dst,
             dst: src,
@@ -527,6 +533,72 @@ fn no_vip(ing: &Ingress) -> String {
     }
 }
 
+/// Why a frame to a VIP address is one the balancer does not handle
+/// (docs/DATAPLANE.md, "Traffic the balancer does not understand"), read
+/// from the frame here, on its own: its destination address and the rule.
+fn unhandled_reason(input: &[u8]) -> Option<(IpAddr, &'static str)> {
+    if input.len() < 14 {
+        return None;
+    }
+    let outer = be16(&input[12..]);
+    // Two tags: 802.1Q or 802.1ad outside, 802.1Q inside, then IP.
+    if outer == ETH_P_8021Q || outer == ETH_P_8021AD {
+        let inner = be16(input.get(16..18)?);
+        if inner == ETH_P_8021Q {
+            let ip = &input[22.min(input.len())..];
+            return match be16(input.get(20..22)?) {
+                ETH_P_IPV4 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
+                    Some((addr4(&ip[16..]), "two VLAN tags"))
+                }
+                ETH_P_IPV6 if ip.len() >= 40 && ip[0] >> 4 == 6 => {
+                    Some((addr16(&ip[24..]), "two VLAN tags"))
+                }
+                _ => None,
+            };
+        }
+        if outer == ETH_P_8021AD {
+            return None;
+        }
+    }
+    let ing = Ingress::read(input).ok()?;
+    // IANA's IPv6 extension headers but the fragment header.
+    let extension = |n: u8| [0u8, 43, 60, 51, 135, 139, 140, 253, 254].contains(&n);
+    if ing.v6 {
+        let first = ing.ip[6];
+        if extension(first) {
+            return Some((ing.dst, "an IPv6 extension header"));
+        }
+        if first == IPV6_FRAGMENT && (extension(ing.proto) || ing.proto == IPV6_FRAGMENT) {
+            return Some((
+                ing.dst,
+                "an IPv6 extension header after the fragment header",
+            ));
+        }
+    }
+    if ing.frag == Frag::Later && (ing.proto == PROTO_TCP || ing.proto == PROTO_UDP) {
+        return Some((
+            ing.dst,
+            "a later fragment (its first may not have been seen)",
+        ));
+    }
+    let ty = ing.icmp()?;
+    let handled = if ing.v6 {
+        ty.0 == 128 || ty.0 == 2
+    } else {
+        ty == (8, 0) || ty == (3, 4)
+    };
+    (!handled).then_some((ing.dst, "ICMP of another type"))
+}
+
+/// The `unhandled` setting of the VIPs at `addr`, if it is a VIP address.
+fn unhandled_mode(w: &World, addr: IpAddr) -> Option<xlb_core::config::Unhandled> {
+    w.desired
+        .vips
+        .iter()
+        .find(|v| v.config.address == addr)
+        .map(|v| v.config.unhandled)
+}
+
 /// Judge one run: `input` went in, the program answered `action` and left
 /// `output`. Ok: the path it took; Err: what is wrong.
 pub fn judge(w: &World, input: &[u8], action: u32, output: &[u8]) -> Result<Verdict, String> {
@@ -547,6 +619,24 @@ pub fn judge(w: &World, input: &[u8], action: u32, output: &[u8]) -> Result<Verd
                     input.len(),
                     output.len()
                 ));
+            }
+            if let Some((dst, why)) = unhandled_reason(input)
+                && let Some(mode) = unhandled_mode(w, dst)
+            {
+                let drop = mode == xlb_core::config::Unhandled::Drop;
+                // A later fragment whose first was seen is sent as its flow.
+                return match (action, drop) {
+                    (XDP_DROP, true) => Ok(verdict(Outcome::Drop)),
+                    (XDP_PASS, false) => Ok(verdict(Outcome::Pass)),
+                    _ => Err(format!(
+                        "{} {why} to VIP address {dst} with unhandled = \"{mode}\"",
+                        if action == XDP_PASS {
+                            "passed"
+                        } else {
+                            "dropped"
+                        }
+                    )),
+                };
             }
             let Ok(ing) = &ing else {
                 return match action {

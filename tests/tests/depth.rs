@@ -30,10 +30,11 @@ use std::net::IpAddr;
 
 use lb_common::hash::{flow_hash, hash_input};
 use lb_common::stats::{
-    DROP_NO_ROUTE, DROP_TOO_BIG, EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER, EV_FIB_FALLBACK,
-    EV_FRAG_FIRST, EV_FRAG_FOLLOW, EV_FRAG_UNKNOWN, EV_ICMP_ECHO_REPLY, EV_ICMP_ERROR_STEERED,
-    EV_ICMP_TOO_BIG_SENT, EV_VLAN, EVENT_COUNT, EVENT_NAMES, XDP_DROP, XDP_PASS, XDP_REDIRECT,
-    XDP_TX,
+    DROP_NO_ROUTE, DROP_TOO_BIG, DROP_UNHANDLED_EXT_HEADER, DROP_UNHANDLED_FRAGMENT,
+    DROP_UNHANDLED_ICMP, DROP_UNHANDLED_VLAN, EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER,
+    EV_FIB_FALLBACK, EV_FRAG_FIRST, EV_FRAG_FOLLOW, EV_FRAG_UNKNOWN, EV_ICMP_ECHO_REPLY,
+    EV_ICMP_ERROR_STEERED, EV_ICMP_TOO_BIG_SENT, EV_VLAN, EVENT_COUNT, EVENT_NAMES, XDP_DROP,
+    XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
 use lb_common::{Counters, HASH_FIVE_TUPLE};
 use tests::depth_frames::{
@@ -43,7 +44,7 @@ use tests::depth_frames::{
     tunnel_source_v4, tunnel_source_v6, udp, v4, v6,
 };
 use tests::netns::Netns;
-use tests::packets::{action_name, run, with_macs};
+use tests::packets::{FrameBuilder, action_name, run, with_macs};
 use xlb_core::config::Forwarding;
 use xlb_core::simulate::{Flow, pick, pick_name, vip_for};
 use xlb_core::state::{Allocation, Desired, DesiredVip};
@@ -473,10 +474,15 @@ fn router6() -> [u8; 16] {
 /// An ICMPv4 error from a router on the path to the VIP address the quoted
 /// packet came from.
 fn icmp4_error(flow: &Flow, ty: etherparse::Icmpv4Type) -> Vec<u8> {
+    icmp4_error_to(flow, ty, v4(flow.dst))
+}
+
+/// As `icmp4_error`, but addressed to `dst` (not necessarily the VIP's).
+fn icmp4_error_to(flow: &Flow, ty: etherparse::Icmpv4Type, dst: [u8; 4]) -> Vec<u8> {
     let ip = icmpv4(
         V4Fields {
             src: ROUTER4,
-            dst: v4(flow.dst),
+            dst,
             ttl: 61,
             tos: 0xc0,
             id: 0x7777,
@@ -490,10 +496,15 @@ fn icmp4_error(flow: &Flow, ty: etherparse::Icmpv4Type) -> Vec<u8> {
 
 /// An ICMPv6 error from a router, quoting 100 bytes of the reply packet.
 fn icmp6_error(flow: &Flow, ty: etherparse::Icmpv6Type) -> Vec<u8> {
+    icmp6_error_to(flow, ty, v6(flow.dst))
+}
+
+/// As `icmp6_error`, but addressed to `dst` (not necessarily the VIP's).
+fn icmp6_error_to(flow: &Flow, ty: etherparse::Icmpv6Type, dst: [u8; 16]) -> Vec<u8> {
     let ip = icmpv6(
         V6Fields {
             src: router6(),
-            dst: v6(flow.dst),
+            dst,
             hop_limit: 61,
             traffic_class: 0,
             flow_label: 0,
@@ -718,14 +729,29 @@ fn main_group() -> Group {
     );
     let f = tcp("198.18.0.13:42004", "198.18.100.1:80");
     s.add(
-        "VLAN: two 802.1Q tags (QinQ with TPID 0x8100) before TCP to a VIP: passed",
+        "VLAN: two 802.1Q tags (QinQ with TPID 0x8100) before TCP to a VIP: dropped (unhandled = drop)",
         double_tagged(ETH_P_8021Q, &Packet::new(f).ip()),
-        Pass,
+        Drop {
+            flow: f,
+            reason: DROP_UNHANDLED_VLAN,
+        },
         &[],
     );
     s.add(
-        "VLAN: 802.1ad outer tag (0x88a8) and 802.1Q inner before TCP to a VIP: passed",
+        "VLAN: 802.1ad outer tag (0x88a8) and 802.1Q inner before TCP to a VIP: dropped (unhandled = drop)",
         double_tagged(ETH_P_8021AD, &Packet::new(f).ip()),
+        Drop {
+            flow: f,
+            reason: DROP_UNHANDLED_VLAN,
+        },
+        &[],
+    );
+    s.add(
+        "VLAN: two 802.1Q tags before TCP to a non-VIP address: passed",
+        double_tagged(
+            ETH_P_8021Q,
+            &Packet::new(tcp("198.18.0.13:42006", "198.18.200.1:80")).ip(),
+        ),
         Pass,
         &[],
     );
@@ -768,9 +794,13 @@ fn main_group() -> Group {
     let f = udp("198.18.0.14:43003", "198.18.100.1:53");
     let [_, later] = fragments(&Packet::new(f).payload(100), 48, 0x4444);
     s.add(
-        "Fragments: IPv4 later fragment to a VIP whose first was not seen: passed",
+        "Fragments: IPv4 later fragment to a VIP whose first was not seen: dropped (unhandled = drop)",
         framed(&inc, &later),
-        Pass,
+        // Counted under the address's first VIP, whose id its address entry carries.
+        Drop {
+            flow: tcp("198.18.0.14:43003", "198.18.100.1:80"),
+            reason: DROP_UNHANDLED_FRAGMENT,
+        },
         &[EV_FRAG_UNKNOWN],
     );
     let f = udp("[2001:db8::14]:43004", "[2001:db8:100::1]:53");
@@ -804,10 +834,31 @@ fn main_group() -> Group {
     let f = udp("[2001:db8::14]:43006", "[2001:db8:100::1]:53");
     let [_, later] = fragments(&Packet::new(f).payload(150), 80, 0x0bad_cafe);
     s.add(
-        "Fragments: IPv6 later fragment to a VIP whose first was not seen: passed",
+        "Fragments: IPv6 later fragment to a VIP whose first was not seen: dropped (unhandled = drop)",
         framed(&inc, &later),
-        Pass,
+        Drop {
+            flow: tcp("[2001:db8::14]:43006", "[2001:db8:100::1]:443"),
+            reason: DROP_UNHANDLED_FRAGMENT,
+        },
         &[EV_FRAG_UNKNOWN],
+    );
+    let f = tcp("[2001:db8::14]:43008", "[2001:db8:100::1]:443");
+    s.add(
+        "IPv6 Hop-by-Hop header before TCP to a VIP: dropped (unhandled = drop)",
+        FrameBuilder::new(f).ipv6_hop_by_hop().build(),
+        Drop {
+            flow: f,
+            reason: DROP_UNHANDLED_EXT_HEADER,
+        },
+        &[],
+    );
+    s.add(
+        "IPv6 Hop-by-Hop header before TCP to a non-VIP address: passed",
+        FrameBuilder::new(tcp("[2001:db8::14]:43009", "[2001:db8:200::1]:443"))
+            .ipv6_hop_by_hop()
+            .build(),
+        Pass,
+        &[],
     );
     let f = tcp("[2001:db8::14]:43007", "[2001:db8:100::1]:443");
     s.add(
@@ -869,24 +920,42 @@ fn main_group() -> Group {
         &[EV_ICMP_ERROR_STEERED, EV_CONN_HIT],
     );
     s.add(
-        "ICMP: port unreachable quoting that flow's reply: passed",
+        "ICMP: port unreachable quoting that flow's reply: dropped (unhandled = drop)",
         icmp4_error(
             &f,
             etherparse::Icmpv4Type::DestinationUnreachable(
                 etherparse::icmpv4::DestUnreachableHeader::Port,
             ),
         ),
-        Pass,
+        Drop {
+            flow: f,
+            reason: DROP_UNHANDLED_ICMP,
+        },
         &[],
     );
     s.add(
-        "ICMP: time exceeded quoting that flow's reply: passed",
+        "ICMP: time exceeded quoting that flow's reply: dropped (unhandled = drop)",
         icmp4_error(
             &f,
             etherparse::Icmpv4Type::TimeExceeded(
                 etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
             ),
         ),
+        Drop {
+            flow: f,
+            reason: DROP_UNHANDLED_ICMP,
+        },
+        &[],
+    );
+    s.add(
+        "ICMP: fragmentation needed quoting that flow's reply, addressed to a non-VIP address: passed",
+        icmp4_error_to(&f, frag_needed(1400), [198, 18, 200, 9]),
+        Pass,
+        &[],
+    );
+    s.add(
+        "ICMP: fragmentation needed quoting that flow's reply, addressed to another VIP address: passed",
+        icmp4_error_to(&f, frag_needed(1400), [198, 18, 100, 2]),
         Pass,
         &[],
     );
@@ -911,14 +980,27 @@ fn main_group() -> Group {
         &[EV_ICMP_ERROR_STEERED, EV_CONN_HIT],
     );
     s.add(
-        "ICMPv6: destination unreachable quoting that flow's reply: passed",
+        "ICMPv6: packet too big quoting that flow's reply, addressed to a non-VIP address: passed",
+        icmp6_error_to(
+            &f,
+            etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 },
+            v6("2001:db8:200::9".parse().unwrap()),
+        ),
+        Pass,
+        &[],
+    );
+    s.add(
+        "ICMPv6: destination unreachable quoting that flow's reply: dropped (unhandled = drop)",
         icmp6_error(
             &f,
             etherparse::Icmpv6Type::DestinationUnreachable(
                 etherparse::icmpv6::DestUnreachableCode::Port,
             ),
         ),
-        Pass,
+        Drop {
+            flow: f,
+            reason: DROP_UNHANDLED_ICMP,
+        },
         &[],
     );
     let f = tcp("198.18.0.16:44003", "198.18.100.2:80");
@@ -1910,8 +1992,12 @@ fn depth_fixtures_are_well_formed() {
                 "two fixtures called {:?}",
                 f.what
             );
-            check_checksums(&f.frame, GUE_PORT)
-                .unwrap_or_else(|e| panic!("{}: input frame: {e}", f.what));
+            // The checker reads no IPv6 extension header; those frames come
+            // from packets.rs's FrameBuilder (etherparse), checked there.
+            if !f.what.contains("Hop-by-Hop") {
+                check_checksums(&f.frame, GUE_PORT)
+                    .unwrap_or_else(|e| panic!("{}: input frame: {e}", f.what));
+            }
             if let Expect::Reply(r) | Expect::Echo { reply: r, .. } = &f.expect {
                 check_checksums(r, GUE_PORT).unwrap_or_else(|e| panic!("{}: answer: {e}", f.what));
             }

@@ -3,7 +3,7 @@
 //! as they were by an apply that fails part way. Loads the balancer (no
 //! attach, no traffic): a privileged test (`tests::require_privileges!`).
 
-use lb_common::{VIP_F_ECHO_REPLY, VipKey};
+use lb_common::{VIP_F_ADDRESS, VIP_F_ECHO_REPLY, VipKey};
 use xlb_core::state::{Allocation, Desired, desired};
 use xlb_dataplane::Dataplane;
 
@@ -51,7 +51,12 @@ fn echo_entries_follow_the_applied_config() {
         &Allocation::default(),
     );
     assert_eq!(first.echo.len(), 2);
-    assert!(first.echo.iter().all(|(_, m)| m.flags == VIP_F_ECHO_REPLY));
+    assert!(
+        first
+            .echo
+            .iter()
+            .all(|(_, m)| m.flags == VIP_F_ADDRESS | VIP_F_ECHO_REPLY)
+    );
     dp.apply(MAC, &first, None).expect("first apply");
     assert_eq!(live_echo(&dp, &first), [true, true]);
 
@@ -78,18 +83,18 @@ fn echo_entries_follow_the_applied_config() {
     dp.apply(MAC, &third, Some(&second)).expect("third apply");
     assert_eq!(live_echo(&dp, &third), [true, true]);
 
-    // "pass": none at all, the VIPs stay.
+    // "pass": the address entries stay (`unhandled` reads them) without the
+    // echo flag; the VIPs stay.
     let fourth = state(
         "pass",
         &["198.18.100.1", "198.18.100.2"],
         3,
         &third.allocation,
     );
-    assert!(fourth.echo.is_empty());
+    assert_eq!(fourth.echo.len(), 2);
+    assert!(fourth.echo.iter().all(|(_, m)| m.flags == VIP_F_ADDRESS));
     dp.apply(MAC, &fourth, Some(&third)).expect("fourth apply");
-    for (key, _) in &third.echo {
-        assert_eq!(dp.live_vip(key).unwrap(), None);
-    }
+    assert_eq!(live_echo(&dp, &fourth), [true, true]);
     for v in &fourth.vips {
         assert_eq!(dp.live_vip(&v.key).unwrap(), Some(v.meta));
     }

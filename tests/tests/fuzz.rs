@@ -252,6 +252,11 @@ fn config() -> String {
              protocol = \"{proto}\"\nforwarding = \"{forwarding}\"\nhash = \"{hash}\"\n\
              table_size = 1021\n"
         );
+        // One address of each mode: IPv4 VIPs drop what the balancer does
+        // not handle (the default), the IPv6 VIPs at 2001:db8:100::1 pass it.
+        if *address == "2001:db8:100::1" {
+            s += "unhandled = \"pass\"\n";
+        }
         for (i, (addr, mac)) in backends.iter().enumerate() {
             s += &format!("  [[vip.backend]]\n  name = \"b{i}\"\n  address = \"{addr}\"\n");
             if !mac.is_empty() {
@@ -631,7 +636,7 @@ fn seeds() -> Vec<Seed> {
     add(
         "Fragments: v4 later, first never seen",
         framed(&inc, &later),
-        "pass",
+        "drop",
     );
     let f = udp("198.18.0.14:43008", "198.18.200.1:53");
     let [first, _] = fragments(&Packet::new(f).payload(100), 48, 0x4545);
@@ -672,7 +677,7 @@ fn seeds() -> Vec<Seed> {
             &f,
             Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port),
         ),
-        "pass",
+        "drop",
     );
     let f = tcp("198.18.0.16:44002", "198.18.100.2:80");
     add(
@@ -710,12 +715,12 @@ fn seeds() -> Vec<Seed> {
     add(
         "Two 802.1Q tags",
         double_tagged(ETH_P_8021Q, &Packet::new(f).ip()),
-        "pass",
+        "drop",
     );
     add(
         "802.1ad and 802.1Q tags",
         double_tagged(ETH_P_8021AD, &Packet::new(f).ip()),
-        "pass",
+        "drop",
     );
     add(
         "Tagged TCP to no VIP",

@@ -12,6 +12,7 @@ use lb_common::{
     Counters, PROTO_TCP, PROTO_UDP,
     stats::{DROP_NO_BACKEND, XDP_DROP, XDP_PASS, XDP_TX},
 };
+use tests::depth_frames;
 use tests::packets::{
     ETH_LEN, FrameBuilder, IPV4_LEN, IPV6_LEN, LB_MAC, TCP_LEN, UDP_LEN, action_name, arp_request,
     expected_backend, flow, frame, icmpv4_echo, run, set_ip_version, set_ipv4_ihl,
@@ -103,6 +104,8 @@ table_size = 1021
 [[vip]]
 name = "web6"
 address = "2001:db8:100::1"
+# Packets to the address that the balancer does not handle go to the host.
+unhandled = "pass"
 port = 443
 protocol = "tcp"
 table_size = 1021
@@ -125,6 +128,7 @@ table_size = 1021
 [[vip]]
 name = "dns6"
 address = "2001:db8:100::1"
+unhandled = "pass"
 port = 53
 protocol = "udp"
 table_size = 1021
@@ -385,10 +389,48 @@ fn fixtures() -> Vec<Fixture> {
             Pass,
         ),
         fx(
-            "IPv6 Hop-by-Hop header before TCP to web6 :443",
+            "IPv6 Hop-by-Hop header before TCP to web6 :443 (unhandled = \"pass\")",
             fb(web6).ipv6_hop_by_hop().build(),
             Pass,
         ),
+        fx(
+            "IPv6 TCP to web6 behind two 802.1Q tags (unhandled = \"pass\")",
+            depth_frames::double_tagged(
+                depth_frames::ETH_P_8021Q,
+                &depth_frames::Packet::new(web6).ip(),
+            ),
+            Pass,
+        ),
+        {
+            let f = udp("[2001:db8::10]:40009", "[2001:db8:100::1]:53");
+            let [_, later] =
+                depth_frames::fragments(&depth_frames::Packet::new(f).payload(150), 80, 0x0bad);
+            fx(
+                "IPv6 later fragment to dns6, first never seen (unhandled = \"pass\")",
+                depth_frames::framed(&depth_frames::Link::incoming(), &later),
+                Pass,
+            )
+        },
+        {
+            let ip = depth_frames::icmpv6(
+                depth_frames::V6Fields {
+                    src: depth_frames::v6("2001:db8::fe".parse().unwrap()),
+                    dst: depth_frames::v6("2001:db8:100::1".parse().unwrap()),
+                    hop_limit: 61,
+                    traffic_class: 0,
+                    flow_label: 0,
+                },
+                etherparse::Icmpv6Type::DestinationUnreachable(
+                    etherparse::icmpv6::DestUnreachableCode::Port,
+                ),
+                &[0x60, 0, 0, 0, 0, 8, 17, 64],
+            );
+            fx(
+                "ICMPv6 port unreachable to web6's address (unhandled = \"pass\")",
+                depth_frames::framed(&depth_frames::Link::incoming(), &ip),
+                Pass,
+            )
+        },
         fx(
             "IPv4 first fragment (MF, offset 0) of TCP to web4: balanced, ports remembered",
             fb(web4).ipv4_fragment(true, 0).payload(40).build(),

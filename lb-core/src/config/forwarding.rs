@@ -11,7 +11,9 @@ use lb_common::maps::CONN_TABLE_SIZE;
 
 use super::check::{Checker, Sp, field_path};
 use super::model::{RawConfig, RawTunnel};
-use super::types::{Forwarding, HashMode, IcmpEcho, Ipv4Prefix, Ipv6Prefix, MacAddr, Tunnel};
+use super::types::{
+    Forwarding, HashMode, IcmpEcho, Ipv4Prefix, Ipv6Prefix, MacAddr, Tunnel, Unhandled,
+};
 
 /// Connection-table sizes: at least a few pages' worth, at most what a
 /// host can spare for it (the kernel takes about 100 bytes per entry, so
@@ -61,6 +63,20 @@ pub(super) fn icmp_echo(ck: &mut Checker<'_, '_>, raw: &RawConfig) -> Option<Icm
     match &raw.icmp_echo {
         None => Some(IcmpEcho::default()),
         Some(v) => choice(ck, v, "icmp_echo", "icmp_echo value", &IcmpEcho::ALL),
+    }
+}
+
+/// `unhandled` at the top (`field` "unhandled", default drop) or in a VIP
+/// (default: the top's).
+pub(super) fn unhandled(
+    ck: &mut Checker<'_, '_>,
+    v: Option<&Sp<String>>,
+    field: &str,
+    default: Unhandled,
+) -> Option<Unhandled> {
+    match v {
+        None => Some(default),
+        Some(v) => choice(ck, v, field, "unhandled value", &Unhandled::ALL),
     }
 }
 

@@ -538,13 +538,13 @@ fn misplaced_forwarding_settings_get_a_hint() {
             format!("{HEAD}forwarding = \"gue\"\n"),
             "f.toml:2:1: forwarding: unknown field \"forwarding\", expected one of: interface, \
              hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
-             tunnel, health (\"forwarding\" is a setting of each VIP: write it under each [[vip]] header)",
+             unhandled, tunnel, health (\"forwarding\" is a setting of each VIP: write it under each [[vip]] header)",
         ),
         (
             format!("{HEAD}gue_port = 6080\n"),
             "f.toml:2:1: gue_port: unknown field \"gue_port\", expected one of: interface, \
              hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
-             tunnel, health (\"gue_port\" is a tunnel setting: put it in a [tunnel] section, above the \
+             unhandled, tunnel, health (\"gue_port\" is a tunnel setting: put it in a [tunnel] section, above the \
              first [[vip]])",
         ),
         (
@@ -558,7 +558,7 @@ fn misplaced_forwarding_settings_get_a_hint() {
                 )
             ),
             "f.toml:7:1: vip[0].source_v4: unknown field \"source_v4\", expected one of: name, \
-             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, health \
+             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, health \
              (\"source_v4\" is a tunnel setting: put it in a [tunnel] section, above the first \
              [[vip]])",
         ),
@@ -568,7 +568,7 @@ fn misplaced_forwarding_settings_get_a_hint() {
                 vip("198.18.100.1", "icmp_echo = \"pass\"\n", &[], true)
             ),
             "f.toml:7:1: vip[0].icmp_echo: unknown field \"icmp_echo\", expected one of: name, \
-             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, health \
+             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, health \
              (\"icmp_echo\" is a top-level key: move it above the first [[vip]])",
         ),
         (
@@ -645,4 +645,46 @@ fn example_tunnel_block_is_valid() {
     let text = format!("{}{block}{}", &example[..start], &example[end..])
         .replace("forwarding = \"dsr\"", "forwarding = \"gue\"");
     assert_eq!(ok(&text).vips[0].forwarding, Forwarding::Gue);
+}
+
+/// `unhandled`: drop by default, a top-level default every VIP inherits, a
+/// VIP's own; unknown values and VIPs at one address that disagree are
+/// rejected with their place.
+#[test]
+fn unhandled_defaults_inherits_and_is_checked() {
+    use super::Unhandled;
+    let two = |top: &str, a: &str, b: &str| {
+        format!(
+            "{HEAD}{top}[[vip]]\nname = \"a\"\naddress = \"198.18.100.1\"\nport = 80\n\
+             protocol = \"tcp\"\n{a}[[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.1\"\n\
+             mac = \"02:00:00:00:00:01\"\n[[vip]]\nname = \"c\"\naddress = \"198.18.100.1\"\n\
+             port = 53\nprotocol = \"udp\"\n{b}[[vip.backend]]\nname = \"b\"\n\
+             address = \"198.18.0.1\"\nmac = \"02:00:00:00:00:01\"\n"
+        )
+    };
+    let c = ok(&two("", "", ""));
+    assert_eq!(c.unhandled, Unhandled::Drop);
+    assert!(c.vips.iter().all(|v| v.unhandled == Unhandled::Drop));
+    let c = ok(&two("unhandled = \"pass\"\n", "", ""));
+    assert!(c.vips.iter().all(|v| v.unhandled == Unhandled::Pass));
+    let c = ok(&two(
+        "unhandled = \"pass\"\n",
+        "unhandled = \"drop\"\n",
+        "unhandled = \"drop\"\n",
+    ));
+    assert_eq!(c.unhandled, Unhandled::Pass);
+    assert!(c.vips.iter().all(|v| v.unhandled == Unhandled::Drop));
+    assert_eq!(
+        problems(&format!("{HEAD}unhandled = \"reject\"\n")),
+        [
+            "f.toml:2:13: unhandled: unknown unhandled value \"reject\": must be one of \"drop\", \"pass\""
+        ]
+    );
+    assert_eq!(
+        problems(&two("", "unhandled = \"pass\"\n", "")),
+        [
+            "f.toml:12:1: vip[1].unhandled: unhandled = \"drop\" but VIP \"a\" (line 7) at the same \
+             address 198.18.100.1 has \"pass\"; VIPs sharing an address must agree"
+        ]
+    );
 }

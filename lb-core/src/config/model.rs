@@ -27,6 +27,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "safety",
     "conn_table_size",
     "icmp_echo",
+    "unhandled",
     "tunnel",
     "health",
 ];
@@ -41,6 +42,7 @@ pub(super) const VIP_KEYS: &[&str] = &[
     "safety",
     "forwarding",
     "hash",
+    "unhandled",
     "health",
 ];
 pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state", "capacity"];
@@ -119,6 +121,7 @@ pub(super) struct RawConfig {
     pub safety: Option<RawSafety>,
     pub conn_table_size: Option<Sp<i128>>,
     pub icmp_echo: Option<Sp<String>>,
+    pub unhandled: Option<Sp<String>>,
     pub tunnel: Option<RawTunnel>,
     /// `[health]`: the health-check defaults of every VIP.
     pub health: Option<RawHealth>,
@@ -138,6 +141,7 @@ pub(super) struct RawVip {
     pub table_size: Option<Sp<i128>>,
     pub forwarding: Option<Sp<String>>,
     pub hash: Option<Sp<String>>,
+    pub unhandled: Option<Sp<String>>,
     /// `[vip.imbalance]`: this VIP's own thresholds, key by key.
     pub imbalance: Option<RawImbalance>,
     /// `[vip.safety]`: this VIP's own limits, key by key.
@@ -306,6 +310,7 @@ impl RawConfig {
         });
         let conn_table_size = root.integer("conn_table_size", false, issues);
         let icmp_echo = root.string("icmp_echo", false, issues);
+        let unhandled = root.string("unhandled", false, issues);
         let tunnel = root
             .table("tunnel", "a [tunnel] section", issues)
             .map(|t| RawTunnel::read(&t, issues));
@@ -350,6 +355,7 @@ impl RawConfig {
             safety,
             conn_table_size,
             icmp_echo,
+            unhandled,
             tunnel,
             health,
             vips,
@@ -409,6 +415,7 @@ impl RawVip {
             table_size: t.integer("table_size", false, issues),
             forwarding: t.string("forwarding", false, issues),
             hash: t.string("hash", false, issues),
+            unhandled: t.string("unhandled", false, issues),
             imbalance: t
                 .table("imbalance", "a [vip.imbalance] section", issues)
                 .map(|i| {

@@ -21,6 +21,8 @@ pub struct Config {
     pub conn_table_size: u32,
     /// What happens to ICMP echo requests to a VIP address.
     pub icmp_echo: IcmpEcho,
+    /// The default `unhandled` of every VIP.
+    pub unhandled: Unhandled,
     /// Settings of IPIP and GUE forwarding (`[tunnel]`).
     pub tunnel: Tunnel,
     pub vips: Vec<Vip>,
@@ -36,6 +38,7 @@ impl Config {
             metrics_address: DEFAULT_METRICS_ADDRESS,
             conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
             icmp_echo: IcmpEcho::default(),
+            unhandled: Unhandled::default(),
             tunnel: Tunnel::default(),
             vips: Vec::new(),
         }
@@ -58,6 +61,9 @@ pub struct Vip {
     pub forwarding: Forwarding,
     /// What of a flow picks its backend.
     pub hash: HashMode,
+    /// What happens to packets to the VIP's address that the balancer does
+    /// not handle. VIPs sharing an address agree on it (checked).
+    pub unhandled: Unhandled,
     /// Maglev table size: a prime.
     pub table_size: u32,
     /// When the imbalance detector calls this VIP's split uneven.
@@ -273,6 +279,33 @@ pub enum IcmpEcho {
     Reply,
     /// They go on to the host's stack.
     Pass,
+}
+
+/// Packets to a VIP address that the balancer's parser does not handle
+/// (`unhandled`): IPv6 extension headers other than one fragment header, a
+/// second VLAN tag, later fragments whose first was not seen, ICMP other
+/// than echo requests and "fragmentation needed" / "packet too big".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unhandled {
+    /// The XDP program drops them (counted by reason).
+    #[default]
+    Drop,
+    /// They go on to the host's stack (counted by reason).
+    Pass,
+}
+
+impl Unhandled {
+    pub const ALL: [Unhandled; 2] = [Unhandled::Drop, Unhandled::Pass];
+}
+
+impl fmt::Display for Unhandled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unhandled::Drop => "drop",
+            Unhandled::Pass => "pass",
+        })
+    }
 }
 
 /// `[tunnel]`: how IPIP and GUE frames are built.

@@ -23,7 +23,7 @@ use super::health::{self, HealthBase};
 use super::model::{RawBackend, RawConfig, RawImbalance, RawSafety, RawVip};
 use super::types::{
     Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, Protocol, Safety, Thresholds, Tunnel,
-    Vip,
+    Unhandled, Vip,
 };
 use crate::maglev::is_prime;
 
@@ -194,6 +194,7 @@ struct VipDefaults<'a> {
     health: Option<&'a HealthBase>,
     /// None when `[tunnel]` is invalid (reported).
     tunnel: Option<&'a Tunnel>,
+    unhandled: Unhandled,
 }
 
 /// Where a VIP endpoint or a name was first seen.
@@ -251,6 +252,12 @@ impl Checker<'_, '_> {
         };
         let conn_table_size = forwarding::conn_table_size(self, raw);
         let icmp_echo = forwarding::icmp_echo(self, raw);
+        let unhandled = forwarding::unhandled(
+            self,
+            raw.unhandled.as_ref(),
+            "unhandled",
+            Default::default(),
+        );
         let tunnel = forwarding::tunnel(self, raw);
         // The defaults of every VIP. If they are wrong (reported), VIPs are
         // still checked against the built-in defaults, to report their own
@@ -283,6 +290,7 @@ impl Checker<'_, '_> {
         let mut endpoints: HashMap<(IpAddr, u16, Protocol), First> = HashMap::new();
         let mut vips = Vec::with_capacity(raw.vips.len());
         let mut all_ok = true;
+        let mut unhandled_by_address: HashMap<IpAddr, (Unhandled, First)> = HashMap::new();
         for raw_vip in &raw.vips {
             let base = defaults.as_ref().unwrap_or(&builtin);
             let base_safety = safety_defaults.as_ref().unwrap_or(&builtin_safety);
@@ -291,9 +299,13 @@ impl Checker<'_, '_> {
                 safety: base_safety,
                 health: health_defaults.as_ref(),
                 tunnel: tunnel.as_ref(),
+                unhandled: unhandled.unwrap_or_default(),
             };
             match self.vip(raw_vip, &defaults, &mut names, &mut endpoints) {
-                Some(vip) => vips.push(vip),
+                Some(vip) => {
+                    self.same_unhandled(&vip, raw_vip, &mut unhandled_by_address);
+                    vips.push(vip);
+                }
                 None => all_ok = false,
             }
         }
@@ -306,6 +318,7 @@ impl Checker<'_, '_> {
             metrics_address: metrics_address?,
             conn_table_size: conn_table_size?,
             icmp_echo: icmp_echo?,
+            unhandled: unhandled?,
             tunnel: tunnel?,
             vips: if all_ok { vips } else { return None },
         })
@@ -379,6 +392,12 @@ impl Checker<'_, '_> {
             .and_then(|p| self.protocol(p, &field_path(path, "protocol")));
         let forwarding = forwarding::vip_forwarding(self, raw.forwarding.as_ref(), path);
         let hash = forwarding::hash_mode(self, raw.hash.as_ref(), path);
+        let unhandled = forwarding::unhandled(
+            self,
+            raw.unhandled.as_ref(),
+            &field_path(path, "unhandled"),
+            defaults.unhandled,
+        );
 
         if let (Some(address), Some(port), Some(protocol), Some(raw_address)) =
             (address, port, protocol, &raw.address)
@@ -390,6 +409,7 @@ impl Checker<'_, '_> {
                 protocol,
                 forwarding: Default::default(),
                 hash: Default::default(),
+                unhandled: Default::default(),
                 table_size: 0,
                 imbalance: Default::default(),
                 safety: Default::default(),
@@ -458,12 +478,50 @@ impl Checker<'_, '_> {
             protocol: protocol?,
             forwarding: forwarding?,
             hash: hash?,
+            unhandled: unhandled?,
             table_size: table_size?,
             imbalance: imbalance?,
             safety: safety?,
             health: health?,
             backends: backends?,
         })
+    }
+
+    /// VIPs at one address must agree on `unhandled`: the kernel reads it
+    /// per address (an unhandled packet may have no port to tell VIPs apart).
+    fn same_unhandled(
+        &mut self,
+        vip: &Vip,
+        raw: &RawVip,
+        seen: &mut HashMap<IpAddr, (Unhandled, First)>,
+    ) {
+        let span = raw.unhandled.as_ref().map_or(&raw.span, |u| &u.span);
+        match seen.entry(vip.address) {
+            Entry::Vacant(e) => {
+                e.insert((
+                    vip.unhandled,
+                    First {
+                        offset: span.start,
+                        what: format!("VIP {:?}", vip.name),
+                    },
+                ));
+            }
+            Entry::Occupied(e) => {
+                let (first_value, first) = e.get();
+                if *first_value != vip.unhandled {
+                    let reason = format!(
+                        "unhandled = \"{}\" but {} (line {}) at the same address {} has \"{}\"; \
+                         VIPs sharing an address must agree",
+                        vip.unhandled,
+                        first.what,
+                        self.lines.line(first.offset),
+                        vip.address,
+                        first_value
+                    );
+                    self.problem(span, field_path(&raw.path, "unhandled"), reason);
+                }
+            }
+        }
     }
 
     fn backends(&mut self, vip: &RawVip, ctx: &mut VipContext<'_>) -> Option<Vec<Backend>> {
@@ -1093,6 +1151,7 @@ table_size = 101
             metrics_address: "[::1]:9471".parse().unwrap(),
             conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
             icmp_echo: Default::default(),
+            unhandled: Default::default(),
             tunnel: Default::default(),
             vips: vec![
                 Vip {
@@ -1102,6 +1161,7 @@ table_size = 101
                     protocol: Protocol::Tcp,
                     forwarding: Default::default(),
                     hash: Default::default(),
+                    unhandled: Default::default(),
                     table_size: 65537,
                     imbalance: Thresholds {
                         hold_seconds: 30.0,
@@ -1140,6 +1200,7 @@ table_size = 101
                     protocol: Protocol::Udp,
                     forwarding: Default::default(),
                     hash: Default::default(),
+                    unhandled: Default::default(),
                     table_size: DEFAULT_TABLE_SIZE,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
@@ -1168,6 +1229,7 @@ table_size = 101
                     protocol: Protocol::Udp,
                     forwarding: Default::default(),
                     hash: Default::default(),
+                    unhandled: Default::default(),
                     table_size: 101,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
@@ -1190,6 +1252,7 @@ table_size = 101
                 metrics_address: DEFAULT_METRICS_ADDRESS,
                 conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
                 icmp_echo: crate::config::IcmpEcho::Reply,
+                unhandled: Default::default(),
                 tunnel: Tunnel {
                     source_v4: None,
                     source_v6: None,

@@ -83,6 +83,7 @@ pub(super) fn config_details(base: &Config, candidate: &Config) -> Vec<String> {
         &candidate.conn_table_size,
     );
     diff(&mut out, "icmp_echo", &base.icmp_echo, &candidate.icmp_echo);
+    diff(&mut out, "unhandled", &base.unhandled, &candidate.unhandled);
     let (b, c) = (&base.tunnel, &candidate.tunnel);
     diff(
         &mut out,
@@ -196,6 +197,7 @@ fn vip_details(before: Side<'_>, after: Side<'_>) -> Vec<String> {
     diff(&mut out, "protocol", &b.protocol, &a.protocol);
     diff(&mut out, "forwarding", &b.forwarding, &a.forwarding);
     diff(&mut out, "hash", &b.hash, &a.hash);
+    diff(&mut out, "unhandled", &b.unhandled, &a.unhandled);
     diff(&mut out, "table_size", &b.table_size, &a.table_size);
     diff(&mut out, "hash_seed", &before.built.seed, &after.built.seed);
     imbalance_details(&mut out, &b.imbalance, &a.imbalance);

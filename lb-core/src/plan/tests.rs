@@ -33,6 +33,7 @@ fn vip(name: &str, table_size: u32, backends: Vec<Backend>) -> Vip {
         protocol: Protocol::Tcp,
         forwarding: Default::default(),
         hash: Default::default(),
+        unhandled: Default::default(),
         table_size,
         imbalance: Default::default(),
         safety: Safety::default(),

@@ -3,8 +3,10 @@
 //! turns a `Desired` into map updates, the simulator reads it.
 //!
 //! Besides one VIP map entry per VIP, each distinct VIP address gets an
-//! ICMP echo entry when `icmp_echo = "reply"`: (address, port 0, ICMP or
-//! ICMPv6) with `VIP_F_ECHO_REPLY`, so the program answers pings to it.
+//! address entry, (address, port 0, ICMP or ICMPv6), with `VIP_F_ADDRESS`,
+//! `VIP_F_ECHO_REPLY` when `icmp_echo = "reply"` (the program answers pings
+//! to it) and `VIP_F_UNHANDLED_PASS` when its VIPs have `unhandled = "pass"`
+//! (the program reads it for packets to the address it does not handle).
 //!
 //! Ids are a local translation of names; Maglev tables themselves depend only
 //! on names, weights and the hash seed, so every node picks the same backend.
@@ -21,11 +23,12 @@ use std::net::IpAddr;
 
 use lb_common::{
     BACKEND_F_VALID, Backend as KernelBackend, FAMILY_V4, FAMILY_V6, GLOBAL_F_PORT_WILDCARD,
-    GlobalConfig, LAYOUT_VERSION, PROTO_ICMP, PROTO_ICMPV6, VIP_F_ECHO_REPLY, VipKey, VipMeta,
+    GlobalConfig, LAYOUT_VERSION, PROTO_ICMP, PROTO_ICMPV6, VIP_F_ADDRESS, VIP_F_ECHO_REPLY,
+    VIP_F_UNHANDLED_PASS, VipKey, VipMeta,
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
 
-use crate::config::{Backend, Config, IcmpEcho, Vip};
+use crate::config::{Backend, Config, IcmpEcho, Unhandled, Vip};
 use crate::host::HostInterface;
 use crate::maglev::{self, MaglevBackend, MaglevTable};
 
@@ -87,7 +90,8 @@ pub struct Desired {
     pub config: Config,
     pub vips: Vec<DesiredVip>,
     /// The ICMP echo entries of the VIP map, one per distinct VIP address
-    /// (none with `icmp_echo = "pass"`), in file order.
+    /// (the address entries: with `VIP_F_ECHO_REPLY` only when
+    /// `icmp_echo = "reply"`), in file order.
     pub echo: Vec<(VipKey, VipMeta)>,
     pub allocation: Allocation,
 }
@@ -308,9 +312,6 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
 /// method and hash go along so the entry reads like the VIP's own). No table:
 /// `table_size` 0.
 fn echo_entries(icmp_echo: IcmpEcho, vips: &[DesiredVip]) -> Vec<(VipKey, VipMeta)> {
-    if icmp_echo == IcmpEcho::Pass {
-        return Vec::new();
-    }
     let mut seen = BTreeSet::new();
     vips.iter()
         .filter(|v| seen.insert(v.config.address))
@@ -329,7 +330,17 @@ fn echo_entries(icmp_echo: IcmpEcho, vips: &[DesiredVip]) -> Vec<(VipKey, VipMet
             };
             let meta = VipMeta {
                 table_size: 0,
-                flags: VIP_F_ECHO_REPLY,
+                flags: VIP_F_ADDRESS
+                    | if icmp_echo == IcmpEcho::Reply {
+                        VIP_F_ECHO_REPLY
+                    } else {
+                        0
+                    }
+                    | if v.config.unhandled == Unhandled::Pass {
+                        VIP_F_UNHANDLED_PASS
+                    } else {
+                        0
+                    },
                 ..v.meta
             };
             (key, meta)
@@ -638,7 +649,7 @@ mod tests {
                 table_size: 0,
                 method: lb_common::METHOD_IPIP,
                 hash: lb_common::HASH_SOURCE,
-                flags: VIP_F_ECHO_REPLY,
+                flags: VIP_F_ADDRESS | VIP_F_ECHO_REPLY,
                 _pad: [0; 5],
             }
         );
@@ -656,7 +667,12 @@ mod tests {
         );
         assert_eq!(
             (m6.vip_id, m6.table_size, m6.flags, m6.method),
-            (d.vips[2].id, 0, VIP_F_ECHO_REPLY, lb_common::METHOD_L2_DSR)
+            (
+                d.vips[2].id,
+                0,
+                VIP_F_ADDRESS | VIP_F_ECHO_REPLY,
+                lb_common::METHOD_L2_DSR
+            )
         );
         // No echo key is a VIP key.
         assert!(
@@ -670,7 +686,19 @@ mod tests {
             &Allocation::default(),
         )
         .unwrap();
-        assert!(d.echo.is_empty());
+        // Still one address entry per address, without the echo flag.
+        assert_eq!(d.echo.len(), 2);
+        assert!(d.echo.iter().all(|(_, m)| m.flags == VIP_F_ADDRESS));
+        let d = desired(
+            &methods_config("unhandled = \"pass\""),
+            &Allocation::default(),
+        )
+        .unwrap();
+        assert!(
+            d.echo
+                .iter()
+                .all(|(_, m)| m.flags == VIP_F_ADDRESS | VIP_F_ECHO_REPLY | VIP_F_UNHANDLED_PASS)
+        );
         let d = desired(
             &methods_config("icmp_echo = \"reply\""),
             &Allocation::default(),
