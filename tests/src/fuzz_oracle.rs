@@ -1496,14 +1496,16 @@ forwarding = "ipip"
                 .unwrap_err()
                 .contains("checksum")
         );
-        // A later fragment of a datagram: its ports are unknown, any of
-        // the VIP's backends will do; passing it (first unseen) is right.
+        // A later fragment of a datagram whose first was not seen: the
+        // VIP's address has `unhandled = "drop"`, so dropping it is right
+        // and passing it is not.
         let [_, later] = fragments(&Packet::new(f).payload(100), 64, 9);
         let later = framed(&Link::incoming(), &later);
         assert_eq!(
-            judge(&w, &later, XDP_PASS, &later).unwrap().frag,
+            judge(&w, &later, XDP_DROP, &later).unwrap().frag,
             Some(Frag::Later)
         );
+        assert!(judge(&w, &later, XDP_PASS, &later).is_err());
     }
 
     #[test]
