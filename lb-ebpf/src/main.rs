@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counters, FAMILY_V4, GLOBAL_F_PORT_WILDCARD, METHOD_L2_DSR, PROTO_ICMP, PROTO_ICMPV6,
-    VIP_F_ADDRESS, VIP_F_ECHO_REPLY, VIP_F_UNHANDLED_PASS,
+    VIP_F_ADDRESS, VIP_F_ECHO_REPLY, VIP_F_UNHANDLED_PASS, VipMeta,
     hash::flow_hash,
     maps::{MAX_BACKENDS, MAX_VIPS},
     stats::{
@@ -35,7 +35,6 @@ use crate::{
     forward::Sent,
     maps::{
         XLB_ACTION_STATS, XLB_BACKEND_STATS, XLB_CONFIG, XLB_DROP_STATS, XLB_FRAGS, XLB_VIP_STATS,
-        XLB_VIPS,
     },
     scratch::{
         FRAG_FIRST, FRAG_LATER, KIND_ECHO, KIND_ICMP_ERROR, KIND_UNHANDLED_EXT_HEADER, Parsed,
@@ -203,10 +202,6 @@ fn balance(ctx: &XdpContext) -> Verdict {
 /// address (it has an address entry), that address's `unhandled` setting
 /// drops it (counted by reason) or passes it (counted as an event);
 /// otherwise, or if the parser could not read its address, it is passed.
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
-)]
 #[inline(always)]
 fn unhandled(p: &mut Parsed) -> Verdict {
     if p.kind < KIND_UNHANDLED_EXT_HEADER {
@@ -221,10 +216,8 @@ fn unhandled(p: &mut Parsed) -> Verdict {
     } else {
         PROTO_ICMPV6
     };
-    // SAFETY: `get` is unsafe because userspace may rewrite the entry while
-    // the reference lives; the two fields are copied out at once.
-    let Some((flags, vip_id)) = (unsafe { XLB_VIPS.get(&p.vip) }).map(|m| (m.flags, m.vip_id))
-    else {
+    // The address entry (port 0): no wildcard to try after it.
+    let Some(VipMeta { flags, vip_id, .. }) = lookup::vip(p, false) else {
         return Verdict::Pass;
     };
     if flags & VIP_F_ADDRESS == 0 {
