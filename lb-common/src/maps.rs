@@ -48,6 +48,10 @@ pub const ALL: [&str; 11] = [
 pub const BALANCER_PROGRAM: &str = "xlb_balancer";
 
 pub const MAX_VIPS: u32 = 1024;
+/// Entries of XLB_VIPS: one per VIP, and one address entry (ICMP echo,
+/// `unhandled`) per distinct VIP address, so 1,024 VIPs on 1,024 addresses
+/// fit.
+pub const VIP_ENTRIES: u32 = 2 * MAX_VIPS;
 /// Backend ids are per (VIP, backend): 1,024 VIPs x 64 backends.
 pub const MAX_BACKENDS: u32 = 65536;
 /// Connection-table entries when the config names no size (about 100 bytes

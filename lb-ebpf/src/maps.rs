@@ -11,14 +11,15 @@ use lb_common::{
     hash::{FlowWords, FragKey},
     maps::{
         BPF_F_MMAPABLE, CONN_TABLE_SIZE, FRAG_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE,
-        MAX_BACKENDS, MAX_VIPS,
+        MAX_BACKENDS, MAX_VIPS, VIP_ENTRIES,
     },
     stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
 };
 
-/// (address, port, protocol) -> VIP id and table size; written by the controller.
+/// (address, port, protocol) -> VIP id and table size, and each VIP
+/// address's entry (port 0, ICMP); written by the controller.
 #[btf_map]
-pub static XLB_VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new();
+pub static XLB_VIPS: HashMap<VipKey, VipMeta, { VIP_ENTRIES as usize }> = HashMap::new();
 
 /// vip_id -> that VIP's Maglev table (slot -> backend id). The controller
 /// builds a new inner array aside and swaps it in with one update, so a packet

@@ -99,3 +99,20 @@ fn echo_entries_follow_the_applied_config() {
         assert_eq!(dp.live_vip(&v.key).unwrap(), Some(v.meta));
     }
 }
+
+/// The declared limit: 1,024 VIPs, each on an address of its own, have 1,024
+/// VIP entries and 1,024 address entries, and the VIP map holds them all.
+#[test]
+fn the_most_vips_on_distinct_addresses_fit() {
+    tests::require_privileges!();
+    let mut dp = Dataplane::load().expect("load the balancer");
+    let addresses: Vec<String> = (0..lb_common::maps::MAX_VIPS)
+        .map(|i| format!("198.18.{}.{}", 100 + i / 250, i % 250 + 1))
+        .collect();
+    let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    let d = state("reply", &refs, 1, &Allocation::default());
+    assert_eq!(d.echo.len(), addresses.len());
+    dp.apply(MAC, &d, None)
+        .expect("1,024 VIPs and their address entries");
+    assert!(live_echo(&dp, &d).iter().all(|&ok| ok));
+}

@@ -40,8 +40,7 @@ const APPLY_CALLS: usize = 3;
 
 /// The config; `weight` for the first backend of the first VIP.
 fn config(weight: u32) -> String {
-    // No ICMP echo entries: 1,000 VIP entries and 1,000 echo entries would
-    // not fit the VIP map together.
+    // No ICMP echo answered: the bench is about the control plane.
     let mut text = String::from("interface = \"lo\"\nhash_seed = 1\nicmp_echo = \"pass\"\n");
     for v in 0..VIPS {
         text.push_str(&format!(
