@@ -4,6 +4,8 @@
 //! Medians of repeated runs; "% of a core" is the per-second cost of a
 //! once-a-second tick.
 
+mod support;
+
 use std::sync::Arc;
 
 /// The daemon's allocator (lb-userspace/src/main.rs), so the bench measures
@@ -12,23 +14,14 @@ use std::sync::Arc;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
+use support::scale::{self, BACKENDS, TABLE_SIZE, VIPS};
 use xlb_core::change::{ApplyOptions, Candidate, Origin};
 use xlb_core::detect::{BackendSample, Cumulative, Detector, Thresholds, VipSample};
 use xlb_core::revision::Kind;
 
-const VIPS: usize = 1000;
-const BACKENDS: usize = 64;
-/// The smallest prime with 100 slots per backend (config validation's floor).
-const TABLE_SIZE: u32 = 6421;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn report(what: &str, runs: Vec<Duration>) {
     let n = runs.len();
-    let m = median(runs);
+    let m = support::median_duration(runs);
     println!(
         "{what}: median {m:?} of {n} runs = {:.2}% of one core at one tick a second",
         m.as_secs_f64() * 100.0
@@ -75,21 +68,7 @@ fn detector_only() {
 }
 
 fn config() -> String {
-    let mut text = String::from("interface = \"lo\"\nhash_seed = 1\n");
-    for v in 0..VIPS {
-        text.push_str(&format!(
-            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {TABLE_SIZE}\n",
-            100 + v / 250,
-            v % 250 + 1
-        ));
-        for b in 0..BACKENDS {
-            text.push_str(&format!(
-                "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\n",
-                b + 1
-            ));
-        }
-    }
-    text
+    scale::config("interface = \"lo\"\nhash_seed = 1\n", 1)
 }
 
 fn main() {
@@ -137,6 +116,6 @@ fn main() {
     println!(
         "/metrics scrape (status + encode), {} KiB: median {:?} of 15 runs",
         size / 1024,
-        median(runs)
+        support::median_duration(runs)
     );
 }

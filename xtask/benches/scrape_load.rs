@@ -14,6 +14,8 @@
 //! the release `xlb` first. Addresses in 198.18.0.0/15; namespace
 //! `xlbsl-*`.
 
+mod support;
+
 use std::io::Read as _;
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
@@ -24,13 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use support::scale::{self, BACKENDS, VIPS};
 use tests::netns::Netns;
 use tests::xlbd::{Daemon, xlb_binary};
 
-const VIPS: usize = 1000;
-const BACKENDS: usize = 64;
-/// The smallest prime with 100 slots per backend (config validation's floor).
-const TABLE_SIZE: u32 = 6421;
 const METRICS: &str = "127.0.0.1:9470";
 const IDLE_CONNECTIONS: usize = 1000;
 const SCRAPERS: usize = 64;
@@ -38,25 +37,13 @@ const SCRAPERS: usize = 64;
 const STATUS_CALLS: usize = 5;
 const APPLY_CALLS: usize = 3;
 
-/// The config; `weight` for the first backend of the first VIP.
+/// The config; `weight` for the first backend of the first VIP. No ICMP
+/// echo answered: the bench is about the control plane.
 fn config(weight: u32) -> String {
-    // No ICMP echo answered: the bench is about the control plane.
-    let mut text = String::from("interface = \"lo\"\nhash_seed = 1\nicmp_echo = \"pass\"\n");
-    for v in 0..VIPS {
-        text.push_str(&format!(
-            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {TABLE_SIZE}\n",
-            100 + v / 250,
-            v % 250 + 1
-        ));
-        for b in 0..BACKENDS {
-            let w = if v == 0 && b == 0 { weight } else { 1 };
-            text.push_str(&format!(
-                "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
-                b + 1
-            ));
-        }
-    }
-    text
+    scale::config(
+        "interface = \"lo\"\nhash_seed = 1\nicmp_echo = \"pass\"\n",
+        weight,
+    )
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -3,9 +3,13 @@
 //! frames they send with the check of the balancer's output (`frames`).
 //! Each bench includes this module with `mod support;` (cargo compiles every
 //! bench as its own crate), so an item one bench does not use is allowed.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each bench includes this module and uses only part of it"
+)]
 
 pub mod frames;
+pub mod scale;
 
 use std::time::Duration;
 

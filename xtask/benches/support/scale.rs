@@ -1,0 +1,28 @@
+//! The control plane at its declared scale: 1,000 VIPs x 64 backends, each
+//! VIP on an address of its own, the backends shared by name.
+
+pub const VIPS: usize = 1000;
+pub const BACKENDS: usize = 64;
+/// The smallest prime with 100 slots per backend (config validation's floor).
+pub const TABLE_SIZE: u32 = 6421;
+
+/// `header` (top-level keys, one per line), then `VIPS` VIPs of `BACKENDS`
+/// backends; `weight` for the first backend of the first VIP, 1 elsewhere.
+pub fn config(header: &str, weight: u32) -> String {
+    let mut text = header.to_string();
+    for v in 0..VIPS {
+        text.push_str(&format!(
+            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {TABLE_SIZE}\n",
+            100 + v / 250,
+            v % 250 + 1
+        ));
+        for b in 0..BACKENDS {
+            let w = if v == 0 && b == 0 { weight } else { 1 };
+            text.push_str(&format!(
+                "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
+                b + 1
+            ));
+        }
+    }
+    text
+}
