@@ -103,6 +103,15 @@ impl Daemon {
         self.child.id()
     }
 
+    /// SIGHUP: re-read the config file.
+    pub fn hangup(&self) -> anyhow::Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+        Ok(())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -163,4 +172,14 @@ impl Drop for Daemon {
             let _ = self.stop();
         }
     }
+}
+
+/// A command's exit code, stdout and stderr, for an assertion's message.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

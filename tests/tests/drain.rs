@@ -292,15 +292,6 @@ fn within(
     Ok(())
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Run the CLI; it must exit `code` and say `says` on stderr.
 fn expect_exit(daemon: &Daemon, args: &[&str], code: i32, says: &str) -> anyhow::Result<()> {
     let out = daemon.xlb(args)?;
@@ -308,7 +299,7 @@ fn expect_exit(daemon: &Daemon, args: &[&str], code: i32, says: &str) -> anyhow:
     ensure!(
         out.status.code() == Some(code) && stderr.contains(says),
         "xlb {args:?}: expected exit {code} saying {says:?}, got {}",
-        text(&out)
+        tests::xlbd::describe(&out)
     );
     Ok(())
 }
@@ -318,7 +309,11 @@ fn edit(daemon: &Daemon, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let mut full = vec!["-o", "json"];
     full.extend_from_slice(args);
     let out = daemon.xlb(&full)?;
-    ensure!(out.status.success(), "xlb {args:?} failed: {}", text(&out));
+    ensure!(
+        out.status.success(),
+        "xlb {args:?} failed: {}",
+        tests::xlbd::describe(&out)
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -331,7 +326,11 @@ fn revision(daemon: &Daemon) -> anyhow::Result<u64> {
 /// The exact config text of revision `n` (`xlb show N --config-text`).
 fn shown(daemon: &Daemon, n: u64) -> anyhow::Result<String> {
     let out = daemon.xlb(&["show", &n.to_string(), "--config-text"])?;
-    ensure!(out.status.success(), "xlb show {n}: {}", text(&out));
+    ensure!(
+        out.status.success(),
+        "xlb show {n}: {}",
+        tests::xlbd::describe(&out)
+    );
     Ok(String::from_utf8(out.stdout)?)
 }
 
@@ -487,7 +486,11 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     // Undrain: b2 takes its weight share (1/3) of new connections again.
     // (In the table form this time: the plan, then the new revision.)
     let out = daemon.xlb(&["undrain", "echo", "b2", "--force"])?;
-    ensure!(out.status.success(), "undrain: {}", text(&out));
+    ensure!(
+        out.status.success(),
+        "undrain: {}",
+        tests::xlbd::describe(&out)
+    );
     let r_undrain = revision(&daemon)?;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -501,7 +504,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
             ))
             && stderr.contains(&format!("xlb show {r_undrain} --config-text > ")),
         "undrain: {}",
-        text(&out)
+        tests::xlbd::describe(&out)
     );
     eprintln!("xlb undrain printed:\n{stdout}{stderr}");
     let undrained_text = shown(&daemon, r_undrain)?;

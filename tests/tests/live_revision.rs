@@ -36,18 +36,13 @@ fn start(
     Daemon::start_with(&bed.lb.ns, file, dir, &args)
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(daemon: &Daemon, args: &[&str]) -> anyhow::Result<String> {
     let out = daemon.xlb(args)?;
-    ensure!(out.status.success(), "xlb {args:?}: {}", text(&out));
+    ensure!(
+        out.status.success(),
+        "xlb {args:?}: {}",
+        tests::xlbd::describe(&out)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
@@ -84,14 +79,6 @@ fn wait_log(daemon: &Daemon, needle: &str, count: usize) -> anyhow::Result<()> {
         "no {needle:?} (x{count}) in the log:\n{}",
         daemon.log_text()
     )
-}
-
-fn hangup(daemon: &Daemon) -> anyhow::Result<()> {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )?;
-    Ok(())
 }
 
 /// `/metrics` of the daemon in `bed`'s LB namespace.
@@ -159,7 +146,7 @@ fn drain(dir: &Path) -> anyhow::Result<()> {
     ensure!(m.contains(&series), "no {series} in /metrics");
 
     // SIGHUP with the same file: kept.
-    hangup(&daemon)?;
+    daemon.hangup()?;
     wait_log(&daemon, "keeping revision", 1)?;
     let status = daemon.status()?;
     ensure!(
@@ -172,7 +159,7 @@ fn drain(dir: &Path) -> anyhow::Result<()> {
     let live = daemon.status()?["revision"].as_u64().context("revision")?;
     // An edited file, still over a drain: kept as well.
     std::fs::write(&file, testbed::config(&[2, 1, 1]))?;
-    hangup(&daemon)?;
+    daemon.hangup()?;
     wait_log(&daemon, "keeping revision", 2)?;
     ensure!(
         daemon.status()?["revision"] == live,
@@ -195,7 +182,7 @@ fn drain(dir: &Path) -> anyhow::Result<()> {
     // Now the file is the live revision: an edit goes in on SIGHUP.
     let before = status["revision"].as_u64().context("revision")?;
     std::fs::write(&file, testbed::config(&[3, 2, 2]))?;
-    hangup(&daemon)?;
+    daemon.hangup()?;
     wait_log(&daemon, "SIGHUP: applied", 1)?;
     ensure!(
         daemon.status()?["revision"] == before + 1,
@@ -342,7 +329,7 @@ fn full(dir: &Path) -> anyhow::Result<()> {
             && stderr.contains("No space left on device")
             && !String::from_utf8_lossy(&out.stdout).contains("applied"),
         "an unrecorded apply must fail with exit 4 naming the cause: {}",
-        text(&out)
+        tests::xlbd::describe(&out)
     );
     let status = daemon.status()?;
     ensure!(status["revision"] == live, "{status}");

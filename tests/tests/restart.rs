@@ -502,14 +502,6 @@ fn wait_log(daemon: &Daemon, needle: &str) -> anyhow::Result<()> {
     bail!("no {needle:?} in the log:\n{}", daemon.log_text())
 }
 
-fn hangup(daemon: &Daemon) -> anyhow::Result<()> {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )?;
-    Ok(())
-}
-
 fn detach(dir: &Path) -> anyhow::Result<()> {
     let bed = Testbed::new("xlbrs-d", 3)?;
     let bpffs = Bpffs::mount(&dir.join("bpffs"))?;
@@ -524,16 +516,16 @@ fn detach(dir: &Path) -> anyhow::Result<()> {
     // SIGHUP: a change goes in through plan as the next revision.
     let first = seen(&daemon)?.revision;
     std::fs::write(&file, config([2, 1, 1], 1))?;
-    hangup(&daemon)?;
+    daemon.hangup()?;
     wait_log(&daemon, "SIGHUP: applied")?;
     ensure!(seen(&daemon)?.revision == first + 1, "SIGHUP did not apply");
     // A plan the safety checks refuse (a new hash seed moves every flow),
     // and a broken file: logged, nothing changes.
     std::fs::write(&file, config([2, 1, 1], 99))?;
-    hangup(&daemon)?;
+    daemon.hangup()?;
     wait_log(&daemon, "SIGHUP: reload refused")?;
     std::fs::write(&file, "interface = \"eth0\"\n[[vip]]\nname = 3\n")?;
-    hangup(&daemon)?;
+    daemon.hangup()?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while daemon.log_text().matches("SIGHUP: reload refused").count() < 2 {
         ensure!(
