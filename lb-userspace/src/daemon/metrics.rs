@@ -884,6 +884,38 @@ mod tests {
         }
     }
 
+    /// Each VIP's announce state and reason, and the node's, from the
+    /// status; none of it from a status without announcing.
+    #[test]
+    fn announcing_is_exported() {
+        use xlb_core::announce::{NodeAnnounce, NodeState, Reason, VipAnnounce};
+        let mut s = status(None);
+        let quiet = Metrics::new().encode(s.clone());
+        assert!(!quiet.contains("xlb_vip_announced"), "{quiet}");
+        s.vips[0].announce = Some(VipAnnounce {
+            policy: xlb_core::config::Announce::Healthy,
+            announced: false,
+            reason: Reason::NoBackendUp,
+            backends_up: 0,
+            hold_remaining_seconds: None,
+        });
+        s.announce = Some(NodeAnnounce {
+            state: NodeState::Drained,
+            table: Some(100),
+            routes: vec!["198.18.100.1".parse().unwrap()],
+            ..Default::default()
+        });
+        let text = Metrics::new().encode(s);
+        for line in [
+            "xlb_vip_announced{vip=\"web\"} 0.0",
+            "xlb_vip_announce_info{vip=\"web\",policy=\"healthy\",reason=\"no_backend_up\"} 1",
+            "xlb_node_drained 1.0",
+            "xlb_announce_routes{table=\"100\"} 1.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+    }
+
     #[test]
     fn fingerprints_are_exported() {
         let s = status(None);
