@@ -909,7 +909,7 @@ mod tests {
         for line in [
             "xlb_vip_announced{vip=\"web\"} 0.0",
             "xlb_vip_announce_info{vip=\"web\",policy=\"healthy\",reason=\"no_backend_up\"} 1",
-            "xlb_node_drained 1.0",
+            "xlb_node_drained{} 1.0",
             "xlb_announce_routes{table=\"100\"} 1.0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
