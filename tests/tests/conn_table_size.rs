@@ -87,16 +87,14 @@ fn an_apply_that_changes_the_size_is_refused_and_writes_nothing() {
         let err = apply(&mut controller, &config(other, 5), "b.toml")
             .expect_err("another size needs a restart");
         let wanted = other.unwrap_or(lb_common::maps::CONN_TABLE_SIZE);
-        assert!(
-            matches!(err, ApplyError::ConnTableSizeChange { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, ApplyError::RestartOnly { .. }), "{err:?}");
         assert!(err.is_bad_input());
         assert_eq!(
             err.to_string(),
             format!(
-                "b.toml: conn_table_size: {wanted} needs a restart after `xlb detach` (the \
-                 pinned connection table has {SIZE} entries)"
+                "b.toml: conn_table_size: {SIZE} -> {wanted} needs a restart: the pinned \
+                 connection table is sized when the program loads: `xlb detach` (forgets every \
+                 flow), then start the daemon"
             )
         );
         assert_eq!(table(&controller), served, "nothing applied");

@@ -11,6 +11,7 @@
 //! - `model`: the file's shape, every value with its span (`RawConfig`).
 //! - `check`: what the model and every rule use: `Sp`, `Issues`, field paths, durations,
 //!   lines and the `Checker`.
+//! - `keys`: which keys change live and which need a restart (one table).
 //! - `types`: the validated `Config`, health checks included; `error`:
 //!   `ConfigError`. Neither uses another file of `config`.
 
@@ -20,6 +21,7 @@ mod forwarding;
 #[cfg(test)]
 mod forwarding_tests;
 mod health;
+pub mod keys;
 mod model;
 #[cfg(test)]
 mod tests;

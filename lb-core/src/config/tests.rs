@@ -1016,3 +1016,33 @@ fn example_safety_block_shows_the_defaults() {
         }
     }
 }
+
+/// Every restart-only key is a key of the file's top level.
+#[test]
+fn restart_only_keys_are_top_level_keys() {
+    use super::keys::{RESTART_ONLY, is_restart_only};
+    for k in RESTART_ONLY {
+        assert!(super::model::ROOT_KEYS.contains(&k.key), "{}", k.key);
+    }
+    assert!(is_restart_only("interface"));
+    assert!(!is_restart_only("hash_seed"));
+}
+
+#[test]
+fn restart_only_changes_are_listed_with_their_reason() {
+    use super::keys::{RESTART_ONLY, restart_changes};
+    let base = parse("interface = \"eth0\"\nconn_table_size = 4096\n", "a.toml").unwrap();
+    let mut candidate = base.clone();
+    assert!(restart_changes(&base, &candidate).is_empty());
+    candidate.interface = "eth1".into();
+    candidate.hash_seed = 9;
+    let changes = restart_changes(&base, &candidate);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        changes[0].to_string(),
+        format!(
+            "interface: eth0 -> eth1 needs a restart: {}",
+            RESTART_ONLY[0].why
+        )
+    );
+}

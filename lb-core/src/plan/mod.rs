@@ -83,6 +83,7 @@ pub fn plan(base: &Config, candidate: &Config) -> Result<Plan, PlanError> {
         vips,
         details,
         lints,
+        restart_only: crate::config::keys::restart_changes(base, candidate),
         changed,
     })
 }

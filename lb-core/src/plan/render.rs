@@ -38,6 +38,11 @@ impl Plan {
         if self.changed {
             for line in &self.details {
                 out.push_str(line);
+                if let Some(key) = line.split(' ').next()
+                    && crate::config::keys::is_restart_only(key)
+                {
+                    out.push_str("   (restart-only)");
+                }
                 out.push('\n');
             }
             if !self.details.is_empty() {
@@ -50,6 +55,19 @@ impl Plan {
             out.push_str("no changes\n");
         }
         out.push('\n');
+        if !self.restart_only.is_empty() {
+            out.push_str(&format!(
+                "needs a restart: an apply refuses {} (exit 2)\n",
+                if self.restart_only.len() == 1 {
+                    "this change"
+                } else {
+                    "these changes"
+                }
+            ));
+            for r in &self.restart_only {
+                out.push_str(&format!("  {r}\n"));
+            }
+        }
         if self.lints.is_empty() {
             out.push_str("no lints\n");
         } else {

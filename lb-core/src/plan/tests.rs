@@ -708,12 +708,15 @@ fn every_difference_has_a_line() {
     let mut c = base.clone();
     c.interface = "eth1".into();
     let p = plan(&base, &c).unwrap();
-    assert!(p.changed && !p.refused());
+    assert!(p.changed && !p.refused() && p.needs_restart());
     assert!(p.vips.iter().all(|v| v.change == Change::Unchanged));
     assert_eq!(
         p.render_table(),
-        "interface eth0 -> eth1\n\nvip web: unchanged\nvip dns: unchanged\n\
-         vip web6: unchanged\n\nno lints\n"
+        "interface eth0 -> eth1   (restart-only)\n\nvip web: unchanged\nvip dns: unchanged\n\
+         vip web6: unchanged\n\nneeds a restart: an apply refuses this change (exit 2)\n  \
+         interface: eth0 -> eth1 needs a restart: the daemon is attached to its interface; \
+         start a daemon for the new one (and `xlb detach` the old one if it should stop \
+         forwarding)\nno lints\n"
     );
 }
 

@@ -28,6 +28,10 @@ pub struct Plan {
     pub details: Vec<String>,
     /// Every safety check the change fails; empty when it may be applied.
     pub lints: Vec<Lint>,
+    /// Changes of keys that only a restart takes (`config::keys`): an apply
+    /// refuses them (exit 2), and so does the plan.
+    #[serde(default)]
+    pub restart_only: Vec<crate::config::keys::RestartChange>,
     /// Whether anything differs at all. The order of VIPs or backends in the
     /// file is not a difference (tables do not depend on it), even though
     /// it changes `config_hash`.
@@ -129,6 +133,12 @@ impl Plan {
     /// Whether a safety check refuses the change.
     pub fn refused(&self) -> bool {
         !self.lints.is_empty()
+    }
+
+    /// Whether the change needs a restart (an apply refuses it as bad
+    /// input, whatever `--force` says).
+    pub fn needs_restart(&self) -> bool {
+        !self.restart_only.is_empty()
     }
 }
 

@@ -106,7 +106,7 @@ pub(super) fn plan(
         let doc = PlanFile {
             schema_version: xlb_core::plan::SCHEMA_VERSION,
             plan: plan.clone(),
-            config_file: name,
+            config_file: name.clone(),
             config_text: text,
         };
         let json = serde_json::to_string_pretty(&doc).expect("plans serialize");
@@ -118,6 +118,17 @@ pub(super) fn plan(
         return Err(Failure::refused(
             "refused by the safety checks above (--force to plan it anyway)",
         ));
+    }
+    // As the apply would: restart-only changes are bad input, forced or not.
+    if plan.needs_restart() {
+        return Err(Failure::bad_input(format!(
+            "{name}: an apply refuses this: {}",
+            plan.restart_only
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
     }
     if detailed_exitcode && plan.changed {
         return Err(Failure {

@@ -127,11 +127,16 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let (dataplane, pinned) =
         restart::load_and_attach(inspected, &interface, opts.mode).map_err(StartError::Failed)?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let mut controller = Controller::new(dataplane, interface, ready.host, metrics)
+    let controller = Controller::new(dataplane, interface, ready.host, metrics)
         .with_revisions(ready.store)
         .with_bake(opts.bake)
         .with_audit(ready.audit)
         .with_announcing(announcing);
+    let mut controller = match opts.metrics_address {
+        // `--metrics-address` overrides the config's: its changes do nothing.
+        Some(_) => controller,
+        None => controller.with_metrics_bound(metrics_address),
+    };
     let config_file = PathBuf::from(&opts.candidate.file);
     let revision = restart::first_apply(&mut controller, &pinned, opts.candidate)
         .map_err(StartError::Failed)?;

@@ -9,6 +9,7 @@ use xlb_core::bake::{BakeState, BakeStatus};
 use xlb_core::change::{ApplyOptions, Candidate, Checks, LiveRevision};
 use xlb_core::clock::unix_now;
 use xlb_core::config::Config;
+use xlb_core::config::keys::{RestartChange, restart_change};
 use xlb_core::detect::Detector;
 use xlb_core::plan::Plan;
 use xlb_core::revision::{Kind, Outcome, Revision};
@@ -39,7 +40,36 @@ impl Controller {
         };
         let mut plan = xlb_core::plan::plan(&base, &candidate.config)?;
         plan.base_revision = Some(self.revision);
+        // What this daemon runs with, not only what was applied: the
+        // interface, the pinned table's size, the bound metrics address.
+        plan.restart_only = self.restart_only(&candidate.config);
         Ok(plan)
+    }
+
+    /// The changes of `config` that this running daemon cannot take
+    /// (`xlb_core::config::keys`): against the interface it is attached to,
+    /// the size of its pinned connection table and the address it serves
+    /// metrics on (unless `--metrics-address` overrides the config's).
+    pub fn restart_only(&self, config: &Config) -> Vec<RestartChange> {
+        let mut changes = Vec::new();
+        changes.extend(restart_change(
+            "interface",
+            self.interface.clone(),
+            config.interface.clone(),
+        ));
+        changes.extend(restart_change(
+            "conn_table_size",
+            self.dataplane.conn_table_size().to_string(),
+            config.conn_table_size.to_string(),
+        ));
+        if let Some(bound) = self.metrics_bound {
+            changes.extend(restart_change(
+                "metrics_address",
+                bound.to_string(),
+                config.metrics_address.to_string(),
+            ));
+        }
+        changes
     }
 
     /// Plan for an operator, and put it in the audit log.
@@ -349,18 +379,11 @@ impl Controller {
     /// Build the tables of `config` and swap them in; nothing is written
     /// unless everything validated.
     fn write(&mut self, config: &Config, file: &str, number: u64) -> Result<u64, ApplyError> {
-        if config.interface != self.interface {
-            return Err(ApplyError::InterfaceChange {
+        let changes = self.restart_only(config);
+        if !changes.is_empty() {
+            return Err(ApplyError::RestartOnly {
                 file: file.to_string(),
-                running: self.interface.clone(),
-                wanted: config.interface.clone(),
-            });
-        }
-        if config.conn_table_size != self.dataplane.conn_table_size() {
-            return Err(ApplyError::ConnTableSizeChange {
-                file: file.to_string(),
-                running: self.dataplane.conn_table_size(),
-                wanted: config.conn_table_size,
+                changes,
             });
         }
         let empty = Allocation::default();

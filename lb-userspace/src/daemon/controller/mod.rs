@@ -46,22 +46,12 @@ pub use apply::Applied;
 pub enum ApplyError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
-    #[error(
-        "{file}: interface: the running daemon is attached to {running}; a config for {wanted} needs a restart"
-    )]
-    InterfaceChange {
+    /// Keys only a restart takes (`xlb_core::config::keys`): the
+    /// interface, the pinned connection table's size, the metrics address.
+    #[error("{file}: {}", changes.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    RestartOnly {
         file: String,
-        running: String,
-        wanted: String,
-    },
-    /// The connection table is sized when the program loads.
-    #[error(
-        "{file}: conn_table_size: {wanted} needs a restart after `xlb detach` (the pinned connection table has {running} entries)"
-    )]
-    ConnTableSizeChange {
-        file: String,
-        running: u32,
-        wanted: u32,
+        changes: Vec<config::keys::RestartChange>,
     },
     #[error("{0}")]
     State(#[from] state::StateError),
@@ -97,8 +87,7 @@ impl ApplyError {
         matches!(
             self,
             Self::Config(_)
-                | Self::InterfaceChange { .. }
-                | Self::ConnTableSizeChange { .. }
+                | Self::RestartOnly { .. }
                 | Self::State(_)
                 | Self::Plan(_)
                 | Self::NoRevision(_)
@@ -164,6 +153,9 @@ pub struct Controller {
     /// The `--config` file against the live revision (`restart`): set at
     /// the start and by each SIGHUP, followed by every apply.
     config_file: Option<ConfigFileStatus>,
+    /// The address /metrics is served on when it is the config's (None when
+    /// `--metrics-address` overrides it: the config's then changes nothing).
+    metrics_bound: Option<std::net::SocketAddr>,
     /// What the node announces to its routers (announce.rs).
     announcing: Announcing,
 }
@@ -221,6 +213,7 @@ impl Controller {
             conn_scan: None,
             health: Default::default(),
             config_file: None,
+            metrics_bound: None,
             announcing: Announcing::default(),
         }
     }
@@ -292,6 +285,13 @@ impl Controller {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// /metrics is served on `address`, from the config (not from
+    /// `--metrics-address`): a config with another address needs a restart.
+    pub fn with_metrics_bound(mut self, address: std::net::SocketAddr) -> Self {
+        self.metrics_bound = Some(address);
+        self
     }
 
     /// What the start or the last SIGHUP found of the `--config` file.
