@@ -8,7 +8,7 @@ use std::fmt::Display;
 use crate::config::{Backend, BackendState, Config, Safety, Thresholds, Vip};
 
 use super::flows::{Built, moved_ratio};
-use super::types::{BackendPlan, Change, VipPlan, ratio};
+use super::types::{BackendPlan, Change, Established, VipPlan, ratio};
 
 /// One side of a VIP's change: its config and the table it builds.
 #[derive(Clone, Copy)]
@@ -183,6 +183,12 @@ fn backend_plans(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vec<Backe
                 (Some(s), Some(a)) => capacity_share(s.vip, a),
                 _ => 0.0,
             }),
+            established: match (b, a) {
+                (None, _) => Established::None,
+                (_, None) => Established::CutRemoved,
+                (Some(b), Some(a)) if b.address != a.address => Established::CutAddressChanged,
+                _ => Established::Kept,
+            },
         })
         .collect()
 }

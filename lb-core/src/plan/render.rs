@@ -104,6 +104,18 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
     for line in &vip.details {
         out.push_str(&format!("  {line}\n"));
     }
+    let cut: Vec<&str> = vip
+        .backends
+        .iter()
+        .filter(|b| b.established.cut())
+        .map(|b| b.name.as_str())
+        .collect();
+    if !cut.is_empty() {
+        out.push_str(&format!(
+            "  established connections of {} are cut (reset); draining a backend keeps them\n",
+            cut.join(", ")
+        ));
+    }
     if vip.backends.is_empty() {
         return;
     }
@@ -115,6 +127,7 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
             "STATE",
             "SHARE",
             "CAPACITY SHARE",
+            "ESTABLISHED",
         ]
         .map(String::from)
         .to_vec(),
@@ -142,6 +155,7 @@ fn backend_row(b: &BackendPlan) -> Vec<String> {
             percent(b.share_after_ratio)
         ),
         percent(b.capacity_share_ratio),
+        b.established.describe().to_string(),
     ]
 }
 

@@ -903,7 +903,8 @@ fn render_shows_changes_shares_and_refusals() {
     assert_eq!(lines[3], "  backend b5: state active -> draining");
     assert!(
         lines[4].starts_with("  BACKEND   CHANGE      WEIGHT    STATE")
-            && lines[4].ends_with("SHARE            CAPACITY SHARE"),
+            && lines[4].contains("SHARE            CAPACITY SHARE")
+            && lines[4].ends_with("ESTABLISHED"),
         "{text}"
     );
     let b3 = lines.iter().find(|l| l.starts_with("  b3 ")).unwrap();
@@ -1078,4 +1079,40 @@ proptest! {
         let same = plan(&candidate, &candidate).unwrap();
         prop_assert!(!same.changed && same.lints.is_empty());
     }
+}
+
+/// Removing a backend and draining it move the same new flows, but the
+/// plan tells them apart: a drain keeps the backend's established
+/// connections, a removal (or a new address) cuts them.
+#[test]
+fn removal_cuts_established_connections_and_a_drain_keeps_them() {
+    let base = equal(4);
+    let mut drained = base.clone();
+    drained.vips[0].backends[3].state = BackendState::Draining;
+    let mut removed = base.clone();
+    removed.vips[0].backends.remove(3);
+    let mut moved = base.clone();
+    moved.vips[0].backends[2].address = "198.18.9.9".parse().unwrap();
+    let d = plan(&base, &drained).unwrap();
+    let r = plan(&base, &removed).unwrap();
+    assert_eq!(d.vips[0].flows_moved_ratio, r.vips[0].flows_moved_ratio);
+    assert_eq!(backend_plan(&d, "web", "b3").established, Established::Kept);
+    assert_eq!(
+        backend_plan(&r, "web", "b3").established,
+        Established::CutRemoved
+    );
+    let m = plan(&base, &moved).unwrap();
+    assert_eq!(
+        backend_plan(&m, "web", "b2").established,
+        Established::CutAddressChanged
+    );
+    assert_eq!(backend_plan(&m, "web", "b0").established, Established::Kept);
+    assert!(!d.render_table().contains("are cut"));
+    assert!(
+        r.render_table().contains(
+            "established connections of b3 are cut (reset); draining a backend keeps them"
+        ),
+        "{}",
+        r.render_table()
+    );
 }

@@ -78,6 +78,48 @@ pub struct BackendPlan {
     /// capacity / the sum of the capacities of the candidate VIP's active
     /// backends (0 when absent or not active in the candidate).
     pub capacity_share_ratio: f64,
+    /// What the change does to the backend's established connections.
+    #[serde(default)]
+    pub established: Established,
+}
+
+/// A backend's established connections after a change. Draining or
+/// disabling a backend keeps them (its connection-table entries stay
+/// valid); removing it, or changing its address, cuts them: their packets
+/// are re-steered onto the new table (`conn_resteer`) and the backend that
+/// gets them resets them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Established {
+    /// They go on to the same backend.
+    #[default]
+    Kept,
+    /// Removed (or its VIP removed): they are reset.
+    CutRemoved,
+    /// Its address changed: they go to the new address and are reset.
+    CutAddressChanged,
+    /// An added backend has none.
+    None,
+}
+
+impl Established {
+    /// Cut: the backend's established connections are reset.
+    pub fn cut(self) -> bool {
+        matches!(
+            self,
+            Established::CutRemoved | Established::CutAddressChanged
+        )
+    }
+
+    /// In the plan's table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Established::Kept => "kept",
+            Established::CutRemoved => "cut (removed)",
+            Established::CutAddressChanged => "cut (new address)",
+            Established::None => "-",
+        }
+    }
 }
 
 /// One failed safety check.
