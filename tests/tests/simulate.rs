@@ -338,3 +338,48 @@ fn an_unreadable_capture_is_bad_input_before_any_loading() {
         "{text}"
     );
 }
+
+/// The postmortem's change (issue 19, item 5): one of ten equal-capacity
+/// login backends at weight 10. The program follows the weights (b1 gets
+/// ~52.6%, ratio ~1.00), which is what the config says, and five times what
+/// b1 can take: `xlb simulate` exits 1 naming it, as plan and the bake do.
+#[test]
+fn the_postmortems_change_is_over_capacity() {
+    tests::require_privileges!();
+    let mut text = String::from(
+        "interface = \"xlbtest0\"\nhash_seed = 3\n[[vip]]\nname = \"login\"\n\
+         address = \"198.18.100.1\"\nport = 443\nprotocol = \"tcp\"\ntable_size = 65537\n",
+    );
+    for i in 1..=10 {
+        let weight = if i == 1 { 10 } else { 1 };
+        text.push_str(&format!(
+            "[[vip.backend]]\nname = \"b{i}\"\naddress = \"198.18.1.{i}\"\n\
+             mac = \"02:00:00:23:00:{i:02}\"\nweight = {weight}\ncapacity = 1\n"
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("xlb-simulate-capacity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("login.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new(tests::xlbd::xlb_binary().unwrap())
+        .arg("simulate")
+        .arg(&file)
+        .args(["--flows", "20000"])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        tests::xlbd::describe(&out)
+    );
+    assert!(
+        stdout.contains("login: OVER CAPACITY: b1 gets 5")
+            && stdout.contains("its capacity share 10.0%"),
+        "{stdout}"
+    );
+    // The weights alone are met: no imbalance verdict.
+    assert!(stdout.contains("login: ok: worst"), "{stdout}");
+}

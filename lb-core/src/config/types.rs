@@ -552,6 +552,21 @@ impl Serialize for MacAddr {
 
 impl Vip {
     /// Backends that belong in the Maglev table.
+    /// `backend`'s capacity over the capacities of the VIP's active
+    /// backends (0 when it is not active): the share of new flows it can
+    /// take, which `max_capacity_ratio` bounds (plan, bake, simulate).
+    pub fn capacity_share(&self, backend: &Backend) -> f64 {
+        if backend.state != BackendState::Active {
+            return 0.0;
+        }
+        let total: f64 = self.table_backends().map(|b| b.capacity).sum();
+        if total > 0.0 {
+            backend.capacity / total
+        } else {
+            0.0
+        }
+    }
+
     pub fn table_backends(&self) -> impl Iterator<Item = &Backend> {
         self.backends
             .iter()

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
-use crate::config::{Backend, BackendState, Config, Safety, Thresholds, Vip};
+use crate::config::{Backend, Config, Safety, Thresholds, Vip};
 
 use super::flows::{Built, moved_ratio};
 use super::types::{BackendPlan, Change, Established, VipPlan, ratio};
@@ -133,20 +133,6 @@ fn count_backends(vip: &Vip) -> String {
     format!("{n} backend{plural} ({active} active)")
 }
 
-/// capacity / the sum of the active backends' capacities; 0 when the
-/// backend is not active.
-pub(super) fn capacity_share(vip: &Vip, backend: &Backend) -> f64 {
-    if backend.state != BackendState::Active {
-        return 0.0;
-    }
-    let total: f64 = vip.table_backends().map(|b| b.capacity).sum();
-    if total > 0.0 {
-        backend.capacity / total
-    } else {
-        0.0
-    }
-}
-
 /// Backends of either side, by name.
 fn union<'a>(
     before: Option<Side<'a>>,
@@ -180,7 +166,7 @@ fn backend_plans(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vec<Backe
             share_before_ratio: ratio(before.map_or(0.0, |s| s.built.share(name))),
             share_after_ratio: ratio(after.map_or(0.0, |s| s.built.share(name))),
             capacity_share_ratio: ratio(match (after, a) {
-                (Some(s), Some(a)) => capacity_share(s.vip, a),
+                (Some(s), Some(a)) => s.vip.capacity_share(a),
                 _ => 0.0,
             }),
             established: match (b, a) {

@@ -257,6 +257,7 @@ fn vip_report(dp: &Dataplane, vip: &DesiredVip) -> Result<SimVip, StagingError> 
         .map(|(b, (&e, c))| SimBackend {
             name: b.name.clone(),
             expected_share_ratio: e,
+            capacity_share_ratio: vip.config.capacity_share(b),
             simulated_share_ratio: (new_flows > 0).then(|| c.new_flows as f64 / new_flows as f64),
             new_flows: c.new_flows,
             packets: c.packets,
@@ -275,5 +276,18 @@ fn vip_report(dp: &Dataplane, vip: &DesiredVip) -> Result<SimVip, StagingError> 
         worst_backend: j.worst.map(|i| vip.config.backends[i].name.clone()),
         max_ratio,
         over_threshold: j.over_threshold,
+        max_capacity_ratio: vip.config.safety.max_capacity_ratio,
+        over_capacity: report::over_capacity(
+            &vip.config
+                .backends
+                .iter()
+                .zip(&counters)
+                .map(|(b, c)| (vip.config.capacity_share(b), c.new_flows))
+                .collect::<Vec<_>>(),
+            vip.config.safety.max_capacity_ratio,
+        )
+        .into_iter()
+        .map(|i| vip.config.backends[i].name.clone())
+        .collect(),
     })
 }

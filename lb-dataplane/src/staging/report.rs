@@ -33,6 +33,15 @@ pub struct SimVip {
     /// Some backend is beyond `max_ratio` (or its inverse), and by more than
     /// 4-sigma noise.
     pub over_threshold: bool,
+    /// The VIP's `safety.max_capacity_ratio`.
+    #[serde(default)]
+    pub max_capacity_ratio: f64,
+    /// Backends whose simulated share is beyond `max_capacity_ratio` x their
+    /// capacity share, by more than noise (as `xlb plan` and the bake judge
+    /// a change): the weights may be what the config says and still send a
+    /// backend more than it can take.
+    #[serde(default)]
+    pub over_capacity: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -41,6 +50,10 @@ pub struct SimBackend {
     /// Its weight over the weights of the VIP's active backends (0 when not
     /// active).
     pub expected_share_ratio: f64,
+    /// Its capacity over the capacities of the VIP's active backends (0
+    /// when not active).
+    #[serde(default)]
+    pub capacity_share_ratio: f64,
     /// Its share of the VIP's new flows, from the program's counters; None
     /// when the VIP had no new flows.
     pub simulated_share_ratio: Option<f64>,
@@ -113,6 +126,26 @@ pub fn judge(backends: &[(f64, u64)], max_ratio: f64) -> Judgement {
     j
 }
 
+/// The backends (indices) whose share of `total` new flows is beyond
+/// `max_capacity_ratio` x their capacity share, by more than noise. Only
+/// too much counts: less than its capacity is no risk to a backend.
+pub fn over_capacity(backends: &[(f64, u64)], max_capacity_ratio: f64) -> Vec<usize> {
+    let total: u64 = backends.iter().map(|&(_, n)| n).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    backends
+        .iter()
+        .enumerate()
+        .filter(|&(_, &(capacity, count))| {
+            capacity > 0.0
+                && count as f64 / total as f64 > max_capacity_ratio * capacity
+                && significant(count, capacity * max_capacity_ratio, total)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 fn pct(r: f64) -> String {
     format!("{:.1}%", r * 100.0)
 }
@@ -128,6 +161,7 @@ fn backend_row(vip: &str, b: &SimBackend) -> Vec<String> {
         pct(b.expected_share_ratio),
         b.simulated_share_ratio.map_or("-".into(), pct),
         ratio,
+        pct(b.capacity_share_ratio),
         b.new_flows.to_string(),
         b.packets.to_string(),
     ]
@@ -163,10 +197,34 @@ fn verdict_line(v: &SimVip) -> String {
     )
 }
 
+/// A line per backend over its capacity.
+fn capacity_lines(v: &SimVip) -> Vec<String> {
+    v.over_capacity
+        .iter()
+        .filter_map(|name| v.backends.iter().find(|b| &b.name == name))
+        .map(|b| {
+            let got = b.simulated_share_ratio.unwrap_or(0.0);
+            format!(
+                "{}: OVER CAPACITY: {} gets {} of new flows, {:.2}x its capacity share {} \
+                 (max_capacity_ratio {})",
+                v.name,
+                b.name,
+                pct(got),
+                got / b.capacity_share_ratio,
+                pct(b.capacity_share_ratio),
+                v.max_capacity_ratio
+            )
+        })
+        .collect()
+}
+
 impl SimReport {
-    /// Some VIP's simulated split is beyond its imbalance threshold.
+    /// Some VIP's simulated split is beyond its imbalance threshold, or
+    /// sends a backend more than its capacity allows.
     pub fn refused(&self) -> bool {
-        self.vips.iter().any(|v| v.over_threshold)
+        self.vips
+            .iter()
+            .any(|v| v.over_threshold || !v.over_capacity.is_empty())
     }
 
     /// A borderless table of every VIP's backends, expected share (weights)
@@ -179,13 +237,14 @@ impl SimReport {
             "EXPECTED",
             "SIMULATED",
             "RATIO",
+            "CAPACITY",
             "NEW FLOWS",
             "PACKETS",
         ];
         let mut rows = vec![header.map(String::from).to_vec()];
         for v in &self.vips {
             if v.backends.is_empty() {
-                let dashes = ["-", "-", "-", "-"].map(String::from);
+                let dashes = ["-", "-", "-", "-", "-"].map(String::from);
                 let mut row = vec![v.name.clone()];
                 row.extend(dashes);
                 row.extend([v.new_flows.to_string(), v.packets.to_string()]);
@@ -198,6 +257,10 @@ impl SimReport {
         for v in &self.vips {
             out.push_str(&verdict_line(v));
             out.push('\n');
+            for line in capacity_lines(v) {
+                out.push_str(&line);
+                out.push('\n');
+            }
         }
         out.push_str(&format!(
             "\n{} packets simulated, {} not for any VIP\n",
@@ -208,6 +271,18 @@ impl SimReport {
             let plural = if over == 1 { "" } else { "s" };
             out.push_str(&format!(
                 "refused: {over} VIP{plural} over the imbalance threshold\n"
+            ));
+        }
+        let over = self
+            .vips
+            .iter()
+            .filter(|v| !v.over_capacity.is_empty())
+            .count();
+        if over > 0 {
+            let plural = if over == 1 { "" } else { "s" };
+            out.push_str(&format!(
+                "refused: {over} VIP{plural} sending a backend more than its capacity \
+                 (max_capacity_ratio)\n"
             ));
         }
         out
@@ -281,6 +356,7 @@ mod tests {
         SimBackend {
             name: name.into(),
             expected_share_ratio: expected,
+            capacity_share_ratio: expected,
             simulated_share_ratio: (total > 0).then(|| new_flows as f64 / total as f64),
             new_flows,
             packets: new_flows,
@@ -304,6 +380,8 @@ mod tests {
             worst_ratio: j.worst_ratio,
             max_ratio,
             over_threshold: j.over_threshold,
+            max_capacity_ratio: 1.5,
+            over_capacity: Vec::new(),
         }
     }
 
@@ -332,15 +410,15 @@ mod tests {
         let text = report.render_table();
         assert!(
             text.starts_with(
-                "VIP    BACKEND   EXPECTED   SIMULATED   RATIO   NEW FLOWS   PACKETS\n\
-                 web    b1        25.0%      50.0%       2.00    50000       50000\n"
+                "VIP    BACKEND   EXPECTED   SIMULATED   RATIO   CAPACITY   NEW FLOWS   PACKETS\n\
+                 web    b1        25.0%      50.0%       2.00    25.0%      50000       50000\n"
             ),
             "{text}"
         );
         for line in [
             "web: OVER THRESHOLD: worst b1 at 2.00x its expected share (max_ratio 1.5)\n",
             "dns: ok: worst d1 at 1.00x its expected share (max_ratio 1.5)\n",
-            "dark   x1        0.0%       -           -       0           0\n",
+            "dark   x1        0.0%       -           -       0.0%       0           0\n",
             "dark: no active backends, not judged, 4 packets dropped\n",
             "100014 packets simulated, 0 not for any VIP\n",
             "refused: 1 VIP over the imbalance threshold\n",
@@ -361,6 +439,37 @@ mod tests {
             report
                 .render_table()
                 .contains("web: ok, within the noise of 12 new flows: worst b1 at 2.00x")
+        );
+    }
+
+    /// The postmortem's change: weights 1:1:...:10 in ten, capacities equal.
+    /// The split follows the weights (ratio 1.00) and still sends b1 five
+    /// times what it can take.
+    #[test]
+    fn a_split_true_to_the_weights_can_be_over_capacity() {
+        let mut shares = vec![(0.1, 5_240u64)];
+        shares.extend((0..9).map(|_| (0.1, 529u64)));
+        assert_eq!(over_capacity(&shares, 1.5), vec![0]);
+        // At its capacity share, or a little over by noise: fine.
+        let even: Vec<(f64, u64)> = (0..10).map(|i| (0.1, 1_000 + i)).collect();
+        assert!(over_capacity(&even, 1.5).is_empty());
+        let mut v = vip("login", vec![backend("b1", 0.526, 5_240, 10_000)], 1.5);
+        v.backends[0].capacity_share_ratio = 0.1;
+        v.over_capacity = vec!["b1".into()];
+        let report = SimReport {
+            schema_version: 1,
+            vips: vec![v],
+            packets: 10_000,
+            unmatched_packets: 0,
+        };
+        assert!(report.refused());
+        let text = report.render_table();
+        assert!(
+            text.contains(
+                "login: OVER CAPACITY: b1 gets 52.4% of new flows, 5.24x its capacity share 10.0% \
+                 (max_capacity_ratio 1.5)"
+            ),
+            "{text}"
         );
     }
 }

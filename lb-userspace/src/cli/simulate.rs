@@ -30,7 +30,8 @@ pub(super) fn simulate(
     }
     if report.refused() {
         return Err(Failure::refused(
-            "the simulated split is beyond the thresholds above",
+            "the simulated split is beyond the thresholds above (imbalance against the \
+             weights, or a backend over its capacity)",
         ));
     }
     Ok(())
