@@ -62,6 +62,7 @@ pub(super) fn vip_plan(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vip
         details,
         flows_moved_ratio,
         backends,
+        notes: Vec::new(),
     }
 }
 

@@ -11,8 +11,14 @@
 //!   counted: draining means moving them on purpose, and the connection
 //!   table keeps their established connections where they are.
 //! * `share_growth`: a backend active on both sides, with a share today,
-//!   would get more than `max_share_growth` x that share. A new backend's
-//!   growth from 0 is not growth; the capacity check covers it.
+//!   would get more than `max_share_growth` x that share, beyond the growth
+//!   that backends leaving give every backend that stays. A drain of one of
+//!   three equal backends gives the other two 1.5x their share: that is
+//!   capacity leaving, judged by `capacity_removed` (and the others'
+//!   headroom by `over_capacity`), not a share that a change of weights
+//!   pushes up; judging it here made the verdict flip with the table's
+//!   rounding (50.0% is 1.4999x or 1.5001x of 33.3%). A new backend's growth
+//!   from 0 is not growth; the capacity check covers it.
 //! * `over_capacity`: a backend's predicted share is above
 //!   `max_capacity_ratio` x its capacity share, and above its share today.
 //!   A backend already over its capacity whose share does not grow is left
@@ -123,21 +129,30 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
 
     // Each backend's predicted load.
     let active = |state: &Option<String>| state.as_deref() == Some("active");
+    let leave = leaving_growth(before, after);
     for b in &plan.backends {
         let (now, next) = (b.share_before_ratio, b.share_after_ratio);
         if active(&b.state_before)
             && active(&b.state_after)
             && now > 0.0
-            && next > safety.max_share_growth * now
+            && next > safety.max_share_growth * now * leave
         {
+            let beyond = if leave > 1.0 {
+                format!(
+                    "; {}x of it comes from the backends leaving, the rest from this change",
+                    number(leave)
+                )
+            } else {
+                String::new()
+            };
             lints.push(lint(
                 Some(&b.name),
                 LintKind::ShareGrowth,
                 format!(
-                    "{}: predicted share {} is {}x today's {} (limit {}x)",
+                    "{}: predicted share {} is {}x today's {} (limit {}x{beyond})",
                     b.name,
                     percent(next),
-                    number_above(next / now, safety.max_share_growth),
+                    number_above(next / now / leave, safety.max_share_growth),
                     percent(now),
                     number(safety.max_share_growth)
                 ),
@@ -167,6 +182,62 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
         }
     }
     lints
+}
+
+/// How much every staying backend's share grows because backends leave
+/// (drained, disabled, removed), weights unchanged: today's active weight
+/// over the weight of today's active backends that stay active. 1 when
+/// none leaves.
+pub(super) fn leaving_growth(before: Side<'_>, after: Side<'_>) -> f64 {
+    let stays = |name: &str| after.vip.table_backends().any(|a| a.name == name);
+    let today: f64 = before.vip.table_backends().map(|b| b.weight as f64).sum();
+    let staying: f64 = before
+        .vip
+        .table_backends()
+        .filter(|b| stays(&b.name))
+        .map(|b| b.weight as f64)
+        .sum();
+    if staying > 0.0 { today / staying } else { 1.0 }
+}
+
+/// What the plan says of backends leaving, when they leave (not a
+/// refusal): who takes their share, and which checks judge it.
+pub(super) fn leaving_note(before: Side<'_>, after: Side<'_>) -> Option<String> {
+    let leave = leaving_growth(before, after);
+    if leave <= 1.0 {
+        return None;
+    }
+    let stays = |name: &str| after.vip.table_backends().any(|a| a.name == name);
+    let mut leaving: Vec<&str> = before
+        .vip
+        .table_backends()
+        .filter(|b| !stays(&b.name))
+        .map(|b| b.name.as_str())
+        .collect();
+    leaving.sort_unstable();
+    let total: f64 = before.vip.table_backends().map(|b| b.capacity).sum();
+    let removed: f64 = before
+        .vip
+        .table_backends()
+        .filter(|b| !stays(&b.name))
+        .map(|b| b.capacity)
+        .sum();
+    let safety = &after.vip.safety;
+    Some(format!(
+        "{} {}: every staying backend's share grows {}x; judged by max_capacity_removed \
+         ({} of the capacity leaves, limit {}) and max_capacity_ratio (limit {}x), not \
+         max_share_growth",
+        leaving.join(", "),
+        if leaving.len() == 1 {
+            "leaves"
+        } else {
+            "leave"
+        },
+        number(leave),
+        percent(if total > 0.0 { removed / total } else { 0.0 }),
+        limit_percent(safety.max_capacity_removed),
+        number(safety.max_capacity_ratio)
+    ))
 }
 
 /// `41.2%`: a share or a fraction, one decimal.

@@ -61,9 +61,10 @@ pub fn plan(base: &Config, candidate: &Config) -> Result<Plan, PlanError> {
     for (vip, built) in candidate.vips.iter().zip(&candidate_built) {
         let after = Side { vip, built };
         let before = base_side(&vip.name);
-        let vip_plan = diff::vip_plan(before, Some(after));
+        let mut vip_plan = diff::vip_plan(before, Some(after));
         if let Some(before) = before {
             lints.extend(lints::check(before, after, &vip_plan));
+            vip_plan.notes.extend(lints::leaving_note(before, after));
         }
         vips.push(vip_plan);
     }

@@ -104,6 +104,9 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
     for line in &vip.details {
         out.push_str(&format!("  {line}\n"));
     }
+    for note in &vip.notes {
+        out.push_str(&format!("  note: {note}\n"));
+    }
     let cut: Vec<&str> = vip
         .backends
         .iter()

@@ -59,6 +59,10 @@ pub struct VipPlan {
     pub flows_moved_ratio: f64,
     /// Today's and the candidate's backends together, by name.
     pub backends: Vec<BackendPlan>,
+    /// How the safety checks read this change, where it is not obvious
+    /// (backends leaving: which checks judge the share the others take).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
