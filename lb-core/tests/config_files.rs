@@ -199,3 +199,34 @@ fn validated_config_round_trips_through_json() {
     assert_eq!(json["vips"][1]["protocol"], "udp");
     assert_eq!(json["vips"][0]["backends"][0]["state"], "active");
 }
+
+/// Every file under `tests/warn_configs/` loads, with exactly the warnings
+/// its `# warn: ` comments list; the shipped example has none.
+#[test]
+fn warn_configs_load_with_the_expected_warnings() {
+    use xlb_core::config::warnings::warnings;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/warn_configs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "the warning fixtures in {}",
+        dir.display()
+    );
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let want: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# warn: "))
+            .collect();
+        let config = load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let got: Vec<String> = warnings(&config).iter().map(ToString::to_string).collect();
+        assert_eq!(got, want, "{}", path.display());
+    }
+    let example = load(&repo_root().join("examples/xlb.toml")).unwrap();
+    assert_eq!(warnings(&example), []);
+}

@@ -12,6 +12,7 @@
 //! - `check`: what the model and every rule use: `Sp`, `Issues`, field paths, durations,
 //!   lines and the `Checker`.
 //! - `keys`: which keys change live and which need a restart (one table).
+//! - `warnings`: what works but is likely a mistake (uses `types` only).
 //! - `types`: the validated `Config`, health checks included; `error`:
 //!   `ConfigError`. Neither uses another file of `config`.
 
@@ -27,6 +28,7 @@ mod model;
 mod tests;
 mod types;
 mod validate;
+pub mod warnings;
 
 pub use error::ConfigError;
 pub use types::*;

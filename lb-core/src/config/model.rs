@@ -510,6 +510,10 @@ impl RawBackend {
                      [vip.safety], before or after the backends",
                 ),
                 (
+                    ROOT_ONLY_KEYS,
+                    "is a top-level key: move it above the first [[vip]]",
+                ),
+                (
                     VIP_KEYS,
                     "is a VIP key: move it above the VIP's first [[vip.backend]]",
                 ),

@@ -585,6 +585,18 @@ impl Checker<'_, '_> {
                 format!("duplicate backend address {address} in this VIP"),
             );
         }
+        if let (Some(address), Some(raw_address)) = (address, &raw.address)
+            && ctx.address == Some(address)
+        {
+            self.problem(
+                &raw_address.span,
+                field_path(path, "address"),
+                format!(
+                    "{address} is the VIP's own address: the backend must be another host \
+                     (frames or tunnels to it would come back to this balancer)"
+                ),
+            );
+        }
         if let (Some(address), Some(raw_address)) = (address, &raw.address) {
             let label = raw.name.as_ref().map_or(path.as_str(), |n| &n.value);
             forwarding::tunnel_backend(self, ctx, label, address, raw_address, path);

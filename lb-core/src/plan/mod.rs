@@ -85,6 +85,7 @@ pub fn plan(base: &Config, candidate: &Config) -> Result<Plan, PlanError> {
         details,
         lints,
         restart_only: crate::config::keys::restart_changes(base, candidate),
+        warnings: crate::config::warnings::warnings(candidate),
         changed,
     })
 }

@@ -32,6 +32,10 @@ pub struct Plan {
     /// refuses them (exit 2), and so does the plan.
     #[serde(default)]
     pub restart_only: Vec<crate::config::keys::RestartChange>,
+    /// What in the candidate works but is likely a mistake
+    /// (`config::warnings`); never a refusal.
+    #[serde(default)]
+    pub warnings: Vec<crate::config::warnings::Warning>,
     /// Whether anything differs at all. The order of VIPs or backends in the
     /// file is not a difference (tables do not depend on it), even though
     /// it changes `config_hash`.

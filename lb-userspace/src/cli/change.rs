@@ -28,8 +28,18 @@ pub(super) fn read_text(file: &Path) -> Result<String, Failure> {
 }
 
 /// `xlb validate FILE`: offline, nothing applied.
+/// Print `config`'s warnings (`config::warnings`) on stderr; the warnings.
+pub(super) fn warn(file: &str, config: &config::Config) -> Vec<config::warnings::Warning> {
+    let warnings = config::warnings::warnings(config);
+    for w in &warnings {
+        eprintln!("xlb: warning: {file}: {w}");
+    }
+    warnings
+}
+
 pub(super) fn validate(output: Output, file: &Path) -> Result<(), Failure> {
     let config = config::load(file).map_err(Failure::bad_input)?;
+    let warnings = warn(&file.display().to_string(), &config);
     let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
     if output == Output::Json {
         print_json(&serde_json::json!({
@@ -38,6 +48,7 @@ pub(super) fn validate(output: Output, file: &Path) -> Result<(), Failure> {
             "valid": true,
             "vips": config.vips.len(),
             "backends": backends,
+            "warnings": warnings,
         }));
     } else {
         println!(
@@ -68,6 +79,7 @@ pub(super) fn plan(
     let text = read_text(file)?;
     let name = file.display().to_string();
     let candidate = config::parse(&text, &name).map_err(Failure::bad_input)?;
+    warn(&name, &candidate);
     let plan = match base {
         // Offline, against a file or a recorded revision.
         Some(base) => {
@@ -163,7 +175,8 @@ pub(super) fn apply(
         }
         Err(_) => (file.display().to_string(), raw, None),
     };
-    config::parse(&text, &name).map_err(Failure::bad_input)?;
+    let parsed = config::parse(&text, &name).map_err(Failure::bad_input)?;
+    warn(&name, &parsed);
     let revision = Client::new(&cli.socket).applied(&Request::Apply {
         file: name.clone(),
         text,
