@@ -56,3 +56,22 @@ fn validate_warns_on_stderr_and_in_json_and_exits_0() {
         "{plan}"
     );
 }
+
+/// `-o json` errors are a JSON document on stdout too, with the exit code.
+#[test]
+fn json_errors_are_json_on_stdout() {
+    let out = Command::new(xlb_binary().unwrap())
+        .args(["-o", "json", "validate", "/nonexistent/xlb.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["exit_code"], 2, "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("/nonexistent/xlb.toml: "),
+        "{doc}"
+    );
+}

@@ -109,10 +109,20 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 /// The binary's entry: parse, run, map the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let output = cli.output;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("xlb: {}", f.message);
+            // `-o json`: the error is a document on stdout as well, for
+            // scripts that read only stdout (the exit code is the same),
+            // unless the command printed its own (a refused plan's).
+            if output == Output::Json && !output::json_printed() {
+                output::print_json(&serde_json::json!({
+                    "schema_version": xlb_core::status::SCHEMA_VERSION,
+                    "error": { "exit_code": f.code, "message": f.message },
+                }));
+            }
             ExitCode::from(f.code)
         }
     }

@@ -52,7 +52,17 @@ impl From<ApiError> for Failure {
     }
 }
 
+/// Whether a JSON document went to stdout (then a failure adds none: one
+/// document per command, which scripts parse whole).
+static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A JSON document was printed already.
+pub(crate) fn json_printed() -> bool {
+    PRINTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn print_json(value: &impl serde::Serialize) {
+    PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("serializable")
