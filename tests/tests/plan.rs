@@ -45,7 +45,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let out = daemon.xlb(&["plan", &benign])?;
     ensure!(code(&out) == 0, "plan benign: {out:?}");
     ensure!(
-        String::from_utf8_lossy(&out.stdout).contains("no lints"),
+        String::from_utf8_lossy(&out.stdout).contains("every safety check passes"),
         "{out:?}"
     );
     let out = daemon.xlb(&["plan", &benign, "--detailed-exitcode"])?;

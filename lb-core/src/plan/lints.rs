@@ -34,11 +34,13 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
     let safety = &after.vip.safety;
     let vip = &plan.name;
     let mut lints = Vec::new();
-    let lint = |backend: Option<&str>, kind, message| Lint {
+    let lint = |backend: Option<&str>, kind, message, limit, value| Lint {
         vip: vip.clone(),
         backend: backend.map(str::to_string),
         kind,
         message,
+        limit,
+        value,
     };
 
     // Capacity that leaves.
@@ -69,6 +71,8 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
                 names.join(", "),
                 limit_percent(limit)
             ),
+            safety.max_capacity_removed,
+            removed / total,
         ));
     }
 
@@ -124,6 +128,8 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
                     String::new()
                 }
             ),
+            safety.max_flows_moved,
+            moved,
         ));
     }
 
@@ -156,6 +162,8 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
                     percent(now),
                     number(safety.max_share_growth)
                 ),
+                safety.max_share_growth,
+                next / now / leave,
             ));
         }
         let capacity = b.capacity_share_ratio;
@@ -178,6 +186,12 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
                     percent(capacity),
                     number(safety.max_capacity_ratio)
                 ),
+                safety.max_capacity_ratio,
+                if capacity > 0.0 {
+                    next / capacity
+                } else {
+                    f64::MAX
+                },
             ));
         }
     }

@@ -83,6 +83,7 @@ pub fn plan(base: &Config, candidate: &Config) -> Result<Plan, PlanError> {
         config_hash: config_hash(candidate),
         vips,
         details,
+        refused: !lints.is_empty(),
         lints,
         restart_only: crate::config::keys::restart_changes(base, candidate),
         warnings: crate::config::warnings::warnings(candidate),

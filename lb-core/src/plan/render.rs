@@ -22,17 +22,22 @@
 //! ```
 //!
 //! Config-wide changes (`hash_seed 1 -> 2`) come first, then a blank line.
-//! Without any change the text is `no changes`, a blank line, `no lints`.
+//! Without any change the text is `no changes`, a blank line, and that every
+//! safety check passes.
 
 use std::fmt::Display;
 
 use super::lints::percent;
 use super::types::{BackendPlan, Change, Plan, VipPlan};
 
+/// What a plan says when no safety check refuses it.
+pub const PASSED: &str = "every safety check passes (max_share_growth, max_capacity_ratio, \
+                          max_flows_moved, max_capacity_removed)";
+
 impl Plan {
     /// The plan as text: the config-wide changes, each VIP with its change,
     /// the flows that move and its backends' shares before and after, then
-    /// the failed safety checks (`refused:`) or `no lints`.
+    /// the failed safety checks (`refused:`) or that every check passes.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
         if self.changed {
@@ -69,7 +74,8 @@ impl Plan {
             }
         }
         if self.lints.is_empty() {
-            out.push_str("no lints\n");
+            out.push_str(PASSED);
+            out.push('\n');
         } else {
             let n = self.lints.len();
             let plural = if n == 1 { "" } else { "s" };

@@ -92,7 +92,7 @@ fn identical_configs_are_unchanged_without_lints() {
         assert!(!p.refused());
         assert!(p.lints.is_empty() && p.details.is_empty());
         assert_eq!(p.base_config_hash, p.config_hash);
-        assert_eq!(p.schema_version, 1);
+        assert_eq!(p.schema_version, 2);
         assert_eq!(p.base_revision, None);
         assert_eq!(p.vips.len(), cfg.vips.len());
         for v in &p.vips {
@@ -106,7 +106,7 @@ fn identical_configs_are_unchanged_without_lints() {
         }
         let text = p.render_table();
         assert!(text.starts_with("no changes\n"), "{text}");
-        assert!(text.ends_with("\nno lints\n"), "{text}");
+        assert!(text.ends_with(&format!("\n{}\n", render::PASSED)), "{text}");
     }
 }
 
@@ -714,7 +714,8 @@ fn every_difference_has_a_line() {
          vip web6: unchanged\n\nneeds a restart: an apply refuses this change (exit 2)\n  \
          interface: eth0 -> eth1 needs a restart: the daemon is attached to its interface; \
          start a daemon for the new one (and `xlb detach` the old one if it should stop \
-         forwarding)\nno lints\n"
+         forwarding)\nevery safety check passes (max_share_growth, max_capacity_ratio, \
+         max_flows_moved, max_capacity_removed)\n"
     );
 }
 
@@ -850,17 +851,20 @@ fn plan_round_trips_through_json() {
     assert_eq!(back, p);
 
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 2);
     assert_eq!(v["base_revision"], 42);
+    assert_eq!(v["refused"], true);
     assert_eq!(v["changed"], true);
     assert_eq!(v["vips"][0]["change"], "changed");
     assert_eq!(v["vips"][1]["change"], "added");
     assert_eq!(v["vips"][0]["backends"][0]["state_after"], "active");
     assert!(v["vips"][0]["backends"][0]["share_after_ratio"].is_f64());
     assert!(v["vips"][0]["flows_moved_ratio"].is_f64());
-    assert_eq!(v["lints"][0]["kind"], "flows_moved");
+    assert_eq!(v["lints"][0]["kind"], "max_flows_moved");
+    assert!(v["lints"][0]["value"].as_f64().unwrap() > v["lints"][0]["limit"].as_f64().unwrap());
     assert_eq!(v["lints"][0]["backend"], serde_json::Value::Null);
-    assert_eq!(v["lints"][1]["kind"], "share_growth");
+    assert_eq!(v["lints"][1]["kind"], "max_share_growth");
+    assert_eq!(v["lints"][1]["limit"], 1.5);
     assert_eq!(v["lints"][1]["backend"], "b3");
     assert_eq!(v["config_hash"].as_str().unwrap().len(), 16);
 }
@@ -951,7 +955,7 @@ fn render_shows_changes_shares_and_refusals() {
         );
         assert!(line.ends_with(&format!(" {}", lint.message)), "{line}");
     }
-    assert!(!text.contains("no lints"));
+    assert!(!text.contains("every safety check passes"));
 }
 
 // ---- properties ----

@@ -6,7 +6,11 @@ use serde::{Deserialize, Serialize};
 use crate::maglev::MaglevError;
 
 /// The version of the `Plan` document; bumped on an incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: a finding's `kind` is its `[safety]` key (`max_share_growth`, was
+/// `share_growth`), with its `limit` and `value`; a top-level `refused`;
+/// `restart_only`, `warnings`, each VIP's `notes` and each backend's
+/// `established`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What a change of config would do.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +32,10 @@ pub struct Plan {
     pub details: Vec<String>,
     /// Every safety check the change fails; empty when it may be applied.
     pub lints: Vec<Lint>,
+    /// A safety check refuses it (`lints` is not empty): what `xlb apply`
+    /// without `--force` would answer with exit 1.
+    #[serde(default)]
+    pub refused: bool,
     /// Changes of keys that only a restart takes (`config::keys`): an apply
     /// refuses them (exit 2), and so does the plan.
     #[serde(default)]
@@ -141,19 +149,25 @@ pub struct Lint {
     /// the limit: `auth-3: predicted share 41.2% is 4.12x today's 10.0%
     /// (limit 1.5x)`.
     pub message: String,
+    /// The check's limit (the `[safety]` key's value) and what the change
+    /// would reach, in the same unit (a ratio, or a fraction of 1).
+    #[serde(default)]
+    pub limit: f64,
+    #[serde(default)]
+    pub value: f64,
 }
 
-/// The checks, one per key of `[safety]`.
+/// The checks, one per key of `[safety]`, and named by it everywhere: the
+/// config, the plan's table, its JSON (`kind`) and the docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum LintKind {
-    /// `max_share_growth`
+    #[serde(rename = "max_share_growth")]
     ShareGrowth,
-    /// `max_capacity_ratio`
+    #[serde(rename = "max_capacity_ratio")]
     OverCapacity,
-    /// `max_flows_moved`
+    #[serde(rename = "max_flows_moved")]
     FlowsMoved,
-    /// `max_capacity_removed`
+    #[serde(rename = "max_capacity_removed")]
     CapacityRemoved,
 }
 
