@@ -75,3 +75,28 @@ fn json_errors_are_json_on_stdout() {
         "{doc}"
     );
 }
+
+/// `xlb detach --bpffs DIR` checks that DIR is a bpffs (exit 2, before
+/// anything is touched).
+#[test]
+fn detach_refuses_a_bpffs_that_is_not_one() {
+    let dir = std::env::temp_dir();
+    let out = Command::new(xlb_binary().unwrap())
+        .args([
+            "--socket",
+            "/nonexistent/xlb.sock",
+            "detach",
+            "--interface",
+            "xlbnone0",
+        ])
+        .arg("--bpffs")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a bpffs mount"),
+        "{}",
+        describe(&out)
+    );
+}

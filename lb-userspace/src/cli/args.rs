@@ -59,9 +59,10 @@ pub enum Command {
     Detach {
         #[arg(long)]
         interface: String,
-        /// The bpffs mount the pins are under.
-        #[arg(long, default_value = xlb_dataplane::DEFAULT_BPFFS)]
-        bpffs: PathBuf,
+        /// The bpffs mount the pins are under (default /sys/fs/bpf; given,
+        /// it must be a bpffs).
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
         /// Also remove xlb's announce routes from this table (the daemon's
         /// --announce-table): a daemon killed with SIGKILL leaves them.
         #[arg(long, value_name = "TABLE", value_parser = announce_table, env = "XLB_ANNOUNCE_TABLE")]

@@ -14,9 +14,20 @@ pub fn detach(
     socket: &Path,
     output: Output,
     interface: &str,
-    bpffs: &Path,
+    bpffs: Option<&Path>,
     announce_table: Option<u32>,
 ) -> Result<(), Failure> {
+    // A --bpffs that is not one is a mistake (nothing could be pinned
+    // there); the default, not mounted, has nothing pinned.
+    if let Some(dir) = bpffs
+        && !xlb_dataplane::is_bpffs(dir)
+    {
+        return Err(Failure::bad_input(format!(
+            "--bpffs {}: not a bpffs mount (mount -t bpf bpf {0}), so no xlb is pinned there",
+            dir.display()
+        )));
+    }
+    let bpffs = bpffs.unwrap_or(Path::new(xlb_dataplane::DEFAULT_BPFFS));
     if let Ok(Response::Status(s)) = client::call(socket, &Request::Status)
         && s.interface == interface
     {

@@ -42,7 +42,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             interface,
             bpffs,
             announce_table,
-        } => detach::detach(&cli.socket, cli.output, interface, bpffs, *announce_table),
+        } => detach::detach(
+            &cli.socket,
+            cli.output,
+            interface,
+            bpffs.as_deref(),
+            *announce_table,
+        ),
         Command::Validate { file } => change::validate(cli.output, file),
         Command::Plan {
             file,
