@@ -157,6 +157,26 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(&base_file, &base)?;
     let daemon = Daemon::start_with(&bed.lb.ns, &base_file, dir, &["--bake-window", "0s"])?;
     let base_arg = base_file.to_str().context("path")?;
+    // `xlb status --vip NAME` (issue 19): that VIP alone; an unknown one is
+    // bad input naming those served.
+    let one: serde_json::Value = serde_json::from_slice(
+        &daemon
+            .xlb(&["-o", "json", "status", "--vip", "dns"])?
+            .stdout,
+    )?;
+    let names: Vec<&str> = one["vips"]
+        .as_array()
+        .context("vips")?
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    ensure!(names == ["dns"], "status --vip dns: {names:?}");
+    let none = daemon.xlb(&["status", "--vip", "nope"])?;
+    ensure!(
+        code(&none) == 2 && String::from_utf8_lossy(&none.stderr).contains("it serves: web, dns"),
+        "status --vip nope: {}",
+        describe(&none)
+    );
     let mut report = Vec::new();
     for key in keys::every_key() {
         let text = changed(&base, &key);

@@ -159,7 +159,11 @@ pub enum Command {
     Weight(WeightArgs),
     /// Per VIP and backend: weights, expected, table and observed shares,
     /// counters, and the imbalance detector's verdict.
-    Status,
+    Status {
+        /// Only this VIP (exit 2 when the daemon serves none of that name).
+        #[arg(long, value_name = "NAME")]
+        vip: Option<String>,
+    },
     /// Rates and shares per backend, refreshed; one logfmt line per interval
     /// when stdout is not a terminal.
     Top {

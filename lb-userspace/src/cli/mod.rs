@@ -85,7 +85,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Drain(a) => edit::run(&cli, a.edit(xlb_core::edit::Change::Drain), &a.options),
         Command::Undrain(a) => edit::run(&cli, a.edit(xlb_core::edit::Change::Undrain), &a.options),
         Command::Weight(a) => edit::run(&cli, a.edit(), &a.options),
-        Command::Status => read::status(&cli),
+        Command::Status { vip } => read::status(&cli, vip.as_deref()),
         Command::Top { interval, count } => read::top(&cli, *interval, *count),
         Command::History => read::history(&cli),
         Command::Show {

@@ -8,8 +8,18 @@ use super::args::Cli;
 use super::client::Client;
 use super::output::{Failure, Output, print_json};
 
-pub(super) fn status(cli: &Cli) -> Result<(), Failure> {
-    let s = Client::new(&cli.socket).status()?;
+pub(super) fn status(cli: &Cli, vip: Option<&str>) -> Result<(), Failure> {
+    let mut s = Client::new(&cli.socket).status()?;
+    if let Some(name) = vip {
+        if !s.vips.iter().any(|v| v.name == name) {
+            let served: Vec<&str> = s.vips.iter().map(|v| v.name.as_str()).collect();
+            return Err(Failure::bad_input(format!(
+                "--vip {name}: the daemon serves no VIP of that name (it serves: {})",
+                served.join(", ")
+            )));
+        }
+        s.vips.retain(|v| v.name == name);
+    }
     match cli.output {
         Output::Json => print_json(&s),
         Output::Table => print!("{}", status::render_table(&s, false)),
