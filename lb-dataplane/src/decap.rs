@@ -440,7 +440,7 @@ mod tests {
     }
 
     fn ip6_octets(s: &str) -> [u8; 16] {
-        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+        s.parse::<Ipv6Addr>().unwrap().octets()
     }
 
     #[test]
