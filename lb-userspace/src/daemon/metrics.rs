@@ -43,6 +43,10 @@ pub struct Metrics {
     /// Status documents the HTTP side built (under the controller's lock,
     /// at most one per collector tick or change, however many scrapes).
     pub http_status_builds: Counter,
+    /// The daemon's last progress, which the watchdog's pinger reads
+    /// (notify.rs): the collector beats after each tick, an apply at each
+    /// step.
+    pub progress: Arc<crate::daemon::notify::Progress>,
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
@@ -146,6 +150,7 @@ impl Metrics {
             control_bad_requests,
             http_connections_refused,
             http_status_builds,
+            progress: Arc::default(),
             latest,
             encoding: Mutex::new(()),
             published: Mutex::new(Arc::default()),
