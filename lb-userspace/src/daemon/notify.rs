@@ -211,6 +211,29 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// The pinger woken at seconds 1..=`last` after `progress` began, a
+    /// beat made at each second `beats` names (before that second's
+    /// verdict); the seconds it pinged at.
+    fn pinged_seconds(progress: &Progress, last: u64, beats: impl Fn(u64) -> bool) -> Vec<u64> {
+        let t0 = progress.origin;
+        let second = Cell::new(0u64);
+        let mut pinged_at = Vec::new();
+        pinger(
+            progress,
+            STALE,
+            || {
+                let s = second.get() + 1;
+                second.set(s);
+                if beats(s) {
+                    progress.beat_at(t0 + secs(s));
+                }
+                (s <= last).then(|| t0 + secs(s))
+            },
+            || pinged_at.push(second.get()),
+        );
+        pinged_at
+    }
+
     #[test]
     fn fresh_progress_pings_and_stale_progress_does_not() {
         let p = Progress::new();
@@ -237,7 +260,6 @@ mod tests {
     fn the_pinger_pings_through_a_long_apply_and_stops_when_it_wedges() {
         let controller = Arc::new(Mutex::new(()));
         let progress = Arc::new(Progress::new());
-        let t0 = progress.origin;
         let (held, holding) = mpsc::channel();
         let (release, released) = mpsc::channel::<()>();
         let holder = {
@@ -251,22 +273,8 @@ mod tests {
         holding.recv().unwrap();
         assert!(controller.try_lock().is_err(), "the lock is held");
 
-        let second = Cell::new(0u64);
-        let mut pinged_at = Vec::new();
-        pinger(
-            &progress,
-            STALE,
-            || {
-                let s = second.get() + 1;
-                second.set(s);
-                // The apply's steps beat every 5 s until 60 s.
-                if s <= 60 && s.is_multiple_of(5) {
-                    progress.beat_at(t0 + secs(s));
-                }
-                (s <= 120).then(|| t0 + secs(s))
-            },
-            || pinged_at.push(second.get()),
-        );
+        // The apply's steps beat every 5 s until 60 s.
+        let pinged_at = pinged_seconds(&progress, 120, |s| s <= 60 && s.is_multiple_of(5));
         assert!(controller.try_lock().is_err(), "still held throughout");
         release.send(()).unwrap();
         holder.join().unwrap();
@@ -281,22 +289,7 @@ mod tests {
     #[test]
     fn pings_resume_with_progress() {
         let progress = Progress::new();
-        let t0 = progress.origin;
-        let second = Cell::new(0u64);
-        let mut pinged_at = Vec::new();
-        pinger(
-            &progress,
-            STALE,
-            || {
-                let s = second.get() + 1;
-                second.set(s);
-                if s == 50 {
-                    progress.beat_at(t0 + secs(50));
-                }
-                (s <= 60).then(|| t0 + secs(s))
-            },
-            || pinged_at.push(second.get()),
-        );
+        let pinged_at = pinged_seconds(&progress, 60, |s| s == 50);
         let want: Vec<u64> = (1..20).chain(50..=60).collect();
         assert_eq!(pinged_at, want);
     }
