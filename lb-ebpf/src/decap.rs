@@ -11,10 +11,18 @@
 //! - GUE variant 1: UDP to the GUE port (`XLB_DECAP_CONFIG`) whose payload is
 //!   an IPv4 or IPv6 packet (no GUE header; the first nibble is the version),
 //!
-//! and the inner packet is whole. Then the outer IP (and UDP) header goes, the
+//! and the inner packet is whole, and the outer source is in one of the
+//! balancers' prefixes (`XLB_DECAP_SOURCES`, `xlb decap --from`). Then the
+//! outer IP (and UDP) header goes, the
 //! Ethernet header (and tag) moves up to the inner packet with the inner
 //! family's EtherType, and the frame is passed to the stack. The outer UDP
 //! checksum is not checked: the stack checks the inner packet's own.
+//!
+//! A tunnel packet for this host from any other outer source is dropped and
+//! counted (`source_refused`): decapsulated, it would reach the stack with
+//! whatever inner source its sender chose, past every filter that judges
+//! the outer one (CVE-2020-10136). It is judged before anything else about
+//! it, so a refused sender learns nothing from how its packets are treated.
 //!
 //! Everything else is passed untouched, byte for byte: the host's own
 //! traffic, tunnel packets for other hosts, IPv6 with extension headers,
@@ -25,7 +33,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     helpers::{bpf_xdp_adjust_head, bpf_xdp_load_bytes},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -34,8 +42,8 @@ use core::ffi::c_void;
 use lb_common::{
     FAMILY_V4, FAMILY_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
     decap::{
-        DecapAddr, DecapConfig, MAX_ADDRS, STAT_COUNT, STAT_GUE4, STAT_GUE6, STAT_IPIP4,
-        STAT_IPIP6, STAT_MALFORMED, STAT_NOT_OURS,
+        DecapAddr, DecapConfig, MAX_ADDRS, MAX_SOURCES, STAT_COUNT, STAT_GUE4, STAT_GUE6,
+        STAT_IPIP4, STAT_IPIP6, STAT_MALFORMED, STAT_NOT_OURS, STAT_SOURCE_REFUSED, SourceKey,
     },
 };
 use lb_ebpf::packet::{
@@ -55,6 +63,13 @@ pub static XLB_DECAP_ADDRS: HashMap<DecapAddr, u8, MAX_ADDRS> = HashMap::new();
 #[btf_map]
 pub static XLB_DECAP_CONFIG: Array<DecapConfig, 1> = Array::new();
 
+/// The balancers' source prefixes: a tunnel packet is decapsulated only
+/// when its outer source is in one (value 1; only presence matters).
+/// Written by `xlb decap --from` before it attaches; empty, every tunnel
+/// packet is refused.
+#[btf_map]
+pub static XLB_DECAP_SOURCES: LpmTrie<SourceKey, u8, MAX_SOURCES> = LpmTrie::new();
+
 /// Per-CPU packet counts by outcome (`STAT_*`).
 #[btf_map]
 pub static XLB_DECAP_STATS: PerCpuArray<u64, STAT_COUNT> = PerCpuArray::new();
@@ -67,6 +82,8 @@ enum Outcome {
     NotOurs,
     /// Ours but broken: passed untouched for the stack to judge.
     Malformed,
+    /// Ours, from a source outside `XLB_DECAP_SOURCES`: dropped.
+    SourceRefused,
     /// The frame was already shrunk when its new Ethernet header could not be
     /// written (cannot happen: see `write_l2`); dropped, not passed as junk.
     Broken,
@@ -82,6 +99,7 @@ pub fn xlb_decap(ctx: XdpContext) -> u32 {
         Outcome::Decapsulated(stat) => (stat, xdp_action::XDP_PASS),
         Outcome::NotOurs => (STAT_NOT_OURS, xdp_action::XDP_PASS),
         Outcome::Malformed => (STAT_MALFORMED, xdp_action::XDP_PASS),
+        Outcome::SourceRefused => (STAT_SOURCE_REFUSED, xdp_action::XDP_DROP),
         Outcome::Broken => (STAT_MALFORMED, xdp_action::XDP_DROP),
     };
     if let Some(n) = XLB_DECAP_STATS.get_ptr_mut(stat) {
@@ -121,6 +139,8 @@ struct Outer {
     whole: bool,
     /// The outer destination as a map key.
     dst: DecapAddr,
+    /// The outer source as a `XLB_DECAP_SOURCES` key: all its bits.
+    src: Key<SourceKey>,
     /// The counters of this outer family: (IPIP, GUE).
     stats: (u32, u32),
 }
@@ -181,6 +201,9 @@ fn find_tunnel(ctx: &XdpContext) -> Result<Tunnel, Outcome> {
     if unsafe { XLB_DECAP_ADDRS.get(&outer.dst) }.is_none() {
         return Err(Outcome::NotOurs);
     }
+    if XLB_DECAP_SOURCES.get(&outer.src).is_none() {
+        return Err(Outcome::SourceRefused);
+    }
     if !whole {
         return Err(Outcome::Malformed);
     }
@@ -227,12 +250,18 @@ fn outer_v4(ctx: &XdpContext, at: usize) -> Result<Outer, Outcome> {
         _pad: [0; 3],
     };
     dst.addr[..4].copy_from_slice(&ip.dst_addr);
+    let mut src = SourceKey {
+        family: FAMILY_V4,
+        addr: [0; 16],
+    };
+    src.addr[..4].copy_from_slice(&ip.src_addr);
     Ok(Outer {
         proto: ip.proto,
         payload_at: (at + ihl) as u32,
         payload_len: if whole { (tot_len - ihl) as u32 } else { 0 },
         whole,
         dst,
+        src: Key::new(SourceKey::prefix_len(32), src),
         stats: (STAT_IPIP4, STAT_GUE4),
     })
 }
@@ -261,6 +290,13 @@ fn outer_v6(ctx: &XdpContext, at: usize) -> Result<Outer, Outcome> {
             family: FAMILY_V6,
             _pad: [0; 3],
         },
+        src: Key::new(
+            SourceKey::prefix_len(128),
+            SourceKey {
+                family: FAMILY_V6,
+                addr: ip.src_addr,
+            },
+        ),
         stats: (STAT_IPIP6, STAT_GUE6),
     })
 }

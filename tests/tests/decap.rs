@@ -1,21 +1,26 @@
 //! Packet fixtures through the loaded decap program (`xlb_decap`) with
-//! BPF_PROG_TEST_RUN, exact bytes. A tunnel frame for this host must come
-//! out as its link header (tag kept, EtherType of the inner family) and the
-//! inner packet, byte for byte, with XDP_PASS; every other frame must come
-//! out untouched with XDP_PASS. Each run moves exactly one counter, the one
-//! named in the fixture. Also: the built object against the userspace
-//! mirror of its maps, and the GUE port taken from the config map.
+//! BPF_PROG_TEST_RUN, exact bytes. A tunnel frame for this host from one of
+//! the balancers' prefixes (`--from`) must come out as its link header (tag
+//! kept, EtherType of the inner family) and the inner packet, byte for
+//! byte, with XDP_PASS; a tunnel frame for this host from any other source
+//! must be dropped; every other frame must come out untouched with
+//! XDP_PASS. Each run moves exactly one counter, the one named in the
+//! fixture. Also: the built object against the userspace mirror of its
+//! maps, and the GUE port taken from the config map.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use lb_common::stats::XDP_DROP;
 use lb_common::stats::XDP_PASS;
 use tests::packets::{action_name, arp_request, run};
 use tests::tunnel::{
     ETH_P_IPV4, ETH_P_IPV6, Encap, Link, decapsulated, encapsulate, encapsulate_with, tcp_syn,
     udp_datagram,
 };
-use xlb_dataplane::decap::{DecapCounters, DecapProgram, MAPS, MAX_ADDRS, STAT_NAMES};
+use xlb_dataplane::decap::{
+    DecapCounters, DecapProgram, MAPS, MAX_ADDRS, MAX_SOURCES, STAT_NAMES, SourcePrefix,
+};
 
 /// The backend running the decap program: its addresses are in the map.
 const HOST4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
@@ -26,6 +31,16 @@ const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x12);
 /// The balancer: the outer source.
 const LB4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x2);
+/// The balancers' prefixes (`--from`): LB4 and LB6 are inside, and so are
+/// their neighbours .3 and ::3.
+const FROM: [&str; 2] = ["198.18.0.0/30", "2001:db8::/126"];
+/// Outer sources outside `FROM`: just past each prefix, another subnet,
+/// and another subnet of each family.
+const UNLISTED4: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 4), Ipv4Addr::new(198, 19, 0, 2)];
+const UNLISTED6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x4),
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x2),
+];
 /// The client and the VIP: the inner packet's addresses.
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 1);
@@ -92,6 +107,8 @@ enum Expect {
     Decap { output: Vec<u8>, stat: usize },
     /// XDP_PASS, frame untouched; counter `stat` moves.
     Untouched { stat: usize },
+    /// XDP_DROP; counter `source_refused` moves.
+    Refused,
 }
 
 struct Fixture {
@@ -118,6 +135,14 @@ fn untouched(description: &str, frame: Vec<u8>, counter: &str) -> Fixture {
         expect: Expect::Untouched {
             stat: stat(counter),
         },
+    }
+}
+
+fn refused(description: String, frame: Vec<u8>) -> Fixture {
+    Fixture {
+        description,
+        frame,
+        expect: Expect::Refused,
     }
 }
 
@@ -405,13 +430,112 @@ fn malformed_fixtures() -> Vec<Fixture> {
     ]
 }
 
-/// The program loaded, holding HOST4 and HOST6, GUE on the default port.
-fn loaded() -> DecapProgram {
+/// Tunnel frames for this host from outer sources outside `FROM`, of every
+/// kind and family; and the same frames from the listed neighbours (.3,
+/// ::3), which are decapsulated.
+fn source_fixtures() -> Vec<Fixture> {
+    let mut out = Vec::new();
+    for vlan in [false, true] {
+        let l = link(vlan);
+        let tag = if vlan { ", 802.1Q tag" } else { "" };
+        for (outer_v6, inner_v6) in [(false, false), (false, true), (true, true), (true, false)] {
+            let i = inner(inner_v6, !inner_v6);
+            let host: IpAddr = if outer_v6 { HOST6.into() } else { HOST4.into() };
+            let unlisted: Vec<IpAddr> = if outer_v6 {
+                UNLISTED6.iter().map(|a| (*a).into()).collect()
+            } else {
+                UNLISTED4.iter().map(|a| (*a).into()).collect()
+            };
+            for src in unlisted {
+                for (kind, encap) in [("IPIP", Encap::Ipip), ("GUE", gue(outer_v6))] {
+                    out.push(refused(
+                        format!(
+                            "{kind} {}-in-{} from unlisted {src}{tag}",
+                            family(inner_v6),
+                            family(outer_v6)
+                        ),
+                        encapsulate(&l, src, host, encap, &i),
+                    ));
+                }
+            }
+            let neighbour: IpAddr = if outer_v6 {
+                Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x3).into()
+            } else {
+                Ipv4Addr::new(198, 18, 0, 3).into()
+            };
+            out.push(decap(
+                format!(
+                    "IPIP {}-in-{} from listed {neighbour}{tag}",
+                    family(inner_v6),
+                    family(outer_v6)
+                ),
+                &l,
+                encapsulate(&l, neighbour, host, Encap::Ipip, &i),
+                &i,
+                if outer_v6 { "ipip6" } else { "ipip4" },
+            ));
+        }
+    }
+    let l = link(false);
+    let i4 = inner(false, true);
+    let stranger: IpAddr = UNLISTED4[1].into();
+    // Judged on its source before its shape: a broken tunnel packet from a
+    // stranger is refused, not passed to the stack as malformed.
+    let mut fragment = encapsulate(&l, stranger, HOST4.into(), Encap::Ipip, &i4);
+    fragment[14 + 6] |= 0x20;
+    out.push(refused(
+        format!("IPIP outer fragment from unlisted {stranger}"),
+        fragment,
+    ));
+    // Not a tunnel packet for this host: a stranger's own traffic, or a
+    // tunnel for another host, passes untouched.
+    out.push(untouched(
+        "IPIP from an unlisted source to another host",
+        encapsulate(&l, stranger, OTHER4.into(), Encap::Ipip, &i4),
+        "not_ours",
+    ));
+    out.push(untouched(
+        "GUE-shaped UDP from an unlisted source on another port",
+        encapsulate(
+            &l,
+            stranger,
+            HOST4.into(),
+            Encap::Gue {
+                src_port: 40123,
+                dst_port: GUE_PORT + 1,
+                checksum: false,
+            },
+            &i4,
+        ),
+        "not_ours",
+    ));
+    let mut plain = l.header(ETH_P_IPV4);
+    plain.extend_from_slice(&tcp_syn((stranger, 41000), (HOST4.into(), 22)));
+    out.push(untouched(
+        "plain TCP SYN from an unlisted source to this host",
+        plain,
+        "not_ours",
+    ));
+    out
+}
+
+/// The program loaded, holding HOST4 and HOST6, GUE on the default port,
+/// tunnels accepted from `from`.
+fn loaded_from(from: &[&str]) -> DecapProgram {
     let mut d = DecapProgram::load().expect("load the decap program");
     d.add_address(HOST4.into()).expect("add HOST4");
     d.add_address(HOST6.into()).expect("add HOST6");
+    for prefix in from {
+        let prefix: SourcePrefix = prefix.parse().expect("a prefix");
+        d.add_source(prefix).expect("add a source prefix");
+    }
     d.set_gue_port(GUE_PORT).expect("set the GUE port");
     d
+}
+
+/// `loaded_from(FROM)`: the balancers LB4 and LB6 listed.
+fn loaded() -> DecapProgram {
+    loaded_from(&FROM)
 }
 
 /// The counters that moved between two snapshots.
@@ -470,23 +594,30 @@ fn run_fixtures(d: &DecapProgram, fixtures: &[Fixture]) {
         let outcome = run(d.program(), &f.frame, &mut out)
             .unwrap_or_else(|e| panic!("{}: test run failed: {e}", f.description));
         let after = d.counters().expect("counters");
+        let want_action = match f.expect {
+            Expect::Refused => XDP_DROP,
+            _ => XDP_PASS,
+        };
         assert_eq!(
             outcome.action,
-            XDP_PASS,
+            want_action,
             "{}: action {}",
             f.description,
             action_name(outcome.action)
         );
         let got = &out[..outcome.len];
-        let (want, counter): (&[u8], usize) = match &f.expect {
-            Expect::Decap { output, stat } => (output, *stat),
-            Expect::Untouched { stat } => (&f.frame, *stat),
+        let (want, counter): (Option<&[u8]>, usize) = match &f.expect {
+            Expect::Decap { output, stat } => (Some(output), *stat),
+            Expect::Untouched { stat } => (Some(&f.frame), *stat),
+            Expect::Refused => (None, stat("source_refused")),
         };
-        assert!(
-            got == want,
-            "{}: output differs\n got  {got:02x?}\n want {want:02x?}",
-            f.description
-        );
+        if let Some(want) = want {
+            assert!(
+                got == want,
+                "{}: output differs\n got  {got:02x?}\n want {want:02x?}",
+                f.description
+            );
+        }
         let mut expected_moves = [0u64; STAT_NAMES.len()];
         expected_moves[counter] = 1;
         assert_eq!(
@@ -527,6 +658,110 @@ fn other_frames_pass_untouched() {
     fixtures.extend(malformed_fixtures());
     assert!(fixtures.len() >= 26, "{} fixtures", fixtures.len());
     run_fixtures(&loaded(), &fixtures);
+}
+
+#[test]
+fn tunnel_frames_from_unlisted_sources_are_dropped() {
+    tests::require_privileges!();
+    let fixtures = source_fixtures();
+    let refused = fixtures
+        .iter()
+        .filter(|f| matches!(f.expect, Expect::Refused))
+        .count();
+    assert!(refused >= 33, "{refused} refused fixtures");
+    run_fixtures(&loaded(), &fixtures);
+}
+
+#[test]
+fn sources_are_judged_per_family() {
+    tests::require_privileges!();
+    let l = link(false);
+    let i = inner(false, false);
+    let from4 = |src: IpAddr| encapsulate(&l, src, HOST4.into(), Encap::Ipip, &i);
+    let from6 = |src: IpAddr| encapsulate(&l, src, HOST6.into(), Encap::Ipip, &i);
+    // No --from: nothing is accepted (userspace refuses to start so).
+    run_fixtures(
+        &loaded_from(&[]),
+        &[
+            refused("IPIP over IPv4, no prefix listed".into(), from4(LB4.into())),
+            refused("IPIP over IPv6, no prefix listed".into(), from6(LB6.into())),
+        ],
+    );
+    // Every IPv4 source, and no IPv6 one.
+    run_fixtures(
+        &loaded_from(&["0.0.0.0/0"]),
+        &[
+            decap(
+                "IPIP over IPv4 from anywhere, 0.0.0.0/0 listed".into(),
+                &l,
+                from4(UNLISTED4[1].into()),
+                &i,
+                "ipip4",
+            ),
+            refused(
+                "IPIP over IPv6, only 0.0.0.0/0 listed".into(),
+                from6(LB6.into()),
+            ),
+        ],
+    );
+    // One host of each family, and a longer prefix inside a shorter one.
+    run_fixtures(
+        &loaded_from(&[
+            "198.18.0.2",
+            "2001:db8::2",
+            "198.19.0.0/16",
+            "198.19.7.0/24",
+        ]),
+        &[
+            decap(
+                "IPIP from LB4, listed alone".into(),
+                &l,
+                from4(LB4.into()),
+                &i,
+                "ipip4",
+            ),
+            decap(
+                "IPIP from LB6, listed alone".into(),
+                &l,
+                from6(LB6.into()),
+                &i,
+                "ipip6",
+            ),
+            refused(
+                "IPIP from 198.18.0.3, not listed".into(),
+                from4(Ipv4Addr::new(198, 18, 0, 3).into()),
+            ),
+            decap(
+                "IPIP from 198.19.0.2 in 198.19.0.0/16".into(),
+                &l,
+                from4(UNLISTED4[1].into()),
+                &i,
+                "ipip4",
+            ),
+        ],
+    );
+    // A prefix added while running is accepted from then on.
+    let mut d = loaded_from(&["198.18.0.0/30"]);
+    let stranger = from4(UNLISTED4[0].into());
+    run_fixtures(
+        &d,
+        &[refused(
+            "IPIP from 198.18.0.4, not yet listed".into(),
+            stranger.clone(),
+        )],
+    );
+    d.add_source("198.18.0.4/32".parse().unwrap())
+        .expect("add a source");
+    run_fixtures(
+        &d,
+        &[decap(
+            "IPIP from 198.18.0.4, listed".into(),
+            &l,
+            stranger,
+            &i,
+            "ipip4",
+        )],
+    );
 }
 
 #[test]
@@ -605,6 +840,16 @@ fn object_matches_the_userspace_mirror() {
         config.value_size() as usize,
         size_of::<xlb_dataplane::decap::DecapConfig>()
     );
+    let sources = &object.maps[xlb_dataplane::decap::SOURCES_MAP];
+    assert_eq!(
+        sources.map_type(),
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LPM_TRIE as u32
+    );
+    assert_eq!(
+        sources.key_size() as usize,
+        4 + size_of::<xlb_dataplane::decap::SourceKey>()
+    );
+    assert_eq!(sources.max_entries() as usize, MAX_SOURCES);
     let stats = &object.maps[xlb_dataplane::decap::STATS_MAP];
     assert_eq!(stats.max_entries() as usize, STAT_NAMES.len());
     assert_eq!(stats.value_size() as usize, size_of::<u64>());

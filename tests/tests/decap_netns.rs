@@ -5,7 +5,9 @@
 //! datagram must reach a socket bound to the VIP (and its answer come back
 //! to the sender's socket), a TCP SYN must be answered with a SYN-ACK; IPv4
 //! and IPv6, native and generic XDP. Then SIGTERM: the program is detached
-//! and the counters it prints match what was sent. Needs root.
+//! and the counters it prints match what was sent. A tunnel frame from an
+//! outer source outside `--from` must not reach the VIP's socket, and is
+//! counted as refused. Needs root.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
@@ -19,6 +21,11 @@ use tests::xlbd::xlb_binary;
 
 const SENDER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SENDER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// `--from`: the sender's own address of each family.
+const FROM: [&str; 4] = ["--from", "198.18.0.1/32", "--from", "2001:db8::1/128"];
+/// Outer sources outside `FROM`, on the same wire: a forger.
+const FORGER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 66);
+const FORGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66);
 const BACKEND4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 const BACKEND6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11);
 const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -208,6 +215,11 @@ fn sockets(pair: &Pair) -> anyhow::Result<Sockets> {
 }
 
 fn tunnel_frame(case: &Case, index: u16, inner: &[u8]) -> Vec<u8> {
+    tunnel_frame_from(case, index, addr(case.outer_v6, SENDER4, SENDER6), inner)
+}
+
+/// A tunnel frame of `case` with outer source `src`.
+fn tunnel_frame_from(case: &Case, index: u16, src: IpAddr, inner: &[u8]) -> Vec<u8> {
     let link = Link {
         dst_mac: BACKEND_MAC,
         src_mac: SENDER_MAC,
@@ -224,7 +236,7 @@ fn tunnel_frame(case: &Case, index: u16, inner: &[u8]) -> Vec<u8> {
     };
     encapsulate(
         &link,
-        addr(case.outer_v6, SENDER4, SENDER6),
+        src,
         addr(case.outer_v6, BACKEND4, BACKEND6),
         encap,
         inner,
@@ -324,7 +336,9 @@ fn decap_end_to_end(prefix: &str, mode: &'static str) {
     tests::in_workdir(prefix, |dir| {
         let pair = pair(prefix)?;
         let s = sockets(&pair)?;
-        let decap = DecapProcess::start(&pair.backend, dir, "eth0", &["--mode", mode])?;
+        let mut args = vec!["--mode", mode];
+        args.extend(FROM);
+        let decap = DecapProcess::start(&pair.backend, dir, "eth0", &args)?;
         let log = decap.log_text();
         for a in [BACKEND4.to_string(), BACKEND6.to_string()] {
             ensure!(log.contains(&a), "the decap log names no {a}: {log}");
@@ -359,6 +373,94 @@ fn decap_end_to_end(prefix: &str, mode: &'static str) {
             !link.contains("xdp"),
             "still attached after SIGTERM: {link}"
         );
+        Ok(())
+    });
+}
+
+/// A forger's tunnel frame (outer source outside `--from`) carrying a UDP
+/// datagram to the VIP, then the sender's own: the VIP's socket must get
+/// the sender's datagram first and nothing after it.
+fn forged_datagram_dropped(s: &Sockets, case: &Case, index: u16) -> anyhow::Result<()> {
+    let family = usize::from(case.inner_v6);
+    let sender = addr(case.inner_v6, SENDER4, SENDER6);
+    let vip = addr(case.inner_v6, VIP4, VIP6);
+    let forger = addr(case.outer_v6, FORGER4, FORGER6);
+    let forged = format!("forged {index}: {}", case.name);
+    let inner = udp_datagram(
+        (sender, SENDER_UDP_PORT),
+        (vip, UDP_PORT),
+        forged.as_bytes(),
+    );
+    s.wire
+        .send(&tunnel_frame_from(case, index, forger, &inner))?;
+    let genuine = format!("genuine {index}: {}", case.name);
+    let inner = udp_datagram(
+        (sender, SENDER_UDP_PORT),
+        (vip, UDP_PORT),
+        genuine.as_bytes(),
+    );
+    s.wire.send(&tunnel_frame(case, index, &inner))?;
+    let socket = &s.backend_udp[family];
+    let mut buf = [0u8; 1500];
+    let (n, _) = socket
+        .recv_from(&mut buf)
+        .with_context(|| format!("{}: no UDP datagram on the VIP", case.name))?;
+    ensure!(
+        &buf[..n] == genuine.as_bytes(),
+        "{}: from {forger} (not in --from) the VIP's socket got {:?}",
+        case.name,
+        String::from_utf8_lossy(&buf[..n])
+    );
+    socket.set_nonblocking(true)?;
+    let late = socket.recv_from(&mut buf);
+    socket.set_nonblocking(false)?;
+    if let Ok((n, _)) = late {
+        anyhow::bail!(
+            "{}: the VIP's socket got {:?} after the genuine datagram",
+            case.name,
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn decap_drops_tunnels_from_sources_outside_from() {
+    tests::require_privileges!();
+    tests::in_workdir("xdcf", |dir| {
+        let pair = pair("xdcf")?;
+        let s = sockets(&pair)?;
+        let mut args = vec!["--mode", "generic"];
+        args.extend(FROM);
+        let decap = DecapProcess::start(&pair.backend, dir, "eth0", &args)?;
+        let log = decap.log_text();
+        for prefix in ["198.18.0.1/32", "2001:db8::1/128"] {
+            ensure!(
+                log.contains(prefix),
+                "the decap log names no {prefix}: {log}"
+            );
+        }
+        let mut decapsulated = 0;
+        for (i, case) in CASES.iter().enumerate() {
+            forged_datagram_dropped(&s, case, i as u16)?;
+            decapsulated += 1;
+        }
+        let counters = decap.stop_with_counters()?;
+        ensure!(
+            counters["source_refused"] == CASES.len(),
+            "source_refused: {} counted, {} forged frames sent ({counters})",
+            counters["source_refused"],
+            CASES.len()
+        );
+        let total: u64 = ["ipip4", "ipip6", "gue4", "gue6"]
+            .iter()
+            .filter_map(|k| counters[*k].as_u64())
+            .sum();
+        ensure!(
+            total == decapsulated,
+            "{total} decapsulated, {decapsulated} genuine sent ({counters})"
+        );
+        ensure!(counters["malformed"] == 0, "{counters}");
         Ok(())
     });
 }
@@ -401,11 +503,11 @@ fn decap_refuses_bad_input_with_exit_2() {
     .expect("veth");
     for (args, needle) in [
         (
-            &["--interface", "nosuch0"][..],
+            &["--interface", "nosuch0", "--from", "198.18.0.1"][..],
             "no such interface: nosuch0",
         ),
         (
-            &["--interface", "eth0"][..],
+            &["--interface", "eth0", "--from", "198.18.0.1"][..],
             "interface eth0 has no IPv4 or IPv6 address",
         ),
         (
@@ -417,6 +519,23 @@ fn decap_refuses_bad_input_with_exit_2() {
             &["--interface", "eth0", "--address", "198.18.0"][..],
             "--address",
         ),
+        // --from is required, and says why and how to accept every source.
+        (
+            &["--interface", "eth0", "--address", "198.18.0.11"][..],
+            "--from is required",
+        ),
+        (
+            &["--interface", "eth0", "--from", "198.18.0.1/24"][..],
+            "'--from <PREFIX>': 198.18.0.1/24: bits set after the first 24; the prefix is 198.18.0.0/24",
+        ),
+        (
+            &["--interface", "eth0", "--from", "2001:db8::/129"][..],
+            "'--from <PREFIX>': 2001:db8::/129: prefix length 129 is longer than 128",
+        ),
+        (
+            &["--interface", "eth0", "--from", "balancers"][..],
+            "'--from <PREFIX>': \"balancers\" is not an IPv4 or IPv6 prefix",
+        ),
     ] {
         let (code, stderr) = decap_fails(&ns, args).expect("run xlb decap");
         assert_eq!(code, 2, "xlb decap {args:?}: exit {code}: {stderr}");
@@ -427,17 +546,36 @@ fn decap_refuses_bad_input_with_exit_2() {
     }
     // With an address given, the same address-less interface is accepted:
     // it attaches (generic XDP on a down veth), runs, and stops on SIGTERM.
+    // Every source said outright: accepted, with a warning naming the risk.
     tests::in_workdir("decap-cli", |dir| {
         let p = DecapProcess::start(
             &ns,
             dir,
             "eth0",
-            &["--address", "198.18.0.11", "--mode", "generic"],
+            &[
+                "--address",
+                "198.18.0.11",
+                "--mode",
+                "generic",
+                "--from",
+                "0.0.0.0/0",
+                "--from",
+                "::/0",
+            ],
         )?;
+        let log = p.log_text();
+        for needle in [
+            "--from 0.0.0.0/0 accepts tunnel packets from every IPv4 source",
+            "--from ::/0 accepts tunnel packets from every IPv6 source",
+            "CVE-2020-10136",
+        ] {
+            ensure!(log.contains(needle), "the log lacks {needle:?}: {log}");
+        }
         let (status, out) = p.stop()?;
         ensure!(status.success(), "exit {status}: {out}");
         let doc: serde_json::Value = serde_json::from_str(&out)?;
         ensure!(doc["packets"]["ipip4"] == 0, "{doc}");
+        ensure!(doc["packets"]["source_refused"] == 0, "{doc}");
         Ok(())
     });
 }

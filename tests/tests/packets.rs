@@ -10,7 +10,11 @@ use std::collections::BTreeMap;
 
 use lb_common::{
     Counters, PROTO_TCP, PROTO_UDP,
-    stats::{DROP_NO_BACKEND, XDP_DROP, XDP_PASS, XDP_TX},
+    stats::{
+        DROP_NO_BACKEND, EV_UNHANDLED_EXT_HEADER_PASSED, EV_UNHANDLED_FRAGMENT_PASSED,
+        EV_UNHANDLED_ICMP_PASSED, EV_UNHANDLED_VLAN_PASSED, EVENT_NAMES, XDP_DROP, XDP_PASS,
+        XDP_TX,
+    },
 };
 use tests::depth_frames;
 use tests::packets::{
@@ -186,8 +190,12 @@ table_size = 1021
 enum Expect {
     /// XDP_TX to the backend the simulator picks for this flow.
     Tx(Flow),
-    /// XDP_PASS, frame untouched.
+    /// XDP_PASS, frame untouched; no `unhandled_*_passed` event moves.
     Pass,
+    /// XDP_PASS, frame untouched, by `unhandled = "pass"`: this
+    /// `EV_UNHANDLED_*_PASSED` event moves by one, no other of them does,
+    /// and no drop counter moves.
+    PassUnhandled(u32),
     /// XDP_DROP for this flow's VIP (no backend), frame untouched.
     Drop(Flow),
     /// BPF_PROG_TEST_RUN refuses the frame (shorter than an Ethernet header:
@@ -391,7 +399,7 @@ fn fixtures() -> Vec<Fixture> {
         fx(
             "IPv6 Hop-by-Hop header before TCP to web6 :443 (unhandled = \"pass\")",
             fb(web6).ipv6_hop_by_hop().build(),
-            Pass,
+            PassUnhandled(EV_UNHANDLED_EXT_HEADER_PASSED),
         ),
         fx(
             "IPv6 TCP to web6 behind two 802.1Q tags (unhandled = \"pass\")",
@@ -399,7 +407,7 @@ fn fixtures() -> Vec<Fixture> {
                 depth_frames::ETH_P_8021Q,
                 &depth_frames::Packet::new(web6).ip(),
             ),
-            Pass,
+            PassUnhandled(EV_UNHANDLED_VLAN_PASSED),
         ),
         {
             let f = udp("[2001:db8::10]:40009", "[2001:db8:100::1]:53");
@@ -408,7 +416,7 @@ fn fixtures() -> Vec<Fixture> {
             fx(
                 "IPv6 later fragment to dns6, first never seen (unhandled = \"pass\")",
                 depth_frames::framed(&depth_frames::Link::incoming(), &later),
-                Pass,
+                PassUnhandled(EV_UNHANDLED_FRAGMENT_PASSED),
             )
         },
         {
@@ -428,7 +436,7 @@ fn fixtures() -> Vec<Fixture> {
             fx(
                 "ICMPv6 port unreachable to web6's address (unhandled = \"pass\")",
                 depth_frames::framed(&depth_frames::Link::incoming(), &ip),
-                Pass,
+                PassUnhandled(EV_UNHANDLED_ICMP_PASSED),
             )
         },
         fx(
@@ -605,6 +613,16 @@ fn is_syn(frame: &[u8]) -> bool {
     tcp.is_some_and(|t| t.syn && !t.ack)
 }
 
+/// The events of `unhandled = "pass"`: every fixture says which one of
+/// them it moves (`PassUnhandled`), or that it moves none. (The other
+/// events, such as the connection table's, are not predicted here.)
+const UNHANDLED_PASSED: [u32; 4] = [
+    EV_UNHANDLED_EXT_HEADER_PASSED,
+    EV_UNHANDLED_VLAN_PASSED,
+    EV_UNHANDLED_FRAGMENT_PASSED,
+    EV_UNHANDLED_ICMP_PASSED,
+];
+
 /// Differences between two snapshots, as readable lines.
 fn snapshot_diff(want: &CounterSnapshot, got: &CounterSnapshot) -> Vec<String> {
     let mut diffs = Vec::new();
@@ -637,6 +655,15 @@ fn snapshot_diff(want: &CounterSnapshot, got: &CounterSnapshot) -> Vec<String> {
             got.drops.get(i),
         );
     }
+    for ev in UNHANDLED_PASSED {
+        let (w, g) = (want.events.get(ev as usize), got.events.get(ev as usize));
+        if w != g {
+            diffs.push(format!(
+                "event {}: want {w:?}, got {g:?}",
+                EVENT_NAMES[ev as usize]
+            ));
+        }
+    }
     diffs.dedup();
     diffs
 }
@@ -668,6 +695,16 @@ fn packet_fixtures() {
 
     let fixtures = fixtures();
     assert!(fixtures.len() >= 20);
+    // Each reason of `unhandled = "pass"` has its fixture.
+    for ev in UNHANDLED_PASSED {
+        assert!(
+            fixtures
+                .iter()
+                .any(|f| matches!(f.expect, Expect::PassUnhandled(e) if e == ev)),
+            "no fixture moves {}",
+            EVENT_NAMES[ev as usize]
+        );
+    }
     let mut out = vec![0u8; 4096];
     let mut failures = Vec::new();
     // Backend id -> (frames, bytes) the TX fixtures sent it.
@@ -718,6 +755,14 @@ fn packet_fixtures() {
                 )
             }
             Expect::Pass => (XDP_PASS, f.frame.clone(), String::new()),
+            Expect::PassUnhandled(ev) => {
+                want.events[ev as usize] += 1;
+                (
+                    XDP_PASS,
+                    f.frame.clone(),
+                    EVENT_NAMES[ev as usize].to_string(),
+                )
+            }
             Expect::Refused => (u32::MAX, f.frame.clone(), String::new()),
         };
         if action != u32::MAX {

@@ -462,7 +462,15 @@ fn ipip_and_gue_carry_real_tcp_and_udp_to_decapsulating_backends() {
                 &b.ns,
                 dir,
                 "eth0",
-                &["--gue-port", &port],
+                // The balancer's [tunnel] prefixes: its only outer sources.
+                &[
+                    "--gue-port",
+                    &port,
+                    "--from",
+                    SOURCE_V4,
+                    "--from",
+                    SOURCE_V6,
+                ],
             )?);
         }
         let config_path = dir.join("xlb.toml");

@@ -65,18 +65,33 @@ fn timed(daemon: &Daemon, args: &[&str]) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// Tries of the bench's own scrape: under load the daemon holds 256
+/// connections (most of them the idle ones) and closes each one more at
+/// once, so a scrape may be refused a few times before a slot frees.
+const SCRAPE_TRIES: usize = 100;
+
 /// (sum, count) of the collector histogram.
 fn collector(ns: &Netns) -> anyhow::Result<(f64, f64)> {
     let text = ns
         .spawn(|| {
-            // 33 MiB: more than ureq's into_string takes.
-            let mut text = String::new();
-            ureq::get(&format!("http://{METRICS}/metrics"))
-                .timeout(Duration::from_secs(60))
-                .call()?
-                .into_reader()
-                .read_to_string(&mut text)?;
-            Ok(text)
+            let mut last = None;
+            for _ in 0..SCRAPE_TRIES {
+                // 33 MiB: more than ureq's into_string takes.
+                let mut text = String::new();
+                let got = ureq::get(&format!("http://{METRICS}/metrics"))
+                    .timeout(Duration::from_secs(60))
+                    .call()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| Ok(r.into_reader().read_to_string(&mut text)?));
+                match got {
+                    Ok(_) => return Ok(text),
+                    Err(e) => last = Some(e),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(last
+                .unwrap_or_else(|| anyhow::anyhow!("no try"))
+                .context(format!("{SCRAPE_TRIES} scrapes of /metrics refused")))
         })
         .join()
         .map_err(|_| anyhow::anyhow!("scrape panicked"))??;

@@ -200,6 +200,14 @@ pub enum Command {
         /// Another tunnel destination this host answers for (repeatable).
         #[arg(long = "address", value_name = "IP")]
         addresses: Vec<std::net::IpAddr>,
+        /// Required: an outer source prefix tunnel packets are accepted from,
+        /// the balancers' (repeatable; IPv4 or IPv6, e.g. 198.18.0.0/24, or
+        /// one address). A tunnel packet for this host from any other
+        /// source is dropped and counted (source_refused). `--from
+        /// 0.0.0.0/0 --from ::/0` accepts every source, which lets anyone
+        /// who reaches this host inject packets with a forged inner source.
+        #[arg(long = "from", value_name = "PREFIX")]
+        from: Vec<xlb_dataplane::decap::SourcePrefix>,
         /// XDP attach mode (the values of `run --xdp-mode`; "generic" is
         /// "skb").
         #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]

@@ -33,12 +33,29 @@ pub(super) fn command(output: Output, opts: DecapOptions) -> Result<(), Failure>
 /// Run the decap program on the interface until SIGINT or SIGTERM; its
 /// counters at the end.
 fn run(opts: &DecapOptions) -> Result<DecapCounters, DecapError> {
+    let sources = xlb_dataplane::decap::sources_to_hold(&opts.from)?;
     let found = xlb_dataplane::decap::interface_addresses(&opts.interface)?;
     let addresses =
         xlb_dataplane::decap::addresses_to_hold(&opts.interface, &found, &opts.extra_addresses)?;
+    for any in sources.iter().filter(|p| p.is_any()) {
+        log::warn!(
+            "xlb decap: --from {any} accepts tunnel packets from every {} source: anyone who \
+             can reach {} can inject packets with a forged inner source past the filters that \
+             judge the outer one (CVE-2020-10136); name the balancers' prefixes instead",
+            if any.address().is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            },
+            opts.interface
+        );
+    }
     let mut decap = DecapProgram::load()?;
     for ip in &addresses {
         decap.add_address(*ip)?;
+    }
+    for prefix in &sources {
+        decap.add_source(*prefix)?;
     }
     decap.set_gue_port(opts.gue_port)?;
 
@@ -60,13 +77,15 @@ fn run(opts: &DecapOptions) -> Result<DecapCounters, DecapError> {
 
     decap.attach(&opts.interface, opts.mode)?;
     let list: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+    let from: Vec<String> = sources.iter().map(ToString::to_string).collect();
     log::info!(
         "xlb decap: attached to {} ({} mode); decapsulating IPIP and GUE (UDP port {}) \
-         addressed to {}",
+         addressed to {}, from {} (other sources dropped)",
         opts.interface,
         opts.mode.name(),
         opts.gue_port,
-        list.join(", ")
+        list.join(", "),
+        from.join(", ")
     );
     let signal = runtime.block_on(async {
         tokio::select! {
@@ -77,9 +96,11 @@ fn run(opts: &DecapOptions) -> Result<DecapCounters, DecapError> {
     decap.detach()?;
     let counters = decap.counters()?;
     log::info!(
-        "xlb decap: {signal}: detached from {}; {} packets decapsulated",
+        "xlb decap: {signal}: detached from {}; {} packets decapsulated, {} refused \
+         (source outside --from)",
         opts.interface,
-        counters.decapsulated()
+        counters.decapsulated(),
+        counters.source_refused
     );
     Ok(counters)
 }

@@ -99,6 +99,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             interface,
             gue_port,
             addresses,
+            from,
             mode,
         } => decap::command(
             cli.output,
@@ -106,6 +107,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 interface: interface.clone(),
                 gue_port: *gue_port,
                 extra_addresses: addresses.clone(),
+                from: from.clone(),
                 mode: (*mode).into(),
             },
         ),

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub http_status_builds: Counter,
     /// Failed writes of the announce routes (tried again every second).
     pub announce_errors: Counter,
+    /// The daemon's last progress, which the watchdog's pinger reads
+    /// (notify.rs): the collector beats after each tick, an apply at each
+    /// step.
+    pub progress: Arc<crate::daemon::notify::Progress>,
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
@@ -155,6 +159,7 @@ impl Metrics {
             http_connections_refused,
             http_status_builds,
             announce_errors,
+            progress: Arc::default(),
             latest,
             encoding: Mutex::new(()),
             published: Mutex::new(Arc::default()),

@@ -142,17 +142,19 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         .map_err(StartError::Failed)?;
     log::info!("serving revision {revision}");
     let conns = controller.conn_table();
+    let progress = controller.metrics().progress.clone();
     let controller = Arc::new(Mutex::new(controller));
+    // Its own thread: it waits on no lock and no reactor (notify.rs).
+    let watchdog = notify::Watchdog::spawn(progress).map_err(StartError::failed)?;
+    // Its own thread and runtime: scrapes never delay the control socket.
+    let mut http = http::spawn(ready.metrics, controller.clone()).map_err(StartError::Failed)?;
 
     let policy = Arc::new(peer::Policy::new(opts.socket_group.clone()));
-    let metrics_listener = ready.metrics;
+    log::info!("metrics, status page and /api/status on http://{metrics_address}/");
     let result = runtime.block_on(async {
-        let http = tokio::net::TcpListener::from_std(metrics_listener)?;
-        log::info!("metrics, status page and /api/status on http://{metrics_address}/");
         tokio::select! {
             r = serve(controller.clone(), &opts.socket, policy, revision) => r,
-            r = notify::watchdog(controller.clone()) => r,
-            r = http::serve(http, controller.clone()) => r,
+            r = http.ended() => r,
             r = collect(controller.clone(), opts.bake_tick) => r,
             r = count_conns(controller.clone(), conns) => r,
             r = health::serve(controller.clone()) => r,
@@ -162,6 +164,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         }
     });
     notify::stopping();
+    drop(watchdog);
+    http.stop();
     let _ = std::fs::remove_file(&opts.socket);
     // The pinned link keeps the program attached, the pinned maps keep
     // their tables and flows: forwarding goes on until the next start.
@@ -194,6 +198,8 @@ async fn collect(
                 }
                 // The HTTP side's document is rebuilt from this tick on.
                 c.metrics().invalidate();
+                // The watchdog's sign of life (notify.rs).
+                c.metrics().progress.beat();
                 return true;
             }
             false
@@ -383,6 +389,13 @@ fn changes(request: &Request) -> bool {
     )
 }
 
+/// One JSON line.
+fn encode(response: &Response) -> anyhow::Result<Vec<u8>> {
+    let mut out = serde_json::to_vec(response)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
 async fn handle(
     stream: UnixStream,
     controller: Arc<Mutex<Controller>>,
@@ -392,7 +405,7 @@ async fn handle(
     // Who is asking, from the kernel: decides what it may do (peer.rs).
     let peer = peer::Peer::of(&stream).context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
-    let response = match read_request(read, MAX_REQUEST_BYTES, CONTROL_TIMEOUT).await {
+    let out = match read_request(read, MAX_REQUEST_BYTES, CONTROL_TIMEOUT).await {
         Ok(None) => return Ok(()),
         Err(bad) => {
             metrics.control_bad_request(bad.reason());
@@ -401,28 +414,31 @@ async fn handle(
                 peer.pid,
                 bad.reason()
             );
-            bad.response()
+            encode(&bad.response())?
         }
         Ok(Some(line)) => {
             // Map writes and reads are blocking syscalls (and so is the
             // peer's user lookup): keep them off the reactor.
             let metrics = metrics.clone();
-            tokio::task::spawn_blocking(move || match peer::admit(&policy, &peer, &line) {
-                Err(e) => Response::Error(e),
-                Ok(request) => {
-                    let changed = changes(&request);
-                    let response = dispatch(&controller, request);
-                    if changed {
-                        metrics.invalidate();
+            // So is encoding the answer: a status at 1,000 VIPs x 64
+            // backends is a second of JSON.
+            tokio::task::spawn_blocking(move || {
+                let response = match peer::admit(&policy, &peer, &line) {
+                    Err(e) => Response::Error(e),
+                    Ok(request) => {
+                        let changed = changes(&request);
+                        let response = dispatch(&controller, request);
+                        if changed {
+                            metrics.invalidate();
+                        }
+                        response
                     }
-                    response
-                }
+                };
+                encode(&response)
             })
-            .await?
+            .await??
         }
     };
-    let mut out = serde_json::to_vec(&response)?;
-    out.push(b'\n');
     tokio::time::timeout(CONTROL_TIMEOUT, write.write_all(&out))
         .await
         .context("writing the answer: timed out")??;

@@ -158,6 +158,8 @@ impl Controller {
                 plan
             }
         };
+        // Planned (the watchdog's sign of life: notify.rs).
+        self.metrics.progress.beat();
         let number = self
             .revisions
             .as_ref()
@@ -168,6 +170,7 @@ impl Controller {
             .as_ref()
             .map(|d| (d.config.clone(), self.revision));
         let mut result = self.write(config, file, number);
+        self.metrics.progress.beat();
         let baking = result.is_ok() && self.bakes(&kind);
         if let Some(store) = self.revisions.as_mut() {
             let outcome = match &result {
@@ -396,6 +399,7 @@ impl Controller {
         self.metrics
             .maglev_build
             .observe(started.elapsed().as_secs_f64());
+        self.metrics.progress.beat();
         let swaps = self.dataplane.apply(self.host, &desired, previous)?;
         for seconds in swaps {
             self.metrics.table_swap.observe(seconds);
