@@ -1,0 +1,189 @@
+//! `xlb fleet status` over 100 nodes x 1,000 VIPs (issue 14): simulated
+//! nodes on 127.0.0.1, each serving a canned `/api/status` document. The
+//! documents are real: the balancer loaded (no interface attached) with the
+//! project's scale config (1,000 VIPs x 64 backends, support/scale.rs),
+//! `Controller::status()` serialized. 99 nodes serve the same document; the
+//! last one serves the status of the same config with another `hash_seed`,
+//! so every VIP has one differing node and its share of flows elsewhere is
+//! computed (the expensive path).
+//!
+//! Measured: the whole command (the release `xlb -o json fleet status
+//! URL x 100`, wall time, stdout to /dev/null), and its parts as the CLI
+//! does them (lb-userspace/src/cli/fleet.rs): fetching the 100 bodies
+//! one after another, parsing them, comparing (`xlb_core::fleet::agreement`).
+//! Medians. Needs root (loading the balancer).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use support::scale::{self, BACKENDS, VIPS};
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::fleet::{Decision, agreement};
+use xlb_core::revision::Kind;
+use xlb_core::status::Status;
+
+/// The daemon's allocator, as in the other control-plane benches.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const NODES: usize = 100;
+const RUNS: usize = 5;
+
+/// The status document of the scale config with `hash_seed`, as the
+/// daemon serves it.
+fn document(hash_seed: u32) -> anyhow::Result<Vec<u8>> {
+    let text = scale::config(
+        &format!("interface = \"lo\"\nhash_seed = {hash_seed}\nicmp_echo = \"pass\"\n"),
+        1,
+    );
+    let candidate = Candidate::parse(text, "bench.toml", Origin::default())?;
+    let dataplane = xlb_dataplane::Dataplane::load().context("loading the balancer")?;
+    let metrics = Arc::new(xlb::daemon::metrics::Metrics::new());
+    let mut controller = xlb::daemon::controller::Controller::new(
+        dataplane,
+        "lo".into(),
+        [2, 0, 0, 0, 0, 1],
+        metrics,
+    );
+    controller.apply(candidate, ApplyOptions::unchecked(Kind::Apply))?;
+    Ok(serde_json::to_vec(&controller.status()?)?)
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 (a free port) answering every request
+/// with `body`, one connection at a time, until `stop`.
+fn serve(body: Arc<Vec<u8>>, stop: Arc<AtomicBool>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(&stream);
+            // The request line and headers, up to the blank line.
+            let mut line = String::new();
+            for _ in 0..100 {
+                line.clear();
+                if reader.read_line(&mut line).map_or(true, |n| n == 0) || line == "\r\n" {
+                    break;
+                }
+            }
+            let header = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let mut w = &stream;
+            let _ = w
+                .write_all(header.as_bytes())
+                .and_then(|()| w.write_all(&body));
+        }
+    });
+    Ok(addr)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    if !support::root("fleet_status") {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let same = Arc::new(document(1)?);
+    let other = Arc::new(document(2)?);
+    println!(
+        "fleet_status: {NODES} nodes x {VIPS} VIPs x {BACKENDS} backends; status document {} KiB (built in {:?}); load {}",
+        same.len() / 1024,
+        t.elapsed(),
+        support::load_average()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut urls = Vec::new();
+    for n in 0..NODES {
+        let body = if n + 1 == NODES { &other } else { &same };
+        urls.push(format!("http://{}", serve(body.clone(), stop.clone())?));
+    }
+
+    // The whole command.
+    let xlb = tests::xlbd::xlb_binary()?;
+    let mut whole = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let status = Command::new(&xlb)
+            .args(["-o", "json", "fleet", "status"])
+            .args(&urls)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        whole.push(t.elapsed());
+        ensure!(
+            status.code() == Some(1),
+            "xlb fleet status: {status}, expected exit 1 (one node on another seed)"
+        );
+    }
+
+    // Its parts, as the CLI does them.
+    let (mut fetch, mut parse, mut compare) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let bodies: Vec<String> = urls
+            .iter()
+            .map(|u| {
+                let mut s = String::new();
+                ureq::get(&format!("{u}/api/status"))
+                    .call()?
+                    .into_reader()
+                    .read_to_string(&mut s)?;
+                Ok(s)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        fetch.push(t.elapsed());
+        let t = Instant::now();
+        let nodes: Vec<(String, BTreeMap<String, Decision>)> = bodies
+            .iter()
+            .zip(&urls)
+            .map(|(b, u)| {
+                let s: Status = serde_json::from_str(b)?;
+                let d = s
+                    .vips
+                    .into_iter()
+                    .filter_map(|v| v.decision.map(|d| (v.name, d)))
+                    .collect();
+                Ok((u.clone(), d))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        parse.push(t.elapsed());
+        let t = Instant::now();
+        let vips = std::hint::black_box(agreement(&nodes));
+        compare.push(t.elapsed());
+        ensure!(vips.len() == VIPS && vips.iter().all(|v| v.differing.len() == 1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    println!(
+        "xlb fleet status, whole command: median {:?} of {RUNS} runs",
+        median(whole)
+    );
+    println!(
+        "  fetch 100 bodies ({} MiB in all): {:?}; parse: {:?}; compare (1,000 VIPs, one differing node each): {:?}",
+        same.len() * NODES / (1 << 20),
+        median(fetch),
+        median(parse),
+        median(compare)
+    );
+    Ok(())
+}
