@@ -59,6 +59,22 @@ pub enum Request {
     /// `xlb drain`/`undrain`/`weight`: edit one backend in the live
     /// revision's config and apply the result as a new revision.
     Edit(EditRequest),
+    /// `xlb node drain`/`undrain`: withdraw every VIP from the routers,
+    /// or announce them by their policies again.
+    Node {
+        action: NodeAction,
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        message: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAction {
+    Drain,
+    Undrain,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,6 +110,8 @@ pub enum Response {
     Revision(Box<crate::revision::Revision>),
     /// An edit applied: the new revision and its plan.
     Edited(Box<Edited>),
+    /// A drain or undrain done: the node's announce state.
+    Node(Box<crate::announce::NodeAnnounce>),
     Error(ApiError),
 }
 

@@ -14,6 +14,7 @@
 //! - `drift`: the kernel's maps compared with the desired state;
 //! - `adopt`: a running data plane's maps (read back) recognised as a
 //!   config's state, health patches included;
+//! - `announce`: which VIP addresses the node announces to its routers;
 //! - `plan`: a change's diff, predicted shares, flows moved, safety checks;
 //! - `simulate`: the flow hash's pick, as the kernel makes it;
 //! - `fleet`: what decides a new flow's backend, fingerprinted and compared
@@ -26,6 +27,7 @@
 //! - `api`: the control socket's request and response types.
 
 pub mod adopt;
+pub mod announce;
 pub mod api;
 pub mod bake;
 pub mod change;

@@ -57,6 +57,10 @@ pub struct Status {
     /// daemon has no file (tests, benchmarks).
     #[serde(default)]
     pub config_file: Option<crate::reload::ConfigFileStatus>,
+    /// What the node announces to its routers (`announce`); null from a
+    /// daemon older than announcing.
+    #[serde(default)]
+    pub announce: Option<crate::announce::NodeAnnounce>,
 }
 
 /// What the last connection-table scan found.
@@ -158,6 +162,10 @@ pub struct VipStatus {
     /// on every node of a fleet that agrees (`xlb fleet status`).
     #[serde(default)]
     pub decision: Option<Decision>,
+    /// Whether the node announces this VIP, and why; null from a daemon
+    /// older than announcing.
+    #[serde(default)]
+    pub announce: Option<crate::announce::VipAnnounce>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -358,6 +366,7 @@ pub fn build(
                 backends,
                 health: None,
                 decision: Some(fleet::decision(v, desired.config.hash_seed)),
+                announce: None,
             }
         })
         .collect();
@@ -415,6 +424,7 @@ pub fn build(
             .map(|(n, c)| (n.to_string(), *c))
             .collect(),
         config_file: None,
+        announce: None,
         conn_table: ctx.conn_scan.map(|scan| ConnTableStatus {
             entries: scan.entries,
             capacity: scan.capacity.into(),
@@ -697,6 +707,10 @@ pub fn render_table(s: &Status, wide: bool) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    if let Some(line) = announce_line(s) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     if let Some(c) = &s.conn_table {
         out.push_str(&conn_table_line(c, &s.events, s.generated_at_unix_seconds));
         out.push('\n');
@@ -728,6 +742,115 @@ pub fn render_table(s: &Status, wide: bool) -> String {
         ));
     }
     out
+}
+
+/// One line on what the node announces, when it announces at all.
+fn announce_line(s: &Status) -> Option<String> {
+    let a = s.announce.as_ref()?;
+    let table = a.table?;
+    let mut line = format!(
+        "announce: node {}, {} route(s) in table {table}",
+        a.state.as_str(),
+        a.routes.len()
+    );
+    let withdrawn: Vec<String> = s
+        .vips
+        .iter()
+        .filter_map(|v| v.announce.as_ref().filter(|a| !a.announced).map(|a| (v, a)))
+        .map(|(v, a)| format!("{} ({})", v.name, a.reason.describe()))
+        .collect();
+    if !withdrawn.is_empty() && a.state == crate::announce::NodeState::Serving {
+        line.push_str(&format!("; withdrawn: {}", withdrawn.join(", ")));
+    }
+    if let Some(e) = &a.error {
+        line.push_str(&format!("; ROUTES NOT WRITTEN: {e}"));
+    }
+    Some(line)
+}
+
+/// `xlb node status`: the node's announce state, each VIP's announcement
+/// and why, and the traffic still arriving.
+pub fn render_node(s: &Status) -> String {
+    let mut out = String::new();
+    match &s.announce {
+        None => out.push_str("this daemon does not report announcing (older xlb)\n"),
+        Some(a) => {
+            out.push_str(&format!("node {}", a.state.as_str()));
+            if let (Some(since), by) = (a.drained_since_unix_seconds, &a.drained_by) {
+                out.push_str(&format!(
+                    " for {:.0}s{}",
+                    (s.generated_at_unix_seconds - since).max(0.0),
+                    by.as_ref().map_or(String::new(), |b| format!(" (by {b})"))
+                ));
+            }
+            match a.table {
+                Some(t) => {
+                    let routes: Vec<String> = a.routes.iter().map(|r| r.to_string()).collect();
+                    out.push_str(&format!(
+                        "; routes in table {t}: {}\n",
+                        if routes.is_empty() {
+                            "none".to_string()
+                        } else {
+                            routes.join(", ")
+                        }
+                    ));
+                }
+                None => out.push_str("; no --announce-table: nothing is announced\n"),
+            }
+            if let Some(e) = &a.error {
+                out.push_str(&format!("ROUTES NOT WRITTEN: {e}\n"));
+            }
+        }
+    }
+    let (pps, nfs) = arriving(s);
+    out.push_str(&format!(
+        "arriving: {pps:.0} packets/s, {nfs:.0} new flows/s{}\n\n",
+        s.conn_table.as_ref().map_or(String::new(), |c| format!(
+            ", {} flows in the connection table",
+            c.entries
+        ))
+    ));
+    let mut rows = vec![
+        [
+            "VIP",
+            "ADDRESS",
+            "POLICY",
+            "ANNOUNCED",
+            "BACKENDS UP",
+            "WHY",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>(),
+    ];
+    for v in &s.vips {
+        let a = v.announce.as_ref();
+        rows.push(vec![
+            v.name.clone(),
+            v.address.clone(),
+            a.map_or("-".into(), |a| a.policy.to_string()),
+            a.map_or("-".into(), |a| {
+                if a.announced { "yes" } else { "no" }.into()
+            }),
+            a.map_or("-".into(), |a| a.backends_up.to_string()),
+            a.map_or("-".into(), |a| match a.hold_remaining_seconds {
+                Some(h) => format!("{} ({h:.0}s left)", a.reason.describe()),
+                None => a.reason.describe().to_string(),
+            }),
+        ]);
+    }
+    out.push_str(&crate::table::render(&rows));
+    out
+}
+
+/// Packets and new flows a second over every VIP (the collector's rates).
+pub fn arriving(s: &Status) -> (f64, f64) {
+    s.vips.iter().fold((0.0, 0.0), |(p, n), v| {
+        (
+            p + v.rates.packets_per_second,
+            n + v.rates.new_flows_per_second,
+        )
+    })
 }
 
 #[cfg(test)]

@@ -183,6 +183,17 @@ fn write_atomic(
     sync_dir(dir)
 }
 
+/// Replace the small file `path` crash-safely (as a revision is written):
+/// after this returns, the file is there whole, also after a power loss.
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a file path with a UTF-8 name");
+    write_atomic(dir, name, bytes, None)
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -12,7 +12,7 @@ use lb_common::maps::CONN_TABLE_SIZE;
 use super::check::{Checker, Sp, field_path};
 use super::model::{RawConfig, RawTunnel};
 use super::types::{
-    Forwarding, HashMode, IcmpEcho, Ipv4Prefix, Ipv6Prefix, MacAddr, Tunnel, Unhandled,
+    Announce, Forwarding, HashMode, IcmpEcho, Ipv4Prefix, Ipv6Prefix, MacAddr, Tunnel, Unhandled,
 };
 
 /// Connection-table sizes: at least a few pages' worth, at most what a
@@ -77,6 +77,20 @@ pub(super) fn unhandled(
     match v {
         None => Some(default),
         Some(v) => choice(ck, v, field, "unhandled value", &Unhandled::ALL),
+    }
+}
+
+/// `announce` at the top (`field` "announce", default healthy) or in a VIP
+/// (default: the top's).
+pub(super) fn announce(
+    ck: &mut Checker<'_, '_>,
+    v: Option<&Sp<String>>,
+    field: &str,
+    default: Announce,
+) -> Option<Announce> {
+    match v {
+        None => Some(default),
+        Some(v) => choice(ck, v, field, "announce value", &Announce::ALL),
     }
 }
 

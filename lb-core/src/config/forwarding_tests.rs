@@ -538,13 +538,13 @@ fn misplaced_forwarding_settings_get_a_hint() {
             format!("{HEAD}forwarding = \"gue\"\n"),
             "f.toml:2:1: forwarding: unknown field \"forwarding\", expected one of: interface, \
              hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
-             unhandled, tunnel, health (\"forwarding\" is a setting of each VIP: write it under each [[vip]] header)",
+             unhandled, announce, tunnel, health (\"forwarding\" is a setting of each VIP: write it under each [[vip]] header)",
         ),
         (
             format!("{HEAD}gue_port = 6080\n"),
             "f.toml:2:1: gue_port: unknown field \"gue_port\", expected one of: interface, \
              hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
-             unhandled, tunnel, health (\"gue_port\" is a tunnel setting: put it in a [tunnel] section, above the \
+             unhandled, announce, tunnel, health (\"gue_port\" is a tunnel setting: put it in a [tunnel] section, above the \
              first [[vip]])",
         ),
         (
@@ -558,7 +558,7 @@ fn misplaced_forwarding_settings_get_a_hint() {
                 )
             ),
             "f.toml:7:1: vip[0].source_v4: unknown field \"source_v4\", expected one of: name, \
-             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, health \
+             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, announce, health \
              (\"source_v4\" is a tunnel setting: put it in a [tunnel] section, above the first \
              [[vip]])",
         ),
@@ -568,7 +568,7 @@ fn misplaced_forwarding_settings_get_a_hint() {
                 vip("198.18.100.1", "icmp_echo = \"pass\"\n", &[], true)
             ),
             "f.toml:7:1: vip[0].icmp_echo: unknown field \"icmp_echo\", expected one of: name, \
-             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, health \
+             address, port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, announce, health \
              (\"icmp_echo\" is a top-level key: move it above the first [[vip]])",
         ),
         (
@@ -685,6 +685,41 @@ fn unhandled_defaults_inherits_and_is_checked() {
         [
             "f.toml:12:1: vip[1].unhandled: unhandled = \"drop\" but VIP \"a\" (line 7) at the same \
              address 198.18.100.1 has \"pass\"; VIPs sharing an address must agree"
+        ]
+    );
+}
+
+/// `announce`: healthy by default, a top-level default every VIP inherits,
+/// a VIP's own; VIPs at one address may differ (the address is announced
+/// while any of them is); unknown values are rejected with their place.
+#[test]
+fn announce_defaults_inherits_and_is_checked() {
+    use super::Announce;
+    let vip = |name: &str, port: u16, own: &str| {
+        format!(
+            "[[vip]]\nname = \"{name}\"\naddress = \"198.18.100.1\"\nport = {port}\n\
+             protocol = \"tcp\"\n{own}[[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.1\"\n\
+             mac = \"02:00:00:00:00:01\"\n"
+        )
+    };
+    let c = ok(&format!("{HEAD}{}", vip("a", 80, "")));
+    assert_eq!(c.announce, Announce::Healthy);
+    assert_eq!(c.vips[0].announce, Announce::Healthy);
+    let c = ok(&format!(
+        "{HEAD}announce = \"always\"\n{}{}",
+        vip("a", 80, ""),
+        vip("c", 81, "announce = \"never\"\n")
+    ));
+    assert_eq!(c.vips[0].announce, Announce::Always);
+    assert_eq!(c.vips[1].announce, Announce::Never);
+    assert_eq!(
+        problems(&format!(
+            "{HEAD}{}",
+            vip("a", 80, "announce = \"sometimes\"\n")
+        )),
+        [
+            "f.toml:7:12: vip[0].announce: unknown announce value \"sometimes\": must be one of \
+             \"healthy\", \"always\", \"never\""
         ]
     );
 }

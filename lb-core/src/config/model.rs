@@ -28,6 +28,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "conn_table_size",
     "icmp_echo",
     "unhandled",
+    "announce",
     "tunnel",
     "health",
 ];
@@ -43,6 +44,7 @@ pub(super) const VIP_KEYS: &[&str] = &[
     "forwarding",
     "hash",
     "unhandled",
+    "announce",
     "health",
 ];
 pub(super) const BACKEND_KEYS: &[&str] = &["name", "address", "mac", "weight", "state", "capacity"];
@@ -122,6 +124,7 @@ pub(super) struct RawConfig {
     pub conn_table_size: Option<Sp<i128>>,
     pub icmp_echo: Option<Sp<String>>,
     pub unhandled: Option<Sp<String>>,
+    pub announce: Option<Sp<String>>,
     pub tunnel: Option<RawTunnel>,
     /// `[health]`: the health-check defaults of every VIP.
     pub health: Option<RawHealth>,
@@ -142,6 +145,7 @@ pub(super) struct RawVip {
     pub forwarding: Option<Sp<String>>,
     pub hash: Option<Sp<String>>,
     pub unhandled: Option<Sp<String>>,
+    pub announce: Option<Sp<String>>,
     /// `[vip.imbalance]`: this VIP's own thresholds, key by key.
     pub imbalance: Option<RawImbalance>,
     /// `[vip.safety]`: this VIP's own limits, key by key.
@@ -311,6 +315,7 @@ impl RawConfig {
         let conn_table_size = root.integer("conn_table_size", false, issues);
         let icmp_echo = root.string("icmp_echo", false, issues);
         let unhandled = root.string("unhandled", false, issues);
+        let announce = root.string("announce", false, issues);
         let tunnel = root
             .table("tunnel", "a [tunnel] section", issues)
             .map(|t| RawTunnel::read(&t, issues));
@@ -356,6 +361,7 @@ impl RawConfig {
             conn_table_size,
             icmp_echo,
             unhandled,
+            announce,
             tunnel,
             health,
             vips,
@@ -416,6 +422,7 @@ impl RawVip {
             forwarding: t.string("forwarding", false, issues),
             hash: t.string("hash", false, issues),
             unhandled: t.string("unhandled", false, issues),
+            announce: t.string("announce", false, issues),
             imbalance: t
                 .table("imbalance", "a [vip.imbalance] section", issues)
                 .map(|i| {

@@ -444,7 +444,7 @@ fn misplaced_settings_get_a_hint() {
                  protocol = \"tcp\"\nhold = \"5s\"\n"
             ),
             "f.toml:7:1: vip[0].hold: unknown field \"hold\", expected one of: name, address, \
-             port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, health (\"hold\" \
+             port, protocol, table_size, backend, imbalance, safety, forwarding, hash, unhandled, announce, health (\"hold\" \
              is an imbalance \
              threshold: put it in a [vip.imbalance] section (this VIP's own))",
         ),
@@ -453,7 +453,7 @@ fn misplaced_settings_get_a_hint() {
             format!("{HEAD}max_cv = 1\n"),
             "f.toml:2:1: max_cv: unknown field \"max_cv\", expected one of: interface, \
              hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, icmp_echo, \
-             unhandled, tunnel, health (\"max_cv\" is an imbalance threshold: put it in an [imbalance] section \
+             unhandled, announce, tunnel, health (\"max_cv\" is an imbalance threshold: put it in an [imbalance] section \
              (defaults for every VIP))",
         ),
         (
@@ -830,7 +830,7 @@ fn every_bad_safety_value_is_one_located_problem() {
             "root",
             "f.toml:2:1: max_flows_moved: unknown field \"max_flows_moved\", expected one of: \
              interface, hash_seed, vip, metrics_address, imbalance, safety, conn_table_size, \
-             icmp_echo, unhandled, tunnel, health (\"max_flows_moved\" \
+             icmp_echo, unhandled, announce, tunnel, health (\"max_flows_moved\" \
              is a safety limit: put it in a [safety] section (defaults for every VIP))",
         ),
     ];
@@ -928,7 +928,7 @@ fn misplaced_safety_settings_get_a_hint() {
             ),
             "f.toml:7:1: vip[0].max_flows_moved: unknown field \"max_flows_moved\", expected one \
              of: name, address, port, protocol, table_size, backend, imbalance, safety, \
-             forwarding, hash, unhandled, health (\"max_flows_moved\" is a safety limit: put it in a [vip.safety] section (this \
+             forwarding, hash, unhandled, announce, health (\"max_flows_moved\" is a safety limit: put it in a [vip.safety] section (this \
              VIP's own))",
         ),
         (

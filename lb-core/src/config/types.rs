@@ -23,6 +23,8 @@ pub struct Config {
     pub icmp_echo: IcmpEcho,
     /// The default `unhandled` of every VIP.
     pub unhandled: Unhandled,
+    /// The default `announce` of every VIP.
+    pub announce: Announce,
     /// Settings of IPIP and GUE forwarding (`[tunnel]`).
     pub tunnel: Tunnel,
     pub vips: Vec<Vip>,
@@ -39,6 +41,7 @@ impl Config {
             conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
             icmp_echo: IcmpEcho::default(),
             unhandled: Unhandled::default(),
+            announce: Announce::default(),
             tunnel: Tunnel::default(),
             vips: Vec::new(),
         }
@@ -64,6 +67,10 @@ pub struct Vip {
     /// What happens to packets to the VIP's address that the balancer does
     /// not handle. VIPs sharing an address agree on it (checked).
     pub unhandled: Unhandled,
+    /// When a node announces the VIP's address to its routers (through
+    /// `xlb run --announce-table`); not part of the fleet fingerprint: it
+    /// decides where traffic arrives, not where a flow goes.
+    pub announce: Announce,
     /// Maglev table size: a prime.
     pub table_size: u32,
     /// When the imbalance detector calls this VIP's split uneven.
@@ -293,6 +300,36 @@ pub enum Unhandled {
     Drop,
     /// They go on to the host's stack (counted by reason).
     Pass,
+}
+
+/// When a node announces a VIP's address over BGP (`announce`): the
+/// daemon keeps a route for each announced address in its
+/// `--announce-table`, which the node's BIRD exports (deploy/bird/).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Announce {
+    /// While at least one active backend is up (with a hold-down after a
+    /// withdrawal, so a flapping backend does not flap the route).
+    #[default]
+    Healthy,
+    /// Whenever the daemon serves it, whatever its backends' health.
+    Always,
+    /// Never: traffic reaches it only through routes made elsewhere.
+    Never,
+}
+
+impl Announce {
+    pub const ALL: [Announce; 3] = [Announce::Healthy, Announce::Always, Announce::Never];
+}
+
+impl fmt::Display for Announce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Announce::Healthy => "healthy",
+            Announce::Always => "always",
+            Announce::Never => "never",
+        })
+    }
 }
 
 impl Unhandled {

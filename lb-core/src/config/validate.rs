@@ -22,8 +22,8 @@ use super::forwarding::{self, VipContext};
 use super::health::{self, HealthBase};
 use super::model::{RawBackend, RawConfig, RawImbalance, RawSafety, RawVip};
 use super::types::{
-    Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, Protocol, Safety, Thresholds, Tunnel,
-    Unhandled, Vip,
+    Announce, Backend, BackendState, Config, DEFAULT_METRICS_ADDRESS, Protocol, Safety, Thresholds,
+    Tunnel, Unhandled, Vip,
 };
 use crate::maglev::is_prime;
 
@@ -195,6 +195,7 @@ struct VipDefaults<'a> {
     /// None when `[tunnel]` is invalid (reported).
     tunnel: Option<&'a Tunnel>,
     unhandled: Unhandled,
+    announce: Announce,
 }
 
 /// Where a VIP endpoint or a name was first seen.
@@ -258,6 +259,8 @@ impl Checker<'_, '_> {
             "unhandled",
             Default::default(),
         );
+        let announce =
+            forwarding::announce(self, raw.announce.as_ref(), "announce", Default::default());
         let tunnel = forwarding::tunnel(self, raw);
         // The defaults of every VIP. If they are wrong (reported), VIPs are
         // still checked against the built-in defaults, to report their own
@@ -300,6 +303,7 @@ impl Checker<'_, '_> {
                 health: health_defaults.as_ref(),
                 tunnel: tunnel.as_ref(),
                 unhandled: unhandled.unwrap_or_default(),
+                announce: announce.unwrap_or_default(),
             };
             match self.vip(raw_vip, &defaults, &mut names, &mut endpoints) {
                 Some(vip) => {
@@ -319,6 +323,7 @@ impl Checker<'_, '_> {
             conn_table_size: conn_table_size?,
             icmp_echo: icmp_echo?,
             unhandled: unhandled?,
+            announce: announce?,
             tunnel: tunnel?,
             vips: if all_ok { vips } else { return None },
         })
@@ -398,6 +403,12 @@ impl Checker<'_, '_> {
             &field_path(path, "unhandled"),
             defaults.unhandled,
         );
+        let announce = forwarding::announce(
+            self,
+            raw.announce.as_ref(),
+            &field_path(path, "announce"),
+            defaults.announce,
+        );
 
         if let (Some(address), Some(port), Some(protocol), Some(raw_address)) =
             (address, port, protocol, &raw.address)
@@ -410,6 +421,7 @@ impl Checker<'_, '_> {
                 forwarding: Default::default(),
                 hash: Default::default(),
                 unhandled: Default::default(),
+                announce: Default::default(),
                 table_size: 0,
                 imbalance: Default::default(),
                 safety: Default::default(),
@@ -479,6 +491,7 @@ impl Checker<'_, '_> {
             forwarding: forwarding?,
             hash: hash?,
             unhandled: unhandled?,
+            announce: announce?,
             table_size: table_size?,
             imbalance: imbalance?,
             safety: safety?,
@@ -1152,6 +1165,7 @@ table_size = 101
             conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
             icmp_echo: Default::default(),
             unhandled: Default::default(),
+            announce: Default::default(),
             tunnel: Default::default(),
             vips: vec![
                 Vip {
@@ -1162,6 +1176,7 @@ table_size = 101
                     forwarding: Default::default(),
                     hash: Default::default(),
                     unhandled: Default::default(),
+                    announce: Default::default(),
                     table_size: 65537,
                     imbalance: Thresholds {
                         hold_seconds: 30.0,
@@ -1201,6 +1216,7 @@ table_size = 101
                     forwarding: Default::default(),
                     hash: Default::default(),
                     unhandled: Default::default(),
+                    announce: Default::default(),
                     table_size: DEFAULT_TABLE_SIZE,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
@@ -1230,6 +1246,7 @@ table_size = 101
                     forwarding: Default::default(),
                     hash: Default::default(),
                     unhandled: Default::default(),
+                    announce: Default::default(),
                     table_size: 101,
                     imbalance: defaults.clone(),
                     safety: Safety::default(),
@@ -1253,6 +1270,7 @@ table_size = 101
                 conn_table_size: lb_common::maps::CONN_TABLE_SIZE,
                 icmp_echo: crate::config::IcmpEcho::Reply,
                 unhandled: Default::default(),
+                announce: Default::default(),
                 tunnel: Tunnel {
                     source_v4: None,
                     source_v6: None,

@@ -118,6 +118,14 @@ impl Monitor {
         }
     }
 
+    /// How many of `vip`'s active backends are up (every active one when
+    /// the VIP is not checked): what `announce = "healthy"` goes by.
+    pub fn backends_up(&self, vip: &Vip) -> u32 {
+        vip.table_backends()
+            .filter(|b| !vip.health.enabled() || self.state_under(vip, b) == Health::Up)
+            .count() as u32
+    }
+
     /// What `vip`'s table should hold now, by its backends' states and its
     /// all-down policy. Works for a VIP of a config not synced yet (an
     /// apply computes its tables before it writes them).

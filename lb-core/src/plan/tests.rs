@@ -34,6 +34,7 @@ fn vip(name: &str, table_size: u32, backends: Vec<Backend>) -> Vip {
         forwarding: Default::default(),
         hash: Default::default(),
         unhandled: Default::default(),
+        announce: Default::default(),
         table_size,
         imbalance: Default::default(),
         safety: Safety::default(),

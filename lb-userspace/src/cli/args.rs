@@ -62,6 +62,10 @@ pub enum Command {
         /// The bpffs mount the pins are under.
         #[arg(long, default_value = xlb_dataplane::DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// Also remove xlb's announce routes from this table (the daemon's
+        /// --announce-table): a daemon killed with SIGKILL leaves them.
+        #[arg(long, value_name = "TABLE", value_parser = announce_table, env = "XLB_ANNOUNCE_TABLE")]
+        announce_table: Option<u32>,
     },
     /// Check a config file offline; nothing is applied.
     Validate { file: PathBuf },
@@ -168,6 +172,10 @@ pub enum Command {
     /// Compare the nodes of a fleet behind ECMP.
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// This node in its fleet: withdraw every VIP from the routers
+    /// (drain) or announce them again (undrain).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Rewrite every Maglev table and backend entry from the applied config
     /// (after something else changed them: see "drift" in `xlb status`).
     Repair,
@@ -205,6 +213,27 @@ pub enum FleetCommand {
         #[arg(required = true, value_name = "URL")]
         urls: Vec<String>,
     },
+}
+
+/// `xlb node ...`.
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Withdraw every VIP from the routers and keep forwarding what still
+    /// arrives (kept across restarts until `undrain`); waits until the
+    /// routes are gone, then shows the flows still arriving.
+    Drain {
+        /// Why: recorded in the audit log.
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Announce the VIPs by their `announce` policies again.
+    Undrain {
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// The node's announce state: drained or not, the routes, each VIP's
+    /// announcement and why, the flows still arriving.
+    Status,
 }
 
 /// `xlb run`'s arguments.
@@ -250,6 +279,29 @@ pub struct RunArgs {
     /// link like any restart).
     #[arg(long, value_name = "FILE")]
     pub object: Option<PathBuf>,
+    /// Announce VIPs through this kernel routing table: one blackhole
+    /// route (protocol 248) per announced VIP address, which the node's
+    /// BIRD exports over BGP (deploy/bird/). Without it nothing is
+    /// announced.
+    #[arg(long, value_name = "TABLE", value_parser = announce_table, env = "XLB_ANNOUNCE_TABLE")]
+    pub announce_table: Option<u32>,
+    /// How long a VIP withdrawn because every backend was down must have
+    /// a backend up before it is announced again.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub announce_hold: std::time::Duration,
+    /// On SIGTERM with --announce-table: withdraw every VIP, keep
+    /// forwarding what still arrives for this long, then exit.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub withdraw_grace: std::time::Duration,
+}
+
+/// `--announce-table`: a table of its own, not the kernel's main, local
+/// or default one.
+fn announce_table(s: &str) -> Result<u32, String> {
+    let table: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a routing table id (1..=4294967295)"))?;
+    xlb_routes::check_table(table)
 }
 
 /// A backend of a VIP, by name.

@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use xlb_core::announce::NodeAnnounce;
 use xlb_core::api::{EditRequest, Edited, Repaired, Request, Response};
 use xlb_core::plan::Plan;
 use xlb_core::revision::Revision;
@@ -153,6 +154,14 @@ impl<'a> Client<'a> {
     pub fn edit(&self, request: EditRequest) -> Result<Edited, Failure> {
         self.ask(&Request::Edit(request), |r| match r {
             Response::Edited(e) => Ok(*e),
+            other => Err(other),
+        })
+    }
+
+    /// A drain or undrain: the node's announce state after it.
+    pub fn node(&self, request: &Request) -> Result<NodeAnnounce, Failure> {
+        self.ask(request, |r| match r {
+            Response::Node(n) => Ok(*n),
             other => Err(other),
         })
     }

@@ -7,8 +7,16 @@ use xlb_core::api::{Request, Response};
 use super::client;
 use super::output::{Failure, Output, print_json};
 
-/// `xlb detach --interface IF`: unpin the link and the maps of `interface`.
-pub fn detach(socket: &Path, output: Output, interface: &str, bpffs: &Path) -> Result<(), Failure> {
+/// `xlb detach --interface IF`: withdraw xlb's routes from
+/// `announce_table` first (the routers stop sending before forwarding
+/// stops), then unpin the link and the maps of `interface`.
+pub fn detach(
+    socket: &Path,
+    output: Output,
+    interface: &str,
+    bpffs: &Path,
+    announce_table: Option<u32>,
+) -> Result<(), Failure> {
     if let Ok(Response::Status(s)) = client::call(socket, &Request::Status)
         && s.interface == interface
     {
@@ -20,6 +28,10 @@ pub fn detach(socket: &Path, output: Output, interface: &str, bpffs: &Path) -> R
             ),
         });
     }
+    let withdrawn = match announce_table {
+        Some(table) => withdraw(table).map_err(Failure::internal)?,
+        None => Vec::new(),
+    };
     let removed = if xlb_dataplane::is_bpffs(bpffs) {
         xlb_dataplane::PinDir::new(bpffs, interface)
             .remove()
@@ -40,8 +52,34 @@ pub fn detach(socket: &Path, output: Output, interface: &str, bpffs: &Path) -> R
             "dir": removed.dir,
             "link_removed": removed.link,
             "maps_removed": removed.maps,
+            "routes_withdrawn": withdrawn,
         }));
-    } else if !removed.link && removed.maps.is_empty() {
+    } else {
+        if let Some(table) = announce_table {
+            println!(
+                "withdrew {} route(s) of xlb from table {table}",
+                withdrawn.len()
+            );
+        }
+        print_removed(&removed, interface);
+    }
+    Ok(())
+}
+
+/// Remove every route of xlb from `table`: the addresses withdrawn.
+fn withdraw(table: u32) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let routes = xlb_routes::Routes::open(table)?;
+        let synced = routes.sync(&Default::default()).await?;
+        Ok(synced.removed)
+    })
+}
+
+fn print_removed(removed: &xlb_dataplane::Removed, interface: &str) {
+    if !removed.link && removed.maps.is_empty() {
         println!(
             "nothing pinned in {}: {interface} has no xlb to detach",
             removed.dir
@@ -54,5 +92,4 @@ pub fn detach(socket: &Path, output: Output, interface: &str, bpffs: &Path) -> R
             removed.dir
         );
     }
-    Ok(())
 }

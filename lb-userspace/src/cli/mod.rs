@@ -10,6 +10,7 @@
 //! - `edit`: drain, undrain, weight;
 //! - `read`: status, top, history, show, repair;
 //! - `fleet`: the nodes of a fleet compared;
+//! - `node`: this node's drain from the routers, and its announce state;
 //! - `run`, `detach`, `decap`, `simulate`: the commands that load programs.
 
 pub mod args;
@@ -19,6 +20,7 @@ mod decap;
 mod detach;
 pub mod edit;
 pub mod fleet;
+mod node;
 pub mod output;
 mod read;
 mod run;
@@ -36,9 +38,11 @@ pub use output::{Failure, Output};
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Run(args) => run::run(&cli.socket, args),
-        Command::Detach { interface, bpffs } => {
-            detach::detach(&cli.socket, cli.output, interface, bpffs)
-        }
+        Command::Detach {
+            interface,
+            bpffs,
+            announce_table,
+        } => detach::detach(&cli.socket, cli.output, interface, bpffs, *announce_table),
         Command::Validate { file } => change::validate(cli.output, file),
         Command::Plan {
             file,
@@ -84,6 +88,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         } => read::show(&cli, *revision, *config_text),
         Command::Repair => read::repair(&cli),
         Command::Fleet(FleetCommand::Status { urls }) => fleet::status(cli.output, urls),
+        Command::Node(command) => node::run(&cli, command),
         Command::Decap {
             interface,
             gue_port,

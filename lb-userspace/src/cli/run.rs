@@ -23,6 +23,9 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         socket_group,
         bpffs,
         object,
+        announce_table,
+        announce_hold,
+        withdraw_grace,
     } = args.clone();
     daemon::privileges::check("xlb run", daemon::privileges::DAEMON).map_err(Failure::internal)?;
     let socket_group = socket_group
@@ -52,6 +55,9 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         socket_group,
         bpffs,
         object,
+        announce_table,
+        announce_hold,
+        withdraw_grace,
     })
     .map_err(|e| match e {
         daemon::start::StartError::BadInput(e) => Failure::bad_input(format!("{e:#}")),

@@ -43,6 +43,8 @@ pub struct Metrics {
     /// Status documents the HTTP side built (under the controller's lock,
     /// at most one per collector tick or change, however many scrapes).
     pub http_status_builds: Counter,
+    /// Failed writes of the announce routes (tried again every second).
+    pub announce_errors: Counter,
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
@@ -112,6 +114,12 @@ impl Metrics {
             "Failed accept calls on the control socket (logged, backed off)",
             control_accept_errors.clone(),
         );
+        let announce_errors = Counter::default();
+        registry.register(
+            "xlb_announce_route_errors",
+            "Failed writes of the announce routes to the --announce-table (retried every second)",
+            announce_errors.clone(),
+        );
         let control_bad_requests = Family::<Vec<(String, String)>, Counter>::default();
         registry.register(
             "xlb_control_bad_requests",
@@ -146,6 +154,7 @@ impl Metrics {
             control_bad_requests,
             http_connections_refused,
             http_status_builds,
+            announce_errors,
             latest,
             encoding: Mutex::new(()),
             published: Mutex::new(Arc::default()),
@@ -617,7 +626,79 @@ fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::
             .collect(),
     )?;
     encode_health(s, e)?;
+    encode_announce(s, e)?;
     Ok(())
+}
+
+/// Announcing (xlb_core::announce): each VIP's state and the node's.
+fn encode_announce(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let Some(node) = &s.announce else {
+        return Ok(());
+    };
+    family(
+        e,
+        "xlb_vip_announced",
+        "1 while the node announces the VIP's address to its routers (a route in the \
+         --announce-table), 0 while withdrawn; the reason is in xlb_vip_announce_info",
+        s.vips
+            .iter()
+            .filter_map(|v| {
+                let a = v.announce.as_ref()?;
+                Some((
+                    vec![("vip", v.name.clone())],
+                    gauge(a.announced as u8 as f64),
+                ))
+            })
+            .collect(),
+    )?;
+    info(
+        e,
+        "xlb_vip_announce",
+        "Each VIP's announce policy and why it is (not) announced",
+        s.vips
+            .iter()
+            .filter_map(|v| {
+                let a = v.announce.as_ref()?;
+                Some(vec![
+                    ("vip", v.name.clone()),
+                    ("policy", a.policy.to_string()),
+                    ("reason", reason_label(a.reason)),
+                ])
+            })
+            .collect(),
+    )?;
+    family(
+        e,
+        "xlb_node_drained",
+        "1 while the node is drained (xlb node drain): every VIP withdrawn, forwarding goes on",
+        vec![(
+            Vec::new(),
+            gauge((node.state == xlb_core::announce::NodeState::Drained) as u8 as f64),
+        )],
+    )?;
+    family(
+        e,
+        "xlb_announce_routes",
+        "Routes xlb holds in its --announce-table (one per announced VIP address)",
+        node.table
+            .map(|t| {
+                (
+                    vec![("table", t.to_string())],
+                    gauge(node.routes.len() as f64),
+                )
+            })
+            .into_iter()
+            .collect(),
+    )?;
+    Ok(())
+}
+
+/// The reason as its JSON name (`backends_up`, `no_backend_up`, ...).
+fn reason_label(r: xlb_core::announce::Reason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Health checks (health/): series only for checked backends and VIPs.
@@ -800,6 +881,38 @@ mod tests {
                 metrics.lines().any(|l| l == line),
                 "no {line:?} in:\n{metrics}"
             );
+        }
+    }
+
+    /// Each VIP's announce state and reason, and the node's, from the
+    /// status; none of it from a status without announcing.
+    #[test]
+    fn announcing_is_exported() {
+        use xlb_core::announce::{NodeAnnounce, NodeState, Reason, VipAnnounce};
+        let mut s = status(None);
+        let quiet = Metrics::new().encode(s.clone());
+        assert!(!quiet.contains("xlb_vip_announced"), "{quiet}");
+        s.vips[0].announce = Some(VipAnnounce {
+            policy: xlb_core::config::Announce::Healthy,
+            announced: false,
+            reason: Reason::NoBackendUp,
+            backends_up: 0,
+            hold_remaining_seconds: None,
+        });
+        s.announce = Some(NodeAnnounce {
+            state: NodeState::Drained,
+            table: Some(100),
+            routes: vec!["198.18.100.1".parse().unwrap()],
+            ..Default::default()
+        });
+        let text = Metrics::new().encode(s);
+        for line in [
+            "xlb_vip_announced{vip=\"web\"} 0.0",
+            "xlb_vip_announce_info{vip=\"web\",policy=\"healthy\",reason=\"no_backend_up\"} 1",
+            "xlb_node_drained{} 1.0",
+            "xlb_announce_routes{table=\"100\"} 1.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
     }
 

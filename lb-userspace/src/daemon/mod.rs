@@ -3,6 +3,7 @@
 //! which exit and leave the program attached and its maps pinned (`xlb
 //! detach` removes them). SIGHUP re-reads the config file.
 
+pub mod announce;
 pub mod audit;
 pub mod controller;
 pub mod edit;
@@ -27,7 +28,7 @@ use xlb_core::revision::Kind;
 
 use crate::daemon::controller::{ApplyError, Controller};
 use crate::daemon::start::StartError;
-use xlb_core::api::{ApiError, ErrorKind, Request, Response};
+use xlb_core::api::{ApiError, ErrorKind, NodeAction, Request, Response};
 
 pub struct RunOptions {
     /// The config file, parsed where it entered (`xlb run` parses it to
@@ -50,6 +51,12 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     /// Load the balancer from this object file instead of the embedded one.
     pub object: Option<PathBuf>,
+    /// `--announce-table`: announce VIPs through this routing table.
+    pub announce_table: Option<u32>,
+    /// The hold-down before a withdrawn VIP is announced again.
+    pub announce_hold: std::time::Duration,
+    /// On SIGTERM while announcing: forward this long after withdrawing.
+    pub withdraw_grace: std::time::Duration,
 }
 
 /// Bind the control socket: root only, or root and `--socket-group`
@@ -58,7 +65,8 @@ fn bind(socket: &Path, group: Option<&peer::SocketGroup>) -> anyhow::Result<Unix
     peer::bind(socket, group)
 }
 
-/// Run the daemon until SIGTERM or SIGINT. Every check that can fail runs
+/// Run the daemon until SIGTERM or SIGINT (with `--announce-table`: the
+/// VIPs are withdrawn first, and forwarding goes on for the grace). Every check that can fail runs
 /// first (`start::check`, `restart::inspect`): a start refused there has
 /// touched neither the interface nor the pins.
 pub fn run(opts: RunOptions) -> Result<(), StartError> {
@@ -77,6 +85,36 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     })?;
     // Held until the daemon exits: one daemon per interface and state dir.
     let _locks = ready.locks;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::failed)?;
+    // Announcing: the drain state and the route table are read before
+    // anything is loaded (a failure here leaves forwarding as it was).
+    let announcing =
+        controller::Announcing::new(opts.announce_table, opts.announce_hold.as_secs_f64())
+            .with_drain_file(&opts.state_dir)
+            .map_err(|e| {
+                StartError::Failed(anyhow::anyhow!(
+                    "reading {}: {e}",
+                    opts.state_dir.join(controller::DRAIN_FILE).display()
+                ))
+            })?;
+    let wake = announcing.wake();
+    let routes = runtime
+        .block_on(async {
+            let Some(table) = opts.announce_table else {
+                return Ok(None);
+            };
+            let routes = xlb_routes::Routes::open(table)?;
+            let held = routes.list().await?;
+            log::info!(
+                "announcing through routing table {table} ({} routes of xlb there now)",
+                held.len()
+            );
+            Ok::<_, xlb_routes::RouteError>(Some(routes))
+        })
+        .map_err(StartError::failed)?;
     let inspected = restart::inspect(
         &interface,
         config.conn_table_size,
@@ -92,7 +130,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let mut controller = Controller::new(dataplane, interface, ready.host, metrics)
         .with_revisions(ready.store)
         .with_bake(opts.bake)
-        .with_audit(ready.audit);
+        .with_audit(ready.audit)
+        .with_announcing(announcing);
     let config_file = PathBuf::from(&opts.candidate.file);
     let revision = restart::first_apply(&mut controller, &pinned, opts.candidate)
         .map_err(StartError::Failed)?;
@@ -100,10 +139,6 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let conns = controller.conn_table();
     let controller = Arc::new(Mutex::new(controller));
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(StartError::failed)?;
     let policy = Arc::new(peer::Policy::new(opts.socket_group.clone()));
     let metrics_listener = ready.metrics;
     let result = runtime.block_on(async {
@@ -117,6 +152,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             r = count_conns(controller.clone(), conns) => r,
             r = health::serve(controller.clone()) => r,
             r = restart::reload_on_hangup(controller.clone(), config_file) => r,
+            r = announce::serve(controller.clone(), routes.clone(), wake) => r,
+            r = announce::stop(controller.clone(), routes.clone(), opts.withdraw_grace) => r,
         }
     });
     notify::stopping();
@@ -242,42 +279,31 @@ async fn serve(
         .metrics()
         .clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         // At most MAX_CONTROL_CONNECTIONS at once: more wait in the
         // listen backlog (each served one is done within CONTROL_TIMEOUT
         // of reading, plus its own work).
-        let next = async {
-            let permit = permits.clone().acquire_owned().await;
-            (permit, listener.accept().await)
-        };
-        tokio::select! {
-            (permit, accepted) = next => {
-                let permit = permit?;
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors (or buffers): the daemon goes
-                        // on forwarding and checking; try again shortly.
-                        metrics.control_accept_errors.inc();
-                        log::warn!("control socket: accept: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                };
-                let controller = controller.clone();
-                let policy = policy.clone();
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = handle(stream, controller, policy, metrics).await {
-                        log::warn!("control connection: {e:#}");
-                    }
-                });
+        let permit = permits.clone().acquire_owned().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors (or buffers): the daemon goes on
+                // forwarding and checking; try again shortly.
+                metrics.control_accept_errors.inc();
+                log::warn!("control socket: accept: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
-            _ = term.recv() => { log::info!("SIGTERM"); return Ok(()); }
-            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT"); return Ok(()); }
-        }
+        };
+        let controller = controller.clone();
+        let policy = policy.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = handle(stream, controller, policy, metrics).await {
+                log::warn!("control connection: {e:#}");
+            }
+        });
     }
 }
 
@@ -444,6 +470,20 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             }
         }
         Request::Edit(edit) => edit::respond(&mut controller, edit),
+        Request::Node {
+            action,
+            user,
+            message,
+        } => {
+            let done = match action {
+                NodeAction::Drain => controller.drain_node(&user, message),
+                NodeAction::Undrain => controller.undrain_node(&user, message),
+            };
+            match done {
+                Ok(node) => Response::Node(Box::new(node)),
+                Err(e) => internal(e.to_string()),
+            }
+        }
         Request::Plan { file, text, user } => {
             let origin = Origin {
                 user,

@@ -156,6 +156,7 @@ impl Controller {
         let mut status = status::build(&ctx, desired, &now, &self.at_apply);
         xlb_core::health::annotate(&mut status, &health::lock(&self.health));
         status.config_file = self.config_file.clone();
+        self.annotate_announce(&mut status);
         Ok(status)
     }
 }

@@ -7,7 +7,9 @@
 //! - `collect`: the once-a-second tick (counters, detector) and the status;
 //! - `bake`: judging a new revision, and the automatic rollback;
 //! - `drift`: the kernel's maps compared with what was applied, and repair;
-//! - `health`: health checks following applies, and patched tables.
+//! - `health`: health checks following applies, and patched tables;
+//! - `announcing` (the state) and `announce` (fed from the controller):
+//!   what the node announces to its routers, and its drain.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ use crate::daemon::audit::{AuditLog, Event};
 use crate::daemon::metrics::Metrics;
 use crate::store::Store;
 
+mod announce;
+mod announcing;
 mod apply;
 mod bake;
 mod collect;
@@ -35,6 +39,7 @@ mod drift;
 mod health;
 mod history;
 
+pub use announcing::{Announcing, DRAIN_FILE, DrainError};
 pub use apply::Applied;
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +164,8 @@ pub struct Controller {
     /// The `--config` file against the live revision (`restart`): set at
     /// the start and by each SIGHUP, followed by every apply.
     config_file: Option<ConfigFileStatus>,
+    /// What the node announces to its routers (announce.rs).
+    announcing: Announcing,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -214,6 +221,7 @@ impl Controller {
             conn_scan: None,
             health: Default::default(),
             config_file: None,
+            announcing: Announcing::default(),
         }
     }
 
