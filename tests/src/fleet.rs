@@ -40,6 +40,10 @@ pub const PROTO: &str = "248";
 pub const HEALTH_PORT: u16 = 9000;
 /// The nodes' last address byte: 198.18.0.21, .22, .23.
 pub const NODES: [u8; 3] = [21, 22, 23];
+/// `xlb run --announce-hold` in the fleet: how long a VIP withdrawn because
+/// every backend was down waits with a backend up before it is announced
+/// again (the default is 10 s).
+pub const ANNOUNCE_HOLD: &str = "2s";
 /// BFD's detection time on both sides (deploy/bird: 100 ms x 3).
 pub const BFD_DETECTION: Duration = Duration::from_millis(300);
 
@@ -223,7 +227,16 @@ impl Node {
         let metrics = format!("{}:9470", self.host.v4);
         let mut args = vec!["--bpffs", self.bpffs.arg(), "--metrics-address", &metrics];
         if xlb_announces() {
-            args.extend(["--announce-table", TABLE, "--withdraw-grace", "1s"]);
+            // A short hold-down after every backend was down, and a short
+            // grace on SIGTERM: the tests wait for both.
+            args.extend([
+                "--announce-table",
+                TABLE,
+                "--announce-hold",
+                ANNOUNCE_HOLD,
+                "--withdraw-grace",
+                "1s",
+            ]);
         }
         let daemon = Daemon::start_with(&self.host.ns, &self.config, &self.dir, &args)?;
         self.daemon = Some(daemon);

@@ -305,8 +305,12 @@ fn drain_then_stop_loses_no_connection() {
         let event = Instant::now();
         let (code, out) = fleet.nodes[0].xlb(&["node", "drain"])?;
         ensure!(code == 0, "xlb node drain: exit {code}: {out}");
-        let withdrawn = fleet.wait_next_hops(V4.ip(), 2, Duration::from_secs(5))?;
+        let drain_took = event.elapsed();
+        // `xlb node drain` returns once its routes are gone: the router
+        // follows within milliseconds.
+        fleet.wait_next_hops(V4.ip(), 2, Duration::from_secs(5))?;
         fleet.wait_next_hops(V6.ip(), 2, Duration::from_secs(5))?;
+        let withdrawn = event.elapsed();
         // Flows still arriving at the drained node are forwarded; then it stops.
         std::thread::sleep(Duration::from_secs(1));
         let node = &mut fleet.nodes[0];
@@ -317,7 +321,8 @@ fn drain_then_stop_loses_no_connection() {
         let report = StreamReport::of(&stream.finish()?, event);
         let (reset, faults, moved) = judge(long.finish()?);
         println!(
-            "drain: withdrawn after {withdrawn:?}; new connections {} attempted, {} failed, \
+            "drain: `xlb node drain` took {drain_took:?}, the router had withdrawn the node \
+             {withdrawn:?} after it began; new connections {} attempted, {} failed, \
              {} delayed; long-lived {LONG_LIVED}: {} reset, {} on another backend, faults {faults:?}",
             report.attempts,
             report.failed,
