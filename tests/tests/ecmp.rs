@@ -229,10 +229,11 @@ fn judge(held: Vec<Held>) -> (Vec<Held>, Vec<String>, usize) {
 }
 
 /// Node `i` cut off under 200 long-lived connections and a stream of 200 new
-/// connections a second.
+/// connections a second (40 workers, so that the SYNs lost during detection
+/// are not bounded by the number of workers).
 fn lose_node(fleet: &Fleet, i: usize) -> anyhow::Result<Loss> {
     let long = long_lived(fleet)?;
-    let stream = Stream::start(&fleet.client, V4, 200, 10, Duration::from_secs(60));
+    let stream = Stream::start(&fleet.client, V4, 200, 40, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(1));
     let event = Instant::now();
     fleet.cut(i)?;
@@ -300,7 +301,7 @@ fn drain_then_stop_loses_no_connection() {
         needs_xlb_announcing("draining a node")?;
         let mut fleet = Fleet::new("xed", dir, Default::default())?;
         let long = long_lived(&fleet)?;
-        let stream = Stream::start(&fleet.client, V4, 200, 10, Duration::from_secs(60));
+        let stream = Stream::start(&fleet.client, V4, 200, 40, Duration::from_secs(60));
         std::thread::sleep(Duration::from_secs(1));
         let event = Instant::now();
         let (code, out) = fleet.nodes[0].xlb(&["node", "drain"])?;
