@@ -304,18 +304,7 @@ pub fn config(node: &NodeConfig) -> String {
         out.push_str(&format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n"
         ));
-        for (i, w) in node.weights.iter().enumerate() {
-            let last = 11 + i;
-            let address = if vip.is_ipv6() {
-                format!("2001:db8::{last}")
-            } else {
-                format!("198.18.0.{last}")
-            };
-            out.push_str(&format!(
-                "\n[[vip.backend]]\nname = \"b{}\"\naddress = \"{address}\"\nmac = \"02:00:00:00:00:{last:02}\"\nweight = {w}\n",
-                i + 1
-            ));
-        }
+        out.push_str(&testbed::backend_sections(&node.weights, vip.is_ipv6()));
     }
     out
 }

@@ -181,18 +181,26 @@ pub fn config(weights: &[u32]) -> String {
         out.push_str(&format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{proto}\"\n"
         ));
-        for (i, w) in weights.iter().enumerate() {
-            let last = 11 + i;
-            let address = if v6 {
-                format!("2001:db8::{last}")
-            } else {
-                format!("198.18.0.{last}")
-            };
-            out.push_str(&format!(
-                "\n[[vip.backend]]\nname = \"b{}\"\naddress = \"{address}\"\nmac = \"02:00:00:00:00:{last:02}\"\nweight = {w}\n",
-                i + 1
-            ));
-        }
+        out.push_str(&backend_sections(weights, v6));
+    }
+    out
+}
+
+/// The `[[vip.backend]]` sections of b1, b2, ... (one per weight, in
+/// order) at their IPv4 or IPv6 addresses and MACs.
+pub fn backend_sections(weights: &[u32], v6: bool) -> String {
+    let mut out = String::new();
+    for (i, w) in weights.iter().enumerate() {
+        let last = 11 + i;
+        let address = if v6 {
+            format!("2001:db8::{last}")
+        } else {
+            format!("198.18.0.{last}")
+        };
+        out.push_str(&format!(
+            "\n[[vip.backend]]\nname = \"b{}\"\naddress = \"{address}\"\nmac = \"02:00:00:00:00:{last:02}\"\nweight = {w}\n",
+            i + 1
+        ));
     }
     out
 }
