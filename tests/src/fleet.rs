@@ -82,42 +82,6 @@ pub fn node_bird_conf(last: u8) -> anyhow::Result<String> {
     Ok(conf)
 }
 
-/// Whether this `xlb run` announces by itself (`--announce-table`, issue 14
-/// item 1). Until it does, the testbed writes the routes xlb would write
-/// ([`announce_by_hand`]), so that everything beyond the daemon is tested
-/// already; this is the one place that switches.
-pub fn xlb_announces() -> bool {
-    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ANSWER.get_or_init(|| {
-        xlb_binary()
-            .ok()
-            .and_then(|bin| Command::new(bin).args(["run", "--help"]).output().ok())
-            .is_some_and(|out| String::from_utf8_lossy(&out.stdout).contains("--announce-table"))
-    })
-}
-
-/// The routes `xlb run --announce-table TABLE` keeps for VIP addresses it
-/// announces, written in node namespace `ns`.
-pub fn announce_by_hand(ns: &Netns, vips: &[IpAddr]) -> anyhow::Result<()> {
-    for vip in vips {
-        let prefix = match vip {
-            IpAddr::V4(a) => format!("{a}/32"),
-            IpAddr::V6(a) => format!("{a}/128"),
-        };
-        ns.ip(&[
-            "route",
-            "replace",
-            "blackhole",
-            &prefix,
-            "table",
-            TABLE,
-            "proto",
-            PROTO,
-        ])?;
-    }
-    Ok(())
-}
-
 /// A BIRD daemon in a namespace with its own control socket, killed on drop.
 pub struct Bird {
     child: Child,
@@ -221,28 +185,29 @@ impl Node {
             .with_context(|| format!("node {} runs no daemon", self.host.name))
     }
 
-    /// `xlb run` on this node with its config; announcing into [`TABLE`]
-    /// (by xlb, or by hand until xlb can: [`xlb_announces`]).
+    /// `xlb run` on this node with its config, announcing into [`TABLE`].
     pub fn start_daemon(&mut self) -> anyhow::Result<()> {
         let metrics = format!("{}:9470", self.host.v4);
-        let mut args = vec!["--bpffs", self.bpffs.arg(), "--metrics-address", &metrics];
-        if xlb_announces() {
-            // A short hold-down after every backend was down, and a short
-            // grace on SIGTERM: the tests wait for both.
-            args.extend([
-                "--announce-table",
-                TABLE,
-                "--announce-hold",
-                ANNOUNCE_HOLD,
-                "--withdraw-grace",
-                "1s",
-            ]);
-        }
-        let daemon = Daemon::start_with(&self.host.ns, &self.config, &self.dir, &args)?;
-        self.daemon = Some(daemon);
-        if !xlb_announces() {
-            announce_by_hand(&self.host.ns, &[IpAddr::V4(VIP4), IpAddr::V6(VIP6)])?;
-        }
+        // A short hold-down after every backend was down, and a short
+        // grace on SIGTERM: the tests wait for both.
+        let args = [
+            "--bpffs",
+            self.bpffs.arg(),
+            "--metrics-address",
+            &metrics,
+            "--announce-table",
+            TABLE,
+            "--announce-hold",
+            ANNOUNCE_HOLD,
+            "--withdraw-grace",
+            "1s",
+        ];
+        self.daemon = Some(Daemon::start_with(
+            &self.host.ns,
+            &self.config,
+            &self.dir,
+            &args,
+        )?);
         Ok(())
     }
 
@@ -268,7 +233,7 @@ impl Node {
             .with_context(|| format!("node {}: no VIP {vip} in the status", self.host.name))
     }
 
-    /// The announced routes in [`TABLE`] (whoever wrote them).
+    /// The announced routes in [`TABLE`].
     pub fn announced(&self) -> anyhow::Result<String> {
         Ok(self.host.ns.ip(&["route", "show", "table", TABLE])?
             + &self.host.ns.ip(&["-6", "route", "show", "table", TABLE])?)

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use tests::echo::{FaultKind, Held, LongConnections, Pace};
-use tests::fleet::{
-    BFD_DETECTION, Fleet, NodeConfig, Stream, StreamReport, connections, xlb_announces,
-};
+use tests::fleet::{BFD_DETECTION, Fleet, NodeConfig, Stream, StreamReport, connections};
 use tests::testbed::{TCP_PORT, VIP4, VIP6};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -34,17 +32,6 @@ const V6: SocketAddr = SocketAddr::new(IpAddr::V6(VIP6), TCP_PORT);
 /// How long the router may take to withdraw a lost node's routes: BFD's
 /// 300 ms, BIRD's and the kernel's work, and a loaded machine's slack.
 const WITHDRAWAL_BOUND: Duration = Duration::from_millis(1500);
-
-/// The announcing the test relies on is xlb's own (issue 14 item 1), not
-/// the testbed's routes written by hand.
-fn needs_xlb_announcing(what: &str) -> anyhow::Result<()> {
-    ensure!(
-        xlb_announces(),
-        "{what} needs `xlb run --announce-table` (issue 14 item 1: xlb withdraws on \
-         drain and when a VIP's backends are down); this xlb has no such option"
-    );
-    Ok(())
-}
 
 /// Share of each entry of `counts` in their sum.
 fn shares(counts: &[u64]) -> Vec<f64> {
@@ -298,7 +285,6 @@ fn drain_then_stop_loses_no_connection() {
     tests::require_privileges!();
     let _one = one_at_a_time();
     tests::in_workdir("ecmp-drain", |dir| {
-        needs_xlb_announcing("draining a node")?;
         let mut fleet = Fleet::new("xed", dir, Default::default())?;
         let long = long_lived(&fleet)?;
         let stream = Stream::start(&fleet.client, V4, 200, 40, Duration::from_secs(60));
@@ -342,7 +328,6 @@ fn a_vip_without_healthy_backends_is_withdrawn_and_comes_back() {
     tests::require_privileges!();
     let _one = one_at_a_time();
     tests::in_workdir("ecmp-health", |dir| {
-        needs_xlb_announcing("withdrawing a VIP whose backends are down")?;
         let fleet = Fleet::new("xeh", dir, Default::default())?;
         let limit = Duration::from_secs(15);
         for b in 0..3 {
