@@ -147,10 +147,11 @@ fn fleet(backends: usize) -> anyhow::Result<()> {
         outcome = format!(
             "exit {:?}{}",
             out.status.code(),
+            // The refusal names every VIP on one line: its start says enough.
             stderr
                 .lines()
                 .next()
-                .map(|l| format!(": {l}"))
+                .map(|l| format!(": {}", l.chars().take(120).collect::<String>()))
                 .unwrap_or_default()
         );
     }
