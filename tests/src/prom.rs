@@ -42,12 +42,28 @@ impl Prometheus {
     /// Start `prometheus` in `ns`, scraping `target` (host:port) every second,
     /// with `rules` (YAML text) loaded. `dir` holds its config and data.
     pub fn start(ns: &Netns, target: &str, rules: &str, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_scraping(ns, &[target], rules, dir)
+    }
+
+    /// [`start`](Self::start) with several targets in job `xlb` (the nodes
+    /// of a fleet).
+    pub fn start_scraping(
+        ns: &Netns,
+        targets: &[&str],
+        rules: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("rules.yml"), rules)?;
+        let targets = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - rules.yml\n\
-             scrape_configs:\n  - job_name: xlb\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n  - job_name: xlb\n    static_configs:\n      - targets: [{targets}]\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config)?;
         let log = std::fs::File::create(dir.join("prometheus.log"))?;

@@ -40,7 +40,9 @@ pub struct Testbed {
     pub switch: Netns,
 }
 
-fn host(prefix: &str, switch: &Netns, name: &str, last: u8) -> anyhow::Result<Host> {
+/// A host `<prefix>-<name>` whose eth0 is a port `name` of the switch's br0,
+/// with 198.18.0.<last>/24, 2001:db8::<last>/64 and MAC 02:00:00:00:00:<last>.
+pub fn host(prefix: &str, switch: &Netns, name: &str, last: u8) -> anyhow::Result<Host> {
     let ns = Netns::new(&format!("{prefix}-{name}"))?;
     // No duplicate address detection: addresses are usable at once.
     ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
@@ -74,6 +76,43 @@ fn host(prefix: &str, switch: &Netns, name: &str, last: u8) -> anyhow::Result<Ho
     })
 }
 
+/// Backend `i` (b1 at .11, b2 at .12, ...): a [`host`] holding both VIPs on
+/// `lo`, answering ARP only for its own address (L2 DSR, TESTBED.md).
+pub fn backend(prefix: &str, switch: &Netns, i: usize) -> anyhow::Result<Host> {
+    let b = host(prefix, switch, &format!("b{}", i + 1), 11 + i as u8)?;
+    b.ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+    b.ns.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
+    for iface in ["all", "default", "eth0"] {
+        b.ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
+        b.ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
+        b.ns.sysctl(&format!("net.ipv4.conf.{iface}.rp_filter"), "0")?;
+    }
+    Ok(b)
+}
+
+/// xlb_pass attached to the switch's `ports` (the peers of interfaces that
+/// send XDP_TX frames need an XDP program, TESTBED.md); held while the value
+/// lives.
+pub fn pass_on_ports(switch: &Netns, ports: &[&str]) -> anyhow::Result<aya::Ebpf> {
+    let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    switch
+        .spawn(move || {
+            let mut ebpf = aya::Ebpf::load(xlb_dataplane::aux_object())?;
+            let prog: &mut aya::programs::Xdp = ebpf
+                .program_mut(lb_common::aux::PASS_PROGRAM)
+                .context("xlb_pass program")?
+                .try_into()?;
+            prog.load()?;
+            for port in &ports {
+                prog.attach(port, aya::programs::XdpMode::Default)
+                    .with_context(|| format!("attaching xlb_pass to {port}"))?;
+            }
+            Ok(ebpf)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("attaching xlb_pass panicked"))?
+}
+
 impl Testbed {
     /// Build the testbed with `backends` backends (b1, b2, ... at .11, .12, ...).
     /// The namespaces are `<prefix>-sw-<pid>-<n>`, `<prefix>-client-...`,
@@ -105,30 +144,10 @@ impl Testbed {
 
         let mut hosts = Vec::new();
         for i in 0..backends {
-            let b = host(prefix, &switch, &format!("b{}", i + 1), 11 + i as u8)?;
-            b.ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-            b.ns.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
-            for iface in ["all", "default", "eth0"] {
-                b.ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
-                b.ns.sysctl(&format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
-                b.ns.sysctl(&format!("net.ipv4.conf.{iface}.rp_filter"), "0")?;
-            }
-            hosts.push(b);
+            hosts.push(backend(prefix, &switch, i)?);
         }
 
-        let peer_program = switch
-            .spawn(|| {
-                let mut ebpf = aya::Ebpf::load(xlb_dataplane::aux_object())?;
-                let prog: &mut aya::programs::Xdp = ebpf
-                    .program_mut(lb_common::aux::PASS_PROGRAM)
-                    .context("xlb_pass program")?
-                    .try_into()?;
-                prog.load()?;
-                prog.attach("lb", aya::programs::XdpMode::Default)?;
-                Ok(ebpf)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("attaching xlb_pass panicked"))??;
+        let peer_program = pass_on_ports(&switch, &["lb"])?;
 
         Ok(Self {
             client,
@@ -162,18 +181,26 @@ pub fn config(weights: &[u32]) -> String {
         out.push_str(&format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{proto}\"\n"
         ));
-        for (i, w) in weights.iter().enumerate() {
-            let last = 11 + i;
-            let address = if v6 {
-                format!("2001:db8::{last}")
-            } else {
-                format!("198.18.0.{last}")
-            };
-            out.push_str(&format!(
-                "\n[[vip.backend]]\nname = \"b{}\"\naddress = \"{address}\"\nmac = \"02:00:00:00:00:{last:02}\"\nweight = {w}\n",
-                i + 1
-            ));
-        }
+        out.push_str(&backend_sections(weights, v6));
+    }
+    out
+}
+
+/// The `[[vip.backend]]` sections of b1, b2, ... (one per weight, in
+/// order) at their IPv4 or IPv6 addresses and MACs.
+pub fn backend_sections(weights: &[u32], v6: bool) -> String {
+    let mut out = String::new();
+    for (i, w) in weights.iter().enumerate() {
+        let last = 11 + i;
+        let address = if v6 {
+            format!("2001:db8::{last}")
+        } else {
+            format!("198.18.0.{last}")
+        };
+        out.push_str(&format!(
+            "\n[[vip.backend]]\nname = \"b{}\"\naddress = \"{address}\"\nmac = \"02:00:00:00:00:{last:02}\"\nweight = {w}\n",
+            i + 1
+        ));
     }
     out
 }

@@ -1,16 +1,22 @@
 //! `xlb fleet status` against real daemons: three nodes on one segment, each
 //! running `xlb run` on its own eth0 and serving /api/status. With the same
 //! config they agree (exit 0); a node started with another `hash_seed` is
-//! named, with the field and the share of flows it sends elsewhere (exit 1).
+//! named, with the field and the share of flows it sends elsewhere (exit 1),
+//! and the shipped alert `XlbFleetDisagrees` fires in a real Prometheus
+//! scraping the three nodes. Then, separately, a node whose backend weight
+//! was changed (`xlb weight`): named by `xlb fleet status`, and the alert
+//! fires for that VIP alone.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use tests::confine::Bpffs;
 use tests::netns::Netns;
+use tests::prom::{Prometheus, fast_rules};
 use tests::testbed;
-use tests::xlbd::{Daemon, xlb_binary};
+use tests::xlbd::{Daemon, describe, xlb_binary};
 
 #[test]
 fn a_node_with_another_seed_is_named() {
@@ -22,7 +28,9 @@ fn a_node_with_another_seed_is_named() {
 /// its bpffs and its daemon serving HTTP on <address>:9470.
 struct Node {
     url: String,
-    _daemon: Daemon,
+    /// host:port of /metrics.
+    metrics: String,
+    daemon: Daemon,
     _bpffs: Bpffs,
     ns: Netns,
 }
@@ -53,7 +61,8 @@ fn node(switch: &Netns, dir: &Path, last: u8, seed: u32) -> anyhow::Result<Node>
     )?;
     Ok(Node {
         url: format!("http://{metrics}"),
-        _daemon: daemon,
+        metrics,
+        daemon,
         _bpffs: bpffs,
         ns,
     })
@@ -114,5 +123,75 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     let (code, out) = fleet(&a.ns, "table", &[&a.url, "http://198.18.0.99:9470"])?;
     ensure!(code == 4, "exit {code}:\n{out}");
     ensure!(out.contains("198.18.0.99"), "{out}");
+
+    // The shipped alert, in a real Prometheus scraping the three nodes: it
+    // fires for every VIP (the seed decides them all).
+    let firing = disagreeing_vips(&a.ns, &[&a, &b, &c], &dir.join("prom-seed"), 4)?;
+    ensure!(
+        firing == ["dns", "dns6", "web", "web6"],
+        "XlbFleetDisagrees fired for {firing:?}"
+    );
+    drop(c);
+
+    // Separately: the two nodes on one seed, and b's weight of b3 in `web`
+    // changed through its daemon (2 -> 3: inside the safety checks). Named, with the field; the alert fires
+    // for `web` alone.
+    let out = b.daemon.xlb(&["weight", "web", "b3", "3"])?;
+    ensure!(out.status.success(), "xlb weight: {}", describe(&out));
+    let (code, out) = fleet(&a.ns, "json", &[&a.url, &b.url])?;
+    ensure!(code == 1, "exit {code}:\n{out}");
+    let json_end = out.rfind('}').context("no JSON")? + 1;
+    let doc: serde_json::Value = serde_json::from_str(&out[..json_end])?;
+    let vips = doc["vips"].as_array().context("vips")?;
+    let web = vips
+        .iter()
+        .find(|v| v["vip"] == "web")
+        .with_context(|| format!("no VIP web in {doc}"))?;
+    let differing = web["differing"].as_array().context("differing")?;
+    ensure!(
+        differing.len() == 1 && differing[0]["node"] == b.url.as_str(),
+        "{web}"
+    );
+    ensure!(
+        differing[0]["fields"][0] == "b3 weight 2 -> 3",
+        "the differing fields name backend b3's weight: {web}"
+    );
+    let firing = disagreeing_vips(&a.ns, &[&a, &b], &dir.join("prom-weight"), 1)?;
+    ensure!(firing == ["web"], "XlbFleetDisagrees fired for {firing:?}");
     Ok(())
+}
+
+/// Start a Prometheus in `ns` scraping `nodes` with the shipped rules (their
+/// `for:` cut to 2 s), wait until `XlbFleetDisagrees` fires for `expect`
+/// VIPs (bounded: 60 s) and a little longer, then return the VIPs it fires
+/// for, sorted.
+fn disagreeing_vips(
+    ns: &Netns,
+    nodes: &[&Node],
+    dir: &Path,
+    expect: usize,
+) -> anyhow::Result<Vec<String>> {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/xlb-rules.yml"),
+    )?;
+    let targets: Vec<&str> = nodes.iter().map(|n| n.metrics.as_str()).collect();
+    let prom = Prometheus::start_scraping(ns, &targets, &fast_rules(&shipped, "2s", "10s"), dir)?;
+    let vips = |prom: &Prometheus| -> anyhow::Result<Vec<String>> {
+        let mut vips: Vec<String> = prom
+            .firing()?
+            .into_iter()
+            .filter(|labels| labels["alertname"] == "XlbFleetDisagrees")
+            .filter_map(|labels| labels["vip"].as_str().map(str::to_string))
+            .collect();
+        vips.sort();
+        Ok(vips)
+    };
+    prom.wait_for(
+        "XlbFleetDisagrees firing",
+        Duration::from_secs(60),
+        |prom| Ok((vips(prom)?.len() >= expect).then_some(())),
+    )?;
+    // Two more evaluations: nothing else starts firing.
+    std::thread::sleep(Duration::from_secs(2));
+    vips(&prom)
 }

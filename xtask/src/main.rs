@@ -3,7 +3,8 @@
 //! - `setup`: make a fresh machine of this kind ready (idempotent);
 //! - `build`: build everything, the XDP object included;
 //! - `test`: modcheck, setup, then every test (the command CI runs);
-//! - `demo`: setup, build, and run the namespace demo;
+//! - `demo`: setup, build, and run the namespace demo (`--fleet`: the fleet
+//!   behind an ECMP router, tests/src/bin/xlb-fleet-demo.rs);
 //! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
 //! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
 //!   the named ones; `dataplane` names the data-plane group);
@@ -39,7 +40,12 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run setup, build, then the demo in network namespaces.
-    Demo,
+    Demo {
+        /// The fleet instead: a router running BIRD with ECMP to three xlb
+        /// nodes, `xlb fleet status`, one node drained and back.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Run setup, build, then the replay of the outage behind xlb in network
     /// namespaces (docs/INCIDENT.md); exit 1 when it misses a goal.
     IncidentReplay,
@@ -63,6 +69,7 @@ const BENCHES: &[&str] = &[
     "vs_haproxy",
     "observe",
     "scrape_load",
+    "fleet_status",
 ];
 
 /// Names that stand for several benches. `dataplane` is the issue's
@@ -191,9 +198,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { names } => {
             let benches = benches_named(&names)?;
             setup::setup()?;
-            if benches.contains(&"scrape_load") {
-                // It runs the daemon itself: the release binary beside the
-                // bench (tests::xlbd::xlb_binary looks there).
+            if benches.contains(&"scrape_load") || benches.contains(&"fleet_status") {
+                // They run `xlb` (the daemon, the CLI): the release binary
+                // beside the bench (tests::xlbd::xlb_binary looks there).
                 run(cargo().args(["build", "--release", "-p", "lb-userspace", "--bin", "xlb"]))?;
             }
             let mut cmd = cargo();
@@ -209,10 +216,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Demo => {
+        Cmd::Demo { fleet } => {
             setup::setup()?;
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
-            run(cargo().args(["run", "-p", "tests", "--bin", "xlb-demo"]))
+            let demo = if fleet { "xlb-fleet-demo" } else { "xlb-demo" };
+            run(cargo().args(["run", "-p", "tests", "--bin", demo]))
         }
         Cmd::IncidentReplay => {
             setup::setup()?;

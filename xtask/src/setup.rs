@@ -28,6 +28,9 @@ const PACKAGES: &[&str] = &[
     // unit, its syscall filter; strace checks the daemon stays inside it.
     "systemd",
     "strace",
+    // The fleet testbed (tests/src/fleet.rs, `cargo xtask demo --fleet`): BIRD 2
+    // speaks BGP and BFD for every node and the router (deploy/bird/).
+    "bird2",
 ];
 
 fn ok(cmd: &mut Command) -> bool {

@@ -9,6 +9,12 @@ pub const TABLE_SIZE: u32 = 6421;
 /// `header` (top-level keys, one per line), then `VIPS` VIPs of `BACKENDS`
 /// backends; `weight` for the first backend of the first VIP, 1 elsewhere.
 pub fn config(header: &str, weight: u32) -> String {
+    config_of(header, weight, BACKENDS)
+}
+
+/// [`config`] with `backends` backends per VIP (at most `BACKENDS`; the
+/// table size stays `TABLE_SIZE`).
+pub fn config_of(header: &str, weight: u32, backends: usize) -> String {
     let mut text = header.to_string();
     for v in 0..VIPS {
         text.push_str(&format!(
@@ -16,7 +22,7 @@ pub fn config(header: &str, weight: u32) -> String {
             100 + v / 250,
             v % 250 + 1
         ));
-        for b in 0..BACKENDS {
+        for b in 0..backends {
             let w = if v == 0 && b == 0 { weight } else { 1 };
             text.push_str(&format!(
                 "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
