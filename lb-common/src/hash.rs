@@ -43,6 +43,22 @@ pub struct FlowWords {
 
 const _: () = assert!(core::mem::size_of::<FlowWords>() == 40);
 
+/// A connection-table entry (the value for a `FlowWords` key): the flow's
+/// backend and its 5-tuple hash (`flow_hash` of the flow with the seed of
+/// the moment it was filed). A tunnelled packet of a known flow takes its
+/// outer source, GUE source port and IPv6 flow label from the stored hash
+/// instead of hashing the flow again (~30 ns a packet, docs/BENCHMARKS.md).
+/// Eight bytes take no more kernel memory than four: an LRU element's value
+/// is rounded up to 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ConnEntry {
+    pub backend_id: u32,
+    pub flow_hash: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
+
 /// Key of the fragment tracker: one IP datagram (addresses, protocol and
 /// the IP identification; 16 bits for IPv4, 32 for IPv6).
 #[repr(C)]
@@ -162,6 +178,8 @@ mod tests {
 mod user {
     // SAFETY: each type is #[repr(C)], Pod (bytemuck-checked), with no padding holes.
     unsafe impl aya::Pod for super::FlowWords {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FragKey {}
 }

@@ -19,8 +19,8 @@ pub const ACTION_STATS: &str = "XLB_ACTION_STATS";
 pub const DROP_STATS: &str = "XLB_DROP_STATS";
 /// Single `GlobalConfig` entry.
 pub const CONFIG: &str = "XLB_CONFIG";
-/// LRU: flow (`hash::FlowWords`) -> backend id, so a flow keeps its backend
-/// when tables change.
+/// LRU: flow (`hash::FlowWords`) -> `hash::ConnEntry` (backend id and the
+/// flow's hash), so a flow keeps its backend when tables change.
 pub const CONNS: &str = "XLB_CONNS";
 
 /// Per-CPU u64 per data-plane event (`stats::EV_*`).

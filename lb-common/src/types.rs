@@ -169,7 +169,9 @@ pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// Bumped whenever a map's key or value layout changes.
 /// 4: the drop-reason and event counter arrays grew (the `unhandled_*`
 /// reasons and events).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: a connection-table value is a `hash::ConnEntry` (backend id and the
+/// flow's hash), not a bare backend id.
+pub const LAYOUT_VERSION: u32 = 5;
 
 #[cfg(feature = "user")]
 mod user {

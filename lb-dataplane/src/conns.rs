@@ -23,7 +23,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{hash::FlowWords, maps};
+use bytemuck::Zeroable as _;
+use lb_common::{
+    hash::{ConnEntry, FlowWords},
+    maps,
+};
 
 use crate::sys::{Batch, BatchRead, BatchSyscall};
 
@@ -34,9 +38,9 @@ use crate::{
     error::{io_err, map_err},
 };
 
-/// Entries asked for per BPF_MAP_LOOKUP_BATCH call: 4,096 x 44 bytes of keys
-/// and values is 176 KiB of buffers, and a full default table (262,144) is 64
-/// calls.
+/// Entries asked for per BPF_MAP_LOOKUP_BATCH call: 4,096 x 48 bytes of keys
+/// and values (`FlowWords`, `ConnEntry`) is 192 KiB of buffers, and a full
+/// default table (262,144) is 64 calls.
 pub const BATCH_ENTRIES: usize = 4096;
 
 /// Entries per backend id, dense for the ids the controller hands out
@@ -58,14 +62,14 @@ impl Tally {
         }
     }
 
-    pub(crate) fn add(&mut self, backend_ids: &[u32]) {
-        for &id in backend_ids {
+    pub(crate) fn add(&mut self, backend_ids: impl IntoIterator<Item = u32>) {
+        for id in backend_ids {
             match self.dense.get_mut(id as usize) {
                 Some(n) => *n += 1,
                 None => *self.sparse.entry(id).or_default() += 1,
             }
+            self.entries += 1;
         }
-        self.entries += backend_ids.len() as u64;
     }
 
     /// (entries, backend id -> entries) for the ids that have any.
@@ -84,6 +88,11 @@ impl Tally {
     }
 }
 
+/// The backend ids of connection-table entries.
+fn ids(entries: &[ConnEntry]) -> impl Iterator<Item = u32> + '_ {
+    entries.iter().map(|e| e.backend_id)
+}
+
 /// Walk the whole table in batches of `batch` entries and count the backend
 /// ids. `max_calls` bounds the walk (the kernel's cursor always advances, so
 /// the bound is only a guard against a kernel that does not).
@@ -96,22 +105,22 @@ pub(crate) fn walk(
     let mut tally = Tally::new();
     let mut len = batch.max(1);
     let mut keys = vec![0u8; len * key_size];
-    let mut values = vec![0u32; len];
+    let mut values = vec![ConnEntry::zeroed(); len];
     let mut cursor = None;
     for _ in 0..max_calls {
         match source.read(cursor, &mut keys, &mut values)? {
             Batch::More { count, next } => {
-                tally.add(&values[..count.min(len)]);
+                tally.add(ids(&values[..count.min(len)]));
                 cursor = Some(next);
             }
             Batch::Last { count } => {
-                tally.add(&values[..count.min(len)]);
+                tally.add(ids(&values[..count.min(len)]));
                 return Ok(tally.finish());
             }
             Batch::TooSmall => {
                 len *= 2;
                 keys.resize(len * key_size, 0);
-                values.resize(len, 0);
+                values.resize(len, ConnEntry::zeroed());
             }
         }
     }
@@ -188,7 +197,7 @@ impl ConnTable {
 
     /// A second, typed handle to the same map, for tests and tools that
     /// write flows into it.
-    pub fn flows_map(&self) -> Result<HashMap<MapData, FlowWords, u32>, DataplaneError> {
+    pub fn flows_map(&self) -> Result<HashMap<MapData, FlowWords, ConnEntry>, DataplaneError> {
         let fd = self
             .map
             .fd()
@@ -218,7 +227,7 @@ mod tests {
             &mut self,
             cursor: Option<u64>,
             keys: &mut [u8],
-            values: &mut [u32],
+            values: &mut [ConnEntry],
         ) -> std::io::Result<Batch> {
             self.calls += 1;
             assert_eq!(keys.len(), values.len() * 40, "a key buffer per value");
@@ -235,7 +244,12 @@ mod tests {
                         next: bucket as u64,
                     });
                 }
-                values[total..total + b.len()].copy_from_slice(b);
+                for (v, &id) in values[total..total + b.len()].iter_mut().zip(b) {
+                    *v = ConnEntry {
+                        backend_id: id,
+                        flow_hash: id.wrapping_mul(0x9e37_79b9),
+                    };
+                }
                 total += b.len();
                 bucket += 1;
             }
@@ -293,9 +307,9 @@ mod tests {
                 &mut self,
                 _: Option<u64>,
                 _: &mut [u8],
-                v: &mut [u32],
+                v: &mut [ConnEntry],
             ) -> std::io::Result<Batch> {
-                v[0] = 1;
+                v[0].backend_id = 1;
                 Ok(Batch::More { count: 1, next: 0 })
             }
         }
@@ -306,7 +320,7 @@ mod tests {
     #[test]
     fn ids_beyond_the_dense_range_are_counted_too() {
         let mut t = Tally::new();
-        t.add(&[
+        t.add([
             0,
             5,
             5,

@@ -7,6 +7,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use lb_common::hash::ConnEntry;
+
 /// BPF_MAP_LOOKUP_ELEM of a u32 key into a value of `value_size` bytes,
 /// whatever the value's type (aya's typed maps insist on ours).
 pub(crate) fn lookup_elem(fd: BorrowedFd<'_>, key: u32, value_size: usize) -> io::Result<Vec<u8>> {
@@ -61,11 +63,12 @@ pub(crate) enum Batch {
 pub(crate) trait BatchRead {
     /// Read from `cursor` (None: the first bucket) at most `values.len()`
     /// entries; keys go to `keys` (`values.len()` keys of the map's key size).
+    /// The values are the connection table's (`ConnEntry`, 8 bytes each).
     fn read(
         &mut self,
         cursor: Option<u64>,
         keys: &mut [u8],
-        values: &mut [u32],
+        values: &mut [ConnEntry],
     ) -> io::Result<Batch>;
 }
 
@@ -101,7 +104,7 @@ impl BatchRead for BatchSyscall<'_> {
         &mut self,
         cursor: Option<u64>,
         keys: &mut [u8],
-        values: &mut [u32],
+        values: &mut [ConnEntry],
     ) -> io::Result<Batch> {
         if let Some(c) = cursor {
             self.cursor = c;

@@ -3,7 +3,7 @@
 
 use lb_common::{
     BACKEND_F_VALID, Backend, GlobalConfig, HASH_FIVE_TUPLE, VipMeta,
-    hash::{flow_hash, hash_input},
+    hash::{ConnEntry, flow_hash, hash_input},
     stats::{EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER},
 };
 
@@ -48,15 +48,17 @@ fn usable(backend_id: u32, vip_id: u32) -> Option<*const Backend> {
     ok.then_some(b)
 }
 
-/// The chosen backend: its id and entry, and whether the flow was hashed
-/// (a new flow for the counters).
+/// The chosen backend: its id and entry, whether the flow was hashed (a
+/// new flow for the counters), and the flow's 5-tuple hash.
 pub struct Choice {
     pub backend_id: u32,
     pub backend: *const Backend,
     pub new_flow: bool,
-    /// The flow's 5-tuple hash, when picking the backend computed it (a
-    /// new flow of a VIP hashing the 5-tuple): the tunnel reuses it.
-    pub tuple_hash: Option<u32>,
+    /// `flow_hash` of the 5-tuple: the tunnel's outer source, GUE port and
+    /// flow label. A known flow's comes from its connection-table entry (no
+    /// hashing on a hit); a new flow's is the Maglev hash when the VIP
+    /// hashes the 5-tuple, else computed apart.
+    pub tuple_hash: u32,
 }
 
 /// Where this packet goes, or None if its VIP has nowhere to send it.
@@ -73,15 +75,18 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
     let mut event = EV_CONN_MISS;
     if p.new_connection == 0 {
         // SAFETY: `get` is unsafe because the entry may be changed or
-        // evicted while the reference lives; the u32 is copied out at once.
-        if let Some(id) = unsafe { XLB_CONNS.get(&p.flow) }.copied() {
-            if let Some(backend) = usable(id, meta.vip_id) {
+        // evicted while the reference lives; the 8 bytes are copied out at
+        // once. An element an LRU reuses for another flow under us gives at
+        // worst that flow's id, which `usable` checks against this VIP, and
+        // its hash, which only picks outer header bits.
+        if let Some(entry) = unsafe { XLB_CONNS.get(&p.flow) }.copied() {
+            if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
                 count_event(EV_CONN_HIT);
                 return Some(Choice {
-                    backend_id: id,
+                    backend_id: entry.backend_id,
                     backend,
                     new_flow: false,
-                    tuple_hash: None,
+                    tuple_hash: entry.flow_hash,
                 });
             }
             event = EV_CONN_RESTEER;
@@ -97,16 +102,25 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
     // (a VIP without active backends): nowhere to send the packet.
     let backend_id = *XLB_MAGLEV_TABLES.get_value(meta.vip_id, &slot)?;
     let backend = usable(backend_id, meta.vip_id)?;
+    let tuple_hash = if meta.hash == HASH_FIVE_TUPLE {
+        hash
+    } else {
+        flow_hash(&p.flow, cfg.hash_seed)
+    };
     if p.kind != KIND_ICMP_ERROR {
         // A full LRU evicts its oldest entry; a failed insert only means the
         // next packet hashes again, to the same backend unless the table
         // changed in between.
-        let _ = XLB_CONNS.insert(&p.flow, &backend_id, 0);
+        let entry = ConnEntry {
+            backend_id,
+            flow_hash: tuple_hash,
+        };
+        let _ = XLB_CONNS.insert(&p.flow, &entry, 0);
     }
     Some(Choice {
         backend_id,
         backend,
         new_flow: true,
-        tuple_hash: (meta.hash == HASH_FIVE_TUPLE).then_some(hash),
+        tuple_hash,
     })
 }

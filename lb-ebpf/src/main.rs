@@ -21,7 +21,6 @@ use aya_ebpf::{
 use lb_common::{
     Counters, FAMILY_V4, GLOBAL_F_PORT_WILDCARD, METHOD_L2_DSR, PROTO_ICMP, PROTO_ICMPV6,
     VIP_F_ADDRESS, VIP_F_ECHO_REPLY, VIP_F_UNHANDLED_PASS, VipMeta,
-    hash::flow_hash,
     maps::{MAX_BACKENDS, MAX_VIPS},
     stats::{
         DROP_NO_BACKEND, DROP_NO_CONFIG, DROP_UNHANDLED_EXT_HEADER, EV_FRAG_FIRST, EV_FRAG_FOLLOW,
@@ -178,9 +177,7 @@ fn balance(ctx: &XdpContext) -> Verdict {
         }
     } else {
         s.backend_id = choice.backend_id;
-        s.flow_hash = choice
-            .tuple_hash
-            .unwrap_or_else(|| flow_hash(&s.p.flow, cfg.hash_seed));
+        s.flow_hash = choice.tuple_hash;
         tunnel::send(ctx, s, backend, cfg, meta.method)
     };
     if let Some(reason) = sent.dropped() {

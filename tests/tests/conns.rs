@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aya::maps::{HashMap, MapData};
-use lb_common::hash::{FlowWords, addr_words, ports_word};
+use lb_common::hash::{ConnEntry, FlowWords, addr_words, ports_word};
 use lb_common::maps::CONN_TABLE_SIZE;
 use lb_common::stats::XDP_TX;
 use tests::packets::{self, LB_MAC};
@@ -40,16 +40,24 @@ fn flow(i: u32) -> FlowWords {
     }
 }
 
+/// A table entry naming backend `id` (the hash is not read by the scan).
+fn entry(id: u32) -> ConnEntry {
+    ConnEntry {
+        backend_id: id,
+        flow_hash: id.rotate_left(16),
+    }
+}
+
 /// Write flow i -> pick(i) for every i < n; the counts written per id.
 fn fill(
-    map: &mut HashMap<MapData, FlowWords, u32>,
+    map: &mut HashMap<MapData, FlowWords, ConnEntry>,
     n: u32,
     pick: impl Fn(u32) -> u32,
 ) -> BTreeMap<u32, u64> {
     let mut written = BTreeMap::new();
     for i in 0..n {
         let id = pick(i);
-        map.insert(flow(i), id, 0).expect("insert a flow");
+        map.insert(flow(i), entry(id), 0).expect("insert a flow");
         *written.entry(id).or_insert(0) += 1;
     }
     written
@@ -78,7 +86,8 @@ fn fill_from_every_cpu(table: &ConnTable, n: u32, pick: impl Fn(u32) -> u32 + Sy
                 sched_setaffinity(Pid::from_raw(0), &on).expect("pin the thread");
                 let k = k as u32;
                 for i in k * n / slices..(k + 1) * n / slices {
-                    map.insert(flow(i), pick(i), 0).expect("insert a flow");
+                    map.insert(flow(i), entry(pick(i)), 0)
+                        .expect("insert a flow");
                 }
             });
         }
@@ -87,12 +96,12 @@ fn fill_from_every_cpu(table: &ConnTable, n: u32, pick: impl Fn(u32) -> u32 + Sy
 
 /// The table counted the slow way, key by key (sound here: nothing else
 /// writes while it runs).
-fn walk_keys(map: &HashMap<MapData, FlowWords, u32>) -> (u64, BTreeMap<u32, u64>) {
+fn walk_keys(map: &HashMap<MapData, FlowWords, ConnEntry>) -> (u64, BTreeMap<u32, u64>) {
     let mut by_backend = BTreeMap::new();
     let mut entries = 0;
     for item in map.iter() {
-        let (_, id) = item.expect("read an entry");
-        *by_backend.entry(id).or_insert(0) += 1;
+        let (_, e) = item.expect("read an entry");
+        *by_backend.entry(e.backend_id).or_insert(0) += 1;
         entries += 1;
     }
     (entries, by_backend)

@@ -164,7 +164,13 @@ fn connection_table_hits_misses_and_resteers() {
     let mut conns = bench.dp.conn_table().flows_map().expect("XLB_CONNS");
     for i in 0..16 {
         let id = if i < 8 { d0 } else { unused };
-        conns.insert(tcp(i).words(), id, 0).expect("plant a flow");
+        let entry = lb_common::hash::ConnEntry {
+            backend_id: id,
+            flow_hash: 0,
+        };
+        conns
+            .insert(tcp(i).words(), entry, 0)
+            .expect("plant a flow");
     }
     bench.expect(
         "ACKs of flows remembered with a wrong backend",

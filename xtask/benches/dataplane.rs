@@ -40,7 +40,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_common::{aux, hash::FlowWords};
+use lb_common::{
+    aux,
+    hash::{ConnEntry, FlowWords},
+};
 use support::frames::{self, Family, Method, NextHop, Outcome, XDP_PASS, XDP_TX};
 use tests::netns::Netns;
 use xlb_dataplane::HostInterface;
@@ -240,7 +243,10 @@ struct Note {
 }
 
 /// Delete `key` from the connection table; an absent key is fine.
-fn forget(conns: &mut HashMap<MapData, FlowWords, u32>, key: &FlowWords) -> anyhow::Result<()> {
+fn forget(
+    conns: &mut HashMap<MapData, FlowWords, ConnEntry>,
+    key: &FlowWords,
+) -> anyhow::Result<()> {
     match conns.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
@@ -253,7 +259,7 @@ fn forget(conns: &mut HashMap<MapData, FlowWords, u32>, key: &FlowWords) -> anyh
 /// Run `row` `SINGLE_RUNS` times; the mean of the fastest `1 - TRIM`.
 fn time_single(
     row: &SingleRow,
-    conns: &mut HashMap<MapData, FlowWords, u32>,
+    conns: &mut HashMap<MapData, FlowWords, ConnEntry>,
 ) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(SINGLE_RUNS);
     for _ in 0..SINGLE_RUNS {
@@ -279,7 +285,7 @@ fn time_single(
 fn prepare<'a>(
     balancer: &'a Xdp,
     fib: &FibHost,
-    conns: &mut HashMap<MapData, FlowWords, u32>,
+    conns: &mut HashMap<MapData, FlowWords, ConnEntry>,
     method: Method,
     family: Family,
 ) -> anyhow::Result<(Note, Vec<SingleRow<'a>>)> {

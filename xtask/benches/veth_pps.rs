@@ -47,8 +47,11 @@ const FLOWS: u64 = aux::GEN_FLOWS as u64;
 const FRAME_LEN: usize = aux::GEN_FRAME_LEN;
 /// The VIP's port; the generator's frames go to it.
 const VIP_PORT: u16 = 8080;
-/// Issue 6: the balancer must deliver at least this share of the floor's rate.
-const GOAL: f64 = 0.8;
+/// Issue 16: the balancer must deliver at least this share of the floor's
+/// rate: 0.9 with L2 DSR, 0.8 through a tunnel (issue 6 asked 0.8 of all).
+fn goal(method: Method) -> f64 {
+    if method.tunnels() { 0.8 } else { 0.9 }
+}
 
 /// One TCP VIP forwarded with `method` to one backend, which lb0's FIB
 /// reaches (the frames come back to gen0 whatever their destination MAC).
@@ -394,10 +397,12 @@ fn main() -> anyhow::Result<()> {
     }
     for (method, runs) in methods.iter().zip(&balancer_runs) {
         let a = support::median(runs.iter().map(Run::pps).collect());
+        let goal = goal(*method);
         println!(
-            "xlb {}: {:.2}x the floor's rate (goal >= {GOAL:.2}); {:.1} ns/packet more",
+            "xlb {}: {:.2}x the floor's rate (goal >= {goal:.2}: {}); {:.1} ns/packet more",
             method.label(),
             a / b,
+            if a / b >= goal { "met" } else { "NOT met" },
             1e9 / a - 1e9 / b
         );
     }
