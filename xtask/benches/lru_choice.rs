@@ -1,6 +1,8 @@
 //! The connection table's LRU flavour, measured: a common LRU hash, an LRU
 //! hash with BPF_F_NO_COMMON_LRU, and an LRU per-CPU hash, each with the
-//! balancer's key and value (`FlowWords` -> u32) and size (262,144), beside
+//! balancer's key (`FlowWords`), a u32 value (the balancer's `ConnEntry` is 8
+//! bytes; the kernel rounds a 4-byte value up to 8, so the entries cost the
+//! same) and size (262,144), beside
 //! the bare MAC-swap floor. Programs: `xlb_lru_*` in lb-ebpf's aux object.
 //!
 //! Method: BPF_PROG_TEST_RUN with `REPEAT` runs per call (the kernel reports
