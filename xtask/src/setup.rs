@@ -28,6 +28,13 @@ const PACKAGES: &[&str] = &[
     // unit, its syscall filter; strace checks the daemon stays inside it.
     "systemd",
     "strace",
+    // The fleet's store (lb-fleet, tests/tests/rollout.rs): etcd and etcdctl;
+    // etcd-client's build script compiles etcd's protobufs with protoc; openssl
+    // makes the tests' CA and certificates.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "openssl",
 ];
 
 fn ok(cmd: &mut Command) -> bool {
