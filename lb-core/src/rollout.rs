@@ -143,6 +143,10 @@ pub struct NodeReport {
     /// A local change made outside the fleet since its last fleet apply
     /// (`xlb apply`/`drain`/`weight` on the node): what it was.
     pub diverged: Option<String>,
+    /// The node's live config text while it is diverged (`xlb fleet plan`
+    /// plans against it).
+    #[serde(default)]
+    pub diverged_config: Option<String>,
     pub updated_at_unix_seconds: f64,
 }
 
@@ -392,6 +396,7 @@ mod tests {
             }),
             announce: "off".into(),
             diverged: None,
+            diverged_config: None,
             updated_at_unix_seconds: 0.0,
         }
     }

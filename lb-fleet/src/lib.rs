@@ -61,6 +61,8 @@ pub enum FleetError {
     /// Someone else changed the rollout between our read and our write.
     #[error("the rollout changed while this command ran: read it again")]
     Conflict,
+    #[error("the fleet agent's task failed: {0}")]
+    Agent(String),
     #[error("no fleet revision {0} (see `xlb fleet history`)")]
     NoRevision(u64),
 }
@@ -294,7 +296,6 @@ impl FleetStore {
         let number = self.revisions().await?.last().map_or(1, |r| r.number + 1);
         revision.number = number;
         rollout.to = number;
-        rollout.id = number;
         let rev_key = self.key(&format!("revisions/{number:020}"));
         let roll_key = self.key("rollout");
         let txn = Txn::new()
