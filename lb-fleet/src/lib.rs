@@ -20,8 +20,9 @@ use etcd_client::{
 };
 use xlb_core::rollout::{FleetRevision, NodeReport, Rollout, Step};
 
-/// How long one request to etcd may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request to etcd may take (a loaded etcd answers in well
+/// under a second; 5 s rides out a busy host without hiding a dead store).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A node's report lives this long without a keep-alive.
 pub const REPORT_TTL_SECONDS: i64 = 10;

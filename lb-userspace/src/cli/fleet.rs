@@ -449,12 +449,24 @@ async fn follow(
     let mut last = String::new();
     loop {
         // This command moves the rollout too when it can (a CAS decides).
-        let rollout = xlb_fleet::drive(store)
-            .await
-            .map_err(store_failure)?
+        // A store that does not answer for a moment is asked again until
+        // the deadline: the rollout does not depend on this command.
+        let read = async {
+            let rollout = xlb_fleet::drive(store).await?;
+            Ok::<_, FleetError>((rollout, store.nodes().await?))
+        };
+        let (rollout, nodes) = match read.await {
+            Ok(r) => r,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("xlb: {e}; asking again");
+                tokio::time::sleep(FOLLOW_PERIOD).await;
+                continue;
+            }
+            Err(e) => return Err(store_failure(e)),
+        };
+        let rollout = rollout
             .filter(|r| r.id == id)
             .ok_or_else(|| Failure::internal(format!("rollout {id} was replaced")))?;
-        let nodes = store.nodes().await.map_err(store_failure)?;
         let mut line = rollout_line(&rollout);
         for n in rollout.waves.iter().flatten() {
             let cell = nodes.get(n).map_or("down".to_string(), outcome_cell);

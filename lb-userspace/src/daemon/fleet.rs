@@ -291,17 +291,35 @@ fn read_local(controller: &Mutex<Controller>) -> Local {
     }
 }
 
-/// Whether the agent reaches the fleet's store now (status, metrics).
-#[derive(Clone, Default)]
-pub struct Connected(Arc<std::sync::atomic::AtomicBool>);
+/// Whether the agent reaches the fleet's store now: `xlb_fleet_connected`.
+#[derive(Clone)]
+pub struct Connected {
+    up: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::daemon::metrics::Metrics>,
+    node: String,
+}
 
 impl Connected {
+    fn new(metrics: Arc<crate::daemon::metrics::Metrics>, node: &str) -> Self {
+        let c = Self {
+            up: Default::default(),
+            metrics,
+            node: node.to_string(),
+        };
+        c.set(false);
+        c
+    }
+
     pub fn get(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn set(&self, up: bool) {
-        self.0.store(up, std::sync::atomic::Ordering::Relaxed);
+        self.up.store(up, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .fleet_connected
+            .get_or_create(&vec![("node".to_string(), self.node.clone())])
+            .set(i64::from(up));
     }
 }
 
@@ -310,12 +328,17 @@ impl Connected {
 pub async fn serve(
     controller: Arc<Mutex<Controller>>,
     options: Option<FleetOptions>,
-    connected: Connected,
 ) -> anyhow::Result<()> {
     // Without --fleet the node works alone: this branch never ends.
     let Some(options) = options else {
         return std::future::pending().await;
     };
+    let metrics = controller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .metrics()
+        .clone();
+    let connected = Connected::new(metrics, &options.node);
     let mut agent = Agent::new(options.clone());
     // What the node kept serves only if the start kept (adopted) the
     // revision the fleet made; otherwise the node serves its --config file,

@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -45,6 +45,9 @@ pub struct Metrics {
     pub http_status_builds: Counter,
     /// Failed writes of the announce routes (tried again every second).
     pub announce_errors: Counter,
+    /// With `--fleet`: 1 while the node reaches its fleet's store, by
+    /// `node` (no sample without `--fleet`).
+    pub fleet_connected: Family<Vec<(String, String)>, Gauge>,
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
@@ -139,6 +142,12 @@ impl Metrics {
              tick or change, shared by every scrape)",
             http_status_builds.clone(),
         );
+        let fleet_connected = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "xlb_fleet_connected",
+            "With --fleet: 1 while the node reaches its fleet's store (etcd), 0 while cut off",
+            fleet_connected.clone(),
+        );
         let latest = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StatusCollector {
             latest: latest.clone(),
@@ -154,6 +163,7 @@ impl Metrics {
             control_bad_requests,
             http_connections_refused,
             http_status_builds,
+            fleet_connected,
             announce_errors,
             latest,
             encoding: Mutex::new(()),

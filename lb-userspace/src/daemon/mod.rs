@@ -158,7 +158,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             r = restart::reload_on_hangup(controller.clone(), config_file) => r,
             r = announce::serve(controller.clone(), routes.clone(), wake) => r,
             r = announce::stop(controller.clone(), routes.clone(), opts.withdraw_grace) => r,
-            r = fleet::serve(controller.clone(), opts.fleet.clone(), fleet::Connected::default()) => r,
+            r = fleet::serve(controller.clone(), opts.fleet.clone()) => r,
         }
     });
     notify::stopping();
