@@ -223,13 +223,17 @@ fn rollout_line(r: &Rollout) -> String {
     )
 }
 
-async fn store_status(output: Output, store: &FleetStore) -> Result<(), Failure> {
+/// The fleet's desired revision and its rollout.
+async fn desired_and_rollout(
+    store: &FleetStore,
+) -> Result<(Option<u64>, Option<Rollout>), Failure> {
     let desired = store.desired().await.map_err(store_failure)?;
-    let rollout = store
-        .rollout()
-        .await
-        .map_err(store_failure)?
-        .map(|v| v.value);
+    let rollout = store.rollout().await.map_err(store_failure)?;
+    Ok((desired, rollout.map(|v| v.value)))
+}
+
+async fn store_status(output: Output, store: &FleetStore) -> Result<(), Failure> {
+    let (desired, rollout) = desired_and_rollout(store).await?;
     let nodes = store.nodes().await.map_err(store_failure)?;
     let mut problems: Vec<String> = nodes
         .values()
@@ -566,12 +570,7 @@ async fn rollback(store: &FleetStore, to: Option<u64>) -> Result<(), Failure> {
 
 async fn history(output: Output, store: &FleetStore) -> Result<(), Failure> {
     let revisions = store.revisions().await.map_err(store_failure)?;
-    let desired = store.desired().await.map_err(store_failure)?;
-    let rollout = store
-        .rollout()
-        .await
-        .map_err(store_failure)?
-        .map(|v| v.value);
+    let (desired, rollout) = desired_and_rollout(store).await?;
     if output == Output::Json {
         print_json(&serde_json::json!({
             "schema_version": xlb_core::rollout::SCHEMA_VERSION,
