@@ -45,6 +45,7 @@ pub mod plan;
 pub mod prng;
 pub mod reload;
 pub mod revision;
+pub mod rollout;
 pub mod simulate;
 pub mod state;
 pub mod status;

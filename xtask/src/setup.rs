@@ -31,6 +31,13 @@ const PACKAGES: &[&str] = &[
     // The fleet testbed (tests/src/fleet.rs, `cargo xtask demo --fleet`): BIRD 2
     // speaks BGP and BFD for every node and the router (deploy/bird/).
     "bird2",
+    // The fleet's store (lb-fleet, tests/tests/rollout.rs): etcd and etcdctl;
+    // etcd-client's build script compiles etcd's protobufs with protoc; openssl
+    // makes the tests' CA and certificates.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "openssl",
 ];
 
 fn ok(cmd: &mut Command) -> bool {

@@ -218,14 +218,82 @@ pub enum Command {
 /// `xlb fleet ...`.
 #[derive(Subcommand, Debug)]
 pub enum FleetCommand {
-    /// Read each node's /api/status and say, per VIP, whether the nodes pick
-    /// the same backend for every new flow (seed, hash mode, table size,
-    /// backends, the live table); exit 1 naming each node that differs.
+    /// With --etcd: every node's report from the fleet's store (fleet
+    /// revision, fingerprint, bake outcome, announce state) and the
+    /// rollout; exit 1 on disagreement, a node behind or diverged.
+    /// With URLs: read each node's /api/status and say, per VIP, whether
+    /// the nodes pick the same backend for every new flow (seed, hash
+    /// mode, table size, backends, the live table); exit 1 naming each
+    /// node that differs.
     Status {
+        #[command(flatten)]
+        store: FleetStoreArgs,
         /// Each node's metrics/status address, e.g. http://198.18.0.1:9470.
-        #[arg(required = true, value_name = "URL")]
+        #[arg(
+            value_name = "URL",
+            required_unless_present = "etcd",
+            conflicts_with = "etcd"
+        )]
         urls: Vec<String>,
     },
+    /// Plan FILE against the fleet's revision and each diverged node's
+    /// live config: exit 3 with changes, 1 when a plan is refused (naming
+    /// the node), 0 without changes.
+    Plan {
+        #[command(flatten)]
+        store: FleetStoreArgs,
+        file: PathBuf,
+    },
+    /// Record FILE as a fleet revision and roll it out: the canary, its
+    /// bake, then the other nodes in waves, each through its own plan,
+    /// safety checks and bake; a failure anywhere rolls every changed node
+    /// back.
+    Apply {
+        #[command(flatten)]
+        store: FleetStoreArgs,
+        file: PathBuf,
+        /// The canary node (default: the first by name).
+        #[arg(long, value_name = "NAME")]
+        canary: Option<String>,
+        /// Nodes per wave after the canary (default: all the rest at once).
+        #[arg(long, value_name = "N")]
+        wave_size: Option<usize>,
+        /// The nodes apply it past their plans' safety checks.
+        #[arg(long)]
+        force: bool,
+        /// Why: recorded in the fleet revision.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Follow the rollout: exit 0 done, 1 rolled back.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit 4; the rollout goes on).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Roll the running rollout back; or, with none running, roll the
+    /// fleet out to revision --to (default: the one before the desired).
+    Rollback {
+        #[command(flatten)]
+        store: FleetStoreArgs,
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+    },
+    /// The fleet's revisions, and the rollout.
+    History {
+        #[command(flatten)]
+        store: FleetStoreArgs,
+    },
+}
+
+/// Where the fleet's store is, for `xlb fleet` commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FleetStoreArgs {
+    /// The fleet's etcd (`http[s]://HOST:PORT[,...][/FLEET]`).
+    #[arg(long, value_name = "URL", env = "XLB_FLEET")]
+    pub etcd: Option<String>,
+    #[command(flatten)]
+    pub tls: FleetTls,
 }
 
 /// `xlb node ...`.
@@ -306,6 +374,59 @@ pub struct RunArgs {
     /// forwarding what still arrives for this long, then exit.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub withdraw_grace: std::time::Duration,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// `--fleet URL --node NAME`: join a fleet whose store is etcd
+/// (docs/FLEET.md); without it the node works alone.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FleetArgs {
+    /// The fleet's etcd: `http[s]://HOST:PORT[,...]`, the path naming the
+    /// fleet (`http://198.18.0.1:2379/edge`; none: `default`).
+    #[arg(long, value_name = "URL", env = "XLB_FLEET", requires = "node")]
+    pub fleet: Option<String>,
+    /// This node's name in the fleet.
+    #[arg(long, value_name = "NAME", env = "XLB_NODE", requires = "fleet")]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub tls: FleetTls,
+}
+
+/// TLS to the fleet's etcd (`https://` endpoints): a CA, and a client
+/// certificate and key when etcd asks for them.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FleetTls {
+    /// The CA that signed etcd's certificate (PEM).
+    #[arg(long, value_name = "FILE", env = "XLB_FLEET_CA")]
+    pub fleet_ca: Option<PathBuf>,
+    /// This client's certificate (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "XLB_FLEET_CERT",
+        requires = "fleet_key"
+    )]
+    pub fleet_cert: Option<PathBuf>,
+    /// This client's key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "XLB_FLEET_KEY",
+        requires = "fleet_cert"
+    )]
+    pub fleet_key: Option<PathBuf>,
+}
+
+impl FleetTls {
+    /// `url` with these TLS files.
+    pub fn address(&self, url: &str) -> Result<xlb_fleet::FleetAddress, xlb_fleet::FleetError> {
+        Ok(xlb_fleet::FleetAddress::parse(url)?.with_tls(
+            self.fleet_ca.clone(),
+            self.fleet_cert.clone(),
+            self.fleet_key.clone(),
+        ))
+    }
 }
 
 /// `--announce-table`: a table of its own, not the kernel's main, local

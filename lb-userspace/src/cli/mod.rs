@@ -93,7 +93,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             config_text,
         } => read::show(&cli, *revision, *config_text),
         Command::Repair => read::repair(&cli),
-        Command::Fleet(FleetCommand::Status { urls }) => fleet::status(cli.output, urls),
+        Command::Fleet(command) => fleet::run(cli.output, command),
         Command::Node(command) => node::run(&cli, command),
         Command::Decap {
             interface,

@@ -26,6 +26,7 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         announce_table,
         announce_hold,
         withdraw_grace,
+        fleet,
     } = args.clone();
     daemon::privileges::check("xlb run", daemon::privileges::DAEMON).map_err(Failure::internal)?;
     let socket_group = socket_group
@@ -40,6 +41,14 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         Candidate::parse(text, file.display().to_string(), origin).map_err(Failure::bad_input)?;
     let state_dir = state_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/xlb").join(&candidate.config.interface));
+    let fleet = match (&fleet.fleet, &fleet.node) {
+        (Some(url), Some(node)) => Some(daemon::fleet::FleetOptions {
+            address: fleet.tls.address(url).map_err(Failure::bad_input)?,
+            node: node.clone(),
+            state_dir: state_dir.clone(),
+        }),
+        _ => None,
+    };
     daemon::run(daemon::RunOptions {
         candidate,
         socket: socket.to_path_buf(),
@@ -58,6 +67,7 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         announce_table,
         announce_hold,
         withdraw_grace,
+        fleet,
     })
     .map_err(|e| match e {
         daemon::start::StartError::BadInput(e) => Failure::bad_input(format!("{e:#}")),

@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -49,6 +49,9 @@ pub struct Metrics {
     /// (notify.rs): the collector beats after each tick, an apply at each
     /// step.
     pub progress: Arc<crate::daemon::notify::Progress>,
+    /// With `--fleet`: 1 while the node reaches its fleet's store, by
+    /// `node` (no sample without `--fleet`).
+    pub fleet_connected: Family<Vec<(String, String)>, Gauge>,
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
@@ -143,6 +146,12 @@ impl Metrics {
              tick or change, shared by every scrape)",
             http_status_builds.clone(),
         );
+        let fleet_connected = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "xlb_fleet_connected",
+            "With --fleet: 1 while the node reaches its fleet's store (etcd), 0 while cut off",
+            fleet_connected.clone(),
+        );
         let latest = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StatusCollector {
             latest: latest.clone(),
@@ -158,6 +167,7 @@ impl Metrics {
             control_bad_requests,
             http_connections_refused,
             http_status_builds,
+            fleet_connected,
             announce_errors,
             progress: Arc::default(),
             latest,

@@ -7,6 +7,7 @@ pub mod announce;
 pub mod audit;
 pub mod controller;
 pub mod edit;
+pub mod fleet;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -57,6 +58,9 @@ pub struct RunOptions {
     pub announce_hold: std::time::Duration,
     /// On SIGTERM while announcing: forward this long after withdrawing.
     pub withdraw_grace: std::time::Duration,
+    /// `--fleet URL --node NAME`: the node's agent in its fleet (fleet.rs);
+    /// None: the node works alone.
+    pub fleet: Option<fleet::FleetOptions>,
 }
 
 /// Bind the control socket: root only, or root and `--socket-group`
@@ -161,6 +165,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             r = restart::reload_on_hangup(controller.clone(), config_file) => r,
             r = announce::serve(controller.clone(), routes.clone(), wake) => r,
             r = announce::stop(controller.clone(), routes.clone(), opts.withdraw_grace) => r,
+            r = fleet::serve(controller.clone(), opts.fleet.clone()) => r,
         }
     });
     notify::stopping();
