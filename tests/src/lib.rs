@@ -20,6 +20,26 @@ pub mod testbed;
 pub mod tunnel;
 pub mod xlbd;
 
+/// Poll `f` every `every` until it is true or `limit` passed (then an
+/// error saying `what` did not happen); how long it took.
+pub fn wait_until(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<std::time::Duration> {
+    let started = std::time::Instant::now();
+    loop {
+        if f()? {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Run `f` in a fresh work directory `<tmp>/xlb-<name>-<pid>`; removed
 /// after a success, kept (and named in the panic) after a failure.
 pub fn in_workdir(name: &str, f: impl FnOnce(&std::path::Path) -> anyhow::Result<()>) {

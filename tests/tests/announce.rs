@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use tests::echo::EchoServers;
 use tests::netns::Netns;
 use tests::testbed::{Host, Testbed};
@@ -75,22 +75,13 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Poll `f` every 50 ms until true or `limit`; how long it took.
+/// Poll `f` every 50 ms until it is true or `limit` passed.
 fn wait(
     limit: Duration,
     what: &str,
-    mut f: impl FnMut() -> anyhow::Result<bool>,
+    f: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        if f()? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            bail!("{what}: not within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tests::wait_until(limit, Duration::from_millis(50), what, f)
 }
 
 fn reason(status: &serde_json::Value, vip: &str) -> String {

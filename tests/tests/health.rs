@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use aya::maps::{Array, ArrayOfMaps, Map, MapData};
 use tests::confine::Bpffs;
 use tests::echo::{EchoServers, LongConnections, Pace, probe};
@@ -132,23 +132,13 @@ fn health(status: &serde_json::Value, vip: &str, backend: &str) -> Option<String
     b["health"]["state"].as_str().map(str::to_string)
 }
 
-/// Poll `f` every 100 ms until it is true or `limit` passed; how long it
-/// took.
+/// Poll `f` every 100 ms until it is true or `limit` passed.
 fn wait(
     limit: Duration,
     what: &str,
-    mut f: impl FnMut() -> anyhow::Result<bool>,
+    f: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        if f()? {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            bail!("{what}: not within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tests::wait_until(limit, Duration::from_millis(100), what, f)
 }
 
 #[test]
