@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use tests::echo::EchoServers;
 use tests::netns::Netns;
-use tests::testbed::{Host, Testbed};
+use tests::testbed::{self, Testbed};
 use tests::xlbd::{Daemon, describe, xlb_binary};
 
 const PORT: u16 = 8074;
@@ -36,25 +36,20 @@ const PINNED: &str = "198.18.100.2";
 const QUIET: &str = "198.18.100.3";
 const CHECK: &str = "interval = \"500ms\"\ntimeout = \"300ms\"\nfall = 2\nrise = 2\n";
 
+/// A VIP over the testbed's first `backends` backends (b1, b2, ...).
 fn vip(
     name: &str,
     address: &str,
     port: u16,
     announce: &str,
     check_port: u16,
-    b: &[Host],
+    backends: usize,
 ) -> String {
-    let mut out = format!(
+    format!(
         "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"tcp\"\n\
-         announce = \"{announce}\"\n\n[vip.health]\n{CHECK}port = {check_port}\n"
-    );
-    for h in b {
-        out.push_str(&format!(
-            "\n[[vip.backend]]\nname = \"{}\"\naddress = \"{}\"\nmac = \"{}\"\n",
-            h.name, h.v4, h.mac
-        ));
-    }
-    out
+         announce = \"{announce}\"\n\n[vip.health]\n{CHECK}port = {check_port}\n{}",
+        testbed::backend_sections(&vec![1; backends], false)
+    )
 }
 
 /// xlb's routes in the table: destination addresses, each checked to be a
@@ -116,10 +111,10 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     let servers = EchoServers::start(b, PORT)?;
     let text = format!(
         "interface = \"eth0\"\nhash_seed = 7\n{}{}{}{}",
-        vip("web", WEB, PORT, "healthy", PORT, b),
-        vip("web-alt", WEB, PORT + 1, "never", PORT, b),
-        vip("pinned", PINNED, PORT, "always", DEAD_PORT, &b[..1]),
-        vip("quiet", QUIET, PORT, "never", PORT, b),
+        vip("web", WEB, PORT, "healthy", PORT, 2),
+        vip("web-alt", WEB, PORT + 1, "never", PORT, 2),
+        vip("pinned", PINNED, PORT, "always", DEAD_PORT, 1),
+        vip("quiet", QUIET, PORT, "never", PORT, 2),
     );
     let config = dir.join("xlb.toml");
     std::fs::write(&config, &text)?;
