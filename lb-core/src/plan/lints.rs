@@ -44,35 +44,20 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
     };
 
     // Capacity that leaves.
-    let active_after = |name: &str| {
-        after
-            .vip
-            .backends
-            .iter()
-            .any(|a| a.name == name && a.state == BackendState::Active)
-    };
-    let total: f64 = before.vip.table_backends().map(|b| b.capacity).sum();
-    let leaving: Vec<_> = before
-        .vip
-        .table_backends()
-        .filter(|b| !active_after(&b.name))
-        .collect();
-    let removed: f64 = leaving.iter().map(|b| b.capacity).sum();
-    if total > 0.0 && removed / total > safety.max_capacity_removed {
-        let mut names: Vec<&str> = leaving.iter().map(|b| b.name.as_str()).collect();
-        names.sort_unstable();
-        let (ratio, limit) = (removed / total, safety.max_capacity_removed);
+    let leaving = Leaving::of(before, after);
+    if leaving.capacity_ratio > safety.max_capacity_removed {
+        let (ratio, limit) = (leaving.capacity_ratio, safety.max_capacity_removed);
         lints.push(lint(
             None,
             LintKind::CapacityRemoved,
             format!(
                 "{} of the active capacity would leave at once: {} (limit {})",
                 percent_above(ratio, limit),
-                names.join(", "),
+                leaving.names.join(", "),
                 limit_percent(limit)
             ),
-            safety.max_capacity_removed,
-            removed / total,
+            limit,
+            ratio,
         ));
     }
 
@@ -135,7 +120,7 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
 
     // Each backend's predicted load.
     let active = |state: &Option<String>| state.as_deref() == Some("active");
-    let leave = leaving_growth(before, after);
+    let leave = leaving.growth;
     for b in &plan.backends {
         let (now, next) = (b.share_before_ratio, b.share_after_ratio);
         if active(&b.state_before)
@@ -198,57 +183,66 @@ pub(super) fn check(before: Side<'_>, after: Side<'_>, plan: &VipPlan) -> Vec<Li
     lints
 }
 
-/// How much every staying backend's share grows because backends leave
-/// (drained, disabled, removed), weights unchanged: today's active weight
-/// over the weight of today's active backends that stay active. 1 when
-/// none leaves.
-pub(super) fn leaving_growth(before: Side<'_>, after: Side<'_>) -> f64 {
-    let stays = |name: &str| after.vip.table_backends().any(|a| a.name == name);
-    let today: f64 = before.vip.table_backends().map(|b| b.weight as f64).sum();
-    let staying: f64 = before
-        .vip
-        .table_backends()
-        .filter(|b| stays(&b.name))
-        .map(|b| b.weight as f64)
-        .sum();
-    if staying > 0.0 { today / staying } else { 1.0 }
+/// Backends active today and not active (or gone) in the candidate.
+pub(super) struct Leaving {
+    /// Their names, sorted.
+    names: Vec<String>,
+    /// Their capacity over today's active capacity (0 with none active).
+    capacity_ratio: f64,
+    /// How much every staying backend's share grows because they leave,
+    /// weights unchanged: today's active weight over the weight of today's
+    /// active backends that stay. 1 when none leaves.
+    growth: f64,
+}
+
+impl Leaving {
+    pub(super) fn of(before: Side<'_>, after: Side<'_>) -> Leaving {
+        let stays = |name: &str| after.vip.table_backends().any(|a| a.name == name);
+        let (mut capacity, mut removed, mut weight, mut staying) = (0.0, 0.0, 0.0, 0.0);
+        let mut names = Vec::new();
+        for b in before.vip.table_backends() {
+            capacity += b.capacity;
+            weight += b.weight as f64;
+            if stays(&b.name) {
+                staying += b.weight as f64;
+            } else {
+                removed += b.capacity;
+                names.push(b.name.clone());
+            }
+        }
+        names.sort_unstable();
+        Leaving {
+            names,
+            capacity_ratio: if capacity > 0.0 {
+                removed / capacity
+            } else {
+                0.0
+            },
+            growth: if staying > 0.0 { weight / staying } else { 1.0 },
+        }
+    }
 }
 
 /// What the plan says of backends leaving, when they leave (not a
 /// refusal): who takes their share, and which checks judge it.
 pub(super) fn leaving_note(before: Side<'_>, after: Side<'_>) -> Option<String> {
-    let leave = leaving_growth(before, after);
-    if leave <= 1.0 {
+    let leaving = Leaving::of(before, after);
+    if leaving.growth <= 1.0 {
         return None;
     }
-    let stays = |name: &str| after.vip.table_backends().any(|a| a.name == name);
-    let mut leaving: Vec<&str> = before
-        .vip
-        .table_backends()
-        .filter(|b| !stays(&b.name))
-        .map(|b| b.name.as_str())
-        .collect();
-    leaving.sort_unstable();
-    let total: f64 = before.vip.table_backends().map(|b| b.capacity).sum();
-    let removed: f64 = before
-        .vip
-        .table_backends()
-        .filter(|b| !stays(&b.name))
-        .map(|b| b.capacity)
-        .sum();
     let safety = &after.vip.safety;
     Some(format!(
         "{} {}: every staying backend's share grows {}x; judged by max_capacity_removed \
          ({} of the capacity leaves, limit {}) and max_capacity_ratio (limit {}x), not \
          max_share_growth",
-        leaving.join(", "),
-        if leaving.len() == 1 {
+        leaving.names.join(", "),
+        if leaving.names.len() == 1 {
             "leaves"
         } else {
             "leave"
         },
-        number(leave),
-        percent(if total > 0.0 { removed / total } else { 0.0 }),
+        number(leaving.growth),
+        percent(leaving.capacity_ratio),
         limit_percent(safety.max_capacity_removed),
         number(safety.max_capacity_ratio)
     ))
