@@ -44,7 +44,7 @@ impl Plan {
             for line in &self.details {
                 out.push_str(line);
                 if let Some(key) = line.split(' ').next()
-                    && crate::config::keys::is_restart_only(key)
+                    && self.restart_only.iter().any(|r| r.key == key)
                 {
                     out.push_str("   (restart-only)");
                 }
