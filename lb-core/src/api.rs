@@ -68,6 +68,8 @@ pub enum Request {
         #[serde(default)]
         message: Option<String>,
     },
+    /// Which build the daemon runs (`xlb version`).
+    Version,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +114,26 @@ pub enum Response {
     Edited(Box<Edited>),
     /// A drain or undrain done: the node's announce state.
     Node(Box<crate::announce::NodeAnnounce>),
+    /// The daemon's build.
+    Version(BuildInfo),
     Error(ApiError),
+}
+
+/// Which build a process runs: enough for an operator to tell what runs
+/// where (`xlb version`, the daemon's answer to `Request::Version`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// The crate version of the `xlb` binary (the package's version).
+    pub version: String,
+    /// The git commit it was built from (`XLB_GIT_COMMIT` at build time;
+    /// "unknown" when it was not set).
+    pub git_commit: String,
+    /// The embedded balancer object's id: a hash of its bytes (16 hex
+    /// digits). Two builds with the same id run the same XDP program.
+    pub object_build_id: String,
+    /// The pinned maps' layout version this build reads and writes
+    /// (`lb_common::LAYOUT_VERSION`; docs/RESTART.md).
+    pub layout_version: u32,
 }
 
 /// What `repair` did.

@@ -3,6 +3,7 @@
 //! `xlb_dataplane` (the BPF programs and maps).
 //!
 //! - `user`: who runs this process;
+//! - `build_info`: which build this is (`xlb version`, and the daemon's answer);
 //! - `lock`: one daemon per state directory and per pin directory;
 //! - `store`: the revision store on disk (used by the daemon, and read-only
 //!   by `xlb plan --revision`);
@@ -12,6 +13,7 @@
 //!
 //! `cli` may use `daemon` (`xlb run` starts it); `daemon` never uses `cli`.
 
+pub mod build_info;
 pub mod cli;
 pub mod daemon;
 pub mod lock;

@@ -188,6 +188,9 @@ pub enum Command {
     /// this host in XDP and hand the inner packet to the stack (no tunnel
     /// device needed). Runs until SIGINT/SIGTERM, then detaches and prints
     /// its counters. Needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
+    /// This binary's version, git commit, balancer object id and map layout
+    /// version, and the running daemon's (when one answers on --socket).
+    Version,
     Decap {
         /// The interface tunnelled packets arrive on; all its IPv4 and IPv6
         /// addresses (read at start) are tunnel destinations.

@@ -11,7 +11,8 @@
 //! - `read`: status, top, history, show, repair;
 //! - `fleet`: the nodes of a fleet compared;
 //! - `node`: this node's drain from the routers, and its announce state;
-//! - `run`, `detach`, `decap`, `simulate`: the commands that load programs.
+//! - `run`, `detach`, `decap`, `simulate`: the commands that load programs;
+//! - `version`: this build and the daemon's.
 
 pub mod args;
 pub mod change;
@@ -26,6 +27,7 @@ mod read;
 mod run;
 mod simulate;
 pub mod top;
+pub mod version;
 
 use std::process::ExitCode;
 
@@ -95,6 +97,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Repair => read::repair(&cli),
         Command::Fleet(command) => fleet::run(cli.output, command),
         Command::Node(command) => node::run(&cli, command),
+        Command::Version => version::version(&cli.socket, cli.output),
         Command::Decap {
             interface,
             gue_port,

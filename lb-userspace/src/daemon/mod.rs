@@ -390,7 +390,11 @@ pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
 fn changes(request: &Request) -> bool {
     !matches!(
         request,
-        Request::Status | Request::History | Request::Show { .. } | Request::Plan { .. }
+        Request::Status
+            | Request::History
+            | Request::Show { .. }
+            | Request::Plan { .. }
+            | Request::Version
     )
 }
 
@@ -462,6 +466,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     match request {
+        Request::Version => Response::Version(crate::build_info::build_info()),
         Request::Status => match controller.status() {
             Ok(s) => Response::Status(Box::new(s)),
             Err(e) => Response::Error(ApiError {

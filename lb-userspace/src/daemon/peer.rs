@@ -132,11 +132,11 @@ fn peer_groups(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
 /// make them. Everything else changes state and is checked (a request kind
 /// added later is a change until it is listed here).
 pub fn is_read(op: &str) -> bool {
-    matches!(op, "status" | "history" | "show" | "plan")
+    matches!(op, "status" | "history" | "show" | "plan" | "version")
 }
 
 /// The requests every connecting user may make, for messages.
-const READS: &str = "status, history, show, plan";
+const READS: &str = "status, history, show, plan, version";
 
 /// A user name for a uid ("uid N" when it has none).
 pub fn user_name(uid: u32) -> String {
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn reads_are_open_changes_are_not() {
-        for op in ["status", "history", "show", "plan"] {
+        for op in ["status", "history", "show", "plan", "version"] {
             assert!(authorize(&policy(None), &peer(1000, 1000, &[]), "u", op).is_ok());
         }
         for op in [
@@ -406,7 +406,7 @@ mod tests {
             e,
             "apply refused: uid 65534 (nobody) may not change this xlb daemon; changes are \
              allowed to root (uid 0) and members of group xlbops (gid 500); others may only \
-             read (status, history, show, plan)"
+             read (status, history, show, plan, version)"
         );
         let e = authorize(&policy(None), &peer(1000, 1000, &[]), "alice", "rollback").unwrap_err();
         assert!(e.contains("allowed to root (uid 0); others"), "{e}");
