@@ -1,6 +1,8 @@
 //! The daemon's HTTP side, on the metrics address (loopback by default):
 //! `/metrics` for Prometheus, `/api/status` (the `xlb status -o json`
-//! document) and `/`, the live status page that polls it.
+//! document), `/api/history` (the last hours: revisions, each backend's
+//! observed share, events; http_history.rs) and `/`, the live status page
+//! that polls them.
 //!
 //! Bounded so it cannot starve the daemon (docs/RELIABILITY.md):
 //! - at most `MAX_CONNECTIONS` connections; one more is closed at once
@@ -35,6 +37,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 
 use crate::daemon::controller::Controller;
+use crate::daemon::http_history::{Ring, SAMPLE_EVERY};
 use crate::daemon::metrics::Metrics;
 
 /// The status page: one file, no build step, no CDN.
@@ -58,6 +61,8 @@ type Shared = Arc<Mutex<Controller>>;
 struct State {
     controller: Shared,
     metrics: Arc<Metrics>,
+    /// The samples and events of the history, taken every `SAMPLE_EVERY`.
+    history: Arc<Mutex<Ring>>,
 }
 
 /// Bind now (so a taken port fails the daemon's start, not later).
@@ -72,6 +77,7 @@ fn app(state: State) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/api/status", get(status))
+        .route("/api/history", get(history))
         .route("/metrics", get(metrics))
         .layer(
             tower::ServiceBuilder::new()
@@ -193,10 +199,13 @@ pub async fn serve(listener: tokio::net::TcpListener, controller: Shared) -> any
         .unwrap_or_else(|p| p.into_inner())
         .metrics()
         .clone();
-    let app = app(State {
+    let state = State {
         controller,
         metrics: metrics.clone(),
-    });
+        history: Arc::new(Mutex::new(Ring::default())),
+    };
+    tokio::spawn(sample(state.clone()));
+    let app = app(state);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -301,6 +310,60 @@ async fn status(axum::extract::State(state): axum::extract::State<State>) -> Res
             .cloned(),
         Err(r) => Err(r),
     };
+    match json {
+        Ok(json) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            json,
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Every `SAMPLE_EVERY`, the published status document into the history's
+/// ring (the document is built once per tick and shared with the scrapes,
+/// so sampling builds it at most once per tick too).
+async fn sample(state: State) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Ok((_, status)) = document(&state).await {
+            let history = state.history.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .observe(&status);
+            })
+            .await;
+        }
+    }
+}
+
+/// `/api/history`: the ring's samples and events, and the revisions of the
+/// last hours read from the revision store.
+async fn history(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    let json = blocking(move || {
+        let revisions = {
+            let guard = state.controller.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.revisions().map(|s| s.list()) {
+                Some(Ok(list)) => list,
+                Some(Err(e)) => return Err(format!("reading the revisions: {e}")),
+                None => Vec::new(),
+            }
+        };
+        let doc = state
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .document(&revisions, xlb_core::clock::unix_now());
+        serde_json::to_vec(&doc).map_err(|e| e.to_string())
+    })
+    .await;
     match json {
         Ok(json) => (
             [

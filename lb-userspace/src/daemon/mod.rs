@@ -10,6 +10,7 @@ pub mod edit;
 pub mod fleet;
 pub mod health;
 pub mod http;
+pub mod http_history;
 pub mod metrics;
 pub mod notify;
 pub mod peer;
