@@ -2,7 +2,14 @@
 //! Chromium, served with fixture documents from a tiny HTTP server on
 //! 127.0.0.1. Needs no root; needs `chromium` (or `XLB_CHROMIUM`).
 //!
-//! `XLB_WRITE_SCREENSHOT=1` makes `renders_fixture` write docs/status-page.png;
+//! The history (`/api/history`): a forced bad weight change and its
+//! automatic rollback in order on the time line, the affected backend's
+//! observed share rising after the change and falling back after the
+//! rollback in the chart, the detector's events marked.
+//!
+//! `XLB_WRITE_SCREENSHOT=1` makes `renders_fixture` write docs/status-page.png
+//! and `history_shows_a_forced_change_and_its_rollback`
+//! docs/status-page-history.png;
 //! `XLB_SCREENSHOT_DIR=DIR` makes every test write DIR/<test>.png for review.
 
 use std::io::{Read, Write};
@@ -25,6 +32,15 @@ type StatusFn = dyn Fn(usize) -> (u16, String) + Send + Sync;
 /// Serves the page at `/` and `status` at `/api/status` from a thread; returns
 /// the base URL. The server lives until the test process exits.
 fn serve(status: impl Fn(usize) -> (u16, String) + Send + Sync + 'static) -> String {
+    serve_with_history(status, None)
+}
+
+/// `serve`, and `history` at `/api/history` (404 without one, as from a
+/// daemon before the history).
+fn serve_with_history(
+    status: impl Fn(usize) -> (u16, String) + Send + Sync + 'static,
+    history: Option<String>,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let status: Arc<StatusFn> = Arc::new(status);
@@ -33,13 +49,14 @@ fn serve(status: impl Fn(usize) -> (u16, String) + Send + Sync + 'static) -> Str
         for conn in listener.incoming().flatten() {
             let (status, polls) = (status.clone(), polls.clone());
             // One thread per connection: Chromium preconnects sockets it may never use.
-            std::thread::spawn(move || handle(conn, &*status, &polls));
+            let history = history.clone();
+            std::thread::spawn(move || handle(conn, &*status, &polls, history.as_deref()));
         }
     });
     url
 }
 
-fn handle(mut conn: TcpStream, status: &StatusFn, polls: &AtomicUsize) {
+fn handle(mut conn: TcpStream, status: &StatusFn, polls: &AtomicUsize, history: Option<&str>) {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut req = Vec::new();
     let mut buf = [0u8; 4096];
@@ -61,6 +78,11 @@ fn handle(mut conn: TcpStream, status: &StatusFn, polls: &AtomicUsize) {
             let (code, body) = status(polls.fetch_add(1, Ordering::SeqCst));
             (code, "application/json", body)
         }
+        "/api/history" if history.is_some() => (
+            200,
+            "application/json",
+            history.unwrap_or_default().to_string(),
+        ),
         _ => (404, "text/plain", "not found\n".to_string()),
     };
     let head = format!(
@@ -257,4 +279,195 @@ fn never_blank_without_data() {
     assert!(dom.contains("stale since"), "{dom}");
     assert!(dom.contains("No data received yet."), "{dom}");
     assert!(!dom.contains("data-vip="), "{dom}");
+}
+
+/// A history of VIP `web` over b1..b3 around `NOW`: revision 1 at start,
+/// revision 2 a forced `weight web b1 10` 80 s ago (rolled back by 3), revision 3
+/// the automatic rollback 40 s ago; b1's observed share a third, then about 0.62
+/// from 10 s after the change until the rollback, then a third again; the
+/// detector's imbalanced and balanced events between.
+fn history_fixture() -> Value {
+    const NOW: f64 = 1_764_000_000.0;
+    let samples: Vec<Value> = (0..=60)
+        .map(|i| {
+            let t = NOW - 120.0 + 2.0 * f64::from(i);
+            let hot = t >= NOW - 70.0 && t < NOW - 36.0;
+            let b1 = if hot { 0.62 } else { 0.333 };
+            let rest = (1.0 - b1) / 2.0;
+            json!({ "at_unix_seconds": t, "shares": [b1, rest + 0.01, rest - 0.01] })
+        })
+        .collect();
+    let predicted = |after: f64| {
+        json!([
+            { "vip": "web", "backend": "b1", "before_ratio": 0.3333, "after_ratio": after },
+            { "vip": "web", "backend": "b2", "before_ratio": 0.3333, "after_ratio": (1.0 - after) / 2.0 },
+            { "vip": "web", "backend": "b3", "before_ratio": 0.3333, "after_ratio": (1.0 - after) / 2.0 },
+        ])
+    };
+    json!({
+        "schema_version": 1, "generated_at_unix_seconds": NOW, "sample_every_seconds": 2.0,
+        "series": [ { "vip": "web", "backend": "b1" }, { "vip": "web", "backend": "b2" },
+                    { "vip": "web", "backend": "b3" } ],
+        "series_dropped": 0,
+        "samples": samples,
+        "events": [
+            { "at_unix_seconds": NOW - 50.0, "kind": "imbalanced", "vip": "web", "backend": "b1",
+              "detail": "new_flows: b1 gets 1.86x its expected share" },
+            { "at_unix_seconds": NOW - 30.0, "kind": "balanced", "vip": "web", "backend": null,
+              "detail": "within thresholds" },
+        ],
+        "revisions": [
+            { "number": 1, "at_unix_seconds": NOW - 600.0, "user": "root", "message": null,
+              "kind": "startup", "what": "start with /etc/xlb/xlb.toml", "forced": false, "reason": null,
+              "outcome": "baked", "outcome_detail": null, "predicted": [] },
+            { "number": 2, "at_unix_seconds": NOW - 80.0, "user": "alice", "message": "more to b1",
+              "kind": "edit", "what": "weight web b1 10", "forced": true, "reason": null,
+              "outcome": "rolled_back", "outcome_detail": "by 3: b1 imbalanced <b>",
+              "predicted": predicted(0.8333) },
+            { "number": 3, "at_unix_seconds": NOW - 40.0, "user": "xlb", "message": null,
+              "kind": "automatic_rollback", "what": "automatic rollback to 1", "forced": false,
+              "reason": "web: b1 imbalanced during the bake", "outcome": "applied",
+              "outcome_detail": null, "predicted": predicted(0.3333) },
+        ],
+    })
+}
+
+/// The (x, y) points of the polyline `data-series="<series>"`.
+fn points(dom: &str, series: &str) -> Vec<(f64, f64)> {
+    let tag = start_tag(dom, &format!("data-series=\"{series}\""));
+    let at = tag.find("points=\"").unwrap() + 8;
+    tag[at..tag[at..].find('"').unwrap() + at]
+        .split_whitespace()
+        .map(|p| {
+            let (x, y) = p.split_once(',').unwrap();
+            (x.parse().unwrap(), y.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The numeric attribute `name` of a start tag.
+fn attr(tag: &str, name: &str) -> f64 {
+    let at = tag.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+    tag[at..tag[at..].find('"').unwrap() + at].parse().unwrap()
+}
+
+#[test]
+fn history_shows_a_forced_change_and_its_rollback() {
+    let url = serve_with_history(
+        |_| (200, FIXTURE.to_string()),
+        Some(history_fixture().to_string()),
+    );
+    let page = load(&url, 1500, "history");
+    let dom = &page.dom;
+    let history = element(dom, "id=\"history\"", "</section>");
+
+    // The time line: the start, the forced change, its automatic rollback, in order.
+    let rows: Vec<usize> = ["1", "2", "3"]
+        .iter()
+        .map(|n| {
+            history
+                .find(&format!("<tr data-revision=\"{n}\""))
+                .unwrap_or_else(|| panic!("no row for revision {n}:\n{history}"))
+        })
+        .collect();
+    assert!(
+        rows[0] < rows[1] && rows[1] < rows[2],
+        "rows out of order: {rows:?}"
+    );
+    let forced = element(history, "data-revision=\"2\" data-kind", "</tr>");
+    assert!(forced.contains(">forced<"), "{forced}");
+    assert!(
+        forced.contains("weight web b1 10") && forced.contains(">alice<"),
+        "{forced}"
+    );
+    assert!(forced.contains("b1 33.3% → 83.3%"), "{forced}");
+    assert!(forced.contains(">rolled back<"), "{forced}");
+    // Text from the document stays text.
+    assert!(forced.contains("by 3: b1 imbalanced &lt;b&gt;"), "{forced}");
+    let rollback = element(history, "data-revision=\"3\" data-kind", "</tr>");
+    assert!(
+        rollback.contains("data-kind=\"automatic_rollback\""),
+        "{rollback}"
+    );
+    assert!(
+        rollback.contains("web: b1 imbalanced during the bake"),
+        "{rollback}"
+    );
+
+    // The chart: b1's share (a lower y is a larger share) rises after the
+    // change's line and falls back after the rollback's.
+    let x2 = attr(
+        start_tag(history, "class=\"rev forced\" data-revision=\"2\""),
+        "x1",
+    );
+    let x3 = attr(
+        start_tag(
+            history,
+            "class=\"rev automatic_rollback\" data-revision=\"3\"",
+        ),
+        "x1",
+    );
+    assert!(
+        x2 < x3,
+        "the change at x {x2} is not before its rollback at x {x3}"
+    );
+    let b1 = points(history, "web/b1");
+    assert_eq!(b1.len(), 61, "{b1:?}");
+    let before: Vec<f64> = b1.iter().filter(|p| p.0 < x2).map(|p| p.1).collect();
+    let during: Vec<f64> = b1
+        .iter()
+        .filter(|p| p.0 > x2 && p.0 < x3)
+        .map(|p| p.1)
+        .collect();
+    let after = b1.last().unwrap().1;
+    let highest = during.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        highest < before[0] - 40.0,
+        "b1 does not rise after the change: {before:?} then {during:?}"
+    );
+    assert!(
+        (after - before[0]).abs() < 1.0,
+        "b1 does not fall back: {after} vs {}",
+        before[0]
+    );
+    // b2 falls while b1 rises.
+    let b2 = points(history, "web/b2");
+    assert!(
+        b2.iter()
+            .any(|p| p.0 > x2 && p.0 < x3 && p.1 > b2[0].1 + 20.0),
+        "{b2:?}"
+    );
+    // The detector's verdicts are marked between the change and the rollback, and after.
+    let imbalanced = attr(start_tag(history, "data-event=\"imbalanced\""), "cx");
+    assert!(
+        x2 < imbalanced && imbalanced < x3,
+        "{imbalanced} not in ({x2}, {x3})"
+    );
+    assert!(attr(start_tag(history, "data-event=\"balanced\""), "cx") > x3);
+    assert!(
+        history.contains("web / b1 · imbalanced: new_flows: b1 gets 1.86x"),
+        "{history}"
+    );
+
+    browser::png_is_rendered(&page.screenshot_png).unwrap();
+    if std::env::var("XLB_WRITE_SCREENSHOT").as_deref() == Ok("1") {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/status-page-history.png"
+        );
+        std::fs::write(path, &page.screenshot_png).unwrap();
+    }
+}
+
+#[test]
+fn no_history_leaves_a_note_not_a_stale_page() {
+    let url = serve(|_| (200, FIXTURE.to_string()));
+    let page = load(&url, 1500, "no_history");
+    let dom = &page.dom;
+    assert!(
+        dom.contains("No history from this daemon (HTTP 404)"),
+        "{dom}"
+    );
+    assert!(start_tag(dom, "id=\"conn\"").contains("conn live"), "{dom}");
+    assert_backend_rows(dom, &fixture());
 }
