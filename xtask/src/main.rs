@@ -5,6 +5,7 @@
 //! - `test`: modcheck, setup, then every test (the command CI runs);
 //! - `demo`: setup, build, and run the namespace demo (`--fleet`: the fleet
 //!   behind an ECMP router, tests/src/bin/xlb-fleet-demo.rs);
+//! - `package`: setup, then the Debian package (package.rs);
 //! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
 //! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
 //!   the named ones; `dataplane` names the data-plane group);
@@ -13,6 +14,7 @@
 
 mod command;
 mod modcheck;
+mod package;
 mod setup;
 
 use anyhow::{Context as _, bail};
@@ -54,6 +56,16 @@ enum Cmd {
         /// Benches to run (file names in xtask/benches, or `dataplane` for the
         /// data-plane group); none runs them all.
         names: Vec<String>,
+    },
+    /// Run setup, then build the Debian package (release `xlb`, unit, man
+    /// pages, completions, deploy/ files) with cargo-deb; prints its path.
+    Package {
+        /// The package's version (default: the crate's, `0.1.0-1`).
+        #[arg(long)]
+        deb_version: Option<String>,
+        /// Where to write the .deb (default: target/debian/).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
     },
     /// Check that no module of any workspace crate imports in a cycle; exit 1
     /// naming the files and the names that make each cycle.
@@ -183,6 +195,12 @@ fn main() -> anyhow::Result<()> {
             run(&mut ebpf_clippy())?;
             // Build the `xlb` binary first: the end-to-end tests run it.
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
+            // The release build and the package, once: tests/tests/package.rs
+            // repackages it (other versions) without building again.
+            package::package(&package::Options {
+                deb_version: None,
+                output: None,
+            })?;
             // Every test binary runs even when one fails, so a run reports
             // every failure at once.
             run(cargo()
@@ -209,6 +227,17 @@ fn main() -> anyhow::Result<()> {
                 cmd.args(["--bench", bench]);
             }
             run(&mut cmd)
+        }
+        Cmd::Package {
+            deb_version,
+            output,
+        } => {
+            setup::setup()?;
+            package::package(&package::Options {
+                deb_version,
+                output,
+            })
+            .map(drop)
         }
         Cmd::Modcheck => {
             if modcheck::run()? > 0 {

@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: rust-src for nightly, bpf-linker linked against the
-//! nightly toolchain's own LLVM (TESTBED.md), Debian packages for the tests.
+//! nightly toolchain's own LLVM (TESTBED.md), cargo-deb (`cargo xtask
+//! package`), Debian packages for the tests.
 //! Each step checks first, so a second run finishes in seconds.
 
 use std::path::PathBuf;
@@ -38,7 +39,13 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "openssl",
+    // tests/tests/package.rs: `man xlb` from the installed package.
+    "man-db",
 ];
+
+/// cargo-deb, pinned: `cargo xtask package` (package.rs) builds the .deb
+/// with it.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 fn ok(cmd: &mut Command) -> bool {
     cmd.stdout(std::process::Stdio::null())
@@ -122,6 +129,27 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn cargo_deb() -> anyhow::Result<()> {
+    let present = output(Command::new("cargo").args(["deb", "--version"]));
+    if present
+        .as_deref()
+        .is_ok_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
+    {
+        println!("setup: cargo-deb {CARGO_DEB_VERSION}: present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB_VERSION} (about two minutes)");
+    run(Command::new("cargo").args([
+        "+stable",
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+        "--force",
+    ]))
+}
+
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
@@ -146,6 +174,7 @@ fn debian_packages() -> anyhow::Result<()> {
 pub fn setup() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     debian_packages()?;
     println!("setup: ready");
     Ok(())
