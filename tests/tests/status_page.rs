@@ -291,7 +291,7 @@ fn history_fixture() -> Value {
     let samples: Vec<Value> = (0..=60)
         .map(|i| {
             let t = NOW - 120.0 + 2.0 * f64::from(i);
-            let hot = t >= NOW - 70.0 && t < NOW - 36.0;
+            let hot = (NOW - 70.0..NOW - 36.0).contains(&t);
             let b1 = if hot { 0.62 } else { 0.333 };
             let rest = (1.0 - b1) / 2.0;
             json!({ "at_unix_seconds": t, "shares": [b1, rest + 0.01, rest - 0.01] })

@@ -137,7 +137,6 @@ impl Ring {
     /// The events of one VIP since the last sample.
     fn compare(&mut self, at: f64, vip: &VipStatus) {
         let mut events = Vec::new();
-        let first = !self.seen.contains_key(&vip.name);
         let seen = self.seen.entry(vip.name.clone()).or_default();
         let event = |kind, backend: Option<&str>, detail: String| Event {
             at_unix_seconds: at,
@@ -146,7 +145,9 @@ impl Ring {
             backend: backend.map(str::to_string),
             detail,
         };
-        if vip.drift.drifted != seen.drifted && !(first && !vip.drift.drifted) {
+        // A VIP seen for the first time starts from `Seen::default()`: only
+        // a drifted or imbalanced one is an event.
+        if vip.drift.drifted != seen.drifted {
             let (kind, detail) = if vip.drift.drifted {
                 (
                     EventKind::Drift,
@@ -159,7 +160,7 @@ impl Ring {
         }
         seen.drifted = vip.drift.drifted;
         let imbalanced = vip.imbalance.state == xlb_core::detect::State::Imbalanced;
-        if imbalanced != seen.imbalanced && !(first && !imbalanced) {
+        if imbalanced != seen.imbalanced {
             let kind = if imbalanced {
                 EventKind::Imbalanced
             } else {
