@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod fuzz_oracle;
 pub mod haproxy;
 pub mod logins;
+pub mod loss;
 pub mod netns;
 pub mod packets;
 pub mod privileges;

@@ -30,6 +30,7 @@ use anyhow::{Context as _, bail, ensure};
 use tests::client::{self, Exchange, Proto};
 use tests::confine::Bpffs;
 use tests::echo::{EchoServers, FaultKind, Held, LongConnections, Pace, probe};
+use tests::loss::retransmitted;
 use tests::servers::Servers;
 use tests::testbed::{TCP_PORT, Testbed, VIP4, VIP6};
 use tests::xlbd::{Daemon, xlb_binary};
@@ -353,39 +354,6 @@ fn restarts(dir: &Path) -> anyhow::Result<()> {
     );
     eprintln!("whole test {:?}", began.elapsed());
     Ok(())
-}
-
-/// TCP segments the client and the backends retransmitted so far, after
-/// a timeout or a duplicate ACK (a lost segment: TCP hides a short outage
-/// from the connections, not from this count). Tail loss probes, which a
-/// slow scheduler can send with nothing lost, are left out.
-fn retransmitted(bed: &Testbed) -> anyhow::Result<i64> {
-    // `name` in the "Prefix:" table of a /proc/net file: a header line of
-    // names, then a line of values.
-    fn field(text: &str, prefix: &str, name: &str) -> anyhow::Result<i64> {
-        let mut lines = text.lines().filter(|l| l.starts_with(prefix));
-        let (names, values) = (
-            lines.next().context("header")?,
-            lines.next().context("values")?,
-        );
-        let at = names
-            .split_whitespace()
-            .position(|n| n == name)
-            .with_context(|| format!("no {name}"))?;
-        Ok(values
-            .split_whitespace()
-            .nth(at)
-            .context("value")?
-            .parse()?)
-    }
-    let mut total = 0;
-    for host in std::iter::once(&bed.client).chain(&bed.backends) {
-        let snmp = host.ns.exec(&["cat", "/proc/net/snmp"])?;
-        let netstat = host.ns.exec(&["cat", "/proc/net/netstat"])?;
-        total +=
-            field(&snmp, "Tcp:", "RetransSegs")? - field(&netstat, "TcpExt:", "TCPLossProbes")?;
-    }
-    Ok(total)
 }
 
 fn check_new(exchanges: &[Exchange], seconds: f64) -> anyhow::Result<()> {
