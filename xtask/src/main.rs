@@ -5,7 +5,8 @@
 //! - `test`: modcheck, setup, then every test (the command CI runs);
 //! - `demo`: setup, build, and run the namespace demo (`--fleet`: the fleet
 //!   behind an ECMP router, tests/src/bin/xlb-fleet-demo.rs);
-//! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
+//! - `incident-replay [--fleet]`: setup, build, and replay the outage on one node
+//!   or on a fleet (docs/INCIDENT.md);
 //! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
 //!   the named ones; `dataplane` names the data-plane group);
 //! - `modcheck`: check that no module of any workspace crate imports in a
@@ -48,7 +49,12 @@ enum Cmd {
     },
     /// Run setup, build, then the replay of the outage behind xlb in network
     /// namespaces (docs/INCIDENT.md); exit 1 when it misses a goal.
-    IncidentReplay,
+    IncidentReplay {
+        /// On a fleet instead: three nodes behind an ECMP router with etcd,
+        /// the change as a rollout with a canary and on all three at once.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Run the benchmarks (xtask/benches); results go to docs/BENCHMARKS.md by hand.
     Bench {
         /// Benches to run (file names in xtask/benches, or `dataplane` for the
@@ -222,10 +228,15 @@ fn main() -> anyhow::Result<()> {
             let demo = if fleet { "xlb-fleet-demo" } else { "xlb-demo" };
             run(cargo().args(["run", "-p", "tests", "--bin", demo]))
         }
-        Cmd::IncidentReplay => {
+        Cmd::IncidentReplay { fleet } => {
             setup::setup()?;
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
-            run(cargo().args(["run", "-p", "tests", "--bin", "xlb-incident"]))
+            let replay = if fleet {
+                "xlb-fleet-incident"
+            } else {
+                "xlb-incident"
+            };
+            run(cargo().args(["run", "-p", "tests", "--bin", replay]))
         }
     }
 }

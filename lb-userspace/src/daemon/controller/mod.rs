@@ -158,6 +158,9 @@ pub struct Controller {
     metrics_bound: Option<std::net::SocketAddr>,
     /// What the node announces to its routers (announce.rs).
     announcing: Announcing,
+    /// The node's place in its fleet, as the fleet agent last set it
+    /// (None without `--fleet`).
+    fleet: Option<xlb_core::status::FleetNodeStatus>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -215,6 +218,7 @@ impl Controller {
             config_file: None,
             metrics_bound: None,
             announcing: Announcing::default(),
+            fleet: None,
         }
     }
 
