@@ -16,6 +16,7 @@
 //!   metrics, is skipped by a rollout, and converges when it returns;
 //! - etcd stopped: forwarding, health checks and the local status go on;
 //!   on its return nothing is lost and the fleet agrees again;
+//! - a local drain on a node is reported as a divergence;
 //!
 //! and through all of it not one connection fails.
 
@@ -355,6 +356,18 @@ fn scenario(fleet: &mut Fleet, store: &Store, dir: &Path, files: &[PathBuf]) -> 
         eprintln!(
             "etcd stopped and started again: the fleet agrees {:?} after the stop",
             stopped.elapsed()
+        );
+
+        // A local change on a fleet node is allowed, and reported as a
+        // divergence: `fleet status` exits 1 naming it.
+        let (code, out) = fleet.nodes[2].xlb(&["drain", "web", "b1"])?;
+        ensure!(code == 0, "a local drain on n23: {out}");
+        let doc = store.wait_for(&fleet.router, "n23 reported diverged", 30, |code, d| {
+            code == 1 && node(d, "n23").is_some_and(|r| r["diverged"].is_string())
+        })?;
+        ensure!(
+            node(&doc, "n22").is_some_and(|r| r["diverged"].is_null()),
+            "{doc}"
         );
         Ok(())
     }
