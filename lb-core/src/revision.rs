@@ -472,4 +472,46 @@ a = 1
         assert_eq!(format_when(1e12), "-");
         assert_eq!(format_when(0.0), "1970-01-01T00:00:00Z");
     }
+
+    /// `xlb diff`: the texts' unified diff, and the plan from the first
+    /// revision to the second, the very plan `plan::plan` makes.
+    #[test]
+    fn diff_of_two_revisions_is_the_text_diff_and_the_plan() {
+        let text = include_str!("../../examples/xlb.toml");
+        let changed = text.replacen("weight = 2", "weight = 3", 1);
+        let (a, b) = (rev(3, text), rev(5, &changed));
+        let d = diff(&a, &b).unwrap();
+        assert_eq!((d.from.revision, d.to.revision), (3, 5));
+        assert!(
+            d.config_diff.starts_with(
+                "--- revision 3 (/etc/xlb/xlb.toml)\n+++ revision 5 (/etc/xlb/xlb.toml)\n@@ "
+            ),
+            "{}",
+            d.config_diff
+        );
+        assert!(d.config_diff.contains("\n-  weight = 2\n+  weight = 3\n"));
+        let parse = |t: &str| crate::config::parse(t, "x").unwrap();
+        let mut want = crate::plan::plan(&parse(text), &parse(&changed)).unwrap();
+        want.base_revision = Some(3);
+        assert_eq!(d.plan, want);
+        let shown = render_diff(&d);
+        assert!(shown.starts_with("--- revision 3"), "{shown}");
+        assert!(
+            shown
+                .contains("\nfrom revision 3 to revision 5 (shares: 3 -> 5):\nplan: 1 VIP changed"),
+            "{shown}"
+        );
+        // The same text: said so, and a plan without changes.
+        let same = diff(&a, &rev(4, text)).unwrap();
+        assert!(same.config_diff.is_empty() && !same.plan.changed);
+        assert!(render_diff(&same).starts_with("revisions 3 and 4: the same config text\n"));
+        // A text that does not validate names its revision and position.
+        let e = diff(&a, &rev(6, "interface = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("revision 6: its config does not validate today: revision 6:1:"),
+            "{e}"
+        );
+    }
 }
