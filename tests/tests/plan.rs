@@ -69,8 +69,11 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         "offline plan against revision 1: {out:?}"
     );
     let out = daemon.xlb(&["apply", &bad])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        code(&out) == 1 && String::from_utf8_lossy(&out.stderr).contains("b1: predicted share"),
+        code(&out) == 1
+            && stderr.contains("b1: predicted share")
+            && stderr.contains("(the same command with --force applies it anyway)"),
         "apply bad: {out:?}"
     );
     ensure!(
