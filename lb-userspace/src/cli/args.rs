@@ -204,7 +204,8 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Compare the nodes of a fleet behind ECMP.
+    /// The fleet behind ECMP: its nodes compared, and its revisions in
+    /// etcd planned, rolled out, rolled back and listed.
     #[command(subcommand)]
     Fleet(FleetCommand),
     /// This node in its fleet: withdraw every VIP from the routers
