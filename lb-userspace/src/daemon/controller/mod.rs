@@ -60,7 +60,7 @@ pub enum ApplyError {
     #[error("{0}")]
     Plan(#[from] xlb_core::plan::PlanError),
     /// A safety check refused the change (exit 1).
-    #[error("refused by the safety checks (apply with --force to override):\n{0}")]
+    #[error("refused by the safety checks (the same command with --force applies it anyway):\n{0}")]
     Refused(String),
     /// A reviewed plan no longer applies (exit 1).
     #[error(
