@@ -343,31 +343,21 @@ fn prepare<'a>(
     } else {
         targets::DSR_HIT
     };
-    let mut rows = vec![SingleRow {
-        label: format!("{who} {name}: conn-table hit"),
+    let row = |what: &str, frame: Vec<u8>, forget, target| SingleRow {
+        label: format!("{who} {name}: {what}"),
         prog: balancer,
-        ctx: fib.ctx(hit.len()),
-        frame: hit,
-        forget: None,
+        ctx: fib.ctx(frame.len()),
+        frame,
+        forget,
         action: XDP_TX,
-        target: Some(hit_target),
+        target: Some(target),
         table,
-    }];
+    };
+    let mut rows = Vec::new();
     if filed {
-        rows.insert(
-            0,
-            SingleRow {
-                label: format!("{who} {name}: new flow"),
-                prog: balancer,
-                ctx: fib.ctx(new.len()),
-                frame: new,
-                forget: Some(key),
-                action: XDP_TX,
-                target: Some(targets::NEW_FLOW),
-                table,
-            },
-        );
+        rows.push(row("new flow", new, Some(key), targets::NEW_FLOW));
     }
+    rows.push(row("conn-table hit", hit, None, hit_target));
     if family == Family::V4 {
         // A UDP datagram of a known flow: the DSR VIP is `dns`, the tunnel
         // methods' are `<method>-udp` on the TCP VIP's port.
@@ -382,16 +372,7 @@ fn prepare<'a>(
             frames::check(method, family, &udp, action, &out)
                 .map_err(|e| anyhow::anyhow!("{name}, UDP: {e}"))?;
         }
-        rows.push(SingleRow {
-            label: format!("{who} {name}: UDP, known flow"),
-            prog: balancer,
-            ctx: fib.ctx(udp.len()),
-            frame: udp,
-            forget: None,
-            action: XDP_TX,
-            target: Some(target),
-            table,
-        });
+        rows.push(row("UDP, known flow", udp, None, target));
     }
     Ok((note, rows))
 }
