@@ -65,6 +65,46 @@ impl HeldChunk {
     }
 }
 
+/// What `xlb status` says of the held flows (`fleet.held`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeldStatus {
+    /// This node's held flows as last published, and when (Unix seconds).
+    pub published: u64,
+    pub published_at_unix_seconds: f64,
+    /// Per VIP and backend: this node's held flows (the flows that rely on
+    /// the replication).
+    pub per_backend: Vec<HeldCount>,
+    /// Other nodes' entries inserted into this node's table, and those it
+    /// already had its own entry for, since the start.
+    pub installed: u64,
+    pub present: u64,
+    /// From another node's scan to the insertion here, for the last record
+    /// installed.
+    pub delay_seconds: Option<f64>,
+}
+
+/// Held flows of one backend.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeldCount {
+    pub vip: String,
+    pub backend: String,
+    pub flows: u64,
+}
+
+impl HeldStatus {
+    /// `held flows: 75 published, 140 installed from other nodes (delay 0.42 s)`.
+    pub fn line(&self) -> String {
+        let delay = self
+            .delay_seconds
+            .map(|d| format!(" (delay {d:.2} s)"))
+            .unwrap_or_default();
+        format!(
+            "held flows: {} published, {} installed from other nodes{delay}",
+            self.published, self.installed
+        )
+    }
+}
+
 /// A connection table's held flows: per (VIP index, backend index) of the
 /// desired state, the flows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -82,18 +122,20 @@ impl Selection {
         self.held.values().map(Vec::len).sum()
     }
 
-    /// Held flows per (VIP name, backend name): what `xlb plan` and
-    /// `/metrics` show.
-    pub fn per_backend(&self, desired: &Desired) -> BTreeMap<(String, String), u64> {
-        let mut out = BTreeMap::new();
-        for (&(v, b), flows) in &self.held {
-            let vip = &desired.vips[v];
-            out.insert(
-                (vip.config.name.clone(), vip.config.backends[b].name.clone()),
-                flows.len() as u64,
-            );
-        }
-        out
+    /// Held flows per VIP and backend: what `xlb status` and `/metrics`
+    /// show.
+    pub fn per_backend(&self, desired: &Desired) -> Vec<HeldCount> {
+        self.held
+            .iter()
+            .map(|(&(v, b), flows)| {
+                let vip = &desired.vips[v];
+                HeldCount {
+                    vip: vip.config.name.clone(),
+                    backend: vip.config.backends[b].name.clone(),
+                    flows: flows.len() as u64,
+                }
+            })
+            .collect()
     }
 }
 
