@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use tests::echo::{FaultKind, LongConnections, Pace};
+use tests::echo::FaultKind;
 use tests::fleet::{Fleet, NodeConfig, Spec, Stream, StreamReport};
 use tests::netns::Netns;
 use tests::testbed::{TCP_PORT, VIP4};
@@ -46,21 +46,7 @@ fn a_drained_backends_flows_survive_a_node_withdrawn() {
             ])
         };
         let fleet = Fleet::build("xsc", dir, spec)?;
-        let pace = Pace {
-            gap: Duration::from_millis(200),
-            stall: Duration::from_secs(8),
-            max_life: Duration::from_secs(120),
-        };
-        let long = LongConnections::open(
-            &fleet.client,
-            &[V4; LONG_LIVED],
-            pace,
-            Duration::from_millis(5),
-        );
-        ensure!(
-            long.wait_settled(Duration::from_secs(20)),
-            "the long-lived connections were not all established within 20 s"
-        );
+        let long = fleet.long_lived(V4, LONG_LIVED, Duration::from_secs(120))?;
 
         // Drain b3 everywhere.
         let drained = Instant::now();
