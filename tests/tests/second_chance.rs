@@ -12,9 +12,13 @@
 //! replication the flows on b3 that node 0 carried are reset (the issue saw
 //! 32 of 200); the test asserts none is, none changes backend, and no new
 //! connection fails meanwhile, and that the replication did carry node 0's
-//! held flows (so the check can fail).
+//! held flows (so the check can fail). The same with a weight change
+//! (b1 1 -> 4) instead of the drain: the flows it moved off their backend
+//! are held the same way.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -32,10 +36,41 @@ const LONG_LIVED: usize = 200;
 /// bound, the figure is printed).
 const REPLICATION_BOUND: Duration = Duration::from_secs(20);
 
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn a_drained_backends_flows_survive_a_node_withdrawn() {
     tests::require_privileges!();
-    tests::in_workdir("second-chance", |dir| {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tests::in_workdir("second-chance-drain", |dir| {
+        survives(
+            dir,
+            "xsd",
+            "drain of b3",
+            &["drain", "web", "b3", "--force"],
+        )
+    });
+}
+
+#[test]
+fn flows_a_weight_change_moved_survive_a_node_withdrawn() {
+    tests::require_privileges!();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tests::in_workdir("second-chance-weight", |dir| {
+        survives(
+            dir,
+            "xsw",
+            "weight of b1 1 -> 4",
+            &["weight", "web", "b1", "4", "--force"],
+        )
+    });
+}
+
+/// The fleet with etcd, 200 long-lived connections, `change` made on every
+/// node (`xlb` arguments), the held flows replicated, node 0 withdrawn:
+/// nothing reset or moved, no new connection failed.
+fn survives(dir: &Path, prefix: &str, what: &str, change: &[&str]) -> anyhow::Result<()> {
+    {
         let spec = Spec {
             store: Some("edge".into()),
             node_args: ["--bake-window", "0s"].map(String::from).to_vec(),
@@ -45,16 +80,16 @@ fn a_drained_backends_flows_survive_a_node_withdrawn() {
                 NodeConfig::default(),
             ])
         };
-        let fleet = Fleet::build("xsc", dir, spec)?;
+        let fleet = Fleet::build(prefix, dir, spec)?;
         let long = fleet.long_lived(V4, LONG_LIVED, Duration::from_secs(120))?;
 
-        // Drain b3 everywhere.
+        // The change on every node.
         let drained = Instant::now();
         for node in &fleet.nodes {
-            let (code, out) = node.xlb(&["drain", "web", "b3", "--force"])?;
+            let (code, out) = node.xlb(change)?;
             ensure!(
                 code == 0,
-                "{}: xlb drain web b3: exit {code}: {out}",
+                "{}: xlb {change:?}: exit {code}: {out}",
                 node.port
             );
         }
@@ -97,7 +132,7 @@ fn a_drained_backends_flows_survive_a_node_withdrawn() {
             })
             .collect();
         println!(
-            "drain of b3 on 3 nodes: held flows published {published:?}, installed {installed:?}, \
+            "{what} on 3 nodes: held flows published {published:?}, installed {installed:?}, \
              within {replicated:?} of the first drain; last record's delay per node (s): {delays:?}"
         );
 
@@ -124,7 +159,7 @@ fn a_drained_backends_flows_survive_a_node_withdrawn() {
             .map(|h| format!("{}: {:?}", h.id, h.fault))
             .collect();
         println!(
-            "node 0 withdrawn: long-lived {LONG_LIVED}: {reset} reset, {moved} on another backend, \
+            "{what}, node 0 withdrawn: long-lived {LONG_LIVED}: {reset} reset, {moved} on another backend, \
              faults {faults:?}; new connections {} attempted, {} failed, {} delayed",
             report.attempts, report.failed, report.delayed
         );
@@ -153,5 +188,5 @@ fn a_drained_backends_flows_survive_a_node_withdrawn() {
                 .join("\n")
         );
         Ok(())
-    });
+    }
 }
