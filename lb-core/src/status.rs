@@ -91,6 +91,9 @@ pub struct FleetNodeStatus {
     pub last: Option<String>,
     /// A local change made outside the fleet since its last fleet apply.
     pub diverged: Option<String>,
+    /// The held flows replicated through the store (second chance).
+    #[serde(default)]
+    pub held: Option<crate::held::HeldStatus>,
 }
 
 impl FleetNodeStatus {
@@ -119,6 +122,9 @@ impl FleetNodeStatus {
         }
         if let Some(d) = &self.diverged {
             line.push_str(&format!("; DIVERGED: {d}"));
+        }
+        if let Some(h) = &self.held {
+            line.push_str(&format!("; {}", h.line()));
         }
         line
     }
@@ -995,6 +1001,7 @@ mod tests {
             serving: Some(5),
             target: Some(5),
             last: Some("5 baked".into()),
+            held: None,
             diverged: None,
         };
         assert_eq!(

@@ -678,6 +678,33 @@ impl Fleet {
     }
 
     /// The nodes' status URLs.
+    /// `n` long-lived connections from the client to `target`, each
+    /// exchanging every 200 ms for at most `max_life`; all established
+    /// (bounded: 20 s).
+    pub fn long_lived(
+        &self,
+        target: SocketAddr,
+        n: usize,
+        max_life: Duration,
+    ) -> anyhow::Result<crate::echo::LongConnections> {
+        let pace = crate::echo::Pace {
+            gap: Duration::from_millis(200),
+            stall: Duration::from_secs(8),
+            max_life,
+        };
+        let long = crate::echo::LongConnections::open(
+            &self.client,
+            &vec![target; n],
+            pace,
+            Duration::from_millis(5),
+        );
+        ensure!(
+            long.wait_settled(Duration::from_secs(20)),
+            "the long-lived connections were not all established within 20 s"
+        );
+        Ok(long)
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.url.clone()).collect()
     }

@@ -131,6 +131,7 @@ impl Agent {
             target: self.target,
             last,
             diverged: self.diverged.clone(),
+            held: None,
         }
     }
 

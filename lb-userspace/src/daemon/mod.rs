@@ -9,6 +9,7 @@ pub mod controller;
 pub mod edit;
 pub mod fleet;
 pub mod health;
+pub mod held;
 pub mod http;
 pub mod metrics;
 pub mod notify;
@@ -166,6 +167,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             r = announce::serve(controller.clone(), routes.clone(), wake) => r,
             r = announce::stop(controller.clone(), routes.clone(), opts.withdraw_grace) => r,
             r = fleet::serve(controller.clone(), opts.fleet.clone()) => r,
+            r = held::serve(controller.clone(), opts.fleet.clone()) => r,
         }
     });
     notify::stopping();

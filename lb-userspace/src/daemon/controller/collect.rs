@@ -158,10 +158,18 @@ impl Controller {
         status.config_file = self.config_file.clone();
         self.annotate_announce(&mut status);
         status.fleet = self.fleet.clone();
+        if let Some(f) = status.fleet.as_mut() {
+            f.held = self.held.clone();
+        }
         Ok(status)
     }
 
     /// The fleet agent's view of the fleet, for the status.
+    /// What the held-flow replication (daemon/held.rs) did last.
+    pub fn set_held(&mut self, held: xlb_core::held::HeldStatus) {
+        self.held = Some(held);
+    }
+
     pub fn set_fleet(&mut self, fleet: FleetNodeStatus) {
         self.fleet = Some(fleet);
     }

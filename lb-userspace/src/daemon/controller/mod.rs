@@ -161,6 +161,9 @@ pub struct Controller {
     /// The node's place in its fleet, as the fleet agent last set it
     /// (None without `--fleet`).
     fleet: Option<xlb_core::status::FleetNodeStatus>,
+    /// The held-flow replication's counts (daemon/held.rs; None without
+    /// `--fleet`).
+    held: Option<xlb_core::held::HeldStatus>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -219,6 +222,7 @@ impl Controller {
             metrics_bound: None,
             announcing: Announcing::default(),
             fleet: None,
+            held: None,
         }
     }
 
@@ -275,6 +279,12 @@ impl Controller {
 
     pub fn revisions(&self) -> Option<&Store> {
         self.revisions.as_ref()
+    }
+
+    /// The desired state of the live revision (None before the first
+    /// apply).
+    pub fn applied(&self) -> Option<&Desired> {
+        self.applied.as_ref()
     }
 
     /// A handle to the connection table, to count it without this lock.
