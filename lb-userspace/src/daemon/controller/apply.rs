@@ -392,7 +392,9 @@ impl Controller {
         let empty = Allocation::default();
         let previous = self.applied.as_ref();
         let started = Instant::now();
-        let mut desired = state::desired(config, previous.map_or(&empty, |p| &p.allocation))?;
+        // Only the tables whose inputs changed are built again.
+        let mut desired =
+            state::desired_reusing(config, previous.map_or(&empty, |p| &p.allocation), previous)?;
         // Backends the checks call down stay out of the new tables.
         let memberships =
             xlb_core::health::patch_desired(&health::lock(&self.health), &mut desired);
