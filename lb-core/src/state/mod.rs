@@ -171,7 +171,7 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
 /// Whether `a` and `b` build the same Maglev table: same size, same seed,
 /// the same table backends (names and weights, in order). The table depends
 /// on nothing else (`maglev::build`).
-fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> bool {
+pub(crate) fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> bool {
     a_seed == b_seed
         && a.table_size == b.table_size
         && a.table_backends()

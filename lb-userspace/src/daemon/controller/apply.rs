@@ -38,7 +38,10 @@ impl Controller {
                 ..candidate.config.clone()
             },
         };
-        let mut plan = xlb_core::plan::plan(&base, &candidate.config)?;
+        // The applied tables stand for the base's; only changed VIPs'
+        // tables are built.
+        let mut plan =
+            xlb_core::plan::plan_over(&base, self.applied.as_ref(), &candidate.config)?;
         plan.base_revision = Some(self.revision);
         // What this daemon runs with, not only what was applied: the
         // interface, the pinned table's size, the bound metrics address.
