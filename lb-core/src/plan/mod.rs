@@ -57,9 +57,10 @@ pub fn plan_over(
         .vips
         .iter()
         .map(|v| {
-            match applied_by_name.get(v.name.as_str()).filter(|a| {
-                same_table_inputs(&a.config, applied_seed, v, base.hash_seed)
-            }) {
+            match applied_by_name
+                .get(v.name.as_str())
+                .filter(|a| same_table_inputs(&a.config, applied_seed, v, base.hash_seed))
+            {
                 Some(a) => Ok(Built::from_table(a.table.clone(), base.hash_seed, v.hash)),
                 None => flows::build(v, base.hash_seed).map_err(|source| PlanError::Maglev {
                     which: "base",

@@ -165,7 +165,7 @@ pub fn global_config(host: &HostInterface, config: &Config) -> GlobalConfig {
 /// Compute the desired kernel state for `config`, keeping the ids of
 /// everything `previous` already placed.
 pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateError> {
-    desired_reusing(config, previous, None)
+    desired_reusing(config, previous, None, &|| {})
 }
 
 /// Whether `a` and `b` build the same Maglev table: same size, same seed,
@@ -184,10 +184,13 @@ pub(crate) fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> b
 /// from there instead of building it again: an apply that changes one VIP
 /// builds one table. `built`'s tables are never health-patched
 /// (`DesiredVip::table`), so they are what `maglev::build` would return.
+/// `progress` is called after each table built (the daemon's watchdog
+/// hears a long build progress).
 pub fn desired_reusing(
     config: &Config,
     previous: &Allocation,
     built: Option<&Desired>,
+    progress: &dyn Fn(),
 ) -> Result<Desired, StateError> {
     let built_by_name: HashMap<&str, &DesiredVip> = built
         .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
@@ -280,12 +283,15 @@ pub fn desired_reusing(
                         weight: b.weight,
                     })
                     .collect();
-                maglev::build(&inputs, v.table_size, config.hash_seed).map_err(|source| {
-                    StateError::Maglev {
-                        vip: v.name.clone(),
-                        source,
-                    }
-                })?
+                let table =
+                    maglev::build(&inputs, v.table_size, config.hash_seed).map_err(|source| {
+                        StateError::Maglev {
+                            vip: v.name.clone(),
+                            source,
+                        }
+                    })?;
+                progress();
+                table
             }
         };
         let slots = if table.slots.is_empty() {
@@ -461,8 +467,20 @@ mod tests {
             two_vips(4, 1, "02:00:00:00:00:12", 1031),
         ] {
             let full = desired(&next, &before.allocation).unwrap();
-            let reused = desired_reusing(&next, &before.allocation, Some(&before)).unwrap();
+            let builds = std::cell::Cell::new(0);
+            let reused = desired_reusing(&next, &before.allocation, Some(&before), &|| {
+                builds.set(builds.get() + 1)
+            })
+            .unwrap();
             assert_eq!(reused, full);
+            // Only the tables whose inputs changed were built.
+            let changed = next
+                .vips
+                .iter()
+                .zip(&first.vips)
+                .filter(|(n, f)| !same_table_inputs(f, first.hash_seed, n, next.hash_seed))
+                .count();
+            assert_eq!(builds.get(), changed);
         }
     }
 
