@@ -196,18 +196,33 @@ fn start(ns: &Netns, config: &Path, dir: &Path) -> anyhow::Result<(Daemon, Durat
     }
 }
 
-/// One GET of /metrics from inside `ns`: its wall time.
+/// Tries of one scrape: under scrape load the daemon may refuse a
+/// connection past its cap or time out a request it had no time to read
+/// (408); a client then tries again.
+const SCRAPE_TRIES: usize = 20;
+
+/// One GET of /metrics from inside `ns`: its wall time, tries included.
 fn scrape(ns: &Netns) -> anyhow::Result<Duration> {
     ns.spawn(|| {
         let started = Instant::now();
-        let mut body = Vec::new();
-        ureq::get(&format!("http://{METRICS}/metrics"))
-            .timeout(Duration::from_secs(60))
-            .call()?
-            .into_reader()
-            .read_to_end(&mut body)?;
-        ensure!(!body.is_empty(), "an empty scrape");
-        Ok(started.elapsed())
+        let mut last = None;
+        for _ in 0..SCRAPE_TRIES {
+            let mut body = Vec::new();
+            let got = ureq::get(&format!("http://{METRICS}/metrics"))
+                .timeout(Duration::from_secs(60))
+                .call()
+                .map_err(anyhow::Error::from)
+                .and_then(|r| Ok(r.into_reader().read_to_end(&mut body)?));
+            match got {
+                Ok(_) if !body.is_empty() => return Ok(started.elapsed()),
+                Ok(_) => last = Some(anyhow::anyhow!("an empty scrape")),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow::anyhow!("no try"))
+            .context(format!("{SCRAPE_TRIES} tries of /metrics")))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("scrape panicked"))?
