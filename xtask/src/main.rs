@@ -76,6 +76,7 @@ const BENCHES: &[&str] = &[
     "observe",
     "scrape_load",
     "fleet_status",
+    "control",
 ];
 
 /// Names that stand for several benches. `dataplane` is the issue's
@@ -204,7 +205,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { names } => {
             let benches = benches_named(&names)?;
             setup::setup()?;
-            if benches.contains(&"scrape_load") || benches.contains(&"fleet_status") {
+            if ["scrape_load", "fleet_status", "control"]
+                .iter()
+                .any(|b| benches.contains(b))
+            {
                 // They run `xlb` (the daemon, the CLI): the release binary
                 // beside the bench (tests::xlbd::xlb_binary looks there).
                 run(cargo().args(["build", "--release", "-p", "lb-userspace", "--bin", "xlb"]))?;

@@ -1194,3 +1194,36 @@ fn draining_one_of_three_passes_at_every_table_size() {
         );
     }
 }
+
+// ---- tables taken from the applied state ----
+
+/// Planning over the applied state's tables (the daemon's way: only changed
+/// VIPs' tables built) gives the plan that building every table gives.
+#[test]
+fn planning_over_the_applied_tables_is_planning_from_scratch() {
+    let two = |seed: u32, w: u32, size: u32| {
+        let mut a = vip("web", M, (0..4).map(|i| backend(i, 1)).collect());
+        set_weight(&mut a.backends[0], w);
+        let mut b = vip("api", size, (0..3).map(|i| backend(i, 1)).collect());
+        b.address = "198.18.100.2".parse().unwrap();
+        config(seed, vec![a, b])
+    };
+    let base = two(7, 1, 4091);
+    let applied = state::desired(&base, &Default::default()).unwrap();
+    for candidate in [
+        two(7, 1, 4091),
+        two(7, 3, 4091),
+        two(7, 1, 4079),
+        two(8, 1, 4091),
+        config(7, vec![vip("web", M, vec![backend(0, 1)])]),
+    ] {
+        assert_eq!(
+            plan_over(&base, Some(&applied), &candidate).unwrap(),
+            plan(&base, &candidate).unwrap()
+        );
+        assert_eq!(
+            plan_over(&base, None, &candidate).unwrap(),
+            plan(&base, &candidate).unwrap()
+        );
+    }
+}
