@@ -94,7 +94,10 @@ fn run(dir: &Path) -> anyhow::Result<()> {
             backends: 3,
             echo: true,
             configs: [start.clone(), start.clone(), start],
-            node_args: ["--bake-window", "6s", "--bake-hold", "1s"]
+            // A 3 s hold: with a third of the traffic on each node, a
+            // second of packet-share noise must not roll a good change back
+            // (the persistent skew of the bad change holds far longer).
+            node_args: ["--bake-window", "10s", "--bake-hold", "3s"]
                 .map(String::from)
                 .to_vec(),
             store: Some("t".into()),
