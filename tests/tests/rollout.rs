@@ -29,7 +29,7 @@ use anyhow::{Context as _, ensure};
 use tests::etcd::{Etcd, Store, node};
 use tests::fleet::{self, Fleet, NodeConfig, Spec, StreamReport};
 use tests::netns::Netns;
-use tests::testbed::{TCP_PORT, VIP4, VIP6};
+use tests::testbed::{self, TCP_PORT, VIP4, VIP6};
 use tests::xlbd::describe;
 
 #[test]
@@ -41,21 +41,10 @@ fn a_fleet_rolls_out_with_a_canary_and_rolls_back_as_a_whole() {
 /// The fleet's config with the given weights, capacities 1:1:2 and a short
 /// detection window (as tests/tests/bake.rs), so a bake judges in seconds.
 fn config(weights: [u32; 3]) -> String {
-    let mut text = fleet::config(&NodeConfig {
+    testbed::with_capacities_and_short_window(fleet::config(&NodeConfig {
         hash_seed: 1,
         weights,
-    });
-    for (b, capacity) in [("b1", 1), ("b2", 1), ("b3", 2)] {
-        text = text.replace(
-            &format!("name = \"{b}\"\n"),
-            &format!("name = \"{b}\"\ncapacity = {capacity}\n"),
-        );
-    }
-    text.replacen(
-        "hash_seed = 1\n",
-        "hash_seed = 1\n\n[imbalance]\nwindow = \"3s\"\nmin_new_flow_rate = 5\n",
-        1,
-    )
+    }))
 }
 
 /// `GET url` from inside `ns`.
