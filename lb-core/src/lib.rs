@@ -17,6 +17,8 @@
 //! - `announce`: which VIP addresses the node announces to its routers;
 //! - `plan`: a change's diff, predicted shares, flows moved, safety checks;
 //! - `simulate`: the flow hash's pick, as the kernel makes it;
+//! - `held`: the flows only one node's connection table keeps on their
+//!   backend, selected, cut into records, translated into local ids;
 //! - `fleet`: what decides a new flow's backend, fingerprinted and compared
 //!   across nodes;
 //! - `status`: the status document (the health monitor's views added) and
@@ -39,6 +41,7 @@ pub mod drift;
 pub mod edit;
 pub mod fleet;
 pub mod health;
+pub mod held;
 pub mod host;
 pub mod maglev;
 pub mod plan;

@@ -236,6 +236,110 @@ pub fn render_revision(rev: &Revision) -> String {
     out
 }
 
+/// `xlb diff A B`: two revisions compared, the way `xlb plan` would compare
+/// them: the unified diff of their config texts, and the plan from the
+/// first to the second (each VIP's predicted shares under both, through
+/// the same `plan::plan`, so it never disagrees with `xlb plan`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RevisionDiff {
+    /// [`DIFF_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    pub from: DiffSide,
+    pub to: DiffSide,
+    /// The unified diff (3 lines of context) of the config texts; empty
+    /// when they are the same text.
+    pub config_diff: String,
+    /// The plan from `from` to `to` (`base_revision` is `from`'s number).
+    pub plan: crate::plan::Plan,
+}
+
+/// The version of the `RevisionDiff` document.
+pub const DIFF_SCHEMA_VERSION: u32 = 1;
+
+/// One side of a [`RevisionDiff`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DiffSide {
+    pub revision: u64,
+    pub config_file: String,
+    pub config_hash: String,
+}
+
+/// Why two revisions cannot be compared.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    /// A revision's text no longer validates (recorded by an older xlb).
+    #[error("revision {revision}: its config does not validate today: {source}")]
+    Config {
+        revision: u64,
+        #[source]
+        source: crate::config::ConfigError,
+    },
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+}
+
+/// `from` and `to` compared: their texts and their plan. The configs are
+/// parsed as `revision N` (errors name `revision N:line:col:`).
+pub fn diff(from: &Revision, to: &Revision) -> Result<RevisionDiff, DiffError> {
+    let parse = |rev: &Revision| {
+        crate::config::parse(&rev.config_text, &format!("revision {}", rev.number)).map_err(
+            |source| DiffError::Config {
+                revision: rev.number,
+                source,
+            },
+        )
+    };
+    let (base, candidate) = (parse(from)?, parse(to)?);
+    let mut plan = crate::plan::plan(&base, &candidate)?;
+    plan.base_revision = Some(from.number);
+    let label =
+        |rev: &Revision| format!("revision {} ({})", rev.number, sanitize(&rev.config_file));
+    let config_diff = if from.config_text == to.config_text {
+        String::new()
+    } else {
+        similar::TextDiff::from_lines(&from.config_text, &to.config_text)
+            .unified_diff()
+            .context_radius(3)
+            .header(&label(from), &label(to))
+            .to_string()
+    };
+    let side = |rev: &Revision| DiffSide {
+        revision: rev.number,
+        config_file: rev.config_file.clone(),
+        config_hash: rev.config_hash.clone(),
+    };
+    Ok(RevisionDiff {
+        schema_version: DIFF_SCHEMA_VERSION,
+        from: side(from),
+        to: side(to),
+        config_diff,
+        plan,
+    })
+}
+
+/// `xlb diff`'s text: the config diff (or that the texts are the same),
+/// a blank line, then the plan from the first revision to the second.
+pub fn render_diff(d: &RevisionDiff) -> String {
+    let mut out = String::new();
+    if d.config_diff.is_empty() {
+        out.push_str(&format!(
+            "revisions {} and {}: the same config text\n",
+            d.from.revision, d.to.revision
+        ));
+    } else {
+        for line in d.config_diff.lines() {
+            out.push_str(&sanitize(line));
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!(
+        "\nfrom revision {} to revision {} (shares: {} -> {}):\n",
+        d.from.revision, d.to.revision, d.from.revision, d.to.revision
+    ));
+    out.push_str(&d.plan.render_table());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +471,47 @@ a = 1
         assert_eq!(format_when(-1.0), "-");
         assert_eq!(format_when(1e12), "-");
         assert_eq!(format_when(0.0), "1970-01-01T00:00:00Z");
+    }
+
+    /// `xlb diff`: the texts' unified diff, and the plan from the first
+    /// revision to the second, the very plan `plan::plan` makes.
+    #[test]
+    fn diff_of_two_revisions_is_the_text_diff_and_the_plan() {
+        let text = include_str!("../../examples/xlb.toml");
+        let changed = text.replacen("weight = 2", "weight = 3", 1);
+        let (a, b) = (rev(3, text), rev(5, &changed));
+        let d = diff(&a, &b).unwrap();
+        assert_eq!((d.from.revision, d.to.revision), (3, 5));
+        assert!(
+            d.config_diff.starts_with(
+                "--- revision 3 (/etc/xlb/xlb.toml)\n+++ revision 5 (/etc/xlb/xlb.toml)\n@@ "
+            ),
+            "{}",
+            d.config_diff
+        );
+        assert!(d.config_diff.contains("\n-  weight = 2\n+  weight = 3\n"));
+        let parse = |t: &str| crate::config::parse(t, "x").unwrap();
+        let mut want = crate::plan::plan(&parse(text), &parse(&changed)).unwrap();
+        want.base_revision = Some(3);
+        assert_eq!(d.plan, want);
+        let shown = render_diff(&d);
+        assert!(shown.starts_with("--- revision 3"), "{shown}");
+        assert!(
+            shown
+                .contains("\nfrom revision 3 to revision 5 (shares: 3 -> 5):\nplan: 1 VIP changed"),
+            "{shown}"
+        );
+        // The same text: said so, and a plan without changes.
+        let same = diff(&a, &rev(4, text)).unwrap();
+        assert!(same.config_diff.is_empty() && !same.plan.changed);
+        assert!(render_diff(&same).starts_with("revisions 3 and 4: the same config text\n"));
+        // A text that does not validate names its revision and position.
+        let e = diff(&a, &rev(6, "interface = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("revision 6: its config does not validate today: revision 6:1:"),
+            "{e}"
+        );
     }
 }

@@ -61,6 +61,73 @@ pub struct Status {
     /// daemon older than announcing.
     #[serde(default)]
     pub announce: Option<crate::announce::NodeAnnounce>,
+    /// The node's place in its fleet (`xlb run --fleet`): whether it
+    /// reaches the store, the fleet revision it serves; null for a node
+    /// that works alone.
+    #[serde(default)]
+    pub fleet: Option<FleetNodeStatus>,
+}
+
+/// A fleet node's view of its fleet, as its agent last saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetNodeStatus {
+    /// The fleet's name (the store URL's path) and this node's.
+    pub fleet: String,
+    pub node: String,
+    pub endpoints: Vec<String>,
+    /// Whether the agent reaches the store now. Cut off, the node forwards
+    /// on its live revision and everything local goes on.
+    pub connected: bool,
+    /// Since when `connected` has held (Unix seconds).
+    pub since_unix_seconds: f64,
+    /// Why the store is not reached (while cut off).
+    pub error: Option<String>,
+    /// The fleet revision the node serves (None: its own config).
+    pub serving: Option<u64>,
+    /// The fleet revision the rollout wants here, as last read.
+    pub target: Option<u64>,
+    /// The last fleet revision applied here and what became of it
+    /// ("5 baked", "6 rolled_back: ...").
+    pub last: Option<String>,
+    /// A local change made outside the fleet since its last fleet apply.
+    pub diverged: Option<String>,
+    /// The held flows replicated through the store (second chance).
+    #[serde(default)]
+    pub held: Option<crate::held::HeldStatus>,
+}
+
+impl FleetNodeStatus {
+    /// The status line: `fleet: edge as node lb1, connected; serving fleet
+    /// revision 5`.
+    pub fn line(&self, now_unix_seconds: f64) -> String {
+        let mut line = format!("fleet: {} as node {}, ", self.fleet, self.node);
+        let since = (now_unix_seconds - self.since_unix_seconds).max(0.0);
+        if self.connected {
+            line.push_str("connected");
+        } else {
+            line.push_str(&format!(
+                "CUT OFF from the store for {since:.0} s ({}); forwarding on the live revision",
+                self.error.as_deref().unwrap_or("not connected yet")
+            ));
+        }
+        match self.serving {
+            Some(n) => line.push_str(&format!("; serving fleet revision {n}")),
+            None => line.push_str("; serving no fleet revision yet"),
+        }
+        if let Some(t) = self.target.filter(|t| Some(*t) != self.serving) {
+            line.push_str(&format!(" (target {t})"));
+        }
+        if let Some(last) = &self.last {
+            line.push_str(&format!("; last {last}"));
+        }
+        if let Some(d) = &self.diverged {
+            line.push_str(&format!("; DIVERGED: {d}"));
+        }
+        if let Some(h) = &self.held {
+            line.push_str(&format!("; {}", h.line()));
+        }
+        line
+    }
 }
 
 /// What the last connection-table scan found.
@@ -425,6 +492,7 @@ pub fn build(
             .collect(),
         config_file: None,
         announce: None,
+        fleet: None,
         conn_table: ctx.conn_scan.map(|scan| ConnTableStatus {
             entries: scan.entries,
             capacity: scan.capacity.into(),
@@ -711,6 +779,10 @@ pub fn render_table(s: &Status, wide: bool) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    if let Some(f) = &s.fleet {
+        out.push_str(&f.line(s.generated_at_unix_seconds));
+        out.push('\n');
+    }
     if let Some(c) = &s.conn_table {
         out.push_str(&conn_table_line(c, &s.events, s.generated_at_unix_seconds));
         out.push('\n');
@@ -915,6 +987,37 @@ mod tests {
         assert_eq!((b[0].packets, b[0].packets_since_apply), (1030, 30));
         let table = render_table(&s, false);
         assert!(table.contains("web (198.18.100.1:80/tcp)   a"), "{table}");
+    }
+
+    #[test]
+    fn the_fleet_line_says_whether_the_store_is_reached() {
+        let mut f = FleetNodeStatus {
+            fleet: "edge".into(),
+            node: "lb1".into(),
+            endpoints: vec!["https://198.18.0.5:2379".into()],
+            connected: true,
+            since_unix_seconds: 100.0,
+            error: None,
+            serving: Some(5),
+            target: Some(5),
+            last: Some("5 baked".into()),
+            held: None,
+            diverged: None,
+        };
+        assert_eq!(
+            f.line(130.0),
+            "fleet: edge as node lb1, connected; serving fleet revision 5; last 5 baked"
+        );
+        f.connected = false;
+        f.error = Some("request timed out".into());
+        f.target = Some(6);
+        f.diverged = Some("live revision 9 was made outside the fleet".into());
+        assert_eq!(
+            f.line(130.0),
+            "fleet: edge as node lb1, CUT OFF from the store for 30 s (request timed out); \
+             forwarding on the live revision; serving fleet revision 5 (target 6); last 5 baked; \
+             DIVERGED: live revision 9 was made outside the fleet"
+        );
     }
 
     #[test]

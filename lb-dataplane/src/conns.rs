@@ -88,21 +88,34 @@ impl Tally {
     }
 }
 
-/// The backend ids of connection-table entries.
-fn ids(entries: &[ConnEntry]) -> impl Iterator<Item = u32> + '_ {
-    entries.iter().map(|e| e.backend_id)
+/// The key type of the connection table and the flow words it stands for,
+/// both ways: the one place that knows the key's bytes (today the key is
+/// lb-common's `FlowWords` itself; a new layout changes these two
+/// functions and nothing else).
+pub type ConnKey = FlowWords;
+
+/// A flow's key in the connection table.
+pub fn conn_key(words: &FlowWords) -> ConnKey {
+    *words
 }
 
-/// Walk the whole table in batches of `batch` entries and count the backend
-/// ids. `max_calls` bounds the walk (the kernel's cursor always advances, so
-/// the bound is only a guard against a kernel that does not).
-pub(crate) fn walk(
+/// The flow words of a key read from the table (None: not a key of this
+/// layout's size).
+pub fn key_words(key: &[u8]) -> Option<FlowWords> {
+    bytemuck::try_pod_read_unaligned(key).ok()
+}
+
+/// Walk the whole table in batches of `batch` entries, handing each batch's
+/// keys (`key_size` bytes each) and values to `each`. `max_calls` bounds
+/// the walk (the kernel's cursor always advances, so the bound is only a
+/// guard against a kernel that does not).
+pub(crate) fn walk_batches(
     source: &mut impl BatchRead,
     key_size: usize,
     batch: usize,
     max_calls: usize,
-) -> std::io::Result<(u64, BTreeMap<u32, u64>)> {
-    let mut tally = Tally::new();
+    mut each: impl FnMut(&[u8], &[ConnEntry]),
+) -> std::io::Result<()> {
     let mut len = batch.max(1);
     let mut keys = vec![0u8; len * key_size];
     let mut values = vec![ConnEntry::zeroed(); len];
@@ -110,12 +123,14 @@ pub(crate) fn walk(
     for _ in 0..max_calls {
         match source.read(cursor, &mut keys, &mut values)? {
             Batch::More { count, next } => {
-                tally.add(ids(&values[..count.min(len)]));
+                let n = count.min(len);
+                each(&keys[..n * key_size], &values[..n]);
                 cursor = Some(next);
             }
             Batch::Last { count } => {
-                tally.add(ids(&values[..count.min(len)]));
-                return Ok(tally.finish());
+                let n = count.min(len);
+                each(&keys[..n * key_size], &values[..n]);
+                return Ok(());
             }
             Batch::TooSmall => {
                 len *= 2;
@@ -127,6 +142,47 @@ pub(crate) fn walk(
     Err(std::io::Error::other(format!(
         "BPF_MAP_LOOKUP_BATCH did not reach the end of the table in {max_calls} calls"
     )))
+}
+
+/// Walk the whole table and count the backend ids.
+pub(crate) fn walk(
+    source: &mut impl BatchRead,
+    key_size: usize,
+    batch: usize,
+    max_calls: usize,
+) -> std::io::Result<(u64, BTreeMap<u32, u64>)> {
+    let mut tally = Tally::new();
+    walk_batches(source, key_size, batch, max_calls, |_, values| {
+        tally.add(values.iter().map(|e| e.backend_id));
+    })?;
+    Ok(tally.finish())
+}
+
+/// Walk the whole table and keep every entry's flow words and backend id.
+pub(crate) fn walk_entries(
+    source: &mut impl BatchRead,
+    key_size: usize,
+    batch: usize,
+    max_calls: usize,
+) -> std::io::Result<Vec<(FlowWords, u32)>> {
+    let mut out = Vec::new();
+    walk_batches(source, key_size, batch, max_calls, |keys, values| {
+        let keys = keys.chunks_exact(key_size.max(1));
+        out.extend(
+            keys.zip(values)
+                .filter_map(|(k, v)| Some((key_words(k)?, v.backend_id))),
+        );
+    })?;
+    Ok(out)
+}
+
+/// What inserting other nodes' entries did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inserted {
+    /// New entries.
+    pub added: u64,
+    /// Flows the table already had an entry for (its own, left alone).
+    pub present: u64,
 }
 
 /// A handle to the connection table, cheap to clone and to send to another
@@ -171,19 +227,27 @@ impl ConnTable {
         self.scan_in_batches(BATCH_ENTRIES)
     }
 
-    /// `scan` with `batch` entries per syscall (tests try small batches).
-    pub fn scan_in_batches(&self, batch: usize) -> Result<ConnScan, DataplaneError> {
-        let started = Instant::now();
-        let mut syscall = BatchSyscall {
+    fn syscall(&self) -> BatchSyscall<'_> {
+        BatchSyscall {
             fd: self.map.fd().as_fd(),
             out: 0,
             cursor: 0,
-        };
-        // The kernel has at most next_power_of_two(max_entries) buckets and
-        // moves past at least one per call.
-        let max_calls = self.capacity.max(1).next_power_of_two() as usize + 2;
+        }
+    }
+
+    /// The walk's bound: the kernel has at most
+    /// next_power_of_two(max_entries) buckets and moves past at least one
+    /// per call.
+    fn max_calls(&self) -> usize {
+        self.capacity.max(1).next_power_of_two() as usize + 2
+    }
+
+    /// `scan` with `batch` entries per syscall (tests try small batches).
+    pub fn scan_in_batches(&self, batch: usize) -> Result<ConnScan, DataplaneError> {
+        let started = Instant::now();
         let (entries, by_backend) =
-            walk(&mut syscall, self.key_size, batch, max_calls).map_err(io_err(maps::CONNS))?;
+            walk(&mut self.syscall(), self.key_size, batch, self.max_calls())
+                .map_err(io_err(maps::CONNS))?;
         Ok(ConnScan {
             entries,
             capacity: self.capacity,
@@ -195,9 +259,50 @@ impl ConnTable {
         })
     }
 
+    /// Every entry's flow words and backend id (the held-flow selection of
+    /// `xlb_core::held` reads them), in one walk as `scan`'s.
+    pub fn entries(&self) -> Result<Vec<(FlowWords, u32)>, DataplaneError> {
+        walk_entries(
+            &mut self.syscall(),
+            self.key_size,
+            BATCH_ENTRIES,
+            self.max_calls(),
+        )
+        .map_err(io_err(maps::CONNS))
+    }
+
+    /// Insert entries for flows the table has none for (BPF_NOEXIST: an
+    /// entry of the node's own is never replaced): (flow words, backend
+    /// id, the flow's tuple hash).
+    pub fn insert_absent(
+        &self,
+        entries: impl IntoIterator<Item = (FlowWords, u32, u32)>,
+    ) -> Result<Inserted, DataplaneError> {
+        /// `BPF_NOEXIST` of the map update flags.
+        const NOEXIST: u64 = 1;
+        let mut map = self.flows_map()?;
+        let mut done = Inserted::default();
+        for (words, backend_id, flow_hash) in entries {
+            let entry = ConnEntry {
+                backend_id,
+                flow_hash,
+            };
+            match map.insert(conn_key(&words), entry, NOEXIST) {
+                Ok(()) => done.added += 1,
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    done.present += 1;
+                }
+                Err(e) => return Err(map_err(maps::CONNS)(e)),
+            }
+        }
+        Ok(done)
+    }
+
     /// A second, typed handle to the same map, for tests and tools that
     /// write flows into it.
-    pub fn flows_map(&self) -> Result<HashMap<MapData, FlowWords, ConnEntry>, DataplaneError> {
+    pub fn flows_map(&self) -> Result<HashMap<MapData, ConnKey, ConnEntry>, DataplaneError> {
         let fd = self
             .map
             .fd()
@@ -244,11 +349,19 @@ mod tests {
                         next: bucket as u64,
                     });
                 }
-                for (v, &id) in values[total..total + b.len()].iter_mut().zip(b) {
-                    *v = ConnEntry {
+                for (i, &id) in b.iter().enumerate() {
+                    values[total + i] = ConnEntry {
                         backend_id: id,
                         flow_hash: id.wrapping_mul(0x9e37_79b9),
                     };
+                    let key = FlowWords {
+                        src: [bucket as u32, 0, 0, 0],
+                        dst: [0; 4],
+                        ports: i as u32,
+                        proto: 6,
+                    };
+                    keys[(total + i) * 40..(total + i + 1) * 40]
+                        .copy_from_slice(bytemuck::bytes_of(&key));
                 }
                 total += b.len();
                 bucket += 1;
@@ -276,6 +389,44 @@ mod tests {
             let (entries, by_backend) = walk(&mut fake, 40, batch, 10_000).unwrap();
             assert_eq!((entries, &by_backend), (total, &want), "batch {batch}");
         }
+    }
+
+    #[test]
+    fn the_entries_walk_keeps_each_key_with_its_backend() {
+        let buckets: Vec<Vec<u32>> = (0..300u32)
+            .map(|b| (0..b % 3).map(|i| b + i).collect())
+            .collect();
+        for batch in [1, 4, 4096] {
+            let mut fake = Fake {
+                buckets: buckets.clone(),
+                calls: 0,
+            };
+            let got = walk_entries(&mut fake, 40, batch, 10_000).unwrap();
+            let want: Vec<(FlowWords, u32)> = buckets
+                .iter()
+                .enumerate()
+                .flat_map(|(b, ids)| {
+                    ids.iter().enumerate().map(move |(i, &id)| {
+                        let key = FlowWords {
+                            src: [b as u32, 0, 0, 0],
+                            dst: [0; 4],
+                            ports: i as u32,
+                            proto: 6,
+                        };
+                        (key, id)
+                    })
+                })
+                .collect();
+            assert_eq!(got, want, "batch {batch}");
+        }
+        assert_eq!(key_words(&[0u8; 39]), None);
+        let w = FlowWords {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            ports: 9,
+            proto: 17,
+        };
+        assert_eq!(key_words(bytemuck::bytes_of(&conn_key(&w))), Some(w));
     }
 
     #[test]

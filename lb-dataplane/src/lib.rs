@@ -35,7 +35,10 @@ pub mod staging;
 mod sys;
 mod writer;
 
-pub use conns::{ConnTable, SCAN_PERIOD as CONN_SCAN_PERIOD, pause_after as conn_scan_pause};
+pub use conns::{
+    ConnKey, ConnTable, Inserted, SCAN_PERIOD as CONN_SCAN_PERIOD, conn_key, key_words,
+    pause_after as conn_scan_pause,
+};
 pub(crate) use error::map_err;
 pub use error::{DataplaneError, PinError};
 pub use handle::Dataplane;

@@ -17,12 +17,12 @@
 //! valid until then because a packet that read the old table (or the
 //! connection table) just before the swap reads the backend entry next.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
 use aya::maps::MapData;
-use lb_common::{BACKEND_F_VALID, Backend as KernelBackend, maps};
+use lb_common::{BACKEND_F_VALID, Backend as KernelBackend, VipKey, VipMeta, maps};
 
 use crate::HostInterface;
 use crate::{
@@ -176,8 +176,20 @@ impl Dataplane {
         desired: &Desired,
         previous: Option<&Desired>,
     ) -> Result<Vec<f64>, DataplaneError> {
+        self.apply_with_progress(host, desired, previous, &|| {})
+    }
+
+    /// [`apply`](Self::apply), calling `progress` after each table swap: a
+    /// long apply's sign of life for the daemon's watchdog.
+    pub fn apply_with_progress(
+        &mut self,
+        host: impl Into<HostInterface>,
+        desired: &Desired,
+        previous: Option<&Desired>,
+        progress: &dyn Fn(),
+    ) -> Result<Vec<f64>, DataplaneError> {
         let host = &host.into();
-        match self.apply_forward(host, desired, previous) {
+        match self.apply_forward(host, desired, previous, progress) {
             Ok(swaps) => Ok(swaps),
             Err(e) => {
                 log::warn!("apply failed part way ({e}); restoring the previous state");
@@ -259,6 +271,7 @@ impl Dataplane {
         host: &HostInterface,
         desired: &Desired,
         previous: Option<&Desired>,
+        progress: &dyn Fn(),
     ) -> Result<Vec<f64>, DataplaneError> {
         let mut swaps = Vec::new();
         let empty = Allocation::default();
@@ -275,34 +288,44 @@ impl Dataplane {
             }
         }
         let new_vip_ids = desired.new_vip_ids(prev_alloc);
+        // VIPs are identified by name across applies.
+        let previous_by_name: HashMap<&str, &DesiredVip> = previous
+            .map(|p| p.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
+            .unwrap_or_default();
         for vip in &desired.vips {
             if new_vip_ids.contains(&vip.id) {
                 self.vip_stats.zero(vip.id);
             }
-            // VIPs are identified by name across applies.
-            let prev =
-                previous.and_then(|p| p.vips.iter().find(|v| v.config.name == vip.config.name));
-            swaps.extend(self.write_vip(vip, prev)?);
+            let prev = previous_by_name.get(vip.config.name.as_str()).copied();
+            let swap = self.write_vip(vip, prev)?;
+            if swap.is_some() {
+                progress();
+            }
+            swaps.extend(swap);
             if prev.is_some_and(|p| p.id != vip.id) {
                 self.move_kept_backends(vip, &new_backend_ids);
             }
         }
-        let previous_echo = previous.map_or(&[][..], |p| &p.echo[..]);
-        for entry @ (key, meta) in &desired.echo {
-            if !previous_echo.contains(entry) {
+        let previous_echo: HashMap<&VipKey, &VipMeta> = previous
+            .map(|p| p.echo.iter().map(|(k, m)| (k, m)).collect())
+            .unwrap_or_default();
+        for (key, meta) in &desired.echo {
+            if previous_echo.get(key) != Some(&meta) {
                 self.vips
                     .insert(key, meta, 0)
                     .map_err(map_err(maps::VIPS))?;
             }
         }
         if let Some(previous) = previous {
+            let keys: HashSet<&VipKey> = desired.vips.iter().map(|v| &v.key).collect();
             for old in &previous.vips {
-                if !desired.vips.iter().any(|v| v.key == old.key) {
+                if !keys.contains(&old.key) {
                     self.vips.remove(&old.key).map_err(map_err(maps::VIPS))?;
                 }
             }
+            let echo_keys: HashSet<&VipKey> = desired.echo.iter().map(|(k, _)| k).collect();
             for (key, _) in &previous.echo {
-                if !desired.echo.iter().any(|(k, _)| k == key) {
+                if !echo_keys.contains(key) {
                     self.vips.remove(key).map_err(map_err(maps::VIPS))?;
                 }
             }
@@ -319,8 +342,8 @@ impl Dataplane {
     /// them through us; the outer map's slot keeps the kernel's reference
     /// until a new VIP takes that id.
     pub(crate) fn close_unused_tables(&mut self, live: &Desired) {
-        self.installed
-            .retain(|id, _| live.vips.iter().any(|v| v.id == *id));
+        let ids: HashSet<u32> = live.vips.iter().map(|v| v.id).collect();
+        self.installed.retain(|id, _| ids.contains(id));
     }
 
     /// The Maglev tables this process holds open (one descriptor each).

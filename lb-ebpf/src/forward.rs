@@ -8,7 +8,7 @@
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
     btf_maps::Array,
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64},
     macros::btf_map,
     programs::XdpContext,
 };
@@ -72,18 +72,26 @@ pub struct NextHop {
     pub smac: [u8; 6],
     /// `route`'s answer: ROUTE_TX or the ifindex to redirect to.
     pub route: u32,
-    /// bpf_ktime_get_coarse_ns() when found; 0: never.
-    pub found_ns: u64,
+    /// bpf_jiffies64() when found; 0: never (jiffies start far above 0).
+    pub found_jiffies: u64,
 }
 
-/// How long a next hop is reused before it is looked up again: a neighbour
-/// whose MAC changes (failover) is followed within this time.
-const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// How long a next hop is reused before it is looked up again, in jiffies:
+/// a neighbour whose MAC changes (failover) is followed within this time.
+/// Jiffies, not nanoseconds: the verifier inlines bpf_jiffies64 (a load of
+/// `jiffies_64`), while bpf_ktime_get_coarse_ns is a helper call, ~8 ns of
+/// every tunnelled packet here (docs/BENCHMARKS.md). The program does not
+/// know the kernel's HZ (CONFIG_HZ: 100, 250, 300 or 1000), so 100 jiffies
+/// is between 0.1 s (HZ 1000: ten lookups a second per backend, still
+/// nothing per packet) and 1 s (HZ 100): never longer than the one second
+/// docs/DATAPLANE.md promises.
+const NEXT_HOP_TTL_JIFFIES: u64 = 100;
 
 /// backend id -> its next hop. bpf_fib_lookup costs 160 ns (IPv4) to 310 ns
 /// (IPv6) a packet here (docs/BENCHMARKS.md), more than the rest of the
 /// balancer; the outer destination of a backend id never changes (a changed
-/// address is a new id), so its next hop is looked up once a second.
+/// address is a new id), so its next hop is looked up once every
+/// `NEXT_HOP_TTL_JIFFIES` (0.1-1 s).
 /// Kernel-private: the controller never reads or writes it. Two CPUs
 /// refreshing an entry at once write the same values.
 #[btf_map]
@@ -97,14 +105,15 @@ static XLB_NEXT_HOPS: Array<NextHop, { MAX_BACKENDS as usize }> = Array::new();
 /// configured gateway MAC is the next hop.
 #[inline(never)]
 pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> u32 {
-    // SAFETY: a BPF helper without arguments; it only reads a clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: a BPF helper without arguments; it only reads `jiffies_64`
+    // (the verifier inlines it as that load).
+    let now = unsafe { bpf_jiffies64() };
     let cached = XLB_NEXT_HOPS.get_ptr_mut(s.backend_id);
     if let Some(nh) = cached {
         // SAFETY: get_ptr_mut checked the index; array map values are never
         // freed while a program runs; NextHop is a #[repr(C)] map value.
         let nh = unsafe { &*nh };
-        if nh.found_ns != 0 && now.wrapping_sub(nh.found_ns) < NEXT_HOP_TTL_NS {
+        if nh.found_jiffies != 0 && now.wrapping_sub(nh.found_jiffies) < NEXT_HOP_TTL_JIFFIES {
             copy(&mut s.fib.dmac, &nh.dmac);
             copy(&mut s.fib.smac, &nh.smac);
             return nh.route;
@@ -121,7 +130,7 @@ pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) 
                 dmac: s.fib.dmac,
                 smac: s.fib.smac,
                 route,
-                found_ns: now,
+                found_jiffies: now,
             };
         }
     }

@@ -6,7 +6,11 @@
 //! - `rollout`: the rollout in progress or the last one (`Rollout`); every
 //!   change of it is a transaction on its mod_revision, so two agents or
 //!   CLIs never both move it;
-//! - `nodes/<name>`: each node's report (`NodeReport`) under its lease.
+//! - `nodes/<name>`: each node's report (`NodeReport`) under its lease;
+//! - `held/<name>/<chunk>`: the flows only that node's connection table
+//!   keeps on their backend (`xlb_core::held::HeldChunk`), under a lease of
+//!   `HELD_TTL_SECONDS`, longer than the report's: a dead node's held flows
+//!   must outlive it, since that is when the others need them.
 //!
 //! What a rollout does next is decided by `xlb_core::rollout`, not here.
 
@@ -18,6 +22,8 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp,
 };
+use etcd_client::{DeleteOptions, EventType, WatchOptions, WatchStream};
+use xlb_core::held::HeldChunk;
 use xlb_core::rollout::{FleetRevision, NodeReport, Rollout, Step};
 
 /// How long one request to etcd may take (a loaded etcd answers in well
@@ -26,6 +32,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A node's report lives this long without a keep-alive.
 pub const REPORT_TTL_SECONDS: i64 = 10;
+
+/// A node's held flows live this long without a keep-alive: a node lost
+/// mid-drain leaves its flows to the others for five minutes, longer than
+/// a typical drain's connections last after it (docs/FLEET.md).
+pub const HELD_TTL_SECONDS: i64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -334,11 +345,17 @@ impl FleetStore {
 
     /// Grant a lease for a node's report.
     pub async fn lease(&self) -> Result<Lease, FleetError> {
+        self.lease_for(REPORT_TTL_SECONDS).await
+    }
+
+    /// Grant a lease for a node's held flows (`HELD_TTL_SECONDS`).
+    pub async fn held_lease(&self) -> Result<Lease, FleetError> {
+        self.lease_for(HELD_TTL_SECONDS).await
+    }
+
+    async fn lease_for(&self, ttl: i64) -> Result<Lease, FleetError> {
         let mut client = self.client.clone();
-        let granted = client
-            .lease_grant(REPORT_TTL_SECONDS, None)
-            .await
-            .map_err(self.etcd())?;
+        let granted = client.lease_grant(ttl, None).await.map_err(self.etcd())?;
         let (keeper, stream) = client
             .lease_keep_alive(granted.id())
             .await
@@ -379,11 +396,112 @@ impl FleetStore {
         Ok(())
     }
 
+    /// Publish `node`'s held flows under `lease`: each record put (one
+    /// request each: a record is at most a few hundred KB), then the
+    /// node's records beyond them deleted. Returns the bytes written.
+    pub async fn publish_held(
+        &self,
+        lease: &Lease,
+        node: &str,
+        chunks: &[HeldChunk],
+    ) -> Result<usize, FleetError> {
+        let mut client = self.client.clone();
+        let mut bytes = 0;
+        for c in chunks {
+            let value = json(c);
+            bytes += value.len();
+            client
+                .put(
+                    self.key(&format!("held/{node}/{:06}", c.chunk)),
+                    value,
+                    Some(PutOptions::new().with_lease(lease.id)),
+                )
+                .await
+                .map_err(self.etcd())?;
+        }
+        // held/<node>/<n>.. up to the end of the node's prefix ('/' + 1).
+        client
+            .delete(
+                self.key(&format!("held/{node}/{:06}", chunks.len())),
+                Some(DeleteOptions::new().with_range(self.key(&format!("held/{node}0")))),
+            )
+            .await
+            .map_err(self.etcd())?;
+        Ok(bytes)
+    }
+
+    /// Every node's held-flow records.
+    pub async fn held(&self) -> Result<Vec<HeldChunk>, FleetError> {
+        self.list_json("held/").await
+    }
+
+    /// Watch the held-flow records from the etcd revision after `after`
+    /// (0: from now).
+    pub async fn watch_held(&self, after: i64) -> Result<HeldWatch, FleetError> {
+        let mut client = self.client.clone();
+        let mut options = WatchOptions::new().with_prefix();
+        if after > 0 {
+            options = options.with_start_revision(after + 1);
+        }
+        let stream = client
+            .watch(self.key("held/"), Some(options))
+            .await
+            .map_err(self.etcd())?;
+        Ok(HeldWatch {
+            stream,
+            endpoints: self.endpoints.clone(),
+        })
+    }
+
     /// Take a node's report away at once (a clean stop).
     pub async fn revoke(&self, lease: &Lease) -> Result<(), FleetError> {
         let mut client = self.client.clone();
         client.lease_revoke(lease.id).await.map_err(self.etcd())?;
         Ok(())
+    }
+}
+
+/// Records put under `held/` as they come (`FleetStore::watch_held`).
+pub struct HeldWatch {
+    stream: WatchStream,
+    endpoints: String,
+}
+
+impl HeldWatch {
+    /// The records put in the next change the store sends (deletions are
+    /// left out: entries already installed stay until the LRU evicts them);
+    /// an error when the watch ended.
+    pub async fn next(&mut self) -> Result<Vec<HeldChunk>, FleetError> {
+        let message = self
+            .stream
+            .message()
+            .await
+            .map_err(|source| FleetError::Etcd {
+                endpoints: self.endpoints.clone(),
+                source,
+            })?;
+        let Some(response) = message else {
+            return Err(FleetError::Agent(
+                "the store ended the held-flow watch".into(),
+            ));
+        };
+        let mut out = Vec::new();
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            if event.event_type() != EventType::Put {
+                continue;
+            }
+            match serde_json::from_slice(kv.value()) {
+                Ok(chunk) => out.push(chunk),
+                Err(source) => {
+                    return Err(FleetError::Record {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use clap::CommandFactory as _;
 use clap_complete::Shell;
 
 fn main() -> anyhow::Result<()> {
@@ -26,7 +25,8 @@ fn main() -> anyhow::Result<()> {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let command = xlb::cli::Cli::command();
+    // The grammar as the parser uses it: grouped help, per-subcommand globals.
+    let command = xlb::cli::help::command();
     clap_mangen::generate_to(command.clone(), &man)
         .with_context(|| format!("writing man pages into {}", man.display()))?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {

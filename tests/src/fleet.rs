@@ -28,6 +28,7 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::confine::Bpffs;
 use crate::echo::EchoServers;
+use crate::etcd::{self, Etcd, Store};
 use crate::netns::Netns;
 use crate::testbed::{self, Host, TCP_PORT, VIP4, VIP6};
 use crate::xlbd::{Daemon, xlb_binary};
@@ -175,6 +176,8 @@ pub struct Node {
     pub url: String,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Further `xlb run` arguments (the fleet store's, a bake window).
+    pub args: Vec<String>,
 }
 
 impl Node {
@@ -190,7 +193,7 @@ impl Node {
         let metrics = format!("{}:9470", self.host.v4);
         // A short hold-down after every backend was down, and a short
         // grace on SIGTERM: the tests wait for both.
-        let args = [
+        let mut args = vec![
             "--bpffs",
             self.bpffs.arg(),
             "--metrics-address",
@@ -202,6 +205,7 @@ impl Node {
             "--withdraw-grace",
             "1s",
         ];
+        args.extend(self.args.iter().map(String::as_str));
         self.daemon = Some(Daemon::start_with(
             &self.host.ns,
             &self.config,
@@ -345,8 +349,12 @@ impl Drop for HealthPorts {
 /// namespace (fields drop in declaration order).
 pub struct Fleet {
     pub nodes: Vec<Node>,
+    /// The fleet's store, when the nodes join one ([`Spec::store`]).
+    pub etcd: Option<Etcd>,
+    pub store: Option<Store>,
+    pub etcd_host: Option<Host>,
     pub router_bird: Bird,
-    _echo: EchoServers,
+    _echo: Option<EchoServers>,
     pub health: HealthPorts,
     pub backends: Vec<Host>,
     pub client: Netns,
@@ -371,11 +379,49 @@ pub fn next_hops(router: &Netns, vip: IpAddr) -> anyhow::Result<Vec<IpAddr>> {
     Ok(hops)
 }
 
+/// What a fleet is built with.
+pub struct Spec {
+    /// Backends b1..bN (198.18.0.11...), each with a health port.
+    pub backends: usize,
+    /// Echo servers on the backends' [`TCP_PORT`] (false: the caller serves
+    /// it, as the incident replay's login servers do).
+    pub echo: bool,
+    /// One config text per node.
+    pub configs: [String; 3],
+    /// Further `xlb run` arguments of every node.
+    pub node_args: Vec<String>,
+    /// A fleet name: etcd (TLS, client certificates) runs at [`ETCD`] and
+    /// every node joins that fleet as `n21`, `n22`, `n23`.
+    pub store: Option<String>,
+    /// The VIP addresses the router must have three next hops for before
+    /// the fleet is ready.
+    pub announced: Vec<IpAddr>,
+}
+
+impl Spec {
+    /// Three backends with echo servers, one config per node, alone.
+    pub fn alone(configs: [NodeConfig; 3]) -> Self {
+        Self {
+            backends: 3,
+            echo: true,
+            configs: configs.map(|c| config(&c)),
+            node_args: Vec::new(),
+            store: None,
+            announced: vec![IpAddr::V4(VIP4), IpAddr::V6(VIP6)],
+        }
+    }
+}
+
 impl Fleet {
     /// Build the fleet with one config per node, start BIRD everywhere and
     /// the nodes' daemons, and wait until the router has every VIP with
     /// three next hops (bounded: 30 s).
     pub fn new(prefix: &str, dir: &Path, configs: [NodeConfig; 3]) -> anyhow::Result<Self> {
+        Self::build(prefix, dir, Spec::alone(configs))
+    }
+
+    /// Build the fleet `spec` describes; as [`Fleet::new`].
+    pub fn build(prefix: &str, dir: &Path, spec: Spec) -> anyhow::Result<Self> {
         let switch = Netns::new(&format!("{prefix}-sw"))?;
         switch.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -442,26 +488,53 @@ impl Fleet {
             .sysctl("net.ipv6.fib_multipath_hash_policy", "1")?;
 
         let mut backends = Vec::new();
-        for i in 0..3 {
+        for i in 0..spec.backends {
             let b = testbed::backend(prefix, &switch, i)?;
             b.ns.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
             b.ns.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"])?;
             backends.push(b);
         }
-        let echo = EchoServers::start(&backends, TCP_PORT)?;
+        let echo = if spec.echo {
+            Some(EchoServers::start(&backends, TCP_PORT)?)
+        } else {
+            None
+        };
         let health = HealthPorts::start(&backends);
+        let (etcd_host, etcd, store) = match &spec.store {
+            Some(fleet) => {
+                let certs = dir.join("certs");
+                etcd::certificates(&certs)?;
+                let host = testbed::host(prefix, &switch, "etcd", 5)?;
+                // The client (behind the router) runs CLIs too.
+                host.ns
+                    .ip(&["route", "add", "default", "via", "198.18.0.1"])?;
+                let etcd = Etcd::start(&host.ns, dir, &certs)?;
+                let store = Store {
+                    certs,
+                    fleet: fleet.clone(),
+                };
+                (Some(host), Some(etcd), Some(store))
+            }
+            None => (None, None, None),
+        };
 
         let router_bird = Bird::start(&router.ns, ROUTER_BIRD, &dir.join("router"))?;
 
         let mut nodes = Vec::new();
-        for (last, node_config) in NODES.into_iter().zip(configs) {
+        for (last, node_config) in NODES.into_iter().zip(spec.configs) {
             let port = format!("n{last}");
             let host = testbed::host(prefix, &switch, &port, last)?;
             let node_dir = dir.join(&port);
             std::fs::create_dir_all(&node_dir)?;
             let bpffs = Bpffs::mount(&node_dir.join("bpffs"))?;
             let config_path = node_dir.join("xlb.toml");
-            std::fs::write(&config_path, config(&node_config))?;
+            std::fs::write(&config_path, node_config)?;
+            let mut args = spec.node_args.clone();
+            if let Some(store) = &store {
+                args.extend(["--fleet".to_string(), store.url()]);
+                args.extend(["--node".to_string(), port.clone()]);
+                args.extend(store.tls());
+            }
             let bird = Bird::start(&host.ns, &node_bird_conf(last)?, &node_dir.join("bird"))?;
             nodes.push(Node {
                 daemon: None,
@@ -472,6 +545,7 @@ impl Fleet {
                 port,
                 dir: node_dir,
                 config: config_path,
+                args,
             });
         }
         let ports: Vec<&str> = nodes.iter().map(|n| n.port.as_str()).collect();
@@ -479,6 +553,9 @@ impl Fleet {
 
         let mut fleet = Self {
             nodes,
+            etcd,
+            store,
+            etcd_host,
             router_bird,
             _echo: echo,
             health,
@@ -492,7 +569,7 @@ impl Fleet {
         for node in &mut fleet.nodes {
             node.start_daemon()?;
         }
-        for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        for vip in spec.announced {
             fleet.wait_next_hops(vip, 3, Duration::from_secs(30))?;
         }
         Ok(fleet)
@@ -577,7 +654,57 @@ impl Fleet {
             .map(drop)
     }
 
+    /// Cut node `i` off from the fleet's store and nothing else: etcd's
+    /// host drops what it sends to the node (a partition: the node's
+    /// requests go unanswered and time out).
+    pub fn cut_from_store(&self, i: usize) -> anyhow::Result<()> {
+        self.store_route(i, "add")
+    }
+
+    /// Node `i` reaches the store again.
+    pub fn reconnect_to_store(&self, i: usize) -> anyhow::Result<()> {
+        self.store_route(i, "del")
+    }
+
+    fn store_route(&self, i: usize, op: &str) -> anyhow::Result<()> {
+        let host = self.etcd_host.as_ref().context("this fleet has no store")?;
+        let node = format!("{}/32", self.nodes[i].host.v4);
+        host.ns.ip(&["route", op, "blackhole", &node]).map(drop)
+    }
+
+    /// The store's CLI helper (a fleet built with [`Spec::store`]).
+    pub fn store(&self) -> anyhow::Result<&Store> {
+        self.store.as_ref().context("this fleet has no store")
+    }
+
     /// The nodes' status URLs.
+    /// `n` long-lived connections from the client to `target`, each
+    /// exchanging every 200 ms for at most `max_life`; all established
+    /// (bounded: 20 s).
+    pub fn long_lived(
+        &self,
+        target: SocketAddr,
+        n: usize,
+        max_life: Duration,
+    ) -> anyhow::Result<crate::echo::LongConnections> {
+        let pace = crate::echo::Pace {
+            gap: Duration::from_millis(200),
+            stall: Duration::from_secs(8),
+            max_life,
+        };
+        let long = crate::echo::LongConnections::open(
+            &self.client,
+            &vec![target; n],
+            pace,
+            Duration::from_millis(5),
+        );
+        ensure!(
+            long.wait_settled(Duration::from_secs(20)),
+            "the long-lived connections were not all established within 20 s"
+        );
+        Ok(long)
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.url.clone()).collect()
     }

@@ -7,6 +7,7 @@ pub mod confine;
 pub mod cpu_time;
 pub mod depth_frames;
 pub mod echo;
+pub mod etcd;
 pub mod fleet;
 pub mod fuzz_oracle;
 pub mod haproxy;

@@ -32,7 +32,52 @@ use anyhow::Context as _;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::netns::Netns;
-use crate::testbed::{TCP_PORT, Testbed};
+use crate::testbed::{Host, TCP_PORT, Testbed, VIP4};
+
+/// The incident's service: ten auth servers of equal capacity.
+pub const BACKENDS: usize = 10;
+/// The two servers the bad change overloads, and their weight in it.
+pub const HOT: [&str; 2] = ["auth-1", "auth-2"];
+pub const BAD_WEIGHT: u32 = 10;
+/// The users' logins a second: half the servers' capacity.
+pub const LOGINS_PER_SECOND: u32 = 300;
+
+/// The servers' names, auth-1..auth-10.
+pub fn names() -> Vec<String> {
+    (1..=BACKENDS).map(|i| format!("auth-{i}")).collect()
+}
+
+/// The incident's config: one VIP, `login`, on the testbed's IPv4 VIP and
+/// TCP port; backends auth-1..auth-10 on the backend hosts b1..b10 with
+/// these weights, capacity 1 each; a 3 s detection window.
+pub fn config(weights: &[u32]) -> String {
+    let mut out = String::from(
+        "# incident replay (cargo xtask incident-replay): ten auth servers of equal capacity\n\
+         interface = \"eth0\"\nhash_seed = 1\n\n\
+         [imbalance]\nwindow = \"3s\"\nmin_new_flow_rate = 5\n\n",
+    );
+    out.push_str(&format!(
+        "[[vip]]\nname = \"login\"\naddress = \"{VIP4}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n"
+    ));
+    for (i, w) in weights.iter().enumerate() {
+        let last = 11 + i;
+        out.push_str(&format!(
+            "\n[[vip.backend]]\nname = \"auth-{}\"\naddress = \"198.18.0.{last}\"\n\
+             mac = \"02:00:00:00:00:{last:02}\"\nweight = {w}\ncapacity = 1\n",
+            i + 1
+        ));
+    }
+    out
+}
+
+/// The good config (weights 1) and the bad one (the hot servers at
+/// [`BAD_WEIGHT`]).
+pub fn good_and_bad() -> (String, String) {
+    let mut bad = [1; BACKENDS];
+    bad[0] = BAD_WEIGHT;
+    bad[1] = BAD_WEIGHT;
+    (config(&[1; BACKENDS]), config(&bad))
+}
 
 /// The login server's parameters (the same on every backend).
 #[derive(Clone, Copy, Debug)]
@@ -222,11 +267,16 @@ fn serve_loop(state: Arc<ServerState>, stop: Arc<AtomicBool>) -> anyhow::Result<
 impl LoginServers {
     /// A login server on each backend of `bed`, answering as `names[i]`.
     pub fn start(bed: &Testbed, names: &[String], model: Model) -> anyhow::Result<Self> {
-        anyhow::ensure!(names.len() == bed.backends.len(), "one name per backend");
+        Self::start_on(&bed.backends, names, model)
+    }
+
+    /// A login server on each of `backends`, answering as `names[i]`.
+    pub fn start_on(backends: &[Host], names: &[String], model: Model) -> anyhow::Result<Self> {
+        anyhow::ensure!(names.len() == backends.len(), "one name per backend");
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut servers = Vec::new();
-        for (b, name) in bed.backends.iter().zip(names) {
+        for (b, name) in backends.iter().zip(names) {
             let state = Arc::new(ServerState {
                 name: name.clone(),
                 admission: Mutex::new(Admission::new(model)),

@@ -204,3 +204,21 @@ pub fn backend_sections(weights: &[u32], v6: bool) -> String {
     }
     out
 }
+
+/// `text` (a config over b1..b3 with `hash_seed = 1`) with capacities
+/// 1:1:2 and a 3 s detection window judged from 5 new flows/s, so a bake
+/// judges in seconds (tests/bake.rs, tests/rollout.rs).
+pub fn with_capacities_and_short_window(text: String) -> String {
+    let mut text = text;
+    for (b, capacity) in [("b1", 1), ("b2", 1), ("b3", 2)] {
+        text = text.replace(
+            &format!("name = \"{b}\"\n"),
+            &format!("name = \"{b}\"\ncapacity = {capacity}\n"),
+        );
+    }
+    text.replacen(
+        "hash_seed = 1\n",
+        "hash_seed = 1\n\n[imbalance]\nwindow = \"3s\"\nmin_new_flow_rate = 5\n",
+        1,
+    )
+}

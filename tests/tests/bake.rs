@@ -18,18 +18,7 @@ use tests::xlbd::Daemon;
 
 /// The testbed config with the given weights and capacities 1:1:2.
 fn config(weights: &[u32]) -> String {
-    let mut text = testbed::config(weights);
-    for (b, capacity) in [("b1", 1), ("b2", 1), ("b3", 2)] {
-        text = text.replace(
-            &format!("name = \"{b}\"\n"),
-            &format!("name = \"{b}\"\ncapacity = {capacity}\n"),
-        );
-    }
-    text.replacen(
-        "hash_seed = 1\n",
-        "hash_seed = 1\n\n[imbalance]\nwindow = \"3s\"\nmin_new_flow_rate = 5\n",
-        1,
-    )
+    testbed::with_capacities_and_short_window(testbed::config(weights))
 }
 
 #[test]

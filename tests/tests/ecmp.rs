@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use tests::echo::{FaultKind, Held, LongConnections, Pace};
+use tests::echo::{FaultKind, Held, LongConnections};
 use tests::fleet::{BFD_DETECTION, Fleet, NodeConfig, Stream, StreamReport, connections};
 use tests::testbed::{TCP_PORT, VIP4, VIP6};
 
@@ -184,22 +184,7 @@ impl Loss {
 const LONG_LIVED: usize = 200;
 
 fn long_lived(fleet: &Fleet) -> anyhow::Result<LongConnections> {
-    let pace = Pace {
-        gap: Duration::from_millis(200),
-        stall: Duration::from_secs(8),
-        max_life: Duration::from_secs(90),
-    };
-    let long = LongConnections::open(
-        &fleet.client,
-        &[V4; LONG_LIVED],
-        pace,
-        Duration::from_millis(5),
-    );
-    ensure!(
-        long.wait_settled(Duration::from_secs(20)),
-        "the long-lived connections were not all established within 20 s"
-    );
-    Ok(long)
+    fleet.long_lived(V4, LONG_LIVED, Duration::from_secs(90))
 }
 
 fn judge(held: Vec<Held>) -> (Vec<Held>, Vec<String>, usize) {

@@ -3,7 +3,8 @@
 //! shares are the shares of the tables the apply then builds; a skewing
 //! change is refused (exit 1) by plan and by apply, naming the backend and
 //! its predicted share, unless forced; a plan file applies once and is
-//! refused as stale after that.
+//! refused as stale after that; `xlb diff` of two revisions carries the
+//! plan between them, from the daemon and from its store once it is gone.
 
 use anyhow::{Context as _, ensure};
 use tests::testbed::{self, Testbed};
@@ -68,8 +69,11 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         "offline plan against revision 1: {out:?}"
     );
     let out = daemon.xlb(&["apply", &bad])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        code(&out) == 1 && String::from_utf8_lossy(&out.stderr).contains("b1: predicted share"),
+        code(&out) == 1
+            && stderr.contains("b1: predicted share")
+            && stderr.contains("(the same command with --force applies it anyway)"),
         "apply bad: {out:?}"
     );
     ensure!(
@@ -129,6 +133,37 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             .as_array()
             .is_some_and(|l| !l.is_empty()),
         "the forced revision records its plan and lints: {show}"
+    );
+
+    // `xlb diff` from the daemon: revision 2 is the reviewed plan applied,
+    // and the diff's plan from 1 to 2 is that very plan.
+    let out = daemon.xlb(&["-o", "json", "diff", "1", "2"])?;
+    ensure!(code(&out) == 0, "diff 1 2: {out:?}");
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        diff["plan"] == plan,
+        "diff's plan {diff} is not the reviewed plan {plan}"
+    );
+    // The daemon gone, the same from its state directory's store.
+    let socket = daemon.socket.clone();
+    drop(daemon);
+    let out = std::process::Command::new(tests::xlbd::xlb_binary()?)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["-o", "json", "diff", "1", "2", "--state-dir", &state])
+        .output()?;
+    ensure!(
+        code(&out) == 0,
+        "diff 1 2 --state-dir without the daemon: {out:?}"
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        offline == diff,
+        "offline diff {offline} differs from the daemon's {diff}"
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("read from the revision store in"),
+        "{out:?}"
     );
     Ok(())
 }

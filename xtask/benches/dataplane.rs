@@ -32,6 +32,13 @@
 //!
 //! The process pins itself to CPU 0; rows are interleaved in blocks,
 //! `ROUNDS` rounds, median per row.
+//!
+//! `XLB_BENCH_COMPARE=<path of another balancer object>` loads that object
+//! too (its own maps, pinned under a bpffs directory of this process's and
+//! removed at the end), gives it the same config, and times its single-run
+//! rows beside this build's, interleaved row by row ("B " rows). This
+//! machine's speed is bimodal per process (docs/BENCHMARKS.md), so a change
+//! is judged by two objects timed in one process, not by two invocations.
 
 mod support;
 
@@ -233,6 +240,9 @@ struct SingleRow<'a> {
     action: u32,
     /// Issue 16's target for the row, ns above the floor.
     target: Option<f64>,
+    /// Which object's connection table `forget` deletes from: 0 this
+    /// build's, 1 the compared one's.
+    table: usize,
 }
 
 /// What the tunnel rows found out before timing.
@@ -259,12 +269,12 @@ fn forget(
 /// Run `row` `SINGLE_RUNS` times; the mean of the fastest `1 - TRIM`.
 fn time_single(
     row: &SingleRow,
-    conns: &mut HashMap<MapData, FlowWords, ConnEntry>,
+    conns: &mut [HashMap<MapData, FlowWords, ConnEntry>],
 ) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(SINGLE_RUNS);
     for _ in 0..SINGLE_RUNS {
         if let Some(key) = &row.forget {
-            forget(conns, key)?;
+            forget(&mut conns[row.table], key)?;
         }
         let (action, d, _) = test_run(row.prog, &row.frame, &row.ctx, 1)?;
         ensure!(
@@ -286,11 +296,13 @@ fn prepare<'a>(
     balancer: &'a Xdp,
     fib: &FibHost,
     conns: &mut HashMap<MapData, FlowWords, ConnEntry>,
+    table: usize,
     method: Method,
     family: Family,
 ) -> anyhow::Result<(Note, Vec<SingleRow<'a>>)> {
     let vip = family.vip();
     let name = format!("{} {}", method.label(), family.label());
+    let who = if table == 0 { "xlb" } else { "B xlb" };
     let new = frames::tcp(family, vip, port(method), NEW_FLOW_PORT, SYN);
     let hit = frames::tcp(family, vip, port(method), CLIENT_PORT, ACK);
     let key = frames::tcp_flow_key(family, port(method), NEW_FLOW_PORT);
@@ -300,8 +312,11 @@ fn prepare<'a>(
         .map_err(|e| anyhow::anyhow!("{name}, new flow: {e}"))?;
     // The key must be the one the balancer files the flow under, or the
     // deletes before each run would leave its entry and time a hit.
+    let filed = conns.get(&key, 0).is_ok();
+    // A compared object may file flows elsewhere (an experiment): its
+    // new-flow row is left out, as it could not be made to miss.
     ensure!(
-        conns.get(&key, 0).is_ok(),
+        filed || table != 0,
         "{name}: after a new flow, its key is not in the connection table; the bench's key \
          (frames::tcp_flow_key) does not match the balancer's"
     );
@@ -328,26 +343,21 @@ fn prepare<'a>(
     } else {
         targets::DSR_HIT
     };
-    let mut rows = vec![
-        SingleRow {
-            label: format!("xlb {name}: new flow"),
-            prog: balancer,
-            ctx: fib.ctx(new.len()),
-            frame: new,
-            forget: Some(key),
-            action: XDP_TX,
-            target: Some(targets::NEW_FLOW),
-        },
-        SingleRow {
-            label: format!("xlb {name}: conn-table hit"),
-            prog: balancer,
-            ctx: fib.ctx(hit.len()),
-            frame: hit,
-            forget: None,
-            action: XDP_TX,
-            target: Some(hit_target),
-        },
-    ];
+    let row = |what: &str, frame: Vec<u8>, forget, target| SingleRow {
+        label: format!("{who} {name}: {what}"),
+        prog: balancer,
+        ctx: fib.ctx(frame.len()),
+        frame,
+        forget,
+        action: XDP_TX,
+        target: Some(target),
+        table,
+    };
+    let mut rows = Vec::new();
+    if filed {
+        rows.push(row("new flow", new, Some(key), targets::NEW_FLOW));
+    }
+    rows.push(row("conn-table hit", hit, None, hit_target));
     if family == Family::V4 {
         // A UDP datagram of a known flow: the DSR VIP is `dns`, the tunnel
         // methods' are `<method>-udp` on the TCP VIP's port.
@@ -362,15 +372,7 @@ fn prepare<'a>(
             frames::check(method, family, &udp, action, &out)
                 .map_err(|e| anyhow::anyhow!("{name}, UDP: {e}"))?;
         }
-        rows.push(SingleRow {
-            label: format!("xlb {name}: UDP, known flow"),
-            prog: balancer,
-            ctx: fib.ctx(udp.len()),
-            frame: udp,
-            forget: None,
-            action: XDP_TX,
-            target: Some(target),
-        });
+        rows.push(row("UDP, known flow", udp, None, target));
     }
     Ok((note, rows))
 }
@@ -391,7 +393,11 @@ fn main() -> anyhow::Result<()> {
         mtu: 1500,
     };
     dp.apply(host, &desired, None)?;
-    let mut conns = dp.conn_table().flows_map()?;
+    let mut conns = vec![dp.conn_table().flows_map()?];
+    let compared = Compared::load(host, &desired)?;
+    if let Some(c) = &compared {
+        conns.push(c.dp.conn_table().flows_map()?);
+    }
 
     let mut aux = aya::Ebpf::load(xlb_dataplane::aux_object())?;
     support::load_xdp(&mut aux, aux::MAC_SWAP_PROGRAM)?;
@@ -518,24 +524,51 @@ fn main() -> anyhow::Result<()> {
         forget: None,
         action: XDP_TX,
         target: None,
+        table: 0,
     }];
     for method in Method::ALL {
         for family in Family::ALL {
-            let (note, rows) = prepare(balancer, &fib, &mut conns, method, family)?;
+            let (note, rows) = prepare(balancer, &fib, &mut conns[0], 0, method, family)?;
             notes.push(note);
-            single_rows.extend(rows);
+            let Some(c) = &compared else {
+                single_rows.extend(rows);
+                continue;
+            };
+            // Each row of this build beside the same row of the other.
+            let (other, mut others) =
+                prepare(c.dp.program(), &fib, &mut conns[1], 1, method, family)?;
+            let unencapsulated = |o: Outcome| o == Outcome::NotEncapsulated;
+            ensure!(
+                unencapsulated(other.outcome) == unencapsulated(notes[notes.len() - 1].outcome),
+                "XLB_BENCH_COMPARE: the compared object forwards {} {} otherwise",
+                method.label(),
+                family.label()
+            );
+            for a in rows {
+                let twin = format!("B {}", a.label);
+                let b = others.iter().position(|b| b.label == twin);
+                single_rows.push(a);
+                if let Some(i) = b {
+                    single_rows.push(others.remove(i));
+                }
+            }
         }
     }
     let pass_frame = frames::tcp(Family::V4, "198.18.0.99".parse()?, dsr, CLIENT_PORT, ACK);
-    single_rows.push(SingleRow {
-        label: "xlb: not for a VIP, XDP_PASS".into(),
-        prog: balancer,
+    let pass_row = |label: &str, prog| SingleRow {
+        label: label.into(),
+        prog,
         ctx: fib.ctx(pass_frame.len()),
-        frame: pass_frame,
+        frame: pass_frame.clone(),
         forget: None,
         action: XDP_PASS,
         target: Some(targets::PASS),
-    });
+        table: 0,
+    };
+    single_rows.push(pass_row("xlb: not for a VIP, XDP_PASS", balancer));
+    if let Some(c) = &compared {
+        single_rows.push(pass_row("B xlb: not for a VIP, XDP_PASS", c.dp.program()));
+    }
 
     let mut repeat_times: Vec<Vec<Duration>> = vec![Vec::new(); repeat_rows.len()];
     let mut single_times: Vec<Vec<Duration>> = vec![Vec::new(); single_rows.len()];
@@ -565,6 +598,53 @@ fn main() -> anyhow::Result<()> {
     print_single(&single_rows, &single_medians, repeat_medians[0]);
     print_notes(&notes);
     Ok(())
+}
+
+/// The object named by `XLB_BENCH_COMPARE`, loaded beside this build's
+/// with the same config; its pins are removed on drop.
+struct Compared {
+    dp: xlb_dataplane::Dataplane,
+    pins: xlb_dataplane::pins::PinDir,
+}
+
+impl Compared {
+    fn load(
+        host: HostInterface,
+        desired: &xlb_core::state::Desired,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(path) = std::env::var_os("XLB_BENCH_COMPARE") else {
+            return Ok(None);
+        };
+        let object = std::fs::read(&path)
+            .with_context(|| format!("XLB_BENCH_COMPARE: reading {}", path.to_string_lossy()))?;
+        let bpffs =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/xlbbench-{}", std::process::id()));
+        let pins = xlb_dataplane::pins::PinDir::new(&bpffs, "dp0");
+        pins.create()?;
+        let mut dp =
+            xlb_dataplane::Dataplane::load_pinned(&object, lb_common::maps::CONN_TABLE_SIZE, &pins)
+                .with_context(|| {
+                    format!("XLB_BENCH_COMPARE: loading {}", path.to_string_lossy())
+                })?;
+        dp.apply(host, desired, None)?;
+        println!("compared object (B rows): {}", path.to_string_lossy());
+        print_program(dp.program())?;
+        Ok(Some(Self { dp, pins }))
+    }
+}
+
+impl Drop for Compared {
+    fn drop(&mut self) {
+        if let Err(e) = self.pins.remove() {
+            eprintln!(
+                "XLB_BENCH_COMPARE: removing {}: {e}",
+                self.pins.path().display()
+            );
+        }
+        if let Some(bpffs) = self.pins.path().parent().and_then(|p| p.parent()) {
+            let _ = std::fs::remove_dir(bpffs);
+        }
+    }
 }
 
 fn ns(d: Duration) -> f64 {

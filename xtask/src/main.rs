@@ -6,7 +6,8 @@
 //! - `demo`: setup, build, and run the namespace demo (`--fleet`: the fleet
 //!   behind an ECMP router, tests/src/bin/xlb-fleet-demo.rs);
 //! - `package`: setup, then the Debian package (package.rs);
-//! - `incident-replay`: setup, build, and replay the outage (docs/INCIDENT.md);
+//! - `incident-replay [--fleet]`: setup, build, and replay the outage on one node
+//!   or on a fleet (docs/INCIDENT.md);
 //! - `bench [NAME...]`: setup, then the benchmarks in xtask/benches (all, or
 //!   the named ones; `dataplane` names the data-plane group);
 //! - `modcheck`: check that no module of any workspace crate imports in a
@@ -50,7 +51,12 @@ enum Cmd {
     },
     /// Run setup, build, then the replay of the outage behind xlb in network
     /// namespaces (docs/INCIDENT.md); exit 1 when it misses a goal.
-    IncidentReplay,
+    IncidentReplay {
+        /// On a fleet instead: three nodes behind an ECMP router with etcd,
+        /// the change as a rollout with a canary and on all three at once.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Run the benchmarks (xtask/benches); results go to docs/BENCHMARKS.md by hand.
     Bench {
         /// Benches to run (file names in xtask/benches, or `dataplane` for the
@@ -66,6 +72,11 @@ enum Cmd {
         /// Where to write the .deb (default: target/debian/).
         #[arg(long)]
         output: Option<std::path::PathBuf>,
+        /// Package the dev build (unoptimized) instead of the release build:
+        /// the same files and scripts, for tests (`cargo xtask test` uses it
+        /// so the run stays within its time); never to ship.
+        #[arg(long)]
+        dev: bool,
     },
     /// Check that no module of any workspace crate imports in a cycle; exit 1
     /// naming the files and the names that make each cycle.
@@ -82,6 +93,7 @@ const BENCHES: &[&str] = &[
     "observe",
     "scrape_load",
     "fleet_status",
+    "control",
 ];
 
 /// Names that stand for several benches. `dataplane` is the issue's
@@ -195,11 +207,14 @@ fn main() -> anyhow::Result<()> {
             run(&mut ebpf_clippy())?;
             // Build the `xlb` binary first: the end-to-end tests run it.
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
-            // The release build and the package, once: tests/tests/package.rs
-            // repackages it (other versions) without building again.
+            // The package, once, of the dev build just made (a release build
+            // of every dependency would take longer than the rest of the run;
+            // the files and maintainer scripts are the same): tests/tests/
+            // package.rs repackages it (other versions) without building again.
             package::package(&package::Options {
                 deb_version: None,
                 output: None,
+                profile: package::Profile::Dev,
             })?;
             // Every test binary runs even when one fails, so a run reports
             // every failure at once.
@@ -216,7 +231,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { names } => {
             let benches = benches_named(&names)?;
             setup::setup()?;
-            if benches.contains(&"scrape_load") || benches.contains(&"fleet_status") {
+            if ["scrape_load", "fleet_status", "control"]
+                .iter()
+                .any(|b| benches.contains(b))
+            {
                 // They run `xlb` (the daemon, the CLI): the release binary
                 // beside the bench (tests::xlbd::xlb_binary looks there).
                 run(cargo().args(["build", "--release", "-p", "lb-userspace", "--bin", "xlb"]))?;
@@ -231,11 +249,17 @@ fn main() -> anyhow::Result<()> {
         Cmd::Package {
             deb_version,
             output,
+            dev,
         } => {
             setup::setup()?;
             package::package(&package::Options {
                 deb_version,
                 output,
+                profile: if dev {
+                    package::Profile::Dev
+                } else {
+                    package::Profile::Release
+                },
             })
             .map(drop)
         }
@@ -251,10 +275,15 @@ fn main() -> anyhow::Result<()> {
             let demo = if fleet { "xlb-fleet-demo" } else { "xlb-demo" };
             run(cargo().args(["run", "-p", "tests", "--bin", demo]))
         }
-        Cmd::IncidentReplay => {
+        Cmd::IncidentReplay { fleet } => {
             setup::setup()?;
             run(cargo().args(["build", "-p", "lb-userspace", "--bin", "xlb"]))?;
-            run(cargo().args(["run", "-p", "tests", "--bin", "xlb-incident"]))
+            let replay = if fleet {
+                "xlb-fleet-incident"
+            } else {
+                "xlb-incident"
+            };
+            run(cargo().args(["run", "-p", "tests", "--bin", replay]))
         }
     }
 }

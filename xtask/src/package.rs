@@ -1,5 +1,5 @@
 //! `cargo xtask package`: the Debian package (cargo-deb, installed by
-//! setup). The release `xlb`, its man pages and shell completions generated
+//! setup). The release `xlb` (or, for tests, the dev build), its man pages and shell completions generated
 //! from the clap definitions (lb-userspace/examples/xlb-docs.rs), the unit
 //! with the package's binary path, then cargo-deb with what
 //! lb-userspace/Cargo.toml's `[package.metadata.deb]` lists.
@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::command::{cargo, run};
+use crate::command::{cargo, git_commit, run};
 
 /// Where the unit in deploy/ expects the binary, and where the package
 /// puts it.
@@ -40,36 +40,6 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// The commit being packaged: `git describe`-like, "-dirty" when the work
-/// tree has changes that are not committed (the binary then is not that
-/// commit).
-fn git_commit() -> anyhow::Result<String> {
-    let out = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(workspace())
-        .output()
-        .context("running git rev-parse")?;
-    if !out.status.success() {
-        bail!(
-            "git rev-parse HEAD failed in {}: {}",
-            workspace().display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let commit = String::from_utf8(out.stdout)?.trim().to_string();
-    let dirty = !Command::new("git")
-        .args(["diff", "--quiet", "HEAD", "--"])
-        .current_dir(workspace())
-        .status()
-        .context("running git diff")?
-        .success();
-    Ok(if dirty {
-        format!("{commit}-dirty")
-    } else {
-        commit
-    })
-}
-
 /// The unit of deploy/systemd with the package's binary path.
 pub fn package_unit(unit: &str) -> anyhow::Result<String> {
     let exec = format!("ExecStart={UNIT_BINARY} ");
@@ -81,37 +51,67 @@ pub fn package_unit(unit: &str) -> anyhow::Result<String> {
     Ok(unit.replace(UNIT_BINARY, PACKAGE_BINARY))
 }
 
+/// The cargo profile the package's binary is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// What ships.
+    Release,
+    /// Unoptimized: the same package for tests (`cargo xtask test`), which
+    /// have just built it.
+    Dev,
+}
+
+impl Profile {
+    /// Cargo's name of the profile.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Dev => "dev",
+        }
+    }
+
+    /// The folder of the target directory the profile builds into.
+    fn folder(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::Dev => "debug",
+        }
+    }
+}
+
 /// Options of `cargo xtask package`.
 pub struct Options {
     /// The package's version instead of the crate's (`0.1.0-1`).
     pub deb_version: Option<String>,
     /// Where the .deb goes (default: cargo-deb's, `target/debian/`).
     pub output: Option<PathBuf>,
+    /// Which build goes in.
+    pub profile: Profile,
 }
 
 pub fn package(options: &Options) -> anyhow::Result<PathBuf> {
-    let commit = git_commit()?;
+    let commit = git_commit().context("the commit to stamp the package's binary with")?;
     let started = std::time::Instant::now();
-    run(cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "lb-userspace",
-            "--bin",
-            "xlb",
-            "--example",
-            "xlb-docs",
-        ])
-        .env("XLB_GIT_COMMIT", &commit))?;
+    run(cargo().args([
+        "build",
+        "--profile",
+        options.profile.name(),
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "xlb",
+        "--example",
+        "xlb-docs",
+    ]))?;
     println!(
-        "package: release build of xlb {commit} took {:.0?}",
+        "package: {} build of xlb {commit} took {:.0?}",
+        options.profile.name(),
         started.elapsed()
     );
-    let release = target_dir().join("release");
-    let assets = release.join("deb-assets");
+    let built = target_dir().join(options.profile.folder());
+    let assets = built.join("deb-assets");
     std::fs::create_dir_all(&assets).with_context(|| format!("creating {}", assets.display()))?;
-    run(Command::new(release.join("examples/xlb-docs")).arg(&assets))?;
+    run(Command::new(built.join("examples/xlb-docs")).arg(&assets))?;
     // Debian ships man pages compressed (-n: no name or time inside, so the
     // same pages give the same bytes).
     let man = assets.join("man");
@@ -132,7 +132,17 @@ pub fn package(options: &Options) -> anyhow::Result<PathBuf> {
     let mut deb = cargo();
     // cargo-deb strips the binary: the eBPF objects are embedded data,
     // which stripping leaves alone.
-    deb.args(["deb", "-p", "lb-userspace", "--no-build"]);
+    // Asset paths under target/release/ name the profile's folder. cargo-deb
+    // (pinned: setup.rs) warns that a dev profile is for tests only, which
+    // is the only use `Profile::Dev` has.
+    deb.args([
+        "deb",
+        "-p",
+        "lb-userspace",
+        "--no-build",
+        "--profile",
+        options.profile.name(),
+    ]);
     if let Some(v) = &options.deb_version {
         deb.args(["--deb-version", v]);
     }
@@ -140,7 +150,6 @@ pub fn package(options: &Options) -> anyhow::Result<PathBuf> {
         deb.arg("--output").arg(o);
     }
     let out = deb
-        .env("XLB_GIT_COMMIT", &commit)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| {

@@ -25,7 +25,10 @@ pub use types::*;
 
 use xxhash_rust::xxh64::xxh64;
 
+use std::collections::{HashMap, HashSet};
+
 use crate::config::Config;
+use crate::state::{Desired, DesiredVip, same_table_inputs};
 
 use diff::Side;
 use flows::Built;
@@ -33,34 +36,84 @@ use flows::Built;
 /// Plan the change from `base` (applied today) to `candidate`.
 /// `base_revision` is left unset for the caller to fill in.
 pub fn plan(base: &Config, candidate: &Config) -> Result<Plan, PlanError> {
-    let built = |which: &'static str, config: &Config| {
-        config
-            .vips
-            .iter()
-            .map(|v| {
-                flows::build(v, config.hash_seed).map_err(|source| PlanError::Maglev {
-                    which,
+    plan_over(base, None, candidate)
+}
+
+/// [`plan`], with the tables of `base` taken from `applied` (the state the
+/// daemon built for it) where their inputs are the same, instead of built
+/// again. A candidate VIP whose table inputs and hash mode are those of its
+/// base VIP shares the base's table: only the tables of changed VIPs are
+/// built.
+pub fn plan_over(
+    base: &Config,
+    applied: Option<&Desired>,
+    candidate: &Config,
+) -> Result<Plan, PlanError> {
+    let applied_by_name: HashMap<&str, &DesiredVip> = applied
+        .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
+        .unwrap_or_default();
+    let applied_seed = applied.map_or(0, |d| d.config.hash_seed);
+    let base_built = base
+        .vips
+        .iter()
+        .map(|v| {
+            match applied_by_name
+                .get(v.name.as_str())
+                .filter(|a| same_table_inputs(&a.config, applied_seed, v, base.hash_seed))
+            {
+                Some(a) => Ok(Built::from_table(a.table.clone(), base.hash_seed, v.hash)),
+                None => flows::build(v, base.hash_seed).map_err(|source| PlanError::Maglev {
+                    which: "base",
+                    vip: v.name.clone(),
+                    source,
+                }),
+            }
+        })
+        .collect::<Result<Vec<Built>, _>>()?;
+    let base_index: HashMap<&str, usize> = base
+        .vips
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.as_str(), i))
+        .collect();
+    let base_side = |name: &str| {
+        base_index.get(name).map(|&i| Side {
+            vip: &base.vips[i],
+            built: &base_built[i],
+        })
+    };
+    // None: the same table as the base VIP of that name.
+    let candidate_built = candidate
+        .vips
+        .iter()
+        .map(|v| {
+            let same = base_side(&v.name).is_some_and(|b| {
+                b.vip.hash == v.hash
+                    && same_table_inputs(b.vip, base.hash_seed, v, candidate.hash_seed)
+            });
+            if same {
+                return Ok(None);
+            }
+            flows::build(v, candidate.hash_seed)
+                .map(Some)
+                .map_err(|source| PlanError::Maglev {
+                    which: "candidate",
                     vip: v.name.clone(),
                     source,
                 })
-            })
-            .collect::<Result<Vec<Built>, _>>()
-    };
-    let base_built = built("base", base)?;
-    let candidate_built = built("candidate", candidate)?;
-    let base_side = |name: &str| {
-        base.vips
-            .iter()
-            .zip(&base_built)
-            .find(|(v, _)| v.name == name)
-            .map(|(vip, built)| Side { vip, built })
-    };
+        })
+        .collect::<Result<Vec<Option<Built>>, _>>()?;
 
     let mut vips = Vec::new();
     let mut lints = Vec::new();
     for (vip, built) in candidate.vips.iter().zip(&candidate_built) {
-        let after = Side { vip, built };
         let before = base_side(&vip.name);
+        let built = match (built, before) {
+            (Some(b), _) => b,
+            (None, Some(before)) => before.built,
+            (None, None) => unreachable!("a shared table has a base VIP"),
+        };
+        let after = Side { vip, built };
         let mut vip_plan = diff::vip_plan(before, Some(after));
         if let Some(before) = before {
             lints.extend(lints::check(before, after, &vip_plan));
@@ -68,8 +121,9 @@ pub fn plan(base: &Config, candidate: &Config) -> Result<Plan, PlanError> {
         }
         vips.push(vip_plan);
     }
+    let candidate_names: HashSet<&str> = candidate.vips.iter().map(|v| v.name.as_str()).collect();
     for (vip, built) in base.vips.iter().zip(&base_built) {
-        if !candidate.vips.iter().any(|c| c.name == vip.name) {
+        if !candidate_names.contains(vip.name.as_str()) {
             vips.push(diff::vip_plan(Some(Side { vip, built }), None));
         }
     }

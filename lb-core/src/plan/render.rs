@@ -1,25 +1,34 @@
 //! The human form of a plan: borderless, kubectl-like text.
 //!
 //! ```text
-//! vip web: changed, 52.3% of flows move to another backend
+//! plan: 2 VIPs changed, 1 removed, 1 unchanged; refused by max_flows_moved, max_share_growth
+//!   web: 1 backend added, 1 changed; refused by max_flows_moved, max_share_growth
+//!   old: removed (1 backend)
+//!
+//! ~ vip web: changed, 52.3% of flows move to another backend
 //!   backend b3: weight 1 -> 10
 //!   backend b4 added (weight 1, active)
-//!   BACKEND   CHANGE      WEIGHT    STATE         SHARE            CAPACITY SHARE
-//!   b0        unchanged   1         active        33.3% -> 7.7%    7.7%
-//!   b1        unchanged   1         active        33.3% -> 7.7%    7.7%
-//!   b3        changed     1 -> 10   active        33.3% -> 76.9%   76.9%
-//!   b4        added       - -> 1    - -> active   0.0% -> 7.7%     7.7%
-//! vip dns: unchanged
-//! vip old: removed
+//!   BACKEND   CHANGE      WEIGHT    STATE         SHARE            CAPACITY SHARE   ESTABLISHED
+//!     b0      unchanged   1         active        33.3% -> 7.7%    7.7%             kept
+//!     b1      unchanged   1         active        33.3% -> 7.7%    7.7%             kept
+//!   ~ b3      changed     1 -> 10   active        33.3% -> 76.9%   76.9%            kept
+//!   + b4      added       - -> 1    - -> active   0.0% -> 7.7%     7.7%             -
+//!   vip dns: unchanged
+//! - vip old: removed
 //!   VIP removed: 198.18.100.2:53/udp, 1 backend (1 active)
-//!   BACKEND   CHANGE    WEIGHT   STATE         SHARE            CAPACITY SHARE
-//!   b0        removed   1 -> -   active -> -   100.0% -> 0.0%   0.0%
+//!   ...
 //!
 //! refused: 2 safety checks failed
 //!   VIP   CHECK              FINDING
 //!   web   max_flows_moved    52.3% of the flows would move to another backend (limit 30%)
 //!   web   max_share_growth   b3: predicted share 76.9% is 2.31x today's 33.3% (limit 1.5x)
 //! ```
+//!
+//! The summary comes first: the whole plan on one line, then one line per
+//! VIP that changes. `+ ~ -` mark what is added, changed and removed (VIPs
+//! and backends). Config-wide changes (`hash_seed 1 -> 2`) come next, then
+//! a blank line. Without any change the text is the summary, `no changes`,
+//! a blank line, and that every safety check passes.
 //!
 //! Config-wide changes (`hash_seed 1 -> 2`) come first, then a blank line.
 //! Without any change the text is `no changes`, a blank line, and that every
@@ -28,7 +37,7 @@
 use std::fmt::Display;
 
 use super::lints::percent;
-use super::types::{BackendPlan, Change, Plan, VipPlan};
+use super::types::{BackendPlan, Change, Lint, Plan, VipPlan};
 
 /// What a plan says when no safety check refuses it.
 pub const PASSED: &str = "every safety check passes (max_share_growth, max_capacity_ratio, \
@@ -40,6 +49,13 @@ impl Plan {
     /// the failed safety checks (`refused:`) or that every check passes.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
+        let mut summary = self.summary().into_iter();
+        out.push_str(&summary.next().unwrap_or_default());
+        out.push('\n');
+        for line in summary {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push('\n');
         if self.changed {
             for line in &self.details {
                 out.push_str(line);
@@ -78,8 +94,7 @@ impl Plan {
             out.push('\n');
         } else {
             let n = self.lints.len();
-            let plural = if n == 1 { "" } else { "s" };
-            out.push_str(&format!("refused: {n} safety check{plural} failed\n"));
+            out.push_str(&format!("refused: {n} safety check{} failed\n", plural(n)));
             let mut rows = vec![["VIP", "CHECK", "FINDING"].map(String::from).to_vec()];
             rows.extend(
                 self.lints
@@ -90,21 +105,131 @@ impl Plan {
         }
         out
     }
+
+    /// The plan in a few lines: the first for the whole plan
+    /// (`plan: 1 VIP changed, 2 unchanged; refused by max_share_growth`),
+    /// then one per VIP that changes (`web: 1 backend changed, 1 removed;
+    /// refused by max_share_growth`).
+    pub fn summary(&self) -> Vec<String> {
+        let verdict = |lints: &mut dyn Iterator<Item = &Lint>| {
+            let mut keys: Vec<&str> = lints.map(|l| l.kind.key()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            if keys.is_empty() {
+                None
+            } else {
+                Some(format!("refused by {}", keys.join(", ")))
+            }
+        };
+        let mut whole = Vec::new();
+        if self.changed {
+            let vips = counts(self.vips.iter().map(|v| v.change), "VIP", true);
+            whole.push(if vips.is_empty() {
+                "no VIP changes".to_string()
+            } else {
+                vips
+            });
+            let n = self.details.len();
+            if n > 0 {
+                whole.push(format!("{n} config-wide change{}", plural(n)));
+            }
+        } else {
+            whole.push("no changes".to_string());
+        }
+        if !self.restart_only.is_empty() {
+            whole.push("needs a restart (an apply refuses it)".to_string());
+        }
+        whole.push(
+            verdict(&mut self.lints.iter())
+                .unwrap_or_else(|| "every safety check passes".to_string()),
+        );
+        let mut lines = vec![format!("plan: {}", whole.join("; "))];
+        for vip in self.vips.iter().filter(|v| v.change != Change::Unchanged) {
+            let mut parts = Vec::new();
+            match vip.change {
+                Change::Added | Change::Removed => {
+                    let n = vip.backends.len();
+                    parts.push(format!("{} ({n} backend{})", vip.change, plural(n)));
+                }
+                _ => {
+                    let backends = counts(vip.backends.iter().map(|b| b.change), "backend", false);
+                    if !backends.is_empty() {
+                        parts.push(backends);
+                    }
+                    let n = vip
+                        .details
+                        .iter()
+                        .filter(|d| !d.starts_with("backend "))
+                        .count();
+                    if n > 0 {
+                        parts.push(format!("{n} setting{} changed", plural(n)));
+                    }
+                }
+            }
+            let mut line = format!("{}: {}", vip.name, parts.join(", "));
+            if let Some(v) = verdict(&mut self.lints.iter().filter(|l| l.vip == vip.name)) {
+                line.push_str(&format!("; {v}"));
+            }
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+/// `s` after a count other than one.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `2 VIPs changed, 1 removed, 3 unchanged`: how many of each change, the
+/// noun once, after the first count; empty when there are none. Unchanged
+/// ones are counted only when `unchanged` says so.
+fn counts(changes: impl Iterator<Item = Change>, noun: &str, unchanged: bool) -> String {
+    let changes: Vec<Change> = changes.collect();
+    let mut out: Vec<String> = Vec::new();
+    for kind in [
+        Change::Added,
+        Change::Changed,
+        Change::Removed,
+        Change::Unchanged,
+    ] {
+        let n = changes.iter().filter(|c| **c == kind).count();
+        if n == 0 || (kind == Change::Unchanged && !unchanged) {
+            continue;
+        }
+        out.push(if out.is_empty() {
+            format!("{n} {noun}{} {kind}", plural(n))
+        } else {
+            format!("{n} {kind}")
+        });
+    }
+    out.join(", ")
+}
+
+/// `+ ~ -` for added, changed, removed; a blank for unchanged.
+fn marker(change: Change) -> char {
+    match change {
+        Change::Added => '+',
+        Change::Changed => '~',
+        Change::Removed => '-',
+        Change::Unchanged => ' ',
+    }
 }
 
 fn render_vip(out: &mut String, vip: &VipPlan) {
+    let mark = marker(vip.change);
     match vip.change {
         Change::Unchanged => {
-            out.push_str(&format!("vip {}: unchanged\n", vip.name));
+            out.push_str(&format!("  vip {}: unchanged\n", vip.name));
             return;
         }
         Change::Changed => out.push_str(&format!(
-            "vip {}: changed, {} of flows move to another backend\n",
+            "{mark} vip {}: changed, {} of flows move to another backend\n",
             vip.name,
             percent(vip.flows_moved_ratio)
         )),
         Change::Added | Change::Removed => {
-            out.push_str(&format!("vip {}: {}\n", vip.name, vip.change))
+            out.push_str(&format!("{mark} vip {}: {}\n", vip.name, vip.change))
         }
     }
     for line in &vip.details {
@@ -154,7 +279,7 @@ fn indent(out: &mut String, text: &str) {
 
 fn backend_row(b: &BackendPlan) -> Vec<String> {
     vec![
-        b.name.clone(),
+        format!("{} {}", marker(b.change), b.name),
         b.change.to_string(),
         before_after(b.weight_before, b.weight_after),
         before_after(b.state_before.as_deref(), b.state_after.as_deref()),

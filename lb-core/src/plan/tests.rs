@@ -105,7 +105,10 @@ fn identical_configs_are_unchanged_without_lints() {
             }
         }
         let text = p.render_table();
-        assert!(text.starts_with("no changes\n"), "{text}");
+        assert!(
+            text.starts_with("plan: no changes; every safety check passes\n\nno changes\n"),
+            "{text}"
+        );
         assert!(text.ends_with(&format!("\n{}\n", render::PASSED)), "{text}");
     }
 }
@@ -618,6 +621,23 @@ fn added_and_removed_vips_are_listed_not_checked() {
                 && b.share_after_ratio == 0.0)
     );
     assert!(p.changed);
+    assert_eq!(
+        p.summary(),
+        [
+            "plan: 1 VIP added, 1 removed, 2 unchanged; every safety check passes",
+            "api: added (2 backends)",
+            "dns: removed (3 backends)",
+        ]
+    );
+    let text = p.render_table();
+    for line in [
+        "\n+ vip api: added\n",
+        "\n- vip dns: removed\n",
+        "\n  + b1 ",
+        "\n  - b3 ",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
 }
 
 #[test]
@@ -710,8 +730,10 @@ fn every_difference_has_a_line() {
     assert!(p.vips.iter().all(|v| v.change == Change::Unchanged));
     assert_eq!(
         p.render_table(),
-        "interface eth0 -> eth1   (restart-only)\n\nvip web: unchanged\nvip dns: unchanged\n\
-         vip web6: unchanged\n\nneeds a restart: an apply refuses this change (exit 2)\n  \
+        "plan: 3 VIPs unchanged; 1 config-wide change; needs a restart (an apply refuses it); \
+         every safety check passes\n\n\
+         interface eth0 -> eth1   (restart-only)\n\n  vip web: unchanged\n  vip dns: unchanged\n\
+         \x20 vip web6: unchanged\n\nneeds a restart: an apply refuses this change (exit 2)\n  \
          interface: eth0 -> eth1 needs a restart: the daemon is attached to its interface; \
          start a daemon for the new one (and `xlb detach` the old one if it should stop \
          forwarding)\nevery safety check passes (max_share_growth, max_capacity_ratio, \
@@ -892,11 +914,24 @@ fn render_shows_changes_shares_and_refusals() {
     let p = plan(&base, &candidate).unwrap();
     let text = p.render_table();
     let web = &p.vips[0];
-    let lines: Vec<&str> = text.lines().collect();
+    let all: Vec<&str> = text.lines().collect();
+    // The summary first: the whole plan, then each changed VIP.
+    let refused_by = "refused by max_flows_moved, max_share_growth";
+    assert_eq!(
+        all[..3],
+        [
+            format!("plan: 1 VIP changed, 1 unchanged; {refused_by}").as_str(),
+            &format!("  web: 1 backend added, 2 changed; {refused_by}"),
+            "",
+        ],
+        "{text}"
+    );
+    assert_eq!(p.summary().len(), 2);
+    let lines = &all[3..];
     assert_eq!(
         lines[0],
         format!(
-            "vip web: changed, {:.1}% of flows move to another backend",
+            "~ vip web: changed, {:.1}% of flows move to another backend",
             web.flows_moved_ratio * 100.0
         )
     );
@@ -915,7 +950,7 @@ fn render_shows_changes_shares_and_refusals() {
             && lines[5].ends_with("ESTABLISHED"),
         "{text}"
     );
-    let b3 = lines.iter().find(|l| l.starts_with("  b3 ")).unwrap();
+    let b3 = lines.iter().find(|l| l.starts_with("  ~ b3 ")).unwrap();
     assert!(b3.contains("changed     1 -> 10"), "{b3}");
     let b3p = backend_plan(&p, "web", "b3");
     assert!(
@@ -926,11 +961,15 @@ fn render_shows_changes_shares_and_refusals() {
         )),
         "{b3}"
     );
-    let b10 = lines.iter().find(|l| l.starts_with("  b10 ")).unwrap();
+    let b10 = lines.iter().find(|l| l.starts_with("  + b10 ")).unwrap();
     assert!(b10.contains("added       - -> 1    - -> active"), "{b10}");
-    let b5 = lines.iter().find(|l| l.starts_with("  b5 ")).unwrap();
+    let b5 = lines.iter().find(|l| l.starts_with("  ~ b5 ")).unwrap();
+    assert!(
+        lines.iter().any(|l| l.starts_with("    b0 ")),
+        "unchanged backends are unmarked: {text}"
+    );
     assert!(b5.contains("active -> draining"), "{b5}");
-    assert!(text.contains("\nvip dns: unchanged\n"), "{text}");
+    assert!(text.contains("\n  vip dns: unchanged\n"), "{text}");
     assert!(
         text.contains(&format!(
             "\nrefused: {} safety checks failed\n",
@@ -1152,6 +1191,39 @@ fn draining_one_of_three_passes_at_every_table_size() {
         assert!(
             kinds.contains(&LintKind::CapacityRemoved) && !kinds.contains(&LintKind::ShareGrowth),
             "{kinds:?}"
+        );
+    }
+}
+
+// ---- tables taken from the applied state ----
+
+/// Planning over the applied state's tables (the daemon's way: only changed
+/// VIPs' tables built) gives the plan that building every table gives.
+#[test]
+fn planning_over_the_applied_tables_is_planning_from_scratch() {
+    let two = |seed: u32, w: u32, size: u32| {
+        let mut a = vip("web", M, (0..4).map(|i| backend(i, 1)).collect());
+        set_weight(&mut a.backends[0], w);
+        let mut b = vip("api", size, (0..3).map(|i| backend(i, 1)).collect());
+        b.address = "198.18.100.2".parse().unwrap();
+        config(seed, vec![a, b])
+    };
+    let base = two(7, 1, 4091);
+    let applied = state::desired(&base, &Default::default()).unwrap();
+    for candidate in [
+        two(7, 1, 4091),
+        two(7, 3, 4091),
+        two(7, 1, 4079),
+        two(8, 1, 4091),
+        config(7, vec![vip("web", M, vec![backend(0, 1)])]),
+    ] {
+        assert_eq!(
+            plan_over(&base, Some(&applied), &candidate).unwrap(),
+            plan(&base, &candidate).unwrap()
+        );
+        assert_eq!(
+            plan_over(&base, None, &candidate).unwrap(),
+            plan(&base, &candidate).unwrap()
         );
     }
 }

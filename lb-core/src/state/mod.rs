@@ -18,7 +18,7 @@
 //! handed out next-fit (`ids`), so a freed id is not given to another backend
 //! until the whole id space has been gone through.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use lb_common::{
@@ -165,6 +165,37 @@ pub fn global_config(host: &HostInterface, config: &Config) -> GlobalConfig {
 /// Compute the desired kernel state for `config`, keeping the ids of
 /// everything `previous` already placed.
 pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateError> {
+    desired_reusing(config, previous, None, &|| {})
+}
+
+/// Whether `a` and `b` build the same Maglev table: same size, same seed,
+/// the same table backends (names and weights, in order). The table depends
+/// on nothing else (`maglev::build`).
+pub(crate) fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> bool {
+    a_seed == b_seed
+        && a.table_size == b.table_size
+        && a.table_backends()
+            .map(|x| (&x.name, x.weight))
+            .eq(b.table_backends().map(|x| (&x.name, x.weight)))
+}
+
+/// [`desired`], taking the Maglev table of each VIP whose table inputs
+/// (size, seed, table backends and weights) are those it had in `built`
+/// from there instead of building it again: an apply that changes one VIP
+/// builds one table. `built`'s tables are never health-patched
+/// (`DesiredVip::table`), so they are what `maglev::build` would return.
+/// `progress` is called after each table built (the daemon's watchdog
+/// hears a long build progress).
+pub fn desired_reusing(
+    config: &Config,
+    previous: &Allocation,
+    built: Option<&Desired>,
+    progress: &dyn Fn(),
+) -> Result<Desired, StateError> {
+    let built_by_name: HashMap<&str, &DesiredVip> = built
+        .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
+        .unwrap_or_default();
+    let built_seed = built.map_or(0, |d| d.config.hash_seed);
     let mut allocation = Allocation::default();
 
     // VIP ids: keep, then allocate the new ones from ids nobody held before.
@@ -239,19 +270,30 @@ pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateE
     {
         let id = allocation.vips[vip_ident];
         let backend_ids: Vec<u32> = b_idents.iter().map(|i| allocation.backends[i]).collect();
-        let inputs: Vec<MaglevBackend<'_>> = v
-            .table_backends()
-            .map(|b| MaglevBackend {
-                name: &b.name,
-                weight: b.weight,
-            })
-            .collect();
-        let table = maglev::build(&inputs, v.table_size, config.hash_seed).map_err(|source| {
-            StateError::Maglev {
-                vip: v.name.clone(),
-                source,
+        let reused = built_by_name
+            .get(v.name.as_str())
+            .filter(|b| same_table_inputs(&b.config, built_seed, v, config.hash_seed));
+        let table = match reused {
+            Some(b) => b.table.clone(),
+            None => {
+                let inputs: Vec<MaglevBackend<'_>> = v
+                    .table_backends()
+                    .map(|b| MaglevBackend {
+                        name: &b.name,
+                        weight: b.weight,
+                    })
+                    .collect();
+                let table =
+                    maglev::build(&inputs, v.table_size, config.hash_seed).map_err(|source| {
+                        StateError::Maglev {
+                            vip: v.name.clone(),
+                            source,
+                        }
+                    })?;
+                progress();
+                table
             }
-        })?;
+        };
         let slots = if table.slots.is_empty() {
             vec![NO_BACKEND]
         } else {
@@ -390,6 +432,57 @@ impl Desired {
 mod tests {
     use super::*;
     use crate::config::parse;
+
+    /// Two VIPs; `web`'s b2 at `b2_weight` and MAC `b2_mac`, `api`'s table
+    /// of `api_size` slots.
+    fn two_vips(seed: u32, b2_weight: u32, b2_mac: &str, api_size: u32) -> Config {
+        let text = format!(
+            "interface = \"eth0\"\nhash_seed = {seed}\n\
+             [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
+             [[vip.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n\
+             [[vip.backend]]\nname = \"b2\"\naddress = \"198.18.0.12\"\nmac = \"{b2_mac}\"\nweight = {b2_weight}\n\
+             [[vip]]\nname = \"api\"\naddress = \"198.18.100.2\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {api_size}\n\
+             [[vip.backend]]\nname = \"b1\"\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:11\"\n\
+             [[vip.backend]]\nname = \"b3\"\naddress = \"198.18.0.13\"\nmac = \"02:00:00:00:00:13\"\n"
+        );
+        parse(&text, "test.toml").unwrap()
+    }
+
+    /// Reusing the tables of an earlier state gives exactly the state a
+    /// full build gives, whatever changed: weights, a MAC (a new id, the
+    /// same table), a table size, the seed; also when the earlier state's
+    /// kernel slots were health-patched (only `table` is reused).
+    #[test]
+    fn reusing_tables_gives_the_state_a_full_build_gives() {
+        let first = two_vips(3, 1, "02:00:00:00:00:12", 1031);
+        let mut before = desired(&first, &Allocation::default()).unwrap();
+        // As a health patch would: the kernel slots all on one backend.
+        let b1 = before.vips[0].backend_ids[0];
+        before.vips[0].slots.iter_mut().for_each(|s| *s = b1);
+        for next in [
+            two_vips(3, 1, "02:00:00:00:00:12", 1031),
+            two_vips(3, 2, "02:00:00:00:00:12", 1031),
+            two_vips(3, 1, "02:00:00:00:00:99", 1031),
+            two_vips(3, 1, "02:00:00:00:00:12", 1033),
+            two_vips(4, 1, "02:00:00:00:00:12", 1031),
+        ] {
+            let full = desired(&next, &before.allocation).unwrap();
+            let builds = std::cell::Cell::new(0);
+            let reused = desired_reusing(&next, &before.allocation, Some(&before), &|| {
+                builds.set(builds.get() + 1)
+            })
+            .unwrap();
+            assert_eq!(reused, full);
+            // Only the tables whose inputs changed were built.
+            let changed = next
+                .vips
+                .iter()
+                .zip(&first.vips)
+                .filter(|(n, f)| !same_table_inputs(f, first.hash_seed, n, next.hash_seed))
+                .count();
+            assert_eq!(builds.get(), changed);
+        }
+    }
 
     fn config(backends: &[(&str, &str, u32)]) -> Config {
         let mut text = String::from(

@@ -14,13 +14,15 @@ use super::output::Output;
 #[command(
     name = "xlb",
     version,
-    about = "xlb: an XDP layer-4 load balancer with Maglev hashing"
+    about = "xlb: an XDP layer-4 load balancer with Maglev hashing",
+    max_term_width = 100
 )]
 pub struct Cli {
-    /// Output format.
+    /// Output format: a table, a wider table, or JSON (errors too: a JSON
+    /// error document on stdout, with the same exit code).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// The daemon's control socket.
+    /// The daemon's control socket (the commands that ask the daemon).
     #[arg(long, global = true, env = "XLB_SOCKET", default_value = api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     #[command(subcommand)]
@@ -57,6 +59,7 @@ pub enum Command {
     /// is detached) and every pinned map. Forwarding on it stops. Refused
     /// while a daemon serves the interface on --socket.
     Detach {
+        /// The interface the balancer is attached to.
         #[arg(long)]
         interface: String,
         /// The bpffs mount the pins are under (default /sys/fs/bpf; given,
@@ -69,10 +72,16 @@ pub enum Command {
         announce_table: Option<u32>,
     },
     /// Check a config file offline; nothing is applied.
-    Validate { file: PathBuf },
+    Validate {
+        /// The config file (TOML).
+        file: PathBuf,
+    },
     /// Apply a config file to the running daemon (all or nothing), recorded
     /// as a new revision.
     Apply {
+        /// A config file, or a plan written by `xlb plan --out` (then
+        /// exactly the config reviewed, onto the revision it was made
+        /// against).
         file: PathBuf,
         /// Why: recorded in the revision (`xlb history`).
         #[arg(short, long)]
@@ -89,6 +98,7 @@ pub enum Command {
     /// share today and after, the flows that move; exit 1 when a safety
     /// check refuses it.
     Plan {
+        /// The config file to plan.
         file: PathBuf,
         /// Plan offline against this config file instead of the running daemon.
         #[arg(long, conflicts_with = "revision")]
@@ -106,7 +116,8 @@ pub enum Command {
         /// --base or --revision.
         #[arg(long, conflicts_with_all = ["base", "revision"])]
         out: Option<PathBuf>,
-        /// Exit 0 even when a safety check refuses it.
+        /// Exit 0 even when a safety check refuses it (the plan printed is
+        /// the same; `xlb apply` still refuses it without its own --force).
         #[arg(long)]
         force: bool,
         /// Exit 3 when the plan has changes (0: none).
@@ -118,6 +129,7 @@ pub enum Command {
     /// (or a pcap) through it and compare each backend's share with its
     /// expected share; exit 1 beyond the VIP's `max_ratio`. Needs CAP_BPF.
     Simulate {
+        /// The config file whose tables are simulated.
         file: PathBuf,
         /// Synthetic flows per VIP.
         #[arg(long, default_value_t = xlb_dataplane::staging::DEFAULT_FLOWS, conflicts_with = "pcap")]
@@ -130,11 +142,15 @@ pub enum Command {
         seed: u64,
     },
     /// The kept revisions, oldest first: who applied what, when, and how it ended.
-    History,
+    History {
+        #[command(flatten)]
+        store: StateDirArg,
+    },
     /// Re-apply an earlier revision as a new one (default: the live revision
     /// before the current).
     Rollback {
-        #[arg(long)]
+        /// The revision to re-apply (`xlb history`).
+        #[arg(long, value_name = "N")]
         to_revision: Option<u64>,
         /// Why: recorded in the revision and the audit log.
         #[arg(short, long)]
@@ -142,11 +158,25 @@ pub enum Command {
     },
     /// One revision: its record and the exact config applied.
     Show {
+        /// The revision's number (`xlb history`).
         revision: u64,
         /// Print only the exact config text, to take it over into a file
         /// (`xlb show 7 --config-text > xlb.toml`).
         #[arg(long)]
         config_text: bool,
+        #[command(flatten)]
+        store: StateDirArg,
+    },
+    /// Two revisions compared: the unified diff of their config texts and
+    /// each VIP's predicted shares under both (the plan from the first to
+    /// the second, as `xlb plan` makes it).
+    Diff {
+        /// The revision compared from (`xlb history`).
+        from: u64,
+        /// The revision compared to.
+        to: u64,
+        #[command(flatten)]
+        store: StateDirArg,
     },
     /// Take a backend out of its VIP's Maglev table, keeping its established
     /// flows: `state = "draining"` in the live config, planned, checked and
@@ -174,7 +204,8 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Compare the nodes of a fleet behind ECMP.
+    /// The fleet behind ECMP: its nodes compared, and its revisions in
+    /// etcd planned, rolled out, rolled back and listed.
     #[command(subcommand)]
     Fleet(FleetCommand),
     /// This node in its fleet: withdraw every VIP from the routers
@@ -188,9 +219,6 @@ pub enum Command {
     /// this host in XDP and hand the inner packet to the stack (no tunnel
     /// device needed). Runs until SIGINT/SIGTERM, then detaches and prints
     /// its counters. Needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
-    /// This binary's version, git commit, balancer object id and map layout
-    /// version, and the running daemon's (when one answers on --socket).
-    Version,
     Decap {
         /// The interface tunnelled packets arrive on; all its IPv4 and IPv6
         /// addresses (read at start) are tunnel destinations.
@@ -216,6 +244,19 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
         mode: XdpModeArg,
     },
+    /// This binary's version, git commit, balancer object id and map layout
+    /// version, and the running daemon's (when one answers on --socket).
+    Version,
+}
+
+/// `--state-dir DIR` of the commands that read revisions.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StateDirArg {
+    /// When no daemon answers on --socket, read the revisions from this
+    /// state directory's store (the daemon's --state-dir, e.g.
+    /// /var/lib/xlb/eth0), read-only.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `xlb fleet ...`.
@@ -245,6 +286,7 @@ pub enum FleetCommand {
     Plan {
         #[command(flatten)]
         store: FleetStoreArgs,
+        /// The config file to plan.
         file: PathBuf,
     },
     /// Record FILE as a fleet revision and roll it out: the canary, its
@@ -254,6 +296,7 @@ pub enum FleetCommand {
     Apply {
         #[command(flatten)]
         store: FleetStoreArgs,
+        /// The config file to record and roll out.
         file: PathBuf,
         /// The canary node (default: the first by name).
         #[arg(long, value_name = "NAME")]
@@ -279,6 +322,7 @@ pub enum FleetCommand {
     Rollback {
         #[command(flatten)]
         store: FleetStoreArgs,
+        /// The fleet revision to roll out (`xlb fleet history`).
         #[arg(long, value_name = "N")]
         to: Option<u64>,
     },
@@ -312,6 +356,7 @@ pub enum NodeCommand {
     },
     /// Announce the VIPs by their `announce` policies again.
     Undrain {
+        /// Why: recorded in the audit log.
         #[arg(short, long)]
         message: Option<String>,
     },
@@ -323,8 +368,11 @@ pub enum NodeCommand {
 /// `xlb run`'s arguments.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
+    /// The config file applied at start and on SIGHUP (unless the live
+    /// revision was changed through the daemon since: see `xlb status`).
     #[arg(long)]
     pub config: PathBuf,
+    /// How the balancer is attached (the values of `decap --mode`).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
     /// Serve /metrics, /api/status and the status page here instead of

@@ -89,16 +89,7 @@ pub(super) fn plan(
                     let dir = dir.unwrap_or_else(|| {
                         PathBuf::from("/var/lib/xlb").join(&candidate.interface)
                     });
-                    let store_dir = dir.join("revisions");
-                    if !store_dir.is_dir() {
-                        return Err(Failure::bad_input(format!(
-                            "no revisions in {} (is --state-dir right?)",
-                            dir.display()
-                        )));
-                    }
-                    // Read-only: a daemon may be writing this store now.
-                    let store = crate::store::Store::open_read_only(&store_dir)
-                        .map_err(Failure::bad_input)?;
+                    let store = super::read::open_store(&dir)?;
                     let rev = store.get(n).map_err(Failure::bad_input)?.ok_or_else(|| {
                         Failure::bad_input(format!("no revision {n} in {}", dir.display()))
                     })?;
@@ -128,7 +119,8 @@ pub(super) fn plan(
     }
     if plan.refused() && !force {
         return Err(Failure::refused(
-            "refused by the safety checks above (--force to plan it anyway)",
+            "refused by the safety checks above (`xlb apply` refuses it too; `xlb apply --force` \
+             applies it anyway, `xlb plan --force` only exits 0)",
         ));
     }
     // As the apply would: restart-only changes are bad input, forced or not.

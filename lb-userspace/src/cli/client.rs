@@ -101,11 +101,35 @@ impl<'a> Client<'a> {
         request: &Request,
         pick: impl FnOnce(Response) -> Result<T, Response>,
     ) -> Result<T, Failure> {
-        match call(self.socket, request)? {
+        self.answer(request, pick)?
+    }
+
+    /// As `ask`, but a daemon that cannot be reached (nothing listens on
+    /// the socket) is `None`, for a caller that can read elsewhere.
+    fn ask_if_running<T>(
+        &self,
+        request: &Request,
+        pick: impl FnOnce(Response) -> Result<T, Response>,
+    ) -> Result<Option<T>, Failure> {
+        match self.answer(request, pick) {
+            Err(ClientError::Connect { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+            Ok(answer) => answer.map(Some),
+        }
+    }
+
+    /// The daemon's answer to `request`: the outer error is the socket's,
+    /// the inner one the daemon's (or an answer of the wrong kind).
+    fn answer<T>(
+        &self,
+        request: &Request,
+        pick: impl FnOnce(Response) -> Result<T, Response>,
+    ) -> Result<Result<T, Failure>, ClientError> {
+        Ok(match call(self.socket, request)? {
             Response::Error(e) => Err(e.into()),
             other => pick(other)
                 .map_err(|other| Failure::internal(format!("unexpected response: {other:?}"))),
-        }
+        })
     }
 
     pub fn status(&self) -> Result<Status, Failure> {
@@ -130,15 +154,17 @@ impl<'a> Client<'a> {
         })
     }
 
-    pub fn history(&self) -> Result<Vec<Revision>, Failure> {
-        self.ask(&Request::History, |r| match r {
+    /// The kept revisions; `None` when no daemon listens on the socket.
+    pub fn history_if_running(&self) -> Result<Option<Vec<Revision>>, Failure> {
+        self.ask_if_running(&Request::History, |r| match r {
             Response::History(list) => Ok(list),
             other => Err(other),
         })
     }
 
-    pub fn show(&self, number: u64) -> Result<Revision, Failure> {
-        self.ask(&Request::Show { number }, |r| match r {
+    /// Revision `number`; `None` when no daemon listens on the socket.
+    pub fn show_if_running(&self, number: u64) -> Result<Option<Revision>, Failure> {
+        self.ask_if_running(&Request::Show { number }, |r| match r {
             Response::Revision(rev) => Ok(*rev),
             other => Err(other),
         })

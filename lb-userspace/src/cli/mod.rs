@@ -4,11 +4,12 @@
 //! kernel failure.
 //!
 //! - `args`: the grammar (clap): subcommands and their arguments;
+//! - `help`: the grouped `--help` and the `Command` the parser uses;
 //! - `output`: output formats, failures and their exit codes;
 //! - `client`: the typed client of the daemon's control socket;
 //! - `change`: validate, plan, apply, rollback (and following a bake);
 //! - `edit`: drain, undrain, weight;
-//! - `read`: status, top, history, show, repair;
+//! - `read`: status, top, history, show, diff, repair;
 //! - `fleet`: the nodes of a fleet compared;
 //! - `node`: this node's drain from the routers, and its announce state;
 //! - `run`, `detach`, `decap`, `simulate`: the commands that load programs;
@@ -21,6 +22,7 @@ mod decap;
 mod detach;
 pub mod edit;
 pub mod fleet;
+pub mod help;
 mod node;
 pub mod output;
 mod read;
@@ -30,8 +32,6 @@ pub mod top;
 pub mod version;
 
 use std::process::ExitCode;
-
-use clap::Parser;
 
 pub use args::{Cli, Command, FleetCommand, RunArgs, XdpModeArg};
 pub use output::{Failure, Output};
@@ -89,11 +89,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Weight(a) => edit::run(&cli, a.edit(), &a.options),
         Command::Status { vip } => read::status(&cli, vip.as_deref()),
         Command::Top { interval, count } => read::top(&cli, *interval, *count),
-        Command::History => read::history(&cli),
+        Command::History { store } => read::history(&cli, store.state_dir.as_deref()),
         Command::Show {
             revision,
             config_text,
-        } => read::show(&cli, *revision, *config_text),
+            store,
+        } => read::show(&cli, *revision, *config_text, store.state_dir.as_deref()),
+        Command::Diff { from, to, store } => {
+            read::diff(&cli, *from, *to, store.state_dir.as_deref())
+        }
         Command::Repair => read::repair(&cli),
         Command::Fleet(command) => fleet::run(cli.output, command),
         Command::Node(command) => node::run(&cli, command),
@@ -119,7 +123,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 /// The binary's entry: parse, run, map the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = help::command()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+        .unwrap_or_else(|e| e.exit());
     let output = cli.output;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

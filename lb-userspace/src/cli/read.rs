@@ -1,12 +1,16 @@
 //! The commands that read the daemon: `status`, `top`, `history`, `show`,
-//! and `repair` (which rewrites what drifted back to what was applied).
+//! `diff` (the last three also from a state directory's store when no
+//! daemon answers), and `repair` (which rewrites what drifted back to what was applied).
 
-use xlb_core::revision::{render_history, render_revision};
+use std::path::Path;
+
+use xlb_core::revision::{self, Revision, render_history, render_revision};
 use xlb_core::status::{self, SCHEMA_VERSION};
 
 use super::args::Cli;
 use super::client::Client;
 use super::output::{Failure, Output, print_json};
+use crate::store::Store;
 
 pub(super) fn status(cli: &Cli, vip: Option<&str>) -> Result<(), Failure> {
     let mut s = Client::new(&cli.socket).status()?;
@@ -28,8 +32,96 @@ pub(super) fn status(cli: &Cli, vip: Option<&str>) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(super) fn history(cli: &Cli) -> Result<(), Failure> {
-    let list = Client::new(&cli.socket).history()?;
+/// Where the revisions are read: the daemon at `--socket`, or with
+/// `--state-dir DIR` the store in `DIR/revisions` when no daemon answers
+/// there (opened read-only: a daemon may be starting beside it).
+pub(super) struct Revisions<'a> {
+    socket: &'a Path,
+    state_dir: Option<&'a Path>,
+    /// Said once on stderr, when the store answered.
+    said: std::cell::Cell<bool>,
+}
+
+impl<'a> Revisions<'a> {
+    pub(super) fn new(socket: &'a Path, state_dir: Option<&'a Path>) -> Self {
+        Self {
+            socket,
+            state_dir,
+            said: std::cell::Cell::new(false),
+        }
+    }
+
+    /// From the daemon if it answers, else from the store (with
+    /// `--state-dir`; without it, the daemon's absence is the failure).
+    fn read<T>(
+        &self,
+        daemon: impl FnOnce(&Client) -> Result<Option<T>, Failure>,
+        store: impl FnOnce(&Store, &Path) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        if let Some(answer) = daemon(&Client::new(self.socket))? {
+            return Ok(answer);
+        }
+        let Some(dir) = self.state_dir else {
+            return Err(Failure::internal(format!(
+                "cannot reach the xlb daemon at {} (is `xlb run` running? is --socket right?); \
+                 --state-dir DIR reads the kept revisions without it",
+                self.socket.display()
+            )));
+        };
+        let opened = open_store(dir)?;
+        if !self.said.replace(true) {
+            eprintln!(
+                "xlb: no daemon answers at {}; read from the revision store in {}",
+                self.socket.display(),
+                dir.display()
+            );
+        }
+        store(&opened, dir)
+    }
+
+    /// The kept revisions, oldest first.
+    pub(super) fn list(&self) -> Result<Vec<Revision>, Failure> {
+        self.read(
+            |c| c.history_if_running(),
+            |store, _| store.list().map_err(Failure::internal),
+        )
+    }
+
+    /// Revision `number` (exit 2 when it is not kept, as the daemon says).
+    pub(super) fn get(&self, number: u64) -> Result<Revision, Failure> {
+        self.read(
+            |c| c.show_if_running(number),
+            |store, dir| {
+                store
+                    .get(number)
+                    .map_err(Failure::internal)?
+                    .ok_or_else(|| {
+                        Failure::bad_input(format!(
+                            "no revision {number} in {} (see `xlb history --state-dir {}`)",
+                            dir.display(),
+                            dir.display()
+                        ))
+                    })
+            },
+        )
+    }
+}
+
+/// The revision store of a state directory, opened read-only (a daemon
+/// may be writing it): bad input when the directory holds none.
+pub(super) fn open_store(state_dir: &Path) -> Result<Store, Failure> {
+    let store_dir = state_dir.join("revisions");
+    if !store_dir.is_dir() {
+        return Err(Failure::bad_input(format!(
+            "no revisions in {} (is --state-dir right?)",
+            state_dir.display()
+        )));
+    }
+    Store::open_read_only(&store_dir).map_err(Failure::bad_input)
+}
+
+pub(super) fn history(cli: &Cli, state_dir: Option<&Path>) -> Result<(), Failure> {
+    let list = Revisions::new(&cli.socket, state_dir).list()?;
     if cli.output == Output::Json {
         print_json(&serde_json::json!({
             "schema_version": SCHEMA_VERSION,
@@ -41,14 +133,32 @@ pub(super) fn history(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(super) fn show(cli: &Cli, number: u64, config_text: bool) -> Result<(), Failure> {
-    let rev = Client::new(&cli.socket).show(number)?;
+pub(super) fn show(
+    cli: &Cli,
+    number: u64,
+    config_text: bool,
+    state_dir: Option<&Path>,
+) -> Result<(), Failure> {
+    let rev = Revisions::new(&cli.socket, state_dir).get(number)?;
     if config_text {
         print!("{}", rev.config_text);
     } else if cli.output == Output::Json {
         print_json(&rev);
     } else {
         print!("{}", render_revision(&rev));
+    }
+    Ok(())
+}
+
+/// `xlb diff A B`: the config texts' diff and the plan from A to B.
+pub(super) fn diff(cli: &Cli, from: u64, to: u64, state_dir: Option<&Path>) -> Result<(), Failure> {
+    let revisions = Revisions::new(&cli.socket, state_dir);
+    let (a, b) = (revisions.get(from)?, revisions.get(to)?);
+    let d = revision::diff(&a, &b).map_err(Failure::bad_input)?;
+    if cli.output == Output::Json {
+        print_json(&d);
+    } else {
+        print!("{}", revision::render_diff(&d));
     }
     Ok(())
 }

@@ -28,7 +28,6 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
         withdraw_grace,
         fleet,
     } = args.clone();
-    daemon::privileges::check("xlb run", daemon::privileges::DAEMON).map_err(Failure::internal)?;
     let socket_group = socket_group
         .map(|g| daemon::peer::SocketGroup::resolve(&g))
         .transpose()
@@ -39,6 +38,9 @@ pub(super) fn run(socket: &Path, args: &RunArgs) -> Result<(), Failure> {
     let origin = Origin::daemon(current_user(), "daemon start");
     let candidate =
         Candidate::parse(text, file.display().to_string(), origin).map_err(Failure::bad_input)?;
+    // After the config: a bad file is bad input (`file:line:col:`) for
+    // anyone who runs this, privileged or not.
+    daemon::privileges::check("xlb run", daemon::privileges::DAEMON).map_err(Failure::internal)?;
     let state_dir = state_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/xlb").join(&candidate.config.interface));
     let fleet = match (&fleet.fleet, &fleet.node) {

@@ -21,6 +21,7 @@ use xlb_core::change::{ApplyOptions, Candidate, Origin};
 use xlb_core::clock::unix_now;
 use xlb_core::revision::Kind;
 use xlb_core::rollout::{BakeOutcome, FleetRevision, NodeOutcome, NodeReport, Target, target};
+use xlb_core::status::FleetNodeStatus;
 use xlb_fleet::{FleetAddress, FleetError, FleetStore};
 
 use crate::daemon::controller::Controller;
@@ -66,6 +67,10 @@ struct Agent {
     options: FleetOptions,
     kept: Kept,
     pending: Option<Pending>,
+    /// The fleet revision the rollout wanted here when last read.
+    target: Option<u64>,
+    /// The divergence the last report carried.
+    diverged: Option<String>,
 }
 
 /// What the agent read of the controller.
@@ -91,6 +96,42 @@ impl Agent {
             options,
             kept,
             pending: None,
+            target: None,
+            diverged: None,
+        }
+    }
+
+    /// What `xlb status` says of the fleet.
+    fn view(&self, link: &Link) -> FleetNodeStatus {
+        let (connected, since, error) = link.get();
+        let last = self.pending.as_ref().map_or_else(
+            || {
+                self.kept.last.as_ref().map(|l| {
+                    format!(
+                        "{} {}{}",
+                        l.revision,
+                        l.outcome.name(),
+                        l.reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )
+                })
+            },
+            |p| Some(format!("{} baking", p.fleet)),
+        );
+        FleetNodeStatus {
+            fleet: self.options.address.fleet.clone(),
+            node: self.options.node.clone(),
+            endpoints: self.options.address.endpoints.clone(),
+            connected,
+            since_unix_seconds: since,
+            error,
+            serving: self.kept.serving,
+            target: self.target,
+            last,
+            diverged: self.diverged.clone(),
+            held: None,
         }
     }
 
@@ -291,36 +332,54 @@ fn read_local(controller: &Mutex<Controller>) -> Local {
     }
 }
 
-/// Whether the agent reaches the fleet's store now: `xlb_fleet_connected`.
+/// Whether the agent reaches the fleet's store now, since when, and why
+/// not: `xlb_fleet_connected` and the status's `fleet`.
 #[derive(Clone)]
-pub struct Connected {
-    up: Arc<std::sync::atomic::AtomicBool>,
+pub struct Link {
+    state: Arc<Mutex<(bool, f64, Option<String>)>>,
     metrics: Arc<crate::daemon::metrics::Metrics>,
     node: String,
 }
 
-impl Connected {
+impl Link {
     fn new(metrics: Arc<crate::daemon::metrics::Metrics>, node: &str) -> Self {
-        let c = Self {
-            up: Default::default(),
+        let link = Self {
+            state: Arc::new(Mutex::new((false, unix_now(), None))),
             metrics,
             node: node.to_string(),
         };
-        c.set(false);
-        c
+        link.set(false, None);
+        link
     }
 
-    pub fn get(&self) -> bool {
-        self.up.load(std::sync::atomic::Ordering::Relaxed)
+    /// Connected, since when (Unix seconds), the last error.
+    pub fn get(&self) -> (bool, f64, Option<String>) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set(&self, up: bool) {
-        self.up.store(up, std::sync::atomic::Ordering::Relaxed);
+    fn set(&self, up: bool, error: Option<String>) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.0 != up {
+                s.1 = unix_now();
+            }
+            s.0 = up;
+            s.2 = error;
+        }
         self.metrics
             .fleet_connected
             .get_or_create(&vec![("node".to_string(), self.node.clone())])
             .set(i64::from(up));
     }
+}
+
+/// Hand the agent's view of the fleet to the controller's status.
+fn publish(controller: &Mutex<Controller>, agent: &Mutex<Agent>, link: &Link) {
+    let view = agent.lock().unwrap_or_else(|p| p.into_inner()).view(link);
+    controller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_fleet(view);
 }
 
 /// The agent, until the daemon stops: sessions with the store, each retried
@@ -338,7 +397,7 @@ pub async fn serve(
         .unwrap_or_else(|p| p.into_inner())
         .metrics()
         .clone();
-    let connected = Connected::new(metrics, &options.node);
+    let link = Link::new(metrics, &options.node);
     let mut agent = Agent::new(options.clone());
     // What the node kept serves only if the start kept (adopted) the
     // revision the fleet made; otherwise the node serves its --config file,
@@ -360,13 +419,15 @@ pub async fn serve(
         agent.save();
     }
     let agent = Arc::new(Mutex::new(agent));
+    publish(&controller, &agent, &link);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let err = session(&controller, &agent, &options, &connected).await;
-        if connected.get() {
+        let err = session(&controller, &agent, &options, &link).await;
+        if link.get().0 {
             backoff = FIRST_BACKOFF;
         }
-        connected.set(false);
+        link.set(false, Some(err.to_string()));
+        publish(&controller, &agent, &link);
         let live = controller
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -385,7 +446,7 @@ async fn session(
     controller: &Arc<Mutex<Controller>>,
     agent: &Arc<Mutex<Agent>>,
     options: &FleetOptions,
-    connected: &Connected,
+    link: &Link,
 ) -> FleetError {
     let store = match FleetStore::connect(&options.address).await {
         Ok(s) => s,
@@ -401,9 +462,11 @@ async fn session(
         options.node,
         options.address.fleet
     );
-    connected.set(true);
+    link.set(true, None);
     loop {
-        if let Err(e) = pass(controller, agent, &store, &mut lease).await {
+        let passed = pass(controller, agent, &store, &mut lease).await;
+        publish(controller, agent, link);
+        if let Err(e) = passed {
             return e;
         }
         tokio::time::sleep(PERIOD).await;
@@ -436,7 +499,12 @@ async fn pass(
     let rollout = xlb_fleet::drive(store).await?;
     let desired = store.desired().await?;
     let t = target(rollout.as_ref(), desired, &report.node);
-    let want = agent.lock().unwrap_or_else(|p| p.into_inner()).wants(&t);
+    let want = {
+        let mut a = agent.lock().unwrap_or_else(|p| p.into_inner());
+        a.target = t.revision;
+        a.diverged = report.diverged.clone();
+        a.wants(&t)
+    };
     let Some(number) = want else {
         return Ok(());
     };

@@ -52,12 +52,69 @@ pub struct Metrics {
     /// With `--fleet`: 1 while the node reaches its fleet's store, by
     /// `node` (no sample without `--fleet`).
     pub fleet_connected: Family<Vec<(String, String)>, Gauge>,
+    /// With `--fleet`: the held-flow replication (daemon/held.rs).
+    pub held: HeldMetrics,
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
     /// What the HTTP side serves: the status document and its encodings,
     /// built at most once per collector tick or change (http.rs).
     published: Mutex<Arc<Published>>,
+}
+
+/// The held-flow replication's series (docs/METRICS.md).
+#[derive(Debug, Default)]
+pub struct HeldMetrics {
+    /// This node's held flows as last published, in all and by `vip` and
+    /// `backend`.
+    pub published: Gauge,
+    pub flows: Family<Vec<(String, String)>, Gauge>,
+    /// Bytes of records this node wrote to the store.
+    pub published_bytes: Counter,
+    /// Other nodes' entries inserted into this node's connection table,
+    /// and those it already had an entry of its own for.
+    pub installed: Counter,
+    pub present: Counter,
+    /// From another node's scan to the insertion here (last record).
+    pub delay: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl HeldMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "xlb_held_flows_published",
+            "With --fleet: this node's held flows (on a backend that is not the table's pick) as last published to the store",
+            m.published.clone(),
+        );
+        registry.register(
+            "xlb_held_flows",
+            "With --fleet: this node's held flows by VIP and backend: the flows that rely on the replication if the ECMP set changes",
+            m.flows.clone(),
+        );
+        registry.register(
+            "xlb_held_published_bytes",
+            "With --fleet: bytes of held-flow records written to the store",
+            m.published_bytes.clone(),
+        );
+        registry.register(
+            "xlb_held_entries_installed",
+            "With --fleet: other nodes' held flows inserted into this node's connection table",
+            m.installed.clone(),
+        );
+        registry.register(
+            "xlb_held_entries_present",
+            "With --fleet: other nodes' held flows this node already had an entry of its own for (left alone)",
+            m.present.clone(),
+        );
+        registry.register_with_unit(
+            "xlb_held_replication_delay",
+            "With --fleet: from another node's connection-table scan to the insertion of its held flows here, for the last record",
+            Unit::Seconds,
+            m.delay.clone(),
+        );
+        m
+    }
 }
 
 /// One published status document and its encodings, each made on first
@@ -152,6 +209,7 @@ impl Metrics {
             "With --fleet: 1 while the node reaches its fleet's store (etcd), 0 while cut off",
             fleet_connected.clone(),
         );
+        let held = HeldMetrics::register(&mut registry);
         let latest = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StatusCollector {
             latest: latest.clone(),
@@ -168,6 +226,7 @@ impl Metrics {
             http_connections_refused,
             http_status_builds,
             fleet_connected,
+            held,
             announce_errors,
             progress: Arc::default(),
             latest,

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod edit;
 pub mod fleet;
 pub mod health;
+pub mod held;
 pub mod http;
 pub mod http_history;
 pub mod metrics;
@@ -167,6 +168,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             r = announce::serve(controller.clone(), routes.clone(), wake) => r,
             r = announce::stop(controller.clone(), routes.clone(), opts.withdraw_grace) => r,
             r = fleet::serve(controller.clone(), opts.fleet.clone()) => r,
+            r = held::serve(controller.clone(), opts.fleet.clone()) => r,
         }
     });
     notify::stopping();

@@ -17,7 +17,8 @@
 //! collector beats after every tick (once a second; it needs the reactor
 //! and the controller's lock), and an operation holding the lock beats at
 //! each of its steps (an apply: planned, tables built, tables written,
-//! recorded). A wedged controller (a deadlock, a step that never ends)
+//! recorded) and inside the long ones (after each Maglev table built and
+//! each table swapped). A wedged controller (a deadlock, a step that never ends)
 //! or reactor stops both, and the pings stop `PROGRESS_STALE` later.
 
 use std::sync::Arc;

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{SigHandler, Signal, signal};
 use serde_json::Value;
-use tests::logins::{Login, LoginClient, LoginServers, Model, refused_under};
+use tests::logins::{
+    self, BACKENDS, BAD_WEIGHT, HOT, LOGINS_PER_SECOND, Login, LoginClient, LoginServers, Model,
+    names, refused_under,
+};
 use tests::testbed::{TCP_PORT, Testbed, VIP4};
 use tests::xlbd::Daemon;
 
@@ -30,11 +33,6 @@ extern "C" fn on_signal(_: i32) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-const BACKENDS: usize = 10;
-/// The two servers the bad change overloads, and their weight in it.
-const HOT: [&str; 2] = ["auth-1", "auth-2"];
-const BAD_WEIGHT: u32 = 10;
-const LOGINS_PER_SECOND: u32 = 300;
 /// The client gives up on a login after this (longer than the servers' queue).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENT_WORKERS: usize = 512;
@@ -80,34 +78,6 @@ struct Missed(Option<String>);
 /// experiment (docs/INCIDENT.md); the goals stay the same.
 fn bake_hold() -> String {
     std::env::var("XLB_INCIDENT_BAKE_HOLD").unwrap_or_else(|_| "1s".into())
-}
-
-fn names() -> Vec<String> {
-    (1..=BACKENDS).map(|i| format!("auth-{i}")).collect()
-}
-
-/// One VIP, `login`, on the testbed's IPv4 VIP and TCP port; backends
-/// auth-1..auth-10 on the testbed's backend hosts b1..b10, capacity 1 each.
-fn config(weights: &[u32]) -> String {
-    let mut out = String::from(
-        "# incident replay (cargo xtask incident-replay): ten auth servers of equal capacity\n\
-         interface = \"eth0\"\nhash_seed = 1\n\n\
-         [imbalance]\nwindow = \"3s\"\nmin_new_flow_rate = 5\n\n",
-    );
-    let _ = write!(
-        out,
-        "[[vip]]\nname = \"login\"\naddress = \"{VIP4}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n"
-    );
-    for (i, w) in weights.iter().enumerate() {
-        let last = 11 + i;
-        let _ = write!(
-            out,
-            "\n[[vip.backend]]\nname = \"auth-{}\"\naddress = \"198.18.0.{last}\"\n\
-             mac = \"02:00:00:00:00:{last:02}\"\nweight = {w}\ncapacity = 1\n",
-            i + 1
-        );
-    }
-    out
 }
 
 /// Seconds since the start of the replay, for the timeline.
@@ -175,11 +145,9 @@ fn replay(dir: &Path) -> anyhow::Result<Missed> {
 
     let good = dir.join("good.toml");
     let bad = dir.join("bad.toml");
-    std::fs::write(&good, config(&[1; BACKENDS]))?;
-    let mut bad_weights = [1; BACKENDS];
-    bad_weights[0] = BAD_WEIGHT;
-    bad_weights[1] = BAD_WEIGHT;
-    std::fs::write(&bad, config(&bad_weights))?;
+    let (good_text, bad_text) = logins::good_and_bad();
+    std::fs::write(&good, good_text)?;
+    std::fs::write(&bad, bad_text)?;
     println!(
         "replay: starting `xlb run --config good.toml --bake-window 60s --bake-hold {}` (weights 1, capacity 1 each)",
         bake_hold()

@@ -38,7 +38,9 @@ impl Controller {
                 ..candidate.config.clone()
             },
         };
-        let mut plan = xlb_core::plan::plan(&base, &candidate.config)?;
+        // The applied tables stand for the base's; only changed VIPs'
+        // tables are built.
+        let mut plan = xlb_core::plan::plan_over(&base, self.applied.as_ref(), &candidate.config)?;
         plan.base_revision = Some(self.revision);
         // What this daemon runs with, not only what was applied: the
         // interface, the pinned table's size, the bound metrics address.
@@ -391,8 +393,17 @@ impl Controller {
         }
         let empty = Allocation::default();
         let previous = self.applied.as_ref();
+        // A sign of life after each table built or swapped, so a long apply
+        // that progresses is never taken for a wedged one (notify.rs).
+        let progress = self.metrics.progress.clone();
         let started = Instant::now();
-        let mut desired = state::desired(config, previous.map_or(&empty, |p| &p.allocation))?;
+        // Only the tables whose inputs changed are built again.
+        let mut desired = state::desired_reusing(
+            config,
+            previous.map_or(&empty, |p| &p.allocation),
+            previous,
+            &|| progress.beat(),
+        )?;
         // Backends the checks call down stay out of the new tables.
         let memberships =
             xlb_core::health::patch_desired(&health::lock(&self.health), &mut desired);
@@ -400,7 +411,9 @@ impl Controller {
             .maglev_build
             .observe(started.elapsed().as_secs_f64());
         self.metrics.progress.beat();
-        let swaps = self.dataplane.apply(self.host, &desired, previous)?;
+        let swaps = self
+            .dataplane
+            .apply_with_progress(self.host, &desired, previous, &|| progress.beat())?;
         for seconds in swaps {
             self.metrics.table_swap.observe(seconds);
         }

@@ -9,7 +9,7 @@ use xlb_core::clock::unix_now;
 use xlb_core::config::{self, Config};
 use xlb_core::detect::{BackendSample, Cumulative, VipSample};
 use xlb_core::state::{Allocation, Desired};
-use xlb_core::status::{self, Status, StatusContext};
+use xlb_core::status::{self, FleetNodeStatus, Status, StatusContext};
 use xlb_dataplane::{CounterSnapshot, DataplaneError};
 
 use super::bake::capacity_view;
@@ -157,6 +157,20 @@ impl Controller {
         xlb_core::health::annotate(&mut status, &health::lock(&self.health));
         status.config_file = self.config_file.clone();
         self.annotate_announce(&mut status);
+        status.fleet = self.fleet.clone();
+        if let Some(f) = status.fleet.as_mut() {
+            f.held = self.held.clone();
+        }
         Ok(status)
+    }
+
+    /// The fleet agent's view of the fleet, for the status.
+    /// What the held-flow replication (daemon/held.rs) did last.
+    pub fn set_held(&mut self, held: xlb_core::held::HeldStatus) {
+        self.held = Some(held);
+    }
+
+    pub fn set_fleet(&mut self, fleet: FleetNodeStatus) {
+        self.fleet = Some(fleet);
     }
 }

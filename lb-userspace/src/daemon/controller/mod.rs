@@ -60,7 +60,7 @@ pub enum ApplyError {
     #[error("{0}")]
     Plan(#[from] xlb_core::plan::PlanError),
     /// A safety check refused the change (exit 1).
-    #[error("refused by the safety checks (apply with --force to override):\n{0}")]
+    #[error("refused by the safety checks (the same command with --force applies it anyway):\n{0}")]
     Refused(String),
     /// A reviewed plan no longer applies (exit 1).
     #[error(
@@ -158,6 +158,12 @@ pub struct Controller {
     metrics_bound: Option<std::net::SocketAddr>,
     /// What the node announces to its routers (announce.rs).
     announcing: Announcing,
+    /// The node's place in its fleet, as the fleet agent last set it
+    /// (None without `--fleet`).
+    fleet: Option<xlb_core::status::FleetNodeStatus>,
+    /// The held-flow replication's counts (daemon/held.rs; None without
+    /// `--fleet`).
+    held: Option<xlb_core::held::HeldStatus>,
 }
 
 /// How long a new revision bakes, and how long a skew must last to roll it
@@ -215,6 +221,8 @@ impl Controller {
             config_file: None,
             metrics_bound: None,
             announcing: Announcing::default(),
+            fleet: None,
+            held: None,
         }
     }
 
@@ -271,6 +279,12 @@ impl Controller {
 
     pub fn revisions(&self) -> Option<&Store> {
         self.revisions.as_ref()
+    }
+
+    /// The desired state of the live revision (None before the first
+    /// apply).
+    pub fn applied(&self) -> Option<&Desired> {
+        self.applied.as_ref()
     }
 
     /// A handle to the connection table, to count it without this lock.

@@ -1,0 +1,423 @@
+//! The control plane at its declared limits (issue 20): the real `xlb run`
+//! (release) at 1,000 VIPs x 64 backends, table size 16,381, each VIP on an
+//! address of its own and ICMP echo answered (the default), attached to a
+//! veth in a namespace of its own; no traffic. Prints each figure of the
+//! issue beside its goal:
+//!
+//! - start until the control socket answers (tables written by then);
+//! - `xlb apply --force` of a change to every VIP, and of a file in which
+//!   one VIP changed; `xlb plan` of either;
+//! - the daemon's RSS after `APPLIES` applies, and the kernel's memory for the
+//!   maps it holds open (fdinfo `memlock`), apart;
+//! - `xlb status`, `xlb status --vip NAME`, a `/metrics` scrape, idle and
+//!   while 16 clients scrape `/metrics` in a loop;
+//! - `xlb history` with the revisions those applies recorded.
+//!
+//! Wall times of the CLI (or of one HTTP GET), medians. Needs root;
+//! `cargo xtask bench control` builds the release `xlb` first. Addresses
+//! in 198.18.0.0/15; namespace `xlbctl-*`.
+
+mod support;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use support::median_duration;
+use support::scale::{BACKENDS, VIPS};
+use tests::netns::Netns;
+use tests::xlbd::xlb_binary;
+
+/// The issue's table size: a prime with 256 slots per backend.
+const TABLE_SIZE: u32 = 16381;
+const METRICS: &str = "127.0.0.1:9470";
+const SCRAPERS: usize = 16;
+/// Applies made in all before the RSS is read (the issue asks for 100; at
+/// today's seconds per apply on a shared 2-core machine that alone would be
+/// minutes, so fewer, and the count is printed).
+const APPLIES: usize = 30;
+/// Calls per median.
+const CALLS: usize = 5;
+/// Applies of a change to every VIP (each one is the slowest call here).
+const FULL_APPLIES: usize = 3;
+/// How long the daemon may take to answer after its start.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The config: every VIP's first backend at `weight`, VIP 0's at `first`.
+fn config(weight: u32, first: u32) -> String {
+    let mut text = String::from("interface = \"eth0\"\nhash_seed = 1\n");
+    for v in 0..VIPS {
+        text.push_str(&format!(
+            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {TABLE_SIZE}\n",
+            100 + v / 250,
+            v % 250 + 1
+        ));
+        for b in 0..BACKENDS {
+            let w = match (v, b) {
+                (0, 0) => first,
+                (_, 0) => weight,
+                _ => 1,
+            };
+            text.push_str(&format!(
+                "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
+                b + 1
+            ));
+        }
+    }
+    text
+}
+
+/// `xlb run`, killed on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn xlb(&self, args: &[&str]) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(Command::new(xlb_binary()?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?)
+    }
+
+    fn timed(&self, args: &[&str]) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let status = self.xlb(args)?;
+        ensure!(status.success(), "xlb {args:?}: {status}");
+        Ok(started.elapsed())
+    }
+
+    fn median(&self, args: &[&str], calls: usize) -> anyhow::Result<Duration> {
+        let times = (0..calls)
+            .map(|_| self.timed(args))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(median_duration(times))
+    }
+
+    /// Resident memory of the daemon, in bytes.
+    fn rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        Ok(kb * 1024)
+    }
+
+    /// The kernel memory of the BPF maps the daemon holds open (each map
+    /// once), in bytes: the `memlock` of their fdinfo.
+    fn map_memory(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut total = 0;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let entry = entry?;
+            let Ok(link) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            if link.to_string_lossy() != "anon_inode:bpf-map" {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                entry.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(memlock)) = (field("map_id:"), field("memlock:"))
+                && seen.insert(id)
+            {
+                total += memlock;
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn start(ns: &Netns, config: &Path, dir: &Path) -> anyhow::Result<(Daemon, Duration)> {
+    let socket = dir.join("xlb.sock");
+    let log = std::fs::File::create(dir.join("xlb.log"))?;
+    let started = Instant::now();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(xlb_binary()?)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting xlb run")?;
+    let mut daemon = Daemon { child, socket };
+    loop {
+        if let Some(status) = daemon.child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("xlb.log")).unwrap_or_default();
+            bail!("xlb run exited with {status}: {log}");
+        }
+        if daemon
+            .xlb(&["status", "--vip", "vip0"])
+            .is_ok_and(|s| s.success())
+        {
+            return Ok((daemon, started.elapsed()));
+        }
+        if started.elapsed() > START_TIMEOUT {
+            bail!("xlb run did not answer within {START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Tries of one scrape: under scrape load the daemon may refuse a
+/// connection past its cap or time out a request it had no time to read
+/// (408); a client then tries again.
+const SCRAPE_TRIES: usize = 20;
+
+/// One GET of /metrics from inside `ns`: its wall time, tries included.
+fn scrape(ns: &Netns) -> anyhow::Result<Duration> {
+    ns.spawn(|| {
+        let started = Instant::now();
+        let mut last = None;
+        for _ in 0..SCRAPE_TRIES {
+            let mut body = Vec::new();
+            let got = ureq::get(&format!("http://{METRICS}/metrics"))
+                .timeout(Duration::from_secs(60))
+                .call()
+                .map_err(anyhow::Error::from)
+                .and_then(|r| Ok(r.into_reader().read_to_end(&mut body)?));
+            match got {
+                Ok(_) if !body.is_empty() => return Ok(started.elapsed()),
+                Ok(_) => last = Some(anyhow::anyhow!("an empty scrape")),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last
+            .unwrap_or_else(|| anyhow::anyhow!("no try"))
+            .context(format!("{SCRAPE_TRIES} tries of /metrics")))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("scrape panicked"))?
+}
+
+fn scrapes(ns: &Netns, calls: usize) -> anyhow::Result<Duration> {
+    let times = (0..calls)
+        .map(|_| scrape(ns))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(median_duration(times))
+}
+
+fn row(what: &str, goal: &str, got: String) {
+    println!("| {what} | {goal} | {got} |");
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+fn main() -> anyhow::Result<()> {
+    if !support::root("control") {
+        return Ok(());
+    }
+    let dir = std::env::temp_dir().join(format!("xlb-control-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ns = Netns::new("xlbctl")?;
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["link", "set", "peer0", "up"])?;
+
+    // a: the start; every: every VIP's first weight changed; one: only
+    // vip0's.
+    let files = [
+        ("a", config(1, 1)),
+        ("every", config(2, 2)),
+        ("one", config(1, 3)),
+    ]
+    .map(|(name, text)| {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).map(|()| path)
+    });
+    let [a, every, one] = files;
+    let (a, every, one) = (a?, every?, one?);
+    let (a, every, one) = (
+        a.to_str().unwrap(),
+        every.to_str().unwrap(),
+        one.to_str().unwrap(),
+    );
+    println!(
+        "control: {VIPS} VIPs x {BACKENDS} backends, table size {TABLE_SIZE}, config {} bytes; load average {}",
+        std::fs::metadata(a)?.len(),
+        support::load_average()
+    );
+
+    // Each figure is printed as soon as it is measured, so a run cut
+    // short still says what it got.
+    println!("| what | goal | measured |");
+    println!("|---|---:|---:|");
+    let (daemon, start_time) = start(&ns, Path::new(a), &dir)?;
+    row(
+        "start until the socket answers",
+        "< 2 s",
+        format!("{start_time:.2?}"),
+    );
+    row("daemon RSS after start", "", mb(daemon.rss()?));
+    // Let the first ticks and the connection scan pass.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let plan_every = daemon.median(&["plan", "--force", every], CALLS)?;
+    row(
+        "`xlb plan` of a change to every VIP",
+        "< 0.5 s",
+        format!("{plan_every:.2?}"),
+    );
+    let plan_one = daemon.median(&["plan", "--force", one], CALLS)?;
+    row(
+        "`xlb plan` of a file where one VIP changed",
+        "< 0.5 s",
+        format!("{plan_one:.2?}"),
+    );
+    let mut applies = 0;
+    let mut apply_every = Vec::new();
+    for i in 0..FULL_APPLIES * 2 {
+        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { every } else { a }])?;
+        apply_every.push(t);
+        applies += 1;
+    }
+    row(
+        "`xlb apply` of a change to every VIP",
+        "< 1 s",
+        format!("{:.2?}", median_duration(apply_every)),
+    );
+    let mut apply_one = Vec::new();
+    for i in 0..CALLS * 2 {
+        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { one } else { a }])?;
+        apply_one.push(t);
+        applies += 1;
+    }
+    row(
+        "`xlb apply` of a file where one VIP changed",
+        "< 50 ms",
+        format!("{:.2?}", median_duration(apply_one)),
+    );
+    while applies < APPLIES {
+        daemon.timed(&["apply", "--force", if applies % 2 == 0 { one } else { a }])?;
+        applies += 1;
+    }
+    row(
+        &format!("daemon RSS after {applies} applies"),
+        "< 100 MB",
+        mb(daemon.rss()?),
+    );
+    row(
+        "kernel memory of the maps it holds (memlock)",
+        "apart",
+        mb(daemon.map_memory()?),
+    );
+
+    let status = daemon.median(&["-o", "json", "status"], CALLS)?;
+    row("`xlb status -o json`", "< 100 ms", format!("{status:.2?}"));
+    let status_vip = daemon.median(&["-o", "json", "status", "--vip", "vip500"], CALLS)?;
+    row(
+        "`xlb status --vip vip500`",
+        "< 10 ms",
+        format!("{status_vip:.2?}"),
+    );
+    let scrape_idle = scrapes(&ns, CALLS)?;
+    row(
+        "`/metrics` scrape",
+        "< 100 ms",
+        format!("{scrape_idle:.2?}"),
+    );
+    let history = daemon.median(&["history"], CALLS)?;
+    row(
+        &format!("`xlb history` ({applies} revisions)"),
+        "< 100 ms",
+        format!("{history:.2?}"),
+    );
+
+    // The load: scrapers in a loop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let scrapers: Vec<_> = (0..SCRAPERS)
+        .map(|_| {
+            let (stop, served) = (stop.clone(), served.clone());
+            ns.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(r) = ureq::get(&format!("http://{METRICS}/metrics"))
+                        .timeout(Duration::from_secs(60))
+                        .call()
+                    {
+                        let _ = std::io::copy(&mut r.into_reader(), &mut std::io::sink());
+                        served.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let load_started = Instant::now();
+    let status_loaded = daemon.median(&["-o", "json", "status"], CALLS);
+    let scrape_loaded = scrapes(&ns, CALLS);
+    let apply_loaded = daemon.timed(&["apply", "--force", every]);
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for s in scrapers {
+        let _ = s.join();
+    }
+    let (status_loaded, scrape_loaded, apply_loaded) =
+        (status_loaded?, scrape_loaded?, apply_loaded?);
+    drop(daemon);
+    let n = served.load(Ordering::Relaxed);
+    row(
+        &format!(
+            "`xlb status -o json` while {SCRAPERS} clients scrape `/metrics` ({n} scrapes in {load_seconds:.0} s)"
+        ),
+        "< 100 ms",
+        format!("{status_loaded:.2?}"),
+    );
+    row(
+        "`/metrics` scrape under that load",
+        "< 100 ms",
+        format!("{scrape_loaded:.2?}"),
+    );
+    row(
+        "`xlb apply` of every VIP under that load",
+        "< 1 s",
+        format!("{apply_loaded:.2?}"),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
