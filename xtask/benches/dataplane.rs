@@ -39,6 +39,9 @@
 //! rows beside this build's, interleaved row by row ("B " rows). This
 //! machine's speed is bimodal per process (docs/BENCHMARKS.md), so a change
 //! is judged by two objects timed in one process, not by two invocations.
+//! `XLB_BENCH_B_FIRST=1` times each B row before its twin instead of after
+//! (to tell an effect of the object from one of the row's place: the
+//! compared object's L2 DSR IPv4 new-flow row, docs/BENCHMARKS.md).
 
 mod support;
 
@@ -544,12 +547,19 @@ fn main() -> anyhow::Result<()> {
                 method.label(),
                 family.label()
             );
+            let b_first = std::env::var_os("XLB_BENCH_B_FIRST").is_some();
             for a in rows {
                 let twin = format!("B {}", a.label);
-                let b = others.iter().position(|b| b.label == twin);
-                single_rows.push(a);
-                if let Some(i) = b {
-                    single_rows.push(others.remove(i));
+                let b = others
+                    .iter()
+                    .position(|b| b.label == twin)
+                    .map(|i| others.remove(i));
+                if b_first && let Some(b) = b {
+                    single_rows.push(b);
+                    single_rows.push(a);
+                } else {
+                    single_rows.push(a);
+                    single_rows.extend(b);
                 }
             }
         }
