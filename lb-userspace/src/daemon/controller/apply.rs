@@ -30,13 +30,13 @@ impl Controller {
     /// the live revision.
     pub fn plan(&self, candidate: &Candidate) -> Result<Plan, ApplyError> {
         let base = match &self.applied {
-            Some(d) => d.config.clone(),
+            Some(d) => std::borrow::Cow::Borrowed(&d.config),
             // Nothing applied yet: only the VIPs are new.
-            None => Config {
+            None => std::borrow::Cow::Owned(Config {
                 interface: self.interface.clone(),
                 vips: vec![],
                 ..candidate.config.clone()
-            },
+            }),
         };
         // The applied tables stand for the base's; only changed VIPs'
         // tables are built.
@@ -195,7 +195,8 @@ impl Controller {
                 config_text: text.clone(),
                 config_hash: xlb_core::revision::text_hash(text),
                 kind: kind.clone(),
-                plan: plan.as_ref().and_then(|p| serde_json::to_value(p).ok()),
+                // The summary and the changed VIPs only (`Plan::recorded`).
+                plan: plan.as_ref().map(Plan::recorded),
                 outcome,
             };
             if let Err(e) = store.record(&rev) {
