@@ -262,7 +262,7 @@ async fn blocking<T: Send + 'static>(
 /// under the controller's lock for the build only, then shared).
 async fn document(state: &State) -> Result<Arc<Published>, Response> {
     let (controller, snapshots) = (state.controller.clone(), state.metrics.snapshots.clone());
-    blocking(move || snapshots.document(&builder(controller))).await
+    blocking(move || snapshots.document(&builder(controller), false)).await
 }
 
 /// What builds the status document: the controller's `status`.

@@ -463,17 +463,19 @@ fn answer(
     metrics: &metrics::Metrics,
     request: Request,
 ) -> anyhow::Result<Vec<Bytes>> {
-    let snapshot = || {
+    // `xlb status` waits for the document of the last tick (its counters
+    // are as of then at least); `--vip` takes the current one.
+    let snapshot = |fresh| {
         metrics
             .snapshots
-            .document(&http::builder(controller.clone()))
+            .document(&http::builder(controller.clone()), fresh)
     };
     let response = match request {
-        Request::Status => match snapshot().and_then(|p| p.answer()) {
+        Request::Status => match snapshot(true).and_then(|p| p.answer()) {
             Ok(parts) => return Ok(parts.to_vec()),
             Err(e) => internal(e),
         },
-        Request::StatusVip { vip } => match snapshot().map(|p| p.status.one_vip(&vip)) {
+        Request::StatusVip { vip } => match snapshot(false).map(|p| p.status.one_vip(&vip)) {
             Ok(Ok(one)) => Response::Status(Box::new(one)),
             Ok(Err(message)) => Response::Error(ApiError {
                 kind: ErrorKind::BadInput,

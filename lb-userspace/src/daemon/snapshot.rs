@@ -6,8 +6,11 @@
 //! an older one may still be served:
 //!
 //! - after a collector tick (`invalidate`: counters moved) the document
-//!   still served is the previous one, and the first request after the
-//!   tick starts one rebuild on a thread of its own (never two at once);
+//!   still served to scrapes and `xlb status --vip` is the previous one,
+//!   and the first request after the tick starts one rebuild on a thread
+//!   of its own (never two at once); `xlb status` waits for that rebuild
+//!   (its counters are as of the last tick at least, as tests and
+//!   operators reading counters after traffic expect);
 //! - after a change (`invalidate_change`: an apply, an edit, a health
 //!   change) the old document is no longer true, and requests wait for the
 //!   new one (one build, whoever asks).
@@ -120,13 +123,20 @@ impl Snapshots {
 
     /// The document to answer with (blocking: call it off the reactor).
     /// Waits only when there is no document, or when a change made it
-    /// untrue; after a tick it answers at once and starts a rebuild.
-    pub fn document(self: &Arc<Self>, build: &Build) -> Result<Arc<Published>, String> {
+    /// untrue; after a tick it answers at once and starts a rebuild, unless
+    /// `fresh` (`xlb status`: counters as of the last tick at least), when
+    /// it waits for the document made after the tick (one build, shared).
+    pub fn document(
+        self: &Arc<Self>,
+        build: &Build,
+        fresh: bool,
+    ) -> Result<Arc<Published>, String> {
         let started = Instant::now();
         let mut state = self.lock();
         loop {
             if let Some(current) = state.current.clone()
                 && current.made.changes == state.now.changes
+                && (!fresh || current.made.ticks == state.now.ticks)
             {
                 if current.made.ticks != state.now.ticks && !state.building {
                     state.building = true;
@@ -228,10 +238,13 @@ mod tests {
         let snapshots = Arc::new(Snapshots::new(Counter::default()));
         let (build, builds) = counting(Duration::from_millis(200));
         // None yet: the first request builds and waits.
-        assert_eq!(snapshots.document(&build).unwrap().status.revision, 1);
+        assert_eq!(
+            snapshots.document(&build, false).unwrap().status.revision,
+            1
+        );
         // Shared until something happens.
-        let a = snapshots.document(&build).unwrap();
-        let b = snapshots.document(&build).unwrap();
+        let a = snapshots.document(&build, false).unwrap();
+        let b = snapshots.document(&build, false).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(builds.load(Ordering::SeqCst), 1);
 
@@ -239,26 +252,37 @@ mod tests {
         snapshots.invalidate();
         let started = Instant::now();
         for _ in 0..5 {
-            assert_eq!(snapshots.document(&build).unwrap().status.revision, 1);
+            assert_eq!(
+                snapshots.document(&build, false).unwrap().status.revision,
+                1
+            );
         }
         assert!(started.elapsed() < Duration::from_millis(100));
         wait_for("the rebuild", || {
-            snapshots.document(&build).unwrap().status.revision == 2
+            snapshots.document(&build, false).unwrap().status.revision == 2
         });
         assert_eq!(builds.load(Ordering::SeqCst), 2);
+        // Asked fresh (`xlb status`), a tick is waited for: one build.
+        snapshots.invalidate();
+        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 3);
+        assert_eq!(
+            snapshots.document(&build, false).unwrap().status.revision,
+            3
+        );
+        assert_eq!(builds.load(Ordering::SeqCst), 3);
     }
 
     #[test]
     fn a_change_is_never_answered_with_the_old_document() {
         let snapshots = Arc::new(Snapshots::new(Counter::default()));
         let (build, builds) = counting(Duration::from_millis(50));
-        snapshots.document(&build).unwrap();
+        snapshots.document(&build, false).unwrap();
         snapshots.invalidate_change();
         // Eight readers at once: all wait for the one new document.
         let readers: Vec<_> = (0..8)
             .map(|_| {
                 let (s, b) = (snapshots.clone(), build.clone());
-                std::thread::spawn(move || s.document(&b).unwrap().status.revision)
+                std::thread::spawn(move || s.document(&b, false).unwrap().status.revision)
             })
             .collect();
         for r in readers {
@@ -266,7 +290,7 @@ mod tests {
         }
         assert_eq!(builds.load(Ordering::SeqCst), 2);
         // The socket's answer is the API's encoding, byte for byte.
-        let doc = snapshots.document(&build).unwrap();
+        let doc = snapshots.document(&build, false).unwrap();
         let answer: Vec<u8> = doc.answer().unwrap().concat();
         let api = xlb_core::api::Response::Status(Box::new((*doc.status).clone()));
         let mut expected = serde_json::to_vec(&api).unwrap();
@@ -289,9 +313,12 @@ mod tests {
                 good()
             }
         });
-        let e = snapshots.document(&build).unwrap_err();
+        let e = snapshots.document(&build, false).unwrap_err();
         assert!(e.contains("XLB_STATS"), "{e}");
         fail.store(false, Ordering::SeqCst);
-        assert_eq!(snapshots.document(&build).unwrap().status.revision, 1);
+        assert_eq!(
+            snapshots.document(&build, false).unwrap().status.revision,
+            1
+        );
     }
 }
