@@ -218,6 +218,9 @@ impl Controller {
         if let (Checks::Operator { force, .. }, Some(plan)) = (checks, &plan) {
             self.audit_operator_apply(&candidate, &kind, force, plan, &result);
         }
+        // Whoever applied it (the socket, SIGHUP, the fleet agent, a bake's
+        // rollback): no status request is answered with the old document.
+        self.metrics.invalidate_change();
         result.map(|revision| Applied { revision, plan })
     }
 
