@@ -14,6 +14,11 @@ pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// The status document with one VIP (`xlb status --vip NAME`), taken
+    /// out of the daemon's current document.
+    StatusVip {
+        vip: String,
+    },
     /// Rewrite every table and backend entry from the applied config.
     Repair,
     /// Validate `text` (named `file` in errors) and apply it.
@@ -107,7 +112,9 @@ pub enum Response {
         revision: u64,
     },
     Repaired(Repaired),
-    History(Vec<crate::revision::Revision>),
+    /// The kept revisions' summaries (no config texts, no plans: `Show`
+    /// has them).
+    History(Vec<crate::revision::Summary>),
     Plan(Box<Plan>),
     Revision(Box<crate::revision::Revision>),
     /// An edit applied: the new revision and its plan.

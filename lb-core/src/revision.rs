@@ -34,6 +34,64 @@ pub struct Revision {
     pub outcome: Outcome,
 }
 
+/// A revision without its config text and plan: what `xlb history` shows,
+/// and all the store reads for it (its index), whatever the size of the
+/// configs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub number: u64,
+    pub created_at_unix_seconds: f64,
+    pub user: String,
+    pub message: Option<String>,
+    pub config_file: String,
+    pub config_hash: String,
+    pub kind: Kind,
+    /// Whether a plan is recorded with it.
+    #[serde(default)]
+    pub planned: bool,
+    pub outcome: Outcome,
+}
+
+impl Revision {
+    /// Its summary (what `xlb history` lists).
+    pub fn summary(&self) -> Summary {
+        Summary {
+            schema_version: self.schema_version,
+            number: self.number,
+            created_at_unix_seconds: self.created_at_unix_seconds,
+            user: self.user.clone(),
+            message: self.message.clone(),
+            config_file: self.config_file.clone(),
+            config_hash: self.config_hash.clone(),
+            kind: self.kind.clone(),
+            planned: self.plan.is_some(),
+            outcome: self.outcome.clone(),
+        }
+    }
+
+    /// The revision of `summary`, with its text and plan.
+    pub fn from_summary(
+        summary: Summary,
+        config_text: String,
+        plan: Option<serde_json::Value>,
+    ) -> Revision {
+        Revision {
+            schema_version: summary.schema_version,
+            number: summary.number,
+            created_at_unix_seconds: summary.created_at_unix_seconds,
+            user: summary.user,
+            message: summary.message,
+            config_file: summary.config_file,
+            config_text,
+            config_hash: summary.config_hash,
+            kind: summary.kind,
+            plan,
+            outcome: summary.outcome,
+        }
+    }
+}
+
 /// Why a revision exists.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -148,7 +206,7 @@ fn outcome_label(outcome: &Outcome) -> String {
 }
 
 /// `xlb history`: one row per revision, in the given order.
-pub fn render_history(revs: &[Revision]) -> String {
+pub fn render_history(revs: &[Summary]) -> String {
     let mut rows = vec![
         [
             "REVISION",
@@ -394,7 +452,8 @@ REVISION   WHEN                   USER       KIND            OUTCOME          CO
 3          2023-11-14T22:13:23Z   alice      rollback to 1   baking           {h1}   change 3
 "
         );
-        let got = render_history(&sample_history());
+        let summaries: Vec<Summary> = sample_history().iter().map(Revision::summary).collect();
+        let got = render_history(&summaries);
         // Column widths come from table::render; compare cell by cell.
         let cells = |s: &str| -> Vec<Vec<String>> {
             s.lines()

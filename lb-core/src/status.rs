@@ -68,6 +68,40 @@ pub struct Status {
     pub fleet: Option<FleetNodeStatus>,
 }
 
+impl Status {
+    /// The document with VIP `name` only (`xlb status --vip`); the error
+    /// names the VIPs it has.
+    pub fn one_vip(&self, name: &str) -> Result<Status, String> {
+        let Some(vip) = self.vips.iter().find(|v| v.name == name) else {
+            let served: Vec<&str> = self.vips.iter().map(|v| v.name.as_str()).collect();
+            return Err(format!(
+                "--vip {name}: the daemon serves no VIP of that name (it serves: {})",
+                served.join(", ")
+            ));
+        };
+        Ok(Status {
+            schema_version: self.schema_version,
+            interface: self.interface.clone(),
+            revision: self.revision,
+            applied_at_unix_seconds: self.applied_at_unix_seconds,
+            observed_seconds: self.observed_seconds,
+            generated_at_unix_seconds: self.generated_at_unix_seconds,
+            vips: vec![vip.clone()],
+            actions: self.actions.clone(),
+            drops: self.drops.clone(),
+            cpus: self.cpus.clone(),
+            bake: self.bake.clone(),
+            maps: self.maps.clone(),
+            events: self.events.clone(),
+            conn_table: self.conn_table.clone(),
+            fingerprint: self.fingerprint.clone(),
+            config_file: self.config_file.clone(),
+            announce: self.announce.clone(),
+            fleet: self.fleet.clone(),
+        })
+    }
+}
+
 /// A fleet node's view of its fleet, as its agent last saw it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FleetNodeStatus {

@@ -56,8 +56,15 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         revs[1]["kind"]["type"] == "apply"
             && revs[1]["message"] == "even out b3"
             && revs[1]["outcome"]["type"] == "applied"
-            && revs[1]["config_text"] == testbed::config(&[1, 1, 1]).as_str(),
+            && revs[1]["config_hash"]
+                == xlb_core::revision::text_hash(&testbed::config(&[1, 1, 1])).as_str(),
         "{history}"
+    );
+    // The history lists summaries; `xlb show` has the exact text.
+    let shown = json(daemon.xlb(&["show", "2", "-o", "json"])?)?;
+    ensure!(
+        shown["config_text"] == testbed::config(&[1, 1, 1]).as_str(),
+        "{shown}"
     );
     let table = daemon.xlb(&["history"])?;
     let table = String::from_utf8_lossy(&table.stdout).to_string();
@@ -88,7 +95,7 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     ensure!(
         revs[2]["kind"]["type"] == "rollback"
             && revs[2]["kind"]["to"] == 1
-            && revs[2]["config_text"] == revs[0]["config_text"]
+            && revs[2]["config_hash"] == revs[0]["config_hash"]
             && revs[1]["outcome"]["type"] == "rolled_back"
             && revs[1]["outcome"]["by"] == 3,
         "{history}"

@@ -113,15 +113,25 @@ impl Daemon {
         Ok(median_duration(times))
     }
 
-    /// Resident memory of the daemon, in bytes.
-    fn rss(&self) -> anyhow::Result<u64> {
+    /// Resident memory of the daemon, in bytes: `field` of
+    /// /proc/PID/status (`VmRSS`, or `RssAnon`: its own heap, without the
+    /// BPF arrays it maps, which are the kernel's memory).
+    fn rss_of(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kb: u64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("no VmRSS in /proc/PID/status")?;
+            .with_context(|| format!("no {field} in /proc/PID/status"))?;
         Ok(kb * 1024)
+    }
+
+    fn rss(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "{} ({} anonymous)",
+            mb(self.rss_of("VmRSS")?),
+            mb(self.rss_of("RssAnon")?)
+        ))
     }
 
     /// The kernel memory of the BPF maps the daemon holds open (each map
@@ -290,7 +300,7 @@ fn main() -> anyhow::Result<()> {
         "< 2 s",
         format!("{start_time:.2?}"),
     );
-    row("daemon RSS after start", "", mb(daemon.rss()?));
+    row("daemon RSS after start", "", daemon.rss()?);
     // Let the first ticks and the connection scan pass.
     std::thread::sleep(Duration::from_secs(2));
 
@@ -336,7 +346,7 @@ fn main() -> anyhow::Result<()> {
     row(
         &format!("daemon RSS after {applies} applies"),
         "< 100 MB",
-        mb(daemon.rss()?),
+        daemon.rss()?,
     );
     row(
         "kernel memory of the maps it holds (memlock)",

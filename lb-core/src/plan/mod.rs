@@ -27,7 +27,7 @@ use xxhash_rust::xxh64::xxh64;
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::Config;
+use crate::config::{Config, Vip};
 use crate::state::{Desired, DesiredVip, same_table_inputs};
 
 use diff::Side;
@@ -53,40 +53,78 @@ pub fn plan_over(
         .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
         .unwrap_or_default();
     let applied_seed = applied.map_or(0, |d| d.config.hash_seed);
-    let base_built = base
-        .vips
-        .iter()
-        .map(|v| {
-            match applied_by_name
-                .get(v.name.as_str())
-                .filter(|a| same_table_inputs(&a.config, applied_seed, v, base.hash_seed))
-            {
-                Some(a) => Ok(Built::from_table(a.table.clone(), base.hash_seed, v.hash)),
-                None => flows::build(v, base.hash_seed).map_err(|source| PlanError::Maglev {
-                    which: "base",
-                    vip: v.name.clone(),
-                    source,
-                }),
-            }
-        })
-        .collect::<Result<Vec<Built>, _>>()?;
     let base_index: HashMap<&str, usize> = base
         .vips
         .iter()
         .enumerate()
         .map(|(i, v)| (v.name.as_str(), i))
         .collect();
+    // A candidate VIP identical to its base VIP, under the same seed: no
+    // change, and nothing to build or diff (no safety check can fire on
+    // it: its shares and flows stay as they are).
+    let same_seed = base.hash_seed == candidate.hash_seed;
+    let identical = |v: &Vip| {
+        same_seed
+            && base_index
+                .get(v.name.as_str())
+                .is_some_and(|&i| base.vips[i] == *v)
+    };
+    let candidate_identical: Vec<bool> = candidate.vips.iter().map(identical).collect();
+    let base_needed: HashSet<&str> = candidate
+        .vips
+        .iter()
+        .zip(&candidate_identical)
+        .filter(|(_, same)| !**same)
+        .map(|(v, _)| v.name.as_str())
+        .collect();
+    let candidate_names: HashSet<&str> = candidate.vips.iter().map(|v| v.name.as_str()).collect();
+    // The base's tables of the VIPs that change or leave.
+    let base_built =
+        base.vips
+            .iter()
+            .map(|v| {
+                let needed = base_needed.contains(v.name.as_str())
+                    || !candidate_names.contains(v.name.as_str());
+                if !needed {
+                    return Ok(None);
+                }
+                match applied_by_name
+                    .get(v.name.as_str())
+                    .filter(|a| same_table_inputs(&a.config, applied_seed, v, base.hash_seed))
+                {
+                    Some(a) => Ok(Some(Built::from_table(
+                        a.table.clone(),
+                        base.hash_seed,
+                        v.hash,
+                    ))),
+                    None => flows::build(v, base.hash_seed).map(Some).map_err(|source| {
+                        PlanError::Maglev {
+                            which: "base",
+                            vip: v.name.clone(),
+                            source,
+                        }
+                    }),
+                }
+            })
+            .collect::<Result<Vec<Option<Built>>, _>>()?;
     let base_side = |name: &str| {
-        base_index.get(name).map(|&i| Side {
-            vip: &base.vips[i],
-            built: &base_built[i],
+        base_index.get(name).and_then(|&i| {
+            base_built[i].as_ref().map(|built| Side {
+                vip: &base.vips[i],
+                built,
+            })
         })
     };
-    // None: the same table as the base VIP of that name.
+    // None: the same table as the base VIP of that name (or an identical
+    // VIP, which needs none).
     let candidate_built = candidate
         .vips
         .iter()
-        .map(|v| {
+        .zip(&candidate_identical)
+        .map(|(v, &same)| {
+            if same {
+                return Ok(None);
+            }
             let same = base_side(&v.name).is_some_and(|b| {
                 b.vip.hash == v.hash
                     && same_table_inputs(b.vip, base.hash_seed, v, candidate.hash_seed)
@@ -106,7 +144,16 @@ pub fn plan_over(
 
     let mut vips = Vec::new();
     let mut lints = Vec::new();
-    for (vip, built) in candidate.vips.iter().zip(&candidate_built) {
+    for ((vip, built), &same) in candidate
+        .vips
+        .iter()
+        .zip(&candidate_built)
+        .zip(&candidate_identical)
+    {
+        if same {
+            vips.push(VipPlan::identical(&vip.name));
+            continue;
+        }
         let before = base_side(&vip.name);
         let built = match (built, before) {
             (Some(b), _) => b,
@@ -121,9 +168,10 @@ pub fn plan_over(
         }
         vips.push(vip_plan);
     }
-    let candidate_names: HashSet<&str> = candidate.vips.iter().map(|v| v.name.as_str()).collect();
     for (vip, built) in base.vips.iter().zip(&base_built) {
-        if !candidate_names.contains(vip.name.as_str()) {
+        if let Some(built) = built
+            && !candidate_names.contains(vip.name.as_str())
+        {
             vips.push(diff::vip_plan(Some(Side { vip, built }), None));
         }
     }
@@ -150,4 +198,41 @@ pub fn plan_over(
 pub fn config_hash(config: &Config) -> String {
     let json = serde_json::to_vec(config).expect("a Config always serializes");
     format!("{:016x}", xxh64(&json, 0))
+}
+
+impl Plan {
+    /// The plan as a revision records it: the whole document but for the
+    /// VIPs it leaves unchanged, which are only counted
+    /// (`unchanged_vips`). At 1,000 VIPs x 64 backends a change of one VIP
+    /// records one VIP's backends, not 64,000 (docs/RESTART.md).
+    pub fn recorded(&self) -> serde_json::Value {
+        let changed: Vec<&VipPlan> = self
+            .vips
+            .iter()
+            .filter(|v| v.change != Change::Unchanged)
+            .collect();
+        let unchanged = self.vips.len() - changed.len();
+        let mut doc =
+            serde_json::to_value(self.clone_without_vips()).expect("a Plan always serializes");
+        doc["vips"] = serde_json::to_value(&changed).expect("a VipPlan always serializes");
+        doc["unchanged_vips"] = serde_json::Value::from(unchanged);
+        doc
+    }
+
+    /// The plan without its VIPs (cheap to clone at any size).
+    fn clone_without_vips(&self) -> Plan {
+        Plan {
+            schema_version: self.schema_version,
+            base_revision: self.base_revision,
+            base_config_hash: self.base_config_hash.clone(),
+            config_hash: self.config_hash.clone(),
+            vips: Vec::new(),
+            details: self.details.clone(),
+            lints: self.lints.clone(),
+            refused: self.refused,
+            restart_only: self.restart_only.clone(),
+            warnings: self.warnings.clone(),
+            changed: self.changed,
+        }
+    }
 }

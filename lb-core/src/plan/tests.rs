@@ -212,13 +212,48 @@ fn capacity_shares_follow_capacities_of_active_backends() {
     backends[1].capacity = 2.0;
     backends[2].capacity = 2.0;
     backends[3].state = BackendState::Draining;
-    let p = plan(&cfg, &cfg).unwrap();
+    // Changed (an identical VIP lists no backends): a safety limit only.
+    let mut candidate = cfg.clone();
+    candidate.vips[0].safety.max_flows_moved = 0.5;
+    let p = plan(&cfg, &candidate).unwrap();
     let got: Vec<f64> = p.vips[0]
         .backends
         .iter()
         .map(|b| b.capacity_share_ratio)
         .collect();
     assert_eq!(got, [0.5, 0.25, 0.25, 0.0]);
+}
+
+/// A VIP identical on both sides is unchanged without being built or
+/// diffed (no backends listed); the plan still counts it, and a revision
+/// records only the VIPs that change.
+#[test]
+fn identical_vips_are_not_diffed_and_not_recorded() {
+    let mut base = equal(3);
+    let mut second = base.vips[0].clone();
+    second.name = "api".to_string();
+    second.port = 8080;
+    base.vips.push(second);
+    let mut candidate = base.clone();
+    candidate.vips[1].backends[0].weight = 2;
+    let p = plan(&base, &candidate).unwrap();
+    assert_eq!(p.vips[0], VipPlan::identical(&base.vips[0].name));
+    assert_eq!(p.vips[1].change, Change::Changed);
+    assert_eq!(p.vips[1].backends.len(), 3);
+    assert!(
+        p.render_table().contains("1 VIP changed, 1 unchanged"),
+        "{}",
+        p.render_table()
+    );
+    let recorded = p.recorded();
+    assert_eq!(recorded["unchanged_vips"], 1);
+    assert_eq!(recorded["vips"].as_array().unwrap().len(), 1);
+    assert_eq!(recorded["vips"][0]["name"], "api");
+    assert_eq!(recorded["config_hash"], p.config_hash.as_str());
+    // Another seed changes every VIP's table: nothing is identical then.
+    candidate.hash_seed += 1;
+    let p = plan(&base, &candidate).unwrap();
+    assert!(p.vips.iter().all(|v| v.backends.len() == 3));
 }
 
 // ---- the checks, on dangerous and benign changes ----
@@ -1086,6 +1121,11 @@ proptest! {
         let candidate = config(seeds.1, vec![vip("web", sizes.1, candidate_backends)]);
         let p = plan(&base, &candidate).unwrap();
         let v = &p.vips[0];
+        if base == candidate {
+            // Identical: unchanged, not diffed (no backends listed).
+            prop_assert_eq!(v, &VipPlan::identical("web"));
+            return Ok(());
+        }
 
         for (after, cfg) in [(false, &base), (true, &candidate)] {
             let active = cfg.vips[0].table_backends().count();

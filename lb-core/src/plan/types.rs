@@ -69,7 +69,8 @@ pub struct VipPlan {
     /// Fraction of the VIP's flows that would hash to another backend
     /// (see `flows`); 1.0 for an added or removed VIP.
     pub flows_moved_ratio: f64,
-    /// Today's and the candidate's backends together, by name.
+    /// Today's and the candidate's backends together, by name; none for a
+    /// VIP whose config did not change at all (`VipPlan::identical`).
     pub backends: Vec<BackendPlan>,
     /// How the safety checks read this change, where it is not obvious
     /// (backends leaving: which checks judge the share the others take).
@@ -191,6 +192,22 @@ pub enum PlanError {
 /// read back from a file equals the plan made.
 pub(super) fn ratio(x: f64) -> f64 {
     (x * 1e12).round() / 1e12
+}
+
+impl VipPlan {
+    /// A VIP whose config is the same on both sides, under the same seed:
+    /// unchanged, and not diffed (its backends are not listed: their
+    /// shares are today's, in `xlb status`).
+    pub fn identical(name: &str) -> VipPlan {
+        VipPlan {
+            name: name.to_string(),
+            change: Change::Unchanged,
+            details: Vec::new(),
+            flows_moved_ratio: 0.0,
+            backends: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
 }
 
 impl Plan {

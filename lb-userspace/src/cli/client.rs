@@ -11,7 +11,7 @@ use std::time::Duration;
 use xlb_core::announce::NodeAnnounce;
 use xlb_core::api::{EditRequest, Edited, Repaired, Request, Response};
 use xlb_core::plan::Plan;
-use xlb_core::revision::Revision;
+use xlb_core::revision::{Revision, Summary};
 use xlb_core::status::Status;
 
 use super::output::Failure;
@@ -139,6 +139,18 @@ impl<'a> Client<'a> {
         })
     }
 
+    /// The status with VIP `vip` only (bad input when it serves none of
+    /// that name).
+    pub fn status_vip(&self, vip: &str) -> Result<Status, Failure> {
+        let request = Request::StatusVip {
+            vip: vip.to_string(),
+        };
+        self.ask(&request, |r| match r {
+            Response::Status(s) => Ok(*s),
+            other => Err(other),
+        })
+    }
+
     /// An apply or a rollback: the new revision's number.
     pub fn applied(&self, request: &Request) -> Result<u64, Failure> {
         self.ask(request, |r| match r {
@@ -155,7 +167,7 @@ impl<'a> Client<'a> {
     }
 
     /// The kept revisions; `None` when no daemon listens on the socket.
-    pub fn history_if_running(&self) -> Result<Option<Vec<Revision>>, Failure> {
+    pub fn history_if_running(&self) -> Result<Option<Vec<Summary>>, Failure> {
         self.ask_if_running(&Request::History, |r| match r {
             Response::History(list) => Ok(list),
             other => Err(other),

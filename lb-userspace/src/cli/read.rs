@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use xlb_core::revision::{self, Revision, render_history, render_revision};
+use xlb_core::revision::{self, Revision, Summary, render_history, render_revision};
 use xlb_core::status::{self, SCHEMA_VERSION};
 
 use super::args::Cli;
@@ -13,17 +13,12 @@ use super::output::{Failure, Output, print_json};
 use crate::store::Store;
 
 pub(super) fn status(cli: &Cli, vip: Option<&str>) -> Result<(), Failure> {
-    let mut s = Client::new(&cli.socket).status()?;
-    if let Some(name) = vip {
-        if !s.vips.iter().any(|v| v.name == name) {
-            let served: Vec<&str> = s.vips.iter().map(|v| v.name.as_str()).collect();
-            return Err(Failure::bad_input(format!(
-                "--vip {name}: the daemon serves no VIP of that name (it serves: {})",
-                served.join(", ")
-            )));
-        }
-        s.vips.retain(|v| v.name == name);
-    }
+    // One VIP is taken out of the document by the daemon.
+    let client = Client::new(&cli.socket);
+    let s = match vip {
+        Some(name) => client.status_vip(name)?,
+        None => client.status()?,
+    };
     match cli.output {
         Output::Json => print_json(&s),
         Output::Table => print!("{}", status::render_table(&s, false)),
@@ -79,12 +74,9 @@ impl<'a> Revisions<'a> {
         store(&opened, dir)
     }
 
-    /// The kept revisions, oldest first.
-    pub(super) fn list(&self) -> Result<Vec<Revision>, Failure> {
-        self.read(
-            |c| c.history_if_running(),
-            |store, _| store.list().map_err(Failure::internal),
-        )
+    /// The kept revisions' summaries, oldest first.
+    pub(super) fn list(&self) -> Result<Vec<Summary>, Failure> {
+        self.read(|c| c.history_if_running(), |store, _| Ok(store.summaries()))
     }
 
     /// Revision `number` (exit 2 when it is not kept, as the daemon says).

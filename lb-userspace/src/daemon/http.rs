@@ -15,7 +15,8 @@
 //! - a scrape never encodes under the controller's lock: the status
 //!   document is built once per collector tick or change (the lock held for
 //!   that alone), and its encodings once, outside the lock, shared by every
-//!   scrape until the next tick (`Metrics::published`);
+//!   scrape; after a tick the previous document is served while the next
+//!   is built, so a scrape never waits for a build (snapshot.rs);
 //! - it runs on a thread and a runtime of its own (`spawn`), at a lower
 //!   CPU priority (`HTTP_NICE`): writing scrape bodies (33 MiB each at
 //!   1,000 VIPs x 64 backends) never waits for, nor holds up, the control
@@ -28,7 +29,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +39,7 @@ use hyper_util::service::TowerToHyperService;
 use crate::daemon::controller::Controller;
 use crate::daemon::http_history::{Ring, SAMPLE_EVERY};
 use crate::daemon::metrics::Metrics;
+use crate::daemon::snapshot::{Build, Published};
 
 /// The status page: one file, no build step, no CDN.
 pub const STATUS_PAGE: &str = include_str!("web/status.html");
@@ -266,48 +267,24 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// The published status document: built under the controller's lock by
-/// the first scrape after a tick or a change (the lock held for the build
-/// only), then shared.
-async fn document(
-    state: &State,
-) -> Result<
-    (
-        Arc<crate::daemon::metrics::Published>,
-        Arc<xlb_core::status::Status>,
-    ),
-    Response,
-> {
-    let published = state.metrics.published();
-    let controller = state.controller.clone();
-    let metrics = state.metrics.clone();
-    let status = published
-        .status
-        .get_or_try_init(|| {
-            blocking(move || {
-                metrics.http_status_builds.inc();
-                let guard = controller.lock().unwrap_or_else(|p| p.into_inner());
-                guard.status().map(Arc::new).map_err(|e| e.to_string())
-            })
-        })
-        .await?
-        .clone();
-    Ok((published, status))
+/// The status document now (snapshot.rs: built once per tick or change,
+/// under the controller's lock for the build only, then shared).
+async fn document(state: &State) -> Result<Arc<Published>, Response> {
+    let (controller, snapshots) = (state.controller.clone(), state.metrics.snapshots.clone());
+    blocking(move || snapshots.document(&builder(controller), false)).await
+}
+
+/// What builds the status document: the controller's `status`.
+pub fn builder(controller: Shared) -> Build {
+    Arc::new(move || {
+        let guard = controller.lock().unwrap_or_else(|p| p.into_inner());
+        guard.status().map_err(|e| e.to_string())
+    })
 }
 
 async fn status(axum::extract::State(state): axum::extract::State<State>) -> Response {
     let json = match document(&state).await {
-        Ok((published, status)) => published
-            .json
-            .get_or_try_init(|| {
-                blocking(move || {
-                    serde_json::to_vec(&*status)
-                        .map(Bytes::from)
-                        .map_err(|e| e.to_string())
-                })
-            })
-            .await
-            .cloned(),
+        Ok(published) => blocking(move || published.json()).await,
         Err(r) => Err(r),
     };
     match json {
@@ -331,8 +308,8 @@ async fn sample(state: State) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if let Ok((_, status)) = document(&state).await {
-            let history = state.history.clone();
+        if let Ok(published) = document(&state).await {
+            let (history, status) = (state.history.clone(), published.status.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 history
                     .lock()
@@ -348,19 +325,25 @@ async fn sample(state: State) {
 /// last hours read from the revision store.
 async fn history(axum::extract::State(state): axum::extract::State<State>) -> Response {
     let json = blocking(move || {
+        let now = xlb_core::clock::unix_now();
         let revisions = {
             let guard = state.controller.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.revisions().map(|s| s.list()) {
-                Some(Ok(list)) => list,
-                Some(Err(e)) => return Err(format!("reading the revisions: {e}")),
-                None => Vec::new(),
+            let mut revisions = Vec::new();
+            if let Some(store) = guard.revisions() {
+                for number in Ring::shown(&store.summaries(), now) {
+                    match store.get(number) {
+                        Ok(r) => revisions.extend(r),
+                        Err(e) => return Err(format!("reading revision {number}: {e}")),
+                    }
+                }
             }
+            revisions
         };
         let doc = state
             .history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .document(&revisions, xlb_core::clock::unix_now());
+            .document(&revisions, now);
         serde_json::to_vec(&doc).map_err(|e| e.to_string())
     })
     .await;
@@ -379,15 +362,9 @@ async fn history(axum::extract::State(state): axum::extract::State<State>) -> Re
 
 async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
     let text = match document(&state).await {
-        Ok((published, status)) => {
+        Ok(published) => {
             let metrics = state.metrics.clone();
-            published
-                .text
-                .get_or_try_init(|| {
-                    blocking(move || Ok(Bytes::from(metrics.encode_shared(status))))
-                })
-                .await
-                .cloned()
+            blocking(move || Ok(metrics.text(&published))).await
         }
         Err(r) => Err(r),
     };

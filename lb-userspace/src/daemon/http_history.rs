@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::Serialize;
-use xlb_core::revision::{Kind, Outcome, Revision};
+use xlb_core::revision::{Kind, Outcome, Revision, Summary};
 use xlb_core::status::{Status, VipStatus};
 
 /// How often a sample is taken.
@@ -223,6 +223,20 @@ impl Ring {
             at_unix_seconds: at,
             shares,
         });
+    }
+
+    /// The revisions the page shows, by number, from the store's index:
+    /// those of the last `REVISION_SECONDS`, the newest `MAX_REVISIONS`
+    /// (only these are read whole).
+    pub fn shown(summaries: &[Summary], now: f64) -> Vec<u64> {
+        let since = now - REVISION_SECONDS;
+        let recent: Vec<u64> = summaries
+            .iter()
+            .filter(|s| s.created_at_unix_seconds >= since)
+            .map(|s| s.number)
+            .collect();
+        let skip = recent.len().saturating_sub(MAX_REVISIONS);
+        recent[skip..].to_vec()
     }
 
     /// The answer of `/api/history`.

@@ -57,9 +57,10 @@ pub struct Metrics {
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
-    /// What the HTTP side serves: the status document and its encodings,
-    /// built at most once per collector tick or change (http.rs).
-    published: Mutex<Arc<Published>>,
+    /// What `xlb status`, `/api/status` and `/metrics` serve: the status
+    /// document and its encodings, built at most once per collector tick
+    /// or change (snapshot.rs).
+    pub snapshots: Arc<crate::daemon::snapshot::Snapshots>,
 }
 
 /// The held-flow replication's series (docs/METRICS.md).
@@ -115,16 +116,6 @@ impl HeldMetrics {
         );
         m
     }
-}
-
-/// One published status document and its encodings, each made on first
-/// use (by the first scrape after the document was marked stale) and then
-/// shared by every scrape until the next `invalidate`.
-#[derive(Debug, Default)]
-pub struct Published {
-    pub status: tokio::sync::OnceCell<Arc<Status>>,
-    pub text: tokio::sync::OnceCell<axum::body::Bytes>,
-    pub json: tokio::sync::OnceCell<axum::body::Bytes>,
 }
 
 impl Default for Metrics {
@@ -199,10 +190,13 @@ impl Metrics {
         let http_status_builds = Counter::default();
         registry.register(
             "xlb_http_status_builds",
-            "Status documents built for /metrics and /api/status (at most one per collector \
-             tick or change, shared by every scrape)",
+            "Status documents built for xlb status, /metrics and /api/status (at most one per \
+             collector tick or change, shared by every request)",
             http_status_builds.clone(),
         );
+        let snapshots = Arc::new(crate::daemon::snapshot::Snapshots::new(
+            http_status_builds.clone(),
+        ));
         let fleet_connected = Family::<Vec<(String, String)>, Gauge>::default();
         registry.register(
             "xlb_fleet_connected",
@@ -231,7 +225,7 @@ impl Metrics {
             progress: Arc::default(),
             latest,
             encoding: Mutex::new(()),
-            published: Mutex::new(Arc::default()),
+            snapshots,
         }
     }
 
@@ -250,18 +244,25 @@ impl Metrics {
         out
     }
 
-    /// The document the HTTP side serves now.
-    pub fn published(&self) -> Arc<Published> {
-        self.published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// The /metrics text of `published` (made once per document).
+    pub fn text(&self, published: &crate::daemon::snapshot::Published) -> axum::body::Bytes {
+        published
+            .text
+            .get_or_init(|| axum::body::Bytes::from(self.encode_shared(published.status.clone())))
             .clone()
     }
 
-    /// Mark the published document stale (after a collector tick or a
-    /// change): the next scrape builds a new one.
+    /// Counters moved (a collector tick, the held flows published): the
+    /// status document is rebuilt at the next request, which is answered
+    /// with the current one meanwhile (snapshot.rs).
     pub fn invalidate(&self) {
-        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
+        self.snapshots.invalidate();
+    }
+
+    /// What the daemon serves changed (an apply, an edit, a health change):
+    /// no request is answered with a document made before.
+    pub fn invalidate_change(&self) {
+        self.snapshots.invalidate_change();
     }
 
     /// Count one local health-check failure.

@@ -17,12 +17,14 @@ pub mod notify;
 pub mod peer;
 pub mod privileges;
 pub mod restart;
+pub mod snapshot;
 pub mod start;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
+use axum::body::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -394,6 +396,7 @@ fn changes(request: &Request) -> bool {
     !matches!(
         request,
         Request::Status
+            | Request::StatusVip { .. }
             | Request::History
             | Request::Show { .. }
             | Request::Plan { .. }
@@ -426,7 +429,7 @@ async fn handle(
                 peer.pid,
                 bad.reason()
             );
-            encode(&bad.response())?
+            vec![Bytes::from(encode(&bad.response())?)]
         }
         Ok(Some(line)) => {
             // Map writes and reads are blocking syscalls (and so is the
@@ -434,27 +437,64 @@ async fn handle(
             let metrics = metrics.clone();
             // So is encoding the answer: a status at 1,000 VIPs x 64
             // backends is a second of JSON.
-            tokio::task::spawn_blocking(move || {
-                let response = match peer::admit(&policy, &peer, &line) {
-                    Err(e) => Response::Error(e),
-                    Ok(request) => {
-                        let changed = changes(&request);
-                        let response = dispatch(&controller, request);
-                        if changed {
-                            metrics.invalidate();
-                        }
-                        response
-                    }
-                };
-                encode(&response)
+            tokio::task::spawn_blocking(move || match peer::admit(&policy, &peer, &line) {
+                Err(e) => Ok(vec![Bytes::from(encode(&Response::Error(e))?)]),
+                Ok(request) => answer(&controller, &metrics, request),
             })
             .await??
         }
     };
-    tokio::time::timeout(CONTROL_TIMEOUT, write.write_all(&out))
-        .await
-        .context("writing the answer: timed out")??;
+    // The answer's parts one after the other (the status: its JSON framed,
+    // not copied).
+    tokio::time::timeout(CONTROL_TIMEOUT, async {
+        for part in &out {
+            write.write_all(part).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .context("writing the answer: timed out")??;
     Ok(())
+}
+
+/// The answer to `request`: the status from the snapshot (snapshot.rs:
+/// built once per tick or change, its encoding made once), every other
+/// request through `dispatch`.
+fn answer(
+    controller: &Arc<Mutex<Controller>>,
+    metrics: &metrics::Metrics,
+    request: Request,
+) -> anyhow::Result<Vec<Bytes>> {
+    // `xlb status` waits for the document of the last tick (its counters
+    // are as of then at least); `--vip` takes the current one.
+    let snapshot = |fresh| {
+        metrics
+            .snapshots
+            .document(&http::builder(controller.clone()), fresh)
+    };
+    let response = match request {
+        Request::Status => match snapshot(true).and_then(|p| p.answer()) {
+            Ok(parts) => return Ok(parts.to_vec()),
+            Err(e) => internal(e),
+        },
+        Request::StatusVip { vip } => match snapshot(false).map(|p| p.status.one_vip(&vip)) {
+            Ok(Ok(one)) => Response::Status(Box::new(one)),
+            Ok(Err(message)) => Response::Error(ApiError {
+                kind: ErrorKind::BadInput,
+                message,
+            }),
+            Err(e) => internal(e),
+        },
+        request => {
+            let changed = changes(&request);
+            let response = dispatch(controller, request);
+            if changed {
+                metrics.invalidate_change();
+            }
+            response
+        }
+    };
+    Ok(vec![Bytes::from(encode(&response)?)])
 }
 
 fn internal(message: String) -> Response {
@@ -477,6 +517,16 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 message: e.to_string(),
             }),
         },
+        Request::StatusVip { vip } => match controller.status() {
+            Ok(s) => match s.one_vip(&vip) {
+                Ok(one) => Response::Status(Box::new(one)),
+                Err(message) => Response::Error(ApiError {
+                    kind: ErrorKind::BadInput,
+                    message,
+                }),
+            },
+            Err(e) => internal(e.to_string()),
+        },
         Request::Repair => match controller.repair() {
             Ok(repaired) => Response::Repaired(repaired),
             Err(e) => Response::Error(ApiError {
@@ -484,11 +534,13 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 message: e.to_string(),
             }),
         },
-        Request::History => match controller.revisions().map(|s| s.list()) {
-            Some(Ok(list)) => Response::History(list),
-            Some(Err(e)) => internal(e.to_string()),
-            None => Response::History(Vec::new()),
-        },
+        // The store's index: no revision file is read.
+        Request::History => Response::History(
+            controller
+                .revisions()
+                .map(|s| s.summaries())
+                .unwrap_or_default(),
+        ),
         Request::Show { number } => match controller.revisions().map(|s| s.get(number)) {
             Some(Ok(Some(rev))) => Response::Revision(Box::new(rev)),
             Some(Ok(None)) | None => Response::Error(ApiError {

@@ -132,7 +132,10 @@ fn peer_groups(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
 /// make them. Everything else changes state and is checked (a request kind
 /// added later is a change until it is listed here).
 pub fn is_read(op: &str) -> bool {
-    matches!(op, "status" | "history" | "show" | "plan" | "version")
+    matches!(
+        op,
+        "status" | "status_vip" | "history" | "show" | "plan" | "version"
+    )
 }
 
 /// The requests every connecting user may make, for messages.

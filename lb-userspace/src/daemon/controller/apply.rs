@@ -30,13 +30,13 @@ impl Controller {
     /// the live revision.
     pub fn plan(&self, candidate: &Candidate) -> Result<Plan, ApplyError> {
         let base = match &self.applied {
-            Some(d) => d.config.clone(),
+            Some(d) => std::borrow::Cow::Borrowed(&d.config),
             // Nothing applied yet: only the VIPs are new.
-            None => Config {
+            None => std::borrow::Cow::Owned(Config {
                 interface: self.interface.clone(),
                 vips: vec![],
                 ..candidate.config.clone()
-            },
+            }),
         };
         // The applied tables stand for the base's; only changed VIPs'
         // tables are built.
@@ -195,7 +195,8 @@ impl Controller {
                 config_text: text.clone(),
                 config_hash: xlb_core::revision::text_hash(text),
                 kind: kind.clone(),
-                plan: plan.as_ref().and_then(|p| serde_json::to_value(p).ok()),
+                // The summary and the changed VIPs only (`Plan::recorded`).
+                plan: plan.as_ref().map(Plan::recorded),
                 outcome,
             };
             if let Err(e) = store.record(&rev) {
@@ -217,6 +218,9 @@ impl Controller {
         if let (Checks::Operator { force, .. }, Some(plan)) = (checks, &plan) {
             self.audit_operator_apply(&candidate, &kind, force, plan, &result);
         }
+        // Whoever applied it (the socket, SIGHUP, the fleet agent, a bake's
+        // rollback): no status request is answered with the old document.
+        self.metrics.invalidate_change();
         result.map(|revision| Applied { revision, plan })
     }
 

@@ -17,9 +17,7 @@ impl Controller {
                 "this daemon keeps no revisions".into(),
             ));
         };
-        let list = store
-            .list()
-            .map_err(|e| ApplyError::NoRevision(e.to_string()))?;
+        let list = store.summaries();
         let current = self.revision;
         let target = match to {
             Some(n) => list.iter().find(|r| r.number == n).ok_or_else(|| {
@@ -41,6 +39,10 @@ impl Controller {
             )));
         }
         let number = target.number;
+        let target = store
+            .get(number)
+            .map_err(|e| ApplyError::NoRevision(e.to_string()))?
+            .ok_or_else(|| ApplyError::NoRevision(format!("revision {number} is not kept")))?;
         let candidate = Candidate::parse(&target.config_text, &target.config_file, origin.clone())?;
         let (file, text) = (candidate.file.clone(), candidate.text.clone());
         let new = self

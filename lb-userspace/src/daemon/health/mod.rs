@@ -93,7 +93,7 @@ pub async fn serve(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .health_sync();
-            metrics.invalidate();
+            metrics.invalidate_change();
         });
     });
     run(monitor, on_change, local_error).await
