@@ -18,6 +18,8 @@ pub const TRACE_NO_DROP: u8 = u8::MAX;
 /// Bytes of the packet a capture keeps (the headers: Ethernet, a VLAN tag,
 /// IPv6 and TCP with options fit).
 pub const CAPTURE_BYTES: usize = 128;
+/// A power of two: the balancer bounds the copy's length with a mask.
+const _: () = assert!(CAPTURE_BYTES.is_power_of_two() && CAPTURE_BYTES <= 255);
 /// Bytes of the ring buffer (a power of two, a multiple of the page size):
 /// about 1,200 records, a second of tracing at 1,200 matching packets/s
 /// if the reader stalls; the reader drains it every 50 ms.

@@ -123,20 +123,22 @@ pub fn begin(ctx: &XdpContext, p: &Parsed, meta: &VipMeta) {
         }
     }
     rec.cap_len = 0;
-    if c.mode == TRACE_MODE_CAPTURE {
-        // The verifier needs the length bounded above and not zero.
+    if c.mode == TRACE_MODE_CAPTURE && len > 0 {
         let n = if len > CAPTURE_BYTES as u32 {
             CAPTURE_BYTES as u32
         } else {
             len
         };
-        if n > 0 && n <= CAPTURE_BYTES as u32 {
-            // SAFETY: copies `n` <= CAPTURE_BYTES bytes of the packet into
-            // the record's `data`, which holds CAPTURE_BYTES.
-            let r = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, rec.data.as_mut_ptr().cast(), n) };
-            if r == 0 {
-                rec.cap_len = n as u8;
-            }
+        // The verifier needs the length's bounds on the register itself
+        // (LLVM turns `n > 0` into a test of the packet pointers, which it
+        // does not relate to `n`): ((n - 1) & 127) + 1 is n for n in
+        // 1..=128, and provably so.
+        let n = (n.wrapping_sub(1) & (CAPTURE_BYTES as u32 - 1)) + 1;
+        // SAFETY: copies `n` (1..=CAPTURE_BYTES) bytes of the packet into
+        // the record's `data`, which holds CAPTURE_BYTES.
+        let r = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, rec.data.as_mut_ptr().cast(), n) };
+        if r == 0 {
+            rec.cap_len = n as u8;
         }
     }
 }

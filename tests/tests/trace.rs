@@ -302,7 +302,13 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     for k in &keys {
         table.remove(k)?;
     }
-    let mut moved = conns.remove(0);
+    // A flow on a backend still in the table: hashed again, it lands
+    // where it was.
+    let index = conns
+        .iter()
+        .position(|c| served.iter().any(|(p, b)| *p == c.local.port() && *b != on))
+        .context("no connection off the drained backend")?;
+    let mut moved = conns.remove(index);
     let port = moved.local.port();
     let pcap = dir.join("moved.pcap");
     let pcap_arg = pcap.to_str().context("path")?;
