@@ -51,6 +51,15 @@ fn start_cli(daemon: &Daemon, args: &[&str]) -> anyhow::Result<Child> {
         .context("starting xlb")
 }
 
+/// `xlb` with the words of `args` started, once the status shows its
+/// session on; the status's `trace`.
+fn session(daemon: &Daemon, args: &str) -> anyhow::Result<(Child, serde_json::Value)> {
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let child = start_cli(daemon, &words)?;
+    let active = wait_trace(daemon, Duration::from_secs(5), |t| !t.is_null())?;
+    Ok((child, active))
+}
+
 /// Wait (at most `limit`) for a CLI to exit; its stdout lines.
 fn finish(mut child: Child, limit: Duration) -> anyhow::Result<Vec<String>> {
     let deadline = Instant::now() + limit;
@@ -181,20 +190,10 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     }
 
     // Another client's trace sees none of 198.18.0.1's packets.
-    let other = start_cli(
+    let (other, _) = session(
         &daemon,
-        &[
-            "-o",
-            "json",
-            "trace",
-            "web",
-            "--client",
-            "198.18.0.9",
-            "--duration",
-            "1s",
-        ],
+        "-o json trace web --client 198.18.0.9 --duration 1s",
     )?;
-    wait_trace(&daemon, Duration::from_secs(5), |t| !t.is_null())?;
     let mut c = Conn::open(&tb)?;
     c.exchange(0)?;
     drop(c);
@@ -202,20 +201,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     ensure!(lines.is_empty(), "another client's trace printed {lines:?}");
 
     // A real connection: its SYN misses (slot, backend), then hits there.
-    let trace = start_cli(
-        &daemon,
-        &[
-            "-o",
-            "json",
-            "trace",
-            "web",
-            "--client",
-            "198.18.0.1",
-            "--count",
-            "20",
-        ],
-    )?;
-    let active = wait_trace(&daemon, Duration::from_secs(5), |t| !t.is_null())?;
+    let (trace, active) = session(&daemon, "-o json trace web --client 198.18.0.1 --count 20")?;
     ensure!(
         active["kind"] == "trace" && active["filter"] == "vip=web client=198.18.0.1/32",
         "status trace {active}"
@@ -272,13 +258,10 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         tests::xlbd::describe(&out)
     );
     let port = held.local.port().to_string();
-    let trace = start_cli(
+    let (trace, _) = session(
         &daemon,
-        &[
-            "-o", "json", "trace", "web", "--port", &port, "--count", "1",
-        ],
+        &format!("-o json trace web --port {port} --count 1"),
     )?;
-    wait_trace(&daemon, Duration::from_secs(5), |t| !t.is_null())?;
     ensure!(held.exchange(101)? == on, "the held flow left {on}");
     let packets = json_lines(&finish(trace, Duration::from_secs(5))?)?;
     let p = packets.first().context("no packet of the held flow")?;
@@ -288,8 +271,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     );
 
     // A killed CLI: the daemon switches tracing off.
-    let mut killed = start_cli(&daemon, &["trace"])?;
-    wait_trace(&daemon, Duration::from_secs(5), |t| !t.is_null())?;
+    let (mut killed, _) = session(&daemon, "trace")?;
     killed.kill()?;
     killed.wait()?;
     wait_trace(&daemon, Duration::from_secs(3), |t| t.is_null())?;
@@ -312,22 +294,10 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     let port = moved.local.port();
     let pcap = dir.join("moved.pcap");
     let pcap_arg = pcap.to_str().context("path")?;
-    let capture = start_cli(
+    let (capture, _) = session(
         &daemon,
-        &[
-            "-o",
-            "json",
-            "capture",
-            "web",
-            "--events",
-            "non_syn_miss",
-            "--out",
-            pcap_arg,
-            "--count",
-            "1",
-        ],
+        &format!("-o json capture web --events non_syn_miss --out {pcap_arg} --count 1"),
     )?;
-    wait_trace(&daemon, Duration::from_secs(5), |t| !t.is_null())?;
     moved.exchange(102)?;
     finish(capture, Duration::from_secs(5))?;
     let read = tests::netns::sh(&["tcpdump", "-nr", pcap_arg])?;
