@@ -194,8 +194,6 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         vip: Option<String>,
     },
-    /// Rates and shares per backend, refreshed; one logfmt line per interval
-    /// when stdout is not a terminal.
     /// What the balancer decides for each matching packet, one line each
     /// as it happens (interface, CPU, 5-tuple, parse, VIP, connection
     /// table hit or miss and why, Maglev slot, backend, method, action or
@@ -206,6 +204,8 @@ pub enum Command {
     /// (tcpdump -r and Wireshark read it; each packet's events and the
     /// balancer's decision in its comment). Runs like `xlb trace`.
     Capture(CaptureArgs),
+    /// Rates and shares per backend, refreshed; one logfmt line per interval
+    /// when stdout is not a terminal.
     Top {
         /// Time between refreshes ("1s", "500ms").
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
