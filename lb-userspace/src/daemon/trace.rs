@@ -27,6 +27,9 @@ use crate::daemon::metrics::Metrics;
 
 /// How often the ring is read: a line reaches the client within this.
 const POLL: Duration = Duration::from_millis(50);
+/// A line the client does not take within this ends the session (the
+/// control socket's answers have the same limit).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records taken from the ring per read, at most.
 const BATCH: usize = 256;
 
@@ -152,11 +155,9 @@ fn plan(request: &TraceRequest, controller: &Controller) -> Result<Plan, TraceEr
 async fn send(write: &mut OwnedWriteHalf, response: &Response) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(response)?;
     line.push(b'\n');
-    tokio::time::timeout(super::CONTROL_TIMEOUT, write.write_all(&line))
+    tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&line))
         .await
-        .map_err(|_| {
-            anyhow::anyhow!("the client took no line for {:?}", super::CONTROL_TIMEOUT)
-        })??;
+        .map_err(|_| anyhow::anyhow!("the client took no line for {:?}", WRITE_TIMEOUT))??;
     Ok(())
 }
 
