@@ -146,6 +146,10 @@ pub fn begin(ctx: &XdpContext, p: &Parsed, meta: &VipMeta) {
 /// At the end, with the verdict: `backend_id` (`TRACE_NONE` unless sent),
 /// whether it was hashed (`new_flow`) and the drop reason (`TRACE_NONE`
 /// unless dropped). Emits the record if one of its events is asked for.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the record is a 216-byte map value; passed by value it would be copied to the 512-byte stack"
+)]
 #[inline(never)]
 pub fn emit(action: u32, backend_id: u32, new_flow: bool, reason: u32) {
     let Some(rec) = XLB_TRACE_REC.get_ptr_mut(0) else {
