@@ -10,6 +10,7 @@ pub mod decap;
 pub mod hash;
 pub mod maps;
 pub mod stats;
+pub mod trace;
 pub mod types;
 
 pub use types::*;

@@ -29,8 +29,15 @@ pub const EVENT_STATS: &str = "XLB_EVENT_STATS";
 /// every fragment of a datagram goes where its first went.
 pub const FRAGS: &str = "XLB_FRAGS";
 
+/// The trace switch: one `trace::TraceConfig` (`xlb trace`, `xlb capture`).
+pub const TRACE: &str = "XLB_TRACE";
+/// Ring buffer of `trace::TraceRecord`s, one per traced packet.
+pub const TRACE_RING: &str = "XLB_TRACE_RING";
+
 /// Every map the balancer object must define.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 13] = [
+    TRACE,
+    TRACE_RING,
     EVENT_STATS,
     FRAGS,
     CONNS,

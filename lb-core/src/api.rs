@@ -1,5 +1,6 @@
 //! The control API: one JSON request per connection on a root-only Unix
-//! socket, one JSON response back. The CLI is its only client today.
+//! socket, one JSON response back (a trace: a stream of JSON lines, ended
+//! by `TraceEnded`). The CLI is its only client today.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,39 @@ pub enum Request {
     },
     /// Which build the daemon runs (`xlb version`).
     Version,
+    /// `xlb trace` / `xlb capture`: switch tracing on for the matching
+    /// packets and stream them (one `Traced` line each) until the count,
+    /// the duration, the daemon's timeout, or the client closing.
+    Trace(TraceRequest),
+}
+
+/// What `xlb trace` and `xlb capture` ask for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceRequest {
+    /// A capture: the packets' first bytes too, and only `events`.
+    #[serde(default)]
+    pub capture: bool,
+    /// A VIP's name; None: every VIP.
+    #[serde(default)]
+    pub vip: Option<String>,
+    /// `ADDR[/PREFIX]` of the clients.
+    #[serde(default)]
+    pub client: Option<String>,
+    /// A port on either side of the flow.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Stop after this many packets.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// Stop after this long (at most `trace::MAX_DURATION`).
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    /// `--events a,b` (a capture); None: every event.
+    #[serde(default)]
+    pub events: Option<String>,
+    /// Who asks (the audit log).
+    #[serde(default)]
+    pub user: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +157,10 @@ pub enum Response {
     Node(Box<crate::announce::NodeAnnounce>),
     /// The daemon's build.
     Version(BuildInfo),
+    /// A trace or capture is on: traced packets follow, then `TraceEnded`.
+    TraceStarted(Box<crate::trace::TraceActive>),
+    Traced(Box<crate::trace::TracedPacket>),
+    TraceEnded(crate::trace::TraceEnd),
     Error(ApiError),
 }
 

@@ -141,7 +141,7 @@ impl Selection {
 
 /// The destination port of a flow's `ports` word (the wire's bytes: source
 /// port then destination port, read little-endian).
-fn ports(words: &FlowWords) -> (u16, u16) {
+pub(crate) fn ports(words: &FlowWords) -> (u16, u16) {
     let b = words.ports.to_le_bytes();
     (
         u16::from_be_bytes([b[0], b[1]]),
@@ -149,7 +149,7 @@ fn ports(words: &FlowWords) -> (u16, u16) {
     )
 }
 
-fn address(words: &[u32; 4], v6: bool) -> IpAddr {
+pub(crate) fn address(words: &[u32; 4], v6: bool) -> IpAddr {
     let mut bytes = [0u8; 16];
     for (i, w) in words.iter().enumerate() {
         bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());

@@ -19,6 +19,8 @@
 //! - `simulate`: the flow hash's pick, as the kernel makes it;
 //! - `held`: the flows only one node's connection table keeps on their
 //!   backend, selected, cut into records, translated into local ids;
+//! - `trace`: `xlb trace` / `xlb capture`: the filter, the kernel's
+//!   switch, a traced packet decoded and rendered, the capture's pcapng;
 //! - `fleet`: what decides a new flow's backend, fingerprinted and compared
 //!   across nodes;
 //! - `status`: the status document (the health monitor's views added) and
@@ -53,3 +55,4 @@ pub mod simulate;
 pub mod state;
 pub mod status;
 pub mod table;
+pub mod trace;

@@ -66,6 +66,9 @@ pub struct Status {
     /// that works alone.
     #[serde(default)]
     pub fleet: Option<FleetNodeStatus>,
+    /// The `xlb trace` or `xlb capture` running now; null when none.
+    #[serde(default)]
+    pub trace: Option<crate::trace::TraceActive>,
 }
 
 impl Status {
@@ -98,6 +101,7 @@ impl Status {
             config_file: self.config_file.clone(),
             announce: self.announce.clone(),
             fleet: self.fleet.clone(),
+            trace: self.trace.clone(),
         })
     }
 }
@@ -527,6 +531,7 @@ pub fn build(
         config_file: None,
         announce: None,
         fleet: None,
+        trace: None,
         conn_table: ctx.conn_scan.map(|scan| ConnTableStatus {
             entries: scan.entries,
             capacity: scan.capacity.into(),
@@ -819,6 +824,10 @@ pub fn render_table(s: &Status, wide: bool) -> String {
     }
     if let Some(c) = &s.conn_table {
         out.push_str(&conn_table_line(c, &s.events, s.generated_at_unix_seconds));
+        out.push('\n');
+    }
+    if let Some(t) = &s.trace {
+        out.push_str(&t.line(s.generated_at_unix_seconds));
         out.push('\n');
     }
     let drops: Vec<String> = s

@@ -114,9 +114,17 @@ pub struct Dataplane {
     pub(crate) conns: ConnTable,
     /// XLB_CONNS's max_entries, fixed at load (`conn_table_size`).
     pub(crate) conn_table_size: u32,
+    /// The trace switch and ring; None for an object without them.
+    pub(crate) tracer: Option<crate::trace::SharedTracer>,
 }
 
 impl Dataplane {
+    /// The trace switch and ring (`xlb trace`), shared; None for an
+    /// object built before tracing.
+    pub fn tracer(&self) -> Option<crate::trace::SharedTracer> {
+        self.tracer.clone()
+    }
+
     /// Entries of the connection table the program was loaded with.
     pub fn conn_table_size(&self) -> u32 {
         self.conn_table_size

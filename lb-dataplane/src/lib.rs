@@ -17,6 +17,7 @@
 //! - `pins`: maps and the XDP link pinned in bpffs, adopted by the next
 //!   daemon; attaching under a pinned link;
 //! - `loader`: loading the balancer into a `Dataplane`, attaching it;
+//! - `trace`: the trace switch written, traced packets read;
 //! - `staging`: flows through the real program (BPF_PROG_TEST_RUN), judged;
 //! - `decap`: the backend-side decapsulation program.
 
@@ -33,6 +34,7 @@ pub mod pins;
 mod reader;
 pub mod staging;
 mod sys;
+pub mod trace;
 mod writer;
 
 pub use conns::{
@@ -47,4 +49,5 @@ pub use mode::AttachMode;
 pub use objects::{aux_object, balancer_object, decap_object};
 pub(crate) use objects::{load_xdp, take};
 pub use pins::{Attached, DEFAULT_BPFFS, PinDir, Pinned, Removed, ensure_bpffs, is_bpffs};
+pub use trace::{SharedTracer, Tracer};
 pub use xlb_core::counters::{ConnScan, CounterSnapshot};

@@ -77,6 +77,8 @@ impl Dataplane {
             conn_table_size,
             event_stats: take(&mut ebpf, maps::EVENT_STATS)?,
             conns: ConnTable::take(&mut ebpf)?,
+            tracer: crate::trace::Tracer::take(&mut ebpf)?
+                .map(|t| std::sync::Arc::new(std::sync::Mutex::new(t))),
             ebpf,
         })
     }

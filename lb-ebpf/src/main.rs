@@ -13,6 +13,7 @@ mod lookup;
 mod maps;
 mod parse;
 mod scratch;
+mod trace;
 mod tunnel;
 
 use aya_ebpf::{
@@ -41,6 +42,7 @@ use crate::{
 };
 
 /// What `balance` decided, with what the counters need.
+#[derive(Clone, Copy)]
 enum Verdict {
     /// Not for a VIP, or not something we balance: the host's stack takes it.
     Pass,
@@ -61,7 +63,9 @@ enum Verdict {
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let (action, vip) = match balance(&ctx) {
+    let tracing = trace::on();
+    let verdict = balance(&ctx, tracing);
+    let (action, vip) = match verdict {
         Verdict::Pass => (xdp_action::XDP_PASS, None),
         Verdict::Sent {
             vip_id,
@@ -89,7 +93,26 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
         );
     }
     count(&XLB_ACTION_STATS, action, bytes);
+    if tracing {
+        traced(action, verdict);
+    }
     action
+}
+
+/// A traced packet's verdict, to its record (trace.rs).
+#[inline(always)]
+fn traced(action: u32, verdict: Verdict) {
+    let none = lb_common::trace::TRACE_NONE;
+    let (backend_id, new_flow, reason) = match verdict {
+        Verdict::Sent {
+            backend_id,
+            new_flow,
+            ..
+        } => (backend_id, new_flow, none),
+        Verdict::Drop { reason, .. } => (none, false, reason),
+        Verdict::Pass | Verdict::Replied { .. } => (none, false, none),
+    };
+    trace::emit(action, backend_id, new_flow, reason);
 }
 
 /// The CPU this program runs on: asked only for packets counted in the
@@ -117,18 +140,21 @@ fn striped(cpu: u32, stripe: u32, id: u32) -> u32 {
     reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
 )]
 #[inline(always)]
-fn balance(ctx: &XdpContext) -> Verdict {
+fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
     let Some(s) = scratch::scratch() else {
         return Verdict::Pass;
     };
     if !parse::parse(ctx, &mut s.p) {
-        return unhandled(&mut s.p);
+        return unhandled(ctx, &mut s.p, tracing);
     }
     let cfg = XLB_CONFIG.get(0);
     let wildcard = cfg.is_none_or(|c| c.flags & GLOBAL_F_PORT_WILDCARD != 0);
     let Some(meta) = lookup::vip(&mut s.p, wildcard) else {
         return Verdict::Pass;
     };
+    if tracing {
+        trace::begin(ctx, &s.p, &meta);
+    }
     // Every VIP address has an address entry; without the echo flag a
     // request to it goes to the host, as before there was such an entry.
     if s.p.kind == KIND_ECHO && meta.flags & VIP_F_ECHO_REPLY == 0 {
@@ -200,7 +226,7 @@ fn balance(ctx: &XdpContext) -> Verdict {
 /// drops it (counted by reason) or passes it (counted as an event);
 /// otherwise, or if the parser could not read its address, it is passed.
 #[inline(always)]
-fn unhandled(p: &mut Parsed) -> Verdict {
+fn unhandled(ctx: &XdpContext, p: &mut Parsed, tracing: bool) -> Verdict {
     if p.kind < KIND_UNHANDLED_EXT_HEADER {
         return Verdict::Pass;
     }
@@ -214,11 +240,15 @@ fn unhandled(p: &mut Parsed) -> Verdict {
         PROTO_ICMPV6
     };
     // The address entry (port 0): no wildcard to try after it.
-    let Some(VipMeta { flags, vip_id, .. }) = lookup::vip(p, false) else {
+    let Some(meta) = lookup::vip(p, false) else {
         return Verdict::Pass;
     };
+    let VipMeta { flags, vip_id, .. } = meta;
     if flags & VIP_F_ADDRESS == 0 {
         return Verdict::Pass;
+    }
+    if tracing {
+        trace::begin(ctx, p, &meta);
     }
     if flags & VIP_F_UNHANDLED_PASS != 0 {
         count_event(EV_UNHANDLED_EXT_HEADER_PASSED + index);

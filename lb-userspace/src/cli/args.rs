@@ -194,6 +194,16 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         vip: Option<String>,
     },
+    /// What the balancer decides for each matching packet, one line each
+    /// as it happens (interface, CPU, 5-tuple, parse, VIP, connection
+    /// table hit or miss and why, Maglev slot, backend, method, action or
+    /// drop reason). Tracing is on only while this runs; Ctrl-C ends it.
+    /// `-o json`: one JSON object per line.
+    Trace(TraceArgs),
+    /// The first bytes of the packets that hit EVENTS, to a pcapng file
+    /// (tcpdump -r and Wireshark read it; each packet's events and the
+    /// balancer's decision in its comment). Runs like `xlb trace`.
+    Capture(CaptureArgs),
     /// Rates and shares per backend, refreshed; one logfmt line per interval
     /// when stdout is not a terminal.
     Top {
@@ -601,4 +611,40 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["xlb", "plan", "new.toml", "--out", "p.json"]).is_ok());
     }
+}
+
+/// Which packets `xlb trace` and `xlb capture` take, and for how long.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Only this VIP's packets (its name); default every VIP's.
+    pub vip: Option<String>,
+    /// Only packets from these clients: an address or a prefix
+    /// (198.18.0.1, 198.18.0.0/24, 2001:db8::/64).
+    #[arg(long, value_name = "ADDR[/PREFIX]")]
+    pub client: Option<String>,
+    /// Only packets with this source or destination port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Stop after this many packets.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Stop after this long ("30s", "5m"; the daemon stops any session
+    /// after 10 minutes).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+/// `xlb capture`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CaptureArgs {
+    /// The events whose packets are kept, comma-separated: syn, miss,
+    /// non_syn_miss (a TCP packet of a flow the connection table does not
+    /// know: a moved flow), resteer, hit, drop, too_big, pass, reply.
+    #[arg(long, value_name = "EVENTS")]
+    pub events: String,
+    /// The pcapng file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub filter: TraceArgs,
 }

@@ -23,6 +23,10 @@ pub const GROUPS: &[(&str, &[&str])] = &[
         &["status", "top", "history", "show", "diff"],
     ),
     (
+        "See packets in the running daemon (root or --socket-group)",
+        &["trace", "capture"],
+    ),
+    (
         "Daemon and programs on this host",
         &["run", "detach", "decap", "version"],
     ),
@@ -34,7 +38,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
 /// `plan` asks it unless given --base or --revision.
 pub const SOCKET: &[&str] = &[
     "run", "detach", "plan", "apply", "rollback", "drain", "undrain", "weight", "repair", "status",
-    "top", "history", "show", "diff", "node", "version",
+    "top", "history", "show", "diff", "node", "version", "trace", "capture",
 ];
 
 /// The subcommands `-o/--output` does not act on: `run` serves, `top`

@@ -12,6 +12,7 @@
 //! - `read`: status, top, history, show, diff, repair;
 //! - `fleet`: the nodes of a fleet compared;
 //! - `node`: this node's drain from the routers, and its announce state;
+//! - `trace`: `xlb trace` and `xlb capture`, streamed from the daemon;
 //! - `run`, `detach`, `decap`, `simulate`: the commands that load programs;
 //! - `version`: this build and the daemon's.
 
@@ -29,6 +30,7 @@ mod read;
 mod run;
 mod simulate;
 pub mod top;
+mod trace;
 pub mod version;
 
 use std::process::ExitCode;
@@ -88,6 +90,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Undrain(a) => edit::run(&cli, a.edit(xlb_core::edit::Change::Undrain), &a.options),
         Command::Weight(a) => edit::run(&cli, a.edit(), &a.options),
         Command::Status { vip } => read::status(&cli, vip.as_deref()),
+        Command::Trace(args) => trace::trace(&cli, args),
+        Command::Capture(args) => trace::capture(&cli, args),
         Command::Top { interval, count } => read::top(&cli, *interval, *count),
         Command::History { store } => read::history(&cli, store.state_dir.as_deref()),
         Command::Show {

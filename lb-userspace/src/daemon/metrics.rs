@@ -54,6 +54,12 @@ pub struct Metrics {
     pub fleet_connected: Family<Vec<(String, String)>, Gauge>,
     /// With `--fleet`: the held-flow replication (daemon/held.rs).
     pub held: HeldMetrics,
+    /// Packets `xlb trace` and `xlb capture` sent to their clients
+    /// (daemon/trace.rs).
+    pub traced_packets: Counter,
+    pub captured_packets: Counter,
+    /// The trace or capture running now (one at a time), for the status.
+    pub trace_active: Mutex<Option<xlb_core::trace::TraceActive>>,
     latest: Arc<Mutex<Option<Arc<Status>>>>,
     /// Held across one encode, so two scrapes never mix their documents.
     encoding: Mutex<()>,
@@ -204,6 +210,18 @@ impl Metrics {
             fleet_connected.clone(),
         );
         let held = HeldMetrics::register(&mut registry);
+        let traced_packets = Counter::default();
+        registry.register(
+            "xlb_traced_packets",
+            "Packets `xlb trace` sessions received from the balancer (docs/TRACE.md)",
+            traced_packets.clone(),
+        );
+        let captured_packets = Counter::default();
+        registry.register(
+            "xlb_captured_packets",
+            "Packets `xlb capture` sessions received from the balancer, with their first bytes",
+            captured_packets.clone(),
+        );
         let latest = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StatusCollector {
             latest: latest.clone(),
@@ -221,6 +239,9 @@ impl Metrics {
             http_status_builds,
             fleet_connected,
             held,
+            traced_packets,
+            captured_packets,
+            trace_active: Mutex::new(None),
             announce_errors,
             progress: Arc::default(),
             latest,

@@ -19,6 +19,7 @@ pub mod privileges;
 pub mod restart;
 pub mod snapshot;
 pub mod start;
+pub mod trace;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -150,6 +151,17 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         .map_err(StartError::Failed)?;
     log::info!("serving revision {revision}");
     let conns = controller.conn_table();
+    // A daemon killed during a trace left the pinned switch on: no one
+    // reads that session's records, so it goes off here.
+    if let Some(tracer) = controller.tracer() {
+        let mut t = tracer.lock().unwrap_or_else(|p| p.into_inner());
+        if t.is_on().unwrap_or(true) {
+            log::info!("switching off a trace an earlier daemon left on");
+            if let Err(e) = t.stop() {
+                log::warn!("switching tracing off: {e}");
+            }
+        }
+    }
     let progress = controller.metrics().progress.clone();
     let controller = Arc::new(Mutex::new(controller));
     // Its own thread: it waits on no lock and no reactor (notify.rs).
@@ -404,6 +416,14 @@ fn changes(request: &Request) -> bool {
     )
 }
 
+/// Whether a request line is a trace's (streamed, not answered once).
+fn is_trace(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("op")?.as_str().map(|op| op == "trace"))
+        .unwrap_or(false)
+}
+
 /// One JSON line.
 fn encode(response: &Response) -> anyhow::Result<Vec<u8>> {
     let mut out = serde_json::to_vec(response)?;
@@ -419,8 +439,8 @@ async fn handle(
 ) -> anyhow::Result<()> {
     // Who is asking, from the kernel: decides what it may do (peer.rs).
     let peer = peer::Peer::of(&stream).context("reading the peer's credentials")?;
-    let (read, mut write) = stream.into_split();
-    let out = match read_request(read, MAX_REQUEST_BYTES, CONTROL_TIMEOUT).await {
+    let (mut read, mut write) = stream.into_split();
+    let out = match read_request(&mut read, MAX_REQUEST_BYTES, CONTROL_TIMEOUT).await {
         Ok(None) => return Ok(()),
         Err(bad) => {
             metrics.control_bad_request(bad.reason());
@@ -430,6 +450,20 @@ async fn handle(
                 bad.reason()
             );
             vec![Bytes::from(encode(&bad.response())?)]
+        }
+        Ok(Some(line)) if is_trace(&line) => {
+            // A stream, not one answer: served on this task (trace.rs).
+            return match peer::admit(&policy, &peer, &line) {
+                Ok(Request::Trace(request)) => {
+                    trace::serve(request, read, write, controller, metrics).await
+                }
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let out = encode(&Response::Error(e))?;
+                    write.write_all(&out).await?;
+                    Ok(())
+                }
+            };
         }
         Ok(Some(line)) => {
             // Map writes and reads are blocking syscalls (and so is the
@@ -556,6 +590,10 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             }
         }
         Request::Edit(edit) => edit::respond(&mut controller, edit),
+        Request::Trace(_) => Response::Error(ApiError {
+            kind: ErrorKind::BadInput,
+            message: "a trace is a stream, served on its own connection".to_string(),
+        }),
         Request::Node {
             action,
             user,

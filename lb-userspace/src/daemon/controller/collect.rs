@@ -158,6 +158,12 @@ impl Controller {
         status.config_file = self.config_file.clone();
         self.annotate_announce(&mut status);
         status.fleet = self.fleet.clone();
+        status.trace = self
+            .metrics()
+            .trace_active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(f) = status.fleet.as_mut() {
             f.held = self.held.clone();
         }

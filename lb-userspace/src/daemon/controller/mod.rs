@@ -292,6 +292,11 @@ impl Controller {
         self.dataplane.conn_table()
     }
 
+    /// The trace switch and ring (daemon/trace.rs), used without this lock.
+    pub fn tracer(&self) -> Option<xlb_dataplane::SharedTracer> {
+        self.dataplane.tracer()
+    }
+
     /// Keep a connection-table count for the status and /metrics.
     pub fn record_conn_scan(&mut self, scan: ConnScan) {
         self.conn_scan = Some(scan);
