@@ -46,6 +46,8 @@ impl Drop for Session {
             log::warn!("trace: switching tracing off: {e}");
         }
         *lock(&self.metrics.trace_active) = None;
+        // The status document says so at once (not a tick later).
+        self.metrics.invalidate_change();
     }
 }
 
@@ -205,6 +207,10 @@ pub async fn serve(
             }
         }
     };
+    if running.is_none() {
+        // The status document shows this session from now on.
+        metrics.invalidate_change();
+    }
     if let Some(running) = running {
         let refused = Response::Error(ApiError {
             kind: ErrorKind::Refused,
