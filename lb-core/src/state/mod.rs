@@ -34,8 +34,10 @@ use crate::maglev::{self, MaglevBackend, MaglevTable};
 
 mod error;
 mod ids;
+mod retain;
 
 pub use error::StateError;
+pub use retain::{RETENTION_SECONDS, Retained, RetainedBackend};
 
 /// Table slot value of a VIP without active backends: no such backend
 /// exists, so the program drops the packet and counts `no_backend`.
@@ -63,6 +65,9 @@ pub(crate) struct BackendIdentity {
 pub struct Allocation {
     pub(crate) vips: BTreeMap<VipIdentity, u32>,
     pub(crate) backends: BTreeMap<BackendIdentity, u32>,
+    /// Removed backends whose ids and kernel entries are kept (in no
+    /// table) while connection entries may still name them (`retain`).
+    pub(crate) retained: BTreeMap<BackendIdentity, Retained>,
     /// Where the search for the next new backend id starts: one past the
     /// last one handed out (next-fit, see `ids`).
     pub(crate) next_backend_id: u32,
@@ -239,11 +244,11 @@ pub fn desired_reusing(
     // Backend ids, next-fit: the ids the previous config holds stay taken
     // (a packet may still read them), and the search goes on from the last
     // id handed out, so an id freed now is not handed out again soon.
-    let used: BTreeSet<u32> = previous.backends.values().copied().collect();
+    let used: BTreeSet<u32> = previous.ids();
     let new_count = backend_identities
         .iter()
         .flatten()
-        .filter(|i| !previous.backends.contains_key(i))
+        .filter(|i| previous.id_of(i).is_none())
         .count();
     let taken = ids::next_fit(
         &used,
@@ -255,12 +260,13 @@ pub fn desired_reusing(
     allocation.next_backend_id = taken.next;
     let mut fresh = taken.ids.into_iter();
     for ident in backend_identities.iter().flatten() {
-        let id = match previous.backends.get(ident) {
-            Some(&id) => id,
+        let id = match previous.id_of(ident) {
+            Some(id) => id,
             None => fresh.next().expect("counted above"),
         };
         allocation.backends.insert(ident.clone(), id);
     }
+    allocation.retained = retain::carried(previous, &allocation);
 
     let mut vips = Vec::with_capacity(config.vips.len());
     for (v, (vip_ident, b_idents)) in config
@@ -394,7 +400,7 @@ impl Desired {
     /// Backend ids in use that `previous` did not have: their entries and
     /// counters must be written before any table names them.
     pub fn new_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
-        let old: BTreeSet<u32> = previous.backends.values().copied().collect();
+        let old: BTreeSet<u32> = previous.ids();
         self.allocation
             .backends
             .values()
@@ -403,16 +409,17 @@ impl Desired {
             .collect()
     }
 
-    /// Backend ids `previous` had that are not in use any more (their
-    /// backend was removed, or changed and got a new id): once no live table
-    /// names them, their entries must stop being valid, so the flows the
-    /// connection table remembers on them are hashed again.
+    /// Backend ids `previous` had (configured or retained) that are not in
+    /// use any more (their backend changed and got a new id, its VIP went,
+    /// or its retention ended): once no live table names them, their
+    /// entries must stop being valid, so the flows the connection table
+    /// remembers on them are hashed again. A removed backend's id is
+    /// retained instead (`retain`).
     pub fn retired_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
-        let now: BTreeSet<u32> = self.allocation.backends.values().copied().collect();
+        let now = self.allocation.ids();
         previous
-            .backends
-            .values()
-            .copied()
+            .ids()
+            .into_iter()
             .filter(|id| !now.contains(id))
             .collect()
     }
@@ -526,28 +533,28 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![2]
         );
-        assert_eq!(
-            second
-                .retired_backend_ids(&first.allocation)
-                .into_iter()
-                .collect::<Vec<_>>(),
-            vec![0]
-        );
-        // Nor does a later apply reuse id 0: the connection table may still
-        // remember flows on it. The search goes on past the last id given.
+        // "a" is retained (state::retain), not retired.
+        assert!(second.retired_backend_ids(&first.allocation).is_empty());
+        assert_eq!(second.retained_of("web")[0].id, 0);
+        // Nor does a later apply reuse id 0 once its retention ended: the
+        // connection table may still remember flows on it. The search goes
+        // on past the last id given.
+        let mut after_retention = second.allocation.clone();
+        after_retention.retained.clear();
         let third = desired(
             &config(&[
                 ("bb", "02:00:00:00:00:02", 1),
                 ("dddd", "02:00:00:00:00:04", 1),
             ]),
-            &second.allocation,
+            &after_retention,
         )
         .unwrap();
         assert_eq!(third.vips[0].backend_ids, vec![1, 3]);
         assert_eq!(
             third
-                .retired_backend_ids(&second.allocation)
-                .into_iter()
+                .retained_of("web")
+                .iter()
+                .map(|r| r.id)
                 .collect::<Vec<_>>(),
             vec![2]
         );
@@ -573,6 +580,8 @@ mod tests {
             assert_eq!(ids[0], 0, "round {round}: a keeps its id");
             assert!(seen.insert(ids[1]), "round {round}: id {} reused", ids[1]);
             previous = d.allocation;
+            // Each replaced backend is retained; say its retention ended.
+            previous.retained.clear();
         }
         assert_eq!(seen, (1..=50).collect());
         // Deep into the space, the search wraps over MAX_BACKENDS and takes
@@ -603,7 +612,8 @@ mod tests {
         )
         .unwrap();
         // bb drains (still configured: keeps its id and its flows), ccc
-        // gets a new MAC (a new id; the old one is retired), a is removed.
+        // gets a new MAC (a new id; the old one is retired), a is removed
+        // (retained: state::retain).
         let mut c = config(&[
             ("bb", "02:00:00:00:00:02", 1),
             ("ccc", "02:00:00:00:00:09", 1),
@@ -616,8 +626,9 @@ mod tests {
                 .retired_backend_ids(&first.allocation)
                 .into_iter()
                 .collect::<Vec<_>>(),
-            vec![0, 2]
+            vec![2]
         );
+        assert_eq!(second.retained_of("web")[0].id, 0);
         // Nothing changes: nothing retired.
         let again = desired(&c, &second.allocation).unwrap();
         assert!(again.retired_backend_ids(&second.allocation).is_empty());
