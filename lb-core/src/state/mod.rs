@@ -11,8 +11,10 @@
 //! Ids are a local translation of names; Maglev tables themselves depend only
 //! on names, weights and the hash seed, so every node picks the same backend.
 //! An id is never rewritten while a live table may still name it: a changed
-//! backend (MAC or address) gets a new id. An id freed by an apply (its
-//! backend removed or changed) is retired by the writer once no table names
+//! backend (MAC or address) gets a new id. A removed backend's id is
+//! retained first, valid and in no table, while connection entries may name
+//! it (`retain`). An id freed by an apply (its backend changed, its VIP
+//! gone, its retention over) is retired by the writer once no table names
 //! it (its entry loses `BACKEND_F_VALID`, so flows the connection table still
 //! remembers on it are hashed again onto the live table), and backend ids are
 //! handed out next-fit (`ids`), so a freed id is not given to another backend
