@@ -521,6 +521,17 @@ mod tests {
         assert_eq!((s.entries, s.unknown, s.total()), (3, 2, 1));
     }
 
+    /// A VIP more, first in the file: another node's ids differ.
+    const EXTRA_VIP: &str = "[[vip]]\nname = \"x\"\naddress = \"198.18.100.7\"\nport = 1\nprotocol = \"udp\"\n\
+                             [[vip.backend]]\nname = \"x1\"\naddress = \"198.18.0.77\"\nmac = \"02:00:00:00:00:77\"\n";
+
+    /// Another node's state: `EXTRA_VIP`, then web and web6 with b3 in
+    /// state `b3`.
+    fn other_node(b3: &str) -> Desired {
+        let config = crate::config::parse(&text(b3, [1, 1, 2], EXTRA_VIP), "t.toml").unwrap();
+        desired(&config, &Allocation::default()).unwrap()
+    }
+
     #[test]
     fn records_round_trip_into_another_nodes_ids() {
         let before = config("active", [1, 1, 2]);
@@ -542,13 +553,7 @@ mod tests {
             .collect();
 
         // Another node, whose ids differ: an earlier config with a VIP more.
-        let extra = "[[vip]]\nname = \"x\"\naddress = \"198.18.100.7\"\nport = 1\nprotocol = \"udp\"\n\
-                     [[vip.backend]]\nname = \"x1\"\naddress = \"198.18.0.77\"\nmac = \"02:00:00:00:00:77\"\n";
-        let there = desired(
-            &crate::config::parse(&text("draining", [1, 1, 2], extra), "t.toml").unwrap(),
-            &Allocation::default(),
-        )
-        .unwrap();
+        let there = other_node("draining");
         assert_ne!(id_of(&there, "web", "b3"), id_of(&here, "web", "b3"));
         let mut installed = 0;
         for r in &recs {
@@ -604,14 +609,7 @@ mod tests {
         let recs = chunks("n1", &here, &s, 10_000, 1.0, 2.0);
 
         // Another node, other ids (a VIP more first), b3 removed the same way.
-        let extra = "[[vip]]\nname = \"x\"\naddress = \"198.18.100.7\"\nport = 1\nprotocol = \"udp\"\n\
-                     [[vip.backend]]\nname = \"x1\"\naddress = \"198.18.0.77\"\nmac = \"02:00:00:00:00:77\"\n";
-        let there_before = desired(
-            &crate::config::parse(&text("active", [1, 1, 2], extra), "t.toml").unwrap(),
-            &Allocation::default(),
-        )
-        .unwrap();
-        let there = removed(extra, &there_before.allocation);
+        let there = removed(EXTRA_VIP, &other_node("active").allocation);
         let b3_there: Vec<u32> = there.allocation.retained().iter().map(|r| r.id).collect();
         assert_eq!(b3_there.len(), 2);
         let (install, skipped) = to_install(&there, &recs[0]);
