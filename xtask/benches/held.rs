@@ -19,7 +19,6 @@
 //! Needs root (namespace, loading the balancer).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -154,8 +153,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let dir =
-        PathBuf::from(std::env::temp_dir()).join(format!("xlb-bench-held-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xlb-bench-held-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let certs = dir.join("certs");
