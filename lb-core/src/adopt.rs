@@ -466,9 +466,18 @@ mod tests {
     #[test]
     fn maps_a_step_ahead_of_the_revision_are_reported_and_fresh_ids_avoid_theirs() {
         // The revision says `a`; the daemon died after writing `b` into the
-        // maps but before recording it.
+        // maps but before recording it. In `b`, b2 moved to another address
+        // (its old id retired at once; a removed backend's would be
+        // retained, valid: state::retain) and b3 joined.
         let a = config(&[("b1", 11, 1, "active"), ("b2", 12, 1, "active")], 1021);
-        let b = config(&[("b1", 11, 1, "active"), ("b3", 13, 1, "active")], 1021);
+        let b = config(
+            &[
+                ("b1", 11, 1, "active"),
+                ("b2", 22, 1, "active"),
+                ("b3", 13, 1, "active"),
+            ],
+            1021,
+        );
         let (_, live) = maps_after(&[&a, &b]);
         let adopted = adopt(&a, &HOST, &live).unwrap();
         assert!(!adopted.differences.is_empty());

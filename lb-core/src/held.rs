@@ -9,7 +9,10 @@
 //! node cannot recompute, so they are the only ones the fleet replicates:
 //!
 //! - `select`: the held flows of a connection table, grouped by VIP and
-//!   backend, named by names and addresses (ids differ per node);
+//!   backend, named by names and addresses (ids differ per node); a
+//!   removed backend's flows among them while its VIP retains it
+//!   (`state::retain`): every node applied the same revision, so every
+//!   node retains it and can install them;
 //! - `chunks`: those groups cut into records small enough for one etcd
 //!   value (`HeldChunk`, JSON);
 //! - `to_install`: another node's record translated into this node's
@@ -18,7 +21,7 @@
 //! Pure: the connection table is read and written by lb-dataplane, the
 //! records are stored by lb-fleet, the daemon's `held` module runs the loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::hash::{FlowWords, flow_hash};
@@ -89,6 +92,9 @@ pub struct HeldCount {
     pub vip: String,
     pub backend: String,
     pub flows: u64,
+    /// The backend was removed from the config and is retained.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 impl HeldStatus {
@@ -105,11 +111,21 @@ impl HeldStatus {
     }
 }
 
-/// A connection table's held flows: per (VIP index, backend index) of the
-/// desired state, the flows.
+/// The backend a held flow is on: a configured backend of its VIP, or a
+/// removed one the VIP retains (`state::retain`), by name and address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeldBackend {
+    pub name: String,
+    pub address: IpAddr,
+    /// Removed from the config, retained.
+    pub removed: bool,
+}
+
+/// A connection table's held flows: per (VIP index of the desired state,
+/// backend), the flows.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Selection {
-    pub held: BTreeMap<(usize, usize), Vec<Flow>>,
+    pub held: BTreeMap<(usize, HeldBackend), Vec<Flow>>,
     /// Entries read, and those left out because their VIP or backend id is
     /// not in the live state (a retired id: the kernel hashes them again).
     pub entries: u64,
@@ -127,13 +143,11 @@ impl Selection {
     pub fn per_backend(&self, desired: &Desired) -> Vec<HeldCount> {
         self.held
             .iter()
-            .map(|(&(v, b), flows)| {
-                let vip = &desired.vips[v];
-                HeldCount {
-                    vip: vip.config.name.clone(),
-                    backend: vip.config.backends[b].name.clone(),
-                    flows: flows.len() as u64,
-                }
+            .map(|((v, b), flows)| HeldCount {
+                vip: desired.vips[*v].config.name.clone(),
+                backend: b.name.clone(),
+                flows: flows.len() as u64,
+                removed: b.removed,
             })
             .collect()
     }
@@ -187,10 +201,36 @@ pub fn flow_of(desired: &Desired, words: &FlowWords) -> Option<(usize, Flow)> {
     None
 }
 
+/// Each backend id of `desired` (configured or retained) with its VIP's
+/// index and the backend as a held record names it.
+fn backends_by_id(desired: &Desired) -> HashMap<u32, (usize, HeldBackend)> {
+    let mut out = HashMap::new();
+    for (v, vip) in desired.vips.iter().enumerate() {
+        for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
+            let backend = HeldBackend {
+                name: b.name.clone(),
+                address: b.address,
+                removed: false,
+            };
+            out.insert(id, (v, backend));
+        }
+        for r in desired.retained_of(&vip.config.name) {
+            let backend = HeldBackend {
+                name: r.name,
+                address: r.address,
+                removed: true,
+            };
+            out.insert(r.id, (v, backend));
+        }
+    }
+    out
+}
+
 /// The held flows among `entries` (a key's words, the backend id its entry
-/// names): those whose backend is a backend of their VIP (by id) and not
-/// the live table's pick for them.
+/// names): those whose backend is a backend of their VIP (by id; a removed
+/// one it retains among them) and not the live table's pick for them.
 pub fn select(desired: &Desired, entries: impl IntoIterator<Item = (FlowWords, u32)>) -> Selection {
+    let by_id = backends_by_id(desired);
     let mut out = Selection::default();
     for (words, backend_id) in entries {
         out.entries += 1;
@@ -198,13 +238,12 @@ pub fn select(desired: &Desired, entries: impl IntoIterator<Item = (FlowWords, u
             out.unknown += 1;
             continue;
         };
-        let vip = &desired.vips[v];
-        let Some(b) = vip.backend_ids.iter().position(|&id| id == backend_id) else {
+        let Some((_, backend)) = by_id.get(&backend_id).filter(|(bv, _)| *bv == v) else {
             out.unknown += 1;
             continue;
         };
         if pick(desired, &flow) != Some(backend_id) {
-            out.held.entry((v, b)).or_default().push(flow);
+            out.held.entry((v, backend.clone())).or_default().push(flow);
         }
     }
     out
@@ -245,9 +284,8 @@ pub fn chunks(
     let per_chunk = per_chunk.max(1);
     let mut out: Vec<HeldChunk> = Vec::new();
     let mut room = 0;
-    for (&(v, b), flows) in &selection.held {
-        let vip: &DesiredVip = &desired.vips[v];
-        let backend = &vip.config.backends[b];
+    for ((v, backend), flows) in &selection.held {
+        let vip: &DesiredVip = &desired.vips[*v];
         for flow in flows {
             if room == 0 {
                 out.push(HeldChunk {
@@ -305,12 +343,21 @@ pub fn to_install(desired: &Desired, chunk: &HeldChunk) -> (Vec<(Flow, u32, u32)
                 && v.config.address == group.vip_address
                 && v.config.protocol.number() == group.protocol
         });
+        // A configured backend, or a removed one this node retains too (it
+        // applied the same revision).
         let id = local.and_then(|v| {
             v.config
                 .backends
                 .iter()
                 .position(|b| b.name == group.backend && b.address == group.address)
                 .map(|i| v.backend_ids[i])
+                .or_else(|| {
+                    desired
+                        .retained_of(&v.config.name)
+                        .into_iter()
+                        .find(|r| r.name == group.backend && r.address == group.address)
+                        .map(|r| r.id)
+                })
         });
         let Some(id) = id else {
             skipped += group.flows.len() as u64;
@@ -474,6 +521,17 @@ mod tests {
         assert_eq!((s.entries, s.unknown, s.total()), (3, 2, 1));
     }
 
+    /// A VIP more, first in the file: another node's ids differ.
+    const EXTRA_VIP: &str = "[[vip]]\nname = \"x\"\naddress = \"198.18.100.7\"\nport = 1\nprotocol = \"udp\"\n\
+                             [[vip.backend]]\nname = \"x1\"\naddress = \"198.18.0.77\"\nmac = \"02:00:00:00:00:77\"\n";
+
+    /// Another node's state: `EXTRA_VIP`, then web and web6 with b3 in
+    /// state `b3`.
+    fn other_node(b3: &str) -> Desired {
+        let config = crate::config::parse(&text(b3, [1, 1, 2], EXTRA_VIP), "t.toml").unwrap();
+        desired(&config, &Allocation::default()).unwrap()
+    }
+
     #[test]
     fn records_round_trip_into_another_nodes_ids() {
         let before = config("active", [1, 1, 2]);
@@ -495,13 +553,7 @@ mod tests {
             .collect();
 
         // Another node, whose ids differ: an earlier config with a VIP more.
-        let extra = "[[vip]]\nname = \"x\"\naddress = \"198.18.100.7\"\nport = 1\nprotocol = \"udp\"\n\
-                     [[vip.backend]]\nname = \"x1\"\naddress = \"198.18.0.77\"\nmac = \"02:00:00:00:00:77\"\n";
-        let there = desired(
-            &crate::config::parse(&text("draining", [1, 1, 2], extra), "t.toml").unwrap(),
-            &Allocation::default(),
-        )
-        .unwrap();
+        let there = other_node("draining");
         assert_ne!(id_of(&there, "web", "b3"), id_of(&here, "web", "b3"));
         let mut installed = 0;
         for r in &recs {
@@ -520,6 +572,58 @@ mod tests {
         let undrained = config("active", [1, 1, 2]);
         let (flows, skipped) = to_install(&undrained, &recs[0]);
         assert!(flows.len() < recs[0].flows() && skipped > 0);
+    }
+
+    #[test]
+    fn a_removed_backends_flows_are_held_and_installed_by_a_node_that_never_saw_them() {
+        // b3 removed (the config lists b1 and b2 only) on two nodes whose
+        // ids differ; the flows were on b3 before.
+        let before = config("active", [1, 1, 2]);
+        let removed = |extra: &str, from: &Allocation| {
+            let mut config =
+                crate::config::parse(&text("active", [1, 1, 2], extra), "t.toml").unwrap();
+            for v in &mut config.vips {
+                v.backends.retain(|b| b.name != "b3");
+            }
+            desired(&config, from).unwrap()
+        };
+        let here = removed("", &before.allocation);
+        assert!(here.vips.iter().all(|v| v.config.backends.len() == 2));
+        assert_eq!(here.retained_of("web").len(), 1);
+        let mut all = flows(500, false);
+        all.extend(flows(500, true));
+        let on_b3 = all
+            .iter()
+            .filter(|f| crate::simulate::pick_name(&before, f) == Some("b3"))
+            .count();
+        let s = select(&here, table(&before, &all));
+        assert_eq!(s.unknown, 0);
+        let removed_flows: u64 = s
+            .per_backend(&here)
+            .iter()
+            .filter(|c| c.backend == "b3")
+            .inspect(|c| assert!(c.removed))
+            .map(|c| c.flows)
+            .sum();
+        assert_eq!(removed_flows, on_b3 as u64);
+        let recs = chunks("n1", &here, &s, 10_000, 1.0, 2.0);
+
+        // Another node, other ids (a VIP more first), b3 removed the same way.
+        let there = removed(EXTRA_VIP, &other_node("active").allocation);
+        let b3_there: Vec<u32> = there.allocation.retained().iter().map(|r| r.id).collect();
+        assert_eq!(b3_there.len(), 2);
+        let (install, skipped) = to_install(&there, &recs[0]);
+        assert_eq!(skipped, 0);
+        let onto_b3 = install
+            .iter()
+            .filter(|(_, id, _)| b3_there.contains(id))
+            .count();
+        assert_eq!(onto_b3, on_b3);
+        // Once the other node's retention ended, it has nowhere to put them.
+        let mut ended = there.clone();
+        ended.allocation.retained.clear();
+        let (install, skipped) = to_install(&ended, &recs[0]);
+        assert_eq!((install.len() + on_b3, skipped), (s.total(), on_b3 as u64));
     }
 
     #[test]

@@ -337,6 +337,40 @@ fn no_verdict() -> Verdict {
     }
 }
 
+/// A removed backend its VIP retains (`state::retain`): in no table, its
+/// state `removed, N flows kept` (N from the last connection-table count,
+/// `?` before one).
+fn retained_status(
+    r: &crate::state::RetainedBackend,
+    scan: Option<&ConnScan>,
+    now: &CounterSnapshot,
+) -> BackendStatus {
+    let flows = scan.map(|s| s.by_backend.get(&r.id).copied().unwrap_or(0));
+    let counters = now.backends.get(&r.id).copied().unwrap_or_default();
+    BackendStatus {
+        name: r.name.clone(),
+        id: r.id,
+        address: r.address.to_string(),
+        mac: crate::config::MacAddr(r.mac).to_string(),
+        state: format!(
+            "removed, {} flows kept",
+            flows.map_or("?".to_string(), |n| n.to_string())
+        ),
+        weight: 0,
+        expected_share_ratio: 0.0,
+        table_share_ratio: 0.0,
+        observed_share_ratio: None,
+        window: WindowShares::default(),
+        rates: Rates::default(),
+        packets: counters.packets,
+        bytes: counters.bytes,
+        new_flows: counters.new_flows,
+        packets_since_apply: 0,
+        flows,
+        health: None,
+    }
+}
+
 pub fn build(
     ctx: &StatusContext<'_>,
     desired: &Desired,
@@ -367,7 +401,7 @@ pub fn build(
                     );
                 }
             }
-            let backends = v
+            let mut backends: Vec<BackendStatus> = v
                 .config
                 .backends
                 .iter()
@@ -426,6 +460,12 @@ pub fn build(
                     }
                 })
                 .collect();
+            backends.extend(
+                desired
+                    .retained_of(&v.config.name)
+                    .into_iter()
+                    .map(|r| retained_status(&r, ctx.conn_scan, now)),
+            );
             let counters = now.vips.get(&v.id).copied().unwrap_or_default();
             let signals: Vec<SignalStatus> = report.map_or(Vec::new(), |r| {
                 r.signals
@@ -491,6 +531,7 @@ pub fn build(
         .vips
         .iter()
         .flat_map(|v| v.backend_ids.iter().copied())
+        .chain(desired.allocation.retained().iter().map(|r| r.id))
         .collect();
     let fill = |name: &str, entries: usize, max: u32| MapFill {
         name: name.to_string(),

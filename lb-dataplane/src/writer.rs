@@ -9,9 +9,11 @@
 //!    then the ICMP echo entries (they name VIP ids written in 4);
 //! 5. VIP and echo entries that are gone are removed;
 //! 6. after `RETIRE_GRACE`, the entries of backend ids no table names any
-//!    more (removed or changed backends) lose `BACKEND_F_VALID`.
+//!    more (changed backends, those of removed VIPs) lose `BACKEND_F_VALID`.
+//!    A removed backend's entry stays valid while it is retained
+//!    (`xlb_core::state::retain`); `retire_retained` ends that later.
 //!
-//! Step 6 is what re-steers a removed backend's flows: the connection table
+//! Step 6 is what re-steers a retired backend's flows: the connection table
 //! still remembers them on its id, and the program hashes a flow again onto
 //! the live table when its remembered entry is not valid. The entries stay
 //! valid until then because a packet that read the old table (or the
@@ -127,6 +129,14 @@ impl Dataplane {
             return;
         }
         std::thread::sleep(RETIRE_GRACE);
+        self.retire_retained(ids);
+    }
+
+    /// Retire the entries of retained backends whose retention ended
+    /// (`xlb_core::state::retain`): no table has named them since the apply
+    /// that removed them, so no grace is needed; flows still remembered on
+    /// them are hashed again on their next packet.
+    pub fn retire_retained(&self, ids: &BTreeSet<u32>) {
         for &id in ids {
             let entry = self.backends.get(id as usize);
             self.backends.set(

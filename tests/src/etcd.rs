@@ -143,6 +143,11 @@ impl Etcd {
         Ok(Self { child })
     }
 
+    /// etcd's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -264,16 +264,22 @@ impl Default for NodeConfig {
 /// `web6` ([2001:db8:100::1]:8080) over b1..b3, health-checked on
 /// [`HEALTH_PORT`] every 300 ms (down after 2 failures, up after 2 passes).
 pub fn config(node: &NodeConfig) -> String {
+    config_of(node.hash_seed, &node.weights)
+}
+
+/// [`config`] with backends b1.. at `weights` (fewer than three: b3 and
+/// after removed).
+pub fn config_of(hash_seed: u32, weights: &[u32]) -> String {
     let mut out = format!(
         "interface = \"eth0\"\nhash_seed = {}\n\n[health]\nkind = \"tcp\"\nport = {HEALTH_PORT}\n\
          interval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\nflap_limit = 0\n",
-        node.hash_seed
+        hash_seed
     );
     for (name, vip) in [("web", IpAddr::V4(VIP4)), ("web6", IpAddr::V6(VIP6))] {
         out.push_str(&format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n"
         ));
-        out.push_str(&testbed::backend_sections(&node.weights, vip.is_ipv6()));
+        out.push_str(&testbed::backend_sections(weights, vip.is_ipv6()));
     }
     out
 }

@@ -1,16 +1,18 @@
-//! Flows whose backend is removed are re-steered, not black-holed, nor kept
-//! on the removed server (issue 6), end to end in namespaces: long-lived TCP
-//! connections through both VIPs to the echo servers of b1..b4; an apply
-//! removes b4; a second apply adds b5. Needs root.
+//! Flows whose backend is removed live on, retained, like a draining
+//! backend's (issue 21; docs/DATAPLANE.md "Removed backends are retained"),
+//! and a new backend never takes the retained id, end to end in namespaces:
+//! long-lived TCP connections through both VIPs to the echo servers of
+//! b1..b4; an apply removes b4; a second apply adds b5. Needs root.
 //!
 //! The connection table remembers each flow's backend id. After the first
-//! apply, b4's remembered flows must be hashed again onto the live table:
-//! their next packet reaches b1..b3, which have no socket for them and
-//! answer with a reset (counted in their `Tcp: OutRsts`), and b4 receives
-//! no TCP segment any more (its `Tcp: InSegs` stand still). Without that,
-//! b4's flows would keep reaching the removed server (its entry still
-//! valid), and after the second apply jump to b5 if b5 took b4's freed id.
-//! Every other connection keeps answering from its own backend, 0 resets.
+//! apply, b4's id stays valid in no table: its remembered flows keep
+//! reaching b4 (its `Tcp: InSegs` go on), no live backend answers one of
+//! them with a reset (their `Tcp: OutRsts` stand still), no new connection
+//! reaches b4, and after the second apply b4's flows still reach b4 (b5 did
+//! not take its id). Every connection keeps answering from its own backend.
+//! The re-steering of a retired id (retention over) is tested in
+//! `retired_backends.rs` (the entry loses its flag) and by the kernel
+//! fixtures (`conn_resteer`).
 //!
 //! The daemon runs with `--bake-window 0s`: a rollback would undo the very
 //! removal under test.
@@ -21,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use tests::echo::{EchoServers, FaultKind, Held, LongConnections, Pace, probe};
+use tests::echo::{EchoServers, Held, LongConnections, Pace, probe};
 use tests::netns::Netns;
 use tests::testbed::{Host, Testbed};
 use tests::xlbd::Daemon;
@@ -41,10 +43,6 @@ const GAP: Duration = Duration::from_millis(50);
 const STALL: Duration = Duration::from_secs(2);
 /// How long each phase runs after its apply.
 const PHASE: Duration = Duration::from_secs(3);
-/// A client thread may note an answer this late on a loaded machine: an
-/// answer of the removed backend noted later than this after the removal
-/// is one it sent after it (it would keep answering for the whole phase).
-const SCHEDULING_SLACK: Duration = Duration::from_secs(1);
 /// Packets that crossed the balancer before an apply returned are on the
 /// wire for well under this; b4's segment count is read this long after.
 const SETTLE: Duration = Duration::from_millis(200);
@@ -133,7 +131,7 @@ fn resets_of_others(backends: &[Host]) -> anyhow::Result<u64> {
 }
 
 #[test]
-fn a_removed_backends_flows_are_resteered() {
+fn a_removed_backends_flows_are_retained() {
     tests::require_privileges!();
     tests::in_workdir("resteer", run);
 }
@@ -222,23 +220,22 @@ fn run(dir: &Path) -> anyhow::Result<()> {
     );
     let on_removed = check_connections(&held, &removed.name, &applied)?;
     ensure!(
-        removed_before_addition == removed_after_removal,
-        "{} received {} TCP segments after it was removed (its flows still reach it)",
-        removed.name,
-        removed_before_addition - removed_after_removal
+        removed_before_addition > removed_after_removal,
+        "{} received no TCP segment after it was removed: its {on_removed} retained flows \
+         did not reach it",
+        removed.name
     );
     ensure!(
-        removed_at_end == removed_before_addition,
-        "{} received {} TCP segments after {} was added (a reused id?)",
+        removed_at_end > removed_before_addition,
+        "{} received no TCP segment after {} was added (its flows moved: a reused id?)",
         removed.name,
-        removed_at_end - removed_before_addition,
         bed.backends[ADDED].name
     );
     let resets = resets_after_removal - resets_before;
     ensure!(
-        resets >= on_removed as u64,
-        "the live backends sent {resets} resets after the removal, fewer than the \
-         {on_removed} connections of {}: its flows did not reach them",
+        resets == 0,
+        "the live backends sent {resets} resets after the removal: the removed {}'s flows \
+         reached them",
         removed.name
     );
     ensure!(
@@ -276,43 +273,8 @@ fn check_connections(held: &[Held], removed: &str, applied: &Applied) -> anyhow:
         "no connection went to {removed} before its removal: {per_backend:?}"
     );
 
-    // A reset, after the removal, on a connection that had been answered
-    // before it. Not a stall (dropped: black-holed), not answers on and on
-    // after the removal (still reaching the removed server; the segment
-    // count of the removed backend, checked by the caller, is exact).
-    let mut wrong = Vec::new();
-    for h in &on_removed {
-        let reset = h.fault.as_ref().is_some_and(|f| f.kind == FaultKind::Reset);
-        let answered_before = h.first_answer.is_some_and(|t| t < applied.removal);
-        let answered_after = h
-            .last_answer
-            .is_some_and(|t| t > applied.removal + SCHEDULING_SLACK);
-        if !reset || !answered_before || answered_after || h.backends.len() != 1 {
-            wrong.push(format!(
-                "#{} from {:?}: answered by {:?}, {} exchanges, last answer {:?} after the \
-                 removal, fault {:?}",
-                h.id,
-                h.local,
-                h.backends,
-                h.exchanges,
-                h.last_answer
-                    .and_then(|t| t.checked_duration_since(applied.removal)),
-                h.fault
-            ));
-        }
-    }
-    if !wrong.is_empty() {
-        bail!(
-            "{} of the {} connections of the removed {removed} were not reset by a live \
-             backend after the removal:\n{}",
-            wrong.len(),
-            on_removed.len(),
-            wrong.join("\n")
-        );
-    }
-
     let mut broken = Vec::new();
-    for h in &others {
+    for h in on_removed.iter().chain(&others) {
         let kept = h.fault.is_none()
             && h.backends.len() == 1
             && h.first_answer.is_some_and(|t| t < applied.removal)
@@ -326,10 +288,10 @@ fn check_connections(held: &[Held], removed: &str, applied: &Applied) -> anyhow:
     }
     if !broken.is_empty() {
         bail!(
-            "{} of the {} connections of the other backends did not keep working across \
-             both applies:\n{}",
+            "{} of the {} connections did not keep working on their backend across \
+             both applies (the removed {removed}'s retained among them):\n{}",
             broken.len(),
-            others.len(),
+            held.len(),
             broken.join("\n")
         );
     }

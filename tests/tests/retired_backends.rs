@@ -85,9 +85,11 @@ fn removed_backends_are_retired_and_their_ids_not_reused() {
     dp.apply(MAC, &first, None).expect("first apply");
     assert_live(&dp, &first.vips[0], "first");
 
-    // b goes, c drains: b's entry is retired, c's stays valid (a draining
-    // backend keeps its flows).
-    let second = state(
+    // b goes, c drains: b is retained (state::retain: its entry stays
+    // valid, in no table) until a connection-table count finds no entry
+    // naming it, then retired; c's stays valid (a draining backend keeps
+    // its flows).
+    let mut second = state(
         307,
         &[("a", "active"), ("c", "draining")],
         &first.allocation,
@@ -96,6 +98,17 @@ fn removed_backends_are_retired_and_their_ids_not_reused() {
     let b_entry = dp.live_backend(b);
     dp.apply(MAC, &second, Some(&first)).expect("second apply");
     assert_live(&dp, &second.vips[0], "second");
+    assert_eq!(dp.live_backend(b), b_entry, "b retained, valid");
+    let none = std::collections::BTreeMap::new();
+    assert!(
+        second
+            .allocation
+            .expire_retained(&none, 0.0, 1.0)
+            .is_empty()
+    );
+    let ended = second.allocation.expire_retained(&none, 2.0, 3.0);
+    assert_eq!(ended, std::collections::BTreeSet::from([b]));
+    dp.retire_retained(&ended);
     assert_retired(&dp, b, b_entry, "b removed");
 
     // A new backend does not take b's id (nor any id handed out before).
@@ -143,9 +156,14 @@ fn removed_backends_are_retired_and_their_ids_not_reused() {
     );
     dp.apply(MAC, &fifth, Some(&fourth)).expect("fifth apply");
     assert_live(&dp, &fifth.vips[0], "fifth");
-    assert_eq!(
-        dp.live_backend(id(&fourth, "a")).flags & BACKEND_F_VALID,
-        0,
-        "a removed"
-    );
+    // a is retained, valid, until its retention ends.
+    let a = id(&fourth, "a");
+    assert_ne!(dp.live_backend(a).flags & BACKEND_F_VALID, 0, "a retained");
+    let mut fifth = fifth;
+    let none = std::collections::BTreeMap::new();
+    assert!(fifth.allocation.expire_retained(&none, 0.0, 1.0).is_empty());
+    let ended = fifth.allocation.expire_retained(&none, 2.0, 3.0);
+    assert_eq!(ended, std::collections::BTreeSet::from([a]));
+    dp.retire_retained(&ended);
+    assert_eq!(dp.live_backend(a).flags & BACKEND_F_VALID, 0, "a removed");
 }

@@ -14,7 +14,11 @@
 //! connection fails meanwhile, and that the replication did carry node 0's
 //! held flows (so the check can fail). The same with a weight change
 //! (b1 1 -> 4) instead of the drain: the flows it moved off their backend
-//! are held the same way.
+//! are held the same way. And with b3 removed from the config on every
+//! node (`xlb apply`): each node retains b3's id and entry (in no table)
+//! while connection entries name it, so its flows are held like a drained
+//! backend's; `xlb plan` says beforehand how many live flows the removal
+//! leaves held, and `xlb status` shows b3 as `removed, N flows kept`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -66,6 +70,75 @@ fn flows_a_weight_change_moved_survive_a_node_withdrawn() {
     });
 }
 
+#[test]
+fn a_removed_backends_flows_survive_a_node_withdrawn() {
+    tests::require_privileges!();
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tests::in_workdir("second-chance-remove", |dir| {
+        let file = dir.join("without-b3.toml");
+        std::fs::write(&file, tests::fleet::config_of(1, &[1, 1]))?;
+        let file = file.to_str().context("a UTF-8 path")?.to_string();
+        survives(dir, "xsr", "removal of b3", &["apply", &file, "--force"])
+    });
+}
+
+/// Before a change that applies `file` (`xlb apply FILE`): node 0's plan
+/// names the live flows it leaves held, b3's among them, and on b3 as a
+/// removed backend when the file removes it.
+fn check_plan(node: &tests::fleet::Node, file: &str) -> anyhow::Result<()> {
+    let (code, out) = node.xlb(&["-o", "json", "plan", file, "--force"])?;
+    ensure!(code == 0, "xlb plan {file}: exit {code}: {out}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("xlb plan -o json: {out}"))?;
+    let held = &plan["held"];
+    let on_b3: u64 = held["per_backend"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["vip"] == "web" && c["backend"] == "b3" && c["removed"] == true)
+        .filter_map(|c| c["flows"].as_u64())
+        .sum();
+    println!(
+        "node 0's plan: {} of {} live flows held after the change, {on_b3} on the removed b3, {} replicated now",
+        held["held"], held["entries"], held["replicated"]
+    );
+    ensure!(
+        on_b3 > 0 && held["held"].as_u64() >= Some(on_b3) && held["replicated"].is_u64(),
+        "node 0's plan does not count the flows the removal leaves held on b3: {held}"
+    );
+    let (_, text) = node.xlb(&["plan", file, "--force"])?;
+    ensure!(
+        text.contains("held flows: ") && text.contains("web/b3 ") && text.contains("(removed)"),
+        "the plan's text has no held-flow line naming web/b3 (removed):\n{text}"
+    );
+    Ok(())
+}
+
+/// Every node's status shows web's b3 as a removed backend with the flows
+/// it keeps.
+fn check_retained(fleet: &Fleet) -> anyhow::Result<()> {
+    for node in &fleet.nodes {
+        let status = node.daemon()?.status()?;
+        let states: Vec<String> = status["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["name"] == "web")
+            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+            .filter(|b| b["name"] == "b3")
+            .map(|b| b["state"].as_str().unwrap_or_default().to_string())
+            .collect();
+        ensure!(
+            states.len() == 1
+                && states[0].starts_with("removed, ")
+                && states[0].ends_with(" flows kept"),
+            "{}: web's b3 in the status: {states:?}",
+            node.port
+        );
+    }
+    Ok(())
+}
+
 /// The fleet with etcd, 200 long-lived connections, `change` made on every
 /// node (`xlb` arguments), the held flows replicated, node 0 withdrawn:
 /// nothing reset or moved, no new connection failed.
@@ -83,6 +156,10 @@ fn survives(dir: &Path, prefix: &str, what: &str, change: &[&str]) -> anyhow::Re
         let fleet = Fleet::build(prefix, dir, spec)?;
         let long = fleet.long_lived(V4, LONG_LIVED, Duration::from_secs(120))?;
 
+        let removal = change[0] == "apply";
+        if removal {
+            check_plan(&fleet.nodes[0], change[1])?;
+        }
         // The change on every node.
         let drained = Instant::now();
         for node in &fleet.nodes {
@@ -120,6 +197,9 @@ fn survives(dir: &Path, prefix: &str, what: &str, change: &[&str]) -> anyhow::Re
             std::thread::sleep(Duration::from_millis(200));
         };
         let replicated = drained.elapsed();
+        if removal {
+            check_retained(&fleet)?;
+        }
         let delays: Vec<String> = fleet
             .nodes
             .iter()

@@ -94,6 +94,7 @@ const BENCHES: &[&str] = &[
     "scrape_load",
     "fleet_status",
     "control",
+    "held",
 ];
 
 /// Names that stand for several benches. `dataplane` is the issue's

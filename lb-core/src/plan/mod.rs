@@ -11,16 +11,20 @@
 //! * `flows`: the tables, and the fraction of flows that change backend;
 //! * `diff`: per VIP, the backends side by side and the diff lines;
 //! * `lints`: the `[safety]` checks;
-//! * `render`: the human table.
+//! * `render`: the human table;
+//! * `held`: the live flows the change leaves held by the connection table
+//!   (second chance), filled in by the daemon, which reads the table.
 
 mod diff;
 mod flows;
+mod held;
 mod lints;
 mod render;
 #[cfg(test)]
 mod tests;
 mod types;
 
+pub use held::{PlanHeld, held_after};
 pub use types::*;
 
 use xxhash_rust::xxh64::xxh64;
@@ -190,6 +194,7 @@ pub fn plan_over(
         restart_only: crate::config::keys::restart_changes(base, candidate),
         warnings: crate::config::warnings::warnings(candidate),
         changed,
+        held: None,
     })
 }
 
@@ -233,6 +238,7 @@ impl Plan {
             restart_only: self.restart_only.clone(),
             warnings: self.warnings.clone(),
             changed: self.changed,
+            held: self.held.clone(),
         }
     }
 }

@@ -72,6 +72,10 @@ impl Plan {
             for vip in &self.vips {
                 render_vip(&mut out, vip);
             }
+            if let Some(held) = &self.held {
+                out.push_str(&held.line());
+                out.push('\n');
+            }
         } else {
             out.push_str("no changes\n");
         }

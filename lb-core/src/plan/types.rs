@@ -48,6 +48,10 @@ pub struct Plan {
     /// file is not a difference (tables do not depend on it), even though
     /// it changes `config_hash`.
     pub changed: bool,
+    /// The live flows the change leaves held by the connection table
+    /// (`held`): only from a daemon, which reads its table; none offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<super::PlanHeld>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,8 @@
 //! would send a removed backend's remembered flows to whichever backend
 //! took the id next. Retiring the freed id's kernel entry (the writer does)
 //! makes the program hash such flows again; next-fit keeps the id retired
-//! for as long as it can.
+//! for as long as it can. A removed backend's id is not free while it is
+//! retained (`retain`): it is in the used set the search skips.
 
 use std::collections::BTreeSet;
 

@@ -11,8 +11,10 @@
 //! Ids are a local translation of names; Maglev tables themselves depend only
 //! on names, weights and the hash seed, so every node picks the same backend.
 //! An id is never rewritten while a live table may still name it: a changed
-//! backend (MAC or address) gets a new id. An id freed by an apply (its
-//! backend removed or changed) is retired by the writer once no table names
+//! backend (MAC or address) gets a new id. A removed backend's id is
+//! retained first, valid and in no table, while connection entries may name
+//! it (`retain`). An id freed by an apply (its backend changed, its VIP
+//! gone, its retention over) is retired by the writer once no table names
 //! it (its entry loses `BACKEND_F_VALID`, so flows the connection table still
 //! remembers on it are hashed again onto the live table), and backend ids are
 //! handed out next-fit (`ids`), so a freed id is not given to another backend
@@ -34,8 +36,10 @@ use crate::maglev::{self, MaglevBackend, MaglevTable};
 
 mod error;
 mod ids;
+mod retain;
 
 pub use error::StateError;
+pub use retain::{RETENTION_SECONDS, Retained, RetainedBackend};
 
 /// Table slot value of a VIP without active backends: no such backend
 /// exists, so the program drops the packet and counts `no_backend`.
@@ -63,6 +67,9 @@ pub(crate) struct BackendIdentity {
 pub struct Allocation {
     pub(crate) vips: BTreeMap<VipIdentity, u32>,
     pub(crate) backends: BTreeMap<BackendIdentity, u32>,
+    /// Removed backends whose ids and kernel entries are kept (in no
+    /// table) while connection entries may still name them (`retain`).
+    pub(crate) retained: BTreeMap<BackendIdentity, Retained>,
     /// Where the search for the next new backend id starts: one past the
     /// last one handed out (next-fit, see `ids`).
     pub(crate) next_backend_id: u32,
@@ -239,11 +246,11 @@ pub fn desired_reusing(
     // Backend ids, next-fit: the ids the previous config holds stay taken
     // (a packet may still read them), and the search goes on from the last
     // id handed out, so an id freed now is not handed out again soon.
-    let used: BTreeSet<u32> = previous.backends.values().copied().collect();
+    let used: BTreeSet<u32> = previous.ids();
     let new_count = backend_identities
         .iter()
         .flatten()
-        .filter(|i| !previous.backends.contains_key(i))
+        .filter(|i| previous.id_of(i).is_none())
         .count();
     let taken = ids::next_fit(
         &used,
@@ -255,12 +262,13 @@ pub fn desired_reusing(
     allocation.next_backend_id = taken.next;
     let mut fresh = taken.ids.into_iter();
     for ident in backend_identities.iter().flatten() {
-        let id = match previous.backends.get(ident) {
-            Some(&id) => id,
+        let id = match previous.id_of(ident) {
+            Some(id) => id,
             None => fresh.next().expect("counted above"),
         };
         allocation.backends.insert(ident.clone(), id);
     }
+    allocation.retained = carried(previous, &allocation);
 
     let mut vips = Vec::with_capacity(config.vips.len());
     for (v, (vip_ident, b_idents)) in config
@@ -394,7 +402,7 @@ impl Desired {
     /// Backend ids in use that `previous` did not have: their entries and
     /// counters must be written before any table names them.
     pub fn new_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
-        let old: BTreeSet<u32> = previous.backends.values().copied().collect();
+        let old: BTreeSet<u32> = previous.ids();
         self.allocation
             .backends
             .values()
@@ -403,16 +411,17 @@ impl Desired {
             .collect()
     }
 
-    /// Backend ids `previous` had that are not in use any more (their
-    /// backend was removed, or changed and got a new id): once no live table
-    /// names them, their entries must stop being valid, so the flows the
-    /// connection table remembers on them are hashed again.
+    /// Backend ids `previous` had (configured or retained) that are not in
+    /// use any more (their backend changed and got a new id, its VIP went,
+    /// or its retention ended): once no live table names them, their
+    /// entries must stop being valid, so the flows the connection table
+    /// remembers on them are hashed again. A removed backend's id is
+    /// retained instead (`retain`).
     pub fn retired_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
-        let now: BTreeSet<u32> = self.allocation.backends.values().copied().collect();
+        let now = self.allocation.ids();
         previous
-            .backends
-            .values()
-            .copied()
+            .ids()
+            .into_iter()
             .filter(|id| !now.contains(id))
             .collect()
     }
@@ -426,6 +435,120 @@ impl Desired {
             .filter(|id| !old.contains(id))
             .collect()
     }
+}
+
+// Retention (`retain`): the allocation's retained backends.
+
+impl Allocation {
+    /// Every backend id in use: configured and retained.
+    pub(crate) fn ids(&self) -> BTreeSet<u32> {
+        self.backends
+            .values()
+            .copied()
+            .chain(self.retained.values().map(|r| r.id))
+            .collect()
+    }
+
+    /// The id `ident` holds, configured or retained.
+    pub(crate) fn id_of(&self, ident: &BackendIdentity) -> Option<u32> {
+        self.backends
+            .get(ident)
+            .copied()
+            .or_else(|| self.retained.get(ident).map(|r| r.id))
+    }
+
+    /// The retained backends, by VIP and name.
+    pub fn retained(&self) -> Vec<RetainedBackend> {
+        self.retained
+            .iter()
+            .map(|(i, r)| RetainedBackend {
+                vip: i.vip.clone(),
+                name: i.name.clone(),
+                address: i.address,
+                mac: i.mac,
+                id: r.id,
+                since_unix_seconds: r.since_unix_seconds,
+            })
+            .collect()
+    }
+
+    /// After a connection-table count (`by_backend`: entries per backend
+    /// id; the count began at `scan_started` and ended at `now`, Unix
+    /// seconds): the retained ids whose retention ends, taken out of this
+    /// allocation (the caller retires their entries). A backend counted
+    /// for the first time is stamped `now` and kept.
+    pub fn expire_retained(
+        &mut self,
+        by_backend: &BTreeMap<u32, u64>,
+        scan_started: f64,
+        now: f64,
+    ) -> BTreeSet<u32> {
+        let mut out = BTreeSet::new();
+        self.retained.retain(|_, r| {
+            let Some(since) = r.since_unix_seconds else {
+                r.since_unix_seconds = Some(now.max(0.0) as u64);
+                return true;
+            };
+            let named = by_backend.get(&r.id).copied().unwrap_or(0);
+            let expired = now - since as f64 >= RETENTION_SECONDS as f64
+                || (named == 0 && scan_started >= since as f64);
+            if expired {
+                out.insert(r.id);
+            }
+            !expired
+        });
+        out
+    }
+}
+
+impl Desired {
+    /// The retained backends of the VIP named `vip`.
+    pub fn retained_of(&self, vip: &str) -> Vec<RetainedBackend> {
+        self.allocation
+            .retained()
+            .into_iter()
+            .filter(|r| r.vip == vip)
+            .collect()
+    }
+}
+
+/// The retained backends of `now` (configured ids already chosen), from
+/// `previous`: its backends removed now and its retained ones, each kept
+/// when its VIP keeps its id and no backend of the VIP has its name.
+fn carried(previous: &Allocation, now: &Allocation) -> BTreeMap<BackendIdentity, Retained> {
+    let kept_vips: BTreeSet<&str> = previous
+        .vips
+        .iter()
+        .filter(|(i, id)| now.vips.get(*i) == Some(*id))
+        .map(|(i, _)| i.name.as_str())
+        .collect();
+    let configured: BTreeSet<(&str, &str)> = now
+        .backends
+        .keys()
+        .map(|i| (i.vip.as_str(), i.name.as_str()))
+        .collect();
+    let keep = |i: &BackendIdentity| {
+        kept_vips.contains(i.vip.as_str()) && !configured.contains(&(&i.vip[..], &i.name[..]))
+    };
+    let removed = previous
+        .backends
+        .iter()
+        .filter(|(i, _)| keep(i))
+        .map(|(i, &id)| {
+            (
+                i.clone(),
+                Retained {
+                    id,
+                    since_unix_seconds: None,
+                },
+            )
+        });
+    let still = previous
+        .retained
+        .iter()
+        .filter(|(i, _)| keep(i))
+        .map(|(i, r)| (i.clone(), *r));
+    removed.chain(still).collect()
 }
 
 #[cfg(test)]
@@ -526,28 +649,28 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![2]
         );
-        assert_eq!(
-            second
-                .retired_backend_ids(&first.allocation)
-                .into_iter()
-                .collect::<Vec<_>>(),
-            vec![0]
-        );
-        // Nor does a later apply reuse id 0: the connection table may still
-        // remember flows on it. The search goes on past the last id given.
+        // "a" is retained (state::retain), not retired.
+        assert!(second.retired_backend_ids(&first.allocation).is_empty());
+        assert_eq!(second.retained_of("web")[0].id, 0);
+        // Nor does a later apply reuse id 0 once its retention ended: the
+        // connection table may still remember flows on it. The search goes
+        // on past the last id given.
+        let mut after_retention = second.allocation.clone();
+        after_retention.retained.clear();
         let third = desired(
             &config(&[
                 ("bb", "02:00:00:00:00:02", 1),
                 ("dddd", "02:00:00:00:00:04", 1),
             ]),
-            &second.allocation,
+            &after_retention,
         )
         .unwrap();
         assert_eq!(third.vips[0].backend_ids, vec![1, 3]);
         assert_eq!(
             third
-                .retired_backend_ids(&second.allocation)
-                .into_iter()
+                .retained_of("web")
+                .iter()
+                .map(|r| r.id)
                 .collect::<Vec<_>>(),
             vec![2]
         );
@@ -573,6 +696,8 @@ mod tests {
             assert_eq!(ids[0], 0, "round {round}: a keeps its id");
             assert!(seen.insert(ids[1]), "round {round}: id {} reused", ids[1]);
             previous = d.allocation;
+            // Each replaced backend is retained; say its retention ended.
+            previous.retained.clear();
         }
         assert_eq!(seen, (1..=50).collect());
         // Deep into the space, the search wraps over MAX_BACKENDS and takes
@@ -603,7 +728,8 @@ mod tests {
         )
         .unwrap();
         // bb drains (still configured: keeps its id and its flows), ccc
-        // gets a new MAC (a new id; the old one is retired), a is removed.
+        // gets a new MAC (a new id; the old one is retired), a is removed
+        // (retained: state::retain).
         let mut c = config(&[
             ("bb", "02:00:00:00:00:02", 1),
             ("ccc", "02:00:00:00:00:09", 1),
@@ -616,8 +742,9 @@ mod tests {
                 .retired_backend_ids(&first.allocation)
                 .into_iter()
                 .collect::<Vec<_>>(),
-            vec![0, 2]
+            vec![2]
         );
+        assert_eq!(second.retained_of("web")[0].id, 0);
         // Nothing changes: nothing retired.
         let again = desired(&c, &second.allocation).unwrap();
         assert!(again.retired_backend_ids(&second.allocation).is_empty());
@@ -882,5 +1009,113 @@ mod tests {
         assert_eq!(&k.addr[..4], &[198, 18, 100, 1]);
         assert_eq!(k.port_be.to_ne_bytes(), [0, 80]);
         assert_eq!((k.proto, k.family), (lb_common::PROTO_TCP, FAMILY_V4));
+    }
+}
+
+#[cfg(test)]
+mod retain_tests {
+    use super::*;
+    use crate::config::parse;
+
+    /// VIP web (table `size`) over `backends` (name, MAC's last byte).
+    fn config(backends: &[(&str, u8)], size: u32) -> Config {
+        let mut text = format!(
+            "interface = \"eth0\"\nhash_seed = 3\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {size}\n"
+        );
+        for (name, mac) in backends {
+            text.push_str(&format!(
+                "[[vip.backend]]\nname = \"{name}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:00:{mac:02x}\"\n",
+                10 + name.len()
+            ));
+        }
+        parse(&text, "test.toml").unwrap()
+    }
+
+    fn ids(set: BTreeSet<u32>) -> Vec<u32> {
+        set.into_iter().collect()
+    }
+
+    #[test]
+    fn a_removed_backend_keeps_its_id_in_no_table_and_is_not_reused() {
+        let first = desired(
+            &config(&[("a", 1), ("bb", 2)], 1021),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let second = desired(&config(&[("a", 1)], 1021), &first.allocation).unwrap();
+        // bb is retained: not retired, in no table, id 1 still in use.
+        assert!(second.retired_backend_ids(&first.allocation).is_empty());
+        let kept = second.retained_of("web");
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].name.as_str(), kept[0].id), ("bb", 1));
+        assert_eq!(kept[0].since_unix_seconds, None);
+        assert!(!second.vips[0].slots.contains(&1));
+        // A new backend does not take id 1, even from the start of the space.
+        let mut alloc = second.allocation.clone();
+        alloc.next_backend_id = 0;
+        let third = desired(&config(&[("a", 1), ("ccc", 3)], 1021), &alloc).unwrap();
+        assert_eq!(third.vips[0].backend_ids, vec![0, 2]);
+        assert_eq!(third.retained_of("web").len(), 1);
+        // bb back with the same MAC and address: its own id again, nothing new.
+        let back = desired(&config(&[("a", 1), ("bb", 2)], 1021), &second.allocation).unwrap();
+        assert_eq!(back.vips[0].backend_ids, vec![0, 1]);
+        assert!(back.new_backend_ids(&second.allocation).is_empty());
+        assert!(back.retained_of("web").is_empty());
+        assert!(back.retired_backend_ids(&second.allocation).is_empty());
+    }
+
+    #[test]
+    fn retention_ends_with_a_new_mac_a_new_vip_id_or_the_vip_gone() {
+        let first = desired(
+            &config(&[("a", 1), ("bb", 2)], 1021),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let removed = desired(&config(&[("a", 1)], 1021), &first.allocation).unwrap();
+        // bb configured again under another MAC: the retained id goes.
+        let changed = desired(&config(&[("a", 1), ("bb", 9)], 1021), &removed.allocation).unwrap();
+        assert_eq!(
+            ids(changed.retired_backend_ids(&removed.allocation)),
+            vec![1]
+        );
+        assert!(changed.retained_of("web").is_empty());
+        // The VIP's table size changes (a new VIP id): retired.
+        let resized = desired(&config(&[("a", 1)], 2039), &removed.allocation).unwrap();
+        assert!(ids(resized.retired_backend_ids(&removed.allocation)).contains(&1));
+        assert!(resized.allocation.retained.is_empty());
+    }
+
+    #[test]
+    fn counts_stamp_then_expire_on_no_entries_or_age() {
+        let first = desired(
+            &config(&[("a", 1), ("bb", 2)], 1021),
+            &Allocation::default(),
+        )
+        .unwrap();
+        let mut alloc = desired(&config(&[("a", 1)], 1021), &first.allocation)
+            .unwrap()
+            .allocation;
+        let none = BTreeMap::new();
+        // The first count stamps it, whatever it found.
+        assert!(alloc.expire_retained(&none, 995.0, 1000.0).is_empty());
+        assert_eq!(alloc.retained()[0].since_unix_seconds, Some(1000));
+        // A count begun before the stamp says nothing of it.
+        assert!(alloc.expire_retained(&none, 999.0, 1010.0).is_empty());
+        // Entries name it: kept, until the retention is over.
+        let named = BTreeMap::from([(1, 3)]);
+        assert!(alloc.expire_retained(&named, 1001.0, 1010.0).is_empty());
+        let mut old = alloc.clone();
+        assert_eq!(
+            ids(old.expire_retained(&named, 1200.0, 1000.0 + RETENTION_SECONDS as f64)),
+            vec![1]
+        );
+        assert!(old.retained().is_empty());
+        // No entry names it in a count begun after the stamp: retired.
+        assert_eq!(ids(alloc.expire_retained(&none, 1001.0, 1011.0)), vec![1]);
+        // Retired, the id is free for next-fit again, and an apply no
+        // longer holds it.
+        let again = desired(&config(&[("a", 1)], 1021), &alloc).unwrap();
+        assert!(again.retained_of("web").is_empty());
+        assert!(!again.allocation.ids().contains(&1));
     }
 }

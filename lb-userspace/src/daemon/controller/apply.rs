@@ -48,6 +48,24 @@ impl Controller {
         Ok(plan)
     }
 
+    /// The live flows `candidate` would leave held by the connection table
+    /// (the table walked against the candidate's state: `plan::held_after`),
+    /// with this node's replicated count on a fleet; None before the first
+    /// apply or when the table cannot be read (logged).
+    fn held_section(&self, candidate: &Candidate) -> Option<xlb_core::plan::PlanHeld> {
+        let live = self.applied.as_ref()?;
+        let entries = self
+            .dataplane
+            .conn_table()
+            .entries()
+            .inspect_err(|e| log::warn!("plan: reading the connection table for held flows: {e}"))
+            .ok()?;
+        let published = self.held.as_ref().map(|h| h.published);
+        xlb_core::plan::held_after(live, &candidate.config, &entries, published)
+            .inspect_err(|e| log::warn!("plan: held flows: {e}"))
+            .ok()
+    }
+
     /// The changes of `config` that this running daemon cannot take
     /// (`xlb_core::config::keys`): against the interface it is attached to,
     /// the size of its pinned connection table and the address it serves
@@ -76,7 +94,8 @@ impl Controller {
 
     /// Plan for an operator, and put it in the audit log.
     pub fn plan_audited(&mut self, candidate: &Candidate) -> Result<Plan, ApplyError> {
-        let plan = self.plan(candidate)?;
+        let mut plan = self.plan(candidate)?;
+        plan.held = self.held_section(candidate);
         let detail = if plan.refused() {
             format!("refused: {} safety findings", plan.lints.len())
         } else if plan.changed {

@@ -297,8 +297,32 @@ impl Controller {
         self.dataplane.tracer()
     }
 
-    /// Keep a connection-table count for the status and /metrics.
+    /// Keep a connection-table count for the status and /metrics, and end
+    /// the retention of removed backends it finds no entry for, or that
+    /// were retained long enough (`xlb_core::state::retain`).
     pub fn record_conn_scan(&mut self, scan: ConnScan) {
+        if let Some(applied) = self.applied.as_mut() {
+            let started = scan.scanned_at_unix_seconds - scan.seconds;
+            let retained = applied.allocation.retained();
+            let ended = applied.allocation.expire_retained(
+                &scan.by_backend,
+                started,
+                scan.scanned_at_unix_seconds,
+            );
+            if !ended.is_empty() {
+                let names: Vec<String> = retained
+                    .iter()
+                    .filter(|r| ended.contains(&r.id))
+                    .map(|r| format!("{}/{} (id {})", r.vip, r.name, r.id))
+                    .collect();
+                log::info!(
+                    "removed backends {}: retention over (no connection entry names them, or {} s passed); retired",
+                    names.join(", "),
+                    state::RETENTION_SECONDS
+                );
+                self.dataplane.retire_retained(&ended);
+            }
+        }
         self.conn_scan = Some(scan);
     }
 
