@@ -371,6 +371,10 @@ struct Fixture {
 enum Step {
     /// Apply this config (computing ids from the previous apply's).
     Apply(String),
+    /// End the retention of the removed backends (what the daemon does
+    /// once a connection-table count finds no entry naming them, or after
+    /// `RETENTION_SECONDS`): their entries are retired.
+    Retire,
     Run(Fixture),
 }
 
@@ -383,7 +387,7 @@ impl Group {
     fn fixtures(&self) -> impl Iterator<Item = &Fixture> {
         self.steps.iter().filter_map(|s| match s {
             Step::Run(f) => Some(f),
-            Step::Apply(_) => None,
+            Step::Apply(_) | Step::Retire => None,
         })
     }
 }
@@ -394,6 +398,10 @@ struct Steps(Vec<Step>);
 impl Steps {
     fn apply(&mut self, config: String) {
         self.0.push(Step::Apply(config));
+    }
+
+    fn retire(&mut self) {
+        self.0.push(Step::Retire);
     }
 
     fn add(&mut self, what: impl Into<String>, frame: Vec<u8>, expect: Expect, events: &[u32]) {
@@ -1383,8 +1391,9 @@ fn find_flow(client: &str, want: impl Fn(&Flow) -> bool) -> Flow {
 }
 
 /// The connection table across applies: established flows keep their
-/// backend, SYNs re-hash, a removed backend's flows are re-steered, a
-/// draining backend keeps its flows.
+/// backend, SYNs re-hash, a removed backend's flows are re-steered once its
+/// retention ends (while retained they stay: tests/retired_backends.rs,
+/// resteer.rs), a draining backend keeps its flows.
 fn conn_group() -> Group {
     let c1 = conn_config(&[
         ("a", "active"),
@@ -1466,8 +1475,9 @@ fn conn_group() -> Group {
         &[EV_CONN_MISS],
     );
     s.apply(c3);
+    s.retire();
     s.add(
-        format!("Conns: backend b removed: its flow's next ACK is re-steered to {g3}"),
+        format!("Conns: backend b removed and retired: its flow's next ACK is re-steered to {g3}"),
         ack(g),
         fwd_to(g, g3),
         &[EV_CONN_RESTEER],
@@ -1863,6 +1873,15 @@ struct Report {
     fixtures: usize,
 }
 
+/// The retention of `d`'s removed backends ended as two connection-table
+/// counts that find no entry naming them end it; their ids.
+fn retire(d: &mut Desired) -> BTreeSet<u32> {
+    let none = BTreeMap::new();
+    let first = d.allocation.expire_retained(&none, 0.0, 1.0);
+    assert!(first.is_empty(), "retention ends at the second count");
+    d.allocation.expire_retained(&none, 2.0, 3.0)
+}
+
 /// Load the balancer (in the calling thread's namespace) and run `steps`.
 fn run_steps(host: HostInterface, steps: Vec<Step>) -> anyhow::Result<Report> {
     let mut dp = Dataplane::load()?;
@@ -1889,6 +1908,14 @@ fn run_steps(host: HostInterface, steps: Vec<Step>) -> anyhow::Result<Report> {
                     .lines
                     .push(format!("-- applied: {} VIPs", d.vips.len()));
                 current = Some(d);
+            }
+            Step::Retire => {
+                let d = current.as_mut().expect("a config is applied first");
+                let ended = retire(d);
+                dp.retire_retained(&ended);
+                report
+                    .lines
+                    .push(format!("-- retired: {} removed backends", ended.len()));
             }
             Step::Run(f) => {
                 let d = current.as_ref().expect("a config is applied first");
@@ -2019,6 +2046,9 @@ fn depth_fixtures_are_well_formed() {
                     let empty = Allocation::default();
                     let prev = current.as_ref().map_or(&empty, |d| &d.allocation);
                     current = Some(parse_desired(&text, prev));
+                }
+                Step::Retire => {
+                    retire(current.as_mut().expect("a config is applied first"));
                 }
                 Step::Run(f) => {
                     let w = want(current.as_ref().unwrap(), &host, &f);
