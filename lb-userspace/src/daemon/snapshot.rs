@@ -8,9 +8,11 @@
 //! - after a collector tick (`invalidate`: counters moved) the document
 //!   still served to scrapes and `xlb status --vip` is the previous one,
 //!   and the first request after the tick starts one rebuild on a thread
-//!   of its own (never two at once); `xlb status` waits for that rebuild
-//!   (its counters are as of the last tick at least, as tests and
-//!   operators reading counters after traffic expect);
+//!   of its own (never two at once);
+//! - `xlb status` (`fresh`) is answered with a document built after it
+//!   asked (one build, shared by whoever asks meanwhile): its counters are
+//!   those of the moment it asked, as operators and tests reading counters
+//!   right after traffic expect;
 //! - after a change (`invalidate_change`: an apply, an edit, a health
 //!   change) the old document is no longer true, and requests wait for the
 //!   new one (one build, whoever asks).
@@ -87,6 +89,9 @@ struct State {
     building: bool,
 }
 
+/// A build to run on the builder thread, and where its document goes.
+type Job = (Build, std::sync::mpsc::Sender<Result<Status, String>>);
+
 /// The snapshots: the current document, and who builds the next.
 #[derive(Debug)]
 pub struct Snapshots {
@@ -94,15 +99,55 @@ pub struct Snapshots {
     built: Condvar,
     /// Documents built (`xlb_http_status_builds_total`).
     builds: Counter,
+    /// The one thread every document is built on (None if it could not
+    /// be started: then the asking thread builds). One long-lived thread,
+    /// because reading the per-CPU counters needs the number of CPUs, which
+    /// aya reads from sysfs once per thread: a thread made for one build
+    /// opens that file again, and fails when the daemon is out of file
+    /// descriptors (tests/daemon_io.rs), where this one read it long before.
+    builder: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
 }
 
 impl Snapshots {
     pub fn new(builds: Counter) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let builder = std::thread::Builder::new()
+            .name("xlb-status".into())
+            .spawn(move || {
+                for (build, reply) in queue {
+                    // The asker may have given up (its timeout): nothing
+                    // to do then.
+                    let _ = reply.send(build());
+                }
+            });
+        if let Err(e) = &builder {
+            log::warn!("starting the status document's builder thread: {e}; each request builds");
+        }
         Self {
             state: Mutex::default(),
             built: Condvar::new(),
             builds,
+            builder: Mutex::new(builder.ok().map(|_| jobs)),
         }
+    }
+
+    /// Run `build` on the builder thread and wait for its document.
+    fn run(&self, build: &Build) -> Result<Status, String> {
+        let sender = self
+            .builder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(sender) = sender else {
+            return build();
+        };
+        let (reply, answer) = std::sync::mpsc::channel();
+        if sender.send((build.clone(), reply)).is_err() {
+            return build();
+        }
+        answer
+            .recv()
+            .map_err(|_| "the status document's builder thread ended".to_string())?
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -124,8 +169,8 @@ impl Snapshots {
     /// The document to answer with (blocking: call it off the reactor).
     /// Waits only when there is no document, or when a change made it
     /// untrue; after a tick it answers at once and starts a rebuild, unless
-    /// `fresh` (`xlb status`: counters as of the last tick at least), when
-    /// it waits for the document made after the tick (one build, shared).
+    /// `fresh` (`xlb status`: the counters of now), when it waits for a
+    /// document begun after it asked (one build, shared).
     pub fn document(
         self: &Arc<Self>,
         build: &Build,
@@ -133,6 +178,10 @@ impl Snapshots {
     ) -> Result<Arc<Published>, String> {
         let started = Instant::now();
         let mut state = self.lock();
+        if fresh {
+            // As a tick: only a document begun after this will do.
+            state.now.ticks += 1;
+        }
         loop {
             if let Some(current) = state.current.clone()
                 && current.made.changes == state.now.changes
@@ -142,14 +191,13 @@ impl Snapshots {
                     state.building = true;
                     drop(state);
                     let (me, build) = (self.clone(), build.clone());
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name("xlb-status".into())
-                            .spawn(move || {
-                                if let Err(e) = me.build(&build) {
-                                    log::warn!("building the status document: {e}");
-                                }
-                            });
+                    let spawned = std::thread::Builder::new()
+                        .name("xlb-status-rebuild".into())
+                        .spawn(move || {
+                            if let Err(e) = me.build(&build) {
+                                log::warn!("building the status document: {e}");
+                            }
+                        });
                     if let Err(e) = spawned {
                         log::warn!("starting the status document's rebuild: {e}");
                         self.lock().building = false;
@@ -182,7 +230,7 @@ impl Snapshots {
     fn build(&self, build: &Build) -> Result<Arc<Published>, String> {
         let made = self.lock().now;
         self.builds.inc();
-        let result = build().map(|status| {
+        let result = self.run(build).map(|status| {
             Arc::new(Published {
                 status: Arc::new(status),
                 made,
@@ -270,6 +318,10 @@ mod tests {
             3
         );
         assert_eq!(builds.load(Ordering::SeqCst), 3);
+        // Asked fresh with no tick since: built anew all the same (the
+        // counters of now, not of the last build).
+        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 4);
+        assert_eq!(builds.load(Ordering::SeqCst), 4);
     }
 
     #[test]
