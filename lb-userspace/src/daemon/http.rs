@@ -287,17 +287,7 @@ async fn status(axum::extract::State(state): axum::extract::State<State>) -> Res
         Ok(published) => blocking(move || published.json()).await,
         Err(r) => Err(r),
     };
-    match json {
-        Ok(json) => (
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            json,
-        )
-            .into_response(),
-        Err(r) => r,
-    }
+    json_answer(json)
 }
 
 /// Every `SAMPLE_EVERY`, the published status document into the history's
@@ -318,6 +308,21 @@ async fn sample(state: State) {
             })
             .await;
         }
+    }
+}
+
+/// A JSON body, never cached (the API's answers), or the error's response.
+fn json_answer(json: Result<impl IntoResponse, Response>) -> Response {
+    match json {
+        Ok(json) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            json,
+        )
+            .into_response(),
+        Err(r) => r,
     }
 }
 
@@ -347,17 +352,7 @@ async fn history(axum::extract::State(state): axum::extract::State<State>) -> Re
         serde_json::to_vec(&doc).map_err(|e| e.to_string())
     })
     .await;
-    match json {
-        Ok(json) => (
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            json,
-        )
-            .into_response(),
-        Err(r) => r,
-    }
+    json_answer(json)
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
