@@ -1,6 +1,7 @@
 //! The raw `bpf()` calls aya 0.14 does not wrap: an element lookup by map fd
-//! whatever the value's type (adoption reads maps of older layouts), and
-//! BPF_MAP_LOOKUP_BATCH (the connection-table scan). The batch read sits
+//! whatever the value's type (adoption reads maps of older layouts),
+//! BPF_MAP_LOOKUP_BATCH (the connection-table scan) and BPF_MAP_UPDATE_BATCH
+//! (the Maglev tables swapped in one call: see `update_batch`). The batch read sits
 //! behind `BatchRead`, so the walk over it is tested with a fake, without a
 //! kernel. Nothing else in xlb calls `bpf()` itself.
 
@@ -87,8 +88,60 @@ struct BatchAttr {
 }
 const _: () = assert!(size_of::<BatchAttr>() == 56);
 
+/// The `bpf()` call of a batch command.
+///
+/// # Safety
+///
+/// Every pointer in `attr` must be valid for what `cmd` reads and writes
+/// through it (`count` keys and values of the map's sizes, the cursors).
+unsafe fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> libc::c_long {
+    // SAFETY: the caller's contract; `attr` is the batch member of
+    // bpf_attr and its size is passed along.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    }
+}
+
 /// `enum bpf_cmd`: BPF_MAP_LOOKUP_BATCH (Linux 5.6).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `enum bpf_cmd`: BPF_MAP_UPDATE_BATCH (Linux 5.6; array-of-maps since 5.19).
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// BPF_MAP_UPDATE_BATCH of u32 keys and u32 values (for a map of maps, the
+/// inner maps' fds) into the map `fd`. The kernel updates them in order and
+/// waits for running programs once at the end: an update of a map of maps
+/// one element at a time waits for an RCU grace period per element (the
+/// kernel's `maybe_wait_bpf_programs`), milliseconds each. Returns how many
+/// were updated with the error when not all were.
+pub(crate) fn update_batch(
+    fd: BorrowedFd<'_>,
+    keys: &[u32],
+    values: &[u32],
+) -> Result<(), (usize, io::Error)> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is the batch member of bpf_attr, its size passed along;
+    // the kernel reads `count` keys and values of 4 bytes each (the map's
+    // key and value size, checked by the kernel) from slices that outlive
+    // the call, and writes only `attr.count`.
+    let ret = unsafe { batch_call(BPF_MAP_UPDATE_BATCH, &mut attr) };
+    if ret == 0 {
+        return Ok(());
+    }
+    Err((attr.count as usize, io::Error::last_os_error()))
+}
 
 /// BPF_MAP_LOOKUP_BATCH on a hash map's fd.
 pub(crate) struct BatchSyscall<'a> {
@@ -126,14 +179,7 @@ impl BatchRead for BatchSyscall<'_> {
         // along; the kernel writes at most `count` keys (sized by the
         // caller for this map's key size) and values, the cursor (8 bytes
         // available) and `attr.count`, all of which outlive the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
+        let ret = unsafe { batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let count = attr.count as usize;
         if ret == 0 {
             return Ok(Batch::More {

@@ -3,8 +3,9 @@
 //!
 //! 1. host config (interface MAC, hash seed, tunnel settings);
 //! 2. entries and zeroed counters of new backend ids (no table names them yet);
-//! 3. each changed table, filled in a fresh inner map, then swapped in with one
-//!    update of the outer map;
+//! 3. each changed table, filled in a fresh inner map, then all of them swapped
+//!    in with one batch update of the outer map (each VIP's table changes
+//!    whole; the kernel waits for running programs once, not once a table);
 //! 4. VIP entries (a new VIP becomes visible only once its table is there),
 //!    then the ICMP echo entries (they name VIP ids written in 4);
 //! 5. VIP and echo entries that are gone are removed;
@@ -20,6 +21,7 @@
 //! connection table) just before the swap reads the backend entry next.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
@@ -56,53 +58,94 @@ impl Dataplane {
 
     /// Build `slots` into a fresh inner array and swap it in for `vip_id`.
     pub fn install_table(&mut self, vip_id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        self.install_tables(&[(vip_id, slots)])
+    }
+
+    /// Build each `(vip_id, slots)` into a fresh inner array, then swap them
+    /// all in with one BPF_MAP_UPDATE_BATCH of the outer map. Each VIP's
+    /// table changes whole (one pointer); the kernel waits once for the
+    /// programs running at the swap, where an update per table waits once
+    /// per table (an RCU grace period, milliseconds: a thousand tables took
+    /// seconds). When the batch stops part way, the tables swapped so far
+    /// are kept as installed and the error is returned (the caller restores).
+    pub fn install_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
         let name = maps::MAGLEV_TABLES;
-        let def = aya_obj::Map::new_from_params(
-            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
-            size_of::<u32>() as u32,
-            size_of::<u32>() as u32,
-            slots.len() as u32,
-            maps::MAGLEV_TABLE_FLAGS,
-        );
-        let inner = MapData::create(def, "xlb_maglev", None).map_err(map_err(name))?;
-        // Fill it through memory: one copy instead of a syscall per slot. No
-        // program can see this map before the swap below.
-        let mem = MappedArray::<u32>::new(inner.fd(), slots.len()).map_err(io_err(name))?;
-        mem.fill_from(slots);
-        // The swap: one update of the outer map. The kernel frees the old
-        // inner map once no program can still hold it (RCU) and we let go.
-        self.tables.set(vip_id, &inner, 0).map_err(map_err(name))?;
-        self.installed
-            .insert(vip_id, crate::handle::Installed::new(inner, mem)?);
+        let mut fresh = Vec::with_capacity(tables.len());
+        for &(vip_id, slots) in tables {
+            let def = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+                size_of::<u32>() as u32,
+                size_of::<u32>() as u32,
+                slots.len() as u32,
+                maps::MAGLEV_TABLE_FLAGS,
+            );
+            let inner = MapData::create(def, "xlb_maglev", None).map_err(map_err(name))?;
+            // Fill it through memory: one copy instead of a syscall per
+            // slot. No program can see this map before the swap below.
+            let mem = MappedArray::<u32>::new(inner.fd(), slots.len()).map_err(io_err(name))?;
+            mem.fill_from(slots);
+            fresh.push((vip_id, inner, mem));
+        }
+        let count = self.swaps_allowed(fresh.len());
+        let keys: Vec<u32> = fresh[..count].iter().map(|(id, _, _)| *id).collect();
+        let fds: Vec<u32> = fresh[..count]
+            .iter()
+            .map(|(_, inner, _)| inner.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        // The swap: the kernel frees each old inner map once no program can
+        // still hold it (RCU) and we let go of it below.
+        let swapped = match crate::sys::update_batch(self.tables_fd.as_fd(), &keys, &fds) {
+            Ok(()) => Ok(count),
+            Err((done, e)) => Err((done, e)),
+        };
+        let done = match &swapped {
+            Ok(n) => *n,
+            Err((n, _)) => *n,
+        };
+        for (vip_id, inner, mem) in fresh.into_iter().take(done) {
+            self.installed
+                .insert(vip_id, crate::handle::Installed::new(inner, mem)?);
+        }
+        if let Err((_, e)) = swapped {
+            return Err(io_err(name)(e));
+        }
+        #[cfg(feature = "fault-injection")]
+        if count < tables.len() {
+            return Err(DataplaneError::Injected);
+        }
         Ok(())
     }
 
-    /// Write one VIP; returns how long its table swap took, if it had one.
-    fn write_vip(
+    /// How many of `n` table swaps may be made now: all of them, unless the
+    /// tests injected a failure after some (`inject_swap_failure`).
+    fn swaps_allowed(&mut self, n: usize) -> usize {
+        #[cfg(feature = "fault-injection")]
+        if let Some(left) = self.fail_after_swaps {
+            let allowed = left.min(n);
+            self.fail_after_swaps = Some(left - allowed);
+            return allowed;
+        }
+        n
+    }
+
+    /// Whether `vip`'s table must be swapped in: new, another id, or other
+    /// slots than `previous` had.
+    fn table_changed(vip: &DesiredVip, previous: Option<&DesiredVip>) -> bool {
+        previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots)
+    }
+
+    /// Write one VIP's entry when it changed (after its table is in).
+    fn write_vip_entry(
         &mut self,
         vip: &DesiredVip,
         previous: Option<&DesiredVip>,
-    ) -> Result<Option<f64>, DataplaneError> {
-        let table_changed = previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots);
-        let mut swap_seconds = None;
-        if table_changed {
-            #[cfg(feature = "fault-injection")]
-            if let Some(n) = self.fail_after_swaps {
-                if n == 0 {
-                    return Err(DataplaneError::Injected);
-                }
-                self.fail_after_swaps = Some(n - 1);
-            }
-            let started = std::time::Instant::now();
-            self.install_table(vip.id, &vip.slots)?;
-            swap_seconds = Some(started.elapsed().as_secs_f64());
-        }
+    ) -> Result<(), DataplaneError> {
         if previous.is_none_or(|p| p.key != vip.key || p.meta != vip.meta) {
             self.vips
                 .insert(vip.key, vip.meta, 0)
                 .map_err(map_err(maps::VIPS))?;
         }
-        Ok(swap_seconds)
+        Ok(())
     }
 
     /// Write the entry of a backend id no table names yet. First without
@@ -171,9 +214,13 @@ impl Dataplane {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 self.backends.set(id as usize, kernel_backend(b, vip.id));
             }
-            self.install_table(vip.id, &vip.slots)?;
         }
-        Ok(())
+        let tables: Vec<(u32, &[u32])> = desired
+            .vips
+            .iter()
+            .map(|vip| (vip.id, vip.slots.as_slice()))
+            .collect();
+        self.install_tables(&tables)
     }
 
     /// Make the maps hold `desired`, all or nothing: if any write fails part
@@ -246,8 +293,13 @@ impl Dataplane {
             return Ok(());
         };
         self.write_global(host, &previous.config)?;
+        let tables: Vec<(u32, &[u32])> = previous
+            .vips
+            .iter()
+            .map(|vip| (vip.id, vip.slots.as_slice()))
+            .collect();
+        self.install_tables(&tables)?;
         for vip in &previous.vips {
-            self.install_table(vip.id, &vip.slots)?;
             self.vips
                 .insert(vip.key, vip.meta, 0)
                 .map_err(map_err(maps::VIPS))?;
@@ -306,12 +358,25 @@ impl Dataplane {
             if new_vip_ids.contains(&vip.id) {
                 self.vip_stats.zero(vip.id);
             }
+        }
+        // Every changed table, swapped in together.
+        let changed: Vec<(u32, &[u32])> = desired
+            .vips
+            .iter()
+            .filter(|vip| {
+                Self::table_changed(vip, previous_by_name.get(vip.config.name.as_str()).copied())
+            })
+            .map(|vip| (vip.id, vip.slots.as_slice()))
+            .collect();
+        if !changed.is_empty() {
+            let started = std::time::Instant::now();
+            self.install_tables(&changed)?;
+            swaps.push(started.elapsed().as_secs_f64());
+            progress();
+        }
+        for vip in &desired.vips {
             let prev = previous_by_name.get(vip.config.name.as_str()).copied();
-            let swap = self.write_vip(vip, prev)?;
-            if swap.is_some() {
-                progress();
-            }
-            swaps.extend(swap);
+            self.write_vip_entry(vip, prev)?;
             if prev.is_some_and(|p| p.id != vip.id) {
                 self.move_kept_backends(vip, &new_backend_ids);
             }

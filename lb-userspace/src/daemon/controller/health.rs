@@ -64,45 +64,55 @@ impl Controller {
             return;
         }
         let seed = desired.config.hash_seed;
-        for vip in &mut desired.vips {
+        // Every VIP whose table should hold other backends, patched; then
+        // all of them swapped in with one call (a backend shared by many
+        // VIPs going down changes them together, not one grace period each).
+        let mut patched = Vec::new();
+        for (i, vip) in desired.vips.iter().enumerate() {
             let wanted = monitor.wanted(&vip.config);
             if &wanted == monitor.live(&vip.config.name) {
                 continue;
             }
-            let p = patch::patched(vip, &wanted, seed);
+            patched.push((i, patch::patched(vip, &wanted, seed), wanted));
+        }
+        if patched.is_empty() {
+            return;
+        }
+        let tables: Vec<(u32, &[u32])> = patched
+            .iter()
+            .map(|(i, p, _)| (desired.vips[*i].id, p.slots.as_slice()))
+            .collect();
+        let started = std::time::Instant::now();
+        if let Err(e) = self.dataplane.install_tables(&tables) {
+            log::error!(
+                "health: writing {} patched tables failed ({e}); trying again in a second",
+                tables.len()
+            );
+            monitor.mark_dirty();
+            return;
+        }
+        self.metrics
+            .table_swap
+            .observe(started.elapsed().as_secs_f64());
+        for (i, p, wanted) in patched {
+            let vip = &mut desired.vips[i];
             let moved = p
                 .slots
                 .iter()
                 .zip(&vip.slots)
                 .filter(|(a, b)| a != b)
                 .count();
-            let started = std::time::Instant::now();
-            match self.dataplane.install_table(vip.id, &p.slots) {
-                Ok(()) => {
-                    self.metrics
-                        .table_swap
-                        .observe(started.elapsed().as_secs_f64());
-                    log::info!(
-                        "VIP {}: health: table now {} ({moved} of {} slots moved)",
-                        vip.config.name,
-                        describe(&wanted),
-                        p.slots.len()
-                    );
-                    vip.slots = p.slots;
-                    vip.table_shares = p.shares;
-                    monitor.set_live(&vip.config.name, wanted);
-                    // What the drift check compared the old table with is
-                    // history.
-                    self.drift.remove(&vip.config.name);
-                }
-                Err(e) => {
-                    log::error!(
-                        "VIP {}: health: writing its table failed ({e}); trying again in a second",
-                        vip.config.name
-                    );
-                    monitor.mark_dirty();
-                }
-            }
+            log::info!(
+                "VIP {}: health: table now {} ({moved} of {} slots moved)",
+                vip.config.name,
+                describe(&wanted),
+                p.slots.len()
+            );
+            vip.slots = p.slots;
+            vip.table_shares = p.shares;
+            monitor.set_live(&vip.config.name, wanted);
+            // What the drift check compared the old table with is history.
+            self.drift.remove(&vip.config.name);
         }
     }
 }
