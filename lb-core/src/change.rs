@@ -45,8 +45,20 @@ impl Candidate {
         file: impl Into<String>,
         origin: Origin,
     ) -> Result<Self, ConfigError> {
+        Self::parse_against(text, file, origin, None)
+    }
+
+    /// [`parse`](Self::parse), taking the VIPs whose text did not change
+    /// from `previous` (the live text and its config), so a change of one
+    /// VIP parses one VIP (`config::parse_against`); same result.
+    pub fn parse_against(
+        text: impl Into<String>,
+        file: impl Into<String>,
+        origin: Origin,
+        previous: Option<(&str, &Config)>,
+    ) -> Result<Self, ConfigError> {
         let (text, file) = (text.into(), file.into());
-        let config = config::parse(&text, &file)?;
+        let config = config::parse_against(&text, &file, previous)?;
         Ok(Self {
             origin,
             file,

@@ -11,6 +11,8 @@
 //! - `model`: the file's shape, every value with its span (`RawConfig`).
 //! - `check`: what the model and every rule use: `Sp`, `Issues`, field paths, durations,
 //!   lines and the `Checker`.
+//! - `incremental`: a text parsed against the one applied before it, only
+//!   its changed VIPs parsed and validated (`parse_against`; uses `validate`).
 //! - `keys`: which keys change live and which need a restart (one table).
 //! - `warnings`: what works but is likely a mistake (uses `types` only).
 //! - `types`: the validated `Config`, health checks included; `error`:
@@ -22,6 +24,7 @@ mod forwarding;
 #[cfg(test)]
 mod forwarding_tests;
 mod health;
+mod incremental;
 pub mod keys;
 mod model;
 #[cfg(test)]
@@ -31,6 +34,7 @@ mod validate;
 pub mod warnings;
 
 pub use error::ConfigError;
+pub use incremental::parse_against;
 pub use types::*;
 pub use validate::MAX_WEIGHT;
 

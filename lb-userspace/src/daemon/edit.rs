@@ -5,7 +5,7 @@
 //! change slips in between reading the live text and applying its edit.
 
 use xlb_core::api::{ApiError, EditRequest, Edited, ErrorKind, Response};
-use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::change::{ApplyOptions, Origin};
 use xlb_core::edit::{EditError, edit_config};
 use xlb_core::revision::Kind;
 
@@ -26,7 +26,7 @@ pub fn respond(controller: &mut Controller, request: EditRequest) -> Response {
         user: request.user,
         message: request.message,
     };
-    let candidate = match Candidate::parse(edited, file.clone(), origin) {
+    let candidate = match controller.candidate(edited, file.clone(), origin) {
         Ok(c) => c,
         Err(e) => return ApplyError::from(e).response(),
     };

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use xlb_core::bake::BakeState;
-use xlb_core::change::{ApplyOptions, Candidate, Origin};
+use xlb_core::change::{ApplyOptions, Origin};
 use xlb_core::clock::unix_now;
 use xlb_core::revision::Kind;
 use xlb_core::rollout::{BakeOutcome, FleetRevision, NodeOutcome, NodeReport, Target, target};
@@ -256,7 +256,12 @@ impl Agent {
                 to: self.kept.local.unwrap_or(live),
             })
         };
-        let applied = Candidate::parse(&revision.config_text, &revision.file, origin)
+        let applied = c
+            .candidate(
+                revision.config_text.as_str(),
+                revision.file.as_str(),
+                origin,
+            )
             .map_err(|e| e.to_string())
             .and_then(|candidate| c.apply(candidate, options).map_err(|e| e.to_string()));
         let before = self.kept.serving;

@@ -613,7 +613,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 user,
                 message: None,
             };
-            match Candidate::parse(text, file, origin) {
+            match controller.candidate(text, file, origin) {
                 Ok(candidate) => match controller.plan_audited(&candidate) {
                     Ok(plan) => Response::Plan(Box::new(plan)),
                     Err(e) => e.response(),
@@ -629,7 +629,8 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             force,
             expect_revision,
         } => {
-            let applied = Candidate::parse(text, file.clone(), Origin { user, message })
+            let applied = controller
+                .candidate(text, file.clone(), Origin { user, message })
                 .map_err(ApplyError::from)
                 .and_then(|candidate| {
                     let options = ApplyOptions::operator(Kind::Apply, force, expect_revision);

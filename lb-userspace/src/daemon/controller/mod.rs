@@ -356,4 +356,20 @@ impl Controller {
     pub fn live_revision(&self) -> Option<&LiveRevision> {
         self.current.as_ref()
     }
+
+    /// Parse `text` for a change, against the live revision's text and the
+    /// config it applied (`Candidate::parse_against`: only changed VIPs are
+    /// parsed).
+    pub fn candidate(
+        &self,
+        text: impl Into<String>,
+        file: impl Into<String>,
+        origin: xlb_core::change::Origin,
+    ) -> Result<xlb_core::change::Candidate, config::ConfigError> {
+        let previous = match (&self.current, &self.applied) {
+            (Some(live), Some(applied)) => Some((live.text.as_str(), &applied.config)),
+            _ => None,
+        };
+        xlb_core::change::Candidate::parse_against(text, file, origin, previous)
+    }
 }
