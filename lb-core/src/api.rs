@@ -144,6 +144,10 @@ pub enum Response {
     Status(Box<Status>),
     Applied {
         revision: u64,
+        /// What the applied config's `config::warnings` say (an apply of a
+        /// file: the CLI prints them; none from older daemons).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<crate::config::warnings::Warning>,
     },
     Repaired(Repaired),
     /// The kept revisions' summaries (no config texts, no plans: `Show`

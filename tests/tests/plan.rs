@@ -154,6 +154,46 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         diff["plan"] == reviewed,
         "diff's plan {diff} is not the reviewed plan {reviewed}"
     );
+    // The daemon validates what it is sent (the CLI no longer parses it
+    // first): a bad file is bad input named at its line and column, and a
+    // file's warnings reach the operator's terminal, from plan and apply.
+    let invalid = dir.join("invalid.toml");
+    std::fs::write(
+        &invalid,
+        testbed::config(&[1, 1, 1]).replacen("weight = 1", "weight = -1", 1),
+    )?;
+    let invalid = invalid.display().to_string();
+    for verb in ["plan", "apply"] {
+        let out = daemon.xlb(&[verb, &invalid])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            code(&out) == 2 && stderr.starts_with(&format!("xlb: {invalid}:")),
+            "{verb} of an invalid file: {out:?}"
+        );
+    }
+    let empty = dir.join("empty.toml");
+    std::fs::write(
+        &empty,
+        format!(
+            "{}\n[[vip]]\nname = \"empty\"\naddress = \"{}\"\nport = 8181\nprotocol = \"tcp\"\n",
+            testbed::config(&[1, 1, 2]),
+            testbed::VIP4
+        ),
+    )?;
+    let empty = empty.display().to_string();
+    for args in [
+        vec!["plan", &empty, "--force"],
+        vec!["apply", &empty, "--force"],
+    ] {
+        let out = daemon.xlb(&args)?;
+        ensure!(
+            code(&out) == 0
+                && String::from_utf8_lossy(&out.stderr).contains(&format!(
+                    "xlb: warning: {empty}: vip[empty]: has no backends"
+                )),
+            "{args:?} of a file with a warning: {out:?}"
+        );
+    }
     // The daemon gone, the same from its state directory's store.
     let socket = daemon.socket.clone();
     drop(daemon);

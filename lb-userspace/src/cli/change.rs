@@ -31,10 +31,22 @@ pub(super) fn read_text(file: &Path) -> Result<String, Failure> {
 /// Print `config`'s warnings (`config::warnings`) on stderr; the warnings.
 pub(super) fn warn(file: &str, config: &config::Config) -> Vec<config::warnings::Warning> {
     let warnings = config::warnings::warnings(config);
-    for w in &warnings {
+    print_warnings(file, &warnings);
+    warnings
+}
+
+/// Print `warnings` of `file` on stderr.
+fn print_warnings(file: &str, warnings: &[config::warnings::Warning]) {
+    for w in warnings {
         eprintln!("xlb: warning: {file}: {w}");
     }
-    warnings
+}
+
+/// With no daemon to ask: a bad config file is bad input all the same.
+fn check_offline(text: &str, file: &str) -> Result<(), Failure> {
+    config::parse(text, file)
+        .map(drop)
+        .map_err(Failure::bad_input)
 }
 
 pub(super) fn validate(output: Output, file: &Path) -> Result<(), Failure> {
@@ -78,11 +90,11 @@ pub(super) fn plan(
 ) -> Result<(), Failure> {
     let text = read_text(file)?;
     let name = file.display().to_string();
-    let candidate = config::parse(&text, &name).map_err(Failure::bad_input)?;
-    warn(&name, &candidate);
     let plan = match base {
         // Offline, against a file or a recorded revision.
         Some(base) => {
+            let candidate = config::parse(&text, &name).map_err(Failure::bad_input)?;
+            warn(&name, &candidate);
             let (base_text, base_name) = match base {
                 Base::File(path) => (read_text(&path)?, path.display().to_string()),
                 Base::Revision(n, dir) => {
@@ -99,7 +111,19 @@ pub(super) fn plan(
             let base = config::parse(&base_text, &base_name).map_err(Failure::bad_input)?;
             xlb_core::plan::plan(&base, &candidate).map_err(Failure::bad_input)?
         }
-        None => Client::new(&cli.socket).plan(name.clone(), text.clone(), current_user())?,
+        // The daemon validates the file (parsing only the VIPs that differ
+        // from the live config) and says its warnings.
+        None => {
+            let offline = || check_offline(&text, &name);
+            let plan = Client::new(&cli.socket).plan(
+                name.clone(),
+                text.clone(),
+                current_user(),
+                offline,
+            )?;
+            print_warnings(&name, &plan.warnings);
+            plan
+        }
     };
     match cli.output {
         Output::Json => print_json(&plan),
@@ -143,8 +167,10 @@ pub(super) fn plan(
     Ok(())
 }
 
-/// `xlb apply FILE|PLANFILE`: validated here (a bad file never reaches the
-/// daemon), applied there as a new revision.
+/// `xlb apply FILE|PLANFILE`: validated and applied by the daemon as a new
+/// revision (it parses only the VIPs that differ from the live config: a
+/// whole parse here would cost more than the apply of one VIP). With no
+/// daemon, a bad file is still bad input, named as `xlb validate` names it.
 pub(super) fn apply(
     cli: &Cli,
     file: &Path,
@@ -167,16 +193,20 @@ pub(super) fn apply(
         }
         Err(_) => (file.display().to_string(), raw, None),
     };
-    let parsed = config::parse(&text, &name).map_err(Failure::bad_input)?;
-    warn(&name, &parsed);
-    let revision = Client::new(&cli.socket).applied(&Request::Apply {
+    let request = Request::Apply {
         file: name.clone(),
         text,
         user: current_user(),
         message,
         force,
         expect_revision,
-    })?;
+    };
+    let offline = || match &request {
+        Request::Apply { text, .. } => check_offline(text, &name),
+        _ => Ok(()),
+    };
+    let (revision, warnings) = Client::new(&cli.socket).applied_file(&request, offline)?;
+    print_warnings(&name, &warnings);
     if cli.output == Output::Json {
         print_json(&serde_json::json!({
             "schema_version": SCHEMA_VERSION, "file": name, "revision": revision,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use xlb_core::announce::NodeAnnounce;
 use xlb_core::api::{EditRequest, Edited, Repaired, Request, Response};
+use xlb_core::config::warnings::Warning;
 use xlb_core::plan::Plan;
 use xlb_core::revision::{Revision, Summary};
 use xlb_core::status::Status;
@@ -104,6 +105,25 @@ impl<'a> Client<'a> {
         self.answer(request, pick)?
     }
 
+    /// As `ask`, but when no daemon can be reached `offline` runs before
+    /// that is said: what the caller can check without one (a bad config
+    /// file is bad input whether or not a daemon runs).
+    fn ask_or_check<T>(
+        &self,
+        request: &Request,
+        pick: impl FnOnce(Response) -> Result<T, Response>,
+        offline: impl FnOnce() -> Result<(), Failure>,
+    ) -> Result<T, Failure> {
+        match self.answer(request, pick) {
+            Err(e @ ClientError::Connect { .. }) => {
+                offline()?;
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+            Ok(answer) => answer,
+        }
+    }
+
     /// As `ask`, but a daemon that cannot be reached (nothing listens on
     /// the socket) is `None`, for a caller that can read elsewhere.
     fn ask_if_running<T>(
@@ -154,16 +174,40 @@ impl<'a> Client<'a> {
     /// An apply or a rollback: the new revision's number.
     pub fn applied(&self, request: &Request) -> Result<u64, Failure> {
         self.ask(request, |r| match r {
-            Response::Applied { revision } => Ok(revision),
+            Response::Applied { revision, .. } => Ok(revision),
             other => Err(other),
         })
     }
 
-    pub fn plan(&self, file: String, text: String, user: String) -> Result<Plan, Failure> {
-        self.ask(&Request::Plan { file, text, user }, |r| match r {
+    /// An apply of a file, validated by the daemon (`offline` checks it
+    /// when no daemon answers): the new revision's number and the config's
+    /// warnings.
+    pub fn applied_file(
+        &self,
+        request: &Request,
+        offline: impl FnOnce() -> Result<(), Failure>,
+    ) -> Result<(u64, Vec<Warning>), Failure> {
+        let pick = |r| match r {
+            Response::Applied { revision, warnings } => Ok((revision, warnings)),
+            other => Err(other),
+        };
+        self.ask_or_check(request, pick, offline)
+    }
+
+    /// The daemon's plan of a file (`offline` checks it when no daemon
+    /// answers).
+    pub fn plan(
+        &self,
+        file: String,
+        text: String,
+        user: String,
+        offline: impl FnOnce() -> Result<(), Failure>,
+    ) -> Result<Plan, Failure> {
+        let pick = |r| match r {
             Response::Plan(p) => Ok(*p),
             other => Err(other),
-        })
+        };
+        self.ask_or_check(&Request::Plan { file, text, user }, pick, offline)
     }
 
     /// The kept revisions; `None` when no daemon listens on the socket.

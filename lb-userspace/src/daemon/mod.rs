@@ -585,7 +585,10 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
         },
         Request::Rollback { to, user, message } => {
             match controller.rollback(to, &Origin { user, message }) {
-                Ok(revision) => Response::Applied { revision },
+                Ok(revision) => Response::Applied {
+                    revision,
+                    warnings: Vec::new(),
+                },
                 Err(e) => e.response(),
             }
         }
@@ -629,16 +632,19 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             force,
             expect_revision,
         } => {
+            let mut warnings = Vec::new();
             let applied = controller
                 .candidate(text, file.clone(), Origin { user, message })
                 .map_err(ApplyError::from)
                 .and_then(|candidate| {
+                    warnings = xlb_core::config::warnings::warnings(&candidate.config);
                     let options = ApplyOptions::operator(Kind::Apply, force, expect_revision);
                     controller.apply(candidate, options)
                 });
             match applied {
                 Ok(applied) => Response::Applied {
                     revision: applied.revision,
+                    warnings,
                 },
                 Err(e) => {
                     log::warn!("apply of {file} refused: {e}");
