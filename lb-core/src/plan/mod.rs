@@ -27,6 +27,7 @@ mod types;
 pub use held::{PlanHeld, held_after};
 pub use types::*;
 
+use rayon::prelude::*;
 use xxhash_rust::xxh64::xxh64;
 
 use std::collections::{HashMap, HashSet};
@@ -82,10 +83,11 @@ pub fn plan_over(
         .map(|(v, _)| v.name.as_str())
         .collect();
     let candidate_names: HashSet<&str> = candidate.vips.iter().map(|v| v.name.as_str()).collect();
-    // The base's tables of the VIPs that change or leave.
+    // The base's tables of the VIPs that change or leave: the applied ones
+    // where they are the same, the others built (on every core).
     let base_built =
         base.vips
-            .iter()
+            .par_iter()
             .map(|v| {
                 let needed = base_needed.contains(v.name.as_str())
                     || !candidate_names.contains(v.name.as_str());
@@ -123,7 +125,7 @@ pub fn plan_over(
     // VIP, which needs none).
     let candidate_built = candidate
         .vips
-        .iter()
+        .par_iter()
         .zip(&candidate_identical)
         .map(|(v, &same)| {
             if same {

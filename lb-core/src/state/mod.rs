@@ -29,6 +29,7 @@ use lb_common::{
     VIP_F_UNHANDLED_PASS, VipKey, VipMeta,
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
+use rayon::prelude::*;
 
 use crate::config::{Backend, Config, IcmpEcho, Unhandled, Vip};
 use crate::host::HostInterface;
@@ -191,8 +192,9 @@ pub(crate) fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> b
 /// from there instead of building it again: an apply that changes one VIP
 /// builds one table. `built`'s tables are never health-patched
 /// (`DesiredVip::table`), so they are what `maglev::build` would return.
-/// `progress` is called after each table built (the daemon's watchdog
-/// hears a long build progress).
+/// The tables to build are built on every core (rayon); then `progress`
+/// is called once for each table built (the daemon's watchdog: the
+/// largest config's tables take about a second of one core).
 pub fn desired_reusing(
     config: &Config,
     previous: &Allocation,
@@ -270,38 +272,45 @@ pub fn desired_reusing(
     }
     allocation.retained = carried(previous, &allocation);
 
+    // Each VIP's table: the built one where its inputs are the same, the
+    // others built on every core.
+    let tables: Vec<(MaglevTable, bool)> = config
+        .vips
+        .par_iter()
+        .map(|v| {
+            let reused = built_by_name
+                .get(v.name.as_str())
+                .filter(|b| same_table_inputs(&b.config, built_seed, v, config.hash_seed));
+            if let Some(b) = reused {
+                return Ok((b.table.clone(), false));
+            }
+            let inputs: Vec<MaglevBackend<'_>> = v
+                .table_backends()
+                .map(|b| MaglevBackend {
+                    name: &b.name,
+                    weight: b.weight,
+                })
+                .collect();
+            maglev::build(&inputs, v.table_size, config.hash_seed)
+                .map(|table| (table, true))
+                .map_err(|source| StateError::Maglev {
+                    vip: v.name.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    for _ in tables.iter().filter(|(_, built)| *built) {
+        progress();
+    }
     let mut vips = Vec::with_capacity(config.vips.len());
-    for (v, (vip_ident, b_idents)) in config
+    for ((v, (vip_ident, b_idents)), table) in config
         .vips
         .iter()
         .zip(vip_identities.iter().zip(&backend_identities))
+        .zip(tables.into_iter().map(|(table, _)| table))
     {
         let id = allocation.vips[vip_ident];
         let backend_ids: Vec<u32> = b_idents.iter().map(|i| allocation.backends[i]).collect();
-        let reused = built_by_name
-            .get(v.name.as_str())
-            .filter(|b| same_table_inputs(&b.config, built_seed, v, config.hash_seed));
-        let table = match reused {
-            Some(b) => b.table.clone(),
-            None => {
-                let inputs: Vec<MaglevBackend<'_>> = v
-                    .table_backends()
-                    .map(|b| MaglevBackend {
-                        name: &b.name,
-                        weight: b.weight,
-                    })
-                    .collect();
-                let table =
-                    maglev::build(&inputs, v.table_size, config.hash_seed).map_err(|source| {
-                        StateError::Maglev {
-                            vip: v.name.clone(),
-                            source,
-                        }
-                    })?;
-                progress();
-                table
-            }
-        };
         let slots = if table.slots.is_empty() {
             vec![NO_BACKEND]
         } else {

@@ -416,8 +416,9 @@ impl Controller {
         }
         let empty = Allocation::default();
         let previous = self.applied.as_ref();
-        // A sign of life after each table built or swapped, so a long apply
-        // that progresses is never taken for a wedged one (notify.rs).
+        // A sign of life once the tables are built and once they are
+        // swapped, so a long apply that progresses is never taken for a
+        // wedged one (notify.rs).
         let progress = self.metrics.progress.clone();
         let started = Instant::now();
         // Only the tables whose inputs changed are built again.
