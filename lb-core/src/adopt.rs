@@ -238,14 +238,7 @@ fn table_votes(
     let Some(slots) = live.tables.get(&vip_id) else {
         return votes;
     };
-    let inputs: Vec<crate::maglev::MaglevBackend<'_>> = v
-        .table_backends()
-        .map(|b| crate::maglev::MaglevBackend {
-            name: &b.name,
-            weight: b.weight,
-        })
-        .collect();
-    let Ok(table) = crate::maglev::build(&inputs, v.table_size, config.hash_seed) else {
+    let Ok(table) = crate::state::vip_table(v, config.hash_seed) else {
         return votes;
     };
     if table.slots.len() != slots.len() {

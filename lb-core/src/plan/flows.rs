@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{HashMode, Vip};
-use crate::maglev::{self, MaglevBackend, MaglevError, MaglevTable};
+use crate::maglev::{MaglevError, MaglevTable};
 
 /// A VIP's table as one config builds it, with that config's seed and the
 /// VIP's hash mode: together, where a flow lands.
@@ -42,15 +42,8 @@ pub(super) struct Built {
 /// The table the daemon would build for `vip`: its active backends, its
 /// table size, the config's `hash_seed` (what `state::desired` does).
 pub(super) fn build(vip: &Vip, seed: u32) -> Result<Built, MaglevError> {
-    let inputs: Vec<MaglevBackend<'_>> = vip
-        .table_backends()
-        .map(|b| MaglevBackend {
-            name: &b.name,
-            weight: b.weight,
-        })
-        .collect();
     Ok(Built::from_table(
-        maglev::build(&inputs, vip.table_size, seed)?,
+        crate::state::vip_table(vip, seed)?,
         seed,
         vip.hash,
     ))

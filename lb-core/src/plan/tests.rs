@@ -171,14 +171,7 @@ fn predicted_shares_are_the_tables_shares() {
         let desired = state::desired(cfg, &Default::default()).unwrap();
         for dv in &desired.vips {
             let v = &dv.config;
-            let inputs: Vec<MaglevBackend<'_>> = v
-                .table_backends()
-                .map(|b| MaglevBackend {
-                    name: &b.name,
-                    weight: b.weight,
-                })
-                .collect();
-            let table = maglev::build(&inputs, v.table_size, cfg.hash_seed).unwrap();
+            let table = state::vip_table(v, cfg.hash_seed).unwrap();
             assert_eq!(table, dv.table);
             let shares = table.shares();
             for (b, &desired_share) in v.backends.iter().zip(&dv.table_shares) {

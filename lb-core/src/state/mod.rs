@@ -187,6 +187,19 @@ pub(crate) fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> b
             .eq(b.table_backends().map(|x| (&x.name, x.weight)))
 }
 
+/// The Maglev table `v` builds under `seed`: its table backends (active,
+/// weighted) and its table size.
+pub fn vip_table(v: &Vip, seed: u32) -> Result<MaglevTable, maglev::MaglevError> {
+    let inputs: Vec<MaglevBackend<'_>> = v
+        .table_backends()
+        .map(|b| MaglevBackend {
+            name: &b.name,
+            weight: b.weight,
+        })
+        .collect();
+    maglev::build(&inputs, v.table_size, seed)
+}
+
 /// [`desired`], taking the Maglev table of each VIP whose table inputs
 /// (size, seed, table backends and weights) are those it had in `built`
 /// from there instead of building it again: an apply that changes one VIP
@@ -284,14 +297,7 @@ pub fn desired_reusing(
             if let Some(b) = reused {
                 return Ok((b.table.clone(), false));
             }
-            let inputs: Vec<MaglevBackend<'_>> = v
-                .table_backends()
-                .map(|b| MaglevBackend {
-                    name: &b.name,
-                    weight: b.weight,
-                })
-                .collect();
-            maglev::build(&inputs, v.table_size, config.hash_seed)
+            vip_table(v, config.hash_seed)
                 .map(|table| (table, true))
                 .map_err(|source| StateError::Maglev {
                     vip: v.name.clone(),
