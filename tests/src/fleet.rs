@@ -586,20 +586,13 @@ impl Fleet {
         let health = HealthPorts::start(&backends);
         let mut decaps = Vec::new();
         if forwarding.method().is_some() {
-            let port = GUE_PORT.to_string();
             for b in &backends {
-                decaps.push(DecapProcess::start(
+                decaps.push(DecapProcess::start_for(
                     &b.ns,
                     dir,
                     "eth0",
-                    &[
-                        "--gue-port",
-                        &port,
-                        "--from",
-                        TUNNEL_SOURCE_V4,
-                        "--from",
-                        TUNNEL_SOURCE_V6,
-                    ],
+                    GUE_PORT,
+                    &[TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6],
                 )?);
             }
         }

@@ -433,6 +433,24 @@ impl DecapProcess {
         }
     }
 
+    /// [`DecapProcess::start`] as a backend of tunnelling balancers runs
+    /// it: GUE on `gue_port`, accepting tunnel frames from the balancers'
+    /// outer source prefixes `from` only.
+    pub fn start_for(
+        ns: &Netns,
+        dir: &Path,
+        interface: &str,
+        gue_port: u16,
+        from: &[&str],
+    ) -> anyhow::Result<Self> {
+        let port = gue_port.to_string();
+        let mut extra = vec!["--gue-port", &port];
+        for prefix in from {
+            extra.extend(["--from", prefix]);
+        }
+        Self::start(ns, dir, interface, &extra)
+    }
+
     /// What it logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

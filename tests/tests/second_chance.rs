@@ -71,28 +71,26 @@ fn a_drained_backends_flows_survive_a_node_withdrawn() {
 #[test]
 fn a_drained_backends_flows_survive_a_node_withdrawn_over_ipip() {
     tests::require_privileges!();
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tests::in_workdir("second-chance-drain-ipip", |dir| {
-        survives(
-            dir,
-            "xsi",
-            Forwarding::Ipip,
-            "drain of b3 (IPIP)",
-            &["drain", "web", "b3", "--force"],
-        )
-    });
+    drain_over(Forwarding::Ipip, "xsi", "IPIP");
 }
 
 #[test]
 fn a_drained_backends_flows_survive_a_node_withdrawn_over_gue() {
     tests::require_privileges!();
+    drain_over(Forwarding::Gue, "xsg", "GUE");
+}
+
+/// The drain case with the nodes tunnelling by `forwarding` (`method`
+/// names it), namespaces `prefix-*`.
+fn drain_over(forwarding: Forwarding, prefix: &str, method: &str) {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tests::in_workdir("second-chance-drain-gue", |dir| {
+    let workdir = format!("second-chance-drain-{}", method.to_lowercase());
+    tests::in_workdir(&workdir, |dir| {
         survives(
             dir,
-            "xsg",
-            Forwarding::Gue,
-            "drain of b3 (GUE)",
+            prefix,
+            forwarding,
+            &format!("drain of b3 ({method})"),
             &["drain", "web", "b3", "--force"],
         )
     });

@@ -437,20 +437,13 @@ fn ipip_and_gue_carry_real_tcp_and_udp_to_decapsulating_backends() {
         let _servers = Servers::start(&bed.backends)?;
         let mut decaps = Vec::new();
         for b in &bed.backends {
-            let port = GUE_PORT.to_string();
-            decaps.push(DecapProcess::start(
+            // The balancer's [tunnel] prefixes: its only outer sources.
+            decaps.push(DecapProcess::start_for(
                 &b.ns,
                 dir,
                 "eth0",
-                // The balancer's [tunnel] prefixes: its only outer sources.
-                &[
-                    "--gue-port",
-                    &port,
-                    "--from",
-                    SOURCE_V4,
-                    "--from",
-                    SOURCE_V6,
-                ],
+                GUE_PORT,
+                &[SOURCE_V4, SOURCE_V6],
             )?);
         }
         let config_path = dir.join("xlb.toml");
