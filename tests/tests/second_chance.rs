@@ -329,9 +329,9 @@ fn survives(
     }
 }
 
-/// With a tunnel, every backend's `xlb decap` decapsulated frames of the
-/// fleet's kind (so the flows did come through the tunnel, held ones on b3
-/// among them) and found none malformed or from a refused source.
+/// With a tunnel, every backend's `xlb decap` (b3's among them, the held
+/// flows' backend) decapsulated frames of the fleet's kind, so the nodes
+/// did tunnel, and found none malformed or from a refused source.
 fn check_tunnelled(fleet: &mut Fleet, forwarding: Forwarding) -> anyhow::Result<()> {
     let counter = match forwarding {
         Forwarding::Dsr => return Ok(()),
