@@ -1,7 +1,9 @@
 //! A fleet in namespaces (issue 14): a router running BIRD with ECMP
 //! multipath to three balancer nodes, each running `xlb run` and its own
-//! BIRD; backends on the nodes' segment (L2 DSR: they hold the VIPs on `lo`
-//! and answer through the router); a client behind the router.
+//! BIRD; backends on the nodes' segment (they hold the VIPs on `lo` and
+//! answer through the router); a client behind the router. The nodes
+//! forward by L2 DSR, or by IPIP or GUE ([`Forwarding`],
+//! [`Fleet::build_with`]): then every backend runs `xlb decap`.
 //!
 //! ```text
 //!  client 198.18.1.2 ── eth1 router eth0 198.18.0.1 ── br0 (switch) ─┬─ n21 n22 n23  (xlb + BIRD)
@@ -31,6 +33,7 @@ use crate::echo::EchoServers;
 use crate::etcd::{self, Etcd, Store};
 use crate::netns::Netns;
 use crate::testbed::{self, Host, TCP_PORT, VIP4, VIP6};
+use crate::tunnel::DecapProcess;
 use crate::xlbd::{Daemon, xlb_binary};
 
 /// The kernel table xlb writes its announced VIPs into, and BIRD learns.
@@ -260,6 +263,38 @@ impl Default for NodeConfig {
     }
 }
 
+/// How the nodes forward to the backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Forwarding {
+    /// L2 DSR: the backend's MAC, the frame bounced out (`XDP_TX`).
+    #[default]
+    Dsr,
+    /// IPIP to the backend's address; the backends run `xlb decap`.
+    Ipip,
+    /// GUE to [`GUE_PORT`]; the backends run `xlb decap --gue-port`.
+    Gue,
+}
+
+impl Forwarding {
+    /// The VIPs' `forwarding = ...` value; None for L2 DSR (the default, no
+    /// key written).
+    pub fn method(self) -> Option<&'static str> {
+        match self {
+            Self::Dsr => None,
+            Self::Ipip => Some("ipip"),
+            Self::Gue => Some("gue"),
+        }
+    }
+}
+
+/// The nodes' `[tunnel]` outer source prefixes (the flow hash fills their
+/// host bits): the backends' `xlb decap --from`.
+pub const TUNNEL_SOURCE_V4: &str = "198.18.200.0/24";
+pub const TUNNEL_SOURCE_V6: &str = "2001:db8:ff::/96";
+/// The GUE port of the nodes and the backends (not the default 6080, so
+/// both must take the configured one).
+pub const GUE_PORT: u16 = 7080;
+
 /// The fleet's config for one node: VIPs `web` (198.18.100.1:8080) and
 /// `web6` ([2001:db8:100::1]:8080) over b1..b3, health-checked on
 /// [`HEALTH_PORT`] every 300 ms (down after 2 failures, up after 2 passes).
@@ -270,16 +305,41 @@ pub fn config(node: &NodeConfig) -> String {
 /// [`config`] with backends b1.. at `weights` (fewer than three: b3 and
 /// after removed).
 pub fn config_of(hash_seed: u32, weights: &[u32]) -> String {
+    config_forwarding(hash_seed, weights, Forwarding::Dsr)
+}
+
+/// [`config_of`] with every VIP forwarding by `forwarding`: for IPIP and
+/// GUE a `[tunnel]` section ([`TUNNEL_SOURCE_V4`], [`TUNNEL_SOURCE_V6`],
+/// [`GUE_PORT`]) and backends without a MAC (the nodes' neighbour tables
+/// name the next hop).
+pub fn config_forwarding(hash_seed: u32, weights: &[u32], forwarding: Forwarding) -> String {
     let mut out = format!(
         "interface = \"eth0\"\nhash_seed = {}\n\n[health]\nkind = \"tcp\"\nport = {HEALTH_PORT}\n\
          interval = \"300ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\nflap_limit = 0\n",
         hash_seed
     );
+    let method = forwarding.method();
+    if method.is_some() {
+        out.push_str(&format!(
+            "\n[tunnel]\nsource_v4 = \"{TUNNEL_SOURCE_V4}\"\nsource_v6 = \"{TUNNEL_SOURCE_V6}\"\n\
+             gue_port = {GUE_PORT}\n"
+        ));
+    }
     for (name, vip) in [("web", IpAddr::V4(VIP4)), ("web6", IpAddr::V6(VIP6))] {
         out.push_str(&format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n"
         ));
-        out.push_str(&testbed::backend_sections(weights, vip.is_ipv6()));
+        let backends = testbed::backend_sections(weights, vip.is_ipv6());
+        match method {
+            None => out.push_str(&backends),
+            Some(method) => {
+                out.push_str(&format!("forwarding = \"{method}\"\n"));
+                for line in backends.lines().filter(|l| !l.starts_with("mac = ")) {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
     }
     out
 }
@@ -362,6 +422,9 @@ pub struct Fleet {
     pub router_bird: Bird,
     _echo: Option<EchoServers>,
     pub health: HealthPorts,
+    /// `xlb decap` on every backend when the nodes tunnel (in backend
+    /// order), empty for L2 DSR.
+    pub decaps: Vec<DecapProcess>,
     pub backends: Vec<Host>,
     pub client: Netns,
     pub router: Netns,
@@ -428,6 +491,21 @@ impl Fleet {
 
     /// Build the fleet `spec` describes; as [`Fleet::new`].
     pub fn build(prefix: &str, dir: &Path, spec: Spec) -> anyhow::Result<Self> {
+        Self::build_with(prefix, dir, spec, Forwarding::Dsr)
+    }
+
+    /// [`Fleet::build`] for nodes forwarding by `forwarding` (their configs,
+    /// [`config_forwarding`], say the same). For IPIP and GUE every backend
+    /// runs `xlb decap` (from the nodes' [`TUNNEL_SOURCE_V4`] and
+    /// [`TUNNEL_SOURCE_V6`], GUE on [`GUE_PORT`]), and every node forwards
+    /// and has a neighbour entry for each backend address, as
+    /// `bpf_fib_lookup` needs ([`crate::tunnel::route_to_backends`]).
+    pub fn build_with(
+        prefix: &str,
+        dir: &Path,
+        spec: Spec,
+        forwarding: Forwarding,
+    ) -> anyhow::Result<Self> {
         let switch = Netns::new(&format!("{prefix}-sw"))?;
         switch.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -506,6 +584,18 @@ impl Fleet {
             None
         };
         let health = HealthPorts::start(&backends);
+        let mut decaps = Vec::new();
+        if forwarding.method().is_some() {
+            for b in &backends {
+                decaps.push(DecapProcess::start_for(
+                    &b.ns,
+                    dir,
+                    "eth0",
+                    GUE_PORT,
+                    &[TUNNEL_SOURCE_V4, TUNNEL_SOURCE_V6],
+                )?);
+            }
+        }
         let (etcd_host, etcd, store) = match &spec.store {
             Some(fleet) => {
                 let certs = dir.join("certs");
@@ -541,6 +631,9 @@ impl Fleet {
                 args.extend(["--node".to_string(), port.clone()]);
                 args.extend(store.tls());
             }
+            if forwarding.method().is_some() {
+                crate::tunnel::route_to_backends(&host.ns, "eth0", &backends)?;
+            }
             let bird = Bird::start(&host.ns, &node_bird_conf(last)?, &node_dir.join("bird"))?;
             nodes.push(Node {
                 daemon: None,
@@ -565,6 +658,7 @@ impl Fleet {
             router_bird,
             _echo: echo,
             health,
+            decaps,
             backends,
             client,
             router: router.ns,

@@ -16,6 +16,7 @@ use etherparse::{
 };
 
 use crate::netns::Netns;
+use crate::testbed::Host;
 use crate::xlbd::xlb_binary;
 
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -263,6 +264,34 @@ pub fn decapsulated(link: &Link, inner: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A balancer's kernel as `bpf_fib_lookup` needs it to tunnel to
+/// `backends` out of `interface`: forwarding on (else it answers
+/// "forwarding disabled") and a permanent neighbour entry for each backend
+/// address, both families (else "no neighbour" until something resolved
+/// it).
+pub fn route_to_backends(ns: &Netns, interface: &str, backends: &[Host]) -> anyhow::Result<()> {
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
+    ns.sysctl(&format!("net.ipv4.conf.{interface}.forwarding"), "1")?;
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    for b in backends {
+        for (family, addr) in [("-4", b.v4.to_string()), ("-6", b.v6.to_string())] {
+            ns.ip(&[
+                family,
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                &b.mac,
+                "dev",
+                interface,
+                "nud",
+                "permanent",
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 /// An AF_PACKET socket on one interface of the namespace it was opened in:
 /// sends whole Ethernet frames, receives every frame on the interface.
 pub struct PacketSocket {
@@ -402,6 +431,24 @@ impl DecapProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// [`DecapProcess::start`] as a backend of tunnelling balancers runs
+    /// it: GUE on `gue_port`, accepting tunnel frames from the balancers'
+    /// outer source prefixes `from` only.
+    pub fn start_for(
+        ns: &Netns,
+        dir: &Path,
+        interface: &str,
+        gue_port: u16,
+        from: &[&str],
+    ) -> anyhow::Result<Self> {
+        let port = gue_port.to_string();
+        let mut extra = vec!["--gue-port", &port];
+        for prefix in from {
+            extra.extend(["--from", prefix]);
+        }
+        Self::start(ns, dir, interface, &extra)
     }
 
     /// What it logged so far.

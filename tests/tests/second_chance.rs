@@ -1,6 +1,7 @@
 //! Second chance on the fleet testbed (issue 21; tests/src/fleet.rs): a
 //! router with BIRD spreading the VIP by ECMP over three `xlb run --fleet`
-//! nodes that share an etcd (TLS), L2 DSR to three backends.
+//! nodes that share an etcd (TLS), forwarding to three backends by L2 DSR,
+//! IPIP or GUE (the backends then run `xlb decap`).
 //!
 //! Backend b3 is drained on every node under 200 long-lived connections
 //! (about half of them on b3, weights 1:1:2): every node's table now sends
@@ -19,6 +20,16 @@
 //! while connection entries name it, so its flows are held like a drained
 //! backend's; `xlb plan` says beforehand how many live flows the removal
 //! leaves held, and `xlb status` shows b3 as `removed, N flows kept`.
+//!
+//! Forwarding methods: the three changes run with L2 DSR; the drain runs
+//! again with IPIP and with GUE, one fleet each, and there the backends'
+//! decap counters must show the flows came through the tunnel. A held
+//! record names flows and a backend by name and address, and the node that
+//! installs it files the flows under its own id of that backend, whose
+//! address is the tunnel's target whatever the method: the removal and the
+//! weight change use the same records, the same installation and the same
+//! kernel path (a connection-table hit) as the drain, so they are not run
+//! once more per tunnel (each fleet costs about 15 s of the CI budget).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -27,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use tests::echo::FaultKind;
-use tests::fleet::{Fleet, NodeConfig, Spec, Stream, StreamReport};
+use tests::fleet::{Fleet, Forwarding, NodeConfig, Spec, Stream, StreamReport};
 use tests::netns::Netns;
 use tests::testbed::{TCP_PORT, VIP4};
 
@@ -50,7 +61,36 @@ fn a_drained_backends_flows_survive_a_node_withdrawn() {
         survives(
             dir,
             "xsd",
+            Forwarding::Dsr,
             "drain of b3",
+            &["drain", "web", "b3", "--force"],
+        )
+    });
+}
+
+#[test]
+fn a_drained_backends_flows_survive_a_node_withdrawn_over_ipip() {
+    tests::require_privileges!();
+    drain_over(Forwarding::Ipip, "xsi", "IPIP");
+}
+
+#[test]
+fn a_drained_backends_flows_survive_a_node_withdrawn_over_gue() {
+    tests::require_privileges!();
+    drain_over(Forwarding::Gue, "xsg", "GUE");
+}
+
+/// The drain case with the nodes tunnelling by `forwarding` (`method`
+/// names it), namespaces `prefix-*`.
+fn drain_over(forwarding: Forwarding, prefix: &str, method: &str) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let workdir = format!("second-chance-drain-{}", method.to_lowercase());
+    tests::in_workdir(&workdir, |dir| {
+        survives(
+            dir,
+            prefix,
+            forwarding,
+            &format!("drain of b3 ({method})"),
             &["drain", "web", "b3", "--force"],
         )
     });
@@ -64,6 +104,7 @@ fn flows_a_weight_change_moved_survive_a_node_withdrawn() {
         survives(
             dir,
             "xsw",
+            Forwarding::Dsr,
             "weight of b1 1 -> 4",
             &["weight", "web", "b1", "4", "--force"],
         )
@@ -78,7 +119,13 @@ fn a_removed_backends_flows_survive_a_node_withdrawn() {
         let file = dir.join("without-b3.toml");
         std::fs::write(&file, tests::fleet::config_of(1, &[1, 1]))?;
         let file = file.to_str().context("a UTF-8 path")?.to_string();
-        survives(dir, "xsr", "removal of b3", &["apply", &file, "--force"])
+        survives(
+            dir,
+            "xsr",
+            Forwarding::Dsr,
+            "removal of b3",
+            &["apply", &file, "--force"],
+        )
     });
 }
 
@@ -139,21 +186,29 @@ fn check_retained(fleet: &Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fleet with etcd, 200 long-lived connections, `change` made on every
-/// node (`xlb` arguments), the held flows replicated, node 0 withdrawn:
-/// nothing reset or moved, no new connection failed.
-fn survives(dir: &Path, prefix: &str, what: &str, change: &[&str]) -> anyhow::Result<()> {
+/// The fleet with etcd, forwarding by `forwarding`, 200 long-lived
+/// connections, `change` made on every node (`xlb` arguments), the held
+/// flows replicated, node 0 withdrawn: nothing reset or moved, no new
+/// connection failed.
+fn survives(
+    dir: &Path,
+    prefix: &str,
+    forwarding: Forwarding,
+    what: &str,
+    change: &[&str],
+) -> anyhow::Result<()> {
     {
+        let begun = Instant::now();
+        let defaults = NodeConfig::default();
+        let config =
+            tests::fleet::config_forwarding(defaults.hash_seed, &defaults.weights, forwarding);
         let spec = Spec {
             store: Some("edge".into()),
             node_args: ["--bake-window", "0s"].map(String::from).to_vec(),
-            ..Spec::alone([
-                NodeConfig::default(),
-                NodeConfig::default(),
-                NodeConfig::default(),
-            ])
+            configs: [config.clone(), config.clone(), config],
+            ..Spec::alone([defaults.clone(), defaults.clone(), defaults])
         };
-        let fleet = Fleet::build(prefix, dir, spec)?;
+        let mut fleet = Fleet::build_with(prefix, dir, spec, forwarding)?;
         let long = fleet.long_lived(V4, LONG_LIVED, Duration::from_secs(120))?;
 
         let removal = change[0] == "apply";
@@ -268,6 +323,39 @@ fn survives(dir: &Path, prefix: &str, what: &str, change: &[&str]) -> anyhow::Re
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+        check_tunnelled(&mut fleet, forwarding)?;
+        println!("{what}: whole case {:.1?}", begun.elapsed());
         Ok(())
     }
+}
+
+/// With a tunnel, every backend's `xlb decap` (b3's among them, the held
+/// flows' backend) decapsulated frames of the fleet's kind, so the nodes
+/// did tunnel, and found none malformed or from a refused source.
+fn check_tunnelled(fleet: &mut Fleet, forwarding: Forwarding) -> anyhow::Result<()> {
+    let counter = match forwarding {
+        Forwarding::Dsr => return Ok(()),
+        Forwarding::Ipip => "ipip4",
+        Forwarding::Gue => "gue4",
+    };
+    let decaps = std::mem::take(&mut fleet.decaps);
+    ensure!(
+        decaps.len() == fleet.backends.len(),
+        "{} xlb decap processes for {} backends",
+        decaps.len(),
+        fleet.backends.len()
+    );
+    for (b, decap) in fleet.backends.iter().zip(decaps) {
+        let counters = decap.stop_with_counters()?;
+        println!("{}: xlb decap counted {counters}", b.name);
+        ensure!(
+            counters[counter].as_u64().is_some_and(|n| n > 0)
+                && counters["malformed"] == 0
+                && counters["source_refused"] == 0,
+            "backend {}: xlb decap counted no {counter} frames, or malformed or refused ones: \
+             {counters}",
+            b.name
+        );
+    }
+    Ok(())
 }

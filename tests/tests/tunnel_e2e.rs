@@ -174,31 +174,11 @@ fn config(backends: &[Host]) -> String {
     out
 }
 
-/// The LB's kernel as bpf_fib_lookup needs it: forwarding on (else it
-/// answers "forwarding disabled") and a neighbour entry for each backend
-/// address (else "no neighbour"; nothing else would resolve them here).
+/// The LB's kernel as bpf_fib_lookup needs it: forwarding on and a
+/// neighbour entry for each backend address (nothing else would resolve
+/// them here).
 fn prepare_lb(bed: &Testbed) -> anyhow::Result<()> {
-    let lb = &bed.lb.ns;
-    lb.sysctl("net.ipv4.conf.all.forwarding", "1")?;
-    lb.sysctl("net.ipv4.conf.eth0.forwarding", "1")?;
-    lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-    for b in &bed.backends {
-        for (family, addr) in [("-4", b.v4.to_string()), ("-6", b.v6.to_string())] {
-            lb.ip(&[
-                family,
-                "neigh",
-                "replace",
-                &addr,
-                "lladdr",
-                &b.mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-        }
-    }
-    Ok(())
+    tests::tunnel::route_to_backends(&bed.lb.ns, "eth0", &bed.backends)
 }
 
 /// Wait until `fd` is readable or 100 ms passed.
@@ -457,20 +437,13 @@ fn ipip_and_gue_carry_real_tcp_and_udp_to_decapsulating_backends() {
         let _servers = Servers::start(&bed.backends)?;
         let mut decaps = Vec::new();
         for b in &bed.backends {
-            let port = GUE_PORT.to_string();
-            decaps.push(DecapProcess::start(
+            // The balancer's [tunnel] prefixes: its only outer sources.
+            decaps.push(DecapProcess::start_for(
                 &b.ns,
                 dir,
                 "eth0",
-                // The balancer's [tunnel] prefixes: its only outer sources.
-                &[
-                    "--gue-port",
-                    &port,
-                    "--from",
-                    SOURCE_V4,
-                    "--from",
-                    SOURCE_V6,
-                ],
+                GUE_PORT,
+                &[SOURCE_V4, SOURCE_V6],
             )?);
         }
         let config_path = dir.join("xlb.toml");
