@@ -5,7 +5,20 @@
 /// (docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` of mimalloc.h (the bindings name the options on
+/// either side of it, 14 and 16, but not it): how long freed memory waits
+/// before it is given back to the system.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> std::process::ExitCode {
+    // Give freed memory back at once: a delayed purge runs only when the
+    // thread that freed it allocates again, and the threads that parse an
+    // apply or build a status document then sleep; the daemon kept a large
+    // apply's peak (~300 MB more at 1,000 VIPs x 64 backends) for good.
+    // SAFETY: sets one option value of the allocator, before any thread of
+    // ours starts; any value is valid for this option.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     xlb::cli::main()
 }
