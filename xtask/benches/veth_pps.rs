@@ -20,6 +20,17 @@
 //! (generator, lb0's and gen0's NAPI) runs on CPU 0, so the rate is one
 //! core's, and the generator and the counter are a fixed cost in every run
 //! (see docs/BENCHMARKS.md).
+//!
+//! For profiling and A/B comparisons (docs/BENCHMARKS.md, issue 16):
+//! `XLB_PPS_ONLY=floor,dsr,ipip,gue` (any subset) runs only those;
+//! `XLB_PPS_RUNS=N` runs each N times instead of `RUNS` (1..=50);
+//! `XLB_PPS_COMPARE=<path of another balancer object>` also runs each method
+//! with that object ("B" rows), right after this build's run of it, and
+//! prints B's rate against A's: only runs interleaved in one process give
+//! differences this shared machine does not swamp.
+//! `XLB_PPS_COMPARE_CONNS=<entries>` gives the compared object's connection
+//! table that size instead of the balancer's default (the same object as A
+//! and B then measures what the table's size costs).
 
 mod support;
 
@@ -231,13 +242,118 @@ fn generate(aux: &aya::Ebpf, frame: &[u8], gen_ifindex: u32) -> anyhow::Result<R
     })
 }
 
+/// The balancer object `XLB_PPS_COMPARE` names, and the bpffs directory
+/// its maps are pinned under for one run (removed after each run, so each
+/// run starts from an empty connection table, as this build's does).
+struct Compared {
+    object: Vec<u8>,
+    path: String,
+    pins: xlb_dataplane::pins::PinDir,
+    /// The connection table's entries.
+    conns: u32,
+}
+
+impl Compared {
+    fn from_env() -> anyhow::Result<Option<Self>> {
+        let Some(path) = std::env::var_os("XLB_PPS_COMPARE") else {
+            return Ok(None);
+        };
+        let path = path.to_string_lossy().into_owned();
+        let object =
+            std::fs::read(&path).with_context(|| format!("XLB_PPS_COMPARE: reading {path}"))?;
+        let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/xlbpps-{}", std::process::id()));
+        let pins = xlb_dataplane::pins::PinDir::new(&bpffs, "lb0");
+        let conns = match std::env::var("XLB_PPS_COMPARE_CONNS") {
+            Ok(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (aux::GEN_FLOWS as u32..=1 << 24).contains(n))
+                .with_context(|| {
+                    format!(
+                        "XLB_PPS_COMPARE_CONNS={v}: expected entries from {} to {}",
+                        aux::GEN_FLOWS,
+                        1 << 24
+                    )
+                })?,
+            Err(_) => lb_common::maps::CONN_TABLE_SIZE,
+        };
+        Ok(Some(Self {
+            object,
+            path,
+            pins,
+            conns,
+        }))
+    }
+
+    /// Remove this run's pins (and the directories above them).
+    fn clear(&self) -> anyhow::Result<()> {
+        self.pins
+            .remove()
+            .with_context(|| format!("XLB_PPS_COMPARE: removing {}", self.pins.path().display()))?;
+        if let Some(bpffs) = self.pins.path().parent().and_then(|p| p.parent()) {
+            let _ = std::fs::remove_dir(bpffs);
+        }
+        Ok(())
+    }
+}
+
+/// What to run, from `XLB_PPS_ONLY` (all when unset) and `XLB_PPS_RUNS`.
+struct Selection {
+    floor: bool,
+    methods: Vec<Method>,
+    runs: usize,
+}
+
+impl Selection {
+    fn from_env() -> anyhow::Result<Self> {
+        let runs = match std::env::var("XLB_PPS_RUNS") {
+            Ok(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=50).contains(n))
+                .with_context(|| format!("XLB_PPS_RUNS={v}: expected a count from 1 to 50"))?,
+            Err(_) => RUNS,
+        };
+        let Ok(only) = std::env::var("XLB_PPS_ONLY") else {
+            return Ok(Self {
+                floor: true,
+                methods: Method::ALL.to_vec(),
+                runs,
+            });
+        };
+        let mut sel = Self {
+            floor: false,
+            methods: Vec::new(),
+            runs,
+        };
+        for word in only.split(',').map(str::trim) {
+            match Method::ALL.iter().find(|m| m.config_value() == word) {
+                Some(m) => sel.methods.push(*m),
+                None if word == "floor" => sel.floor = true,
+                None => {
+                    anyhow::bail!("XLB_PPS_ONLY={only}: {word:?} is none of floor, dsr, ipip, gue")
+                }
+            }
+        }
+        Ok(sel)
+    }
+}
+
 /// The balancer loaded with `method`'s config (the calling thread must be
-/// in the LB's namespace).
+/// in the LB's namespace): this build's object, or the compared one.
 fn balancer(
     wire: &Wire,
     method: Method,
+    compared: Option<&Compared>,
 ) -> anyhow::Result<(xlb_dataplane::Dataplane, xlb_core::state::Desired)> {
-    let mut dp = xlb_dataplane::Dataplane::load()?;
+    let mut dp = match compared {
+        None => xlb_dataplane::Dataplane::load()?,
+        Some(c) => {
+            c.pins.create()?;
+            xlb_dataplane::Dataplane::load_pinned(&c.object, c.conns, &c.pins)
+                .with_context(|| format!("XLB_PPS_COMPARE: loading {}", c.path))?
+        }
+    };
     let config = xlb_core::config::parse(&config(method), "veth_pps.toml")?;
     let desired = xlb_core::state::desired(&config, &Default::default())?;
     dp.apply(wire.lb, &desired, None)?;
@@ -248,7 +364,7 @@ fn balancer(
 /// through it (BPF_PROG_TEST_RUN, as if received on lb0), output checked.
 fn implemented(wire: &Wire, method: Method, frame: &[u8]) -> anyhow::Result<bool> {
     wire.lb_ns.enter()?;
-    let (dp, _) = balancer(wire, method)?;
+    let (dp, _) = balancer(wire, method, None)?;
     let mut out = vec![0u8; frame.len() + 256];
     let r = dp
         .program()
@@ -266,10 +382,31 @@ fn implemented(wire: &Wire, method: Method, frame: &[u8]) -> anyhow::Result<bool
     Ok(outcome != Outcome::NotEncapsulated)
 }
 
-/// A run of the balancer on lb0; checks that every flow was new exactly once.
-fn run_balancer(wire: &Wire, method: Method, aux: &aya::Ebpf, frame: &[u8]) -> anyhow::Result<Run> {
+/// A run of the balancer (this build's, or the compared object) on lb0;
+/// checks that every flow was new exactly once.
+fn run_balancer(
+    wire: &Wire,
+    method: Method,
+    aux: &aya::Ebpf,
+    frame: &[u8],
+    compared: Option<&Compared>,
+) -> anyhow::Result<Run> {
+    let run = run_balancer_once(wire, method, aux, frame, compared);
+    if let Some(c) = compared {
+        c.clear()?;
+    }
+    run
+}
+
+fn run_balancer_once(
+    wire: &Wire,
+    method: Method,
+    aux: &aya::Ebpf,
+    frame: &[u8],
+    compared: Option<&Compared>,
+) -> anyhow::Result<Run> {
     wire.lb_ns.enter()?;
-    let (mut dp, desired) = balancer(wire, method)?;
+    let (mut dp, desired) = balancer(wire, method, compared)?;
     dp.attach("lb0", xlb_dataplane::AttachMode::Native)?;
     wire.gen_ns.enter()?;
     let run = generate(aux, frame, wire.gen_ifindex)?;
@@ -365,9 +502,11 @@ fn main() -> anyhow::Result<()> {
         .map_mut(aux::GEN_TEMPLATE_MAP)
         .context("no map XLB_GEN_TEMPLATE")?;
     aya::maps::Array::<_, [u8; FRAME_LEN]>::try_from(map)?.set(0, template, 0)?;
+    let selection = Selection::from_env()?;
+    let compared = Compared::from_env()?;
     let mut methods = Vec::new();
     let mut missing = Vec::new();
-    for method in Method::ALL {
+    for method in selection.methods.iter().copied() {
         if implemented(&wire, method, &frame)? {
             methods.push(method);
         } else {
@@ -375,36 +514,86 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut balancer_runs: Vec<Vec<Run>> = methods.iter().map(|_| Vec::new()).collect();
+    let mut compared_runs: Vec<Vec<Run>> = methods.iter().map(|_| Vec::new()).collect();
     let mut floor = Vec::new();
-    for _ in 0..RUNS {
-        for (method, runs) in methods.iter().zip(&mut balancer_runs) {
-            runs.push(run_balancer(&wire, *method, &aux, &frame)?);
+    for _ in 0..selection.runs {
+        for ((method, runs), b_runs) in methods
+            .iter()
+            .zip(&mut balancer_runs)
+            .zip(&mut compared_runs)
+        {
+            runs.push(run_balancer(&wire, *method, &aux, &frame, None)?);
+            if let Some(c) = &compared {
+                b_runs.push(run_balancer(&wire, *method, &aux, &frame, Some(c))?);
+            }
         }
-        floor.push(run_floor(&wire, &mut aux, &frame)?);
+        if selection.floor {
+            floor.push(run_floor(&wire, &mut aux, &frame)?);
+        }
     }
 
     println!(
         "packets per second on a veth pair, native XDP, TCP ACKs of {FLOWS} flows, 60-byte \
-         frames; generator: BPF_PROG_TEST_RUN live frames; one CPU; median of {RUNS} \
+         frames; generator: BPF_PROG_TEST_RUN live frames; one CPU; median of {} \
          interleaved runs of {} s; load average {}",
+        selection.runs,
         RUN_TIME.as_secs(),
         support::load_average()
     );
-    print_row("bare MAC swap, XDP_TX (floor)", &floor);
-    let b = support::median(floor.iter().map(Run::pps).collect());
-    for (method, runs) in methods.iter().zip(&balancer_runs) {
-        print_row(&format!("xlb, {}", method.label()), runs);
-    }
-    for (method, runs) in methods.iter().zip(&balancer_runs) {
-        let a = support::median(runs.iter().map(Run::pps).collect());
-        let goal = goal(*method);
+    if let Some(c) = &compared {
         println!(
-            "xlb {}: {:.2}x the floor's rate (goal >= {goal:.2}: {}); {:.1} ns/packet more",
-            method.label(),
-            a / b,
-            if a / b >= goal { "met" } else { "NOT met" },
-            1e9 / a - 1e9 / b
+            "compared object (B rows): {}, connection table of {} entries",
+            c.path, c.conns
         );
+    }
+    if !floor.is_empty() {
+        print_row("bare MAC swap, XDP_TX (floor)", &floor);
+    }
+    for ((method, runs), b_runs) in methods.iter().zip(&balancer_runs).zip(&compared_runs) {
+        print_row(&format!("xlb, {}", method.label()), runs);
+        if !b_runs.is_empty() {
+            print_row(&format!("B xlb, {}", method.label()), b_runs);
+        }
+    }
+    for ((method, runs), b_runs) in methods.iter().zip(&balancer_runs).zip(&compared_runs) {
+        let a = support::median(runs.iter().map(Run::pps).collect());
+        if !floor.is_empty() {
+            let b = support::median(floor.iter().map(Run::pps).collect());
+            let goal = goal(*method);
+            println!(
+                "xlb {}: {:.2}x the floor's rate (goal >= {goal:.2}: {}); {:.1} ns/packet more",
+                method.label(),
+                a / b,
+                if a / b >= goal { "met" } else { "NOT met" },
+                1e9 / a - 1e9 / b
+            );
+        }
+        if !b_runs.is_empty() {
+            // Per pair of neighbouring runs (A then B): the ratio of B's rate
+            // to A's, median over pairs.
+            let pairs: Vec<f64> = runs
+                .iter()
+                .zip(b_runs)
+                .map(|(a, b)| b.pps() / a.pps())
+                .collect();
+            let ns: Vec<f64> = runs
+                .iter()
+                .zip(b_runs)
+                .map(|(a, b)| 1e9 / b.pps() - 1e9 / a.pps())
+                .collect();
+            println!(
+                "B xlb {}: {:.3}x A's rate, {:+.1} ns/packet (medians over {} A/B pairs; pairs: {})",
+                method.label(),
+                support::median(pairs.clone()),
+                support::median(ns),
+                pairs.len(),
+                pairs
+                    .iter()
+                    .map(|p| format!("{p:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
     }
     for method in missing {
         println!(
