@@ -467,10 +467,16 @@ impl Dataplane {
                 }
             }
         }
+        // The tables that differ, swapped in together (as an apply's), each
+        // before its VIP entry.
+        let mut differing: Vec<(u32, &[u32])> = Vec::new();
         for vip in &desired.vips {
             if self.live_table(vip.id)?.as_deref() != Some(&vip.slots[..]) {
-                self.install_table(vip.id, &vip.slots)?;
+                differing.push((vip.id, &vip.slots));
             }
+        }
+        self.install_tables(&differing)?;
+        for vip in &desired.vips {
             if self.live_vip(&vip.key)? != Some(vip.meta) {
                 self.vips
                     .insert(vip.key, vip.meta, 0)

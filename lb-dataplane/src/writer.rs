@@ -69,6 +69,10 @@ impl Dataplane {
     /// seconds). When the batch stops part way, the tables swapped so far
     /// are kept as installed and the error is returned (the caller restores).
     pub fn install_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
+        if tables.is_empty() {
+            // No call: even an empty batch waits for a grace period.
+            return Ok(());
+        }
         let name = maps::MAGLEV_TABLES;
         let mut fresh = Vec::with_capacity(tables.len());
         for &(vip_id, slots) in tables {
@@ -94,19 +98,15 @@ impl Dataplane {
             .collect();
         // The swap: the kernel frees each old inner map once no program can
         // still hold it (RCU) and we let go of it below.
-        let swapped = match crate::sys::update_batch(self.tables_fd.as_fd(), &keys, &fds) {
-            Ok(()) => Ok(count),
-            Err((done, e)) => Err((done, e)),
-        };
-        let done = match &swapped {
-            Ok(n) => *n,
-            Err((n, _)) => *n,
+        let (done, failed) = match crate::sys::update_batch(self.tables_fd.as_fd(), &keys, &fds) {
+            Ok(()) => (count, None),
+            Err((done, e)) => (done, Some(e)),
         };
         for (vip_id, inner, mem) in fresh.into_iter().take(done) {
             self.installed
                 .insert(vip_id, crate::handle::Installed::new(inner, mem)?);
         }
-        if let Err((_, e)) = swapped {
+        if let Some(e) = failed {
             return Err(io_err(name)(e));
         }
         #[cfg(feature = "fault-injection")]
