@@ -161,9 +161,8 @@ fn fall_and_rise(dir: &Path) -> anyhow::Result<()> {
     );
     let config_path = dir.join("xlb.toml");
     std::fs::write(&config_path, &text)?;
-    // No bake: the 30 pinned long-lived connections make the packet split
-    // drift from the weights (traffic skew), which the bake of the apply
-    // below would roll back (as in survive.rs).
+    // No bake: this test is about health; outcomes are `applied` (the
+    // bake has tests/tests/bake.rs).
     let daemon = Daemon::start_with(&bed.lb.ns, &config_path, dir, &["--bake-window", "0s"])?;
     wait(
         Duration::from_secs(5),

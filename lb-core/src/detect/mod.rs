@@ -52,10 +52,14 @@
 //! 5. **Off.** A judged signal is off when (worst `r > max_ratio` or worst
 //!    `r < 1/max_ratio` or `cv > max_cv`) *and* the worst backend's
 //!    deviation is significant: `|d − e·N| > 4·sqrt(N·e·(1−e))`, a 4-sigma
-//!    binomial test that keeps low-volume noise silent. New flows and
-//!    packets use their own counts. Bytes are not independent events, so
-//!    their count is taken in packet equivalents: `N` is the window's packet
-//!    count over active backends and `d = o_i(bytes) · N`.
+//!    binomial test that keeps low-volume noise silent. It needs
+//!    independent events, and only new flows are: the hash places each
+//!    flow, and all of a flow's packets and bytes go where it went. So new
+//!    flows use their own count, and packets and bytes are taken in flow
+//!    equivalents: `N` is the window's new flows over active backends (or
+//!    its packets, if fewer) and `d = o_i · N` with `o_i` the packet or byte
+//!    share. Flows older than the window only make `N` smaller and the test
+//!    more careful: a few long-lived flows sharing a backend are luck.
 //! 6. **Cause.** The worst ratio factors as
 //!    `r = (t_i / e_i) · (o_i / t_i)` with `t_i` the backend's share of the
 //!    live Maglev table: what the table gives it against its weight, and

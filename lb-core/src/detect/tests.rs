@@ -654,6 +654,36 @@ fn bytes_are_judged_at_the_packet_count() {
 }
 
 #[test]
+fn packets_are_judged_at_the_flow_count() {
+    // The rollout test's false alarm, in one tick: 50 new flows split as
+    // the weights say, but b0's flows happen to be short (4 packets) and
+    // the others' long. b0 gets 0.38x its packet share, past the ratio;
+    // at 504 independent packets that is 8 sigma, at 50 flows 2.5: luck.
+    let mut sim = Sim::new(&[1, 1, 2]);
+    sim.observe();
+    let packets = [48, 156, 300];
+    let bytes = packets.map(|p| 1000 * p);
+    let r = sim.tick(&[12, 13, 25], &packets, &bytes);
+    let p = signal(&r, Signal::Packets);
+    assert!(p.worst_ratio.unwrap() < 0.4, "{:?}", p.worst_ratio);
+    assert_eq!(states(&r), vec![State::Ok; 3]);
+    // Ten times the flows carrying the same split: significant.
+    let mut sim = Sim::new(&[1, 1, 2]);
+    sim.observe();
+    let r = sim.tick(
+        &[120, 130, 250],
+        &packets.map(|p| 10 * p),
+        &bytes.map(|b| 10 * b),
+    );
+    assert_eq!(
+        states(&r),
+        vec![State::Ok, State::Pending, State::Pending],
+        "{:?}",
+        r.verdict
+    );
+}
+
+#[test]
 fn forgets_absent_vips() {
     let th = Thresholds::default();
     let backends = |n: u64| {

@@ -100,6 +100,9 @@ struct Tick<'s> {
     any_active: bool,
     new_flow_rate: f64,
     packet_rate: f64,
+    /// New flows to active backends in the window: the independent draws
+    /// behind the packet and byte shares.
+    flows: u128,
     /// Packet shares, for the significance of the byte signal.
     packets: &'s Shares,
 }
@@ -157,6 +160,7 @@ impl VipState {
             any_active,
             new_flow_rate: per_second(shares[0].total as f64),
             packet_rate: per_second(shares[1].total as f64),
+            flows: shares[0].total,
             packets: &shares[1],
         };
 
@@ -242,15 +246,20 @@ fn assess(signal: Signal, s: &Shares, tick: &Tick<'_>, th: &Thresholds) -> Asses
         return Assessment::NotOff(verdict::ok());
     }
     let expected = tick.rows[w].expected;
-    // Bytes are not independent events; the packets that carried them are
-    // (as far as this test goes), so judge the byte share at the packet count.
-    let (count, total) = match signal {
-        Signal::Bytes => {
-            let packets = tick.packets.total as f64;
-            (observed * packets, packets)
-        }
-        Signal::NewFlows | Signal::Packets => (observed * s.total as f64, s.total as f64),
+    // The binomial test needs independent events. New flows are: the hash
+    // places each on its own. Packets and bytes are not: every packet of a
+    // flow goes where its flow went, so a window of 150 flows of 8 packets
+    // is 150 draws, not 1,200, and judged as 1,200 its noise looks like a
+    // 2.8x (√8) smaller deviation than it is. So judge packet and byte
+    // shares at the window's new flows (or its packets, if fewer). Packets
+    // of flows older than the window only make that count smaller and the
+    // test more careful: a few long-lived flows that happen to share a
+    // backend are luck, not skew.
+    let events = match signal {
+        Signal::NewFlows => s.total as f64,
+        Signal::Packets | Signal::Bytes => tick.flows.min(tick.packets.total) as f64,
     };
+    let (count, total) = (observed * events, events);
     if !verdict::significant(count, expected, total) {
         return Assessment::NotOff(verdict::ok());
     }
