@@ -99,8 +99,10 @@ fn keep_health_patches(desired: &mut Desired, live: &LiveMaps) -> Vec<(String, M
         };
         if let Some(m) = crate::health::patch::recognise(vip, slots, seed) {
             let p = crate::health::patch::patched(vip, &m, seed);
+            let vip = std::sync::Arc::make_mut(vip);
             vip.slots = p.slots;
             vip.table_shares = p.shares;
+            vip.health_patched = true;
             out.push((vip.config.name.clone(), m));
         }
     }
@@ -184,8 +186,8 @@ fn read_ids(config: &Config, live: &LiveMaps) -> Allocation {
                 }
             };
             claimed.insert(id);
-            allocation.backends.insert(
-                BackendIdentity {
+            allocation.insert_backend(
+                &BackendIdentity {
                     vip: v.name.clone(),
                     name: b.name.clone(),
                     mac: b.mac.0,
@@ -198,8 +200,8 @@ fn read_ids(config: &Config, live: &LiveMaps) -> Allocation {
     for ids in by_target.values() {
         for &id in ids {
             if claimed.insert(id) {
-                allocation.backends.insert(
-                    BackendIdentity {
+                allocation.insert_backend(
+                    &BackendIdentity {
                         vip: RESERVED.to_string(),
                         name: id.to_string(),
                         mac: [0; 6],

@@ -506,7 +506,7 @@ mod tests {
         for states in [&ACTIVE[..], &["active", "draining", "active", "active"]] {
             let config = crate::config::parse(&text(states), "t.toml").unwrap();
             let mut d = desired(&config, &Allocation::default()).unwrap();
-            let vip = &mut d.vips[0];
+            let vip = std::sync::Arc::make_mut(&mut d.vips[0]);
             assert_eq!(
                 decision(vip, 7).fingerprint,
                 fingerprint_by_sets(vip, 7),

@@ -194,7 +194,7 @@ pub fn flow_of(desired: &Desired, words: &FlowWords) -> Option<(usize, Flow)> {
             continue;
         }
         if let Some(vip) = vip_for(desired, &flow) {
-            let index = desired.vips.iter().position(|v| std::ptr::eq(v, vip))?;
+            let index = desired.vips.iter().position(|v| std::ptr::eq(&**v, vip))?;
             return Some((index, flow));
         }
     }

@@ -31,7 +31,7 @@ impl Flow {
 
 /// The VIP a flow is for: exact port first, then the port-0 wildcard.
 pub fn vip_for<'a>(desired: &'a Desired, flow: &Flow) -> Option<&'a DesiredVip> {
-    let matches = |v: &&DesiredVip, port: u16| {
+    let matches = |v: &&std::sync::Arc<DesiredVip>, port: u16| {
         v.config.address == flow.dst
             && v.config.protocol.number() == flow.proto
             && v.config.port == port
@@ -41,6 +41,7 @@ pub fn vip_for<'a>(desired: &'a Desired, flow: &Flow) -> Option<&'a DesiredVip> 
         .iter()
         .find(|v| matches(v, flow.dst_port))
         .or_else(|| desired.vips.iter().find(|v| matches(v, 0)))
+        .map(|v| &**v)
 }
 
 /// The kernel backend id the program would pick, or None if it would pass

@@ -131,7 +131,8 @@ impl Dataplane {
     /// Whether `vip`'s table must be swapped in: new, another id, or other
     /// slots than `previous` had.
     fn table_changed(vip: &DesiredVip, previous: Option<&DesiredVip>) -> bool {
-        previous.is_none_or(|p| p.id != vip.id || p.slots != vip.slots)
+        // The same shared VIP (`state::desired_reusing`): nothing to compare.
+        previous.is_none_or(|p| !std::ptr::eq(p, vip) && (p.id != vip.id || p.slots != vip.slots))
     }
 
     /// Write one VIP's entry when it changed (after its table is in).
@@ -352,7 +353,12 @@ impl Dataplane {
         let new_vip_ids = desired.new_vip_ids(prev_alloc);
         // VIPs are identified by name across applies.
         let previous_by_name: HashMap<&str, &DesiredVip> = previous
-            .map(|p| p.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
+            .map(|p| {
+                p.vips
+                    .iter()
+                    .map(|v| (v.config.name.as_str(), &**v))
+                    .collect()
+            })
             .unwrap_or_default();
         for vip in &desired.vips {
             if new_vip_ids.contains(&vip.id) {

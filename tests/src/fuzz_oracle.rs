@@ -467,6 +467,7 @@ fn intent<'w>(w: &'w World, ing: &Ingress) -> Intent<'w> {
             .vips
             .iter()
             .filter(|v| v.config.address == ing.dst && v.config.protocol.number() == ing.proto)
+            .map(|v| &**v)
             .collect();
         return if vips.is_empty() {
             Intent::None

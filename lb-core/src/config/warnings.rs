@@ -48,19 +48,21 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
             });
         }
         if v.forwarding == Forwarding::Dsr {
-            let mut macs: HashMap<String, &str> = HashMap::new();
+            // Keyed by the bytes: formatting 64,000 MACs to compare them
+            // was most of a large config's warnings.
+            let mut macs: HashMap<[u8; 6], &str> = HashMap::with_capacity(v.backends.len());
             for b in &v.backends {
-                let mac = b.mac.to_string();
-                match macs.get(mac.as_str()) {
+                match macs.get(&b.mac.0) {
                     Some(first) => out.push(Warning {
                         field: at(&format!("backend[{}].mac", b.name)),
                         message: format!(
-                            "{mac} is also {first}'s: with L2 DSR both backends' frames go to \
-                             one host"
+                            "{} is also {first}'s: with L2 DSR both backends' frames go to \
+                             one host",
+                            b.mac
                         ),
                     }),
                     None => {
-                        macs.insert(mac, b.name.as_str());
+                        macs.insert(b.mac.0, b.name.as_str());
                     }
                 }
             }

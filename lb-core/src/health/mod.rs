@@ -45,8 +45,10 @@ pub fn patch_desired(monitor: &Monitor, desired: &mut Desired) -> Vec<(String, M
             let m = monitor.wanted(&vip.config);
             if m != Membership::Full {
                 let p = patch::patched(vip, &m, seed);
+                let vip = std::sync::Arc::make_mut(vip);
                 vip.slots = p.slots;
                 vip.table_shares = p.shares;
+                vip.health_patched = true;
             }
             (vip.config.name.clone(), m)
         })

@@ -327,10 +327,12 @@ mod tests {
             [[vip.backend]]\nname = \"off\"\naddress = \"198.18.0.14\"\nmac = \"02:00:00:00:00:14\"\nstate = \"disabled\"\n\
             [[vip.backend]]\nname = \"b\"\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:12\"\n";
         let config = crate::config::parse(text, "t.toml").unwrap();
-        crate::state::desired(&config, &Default::default())
-            .unwrap()
-            .vips
-            .remove(0)
+        std::sync::Arc::unwrap_or_clone(
+            crate::state::desired(&config, &Default::default())
+                .unwrap()
+                .vips
+                .remove(0),
+        )
     }
 
     #[test]
@@ -374,10 +376,12 @@ mod tests {
             [[vip.backend]]\nname = \"c\"\naddress = \"198.18.0.13\"\nmac = \"02:00:00:00:00:13\"\n"
         );
         let config = crate::config::parse(&text, "t.toml").unwrap();
-        crate::state::desired(&config, &Default::default())
-            .unwrap()
-            .vips
-            .remove(0)
+        std::sync::Arc::unwrap_or_clone(
+            crate::state::desired(&config, &Default::default())
+                .unwrap()
+                .vips
+                .remove(0),
+        )
     }
 
     #[test]

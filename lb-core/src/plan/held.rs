@@ -76,7 +76,12 @@ pub fn held_after(
     entries: &[(FlowWords, u32)],
     replicated: Option<u64>,
 ) -> Result<PlanHeld, StateError> {
-    let after = desired_reusing(candidate, &live.allocation, Some(live), &|| {})?;
+    let after = desired_reusing(
+        std::borrow::Cow::Borrowed(candidate),
+        &live.allocation,
+        Some(live),
+        &|| {},
+    )?;
     let selection = select(&after, entries.iter().copied());
     Ok(PlanHeld {
         entries: selection.entries,

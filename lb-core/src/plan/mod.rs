@@ -41,23 +41,32 @@ use flows::Built;
 /// Plan the change from `base` (applied today) to `candidate`.
 /// `base_revision` is left unset for the caller to fill in.
 pub fn plan(base: &Config, candidate: &Config) -> Result<Plan, PlanError> {
-    plan_over(base, None, candidate)
+    plan_over(base, None, None, candidate)
 }
 
 /// [`plan`], with the tables of `base` taken from `applied` (the state the
 /// daemon built for it) where their inputs are the same, instead of built
 /// again. A candidate VIP whose table inputs and hash mode are those of its
 /// base VIP shares the base's table: only the tables of changed VIPs are
-/// built.
+/// built. `base_hash`, when given, is `config_hash(base)` (known to the
+/// caller, so not computed again: at 1,000 VIPs a config's JSON takes
+/// tens of milliseconds).
 pub fn plan_over(
     base: &Config,
+    base_hash: Option<&str>,
     applied: Option<&Desired>,
     candidate: &Config,
 ) -> Result<Plan, PlanError> {
     let applied_by_name: HashMap<&str, &DesiredVip> = applied
-        .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
+        .map(|d| {
+            d.vips
+                .iter()
+                .map(|v| (v.config.name.as_str(), &**v))
+                .collect()
+        })
         .unwrap_or_default();
     let applied_seed = applied.map_or(0, |d| d.config.hash_seed);
+    let applied_is_base = applied.is_some_and(|d| std::ptr::eq(&d.config, base));
     let base_index: HashMap<&str, usize> = base
         .vips
         .iter()
@@ -187,8 +196,15 @@ pub fn plan_over(
     Ok(Plan {
         schema_version: SCHEMA_VERSION,
         base_revision: None,
-        base_config_hash: config_hash(base),
-        config_hash: config_hash(candidate),
+        base_config_hash: base_hash.map_or_else(|| config_hash(base), str::to_owned),
+        // A VIP identical to the base's has the applied VIP's hash, when
+        // the applied state is the base's.
+        config_hash: config_hash_with(candidate, |i| {
+            let name = candidate.vips[i].name.as_str();
+            (applied_is_base && candidate_identical[i])
+                .then(|| applied_by_name.get(name).map(|a| a.config_hash))
+                .flatten()
+        }),
         vips,
         details,
         refused: !lints.is_empty(),
@@ -200,11 +216,46 @@ pub fn plan_over(
     })
 }
 
-/// xxh64 (seed 0) of the config's JSON form (serde_json of `Config`), as 16
-/// hex digits: what identifies a config in a plan.
+/// What identifies a config in a plan, as 16 hex digits: xxh64 (seed 0) of
+/// the JSON form (serde_json) of the config without its VIPs, followed by
+/// each VIP's `vip_hash` (8 bytes, little-endian) in order. VIP by VIP, so
+/// a daemon hashes again only the VIPs a change touched
+/// (`DesiredVip::config_hash`).
 pub fn config_hash(config: &Config) -> String {
-    let json = serde_json::to_vec(config).expect("a Config always serializes");
-    format!("{:016x}", xxh64(&json, 0))
+    config_hash_with(config, |_| None)
+}
+
+/// xxh64 (seed 0) of one VIP's JSON form.
+pub fn vip_hash(vip: &Vip) -> u64 {
+    let json = serde_json::to_vec(vip).expect("a Vip always serializes");
+    xxh64(&json, 0)
+}
+
+/// [`config_hash`], taking the hash of VIP `i` from `known(i)` where it
+/// gives one (the others are computed, on every core).
+fn config_hash_with(config: &Config, known: impl Fn(usize) -> Option<u64> + Sync) -> String {
+    let head = Config {
+        interface: config.interface.clone(),
+        hash_seed: config.hash_seed,
+        metrics_address: config.metrics_address,
+        conn_table_size: config.conn_table_size,
+        icmp_echo: config.icmp_echo,
+        unhandled: config.unhandled,
+        announce: config.announce,
+        tunnel: config.tunnel.clone(),
+        vips: Vec::new(),
+    };
+    let mut bytes = serde_json::to_vec(&head).expect("a Config always serializes");
+    let vips: Vec<u64> = config
+        .vips
+        .par_iter()
+        .enumerate()
+        .map(|(i, v)| known(i).unwrap_or_else(|| vip_hash(v)))
+        .collect();
+    for h in vips {
+        bytes.extend_from_slice(&h.to_le_bytes());
+    }
+    format!("{:016x}", xxh64(&bytes, 0))
 }
 
 impl Plan {

@@ -920,11 +920,23 @@ fn plan_round_trips_through_json() {
 }
 
 #[test]
-fn config_hash_is_of_the_json_form() {
+fn config_hash_is_of_the_json_form_vip_by_vip() {
     let a = example();
     assert_eq!(config_hash(&a), config_hash(&a.clone()));
-    let json = serde_json::to_vec(&a).unwrap();
-    assert_eq!(config_hash(&a), format!("{:016x}", xxh64(&json, 0)));
+    // The head's JSON (the config without VIPs), then each VIP's xxh64.
+    let mut head = a.clone();
+    head.vips.clear();
+    let mut bytes = serde_json::to_vec(&head).unwrap();
+    for v in &a.vips {
+        let h = xxh64(&serde_json::to_vec(v).unwrap(), 0);
+        assert_eq!(h, vip_hash(v));
+        bytes.extend_from_slice(&h.to_le_bytes());
+    }
+    assert_eq!(config_hash(&a), format!("{:016x}", xxh64(&bytes, 0)));
+    // The order of the VIPs is part of it.
+    let mut swapped = a.clone();
+    swapped.vips.reverse();
+    assert_ne!(config_hash(&a), config_hash(&swapped));
     let mut b = a.clone();
     b.vips[0].backends[0].capacity = 1.5;
     assert_ne!(config_hash(&a), config_hash(&b));
@@ -1251,11 +1263,17 @@ fn planning_over_the_applied_tables_is_planning_from_scratch() {
         config(7, vec![vip("web", M, vec![backend(0, 1)])]),
     ] {
         assert_eq!(
-            plan_over(&base, Some(&applied), &candidate).unwrap(),
+            plan_over(&base, Some(&config_hash(&base)), Some(&applied), &candidate).unwrap(),
             plan(&base, &candidate).unwrap()
         );
         assert_eq!(
-            plan_over(&base, None, &candidate).unwrap(),
+            plan_over(&base, None, None, &candidate).unwrap(),
+            plan(&base, &candidate).unwrap()
+        );
+        // The applied state's own config as the base, as the daemon plans:
+        // identical VIPs' hashes are taken from it, and are the same.
+        assert_eq!(
+            plan_over(&applied.config, None, Some(&applied), &candidate).unwrap(),
             plan(&base, &candidate).unwrap()
         );
     }

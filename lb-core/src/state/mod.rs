@@ -20,8 +20,10 @@
 //! handed out next-fit (`ids`), so a freed id is not given to another backend
 //! until the whole id space has been gone through.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use lb_common::{
     BACKEND_F_VALID, Backend as KernelBackend, FAMILY_V4, FAMILY_V6, GLOBAL_F_PORT_WILDCARD,
@@ -34,6 +36,7 @@ use rayon::prelude::*;
 use crate::config::{Backend, Config, IcmpEcho, Unhandled, Vip};
 use crate::host::HostInterface;
 use crate::maglev::{self, MaglevBackend, MaglevTable};
+use crate::plan::vip_hash;
 
 mod error;
 mod ids;
@@ -63,11 +66,37 @@ pub(crate) struct BackendIdentity {
     pub(crate) address: IpAddr,
 }
 
+impl BackendIdentity {
+    fn of(vip: &str, b: &Backend) -> Self {
+        Self {
+            vip: vip.to_owned(),
+            name: b.name.clone(),
+            mac: b.mac.0,
+            address: b.address,
+        }
+    }
+}
+
+/// A configured backend's id within its VIP's map (keyed by its name:
+/// names are unique within a VIP), with what else identifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BackendSlot {
+    pub(crate) mac: [u8; 6],
+    pub(crate) address: IpAddr,
+    pub(crate) id: u32,
+}
+
+/// One VIP's configured backends' ids, by backend name.
+pub(crate) type VipBackends = BTreeMap<String, BackendSlot>;
+
 /// Which ids are in use, and by whom.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocation {
     pub(crate) vips: BTreeMap<VipIdentity, u32>,
-    pub(crate) backends: BTreeMap<BackendIdentity, u32>,
+    /// Configured backends' ids by VIP name. A VIP's map is shared (the
+    /// same `Arc`) by the states before and after an apply that leaves its
+    /// backends as they were: such an apply copies none of it.
+    pub(crate) backends: BTreeMap<String, Arc<VipBackends>>,
     /// Removed backends whose ids and kernel entries are kept (in no
     /// table) while connection entries may still name them (`retain`).
     pub(crate) retained: BTreeMap<BackendIdentity, Retained>,
@@ -91,12 +120,22 @@ pub struct DesiredVip {
     /// Each `config.backends[i]`'s share of the table's slots (computed once
     /// here: the collector needs them every second).
     pub table_shares: Vec<f64>,
+    /// Whether health checks took backends out of `slots` and
+    /// `table_shares` (`health::patch_desired`): then they are not what
+    /// `table` says, and a later state does not take them as they are.
+    pub health_patched: bool,
+    /// `plan::vip_hash(&config)`: a plan hashes again only changed VIPs.
+    pub config_hash: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
     pub config: Config,
-    pub vips: Vec<DesiredVip>,
+    /// Shared: a VIP that an apply leaves as it was is the same `Arc` in
+    /// the states before and after (`desired_reusing`), so an apply that
+    /// changes one VIP copies nothing of the others. Changed through
+    /// `Arc::make_mut`.
+    pub vips: Vec<Arc<DesiredVip>>,
     /// The ICMP echo entries of the VIP map, one per distinct VIP address
     /// (the address entries: with `VIP_F_ECHO_REPLY` only when
     /// `icmp_echo = "reply"`), in file order.
@@ -173,7 +212,7 @@ pub fn global_config(host: &HostInterface, config: &Config) -> GlobalConfig {
 /// Compute the desired kernel state for `config`, keeping the ids of
 /// everything `previous` already placed.
 pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateError> {
-    desired_reusing(config, previous, None, &|| {})
+    desired_reusing(Cow::Borrowed(config), previous, None, &|| {})
 }
 
 /// Whether `a` and `b` build the same Maglev table: same size, same seed,
@@ -207,14 +246,17 @@ pub fn vip_table(v: &Vip, seed: u32) -> Result<MaglevTable, maglev::MaglevError>
 /// (`DesiredVip::table`), so they are what `maglev::build` would return.
 /// The tables to build are built on every core (rayon); then `progress`
 /// is called once for each table built (the daemon's watchdog: the
-/// largest config's tables take about a second of one core).
+/// largest config's tables take about a second of one core). An owned
+/// `config` moves into the state instead of being copied.
 pub fn desired_reusing(
-    config: &Config,
+    config: Cow<'_, Config>,
     previous: &Allocation,
     built: Option<&Desired>,
     progress: &dyn Fn(),
 ) -> Result<Desired, StateError> {
-    let built_by_name: HashMap<&str, &DesiredVip> = built
+    let owned = config;
+    let config: &Config = &owned;
+    let built_by_name: HashMap<&str, &Arc<DesiredVip>> = built
         .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
         .unwrap_or_default();
     let built_seed = built.map_or(0, |d| d.config.hash_seed);
@@ -243,51 +285,76 @@ pub fn desired_reusing(
         allocation.vips.insert(ident.clone(), id);
     }
 
-    let backend_identities: Vec<Vec<BackendIdentity>> = config
+    // A VIP whose backends (names, MACs, addresses, in order) are those of
+    // the built VIP of its name keeps its map of ids whole. Only valid when
+    // `built` is the state `previous` was made for.
+    let built_is_previous = built.is_some_and(|d| std::ptr::eq(&d.allocation, previous));
+    let kept_backends: Vec<Option<&Arc<VipBackends>>> = config
         .vips
         .iter()
         .map(|v| {
-            v.backends
-                .iter()
-                .map(|b| BackendIdentity {
-                    vip: v.name.clone(),
-                    name: b.name.clone(),
-                    mac: b.mac.0,
-                    address: b.address,
-                })
-                .collect()
+            let b = built_by_name
+                .get(v.name.as_str())
+                .filter(|_| built_is_previous)?;
+            let map = previous.backends.get(&v.name)?;
+            let same = map.len() == v.backends.len()
+                && b.config.backends.len() == v.backends.len()
+                && b.config
+                    .backends
+                    .iter()
+                    .zip(&v.backends)
+                    .all(|(x, y)| x.name == y.name && x.mac == y.mac && x.address == y.address);
+            same.then_some(map)
         })
         .collect();
     // Backend ids, next-fit: the ids the previous config holds stay taken
     // (a packet may still read them), and the search goes on from the last
     // id handed out, so an id freed now is not handed out again soon.
-    let used: BTreeSet<u32> = previous.ids();
-    let new_count = backend_identities
+    let new_count = config
+        .vips
         .iter()
-        .flatten()
-        .filter(|i| previous.id_of(i).is_none())
+        .zip(&kept_backends)
+        .filter(|(_, kept)| kept.is_none())
+        .flat_map(|(v, _)| v.backends.iter().map(move |b| (v, b)))
+        .filter(|(v, b)| previous.id_of(&BackendIdentity::of(&v.name, b)).is_none())
         .count();
-    let taken = ids::next_fit(
-        &used,
-        previous.next_backend_id,
-        MAX_BACKENDS,
-        new_count,
-        "backend",
-    )?;
+    let taken = if new_count == 0 {
+        ids::Taken {
+            ids: Vec::new(),
+            next: previous.next_backend_id,
+        }
+    } else {
+        ids::next_fit(
+            &previous.ids(),
+            previous.next_backend_id,
+            MAX_BACKENDS,
+            new_count,
+            "backend",
+        )?
+    };
     allocation.next_backend_id = taken.next;
     let mut fresh = taken.ids.into_iter();
-    for ident in backend_identities.iter().flatten() {
-        let id = match previous.id_of(ident) {
-            Some(id) => id,
-            None => fresh.next().expect("counted above"),
-        };
-        allocation.backends.insert(ident.clone(), id);
+    for (v, kept) in config.vips.iter().zip(&kept_backends) {
+        if let Some(map) = kept {
+            allocation.backends.insert(v.name.clone(), Arc::clone(map));
+            continue;
+        }
+        for b in &v.backends {
+            let ident = BackendIdentity::of(&v.name, b);
+            let id = match previous.id_of(&ident) {
+                Some(id) => id,
+                None => fresh.next().expect("counted above"),
+            };
+            allocation.insert_backend(&ident, id);
+        }
     }
     allocation.retained = carried(previous, &allocation);
 
-    // Each VIP's table: the built one where its inputs are the same, the
-    // others built on every core.
-    let tables: Vec<(MaglevTable, bool)> = config
+    // Each VIP: the built one whole where nothing of it changed, else its
+    // table where the table's inputs are the same; the others' tables
+    // built on every core.
+    let same_seed = built_seed == config.hash_seed;
+    let tables: Vec<Reuse> = config
         .vips
         .par_iter()
         .map(|v| {
@@ -295,88 +362,126 @@ pub fn desired_reusing(
                 .get(v.name.as_str())
                 .filter(|b| same_table_inputs(&b.config, built_seed, v, config.hash_seed));
             if let Some(b) = reused {
-                return Ok((b.table.clone(), false));
+                if same_seed && !b.health_patched && b.config == *v {
+                    return Ok(Reuse::Whole(Arc::clone(b)));
+                }
+                return Ok(Reuse::Table(b.table.clone(), false, vip_hash(v)));
             }
             vip_table(v, config.hash_seed)
-                .map(|table| (table, true))
+                .map(|table| Reuse::Table(table, true, vip_hash(v)))
                 .map_err(|source| StateError::Maglev {
                     vip: v.name.clone(),
                     source,
                 })
         })
         .collect::<Result<_, _>>()?;
-    for _ in tables.iter().filter(|(_, built)| *built) {
+    for _ in tables
+        .iter()
+        .filter(|r| matches!(r, Reuse::Table(_, true, _)))
+    {
         progress();
     }
     let mut vips = Vec::with_capacity(config.vips.len());
-    for ((v, (vip_ident, b_idents)), table) in config
-        .vips
-        .iter()
-        .zip(vip_identities.iter().zip(&backend_identities))
-        .zip(tables.into_iter().map(|(table, _)| table))
-    {
+    for ((v, vip_ident), reuse) in config.vips.iter().zip(&vip_identities).zip(tables) {
         let id = allocation.vips[vip_ident];
-        let backend_ids: Vec<u32> = b_idents.iter().map(|i| allocation.backends[i]).collect();
-        let slots = if table.slots.is_empty() {
-            vec![NO_BACKEND]
-        } else {
-            // Table index -> config index -> kernel id.
-            let ids_by_table_index: Vec<u32> = table
-                .names
-                .iter()
-                .map(|n| {
-                    let i = v
-                        .backends
-                        .iter()
-                        .position(|b| &b.name == n)
-                        .expect("table names come from the VIP");
-                    backend_ids[i]
-                })
-                .collect();
-            table
-                .slots
-                .iter()
-                .map(|&i| ids_by_table_index[i as usize])
-                .collect()
-        };
-        let shares = table.shares();
-        let table_shares = v
+        // A VIP without backends has no map.
+        let backend_ids: Vec<u32> = v
             .backends
             .iter()
-            .map(|b| table.index_of(&b.name).map_or(0.0, |i| shares[i as usize]))
+            .map(|b| allocation.backends[&v.name][&b.name].id)
             .collect();
-        vips.push(DesiredVip {
-            table_shares,
-            config: v.clone(),
-            id,
-            key: vip_key(v),
-            meta: VipMeta {
-                vip_id: id,
-                table_size: slots.len() as u32,
-                method: v.forwarding.method(),
-                hash: v.hash.code(),
-                flags: 0,
-                _pad: [0; 5],
-            },
-            table,
-            backend_ids,
-            slots,
-        });
+        let (table, hash) = match reuse {
+            // Same config, same ids: the same kernel state.
+            Reuse::Whole(b) if b.id == id && b.backend_ids == backend_ids => {
+                vips.push(b);
+                continue;
+            }
+            Reuse::Whole(b) => (b.table.clone(), b.config_hash),
+            Reuse::Table(table, _, hash) => (table, hash),
+        };
+        vips.push(Arc::new(desired_vip(v, id, table, backend_ids, hash)));
     }
     let echo = echo_entries(config.icmp_echo, &vips);
     Ok(Desired {
-        config: config.clone(),
+        config: owned.into_owned(),
         vips,
         echo,
         allocation,
     })
 }
 
+/// What `desired_reusing` takes from the earlier state for one VIP.
+enum Reuse {
+    /// The earlier VIP as it was (config, table, kernel slots).
+    Whole(Arc<DesiredVip>),
+    /// A table, whether it was built now (else reused), and the VIP's
+    /// `plan::vip_hash`.
+    Table(MaglevTable, bool, u64),
+}
+
+/// The desired state of VIP `v` with id `id`, table `table` and kernel
+/// backend ids `backend_ids` (one per `v.backends`).
+fn desired_vip(
+    v: &Vip,
+    id: u32,
+    table: MaglevTable,
+    backend_ids: Vec<u32>,
+    config_hash: u64,
+) -> DesiredVip {
+    let slots = if table.slots.is_empty() {
+        vec![NO_BACKEND]
+    } else {
+        // Table index -> config index -> kernel id.
+        let ids_by_table_index: Vec<u32> = table
+            .names
+            .iter()
+            .map(|n| {
+                let i = v
+                    .backends
+                    .iter()
+                    .position(|b| &b.name == n)
+                    .expect("table names come from the VIP");
+                backend_ids[i]
+            })
+            .collect();
+        table
+            .slots
+            .iter()
+            .map(|&i| ids_by_table_index[i as usize])
+            .collect()
+    };
+    let shares = table.shares();
+    let table_shares = v
+        .backends
+        .iter()
+        .map(|b| table.index_of(&b.name).map_or(0.0, |i| shares[i as usize]))
+        .collect();
+    DesiredVip {
+        table_shares,
+        config: v.clone(),
+        id,
+        key: vip_key(v),
+        meta: VipMeta {
+            vip_id: id,
+            table_size: slots.len() as u32,
+            method: v.forwarding.method(),
+            hash: v.hash.code(),
+            flags: 0,
+            _pad: [0; 5],
+        },
+        table,
+        backend_ids,
+        slots,
+        health_patched: false,
+        config_hash,
+    }
+}
+
 /// One ICMP echo entry per distinct VIP address, from the first VIP at that
 /// address (its id names the counters the echo traffic is counted under; its
 /// method and hash go along so the entry reads like the VIP's own). No table:
 /// `table_size` 0.
-fn echo_entries(icmp_echo: IcmpEcho, vips: &[DesiredVip]) -> Vec<(VipKey, VipMeta)> {
+fn echo_entries(icmp_echo: IcmpEcho, vips: &[Arc<DesiredVip>]) -> Vec<(VipKey, VipMeta)> {
     let mut seen = BTreeSet::new();
     vips.iter()
         .filter(|v| seen.insert(v.config.address))
@@ -417,13 +522,8 @@ impl Desired {
     /// Backend ids in use that `previous` did not have: their entries and
     /// counters must be written before any table names them.
     pub fn new_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
-        let old: BTreeSet<u32> = previous.ids();
-        self.allocation
-            .backends
-            .values()
-            .copied()
-            .filter(|id| !old.contains(id))
-            .collect()
+        // A retained id was in `previous` already, configured or retained.
+        self.allocation.ids_not_in(previous)
     }
 
     /// Backend ids `previous` had (configured or retained) that are not in
@@ -433,12 +533,7 @@ impl Desired {
     /// remembers on them are hashed again. A removed backend's id is
     /// retained instead (`retain`).
     pub fn retired_backend_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
-        let now = self.allocation.ids();
-        previous
-            .ids()
-            .into_iter()
-            .filter(|id| !now.contains(id))
-            .collect()
+        previous.ids_not_in(&self.allocation)
     }
 
     pub fn new_vip_ids(&self, previous: &Allocation) -> BTreeSet<u32> {
@@ -459,17 +554,55 @@ impl Allocation {
     pub(crate) fn ids(&self) -> BTreeSet<u32> {
         self.backends
             .values()
-            .copied()
+            .flat_map(|m| m.values().map(|s| s.id))
             .chain(self.retained.values().map(|r| r.id))
             .collect()
     }
 
+    /// The ids in use here and not in `other`: configured and retained.
+    /// A VIP map both share holds the same ids in both, and an id is in
+    /// one place only of an allocation, so only the others are compared.
+    pub(crate) fn ids_not_in(&self, other: &Allocation) -> BTreeSet<u32> {
+        let unshared = |a: &Allocation, b: &Allocation| -> BTreeSet<u32> {
+            a.backends
+                .iter()
+                .filter(|(vip, m)| b.backends.get(*vip).is_none_or(|o| !Arc::ptr_eq(m, o)))
+                .flat_map(|(_, m)| m.values().map(|s| s.id))
+                .chain(a.retained.values().map(|r| r.id))
+                .collect()
+        };
+        let theirs = unshared(other, self);
+        unshared(self, other)
+            .into_iter()
+            .filter(|id| !theirs.contains(id))
+            .collect()
+    }
+
+    /// The configured id of `ident`.
+    pub(crate) fn configured_id(&self, ident: &BackendIdentity) -> Option<u32> {
+        self.backends
+            .get(&ident.vip)?
+            .get(&ident.name)
+            .filter(|s| s.mac == ident.mac && s.address == ident.address)
+            .map(|s| s.id)
+    }
+
     /// The id `ident` holds, configured or retained.
     pub(crate) fn id_of(&self, ident: &BackendIdentity) -> Option<u32> {
-        self.backends
-            .get(ident)
-            .copied()
+        self.configured_id(ident)
             .or_else(|| self.retained.get(ident).map(|r| r.id))
+    }
+
+    /// Give `ident` the configured id `id`.
+    pub(crate) fn insert_backend(&mut self, ident: &BackendIdentity, id: u32) {
+        Arc::make_mut(self.backends.entry(ident.vip.clone()).or_default()).insert(
+            ident.name.clone(),
+            BackendSlot {
+                mac: ident.mac,
+                address: ident.address,
+                id,
+            },
+        );
     }
 
     /// The retained backends, by VIP and name.
@@ -537,23 +670,26 @@ fn carried(previous: &Allocation, now: &Allocation) -> BTreeMap<BackendIdentity,
         .filter(|(i, id)| now.vips.get(*i) == Some(*id))
         .map(|(i, _)| i.name.as_str())
         .collect();
-    let configured: BTreeSet<(&str, &str)> = now
-        .backends
-        .keys()
-        .map(|i| (i.vip.as_str(), i.name.as_str()))
-        .collect();
-    let keep = |i: &BackendIdentity| {
-        kept_vips.contains(i.vip.as_str()) && !configured.contains(&(&i.vip[..], &i.name[..]))
+    let keep = |vip: &str, name: &str| {
+        kept_vips.contains(vip) && !now.backends.get(vip).is_some_and(|m| m.contains_key(name))
     };
+    // A VIP map `now` shares has every backend still configured.
     let removed = previous
         .backends
         .iter()
-        .filter(|(i, _)| keep(i))
-        .map(|(i, &id)| {
+        .filter(|(vip, m)| now.backends.get(*vip).is_none_or(|o| !Arc::ptr_eq(m, o)))
+        .flat_map(|(vip, m)| m.iter().map(move |(name, slot)| (vip, name, slot)))
+        .filter(|(vip, name, _)| keep(vip, name))
+        .map(|(vip, name, slot)| {
             (
-                i.clone(),
+                BackendIdentity {
+                    vip: vip.clone(),
+                    name: name.clone(),
+                    mac: slot.mac,
+                    address: slot.address,
+                },
                 Retained {
-                    id,
+                    id: slot.id,
                     since_unix_seconds: None,
                 },
             )
@@ -561,7 +697,7 @@ fn carried(previous: &Allocation, now: &Allocation) -> BTreeMap<BackendIdentity,
     let still = previous
         .retained
         .iter()
-        .filter(|(i, _)| keep(i))
+        .filter(|(i, _)| keep(&i.vip, &i.name))
         .map(|(i, r)| (i.clone(), *r));
     removed.chain(still).collect()
 }
@@ -596,7 +732,9 @@ mod tests {
         let mut before = desired(&first, &Allocation::default()).unwrap();
         // As a health patch would: the kernel slots all on one backend.
         let b1 = before.vips[0].backend_ids[0];
-        before.vips[0].slots.iter_mut().for_each(|s| *s = b1);
+        let patched = Arc::make_mut(&mut before.vips[0]);
+        patched.slots.iter_mut().for_each(|s| *s = b1);
+        patched.health_patched = true;
         for next in [
             two_vips(3, 1, "02:00:00:00:00:12", 1031),
             two_vips(3, 2, "02:00:00:00:00:12", 1031),
@@ -606,9 +744,12 @@ mod tests {
         ] {
             let full = desired(&next, &before.allocation).unwrap();
             let builds = std::cell::Cell::new(0);
-            let reused = desired_reusing(&next, &before.allocation, Some(&before), &|| {
-                builds.set(builds.get() + 1)
-            })
+            let reused = desired_reusing(
+                Cow::Borrowed(&next),
+                &before.allocation,
+                Some(&before),
+                &|| builds.set(builds.get() + 1),
+            )
             .unwrap();
             assert_eq!(reused, full);
             // Only the tables whose inputs changed were built.
@@ -620,6 +761,120 @@ mod tests {
                 .count();
             assert_eq!(builds.get(), changed);
         }
+    }
+
+    /// A VIP an apply leaves as it was is the earlier state's own (the same
+    /// `Arc`: nothing of it is copied); a changed one, or one whose kernel
+    /// slots a health check patched, is made again.
+    #[test]
+    fn an_unchanged_vip_is_shared_not_copied() {
+        let first = two_vips(3, 1, "02:00:00:00:00:12", 1031);
+        let before = desired(&first, &Allocation::default()).unwrap();
+        let next = two_vips(3, 2, "02:00:00:00:00:12", 1031);
+        let after = desired_reusing(
+            Cow::Borrowed(&next),
+            &before.allocation,
+            Some(&before),
+            &|| {},
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(&before.vips[0], &after.vips[0]), "web changed");
+        assert!(Arc::ptr_eq(&before.vips[1], &after.vips[1]), "api did not");
+        // api's backend ids too; web's weights changed, not its backends.
+        let shared = |vip: &str| {
+            Arc::ptr_eq(
+                &before.allocation.backends[vip],
+                &after.allocation.backends[vip],
+            )
+        };
+        assert!(shared("api") && shared("web"));
+        // A new MAC for web's b2: a new id, web's map made again.
+        let moved = two_vips(3, 1, "02:00:00:00:00:99", 1031);
+        let m = desired_reusing(
+            Cow::Borrowed(&moved),
+            &before.allocation,
+            Some(&before),
+            &|| {},
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(
+            &before.allocation.backends["web"],
+            &m.allocation.backends["web"]
+        ));
+        // The differences of shared maps are the differences of the sets.
+        let naive = |a: &Allocation, b: &Allocation| -> BTreeSet<u32> {
+            a.ids().difference(&b.ids()).copied().collect()
+        };
+        assert_eq!(
+            m.new_backend_ids(&before.allocation),
+            naive(&m.allocation, &before.allocation)
+        );
+        assert_eq!(m.new_backend_ids(&before.allocation).len(), 1);
+        assert_eq!(
+            m.retired_backend_ids(&before.allocation),
+            naive(&before.allocation, &m.allocation)
+        );
+        assert_eq!(m.retired_backend_ids(&before.allocation).len(), 1);
+        assert!(after.new_backend_ids(&before.allocation).is_empty());
+        // The same config again, with api's slots patched by health.
+        let mut patched = after.clone();
+        Arc::make_mut(&mut patched.vips[1]).health_patched = true;
+        let again = desired_reusing(
+            Cow::Borrowed(&next),
+            &patched.allocation,
+            Some(&patched),
+            &|| {},
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&patched.vips[0], &again.vips[0]));
+        assert!(!Arc::ptr_eq(&patched.vips[1], &again.vips[1]));
+        assert_eq!(*again.vips[1], *after.vips[1]);
+        // Another seed: every table changes.
+        let seeded = two_vips(4, 2, "02:00:00:00:00:12", 1031);
+        let other = desired_reusing(
+            Cow::Borrowed(&seeded),
+            &after.allocation,
+            Some(&after),
+            &|| {},
+        )
+        .unwrap();
+        assert!(
+            other
+                .vips
+                .iter()
+                .zip(&after.vips)
+                .all(|(a, b)| !Arc::ptr_eq(a, b))
+        );
+    }
+
+    /// A VIP without backends (a warning, not an error) has an empty table
+    /// and no backend ids, built fresh or over an earlier state.
+    #[test]
+    fn a_vip_without_backends_has_a_state() {
+        let none = config(&[]);
+        let first = desired(&none, &Allocation::default()).unwrap();
+        assert_eq!(first.vips[0].slots, vec![NO_BACKEND]);
+        assert!(first.vips[0].backend_ids.is_empty());
+        let again = desired_reusing(
+            Cow::Borrowed(&none),
+            &first.allocation,
+            Some(&first),
+            &|| {},
+        )
+        .unwrap();
+        assert_eq!(again, first);
+        let one = config(&[("a", "02:00:00:00:00:01", 1)]);
+        let filled =
+            desired_reusing(Cow::Borrowed(&one), &first.allocation, Some(&first), &|| {}).unwrap();
+        let emptied = desired_reusing(
+            Cow::Borrowed(&none),
+            &filled.allocation,
+            Some(&filled),
+            &|| {},
+        )
+        .unwrap();
+        assert_eq!(emptied.vips[0].slots, vec![NO_BACKEND]);
+        assert_eq!(emptied.retained_of("web").len(), 1, "a is retained");
     }
 
     fn config(backends: &[(&str, &str, u32)]) -> Config {

@@ -416,12 +416,15 @@ fn changes(request: &Request) -> bool {
     )
 }
 
-/// Whether a request line is a trace's (streamed, not answered once).
+/// Whether a request line is a trace's (streamed, not answered once). Reads
+/// only `op`: the other fields are skipped, not built (an apply's line
+/// carries a config of megabytes, parsed once, by `peer::admit`).
 fn is_trace(line: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| v.get("op")?.as_str().map(|op| op == "trace"))
-        .unwrap_or(false)
+    #[derive(serde::Deserialize)]
+    struct Op {
+        op: Option<String>,
+    }
+    serde_json::from_str::<Op>(line).is_ok_and(|o| o.op.as_deref() == Some("trace"))
 }
 
 /// One JSON line.

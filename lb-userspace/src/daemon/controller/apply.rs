@@ -3,6 +3,7 @@
 //! recorded as a revision, baked and audited. Adoption takes over the
 //! pinned maps of an earlier daemon instead of writing them.
 
+use std::borrow::Cow;
 use std::time::{Instant, SystemTime};
 
 use xlb_core::bake::{BakeState, BakeStatus};
@@ -13,7 +14,7 @@ use xlb_core::config::keys::{RestartChange, restart_change};
 use xlb_core::detect::Detector;
 use xlb_core::plan::Plan;
 use xlb_core::revision::{Kind, Outcome, Revision};
-use xlb_core::state::{self, Allocation};
+use xlb_core::state::{self, Allocation, Desired};
 
 use super::{ApplyError, Controller, health};
 
@@ -30,9 +31,9 @@ impl Controller {
     /// the live revision.
     pub fn plan(&self, candidate: &Candidate) -> Result<Plan, ApplyError> {
         let base = match &self.applied {
-            Some(d) => std::borrow::Cow::Borrowed(&d.config),
+            Some(d) => Cow::Borrowed(&d.config),
             // Nothing applied yet: only the VIPs are new.
-            None => std::borrow::Cow::Owned(Config {
+            None => Cow::Owned(Config {
                 interface: self.interface.clone(),
                 vips: vec![],
                 ..candidate.config.clone()
@@ -40,7 +41,12 @@ impl Controller {
         };
         // The applied tables stand for the base's; only changed VIPs'
         // tables are built.
-        let mut plan = xlb_core::plan::plan_over(&base, self.applied.as_ref(), &candidate.config)?;
+        let base_hash = self
+            .applied
+            .as_ref()
+            .and(self.applied_config_hash.as_deref());
+        let mut plan =
+            xlb_core::plan::plan_over(&base, base_hash, self.applied.as_ref(), &candidate.config)?;
         plan.base_revision = Some(self.revision);
         // What this daemon runs with, not only what was applied: the
         // interface, the pinned table's size, the bound metrics address.
@@ -95,6 +101,9 @@ impl Controller {
     /// Plan for an operator, and put it in the audit log.
     pub fn plan_audited(&mut self, candidate: &Candidate) -> Result<Plan, ApplyError> {
         let mut plan = self.plan(candidate)?;
+        if self.applied.is_some() && self.applied_config_hash.is_none() {
+            self.applied_config_hash = Some(plan.base_config_hash.clone());
+        }
         plan.held = self.held_section(candidate);
         let detail = if plan.refused() {
             format!("refused: {} safety findings", plan.lints.len())
@@ -122,15 +131,10 @@ impl Controller {
     /// revision). An operator's apply or edit that replaces a revision bakes.
     pub fn apply(
         &mut self,
-        candidate: Candidate,
+        mut candidate: Candidate,
         options: ApplyOptions,
     ) -> Result<Applied, ApplyError> {
-        let Candidate {
-            origin,
-            file,
-            text,
-            config,
-        } = &candidate;
+        let (origin, file, text) = (&candidate.origin, &candidate.file, &candidate.text);
         let ApplyOptions { kind, checks } = options;
         let plan = match checks {
             Checks::Unchecked => None,
@@ -185,12 +189,16 @@ impl Controller {
             .revisions
             .as_ref()
             .map_or(self.revision + 1, |s| s.next_number());
+        // The config moves into the applied state (at 1,000 VIPs a copy
+        // costs tens of milliseconds); the candidate keeps its text.
+        let config = std::mem::replace(&mut candidate.config, Config::empty(String::new()));
+        let previous_revision = self.revision;
+        let written = self.write(config, file, number);
         // What the tables go back to if the new revision cannot be recorded.
-        let previous = self
-            .applied
-            .as_ref()
-            .map(|d| (d.config.clone(), self.revision));
-        let mut result = self.write(config, file, number);
+        let (mut result, previous) = match written {
+            Ok((n, previous)) => (Ok(n), previous.map(|d| (d.config, previous_revision))),
+            Err(e) => (Err(e), None),
+        };
         self.metrics.progress.beat();
         let baking = result.is_ok() && self.bakes(&kind);
         if let Some(store) = self.revisions.as_mut() {
@@ -229,6 +237,8 @@ impl Controller {
             }
         }
         if result.is_ok() {
+            // The applied config is the candidate the plan hashed.
+            self.applied_config_hash = plan.as_ref().map(|p| p.config_hash.clone());
             self.start_bake(&candidate, &kind, number);
             if let Some(c) = self.config_file.as_mut() {
                 c.after_apply(number, &kind, file, text);
@@ -261,7 +271,7 @@ impl Controller {
                     .current
                     .as_ref()
                     .map_or_else(|| format!("revision {revision}"), |c| c.file.clone());
-                match self.write(&config, &file, revision) {
+                match self.write(config, &file, revision) {
                     Ok(_) => format!("the tables are back at revision {revision}"),
                     Err(e) => format!("putting revision {revision} back failed too: {e}"),
                 }
@@ -390,6 +400,7 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         self.applied = Some(adopted.desired);
+        self.applied_config_hash = None;
         self.health_adopt(adopted.health);
         if let Some(n) = number {
             self.revision = n;
@@ -405,9 +416,15 @@ impl Controller {
     }
 
     /// Build the tables of `config` and swap them in; nothing is written
-    /// unless everything validated.
-    fn write(&mut self, config: &Config, file: &str, number: u64) -> Result<u64, ApplyError> {
-        let changes = self.restart_only(config);
+    /// unless everything validated. Returns the revision and the state it
+    /// replaced.
+    fn write(
+        &mut self,
+        config: Config,
+        file: &str,
+        number: u64,
+    ) -> Result<(u64, Option<Desired>), ApplyError> {
+        let changes = self.restart_only(&config);
         if !changes.is_empty() {
             return Err(ApplyError::RestartOnly {
                 file: file.to_string(),
@@ -423,7 +440,7 @@ impl Controller {
         let started = Instant::now();
         // Only the tables whose inputs changed are built again.
         let mut desired = state::desired_reusing(
-            config,
+            Cow::Owned(config),
             previous.map_or(&empty, |p| &p.allocation),
             previous,
             &|| progress.beat(),
@@ -445,12 +462,13 @@ impl Controller {
         // What the drift check compared is history now.
         self.drift.clear();
         self.drift_checked_at.clear();
-        self.applied = Some(desired);
+        let replaced = self.applied.replace(desired);
+        self.applied_config_hash = None;
         self.health_follow(memberships);
         self.revision = number;
         self.applied_at = SystemTime::now();
         self.applied_instant = Instant::now();
         log::info!("applied revision {} from {file}", self.revision);
-        Ok(self.revision)
+        Ok((self.revision, replaced))
     }
 }

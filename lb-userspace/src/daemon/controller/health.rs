@@ -108,8 +108,10 @@ impl Controller {
                 describe(&wanted),
                 p.slots.len()
             );
+            let vip = Arc::make_mut(vip);
             vip.slots = p.slots;
             vip.table_shares = p.shares;
+            vip.health_patched = wanted != Membership::Full;
             monitor.set_live(&vip.config.name, wanted);
             // What the drift check compared the old table with is history.
             self.drift.remove(&vip.config.name);
