@@ -49,27 +49,33 @@ fn cut(text: &str) -> Option<Cut<'_>> {
     if text.contains("\"\"\"") || text.contains("'''") {
         return None;
     }
+    // Only a line that begins with `[` (after spaces or tabs, TOML's
+    // whitespace) can be a header. Their starts are found by substring
+    // search, not line by line: 5.8 MB at the declared limits.
+    let bytes = text.as_bytes();
+    let mut lines: Vec<usize> = [&b"\n["[..], b"\n ", b"\n\t"]
+        .iter()
+        .flat_map(|p| memchr::memmem::find_iter(bytes, p).map(|at| at + 1))
+        .chain(std::iter::once(0))
+        .collect();
+    lines.sort_unstable();
     let mut starts = Vec::new();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        // Only a line that begins with `[` (after spaces or tabs, TOML's
-        // whitespace) can be a header: most lines are settled by their
-        // first bytes, the whole text is 5.8 MB at the declared limits.
+    for at in lines {
+        let rest = &text[at..];
+        let line = rest.split_once('\n').map_or(rest, |(line, _)| line);
         let Some(header) = line
             .trim_start_matches([' ', '\t'])
             .strip_prefix('[')
-            .map(|rest| rest.trim_end())
+            .map(str::trim_end)
         else {
-            offset += line.len();
             continue;
         };
         if header == "[vip]]" {
-            starts.push(offset);
+            starts.push(at);
         } else if !starts.is_empty() && !header.starts_with("vip.") && !header.starts_with("[vip.")
         {
             return None;
         }
-        offset += line.len();
     }
     let head = &text[..starts.first().copied().unwrap_or(text.len())];
     let vips = starts
