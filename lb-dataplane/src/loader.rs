@@ -61,6 +61,7 @@ impl Dataplane {
         let backends_map = take_array(&mut ebpf, maps::BACKENDS)?;
         Ok(Self {
             vips: take(&mut ebpf, maps::VIPS)?,
+            vip_slots: crate::vipslots::VipSlots::take(&mut ebpf)?,
             tables_fd: crate::reader::tables_fd(&ebpf)?,
             tables: take(&mut ebpf, maps::MAGLEV_TABLES)?,
             backends: MappedArray::new(backends_map.fd(), maps::MAX_BACKENDS as usize)
