@@ -48,6 +48,9 @@ pub fn owners<'a>(
 pub(crate) struct VipSlots {
     mem: MappedArray<VipSlot>,
     _map: MapData,
+    /// What the last `fill` made the slots hold (empty before any): what
+    /// the drift check compares each VIP's slot with.
+    written: BTreeMap<u32, VipSlot>,
 }
 
 /// The slots `clear_stale` left for `fill`.
@@ -69,7 +72,11 @@ impl VipSlots {
         let map = crate::objects::take_array(ebpf, maps::VIP_SLOTS)?;
         let mem =
             MappedArray::new(map.fd(), VIP_SLOTS as usize).map_err(io_err(maps::VIP_SLOTS))?;
-        Ok(Some(Self { mem, _map: map }))
+        Ok(Some(Self {
+            mem,
+            _map: map,
+            written: BTreeMap::new(),
+        }))
     }
 
     /// Whether slot `i` holds `want` (None: empty).
@@ -79,6 +86,24 @@ impl VipSlots {
             None => now.tail == EMPTY_TAIL,
             Some(w) => now == *w,
         }
+    }
+
+    /// Empty every slot (a start over pins: the slots may be stale, left
+    /// by an xlb that ran on these pins without them). Always safe: an
+    /// empty slot sends its key to the hash map.
+    pub(crate) fn clear_all(&self) {
+        for i in 0..VIP_SLOTS as usize {
+            let p = self.mem.slot_ptr(i);
+            // SAFETY: `slot_ptr` checked the index; a volatile store of the
+            // tail word alone, which the program reads first.
+            unsafe { core::ptr::addr_of_mut!((*p).tail).write_volatile(EMPTY_TAIL) };
+        }
+        fence(Ordering::SeqCst);
+    }
+
+    /// Whether slot `i` no longer holds what the last `fill` wrote there.
+    pub(crate) fn drifted(&self, i: u32) -> bool {
+        !self.holds(i, self.written.get(&i))
     }
 
     /// The slots that do not hold what `target` says (drift).
@@ -114,7 +139,7 @@ impl VipSlots {
     /// Write what `clear_stale` left: after `grace` (the writer's
     /// `RETIRE_GRACE`) when a slot held something before, each slot's tail
     /// word last.
-    pub(crate) fn fill(&self, pending: Pending, grace: std::time::Duration) {
+    pub(crate) fn fill(&mut self, pending: Pending, grace: std::time::Duration) {
         if pending.grace {
             std::thread::sleep(grace);
         }
@@ -132,6 +157,7 @@ impl VipSlots {
                 core::ptr::addr_of_mut!((*p).tail).write_volatile(want.tail);
             }
         }
+        self.written = pending.target;
     }
 }
 

@@ -223,8 +223,8 @@ impl Dataplane {
     }
 
     /// Step two, after the VIP entries: fill what `clear_vip_slots` left.
-    pub(crate) fn fill_vip_slots(&self, pending: Pending) {
-        if let Some(slots) = &self.vip_slots {
+    pub(crate) fn fill_vip_slots(&mut self, pending: Pending) {
+        if let Some(slots) = &mut self.vip_slots {
             slots.fill(pending, RETIRE_GRACE);
         }
     }
@@ -241,6 +241,18 @@ impl Dataplane {
             .as_ref()
             .map(|s| s.differing(&Self::vip_slot_target(Some(desired))))
             .unwrap_or_default()
+    }
+
+    /// Whether the VIP slot of `key` no longer holds what the controller
+    /// last wrote there (the daemon's drift check, a VIP at a time; a slot
+    /// another VIP owns counts for both). False for an object without VIP
+    /// slots.
+    pub fn vip_slot_drifted(&self, key: &VipKey) -> bool {
+        self.vip_slots.as_ref().is_some_and(|s| {
+            s.drifted(lb_common::vipslot::slot_index(
+                &lb_common::vipslot::key_words(key),
+            ))
+        })
     }
 
     /// Rewrite every VIP's table, backend entries and VIP slots from
@@ -322,7 +334,8 @@ impl Dataplane {
         let written = desired.new_backend_ids(previous.map_or(&empty, |p| &p.allocation));
         let Some(previous) = previous else {
             // Nothing was serving before: serve nothing.
-            self.clear_vip_slots(None);
+            let none = self.clear_vip_slots(None);
+            self.fill_vip_slots(none);
             for vip in &desired.vips {
                 let _ = self.vips.remove(&vip.key);
             }

@@ -154,8 +154,14 @@ fn vip_slots_follow_applies_and_drift_is_found_and_repaired() {
         .expect("write c's slot behind the controller's back");
     assert_eq!(send(&dp, "198.18.50.20:80", 1003), (TX, mac(0xa)));
     assert_eq!(dp.vip_slots_drift(&first), vec![index(&kc)]);
+    assert!(
+        dp.vip_slot_drifted(&kc),
+        "the daemon's per-VIP check sees it"
+    );
+    assert!(!dp.vip_slot_drifted(&ka));
     dp.rewrite(&first).expect("repair");
     assert_eq!(dp.vip_slots_drift(&first), Vec::<u32>::new());
+    assert!(!dp.vip_slot_drifted(&kc));
     assert_eq!(send(&dp, "198.18.50.20:80", 1004), (TX, mac(0xc)));
 
     // c and a go: c's slot is emptied (its packets pass), b now owns the
