@@ -12,5 +12,6 @@ pub mod maps;
 pub mod stats;
 pub mod trace;
 pub mod types;
+pub mod vipslot;
 
 pub use types::*;

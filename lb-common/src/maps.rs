@@ -2,6 +2,10 @@
 
 /// (address, port, protocol) -> `VipMeta`.
 pub const VIPS: &str = "XLB_VIPS";
+/// `vipslot::VipSlot`s: a direct-mapped copy of the VIP entries in front of
+/// `VIPS`, indexed by `vipslot::slot_index` (mmapable; written by the
+/// controller, `VIPS` stays the truth).
+pub const VIP_SLOTS: &str = "XLB_VIP_SLOTS";
 /// Array of maps: vip_id -> that VIP's Maglev table (array of backend ids).
 pub const MAGLEV_TABLES: &str = "XLB_MAGLEV_TABLES";
 /// backend id -> `Backend`.
@@ -35,13 +39,14 @@ pub const TRACE: &str = "XLB_TRACE";
 pub const TRACE_RING: &str = "XLB_TRACE_RING";
 
 /// Every map the balancer object must define.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     TRACE,
     TRACE_RING,
     EVENT_STATS,
     FRAGS,
     CONNS,
     VIPS,
+    VIP_SLOTS,
     MAGLEV_TABLES,
     BACKENDS,
     VIP_STATS,

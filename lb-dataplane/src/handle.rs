@@ -91,6 +91,9 @@ impl Striped {
 pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
     pub(crate) vips: HashMap<MapData, VipKey, VipMeta>,
+    /// XLB_VIP_SLOTS, the copy of the VIP entries the program tries first;
+    /// None for an object built before it.
+    pub(crate) vip_slots: Option<crate::vipslots::VipSlots>,
     pub(crate) tables: ArrayOfMaps<MapData, MapData>,
     /// XLB_MAGLEV_TABLES again, for reading which map an entry names
     /// without opening it (see `reader::tables_fd`).

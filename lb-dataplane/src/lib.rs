@@ -10,6 +10,7 @@
 //! - `mode`: how a program is attached;
 //! - `mmap`: BPF arrays mapped into memory;
 //! - `objects`: the embedded objects; programs and maps taken out of them;
+//! - `vipslots`: the VIP slots' owners, and their writes in order;
 //! - `conns`: the connection table counted (fill, flows per backend);
 //! - `handle`: `Dataplane`, the handle on a loaded balancer's maps;
 //! - `reader`: counters, summed over CPUs, and the live tables;
@@ -35,6 +36,7 @@ mod reader;
 pub mod staging;
 mod sys;
 pub mod trace;
+pub mod vipslots;
 mod writer;
 
 pub use conns::{

@@ -59,8 +59,16 @@ impl Dataplane {
         let mut ebpf = loader.load(object)?;
         load_xdp(&mut ebpf, maps::BALANCER_PROGRAM)?;
         let backends_map = take_array(&mut ebpf, maps::BACKENDS)?;
+        let vip_slots = crate::vipslots::VipSlots::take(&mut ebpf)?;
+        if let (Some(slots), Some(_)) = (&vip_slots, pins) {
+            // Pinned slots may be stale (an older xlb, which does not know
+            // them, ran on these pins): empty until adoption fills them,
+            // before this program is attached.
+            slots.clear_all();
+        }
         Ok(Self {
             vips: take(&mut ebpf, maps::VIPS)?,
+            vip_slots,
             tables_fd: crate::reader::tables_fd(&ebpf)?,
             tables: take(&mut ebpf, maps::MAGLEV_TABLES)?,
             backends: MappedArray::new(backends_map.fd(), maps::MAX_BACKENDS as usize)

@@ -75,6 +75,13 @@ impl<T: Pod> MappedArray<T> {
         unsafe { self.slot(index).write_volatile(value) }
     }
 
+    /// A pointer to the value at `index`, for writes of single fields in
+    /// an order the program relies on (`vipslots`).
+    pub(crate) fn slot_ptr(&self, index: usize) -> *mut T {
+        assert!(index < self.len, "index {index} past {}", self.len);
+        self.slot(index)
+    }
+
     fn slot(&self, index: usize) -> *mut T {
         // SAFETY: callers check index < len; the mapping spans len strides.
         unsafe { self.ptr.as_ptr().add(index * stride::<T>()).cast() }

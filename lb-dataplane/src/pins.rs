@@ -458,6 +458,7 @@ impl Dataplane {
         desired: &Desired,
         stray: &[VipKey],
     ) -> Result<(), DataplaneError> {
+        let pending = self.clear_vip_slots(Some(desired));
         self.write_global(host, &desired.config)?;
         for vip in &desired.vips {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
@@ -493,12 +494,19 @@ impl Dataplane {
         for key in stray {
             self.vips.remove(key).map_err(map_err(maps::VIPS))?;
         }
+        self.fill_vip_slots(pending);
         Ok(())
     }
 
     /// Map the live table of each of `desired`'s VIPs, as if we had swapped
-    /// it in: the drift check then reads it from memory.
+    /// it in: the drift check then reads it from memory. And make the VIP
+    /// slots hold `desired`'s VIP entries: adopted maps may come without
+    /// them (pinned by an xlb before them: the map is new and empty) or with
+    /// stale ones (an older xlb ran on these pins meanwhile and changed the
+    /// VIP entries without them), while the VIP entries match `desired`.
     pub fn adopt_tables(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
+        let pending = self.clear_vip_slots(Some(desired));
+        self.fill_vip_slots(pending);
         let name = maps::MAGLEV_TABLES;
         for vip in &desired.vips {
             if self.installed.contains_key(&vip.id) {

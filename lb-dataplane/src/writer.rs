@@ -6,9 +6,11 @@
 //! 3. each changed table, filled in a fresh inner map, then all of them swapped
 //!    in with one batch update of the outer map (each VIP's table changes
 //!    whole; the kernel waits for running programs once, not once a table);
-//! 4. VIP entries (a new VIP becomes visible only once its table is there),
-//!    then the ICMP echo entries (they name VIP ids written in 4);
-//! 5. VIP and echo entries that are gone are removed;
+//! 4. VIP slots (`vipslots`) whose content changes are emptied; VIP entries
+//!    (a new VIP becomes visible only once its table is there), then the
+//!    ICMP echo entries (they name VIP ids written in 4);
+//! 5. VIP and echo entries that are gone are removed; then the VIP slots
+//!    are filled (after `RETIRE_GRACE` when one held another entry before);
 //! 6. after `RETIRE_GRACE`, the entries of backend ids no table names any
 //!    more (changed backends, those of removed VIPs) lose `BACKEND_F_VALID`.
 //!    A removed backend's entry stays valid while it is retained
@@ -20,15 +22,18 @@
 //! valid until then because a packet that read the old table (or the
 //! connection table) just before the swap reads the backend entry next.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
 use aya::maps::MapData;
-use lb_common::{BACKEND_F_VALID, Backend as KernelBackend, VipKey, VipMeta, maps};
+use lb_common::{
+    BACKEND_F_VALID, Backend as KernelBackend, VipKey, VipMeta, maps, vipslot::VipSlot,
+};
 
 use crate::HostInterface;
+use crate::vipslots::{Pending, owners};
 use crate::{
     Dataplane, DataplaneError,
     error::{io_err, map_err},
@@ -208,9 +213,54 @@ impl Dataplane {
         }
     }
 
-    /// Rewrite every VIP's table and backend entries from `desired`, each
-    /// table swapped in whole: undoes whatever changed them behind our back.
+    /// Empty the VIP slots whose content is not `live`'s (None: every
+    /// slot): step one of a change of the slots, before the VIP entries are
+    /// written or removed.
+    pub(crate) fn clear_vip_slots(&self, live: Option<&Desired>) -> Pending {
+        let Some(slots) = &self.vip_slots else {
+            return Pending::default();
+        };
+        slots.clear_stale(Self::vip_slot_target(live))
+    }
+
+    /// Step two, after the VIP entries: fill what `clear_vip_slots` left.
+    pub(crate) fn fill_vip_slots(&mut self, pending: Pending) {
+        if let Some(slots) = &mut self.vip_slots {
+            slots.fill(pending, RETIRE_GRACE);
+        }
+    }
+
+    fn vip_slot_target(live: Option<&Desired>) -> BTreeMap<u32, VipSlot> {
+        live.map(|d| owners(d.vips.iter().map(|v| (&v.key, &v.meta))))
+            .unwrap_or_default()
+    }
+
+    /// The VIP slots that do not hold what `desired` puts there (drift:
+    /// `rewrite` repairs them); empty for an object without VIP slots.
+    pub fn vip_slots_drift(&self, desired: &Desired) -> Vec<u32> {
+        self.vip_slots
+            .as_ref()
+            .map(|s| s.differing(&Self::vip_slot_target(Some(desired))))
+            .unwrap_or_default()
+    }
+
+    /// Whether the VIP slot of `key` no longer holds what the controller
+    /// last wrote there (the daemon's drift check, a VIP at a time; a slot
+    /// another VIP owns counts for both). False for an object without VIP
+    /// slots.
+    pub fn vip_slot_drifted(&self, key: &VipKey) -> bool {
+        self.vip_slots.as_ref().is_some_and(|s| {
+            s.drifted(lb_common::vipslot::slot_index(
+                &lb_common::vipslot::key_words(key),
+            ))
+        })
+    }
+
+    /// Rewrite every VIP's table, backend entries and VIP slots from
+    /// `desired`, each table swapped in whole: undoes whatever changed them
+    /// behind our back.
     pub fn rewrite(&mut self, desired: &Desired) -> Result<(), DataplaneError> {
+        let pending = self.clear_vip_slots(Some(desired));
         for vip in &desired.vips {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 self.backends.set(id as usize, kernel_backend(b, vip.id));
@@ -221,7 +271,9 @@ impl Dataplane {
             .iter()
             .map(|vip| (vip.id, vip.slots.as_slice()))
             .collect();
-        self.install_tables(&tables)
+        self.install_tables(&tables)?;
+        self.fill_vip_slots(pending);
+        Ok(())
     }
 
     /// Make the maps hold `desired`, all or nothing: if any write fails part
@@ -283,6 +335,8 @@ impl Dataplane {
         let written = desired.new_backend_ids(previous.map_or(&empty, |p| &p.allocation));
         let Some(previous) = previous else {
             // Nothing was serving before: serve nothing.
+            let none = self.clear_vip_slots(None);
+            self.fill_vip_slots(none);
             for vip in &desired.vips {
                 let _ = self.vips.remove(&vip.key);
             }
@@ -293,6 +347,7 @@ impl Dataplane {
             self.installed.clear();
             return Ok(());
         };
+        let pending = self.clear_vip_slots(Some(previous));
         self.write_global(host, &previous.config)?;
         let tables: Vec<(u32, &[u32])> = previous
             .vips
@@ -324,6 +379,7 @@ impl Dataplane {
                 let _ = self.vips.remove(key);
             }
         }
+        self.fill_vip_slots(pending);
         self.retire_backends(&written);
         self.close_unused_tables(previous);
         Ok(())
@@ -380,6 +436,7 @@ impl Dataplane {
             swaps.push(started.elapsed().as_secs_f64());
             progress();
         }
+        let pending = self.clear_vip_slots(Some(desired));
         for vip in &desired.vips {
             let prev = previous_by_name.get(vip.config.name.as_str()).copied();
             self.write_vip_entry(vip, prev)?;
@@ -411,6 +468,7 @@ impl Dataplane {
                 }
             }
         }
+        self.fill_vip_slots(pending);
         self.retire_backends(&desired.retired_backend_ids(prev_alloc));
         self.close_unused_tables(desired);
         Ok(swaps)

@@ -2,37 +2,81 @@
 //! wildcard), connection table, flow hash, Maglev slot, backend entry.
 
 use lb_common::{
-    BACKEND_F_VALID, Backend, GlobalConfig, HASH_FIVE_TUPLE, VipMeta,
+    BACKEND_F_VALID, Backend, GlobalConfig, HASH_FIVE_TUPLE, VipKey, VipMeta,
     hash::{ConnEntry, flow_hash, hash_input},
     stats::{EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER},
+    vipslot::{slot_index, tail_word},
 };
 
 use crate::{
     events::count_event,
-    maps::{XLB_BACKENDS, XLB_CONNS, XLB_MAGLEV_TABLES, XLB_VIPS},
+    maps::{XLB_BACKENDS, XLB_CONNS, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS, XLB_VIPS},
     scratch::{KIND_ICMP_ERROR, Parsed},
 };
 
 /// The VIP a packet is for, if any. The port-0 (every port) entry is tried
 /// only when some VIP has one (`wildcard`).
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
-)]
 #[inline(always)]
 pub fn vip(p: &mut Parsed, wildcard: bool) -> Option<VipMeta> {
-    // SAFETY: `get` is unsafe because userspace may rewrite or delete the
-    // entry while the reference lives; the value is copied out at once, and
-    // the controller writes VIP entries whole with one map update.
-    if let Some(m) = unsafe { XLB_VIPS.get(&p.vip) } {
-        return Some(*m);
+    if let Some(m) = find(&p.vip) {
+        return Some(m);
     }
     if !wildcard || p.vip.port_be == 0 {
         return None;
     }
     p.vip.port_be = 0;
-    // SAFETY: as above: the value is copied out at once.
-    unsafe { XLB_VIPS.get(&p.vip) }.copied()
+    find(&p.vip)
+}
+
+/// `key`'s entry: from its slot when the slot holds this key, else from
+/// the hash map (the truth; colliding VIPs and address entries live only
+/// there). `key` is the per-CPU scratch's: passed by reference, it is
+/// not copied to the 512-byte stack.
+#[inline(always)]
+fn find(key: &VipKey) -> Option<VipMeta> {
+    if let Some(m) = slot(key) {
+        return Some(m);
+    }
+    // SAFETY: `get` is unsafe because userspace may rewrite or delete the
+    // entry while the reference lives; the value is copied out at once, and
+    // the controller writes VIP entries whole with one map update.
+    unsafe { XLB_VIPS.get(key) }.copied()
+}
+
+/// `key`'s entry from XLB_VIP_SLOTS, if its slot holds exactly this key.
+#[inline(always)]
+fn slot(key: &VipKey) -> Option<VipMeta> {
+    let k = key as *const VipKey as *const u32;
+    // SAFETY: the key is `Parsed::vip`, at offset 0 of the per-CPU scratch
+    // (8-aligned map memory; asserted in scratch.rs), so four aligned u32
+    // loads read its address (stored as u32 and u64 words, which such loads
+    // forward from).
+    let a = unsafe { [*k, *k.add(1), *k.add(2), *k.add(3)] };
+    // The last word from its fields, each loaded as it was stored: one u32
+    // load of three narrower stores would wait for them to reach the cache.
+    let w = [
+        a[0],
+        a[1],
+        a[2],
+        a[3],
+        tail_word(key.port_be, key.proto, key.family),
+    ];
+    let s = XLB_VIP_SLOTS.get_ptr(slot_index(&w))?;
+    // SAFETY: get_ptr checked the index; array values are never freed.
+    // Volatile, in this order: the controller writes the tail word last
+    // when it fills a slot and first when it clears one (x86 keeps stores
+    // and loads in order), so a matching tail read first means the address
+    // words and entry read after it are the ones written with it.
+    unsafe {
+        if core::ptr::addr_of!((*s).tail).read_volatile() != w[4] {
+            return None;
+        }
+        let a = core::ptr::addr_of!((*s).addr).read_volatile();
+        if a[0] != w[0] || a[1] != w[1] || a[2] != w[2] || a[3] != w[3] {
+            return None;
+        }
+        Some(core::ptr::addr_of!((*s).meta).read_volatile())
+    }
 }
 
 /// The backend entry of `backend_id` if it may carry this VIP's packets:

@@ -14,12 +14,20 @@ use lb_common::{
         MAX_BACKENDS, MAX_VIPS, VIP_ENTRIES,
     },
     stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
+    vipslot::{VIP_SLOTS, VipSlot},
 };
 
 /// (address, port, protocol) -> VIP id and table size, and each VIP
 /// address's entry (port 0, ICMP); written by the controller.
 #[btf_map]
 pub static XLB_VIPS: HashMap<VipKey, VipMeta, { VIP_ENTRIES as usize }> = HashMap::new();
+
+/// A direct-mapped copy of the VIP entries (`lb_common::vipslot`), tried
+/// before XLB_VIPS; mmapable, so the controller orders its writes (the key's
+/// last word last).
+#[btf_map]
+pub static XLB_VIP_SLOTS: Array<VipSlot, { VIP_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// vip_id -> that VIP's Maglev table (slot -> backend id). The controller
 /// builds a new inner array aside and swaps it in with one update, so a packet

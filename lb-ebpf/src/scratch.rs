@@ -71,9 +71,16 @@ pub struct Parsed {
     pub lco: u8,
 }
 
+// `lookup::slot` reads `Parsed::vip` as five aligned u32: it must sit at
+// a 4-aligned offset of a 4-aligned struct placed at the start of the
+// scratch (map values are 8-aligned).
+const _: () = assert!(core::mem::offset_of!(Parsed, vip) == 0);
+const _: () = assert!(core::mem::align_of::<Parsed>() >= 4);
+
 /// The working memory of one packet.
 #[repr(C)]
 pub struct Scratch {
+    /// First: `lookup::slot` relies on its offset (0).
     pub p: Parsed,
     /// Outer (tunnel) source and destination, 4 or 16 bytes used.
     pub outer_src: [u8; 16],
@@ -85,6 +92,8 @@ pub struct Scratch {
     /// The flow's 5-tuple hash: the outer source, GUE port and flow label.
     pub flow_hash: u32,
 }
+
+const _: () = assert!(core::mem::offset_of!(Scratch, p) == 0);
 
 #[btf_map]
 pub static XLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();

@@ -92,5 +92,10 @@ fn find_drift(
         .iter()
         .map(|&id| (id, dataplane.live_backend(id)))
         .collect();
-    Ok(drift::check(vip, live_table.as_deref(), &live_backends))
+    let mut finding = drift::check(vip, live_table.as_deref(), &live_backends);
+    if !finding.drifted && dataplane.vip_slot_drifted(&vip.key) {
+        finding.drifted = true;
+        finding.reason = Some("its VIP slot (XLB_VIP_SLOTS) does not hold what was written".into());
+    }
+    Ok(finding)
 }
