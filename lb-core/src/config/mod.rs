@@ -38,6 +38,13 @@ pub use incremental::parse_against;
 pub use types::*;
 pub use validate::MAX_WEIGHT;
 
+/// xxh64 (seed 0) of one VIP's JSON form: a plan's `config_hash` is made
+/// of these, VIP by VIP (`plan::config_hash`).
+pub fn vip_hash(vip: &Vip) -> u64 {
+    let json = serde_json::to_vec(vip).expect("a Vip always serializes");
+    xxhash_rust::xxh64::xxh64(&json, 0)
+}
+
 use std::path::Path;
 
 /// Read and validate a config file.

@@ -80,6 +80,7 @@ pub fn held_after(
         std::borrow::Cow::Borrowed(candidate),
         &live.allocation,
         Some(live),
+        None,
         &|| {},
     )?;
     let selection = select(&after, entries.iter().copied());

@@ -32,8 +32,9 @@ use xxhash_rust::xxh64::xxh64;
 
 use std::collections::{HashMap, HashSet};
 
+pub use crate::config::vip_hash;
 use crate::config::{Config, Vip};
-use crate::state::{Desired, DesiredVip, same_table_inputs};
+use crate::state::{Desired, DesiredVip, Prebuilt, same_table_inputs};
 
 use diff::Side;
 use flows::Built;
@@ -57,6 +58,18 @@ pub fn plan_over(
     applied: Option<&Desired>,
     candidate: &Config,
 ) -> Result<Plan, PlanError> {
+    plan_keeping_tables(base, base_hash, applied, candidate).map(|(plan, _)| plan)
+}
+
+/// [`plan_over`], and the candidate tables it built, for the apply of this
+/// very candidate (`state::desired_reusing` takes them instead of building
+/// them again: a change of every VIP builds each table once).
+pub fn plan_keeping_tables(
+    base: &Config,
+    base_hash: Option<&str>,
+    applied: Option<&Desired>,
+    candidate: &Config,
+) -> Result<(Plan, Prebuilt), PlanError> {
     let applied_by_name: HashMap<&str, &DesiredVip> = applied
         .map(|d| {
             d.vips
@@ -193,7 +206,7 @@ pub fn plan_over(
 
     let details = diff::config_details(base, candidate);
     let changed = !details.is_empty() || vips.iter().any(|v| v.change != Change::Unchanged);
-    Ok(Plan {
+    let plan = Plan {
         schema_version: SCHEMA_VERSION,
         base_revision: None,
         base_config_hash: base_hash.map_or_else(|| config_hash(base), str::to_owned),
@@ -213,7 +226,18 @@ pub fn plan_over(
         warnings: crate::config::warnings::warnings(candidate),
         changed,
         held: None,
-    })
+    };
+    let tables = candidate
+        .vips
+        .iter()
+        .zip(candidate_built)
+        .filter_map(|(v, built)| built.map(|b| (v.name.clone(), (v.clone(), b.table))))
+        .collect();
+    let prebuilt = Prebuilt {
+        seed: candidate.hash_seed,
+        tables,
+    };
+    Ok((plan, prebuilt))
 }
 
 /// What identifies a config in a plan, as 16 hex digits: xxh64 (seed 0) of
@@ -223,12 +247,6 @@ pub fn plan_over(
 /// (`DesiredVip::config_hash`).
 pub fn config_hash(config: &Config) -> String {
     config_hash_with(config, |_| None)
-}
-
-/// xxh64 (seed 0) of one VIP's JSON form.
-pub fn vip_hash(vip: &Vip) -> u64 {
-    let json = serde_json::to_vec(vip).expect("a Vip always serializes");
-    xxh64(&json, 0)
 }
 
 /// [`config_hash`], taking the hash of VIP `i` from `known(i)` where it

@@ -33,10 +33,10 @@ use lb_common::{
 };
 use rayon::prelude::*;
 
+use crate::config::vip_hash;
 use crate::config::{Backend, Config, IcmpEcho, Unhandled, Vip};
 use crate::host::HostInterface;
 use crate::maglev::{self, MaglevBackend, MaglevTable};
-use crate::plan::vip_hash;
 
 mod error;
 mod ids;
@@ -124,7 +124,7 @@ pub struct DesiredVip {
     /// `table_shares` (`health::patch_desired`): then they are not what
     /// `table` says, and a later state does not take them as they are.
     pub health_patched: bool,
-    /// `plan::vip_hash(&config)`: a plan hashes again only changed VIPs.
+    /// `config::vip_hash(&config)`: a plan hashes again only changed VIPs.
     pub config_hash: u64,
 }
 
@@ -212,7 +212,7 @@ pub fn global_config(host: &HostInterface, config: &Config) -> GlobalConfig {
 /// Compute the desired kernel state for `config`, keeping the ids of
 /// everything `previous` already placed.
 pub fn desired(config: &Config, previous: &Allocation) -> Result<Desired, StateError> {
-    desired_reusing(Cow::Borrowed(config), previous, None, &|| {})
+    desired_reusing(Cow::Borrowed(config), previous, None, None, &|| {})
 }
 
 /// Whether `a` and `b` build the same Maglev table: same size, same seed,
@@ -224,6 +224,16 @@ pub(crate) fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> b
         && a.table_backends()
             .map(|x| (&x.name, x.weight))
             .eq(b.table_backends().map(|x| (&x.name, x.weight)))
+}
+
+/// Maglev tables built for a config before it is applied (by the plan the
+/// apply checks it against), by VIP name, each with the VIP it was built
+/// for: `desired_reusing` takes one instead of building it again where the
+/// VIP's table inputs are the same.
+#[derive(Debug, Default)]
+pub struct Prebuilt {
+    pub seed: u32,
+    pub tables: HashMap<String, (Vip, MaglevTable)>,
 }
 
 /// The Maglev table `v` builds under `seed`: its table backends (active,
@@ -252,6 +262,7 @@ pub fn desired_reusing(
     config: Cow<'_, Config>,
     previous: &Allocation,
     built: Option<&Desired>,
+    prebuilt: Option<Prebuilt>,
     progress: &dyn Fn(),
 ) -> Result<Desired, StateError> {
     let owned = config;
@@ -354,10 +365,23 @@ pub fn desired_reusing(
     // table where the table's inputs are the same; the others' tables
     // built on every core.
     let same_seed = built_seed == config.hash_seed;
+    // The tables the plan of this very change built, where they fit.
+    let mut prebuilt = prebuilt.unwrap_or_default();
+    let mut handed: Vec<Option<MaglevTable>> = config
+        .vips
+        .iter()
+        .map(|v| {
+            let (vip, _) = prebuilt.tables.get(&v.name)?;
+            same_table_inputs(vip, prebuilt.seed, v, config.hash_seed)
+                .then(|| prebuilt.tables.remove(&v.name).map(|(_, t)| t))
+                .flatten()
+        })
+        .collect();
     let tables: Vec<Reuse> = config
         .vips
         .par_iter()
-        .map(|v| {
+        .zip(handed.par_iter_mut())
+        .map(|(v, handed)| {
             let reused = built_by_name
                 .get(v.name.as_str())
                 .filter(|b| same_table_inputs(&b.config, built_seed, v, config.hash_seed));
@@ -366,6 +390,9 @@ pub fn desired_reusing(
                     return Ok(Reuse::Whole(Arc::clone(b)));
                 }
                 return Ok(Reuse::Table(b.table.clone(), false, vip_hash(v)));
+            }
+            if let Some(table) = handed.take() {
+                return Ok(Reuse::Table(table, false, vip_hash(v)));
             }
             vip_table(v, config.hash_seed)
                 .map(|table| Reuse::Table(table, true, vip_hash(v)))
@@ -748,6 +775,7 @@ mod tests {
                 Cow::Borrowed(&next),
                 &before.allocation,
                 Some(&before),
+                None,
                 &|| builds.set(builds.get() + 1),
             )
             .unwrap();
@@ -775,6 +803,7 @@ mod tests {
             Cow::Borrowed(&next),
             &before.allocation,
             Some(&before),
+            None,
             &|| {},
         )
         .unwrap();
@@ -794,6 +823,7 @@ mod tests {
             Cow::Borrowed(&moved),
             &before.allocation,
             Some(&before),
+            None,
             &|| {},
         )
         .unwrap();
@@ -823,6 +853,7 @@ mod tests {
             Cow::Borrowed(&next),
             &patched.allocation,
             Some(&patched),
+            None,
             &|| {},
         )
         .unwrap();
@@ -835,6 +866,7 @@ mod tests {
             Cow::Borrowed(&seeded),
             &after.allocation,
             Some(&after),
+            None,
             &|| {},
         )
         .unwrap();
@@ -845,6 +877,53 @@ mod tests {
                 .zip(&after.vips)
                 .all(|(a, b)| !Arc::ptr_eq(a, b))
         );
+    }
+
+    /// Tables a plan built for the candidate are taken, not built again,
+    /// where their inputs are the candidate's; the state is the same.
+    #[test]
+    fn prebuilt_tables_are_taken_where_they_fit() {
+        let first = two_vips(3, 1, "02:00:00:00:00:12", 1031);
+        let before = desired(&first, &Allocation::default()).unwrap();
+        let next = two_vips(3, 2, "02:00:00:00:00:12", 1033);
+        let full = desired(&next, &before.allocation).unwrap();
+        let tables = next
+            .vips
+            .iter()
+            .map(|v| (v.name.clone(), (v.clone(), vip_table(v, 3).unwrap())))
+            .collect();
+        let builds = std::cell::Cell::new(0);
+        let count = || builds.set(builds.get() + 1);
+        let prebuilt = Prebuilt { seed: 3, tables };
+        let got = desired_reusing(
+            Cow::Borrowed(&next),
+            &before.allocation,
+            Some(&before),
+            Some(prebuilt),
+            &count,
+        )
+        .unwrap();
+        assert_eq!(got, full);
+        assert_eq!(builds.get(), 0, "both tables were handed over");
+        // Built under another seed: not taken.
+        let stale = Prebuilt {
+            seed: 4,
+            tables: next
+                .vips
+                .iter()
+                .map(|v| (v.name.clone(), (v.clone(), vip_table(v, 4).unwrap())))
+                .collect(),
+        };
+        let got = desired_reusing(
+            Cow::Borrowed(&next),
+            &before.allocation,
+            Some(&before),
+            Some(stale),
+            &count,
+        )
+        .unwrap();
+        assert_eq!(got, full);
+        assert_eq!(builds.get(), 2, "web's weights and api's size changed");
     }
 
     /// A VIP without backends (a warning, not an error) has an empty table
@@ -859,17 +938,25 @@ mod tests {
             Cow::Borrowed(&none),
             &first.allocation,
             Some(&first),
+            None,
             &|| {},
         )
         .unwrap();
         assert_eq!(again, first);
         let one = config(&[("a", "02:00:00:00:00:01", 1)]);
-        let filled =
-            desired_reusing(Cow::Borrowed(&one), &first.allocation, Some(&first), &|| {}).unwrap();
+        let filled = desired_reusing(
+            Cow::Borrowed(&one),
+            &first.allocation,
+            Some(&first),
+            None,
+            &|| {},
+        )
+        .unwrap();
         let emptied = desired_reusing(
             Cow::Borrowed(&none),
             &filled.allocation,
             Some(&filled),
+            None,
             &|| {},
         )
         .unwrap();

@@ -14,7 +14,7 @@ use xlb_core::config::keys::{RestartChange, restart_change};
 use xlb_core::detect::Detector;
 use xlb_core::plan::Plan;
 use xlb_core::revision::{Kind, Outcome, Revision};
-use xlb_core::state::{self, Allocation, Desired};
+use xlb_core::state::{self, Allocation, Desired, Prebuilt};
 
 use super::{ApplyError, Controller, health};
 
@@ -30,6 +30,11 @@ impl Controller {
     /// The plan of changing from the applied config to `candidate`, against
     /// the live revision.
     pub fn plan(&self, candidate: &Candidate) -> Result<Plan, ApplyError> {
+        self.plan_keeping_tables(candidate).map(|(plan, _)| plan)
+    }
+
+    /// [`Self::plan`], and the candidate tables it built (for its apply).
+    fn plan_keeping_tables(&self, candidate: &Candidate) -> Result<(Plan, Prebuilt), ApplyError> {
         let base = match &self.applied {
             Some(d) => Cow::Borrowed(&d.config),
             // Nothing applied yet: only the VIPs are new.
@@ -45,13 +50,17 @@ impl Controller {
             .applied
             .as_ref()
             .and(self.applied_config_hash.as_deref());
-        let mut plan =
-            xlb_core::plan::plan_over(&base, base_hash, self.applied.as_ref(), &candidate.config)?;
+        let (mut plan, tables) = xlb_core::plan::plan_keeping_tables(
+            &base,
+            base_hash,
+            self.applied.as_ref(),
+            &candidate.config,
+        )?;
         plan.base_revision = Some(self.revision);
         // What this daemon runs with, not only what was applied: the
         // interface, the pinned table's size, the bound metrics address.
         plan.restart_only = self.restart_only(&candidate.config);
-        Ok(plan)
+        Ok((plan, tables))
     }
 
     /// The live flows `candidate` would leave held by the connection table
@@ -136,6 +145,8 @@ impl Controller {
     ) -> Result<Applied, ApplyError> {
         let (origin, file, text) = (&candidate.origin, &candidate.file, &candidate.text);
         let ApplyOptions { kind, checks } = options;
+        // The tables the plan built, handed to the write.
+        let mut prebuilt = None;
         let plan = match checks {
             Checks::Unchecked => None,
             Checks::Operator {
@@ -151,7 +162,11 @@ impl Controller {
                 };
                 let plan = match refusal {
                     Some(_) => None,
-                    None => Some(self.plan(&candidate)?),
+                    None => {
+                        let (plan, tables) = self.plan_keeping_tables(&candidate)?;
+                        prebuilt = Some(tables);
+                        Some(plan)
+                    }
                 };
                 let refusal = refusal.or_else(|| {
                     plan.as_ref().filter(|p| p.refused() && !force).map(|p| {
@@ -193,7 +208,7 @@ impl Controller {
         // costs tens of milliseconds); the candidate keeps its text.
         let config = std::mem::replace(&mut candidate.config, Config::empty(String::new()));
         let previous_revision = self.revision;
-        let written = self.write(config, file, number);
+        let written = self.write(config, file, number, prebuilt);
         // What the tables go back to if the new revision cannot be recorded.
         let (mut result, previous) = match written {
             Ok((n, previous)) => (Ok(n), previous.map(|d| (d.config, previous_revision))),
@@ -271,7 +286,7 @@ impl Controller {
                     .current
                     .as_ref()
                     .map_or_else(|| format!("revision {revision}"), |c| c.file.clone());
-                match self.write(config, &file, revision) {
+                match self.write(config, &file, revision, None) {
                     Ok(_) => format!("the tables are back at revision {revision}"),
                     Err(e) => format!("putting revision {revision} back failed too: {e}"),
                 }
@@ -415,14 +430,15 @@ impl Controller {
         Ok(adopted.differences)
     }
 
-    /// Build the tables of `config` and swap them in; nothing is written
-    /// unless everything validated. Returns the revision and the state it
-    /// replaced.
+    /// Build the tables of `config` (those `prebuilt` holds are taken from
+    /// there) and swap them in; nothing is written unless everything
+    /// validated. Returns the revision and the state it replaced.
     fn write(
         &mut self,
         config: Config,
         file: &str,
         number: u64,
+        prebuilt: Option<Prebuilt>,
     ) -> Result<(u64, Option<Desired>), ApplyError> {
         let changes = self.restart_only(&config);
         if !changes.is_empty() {
@@ -443,6 +459,7 @@ impl Controller {
             Cow::Owned(config),
             previous.map_or(&empty, |p| &p.allocation),
             previous,
+            prebuilt,
             &|| progress.beat(),
         )?;
         // Backends the checks call down stay out of the new tables.
