@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::held::{HeldCount, select};
-use crate::state::{Desired, StateError, desired_reusing};
+use crate::state::{Desired, Prebuilt, StateError, desired_reusing};
 
 /// What the change leaves held (`xlb plan`, `held` in JSON).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -69,10 +69,12 @@ impl PlanHeld {
 }
 
 /// The held-flow section of changing from `live` to `candidate`, over the
-/// connection table's `entries` (key words, backend id).
+/// connection table's `entries` (key words, backend id). `prebuilt`: the
+/// candidate tables its plan built, taken instead of built again.
 pub fn held_after(
     live: &Desired,
     candidate: &Config,
+    prebuilt: Option<Prebuilt>,
     entries: &[(FlowWords, u32)],
     replicated: Option<u64>,
 ) -> Result<PlanHeld, StateError> {
@@ -80,7 +82,7 @@ pub fn held_after(
         std::borrow::Cow::Borrowed(candidate),
         &live.allocation,
         Some(live),
-        None,
+        prebuilt,
         &|| {},
     )?;
     let selection = select(&after, entries.iter().copied());
@@ -148,14 +150,14 @@ mod tests {
         };
 
         // Nothing changes: nothing held.
-        let same = held_after(&live, &config(), &entries, None).unwrap();
+        let same = held_after(&live, &config(), None, &entries, None).unwrap();
         assert_eq!((same.entries, same.held, same.held_today), (3000, 0, 0));
         assert!(same.line().starts_with("held flows: 0 of 3000"));
 
         // b3 drained: all its flows, and the few Maglev moves among the others.
         let mut drained = config();
         drained.vips[0].backends[2].state = BackendState::Draining;
-        let p = held_after(&live, &drained, &entries, Some(7)).unwrap();
+        let p = held_after(&live, &drained, None, &entries, Some(7)).unwrap();
         assert_eq!(of_b3(&p), Some((on_b3, false)));
         assert!(p.held >= on_b3 && p.held - on_b3 < 30, "{p:?}");
         assert!(
@@ -166,7 +168,7 @@ mod tests {
         // b3 removed: the same flows, on a retained backend.
         let mut removed = config();
         removed.vips[0].backends.pop();
-        let p = held_after(&live, &removed, &entries, None).unwrap();
+        let p = held_after(&live, &removed, None, &entries, None).unwrap();
         assert_eq!(of_b3(&p), Some((on_b3, true)));
         assert!(p.line().contains("web/b3 "), "{}", p.line());
         assert!(p.line().contains(" (removed)"), "{}", p.line());
@@ -179,14 +181,14 @@ mod tests {
             .iter()
             .filter(|f| pick_name(&live, f) != pick_name(&after, f))
             .count() as u64;
-        let p = held_after(&live, &reweighted, &entries, None).unwrap();
+        let p = held_after(&live, &reweighted, None, &entries, None).unwrap();
         assert!(moved > 100);
         assert_eq!((p.held, p.held_today), (moved, 0));
 
         // The removal planned while the drain is live: the same table, so
         // the flows it leaves held are those held today.
         let live_drained = crate::state::desired(&drained, &live.allocation).unwrap();
-        let p = held_after(&live_drained, &removed, &entries, None).unwrap();
+        let p = held_after(&live_drained, &removed, None, &entries, None).unwrap();
         assert_eq!(of_b3(&p), Some((on_b3, true)));
         assert_eq!(p.held, p.held_today);
     }

@@ -66,8 +66,13 @@ impl Controller {
     /// The live flows `candidate` would leave held by the connection table
     /// (the table walked against the candidate's state: `plan::held_after`),
     /// with this node's replicated count on a fleet; None before the first
-    /// apply or when the table cannot be read (logged).
-    fn held_section(&self, candidate: &Candidate) -> Option<xlb_core::plan::PlanHeld> {
+    /// apply or when the table cannot be read (logged). `tables`: those the
+    /// plan built for `candidate`.
+    fn held_section(
+        &self,
+        candidate: &Candidate,
+        tables: Prebuilt,
+    ) -> Option<xlb_core::plan::PlanHeld> {
         let live = self.applied.as_ref()?;
         let entries = self
             .dataplane
@@ -76,7 +81,7 @@ impl Controller {
             .inspect_err(|e| log::warn!("plan: reading the connection table for held flows: {e}"))
             .ok()?;
         let published = self.held.as_ref().map(|h| h.published);
-        xlb_core::plan::held_after(live, &candidate.config, &entries, published)
+        xlb_core::plan::held_after(live, &candidate.config, Some(tables), &entries, published)
             .inspect_err(|e| log::warn!("plan: held flows: {e}"))
             .ok()
     }
@@ -109,11 +114,11 @@ impl Controller {
 
     /// Plan for an operator, and put it in the audit log.
     pub fn plan_audited(&mut self, candidate: &Candidate) -> Result<Plan, ApplyError> {
-        let mut plan = self.plan(candidate)?;
+        let (mut plan, tables) = self.plan_keeping_tables(candidate)?;
         if self.applied.is_some() && self.applied_config_hash.is_none() {
             self.applied_config_hash = Some(plan.base_config_hash.clone());
         }
-        plan.held = self.held_section(candidate);
+        plan.held = self.held_section(candidate, tables);
         let detail = if plan.refused() {
             format!("refused: {} safety findings", plan.lints.len())
         } else if plan.changed {
