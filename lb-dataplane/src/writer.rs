@@ -50,6 +50,15 @@ use xlb_core::state::{Allocation, Desired, DesiredVip, kernel_backend};
 /// margin, and an apply that removes backends is only that much slower.
 pub const RETIRE_GRACE: Duration = Duration::from_millis(5);
 
+/// Every VIP's table of `desired`, as `install_tables` takes them.
+fn every_table(desired: &Desired) -> Vec<(u32, &[u32])> {
+    desired
+        .vips
+        .iter()
+        .map(|vip| (vip.id, vip.slots.as_slice()))
+        .collect()
+}
+
 impl Dataplane {
     pub fn write_global(
         &mut self,
@@ -266,12 +275,7 @@ impl Dataplane {
                 self.backends.set(id as usize, kernel_backend(b, vip.id));
             }
         }
-        let tables: Vec<(u32, &[u32])> = desired
-            .vips
-            .iter()
-            .map(|vip| (vip.id, vip.slots.as_slice()))
-            .collect();
-        self.install_tables(&tables)?;
+        self.install_tables(&every_table(desired))?;
         self.fill_vip_slots(pending);
         Ok(())
     }
@@ -349,12 +353,7 @@ impl Dataplane {
         };
         let pending = self.clear_vip_slots(Some(previous));
         self.write_global(host, &previous.config)?;
-        let tables: Vec<(u32, &[u32])> = previous
-            .vips
-            .iter()
-            .map(|vip| (vip.id, vip.slots.as_slice()))
-            .collect();
-        self.install_tables(&tables)?;
+        self.install_tables(&every_table(previous))?;
         for vip in &previous.vips {
             self.vips
                 .insert(vip.key, vip.meta, 0)

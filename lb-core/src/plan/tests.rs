@@ -1263,17 +1263,17 @@ fn planning_over_the_applied_tables_is_planning_from_scratch() {
         config(7, vec![vip("web", M, vec![backend(0, 1)])]),
     ] {
         assert_eq!(
-            plan_over(&base, Some(&config_hash(&base)), Some(&applied), &candidate).unwrap(),
+            plan_over(&base, Some(&applied), &candidate).unwrap(),
             plan(&base, &candidate).unwrap()
         );
         assert_eq!(
-            plan_over(&base, None, None, &candidate).unwrap(),
+            plan_over(&base, None, &candidate).unwrap(),
             plan(&base, &candidate).unwrap()
         );
         // The applied state's own config as the base, as the daemon plans:
         // identical VIPs' hashes are taken from it, and are the same.
         assert_eq!(
-            plan_over(&applied.config, None, Some(&applied), &candidate).unwrap(),
+            plan_over(&applied.config, Some(&applied), &candidate).unwrap(),
             plan(&base, &candidate).unwrap()
         );
     }

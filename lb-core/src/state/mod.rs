@@ -412,11 +412,12 @@ pub fn desired_reusing(
     for ((v, vip_ident), reuse) in config.vips.iter().zip(&vip_identities).zip(tables) {
         let id = allocation.vips[vip_ident];
         // A VIP without backends has no map.
-        let backend_ids: Vec<u32> = v
+        let backend_ids: Vec<u32> = allocation
             .backends
-            .iter()
-            .map(|b| allocation.backends[&v.name][&b.name].id)
-            .collect();
+            .get(&v.name)
+            .map_or_else(Vec::new, |ids| {
+                v.backends.iter().map(|b| ids[&b.name].id).collect()
+            });
         let (table, hash) = match reuse {
             // Same config, same ids: the same kernel state.
             Reuse::Whole(b) if b.id == id && b.backend_ids == backend_ids => {
@@ -887,42 +888,31 @@ mod tests {
         let before = desired(&first, &Allocation::default()).unwrap();
         let next = two_vips(3, 2, "02:00:00:00:00:12", 1033);
         let full = desired(&next, &before.allocation).unwrap();
-        let tables = next
-            .vips
-            .iter()
-            .map(|v| (v.name.clone(), (v.clone(), vip_table(v, 3).unwrap())))
-            .collect();
-        let builds = std::cell::Cell::new(0);
-        let count = || builds.set(builds.get() + 1);
-        let prebuilt = Prebuilt { seed: 3, tables };
-        let got = desired_reusing(
-            Cow::Borrowed(&next),
-            &before.allocation,
-            Some(&before),
-            Some(prebuilt),
-            &count,
-        )
-        .unwrap();
-        assert_eq!(got, full);
-        assert_eq!(builds.get(), 0, "both tables were handed over");
-        // Built under another seed: not taken.
-        let stale = Prebuilt {
-            seed: 4,
+        // The candidate's tables as a plan under `seed` builds them.
+        let built_under = |seed: u32| Prebuilt {
+            seed,
             tables: next
                 .vips
                 .iter()
-                .map(|v| (v.name.clone(), (v.clone(), vip_table(v, 4).unwrap())))
+                .map(|v| (v.name.clone(), (v.clone(), vip_table(v, seed).unwrap())))
                 .collect(),
         };
-        let got = desired_reusing(
-            Cow::Borrowed(&next),
-            &before.allocation,
-            Some(&before),
-            Some(stale),
-            &count,
-        )
-        .unwrap();
-        assert_eq!(got, full);
+        let builds = std::cell::Cell::new(0);
+        let count = || builds.set(builds.get() + 1);
+        let apply = |prebuilt| {
+            desired_reusing(
+                Cow::Borrowed(&next),
+                &before.allocation,
+                Some(&before),
+                Some(prebuilt),
+                &count,
+            )
+            .unwrap()
+        };
+        assert_eq!(apply(built_under(3)), full);
+        assert_eq!(builds.get(), 0, "both tables were handed over");
+        // Built under another seed: not taken.
+        assert_eq!(apply(built_under(4)), full);
         assert_eq!(builds.get(), 2, "web's weights and api's size changed");
     }
 

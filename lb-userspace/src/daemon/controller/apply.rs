@@ -28,13 +28,9 @@ pub struct Applied {
 
 impl Controller {
     /// The plan of changing from the applied config to `candidate`, against
-    /// the live revision.
-    pub fn plan(&self, candidate: &Candidate) -> Result<Plan, ApplyError> {
-        self.plan_keeping_tables(candidate).map(|(plan, _)| plan)
-    }
-
-    /// [`Self::plan`], and the candidate tables it built (for its apply).
-    fn plan_keeping_tables(&self, candidate: &Candidate) -> Result<(Plan, Prebuilt), ApplyError> {
+    /// the live revision, and the candidate tables it built (for its apply
+    /// and its held-flow section).
+    fn plan(&self, candidate: &Candidate) -> Result<(Plan, Prebuilt), ApplyError> {
         let base = match &self.applied {
             Some(d) => Cow::Borrowed(&d.config),
             // Nothing applied yet: only the VIPs are new.
@@ -46,16 +42,8 @@ impl Controller {
         };
         // The applied tables stand for the base's; only changed VIPs'
         // tables are built.
-        let base_hash = self
-            .applied
-            .as_ref()
-            .and(self.applied_config_hash.as_deref());
-        let (mut plan, tables) = xlb_core::plan::plan_keeping_tables(
-            &base,
-            base_hash,
-            self.applied.as_ref(),
-            &candidate.config,
-        )?;
+        let (mut plan, tables) =
+            xlb_core::plan::plan_keeping_tables(&base, self.applied.as_ref(), &candidate.config)?;
         plan.base_revision = Some(self.revision);
         // What this daemon runs with, not only what was applied: the
         // interface, the pinned table's size, the bound metrics address.
@@ -114,10 +102,7 @@ impl Controller {
 
     /// Plan for an operator, and put it in the audit log.
     pub fn plan_audited(&mut self, candidate: &Candidate) -> Result<Plan, ApplyError> {
-        let (mut plan, tables) = self.plan_keeping_tables(candidate)?;
-        if self.applied.is_some() && self.applied_config_hash.is_none() {
-            self.applied_config_hash = Some(plan.base_config_hash.clone());
-        }
+        let (mut plan, tables) = self.plan(candidate)?;
         plan.held = self.held_section(candidate, tables);
         let detail = if plan.refused() {
             format!("refused: {} safety findings", plan.lints.len())
@@ -168,7 +153,7 @@ impl Controller {
                 let plan = match refusal {
                     Some(_) => None,
                     None => {
-                        let (plan, tables) = self.plan_keeping_tables(&candidate)?;
+                        let (plan, tables) = self.plan(&candidate)?;
                         prebuilt = Some(tables);
                         Some(plan)
                     }
@@ -257,8 +242,6 @@ impl Controller {
             }
         }
         if result.is_ok() {
-            // The applied config is the candidate the plan hashed.
-            self.applied_config_hash = plan.as_ref().map(|p| p.config_hash.clone());
             self.start_bake(&candidate, &kind, number);
             if let Some(c) = self.config_file.as_mut() {
                 c.after_apply(number, &kind, file, text);
@@ -420,7 +403,6 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         self.applied = Some(adopted.desired);
-        self.applied_config_hash = None;
         self.health_adopt(adopted.health);
         if let Some(n) = number {
             self.revision = n;
@@ -485,7 +467,6 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         let replaced = self.applied.replace(desired);
-        self.applied_config_hash = None;
         self.health_follow(memberships);
         self.revision = number;
         self.applied_at = SystemTime::now();

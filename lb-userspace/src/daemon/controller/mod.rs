@@ -121,10 +121,6 @@ pub struct Controller {
     interface: String,
     host: xlb_dataplane::HostInterface,
     applied: Option<Desired>,
-    /// `plan::config_hash` of the applied config, once known (from the
-    /// plan that applied it, or the first plan against it): a plan then
-    /// serializes only the candidate.
-    applied_config_hash: Option<String>,
     revision: u64,
     applied_at: SystemTime,
     applied_instant: Instant,
@@ -200,7 +196,6 @@ impl Controller {
             interface,
             host: host.into(),
             applied: None,
-            applied_config_hash: None,
             revision: 0,
             applied_at: SystemTime::now(),
             applied_instant: Instant::now(),
