@@ -53,13 +53,19 @@ impl Dataplane {
         vip_ids: impl IntoIterator<Item = u32>,
         backend_ids: impl IntoIterator<Item = u32>,
     ) -> Result<CounterSnapshot, DataplaneError> {
-        let mut s = CounterSnapshot::default();
-        for id in vip_ids {
-            s.vips.insert(id, self.vip_counters(id));
-        }
-        for id in backend_ids {
-            s.backends.insert(id, self.backend_counters(id));
-        }
+        // Collected, then built in bulk (sorted once): 64,000 backends
+        // inserted one by one were a tenth of an apply of one VIP.
+        let mut s = CounterSnapshot {
+            vips: vip_ids
+                .into_iter()
+                .map(|id| (id, self.vip_counters(id)))
+                .collect(),
+            backends: backend_ids
+                .into_iter()
+                .map(|id| (id, self.backend_counters(id)))
+                .collect(),
+            ..CounterSnapshot::default()
+        };
         for a in 0..ACTION_COUNT {
             let cpus = per_cpu(&self.action_stats, maps::ACTION_STATS, a)?;
             if s.per_cpu.len() < cpus.len() {

@@ -8,16 +8,20 @@
 //! `/var/lib/xlb/<ifname>/revisions`, mode 0700) holding:
 //!
 //! - `NNNNNNNNNN.json` (the number, zero-padded to 10 digits): one
-//!   [`Revision`] each, mode 0600 (revisions hold configs), in format 2: a
-//!   header, one line of JSON (`{"format":2,"body_bytes":N,"body_hash":H,
+//!   [`Revision`] each, mode 0600 (revisions hold configs), in format 3: a
+//!   header, one line of JSON (`{"format":3,"body_bytes":N,"body_hash":H,
 //!   "summary":{...}}`: the revision's [`Summary`], what `xlb history`
-//!   shows), then the body: N bytes of zstd holding the JSON object
-//!   `{"config_text":...,"plan":...}` (the plan as recorded:
-//!   `Plan::recorded`, only the changed VIPs), whose xxh64 is H. Opening the
-//!   store reads the headers only (and checks each file's length), so
-//!   listing the revisions costs the same whatever the size of the configs.
-//!   Format 1 (pretty JSON of the whole [`Revision`], written before
-//!   2026-12) still reads; a writable open rewrites such files in format 2
+//!   shows), then the body: N bytes of zstd, whose xxh64 is H, holding one
+//!   line of JSON `{"plan":...}` (the plan as recorded: `Plan::recorded`,
+//!   only the changed VIPs) and after its newline the config text as it
+//!   was applied, to the end (raw: escaping 6 MB of TOML into JSON took
+//!   longer than the rest of an apply of one VIP). Opening the store reads
+//!   the headers only (and checks each file's length), so listing the
+//!   revisions costs the same whatever the size of the configs. Format 2
+//!   (the same header; a body of the JSON object
+//!   `{"config_text":...,"plan":...}`, written until 2026-12-07) reads as
+//!   it is; format 1 (pretty JSON of the whole [`Revision`], written before
+//!   2026-12) reads, and a writable open rewrites such files in format 3
 //!   (the migration, once).
 //! - `next`: the high-water mark, the decimal number the next revision gets.
 //! - `NNNNNNNNNN.json.corrupt[.K]`: files that failed to parse when the store
@@ -259,7 +263,9 @@ fn is_temp_name(name: &str) -> bool {
 }
 
 /// The format of the revision files this code writes (the module docs).
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
+/// The earlier format with the same header, still read (the module docs).
+const FORMAT_2: u32 = 2;
 /// zstd's level for the bodies: 5.8 MB of generated TOML (1,000 VIPs x 64
 /// backends) compress to 7.4 KB at level 1 in a quarter of level 3's time
 /// (7.0 KB): on such repetitive text higher levels gain little, and the
@@ -268,7 +274,7 @@ const ZSTD_LEVEL: i32 = 1;
 /// A header line longer than this is not one (a format-1 file, or junk).
 const MAX_HEADER_BYTES: u64 = 1 << 20;
 
-/// The first line of a format-2 revision file.
+/// The first line of a format-2 or format-3 revision file.
 #[derive(Serialize, Deserialize)]
 struct Header {
     format: u32,
@@ -279,22 +285,29 @@ struct Header {
     summary: Summary,
 }
 
-/// A revision's body, before compression.
-#[derive(Serialize, Deserialize)]
+/// A revision's body, decompressed.
+#[derive(Deserialize)]
 struct Body {
     config_text: String,
     plan: Option<serde_json::Value>,
+}
+
+/// A format-3 body's first line (the config text follows it).
+#[derive(Serialize, Deserialize)]
+struct PlanLine<P> {
+    plan: Option<P>,
 }
 
 fn body_hash(body: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh64::xxh64(body, 0))
 }
 
-/// A header line (with its newline) followed by `body`.
-fn header_then(summary: Summary, body: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// A header line (with its newline) followed by `body`, a body of
+/// `format`.
+fn header_then(format: u32, summary: Summary, body: &[u8]) -> Result<Vec<u8>, StoreError> {
     let number = summary.number;
     let header = Header {
-        format: FORMAT,
+        format,
         body_bytes: body.len() as u64,
         body_hash: body_hash(body),
         summary,
@@ -313,14 +326,20 @@ fn to_bytes(rev: &Revision) -> Result<Vec<u8>, StoreError> {
         number: rev.number,
         reason,
     };
-    let json = serde_json::to_vec(&Body {
-        config_text: rev.config_text.clone(),
-        plan: rev.plan.clone(),
-    })
+    let compressing = |e: io::Error| invalid(format!("compressing: {e}"));
+    let mut body = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(compressing)?;
+    serde_json::to_writer(
+        &mut body,
+        &PlanLine {
+            plan: rev.plan.as_ref(),
+        },
+    )
     .map_err(|e| invalid(e.to_string()))?;
-    let body = zstd::bulk::compress(&json, ZSTD_LEVEL)
-        .map_err(|e| invalid(format!("compressing: {e}")))?;
-    header_then(rev.summary(), &body)
+    body.write_all(b"\n").map_err(compressing)?;
+    body.write_all(rev.config_text.as_bytes())
+        .map_err(compressing)?;
+    let body = body.finish().map_err(compressing)?;
+    header_then(FORMAT, rev.summary(), &body)
 }
 
 fn read_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -336,13 +355,18 @@ fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     }
 }
 
-/// A format-2 file's header and the offset of its body; `None` when the
-/// first line is no format-2 header (a format-1 file, or junk: the caller
+/// A format-2 or -3 file's header and the offset of its body; `None` when
+/// the first line is no such header (a format-1 file, or junk: the caller
 /// parses it whole and says which).
 fn split_header(bytes: &[u8]) -> Option<(Header, usize)> {
     let end = bytes.iter().position(|&b| b == b'\n')?;
     let header: Header = serde_json::from_slice(&bytes[..end]).ok()?;
-    (header.format == FORMAT).then_some((header, end + 1))
+    headed(header.format).then_some((header, end + 1))
+}
+
+/// Whether a file of this format begins with a `Header` line.
+fn headed(format: u32) -> bool {
+    format == FORMAT || format == FORMAT_2
 }
 
 fn parse_error(path: &Path) -> impl FnOnce(serde_json::Error) -> StoreError + '_ {
@@ -352,7 +376,7 @@ fn parse_error(path: &Path) -> impl FnOnce(serde_json::Error) -> StoreError + '_
     }
 }
 
-/// A format-2 body checked against its header and decompressed.
+/// A format-2 or -3 body checked against its header and decompressed.
 fn read_body(path: &Path, header: &Header, body: &[u8]) -> Result<Body, StoreError> {
     let bad = |reason: String| StoreError::BadBody {
         path: path.to_path_buf(),
@@ -372,7 +396,23 @@ fn read_body(path: &Path, header: &Header, body: &[u8]) -> Result<Body, StoreErr
         )));
     }
     let json = zstd::decode_all(body).map_err(|e| bad(format!("decompressing: {e}")))?;
-    serde_json::from_slice(&json).map_err(parse_error(path))
+    if header.format == FORMAT_2 {
+        return serde_json::from_slice(&json).map_err(parse_error(path));
+    }
+    let end = json
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no newline after the plan's line".to_string()))?;
+    let line: PlanLine<serde_json::Value> =
+        serde_json::from_slice(&json[..end]).map_err(parse_error(path))?;
+    let mut text = json;
+    text.drain(..=end);
+    let config_text =
+        String::from_utf8(text).map_err(|_| bad("the config text is not UTF-8".to_string()))?;
+    Ok(Body {
+        config_text,
+        plan: line.plan,
+    })
 }
 
 /// Read and parse a revision file (either format); `Ok(None)` if it does
@@ -423,7 +463,7 @@ fn read_summary(path: &Path) -> Result<Option<Found>, StoreError> {
         .map_err(read_error(path))?;
     if line.ends_with(b"\n")
         && let Ok(header) = serde_json::from_slice::<Header>(&line[..line.len() - 1])
-        && header.format == FORMAT
+        && headed(header.format)
     {
         let expected = line.len() as u64 + header.body_bytes;
         if length != expected {
@@ -914,7 +954,7 @@ impl Store {
                     });
                 }
                 summary.outcome = outcome;
-                (summary.clone(), header_then(summary, body)?)
+                (summary.clone(), header_then(header.format, summary, body)?)
             }
             None => {
                 let mut rev: Revision = serde_json::from_slice(&old).map_err(parse_error(&path))?;
@@ -1745,7 +1785,7 @@ mod tests {
 
         let mut store = Store::open(dir, 10).unwrap();
         let migrated = fs::read(dir.join(file_name(1))).unwrap();
-        assert!(migrated.starts_with(b"{\"format\":2,"), "not migrated");
+        assert!(migrated.starts_with(b"{\"format\":3,"), "not migrated");
         assert!(
             migrated.len() * 10 < v1.len(),
             "{} vs {}",
@@ -1758,6 +1798,47 @@ mod tests {
         let got = reopened.get(1).unwrap().unwrap();
         assert_eq!((got.outcome, got.config_text), (Outcome::Baked, big));
         assert_eq!(reopened.summaries()[0].outcome, Outcome::Baked);
+    }
+
+    /// A format-2 file (the config text JSON-escaped in the body) reads as
+    /// it is, is not rewritten, and keeps its format when its outcome
+    /// changes.
+    #[test]
+    fn format_2_files_read_as_they_are() {
+        let tmp = TempDir::new("format-2");
+        let dir = tmp.path();
+        fs::create_dir_all(dir).unwrap();
+        let mut old = rev(1, &config(3).repeat(50));
+        old.plan = Some(serde_json::json!({ "vips": [{ "name": "web" }] }));
+        let json = serde_json::json!({ "config_text": old.config_text, "plan": old.plan });
+        let body = zstd::bulk::compress(&serde_json::to_vec(&json).unwrap(), 1).unwrap();
+        let v2 = header_then(FORMAT_2, old.summary(), &body).unwrap();
+        assert!(v2.starts_with(b"{\"format\":2,"));
+        fs::write(dir.join(file_name(1)), &v2).unwrap();
+
+        let mut store = Store::open(dir, 10).unwrap();
+        assert_eq!(store.summaries(), vec![old.summary()]);
+        assert_eq!(store.get(1).unwrap(), Some(old.clone()));
+        assert_eq!(fs::read(dir.join(file_name(1))).unwrap(), v2);
+        store.update_outcome(1, Outcome::Baked).unwrap();
+        let after = fs::read(dir.join(file_name(1))).unwrap();
+        assert!(after.starts_with(b"{\"format\":2,"));
+        let got = Store::open(dir, 10).unwrap().get(1).unwrap().unwrap();
+        assert_eq!(
+            (got.outcome, got.config_text),
+            (Outcome::Baked, old.config_text)
+        );
+        // The next revision is written in format 3, its text raw.
+        store.record(&rev(2, "interface = \"eth0\"\n")).unwrap();
+        let v3 = fs::read(dir.join(file_name(2))).unwrap();
+        assert!(v3.starts_with(b"{\"format\":3,"));
+        let at = v3.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let body = zstd::decode_all(&v3[at..]).unwrap();
+        assert!(body.ends_with(b"\ninterface = \"eth0\"\n"), "{body:?}");
+        assert_eq!(
+            store.get(2).unwrap(),
+            Some(rev(2, "interface = \"eth0\"\n"))
+        );
     }
 
     /// A body that is not its header's: cut short, it is set aside at open

@@ -1,5 +1,5 @@
-//! The control socket's client: one JSON request per connection, one JSON
-//! response back (the types are `xlb_core::api`'s). `Client` has one typed
+//! The control socket's client: one JSON request per connection (a config
+//! text raw after it), one JSON response back (the types are `xlb_core::api`'s). `Client` has one typed
 //! method per request; an error answer or an answer of the wrong kind is
 //! turned into a `Failure` in one place (`ask`).
 
@@ -60,12 +60,14 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(io)?;
-    let mut line = serde_json::to_vec(request).expect("requests serialize");
-    line.push(b'\n');
+    // A config text goes raw after the line (api.rs), not JSON-escaped in it.
+    let (line, text) = request.framed().expect("requests serialize");
     // A daemon that refuses the request before reading all of it (too big)
     // answers and closes: the write fails, and its answer is read all the
     // same.
-    let written = stream.write_all(&line);
+    let written = stream
+        .write_all(&line)
+        .and_then(|()| stream.write_all(text.unwrap_or_default().as_bytes()));
     let mut reply = String::new();
     let read = BufReader::new(&stream).read_line(&mut reply);
     if reply.is_empty() {

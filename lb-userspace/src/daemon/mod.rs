@@ -346,6 +346,11 @@ pub enum BadRequest {
     TooBig,
     TimedOut,
     NotUtf8,
+    /// The connection ended before the raw text its line announced.
+    ShortText {
+        got: u64,
+        expected: u64,
+    },
 }
 
 impl BadRequest {
@@ -354,6 +359,7 @@ impl BadRequest {
             BadRequest::TooBig => "too_big",
             BadRequest::TimedOut => "timed_out",
             BadRequest::NotUtf8 => "not_utf8",
+            BadRequest::ShortText { .. } => "short_text",
         }
     }
 
@@ -368,6 +374,10 @@ impl BadRequest {
                 CONTROL_TIMEOUT.as_secs()
             ),
             BadRequest::NotUtf8 => "bad request: not UTF-8".to_string(),
+            BadRequest::ShortText { got, expected } => format!(
+                "bad request: the connection ended after {got} of the {expected} bytes of text \
+                 its line announced (`text_bytes`)"
+            ),
         };
         Response::Error(ApiError {
             kind: ErrorKind::BadInput,
@@ -376,30 +386,86 @@ impl BadRequest {
     }
 }
 
-/// Read one request line: at most `limit` bytes, within `timeout`. None:
+/// A request as read: its line, its `op`, and the raw text that followed
+/// the line when it said `text_bytes` (api.rs).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Incoming {
+    pub line: String,
+    /// The line's `op` (None: no JSON object with one; `peer::admit` says
+    /// what is wrong).
+    pub op: Option<String>,
+    pub text: Option<String>,
+}
+
+/// What the daemon reads of a line before it is admitted: its `op` and
+/// whether a raw text follows. Only these fields are built (an old
+/// client's line may carry a config of megabytes inline).
+#[derive(serde::Deserialize)]
+struct LineHead {
+    op: Option<String>,
+    text_bytes: Option<u64>,
+}
+
+/// Read one request: its line, then the raw text the line announces
+/// (`text_bytes`), at most `limit` bytes in all, within `timeout`. None:
 /// the client closed without sending anything.
 pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
     read: R,
     limit: usize,
     timeout: std::time::Duration,
-) -> Result<Option<String>, BadRequest> {
-    let mut line = Vec::new();
+) -> Result<Option<Incoming>, BadRequest> {
     let mut reader = BufReader::new(read.take(limit as u64 + 1));
-    match tokio::time::timeout(timeout, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => return Err(BadRequest::TimedOut),
-        // A read error is a closed connection: nothing to answer.
-        Ok(Err(_)) => return Ok(None),
-        Ok(Ok(_)) => {}
+    match tokio::time::timeout(timeout, read_whole(&mut reader, limit)).await {
+        Err(_) => Err(BadRequest::TimedOut),
+        Ok(read) => read,
     }
-    if line.is_empty() {
+}
+
+async fn read_whole<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<Incoming>, BadRequest> {
+    let mut line = Vec::new();
+    // A read error is a closed connection: nothing to answer.
+    if reader.read_until(b'\n', &mut line).await.is_err() || line.is_empty() {
         return Ok(None);
     }
     if line.len() > limit {
         return Err(BadRequest::TooBig);
     }
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|_| BadRequest::NotUtf8)
+    let line = String::from_utf8(line).map_err(|_| BadRequest::NotUtf8)?;
+    let Ok(head) = serde_json::from_str::<LineHead>(&line) else {
+        return Ok(Some(Incoming {
+            line,
+            op: None,
+            text: None,
+        }));
+    };
+    let text = match head.text_bytes {
+        None => None,
+        Some(n) if n > (limit - line.len()) as u64 => return Err(BadRequest::TooBig),
+        Some(n) => {
+            let mut text = vec![0; n as usize];
+            let mut got = 0;
+            while got < text.len() {
+                match reader.read(&mut text[got..]).await {
+                    Ok(0) | Err(_) => {
+                        return Err(BadRequest::ShortText {
+                            got: got as u64,
+                            expected: n,
+                        });
+                    }
+                    Ok(read) => got += read,
+                }
+            }
+            Some(String::from_utf8(text).map_err(|_| BadRequest::NotUtf8)?)
+        }
+    };
+    Ok(Some(Incoming {
+        line,
+        op: head.op,
+        text,
+    }))
 }
 
 /// The requests that change what the daemon serves (the HTTP side's
@@ -414,17 +480,6 @@ fn changes(request: &Request) -> bool {
             | Request::Plan { .. }
             | Request::Version
     )
-}
-
-/// Whether a request line is a trace's (streamed, not answered once). Reads
-/// only `op`: the other fields are skipped, not built (an apply's line
-/// carries a config of megabytes, parsed once, by `peer::admit`).
-fn is_trace(line: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Op {
-        op: Option<String>,
-    }
-    serde_json::from_str::<Op>(line).is_ok_and(|o| o.op.as_deref() == Some("trace"))
 }
 
 /// One JSON line.
@@ -454,9 +509,9 @@ async fn handle(
             );
             vec![Bytes::from(encode(&bad.response())?)]
         }
-        Ok(Some(line)) if is_trace(&line) => {
+        Ok(Some(incoming)) if incoming.op.as_deref() == Some("trace") => {
             // A stream, not one answer: served on this task (trace.rs).
-            return match peer::admit(&policy, &peer, &line) {
+            return match peer::admit(&policy, &peer, &incoming.line, incoming.text) {
                 Ok(Request::Trace(request)) => {
                     trace::serve(request, read, write, controller, metrics).await
                 }
@@ -468,15 +523,17 @@ async fn handle(
                 }
             };
         }
-        Ok(Some(line)) => {
+        Ok(Some(incoming)) => {
             // Map writes and reads are blocking syscalls (and so is the
             // peer's user lookup): keep them off the reactor.
             let metrics = metrics.clone();
             // So is encoding the answer: a status at 1,000 VIPs x 64
             // backends is a second of JSON.
-            tokio::task::spawn_blocking(move || match peer::admit(&policy, &peer, &line) {
-                Err(e) => Ok(vec![Bytes::from(encode(&Response::Error(e))?)]),
-                Ok(request) => answer(&controller, &metrics, request),
+            tokio::task::spawn_blocking(move || {
+                match peer::admit(&policy, &peer, &incoming.line, incoming.text) {
+                    Err(e) => Ok(vec![Bytes::from(encode(&Response::Error(e))?)]),
+                    Ok(request) => answer(&controller, &metrics, request),
+                }
             })
             .await??
         }
@@ -685,7 +742,39 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let ok = read_request(&b"{\"op\":\"status\"}\n"[..], 100, CONTROL_TIMEOUT).await;
-            assert_eq!(ok, Ok(Some("{\"op\":\"status\"}\n".to_string())));
+            assert_eq!(
+                ok,
+                Ok(Some(Incoming {
+                    line: "{\"op\":\"status\"}\n".to_string(),
+                    op: Some("status".into()),
+                    text: None
+                }))
+            );
+            // A raw text after its line: read whole, and no further.
+            let framed = b"{\"op\":\"plan\",\"text_bytes\":5}\na = 1trailing";
+            let read = read_request(&framed[..], 100, CONTROL_TIMEOUT).await;
+            assert_eq!(read.unwrap().unwrap().text.as_deref(), Some("a = 1"));
+            assert_eq!(
+                read_request(&framed[..30], 100, CONTROL_TIMEOUT).await,
+                Err(BadRequest::ShortText {
+                    got: 1,
+                    expected: 5
+                })
+            );
+            // The limit counts the line and its text.
+            assert_eq!(
+                read_request(&framed[..], 30, CONTROL_TIMEOUT).await,
+                Err(BadRequest::TooBig)
+            );
+            assert_eq!(
+                read_request(
+                    &b"{\"op\":\"plan\",\"text_bytes\":2}\n\xff\xfe"[..],
+                    100,
+                    CONTROL_TIMEOUT
+                )
+                .await,
+                Err(BadRequest::NotUtf8)
+            );
             assert_eq!(
                 read_request(&b"\xff\xfe\n"[..], 100, CONTROL_TIMEOUT).await,
                 Err(BadRequest::NotUtf8)

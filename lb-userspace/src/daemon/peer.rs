@@ -199,14 +199,15 @@ pub fn stamp_user(request: &mut serde_json::Value, name: &str, uid: u32) {
     }
 }
 
-/// Parse one request line from `peer` and decide on it: the request, its
-/// `user` replaced by the verified one, or the error to answer with
-/// (BadInput for what does not parse, Forbidden for a change it may not
-/// make).
+/// Parse one request line from `peer` (and the raw text that followed it,
+/// if its line announced one) and decide on it: the request, its `user`
+/// replaced by the verified one, or the error to answer with (BadInput for
+/// what does not parse, Forbidden for a change it may not make).
 pub fn admit(
     policy: &Policy,
     peer: &Peer,
     line: &str,
+    raw_text: Option<String>,
 ) -> Result<xlb_core::api::Request, xlb_core::api::ApiError> {
     use xlb_core::api::{ApiError, ErrorKind};
     let bad = |e: serde_json::Error| ApiError {
@@ -228,7 +229,28 @@ pub fn admit(
         });
     }
     stamp_user(&mut value, &name, peer.uid);
-    serde_json::from_value(value).map_err(bad)
+    // The raw text's length was read with the line (daemon::read_request);
+    // one that could not be read as a length is bad input.
+    let announced = value
+        .as_object_mut()
+        .and_then(|fields| fields.remove(xlb_core::api::TEXT_BYTES));
+    if announced.is_some() && raw_text.is_none() {
+        return Err(ApiError {
+            kind: ErrorKind::BadInput,
+            message: format!(
+                "bad request: `{}` must be the number of bytes of text after the line",
+                xlb_core::api::TEXT_BYTES
+            ),
+        });
+    }
+    let request: xlb_core::api::Request = serde_json::from_value(value).map_err(bad)?;
+    match raw_text {
+        None => Ok(request),
+        Some(text) => request.with_raw_text(text).map_err(|message| ApiError {
+            kind: ErrorKind::BadInput,
+            message,
+        }),
+    }
 }
 
 /// Can members of `gid` pass a directory with this owner group and mode?
@@ -437,30 +459,54 @@ mod tests {
         let root = peer(0, 0, &[]);
         let nobody = peer(65534, 65534, &[]);
         let apply = r#"{"op":"apply","file":"x.toml","text":"","user":"mallory"}"#;
-        match admit(&policy(None), &root, apply).unwrap() {
+        match admit(&policy(None), &root, apply, None).unwrap() {
             Request::Apply { user, .. } => assert_eq!(user, "root (uid 0, client says mallory)"),
             other => panic!("{other:?}"),
         }
-        let e = admit(&policy(None), &nobody, apply).unwrap_err();
+        let e = admit(&policy(None), &nobody, apply, None).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Forbidden), "{e:?}");
         assert!(e.message.starts_with("apply refused: uid 65534"), "{e:?}");
         assert!(matches!(
-            admit(&policy(None), &nobody, r#"{"op":"status"}"#).unwrap(),
+            admit(&policy(None), &nobody, r#"{"op":"status"}"#, None).unwrap(),
             Request::Status
         ));
-        let e = admit(&policy(None), &root, "{not json").unwrap_err();
+        let e = admit(&policy(None), &root, "{not json", None).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::BadInput), "{e:?}");
         // An unknown op is a change until it is known: refused to others,
         // bad input for root.
         let odd = r#"{"op":"reboot"}"#;
         assert!(matches!(
-            admit(&policy(None), &nobody, odd).unwrap_err().kind,
+            admit(&policy(None), &nobody, odd, None).unwrap_err().kind,
             ErrorKind::Forbidden
         ));
         assert!(matches!(
-            admit(&policy(None), &root, odd).unwrap_err().kind,
+            admit(&policy(None), &root, odd, None).unwrap_err().kind,
             ErrorKind::BadInput
         ));
+    }
+
+    #[test]
+    fn a_raw_text_is_the_requests_text() {
+        use xlb_core::api::{ErrorKind, Request};
+        let root = peer(0, 0, &[]);
+        let framed = r#"{"op":"plan","file":"x.toml","text":"","user":"","text_bytes":5}"#;
+        match admit(&policy(None), &root, framed, Some("a = 1".into())).unwrap() {
+            Request::Plan { text, .. } => assert_eq!(text, "a = 1"),
+            other => panic!("{other:?}"),
+        }
+        // A length that is no number was not read as one: no text came.
+        let odd = r#"{"op":"plan","file":"x.toml","text":"","user":"","text_bytes":"5"}"#;
+        let e = admit(&policy(None), &root, odd, None).unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::BadInput), "{e:?}");
+        assert!(e.message.contains("`text_bytes` must be"), "{e:?}");
+        let e = admit(
+            &policy(None),
+            &root,
+            r#"{"op":"history","text_bytes":1}"#,
+            Some("x".into()),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("takes no text"), "{e:?}");
     }
 
     #[test]

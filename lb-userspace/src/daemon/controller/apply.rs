@@ -217,21 +217,26 @@ impl Controller {
                     error: e.to_string(),
                 },
             };
+            // The text moves into the revision and back (at the declared
+            // limits a copy is 6 to 28 MB).
+            let config_hash = xlb_core::revision::text_hash(&candidate.text);
             let rev = Revision {
                 schema_version: xlb_core::revision::SCHEMA_VERSION,
                 number,
                 created_at_unix_seconds: unix_now(),
-                user: origin.user.clone(),
-                message: origin.message.clone(),
-                config_file: file.clone(),
-                config_text: text.clone(),
-                config_hash: xlb_core::revision::text_hash(text),
+                user: candidate.origin.user.clone(),
+                message: candidate.origin.message.clone(),
+                config_file: candidate.file.clone(),
+                config_text: std::mem::take(&mut candidate.text),
+                config_hash,
                 kind: kind.clone(),
                 // The summary and the changed VIPs only (`Plan::recorded`).
                 plan: plan.as_ref().map(Plan::recorded),
                 outcome,
             };
-            if let Err(e) = store.record(&rev) {
+            let recorded = store.record(&rev);
+            candidate.text = rev.config_text;
+            if let Err(e) = recorded {
                 if result.is_ok() {
                     // Not durably recorded, so not applied: the next start
                     // would return to the recorded revision anyway.
@@ -244,7 +249,7 @@ impl Controller {
         if result.is_ok() {
             self.start_bake(&candidate, &kind, number);
             if let Some(c) = self.config_file.as_mut() {
-                c.after_apply(number, &kind, file, text);
+                c.after_apply(number, &kind, &candidate.file, &candidate.text);
             }
         }
         if let (Checks::Operator { force, .. }, Some(plan)) = (checks, &plan) {
