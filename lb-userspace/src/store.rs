@@ -66,7 +66,9 @@ use std::io::{BufRead, BufReader, Read};
 
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
-use xlb_core::revision::{Kind, Outcome, Revision, SCHEMA_VERSION, Summary, text_hash};
+use xlb_core::revision::{
+    Kind, Outcome, RecordedPlan, Revision, SCHEMA_VERSION, Summary, text_hash,
+};
 
 const NEXT_FILE: &str = "next";
 const DIR_MODE: u32 = 0o700;
@@ -289,7 +291,7 @@ struct Header {
 #[derive(Deserialize)]
 struct Body {
     config_text: String,
-    plan: Option<serde_json::Value>,
+    plan: Option<RecordedPlan>,
 }
 
 /// A format-3 body's first line (the config text follows it).
@@ -403,7 +405,7 @@ fn read_body(path: &Path, header: &Header, body: &[u8]) -> Result<Body, StoreErr
         .iter()
         .position(|&b| b == b'\n')
         .ok_or_else(|| bad("no newline after the plan's line".to_string()))?;
-    let line: PlanLine<serde_json::Value> =
+    let line: PlanLine<RecordedPlan> =
         serde_json::from_slice(&json[..end]).map_err(parse_error(path))?;
     let mut text = json;
     text.drain(..=end);
@@ -1071,7 +1073,7 @@ mod tests {
             config_text: config_text.to_string(),
             config_hash: text_hash(config_text),
             kind: Kind::Apply,
-            plan: Some(serde_json::json!({ "schema_version": 1, "changes": [] })),
+            plan: Some(serde_json::json!({ "schema_version": 1, "changes": [] }).into()),
             outcome: Outcome::Applied,
         }
     }
@@ -1186,7 +1188,7 @@ mod tests {
             serde_json::json!({"type": "baking"})
         );
         assert_eq!(v["config_hash"].as_str().unwrap().len(), 16);
-        let back: Revision = serde_json::from_value(v).unwrap();
+        let back: Revision = serde_json::from_str(&v.to_string()).unwrap();
         assert_eq!(back, r);
     }
 
@@ -1774,7 +1776,7 @@ mod tests {
         fs::create_dir_all(dir).unwrap();
         let big = config(3).repeat(500);
         let mut old = rev(1, &big);
-        old.plan = Some(serde_json::json!({ "vips": [{ "name": "web" }] }));
+        old.plan = Some(serde_json::json!({ "vips": [{ "name": "web" }] }).into());
         let v1 = serde_json::to_vec_pretty(&old).unwrap();
         fs::write(dir.join(file_name(1)), &v1).unwrap();
 
@@ -1809,7 +1811,7 @@ mod tests {
         let dir = tmp.path();
         fs::create_dir_all(dir).unwrap();
         let mut old = rev(1, &config(3).repeat(50));
-        old.plan = Some(serde_json::json!({ "vips": [{ "name": "web" }] }));
+        old.plan = Some(serde_json::json!({ "vips": [{ "name": "web" }] }).into());
         let json = serde_json::json!({ "config_text": old.config_text, "plan": old.plan });
         let body = zstd::bulk::compress(&serde_json::to_vec(&json).unwrap(), 1).unwrap();
         let v2 = header_then(FORMAT_2, old.summary(), &body).unwrap();

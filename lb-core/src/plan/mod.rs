@@ -279,18 +279,33 @@ impl Plan {
     /// VIPs it leaves unchanged, which are only counted
     /// (`unchanged_vips`). At 1,000 VIPs x 64 backends a change of one VIP
     /// records one VIP's backends, not 64,000 (docs/RESTART.md).
-    pub fn recorded(&self) -> serde_json::Value {
+    pub fn recorded(&self) -> crate::revision::RecordedPlan {
         let changed: Vec<&VipPlan> = self
             .vips
             .iter()
             .filter(|v| v.change != Change::Unchanged)
             .collect();
         let unchanged = self.vips.len() - changed.len();
-        let mut doc =
+        let mut head =
             serde_json::to_value(self.clone_without_vips()).expect("a Plan always serializes");
-        doc["vips"] = serde_json::to_value(&changed).expect("a VipPlan always serializes");
-        doc["unchanged_vips"] = serde_json::Value::from(unchanged);
-        doc
+        if let Some(fields) = head.as_object_mut() {
+            fields.remove("vips");
+        }
+        /// The plan's other fields, then the changed VIPs written straight
+        /// to JSON (no `Value` of 64,000 backends in between).
+        #[derive(serde::Serialize)]
+        struct Recorded<'a> {
+            #[serde(flatten)]
+            head: serde_json::Value,
+            vips: Vec<&'a VipPlan>,
+            unchanged_vips: usize,
+        }
+        crate::revision::RecordedPlan::of(&Recorded {
+            head,
+            vips: changed,
+            unchanged_vips: unchanged,
+        })
+        .expect("a Plan always serializes")
     }
 
     /// The plan without its VIPs (cheap to clone at any size).

@@ -313,9 +313,10 @@ fn point(r: &Revision) -> RevisionPoint {
             ("rolled_back", Some(format!("by {by}: {reason}")))
         }
     };
-    let plan = r.plan.as_ref();
+    let plan = r.plan.as_ref().map(|p| p.value());
     let mut predicted = Vec::new();
     for vip in plan
+        .as_ref()
         .and_then(|p| p["vips"].as_array())
         .into_iter()
         .flatten()
@@ -468,7 +469,9 @@ mod tests {
         outcome: serde_json::Value,
         refused: bool,
     ) -> Revision {
-        serde_json::from_value(json!({
+        // From text: a recorded plan is JSON text (`RecordedPlan`), which
+        // does not come out of a `Value`.
+        serde_json::from_str(&json!({
             "schema_version": 1, "number": number, "created_at_unix_seconds": at,
             "user": "alice", "message": null, "config_file": "web.toml",
             "config_text": "", "config_hash": "", "kind": kind, "outcome": outcome,
@@ -477,7 +480,8 @@ mod tests {
                     { "name": "b1", "share_before_ratio": 0.25, "share_after_ratio": 0.625 } ] },
                 { "name": "dns", "change": "unchanged", "backends": [
                     { "name": "d1", "share_before_ratio": 1.0, "share_after_ratio": 1.0 } ] } ] },
-        }))
+        })
+        .to_string())
         .expect("a revision")
     }
 
