@@ -168,31 +168,39 @@ pub fn plan_keeping_tables(
         })
         .collect::<Result<Vec<Option<Built>>, _>>()?;
 
-    let mut vips = Vec::new();
-    let mut lints = Vec::new();
-    for ((vip, built), &same) in candidate
+    // Each VIP's part of the plan and its checks, on every core (a change
+    // of every VIP diffs 64,000 backends and compares 1,000 tables); in
+    // the candidate's order.
+    let parts: Vec<(VipPlan, Vec<Lint>)> = candidate
         .vips
-        .iter()
+        .par_iter()
         .zip(&candidate_built)
         .zip(&candidate_identical)
-    {
-        if same {
-            vips.push(VipPlan::identical(&vip.name));
-            continue;
-        }
-        let before = base_side(&vip.name);
-        let built = match (built, before) {
-            (Some(b), _) => b,
-            (None, Some(before)) => before.built,
-            (None, None) => unreachable!("a shared table has a base VIP"),
-        };
-        let after = Side { vip, built };
-        let mut vip_plan = diff::vip_plan(before, Some(after));
-        if let Some(before) = before {
-            lints.extend(lints::check(before, after, &vip_plan));
-            vip_plan.notes.extend(lints::leaving_note(before, after));
-        }
+        .map(|((vip, built), &same)| {
+            if same {
+                return (VipPlan::identical(&vip.name), Vec::new());
+            }
+            let before = base_side(&vip.name);
+            let built = match (built, before) {
+                (Some(b), _) => b,
+                (None, Some(before)) => before.built,
+                (None, None) => unreachable!("a shared table has a base VIP"),
+            };
+            let after = Side { vip, built };
+            let mut vip_plan = diff::vip_plan(before, Some(after));
+            let mut found = Vec::new();
+            if let Some(before) = before {
+                found = lints::check(before, after, &vip_plan);
+                vip_plan.notes.extend(lints::leaving_note(before, after));
+            }
+            (vip_plan, found)
+        })
+        .collect();
+    let mut vips = Vec::with_capacity(parts.len());
+    let mut lints = Vec::new();
+    for (vip_plan, found) in parts {
         vips.push(vip_plan);
+        lints.extend(found);
     }
     for (vip, built) in base.vips.iter().zip(&base_built) {
         if let Some(built) = built

@@ -692,19 +692,19 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
             force,
             expect_revision,
         } => {
-            let mut warnings = Vec::new();
             let applied = controller
                 .candidate(text, file.clone(), Origin { user, message })
                 .map_err(ApplyError::from)
                 .and_then(|candidate| {
-                    warnings = xlb_core::config::warnings::warnings(&candidate.config);
                     let options = ApplyOptions::operator(Kind::Apply, force, expect_revision);
                     controller.apply(candidate, options)
                 });
             match applied {
+                // The config's warnings, as its plan found them (an
+                // operator's apply is always planned).
                 Ok(applied) => Response::Applied {
                     revision: applied.revision,
-                    warnings,
+                    warnings: applied.plan.map(|p| p.warnings).unwrap_or_default(),
                 },
                 Err(e) => {
                     log::warn!("apply of {file} refused: {e}");
