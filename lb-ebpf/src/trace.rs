@@ -27,7 +27,8 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{XLB_CONFIG, XLB_CONNS, XLB_MAGLEV_TABLES},
+    lookup::{key4, known},
+    maps::{XLB_CONFIG, XLB_MAGLEV_TABLES},
     scratch::{KIND_ECHO, KIND_FLOW, KIND_UNHANDLED_EXT_HEADER, Parsed},
 };
 
@@ -105,9 +106,7 @@ pub fn begin(ctx: &XdpContext, p: &Parsed, meta: &VipMeta) {
     rec.cpu = unsafe { bpf_get_smp_processor_id() };
     rec.entry_backend = TRACE_NONE;
     if p.kind < KIND_UNHANDLED_EXT_HEADER && p.kind != KIND_ECHO && p.new_connection == 0 {
-        // SAFETY: the value is copied out at once (lookup.rs says why an
-        // entry changed under us does no harm).
-        if let Some(e) = unsafe { XLB_CONNS.get(&p.flow) } {
+        if let Some(e) = known(p, &key4(p)) {
             rec.entry_backend = e.backend_id;
         }
     }
