@@ -162,19 +162,19 @@ pub struct Choice {
 pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice> {
     let mut event = EV_CONN_MISS;
     let k4 = key4(p);
-    if p.new_connection == 0 {
-        if let Some(entry) = known(p, &k4) {
-            if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
-                count_event(EV_CONN_HIT);
-                return Some(Choice {
-                    backend_id: entry.backend_id,
-                    backend,
-                    new_flow: false,
-                    tuple_hash: entry.flow_hash,
-                });
-            }
-            event = EV_CONN_RESTEER;
+    if p.new_connection == 0
+        && let Some(entry) = known(p, &k4)
+    {
+        if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
+            count_event(EV_CONN_HIT);
+            return Some(Choice {
+                backend_id: entry.backend_id,
+                backend,
+                new_flow: false,
+                tuple_hash: entry.flow_hash,
+            });
         }
+        event = EV_CONN_RESTEER;
     }
     count_event(event);
     if meta.table_size == 0 {

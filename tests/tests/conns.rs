@@ -43,7 +43,7 @@ fn flow(i: u32) -> FlowWords {
 /// The `i`th flow of both families: IPv4's `flow(i)` for even i, an IPv6
 /// flow for odd i (each family's table then holds half of them).
 fn mixed(i: u32) -> FlowWords {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         return flow(i);
     }
     let b = i.to_be_bytes();
