@@ -14,32 +14,32 @@
 //! `attach_pinned` runs after the link update): a privileged test
 //! (`tests::require_privileges!`).
 
-use std::path::PathBuf;
-
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::hash::{ConnEntry, FlowKey4, FlowWords};
 use lb_common::{GlobalConfig, LAYOUT_UPGRADES_FROM, LAYOUT_VERSION, PROTO_TCP, maps};
+use tests::confine::TestPins;
 use tests::packets::{FrameBuilder, LB_MAC, expected_backend, flow, run};
 use xlb_core::simulate::Flow;
 use xlb_core::state::{Allocation, Desired, desired};
-use xlb_dataplane::{Dataplane, PinDir};
+use xlb_dataplane::Dataplane;
 
 /// Each family's table: small, the test writes a few flows.
 const SIZE: u32 = 4096;
 const TX: u32 = 3;
 
-/// The pins' directory, removed (maps unpinned) even when the test fails.
-struct Pins {
-    dir: PathBuf,
-    pins: PinDir,
+/// The test's pins, and typed handles to what it reads and writes there.
+struct Pins(TestPins);
+
+impl std::ops::Deref for Pins {
+    type Target = TestPins;
+    fn deref(&self) -> &TestPins {
+        &self.0
+    }
 }
 
 impl Pins {
     fn new() -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/xlbupg-{}", std::process::id()));
-        let pins = PinDir::new(&dir, "upg0");
-        pins.create().expect("create the pin directory");
-        Self { dir, pins }
+        Self(TestPins::new("xlbupg", "upg0"))
     }
 
     fn conns(&self) -> HashMap<MapData, FlowWords, ConnEntry> {
@@ -60,13 +60,6 @@ impl Pins {
         let mut g = config.get(&0, 0).expect("the host entry");
         g.layout_version = version;
         config.set(0, g, 0).expect("write the host entry");
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = self.pins.remove();
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
