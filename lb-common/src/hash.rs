@@ -43,6 +43,60 @@ pub struct FlowWords {
 
 const _: () = assert!(core::mem::size_of::<FlowWords>() == 40);
 
+/// The key of the IPv4 connection table (`maps::CONNS_V4`): an IPv4 flow's
+/// words without the six zero words `FlowWords` pads its addresses with.
+/// The kernel hashes and compares 16 bytes instead of 40 (jhash2 of four
+/// words, `memcmp` of two 8-byte words). The balancer writes it as two u64
+/// (`src | dst << 32`, `ports | proto << 32`), which on bpfel and x86 are
+/// these four fields in this order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowKey4 {
+    pub src: u32,
+    pub dst: u32,
+    pub ports: u32,
+    pub proto: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+
+impl FlowKey4 {
+    /// `f`'s IPv4 key, if `f` has the shape of an IPv4 flow's words (each
+    /// address's last three words zero). The words carry no family: an
+    /// IPv6 flow between two addresses whose last 96 bits are zero has
+    /// this shape too (see `maps::CONNS_V4`).
+    #[inline(always)]
+    pub fn of(f: &FlowWords) -> Option<Self> {
+        let tail = f.src[1] | f.src[2] | f.src[3] | f.dst[1] | f.dst[2] | f.dst[3];
+        (tail == 0).then_some(Self {
+            src: f.src[0],
+            dst: f.dst[0],
+            ports: f.ports,
+            proto: f.proto,
+        })
+    }
+
+    /// The flow words this key stands for.
+    #[inline(always)]
+    pub fn words(&self) -> FlowWords {
+        FlowWords {
+            src: [self.src, 0, 0, 0],
+            dst: [self.dst, 0, 0, 0],
+            ports: self.ports,
+            proto: self.proto,
+        }
+    }
+
+    /// The key as the balancer stores it: two little-endian u64 words.
+    #[inline(always)]
+    pub fn to_u64s(&self) -> [u64; 2] {
+        [
+            self.src as u64 | (self.dst as u64) << 32,
+            self.ports as u64 | (self.proto as u64) << 32,
+        ]
+    }
+}
+
 /// A connection-table entry (the value for a `FlowWords` key): the flow's
 /// backend and its 5-tuple hash (`flow_hash` of the flow with the seed of
 /// the moment it was filed). A tunnelled packet of a known flow takes its
@@ -165,6 +219,28 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv4_key_is_its_flow_words_both_ways_and_in_u64_words() {
+        let f = FlowWords {
+            src: addr_words(&[198, 18, 0, 1]),
+            dst: addr_words(&[198, 18, 0, 100]),
+            ports: ports_word(40000, 80),
+            proto: 6,
+        };
+        let k = FlowKey4::of(&f).expect("an IPv4 flow's words");
+        assert_eq!(k.words(), f);
+        let u = k.to_u64s();
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&u[0].to_le_bytes());
+        bytes[8..].copy_from_slice(&u[1].to_le_bytes());
+        assert_eq!(&bytes, bytemuck::bytes_of(&k));
+        let v6 = FlowWords {
+            src: addr_words(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            ..f
+        };
+        assert_eq!(FlowKey4::of(&v6), None);
+    }
+
+    #[test]
     fn ports_word_is_the_wire_bytes() {
         // 0x1234 -> 0x0050 on the wire: 12 34 00 50
         assert_eq!(
@@ -178,6 +254,8 @@ mod tests {
 mod user {
     // SAFETY: each type is #[repr(C)], Pod (bytemuck-checked), with no padding holes.
     unsafe impl aya::Pod for super::FlowWords {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnEntry {}
     // SAFETY: as above.

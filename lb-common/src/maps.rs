@@ -23,9 +23,18 @@ pub const ACTION_STATS: &str = "XLB_ACTION_STATS";
 pub const DROP_STATS: &str = "XLB_DROP_STATS";
 /// Single `GlobalConfig` entry.
 pub const CONFIG: &str = "XLB_CONFIG";
-/// LRU: flow (`hash::FlowWords`) -> `hash::ConnEntry` (backend id and the
-/// flow's hash), so a flow keeps its backend when tables change.
+/// LRU: IPv6 flow (`hash::FlowWords`) -> `hash::ConnEntry` (backend id and
+/// the flow's hash), so a flow keeps its backend when tables change. Before
+/// layout 6 it held IPv4 flows too (now in `CONNS_V4`).
 pub const CONNS: &str = "XLB_CONNS";
+/// LRU: IPv4 flow (`hash::FlowKey4`, 16 bytes) -> `hash::ConnEntry`. A hash
+/// map has one key size: IPv4 flows get a table of their own so that the
+/// kernel hashes and compares 16 bytes, not 40. Userspace tells the
+/// families apart by the words' shape (`FlowKey4::of`): an IPv6 flow
+/// between two addresses whose last 96 bits are zero is written there by
+/// userspace (held flows from other nodes), where the program never looks
+/// for it (it is hashed again, as a flow without an entry).
+pub const CONNS_V4: &str = "XLB_CONNS_V4";
 
 /// Per-CPU u64 per data-plane event (`stats::EV_*`).
 pub const EVENT_STATS: &str = "XLB_EVENT_STATS";
@@ -39,12 +48,13 @@ pub const TRACE: &str = "XLB_TRACE";
 pub const TRACE_RING: &str = "XLB_TRACE_RING";
 
 /// Every map the balancer object must define.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     TRACE,
     TRACE_RING,
     EVENT_STATS,
     FRAGS,
     CONNS,
+    CONNS_V4,
     VIPS,
     VIP_SLOTS,
     MAGLEV_TABLES,
@@ -68,6 +78,7 @@ pub const VIP_ENTRIES: u32 = 2 * MAX_VIPS;
 pub const MAX_BACKENDS: u32 = 65536;
 /// Connection-table entries when the config names no size (about 100 bytes
 /// each in the kernel); `conn_table_size` in the config sets it at load.
+/// Each family's table (`CONNS`, `CONNS_V4`) has this many entries.
 pub const CONN_TABLE_SIZE: u32 = 1 << 18;
 /// Datagrams whose fragments are tracked at once.
 pub const FRAG_TABLE_SIZE: u32 = 8192;

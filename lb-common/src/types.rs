@@ -171,7 +171,12 @@ pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// reasons and events).
 /// 5: a connection-table value is a `hash::ConnEntry` (backend id and the
 /// flow's hash), not a bare backend id.
-pub const LAYOUT_VERSION: u32 = 5;
+/// 6: IPv4 flows live in `XLB_CONNS_V4` (16-byte key), `XLB_CONNS` holds
+/// IPv6 flows only. Pins of layout 5 are upgraded in place
+/// (`LAYOUT_UPGRADES_FROM`): their IPv4 flows are moved into the new map.
+pub const LAYOUT_VERSION: u32 = 6;
+/// The older layout a start may take over and upgrade (docs/RESTART.md).
+pub const LAYOUT_UPGRADES_FROM: u32 = 5;
 
 #[cfg(feature = "user")]
 mod user {

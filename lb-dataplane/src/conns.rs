@@ -1,5 +1,8 @@
-//! Counting the connection table (XLB_CONNS): how many flows it remembers
-//! and how many of them name each backend id.
+//! Counting the connection tables (XLB_CONNS_V4 and XLB_CONNS, one per
+//! address family): how many flows they remember and how many of them name
+//! each backend id; their entries for the held-flow selection; entries
+//! inserted where none is; the IPv4 flows of a layout-5 table moved into
+//! the IPv4 table at an upgrade.
 //!
 //! aya 0.14 has no batch API, and walking an LRU hash with
 //! BPF_MAP_GET_NEXT_KEY is wrong while packets evict entries (a key deleted
@@ -22,10 +25,10 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData, MapError};
 use bytemuck::Zeroable as _;
 use lb_common::{
-    hash::{ConnEntry, FlowWords},
+    hash::{ConnEntry, FlowKey4, FlowWords},
     maps,
 };
 
@@ -42,6 +45,9 @@ use crate::{
 /// and values (`FlowWords`, `ConnEntry`) is 192 KiB of buffers, and a full
 /// default table (262,144) is 64 calls.
 pub const BATCH_ENTRIES: usize = 4096;
+
+/// `BPF_NOEXIST` of the map update flags.
+const NOEXIST: u64 = 1;
 
 /// Entries per backend id, dense for the ids the controller hands out
 /// (< MAX_BACKENDS: one add per entry, no hashing) and sparse beyond (a
@@ -88,21 +94,35 @@ impl Tally {
     }
 }
 
-/// The key type of the connection table and the flow words it stands for,
-/// both ways: the one place that knows the key's bytes (today the key is
-/// lb-common's `FlowWords` itself; a new layout changes these two
-/// functions and nothing else).
-pub type ConnKey = FlowWords;
-
-/// A flow's key in the connection table.
-pub fn conn_key(words: &FlowWords) -> ConnKey {
-    *words
+/// A flow's key in its family's connection table: the one place, with
+/// `key_words`, that knows the keys' bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKey {
+    /// XLB_CONNS_V4's.
+    V4(FlowKey4),
+    /// XLB_CONNS's.
+    V6(FlowWords),
 }
 
-/// The flow words of a key read from the table (None: not a key of this
-/// layout's size).
+/// A flow's key: the IPv4 table's when the words have an IPv4 flow's shape
+/// (`FlowKey4::of`), else the IPv6 table's.
+pub fn conn_key(words: &FlowWords) -> ConnKey {
+    match FlowKey4::of(words) {
+        Some(k) => ConnKey::V4(k),
+        None => ConnKey::V6(*words),
+    }
+}
+
+/// The flow words of a key read from either table: 16 bytes from
+/// XLB_CONNS_V4, 40 from XLB_CONNS (None: neither size).
 pub fn key_words(key: &[u8]) -> Option<FlowWords> {
-    bytemuck::try_pod_read_unaligned(key).ok()
+    match key.len() {
+        16 => bytemuck::try_pod_read_unaligned::<FlowKey4>(key)
+            .ok()
+            .map(|k| k.words()),
+        40 => bytemuck::try_pod_read_unaligned(key).ok(),
+        _ => None,
+    }
 }
 
 /// Walk the whole table in batches of `batch` entries, handing each batch's
@@ -144,7 +164,21 @@ pub(crate) fn walk_batches(
     )))
 }
 
+/// Walk the whole table and count the backend ids into `tally`.
+pub(crate) fn walk_into(
+    source: &mut impl BatchRead,
+    key_size: usize,
+    batch: usize,
+    max_calls: usize,
+    tally: &mut Tally,
+) -> std::io::Result<()> {
+    walk_batches(source, key_size, batch, max_calls, |_, values| {
+        tally.add(values.iter().map(|e| e.backend_id));
+    })
+}
+
 /// Walk the whole table and count the backend ids.
+#[cfg(test)]
 pub(crate) fn walk(
     source: &mut impl BatchRead,
     key_size: usize,
@@ -152,25 +186,23 @@ pub(crate) fn walk(
     max_calls: usize,
 ) -> std::io::Result<(u64, BTreeMap<u32, u64>)> {
     let mut tally = Tally::new();
-    walk_batches(source, key_size, batch, max_calls, |_, values| {
-        tally.add(values.iter().map(|e| e.backend_id));
-    })?;
+    walk_into(source, key_size, batch, max_calls, &mut tally)?;
     Ok(tally.finish())
 }
 
-/// Walk the whole table and keep every entry's flow words and backend id.
+/// Walk the whole table and keep every entry's flow words and value.
 pub(crate) fn walk_entries(
     source: &mut impl BatchRead,
     key_size: usize,
     batch: usize,
     max_calls: usize,
-) -> std::io::Result<Vec<(FlowWords, u32)>> {
+) -> std::io::Result<Vec<(FlowWords, ConnEntry)>> {
     let mut out = Vec::new();
     walk_batches(source, key_size, batch, max_calls, |keys, values| {
         let keys = keys.chunks_exact(key_size.max(1));
         out.extend(
             keys.zip(values)
-                .filter_map(|(k, v)| Some((key_words(k)?, v.backend_id))),
+                .filter_map(|(k, v)| Some((key_words(k)?, *v))),
         );
     })?;
     Ok(out)
@@ -185,46 +217,47 @@ pub struct Inserted {
     pub present: u64,
 }
 
-/// A handle to the connection table, cheap to clone and to send to another
-/// thread: the scan runs outside the controller's lock.
+/// What moving a layout-5 XLB_CONNS's IPv4 flows into XLB_CONNS_V4 did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// IPv4 flows found in XLB_CONNS.
+    pub found: u64,
+    /// Copied into XLB_CONNS_V4 (which had no entry for them).
+    pub copied: u64,
+    /// Deleted from XLB_CONNS (`move_v4_flows` with `remove`).
+    pub removed: u64,
+}
+
+/// One family's table.
 #[derive(Clone, Debug)]
-pub struct ConnTable {
+struct Table {
     map: Arc<MapData>,
+    name: &'static str,
     capacity: u32,
     key_size: usize,
 }
 
-impl ConnTable {
-    /// Take XLB_CONNS out of the loaded object.
-    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
-        let name = maps::CONNS;
-        match ebpf.take_map(name) {
-            Some(Map::LruHashMap(map)) => Self::new(map),
-            Some(_) => Err(DataplaneError::Missing {
-                kind: "BPF_MAP_TYPE_LRU_HASH",
-                name,
-            }),
-            None => Err(DataplaneError::Missing { kind: "map", name }),
-        }
-    }
-
-    fn new(map: MapData) -> Result<Self, DataplaneError> {
-        let info = map.info().map_err(map_err(maps::CONNS))?;
-        Ok(Self {
+impl Table {
+    /// `name` out of the loaded object; None when the object has no such
+    /// map (an object built before it).
+    fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Option<Self>, DataplaneError> {
+        let map = match ebpf.take_map(name) {
+            Some(Map::LruHashMap(map)) => map,
+            Some(_) => {
+                return Err(DataplaneError::Missing {
+                    kind: "BPF_MAP_TYPE_LRU_HASH",
+                    name,
+                });
+            }
+            None => return Ok(None),
+        };
+        let info = map.info().map_err(map_err(name))?;
+        Ok(Some(Self {
             capacity: info.max_entries(),
             key_size: info.key_size() as usize,
+            name,
             map: Arc::new(map),
-        })
-    }
-
-    /// max_entries of the loaded table.
-    pub fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
-    /// Count the entries and the backend ids they name.
-    pub fn scan(&self) -> Result<ConnScan, DataplaneError> {
-        self.scan_in_batches(BATCH_ENTRIES)
+        }))
     }
 
     fn syscall(&self) -> BatchSyscall<'_> {
@@ -242,15 +275,149 @@ impl ConnTable {
         self.capacity.max(1).next_power_of_two() as usize + 2
     }
 
+    fn entries(&self) -> Result<Vec<(FlowWords, ConnEntry)>, DataplaneError> {
+        walk_entries(
+            &mut self.syscall(),
+            self.key_size,
+            BATCH_ENTRIES,
+            self.max_calls(),
+        )
+        .map_err(io_err(self.name))
+    }
+
+    /// A second, typed handle to the same map.
+    fn typed<K: aya::Pod>(&self) -> Result<HashMap<MapData, K, ConnEntry>, DataplaneError> {
+        let name = self.name;
+        let fd = self
+            .map
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err(name))?;
+        let map = MapData::from_fd(fd).map_err(map_err(name))?;
+        HashMap::try_from(Map::from_map_data(map).map_err(map_err(name))?).map_err(map_err(name))
+    }
+}
+
+/// Typed handles to both tables, for tests and tools that write, read or
+/// delete flows by their words: each flow goes to its family's table
+/// (`conn_key`).
+pub struct ConnFlows {
+    v6: HashMap<MapData, FlowWords, ConnEntry>,
+    /// None for an object without XLB_CONNS_V4 (its XLB_CONNS holds both
+    /// families).
+    v4: Option<HashMap<MapData, FlowKey4, ConnEntry>>,
+}
+
+impl ConnFlows {
+    /// The name of the table `words` go to.
+    pub fn table_of(&self, words: &FlowWords) -> &'static str {
+        match (&self.v4, conn_key(words)) {
+            (Some(_), ConnKey::V4(_)) => maps::CONNS_V4,
+            _ => maps::CONNS,
+        }
+    }
+
+    pub fn insert(
+        &mut self,
+        words: FlowWords,
+        entry: ConnEntry,
+        flags: u64,
+    ) -> Result<(), MapError> {
+        match (&mut self.v4, conn_key(&words)) {
+            (Some(v4), ConnKey::V4(k)) => v4.insert(k, entry, flags),
+            _ => self.v6.insert(words, entry, flags),
+        }
+    }
+
+    pub fn get(&self, words: &FlowWords, flags: u64) -> Result<ConnEntry, MapError> {
+        match (&self.v4, conn_key(words)) {
+            (Some(v4), ConnKey::V4(k)) => v4.get(&k, flags),
+            _ => self.v6.get(words, flags),
+        }
+    }
+
+    pub fn remove(&mut self, words: &FlowWords) -> Result<(), MapError> {
+        match (&mut self.v4, conn_key(words)) {
+            (Some(v4), ConnKey::V4(k)) => v4.remove(&k),
+            _ => self.v6.remove(words),
+        }
+    }
+
+    /// Every entry of both tables, IPv4's first, key by key
+    /// (BPF_MAP_GET_NEXT_KEY: sound only while nothing else writes them).
+    pub fn iter(&self) -> impl Iterator<Item = Result<(FlowWords, ConnEntry), MapError>> + '_ {
+        let v4 = self
+            .v4
+            .iter()
+            .flat_map(|m| m.iter().map(|r| r.map(|(k, v)| (k.words(), v))));
+        v4.chain(self.v6.iter())
+    }
+}
+
+/// A handle to the connection tables, cheap to clone and to send to another
+/// thread: the scan runs outside the controller's lock.
+#[derive(Clone, Debug)]
+pub struct ConnTable {
+    /// XLB_CONNS: IPv6 flows (and IPv4 flows, for an object built before
+    /// XLB_CONNS_V4).
+    v6: Table,
+    /// XLB_CONNS_V4; None for an object built before it.
+    v4: Option<Table>,
+}
+
+impl ConnTable {
+    /// Take XLB_CONNS and XLB_CONNS_V4 out of the loaded object.
+    pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DataplaneError> {
+        let v6 = Table::take(ebpf, maps::CONNS)?.ok_or(DataplaneError::Missing {
+            kind: "map",
+            name: maps::CONNS,
+        })?;
+        let v4 = Table::take(ebpf, maps::CONNS_V4)?;
+        Ok(Self { v6, v4 })
+    }
+
+    /// max_entries of each family's table (`conn_table_size`).
+    pub fn capacity(&self) -> u32 {
+        self.v6.capacity
+    }
+
+    /// Whether IPv4 flows have a table of their own (false: an object
+    /// built before XLB_CONNS_V4).
+    pub fn has_v4_table(&self) -> bool {
+        self.v4.is_some()
+    }
+
+    fn tables(&self) -> impl Iterator<Item = &Table> {
+        self.v4.iter().chain(std::iter::once(&self.v6))
+    }
+
+    /// Count the entries and the backend ids they name, both families.
+    pub fn scan(&self) -> Result<ConnScan, DataplaneError> {
+        self.scan_in_batches(BATCH_ENTRIES)
+    }
+
     /// `scan` with `batch` entries per syscall (tests try small batches).
+    /// `capacity` is one family's table's size: `entries` over it reads as
+    /// it did with one table when one family carries the traffic
+    /// (docs/METRICS.md).
     pub fn scan_in_batches(&self, batch: usize) -> Result<ConnScan, DataplaneError> {
         let started = Instant::now();
-        let (entries, by_backend) =
-            walk(&mut self.syscall(), self.key_size, batch, self.max_calls())
-                .map_err(io_err(maps::CONNS))?;
+        let mut tally = Tally::new();
+        for t in self.tables() {
+            walk_into(
+                &mut t.syscall(),
+                t.key_size,
+                batch,
+                t.max_calls(),
+                &mut tally,
+            )
+            .map_err(io_err(t.name))?;
+        }
+        let (entries, by_backend) = tally.finish();
         Ok(ConnScan {
             entries,
-            capacity: self.capacity,
+            capacity: self.capacity(),
             by_backend,
             scanned_at_unix_seconds: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -259,59 +426,90 @@ impl ConnTable {
         })
     }
 
-    /// Every entry's flow words and backend id (the held-flow selection of
-    /// `xlb_core::held` reads them), in one walk as `scan`'s.
+    /// Every entry's flow words and backend id, both families (the
+    /// held-flow selection of `xlb_core::held` reads them), walked as
+    /// `scan` walks.
     pub fn entries(&self) -> Result<Vec<(FlowWords, u32)>, DataplaneError> {
-        walk_entries(
-            &mut self.syscall(),
-            self.key_size,
-            BATCH_ENTRIES,
-            self.max_calls(),
-        )
-        .map_err(io_err(maps::CONNS))
+        let mut out = Vec::new();
+        for t in self.tables() {
+            out.extend(t.entries()?.into_iter().map(|(w, e)| (w, e.backend_id)));
+        }
+        Ok(out)
     }
 
-    /// Insert entries for flows the table has none for (BPF_NOEXIST: an
+    /// Insert entries for flows the tables have none for (BPF_NOEXIST: an
     /// entry of the node's own is never replaced): (flow words, backend
-    /// id, the flow's tuple hash).
+    /// id, the flow's tuple hash), each into its family's table.
     pub fn insert_absent(
         &self,
         entries: impl IntoIterator<Item = (FlowWords, u32, u32)>,
     ) -> Result<Inserted, DataplaneError> {
-        /// `BPF_NOEXIST` of the map update flags.
-        const NOEXIST: u64 = 1;
-        let mut map = self.flows_map()?;
+        let mut flows = self.flows_map()?;
         let mut done = Inserted::default();
         for (words, backend_id, flow_hash) in entries {
             let entry = ConnEntry {
                 backend_id,
                 flow_hash,
             };
-            match map.insert(conn_key(&words), entry, NOEXIST) {
+            match flows.insert(words, entry, NOEXIST) {
                 Ok(()) => done.added += 1,
-                Err(aya::maps::MapError::SyscallError(e))
+                Err(MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
                 {
                     done.present += 1;
                 }
-                Err(e) => return Err(map_err(maps::CONNS)(e)),
+                Err(e) => return Err(map_err(flows.table_of(&words))(e)),
             }
         }
         Ok(done)
     }
 
-    /// A second, typed handle to the same map, for tests and tools that
-    /// write flows into it.
-    pub fn flows_map(&self) -> Result<HashMap<MapData, ConnKey, ConnEntry>, DataplaneError> {
-        let fd = self
-            .map
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(io_err(maps::CONNS))?;
-        let map = MapData::from_fd(fd).map_err(map_err(maps::CONNS))?;
-        HashMap::try_from(Map::from_map_data(map).map_err(map_err(maps::CONNS))?)
-            .map_err(map_err(maps::CONNS))
+    /// The IPv4 flows of XLB_CONNS (pinned by a layout-5 xlb, whose one
+    /// table held both families) copied into XLB_CONNS_V4 where it has no
+    /// entry for them (BPF_NOEXIST: an entry this program made is newer),
+    /// and with `remove`, deleted from XLB_CONNS. Nothing to do without
+    /// XLB_CONNS_V4.
+    pub fn move_v4_flows(&self, remove: bool) -> Result<Moved, DataplaneError> {
+        let mut moved = Moved::default();
+        if self.v4.is_none() {
+            return Ok(moved);
+        }
+        let found: Vec<(FlowWords, ConnEntry)> = self
+            .v6
+            .entries()?
+            .into_iter()
+            .filter(|(w, _)| FlowKey4::of(w).is_some())
+            .collect();
+        moved.found = found.len() as u64;
+        let mut flows = self.flows_map()?;
+        for (words, entry) in found {
+            match flows.insert(words, entry, NOEXIST) {
+                Ok(()) => moved.copied += 1,
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_err(maps::CONNS_V4)(e)),
+            }
+            if remove {
+                match flows.v6.remove(&words) {
+                    Ok(()) => moved.removed += 1,
+                    // Evicted meanwhile.
+                    Err(MapError::KeyNotFound) => {}
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(map_err(maps::CONNS)(e)),
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Typed handles to both tables, for tests and tools that write flows
+    /// into them.
+    pub fn flows_map(&self) -> Result<ConnFlows, DataplaneError> {
+        Ok(ConnFlows {
+            v6: self.v6.typed()?,
+            v4: self.v4.as_ref().map(Table::typed).transpose()?,
+        })
     }
 }
 
@@ -401,7 +599,11 @@ mod tests {
                 buckets: buckets.clone(),
                 calls: 0,
             };
-            let got = walk_entries(&mut fake, 40, batch, 10_000).unwrap();
+            let got: Vec<(FlowWords, u32)> = walk_entries(&mut fake, 40, batch, 10_000)
+                .unwrap()
+                .into_iter()
+                .map(|(w, e)| (w, e.backend_id))
+                .collect();
             let want: Vec<(FlowWords, u32)> = buckets
                 .iter()
                 .enumerate()
@@ -426,7 +628,18 @@ mod tests {
             ports: 9,
             proto: 17,
         };
-        assert_eq!(key_words(bytemuck::bytes_of(&conn_key(&w))), Some(w));
+        assert_eq!(conn_key(&w), ConnKey::V6(w));
+        assert_eq!(key_words(bytemuck::bytes_of(&w)), Some(w));
+        // An IPv4 flow's words: the 16-byte key, read back whole.
+        let w4 = FlowWords {
+            src: [1, 0, 0, 0],
+            dst: [5, 0, 0, 0],
+            ..w
+        };
+        let ConnKey::V4(k) = conn_key(&w4) else {
+            panic!("IPv4 words take the IPv4 table: {:?}", conn_key(&w4));
+        };
+        assert_eq!(key_words(bytemuck::bytes_of(&k)), Some(w4));
     }
 
     #[test]

@@ -113,10 +113,15 @@ pub struct Dataplane {
     pub(crate) config: Array<MapData, GlobalConfig>,
     /// Per-CPU u64 per data-plane event (`stats::EV_*`).
     pub(crate) event_stats: PerCpuArray<MapData, u64>,
-    /// The connection table, for counting (see `conns`).
+    /// The connection tables, for counting (see `conns`).
     pub(crate) conns: ConnTable,
-    /// XLB_CONNS's max_entries, fixed at load (`conn_table_size`).
+    /// Each family's table's max_entries, fixed at load (`conn_table_size`).
     pub(crate) conn_table_size: u32,
+    /// Loaded over pins of layout `LAYOUT_UPGRADES_FROM`: their IPv4 flows
+    /// were copied into XLB_CONNS_V4, and once this program is attached
+    /// `finish_layout_upgrade` moves the rest and writes this layout's
+    /// version (pins.rs).
+    pub(crate) layout_upgrade: bool,
     /// The trace switch and ring; None for an object without them.
     pub(crate) tracer: Option<crate::trace::SharedTracer>,
 }

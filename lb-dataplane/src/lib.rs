@@ -11,7 +11,8 @@
 //! - `mmap`: BPF arrays mapped into memory;
 //! - `objects`: the embedded objects; programs and maps taken out of them;
 //! - `vipslots`: the VIP slots' owners, and their writes in order;
-//! - `conns`: the connection table counted (fill, flows per backend);
+//! - `conns`: the connection tables (one per family) counted (fill, flows
+//!   per backend), walked, written; a layout-5 table's IPv4 flows moved;
 //! - `handle`: `Dataplane`, the handle on a loaded balancer's maps;
 //! - `reader`: counters, summed over CPUs, and the live tables;
 //! - `writer`: a `state::Desired` turned into map updates, atomically per VIP;
@@ -40,8 +41,8 @@ pub mod vipslots;
 mod writer;
 
 pub use conns::{
-    ConnKey, ConnTable, Inserted, SCAN_PERIOD as CONN_SCAN_PERIOD, conn_key, key_words,
-    pause_after as conn_scan_pause,
+    ConnFlows, ConnKey, ConnTable, Inserted, Moved, SCAN_PERIOD as CONN_SCAN_PERIOD, conn_key,
+    key_words, pause_after as conn_scan_pause,
 };
 pub(crate) use error::map_err;
 pub use error::{DataplaneError, PinError};

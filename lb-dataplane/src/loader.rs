@@ -50,7 +50,8 @@ impl Dataplane {
         loader
             .map_max_entries(maps::VIP_STATS, maps::MAX_VIPS * cpus)
             .map_max_entries(maps::BACKEND_STATS, maps::MAX_BACKENDS * cpus)
-            .map_max_entries(maps::CONNS, conn_table_size);
+            .map_max_entries(maps::CONNS, conn_table_size)
+            .map_max_entries(maps::CONNS_V4, conn_table_size);
         if let Some(pins) = pins {
             for name in maps::ALL {
                 loader.map_pin_path(name, pins.map_path(name));
@@ -66,7 +67,7 @@ impl Dataplane {
             // before this program is attached.
             slots.clear_all();
         }
-        Ok(Self {
+        let mut dp = Self {
             vips: take(&mut ebpf, maps::VIPS)?,
             vip_slots,
             tables_fd: crate::reader::tables_fd(&ebpf)?,
@@ -87,8 +88,13 @@ impl Dataplane {
             conns: ConnTable::take(&mut ebpf)?,
             tracer: crate::trace::Tracer::take(&mut ebpf)?
                 .map(|t| std::sync::Arc::new(std::sync::Mutex::new(t))),
+            layout_upgrade: false,
             ebpf,
-        })
+        };
+        if pins.is_some() {
+            dp.begin_layout_upgrade()?;
+        }
+        Ok(dp)
     }
 
     /// Attach the balancer to `interface` under the link pinned in `pins`
@@ -105,7 +111,9 @@ impl Dataplane {
             .program_mut(maps::BALANCER_PROGRAM)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .expect("checked in load");
-        pins.attach(program, interface, mode)
+        let attached = pins.attach(program, interface, mode)?;
+        self.finish_layout_upgrade()?;
+        Ok(attached)
     }
 
     /// Attach the balancer to `interface`; detached when `self` is dropped.

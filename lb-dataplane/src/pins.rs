@@ -25,7 +25,9 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     xdp::XdpLink,
 };
-use lb_common::{Backend as KernelBackend, GlobalConfig, LAYOUT_VERSION, VipKey, maps};
+use lb_common::{
+    Backend as KernelBackend, GlobalConfig, LAYOUT_UPGRADES_FROM, LAYOUT_VERSION, VipKey, maps,
+};
 
 use crate::HostInterface;
 use crate::error::{DataplaneError, PinError, io_err, map_err};
@@ -185,7 +187,7 @@ impl PinDir {
         let config_path = self.map_path(maps::CONFIG);
         if config_path.exists() {
             let version = self.read_layout_version(&config_path)?;
-            if version != 0 && version != LAYOUT_VERSION {
+            if version != 0 && version != LAYOUT_VERSION && version != LAYOUT_UPGRADES_FROM {
                 return Err(PinError::LayoutMismatch {
                     dir: self.dir.display().to_string(),
                     pinned: version,
@@ -218,13 +220,14 @@ impl PinDir {
                     path: path.display().to_string(),
                     source,
                 })?;
+            let conns = name == maps::CONNS || name == maps::CONNS_V4;
             let entries = match name {
                 maps::VIP_STATS => maps::MAX_VIPS * cpus,
                 maps::BACKEND_STATS => maps::MAX_BACKENDS * cpus,
-                maps::CONNS => conn_table_size,
+                _ if conns => conn_table_size,
                 _ => def.max_entries(),
             };
-            if name == maps::CONNS && info.max_entries() != conn_table_size {
+            if conns && info.max_entries() != conn_table_size {
                 return Err(PinError::ConnTableSize {
                     dir: self.dir.display().to_string(),
                     wanted: conn_table_size,
@@ -422,6 +425,57 @@ impl PinDir {
 }
 
 impl Dataplane {
+    /// Loaded over pins of layout `LAYOUT_UPGRADES_FROM` (5), before this
+    /// program is attached: copy the IPv4 flows of their XLB_CONNS (one
+    /// table for both families then) into XLB_CONNS_V4, so that the program
+    /// finds them from its first packet; `finish_layout_upgrade` completes
+    /// the move once it is attached. Any other layout: nothing to do.
+    pub(crate) fn begin_layout_upgrade(&mut self) -> Result<(), DataplaneError> {
+        let global = self.config.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        if global.layout_version != LAYOUT_UPGRADES_FROM || !self.conns.has_v4_table() {
+            return Ok(());
+        }
+        let moved = self.conns.move_v4_flows(false)?;
+        log::info!(
+            "pinned maps of layout {LAYOUT_UPGRADES_FROM}: {} IPv4 flows copied from {} into {} \
+             before the new program is attached",
+            moved.copied,
+            maps::CONNS,
+            maps::CONNS_V4
+        );
+        self.layout_upgrade = true;
+        Ok(())
+    }
+
+    /// The rest of an upgrade from layout `LAYOUT_UPGRADES_FROM`, once this
+    /// program is attached (the old one no longer files flows into
+    /// XLB_CONNS): the IPv4 flows the old program filed since
+    /// `begin_layout_upgrade` copied, then every IPv4 flow deleted from
+    /// XLB_CONNS, then this layout's version written into XLB_CONFIG (last:
+    /// a start that dies before it does the move again, which changes
+    /// nothing twice). `attach_pinned` calls it; without an upgrade it does
+    /// nothing.
+    pub fn finish_layout_upgrade(&mut self) -> Result<(), DataplaneError> {
+        if !self.layout_upgrade {
+            return Ok(());
+        }
+        let moved = self.conns.move_v4_flows(true)?;
+        let mut global = self.config.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        global.layout_version = LAYOUT_VERSION;
+        self.config
+            .set(0, global, 0)
+            .map_err(map_err(maps::CONFIG))?;
+        self.layout_upgrade = false;
+        log::info!(
+            "pinned maps upgraded from layout {LAYOUT_UPGRADES_FROM} to {LAYOUT_VERSION}: {} more \
+             IPv4 flows copied, {} removed from {}",
+            moved.copied,
+            moved.removed,
+            maps::CONNS
+        );
+        Ok(())
+    }
+
     /// Everything adoption compares: the host entry, every VIP entry, the
     /// table of each VIP id an entry names, and every backend entry.
     pub fn read_live(&self) -> Result<LiveMaps, DataplaneError> {

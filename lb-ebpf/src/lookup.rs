@@ -2,15 +2,15 @@
 //! wildcard), connection table, flow hash, Maglev slot, backend entry.
 
 use lb_common::{
-    BACKEND_F_VALID, Backend, GlobalConfig, HASH_FIVE_TUPLE, VipKey, VipMeta,
-    hash::{ConnEntry, flow_hash, hash_input},
+    BACKEND_F_VALID, Backend, FAMILY_V4, GlobalConfig, HASH_FIVE_TUPLE, VipKey, VipMeta,
+    hash::{ConnEntry, FlowKey4, flow_hash, hash_input},
     stats::{EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER},
     vipslot::{slot_index, tail_word},
 };
 
 use crate::{
     events::count_event,
-    maps::{XLB_BACKENDS, XLB_CONNS, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS, XLB_VIPS},
+    maps::{XLB_BACKENDS, XLB_CONNS, XLB_CONNS_V4, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS, XLB_VIPS},
     scratch::{KIND_ICMP_ERROR, Parsed},
 };
 
@@ -92,6 +92,50 @@ fn usable(backend_id: u32, vip_id: u32) -> Option<*const Backend> {
     ok.then_some(b)
 }
 
+/// An IPv4 flow's connection-table key (`FlowKey4`) as two u64 words, to
+/// be built on the stack: stored as 8-byte words, the kernel's `memcmp`
+/// (8 bytes a load) and jhash2 (4 bytes a load) both read from single
+/// stores, which the CPU forwards to the loads.
+#[inline(always)]
+pub fn key4(p: &Parsed) -> [u64; 2] {
+    [
+        p.flow.src[0] as u64 | (p.flow.dst[0] as u64) << 32,
+        p.flow.ports as u64 | (p.flow.proto as u64) << 32,
+    ]
+}
+
+/// `key4`'s words as the map's key type.
+#[inline(always)]
+fn as_key4(k: &[u64; 2]) -> &FlowKey4 {
+    // SAFETY: FlowKey4 is four u32 (#[repr(C)], 16 bytes, align 4) and the
+    // two u64 hold them in this order on a little-endian target (asserted
+    // by lb_common's `FlowKey4::to_u64s` test); [u64; 2] is 8-aligned.
+    unsafe { &*(k.as_ptr() as *const FlowKey4) }
+}
+
+/// The flow's connection-table entry, from its family's table (`k4`: the
+/// packet's `key4`, read for IPv4 only). The 8 bytes are copied out at
+/// once.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
+)]
+#[inline(always)]
+pub fn known(p: &Parsed, k4: &[u64; 2]) -> Option<ConnEntry> {
+    // SAFETY: `get` is unsafe because the entry may be changed or evicted
+    // while the reference lives; the value is copied out at once. An
+    // element an LRU reuses for another flow under us gives at worst that
+    // flow's id, which `usable` checks against the VIP, and its hash,
+    // which only picks outer header bits.
+    unsafe {
+        if p.family == FAMILY_V4 {
+            XLB_CONNS_V4.get(as_key4(k4)).copied()
+        } else {
+            XLB_CONNS.get(&p.flow).copied()
+        }
+    }
+}
+
 /// The chosen backend: its id and entry, whether the flow was hashed (a
 /// new flow for the counters), and the flow's 5-tuple hash.
 pub struct Choice {
@@ -117,24 +161,20 @@ pub struct Choice {
 #[inline(always)]
 pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice> {
     let mut event = EV_CONN_MISS;
-    if p.new_connection == 0 {
-        // SAFETY: `get` is unsafe because the entry may be changed or
-        // evicted while the reference lives; the 8 bytes are copied out at
-        // once. An element an LRU reuses for another flow under us gives at
-        // worst that flow's id, which `usable` checks against this VIP, and
-        // its hash, which only picks outer header bits.
-        if let Some(entry) = unsafe { XLB_CONNS.get(&p.flow) }.copied() {
-            if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
-                count_event(EV_CONN_HIT);
-                return Some(Choice {
-                    backend_id: entry.backend_id,
-                    backend,
-                    new_flow: false,
-                    tuple_hash: entry.flow_hash,
-                });
-            }
-            event = EV_CONN_RESTEER;
+    let k4 = key4(p);
+    if p.new_connection == 0
+        && let Some(entry) = known(p, &k4)
+    {
+        if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
+            count_event(EV_CONN_HIT);
+            return Some(Choice {
+                backend_id: entry.backend_id,
+                backend,
+                new_flow: false,
+                tuple_hash: entry.flow_hash,
+            });
         }
+        event = EV_CONN_RESTEER;
     }
     count_event(event);
     if meta.table_size == 0 {
@@ -159,7 +199,11 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
             backend_id,
             flow_hash: tuple_hash,
         };
-        let _ = XLB_CONNS.insert(&p.flow, &entry, 0);
+        let _ = if p.family == FAMILY_V4 {
+            XLB_CONNS_V4.insert(as_key4(&k4), &entry, 0)
+        } else {
+            XLB_CONNS.insert(&p.flow, &entry, 0)
+        };
     }
     Some(Choice {
         backend_id,

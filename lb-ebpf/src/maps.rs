@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Counters, GlobalConfig, VipKey, VipMeta,
-    hash::{ConnEntry, FlowWords, FragKey},
+    hash::{ConnEntry, FlowKey4, FlowWords, FragKey},
     maps::{
         BPF_F_MMAPABLE, CONN_TABLE_SIZE, FRAG_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE,
         MAX_BACKENDS, MAX_VIPS, VIP_ENTRIES,
@@ -74,13 +74,20 @@ pub static XLB_DROP_STATS: PerCpuArray<Counters, { DROP_REASON_COUNT as usize }>
 #[btf_map]
 pub static XLB_CONFIG: Array<GlobalConfig, 1> = Array::new();
 
-/// Connection table: flow -> backend id and the flow's hash. A known flow
-/// keeps its backend when the Maglev table changes, and a tunnelled one
-/// takes its outer headers' hash bits from here instead of hashing again;
-/// one LRU shared by all CPUs, so a flow whose packets arrive on several
-/// queues still finds its entry.
+/// Connection table of IPv6 flows: flow -> backend id and the flow's hash.
+/// A known flow keeps its backend when the Maglev table changes, and a
+/// tunnelled one takes its outer headers' hash bits from here instead of
+/// hashing again; one LRU shared by all CPUs, so a flow whose packets
+/// arrive on several queues still finds its entry.
 #[btf_map]
 pub static XLB_CONNS: LruHashMap<FlowWords, ConnEntry, { CONN_TABLE_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Connection table of IPv4 flows, as XLB_CONNS, keyed by 16 bytes instead
+/// of 40 (a hash map has one key size): the kernel's jhash2 and `memcmp`
+/// of the key are the largest part of a known flow's lookup.
+#[btf_map]
+pub static XLB_CONNS_V4: LruHashMap<FlowKey4, ConnEntry, { CONN_TABLE_SIZE as usize }> =
     LruHashMap::new();
 
 /// Per-CPU count of each data-plane event (`lb_common::stats::EV_*`).

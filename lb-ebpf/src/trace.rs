@@ -27,7 +27,8 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{XLB_CONFIG, XLB_CONNS, XLB_MAGLEV_TABLES},
+    lookup::{key4, known},
+    maps::{XLB_CONFIG, XLB_MAGLEV_TABLES},
     scratch::{KIND_ECHO, KIND_FLOW, KIND_UNHANDLED_EXT_HEADER, Parsed},
 };
 
@@ -72,10 +73,6 @@ fn wanted(c: &TraceConfig, p: &Parsed, vip_id: u32) -> bool {
 
 /// After the VIP lookup, before anything decides: the filter, and what the
 /// packet was on arrival.
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
-)]
 #[inline(never)]
 pub fn begin(ctx: &XdpContext, p: &Parsed, meta: &VipMeta) {
     let Some(rec) = XLB_TRACE_REC.get_ptr_mut(0) else {
@@ -104,12 +101,12 @@ pub fn begin(ctx: &XdpContext, p: &Parsed, meta: &VipMeta) {
     // SAFETY: a BPF helper without arguments; it only reads the CPU id.
     rec.cpu = unsafe { bpf_get_smp_processor_id() };
     rec.entry_backend = TRACE_NONE;
-    if p.kind < KIND_UNHANDLED_EXT_HEADER && p.kind != KIND_ECHO && p.new_connection == 0 {
-        // SAFETY: the value is copied out at once (lookup.rs says why an
-        // entry changed under us does no harm).
-        if let Some(e) = unsafe { XLB_CONNS.get(&p.flow) } {
-            rec.entry_backend = e.backend_id;
-        }
+    if p.kind < KIND_UNHANDLED_EXT_HEADER
+        && p.kind != KIND_ECHO
+        && p.new_connection == 0
+        && let Some(e) = known(p, &key4(p))
+    {
+        rec.entry_backend = e.backend_id;
     }
     rec.slot = TRACE_NONE;
     rec.table_backend = TRACE_NONE;

@@ -189,3 +189,27 @@ pub fn effective_of(pid: u32) -> anyhow::Result<Vec<Capability>> {
     caps.sort_by_key(|c| c.index());
     Ok(caps)
 }
+
+/// A pin directory of a test's own, `/sys/fs/bpf/<prefix>-<pid>/xlb/<interface>`,
+/// for a balancer loaded over pins without a daemon; its maps are unpinned
+/// and the directory removed on drop, even when the test fails.
+pub struct TestPins {
+    dir: PathBuf,
+    pub pins: xlb_dataplane::PinDir,
+}
+
+impl TestPins {
+    pub fn new(prefix: &str, interface: &str) -> Self {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/{prefix}-{}", std::process::id()));
+        let pins = xlb_dataplane::PinDir::new(&dir, interface);
+        pins.create().expect("create the pin directory");
+        Self { dir, pins }
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        let _ = self.pins.remove();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

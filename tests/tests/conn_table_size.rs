@@ -35,11 +35,13 @@ fn config(conn_table_size: Option<u32>, weight: u32) -> String {
     )
 }
 
-/// Kernel maps named XLB_CONNS with `max_entries` entries.
+/// Kernel maps named XLB_CONNS or XLB_CONNS_V4 (one table per family,
+/// each of `conn_table_size`) with `max_entries` entries.
 fn conn_tables_of_size(max_entries: u32) -> usize {
+    let names = [lb_common::maps::CONNS, lb_common::maps::CONNS_V4];
     aya::maps::loaded_maps()
         .filter_map(Result::ok)
-        .filter(|m| m.name_as_str() == Some(lb_common::maps::CONNS))
+        .filter(|m| m.name_as_str().is_some_and(|n| names.contains(&n)))
         .filter(|m| m.max_entries() == max_entries)
         .count()
 }
@@ -50,7 +52,7 @@ fn load_with_sizes_the_connection_table() {
     let before = conn_tables_of_size(LOAD_SIZE);
     let dp = Dataplane::load_with(LOAD_SIZE).expect("load the balancer");
     assert_eq!(dp.conn_table_size(), LOAD_SIZE);
-    assert_eq!(conn_tables_of_size(LOAD_SIZE), before + 1);
+    assert_eq!(conn_tables_of_size(LOAD_SIZE), before + 2);
     drop(dp);
     assert_eq!(
         Dataplane::load().expect("load").conn_table_size(),

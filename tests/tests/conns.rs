@@ -1,6 +1,7 @@
-//! Counting the connection table: flows written into XLB_CONNS from
-//! userspace (the program is loaded, not attached, so nothing else writes)
-//! are counted exactly, in total and per backend; entries naming ids the
+//! Counting the connection tables: flows written into XLB_CONNS_V4 and
+//! XLB_CONNS from userspace (the program is loaded, not attached, so
+//! nothing else writes) are counted exactly, both families together, in
+//! total and per backend; entries naming ids the
 //! applied config does not hold are stale; flows the program itself
 //! remembered are counted under the backends the simulator picks; a table
 //! loaded with a smaller `conn_table_size` holds no more than that; a full
@@ -11,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aya::maps::{HashMap, MapData};
 use lb_common::hash::{ConnEntry, FlowWords, addr_words, ports_word};
 use lb_common::maps::CONN_TABLE_SIZE;
 use lb_common::stats::XDP_TX;
@@ -20,7 +20,7 @@ use xlb::daemon::controller::Controller;
 use xlb_core::change::{ApplyOptions, Candidate, Origin};
 use xlb_core::revision::Kind;
 use xlb_core::state::Allocation;
-use xlb_dataplane::{ConnTable, Dataplane};
+use xlb_dataplane::{ConnFlows, ConnTable, Dataplane};
 
 const CONFIG: &str = "interface = \"xlbcn0\"\nhash_seed = 7\n\
     [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 1021\n\
@@ -40,6 +40,23 @@ fn flow(i: u32) -> FlowWords {
     }
 }
 
+/// The `i`th flow of both families: IPv4's `flow(i)` for even i, an IPv6
+/// flow for odd i (each family's table then holds half of them).
+fn mixed(i: u32) -> FlowWords {
+    if i.is_multiple_of(2) {
+        return flow(i);
+    }
+    let b = i.to_be_bytes();
+    FlowWords {
+        src: addr_words(&[
+            0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, b[0], b[1], b[2], b[3],
+        ]),
+        dst: addr_words(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+        ports: ports_word(10_000, 80),
+        proto: 6,
+    }
+}
+
 /// A table entry naming backend `id` (the hash is not read by the scan).
 fn entry(id: u32) -> ConnEntry {
     ConnEntry {
@@ -48,16 +65,13 @@ fn entry(id: u32) -> ConnEntry {
     }
 }
 
-/// Write flow i -> pick(i) for every i < n; the counts written per id.
-fn fill(
-    map: &mut HashMap<MapData, FlowWords, ConnEntry>,
-    n: u32,
-    pick: impl Fn(u32) -> u32,
-) -> BTreeMap<u32, u64> {
+/// Write flow `mixed(i)` -> pick(i) for every i < n; the counts written
+/// per id.
+fn fill(map: &mut ConnFlows, n: u32, pick: impl Fn(u32) -> u32) -> BTreeMap<u32, u64> {
     let mut written = BTreeMap::new();
     for i in 0..n {
         let id = pick(i);
-        map.insert(flow(i), entry(id), 0).expect("insert a flow");
+        map.insert(mixed(i), entry(id), 0).expect("insert a flow");
         *written.entry(id).or_insert(0) += 1;
     }
     written
@@ -96,7 +110,7 @@ fn fill_from_every_cpu(table: &ConnTable, n: u32, pick: impl Fn(u32) -> u32 + Sy
 
 /// The table counted the slow way, key by key (sound here: nothing else
 /// writes while it runs).
-fn walk_keys(map: &HashMap<MapData, FlowWords, ConnEntry>) -> (u64, BTreeMap<u32, u64>) {
+fn walk_keys(map: &ConnFlows) -> (u64, BTreeMap<u32, u64>) {
     let mut by_backend = BTreeMap::new();
     let mut entries = 0;
     for item in map.iter() {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::hash::{ConnEntry, FlowWords};
+use lb_common::hash::{ConnEntry, FlowKey4};
 use tests::confine::Bpffs;
 use tests::echo::EchoServers;
 use tests::testbed::{self, TCP_PORT, Testbed, VIP4};
@@ -278,9 +278,9 @@ fn run(dir: &Path) -> anyhow::Result<()> {
 
     // The connection table cleared: the held flow's next packets are
     // non-SYN misses, captured.
-    let md = MapData::from_pin(bpffs.pins("eth0").join(lb_common::maps::CONNS))?;
-    let mut table: HashMap<MapData, FlowWords, ConnEntry> = HashMap::try_from(Map::LruHashMap(md))?;
-    let keys: Vec<FlowWords> = table.keys().collect::<Result<_, _>>()?;
+    let md = MapData::from_pin(bpffs.pins("eth0").join(lb_common::maps::CONNS_V4))?;
+    let mut table: HashMap<MapData, FlowKey4, ConnEntry> = HashMap::try_from(Map::LruHashMap(md))?;
+    let keys: Vec<FlowKey4> = table.keys().collect::<Result<_, _>>()?;
     for k in &keys {
         table.remove(k)?;
     }

@@ -6,36 +6,13 @@
 //! balancer over pins in a directory of its own under /sys/fs/bpf (no
 //! attach, no traffic): a privileged test (`tests::require_privileges!`).
 
-use std::path::PathBuf;
-
 use aya::maps::{Array, MapData};
 use lb_common::vipslot::{VipSlot, key_words, slot, slot_index};
 use lb_common::{PROTO_TCP, VipKey, maps};
+use tests::confine::TestPins;
 use tests::packets::{LB_MAC, flow, frame, run};
 use xlb_core::state::{Allocation, Desired, desired};
-use xlb_dataplane::{Dataplane, PinDir};
-
-/// The pins' directory, removed (maps unpinned) even when the test fails.
-struct Pins {
-    dir: PathBuf,
-    pins: PinDir,
-}
-
-impl Pins {
-    fn new() -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/xlbslots-{}", std::process::id()));
-        let pins = PinDir::new(&dir, "slots0");
-        pins.create().expect("create the pin directory");
-        Self { dir, pins }
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = self.pins.remove();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
+use xlb_dataplane::Dataplane;
 
 fn key(addr: [u8; 4], port: u16) -> VipKey {
     let mut a = [0; 16];
@@ -109,7 +86,7 @@ fn mac(last: u8) -> [u8; 6] {
 #[test]
 fn vip_slots_follow_applies_and_drift_is_found_and_repaired() {
     tests::require_privileges!();
-    let p = Pins::new();
+    let p = TestPins::new("xlbslots", "slots0");
     let mut dp = Dataplane::load_pinned(
         xlb_dataplane::balancer_object(),
         maps::CONN_TABLE_SIZE,

@@ -48,12 +48,9 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::MapError;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_common::{
-    aux,
-    hash::{ConnEntry, FlowWords},
-};
+use lb_common::{aux, hash::FlowWords};
 use support::frames::{self, Family, Method, NextHop, Outcome, XDP_PASS, XDP_TX};
 use tests::netns::Netns;
 use xlb_dataplane::HostInterface;
@@ -256,10 +253,7 @@ struct Note {
 }
 
 /// Delete `key` from the connection table; an absent key is fine.
-fn forget(
-    conns: &mut HashMap<MapData, FlowWords, ConnEntry>,
-    key: &FlowWords,
-) -> anyhow::Result<()> {
+fn forget(conns: &mut xlb_dataplane::ConnFlows, key: &FlowWords) -> anyhow::Result<()> {
     match conns.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
@@ -272,7 +266,7 @@ fn forget(
 /// Run `row` `SINGLE_RUNS` times; the mean of the fastest `1 - TRIM`.
 fn time_single(
     row: &SingleRow,
-    conns: &mut [HashMap<MapData, FlowWords, ConnEntry>],
+    conns: &mut [xlb_dataplane::ConnFlows],
 ) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(SINGLE_RUNS);
     for _ in 0..SINGLE_RUNS {
@@ -298,7 +292,7 @@ fn time_single(
 fn prepare<'a>(
     balancer: &'a Xdp,
     fib: &FibHost,
-    conns: &mut HashMap<MapData, FlowWords, ConnEntry>,
+    conns: &mut xlb_dataplane::ConnFlows,
     table: usize,
     method: Method,
     family: Family,
