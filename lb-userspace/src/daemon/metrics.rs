@@ -261,8 +261,8 @@ impl Metrics {
     }
 
     /// Counters moved (a collector tick, the held flows published): the
-    /// status document is rebuilt now, and the current one answers
-    /// meanwhile (snapshot.rs).
+    /// status document is rebuilt at the next request, which is answered
+    /// with the current one meanwhile (snapshot.rs).
     pub fn invalidate(&self) {
         self.snapshots.invalidate();
     }

@@ -6,14 +6,15 @@
 //! encodings, so no request builds one while an older one may still be
 //! served:
 //!
-//! - after a collector tick (`invalidate`: counters moved) the next
-//!   document is built at once on a thread of its own (never two at once),
-//!   and scrapes and `xlb status --vip` get the previous one meanwhile;
+//! - after a collector tick (`invalidate`: counters moved) the document
+//!   still served to scrapes and `xlb status --vip` is the previous one,
+//!   and the first request after the tick starts one rebuild on a thread
+//!   of its own (never two at once);
 //! - `xlb status` (`fresh`) is answered with the counters of the moment it
-//!   asked: the current document if it is still true (built after the last
-//!   tick and change, and no counter it shows moved since: read again to
-//!   compare), else a document built after it asked (one build, shared by
-//!   whoever asks meanwhile);
+//!   asked: the current document if none of the counters it shows moved
+//!   since it was built (read again to compare) and no change came since,
+//!   else a document built after it asked (one build, shared by whoever
+//!   asks meanwhile);
 //! - after a change (`invalidate_change`: an apply, an edit, a health
 //!   change) the old document is no longer true, and requests wait for the
 //!   new one (built at once).
@@ -293,12 +294,18 @@ impl Snapshots {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counters moved (a collector tick): the next document is built now,
-    /// on a thread of its own (once a document was asked for), and the
-    /// current one answers meanwhile.
-    pub fn invalidate(self: &Arc<Self>) {
+    /// Counters moved (a collector tick): the document is rebuilt at the
+    /// next request, which is answered with the current one meanwhile.
+    pub fn invalidate(&self) {
+        self.lock().now.ticks += 1;
+    }
+
+    /// What the daemon serves changed: no request is answered with a
+    /// document made before; the next is built now (once a document was
+    /// asked for).
+    pub fn invalidate_change(self: &Arc<Self>) {
         let mut state = self.lock();
-        state.now.ticks += 1;
+        state.now.changes += 1;
         if state.building {
             return;
         }
@@ -310,13 +317,6 @@ impl Snapshots {
         if let Some(build) = source {
             self.rebuild(state, build);
         }
-    }
-
-    /// What the daemon serves changed: no request is answered with a
-    /// document made before; the next is built now (as after a tick).
-    pub fn invalidate_change(self: &Arc<Self>) {
-        self.lock().now.changes += 1;
-        self.invalidate();
     }
 
     /// Start a build on a thread of its own (`state`: not building).
@@ -361,41 +361,42 @@ impl Snapshots {
         Ok(state)
     }
 
-    /// The current document when it is what a build now would make: made
-    /// after the last tick and change, and no counter it shows has moved
-    /// since (read now). None otherwise.
+    /// The current document when its counters are those of now: made
+    /// after the last change, and no counter it shows has moved since
+    /// (read now). None otherwise.
     fn still_true(
         &self,
         build: &Build,
         started: Instant,
     ) -> Result<Option<Arc<Published>>, String> {
-        let state = self.settled(self.lock(), started)?;
+        let mut state = self.lock();
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.made.changes != state.now.changes)
+        {
+            // A change is being built: wait for its document.
+            state = self.settled(state, started)?;
+        }
         let Some(current) = state.current.clone() else {
             return Ok(None);
         };
-        if current.made != state.now || current.counters.is_none() {
+        if current.made.changes != state.now.changes || current.counters.is_none() {
             return Ok(None);
         }
         drop(state);
         let now = (build.counters)()?;
-        let state = self.lock();
         let unchanged = now.is_some() && current.counters == now;
-        Ok((unchanged
-            && current.made == state.now
-            && state
-                .current
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, &current)))
-        .then_some(current))
+        Ok((unchanged && current.made.changes == self.lock().now.changes).then_some(current))
     }
 
     /// The document to answer with (blocking: call it off the reactor).
     /// Waits only when there is no document, or when a change made it
-    /// untrue; after a tick it answers at once (a rebuild runs), unless
-    /// `fresh` (`xlb status`: the counters of now), when it answers with
-    /// the current document if it is still true (`still_true`: no tick,
-    /// change or counter moved since it was built), else with a document
-    /// begun after it asked (one build, shared).
+    /// untrue; after a tick it answers at once and starts a rebuild,
+    /// unless `fresh` (`xlb status`: the counters of now), when it answers
+    /// with the current document if its counters are those of now
+    /// (`still_true`: no change since it was built and no counter moved),
+    /// else with a document begun after it asked (one build, shared).
     pub fn document(
         self: &Arc<Self>,
         build: &Build,
@@ -529,8 +530,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(builds.load(Ordering::SeqCst), 1);
 
-        // A tick: the next document is built at once, the old one answers
-        // meanwhile.
+        // A tick: answered at once with the old one, one rebuild started.
         snapshots.invalidate();
         let started = Instant::now();
         for _ in 0..5 {
@@ -568,15 +568,14 @@ mod tests {
         packets.store(11, Ordering::SeqCst);
         assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 2);
         assert_eq!(builds.load(Ordering::SeqCst), 2);
-        // A tick builds the next at once; asked fresh meanwhile, it waits
-        // for that one (counters unchanged since), not for another.
+        // A tick moved no counter: still the same document.
         snapshots.invalidate();
+        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 2);
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+        // A change: never the old document (its build begun at once).
+        snapshots.invalidate_change();
         assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 3);
         assert_eq!(builds.load(Ordering::SeqCst), 3);
-        // A change: never the old document.
-        snapshots.invalidate_change();
-        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 4);
-        assert_eq!(builds.load(Ordering::SeqCst), 4);
     }
 
     #[test]
