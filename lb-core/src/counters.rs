@@ -54,7 +54,7 @@ impl ConnScan {
 }
 
 /// Every counter the status needs, read at one moment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CounterSnapshot {
     /// By vip id.
     pub vips: BTreeMap<u32, Counters>,

@@ -12,9 +12,10 @@ use crate::counters::{ConnScan, CounterSnapshot};
 use crate::detect::{Signal, State, VipReport};
 use crate::fleet::{self, Decision};
 use crate::health::{BackendHealth, Health, Membership, Monitor, VipHealth};
-use crate::state::Desired;
+use crate::state::{Desired, DesiredVip};
 use lb_common::maps::{MAX_BACKENDS, MAX_VIPS};
 use lb_common::stats::{ACTION_NAMES, DROP_REASON_NAMES, EVENT_NAMES};
+use std::sync::Arc;
 
 pub use crate::detect::Verdict;
 
@@ -371,12 +372,73 @@ fn retained_status(
     }
 }
 
+/// Each VIP's decision (`fleet::decision`: one pass over its table's
+/// slots and a hash of them, the costliest part of a VIP's status at
+/// 16,381 slots), kept for the VIP state it was made of: a VIP an apply
+/// left as it was is the same `Arc` (state's sharing), and holding that
+/// `Arc` here keeps it unchanged (an `Arc` shared is never mutated in
+/// place). Entries of VIPs no longer applied go at the next build.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    /// By the address of the `Arc` held beside (only compared).
+    by_vip: std::collections::HashMap<usize, (Arc<DesiredVip>, u32, Decision)>,
+}
+
+fn address(vip: &Arc<DesiredVip>) -> usize {
+    Arc::as_ptr(vip) as usize
+}
+
+impl Decisions {
+    /// `vip`'s decision under `hash_seed`: the kept one when made of this
+    /// very VIP state and seed, else made now and kept.
+    fn of(&mut self, vip: &Arc<DesiredVip>, hash_seed: u32) -> Decision {
+        let key = address(vip);
+        if let Some((kept, seed, decision)) = self.by_vip.get(&key)
+            && Arc::ptr_eq(kept, vip)
+            && *seed == hash_seed
+        {
+            return decision.clone();
+        }
+        let decision = fleet::decision(vip, hash_seed);
+        self.by_vip
+            .insert(key, (vip.clone(), hash_seed, decision.clone()));
+        decision
+    }
+
+    /// Keep only the decisions of `desired`'s VIPs.
+    fn retain(&mut self, desired: &Desired) {
+        let live: std::collections::HashSet<usize> = desired.vips.iter().map(address).collect();
+        self.by_vip.retain(|key, _| live.contains(key));
+    }
+
+    /// The decisions kept.
+    pub fn len(&self) -> usize {
+        self.by_vip.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_vip.is_empty()
+    }
+}
+
 pub fn build(
     ctx: &StatusContext<'_>,
     desired: &Desired,
     now: &CounterSnapshot,
     at_apply: &CounterSnapshot,
 ) -> Status {
+    build_with(ctx, desired, now, at_apply, &mut Decisions::default())
+}
+
+/// `build`, taking each unchanged VIP's decision from `decisions`.
+pub fn build_with(
+    ctx: &StatusContext<'_>,
+    desired: &Desired,
+    now: &CounterSnapshot,
+    at_apply: &CounterSnapshot,
+    decisions: &mut Decisions,
+) -> Status {
+    decisions.retain(desired);
     let vips = desired
         .vips
         .iter()
@@ -510,7 +572,7 @@ pub fn build(
                 },
                 backends,
                 health: None,
-                decision: Some(fleet::decision(v, desired.config.hash_seed)),
+                decision: Some(decisions.of(v, desired.config.hash_seed)),
                 announce: None,
             }
         })

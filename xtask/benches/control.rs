@@ -16,6 +16,11 @@
 //! Wall times of the CLI (or of one HTTP GET), medians. Needs root;
 //! `cargo xtask bench control` builds the release `xlb` first. Addresses
 //! in 198.18.0.0/15; namespace `xlbctl-*`.
+//!
+//! `XLB_BENCH_CONTROL=status` measures the status and scrape rows only
+//! (start, then `xlb status`, `--vip`, scrapes, idle and loaded; no plans,
+//! applies or history), for profiling those: about a minute instead of
+//! several.
 
 mod support;
 
@@ -110,6 +115,19 @@ impl Daemon {
             .map(|_| self.timed(args))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(median_duration(times))
+    }
+
+    /// The bytes `xlb ARGS` writes to its standard output.
+    fn output_len(&self, args: &[&str]) -> anyhow::Result<u64> {
+        let out = Command::new(xlb_binary()?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()?;
+        ensure!(out.status.success(), "xlb {args:?}: {}", out.status);
+        Ok(out.stdout.len() as u64)
     }
 
     /// Resident memory of the daemon, in bytes: `field` of
@@ -237,6 +255,21 @@ fn scrape(ns: &Netns) -> anyhow::Result<Duration> {
     .map_err(|_| anyhow::anyhow!("scrape panicked"))?
 }
 
+/// The length of one /metrics body.
+fn scrape_len(ns: &Netns) -> anyhow::Result<u64> {
+    ns.spawn(|| {
+        let mut body = Vec::new();
+        ureq::get(&format!("http://{METRICS}/metrics"))
+            .timeout(Duration::from_secs(60))
+            .call()?
+            .into_reader()
+            .read_to_end(&mut body)?;
+        Ok(body.len() as u64)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("scrape panicked"))?
+}
+
 fn scrapes(ns: &Netns, calls: usize) -> anyhow::Result<Duration> {
     let times = (0..calls)
         .map(|_| scrape(ns))
@@ -250,6 +283,62 @@ fn row(what: &str, goal: &str, got: String) {
 
 fn mb(bytes: u64) -> String {
     format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+/// The plans and applies of the issue, then the RSS after `APPLIES`
+/// applies: the applies made.
+fn plans_and_applies(daemon: &Daemon, a: &str, every: &str, one: &str) -> anyhow::Result<usize> {
+    let plan_every = daemon.median(&["plan", "--force", every], CALLS)?;
+    row(
+        "`xlb plan` of a change to every VIP",
+        "< 0.5 s",
+        format!("{plan_every:.2?}"),
+    );
+    let plan_one = daemon.median(&["plan", "--force", one], CALLS)?;
+    row(
+        "`xlb plan` of a file where one VIP changed",
+        "< 0.5 s",
+        format!("{plan_one:.2?}"),
+    );
+    let mut applies = 0;
+    let mut apply_every = Vec::new();
+    for i in 0..FULL_APPLIES * 2 {
+        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { every } else { a }])?;
+        apply_every.push(t);
+        applies += 1;
+    }
+    row(
+        "`xlb apply` of a change to every VIP",
+        "< 1 s",
+        format!("{:.2?}", median_duration(apply_every)),
+    );
+    let mut apply_one = Vec::new();
+    for i in 0..CALLS * 2 {
+        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { one } else { a }])?;
+        apply_one.push(t);
+        applies += 1;
+    }
+    row(
+        "`xlb apply` of a file where one VIP changed",
+        "< 50 ms",
+        format!("{:.2?}", median_duration(apply_one)),
+    );
+    while applies < APPLIES {
+        daemon.timed(&["apply", "--force", if applies % 2 == 0 { one } else { a }])?;
+        applies += 1;
+    }
+    row(
+        &format!("daemon RSS after {applies} applies"),
+        "< 100 MB",
+        daemon.rss()?,
+    );
+    row(
+        "kernel memory of the maps it holds (memlock)",
+        "apart",
+        mb(daemon.map_memory()?),
+    );
+
+    Ok(applies)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -302,56 +391,12 @@ fn main() -> anyhow::Result<()> {
     row("daemon RSS after start", "", daemon.rss()?);
     // Let the first ticks and the connection scan pass.
     std::thread::sleep(Duration::from_secs(2));
-
-    let plan_every = daemon.median(&["plan", "--force", every], CALLS)?;
-    row(
-        "`xlb plan` of a change to every VIP",
-        "< 0.5 s",
-        format!("{plan_every:.2?}"),
-    );
-    let plan_one = daemon.median(&["plan", "--force", one], CALLS)?;
-    row(
-        "`xlb plan` of a file where one VIP changed",
-        "< 0.5 s",
-        format!("{plan_one:.2?}"),
-    );
-    let mut applies = 0;
-    let mut apply_every = Vec::new();
-    for i in 0..FULL_APPLIES * 2 {
-        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { every } else { a }])?;
-        apply_every.push(t);
-        applies += 1;
-    }
-    row(
-        "`xlb apply` of a change to every VIP",
-        "< 1 s",
-        format!("{:.2?}", median_duration(apply_every)),
-    );
-    let mut apply_one = Vec::new();
-    for i in 0..CALLS * 2 {
-        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { one } else { a }])?;
-        apply_one.push(t);
-        applies += 1;
-    }
-    row(
-        "`xlb apply` of a file where one VIP changed",
-        "< 50 ms",
-        format!("{:.2?}", median_duration(apply_one)),
-    );
-    while applies < APPLIES {
-        daemon.timed(&["apply", "--force", if applies % 2 == 0 { one } else { a }])?;
-        applies += 1;
-    }
-    row(
-        &format!("daemon RSS after {applies} applies"),
-        "< 100 MB",
-        daemon.rss()?,
-    );
-    row(
-        "kernel memory of the maps it holds (memlock)",
-        "apart",
-        mb(daemon.map_memory()?),
-    );
+    let status_only = std::env::var("XLB_BENCH_CONTROL").is_ok_and(|v| v == "status");
+    let applies = if status_only {
+        0
+    } else {
+        plans_and_applies(&daemon, a, every, one)?
+    };
 
     let status = daemon.median(&["-o", "json", "status"], CALLS)?;
     row("`xlb status -o json`", "< 100 ms", format!("{status:.2?}"));
@@ -363,16 +408,27 @@ fn main() -> anyhow::Result<()> {
     );
     let scrape_idle = scrapes(&ns, CALLS)?;
     row(
+        "sizes: `xlb status -o json` output / `/metrics` body",
+        "",
+        format!(
+            "{} / {}",
+            mb(daemon.output_len(&["-o", "json", "status"])?),
+            mb(scrape_len(&ns)?)
+        ),
+    );
+    row(
         "`/metrics` scrape",
         "< 100 ms",
         format!("{scrape_idle:.2?}"),
     );
-    let history = daemon.median(&["history"], CALLS)?;
-    row(
-        &format!("`xlb history` ({applies} revisions)"),
-        "< 100 ms",
-        format!("{history:.2?}"),
-    );
+    if !status_only {
+        let history = daemon.median(&["history"], CALLS)?;
+        row(
+            &format!("`xlb history` ({applies} revisions)"),
+            "< 100 ms",
+            format!("{history:.2?}"),
+        );
+    }
 
     // The load: scrapers in a loop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -400,7 +456,11 @@ fn main() -> anyhow::Result<()> {
     let load_started = Instant::now();
     let status_loaded = daemon.median(&["-o", "json", "status"], CALLS);
     let scrape_loaded = scrapes(&ns, CALLS);
-    let apply_loaded = daemon.timed(&["apply", "--force", every]);
+    let apply_loaded = if status_only {
+        Ok(Duration::ZERO)
+    } else {
+        daemon.timed(&["apply", "--force", every])
+    };
     let load_seconds = load_started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for s in scrapers {
@@ -422,11 +482,13 @@ fn main() -> anyhow::Result<()> {
         "< 100 ms",
         format!("{scrape_loaded:.2?}"),
     );
-    row(
-        "`xlb apply` of every VIP under that load",
-        "< 1 s",
-        format!("{apply_loaded:.2?}"),
-    );
+    if !status_only {
+        row(
+            "`xlb apply` of every VIP under that load",
+            "< 1 s",
+            format!("{apply_loaded:.2?}"),
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

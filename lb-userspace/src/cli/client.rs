@@ -48,6 +48,13 @@ pub enum ClientError {
 /// Send one request, wait for its response (applies can take a while: they
 /// build and write whole tables).
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let reply = call_raw(socket, request)?;
+    decode(socket, &reply)
+}
+
+/// The response line as the daemon wrote it, its newline included (for an
+/// answer printed as it came: `xlb status -o json`).
+pub fn call_raw(socket: &Path, request: &Request) -> Result<Vec<u8>, ClientError> {
     let name = socket.display().to_string();
     let io = |source| ClientError::Io {
         socket: name.clone(),
@@ -68,15 +75,31 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let written = stream
         .write_all(&line)
         .and_then(|()| stream.write_all(text.unwrap_or_default().as_bytes()));
-    let mut reply = String::new();
-    let read = BufReader::new(&stream).read_line(&mut reply);
+    let mut reply = Vec::new();
+    // A large buffer: a status at 1,000 VIPs x 64 backends is tens of MB.
+    let read = BufReader::with_capacity(1 << 20, &stream).read_until(b'\n', &mut reply);
     if reply.is_empty() {
         written.map_err(io)?;
         read.map_err(io)?;
         return Err(ClientError::Closed { socket: name });
     }
-    serde_json::from_str(&reply).map_err(|source| ClientError::Decode {
-        socket: name.clone(),
+    Ok(reply)
+}
+
+/// Where the document is in a `status` answer line: `{"status":`, the
+/// document, `}` and the newline (serde's encoding of
+/// `Response::Status`); None for any other answer.
+fn status_document(reply: &[u8]) -> Option<std::ops::Range<usize>> {
+    const HEAD: &[u8] = b"{\"status\":";
+    const TAIL: &[u8] = b"}\n";
+    (reply.starts_with(HEAD) && reply.ends_with(TAIL) && reply.len() >= HEAD.len() + TAIL.len())
+        .then(|| HEAD.len()..reply.len() - TAIL.len())
+}
+
+/// A response line decoded.
+pub fn decode(socket: &Path, reply: &[u8]) -> Result<Response, ClientError> {
+    serde_json::from_slice(reply).map_err(|source| ClientError::Decode {
+        socket: socket.display().to_string(),
         source,
     })
 }
@@ -159,6 +182,29 @@ impl<'a> Client<'a> {
             Response::Status(s) => Ok(*s),
             other => Err(other),
         })
+    }
+
+    /// The status document's JSON as the daemon sent it (of VIP `vip`
+    /// only, if given), not decoded: `xlb status -o json` prints it as it
+    /// is. An error answer is decoded as any other.
+    pub fn status_json(&self, vip: Option<&str>) -> Result<Vec<u8>, Failure> {
+        let request = match vip {
+            Some(vip) => Request::StatusVip {
+                vip: vip.to_string(),
+            },
+            None => Request::Status,
+        };
+        let mut reply = call_raw(self.socket, &request)?;
+        if let Some(document) = status_document(&reply) {
+            let range = document.start..document.end;
+            reply.truncate(range.end);
+            reply.drain(..range.start);
+            return Ok(reply);
+        }
+        match decode(self.socket, &reply)? {
+            Response::Error(e) => Err(e.into()),
+            other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        }
     }
 
     /// The status with VIP `vip` only (bad input when it serves none of

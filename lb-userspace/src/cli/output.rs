@@ -61,6 +61,16 @@ pub(crate) fn json_printed() -> bool {
     PRINTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A JSON document printed as it is (one line), its bytes from the daemon.
+pub(crate) fn print_json_bytes(json: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut out = std::io::stdout().lock();
+    out.write_all(json)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
 pub(crate) fn print_json(value: &impl serde::Serialize) {
     PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     println!(

@@ -12,11 +12,12 @@
 //!   request must be answered within `REQUEST_TIMEOUT` (tower's timeout,
 //!   408), and a connection lives at most `CONNECTION_LIFETIME` (a client
 //!   that never reads its response holds nothing for long);
-//! - a scrape never encodes under the controller's lock: the status
-//!   document is built once per collector tick or change (the lock held for
-//!   that alone), and its encodings once, outside the lock, shared by every
-//!   scrape; after a tick the previous document is served while the next
-//!   is built, so a scrape never waits for a build (snapshot.rs);
+//! - a scrape never encodes under the controller's lock, nor encodes the
+//!   document at all: the status document is built once per collector tick
+//!   or change (the lock held for that alone) and encoded when published,
+//!   per VIP, the parts of unchanged VIPs kept; every scrape writes those
+//!   parts as they are; after a tick the previous document is served while
+//!   the next is built, so a scrape never waits for a build (snapshot.rs);
 //! - it runs on a thread and a runtime of its own (`spawn`), at a lower
 //!   CPU priority (`HTTP_NICE`): writing scrape bodies (33 MiB each at
 //!   1,000 VIPs x 64 backends) never waits for, nor holds up, the control
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -274,20 +276,76 @@ async fn document(state: &State) -> Result<Arc<Published>, Response> {
     blocking(move || snapshots.document(&builder(controller), false)).await
 }
 
-/// What builds the status document: the controller's `status`.
+/// What builds the status document: the controller's `status`, with the
+/// VIPs' decisions the snapshots keep; and what reads its counters.
 pub fn builder(controller: Shared) -> Build {
-    Arc::new(move || {
-        let guard = controller.lock().unwrap_or_else(|p| p.into_inner());
-        guard.status().map_err(|e| e.to_string())
-    })
+    let reader = controller.clone();
+    Build {
+        document: Arc::new(move || {
+            let guard = controller.lock().unwrap_or_else(|p| p.into_inner());
+            let snapshots = guard.metrics().snapshots.clone();
+            let mut decisions = snapshots.decisions();
+            let (status, counters) = guard
+                .status_with(&mut decisions)
+                .map_err(|e| e.to_string())?;
+            Ok((status, Some(counters)))
+        }),
+        counters: Arc::new(move || {
+            let guard = reader.lock().unwrap_or_else(|p| p.into_inner());
+            guard.status_counters().map(Some).map_err(|e| e.to_string())
+        }),
+    }
 }
 
 async fn status(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    let json = match document(&state).await {
-        Ok(published) => blocking(move || published.json()).await,
-        Err(r) => Err(r),
-    };
-    json_answer(json)
+    json_answer(
+        document(&state)
+            .await
+            .map(|published| Parts::body(published.json())),
+    )
+}
+
+/// A response body of parts written one after the other, never joined
+/// into one buffer (a document's encodings are kept in parts: snapshot.rs);
+/// its length is known, so it is sent with a Content-Length.
+struct Parts {
+    parts: std::vec::IntoIter<Bytes>,
+    left: u64,
+}
+
+impl Parts {
+    fn body(parts: Vec<Bytes>) -> axum::body::Body {
+        let parts: Vec<Bytes> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        let left = parts.iter().map(|p| p.len() as u64).sum();
+        axum::body::Body::new(Parts {
+            parts: parts.into_iter(),
+            left,
+        })
+    }
+}
+
+impl hyper::body::Body for Parts {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = self.parts.next();
+        if let Some(part) = &next {
+            self.left -= part.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|part| Ok(hyper::body::Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// Every `SAMPLE_EVERY`, the published status document into the history's
@@ -356,17 +414,12 @@ async fn history(axum::extract::State(state): axum::extract::State<State>) -> Re
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    let text = match document(&state).await {
-        Ok(published) => {
-            let metrics = state.metrics.clone();
-            blocking(move || Ok(metrics.text(&published))).await
-        }
-        Err(r) => Err(r),
-    };
-    match text {
-        Ok(text) => (
+    match document(&state).await {
+        // The registry's few series are written now, the document's were
+        // when it was published.
+        Ok(published) => (
             [(header::CONTENT_TYPE, crate::daemon::metrics::CONTENT_TYPE)],
-            text,
+            Parts::body(state.metrics.text(&published)),
         )
             .into_response(),
         Err(r) => r,

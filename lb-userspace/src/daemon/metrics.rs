@@ -1,20 +1,18 @@
 //! Prometheus metrics (docs/METRICS.md): a prometheus-client registry with
-//! the daemon's histograms and one collector that turns the latest status
-//! document into every other series at scrape time. Series come from the
-//! document, so a VIP or backend that left the config leaves /metrics too.
+//! the daemon's histograms and counters, written at each scrape, followed
+//! by the status document's series, written when the document was
+//! published (exposition.rs, snapshot.rs). Series come from the document,
+//! so a VIP or backend that left the config leaves /metrics too.
 
 use std::sync::{Arc, Mutex};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use axum::body::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use xlb_core::detect::{SIGNALS, VERDICT_LABELS};
 use xlb_core::status::Status;
 
 /// The content type of prometheus-client's text encoding (OpenMetrics).
@@ -60,9 +58,6 @@ pub struct Metrics {
     pub captured_packets: Counter,
     /// The trace or capture running now (one at a time), for the status.
     pub trace_active: Mutex<Option<xlb_core::trace::TraceActive>>,
-    latest: Arc<Mutex<Option<Arc<Status>>>>,
-    /// Held across one encode, so two scrapes never mix their documents.
-    encoding: Mutex<()>,
     /// What `xlb status`, `/api/status` and `/metrics` serve: the status
     /// document and its encodings, built at most once per collector tick
     /// or change (snapshot.rs).
@@ -222,10 +217,6 @@ impl Metrics {
             "Packets `xlb capture` sessions received from the balancer, with their first bytes",
             captured_packets.clone(),
         );
-        let latest = Arc::new(Mutex::new(None));
-        registry.register_collector(Box::new(StatusCollector {
-            latest: latest.clone(),
-        }));
         Self {
             registry,
             table_swap,
@@ -244,33 +235,29 @@ impl Metrics {
             trace_active: Mutex::new(None),
             announce_errors,
             progress: Arc::default(),
-            latest,
-            encoding: Mutex::new(()),
             snapshots,
         }
     }
 
-    /// The text exposition of every series, from `status`.
+    /// The text exposition of every series, from `status` (tests).
     pub fn encode(&self, status: Status) -> String {
-        self.encode_shared(Arc::new(status))
+        let published = crate::daemon::snapshot::Published::new(status, None)
+            .expect("a status document encodes");
+        let text: Vec<u8> = self.text(&published).concat();
+        String::from_utf8(text).expect("the exposition is UTF-8")
     }
 
-    /// The text exposition of every series, from a shared `status`.
-    pub fn encode_shared(&self, status: Arc<Status>) -> String {
-        let _one_at_a_time = self.encoding.lock().unwrap_or_else(|p| p.into_inner());
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+    /// The /metrics body, in parts: the registry's series (written now),
+    /// `published`'s (written when it was published), the end.
+    pub fn text(&self, published: &crate::daemon::snapshot::Published) -> Vec<Bytes> {
+        let mut registry = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut registry, &self.registry)
             .expect("writing to a String cannot fail");
-        out
-    }
-
-    /// The /metrics text of `published` (made once per document).
-    pub fn text(&self, published: &crate::daemon::snapshot::Published) -> axum::body::Bytes {
-        published
-            .text
-            .get_or_init(|| axum::body::Bytes::from(self.encode_shared(published.status.clone())))
-            .clone()
+        let mut parts = Vec::with_capacity(published.text().len() + 2);
+        parts.push(Bytes::from(registry));
+        parts.extend(published.text().iter().cloned());
+        parts.push(Bytes::from_static(b"# EOF\n"));
+        parts
     }
 
     /// Counters moved (a collector tick, the held flows published): the
@@ -299,592 +286,6 @@ impl Metrics {
             .get_or_create(&vec![("reason".to_string(), reason.to_string())])
             .inc();
     }
-}
-
-#[derive(Debug)]
-struct StatusCollector {
-    latest: Arc<Mutex<Option<Arc<Status>>>>,
-}
-
-impl Collector for StatusCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
-        match latest.as_ref() {
-            Some(status) => encode_status(status, &mut encoder),
-            None => Ok(()),
-        }
-    }
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-/// One metric family: a name, its help, and its series (none: not written).
-fn family<M: EncodeMetric>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: Vec<(Labels, M)>,
-) -> Result<(), std::fmt::Error> {
-    let Some(metric_type) = series.first().map(|(_, m)| m.metric_type()) else {
-        return Ok(());
-    };
-    let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
-    for (labels, m) in series {
-        m.encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn info(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: Vec<Labels>,
-) -> Result<(), std::fmt::Error> {
-    if series.is_empty() {
-        return Ok(());
-    }
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Info)?;
-    for labels in series {
-        metric.encode_info(&labels)?;
-    }
-    Ok(())
-}
-
-fn gauge(v: f64) -> ConstGauge<f64> {
-    ConstGauge::new(v)
-}
-
-fn counter(v: u64) -> ConstCounter<u64> {
-    ConstCounter::new(v)
-}
-
-fn encode_status(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let vip = |name: &str| vec![("vip", name.to_string())];
-    let backend = |v: &str, b: &str| vec![("vip", v.to_string()), ("backend", b.to_string())];
-    let backends = || {
-        s.vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
-    };
-
-    info(
-        e,
-        "xlb_build",
-        "The running xlb",
-        vec![vec![("version", env!("CARGO_PKG_VERSION").to_string())]],
-    )?;
-    info(
-        e,
-        "xlb_vip",
-        "One series per VIP, with its address",
-        s.vips
-            .iter()
-            .map(|v| {
-                vec![
-                    ("vip", v.name.clone()),
-                    ("address", v.address.clone()),
-                    ("port", v.port.to_string()),
-                    ("protocol", v.protocol.clone()),
-                ]
-            })
-            .collect(),
-    )?;
-    info(
-        e,
-        "xlb_vip_fingerprint",
-        "What decides a VIP's new flows here (seed, hash mode, table size, backends, the live table), as a fingerprint: equal on every node of a fleet that agrees",
-        s.vips
-            .iter()
-            .filter_map(|v| {
-                v.decision.as_ref().map(|d| {
-                    vec![
-                        ("vip", v.name.clone()),
-                        ("fingerprint", d.fingerprint.clone()),
-                    ]
-                })
-            })
-            .collect(),
-    )?;
-    info(
-        e,
-        "xlb_node_fingerprint",
-        "Of every VIP's fingerprint: equal on nodes that agree on every VIP",
-        vec![vec![("fingerprint", s.fingerprint.clone())]],
-    )?;
-    info(
-        e,
-        "xlb_backend",
-        "One series per backend, with its address, MAC and state",
-        backends()
-            .map(|(v, b)| {
-                vec![
-                    ("vip", v.name.clone()),
-                    ("backend", b.name.clone()),
-                    ("address", b.address.clone()),
-                    ("mac", b.mac.clone()),
-                    ("state", b.state.clone()),
-                ]
-            })
-            .collect(),
-    )?;
-
-    // Counters, summed over CPUs.
-    let vip_counter = |f: fn(&xlb_core::status::VipStatus) -> u64| {
-        s.vips
-            .iter()
-            .map(|v| (vip(&v.name), counter(f(v))))
-            .collect::<Vec<_>>()
-    };
-    family(
-        e,
-        "xlb_vip_packets",
-        "Packets for the VIP, forwarded or dropped",
-        vip_counter(|v| v.packets),
-    )?;
-    family(
-        e,
-        "xlb_vip_bytes",
-        "Bytes of the VIP's packets",
-        vip_counter(|v| v.bytes),
-    )?;
-    family(
-        e,
-        "xlb_vip_new_flows",
-        "Flows of the VIP hashed onto its Maglev table (connection-table misses)",
-        vip_counter(|v| v.new_flows),
-    )?;
-    let backend_counter = |f: fn(&xlb_core::status::BackendStatus) -> u64| {
-        backends()
-            .map(|(v, b)| (backend(&v.name, &b.name), counter(f(b))))
-            .collect::<Vec<_>>()
-    };
-    family(
-        e,
-        "xlb_backend_packets",
-        "Packets sent to the backend",
-        backend_counter(|b| b.packets),
-    )?;
-    family(
-        e,
-        "xlb_backend_bytes",
-        "Bytes sent to the backend",
-        backend_counter(|b| b.bytes),
-    )?;
-    family(
-        e,
-        "xlb_backend_new_flows",
-        "New flows sent to the backend",
-        backend_counter(|b| b.new_flows),
-    )?;
-
-    // Intent and the table.
-    let backend_gauge = |f: &dyn Fn(&xlb_core::status::BackendStatus) -> f64| {
-        backends()
-            .map(|(v, b)| (backend(&v.name, &b.name), gauge(f(b))))
-            .collect::<Vec<_>>()
-    };
-    family(
-        e,
-        "xlb_backend_weight",
-        "Configured weight",
-        backend_gauge(&|b| b.weight as f64),
-    )?;
-    family(
-        e,
-        "xlb_backend_active",
-        "1 when the backend is in the Maglev table (state active)",
-        backend_gauge(&|b| (b.state == "active") as u8 as f64),
-    )?;
-    family(
-        e,
-        "xlb_backend_expected_share_ratio",
-        "Weight over the sum of the active backends' weights",
-        backend_gauge(&|b| b.expected_share_ratio),
-    )?;
-    family(
-        e,
-        "xlb_backend_table_share_ratio",
-        "Fraction of the live Maglev table's slots naming the backend",
-        backend_gauge(&|b| b.table_share_ratio),
-    )?;
-
-    // The detector.
-    let mut observed = Vec::new();
-    for (v, b) in backends() {
-        for signal in SIGNALS {
-            let share = match signal {
-                xlb_core::detect::Signal::NewFlows => b.window.new_flows,
-                xlb_core::detect::Signal::Packets => b.window.packets,
-                xlb_core::detect::Signal::Bytes => b.window.bytes,
-            };
-            if let Some(share) = share {
-                let mut labels = backend(&v.name, &b.name);
-                labels.push(("signal", signal.as_str().to_string()));
-                observed.push((labels, gauge(share)));
-            }
-        }
-    }
-    family(
-        e,
-        "xlb_backend_observed_share_ratio",
-        "The backend's share of the VIP's signal over the detector's window",
-        observed,
-    )?;
-    let per_signal = |f: fn(&xlb_core::status::SignalStatus) -> Option<f64>| {
-        s.vips
-            .iter()
-            .flat_map(|v| {
-                v.signals.iter().filter_map(move |sig| {
-                    f(sig).map(|x| {
-                        (
-                            vec![
-                                ("vip", v.name.clone()),
-                                ("signal", sig.signal.as_str().to_string()),
-                            ],
-                            gauge(x),
-                        )
-                    })
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    family(
-        e,
-        "xlb_vip_worst_ratio",
-        "Observed over expected share of the backend furthest from 1",
-        per_signal(|sig| sig.worst_ratio),
-    )?;
-    family(
-        e,
-        "xlb_vip_share_cv",
-        "Coefficient of variation of observed/expected across active backends",
-        per_signal(|sig| sig.cv),
-    )?;
-    let mut states = Vec::new();
-    for v in &s.vips {
-        let current = v.imbalance.label();
-        for st in VERDICT_LABELS {
-            states.push((
-                vec![("vip", v.name.clone()), ("state", st.to_string())],
-                gauge((st == current) as u8 as f64),
-            ));
-        }
-    }
-    family(
-        e,
-        "xlb_vip_imbalance_state",
-        "The imbalance detector's verdict: 1 for the current state",
-        states,
-    )?;
-    family(
-        e,
-        "xlb_vip_table_drift",
-        "1 when the live table or backend entries differ from what xlb applied",
-        s.vips
-            .iter()
-            .map(|v| (vip(&v.name), gauge(v.drift.drifted as u8 as f64)))
-            .collect(),
-    )?;
-
-    // Host-wide.
-    let named = |list: &[xlb_core::status::NamedCounter],
-                 key: &'static str,
-                 f: fn(&xlb_core::status::NamedCounter) -> u64| {
-        list.iter()
-            .map(|c| (vec![(key, c.name.clone())], counter(f(c))))
-            .collect::<Vec<_>>()
-    };
-    family(
-        e,
-        "xlb_xdp_packets",
-        "Packets by XDP action",
-        named(&s.actions, "action", |c| c.packets),
-    )?;
-    family(
-        e,
-        "xlb_xdp_bytes",
-        "Bytes by XDP action",
-        named(&s.actions, "action", |c| c.bytes),
-    )?;
-    family(
-        e,
-        "xlb_dropped_packets",
-        "Packets for a VIP that were dropped, by reason",
-        named(&s.drops, "reason", |c| c.packets),
-    )?;
-    family(
-        e,
-        "xlb_cpu_packets",
-        "Packets the program saw on each CPU",
-        s.cpus
-            .iter()
-            .map(|c| (vec![("cpu", c.cpu.to_string())], counter(c.packets)))
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_map_entries",
-        "Entries in use",
-        s.maps
-            .iter()
-            .map(|m| (vec![("map", m.name.clone())], gauge(m.entries as f64)))
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_map_max_entries",
-        "Capacity of the map",
-        s.maps
-            .iter()
-            .map(|m| (vec![("map", m.name.clone())], gauge(m.max_entries as f64)))
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_dataplane_events",
-        "Data-plane events (connection table, fragments, ICMP, FIB, VLAN), by event",
-        s.events
-            .iter()
-            .map(|(name, n)| (vec![("event", name.clone())], counter(*n)))
-            .collect(),
-    )?;
-
-    // The connection table, as the last scan counted it (none before it).
-    let conn = |f: fn(&xlb_core::status::ConnTableStatus) -> f64| {
-        s.conn_table
-            .iter()
-            .map(|c| (Labels::new(), gauge(f(c))))
-            .collect::<Vec<_>>()
-    };
-    family(
-        e,
-        "xlb_conn_table_entries",
-        "Flows the connection table remembers",
-        conn(|c| c.entries as f64),
-    )?;
-    family(
-        e,
-        "xlb_conn_table_capacity",
-        "The connection table's max_entries (the LRU evicts beyond)",
-        conn(|c| c.capacity as f64),
-    )?;
-    family(
-        e,
-        "xlb_conn_table_stale_entries",
-        "Connection-table entries naming a backend id not in the applied config",
-        conn(|c| c.stale_entries as f64),
-    )?;
-    family(
-        e,
-        "xlb_conn_table_scan_seconds",
-        "How long the last count of the connection table took",
-        conn(|c| c.scan_seconds),
-    )?;
-    family(
-        e,
-        "xlb_conn_table_last_scan_timestamp_seconds",
-        "Unix time of the last count of the connection table",
-        conn(|c| c.scanned_at_unix_seconds),
-    )?;
-    family(
-        e,
-        "xlb_backend_flows",
-        "Flows the connection table remembers for the backend (what a draining backend still carries)",
-        backends()
-            .filter_map(|(v, b)| Some((backend(&v.name, &b.name), gauge(b.flows? as f64))))
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_config_revision",
-        "Revision of the applied config",
-        vec![(Vec::new(), gauge(s.revision as f64))],
-    )?;
-    family(
-        e,
-        "xlb_config_last_apply_timestamp_seconds",
-        "Unix time of the last apply",
-        vec![(Vec::new(), gauge(s.applied_at_unix_seconds as f64))],
-    )?;
-    family(
-        e,
-        "xlb_config_file_differs",
-        "1 while the --config file differs from the live revision and the daemon keeps the live one (applying the file would revert a change made through the daemon, or a safety check refused it)",
-        s.config_file
-            .iter()
-            .map(|c| {
-                (
-                    vec![("file", c.file.clone())],
-                    gauge(if c.differs { 1.0 } else { 0.0 }),
-                )
-            })
-            .collect(),
-    )?;
-    encode_health(s, e)?;
-    encode_announce(s, e)?;
-    Ok(())
-}
-
-/// Announcing (xlb_core::announce): each VIP's state and the node's.
-fn encode_announce(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let Some(node) = &s.announce else {
-        return Ok(());
-    };
-    family(
-        e,
-        "xlb_vip_announced",
-        "1 while the node announces the VIP's address to its routers (a route in the \
-         --announce-table), 0 while withdrawn; the reason is in xlb_vip_announce_info",
-        s.vips
-            .iter()
-            .filter_map(|v| {
-                let a = v.announce.as_ref()?;
-                Some((
-                    vec![("vip", v.name.clone())],
-                    gauge(a.announced as u8 as f64),
-                ))
-            })
-            .collect(),
-    )?;
-    info(
-        e,
-        "xlb_vip_announce",
-        "Each VIP's announce policy and why it is (not) announced",
-        s.vips
-            .iter()
-            .filter_map(|v| {
-                let a = v.announce.as_ref()?;
-                Some(vec![
-                    ("vip", v.name.clone()),
-                    ("policy", a.policy.to_string()),
-                    ("reason", reason_label(a.reason)),
-                ])
-            })
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_node_drained",
-        "1 while the node is drained (xlb node drain): every VIP withdrawn, forwarding goes on",
-        vec![(
-            Vec::new(),
-            gauge((node.state == xlb_core::announce::NodeState::Drained) as u8 as f64),
-        )],
-    )?;
-    family(
-        e,
-        "xlb_announce_routes",
-        "Routes xlb holds in its --announce-table (one per announced VIP address)",
-        node.table
-            .map(|t| {
-                (
-                    vec![("table", t.to_string())],
-                    gauge(node.routes.len() as f64),
-                )
-            })
-            .into_iter()
-            .collect(),
-    )?;
-    Ok(())
-}
-
-/// The reason as its JSON name (`backends_up`, `no_backend_up`, ...).
-fn reason_label(r: xlb_core::announce::Reason) -> String {
-    serde_json::to_value(r)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// Health checks (health/): series only for checked backends and VIPs.
-fn encode_health(s: &Status, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let checked = || {
-        s.vips.iter().flat_map(|v| {
-            v.backends
-                .iter()
-                .filter_map(move |b| Some((v, b, b.health.as_ref()?)))
-        })
-    };
-    let labels = |v: &xlb_core::status::VipStatus, b: &xlb_core::status::BackendStatus| {
-        vec![("vip", v.name.clone()), ("backend", b.name.clone())]
-    };
-    family(
-        e,
-        "xlb_backend_health_up",
-        "1 when the backend's health checks pass (up), 0 when they took it down",
-        checked()
-            .map(|(v, b, h)| {
-                let up = h.machine.state == xlb_core::health::Health::Up;
-                (labels(v, b), gauge(up as u8 as f64))
-            })
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_backend_health_in_table",
-        "1 when the backend is in the VIP's live Maglev table after health checks",
-        checked()
-            .map(|(v, b, h)| (labels(v, b), gauge(h.in_table as u8 as f64)))
-            .collect(),
-    )?;
-    let mut checks = Vec::new();
-    for (v, b, h) in checked() {
-        for (result, n) in [
-            ("ok", h.machine.checks_ok_total),
-            ("failed", h.machine.checks_failed_total),
-        ] {
-            let mut l = labels(v, b);
-            l.push(("result", result.to_string()));
-            checks.push((l, counter(n)));
-        }
-    }
-    family(
-        e,
-        "xlb_backend_health_checks",
-        "Health checks of the backend, by result",
-        checks,
-    )?;
-    family(
-        e,
-        "xlb_backend_health_down_events",
-        "Times the health checks took the backend down",
-        checked()
-            .map(|(v, b, h)| (labels(v, b), counter(h.machine.down_events_total)))
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_backend_health_flapping",
-        "1 while the backend is damped for flapping (it needs flap_hold of passed checks)",
-        checked()
-            .map(|(v, b, h)| (labels(v, b), gauge(h.machine.flapping as u8 as f64)))
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_backend_health_last_change_timestamp_seconds",
-        "Unix time the backend last went up or down (or its check was set up)",
-        checked()
-            .map(|(v, b, h)| (labels(v, b), gauge(h.machine.since_unix_seconds)))
-            .collect(),
-    )?;
-    family(
-        e,
-        "xlb_vip_health_all_down",
-        "1 when every active backend of the VIP is down: its all_down policy applies",
-        s.vips
-            .iter()
-            .filter_map(|v| {
-                let h = v.health.as_ref()?;
-                Some((
-                    vec![("vip", v.name.clone())],
-                    gauge(h.all_down as u8 as f64),
-                ))
-            })
-            .collect(),
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod announce;
 pub mod audit;
 pub mod controller;
 pub mod edit;
+pub mod exposition;
 pub mod fleet;
 pub mod health;
 pub mod held;

@@ -130,12 +130,35 @@ impl Controller {
     }
 
     pub fn status(&self) -> Result<Status, DataplaneError> {
-        let empty = Desired {
+        Ok(self.status_with(&mut status::Decisions::default())?.0)
+    }
+
+    /// The counters a status document shows, read now (the status
+    /// document's snapshots compare them with a document's: snapshot.rs).
+    pub fn status_counters(&self) -> Result<CounterSnapshot, DataplaneError> {
+        match self.applied.as_ref() {
+            Some(desired) => self.snapshot(desired),
+            None => self.snapshot(&self.no_vips()),
+        }
+    }
+
+    fn no_vips(&self) -> Desired {
+        Desired {
             config: Config::empty(self.interface.clone()),
             vips: vec![],
             echo: vec![],
             allocation: Allocation::default(),
-        };
+        }
+    }
+
+    /// `status`, taking each unchanged VIP's decision from `decisions`
+    /// (the status document's builder keeps them: snapshot.rs), and the
+    /// counters it shows.
+    pub fn status_with(
+        &self,
+        decisions: &mut status::Decisions,
+    ) -> Result<(Status, CounterSnapshot), DataplaneError> {
+        let empty = self.no_vips();
         let desired = self.applied.as_ref().unwrap_or(&empty);
         let now = self.snapshot(desired)?;
         let ctx = StatusContext {
@@ -153,7 +176,7 @@ impl Controller {
             bake: self.bake.as_ref(),
             conn_scan: self.conn_scan.as_ref(),
         };
-        let mut status = status::build(&ctx, desired, &now, &self.at_apply);
+        let mut status = status::build_with(&ctx, desired, &now, &self.at_apply, decisions);
         xlb_core::health::annotate(&mut status, &health::lock(&self.health));
         status.config_file = self.config_file.clone();
         self.annotate_announce(&mut status);
@@ -167,7 +190,7 @@ impl Controller {
         if let Some(f) = status.fleet.as_mut() {
             f.held = self.held.clone();
         }
-        Ok(status)
+        Ok((status, now))
     }
 
     /// The fleet agent's view of the fleet, for the status.
