@@ -46,7 +46,11 @@ fn assert_serving(dp: &Dataplane, d: &Desired, what: &str) {
             .live_table(vip.id)
             .expect("read table")
             .unwrap_or_default();
-        let differ = table.iter().zip(vip.slot_iter()).filter(|&(&a, b)| a != b).count();
+        let differ = table
+            .iter()
+            .zip(vip.slot_iter())
+            .filter(|&(&a, b)| a != b)
+            .count();
         assert!(
             table.len() == vip.slot_count() && differ == 0,
             "{what}: VIP {}'s live table ({} slots) differs from the expected ({} slots) in {differ} slots",
