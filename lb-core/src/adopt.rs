@@ -100,7 +100,7 @@ fn keep_health_patches(desired: &mut Desired, live: &LiveMaps) -> Vec<(String, M
         if let Some(m) = crate::health::patch::recognise(vip, slots, seed) {
             let p = crate::health::patch::patched(vip, &m, seed);
             let vip = std::sync::Arc::make_mut(vip);
-            vip.slots = p.slots;
+            vip.set_slots(p.slots);
             vip.table_shares = p.shares;
             vip.health_patched = true;
             out.push((vip.config.name.clone(), m));
@@ -273,7 +273,9 @@ fn compare(desired: &Desired, host: &HostInterface, live: &LiveMaps) -> (Vec<Str
             )),
             Some(_) => {}
         }
-        if live.tables.get(&vip.id) != Some(&vip.slots) {
+        if live.tables.get(&vip.id).is_none_or(|live| {
+            live.len() != vip.slot_count() || !live.iter().copied().eq(vip.slot_iter())
+        }) {
             out.push(format!(
                 "vip {name}: the live table (id {}) differs",
                 vip.id
@@ -392,7 +394,11 @@ mod tests {
                 .map(|v| (v.key, v.meta))
                 .chain(d.echo.iter().copied())
                 .collect(),
-            tables: d.vips.iter().map(|v| (v.id, v.slots.clone())).collect(),
+            tables: d
+                .vips
+                .iter()
+                .map(|v| (v.id, v.slots().into_owned()))
+                .collect(),
             backends,
         };
         (d, live)
@@ -562,7 +568,7 @@ mod tests {
         let adopted = adopt(&checked, &HOST, &live).unwrap();
         assert_eq!(adopted.differences, Vec::<String>::new());
         assert_eq!(adopted.health, [("web".to_string(), m.clone())]);
-        assert_eq!(adopted.desired.vips[0].slots, p.slots);
+        assert_eq!(adopted.desired.vips[0].slots(), p.slots);
         assert_eq!(adopted.desired.vips[0].table_shares, p.shares);
         assert_eq!(adopted.desired.vips[0].table, web.table);
         // The same table under a config that does not check web: a
@@ -575,7 +581,7 @@ mod tests {
             adopted.differences,
             [format!("vip web: the live table (id {}) differs", web.id)]
         );
-        assert_eq!(adopted.desired.vips[0].slots, web.slots);
+        assert_eq!(adopted.desired.vips[0].slots(), web.slots());
         // Nor is a table with b2 out in some other way.
         let mut other = p.slots.clone();
         let i = other.iter().position(|&id| id != other[0]).unwrap();

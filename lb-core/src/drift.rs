@@ -40,18 +40,23 @@ pub fn check(
 ) -> Finding {
     let mut reasons = Vec::new();
     let mut live_table_shares = None;
+    let slots = vip.slots();
     match live_table {
         None => reasons.push("the kernel holds no Maglev table for this VIP".to_string()),
-        Some(live) if live.len() != vip.slots.len() => {
+        Some(live) if live.len() != slots.len() => {
             reasons.push(format!(
                 "the live table has {} slots, the applied one {}",
                 live.len(),
-                vip.slots.len()
+                slots.len()
             ));
             live_table_shares = Some(shares(vip, live));
         }
-        Some(live) if table_checksum(live) != table_checksum(&vip.slots) => {
-            let differ = live.iter().zip(&vip.slots).filter(|(a, b)| a != b).count();
+        Some(live) if table_checksum(live) != table_checksum(&slots) => {
+            let differ = live
+                .iter()
+                .zip(slots.iter())
+                .filter(|(a, b)| a != b)
+                .count();
             reasons.push(format!(
                 "{differ} of {} table slots differ from the applied table",
                 live.len()
@@ -128,7 +133,7 @@ mod tests {
     fn clean_when_the_kernel_holds_what_was_applied() {
         let d = desired();
         let vip = &d.vips[0];
-        let f = check(vip, Some(&vip.slots), &live_backends(vip));
+        let f = check(vip, Some(&vip.slots()), &live_backends(vip));
         assert!(!f.drifted, "{f:?}");
         assert_eq!(f.reason, None);
         assert_eq!(f.live_table_shares, None);
@@ -140,7 +145,7 @@ mod tests {
         let vip = &d.vips[0];
         // Point every slot at backend a: a's live share is 100%.
         let a = vip.backend_ids[0];
-        let live = vec![a; vip.slots.len()];
+        let live = vec![a; vip.slot_count()];
         let f = check(vip, Some(&live), &live_backends(vip));
         assert!(f.drifted);
         let reason = f.reason.unwrap();
@@ -154,7 +159,7 @@ mod tests {
     fn a_foreign_id_counts_as_unknown() {
         let d = desired();
         let vip = &d.vips[0];
-        let mut live = vip.slots.clone();
+        let mut live = vip.slots().into_owned();
         live[0] = 9999;
         let f = check(vip, Some(&live), &live_backends(vip));
         assert!(f.drifted);
@@ -173,14 +178,14 @@ mod tests {
 
         let mut backends = live_backends(vip);
         backends.get_mut(&vip.backend_ids[1]).unwrap().mac = [2, 0, 0, 0, 0, 0x99];
-        let f = check(vip, Some(&vip.slots), &backends);
+        let f = check(vip, Some(&vip.slots()), &backends);
         assert_eq!(
             f.reason.as_deref(),
             Some("backend b's kernel entry changed (MAC 02:00:00:00:00:02 -> 02:00:00:00:00:99)")
         );
         backends.remove(&vip.backend_ids[0]);
         assert!(
-            check(vip, Some(&vip.slots), &backends)
+            check(vip, Some(&vip.slots()), &backends)
                 .reason
                 .unwrap()
                 .contains("backend a's kernel entry is missing")

@@ -71,8 +71,8 @@ pub fn decision(vip: &DesiredVip, hash_seed: u32) -> Decision {
         }
     };
     let mut in_table = vec![false; order.len()];
-    let mut table = Vec::with_capacity(vip.slots.len() * 4);
-    for &slot in &vip.slots {
+    let mut table = Vec::with_capacity(vip.slot_count() * 4);
+    for slot in vip.slot_iter() {
         let i = place_of(slot);
         if let Some(seen) = in_table.get_mut(i as usize) {
             *seen = true;
@@ -442,7 +442,7 @@ mod tests {
     /// a slot): the fingerprint must not change with the faster one, or
     /// nodes of two versions would disagree in a rolling upgrade.
     fn fingerprint_by_sets(vip: &DesiredVip, hash_seed: u32) -> String {
-        let live: BTreeSet<u32> = vip.slots.iter().copied().collect();
+        let live: BTreeSet<u32> = vip.slot_iter().collect();
         let mut backends: Vec<(u32, DecisionBackend)> = vip
             .config
             .backends
@@ -475,7 +475,7 @@ mod tests {
         };
         let mut h = Xxh64::new(0);
         h.update(&serde_json::to_vec(&d).unwrap());
-        for slot in &vip.slots {
+        for slot in &*vip.slots() {
             let i = match *slot {
                 NO_BACKEND => u32::MAX,
                 s => index.get(&s).copied().unwrap_or(u32::MAX),
@@ -514,9 +514,11 @@ mod tests {
             );
             // A health patch's table: a backend out, some slots on none.
             let out = vip.backend_ids[2];
-            for slot in vip.slots.iter_mut().filter(|s| **s == out) {
+            let mut slots = vip.slots().into_owned();
+            for slot in slots.iter_mut().filter(|s| **s == out) {
                 *slot = NO_BACKEND;
             }
+            vip.set_slots(slots);
             assert!(!decision(vip, 7).backends.iter().all(|b| b.in_table));
             assert_eq!(decision(vip, 7).fingerprint, fingerprint_by_sets(vip, 7));
         }

@@ -68,9 +68,15 @@ pub struct MaglevTable {
     /// Backend names in table order: sorted by name (byte order).
     pub names: Vec<String>,
     /// slots[i] = index into `names` of the backend owning slot i; len ==
-    /// table_size. Empty when there are no backends.
-    pub slots: Vec<u32>,
+    /// table_size. Empty when there are no backends. Two bytes a slot: a
+    /// table has at most [`MAX_TABLE_BACKENDS`] backends, and a daemon holds
+    /// one table per VIP (1,000 tables of 16,381 slots are 33 MB so, 66 MB
+    /// as `u32`).
+    pub slots: Vec<u16>,
 }
+
+/// The most backends one table can index (`u16` slots).
+pub const MAX_TABLE_BACKENDS: usize = 1 << 16;
 
 /// Why a table cannot be built. Each variant names the offending value, so the
 /// caller can point at the field in the configuration.
@@ -83,6 +89,9 @@ pub enum MaglevError {
     /// More backends than slots cannot all have one.
     #[error("table size {table_size} is smaller than the number of backends ({backends})")]
     TableTooSmall { table_size: u32, backends: usize },
+    /// Slots hold a backend's index in two bytes.
+    #[error("{backends} backends are more than a table can index ({MAX_TABLE_BACKENDS})")]
+    TooManyBackends { backends: usize },
     /// Names identify backends (and their permutations); two backends with one
     /// name would be indistinguishable.
     #[error("backend name {name:?} appears more than once")]
@@ -166,6 +175,11 @@ fn build_with(
             backends: sorted.len(),
         });
     }
+    if sorted.len() > MAX_TABLE_BACKENDS {
+        return Err(MaglevError::TooManyBackends {
+            backends: sorted.len(),
+        });
+    }
     let names: Vec<String> = sorted.iter().map(|b| b.name.to_owned()).collect();
     if sorted.is_empty() {
         return Ok(MaglevTable {
@@ -233,7 +247,7 @@ struct Fill {
     /// at M = 65537 instead of 256 KiB of slots. Measured: 6% faster at
     /// M = 65537, 20% at M ~ 1M, where the slots no longer fit in cache.
     taken: Vec<u64>,
-    slots: Vec<u32>,
+    slots: Vec<u16>,
     filled: u64,
 }
 
@@ -320,8 +334,8 @@ impl Fill {
             }
         }
         self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
-        // i < N <= M <= u32::MAX.
-        self.slots[pos as usize] = i as u32;
+        // i < N <= MAX_TABLE_BACKENDS (`build` checked).
+        self.slots[pos as usize] = i as u16;
         pos += w.skip;
         if pos >= m {
             pos -= m;
@@ -397,7 +411,7 @@ impl MaglevTable {
             .slots
             .iter()
             .zip(&other.slots)
-            .filter(|&(&a, &b)| map[a as usize] != Some(b))
+            .filter(|&(&a, &b)| map[usize::from(a)] != Some(u32::from(b)))
             .count();
         Some(moved as u64)
     }
@@ -463,7 +477,7 @@ mod tests {
     /// Katran's MaglevHashV2::generateHashRing transcribed as literally as
     /// possible (a `next` counter per backend, a modulo per probe, -1 for a
     /// free slot): the oracle both schedules of `build` must agree with.
-    fn katran_reference(backends: &[MaglevBackend<'_>], m: u32, seed: u32) -> Vec<u32> {
+    fn katran_reference(backends: &[MaglevBackend<'_>], m: u32, seed: u32) -> Vec<u16> {
         let mut sorted = backends.to_vec();
         sorted.sort_by(|a, b| a.name.cmp(b.name));
         let n = sorted.len();
@@ -495,7 +509,7 @@ mod tests {
                     next[i] += 1;
                     runs += 1;
                     if runs == ring {
-                        return result.into_iter().map(|x| x as u32).collect();
+                        return result.into_iter().map(|x| x as u16).collect();
                     }
                 }
             }
@@ -511,7 +525,7 @@ mod tests {
         let mut held = 0u64;
         let mut moved = 0u64;
         for slot in 0..before.table_size() {
-            if before.slots[slot] == r {
+            if u32::from(before.slots[slot]) == r {
                 continue;
             }
             held += 1;
@@ -617,7 +631,11 @@ mod tests {
 
     /// Digest of a table's slots (little-endian u32s), for pinning big tables.
     fn digest(t: &MaglevTable) -> u64 {
-        let bytes: Vec<u8> = t.slots.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let bytes: Vec<u8> = t
+            .slots
+            .iter()
+            .flat_map(|&s| u32::from(s).to_le_bytes())
+            .collect();
         xxh64(&bytes, 0)
     }
 

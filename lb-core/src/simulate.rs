@@ -50,8 +50,8 @@ pub fn pick(desired: &Desired, flow: &Flow) -> Option<u32> {
     let vip = vip_for(desired, flow)?;
     // The mode as written to the VIP's map entry: what the kernel reads.
     let hashed = hash_input(&flow.words(), vip.meta.hash);
-    let slot = flow_hash(&hashed, desired.config.hash_seed) % vip.slots.len() as u32;
-    let id = vip.slots[slot as usize];
+    let slot = flow_hash(&hashed, desired.config.hash_seed) % vip.slot_count() as u32;
+    let id = vip.slot_iter().nth(slot as usize)?;
     (id != crate::state::NO_BACKEND).then_some(id)
 }
 

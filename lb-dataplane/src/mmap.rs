@@ -91,13 +91,6 @@ impl<T: Pod> MappedArray<T> {
     pub fn to_vec(&self) -> Vec<T> {
         (0..self.len).map(|i| self.get(i)).collect()
     }
-
-    /// Write `values` from index 0.
-    pub fn fill_from(&self, values: &[T]) {
-        for (i, v) in values.iter().enumerate() {
-            self.set(i, *v);
-        }
-    }
 }
 
 impl<T: Pod> Drop for MappedArray<T> {

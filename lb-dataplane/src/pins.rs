@@ -524,13 +524,16 @@ impl Dataplane {
         }
         // The tables that differ, swapped in together (as an apply's), each
         // before its VIP entry.
-        let mut differing: Vec<(u32, &[u32])> = Vec::new();
+        let mut differing = Vec::new();
         for vip in &desired.vips {
-            if self.live_table(vip.id)?.as_deref() != Some(&vip.slots[..]) {
-                differing.push((vip.id, &vip.slots));
+            if self
+                .live_table(vip.id)?
+                .is_none_or(|live| !live.iter().copied().eq(vip.slot_iter()))
+            {
+                differing.push((vip.id, vip.slot_iter()));
             }
         }
-        self.install_tables(&differing)?;
+        self.install_slots(differing)?;
         for vip in &desired.vips {
             if self.live_vip(&vip.key)? != Some(vip.meta) {
                 self.vips

@@ -40,7 +40,7 @@ use crate::{
     mmap::MappedArray,
 };
 use xlb_core::config::Config;
-use xlb_core::state::{Allocation, Desired, DesiredVip, kernel_backend};
+use xlb_core::state::{Allocation, Desired, DesiredVip, KernelSlots, kernel_backend};
 
 /// How long the entry of a backend id that no live table names any more
 /// stays valid after the swap. A packet that read the old table (or the
@@ -51,11 +51,11 @@ use xlb_core::state::{Allocation, Desired, DesiredVip, kernel_backend};
 pub const RETIRE_GRACE: Duration = Duration::from_millis(5);
 
 /// Every VIP's table of `desired`, as `install_tables` takes them.
-fn every_table(desired: &Desired) -> Vec<(u32, &[u32])> {
+fn every_table(desired: &Desired) -> Vec<(u32, KernelSlots<'_>)> {
     desired
         .vips
         .iter()
-        .map(|vip| (vip.id, vip.slots.as_slice()))
+        .map(|vip| (vip.id, vip.slot_iter()))
         .collect()
 }
 
@@ -83,13 +83,30 @@ impl Dataplane {
     /// seconds). When the batch stops part way, the tables swapped so far
     /// are kept as installed and the error is returned (the caller restores).
     pub fn install_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
+        self.install_slots(
+            tables
+                .iter()
+                .map(|&(vip_id, slots)| (vip_id, KernelSlots::Held(slots.iter())))
+                .collect(),
+        )
+    }
+
+    /// [`Dataplane::install_tables`], each table's slots read as they are
+    /// written (`DesiredVip::slot_iter`: the state holds no kernel table
+    /// of its own to copy).
+    pub fn install_slots(
+        &mut self,
+        tables: Vec<(u32, KernelSlots<'_>)>,
+    ) -> Result<(), DataplaneError> {
         if tables.is_empty() {
             // No call: even an empty batch waits for a grace period.
             return Ok(());
         }
         let name = maps::MAGLEV_TABLES;
         let mut fresh = Vec::with_capacity(tables.len());
-        for &(vip_id, slots) in tables {
+        #[cfg(feature = "fault-injection")]
+        let n = tables.len();
+        for (vip_id, slots) in tables {
             let def = aya_obj::Map::new_from_params(
                 aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
                 size_of::<u32>() as u32,
@@ -101,7 +118,9 @@ impl Dataplane {
             // Fill it through memory: one copy instead of a syscall per
             // slot. No program can see this map before the swap below.
             let mem = MappedArray::<u32>::new(inner.fd(), slots.len()).map_err(io_err(name))?;
-            mem.fill_from(slots);
+            for (i, id) in slots.enumerate() {
+                mem.set(i, id);
+            }
             fresh.push((vip_id, inner, mem));
         }
         let count = self.swaps_allowed(fresh.len());
@@ -124,7 +143,7 @@ impl Dataplane {
             return Err(io_err(name)(e));
         }
         #[cfg(feature = "fault-injection")]
-        if count < tables.len() {
+        if count < n {
             return Err(DataplaneError::Injected);
         }
         Ok(())
@@ -146,7 +165,7 @@ impl Dataplane {
     /// slots than `previous` had.
     fn table_changed(vip: &DesiredVip, previous: Option<&DesiredVip>) -> bool {
         // The same shared VIP (`state::desired_reusing`): nothing to compare.
-        previous.is_none_or(|p| !std::ptr::eq(p, vip) && (p.id != vip.id || p.slots != vip.slots))
+        previous.is_none_or(|p| !std::ptr::eq(p, vip) && (p.id != vip.id || !p.same_slots(vip)))
     }
 
     /// Write one VIP's entry when it changed (after its table is in).
@@ -275,7 +294,7 @@ impl Dataplane {
                 self.backends.set(id as usize, kernel_backend(b, vip.id));
             }
         }
-        self.install_tables(&every_table(desired))?;
+        self.install_slots(every_table(desired))?;
         self.fill_vip_slots(pending);
         Ok(())
     }
@@ -353,7 +372,7 @@ impl Dataplane {
         };
         let pending = self.clear_vip_slots(Some(previous));
         self.write_global(host, &previous.config)?;
-        self.install_tables(&every_table(previous))?;
+        self.install_slots(every_table(previous))?;
         for vip in &previous.vips {
             self.vips
                 .insert(vip.key, vip.meta, 0)
@@ -421,17 +440,17 @@ impl Dataplane {
             }
         }
         // Every changed table, swapped in together.
-        let changed: Vec<(u32, &[u32])> = desired
+        let changed: Vec<(u32, KernelSlots<'_>)> = desired
             .vips
             .iter()
             .filter(|vip| {
                 Self::table_changed(vip, previous_by_name.get(vip.config.name.as_str()).copied())
             })
-            .map(|vip| (vip.id, vip.slots.as_slice()))
+            .map(|vip| (vip.id, vip.slot_iter()))
             .collect();
         if !changed.is_empty() {
             let started = std::time::Instant::now();
-            self.install_tables(&changed)?;
+            self.install_slots(changed)?;
             swaps.push(started.elapsed().as_secs_f64());
             progress();
         }

@@ -46,13 +46,17 @@ fn assert_serving(dp: &Dataplane, d: &Desired, what: &str) {
             .live_table(vip.id)
             .expect("read table")
             .unwrap_or_default();
-        let differ = table.iter().zip(&vip.slots).filter(|(a, b)| a != b).count();
+        let differ = table
+            .iter()
+            .zip(vip.slot_iter())
+            .filter(|&(&a, b)| a != b)
+            .count();
         assert!(
-            table.len() == vip.slots.len() && differ == 0,
+            table.len() == vip.slot_count() && differ == 0,
             "{what}: VIP {}'s live table ({} slots) differs from the expected ({} slots) in {differ} slots",
             vip.config.name,
             table.len(),
-            vip.slots.len()
+            vip.slot_count()
         );
     }
 }
@@ -68,7 +72,7 @@ fn a_failure_between_swaps_restores_every_vip() {
     // The new config changes both VIPs' tables and adds VIP c; fail after
     // the first swap, with VIP a already on its new table.
     let new = desired(&config([1, 3], true), &old.allocation);
-    assert_ne!(new.vips[0].slots, old.vips[0].slots);
+    assert_ne!(new.vips[0].slots(), old.vips[0].slots());
     dp.inject_swap_failure(1);
     let err = dp
         .apply(MAC, &new, Some(&old))

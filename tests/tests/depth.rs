@@ -455,7 +455,9 @@ fn five_tuple_pick(d: &Desired, vip: &DesiredVip, flow: &Flow) -> u32 {
         &hash_input(&flow.words(), HASH_FIVE_TUPLE),
         d.config.hash_seed,
     );
-    vip.slots[(h % vip.slots.len() as u32) as usize]
+    vip.slot_iter()
+        .nth((h % vip.slot_count() as u32) as usize)
+        .expect("a slot")
 }
 
 /// The reply packet of `flow` (VIP to client), `len` bytes long, with

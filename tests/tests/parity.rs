@@ -268,11 +268,11 @@ fn parity(test: &str, family: Family, config: &str, targets: &Targets) {
             "  {} ({}, {} slots): {n} flows",
             v.config.name,
             v.config.endpoint(),
-            v.slots.len()
+            v.slot_count()
         );
         for (b, id) in v.config.backends.iter().zip(&v.backend_ids) {
-            let slots = v.slots.iter().filter(|s| *s == id).count();
-            let share = slots as f64 / v.slots.len() as f64;
+            let slots = v.slot_iter().filter(|s| s == id).count();
+            let share = slots as f64 / v.slot_count() as f64;
             let count = seen.get(&b.name).copied().unwrap_or(0);
             let got = count as f64 / n as f64;
             // Six standard deviations of a binomial count, plus half a

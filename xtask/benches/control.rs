@@ -13,6 +13,10 @@
 //!   while 16 clients scrape `/metrics` in a loop;
 //! - `xlb history` with the revisions those applies recorded.
 //!
+//! With `XLB_BENCH_CONTROL_RSS_ONLY=1` the run stops after the RSS and
+//! map-memory rows (start, plans, applies, memory: about a minute), for
+//! A/B runs of the daemon's memory.
+//!
 //! Wall times of the CLI (or of one HTTP GET), medians. Needs root;
 //! `cargo xtask bench control` builds the release `xlb` first. Addresses
 //! in 198.18.0.0/15; namespace `xlbctl-*`.
@@ -397,6 +401,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         plans_and_applies(&daemon, a, every, one)?
     };
+    if std::env::var_os("XLB_BENCH_CONTROL_RSS_ONLY").is_some_and(|v| v == "1") {
+        drop(daemon);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
 
     let status = daemon.median(&["-o", "json", "status"], CALLS)?;
     row("`xlb status -o json`", "< 100 ms", format!("{status:.2?}"));

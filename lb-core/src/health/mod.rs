@@ -46,7 +46,7 @@ pub fn patch_desired(monitor: &Monitor, desired: &mut Desired) -> Vec<(String, M
             if m != Membership::Full {
                 let p = patch::patched(vip, &m, seed);
                 let vip = std::sync::Arc::make_mut(vip);
-                vip.slots = p.slots;
+                vip.set_slots(p.slots);
                 vip.table_shares = p.shares;
                 vip.health_patched = true;
             }
@@ -105,10 +105,10 @@ mod tests {
         let (before, after) = (&full.vips[0], &d.vips[0]);
         let b2 = before.backend_ids[1];
         // Only b2's slots moved; the config's Maglev table is kept whole.
-        for (x, y) in before.slots.iter().zip(&after.slots) {
+        for (x, y) in before.slots().iter().zip(after.slots().iter()) {
             assert!(x == y || (*x == b2 && *y != b2));
         }
-        assert!(!after.slots.contains(&b2));
+        assert!(!after.slots().contains(&b2));
         assert_eq!(after.table, before.table);
         assert_eq!(after.table_shares[1], 0.0);
         // The drift check compares the kernel with the patched table: the
@@ -120,7 +120,7 @@ mod tests {
             .zip(&after.backend_ids)
             .map(|(b, &id)| (id, crate::state::kernel_backend(b, after.id)))
             .collect();
-        let finding = crate::drift::check(after, Some(&after.slots), &live_backends);
+        let finding = crate::drift::check(after, Some(&after.slots()), &live_backends);
         assert!(!finding.drifted, "{finding:?}");
     }
 

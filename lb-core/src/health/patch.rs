@@ -75,15 +75,16 @@ fn cost(base: u64, slot: u64, weight: f64) -> f64 {
 /// The slots of `table` (indices into `table.names`) with every slot of a
 /// backend in `down` given to a live one, as the module describes.
 /// `weights[i]` is `table.names[i]`'s weight. None when no backend is live.
-pub fn refill(table: &MaglevTable, weights: &[u32], down: &[bool], seed: u32) -> Option<Vec<u32>> {
-    let live: Vec<(u32, u64, f64)> = table
+pub fn refill(table: &MaglevTable, weights: &[u32], down: &[bool], seed: u32) -> Option<Vec<u16>> {
+    let live: Vec<(u16, u64, f64)> = table
         .names
         .iter()
         .enumerate()
         .filter(|(i, _)| !down[*i])
         .map(|(i, name)| {
             let base = xxh64(name.as_bytes(), (u64::from(seed) << 32) | HRW_KEY_TAG);
-            (i as u32, base, f64::from(weights[i].max(1)))
+            // i < MAX_TABLE_BACKENDS: a table index.
+            (i as u16, base, f64::from(weights[i].max(1)))
         })
         .collect();
     if live.is_empty() {
@@ -94,7 +95,7 @@ pub fn refill(table: &MaglevTable, weights: &[u32], down: &[bool], seed: u32) ->
         if !down[*owner as usize] {
             continue;
         }
-        let mut best = (f64::INFINITY, 0u32);
+        let mut best = (f64::INFINITY, 0u16);
         for &(i, base, w) in &live {
             let c = cost(base, s as u64, w);
             // Ties (never seen in practice) go to the lower index.
@@ -230,7 +231,7 @@ mod tests {
     }
 
     /// Slots whose owner differs.
-    fn moved(a: &[u32], b: &[u32]) -> Vec<usize> {
+    fn moved(a: &[u16], b: &[u16]) -> Vec<usize> {
         (0..a.len()).filter(|&i| a[i] != b[i]).collect()
     }
 
@@ -315,7 +316,10 @@ mod tests {
         let p = 1.0 / 15.0;
         let sigma = (n * p * (1.0 - p)).sqrt();
         for b in 5..20u32 {
-            let got = freed.iter().filter(|&&s| patched[s] == b).count() as f64;
+            let got = freed
+                .iter()
+                .filter(|&&s| u32::from(patched[s]) == b)
+                .count() as f64;
             assert!((got - n * p).abs() < 4.0 * sigma, "b{b}: {got} of {n}");
         }
     }
@@ -340,7 +344,7 @@ mod tests {
         let v = vip();
         // Full: what state::desired built, ids and shares alike.
         let full = patched(&v, &Membership::Full, 2);
-        assert_eq!(full.slots, v.slots);
+        assert_eq!(full.slots, *v.slots());
         assert_eq!(full.shares, v.table_shares);
         // Without a: only a's slots change, to b's and c's ids.
         let without = patched(&v, &Membership::Without(["a".to_string()].into()), 2);
@@ -350,7 +354,7 @@ mod tests {
             v.backend_ids[2],
             v.backend_ids[3],
         );
-        for (s, (&before, &after)) in v.slots.iter().zip(&without.slots).enumerate() {
+        for (s, (&before, &after)) in v.slots().iter().zip(&without.slots).enumerate() {
             if before == id_a {
                 assert!(after == id_b || after == id_c, "slot {s}");
             } else {
@@ -390,7 +394,7 @@ mod tests {
         let without =
             |names: &[&str]| Membership::Without(names.iter().map(|n| n.to_string()).collect());
         // The config's own table is no patch.
-        assert_eq!(recognise(&v, &v.slots, 2), None);
+        assert_eq!(recognise(&v, &v.slots(), 2), None);
         // One or two backends out: recognised, whichever.
         for gone in [&["a"][..], &["b"], &["a", "c"]] {
             let m = without(gone);
@@ -409,17 +413,17 @@ mod tests {
         }
         // A table of another size, or without a backend but otherwise the
         // config's (a backend that left in an unrecorded apply): not a patch.
-        assert_eq!(recognise(&v, &v.slots[1..], 2), None);
+        assert_eq!(recognise(&v, &v.slots()[1..], 2), None);
         let a = v.backend_ids[0];
         let b = v.backend_ids[1];
         let no_a: Vec<u32> = v
-            .slots
+            .slots()
             .iter()
             .map(|&id| if id == a { b } else { id })
             .collect();
         assert_eq!(recognise(&v, &no_a, 2), None);
         // Every slot empty: `Closed` when the VIP fails closed, only.
-        let empty = vec![NO_BACKEND; v.slots.len()];
+        let empty = vec![NO_BACKEND; v.slot_count()];
         assert_eq!(recognise(&v, &empty, 2), None);
         let closed = checked_vip("fail_closed");
         assert_eq!(recognise(&closed, &empty, 2), Some(Membership::Closed));

@@ -111,12 +111,18 @@ pub struct DesiredVip {
     pub id: u32,
     pub key: VipKey,
     pub meta: VipMeta,
-    /// The Maglev table over the VIP's active backends (names, slots).
+    /// The Maglev table over the VIP's active backends (names, slots): the
+    /// one copy of the table the state holds; the kernel table is read
+    /// from it ([`DesiredVip::slots`]) unless a health patch changed it.
     pub table: MaglevTable,
     /// Kernel backend id of each `config.backends[i]`.
     pub backend_ids: Vec<u32>,
-    /// The kernel table: slot -> backend id (`[NO_BACKEND]` when empty).
-    pub slots: Vec<u32>,
+    /// Kernel backend id of each table index (`table.names[i]`'s).
+    table_ids: Vec<u32>,
+    /// The kernel table where a health patch made it other than the
+    /// table's own (`set_slots`); None: read through `table_ids`. A
+    /// second table of 4 bytes a slot only for the VIPs that need one.
+    patched_slots: Option<Vec<u32>>,
     /// Each `config.backends[i]`'s share of the table's slots (computed once
     /// here: the collector needs them every second).
     pub table_shares: Vec<f64>,
@@ -127,6 +133,85 @@ pub struct DesiredVip {
     /// `config::vip_hash(&config)`: a plan hashes again only changed VIPs.
     pub config_hash: u64,
 }
+
+impl DesiredVip {
+    /// The kernel table: slot -> backend id (`[NO_BACKEND]` when the table
+    /// is empty). Made from the Maglev table when asked (4 bytes a slot,
+    /// freed by the caller) unless a health patch holds it.
+    pub fn slots(&self) -> Cow<'_, [u32]> {
+        match &self.patched_slots {
+            Some(slots) => Cow::Borrowed(slots),
+            None => Cow::Owned(self.slot_iter().collect()),
+        }
+    }
+
+    /// The kernel table's slots one by one, as [`DesiredVip::slots`] has
+    /// them, without making the table.
+    pub fn slot_iter(&self) -> KernelSlots<'_> {
+        match &self.patched_slots {
+            Some(slots) => KernelSlots::Held(slots.iter()),
+            None if self.table.slots.is_empty() => KernelSlots::Held([NO_BACKEND].iter()),
+            None => KernelSlots::Table(self.table.slots.iter(), &self.table_ids),
+        }
+    }
+
+    /// The kernel table's length: the table size, 1 for an empty table.
+    pub fn slot_count(&self) -> usize {
+        self.slot_iter().len()
+    }
+
+    /// Whether `self` and `other` have the same kernel table, compared
+    /// without making either.
+    pub fn same_slots(&self, other: &DesiredVip) -> bool {
+        if self.patched_slots.is_none()
+            && other.patched_slots.is_none()
+            && self.table_ids == other.table_ids
+        {
+            return self.table.slots == other.table.slots;
+        }
+        self.slot_count() == other.slot_count() && self.slot_iter().eq(other.slot_iter())
+    }
+
+    /// Sets the kernel table (a health patch, or its end): held apart only
+    /// when it differs from the Maglev table's own.
+    pub fn set_slots(&mut self, slots: Vec<u32>) {
+        self.patched_slots = None;
+        if !(slots.len() == self.slot_count() && slots.iter().copied().eq(self.slot_iter())) {
+            self.patched_slots = Some(slots);
+        }
+    }
+}
+
+/// A kernel table's slots (backend ids), read from where `DesiredVip`
+/// keeps them.
+#[derive(Clone, Debug)]
+pub enum KernelSlots<'a> {
+    /// Table indices translated to backend ids.
+    Table(std::slice::Iter<'a, u16>, &'a [u32]),
+    /// Backend ids as they are held.
+    Held(std::slice::Iter<'a, u32>),
+}
+
+impl Iterator for KernelSlots<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            KernelSlots::Table(slots, ids) => slots.next().map(|&i| ids[usize::from(i)]),
+            KernelSlots::Held(slots) => slots.next().copied(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            KernelSlots::Table(slots, _) => slots.size_hint(),
+            KernelSlots::Held(slots) => slots.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for KernelSlots<'_> {}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
@@ -456,28 +541,20 @@ fn desired_vip(
     backend_ids: Vec<u32>,
     config_hash: u64,
 ) -> DesiredVip {
-    let slots = if table.slots.is_empty() {
-        vec![NO_BACKEND]
-    } else {
-        // Table index -> config index -> kernel id.
-        let ids_by_table_index: Vec<u32> = table
-            .names
-            .iter()
-            .map(|n| {
-                let i = v
-                    .backends
-                    .iter()
-                    .position(|b| &b.name == n)
-                    .expect("table names come from the VIP");
-                backend_ids[i]
-            })
-            .collect();
-        table
-            .slots
-            .iter()
-            .map(|&i| ids_by_table_index[i as usize])
-            .collect()
-    };
+    // Table index -> config index -> kernel id.
+    let table_ids: Vec<u32> = table
+        .names
+        .iter()
+        .map(|n| {
+            let i = v
+                .backends
+                .iter()
+                .position(|b| &b.name == n)
+                .expect("table names come from the VIP");
+            backend_ids[i]
+        })
+        .collect();
+    let table_size = table.slots.len().max(1) as u32;
     let shares = table.shares();
     let table_shares = v
         .backends
@@ -491,7 +568,7 @@ fn desired_vip(
         key: vip_key(v),
         meta: VipMeta {
             vip_id: id,
-            table_size: slots.len() as u32,
+            table_size,
             method: v.forwarding.method(),
             hash: v.hash.code(),
             flags: 0,
@@ -499,7 +576,8 @@ fn desired_vip(
         },
         table,
         backend_ids,
-        slots,
+        table_ids,
+        patched_slots: None,
         health_patched: false,
         config_hash,
     }
@@ -761,7 +839,8 @@ mod tests {
         // As a health patch would: the kernel slots all on one backend.
         let b1 = before.vips[0].backend_ids[0];
         let patched = Arc::make_mut(&mut before.vips[0]);
-        patched.slots.iter_mut().for_each(|s| *s = b1);
+        let all_b1 = vec![b1; patched.slot_count()];
+        patched.set_slots(all_b1);
         patched.health_patched = true;
         for next in [
             two_vips(3, 1, "02:00:00:00:00:12", 1031),
@@ -922,7 +1001,7 @@ mod tests {
     fn a_vip_without_backends_has_a_state() {
         let none = config(&[]);
         let first = desired(&none, &Allocation::default()).unwrap();
-        assert_eq!(first.vips[0].slots, vec![NO_BACKEND]);
+        assert_eq!(first.vips[0].slots(), vec![NO_BACKEND]);
         assert!(first.vips[0].backend_ids.is_empty());
         let again = desired_reusing(
             Cow::Borrowed(&none),
@@ -950,7 +1029,7 @@ mod tests {
             &|| {},
         )
         .unwrap();
-        assert_eq!(emptied.vips[0].slots, vec![NO_BACKEND]);
+        assert_eq!(emptied.vips[0].slots(), vec![NO_BACKEND]);
         assert_eq!(emptied.retained_of("web").len(), 1, "a is retained");
     }
 
@@ -1120,9 +1199,9 @@ mod tests {
         )
         .unwrap();
         let v = &d.vips[0];
-        assert_eq!(v.slots.len(), 1021);
+        assert_eq!(v.slot_count(), 1021);
         assert_eq!(v.meta.table_size, 1021);
-        for (slot, &id) in v.slots.iter().enumerate() {
+        for (slot, &id) in v.slots().iter().enumerate() {
             let name = &v.table.names[v.table.slots[slot] as usize];
             let i = v
                 .config
@@ -1132,8 +1211,12 @@ mod tests {
                 .unwrap();
             assert_eq!(v.backend_ids[i], id);
         }
-        let weight_weighted =
-            v.slots.iter().filter(|&&id| id == v.backend_ids[1]).count() as f64 / 1021.0;
+        let weight_weighted = v
+            .slots()
+            .iter()
+            .filter(|&&id| id == v.backend_ids[1])
+            .count() as f64
+            / 1021.0;
         assert!((weight_weighted - 0.75).abs() < 0.01);
     }
 
@@ -1142,7 +1225,7 @@ mod tests {
         let mut c = config(&[("a", "02:00:00:00:00:01", 1)]);
         c.vips[0].backends[0].state = crate::config::BackendState::Disabled;
         let d = desired(&c, &Allocation::default()).unwrap();
-        assert_eq!(d.vips[0].slots, vec![NO_BACKEND]);
+        assert_eq!(d.vips[0].slots(), vec![NO_BACKEND]);
         assert_eq!(d.vips[0].meta.table_size, 1);
         // The disabled backend still has an id (for its counters).
         assert_eq!(d.vips[0].backend_ids.len(), 1);
@@ -1396,7 +1479,7 @@ mod retain_tests {
         assert_eq!(kept.len(), 1);
         assert_eq!((kept[0].name.as_str(), kept[0].id), ("bb", 1));
         assert_eq!(kept[0].since_unix_seconds, None);
-        assert!(!second.vips[0].slots.contains(&1));
+        assert!(!second.vips[0].slots().contains(&1));
         // A new backend does not take id 1, even from the start of the space.
         let mut alloc = second.allocation.clone();
         alloc.next_backend_id = 0;

@@ -86,6 +86,11 @@ impl VipText {
         self.text.len()
     }
 
+    /// Whether it holds no bytes (a VIP without series).
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
     /// The series of VIP family `index`, and their type; None if none.
     fn family(&self, index: usize) -> Option<(Bytes, Kind)> {
         let (end, kind) = *self.ends.get(index)?;

@@ -33,10 +33,10 @@ impl Controller {
         let mut budget = slots;
         for checked in 0..n {
             let vip = &desired.vips[self.drift_cursor % n];
-            if budget < vip.slots.len() && checked > 0 {
+            if budget < vip.slot_count() && checked > 0 {
                 break;
             }
-            budget = budget.saturating_sub(vip.slots.len());
+            budget = budget.saturating_sub(vip.slot_count());
             let finding = find_drift(&self.dataplane, vip)?;
             if finding.drifted && !self.drift.get(&vip.config.name).is_some_and(|f| f.drifted) {
                 log::warn!(

@@ -99,8 +99,8 @@ impl Controller {
             let moved = p
                 .slots
                 .iter()
-                .zip(&vip.slots)
-                .filter(|(a, b)| a != b)
+                .zip(vip.slot_iter())
+                .filter(|&(&a, b)| a != b)
                 .count();
             log::info!(
                 "VIP {}: health: table now {} ({moved} of {} slots moved)",
@@ -109,7 +109,7 @@ impl Controller {
                 p.slots.len()
             );
             let vip = Arc::make_mut(vip);
-            vip.slots = p.slots;
+            vip.set_slots(p.slots);
             vip.table_shares = p.shares;
             vip.health_patched = wanted != Membership::Full;
             monitor.set_live(&vip.config.name, wanted);
