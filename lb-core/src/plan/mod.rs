@@ -287,7 +287,7 @@ impl Plan {
     /// VIPs it leaves unchanged, which are only counted
     /// (`unchanged_vips`). At 1,000 VIPs x 64 backends a change of one VIP
     /// records one VIP's backends, not 64,000 (docs/RESTART.md).
-    pub fn recorded(&self) -> crate::revision::RecordedPlan {
+    pub fn recorded(&self) -> RecordedPlan {
         let changed: Vec<&VipPlan> = self
             .vips
             .iter()
@@ -308,7 +308,7 @@ impl Plan {
             vips: Vec<&'a VipPlan>,
             unchanged_vips: usize,
         }
-        crate::revision::RecordedPlan::of(&Recorded {
+        RecordedPlan::of(&Recorded {
             head,
             vips: changed,
             unchanged_vips: unchanged,
@@ -332,5 +332,44 @@ impl Plan {
             changed: self.changed,
             held: self.held.clone(),
         }
+    }
+}
+
+/// A plan document as recorded with a revision: its JSON text, kept as it
+/// was written (serde_json's `RawValue`). At 1,000 VIPs x 64 backends a
+/// change of every VIP records 64,000 backends: made into a
+/// `serde_json::Value` tree and then written, it cost a fifth of the
+/// apply; as text it is written once and passed through (`xlb show`,
+/// the store) without being parsed. Equal when its JSON texts are.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+#[serde(transparent)]
+pub struct RecordedPlan(Box<serde_json::value::RawValue>);
+
+impl RecordedPlan {
+    /// `document` as JSON.
+    pub fn of(document: &impl serde::Serialize) -> serde_json::Result<RecordedPlan> {
+        serde_json::value::to_raw_value(document).map(RecordedPlan)
+    }
+
+    /// Its JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parsed, for a reader of its fields (Null if it does not parse).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.json()).unwrap_or_default()
+    }
+}
+
+impl From<serde_json::Value> for RecordedPlan {
+    fn from(value: serde_json::Value) -> Self {
+        RecordedPlan::of(&value).expect("a Value always serializes")
+    }
+}
+
+impl PartialEq for RecordedPlan {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
     }
 }
