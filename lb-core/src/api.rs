@@ -3,11 +3,13 @@
 //! by `TraceEnded`). The CLI is its only client today.
 //!
 //! A request that carries a config text (`apply`, `plan`) may send it raw
-//! after its line instead of JSON-escaped inside it: the line then has an
-//! empty `text` and says `"text_bytes": N`, and exactly N bytes of UTF-8 follow
+//! after its line instead of JSON-escaped inside it: the line then has no
+//! `text` and says `"text_bytes": N`, and exactly N bytes of UTF-8 follow
 //! its newline (`Request::framed`, `Request::with_raw_text`). At the
 //! declared limits a config is 6 to 28 MB: escaping and unescaping it took
-//! longer than applying a change of one VIP.
+//! longer than applying a change of one VIP. A daemon older than this
+//! framing answers such a line "missing field `text`" and applies nothing
+//! (restart it with the new binary).
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,9 @@ pub enum Request {
     /// Validate `text` (named `file` in errors) and apply it.
     Apply {
         file: String,
+        /// The config text; absent from a line that sends it raw after
+        /// itself (`text_bytes`).
+        #[serde(default)]
         text: String,
         /// Who asks and why (recorded in the revision).
         #[serde(default)]
@@ -58,6 +63,8 @@ pub enum Request {
     /// Plan `text` against the applied config (nothing is applied).
     Plan {
         file: String,
+        /// As `Apply`'s.
+        #[serde(default)]
         text: String,
         /// Who asks (the audit log).
         #[serde(default)]
@@ -132,7 +139,11 @@ impl Request {
             return Ok((line, None));
         };
         let mut value = serde_json::to_value(&head)?;
+        // No `text` at all: a daemon that does not know `text_bytes` then
+        // refuses the line (a missing field) rather than apply an empty
+        // config.
         if let Some(fields) = value.as_object_mut() {
+            fields.remove("text");
             fields.insert(TEXT_BYTES.into(), text.len().into());
         }
         let mut line = serde_json::to_vec(&value)?;
@@ -353,7 +364,10 @@ mod tests {
         let (line, raw) = request.framed().unwrap();
         assert_eq!(raw, Some(text));
         let line = String::from_utf8(line).unwrap();
-        assert!(!line.contains("eth0"), "{line}");
+        assert!(
+            !line.contains("eth0") && !line.contains("\"text\":"),
+            "{line}"
+        );
         assert!(
             line.contains(&format!("\"{TEXT_BYTES}\":{}", text.len())),
             "{line}"
@@ -365,6 +379,16 @@ mod tests {
             user: "ops".into(),
         };
         assert!(format!("{:?}", round_trip(&plan)) == format!("{plan:?}"));
+        // A daemon from before `text_bytes` (its `text` required) refuses
+        // the line instead of applying an empty config.
+        #[derive(Debug, Deserialize)]
+        #[expect(dead_code, reason = "only whether it parses matters")]
+        struct Older {
+            op: String,
+            text: String,
+        }
+        let e = serde_json::from_slice::<Older>(&request.framed().unwrap().0).unwrap_err();
+        assert!(e.to_string().contains("missing field `text`"), "{e}");
         // No text: one line, as before.
         for request in [apply(""), Request::Status, Request::History] {
             let (line, raw) = request.framed().unwrap();

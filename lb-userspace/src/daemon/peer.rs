@@ -489,7 +489,7 @@ mod tests {
     fn a_raw_text_is_the_requests_text() {
         use xlb_core::api::{ErrorKind, Request};
         let root = peer(0, 0, &[]);
-        let framed = r#"{"op":"plan","file":"x.toml","text":"","user":"","text_bytes":5}"#;
+        let framed = r#"{"op":"plan","file":"x.toml","user":"","text_bytes":5}"#;
         match admit(&policy(None), &root, framed, Some("a = 1".into())).unwrap() {
             Request::Plan { text, .. } => assert_eq!(text, "a = 1"),
             other => panic!("{other:?}"),
