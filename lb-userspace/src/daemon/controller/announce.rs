@@ -29,15 +29,29 @@ impl Controller {
             Some(desired) => inputs(&desired.config, &health::lock(&self.health)),
             None => Vec::new(),
         };
-        self.announcing.decide(now.mono, &vips)
+        let before = self.announcing.shown();
+        let addresses = self.announcing.decide(now.mono, &vips);
+        self.announce_shown_since(before);
+        addresses
+    }
+
+    /// A status document made before an announcing change is no longer
+    /// true (`xlb status` would otherwise keep one whose counters did not
+    /// move: snapshot.rs).
+    fn announce_shown_since(&self, before: (xlb_core::announce::Decision, NodeAnnounce)) {
+        if self.announcing.shown() != before {
+            self.metrics.invalidate_change();
+        }
     }
 
     /// What the route writer did: the routes now in the table, or why it
     /// failed.
     pub fn routes_written(&mut self, result: Result<BTreeSet<IpAddr>, String>) {
+        let before = self.announcing.shown();
         if !self.announcing.written(result) {
             self.metrics.announce_errors.inc();
         }
+        self.announce_shown_since(before);
     }
 
     /// SIGTERM: withdraw everything (the tables keep forwarding).

@@ -100,6 +100,12 @@ impl Announcing {
         self.node
     }
 
+    /// What is announced now, VIP by VIP, and the node's side: what the
+    /// status shows of announcing (compared to tell a change).
+    pub fn shown(&self) -> (Decision, NodeAnnounce) {
+        (self.decision.clone(), self.view())
+    }
+
     pub fn view(&self) -> NodeAnnounce {
         NodeAnnounce {
             state: self.node,
