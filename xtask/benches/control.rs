@@ -79,6 +79,24 @@ fn config(weight: u32, first: u32) -> String {
     text
 }
 
+/// `n` applies of `changed` and `base` by turns (each counted in
+/// `applies`); the median of their times.
+fn by_turns(
+    daemon: &Daemon,
+    changed: &str,
+    base: &str,
+    n: usize,
+    applies: &mut usize,
+) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let file = if i % 2 == 0 { changed } else { base };
+        times.push(daemon.timed(&["apply", "--force", file])?);
+        *applies += 1;
+    }
+    Ok(median_duration(times))
+}
+
 /// `xlb run`, killed on drop.
 struct Daemon {
     child: Child,
@@ -305,27 +323,17 @@ fn plans_and_applies(daemon: &Daemon, a: &str, every: &str, one: &str) -> anyhow
         format!("{plan_one:.2?}"),
     );
     let mut applies = 0;
-    let mut apply_every = Vec::new();
-    for i in 0..FULL_APPLIES * 2 {
-        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { every } else { a }])?;
-        apply_every.push(t);
-        applies += 1;
-    }
+    let apply_every = by_turns(daemon, every, a, FULL_APPLIES * 2, &mut applies)?;
     row(
         "`xlb apply` of a change to every VIP",
         "< 1 s",
-        format!("{:.2?}", median_duration(apply_every)),
+        format!("{apply_every:.2?}"),
     );
-    let mut apply_one = Vec::new();
-    for i in 0..CALLS * 2 {
-        let t = daemon.timed(&["apply", "--force", if i % 2 == 0 { one } else { a }])?;
-        apply_one.push(t);
-        applies += 1;
-    }
+    let apply_one = by_turns(daemon, one, a, CALLS * 2, &mut applies)?;
     row(
         "`xlb apply` of a file where one VIP changed",
         "< 50 ms",
-        format!("{:.2?}", median_duration(apply_one)),
+        format!("{apply_one:.2?}"),
     );
     while applies < APPLIES {
         daemon.timed(&["apply", "--force", if applies % 2 == 0 { one } else { a }])?;
