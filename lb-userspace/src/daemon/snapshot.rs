@@ -238,8 +238,6 @@ pub struct Snapshots {
     builder: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     /// Each VIP's decision, kept between builds (`status::Decisions`).
     decisions: Mutex<Decisions>,
-    /// What built the last document: a tick starts the next build with it.
-    source: Mutex<Option<Build>>,
 }
 
 impl Snapshots {
@@ -263,7 +261,6 @@ impl Snapshots {
             builds,
             builder: Mutex::new(builder.ok().map(|_| jobs)),
             decisions: Mutex::default(),
-            source: Mutex::default(),
         }
     }
 
@@ -394,7 +391,6 @@ impl Snapshots {
         fresh: bool,
     ) -> Result<Arc<Published>, String> {
         let started = Instant::now();
-        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(build.clone());
         if fresh && let Some(current) = self.still_true(build, started)? {
             return Ok(current);
         }
