@@ -53,6 +53,35 @@ impl ConnScan {
     }
 }
 
+/// Each backend's packet count at one moment (the last apply), by backend
+/// id: what a status's "packets since apply" counts from. Dense by id (ids
+/// are below `MAX_BACKENDS`): taken at every apply, where a map of 64,000
+/// entries cost a tenth of an apply of one VIP.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PacketsAt {
+    by_id: Vec<u64>,
+}
+
+impl PacketsAt {
+    /// From `(backend id, packets)` pairs; an id given twice keeps the last.
+    pub fn new(pairs: impl IntoIterator<Item = (u32, u64)>) -> Self {
+        let mut by_id = Vec::new();
+        for (id, packets) in pairs {
+            let i = id as usize;
+            if by_id.len() <= i {
+                by_id.resize(i + 1, 0);
+            }
+            by_id[i] = packets;
+        }
+        Self { by_id }
+    }
+
+    /// Backend `id`'s packets then; 0 for an id not taken.
+    pub fn packets(&self, id: u32) -> u64 {
+        self.by_id.get(id as usize).copied().unwrap_or(0)
+    }
+}
+
 /// Every counter the status needs, read at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CounterSnapshot {
@@ -73,6 +102,16 @@ pub struct CounterSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packets_at_reads_what_was_taken_and_zero_elsewhere() {
+        let at = PacketsAt::new([(5, 50), (2, 20), (5, 55)]);
+        assert_eq!(at.packets(5), 55);
+        assert_eq!(at.packets(2), 20);
+        assert_eq!(at.packets(3), 0);
+        assert_eq!(at.packets(60_000), 0);
+        assert_eq!(PacketsAt::default().packets(0), 0);
+    }
 
     #[test]
     fn a_slow_scan_waits_longer() {

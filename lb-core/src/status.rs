@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::config::AllDown;
-use crate::counters::{ConnScan, CounterSnapshot};
+use crate::counters::{ConnScan, CounterSnapshot, PacketsAt};
 use crate::detect::{Signal, State, VipReport};
 use crate::fleet::{self, Decision};
 use crate::health::{BackendHealth, Health, Membership, Monitor, VipHealth};
@@ -425,7 +425,7 @@ pub fn build(
     ctx: &StatusContext<'_>,
     desired: &Desired,
     now: &CounterSnapshot,
-    at_apply: &CounterSnapshot,
+    at_apply: &PacketsAt,
 ) -> Status {
     build_with(ctx, desired, now, at_apply, &mut Decisions::default())
 }
@@ -435,7 +435,7 @@ pub fn build_with(
     ctx: &StatusContext<'_>,
     desired: &Desired,
     now: &CounterSnapshot,
-    at_apply: &CounterSnapshot,
+    at_apply: &PacketsAt,
     decisions: &mut Decisions,
 ) -> Status {
     decisions.retain(desired);
@@ -446,7 +446,7 @@ pub fn build_with(
             let weight_sum: u64 = v.config.table_backends().map(|b| b.weight as u64).sum();
             let since = |id: u32| {
                 let n = now.backends.get(&id).map_or(0, |c| c.packets);
-                let b = at_apply.backends.get(&id).map_or(0, |c| c.packets);
+                let b = at_apply.packets(id);
                 n.saturating_sub(b)
             };
             let vip_since: u64 = v.backend_ids.iter().map(|&id| since(id)).sum();
@@ -1110,8 +1110,7 @@ mod tests {
             bytes: packets * 100,
             new_flows: packets / 10,
         };
-        let mut at_apply = CounterSnapshot::default();
-        at_apply.backends.insert(ids[0], c(1000));
+        let at_apply = PacketsAt::new([(ids[0], 1000)]);
         let mut now = CounterSnapshot::default();
         now.backends.insert(ids[0], c(1000 + 30));
         now.backends.insert(ids[1], c(70));
@@ -1180,7 +1179,7 @@ mod tests {
             &ctx,
             &desired,
             &CounterSnapshot::default(),
-            &CounterSnapshot::default(),
+            &PacketsAt::default(),
         );
         assert_eq!(s.vips[0].backends[0].observed_share_ratio, None);
         assert!(render_table(&s, false).contains("w ([2001:db8::1]:*/udp)"));
@@ -1208,7 +1207,7 @@ mod tests {
         };
         let mut ctx = context(1, 1.0, 10.0);
         ctx.conn_scan = Some(&scan);
-        let s = build(&ctx, &desired, &now, &CounterSnapshot::default());
+        let s = build(&ctx, &desired, &now, &PacketsAt::default());
         let b = &s.vips[0].backends;
         assert_eq!((b[0].flows, b[1].flows), (Some(60), Some(30)));
         let c = s.conn_table.as_ref().expect("a scan was given");
@@ -1234,7 +1233,7 @@ mod tests {
 
         // Before the first scan: no flows and no conn-table line.
         ctx.conn_scan = None;
-        let s = build(&ctx, &desired, &now, &CounterSnapshot::default());
+        let s = build(&ctx, &desired, &now, &PacketsAt::default());
         assert_eq!((s.vips[0].backends[1].flows, &s.conn_table), (None, &None));
         assert!(!render_table(&s, false).contains("connection table"));
     }
@@ -1253,7 +1252,7 @@ mod tests {
             &ctx,
             &desired,
             &CounterSnapshot::default(),
-            &CounterSnapshot::default(),
+            &PacketsAt::default(),
         );
         let mut json = serde_json::to_value(&s).unwrap();
         json.as_object_mut().unwrap().remove("events");

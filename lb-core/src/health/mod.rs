@@ -149,7 +149,7 @@ mod tests {
             &ctx,
             &d,
             &CounterSnapshot::default(),
-            &CounterSnapshot::default(),
+            &crate::counters::PacketsAt::default(),
         );
         annotate(&mut s, &m);
         let b = &s.vips[0].backends;

@@ -494,8 +494,23 @@ pub fn desired_reusing(
         progress();
     }
     let mut vips = Vec::with_capacity(config.vips.len());
-    for ((v, vip_ident), reuse) in config.vips.iter().zip(&vip_identities).zip(tables) {
+    for (((v, vip_ident), reuse), kept) in config
+        .vips
+        .iter()
+        .zip(&vip_identities)
+        .zip(tables)
+        .zip(&kept_backends)
+    {
         let id = allocation.vips[vip_ident];
+        // The same config under the same id with its map of ids kept whole:
+        // the same kernel ids, without looking each backend up again.
+        if let Reuse::Whole(b) = &reuse
+            && kept.is_some()
+            && b.id == id
+        {
+            vips.push(Arc::clone(b));
+            continue;
+        }
         // A VIP without backends has no map.
         let backend_ids: Vec<u32> = allocation
             .backends

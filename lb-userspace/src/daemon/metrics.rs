@@ -328,7 +328,7 @@ mod tests {
             bake: None,
             conn_scan: scan,
         };
-        xlb_core::status::build(&ctx, desired, &now, &CounterSnapshot::default())
+        xlb_core::status::build(&ctx, desired, &now, &Default::default())
     }
 
     /// A backend's health checks in /metrics (what the status shows of them

@@ -653,7 +653,7 @@ mod tests {
             bake: None,
             conn_scan: None,
         };
-        xlb_core::status::build(&ctx, &desired, &now, &CounterSnapshot::default())
+        xlb_core::status::build(&ctx, &desired, &now, &Default::default())
     }
 
     fn joined(parts: &[Bytes]) -> Vec<u8> {

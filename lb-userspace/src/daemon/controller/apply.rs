@@ -404,7 +404,7 @@ impl Controller {
                 .reconcile(&self.host, &adopted.desired, &adopted.stray)?;
         }
         self.dataplane.adopt_tables(&adopted.desired)?;
-        self.at_apply = self.snapshot(&adopted.desired)?;
+        self.at_apply = self.packets_at(&adopted.desired);
         self.drift.clear();
         self.drift_checked_at.clear();
         self.applied = Some(adopted.desired);
@@ -467,7 +467,7 @@ impl Controller {
         for seconds in swaps {
             self.metrics.table_swap.observe(seconds);
         }
-        self.at_apply = self.snapshot(&desired)?;
+        self.at_apply = self.packets_at(&desired);
         // What the drift check compared is history now.
         self.drift.clear();
         self.drift_checked_at.clear();

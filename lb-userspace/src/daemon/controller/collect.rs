@@ -7,6 +7,7 @@ use std::time::{Instant, UNIX_EPOCH};
 use xlb_core::bake::{BakeState, Decision};
 use xlb_core::clock::unix_now;
 use xlb_core::config::{self, Config};
+use xlb_core::counters::PacketsAt;
 use xlb_core::detect::{BackendSample, Cumulative, VipSample};
 use xlb_core::state::{Allocation, Desired};
 use xlb_core::status::{self, FleetNodeStatus, Status, StatusContext};
@@ -25,6 +26,15 @@ impl Controller {
                 .iter()
                 .flat_map(|v| v.backend_ids.iter().copied()),
         )
+    }
+
+    /// Each backend's packets now: what "since apply" counts from.
+    pub(super) fn packets_at(&self, desired: &Desired) -> PacketsAt {
+        PacketsAt::new(desired.vips.iter().flat_map(|v| {
+            v.backend_ids
+                .iter()
+                .map(|&id| (id, self.dataplane.backend_counters(id).packets))
+        }))
     }
 
     /// One collector pass: check drift (round-robin within a budget), then

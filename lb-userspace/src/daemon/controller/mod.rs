@@ -20,11 +20,12 @@ use xlb_core::bake::{BakeState, BakeStatus};
 use xlb_core::change::LiveRevision;
 use xlb_core::clock::unix_now;
 use xlb_core::config;
+use xlb_core::counters::PacketsAt;
 use xlb_core::detect::{Detector, VipReport};
 use xlb_core::drift::Finding;
 use xlb_core::reload::ConfigFileStatus;
 use xlb_core::state::{self, Desired};
-use xlb_dataplane::{ConnScan, CounterSnapshot, Dataplane, DataplaneError};
+use xlb_dataplane::{ConnScan, Dataplane, DataplaneError};
 
 use crate::daemon::audit::{AuditLog, Event};
 use crate::daemon::metrics::Metrics;
@@ -124,7 +125,7 @@ pub struct Controller {
     revision: u64,
     applied_at: SystemTime,
     applied_instant: Instant,
-    at_apply: CounterSnapshot,
+    at_apply: PacketsAt,
     detector: Detector,
     reports: BTreeMap<String, VipReport>,
     drift: BTreeMap<String, Finding>,
@@ -199,7 +200,7 @@ impl Controller {
             revision: 0,
             applied_at: SystemTime::now(),
             applied_instant: Instant::now(),
-            at_apply: CounterSnapshot::default(),
+            at_apply: PacketsAt::default(),
             detector: Detector::new(),
             reports: BTreeMap::new(),
             drift: BTreeMap::new(),
