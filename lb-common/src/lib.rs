@@ -7,6 +7,7 @@
 
 pub mod aux;
 pub mod decap;
+pub mod flowcache;
 pub mod hash;
 pub mod maps;
 pub mod stats;
