@@ -7,7 +7,6 @@
 
 pub mod aux;
 pub mod decap;
-pub mod flowcache;
 pub mod hash;
 pub mod maps;
 pub mod stats;

@@ -35,10 +35,6 @@ pub const CONNS: &str = "XLB_CONNS";
 /// userspace (held flows from other nodes), where the program never looks
 /// for it (it is hashed again, as a flow without an entry).
 pub const CONNS_V4: &str = "XLB_CONNS_V4";
-/// Per-CPU `flowcache::FlowCacheSlot`s: the IPv4 connection entries each
-/// CPU used last, in front of `CONNS_V4`. Not pinned and not in `ALL`: a
-/// copy the program fills from the LRU, empty in a program loaded anew.
-pub const FLOW_CACHE: &str = "XLB_FLOW_CACHE";
 
 /// Per-CPU u64 per data-plane event (`stats::EV_*`).
 pub const EVENT_STATS: &str = "XLB_EVENT_STATS";

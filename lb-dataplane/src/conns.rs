@@ -25,10 +25,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapError};
 use bytemuck::Zeroable as _;
 use lb_common::{
-    flowcache::{FlowCacheSlot, slot_index},
     hash::{ConnEntry, FlowKey4, FlowWords},
     maps,
 };
@@ -289,19 +288,15 @@ impl Table {
     /// A second, typed handle to the same map.
     fn typed<K: aya::Pod>(&self) -> Result<HashMap<MapData, K, ConnEntry>, DataplaneError> {
         let name = self.name;
-        let map = clone_map(&self.map, name)?;
+        let fd = self
+            .map
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err(name))?;
+        let map = MapData::from_fd(fd).map_err(map_err(name))?;
         HashMap::try_from(Map::from_map_data(map).map_err(map_err(name))?).map_err(map_err(name))
     }
-}
-
-/// A second handle to `map` (its fd duplicated).
-fn clone_map(map: &MapData, name: &'static str) -> Result<MapData, DataplaneError> {
-    let fd = map
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(io_err(name))?;
-    MapData::from_fd(fd).map_err(map_err(name))
 }
 
 /// Typed handles to both tables, for tests and tools that write, read or
@@ -312,12 +307,6 @@ pub struct ConnFlows {
     /// None for an object without XLB_CONNS_V4 (its XLB_CONNS holds both
     /// families).
     v4: Option<HashMap<MapData, FlowKey4, ConnEntry>>,
-    /// XLB_FLOW_CACHE (lb_common::flowcache), whose slot of an IPv4 flow is
-    /// cleared on every CPU when the flow's entry is written or deleted
-    /// here, so the program's next packet of it reads the LRU; None for an
-    /// object without it, or tables opened from pins (the cache is not
-    /// pinned).
-    cache: Option<PerCpuArray<MapData, FlowCacheSlot>>,
 }
 
 impl ConnFlows {
@@ -336,10 +325,7 @@ impl ConnFlows {
         flags: u64,
     ) -> Result<(), MapError> {
         match (&mut self.v4, conn_key(&words)) {
-            (Some(v4), ConnKey::V4(k)) => {
-                v4.insert(k, entry, flags)?;
-                self.forget_cached(&k)
-            }
+            (Some(v4), ConnKey::V4(k)) => v4.insert(k, entry, flags),
             _ => self.v6.insert(words, entry, flags),
         }
     }
@@ -353,28 +339,9 @@ impl ConnFlows {
 
     pub fn remove(&mut self, words: &FlowWords) -> Result<(), MapError> {
         match (&mut self.v4, conn_key(words)) {
-            (Some(v4), ConnKey::V4(k)) => {
-                let removed = v4.remove(&k);
-                self.forget_cached(&k)?;
-                removed
-            }
+            (Some(v4), ConnKey::V4(k)) => v4.remove(&k),
             _ => self.v6.remove(words),
         }
-    }
-
-    /// Clear the flow cache's slot of `key` on every CPU (whichever flow it
-    /// holds: another flow's copy costs that flow one LRU lookup).
-    fn forget_cached(&mut self, key: &FlowKey4) -> Result<(), MapError> {
-        let Some(cache) = &mut self.cache else {
-            return Ok(());
-        };
-        // Possible CPUs, as the kernel sizes a per-CPU value.
-        let syscall =
-            |call, io_error| MapError::SyscallError(aya::sys::SyscallError { call, io_error });
-        let cpus = aya::util::nr_cpus().map_err(|(call, io_error)| syscall(call, io_error))?;
-        let empty = PerCpuValues::try_from(vec![FlowCacheSlot::zeroed(); cpus])
-            .map_err(|io_error| syscall("nr_cpus", io_error))?;
-        cache.set(slot_index(&key.to_u64s()), empty, 0)
     }
 
     /// Every entry of both tables, IPv4's first, key by key
@@ -397,8 +364,6 @@ pub struct ConnTable {
     v6: Table,
     /// XLB_CONNS_V4; None for an object built before it.
     v4: Option<Table>,
-    /// XLB_FLOW_CACHE; None for an object built before it.
-    cache: Option<Arc<MapData>>,
 }
 
 impl ConnTable {
@@ -409,17 +374,7 @@ impl ConnTable {
             name: maps::CONNS,
         })?;
         let v4 = Table::take(ebpf, maps::CONNS_V4)?;
-        let cache = match ebpf.take_map(maps::FLOW_CACHE) {
-            Some(Map::PerCpuArray(map)) => Some(Arc::new(map)),
-            Some(_) => {
-                return Err(DataplaneError::Missing {
-                    kind: "BPF_MAP_TYPE_PERCPU_ARRAY",
-                    name: maps::FLOW_CACHE,
-                });
-            }
-            None => None,
-        };
-        Ok(Self { v6, v4, cache })
+        Ok(Self { v6, v4 })
     }
 
     /// max_entries of each family's table (`conn_table_size`).
@@ -554,14 +509,6 @@ impl ConnTable {
         Ok(ConnFlows {
             v6: self.v6.typed()?,
             v4: self.v4.as_ref().map(Table::typed).transpose()?,
-            cache: self
-                .cache
-                .as_deref()
-                .map(|map| {
-                    PerCpuArray::try_from(Map::PerCpuArray(clone_map(map, maps::FLOW_CACHE)?))
-                        .map_err(map_err(maps::FLOW_CACHE))
-                })
-                .transpose()?,
         })
     }
 }

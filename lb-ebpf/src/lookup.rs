@@ -3,7 +3,6 @@
 
 use lb_common::{
     BACKEND_F_VALID, Backend, FAMILY_V4, GlobalConfig, HASH_FIVE_TUPLE, VipKey, VipMeta,
-    flowcache::{self, FlowCacheSlot, RECHECK},
     hash::{ConnEntry, FlowKey4, flow_hash, hash_input},
     stats::{EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER},
     vipslot::{slot_index, tail_word},
@@ -11,10 +10,7 @@ use lb_common::{
 
 use crate::{
     events::count_event,
-    maps::{
-        XLB_BACKENDS, XLB_CONNS, XLB_CONNS_V4, XLB_FLOW_CACHE, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS,
-        XLB_VIPS,
-    },
+    maps::{XLB_BACKENDS, XLB_CONNS, XLB_CONNS_V4, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS, XLB_VIPS},
     scratch::{KIND_ICMP_ERROR, Parsed},
 };
 
@@ -140,45 +136,6 @@ pub fn known(p: &Parsed, k4: &[u64; 2]) -> Option<ConnEntry> {
     }
 }
 
-/// The flow's choice from its cache slot `c`: if the slot holds this key,
-/// has served fewer than `RECHECK` hits since the LRU was last asked, and
-/// its backend may still carry this VIP's packets.
-#[inline(always)]
-fn cached(c: *mut FlowCacheSlot, k4: &[u64; 2], vip_id: u32) -> Option<Choice> {
-    // SAFETY: get_ptr_mut checked the index; the slot is this CPU's, and an
-    // XDP run is not preempted by another on its CPU: no one else writes it
-    // (userspace clears slots only of flows it deleted, whole slots).
-    unsafe {
-        if (*c).key[0] != k4[0] || (*c).key[1] != k4[1] || (*c).hits >= RECHECK {
-            return None;
-        }
-        (*c).hits += 1;
-        let backend_id = (*c).backend_id;
-        let backend = usable(backend_id, vip_id)?;
-        Some(Choice {
-            backend_id,
-            backend,
-            new_flow: false,
-            tuple_hash: (*c).flow_hash,
-        })
-    }
-}
-
-/// Slot `c` made the copy of the flow's connection entry, as the LRU has it.
-#[inline(always)]
-fn fill(c: *mut FlowCacheSlot, k4: &[u64; 2], entry: &ConnEntry) {
-    // SAFETY: as in `cached`: this CPU's slot, checked index.
-    unsafe {
-        *c = FlowCacheSlot {
-            key: *k4,
-            backend_id: entry.backend_id,
-            flow_hash: entry.flow_hash,
-            hits: 0,
-            _pad: 0,
-        };
-    }
-}
-
 /// The chosen backend: its id and entry, whether the flow was hashed (a
 /// new flow for the counters), and the flow's 5-tuple hash.
 pub struct Choice {
@@ -205,38 +162,19 @@ pub struct Choice {
 pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice> {
     let mut event = EV_CONN_MISS;
     let k4 = key4(p);
-    // This CPU's cache slot of an IPv4 flow (lb_common::flowcache), null
-    // for IPv6 (a pointer, not an Option: the verifier refuses the spill of
-    // an Option's unset payload).
-    let cache = if p.family == FAMILY_V4 {
-        XLB_FLOW_CACHE
-            .get_ptr_mut(flowcache::slot_index(&k4))
-            .unwrap_or(core::ptr::null_mut())
-    } else {
-        core::ptr::null_mut()
-    };
-    if p.new_connection == 0 {
-        if !cache.is_null()
-            && let Some(choice) = cached(cache, &k4, meta.vip_id)
-        {
+    if p.new_connection == 0
+        && let Some(entry) = known(p, &k4)
+    {
+        if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
             count_event(EV_CONN_HIT);
-            return Some(choice);
+            return Some(Choice {
+                backend_id: entry.backend_id,
+                backend,
+                new_flow: false,
+                tuple_hash: entry.flow_hash,
+            });
         }
-        if let Some(entry) = known(p, &k4) {
-            if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
-                count_event(EV_CONN_HIT);
-                if !cache.is_null() {
-                    fill(cache, &k4, &entry);
-                }
-                return Some(Choice {
-                    backend_id: entry.backend_id,
-                    backend,
-                    new_flow: false,
-                    tuple_hash: entry.flow_hash,
-                });
-            }
-            event = EV_CONN_RESTEER;
-        }
+        event = EV_CONN_RESTEER;
     }
     count_event(event);
     if meta.table_size == 0 {
@@ -261,13 +199,11 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
             backend_id,
             flow_hash: tuple_hash,
         };
-        if p.family == FAMILY_V4 {
-            if XLB_CONNS_V4.insert(as_key4(&k4), &entry, 0).is_ok() && !cache.is_null() {
-                fill(cache, &k4, &entry);
-            }
+        let _ = if p.family == FAMILY_V4 {
+            XLB_CONNS_V4.insert(as_key4(&k4), &entry, 0)
         } else {
-            let _ = XLB_CONNS.insert(&p.flow, &entry, 0);
-        }
+            XLB_CONNS.insert(&p.flow, &entry, 0)
+        };
     }
     Some(Choice {
         backend_id,

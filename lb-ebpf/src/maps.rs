@@ -8,7 +8,6 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Counters, GlobalConfig, VipKey, VipMeta,
-    flowcache::{FLOW_CACHE_SLOTS, FlowCacheSlot},
     hash::{ConnEntry, FlowKey4, FlowWords, FragKey},
     maps::{
         BPF_F_MMAPABLE, CONN_TABLE_SIZE, FRAG_TABLE_SIZE, MAGLEV_TABLE_FLAGS, MAGLEV_TEMPLATE_SIZE,
@@ -90,14 +89,6 @@ pub static XLB_CONNS: LruHashMap<FlowWords, ConnEntry, { CONN_TABLE_SIZE as usiz
 #[btf_map]
 pub static XLB_CONNS_V4: LruHashMap<FlowKey4, ConnEntry, { CONN_TABLE_SIZE as usize }> =
     LruHashMap::new();
-
-/// This CPU's flow cache (`lb_common::flowcache`): the IPv4 connection
-/// entries it used last, direct-mapped, tried before XLB_CONNS_V4. Not
-/// pinned: it is derived from the LRU, and a program loaded anew starts
-/// with an empty one.
-#[btf_map]
-pub static XLB_FLOW_CACHE: PerCpuArray<FlowCacheSlot, { FLOW_CACHE_SLOTS as usize }> =
-    PerCpuArray::new();
 
 /// Per-CPU count of each data-plane event (`lb_common::stats::EV_*`).
 #[btf_map]
