@@ -63,6 +63,26 @@ pub(super) fn field_path(parent: &str, key: &str) -> String {
     }
 }
 
+/// A field's path (`field_path`) made into text only when a problem names
+/// it: the 64,000 backends of a valid config at the declared limits name
+/// none, and formatting each of their fields' paths was a tenth of a parse.
+#[derive(Clone, Copy)]
+pub(super) struct FieldPath<'a> {
+    parent: &'a str,
+    key: &'a str,
+}
+
+/// `field_path`, lazily.
+pub(super) fn field_at<'a>(parent: &'a str, key: &'a str) -> FieldPath<'a> {
+    FieldPath { parent, key }
+}
+
+impl std::fmt::Display for FieldPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&field_path(self.parent, self.key))
+    }
+}
+
 /// Byte offset → 1-based line and column (in characters).
 pub(super) struct LineIndex<'t> {
     text: &'t str,
@@ -116,7 +136,7 @@ impl Checker<'_, '_> {
     pub(super) fn in_range(
         &mut self,
         v: &Sp<i128>,
-        field: &str,
+        field: impl std::fmt::Display,
         min: i128,
         max: i128,
         note: &str,
@@ -126,7 +146,7 @@ impl Checker<'_, '_> {
         } else {
             self.problem(
                 &v.span,
-                field,
+                field.to_string(),
                 format!("must be between {min} and {max}, got {}{note}", v.value),
             );
             None

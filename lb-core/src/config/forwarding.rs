@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use lb_common::maps::CONN_TABLE_SIZE;
 
-use super::check::{Checker, Sp, field_path};
+use super::check::{Checker, Sp, field_at, field_path};
 use super::model::{RawConfig, RawTunnel};
 use super::types::{
     Announce, Forwarding, HashMode, IcmpEcho, Ipv4Prefix, Ipv6Prefix, MacAddr, Tunnel, Unhandled,
@@ -224,14 +224,14 @@ pub(super) fn backend_mac(
     path: &str,
     ctx: &VipContext<'_>,
 ) -> Option<MacAddr> {
-    let field = field_path(path, "mac");
+    let field = field_at(path, "mac");
     match (v, ctx.forwarding) {
-        (Some(v), _) => mac(ck, v, &field, "the backend's"),
+        (Some(v), _) => mac(ck, v, field, "the backend's"),
         (None, Some(f)) if f.tunnels() => Some(MacAddr([0; 6])),
         (None, Some(_)) => {
             ck.problem(
                 backend_span,
-                field,
+                field.to_string(),
                 "required field is missing (an L2 DSR VIP sends frames to the backend's \
                  MAC; only \"ipip\" and \"gue\" VIPs may leave it out)",
             );
@@ -493,11 +493,16 @@ fn prefix(
 
 /// `02:00:00:00:00:11`: the backend's (or the gateway's) Ethernet
 /// address; `whose` says which, in the messages: "the backend's".
-fn mac(ck: &mut Checker<'_, '_>, v: &Sp<String>, field: &str, whose: &str) -> Option<MacAddr> {
+fn mac(
+    ck: &mut Checker<'_, '_>,
+    v: &Sp<String>,
+    field: impl std::fmt::Display,
+    whose: &str,
+) -> Option<MacAddr> {
     let Some(mac) = parse_mac(&v.value) else {
         ck.problem(
             &v.span,
-            field,
+            field.to_string(),
             format!(
                 "{:?} is not a MAC address: expected six pairs of hex digits separated by ':', \
                  like \"02:00:00:00:00:11\"",
@@ -518,7 +523,7 @@ fn mac(ck: &mut Checker<'_, '_>, v: &Sp<String>, field: &str, whose: &str) -> Op
     } else {
         return Some(mac);
     };
-    ck.problem(&v.span, field, reason);
+    ck.problem(&v.span, field.to_string(), reason);
     None
 }
 

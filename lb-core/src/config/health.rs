@@ -13,7 +13,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use super::check::{Checker, DurationRule, Sp, field_path, format_duration};
+use super::check::{Checker, DurationRule, Sp, field_at, field_path, format_duration};
 use super::model::RawHealth;
 use super::types::{AllDown, CheckKind, HealthCheck};
 
@@ -97,7 +97,7 @@ pub(super) fn health_table(
         Some(p) => ck
             .in_range(
                 p,
-                &field_path(path, "port"),
+                field_at(path, "port"),
                 1,
                 65535,
                 " (default: the VIP's port)",
@@ -174,7 +174,7 @@ pub(super) fn health_table(
         |ck: &mut Checker<'_, '_>, v: &Option<Sp<i128>>, key: &str, min, max, base: u32| match v {
             None => Some(base),
             Some(v) => ck
-                .in_range(v, &field_path(path, key), min, max, "")
+                .in_range(v, field_at(path, key), min, max, "")
                 .map(|n| n as u32),
         };
     let rise = count(ck, &raw.rise, "rise", 1, MAX_RISE_FALL, b.rise);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use lb_common::maps::{DEFAULT_TABLE_SIZE, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
 use toml::de::DeTable;
 
-use super::check::{Checker, DurationRule, Issues, LineIndex, Sp, field_path};
+use super::check::{Checker, DurationRule, Issues, LineIndex, Sp, field_at, field_path};
 use super::error::{ConfigError, Problem};
 use super::forwarding::{self, VipContext};
 use super::health::{self, HealthBase};
@@ -373,8 +373,8 @@ impl Checker<'_, '_> {
                 names,
                 name.clone(),
                 raw_name,
-                &field_path(path, "name"),
-                format!("duplicate VIP name {name:?}"),
+                field_at(path, "name"),
+                || format!("duplicate VIP name {name:?}"),
             );
         }
         let address = raw
@@ -382,14 +382,8 @@ impl Checker<'_, '_> {
             .as_ref()
             .and_then(|a| self.address(a, &field_path(path, "address"), true));
         let port = raw.port.as_ref().and_then(|p| {
-            self.in_range(
-                p,
-                &field_path(path, "port"),
-                0,
-                65535,
-                " (0 means every port)",
-            )
-            .map(|p| p as u16)
+            self.in_range(p, field_at(path, "port"), 0, 65535, " (0 means every port)")
+                .map(|p| p as u16)
         });
         let protocol = raw
             .protocol
@@ -562,27 +556,27 @@ impl Checker<'_, '_> {
         let name = raw
             .name
             .as_ref()
-            .and_then(|n| self.name(n, &field_path(path, "name")));
+            .and_then(|n| self.name(n, field_at(path, "name")));
         if let (Some(name), Some(raw_name)) = (&name, &raw.name) {
             self.unique(
                 names,
                 name.clone(),
                 raw_name,
-                &field_path(path, "name"),
-                format!("duplicate backend name {name:?} in this VIP"),
+                field_at(path, "name"),
+                || format!("duplicate backend name {name:?} in this VIP"),
             );
         }
         let address = raw
             .address
             .as_ref()
-            .and_then(|a| self.address(a, &field_path(path, "address"), false));
+            .and_then(|a| self.address(a, field_at(path, "address"), false));
         if let (Some(address), Some(raw_address)) = (address, &raw.address) {
             self.unique(
                 addresses,
                 address,
                 raw_address,
-                &field_path(path, "address"),
-                format!("duplicate backend address {address} in this VIP"),
+                field_at(path, "address"),
+                || format!("duplicate backend address {address} in this VIP"),
             );
         }
         if let (Some(address), Some(raw_address)) = (address, &raw.address)
@@ -604,16 +598,16 @@ impl Checker<'_, '_> {
         let mac = forwarding::backend_mac(self, raw.mac.as_ref(), &raw.span, path, ctx);
         let weight = match &raw.weight {
             None => Some(1),
-            Some(w) => self.weight(w, &field_path(path, "weight")),
+            Some(w) => self.weight(w, field_at(path, "weight")),
         };
         let state = match &raw.state {
             None => Some(BackendState::Active),
-            Some(s) => self.state(s, &field_path(path, "state")),
+            Some(s) => self.state(s, field_at(path, "state")),
         };
         // Checked even when the weight is wrong, to report both.
         let capacity = match &raw.capacity {
             None => Some(None),
-            Some(c) => self.capacity(c, &field_path(path, "capacity")).map(Some),
+            Some(c) => self.capacity(c, field_at(path, "capacity")).map(Some),
         };
         let weight = weight?;
         Some(Backend {
@@ -632,8 +626,8 @@ impl Checker<'_, '_> {
         seen: &mut HashMap<K, First>,
         key: K,
         at: &Sp<T>,
-        field: &str,
-        reason: String,
+        field: impl std::fmt::Display,
+        reason: impl FnOnce() -> String,
     ) {
         match seen.entry(key) {
             Entry::Vacant(e) => {
@@ -644,13 +638,17 @@ impl Checker<'_, '_> {
             }
             Entry::Occupied(e) => {
                 let line = self.lines.line(e.get().offset);
-                self.problem(&at.span, field, format!("{reason} (first at line {line})"));
+                self.problem(
+                    &at.span,
+                    field.to_string(),
+                    format!("{} (first at line {line})", reason()),
+                );
             }
         }
     }
 
     /// VIP and backend names: metric labels and Maglev input.
-    fn name(&mut self, v: &Sp<String>, field: &str) -> Option<String> {
+    fn name(&mut self, v: &Sp<String>, field: impl std::fmt::Display + Copy) -> Option<String> {
         let name = &v.value;
         let reason = if name.is_empty() {
             "must not be empty".to_string()
@@ -670,11 +668,16 @@ impl Checker<'_, '_> {
         } else {
             return Some(name.clone());
         };
-        self.problem(&v.span, field, reason);
+        self.problem(&v.span, field.to_string(), reason);
         None
     }
 
-    fn address(&mut self, v: &Sp<String>, field: &str, is_vip: bool) -> Option<IpAddr> {
+    fn address(
+        &mut self,
+        v: &Sp<String>,
+        field: impl std::fmt::Display + Copy,
+        is_vip: bool,
+    ) -> Option<IpAddr> {
         let text = v.value.trim();
         let address: IpAddr = match text.parse() {
             Ok(a) => a,
@@ -692,7 +695,7 @@ impl Checker<'_, '_> {
                 };
                 self.problem(
                     &v.span,
-                    field,
+                    field.to_string(),
                     format!("{:?} is not an IPv4 or IPv6 address{hint}", v.value),
                 );
                 return None;
@@ -711,7 +714,7 @@ impl Checker<'_, '_> {
         if let Some(bad) = bad {
             self.problem(
                 &v.span,
-                field,
+                field.to_string(),
                 format!("{address} is {bad}; {what} needs a unicast address"),
             );
             return None;
@@ -816,11 +819,11 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn weight(&mut self, v: &Sp<i128>, field: &str) -> Option<u32> {
+    fn weight(&mut self, v: &Sp<i128>, field: impl std::fmt::Display + Copy) -> Option<u32> {
         if v.value < 1 {
             self.problem(
                 &v.span,
-                field,
+                field.to_string(),
                 format!(
                     "must be at least 1 (got {}); weight 0 is not a state: use state = \"disabled\" \
                      to take a backend out, or state = \"draining\" to let its flows finish",
@@ -834,13 +837,13 @@ impl Checker<'_, '_> {
     }
 
     /// A backend's relative capacity: a number in (0, 1e6].
-    fn capacity(&mut self, v: &Sp<f64>, field: &str) -> Option<f64> {
+    fn capacity(&mut self, v: &Sp<f64>, field: impl std::fmt::Display + Copy) -> Option<f64> {
         if v.value > 0.0 && v.value <= MAX_CAPACITY {
             return Some(v.value);
         }
         self.problem(
             &v.span,
-            field,
+            field.to_string(),
             format!(
                 "must be a number greater than 0 and at most {MAX_CAPACITY} (default: the \
                  backend's weight), got {}",
@@ -850,7 +853,11 @@ impl Checker<'_, '_> {
         None
     }
 
-    fn state(&mut self, v: &Sp<String>, field: &str) -> Option<BackendState> {
+    fn state(
+        &mut self,
+        v: &Sp<String>,
+        field: impl std::fmt::Display + Copy,
+    ) -> Option<BackendState> {
         match v.value.as_str() {
             "active" => Some(BackendState::Active),
             "draining" => Some(BackendState::Draining),
@@ -858,7 +865,7 @@ impl Checker<'_, '_> {
             other => {
                 self.problem(
                     &v.span,
-                    field,
+                    field.to_string(),
                     format!(
                         "unknown state {other:?}: must be one of \"active\", \"draining\", \
                          \"disabled\""
