@@ -372,9 +372,12 @@ pub struct Snapshots {
     observer: Mutex<Observer>,
 }
 
+/// What is given each document built.
+type Observe = Box<dyn FnMut(&Status) + Send>;
+
 /// A function given each document built.
 #[derive(Default)]
-struct Observer(Option<Box<dyn FnMut(&Status) + Send>>);
+struct Observer(Option<Observe>);
 
 impl std::fmt::Debug for Observer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
