@@ -24,6 +24,10 @@ pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// The status document as `Status` answers it, but its JSON sent
+    /// zstd-compressed after a `Response::StatusZstd` line (`xlb status`:
+    /// a tenth of the bytes; the daemon keeps it compressed).
+    StatusZstd,
     /// The status document with one VIP (`xlb status --vip NAME`), taken
     /// out of the daemon's current document.
     StatusVip {
@@ -175,6 +179,7 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Status => "status",
+            Request::StatusZstd => "status_zstd",
             Request::StatusVip { .. } => "status_vip",
             Request::Repair => "repair",
             Request::Apply { .. } => "apply",
@@ -250,6 +255,13 @@ pub struct ApiError {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
+    /// The answer to `StatusZstd`: `bytes` bytes follow the line, zstd
+    /// frames one after the other, that decompress to the status
+    /// document's JSON, `plain` bytes.
+    StatusZstd {
+        bytes: u64,
+        plain: u64,
+    },
     Applied {
         revision: u64,
         /// What the applied config's `config::warnings` say (an apply of a
@@ -409,6 +421,7 @@ mod tests {
     fn op_is_serdes_tag() {
         let requests = [
             Request::Status,
+            Request::StatusZstd,
             Request::StatusVip { vip: "web".into() },
             Request::Repair,
             apply("x"),

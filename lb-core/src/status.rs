@@ -72,16 +72,22 @@ pub struct Status {
     pub trace: Option<crate::trace::TraceActive>,
 }
 
+/// What `xlb status --vip NAME` says when the daemon serves no VIP of that
+/// name: the VIPs it serves.
+pub fn unknown_vip<'a>(name: &str, served: impl Iterator<Item = &'a str>) -> String {
+    let served: Vec<&str> = served.collect();
+    format!(
+        "--vip {name}: the daemon serves no VIP of that name (it serves: {})",
+        served.join(", ")
+    )
+}
+
 impl Status {
     /// The document with VIP `name` only (`xlb status --vip`); the error
     /// names the VIPs it has.
     pub fn one_vip(&self, name: &str) -> Result<Status, String> {
         let Some(vip) = self.vips.iter().find(|v| v.name == name) else {
-            let served: Vec<&str> = self.vips.iter().map(|v| v.name.as_str()).collect();
-            return Err(format!(
-                "--vip {name}: the daemon serves no VIP of that name (it serves: {})",
-                served.join(", ")
-            ));
+            return Err(unknown_vip(name, self.vips.iter().map(|v| v.name.as_str())));
         };
         Ok(Status {
             schema_version: self.schema_version,

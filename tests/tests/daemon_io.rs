@@ -5,7 +5,8 @@
 //!   connection is closed after the header timeout; 64 scrapers in a loop
 //!   build the status document at most once per collector tick (a scrape
 //!   never holds the controller's lock to encode), and `xlb status` stays
-//!   quick meanwhile.
+//!   quick meanwhile; a scrape with gzip and `/api/status` with zstd are
+//!   served compressed, and decode to what a plain client gets.
 //! - Control socket: a request that is not UTF-8, not JSON, too big or too
 //!   slow gets a `bad_input` answer; a slow client delays nobody; the CLI
 //!   prints the error and exits 2 for a config over the request limit.
@@ -48,6 +49,28 @@ fn http_get(ns: &Netns, path: &str) -> anyhow::Result<String> {
             .call()?
             .into_string()?;
         Ok(body)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("GET panicked"))?
+}
+
+/// GET `path` with `Accept-Encoding: accept`, from inside `ns`: the body
+/// as sent, and its Content-Encoding.
+fn http_get_bytes(
+    ns: &Netns,
+    path: &str,
+    accept: &'static str,
+) -> anyhow::Result<(Vec<u8>, Option<String>)> {
+    let url = format!("http://{METRICS}{path}");
+    ns.spawn(move || {
+        let response = ureq::get(&url)
+            .set("Accept-Encoding", accept)
+            .timeout(Duration::from_secs(20))
+            .call()?;
+        let coding = response.header("Content-Encoding").map(str::to_string);
+        let mut body = Vec::new();
+        response.into_reader().read_to_end(&mut body)?;
+        Ok((body, coding))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("GET panicked"))?
@@ -335,6 +358,32 @@ fn http_connections_are_capped_idle_ones_time_out_and_scrapes_share_one_document
             doc["vips"].as_array().is_some_and(|v| v.len() == 4),
             "{doc}"
         );
+        // Compressed as asked: /metrics with gzip (one member: a reader that
+        // stops after the first reads it whole) is the plain text's series,
+        // /api/status with zstd the same document.
+        let (gzip, coding) = http_get_bytes(&bed.lb.ns, "/metrics", "gzip")?;
+        ensure!(coding.as_deref() == Some("gzip"), "{coding:?}");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gzip[..]).read_to_string(&mut text)?;
+        let plain = http_get(&bed.lb.ns, "/metrics")?;
+        let names = |t: &str| -> Vec<String> {
+            t.lines()
+                .map(|l| l.rsplit_once(' ').map_or(l, |(name, _)| name).to_string())
+                .collect()
+        };
+        ensure!(
+            names(&text) == names(&plain) && text.ends_with("# EOF\n"),
+            "gzip:\n{text}\nplain:\n{plain}"
+        );
+        ensure!(
+            text.contains("xlb_backend_packets_total{vip=\"web\",backend=\"b1\"}"),
+            "{text}"
+        );
+        let (zstd, coding) = http_get_bytes(&bed.lb.ns, "/api/status", "gzip, zstd")?;
+        ensure!(coding.as_deref() == Some("zstd"), "{coding:?}");
+        let zdoc: serde_json::Value =
+            serde_json::from_slice(&zstd::stream::decode_all(&zstd[..])?)?;
+        ensure!(zdoc["vips"].as_array().map(Vec::len) == Some(4), "{zdoc}");
         drop(daemon);
         Ok(())
     });

@@ -9,8 +9,9 @@
 //!   one VIP changed; `xlb plan` of either;
 //! - the daemon's RSS after `APPLIES` applies, and the kernel's memory for the
 //!   maps it holds open (fdinfo `memlock`), apart;
-//! - `xlb status`, `xlb status --vip NAME`, a `/metrics` scrape, idle and
-//!   while 16 clients scrape `/metrics` in a loop;
+//! - `xlb status`, `xlb status --vip NAME`, a `/metrics` scrape (gzip, as
+//!   Prometheus asks, the body counted; and one uncompressed), idle and
+//!   while 16 clients scrape `/metrics` with gzip in a loop;
 //! - `xlb history` with the revisions those applies recorded.
 //!
 //! With `XLB_BENCH_CONTROL_RSS_ONLY=1` the run stops after the RSS and
@@ -250,20 +251,54 @@ fn start(ns: &Netns, config: &Path, dir: &Path) -> anyhow::Result<(Daemon, Durat
 /// (408); a client then tries again.
 const SCRAPE_TRIES: usize = 20;
 
+/// How a client asks for /metrics: with `Accept-Encoding: gzip` (as
+/// Prometheus does) or without.
+#[derive(Clone, Copy)]
+enum Scrape {
+    Gzip,
+    Plain,
+}
+
+/// One GET of /metrics: the body's length as sent and, when `inflate`,
+/// as read (the body inflated; else the length sent again). The timed
+/// scrapes and the load count the body as sent, as the scrapes before
+/// gzip read it: inflating it is the scraper's CPU, not the daemon's, and
+/// 16 scrapers inflating on the daemon's two cores would measure them.
+fn get_metrics(how: Scrape, inflate: bool) -> anyhow::Result<(u64, u64)> {
+    let request = ureq::get(&format!("http://{METRICS}/metrics")).timeout(Duration::from_secs(60));
+    let request = match how {
+        Scrape::Gzip => request.set("Accept-Encoding", "gzip"),
+        Scrape::Plain => request,
+    };
+    let response = request.call()?;
+    let gzipped = response.header("Content-Encoding") == Some("gzip");
+    let mut body = Vec::new();
+    response.into_reader().read_to_end(&mut body)?;
+    ensure!(
+        gzipped == matches!(how, Scrape::Gzip),
+        "asked {} and got Content-Encoding gzip: {gzipped}",
+        match how {
+            Scrape::Gzip => "gzip",
+            Scrape::Plain => "no encoding",
+        }
+    );
+    if !gzipped || !inflate {
+        return Ok((body.len() as u64, body.len() as u64));
+    }
+    let mut text = Vec::new();
+    flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut text)?;
+    ensure!(text.ends_with(b"# EOF\n"), "a scrape without its end");
+    Ok((body.len() as u64, text.len() as u64))
+}
+
 /// One GET of /metrics from inside `ns`: its wall time, tries included.
-fn scrape(ns: &Netns) -> anyhow::Result<Duration> {
-    ns.spawn(|| {
+fn scrape(ns: &Netns, how: Scrape) -> anyhow::Result<Duration> {
+    ns.spawn(move || {
         let started = Instant::now();
         let mut last = None;
         for _ in 0..SCRAPE_TRIES {
-            let mut body = Vec::new();
-            let got = ureq::get(&format!("http://{METRICS}/metrics"))
-                .timeout(Duration::from_secs(60))
-                .call()
-                .map_err(anyhow::Error::from)
-                .and_then(|r| Ok(r.into_reader().read_to_end(&mut body)?));
-            match got {
-                Ok(_) if !body.is_empty() => return Ok(started.elapsed()),
+            match get_metrics(how, false) {
+                Ok((sent, _)) if sent > 0 => return Ok(started.elapsed()),
                 Ok(_) => last = Some(anyhow::anyhow!("an empty scrape")),
                 Err(e) => last = Some(e),
             }
@@ -277,24 +312,16 @@ fn scrape(ns: &Netns) -> anyhow::Result<Duration> {
     .map_err(|_| anyhow::anyhow!("scrape panicked"))?
 }
 
-/// The length of one /metrics body.
-fn scrape_len(ns: &Netns) -> anyhow::Result<u64> {
-    ns.spawn(|| {
-        let mut body = Vec::new();
-        ureq::get(&format!("http://{METRICS}/metrics"))
-            .timeout(Duration::from_secs(60))
-            .call()?
-            .into_reader()
-            .read_to_end(&mut body)?;
-        Ok(body.len() as u64)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("scrape panicked"))?
+/// The length of one /metrics body, as sent and as read.
+fn scrape_len(ns: &Netns, how: Scrape) -> anyhow::Result<(u64, u64)> {
+    ns.spawn(move || get_metrics(how, true))
+        .join()
+        .map_err(|_| anyhow::anyhow!("scrape panicked"))?
 }
 
-fn scrapes(ns: &Netns, calls: usize) -> anyhow::Result<Duration> {
+fn scrapes(ns: &Netns, calls: usize, how: Scrape) -> anyhow::Result<Duration> {
     let times = (0..calls)
-        .map(|_| scrape(ns))
+        .map(|_| scrape(ns, how))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(median_duration(times))
 }
@@ -339,6 +366,9 @@ fn plans_and_applies(daemon: &Daemon, a: &str, every: &str, one: &str) -> anyhow
         daemon.timed(&["apply", "--force", if applies % 2 == 0 { one } else { a }])?;
         applies += 1;
     }
+    // The RSS with the status document's encodings in it: they are made
+    // when a document is published, which a status asks for.
+    daemon.output_len(&["-o", "json", "status"])?;
     row(
         &format!("daemon RSS after {applies} applies"),
         "< 100 MB",
@@ -423,20 +453,28 @@ fn main() -> anyhow::Result<()> {
         "< 10 ms",
         format!("{status_vip:.2?}"),
     );
-    let scrape_idle = scrapes(&ns, CALLS)?;
+    let scrape_idle = scrapes(&ns, CALLS, Scrape::Gzip)?;
+    let scrape_plain = scrapes(&ns, CALLS, Scrape::Plain)?;
+    let (gzip_sent, text) = scrape_len(&ns, Scrape::Gzip)?;
     row(
-        "sizes: `xlb status -o json` output / `/metrics` body",
+        "sizes: `xlb status -o json` output / `/metrics` body, gzip (plain)",
         "",
         format!(
-            "{} / {}",
+            "{} / {} ({})",
             mb(daemon.output_len(&["-o", "json", "status"])?),
-            mb(scrape_len(&ns)?)
+            mb(gzip_sent),
+            mb(text)
         ),
     );
     row(
-        "`/metrics` scrape",
+        "`/metrics` scrape (gzip, as Prometheus)",
         "< 100 ms",
         format!("{scrape_idle:.2?}"),
+    );
+    row(
+        "`/metrics` scrape, uncompressed",
+        "",
+        format!("{scrape_plain:.2?}"),
     );
     if !status_only {
         let history = daemon.median(&["history"], CALLS)?;
@@ -455,11 +493,7 @@ fn main() -> anyhow::Result<()> {
             let (stop, served) = (stop.clone(), served.clone());
             ns.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(r) = ureq::get(&format!("http://{METRICS}/metrics"))
-                        .timeout(Duration::from_secs(60))
-                        .call()
-                    {
-                        let _ = std::io::copy(&mut r.into_reader(), &mut std::io::sink());
+                    if get_metrics(Scrape::Gzip, false).is_ok() {
                         served.fetch_add(1, Ordering::Relaxed);
                     } else {
                         std::thread::sleep(Duration::from_millis(50));
@@ -472,7 +506,8 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     let load_started = Instant::now();
     let status_loaded = daemon.median(&["-o", "json", "status"], CALLS);
-    let scrape_loaded = scrapes(&ns, CALLS);
+    let scrape_loaded = scrapes(&ns, CALLS, Scrape::Gzip);
+    let plain_loaded = scrapes(&ns, CALLS, Scrape::Plain);
     let apply_loaded = if status_only {
         Ok(Duration::ZERO)
     } else {
@@ -483,21 +518,26 @@ fn main() -> anyhow::Result<()> {
     for s in scrapers {
         let _ = s.join();
     }
-    let (status_loaded, scrape_loaded, apply_loaded) =
-        (status_loaded?, scrape_loaded?, apply_loaded?);
+    let (status_loaded, scrape_loaded, plain_loaded, apply_loaded) =
+        (status_loaded?, scrape_loaded?, plain_loaded?, apply_loaded?);
     drop(daemon);
     let n = served.load(Ordering::Relaxed);
     row(
         &format!(
-            "`xlb status -o json` while {SCRAPERS} clients scrape `/metrics` ({n} scrapes in {load_seconds:.0} s)"
+            "`xlb status -o json` while {SCRAPERS} clients scrape `/metrics` with gzip ({n} scrapes in {load_seconds:.0} s)"
         ),
         "< 100 ms",
         format!("{status_loaded:.2?}"),
     );
     row(
-        "`/metrics` scrape under that load",
+        "`/metrics` scrape under that load (gzip)",
         "< 100 ms",
         format!("{scrape_loaded:.2?}"),
+    );
+    row(
+        "`/metrics` scrape under that load, uncompressed",
+        "",
+        format!("{plain_loaded:.2?}"),
     );
     if !status_only {
         row(

@@ -3,7 +3,7 @@
 //! method per request; an error answer or an answer of the wrong kind is
 //! turned into a `Failure` in one place (`ask`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -55,6 +55,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
 /// The response line as the daemon wrote it, its newline included (for an
 /// answer printed as it came: `xlb status -o json`).
 pub fn call_raw(socket: &Path, request: &Request) -> Result<Vec<u8>, ClientError> {
+    exchange(socket, request).map(|(reply, _)| reply)
+}
+
+/// Send `request`; the response line, and the connection to read what
+/// follows it (the compressed status).
+fn exchange(
+    socket: &Path,
+    request: &Request,
+) -> Result<(Vec<u8>, BufReader<UnixStream>), ClientError> {
     let name = socket.display().to_string();
     let io = |source| ClientError::Io {
         socket: name.clone(),
@@ -77,13 +86,14 @@ pub fn call_raw(socket: &Path, request: &Request) -> Result<Vec<u8>, ClientError
         .and_then(|()| stream.write_all(text.unwrap_or_default().as_bytes()));
     let mut reply = Vec::new();
     // A large buffer: a status at 1,000 VIPs x 64 backends is tens of MB.
-    let read = BufReader::with_capacity(1 << 20, &stream).read_until(b'\n', &mut reply);
+    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    let read = reader.read_until(b'\n', &mut reply);
     if reply.is_empty() {
         written.map_err(io)?;
         read.map_err(io)?;
         return Err(ClientError::Closed { socket: name });
     }
-    Ok(reply)
+    Ok((reply, reader))
 }
 
 /// Where the document is in a `status` answer line: `{"status":`, the
@@ -178,21 +188,66 @@ impl<'a> Client<'a> {
     }
 
     pub fn status(&self) -> Result<Status, Failure> {
-        self.ask(&Request::Status, |r| match r {
-            Response::Status(s) => Ok(*s),
-            other => Err(other),
+        let json = self.status_document()?;
+        serde_json::from_slice(&json).map_err(|source| {
+            ClientError::Decode {
+                socket: self.socket.display().to_string(),
+                source,
+            }
+            .into()
         })
+    }
+
+    /// The status document's JSON: asked as `status_zstd` (the daemon
+    /// keeps it compressed and sends it so, a tenth of the bytes), and
+    /// decompressed here.
+    fn status_document(&self) -> Result<Vec<u8>, Failure> {
+        let name = self.socket.display().to_string();
+        let (reply, mut rest) = exchange(self.socket, &Request::StatusZstd)?;
+        let (bytes, plain) = match decode(self.socket, &reply)? {
+            Response::StatusZstd { bytes, plain } => (bytes, plain),
+            Response::Error(e) => return Err(e.into()),
+            other => return Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        };
+        let mut frames = Vec::new();
+        (&mut rest)
+            .take(bytes)
+            .read_to_end(&mut frames)
+            .map_err(|source| ClientError::Io {
+                socket: name.clone(),
+                source,
+            })?;
+        if frames.len() as u64 != bytes {
+            return Err(Failure::internal(format!(
+                "the xlb daemon at {name} sent {} of the status's {bytes} bytes",
+                frames.len()
+            )));
+        }
+        let json = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress(&frames, plain as usize))
+            .map_err(|e| {
+                Failure::internal(format!(
+                    "decompressing the status from the xlb daemon at {name}: {e}"
+                ))
+            })?;
+        if json.len() as u64 != plain {
+            return Err(Failure::internal(format!(
+                "the status from the xlb daemon at {name} decompressed to {} bytes, not {plain}",
+                json.len()
+            )));
+        }
+        Ok(json)
     }
 
     /// The status document's JSON as the daemon sent it (of VIP `vip`
     /// only, if given), not decoded: `xlb status -o json` prints it as it
     /// is. An error answer is decoded as any other.
     pub fn status_json(&self, vip: Option<&str>) -> Result<Vec<u8>, Failure> {
-        let request = match vip {
-            Some(vip) => Request::StatusVip {
-                vip: vip.to_string(),
-            },
-            None => Request::Status,
+        let Some(vip) = vip else {
+            return self.status_document();
+        };
+        let request = Request::StatusVip {
+            vip: vip.to_string(),
         };
         let mut reply = call_raw(self.socket, &request)?;
         if let Some(document) = status_document(&reply) {

@@ -1,14 +1,36 @@
 //! The status document's series in /metrics (docs/METRICS.md), written as
 //! the OpenMetrics text prometheus-client writes (byte for byte: tested),
-//! in parts that are kept: each VIP's series of every family are written
-//! once per change of that VIP (`vip_text`), and a document's text is the
-//! node's series and the kept parts of its VIPs, in family order
-//! (`document_text`), handed to the HTTP body as they are, never copied
-//! into one buffer.
+//! in parts that are kept deflated: each VIP's series of every family are
+//! written and deflated once per change of that VIP (`vip_text`), and a
+//! document's text is the node's series and the kept parts of its VIPs, in
+//! family order, joined into one deflate segment (`document_text`). A
+//! scrape that accepts gzip gets that segment framed as one gzip member
+//! (`gzip`); any other gets it inflated as it is sent (`Inflating`).
+//!
+//! Why the series are written here and not by prometheus-client: its
+//! encoder writes a whole registry (or a collector's families) into one
+//! `fmt::Write`, each family's series together after its header. The
+//! pieces kept here are one VIP's series of one family, without the
+//! family's header, written once and reused by every document until that
+//! VIP changes; `DescriptorEncoder` cannot write series without the header
+//! (`encode_descriptor` writes it), and a registry or collector per VIP
+//! would write every family's header 1,000 times and need the headers cut
+//! out again. The two functions that write the bytes (`header`, `line`)
+//! are tested against prometheus-client's own output byte for byte.
+//!
+//! Why the gzip framing is put together here and not by flate2: flate2
+//! compresses one stream from start to end; the kept pieces are deflated
+//! apart (each from a reset compressor, ending on a sync flush, so that
+//! pieces concatenate into one valid deflate stream: the method of pigz),
+//! and one member is made of them by the gzip header, the pieces, a final
+//! block and the trailer, whose CRC-32 is the pieces' CRCs combined
+//! (crc32fast). One member, not a member per piece: every gzip reader
+//! reads it, including those that stop after the first member.
 
 use axum::body::Bytes;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use xlb_core::detect::{SIGNALS, VERDICT_LABELS};
-use xlb_core::status::{Status, VipStatus};
+use xlb_core::status::{Status as Document, VipStatus};
 
 /// A series' value.
 #[derive(Clone, Copy, Debug)]
@@ -71,13 +93,199 @@ pub fn exact(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// One VIP's series of every VIP family, one family after the other.
+/// Raw deflate data that ends on a byte boundary (a sync flush) and is
+/// not final, made without reference to anything before it: such pieces
+/// concatenate into one deflate stream. With the CRC-32 and the length of
+/// what it inflates to.
+#[derive(Clone, Debug, Default)]
+pub struct Deflated {
+    pub bytes: Bytes,
+    pub crc: u32,
+    pub len: u64,
+}
+
+impl Deflated {
+    /// The pieces one after the other, as one piece (one buffer).
+    pub fn join<'a>(pieces: impl Iterator<Item = &'a Deflated> + Clone) -> Deflated {
+        let size = pieces.clone().map(|p| p.bytes.len()).sum();
+        let mut bytes = Vec::with_capacity(size);
+        let (mut crc, mut len) = (crc32fast::Hasher::new(), 0);
+        for p in pieces {
+            bytes.extend_from_slice(&p.bytes);
+            crc.combine(&crc32fast::Hasher::new_with_initial_len(p.crc, p.len));
+            len += p.len;
+        }
+        Deflated {
+            bytes: Bytes::from(bytes),
+            crc: crc.finalize(),
+            len,
+        }
+    }
+
+    /// What it inflates to, whole (tests, `Metrics::encode`).
+    pub fn inflate(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        out.extend(Inflating::new(self.bytes.clone(), 1 << 16).flatten());
+        out
+    }
+}
+
+/// A compressor reused for the pieces of one document (a fresh one
+/// allocates ~300 KiB).
+pub struct Deflater {
+    compress: Compress,
+}
+
+impl std::fmt::Debug for Deflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deflater")
+    }
+}
+
+impl Default for Deflater {
+    fn default() -> Self {
+        // The fastest level: a document of 1,000 VIPs x 64 backends is
+        // ~37 MB of text, deflated again for every VIP whose counters
+        // moved (docs/BENCHMARKS.md has the sizes and times).
+        Self {
+            compress: Compress::new(Compression::fast(), false),
+        }
+    }
+}
+
+impl Deflater {
+    /// `plain` deflated as a piece of its own.
+    pub fn piece(&mut self, plain: &[u8]) -> Deflated {
+        let mut bytes = Vec::new();
+        let (crc, len) = self.append(plain, &mut bytes, FlushCompress::Sync);
+        Deflated {
+            bytes: Bytes::from(exact(bytes)),
+            crc,
+            len,
+        }
+    }
+
+    /// `plain` deflated onto `out` from a reset compressor, ending with
+    /// `flush` (Sync: a piece; Finish: the last piece of a stream); its
+    /// CRC-32 and length.
+    fn append(&mut self, plain: &[u8], out: &mut Vec<u8>, flush: FlushCompress) -> (u32, u64) {
+        if plain.is_empty() && flush == FlushCompress::Sync {
+            return (0, 0);
+        }
+        self.compress.reset();
+        loop {
+            let done = self.compress.total_in() as usize;
+            // Deflate grows incompressible input by at most ~0.1%, plus
+            // the flush's few bytes.
+            out.reserve((plain.len() - done) / 2 + 64);
+            let status = self
+                .compress
+                .compress_vec(&plain[done..], out, flush)
+                .expect("deflate into memory: no error but a bug");
+            let consumed = self.compress.total_in() as usize == plain.len();
+            // All in, and room left over: the flush is complete.
+            if (consumed && out.len() < out.capacity()) || status == Status::StreamEnd {
+                break;
+            }
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(plain);
+        (crc.finalize(), plain.len() as u64)
+    }
+}
+
+/// The gzip header (RFC 1952): deflate, no flags, no time, no extra
+/// flags, OS unknown.
+const GZIP_HEADER: &[u8] = &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// One gzip member of `pieces` (each a `Deflated` piece) and the plain
+/// `last` (deflated by `deflater` as the final block): the parts to send
+/// one after the other.
+pub fn gzip(pieces: &[&Deflated], last: &[u8], deflater: &mut Deflater) -> Vec<Bytes> {
+    let mut parts = Vec::with_capacity(pieces.len() + 3);
+    parts.push(Bytes::from_static(GZIP_HEADER));
+    let (mut crc, mut len) = (crc32fast::Hasher::new(), 0);
+    for p in pieces {
+        if !p.bytes.is_empty() {
+            parts.push(p.bytes.clone());
+        }
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(p.crc, p.len));
+        len += p.len;
+    }
+    let mut end = Vec::new();
+    let (last_crc, last_len) = deflater.append(last, &mut end, FlushCompress::Finish);
+    crc.combine(&crc32fast::Hasher::new_with_initial_len(last_crc, last_len));
+    len += last_len;
+    // The trailer: the CRC-32 and the length (modulo 2^32) of the whole,
+    // little-endian.
+    end.extend_from_slice(&crc.finalize().to_le_bytes());
+    end.extend_from_slice(&(len as u32).to_le_bytes());
+    parts.push(Bytes::from(end));
+    parts
+}
+
+/// Deflated pieces (one after the other, as `Deflated::join` makes them)
+/// inflated a slice at a time: an iterator of at most `slice` bytes each,
+/// for a client that did not ask for gzip (never a whole copy).
+pub struct Inflating {
+    input: Bytes,
+    at: usize,
+    decompress: Decompress,
+    slice: usize,
+}
+
+impl Inflating {
+    pub fn new(input: Bytes, slice: usize) -> Self {
+        Self {
+            input,
+            at: 0,
+            decompress: Decompress::new(false),
+            slice,
+        }
+    }
+}
+
+impl Iterator for Inflating {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let mut out = Vec::with_capacity(self.slice);
+        // Until the slice is full, or a call moves nothing (all inflated:
+        // a call with no input left still gives out what it holds).
+        while out.len() < self.slice {
+            let (before, made) = (self.decompress.total_in(), out.len());
+            let status = self.decompress.decompress_vec(
+                &self.input[self.at..],
+                &mut out,
+                FlushDecompress::Sync,
+            );
+            let used = (self.decompress.total_in() - before) as usize;
+            self.at += used;
+            if let Err(e) = status {
+                // Made here from pieces made here: an error is a bug, and
+                // what is left is not sent (the client sees the body end
+                // short of its length).
+                log::error!("inflating a kept /metrics piece: {e}");
+                self.at = self.input.len();
+                break;
+            }
+            if used == 0 && out.len() == made {
+                break;
+            }
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+/// One VIP's series of every VIP family, one family after the other, each
+/// family's a `Deflated` piece.
 #[derive(Debug, Default)]
 pub struct VipText {
     text: Bytes,
-    /// Per VIP family, in the order they are written: where its series end
-    /// in `text`, and their type (when it has any).
-    ends: Vec<(u32, Option<Kind>)>,
+    /// Per VIP family, in the order they are written: where its piece ends
+    /// in `text`, its type (when it has series), its CRC-32 and plain
+    /// length.
+    ends: Vec<(u32, Option<Kind>, u32, u32)>,
 }
 
 impl VipText {
@@ -92,11 +300,16 @@ impl VipText {
     }
 
     /// The series of VIP family `index`, and their type; None if none.
-    fn family(&self, index: usize) -> Option<(Bytes, Kind)> {
-        let (end, kind) = *self.ends.get(index)?;
+    fn family(&self, index: usize) -> Option<(Deflated, Kind)> {
+        let (end, kind, crc, len) = *self.ends.get(index)?;
         let start = index.checked_sub(1).map_or(0, |i| self.ends[i].0);
-        let kind = kind.filter(|_| end > start)?;
-        Some((self.text.slice(start as usize..end as usize), kind))
+        let kind = kind.filter(|_| len > 0)?;
+        let piece = Deflated {
+            bytes: self.text.slice(start as usize..end as usize),
+            crc,
+            len: len.into(),
+        };
+        Some((piece, kind))
     }
 }
 
@@ -107,11 +320,12 @@ enum Pass<'a> {
         out: &'a mut Vec<u8>,
         ends: &'a mut Vec<(u32, Option<Kind>)>,
     },
-    /// A document: the node's families written, the VIP families taken
-    /// from each VIP's kept text.
+    /// A document: the node's families written and deflated, the VIP
+    /// families taken from each VIP's kept text.
     Document {
         texts: &'a [&'a VipText],
-        chunks: &'a mut Vec<Bytes>,
+        chunks: &'a mut Vec<Deflated>,
+        deflater: &'a mut Deflater,
         /// The next VIP family's index.
         next: usize,
     },
@@ -176,20 +390,26 @@ fn family(
             }
             ends.push((out.len() as u32, kind));
         }
-        (Pass::Document { chunks, .. }, Scope::Node) => {
+        (
+            Pass::Document {
+                chunks, deflater, ..
+            },
+            Scope::Node,
+        ) => {
             if let Some(kind) = kind {
                 let mut out = Vec::new();
                 header(&mut out, name, help, kind);
                 for (labels, value) in &series {
                     line(&mut out, name, labels, *value);
                 }
-                chunks.push(Bytes::from(out));
+                chunks.push(deflater.piece(&out));
             }
         }
         (
             Pass::Document {
                 texts,
                 chunks,
+                deflater,
                 next,
             },
             Scope::Vip,
@@ -200,7 +420,7 @@ fn family(
             if let Some((_, kind)) = parts.peek() {
                 let mut out = Vec::new();
                 header(&mut out, name, help, *kind);
-                chunks.push(Bytes::from(out));
+                chunks.push(deflater.piece(&out));
                 chunks.extend(parts.map(|(text, _)| text));
             }
         }
@@ -233,35 +453,49 @@ fn counter(v: u64) -> Value {
 }
 
 /// `vip`'s series of every VIP family, in a document `s` (whose own fields
-/// say whether the node announces: a VIP's announce series depend on it).
-pub fn vip_text(s: &Status, vip: &VipStatus) -> VipText {
-    let (mut out, mut ends) = (Vec::new(), Vec::new());
+/// say whether the node announces: a VIP's announce series depend on it),
+/// each family's deflated by `deflater`.
+pub fn vip_text(s: &Document, vip: &VipStatus, deflater: &mut Deflater) -> VipText {
+    let (mut out, mut plain_ends) = (Vec::new(), Vec::new());
     let mut pass = Pass::Vip {
         out: &mut out,
-        ends: &mut ends,
+        ends: &mut plain_ends,
     };
     encode_status(s, std::slice::from_ref(vip), &mut pass).expect("writing to memory");
-    ends.shrink_to_fit();
+    let (mut text, mut ends) = (Vec::new(), Vec::with_capacity(plain_ends.len()));
+    let mut start = 0;
+    for (end, kind) in plain_ends {
+        let piece = deflater.piece(&out[start..end as usize]);
+        start = end as usize;
+        text.extend_from_slice(&piece.bytes);
+        ends.push((text.len() as u32, kind, piece.crc, piece.len as u32));
+    }
     VipText {
-        text: Bytes::from(exact(out)),
+        text: Bytes::from(exact(text)),
         ends,
     }
 }
 
 /// The status families of document `s`: its node series and the VIPs'
-/// kept `texts` (in `s.vips`'s order), family after family.
-pub fn document_text(s: &Status, texts: &[&VipText]) -> Vec<Bytes> {
+/// kept `texts` (in `s.vips`'s order), family after family, as one
+/// deflated segment.
+pub fn document_text(s: &Document, texts: &[&VipText], deflater: &mut Deflater) -> Deflated {
     let mut chunks = Vec::new();
     let mut pass = Pass::Document {
         texts,
         chunks: &mut chunks,
+        deflater,
         next: 0,
     };
     encode_status(s, &[], &mut pass).expect("writing to memory");
-    chunks
+    Deflated::join(chunks.iter())
 }
 
-fn encode_status(s: &Status, vips: &[VipStatus], e: &mut Pass<'_>) -> Result<(), std::fmt::Error> {
+fn encode_status(
+    s: &Document,
+    vips: &[VipStatus],
+    e: &mut Pass<'_>,
+) -> Result<(), std::fmt::Error> {
     let vip = |name: &str| vec![("vip", name.to_string())];
     let backend = |v: &str, b: &str| vec![("vip", v.to_string()), ("backend", b.to_string())];
     let backends = || {
@@ -660,7 +894,7 @@ fn encode_status(s: &Status, vips: &[VipStatus], e: &mut Pass<'_>) -> Result<(),
 
 /// Announcing (xlb_core::announce): each VIP's state and the node's.
 fn encode_announce(
-    s: &Status,
+    s: &Document,
     vips: &[VipStatus],
     e: &mut Pass<'_>,
 ) -> Result<(), std::fmt::Error> {
@@ -892,5 +1126,63 @@ mod tests {
         header(&mut out, "xlb_c", "An info", Kind::Info);
         line(&mut out, "xlb_c", &labels, Value::Info);
         assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    /// Pieces deflated apart, joined, framed as one gzip member: any gzip
+    /// reader (one that stops after a member too) reads the plain text
+    /// byte for byte, and so does the inflation a client without gzip
+    /// gets, whatever its slice size.
+    #[test]
+    fn pieces_deflated_apart_are_one_gzip_member() {
+        use std::io::Read;
+        let texts: Vec<Vec<u8>> = (0..40)
+            .map(|i| {
+                (0..i * 7)
+                    .map(|j| {
+                        format!("xlb_backend_packets_total{{vip=\"v{i}\",backend=\"b{j}\"}} {j}\n")
+                    })
+                    .collect::<String>()
+                    .into_bytes()
+            })
+            .collect();
+        let plain: Vec<u8> = texts.concat();
+        let mut deflater = Deflater::default();
+        let pieces: Vec<Deflated> = texts.iter().map(|t| deflater.piece(t)).collect();
+        let joined = Deflated::join(pieces[1..].iter());
+        assert_eq!(joined.inflate(), texts[1..].concat());
+        for slice in [1, 100, 1 << 16] {
+            let inflated: Vec<u8> = Inflating::new(joined.bytes.clone(), slice)
+                .flat_map(|b| {
+                    assert!(b.len() <= slice);
+                    b.to_vec()
+                })
+                .collect();
+            assert_eq!(inflated, texts[1..].concat(), "slice {slice}");
+        }
+        assert!(
+            joined.bytes.len() * 5 < plain.len(),
+            "compressed {}",
+            joined.bytes.len()
+        );
+
+        let body: Vec<u8> = gzip(&[&pieces[0], &joined], b"# EOF\n", &mut deflater).concat();
+        let mut expected = plain.clone();
+        expected.extend_from_slice(b"# EOF\n");
+        let mut one = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut one)
+            .unwrap();
+        assert_eq!(one, expected);
+        let mut multi = Vec::new();
+        flate2::read::MultiGzDecoder::new(&body[..])
+            .read_to_end(&mut multi)
+            .unwrap();
+        assert_eq!(multi, expected);
+        // Nothing but the end: still a valid member.
+        let mut empty = Vec::new();
+        flate2::read::GzDecoder::new(&gzip(&[], b"# EOF\n", &mut deflater).concat()[..])
+            .read_to_end(&mut empty)
+            .unwrap();
+        assert_eq!(empty, b"# EOF\n");
     }
 }

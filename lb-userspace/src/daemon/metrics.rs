@@ -243,21 +243,19 @@ impl Metrics {
     pub fn encode(&self, status: Status) -> String {
         let published = crate::daemon::snapshot::Published::new(status, None)
             .expect("a status document encodes");
-        let text: Vec<u8> = self.text(&published).concat();
+        let mut text = self.registry_text().to_vec();
+        text.extend(published.text().inflate());
+        text.extend_from_slice(b"# EOF\n");
         String::from_utf8(text).expect("the exposition is UTF-8")
     }
 
-    /// The /metrics body, in parts: the registry's series (written now),
-    /// `published`'s (written when it was published), the end.
-    pub fn text(&self, published: &crate::daemon::snapshot::Published) -> Vec<Bytes> {
+    /// The registry's series (written now, at each scrape), without the
+    /// end: the status document's series follow them (http.rs).
+    pub fn registry_text(&self) -> Bytes {
         let mut registry = String::new();
         prometheus_client::encoding::text::encode_registry(&mut registry, &self.registry)
             .expect("writing to a String cannot fail");
-        let mut parts = Vec::with_capacity(published.text().len() + 2);
-        parts.push(Bytes::from(registry));
-        parts.extend(published.text().iter().cloned());
-        parts.push(Bytes::from_static(b"# EOF\n"));
-        parts
+        Bytes::from(registry)
     }
 
     /// Counters moved (a collector tick, the held flows published): the

@@ -475,6 +475,7 @@ fn changes(request: &Request) -> bool {
     !matches!(
         request,
         Request::Status
+            | Request::StatusZstd
             | Request::StatusVip { .. }
             | Request::History
             | Request::Show { .. }
@@ -572,8 +573,12 @@ fn answer(
             Ok(parts) => return Ok(parts.to_vec()),
             Err(e) => internal(e),
         },
-        Request::StatusVip { vip } => match snapshot(false).map(|p| p.status.one_vip(&vip)) {
-            Ok(Ok(one)) => Response::Status(Box::new(one)),
+        Request::StatusZstd => match snapshot(true).and_then(|p| p.answer_zstd()) {
+            Ok(parts) => return Ok(parts),
+            Err(e) => internal(e),
+        },
+        Request::StatusVip { vip } => match snapshot(false).and_then(|p| p.answer_vip(&vip)) {
+            Ok(Ok(parts)) => return Ok(parts),
             Ok(Err(message)) => Response::Error(ApiError {
                 kind: ErrorKind::BadInput,
                 message,
@@ -605,7 +610,7 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     match request {
         Request::Version => Response::Version(crate::build_info::build_info()),
-        Request::Status => match controller.status() {
+        Request::Status | Request::StatusZstd => match controller.status() {
             Ok(s) => Response::Status(Box::new(s)),
             Err(e) => Response::Error(ApiError {
                 kind: ErrorKind::Internal,

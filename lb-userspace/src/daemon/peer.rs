@@ -134,7 +134,7 @@ fn peer_groups(fd: BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
 pub fn is_read(op: &str) -> bool {
     matches!(
         op,
-        "status" | "status_vip" | "history" | "show" | "plan" | "version"
+        "status" | "status_zstd" | "status_vip" | "history" | "show" | "plan" | "version"
     )
 }
 

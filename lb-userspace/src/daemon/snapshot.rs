@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use xlb_core::counters::CounterSnapshot;
 use xlb_core::status::{Decisions, Status};
 
-use crate::daemon::exposition::VipText;
+use crate::daemon::exposition::{Deflated, VipText};
 
 /// How long a request waits for a document being built before it says so.
 pub const BUILD_WAIT: Duration = Duration::from_secs(30);
@@ -51,33 +51,43 @@ impl std::fmt::Debug for Build {
     }
 }
 
-/// One status document and its encodings, made when it is published.
-/// Each VIP's encodings are kept apart (`VipParts`) and shared with the
-/// document before when that VIP's part of the document did not change,
-/// so a document costs the encoding of the VIPs that changed only, and
-/// no encoding is ever copied into one buffer: the answers are their parts
-/// one after the other.
+/// One status document's encodings, made when it is published, and kept
+/// compressed: each VIP's JSON as a zstd frame, each VIP's /metrics series
+/// deflated (exposition.rs). The document itself is not kept (its JSON
+/// around the VIPs is, for `xlb status --vip`), and each VIP's part is
+/// compared with the document before's by a hash of its JSON. A
+/// VIP whose JSON hashes the same as the document before's keeps its
+/// parts (an `Arc`), so a document costs the encoding and compression of
+/// the VIPs that changed only.
 #[derive(Debug)]
 pub struct Published {
-    pub status: Arc<Status>,
+    /// The document's revision.
+    revision: u64,
     /// The invalidations it reflects (`Generations`).
     made: Generations,
-    /// Each VIP's encodings, in `status.vips`'s order.
+    /// Each VIP's name and encodings, in the document's order.
     vips: Vec<Arc<VipParts>>,
-    /// `/api/status`: the document's JSON (`serde_json::to_vec` of
-    /// `status`, byte for byte), in parts: the fields before the VIPs,
-    /// each VIP's (commas between), the fields after.
-    json: Vec<Bytes>,
-    /// The status families of /metrics, in parts (exposition.rs).
-    text: Vec<Bytes>,
-    /// The counters `status` shows, as read for it (None: not known).
+    /// The JSON before the VIPs and after them (zstd frames, with their
+    /// JSON's lengths), and the length of the whole document's JSON.
+    json_head: (Bytes, u64),
+    json_tail: (Bytes, u64),
+    json_len: u64,
+    /// The status families of /metrics, one deflated segment
+    /// (exposition.rs).
+    text: Deflated,
+    /// The counters the document shows, as read for it (None: not known).
     counters: Option<CounterSnapshot>,
 }
 
 /// One VIP's encodings.
 #[derive(Debug)]
 struct VipParts {
+    name: String,
+    /// Its JSON (`serde_json::to_vec` of its `VipStatus`) as one zstd
+    /// frame, the JSON's length, and its hash (xxh64).
     json: Bytes,
+    json_len: u64,
+    hash: u64,
     text: VipText,
     /// Whether the node announced when they were made (the VIP's
     /// announce series depend on it).
@@ -88,36 +98,47 @@ struct VipParts {
 /// cut.
 const NO_VIPS: &[u8] = b"\"vips\":[]";
 
+/// The zstd level of the kept JSON: the fastest of the normal levels
+/// (docs/BENCHMARKS.md, "Sixth round", has sizes and times).
+const ZSTD_LEVEL: i32 = 1;
+
+/// What a document's encodings are made with: one compressor of each
+/// kind, reused for every VIP.
+struct Encoders {
+    zstd: zstd::bulk::Compressor<'static>,
+    deflater: crate::daemon::exposition::Deflater,
+}
+
+impl Encoders {
+    fn new() -> Result<Self, String> {
+        Ok(Self {
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                .map_err(|e| format!("starting a zstd compressor: {e}"))?,
+            deflater: Default::default(),
+        })
+    }
+
+    fn frame(&mut self, json: &[u8]) -> Result<Bytes, String> {
+        self.zstd
+            .compress(json)
+            .map(|f| Bytes::from(crate::daemon::exposition::exact(f)))
+            .map_err(|e| format!("compressing the status document: {e}"))
+    }
+}
+
 impl Published {
     /// Publish `status`, encoding the VIPs whose part differs from
     /// `previous`'s and taking the others' encodings from it.
     pub fn new(mut status: Status, previous: Option<&Published>) -> Result<Self, String> {
-        Self::made(&mut status, previous).map(|(vips, json, text)| Published {
-            status: Arc::new(status),
-            made: Generations::default(),
-            vips,
-            json,
-            text,
-            counters: None,
-        })
-    }
-
-    #[expect(
-        clippy::type_complexity,
-        reason = "the three parts of a Published, made together"
-    )]
-    fn made(
-        status: &mut Status,
-        previous: Option<&Published>,
-    ) -> Result<(Vec<Arc<VipParts>>, Vec<Bytes>, Vec<Bytes>), String> {
         let encoding = |e: serde_json::Error| format!("encoding the status document: {e}");
+        let mut encoders = Encoders::new()?;
         // The fields around the VIPs: the document without them, cut
         // where their array is (the first `"vips":[]`: a string holding
         // it would have its quotes escaped).
         let vips = std::mem::take(&mut status.vips);
-        let shell = serde_json::to_vec(&*status).map_err(encoding);
+        let shell = serde_json::to_vec(&status).map_err(encoding);
         status.vips = vips;
-        let shell = Bytes::from(shell?);
+        let shell = shell?;
         let cut = shell
             .windows(NO_VIPS.len())
             .position(|w| w == NO_VIPS)
@@ -125,79 +146,187 @@ impl Published {
             + NO_VIPS.len()
             - 1;
         let announcing = status.announce.is_some();
-        let before: std::collections::HashMap<&str, usize> = previous
-            .map(|p| {
-                p.status
-                    .vips
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (v.name.as_str(), i))
-                    .collect()
-            })
+        let before: std::collections::HashMap<&str, &Arc<VipParts>> = previous
+            .map(|p| p.vips.iter().map(|v| (v.name.as_str(), v)).collect())
             .unwrap_or_default();
         let mut parts = Vec::with_capacity(status.vips.len());
+        let mut json = Vec::new();
         for vip in &status.vips {
-            let kept = previous.and_then(|p| {
-                let i = *before.get(vip.name.as_str())?;
-                let part = &p.vips[i];
-                (part.announcing == announcing && p.status.vips[i] == *vip).then(|| part.clone())
+            json.clear();
+            serde_json::to_writer(&mut json, vip).map_err(encoding)?;
+            let hash = xxhash_rust::xxh64::xxh64(&json, 0);
+            let kept = before.get(vip.name.as_str()).filter(|p| {
+                p.hash == hash && p.announcing == announcing && p.json_len == json.len() as u64
             });
             let part = match kept {
-                Some(part) => part,
+                Some(&part) => part.clone(),
                 None => Arc::new(VipParts {
-                    json: Bytes::from(crate::daemon::exposition::exact(
-                        serde_json::to_vec(vip).map_err(encoding)?,
-                    )),
-                    text: crate::daemon::exposition::vip_text(status, vip),
+                    name: vip.name.clone(),
+                    json: encoders.frame(&json)?,
+                    json_len: json.len() as u64,
+                    hash,
+                    text: crate::daemon::exposition::vip_text(&status, vip, &mut encoders.deflater),
                     announcing,
                 }),
             };
             parts.push(part);
         }
-        let mut json = Vec::with_capacity(parts.len() * 2 + 2);
-        json.push(shell.slice(..cut));
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                json.push(Bytes::from_static(b","));
-            }
-            json.push(part.json.clone());
-        }
-        json.push(shell.slice(cut..));
+        drop(before);
         let texts: Vec<&VipText> = parts.iter().map(|p| &p.text).collect();
-        let text = crate::daemon::exposition::document_text(status, &texts);
-        Ok((parts, json, text))
+        let text =
+            crate::daemon::exposition::document_text(&status, &texts, &mut encoders.deflater);
+        drop(texts);
+        let commas = parts.len().saturating_sub(1) as u64;
+        let json_len = shell.len() as u64 + commas + parts.iter().map(|p| p.json_len).sum::<u64>();
+        let (json_head, json_tail) = (
+            (encoders.frame(&shell[..cut])?, cut as u64),
+            (encoders.frame(&shell[cut..])?, (shell.len() - cut) as u64),
+        );
+        Ok(Published {
+            revision: status.revision,
+            made: Generations::default(),
+            vips: parts,
+            json_head,
+            json_tail,
+            json_len,
+            text,
+            counters: None,
+        })
     }
 
-    /// The document as JSON, in parts to write one after the other.
-    pub fn json(&self) -> Vec<Bytes> {
-        self.json.clone()
+    /// The document as JSON, zstd frames one after the other (a zstd
+    /// stream of several frames, which any zstd decoder reads as one).
+    pub fn json_zstd(&self) -> Vec<Bytes> {
+        self.frames().map(|(frame, _)| frame).collect()
     }
 
-    /// The status families of /metrics, in parts.
-    pub fn text(&self) -> &[Bytes] {
+    /// The document's JSON frames, each with the length of its JSON.
+    fn frames(&self) -> impl Iterator<Item = (Bytes, u64)> + '_ {
+        let comma = comma_frame();
+        std::iter::once(self.json_head.clone())
+            .chain(self.vips.iter().enumerate().flat_map(move |(i, part)| {
+                let comma = (i > 0).then(|| (comma.clone(), 1));
+                comma
+                    .into_iter()
+                    .chain(std::iter::once((part.json.clone(), part.json_len)))
+            }))
+            .chain(std::iter::once(self.json_tail.clone()))
+    }
+
+    /// The length of the document's JSON.
+    pub fn json_len(&self) -> u64 {
+        self.json_len
+    }
+
+    /// The document's JSON, decompressed a frame at a time (a VIP's JSON
+    /// at most at once), for a client that did not ask for zstd.
+    pub fn json_plain(&self) -> impl Iterator<Item = Bytes> + Send + 'static {
+        let mut decompressor = zstd::bulk::Decompressor::new().ok();
+        let frames: Vec<(Bytes, u64)> = self.frames().collect();
+        frames.into_iter().filter_map(move |(frame, len)| {
+            let d = decompressor.as_mut()?;
+            match d.decompress(&frame, len as usize) {
+                Ok(plain) => Some(Bytes::from(plain)),
+                Err(e) => {
+                    // Made here: an error is a bug; the client sees the
+                    // body end short of its length.
+                    log::error!("decompressing a kept status part: {e}");
+                    None
+                }
+            }
+        })
+    }
+
+    /// The document's revision.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The status families of /metrics, one deflated segment.
+    pub fn text(&self) -> &Deflated {
         &self.text
     }
 
-    /// The bytes its encodings hold: the JSON and the /metrics text
-    /// (`xlb_http_status_bytes`).
-    pub fn encoded_bytes(&self) -> (usize, usize) {
-        let json = self.json.iter().map(Bytes::len).sum();
-        let text = self.text.iter().map(Bytes::len).sum();
-        (json, text)
+    /// The bytes its encodings hold: the JSON and the /metrics text, as
+    /// kept (compressed: the VIPs' pieces and the document's joined text),
+    /// and the plain JSON's and text's lengths.
+    pub fn encoded_bytes(&self) -> [u64; 4] {
+        let json = self.frames().map(|(b, _)| b.len() as u64).sum();
+        let text = self.vips.iter().map(|p| p.text.len() as u64).sum::<u64>()
+            + self.text.bytes.len() as u64;
+        [json, text, self.json_len, self.text.len]
+    }
+
+    /// The control socket's answer to `status_zstd`: a line saying how
+    /// many bytes follow and what they decompress to, then the document's
+    /// JSON as zstd frames (`json_zstd`).
+    pub fn answer_zstd(&self) -> Result<Vec<Bytes>, String> {
+        let frames = self.json_zstd();
+        let bytes = frames.iter().map(|b| b.len() as u64).sum();
+        let head = xlb_core::api::Response::StatusZstd {
+            bytes,
+            plain: self.json_len,
+        };
+        let mut line =
+            serde_json::to_vec(&head).map_err(|e| format!("encoding the answer: {e}"))?;
+        line.push(b'\n');
+        let mut parts = Vec::with_capacity(frames.len() + 1);
+        parts.push(Bytes::from(line));
+        parts.extend(frames);
+        Ok(parts)
     }
 
     /// The control socket's answer to `status`, in parts to write one
     /// after the other: `{"status":`, the document's JSON (the very bytes
     /// `/api/status` serves), `}` and a newline: what
-    /// `api::Response::Status` encodes, without another copy of the
-    /// document.
+    /// `api::Response::Status` encodes. Decompressed here (`xlb status`
+    /// asks `status_zstd`; this is for other clients of the socket).
     pub fn answer(&self) -> Result<Vec<Bytes>, String> {
-        let mut parts = Vec::with_capacity(self.json.len() + 2);
+        let mut parts = Vec::with_capacity(self.vips.len() * 2 + 4);
         parts.push(Bytes::from_static(ANSWER_HEAD));
-        parts.extend(self.json.iter().cloned());
+        parts.extend(self.json_plain());
         parts.push(Bytes::from_static(b"}\n"));
         Ok(parts)
     }
+
+    /// The control socket's answer to `status_vip`: the document with VIP
+    /// `name` only, as `answer` writes it (its fields around the VIPs and
+    /// the VIP's kept JSON, decompressed, never decoded: a float read back
+    /// by serde_json may not print the same); the inner error names the
+    /// VIPs it has.
+    pub fn answer_vip(&self, name: &str) -> Result<Result<Vec<Bytes>, String>, String> {
+        let Some(part) = self.vips.iter().find(|p| p.name == name) else {
+            return Ok(Err(xlb_core::status::unknown_vip(
+                name,
+                self.vips.iter().map(|p| p.name.as_str()),
+            )));
+        };
+        let mut d = zstd::bulk::Decompressor::new()
+            .map_err(|e| format!("starting a zstd decompressor: {e}"))?;
+        let mut parts = vec![Bytes::from_static(ANSWER_HEAD)];
+        for (frame, len) in [
+            &self.json_head,
+            &(part.json.clone(), part.json_len),
+            &self.json_tail,
+        ] {
+            let plain = d
+                .decompress(frame, *len as usize)
+                .map_err(|e| format!("decompressing VIP {name}'s status: {e}"))?;
+            parts.push(Bytes::from(plain));
+        }
+        parts.push(Bytes::from_static(b"}\n"));
+        Ok(Ok(parts))
+    }
+}
+
+/// A comma as a zstd frame (between the VIPs' frames), made once.
+fn comma_frame() -> Bytes {
+    static COMMA: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    COMMA
+        .get_or_init(|| {
+            Bytes::from(zstd::bulk::compress(b",", ZSTD_LEVEL).expect("compressing one byte"))
+        })
+        .clone()
 }
 
 /// How `api::Response::Status` opens (serde: externally tagged, snake
@@ -238,6 +367,22 @@ pub struct Snapshots {
     builder: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     /// Each VIP's decision, kept between builds (`status::Decisions`).
     decisions: Mutex<Decisions>,
+    /// What sees each document built before it is published (the status
+    /// page's history: the document itself is not kept).
+    observer: Mutex<Observer>,
+}
+
+/// What is given each document built.
+type Observe = Box<dyn FnMut(&Status) + Send>;
+
+/// A function given each document built.
+#[derive(Default)]
+struct Observer(Option<Observe>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl Snapshots {
@@ -261,7 +406,13 @@ impl Snapshots {
             builds,
             builder: Mutex::new(builder.ok().map(|_| jobs)),
             decisions: Mutex::default(),
+            observer: Mutex::default(),
         }
+    }
+
+    /// Give `observe` every document built, before it is published.
+    pub fn observe(&self, observe: impl FnMut(&Status) + Send + 'static) {
+        self.observer.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(Box::new(observe));
     }
 
     /// Run `build` on the builder thread and wait for its document.
@@ -428,7 +579,17 @@ impl Snapshots {
         };
         self.builds.inc();
         let result = self.run(build).and_then(|(status, counters)| {
+            if let Some(observe) = &mut self.observer.lock().unwrap_or_else(|p| p.into_inner()).0 {
+                observe(&status);
+            }
+            let started = Instant::now();
             let mut published = Published::new(status, previous.as_deref())?;
+            let [json, text, json_plain, text_plain] = published.encoded_bytes();
+            log::debug!(
+                "status document published in {:?}: JSON {json} bytes kept ({json_plain} plain), \
+                 /metrics text {text} bytes kept ({text_plain} plain)",
+                started.elapsed()
+            );
             published.made = made;
             published.counters = counters;
             Ok(Arc::new(published))
@@ -507,10 +668,7 @@ mod tests {
         let snapshots = Arc::new(Snapshots::new(Counter::default()));
         let (build, builds) = counting(Duration::from_millis(200), None);
         // None yet: the first request builds and waits.
-        assert_eq!(
-            snapshots.document(&build, false).unwrap().status.revision,
-            1
-        );
+        assert_eq!(snapshots.document(&build, false).unwrap().revision(), 1);
         // Shared until something happens.
         let a = snapshots.document(&build, false).unwrap();
         let b = snapshots.document(&build, false).unwrap();
@@ -521,23 +679,17 @@ mod tests {
         snapshots.invalidate();
         let started = Instant::now();
         for _ in 0..5 {
-            assert_eq!(
-                snapshots.document(&build, false).unwrap().status.revision,
-                1
-            );
+            assert_eq!(snapshots.document(&build, false).unwrap().revision(), 1);
         }
         assert!(started.elapsed() < Duration::from_millis(100));
         wait_for("the rebuild", || {
-            snapshots.document(&build, false).unwrap().status.revision == 2
+            snapshots.document(&build, false).unwrap().revision() == 2
         });
         assert_eq!(builds.load(Ordering::SeqCst), 2);
         // Asked fresh (`xlb status`) with counters that cannot be read
         // back: built anew (the counters of now, not of the last build).
-        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 3);
-        assert_eq!(
-            snapshots.document(&build, false).unwrap().status.revision,
-            3
-        );
+        assert_eq!(snapshots.document(&build, true).unwrap().revision(), 3);
+        assert_eq!(snapshots.document(&build, false).unwrap().revision(), 3);
         assert_eq!(builds.load(Ordering::SeqCst), 3);
     }
 
@@ -553,15 +705,15 @@ mod tests {
         assert_eq!(builds.load(Ordering::SeqCst), 1);
         // Traffic: a counter moved, so a document of now.
         packets.store(11, Ordering::SeqCst);
-        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 2);
+        assert_eq!(snapshots.document(&build, true).unwrap().revision(), 2);
         assert_eq!(builds.load(Ordering::SeqCst), 2);
         // A tick moved no counter: still the same document.
         snapshots.invalidate();
-        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 2);
+        assert_eq!(snapshots.document(&build, true).unwrap().revision(), 2);
         assert_eq!(builds.load(Ordering::SeqCst), 2);
         // A change: never the old document (built by this request).
         snapshots.invalidate_change();
-        assert_eq!(snapshots.document(&build, true).unwrap().status.revision, 3);
+        assert_eq!(snapshots.document(&build, true).unwrap().revision(), 3);
         assert_eq!(builds.load(Ordering::SeqCst), 3);
     }
 
@@ -575,7 +727,7 @@ mod tests {
         let readers: Vec<_> = (0..8)
             .map(|_| {
                 let (s, b) = (snapshots.clone(), build.clone());
-                std::thread::spawn(move || s.document(&b, false).unwrap().status.revision)
+                std::thread::spawn(move || s.document(&b, false).unwrap().revision())
             })
             .collect();
         for r in readers {
@@ -604,10 +756,7 @@ mod tests {
         let e = snapshots.document(&build, false).unwrap_err();
         assert!(e.contains("XLB_STATS"), "{e}");
         fail.store(false, Ordering::SeqCst);
-        assert_eq!(
-            snapshots.document(&build, false).unwrap().status.revision,
-            1
-        );
+        assert_eq!(snapshots.document(&build, false).unwrap().revision(), 1);
     }
 
     /// A document of three VIPs (web0..web2, two backends each), VIP
@@ -656,8 +805,17 @@ mod tests {
         xlb_core::status::build(&ctx, &desired, &now, &Default::default())
     }
 
-    fn joined(parts: &[Bytes]) -> Vec<u8> {
-        parts.concat()
+    fn joined(parts: impl IntoIterator<Item = Bytes>) -> Vec<u8> {
+        parts.into_iter().flat_map(|b| b.to_vec()).collect()
+    }
+
+    /// The document's JSON as kept (zstd frames) and as sent plain.
+    fn json_of(p: &Published) -> Vec<u8> {
+        let plain = joined(p.json_plain());
+        let frames = joined(p.json_zstd());
+        assert_eq!(zstd::stream::decode_all(&frames[..]).unwrap(), plain);
+        assert_eq!(plain.len() as u64, p.json_len());
+        plain
     }
 
     #[test]
@@ -665,14 +823,24 @@ mod tests {
         let first = Published::new(three_vips(1, 5, 3), None).unwrap();
         // The JSON in parts is the document's, byte for byte, and the
         // socket's answer is the API's encoding of it.
-        assert_eq!(
-            joined(&first.json()),
-            serde_json::to_vec(&*first.status).unwrap()
-        );
-        let api = xlb_core::api::Response::Status(Box::new((*first.status).clone()));
+        let document = three_vips(1, 5, 3);
+        assert_eq!(json_of(&first), serde_json::to_vec(&document).unwrap());
+        let api = xlb_core::api::Response::Status(Box::new(document.clone()));
         let mut expected = serde_json::to_vec(&api).unwrap();
         expected.push(b'\n');
-        assert_eq!(joined(&first.answer().unwrap()), expected);
+        assert_eq!(joined(first.answer().unwrap()), expected);
+        // The compressed answer: a line saying what follows, then frames
+        // that decompress to the document.
+        let answer = joined(first.answer_zstd().unwrap());
+        let newline = answer.iter().position(|&b| b == b'\n').unwrap();
+        let head: xlb_core::api::Response = serde_json::from_slice(&answer[..newline]).unwrap();
+        let xlb_core::api::Response::StatusZstd { bytes, plain } = head else {
+            panic!("{head:?}");
+        };
+        let frames = &answer[newline + 1..];
+        assert_eq!(frames.len() as u64, bytes);
+        let json = zstd::bulk::decompress(frames, plain as usize).unwrap();
+        assert_eq!(json, serde_json::to_vec(&document).unwrap());
 
         // VIP web1's counters moved: its parts are made again, the others'
         // are the first document's own.
@@ -681,29 +849,56 @@ mod tests {
         assert!(!Arc::ptr_eq(&first.vips[1], &second.vips[1]));
         assert!(Arc::ptr_eq(&first.vips[2], &second.vips[2]));
         assert_eq!(
-            joined(&second.json()),
-            serde_json::to_vec(&*second.status).unwrap()
+            json_of(&second),
+            serde_json::to_vec(&three_vips(1, 9, 3)).unwrap()
         );
         // The /metrics text in parts is the text of a document made whole.
         let whole = Published::new(three_vips(1, 9, 3), None).unwrap();
-        assert_eq!(joined(second.text()), joined(whole.text()));
-        let text = String::from_utf8(joined(second.text())).unwrap();
+        assert_eq!(second.text().inflate(), whole.text().inflate());
+        assert_eq!(second.text().crc, whole.text().crc);
+        let text = String::from_utf8(second.text().inflate()).unwrap();
         assert!(
             text.contains("xlb_backend_packets_total{vip=\"web1\",backend=\"a\"} 9\n"),
             "{text}"
         );
+        assert_eq!(text.len() as u64, second.text().len);
+
+        // `status --vip`: from the kept JSON, the API's encoding of the
+        // whole document's VIP, byte for byte.
+        let one = joined(second.answer_vip("web1").unwrap().unwrap());
+        let api =
+            xlb_core::api::Response::Status(Box::new(three_vips(1, 9, 3).one_vip("web1").unwrap()));
+        let mut expected = serde_json::to_vec(&api).unwrap();
+        expected.push(b'\n');
+        assert_eq!(one, expected);
+        let e = second.answer_vip("web9").unwrap().unwrap_err();
+        assert_eq!(e, three_vips(1, 9, 3).one_vip("web9").unwrap_err());
 
         // VIP web2 removed: gone from both encodings.
         let third = Published::new(three_vips(1, 9, 2), Some(&second)).unwrap();
         assert_eq!(third.vips.len(), 2);
         assert!(Arc::ptr_eq(&second.vips[1], &third.vips[1]));
-        let json = String::from_utf8(joined(&third.json())).unwrap();
+        let json = String::from_utf8(json_of(&third)).unwrap();
         assert!(!json.contains("web2") && json.contains("web1"), "{json}");
-        let text = String::from_utf8(joined(third.text())).unwrap();
+        let text = String::from_utf8(third.text().inflate()).unwrap();
         assert!(!text.contains("web2") && text.contains("web1"), "{text}");
         assert_eq!(
             json.as_bytes(),
-            &serde_json::to_vec(&*third.status).unwrap()[..]
+            &serde_json::to_vec(&three_vips(1, 9, 2)).unwrap()[..]
         );
+    }
+
+    /// Each document built is seen by the observer before it is published.
+    #[test]
+    fn the_observer_sees_every_document_built() {
+        let snapshots = Arc::new(Snapshots::new(Counter::default()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        snapshots.observe(move |s| into.lock().unwrap().push(s.revision));
+        let (build, _) = counting(Duration::ZERO, None);
+        snapshots.document(&build, false).unwrap();
+        snapshots.invalidate_change();
+        snapshots.document(&build, false).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2]);
     }
 }
