@@ -206,6 +206,12 @@ impl<'a> Client<'a> {
         let (reply, mut rest) = exchange(self.socket, &Request::StatusZstd)?;
         let (bytes, plain) = match decode(self.socket, &reply)? {
             Response::StatusZstd { bytes, plain } => (bytes, plain),
+            // A daemon older than this CLI (not restarted since an upgrade)
+            // knows no `status_zstd`: it refuses it, naming it, and is asked
+            // the plain way.
+            Response::Error(e) if e.message.contains("status_zstd") => {
+                return self.plain_status(&Request::Status);
+            }
             Response::Error(e) => return Err(e.into()),
             other => return Err(Failure::internal(format!("unexpected response: {other:?}"))),
         };
@@ -246,10 +252,14 @@ impl<'a> Client<'a> {
         let Some(vip) = vip else {
             return self.status_document();
         };
-        let request = Request::StatusVip {
+        self.plain_status(&Request::StatusVip {
             vip: vip.to_string(),
-        };
-        let mut reply = call_raw(self.socket, &request)?;
+        })
+    }
+
+    /// The document of a `status` or `status_vip` answer, not decoded.
+    fn plain_status(&self, request: &Request) -> Result<Vec<u8>, Failure> {
+        let mut reply = call_raw(self.socket, request)?;
         if let Some(document) = status_document(&reply) {
             let range = document.start..document.end;
             reply.truncate(range.end);
@@ -349,5 +359,43 @@ impl<'a> Client<'a> {
             Response::Node(n) => Ok(*n),
             other => Err(other),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A daemon older than `status_zstd`: it refuses the op by name, and
+    /// the CLI asks again the plain way and gets the document.
+    #[test]
+    fn an_older_daemon_is_asked_for_the_plain_status() {
+        let dir = std::env::temp_dir().join(format!("xlb-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("old.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let old = std::thread::spawn(move || {
+            let mut ops = Vec::new();
+            for answer in [
+                r#"{"error":{"kind":"bad_input","message":"bad request: unknown variant `status_zstd`"}}"#,
+                r#"{"status":{"revision":7}}"#,
+            ] {
+                let (stream, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                ops.push(serde_json::from_str::<serde_json::Value>(&line).unwrap()["op"].clone());
+                writeln!(&stream, "{answer}").unwrap();
+            }
+            ops
+        });
+        let Ok(json) = Client::new(&socket).status_json(None) else {
+            panic!("the status from an older daemon was not read");
+        };
+        assert_eq!(json, br#"{"revision":7}"#);
+        assert_eq!(old.join().unwrap(), ["status_zstd", "status"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -358,6 +358,8 @@ pub struct Snapshots {
     built: Condvar,
     /// Documents built (`xlb_http_status_builds_total`).
     builds: Counter,
+    /// How long the last build took, its publication included.
+    last_build: Mutex<Duration>,
     /// The one thread every document is built on (None if it could not
     /// be started: then the asking thread builds). One long-lived thread,
     /// because reading the per-CPU counters needs the number of CPUs, which
@@ -404,10 +406,16 @@ impl Snapshots {
             state: Mutex::default(),
             built: Condvar::new(),
             builds,
+            last_build: Mutex::default(),
             builder: Mutex::new(builder.ok().map(|_| jobs)),
             decisions: Mutex::default(),
             observer: Mutex::default(),
         }
+    }
+
+    /// How long the last document's build took (zero before the first).
+    pub fn last_build(&self) -> Duration {
+        *self.last_build.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Give `observe` every document built, before it is published.
@@ -573,6 +581,7 @@ impl Snapshots {
     /// Build a document now (`building` is set by the caller), make it the
     /// current one, and wake whoever waits.
     fn build(&self, build: &Build) -> Result<Arc<Published>, String> {
+        let began = Instant::now();
         let (made, previous) = {
             let state = self.lock();
             (state.now, state.current.clone())
@@ -597,6 +606,7 @@ impl Snapshots {
         // The document before is let go of before the next is kept: never
         // two documents' parts held longer than this build.
         drop(previous);
+        *self.last_build.lock().unwrap_or_else(|p| p.into_inner()) = began.elapsed();
         let mut state = self.lock();
         state.building = false;
         if let Ok(published) = &result {
