@@ -81,6 +81,7 @@
 //! report always serializes to JSON and back.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 mod shares;
 mod types;
@@ -101,6 +102,9 @@ pub use types::{
 pub struct Detector {
     vips: HashMap<String, vip::VipState>,
     scratch: vip::Scratch,
+    /// Make every report anew (tests compare the reused ones with these).
+    #[cfg(test)]
+    always_fresh: bool,
 }
 
 impl Detector {
@@ -110,7 +114,15 @@ impl Detector {
 
     /// One tick. `now_unix_seconds` increases between calls (normally by ~1).
     /// Returns one report per sample, in order. VIPs absent from `samples` are forgotten.
-    pub fn observe(&mut self, now_unix_seconds: f64, samples: &[VipSample<'_>]) -> Vec<VipReport> {
+    ///
+    /// A VIP whose report would not change (an idle one, typically) gets
+    /// its last report again, the same `Arc`: a caller that keeps reports
+    /// holds one copy, and a tick costs what changed.
+    pub fn observe(
+        &mut self,
+        now_unix_seconds: f64,
+        samples: &[VipSample<'_>],
+    ) -> Vec<Arc<VipReport>> {
         let reports = samples
             .iter()
             .map(|sample| {
@@ -120,6 +132,10 @@ impl Detector {
                     None => self.vips.entry(sample.vip.to_owned()).or_default(),
                 };
                 state.seen = true;
+                #[cfg(test)]
+                if self.always_fresh {
+                    state.forget_report();
+                }
                 state.observe(now_unix_seconds, sample, &mut self.scratch)
             })
             .collect();

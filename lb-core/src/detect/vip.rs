@@ -4,7 +4,11 @@
 //!
 //! This runs for every VIP every second, so it works in buffers kept from
 //! tick to tick ([`Scratch`], [`NameOrder`]) and allocates only what goes
-//! into the report.
+//! into the report; and a tick that changes nothing the report says (an
+//! idle VIP: the same counts, shares and thresholds, no signal off) hands
+//! back the last report itself.
+
+use std::sync::Arc;
 
 use super::shares::{Entry, Shares, sane_share};
 use super::types::{
@@ -20,6 +24,8 @@ pub struct VipState {
     /// One per signal, in [`SIGNALS`] order.
     holds: [Hold; SIGNALS.len()],
     order: NameOrder,
+    /// The last report and the thresholds it was made with.
+    last: Option<(Arc<VipReport>, Thresholds)>,
     /// Set by every tick that reports the VIP; the detector forgets the VIPs
     /// whose mark is not set and clears the others' for the next tick.
     pub(super) seen: bool,
@@ -39,7 +45,8 @@ struct NameOrder {
 }
 
 impl NameOrder {
-    fn update(&mut self, backends: &[BackendSample<'_>]) {
+    /// Returns true when the order changed.
+    fn update(&mut self, backends: &[BackendSample<'_>]) -> bool {
         // `order` is a permutation of 0..len; if it lists the names in
         // strictly increasing (name, index) order it is exactly what the
         // stable sort would produce.
@@ -47,7 +54,7 @@ impl NameOrder {
         let still_sorted = self.order.len() == backends.len()
             && self.order.windows(2).all(|w| key(w[0]) < key(w[1]));
         if still_sorted {
-            return;
+            return false;
         }
         self.order.clear();
         self.order.extend(0..backends.len());
@@ -58,6 +65,7 @@ impl NameOrder {
         for (p, &i) in self.order.iter().enumerate() {
             self.rank[i] = p;
         }
+        true
     }
 }
 
@@ -108,18 +116,24 @@ struct Tick<'s> {
 }
 
 impl VipState {
+    /// The next tick makes its report anew.
+    #[cfg(test)]
+    pub fn forget_report(&mut self) {
+        self.last = None;
+    }
+
     pub fn observe(
         &mut self,
         now: f64,
         sample: &VipSample<'_>,
         scratch: &mut Scratch,
-    ) -> VipReport {
+    ) -> Arc<VipReport> {
         let th = sample.thresholds;
         let backends = &sample.backends[..];
         // Work in name order (stable for duplicate names): the history is
         // matched by name, and the float sums, and so the verdict, do not
         // depend on the order of the sample.
-        self.order.update(backends);
+        let reordered = self.order.update(backends);
         let order = &self.order.order[..];
         let sorted = order.iter().map(|&i| &backends[i]);
 
@@ -143,6 +157,10 @@ impl VipState {
             }
         }));
         let rows = &scratch.rows[..];
+        let unchanged = !reordered && !self.window.moved() && self.holds.iter().all(Hold::is_clear);
+        if unchanged && let Some(report) = reuse(&mut self.last, th, rows, &self.order.rank, span) {
+            return report;
+        }
         let name = |p: usize| backends[order[p]].name;
         for (&signal, shares) in SIGNALS.iter().zip(&mut scratch.shares) {
             shares.recompute(rows.len(), |p| Entry {
@@ -211,12 +229,53 @@ impl VipState {
         } else {
             verdict::plain(State::LowRate, "no active backends")
         };
-        VipReport {
+        let report = Arc::new(VipReport {
             vip: sample.vip.to_owned(),
             verdict,
             signals,
+        });
+        self.last = Some((report.clone(), th.clone()));
+        report
+    }
+}
+
+/// The last report, when this tick's would say the same: the caller saw
+/// that the window's counts did not move and no signal is off (an off
+/// signal's verdict tells how long it has been off); here the shares, flags
+/// and thresholds are checked against the ones it was made with. A new
+/// span only changes the rates when there are events, and then the report
+/// is made again; without events only `window_seconds` changes, set in
+/// place (the last report is copied first if someone still holds it).
+fn reuse(
+    last: &mut Option<(Arc<VipReport>, Thresholds)>,
+    th: &Thresholds,
+    rows: &[Row],
+    rank: &[usize],
+    span: f64,
+) -> Option<Arc<VipReport>> {
+    let (report, made_with) = last.as_mut()?;
+    let same = made_with == th
+        && report.signals.iter().all(|s| {
+            s.backends.len() == rows.len()
+                && s.backends.iter().zip(rank).all(|(b, &p)| {
+                    let row = &rows[p];
+                    b.active == row.active
+                        && b.expected_share_ratio.to_bits() == row.expected.to_bits()
+                        && b.table_share_ratio.to_bits() == row.table.to_bits()
+                })
+        });
+    if !same {
+        return None;
+    }
+    if report.signals.iter().any(|s| s.window_seconds != span) {
+        if rows.iter().any(|r| r.delta != Cumulative::default()) {
+            return None;
+        }
+        for s in &mut Arc::make_mut(report).signals {
+            s.window_seconds = span;
         }
     }
+    Some(report.clone())
 }
 
 /// Rules 1, 4 and 5 for one signal.

@@ -126,7 +126,7 @@ pub struct Controller {
     applied_instant: Instant,
     at_apply: CounterSnapshot,
     detector: Detector,
-    reports: BTreeMap<String, VipReport>,
+    reports: BTreeMap<String, Arc<VipReport>>,
     drift: BTreeMap<String, Finding>,
     drift_checked_at: BTreeMap<String, f64>,
     /// Where the round-robin drift check goes on next tick (a VIP index).
