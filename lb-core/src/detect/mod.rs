@@ -102,6 +102,8 @@ pub use types::{
 pub struct Detector {
     vips: HashMap<String, vip::VipState>,
     scratch: vip::Scratch,
+    /// Reports without per-backend shares (`SignalReport::backends` empty).
+    verdicts_only: bool,
     /// Make every report anew (tests compare the reused ones with these).
     #[cfg(test)]
     always_fresh: bool,
@@ -110,6 +112,16 @@ pub struct Detector {
 impl Detector {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A detector whose reports carry the verdicts and each signal's
+    /// figures, but no per-backend shares: for a caller that only judges
+    /// (the bake's capacity view), at a fraction of the memory.
+    pub fn verdicts_only() -> Self {
+        Self {
+            verdicts_only: true,
+            ..Self::default()
+        }
     }
 
     /// One tick. `now_unix_seconds` increases between calls (normally by ~1).
@@ -136,7 +148,12 @@ impl Detector {
                 if self.always_fresh {
                     state.forget_report();
                 }
-                state.observe(now_unix_seconds, sample, &mut self.scratch)
+                state.observe(
+                    now_unix_seconds,
+                    sample,
+                    &mut self.scratch,
+                    !self.verdicts_only,
+                )
             })
             .collect();
         // A mark per VIP rather than a set of this tick's names: no hashing,

@@ -1016,6 +1016,7 @@ fn reused_reports_are_the_ones_made_anew() {
     let mut reused = Detector::new();
     let mut fresh = Detector::new();
     fresh.always_fresh = true;
+    let mut judge = Detector::verdicts_only();
     let names = ["b0", "b1", "b2", "b3"];
     let mut counters = [Cumulative::default(); 4];
     let mut now = 1.7e9;
@@ -1068,6 +1069,13 @@ fn reused_reports_are_the_ones_made_anew() {
         let a = reused.observe(now, std::slice::from_ref(&sample));
         let b = fresh.observe(now, std::slice::from_ref(&sample));
         assert_eq!(*a[0], *b[0], "tick {t}");
+        // Without the per-backend shares, the same verdicts and figures.
+        let mut c = VipReport::clone(&judge.observe(now, std::slice::from_ref(&sample))[0]);
+        assert!(c.signals.iter().all(|s| s.backends.is_empty()));
+        for (c, b) in c.signals.iter_mut().zip(&b[0].signals) {
+            c.backends = b.backends.clone();
+        }
+        assert_eq!(c, *b[0], "tick {t}");
         // An address still in use when the next report is made can only
         // come back if that report is the same one.
         let address = Arc::as_ptr(&a[0]) as usize;

@@ -24,8 +24,8 @@ pub struct VipState {
     /// One per signal, in [`SIGNALS`] order.
     holds: [Hold; SIGNALS.len()],
     order: NameOrder,
-    /// The last report and the thresholds it was made with.
-    last: Option<(Arc<VipReport>, Thresholds)>,
+    /// The last report and what it was made with.
+    last: Option<Last>,
     /// Set by every tick that reports the VIP; the detector forgets the VIPs
     /// whose mark is not set and clears the others' for the next tick.
     pub(super) seen: bool,
@@ -66,6 +66,50 @@ impl NameOrder {
             self.rank[i] = p;
         }
         true
+    }
+}
+
+/// The last report, with the thresholds and the backends' flags and shares
+/// (name order, as given: not rounded to the window's epsilon) it was made
+/// with: a report reused must be the one these would make.
+#[derive(Debug)]
+struct Last {
+    report: Arc<VipReport>,
+    thresholds: Thresholds,
+    active: Vec<bool>,
+    /// Expected and table share.
+    shares: Vec<[f64; 2]>,
+}
+
+impl Last {
+    fn made_with(&self, th: &Thresholds, rows: &[Row]) -> bool {
+        self.thresholds == *th
+            && self.active.len() == rows.len()
+            && rows
+                .iter()
+                .zip(&self.active)
+                .zip(&self.shares)
+                .all(|((r, &a), s)| {
+                    r.active == a
+                        && r.expected.to_bits() == s[0].to_bits()
+                        && r.table.to_bits() == s[1].to_bits()
+                })
+    }
+
+    fn record(last: &mut Option<Last>, report: Arc<VipReport>, th: &Thresholds, rows: &[Row]) {
+        let last = last.get_or_insert_with(|| Last {
+            report: report.clone(),
+            thresholds: th.clone(),
+            active: Vec::with_capacity(rows.len()),
+            shares: Vec::with_capacity(rows.len()),
+        });
+        last.report = report;
+        last.thresholds.clone_from(th);
+        last.active.clear();
+        last.active.extend(rows.iter().map(|r| r.active));
+        last.shares.clear();
+        last.shares
+            .extend(rows.iter().map(|r| [r.expected, r.table]));
     }
 }
 
@@ -127,6 +171,7 @@ impl VipState {
         now: f64,
         sample: &VipSample<'_>,
         scratch: &mut Scratch,
+        per_backend: bool,
     ) -> Arc<VipReport> {
         let th = sample.thresholds;
         let backends = &sample.backends[..];
@@ -158,7 +203,7 @@ impl VipState {
         }));
         let rows = &scratch.rows[..];
         let unchanged = !reordered && !self.window.moved() && self.holds.iter().all(Hold::is_clear);
-        if unchanged && let Some(report) = reuse(&mut self.last, th, rows, &self.order.rank, span) {
+        if unchanged && let Some(report) = reuse(&mut self.last, th, rows, span) {
             return report;
         }
         let name = |p: usize| backends[order[p]].name;
@@ -217,7 +262,11 @@ impl VipState {
                     worst_ratio: s.worst.and_then(|w| s.ratio[w]),
                     cv: s.cv,
                     verdict,
-                    backends: backend_shares(signal, s, backends, &self.order.rank, rows, span),
+                    backends: if per_backend {
+                        backend_shares(signal, s, backends, &self.order.rank, rows, span)
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();
@@ -234,7 +283,7 @@ impl VipState {
             verdict,
             signals,
         });
-        self.last = Some((report.clone(), th.clone()));
+        Last::record(&mut self.last, report.clone(), th, rows);
         report
     }
 }
@@ -247,26 +296,13 @@ impl VipState {
 /// is made again; without events only `window_seconds` changes, set in
 /// place (the last report is copied first if someone still holds it).
 fn reuse(
-    last: &mut Option<(Arc<VipReport>, Thresholds)>,
+    last: &mut Option<Last>,
     th: &Thresholds,
     rows: &[Row],
-    rank: &[usize],
     span: f64,
 ) -> Option<Arc<VipReport>> {
-    let (report, made_with) = last.as_mut()?;
-    let same = made_with == th
-        && report.signals.iter().all(|s| {
-            s.backends.len() == rows.len()
-                && s.backends.iter().zip(rank).all(|(b, &p)| {
-                    let row = &rows[p];
-                    b.active == row.active
-                        && b.expected_share_ratio.to_bits() == row.expected.to_bits()
-                        && b.table_share_ratio.to_bits() == row.table.to_bits()
-                })
-        });
-    if !same {
-        return None;
-    }
+    let last = last.as_mut().filter(|l| l.made_with(th, rows))?;
+    let report = &mut last.report;
     if report.signals.iter().any(|s| s.window_seconds != span) {
         if rows.iter().any(|r| r.delta != Cumulative::default()) {
             return None;

@@ -54,7 +54,7 @@ impl Controller {
             text: target.config_text.clone(),
             file: target.config_file.clone(),
         });
-        self.capacity_detector = Detector::new();
+        self.capacity_detector = Detector::verdicts_only();
         if now >= until {
             log::info!(
                 "revision {} was baking when the last daemon stopped and its window has passed: judged at the first collector pass",
@@ -78,7 +78,7 @@ impl Controller {
         log::info!("revision {} baked", bake.revision);
         // Judged only while a revision bakes: its windows and reports
         // (about as large as the imbalance detector's) go until the next.
-        self.capacity_detector = Detector::new();
+        self.capacity_detector = Detector::verdicts_only();
         let number = bake.revision;
         if let Some(store) = self.revisions.as_mut()
             && let Err(e) = store.update_outcome(number, Outcome::Baked)
@@ -138,7 +138,7 @@ impl Controller {
                     ..bake
                 });
                 self.rollback_target = None;
-                self.capacity_detector = Detector::new();
+                self.capacity_detector = Detector::verdicts_only();
             }
             Err(e) => log::error!(
                 "automatic rollback of revision {} failed: {e}; still on it",

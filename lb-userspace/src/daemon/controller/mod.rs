@@ -214,7 +214,7 @@ impl Controller {
                 hold_seconds: 0.0,
             },
             bake: None,
-            capacity_detector: Detector::new(),
+            capacity_detector: Detector::verdicts_only(),
             audit: None,
             conn_scan: None,
             health: Default::default(),
