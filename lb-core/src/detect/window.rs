@@ -127,6 +127,7 @@ impl Cells {
         }
     }
 
+    #[cfg(test)]
     fn capacity(&self) -> usize {
         match self {
             Cells::U16(c) => c.capacity(),
@@ -140,6 +141,7 @@ impl Cells {
     fn grow(&mut self, first: usize, more: usize) {
         fn grow<T: Copy + Default>(c: &mut Vec<T>, first: usize, more: usize) {
             c.rotate_left(first);
+            c.reserve_exact(more);
             c.resize(c.len() + more, T::default());
         }
         match self {
@@ -190,16 +192,11 @@ impl Steps {
     fn open(&mut self, n: usize) -> usize {
         let slots = self.slots;
         if self.len == slots {
-            // Full (or no room yet): one more tick while the room made at
-            // the start lasts, then double, so a long window does not move
-            // its cells every tick while it fills.
-            let more = if self.cells.capacity() >= (slots + 1) * n {
-                1
-            } else {
-                slots.max(1)
-            };
-            self.cells.grow(self.head * n, more * n);
-            self.slots += more;
+            // Full (or no room yet): room for exactly one more tick. Not
+            // doubled: the ticks that come in a burst after a stalled
+            // collector (an apply) would leave twice the room for good.
+            self.cells.grow(self.head * n, n);
+            self.slots += 1;
             self.head = 0;
         }
         let at = (self.head + self.len) % self.slots * n;
