@@ -151,6 +151,21 @@ impl Cells {
         }
     }
 
+    /// Keeps `keep` cells, from the cell at `first` on (wrapping), at the
+    /// front, and frees the rest.
+    fn shrink(&mut self, first: usize, keep: usize) {
+        fn shrink<T>(c: &mut Vec<T>, first: usize, keep: usize) {
+            c.rotate_left(first);
+            c.truncate(keep);
+            c.shrink_to_fit();
+        }
+        match self {
+            Cells::U16(c) => shrink(c, first, keep),
+            Cells::U32(c) => shrink(c, first, keep),
+            Cells::U64(c) => shrink(c, first, keep),
+        }
+    }
+
     /// Empty, narrowest width, keeping the allocation when it is already
     /// the narrowest, with room for `cells`.
     fn reset(&mut self, cells: usize) {
@@ -215,6 +230,14 @@ impl Steps {
         }
         self.head = (self.head + 1) % self.slots;
         self.len -= 1;
+        // After a burst of ticks (a stalled collector catching up) the
+        // window holds its usual few again: give the room back once it is
+        // more than twice what is held, keeping one tick of room.
+        if self.slots > 2 * (self.len + 1) {
+            self.cells.shrink(self.head * n, (self.len + 1) * n);
+            self.slots = self.len + 1;
+            self.head = 0;
+        }
     }
 }
 
@@ -486,6 +509,29 @@ mod tests {
                 .iter()
                 .all(|s| matches!(s.cells, Cells::U16(_)) || s.len == 0)
         );
+    }
+
+    #[test]
+    fn room_left_by_a_burst_is_given_back() {
+        let mut w = Window::default();
+        push(&mut w, 0.0, 0, 10.0);
+        for t in 1..20u64 {
+            push(&mut w, t as f64, t, 10.0);
+        }
+        let steady = cells_capacity(&w);
+        // 30 ticks within one second, then one a second again.
+        for i in 1..=30u64 {
+            push(&mut w, 19.0 + i as f64 / 31.0, 19 + i, 10.0);
+        }
+        assert!(cells_capacity(&w) > 2 * steady);
+        for t in 20..45u64 {
+            push(&mut w, t as f64, 100 + t, 10.0);
+        }
+        // At most twice the steady room (the hysteresis that keeps a ring
+        // from shrinking and growing every other tick).
+        let after = cells_capacity(&w);
+        assert!(after <= 2 * steady, "{after} > 2 x {steady}");
+        assert_eq!(w.delta().unwrap().get(0).new_flows, 10);
     }
 
     #[test]
