@@ -9,6 +9,8 @@
 //! the fault, a weight change that sends a backend more than it can take,
 //! which the weight-based view calls balanced (the outage behind xlb).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::detect::{State, VipReport};
@@ -52,13 +54,13 @@ pub enum Decision {
 pub fn decide(
     bake: &BakeStatus,
     now: f64,
-    weight_view: &[VipReport],
-    capacity_view: &[VipReport],
+    weight_view: &[Arc<VipReport>],
+    capacity_view: &[Arc<VipReport>],
 ) -> Decision {
     if bake.state != BakeState::Baking {
         return Decision::Wait;
     }
-    let bad = |reports: &[VipReport], view: &str| {
+    let bad = |reports: &[Arc<VipReport>], view: &str| {
         reports
             .iter()
             .find(|r| r.verdict.state == State::Imbalanced)
@@ -83,8 +85,8 @@ mod tests {
     use super::*;
     use crate::detect::Verdict;
 
-    fn report(vip: &str, state: State) -> VipReport {
-        VipReport {
+    fn report(vip: &str, state: State) -> Arc<VipReport> {
+        Arc::new(VipReport {
             vip: vip.into(),
             verdict: Verdict {
                 state,
@@ -95,7 +97,7 @@ mod tests {
                 reason: "b1 gets 4.00x".into(),
             },
             signals: vec![],
-        }
+        })
     }
 
     fn baking() -> BakeStatus {

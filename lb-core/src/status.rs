@@ -324,7 +324,7 @@ pub struct StatusContext<'a> {
     pub observed_seconds: f64,
     pub generated_at_unix_seconds: f64,
     /// The detector's last reports, by VIP name.
-    pub reports: &'a BTreeMap<String, VipReport>,
+    pub reports: &'a BTreeMap<String, Arc<VipReport>>,
     /// The last drift check, by VIP name.
     pub drift: &'a BTreeMap<String, crate::drift::Finding>,
     pub drift_checked_at: &'a BTreeMap<String, f64>,
@@ -1082,7 +1082,7 @@ mod tests {
     use super::*;
     use lb_common::Counters;
 
-    static NO_REPORTS: BTreeMap<String, VipReport> = BTreeMap::new();
+    static NO_REPORTS: BTreeMap<String, Arc<VipReport>> = BTreeMap::new();
     static NO_DRIFT: BTreeMap<String, crate::drift::Finding> = BTreeMap::new();
     static NO_CHECKS: BTreeMap<String, f64> = BTreeMap::new();
 

@@ -81,6 +81,7 @@
 //! report always serializes to JSON and back.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 mod shares;
 mod types;
@@ -101,6 +102,11 @@ pub use types::{
 pub struct Detector {
     vips: HashMap<String, vip::VipState>,
     scratch: vip::Scratch,
+    /// Reports without per-backend shares (`SignalReport::backends` empty).
+    verdicts_only: bool,
+    /// Make every report anew (tests compare the reused ones with these).
+    #[cfg(test)]
+    always_fresh: bool,
 }
 
 impl Detector {
@@ -108,9 +114,27 @@ impl Detector {
         Self::default()
     }
 
+    /// A detector whose reports carry the verdicts and each signal's
+    /// figures, but no per-backend shares: for a caller that only judges
+    /// (the bake's capacity view), at a fraction of the memory.
+    pub fn verdicts_only() -> Self {
+        Self {
+            verdicts_only: true,
+            ..Self::default()
+        }
+    }
+
     /// One tick. `now_unix_seconds` increases between calls (normally by ~1).
     /// Returns one report per sample, in order. VIPs absent from `samples` are forgotten.
-    pub fn observe(&mut self, now_unix_seconds: f64, samples: &[VipSample<'_>]) -> Vec<VipReport> {
+    ///
+    /// A VIP whose report would not change (an idle one, typically) gets
+    /// its last report again, the same `Arc`: a caller that keeps reports
+    /// holds one copy, and a tick costs what changed.
+    pub fn observe(
+        &mut self,
+        now_unix_seconds: f64,
+        samples: &[VipSample<'_>],
+    ) -> Vec<Arc<VipReport>> {
         let reports = samples
             .iter()
             .map(|sample| {
@@ -120,7 +144,16 @@ impl Detector {
                     None => self.vips.entry(sample.vip.to_owned()).or_default(),
                 };
                 state.seen = true;
-                state.observe(now_unix_seconds, sample, &mut self.scratch)
+                #[cfg(test)]
+                if self.always_fresh {
+                    state.forget_report();
+                }
+                state.observe(
+                    now_unix_seconds,
+                    sample,
+                    &mut self.scratch,
+                    !self.verdicts_only,
+                )
             })
             .collect();
         // A mark per VIP rather than a set of this tick's names: no hashing,

@@ -90,6 +90,11 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// Whether the signal was not off at the last tick.
+    pub fn is_clear(&self) -> bool {
+        self.since.is_none()
+    }
+
     /// The signal is not off this tick.
     pub fn clear(&mut self) {
         self.since = None;

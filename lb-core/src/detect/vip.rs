@@ -4,7 +4,11 @@
 //!
 //! This runs for every VIP every second, so it works in buffers kept from
 //! tick to tick ([`Scratch`], [`NameOrder`]) and allocates only what goes
-//! into the report.
+//! into the report; and a tick that changes nothing the report says (an
+//! idle VIP: the same counts, shares and thresholds, no signal off) hands
+//! back the last report itself.
+
+use std::sync::Arc;
 
 use super::shares::{Entry, Shares, sane_share};
 use super::types::{
@@ -20,6 +24,8 @@ pub struct VipState {
     /// One per signal, in [`SIGNALS`] order.
     holds: [Hold; SIGNALS.len()],
     order: NameOrder,
+    /// The last report and what it was made with.
+    last: Option<Last>,
     /// Set by every tick that reports the VIP; the detector forgets the VIPs
     /// whose mark is not set and clears the others' for the next tick.
     pub(super) seen: bool,
@@ -39,7 +45,8 @@ struct NameOrder {
 }
 
 impl NameOrder {
-    fn update(&mut self, backends: &[BackendSample<'_>]) {
+    /// Returns true when the order changed.
+    fn update(&mut self, backends: &[BackendSample<'_>]) -> bool {
         // `order` is a permutation of 0..len; if it lists the names in
         // strictly increasing (name, index) order it is exactly what the
         // stable sort would produce.
@@ -47,7 +54,7 @@ impl NameOrder {
         let still_sorted = self.order.len() == backends.len()
             && self.order.windows(2).all(|w| key(w[0]) < key(w[1]));
         if still_sorted {
-            return;
+            return false;
         }
         self.order.clear();
         self.order.extend(0..backends.len());
@@ -58,6 +65,51 @@ impl NameOrder {
         for (p, &i) in self.order.iter().enumerate() {
             self.rank[i] = p;
         }
+        true
+    }
+}
+
+/// The last report, with the thresholds and the backends' flags and shares
+/// (name order, as given: not rounded to the window's epsilon) it was made
+/// with: a report reused must be the one these would make.
+#[derive(Debug)]
+struct Last {
+    report: Arc<VipReport>,
+    thresholds: Thresholds,
+    active: Vec<bool>,
+    /// Expected and table share.
+    shares: Vec<[f64; 2]>,
+}
+
+impl Last {
+    fn made_with(&self, th: &Thresholds, rows: &[Row]) -> bool {
+        self.thresholds == *th
+            && self.active.len() == rows.len()
+            && rows
+                .iter()
+                .zip(&self.active)
+                .zip(&self.shares)
+                .all(|((r, &a), s)| {
+                    r.active == a
+                        && r.expected.to_bits() == s[0].to_bits()
+                        && r.table.to_bits() == s[1].to_bits()
+                })
+    }
+
+    fn record(last: &mut Option<Last>, report: Arc<VipReport>, th: &Thresholds, rows: &[Row]) {
+        let last = last.get_or_insert_with(|| Last {
+            report: report.clone(),
+            thresholds: th.clone(),
+            active: Vec::with_capacity(rows.len()),
+            shares: Vec::with_capacity(rows.len()),
+        });
+        last.report = report;
+        last.thresholds.clone_from(th);
+        last.active.clear();
+        last.active.extend(rows.iter().map(|r| r.active));
+        last.shares.clear();
+        last.shares
+            .extend(rows.iter().map(|r| [r.expected, r.table]));
     }
 }
 
@@ -108,18 +160,25 @@ struct Tick<'s> {
 }
 
 impl VipState {
+    /// The next tick makes its report anew.
+    #[cfg(test)]
+    pub fn forget_report(&mut self) {
+        self.last = None;
+    }
+
     pub fn observe(
         &mut self,
         now: f64,
         sample: &VipSample<'_>,
         scratch: &mut Scratch,
-    ) -> VipReport {
+        per_backend: bool,
+    ) -> Arc<VipReport> {
         let th = sample.thresholds;
         let backends = &sample.backends[..];
         // Work in name order (stable for duplicate names): the history is
         // matched by name, and the float sums, and so the verdict, do not
         // depend on the order of the sample.
-        self.order.update(backends);
+        let reordered = self.order.update(backends);
         let order = &self.order.order[..];
         let sorted = order.iter().map(|&i| &backends[i]);
 
@@ -143,6 +202,10 @@ impl VipState {
             }
         }));
         let rows = &scratch.rows[..];
+        let unchanged = !reordered && !self.window.moved() && self.holds.iter().all(Hold::is_clear);
+        if unchanged && let Some(report) = reuse(&mut self.last, th, rows, span) {
+            return report;
+        }
         let name = |p: usize| backends[order[p]].name;
         for (&signal, shares) in SIGNALS.iter().zip(&mut scratch.shares) {
             shares.recompute(rows.len(), |p| Entry {
@@ -199,7 +262,11 @@ impl VipState {
                     worst_ratio: s.worst.and_then(|w| s.ratio[w]),
                     cv: s.cv,
                     verdict,
-                    backends: backend_shares(signal, s, backends, &self.order.rank, rows, span),
+                    backends: if per_backend {
+                        backend_shares(signal, s, backends, &self.order.rank, rows, span)
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();
@@ -211,12 +278,40 @@ impl VipState {
         } else {
             verdict::plain(State::LowRate, "no active backends")
         };
-        VipReport {
+        let report = Arc::new(VipReport {
             vip: sample.vip.to_owned(),
             verdict,
             signals,
+        });
+        Last::record(&mut self.last, report.clone(), th, rows);
+        report
+    }
+}
+
+/// The last report, when this tick's would say the same: the caller saw
+/// that the window's counts did not move and no signal is off (an off
+/// signal's verdict tells how long it has been off); here the shares, flags
+/// and thresholds are checked against the ones it was made with. A new
+/// span only changes the rates when there are events, and then the report
+/// is made again; without events only `window_seconds` changes, set in
+/// place (the last report is copied first if someone still holds it).
+fn reuse(
+    last: &mut Option<Last>,
+    th: &Thresholds,
+    rows: &[Row],
+    span: f64,
+) -> Option<Arc<VipReport>> {
+    let last = last.as_mut().filter(|l| l.made_with(th, rows))?;
+    let report = &mut last.report;
+    if report.signals.iter().any(|s| s.window_seconds != span) {
+        if rows.iter().any(|r| r.delta != Cumulative::default()) {
+            return None;
+        }
+        for s in &mut Arc::make_mut(report).signals {
+            s.window_seconds = span;
         }
     }
+    Some(report.clone())
 }
 
 /// Rules 1, 4 and 5 for one signal.

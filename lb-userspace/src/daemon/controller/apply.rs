@@ -339,7 +339,7 @@ impl Controller {
             rollback_revision: None,
         });
         self.rollback_target = Some(previous);
-        self.capacity_detector = Detector::new();
+        self.capacity_detector = Detector::verdicts_only();
     }
 
     fn audit_operator_apply(

@@ -2,6 +2,8 @@
 //! previous revision is put back automatically (through the one apply
 //! path) and the reason recorded.
 
+use std::sync::Arc;
+
 use xlb_core::bake::{BakeState, BakeStatus};
 use xlb_core::change::{ApplyOptions, Candidate, LiveRevision, Origin};
 use xlb_core::clock::unix_now;
@@ -52,7 +54,7 @@ impl Controller {
             text: target.config_text.clone(),
             file: target.config_file.clone(),
         });
-        self.capacity_detector = Detector::new();
+        self.capacity_detector = Detector::verdicts_only();
         if now >= until {
             log::info!(
                 "revision {} was baking when the last daemon stopped and its window has passed: judged at the first collector pass",
@@ -74,6 +76,9 @@ impl Controller {
         };
         bake.state = BakeState::Baked;
         log::info!("revision {} baked", bake.revision);
+        // Judged only while a revision bakes: its windows and reports
+        // (about as large as the imbalance detector's) go until the next.
+        self.capacity_detector = Detector::verdicts_only();
         let number = bake.revision;
         if let Some(store) = self.revisions.as_mut()
             && let Err(e) = store.update_outcome(number, Outcome::Baked)
@@ -133,6 +138,7 @@ impl Controller {
                     ..bake
                 });
                 self.rollback_target = None;
+                self.capacity_detector = Detector::verdicts_only();
             }
             Err(e) => log::error!(
                 "automatic rollback of revision {} failed: {e}; still on it",
@@ -150,7 +156,7 @@ pub(super) fn capacity_view(
     policy: BakePolicy,
     now: f64,
     samples: &[VipSample<'_>],
-) -> Vec<VipReport> {
+) -> Vec<Arc<VipReport>> {
     let thresholds: Vec<xlb_core::detect::Thresholds> = desired
         .vips
         .iter()

@@ -105,6 +105,9 @@ impl Controller {
             })
             .collect();
         drop(health);
+        // The detector hands back an unchanged VIP's last report, adjusted
+        // in place when no one else holds it: let go of this tick's first.
+        self.reports.clear();
         let reports = self.detector.observe(now_unix_seconds, &samples);
         let baking = self
             .bake

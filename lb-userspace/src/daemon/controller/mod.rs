@@ -127,7 +127,7 @@ pub struct Controller {
     applied_instant: Instant,
     at_apply: PacketsAt,
     detector: Detector,
-    reports: BTreeMap<String, VipReport>,
+    reports: BTreeMap<String, Arc<VipReport>>,
     drift: BTreeMap<String, Finding>,
     drift_checked_at: BTreeMap<String, f64>,
     /// Where the round-robin drift check goes on next tick (a VIP index).
@@ -215,7 +215,7 @@ impl Controller {
                 hold_seconds: 0.0,
             },
             bake: None,
-            capacity_detector: Detector::new(),
+            capacity_detector: Detector::verdicts_only(),
             audit: None,
             conn_scan: None,
             health: Default::default(),
