@@ -115,15 +115,20 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn xlb(&self, args: &[&str]) -> anyhow::Result<std::process::ExitStatus> {
-        Ok(Command::new(xlb_binary()?)
+    /// `xlb --socket SOCKET ARGS`, its input and errors discarded.
+    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut command = Command::new(xlb_binary()?);
+        command
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?)
+            .stderr(Stdio::null());
+        Ok(command)
+    }
+
+    fn xlb(&self, args: &[&str]) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(self.command(args)?.stdout(Stdio::null()).status()?)
     }
 
     fn timed(&self, args: &[&str]) -> anyhow::Result<Duration> {
@@ -142,13 +147,7 @@ impl Daemon {
 
     /// The bytes `xlb ARGS` writes to its standard output.
     fn output_len(&self, args: &[&str]) -> anyhow::Result<u64> {
-        let out = Command::new(xlb_binary()?)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()?;
+        let out = self.command(args)?.output()?;
         ensure!(out.status.success(), "xlb {args:?}: {}", out.status);
         Ok(out.stdout.len() as u64)
     }
