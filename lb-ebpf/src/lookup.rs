@@ -97,11 +97,14 @@ fn usable(backend_id: u32, vip_id: u32) -> Option<*const Backend> {
 /// (8 bytes a load) and jhash2 (4 bytes a load) both read from single
 /// stores, which the CPU forwards to the loads.
 #[inline(always)]
-pub fn key4(p: &Parsed) -> [u64; 2] {
-    [
-        p.flow.src[0] as u64 | (p.flow.dst[0] as u64) << 32,
-        p.flow.ports as u64 | (p.flow.proto as u64) << 32,
-    ]
+fn key4(p: &Parsed) -> [u64; 2] {
+    FlowKey4 {
+        src: p.flow.src[0],
+        dst: p.flow.dst[0],
+        ports: p.flow.ports,
+        proto: p.flow.proto,
+    }
+    .to_u64s()
 }
 
 /// `key4`'s words as the map's key type.
@@ -113,15 +116,15 @@ fn as_key4(k: &[u64; 2]) -> &FlowKey4 {
     unsafe { &*(k.as_ptr() as *const FlowKey4) }
 }
 
-/// The flow's connection-table entry, from its family's table (`k4`: the
-/// packet's `key4`, read for IPv4 only). The 8 bytes are copied out at
+/// The flow's connection-table entry, from its family's table (an IPv4
+/// flow's by its `key4`, made only then). The 8 bytes are copied out at
 /// once.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
 )]
 #[inline(always)]
-pub fn known(p: &Parsed, k4: &[u64; 2]) -> Option<ConnEntry> {
+pub fn known(p: &Parsed) -> Option<ConnEntry> {
     // SAFETY: `get` is unsafe because the entry may be changed or evicted
     // while the reference lives; the value is copied out at once. An
     // element an LRU reuses for another flow under us gives at worst that
@@ -129,7 +132,7 @@ pub fn known(p: &Parsed, k4: &[u64; 2]) -> Option<ConnEntry> {
     // which only picks outer header bits.
     unsafe {
         if p.family == FAMILY_V4 {
-            XLB_CONNS_V4.get(as_key4(k4)).copied()
+            XLB_CONNS_V4.get(as_key4(&key4(p))).copied()
         } else {
             XLB_CONNS.get(&p.flow).copied()
         }
@@ -161,9 +164,8 @@ pub struct Choice {
 #[inline(always)]
 pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice> {
     let mut event = EV_CONN_MISS;
-    let k4 = key4(p);
     if p.new_connection == 0
-        && let Some(entry) = known(p, &k4)
+        && let Some(entry) = known(p)
     {
         if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
             count_event(EV_CONN_HIT);
@@ -200,7 +202,7 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
             flow_hash: tuple_hash,
         };
         let _ = if p.family == FAMILY_V4 {
-            XLB_CONNS_V4.insert(as_key4(&k4), &entry, 0)
+            XLB_CONNS_V4.insert(as_key4(&key4(p)), &entry, 0)
         } else {
             XLB_CONNS.insert(&p.flow, &entry, 0)
         };

@@ -27,7 +27,7 @@ use lb_common::{
 };
 
 use crate::{
-    lookup::{key4, known},
+    lookup::known,
     maps::{XLB_CONFIG, XLB_MAGLEV_TABLES},
     scratch::{KIND_ECHO, KIND_FLOW, KIND_UNHANDLED_EXT_HEADER, Parsed},
 };
@@ -104,7 +104,7 @@ pub fn begin(ctx: &XdpContext, p: &Parsed, meta: &VipMeta) {
     if p.kind < KIND_UNHANDLED_EXT_HEADER
         && p.kind != KIND_ECHO
         && p.new_connection == 0
-        && let Some(e) = known(p, &key4(p))
+        && let Some(e) = known(p)
     {
         rec.entry_backend = e.backend_id;
     }
