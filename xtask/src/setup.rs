@@ -33,11 +33,14 @@ const PACKAGES: &[&str] = &[
     // speaks BGP and BFD for every node and the router (deploy/bird/).
     "bird2",
     // The fleet's store (lb-fleet, tests/tests/rollout.rs): etcd and etcdctl;
-    // etcd-client's build script compiles etcd's protobufs with protoc; openssl
-    // makes the tests' CA and certificates.
+    // etcd-client's build script compiles etcd's protobufs with protoc, which
+    // needs the well-known types (google/protobuf/*.proto) of libprotobuf-dev:
+    // only a recommendation of protobuf-compiler, and recommendations are not
+    // installed here; openssl makes the tests' CA and certificates.
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "openssl",
     // tests/tests/package.rs: `man xlb` from the installed package.
     "man-db",
