@@ -5,6 +5,7 @@
 //! - `user`: who runs this process;
 //! - `build_info`: which build this is (`xlb version`, and the daemon's answer);
 //! - `lock`: one daemon per state directory and per pin directory;
+//! - `memory`: freed memory given back to the system when large work ends;
 //! - `store`: the revision store on disk (used by the daemon, and read-only
 //!   by `xlb plan --revision`);
 //! - `daemon`: `xlb run`: the controller, the control socket, HTTP and
@@ -17,5 +18,6 @@ pub mod build_info;
 pub mod cli;
 pub mod daemon;
 pub mod lock;
+pub mod memory;
 pub mod store;
 pub mod user;

@@ -11,19 +11,25 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// before it is given back to the system.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// The purge delay, in milliseconds.
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
 /// `mi_option_allow_thp` of mimalloc.h (v2, the one the bindings build;
 /// not named by them either): whether its segments may be backed by
 /// transparent huge pages.
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 37;
 
 fn main() -> std::process::ExitCode {
-    // Give freed memory back at once: a delayed purge runs only when the
-    // thread that freed it allocates again, and the threads that parse an
-    // apply or build a status document then sleep; the daemon kept a large
-    // apply's peak (~300 MB more at 1,000 VIPs x 64 backends) for good.
+    // Give freed memory back 10 ms after it is freed (mimalloc's default,
+    // set here so that it is stated): given back at once, the parse of a
+    // large config faulted in again each page it had just freed. A delayed
+    // purge runs only when the freeing thread allocates again, so the
+    // daemon gives back its pool's and its request's memory when a request
+    // ends (`xlb::memory::give_back`); without that it kept a large apply's
+    // peak (~300 MB more at 1,000 VIPs x 64 backends) for good.
     // SAFETY: sets one option value of the allocator, before any thread of
     // ours starts; any value is valid for this option.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     // No transparent huge pages for the heap: a 2 MiB page stays resident
     // whole while any of it is in use, and a purge cannot give back part of
     // it. At 1,000 VIPs x 64 backends the daemon held 48 MB more after 100

@@ -100,8 +100,8 @@ pub fn parse_against(
     file: &str,
     previous: Option<(&str, &Config)>,
 ) -> Result<Config, ConfigError> {
-    if let Some(config) = previous.and_then(|(old_text, old)| short_way(text, file, old_text, old))
-    {
+    let short = previous.and_then(|(old_text, old)| short_way(text, file, old_text, old));
+    if let Some(config) = short.or_else(|| in_parts(text, file)) {
         return Ok(config);
     }
     parse_and_validate(text, file)
@@ -130,25 +130,44 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
                 .copied(),
         })
         .collect();
+    assemble(&new, &taken, file)
+}
+
+/// A text with no earlier one, the short way's way: its VIP pieces parsed
+/// in parts on every core instead of the whole text on one (a start at the
+/// declared limits parses 5.8 MB). None where the cut does not apply, for
+/// a text of few VIPs (one part: the whole parse is as fast) or on any
+/// problem, which the whole parse then reports.
+pub(super) fn in_parts(text: &str, file: &str) -> Option<Config> {
+    let new = cut(text)?;
+    if new.vips.len() <= PIECES_PER_PART {
+        return None;
+    }
+    assemble(&new, &vec![None; new.vips.len()], file)
+}
+
+/// The config of `new`'s head and pieces: piece i is `taken[i]` where that
+/// is Some, else parsed (with the head, in parts on every core); None on
+/// any problem.
+fn assemble(new: &Cut<'_>, taken: &[Option<&Vip>], file: &str) -> Option<Config> {
     let changed: Vec<&str> = new
         .vips
         .iter()
-        .zip(&taken)
+        .zip(taken)
         .filter(|(_, vip)| vip.is_none())
         .map(|(piece, _)| *piece)
         .collect();
-    // The head and the changed pieces, as a document of their own.
-    // The changed pieces after the head, as documents of their own: one per
-    // core when there are many (a change of every VIP parses 5.8 MB).
-    let per_part = changed
-        .len()
-        .div_ceil(rayon::current_num_threads())
-        .max(PIECES_PER_PART);
+    // The changed pieces after the head, as documents of their own, a few
+    // pieces each, on every core. Small parts, not one per core: a part's
+    // parse allocates several times its text, and memory freed by one part
+    // is used again by the next on the same thread instead of faulted in
+    // afresh (docs/BENCHMARKS.md, issue 20, "Seventh round: the plan of
+    // every VIP").
     // Nothing changed: the head alone, which gives the top-level settings.
     let chunks: Vec<&[&str]> = if changed.is_empty() {
         vec![&[]]
     } else {
-        changed.chunks(per_part).collect()
+        changed.chunks(PIECES_PER_PART).collect()
     };
     let parts: Vec<Config> = chunks
         .par_iter()
@@ -173,8 +192,8 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
     Some(parsed)
 }
 
-/// Fewer changed pieces than this are parsed as one document.
-const PIECES_PER_PART: usize = 64;
+/// Changed pieces parsed as one document, at most.
+const PIECES_PER_PART: usize = 16;
 
 /// `head`, then `pieces`, each on lines of its own.
 fn document(head: &str, pieces: &[&str]) -> String {
@@ -230,8 +249,8 @@ mod tests {
     /// The short way's answer is the whole parse's, Ok or Err, and says
     /// whether the short way was taken.
     fn same_as_whole(old: &str, new: &str) -> bool {
-        let earlier = super::super::parse(old, "old.toml").expect("the earlier text is valid");
-        let whole = super::super::parse(new, "new.toml");
+        let earlier = parse_and_validate(old, "old.toml").expect("the earlier text is valid");
+        let whole = parse_and_validate(new, "new.toml");
         let against = parse_against(new, "new.toml", Some((old, &earlier)));
         match (&whole, &against) {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "{new}"),
@@ -269,6 +288,37 @@ mod tests {
         let mut vips: Vec<String> = (1..=n).map(|i| vip(i, 2)).collect();
         vips[n - 1] = vips[n - 1].replace(&format!("name = \"v{n}\""), "name = \"v1\"");
         assert!(!same_as_whole(&old, &text(&vips)));
+    }
+
+    /// A text of many VIPs with no earlier one (a start, `xlb validate`) is
+    /// parsed in parts; its result, and its errors, are the whole parse's.
+    #[test]
+    fn a_text_of_many_vips_is_parsed_in_parts_with_the_whole_parses_result() {
+        let n = 3 * PIECES_PER_PART + 5;
+        let vips: Vec<String> = (1..=n).map(|i| vip(i, 1)).collect();
+        let t = text(&vips);
+        let whole = parse_and_validate(&t, "t.toml").unwrap();
+        assert_eq!(in_parts(&t, "t.toml").as_ref(), Some(&whole));
+        assert_eq!(super::super::parse(&t, "t.toml").unwrap(), whole);
+        // Few VIPs: one part, the whole parse.
+        assert_eq!(in_parts(&text(&vips[..PIECES_PER_PART]), "t.toml"), None);
+        // Problems within a part and across parts: the whole parse's error,
+        // with the real file's lines.
+        let mut bad = vips.clone();
+        bad[n - 2] = bad[n - 2].replace("weight = 1", "weight = -1");
+        let mut twice = vips.clone();
+        twice[n - 1] = twice[n - 1].replace(&format!("name = \"v{n}\""), "name = \"v1\"");
+        for wrong in [text(&bad), text(&twice)] {
+            assert_eq!(in_parts(&wrong, "t.toml"), None);
+            assert_eq!(
+                super::super::parse(&wrong, "t.toml")
+                    .unwrap_err()
+                    .to_string(),
+                parse_and_validate(&wrong, "t.toml")
+                    .unwrap_err()
+                    .to_string()
+            );
+        }
     }
 
     #[test]

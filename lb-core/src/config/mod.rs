@@ -56,7 +56,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, &path.display().to_string())
 }
 
-/// Validate config text; `file` names it in errors.
+/// Validate config text; `file` names it in errors. A text of many VIPs
+/// is parsed in parts on every core where its structure allows
+/// (`incremental`); the result, or the error, is the whole parse's.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    validate::parse_and_validate(text, file)
+    parse_against(text, file, None)
 }

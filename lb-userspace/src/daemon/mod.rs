@@ -151,6 +151,8 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let revision = restart::first_apply(&mut controller, &pinned, opts.candidate)
         .map_err(StartError::Failed)?;
     log::info!("serving revision {revision}");
+    // The start's parse and tables were made here and on the pool.
+    crate::memory::give_back();
     let conns = controller.conn_table();
     // A daemon killed during a trace left the pinned switch on: no one
     // reads that session's records, so it goes off here.
@@ -534,7 +536,16 @@ async fn handle(
             tokio::task::spawn_blocking(move || {
                 match peer::admit(&policy, &peer, &incoming.line, incoming.text) {
                     Err(e) => Ok(vec![Bytes::from(encode(&Response::Error(e))?)]),
-                    Ok(request) => answer(&controller, &metrics, request),
+                    Ok(request) => {
+                        // A plan or a change parsed a config and built
+                        // tables, here and on the pool (memory.rs).
+                        let large = changes(&request) || matches!(request, Request::Plan { .. });
+                        let out = answer(&controller, &metrics, request);
+                        if large {
+                            crate::memory::give_back();
+                        }
+                        out
+                    }
                 }
             })
             .await??

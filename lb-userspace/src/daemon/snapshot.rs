@@ -397,6 +397,7 @@ impl Snapshots {
                     // The asker may have given up (its timeout): nothing
                     // to do then.
                     let _ = reply.send((build.document)());
+                    crate::memory::give_back_here();
                 }
             });
         if let Err(e) = &builder {
@@ -477,6 +478,7 @@ impl Snapshots {
                 if let Err(e) = me.build(&build) {
                     log::warn!("building the status document: {e}");
                 }
+                crate::memory::give_back_here();
             });
         if let Err(e) = spawned {
             log::warn!("starting the status document's rebuild: {e}");

@@ -1,0 +1,27 @@
+//! Memory the daemon's threads freed, given back to the system when a
+//! large piece of work ends, instead of at once on every free.
+//!
+//! The allocator (mimalloc, `main.rs`) gives back freed memory
+//! `purge_delay` after it is freed, and only when the thread that freed it
+//! allocates again. Given back at once (a delay of 0), the parse of a
+//! 5.8 MB config faulted in afresh every page it had freed a moment before:
+//! half of a plan's parse at 1,000 VIPs x 64 backends was the kernel
+//! zeroing pages (docs/BENCHMARKS.md, issue 20, "Seventh round: the plan of
+//! every VIP"). With a delay, a thread that then sleeps (a worker of the
+//! pool that parsed and built the tables, the request's own thread) would
+//! keep what it freed; [`give_back`] is called when such work ends.
+
+/// Give back what this thread and every worker of the rayon pool (which
+/// parses configs and builds Maglev tables) freed and hold unused.
+pub fn give_back() {
+    give_back_here();
+    rayon::broadcast(|_| give_back_here());
+}
+
+/// Give back what this thread freed and holds unused (a thread that built
+/// a status document and now waits for the next).
+pub fn give_back_here() {
+    // SAFETY: mi_collect only walks and purges the calling thread's own
+    // heap (and abandoned segments); any thread may call it at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
