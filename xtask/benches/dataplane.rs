@@ -10,10 +10,12 @@
 //!   known flow (table hit), a UDP datagram, a frame for no VIP;
 //! - per method (L2 DSR, IPIP, GUE) and family, `repeat = 1`: a tunnel grows
 //!   the frame, and with repeat > 1 the program would see its own output
-//!   again. Each run is its own syscall with a fresh frame; "new flow" deletes
-//!   the flow's connection-table entry before each run (outside the timed
-//!   part), so every run misses, hashes and inserts; "hit" sends an ACK of a
-//!   flow the table holds. A single run carries a fixed cost (~60 ns here)
+//!   again. Each run is its own syscall with a fresh frame; "new flow" sends
+//!   the SYN of one of `NEW_FLOWS` flows in turn, deleting that flow's
+//!   connection-table entry before the run (outside the timed part), so
+//!   every run misses, hashes and inserts, into one of as many table
+//!   elements (why several: `NEW_FLOWS`); "hit" sends an ACK of a flow the
+//!   table holds. A single run carries a fixed cost (~60 ns here)
 //!   that the floor carries too; the last column takes it out, estimated as
 //!   the floor's single-run time minus its steady-state time.
 //!
@@ -42,6 +44,18 @@
 //! `XLB_BENCH_B_FIRST=1` times each B row before its twin instead of after
 //! (to tell an effect of the object from one of the row's place: the
 //! compared object's L2 DSR IPv4 new-flow row, docs/BENCHMARKS.md).
+//!
+//! For finding out what a row's time depends on (docs/BENCHMARKS.md, ninth
+//! round): `XLB_BENCH_ONLY=<word>,...` times only the single-run rows whose
+//! label contains one of the words (and the floor); `XLB_BENCH_REVERSE=1`
+//! times them in the reverse order; `XLB_BENCH_NO_STEADY=1` runs no
+//! steady-state row but the floor, `XLB_BENCH_STEADY_ONLY=<word>,...` only
+//! those whose label contains a word (both also leave out those rows'
+//! checks, which file flows); `XLB_BENCH_SHIFT=<k>` files k flows of each
+//! family before the single-run rows are prepared (each row's flows then
+//! land in other table elements); `XLB_BENCH_NEW_FLOWS=<n>` (1..=1024) sets
+//! how many flows a new-flow row cycles through (1: the harness before the
+//! ninth round).
 
 mod support;
 
@@ -66,8 +80,30 @@ const SYN: bool = true;
 const ACK: bool = false;
 /// The client's source port of every flow but the new-flow rows'.
 const CLIENT_PORT: u16 = 40000;
-/// The source port of the new-flow rows: a flow no other row uses.
+/// The first source port of the new-flow rows' flows: flows no other row
+/// uses.
 const NEW_FLOW_PORT: u16 = 40001;
+/// How many flows a new-flow row cycles through (`XLB_BENCH_NEW_FLOWS`
+/// overrides it). Each run deletes its flow and sends its SYN, and the LRU
+/// gives the freed element straight back, so a row of one flow times one
+/// table element again and again: its cost then depends on which element
+/// that is (where the order of inserts before it left the flow), and in
+/// this process one element costs ~100 ns more a run than the others
+/// (docs/BENCHMARKS.md, ninth round). With 64 flows every row averages
+/// 64 elements, the same treatment for every row and both objects.
+const NEW_FLOWS: u16 = 64;
+
+/// `NEW_FLOWS`, or `XLB_BENCH_NEW_FLOWS` (1 is the harness before the ninth
+/// round: one flow a row).
+fn new_flows() -> anyhow::Result<u16> {
+    let Ok(v) = std::env::var("XLB_BENCH_NEW_FLOWS") else {
+        return Ok(NEW_FLOWS);
+    };
+    v.parse()
+        .ok()
+        .filter(|n| (1..=1024).contains(n))
+        .with_context(|| format!("XLB_BENCH_NEW_FLOWS={v}: expected a count from 1 to 1024"))
+}
 const DNS_PORT: u16 = 53;
 /// Issue 6: a packet may cost at most this times the bare program.
 const GOAL: f64 = 1.3;
@@ -232,17 +268,34 @@ struct RepeatRow<'a> {
 struct SingleRow<'a> {
     label: String,
     prog: &'a Xdp,
-    frame: Vec<u8>,
+    /// Run `i` sends `frames[i % len]`, first deleting its key from the
+    /// connection table if it has one (a new flow). A new-flow row has
+    /// `new_flows()` frames of distinct flows, the other rows one.
+    frames: Vec<(Vec<u8>, Option<FlowWords>)>,
     ctx: Vec<u8>,
-    /// Deleted from the connection table before each run: a new flow.
-    forget: Option<FlowWords>,
     /// The action every run must answer.
     action: u32,
     /// Issue 16's target for the row, ns above the floor.
     target: Option<f64>,
-    /// Which object's connection table `forget` deletes from: 0 this
+    /// Which object's connection table the keys are deleted from: 0 this
     /// build's, 1 the compared one's.
     table: usize,
+}
+
+/// With `var` set to comma-separated words, keep the first row (the floor:
+/// every row is read against it) and the rows whose label contains one of
+/// the words.
+fn keep_only<T>(rows: &mut Vec<T>, label: impl Fn(&T) -> &str, var: &str) {
+    let Ok(only) = std::env::var(var) else {
+        return;
+    };
+    let words: Vec<&str> = only.split(',').filter(|w| !w.is_empty()).collect();
+    let mut first = true;
+    rows.retain(|r| {
+        let keep = first || words.iter().any(|w| label(r).contains(w));
+        first = false;
+        keep
+    });
 }
 
 /// What the tunnel rows found out before timing.
@@ -269,11 +322,12 @@ fn time_single(
     conns: &mut [xlb_dataplane::ConnFlows],
 ) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(SINGLE_RUNS);
-    for _ in 0..SINGLE_RUNS {
-        if let Some(key) = &row.forget {
+    for i in 0..SINGLE_RUNS {
+        let (frame, key) = &row.frames[i % row.frames.len()];
+        if let Some(key) = key {
             forget(&mut conns[row.table], key)?;
         }
-        let (action, d, _) = test_run(row.prog, &row.frame, &row.ctx, 1)?;
+        let (action, d, _) = test_run(row.prog, frame, &row.ctx, 1)?;
         ensure!(
             action == row.action,
             "{}: action {action} while timing",
@@ -296,20 +350,35 @@ fn prepare<'a>(
     table: usize,
     method: Method,
     family: Family,
+    flows: u16,
 ) -> anyhow::Result<(Note, Vec<SingleRow<'a>>)> {
     let vip = family.vip();
     let name = format!("{} {}", method.label(), family.label());
     let who = if table == 0 { "xlb" } else { "B xlb" };
-    let new = frames::tcp(family, vip, port(method), NEW_FLOW_PORT, SYN);
     let hit = frames::tcp(family, vip, port(method), CLIENT_PORT, ACK);
-    let key = frames::tcp_flow_key(family, port(method), NEW_FLOW_PORT);
-    forget(conns, &key)?;
-    let (action, _, out) = test_run(balancer, &new, &fib.ctx(new.len()), 1)?;
-    let outcome = frames::check(method, family, &new, action, &out)
-        .map_err(|e| anyhow::anyhow!("{name}, new flow: {e}"))?;
-    // The key must be the one the balancer files the flow under, or the
-    // deletes before each run would leave its entry and time a hit.
-    let filed = conns.get(&key, 0).is_ok();
+    // The new flows, each sent once and checked; each key must be the one
+    // the balancer files its flow under, or the deletes before each run
+    // would leave its entry and time a hit.
+    let mut new = Vec::new();
+    let mut outcome = None;
+    let mut filed = true;
+    for i in 0..flows {
+        let src_port = NEW_FLOW_PORT + i;
+        let frame = frames::tcp(family, vip, port(method), src_port, SYN);
+        let key = frames::tcp_flow_key(family, port(method), src_port);
+        forget(conns, &key)?;
+        let (action, _, out) = test_run(balancer, &frame, &fib.ctx(frame.len()), 1)?;
+        let o = frames::check(method, family, &frame, action, &out)
+            .map_err(|e| anyhow::anyhow!("{name}, new flow: {e}"))?;
+        ensure!(
+            outcome.is_none_or(|first| first == o),
+            "{name}: new flows forwarded differently ({o:?}, {outcome:?})"
+        );
+        outcome = Some(o);
+        filed &= conns.get(&key, 0).is_ok();
+        new.push((frame, Some(key)));
+    }
+    let outcome = outcome.context("no new flow")?;
     // A compared object may file flows elsewhere (an experiment): its
     // new-flow row is left out, as it could not be made to miss.
     ensure!(
@@ -340,21 +409,20 @@ fn prepare<'a>(
     } else {
         targets::DSR_HIT
     };
-    let row = |what: &str, frame: Vec<u8>, forget, target| SingleRow {
+    let row = |what: &str, frames: Vec<(Vec<u8>, Option<FlowWords>)>, target| SingleRow {
         label: format!("{who} {name}: {what}"),
         prog: balancer,
-        ctx: fib.ctx(frame.len()),
-        frame,
-        forget,
+        ctx: fib.ctx(frames[0].0.len()),
+        frames,
         action: XDP_TX,
         target: Some(target),
         table,
     };
     let mut rows = Vec::new();
     if filed {
-        rows.push(row("new flow", new, Some(key), targets::NEW_FLOW));
+        rows.push(row("new flow", new, targets::NEW_FLOW));
     }
-    rows.push(row("conn-table hit", hit, None, hit_target));
+    rows.push(row("conn-table hit", vec![(hit, None)], hit_target));
     if family == Family::V4 {
         // A UDP datagram of a known flow: the DSR VIP is `dns`, the tunnel
         // methods' are `<method>-udp` on the TCP VIP's port.
@@ -369,7 +437,7 @@ fn prepare<'a>(
             frames::check(method, family, &udp, action, &out)
                 .map_err(|e| anyhow::anyhow!("{name}, UDP: {e}"))?;
         }
-        rows.push(row("UDP, known flow", udp, None, target));
+        rows.push(row("UDP, known flow", vec![(udp, None)], target));
     }
     Ok((note, rows))
 }
@@ -434,7 +502,7 @@ fn main() -> anyhow::Result<()> {
         action,
         dsr,
     };
-    let repeat_rows = vec![
+    let mut repeat_rows = vec![
         repeat_row(
             "bare MAC swap, XDP_TX (floor)",
             floor,
@@ -499,6 +567,10 @@ fn main() -> anyhow::Result<()> {
             None,
         ),
     ];
+    if std::env::var_os("XLB_BENCH_NO_STEADY").is_some() {
+        repeat_rows.truncate(1);
+    }
+    keep_only(&mut repeat_rows, |r| &r.label, "XLB_BENCH_STEADY_ONLY");
     // The check: the DSR rows' output is the L2 DSR frame; each runs twice,
     // so that the second run of a hit row is a hit.
     for row in &repeat_rows {
@@ -510,6 +582,20 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let flows = new_flows()?;
+    if let Ok(k) = std::env::var("XLB_BENCH_SHIFT") {
+        let k: u16 = k
+            .parse()
+            .ok()
+            .filter(|k| *k <= 10_000)
+            .with_context(|| format!("XLB_BENCH_SHIFT={k}: expected a count up to 10000"))?;
+        for family in Family::ALL {
+            for i in 0..k {
+                let f = frames::tcp(family, family.vip(), dsr, 30000 + i, SYN);
+                test_run(balancer, &f, &fib.ctx(f.len()), 1)?;
+            }
+        }
+    }
     // Single runs, per method and family.
     let mut notes = Vec::new();
     let floor_frame = frames::tcp(Family::V4, v4, dsr, CLIENT_PORT, ACK);
@@ -517,23 +603,29 @@ fn main() -> anyhow::Result<()> {
         label: "bare MAC swap, XDP_TX (floor)".into(),
         prog: floor,
         ctx: fib.ctx(floor_frame.len()),
-        frame: floor_frame,
-        forget: None,
+        frames: vec![(floor_frame, None)],
         action: XDP_TX,
         target: None,
         table: 0,
     }];
     for method in Method::ALL {
         for family in Family::ALL {
-            let (note, rows) = prepare(balancer, &fib, &mut conns[0], 0, method, family)?;
+            let (note, rows) = prepare(balancer, &fib, &mut conns[0], 0, method, family, flows)?;
             notes.push(note);
             let Some(c) = &compared else {
                 single_rows.extend(rows);
                 continue;
             };
             // Each row of this build beside the same row of the other.
-            let (other, mut others) =
-                prepare(c.dp.program(), &fib, &mut conns[1], 1, method, family)?;
+            let (other, mut others) = prepare(
+                c.dp.program(),
+                &fib,
+                &mut conns[1],
+                1,
+                method,
+                family,
+                flows,
+            )?;
             let unencapsulated = |o: Outcome| o == Outcome::NotEncapsulated;
             ensure!(
                 unencapsulated(other.outcome) == unencapsulated(notes[notes.len() - 1].outcome),
@@ -558,13 +650,16 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    keep_only(&mut single_rows, |r| &r.label, "XLB_BENCH_ONLY");
+    if std::env::var_os("XLB_BENCH_REVERSE").is_some() {
+        single_rows[1..].reverse();
+    }
     let pass_frame = frames::tcp(Family::V4, "198.18.0.99".parse()?, dsr, CLIENT_PORT, ACK);
     let pass_row = |label: &str, prog| SingleRow {
         label: label.into(),
         prog,
         ctx: fib.ctx(pass_frame.len()),
-        frame: pass_frame.clone(),
-        forget: None,
+        frames: vec![(pass_frame.clone(), None)],
         action: XDP_PASS,
         target: Some(targets::PASS),
         table: 0,
