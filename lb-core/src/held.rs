@@ -230,8 +230,14 @@ fn backends_by_id(desired: &Desired) -> HashMap<u32, (usize, HeldBackend)> {
 /// names): those whose backend is a backend of their VIP (by id; a removed
 /// one it retains among them) and not the live table's pick for them.
 pub fn select(desired: &Desired, entries: impl IntoIterator<Item = (FlowWords, u32)>) -> Selection {
-    let by_id = backends_by_id(desired);
     let mut out = Selection::default();
+    let mut entries = entries.into_iter().peekable();
+    // No entries, nothing held: the map of every backend (65,000 at the
+    // declared limits) is not made for nothing.
+    if entries.peek().is_none() {
+        return out;
+    }
+    let by_id = backends_by_id(desired);
     for (words, backend_id) in entries {
         out.entries += 1;
         let Some((v, flow)) = flow_of(desired, &words) else {
