@@ -223,6 +223,8 @@ async fn collect(
                 }
                 // The HTTP side's document is rebuilt from this tick on.
                 c.metrics().invalidate();
+                // What the tick freed, given back before its thread sleeps.
+                crate::memory::give_back_here();
                 // The watchdog's sign of life (notify.rs).
                 c.metrics().progress.beat();
                 return true;
@@ -561,6 +563,10 @@ async fn handle(
     })
     .await
     .context("writing the answer: timed out")??;
+    // The request's text (read here) and its answer are freed on this
+    // worker, which may then sleep (memory.rs).
+    drop(out);
+    crate::memory::give_back_here();
     Ok(())
 }
 
