@@ -172,6 +172,17 @@ impl Deflater {
         if plain.is_empty() && flush == FlushCompress::Sync {
             return (0, 0);
         }
+        if plain.len() < STORED_BELOW && flush == FlushCompress::Sync {
+            stored(plain, out);
+        } else {
+            self.deflate(plain, out, flush);
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(plain);
+        (crc.finalize(), plain.len() as u64)
+    }
+
+    fn deflate(&mut self, plain: &[u8], out: &mut Vec<u8>, flush: FlushCompress) {
         self.compress.reset();
         loop {
             let done = self.compress.total_in() as usize;
@@ -188,10 +199,29 @@ impl Deflater {
                 break;
             }
         }
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(plain);
-        (crc.finalize(), plain.len() as u64)
     }
+}
+
+/// Pieces shorter than this are kept as they are, in a stored block:
+/// deflating a piece begins with resetting the compressor, which clears
+/// ~100 KiB of its tables, and most of a document's pieces are a VIP's
+/// one or two lines of a family (at 1,000 VIPs x 64 backends the clears
+/// were over half of a document's compression, and a start waited for
+/// one: docs/BENCHMARKS.md, issue 20, "Seventh round"); a few hundred bytes
+/// would shrink by about half.
+const STORED_BELOW: usize = 512;
+
+/// `plain` (shorter than 65,536 bytes) as one non-final stored block
+/// (RFC 1951, 3.2.4), which starts and ends on a byte boundary: a header
+/// byte of zeros (not final, no compression, padding), the length and its
+/// complement, the bytes.
+fn stored(plain: &[u8], out: &mut Vec<u8>) {
+    let len = u16::try_from(plain.len()).expect("a stored block holds at most 65,535 bytes");
+    out.reserve(5 + plain.len());
+    out.push(0);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(plain);
 }
 
 /// The gzip header (RFC 1952): deflate, no flags, no time, no extra
@@ -1163,6 +1193,25 @@ mod tests {
             joined.bytes.len() * 5 < plain.len(),
             "compressed {}",
             joined.bytes.len()
+        );
+
+        // A short piece is kept as it is, in a stored block; it joins and
+        // inflates as the deflated ones do.
+        let short = deflater.piece(b"abc\n");
+        assert_eq!(
+            short.bytes[..],
+            [0, 4, 0, 0xfb, 0xff, b'a', b'b', b'c', b'\n']
+        );
+        assert!(pieces.iter().any(|p| p.bytes.first() == Some(&0)));
+        assert!(
+            pieces
+                .iter()
+                .any(|p| p.bytes.first().is_some_and(|&b| b != 0))
+        );
+        let mixed = Deflated::join([&pieces[1], &short, &pieces[39]].into_iter());
+        assert_eq!(
+            mixed.inflate(),
+            [&texts[1][..], b"abc\n", &texts[39][..]].concat()
         );
 
         let body: Vec<u8> = gzip(&[&pieces[0], &joined], b"# EOF\n", &mut deflater).concat();
