@@ -28,6 +28,7 @@
 //! its line and column in the real file.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use std::net::IpAddr;
@@ -117,8 +118,8 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
     // Piece i is most often the earlier piece i (a memcmp); the others are
     // looked up by their text (the map made only then: hashing 5.8 MB of
     // pieces is not free).
-    let known: std::cell::OnceCell<HashMap<&str, &Vip>> = std::cell::OnceCell::new();
-    let taken: Vec<Option<&Vip>> = new
+    let known: std::cell::OnceCell<HashMap<&str, &Arc<Vip>>> = std::cell::OnceCell::new();
+    let taken: Vec<Option<&Arc<Vip>>> = new
         .vips
         .iter()
         .enumerate()
@@ -159,10 +160,11 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
     let mut fresh = std::mem::take(&mut parsed.vips)
         .into_iter()
         .chain(parts.flat_map(|p| p.vips));
-    let vips: Vec<Vip> = taken
+    // An unchanged VIP is the earlier config's own (shared, not copied).
+    let vips: Vec<Arc<Vip>> = taken
         .iter()
         .map(|vip| match vip {
-            Some(vip) => Some((*vip).clone()),
+            Some(vip) => Some(Arc::clone(vip)),
             None => fresh.next(),
         })
         .collect::<Option<_>>()?;
@@ -193,7 +195,7 @@ fn document(head: &str, pieces: &[&str]) -> String {
 /// The rules that span VIPs, over the whole list: at most `MAX_VIPS` VIPs
 /// and `MAX_BACKENDS` backends, names and endpoints unique, one `unhandled`
 /// per address.
-fn across_vips(vips: &[Vip]) -> bool {
+fn across_vips(vips: &[Arc<Vip>]) -> bool {
     let backends: usize = vips.iter().map(|v| v.backends.len()).sum();
     if vips.len() > MAX_VIPS as usize || backends > MAX_BACKENDS as usize {
         return false;
@@ -290,6 +292,28 @@ mod tests {
         ));
         // Nothing changed.
         assert!(same_as_whole(&old, &old));
+    }
+
+    /// An unchanged VIP is the earlier config's own `Arc`, not a copy; a
+    /// changed one is new.
+    #[test]
+    fn unchanged_vips_are_shared_with_the_earlier_config() {
+        let old = text(&[vip(1, 1), vip(2, 1), vip(3, 1)]);
+        let earlier = super::super::parse(&old, "old.toml").unwrap();
+        let new = text(&[vip(1, 1), vip(2, 5), vip(3, 1)]);
+        let config = parse_against(&new, "new.toml", Some((&old, &earlier))).unwrap();
+        let shared: Vec<bool> = config
+            .vips
+            .iter()
+            .zip(&earlier.vips)
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(shared, [true, false, true]);
+        // Moved: found by its text, still shared.
+        let moved = text(&[vip(3, 1), vip(1, 1)]);
+        let config = parse_against(&moved, "new.toml", Some((&old, &earlier))).unwrap();
+        assert!(Arc::ptr_eq(&config.vips[0], &earlier.vips[2]));
+        assert!(Arc::ptr_eq(&config.vips[1], &earlier.vips[0]));
     }
 
     #[test]
