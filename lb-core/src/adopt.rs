@@ -559,7 +559,7 @@ mod tests {
             ],
             1021,
         );
-        checked.vips[0].health.kind = crate::config::CheckKind::Tcp;
+        checked.vip_mut(0).health.kind = crate::config::CheckKind::Tcp;
         let (applied, mut live) = maps_after(&[&checked]);
         let web = &applied.vips[0];
         let m = Membership::Without(["b2".to_string()].into());
@@ -574,7 +574,7 @@ mod tests {
         // The same table under a config that does not check web: a
         // difference, rewritten to the config's table.
         let mut unchecked = checked.clone();
-        unchecked.vips[0].health.kind = crate::config::CheckKind::None;
+        unchecked.vip_mut(0).health.kind = crate::config::CheckKind::None;
         let adopted = adopt(&unchecked, &HOST, &live).unwrap();
         assert!(adopted.health.is_empty());
         assert_eq!(

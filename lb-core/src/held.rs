@@ -588,7 +588,7 @@ mod tests {
         let removed = |extra: &str, from: &Allocation| {
             let mut config =
                 crate::config::parse(&text("active", [1, 1, 2], extra), "t.toml").unwrap();
-            for v in &mut config.vips {
+            for v in config.vips_mut() {
                 v.backends.retain(|b| b.name != "b3");
             }
             desired(&config, from).unwrap()

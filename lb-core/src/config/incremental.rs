@@ -28,6 +28,7 @@
 //! its line and column in the real file.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use std::net::IpAddr;
@@ -57,13 +58,21 @@ fn cut(text: &str) -> Option<Cut<'_>> {
     }
     // Only a line that begins with `[` (after spaces or tabs, TOML's
     // whitespace) can be a header. Their starts are found by substring
-    // search, not line by line: 5.8 MB at the declared limits.
-    let mut lines: Vec<usize> = [&b"\n["[..], b"\n ", b"\n\t"]
+    // search, not line by line: 5.8 MB at the declared limits. The lines
+    // that begin with a space or a tab (rare) are collected and sorted; the
+    // `\n[` ones (one per table: 65,000 at the limits) are merged in as
+    // they are found, not collected and sorted.
+    let mut indented: Vec<usize> = [&b"\n "[..], b"\n\t"]
         .iter()
         .flat_map(|p| memchr::memmem::find_iter(bytes, p).map(|at| at + 1))
-        .chain(std::iter::once(0))
         .collect();
-    lines.sort_unstable();
+    indented.sort_unstable();
+    let lines = Merged {
+        a: std::iter::once(0)
+            .chain(memchr::memmem::find_iter(bytes, b"\n[").map(|at| at + 1))
+            .peekable(),
+        b: indented.into_iter().peekable(),
+    };
     let mut starts = Vec::new();
     for at in lines {
         let rest = &text[at..];
@@ -91,6 +100,24 @@ fn cut(text: &str) -> Option<Cut<'_>> {
     Some(Cut { head, vips })
 }
 
+/// Two ascending sequences of offsets as one.
+struct Merged<A: Iterator<Item = usize>, B: Iterator<Item = usize>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A: Iterator<Item = usize>, B: Iterator<Item = usize>> Iterator for Merged<A, B> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match (self.a.peek(), self.b.peek()) {
+            (Some(a), Some(b)) if b < a => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
+    }
+}
+
 /// Parse and validate `text` (named `file` in errors) as
 /// [`parse`](super::parse) does, taking the VIPs whose text is unchanged
 /// from `previous` (an earlier text and what it parsed into). The result is
@@ -115,19 +142,28 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
         return None;
     }
     // Piece i is most often the earlier piece i (a memcmp); the others are
-    // looked up by their text (the map made only then: hashing 5.8 MB of
-    // pieces is not free).
-    let known: std::cell::OnceCell<HashMap<&str, &Vip>> = std::cell::OnceCell::new();
-    let taken: Vec<Option<&Vip>> = new
+    // looked up among the earlier pieces of their length (the map made only
+    // then, from lengths: hashing 5.8 MB of pieces took a tenth of a
+    // one-VIP apply, and a changed piece is looked up whatever happens).
+    let by_len: std::cell::OnceCell<HashMap<usize, Vec<usize>>> = std::cell::OnceCell::new();
+    let taken: Vec<Option<&Arc<Vip>>> = new
         .vips
         .iter()
         .enumerate()
         .map(|(i, &piece)| match earlier.vips.get(i) {
             Some(&p) if p == piece => Some(&old.vips[i]),
-            _ => known
-                .get_or_init(|| earlier.vips.iter().copied().zip(&old.vips).collect())
-                .get(piece)
-                .copied(),
+            _ => by_len
+                .get_or_init(|| {
+                    let mut map: HashMap<usize, Vec<usize>> = HashMap::new();
+                    for (j, p) in earlier.vips.iter().enumerate() {
+                        map.entry(p.len()).or_default().push(j);
+                    }
+                    map
+                })
+                .get(&piece.len())?
+                .iter()
+                .find(|&&j| earlier.vips[j] == piece)
+                .map(|&j| &old.vips[j]),
         })
         .collect();
     assemble(&new, &taken, file)
@@ -149,7 +185,7 @@ pub(super) fn in_parts(text: &str, file: &str) -> Option<Config> {
 /// The config of `new`'s head and pieces: piece i is `taken[i]` where that
 /// is Some, else parsed (with the head, in parts on every core); None on
 /// any problem.
-fn assemble(new: &Cut<'_>, taken: &[Option<&Vip>], file: &str) -> Option<Config> {
+fn assemble(new: &Cut<'_>, taken: &[Option<&Arc<Vip>>], file: &str) -> Option<Config> {
     let changed: Vec<&str> = new
         .vips
         .iter()
@@ -178,10 +214,11 @@ fn assemble(new: &Cut<'_>, taken: &[Option<&Vip>], file: &str) -> Option<Config>
     let mut fresh = std::mem::take(&mut parsed.vips)
         .into_iter()
         .chain(parts.flat_map(|p| p.vips));
-    let vips: Vec<Vip> = taken
+    // An unchanged VIP is the earlier config's own (shared, not copied).
+    let vips: Vec<Arc<Vip>> = taken
         .iter()
         .map(|vip| match vip {
-            Some(vip) => Some((*vip).clone()),
+            Some(vip) => Some(Arc::clone(vip)),
             None => fresh.next(),
         })
         .collect::<Option<_>>()?;
@@ -212,7 +249,7 @@ fn document(head: &str, pieces: &[&str]) -> String {
 /// The rules that span VIPs, over the whole list: at most `MAX_VIPS` VIPs
 /// and `MAX_BACKENDS` backends, names and endpoints unique, one `unhandled`
 /// per address.
-fn across_vips(vips: &[Vip]) -> bool {
+fn across_vips(vips: &[Arc<Vip>]) -> bool {
     let backends: usize = vips.iter().map(|v| v.backends.len()).sum();
     if vips.len() > MAX_VIPS as usize || backends > MAX_BACKENDS as usize {
         return false;
@@ -340,6 +377,28 @@ mod tests {
         ));
         // Nothing changed.
         assert!(same_as_whole(&old, &old));
+    }
+
+    /// An unchanged VIP is the earlier config's own `Arc`, not a copy; a
+    /// changed one is new.
+    #[test]
+    fn unchanged_vips_are_shared_with_the_earlier_config() {
+        let old = text(&[vip(1, 1), vip(2, 1), vip(3, 1)]);
+        let earlier = super::super::parse(&old, "old.toml").unwrap();
+        let new = text(&[vip(1, 1), vip(2, 5), vip(3, 1)]);
+        let config = parse_against(&new, "new.toml", Some((&old, &earlier))).unwrap();
+        let shared: Vec<bool> = config
+            .vips
+            .iter()
+            .zip(&earlier.vips)
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(shared, [true, false, true]);
+        // Moved: found by its text, still shared.
+        let moved = text(&[vip(3, 1), vip(1, 1)]);
+        let config = parse_against(&moved, "new.toml", Some((&old, &earlier))).unwrap();
+        assert!(Arc::ptr_eq(&config.vips[0], &earlier.vips[2]));
+        assert!(Arc::ptr_eq(&config.vips[1], &earlier.vips[0]));
     }
 
     #[test]

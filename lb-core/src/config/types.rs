@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 pub use crate::detect::Thresholds;
 
@@ -27,7 +28,12 @@ pub struct Config {
     pub announce: Announce,
     /// Settings of IPIP and GUE forwarding (`[tunnel]`).
     pub tunnel: Tunnel,
-    pub vips: Vec<Vip>,
+    /// Shared: a VIP an apply leaves as it was is the same `Arc` in the
+    /// configs before and after it (`parse_against`), and in the applied
+    /// state's `DesiredVip::config`, so the applied config's VIPs are held
+    /// once. Changed through `Arc::make_mut` (or [`Config::vip_mut`]).
+    /// Serialized as the VIPs themselves (serde's `rc`).
+    pub vips: Vec<Arc<Vip>>,
 }
 
 impl Config {
@@ -45,6 +51,16 @@ impl Config {
             tunnel: Tunnel::default(),
             vips: Vec::new(),
         }
+    }
+
+    /// VIP `i` to change: its own copy if another config or state shares it.
+    pub fn vip_mut(&mut self, i: usize) -> &mut Vip {
+        Arc::make_mut(&mut self.vips[i])
+    }
+
+    /// Every VIP to change (each copied first where it is shared).
+    pub fn vips_mut(&mut self) -> impl Iterator<Item = &mut Vip> {
+        self.vips.iter_mut().map(Arc::make_mut)
     }
 }
 

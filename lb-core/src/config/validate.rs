@@ -308,7 +308,7 @@ impl Checker<'_, '_> {
             match self.vip(raw_vip, &defaults, &mut names, &mut endpoints) {
                 Some(vip) => {
                     self.same_unhandled(&vip, raw_vip, &mut unhandled_by_address);
-                    vips.push(vip);
+                    vips.push(std::sync::Arc::new(vip));
                 }
                 None => all_ok = false,
             }
@@ -1187,7 +1187,7 @@ table_size = 101
             announce: Default::default(),
             tunnel: Default::default(),
             vips: vec![
-                Vip {
+                std::sync::Arc::new(Vip {
                     name: "web".into(),
                     address: "198.18.100.1".parse().unwrap(),
                     port: 8080,
@@ -1226,8 +1226,8 @@ table_size = 101
                             BackendState::Disabled,
                         ),
                     ],
-                },
-                Vip {
+                }),
+                std::sync::Arc::new(Vip {
                     name: "dns6".into(),
                     address: "2001:db8:100::1".parse().unwrap(),
                     port: 0,
@@ -1256,8 +1256,8 @@ table_size = 101
                             BackendState::Active,
                         ),
                     ],
-                },
-                Vip {
+                }),
+                std::sync::Arc::new(Vip {
                     name: "empty".into(),
                     address: "198.18.100.2".parse().unwrap(),
                     port: 53,
@@ -1271,7 +1271,7 @@ table_size = 101
                     safety: Safety::default(),
                     health: Default::default(),
                     backends: vec![],
-                },
+                }),
             ],
         };
         assert_eq!(config, expected);

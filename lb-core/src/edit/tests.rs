@@ -231,7 +231,7 @@ fn commands_read_like_the_cli() {
 /// `config` with backend `backend` of VIP `vip` changed by `f`.
 fn expect(config: &Config, vip: &str, backend: &str, f: impl Fn(&mut config::Backend)) -> Config {
     let mut c = config.clone();
-    let v = c.vips.iter_mut().find(|v| v.name == vip).unwrap();
+    let v = c.vips_mut().find(|v| v.name == vip).unwrap();
     f(v.backends.iter_mut().find(|b| b.name == backend).unwrap());
     c
 }

@@ -557,13 +557,13 @@ mod tests {
         let down = Membership::Without(["b".to_string()].into());
         // Same check, a new weight: b stays down, in the candidate's plan too.
         let mut c2 = c.clone();
-        c2.vips[0].backends[0].weight = 5;
+        c2.vip_mut(0).backends[0].weight = 5;
         assert_eq!(m.wanted(&c2.vips[0]), down);
         m.sync(&c2, at(t));
         assert_eq!(m.wanted(&c2.vips[0]), down);
         // A new check port: b starts over, up.
         let mut c3 = c2.clone();
-        c3.vips[0].health.port = 81;
+        c3.vip_mut(0).health.port = 81;
         assert_eq!(m.wanted(&c3.vips[0]), Membership::Full);
         m.sync(&c3, at(t));
         assert_eq!(

@@ -165,7 +165,7 @@ mod tests {
 
         // b3 drained: all its flows, and the few Maglev moves among the others.
         let mut drained = config();
-        drained.vips[0].backends[2].state = BackendState::Draining;
+        drained.vip_mut(0).backends[2].state = BackendState::Draining;
         let p = held_after(&live, &drained, None, &entries, Some(7)).unwrap();
         assert_eq!(of_b3(&p), Some((on_b3, false)));
         assert!(p.held >= on_b3 && p.held - on_b3 < 30, "{p:?}");
@@ -184,7 +184,7 @@ mod tests {
 
         // b3 removed: the same flows, on a retained backend.
         let mut removed = config();
-        removed.vips[0].backends.pop();
+        removed.vip_mut(0).backends.pop();
         let p = held_after(&live, &removed, None, &entries, None).unwrap();
         assert_eq!(of_b3(&p), Some((on_b3, true)));
         assert!(p.line().contains("web/b3 "), "{}", p.line());
@@ -192,7 +192,7 @@ mod tests {
 
         // b1 1 -> 4: exactly the flows whose pick moved.
         let mut reweighted = config();
-        reweighted.vips[0].backends[0].weight = 4;
+        reweighted.vip_mut(0).backends[0].weight = 4;
         let after = crate::state::desired(&reweighted, &live.allocation).unwrap();
         let moved = all
             .iter()

@@ -31,6 +31,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh64::xxh64;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 pub use crate::config::vip_hash;
 use crate::config::{Config, Vip};
@@ -88,11 +89,13 @@ pub fn plan_keeping_tables(
     // change, and nothing to build or diff (no safety check can fire on
     // it: its shares and flows stay as they are).
     let same_seed = base.hash_seed == candidate.hash_seed;
-    let identical = |v: &Vip| {
+    // (The same `Arc`, as an incremental parse leaves an unchanged VIP: equal
+    // without comparing 64 backends.)
+    let identical = |v: &Arc<Vip>| {
         same_seed
             && base_index
                 .get(v.name.as_str())
-                .is_some_and(|&i| base.vips[i] == *v)
+                .is_some_and(|&i| Arc::ptr_eq(&base.vips[i], v) || base.vips[i] == *v)
     };
     let candidate_identical: Vec<bool> = candidate.vips.iter().map(identical).collect();
     let base_needed: HashSet<&str> = candidate

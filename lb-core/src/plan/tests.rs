@@ -46,7 +46,7 @@ fn vip(name: &str, table_size: u32, backends: Vec<Backend>) -> Vip {
 fn config(hash_seed: u32, vips: Vec<Vip>) -> Config {
     Config {
         hash_seed,
-        vips,
+        vips: vips.into_iter().map(Into::into).collect(),
         ..Config::empty("eth0".into())
     }
 }
@@ -117,10 +117,10 @@ fn identical_configs_are_unchanged_without_lints() {
 fn file_order_of_backends_and_vips_does_not_matter() {
     let mut base = equal(10);
     base.vips
-        .push(vip("dns", 1021, (0..4).map(|i| backend(i, 2)).collect()));
+        .push(vip("dns", 1021, (0..4).map(|i| backend(i, 2)).collect()).into());
     let mut shuffled = base.clone();
     shuffled.vips.reverse();
-    for v in &mut shuffled.vips {
+    for v in shuffled.vips_mut() {
         v.backends.reverse();
         v.backends.swap(0, 2);
     }
@@ -132,10 +132,10 @@ fn file_order_of_backends_and_vips_does_not_matter() {
 
     // And a change plans the same whatever the order of the candidate.
     let mut candidate = base.clone();
-    candidate.vips[0].backends[3].weight = 5;
-    candidate.vips[0].backends.push(backend(10, 1));
+    candidate.vip_mut(0).backends[3].weight = 5;
+    candidate.vip_mut(0).backends.push(backend(10, 1));
     let mut reordered = candidate.clone();
-    reordered.vips[0].backends.reverse();
+    reordered.vip_mut(0).backends.reverse();
     let (a, b) = (
         plan(&base, &candidate).unwrap(),
         plan(&base, &reordered).unwrap(),
@@ -157,14 +157,14 @@ fn file_order_of_backends_and_vips_does_not_matter() {
 fn predicted_shares_are_the_tables_shares() {
     let mut base = example();
     let mut candidate = base.clone();
-    let web = &mut candidate.vips[0];
+    let web = candidate.vip_mut(0);
     web.backends[0].weight = 3;
     web.backends[1].state = BackendState::Draining;
     web.backends.push(backend(4, 2));
     web.table_size = 131071;
-    candidate.vips[1].backends[2].state = BackendState::Disabled;
+    candidate.vip_mut(1).backends[2].state = BackendState::Disabled;
     candidate.hash_seed = 9;
-    base.vips[2].backends[0].weight = 5;
+    base.vip_mut(2).backends[0].weight = 5;
 
     let p = plan(&base, &candidate).unwrap();
     for (cfg, after) in [(&base, false), (&candidate, true)] {
@@ -200,14 +200,14 @@ fn predicted_shares_are_the_tables_shares() {
 #[test]
 fn capacity_shares_follow_capacities_of_active_backends() {
     let mut cfg = equal(4);
-    let backends = &mut cfg.vips[0].backends;
+    let backends = &mut cfg.vip_mut(0).backends;
     backends[0].capacity = 4.0;
     backends[1].capacity = 2.0;
     backends[2].capacity = 2.0;
     backends[3].state = BackendState::Draining;
     // Changed (an identical VIP lists no backends): a safety limit only.
     let mut candidate = cfg.clone();
-    candidate.vips[0].safety.max_flows_moved = 0.5;
+    candidate.vip_mut(0).safety.max_flows_moved = 0.5;
     let p = plan(&cfg, &candidate).unwrap();
     let got: Vec<f64> = p.vips[0]
         .backends
@@ -223,12 +223,12 @@ fn capacity_shares_follow_capacities_of_active_backends() {
 #[test]
 fn identical_vips_are_not_diffed_and_not_recorded() {
     let mut base = equal(3);
-    let mut second = base.vips[0].clone();
+    let mut second = (*base.vips[0]).clone();
     second.name = "api".to_string();
     second.port = 8080;
-    base.vips.push(second);
+    base.vips.push(second.into());
     let mut candidate = base.clone();
-    candidate.vips[1].backends[0].weight = 2;
+    candidate.vip_mut(1).backends[0].weight = 2;
     let p = plan(&base, &candidate).unwrap();
     assert_eq!(p.vips[0], VipPlan::identical(&base.vips[0].name));
     assert_eq!(p.vips[1].change, Change::Changed);
@@ -257,11 +257,11 @@ fn identical_vips_are_not_diffed_and_not_recorded() {
 fn weight_1_to_10_on_one_of_10_fails_share_growth_and_capacity() {
     // Ten identical machines: capacity 1 each, whatever the weights.
     let mut base = equal(10);
-    for b in &mut base.vips[0].backends {
+    for b in &mut base.vip_mut(0).backends {
         b.capacity = 1.0;
     }
     let mut candidate = base.clone();
-    candidate.vips[0].backends[3].weight = 10;
+    candidate.vip_mut(0).backends[3].weight = 10;
     let p = plan(&base, &candidate).unwrap();
     assert!(p.refused());
     let b3 = backend_plan(&p, "web", "b3");
@@ -317,7 +317,7 @@ fn weight_1_to_10_on_one_of_10_fails_share_growth_and_capacity() {
     // With capacity following the weight (the default), b3 can take it: no
     // capacity lint, the growth lint stays.
     let (base, mut candidate) = (equal(10), equal(10));
-    set_weight(&mut candidate.vips[0].backends[3], 10);
+    set_weight(&mut candidate.vip_mut(0).backends[3], 10);
     let p = plan(&base, &candidate).unwrap();
     assert_eq!(kinds(&p), [LintKind::FlowsMoved, LintKind::ShareGrowth]);
 }
@@ -327,9 +327,9 @@ fn disabling_3_of_4_backends_fails_capacity_removed() {
     let base = equal(4);
     let mut candidate = base.clone();
     for i in [0, 2] {
-        candidate.vips[0].backends[i].state = BackendState::Disabled;
+        candidate.vip_mut(0).backends[i].state = BackendState::Disabled;
     }
-    candidate.vips[0].backends[3].state = BackendState::Draining;
+    candidate.vip_mut(0).backends[3].state = BackendState::Draining;
     let p = plan(&base, &candidate).unwrap();
     let lint = p
         .lints
@@ -359,12 +359,12 @@ fn disabling_3_of_4_backends_fails_capacity_removed() {
 
     // Removing half, with capacities: b0 carries 3 of 6.
     let mut base = equal(4);
-    base.vips[0].backends[0].capacity = 3.0;
+    base.vip_mut(0).backends[0].capacity = 3.0;
     let mut candidate = base.clone();
-    candidate.vips[0].backends.remove(0);
+    candidate.vip_mut(0).backends.remove(0);
     let p = plan(&base, &candidate).unwrap();
     assert!(!kinds(&p).contains(&LintKind::CapacityRemoved), "{p:#?}");
-    candidate.vips[0].backends[0].state = BackendState::Disabled;
+    candidate.vip_mut(0).backends[0].state = BackendState::Disabled;
     let p = plan(&base, &candidate).unwrap();
     assert!(kinds(&p).contains(&LintKind::CapacityRemoved), "{p:#?}");
 }
@@ -375,17 +375,17 @@ fn draining_one_backend_does_not_count_its_flows_as_moved() {
     // connection table keeps its connections), so flows_moved stays quiet.
     let base = equal(3);
     let mut candidate = base.clone();
-    candidate.vips[0].backends[1].state = BackendState::Draining;
+    candidate.vip_mut(0).backends[1].state = BackendState::Draining;
     let p = plan(&base, &candidate).unwrap();
     assert!(p.vips[0].flows_moved_ratio > 0.3, "{p:#?}");
     assert!(!kinds(&p).contains(&LintKind::FlowsMoved), "{p:#?}");
     // Disabling it instead is a move like any other.
-    candidate.vips[0].backends[1].state = BackendState::Disabled;
+    candidate.vip_mut(0).backends[1].state = BackendState::Disabled;
     let p = plan(&base, &candidate).unwrap();
     assert!(kinds(&p).contains(&LintKind::FlowsMoved), "{p:#?}");
     // Draining 1 of 3 while a new seed reshuffles everything: the rest counts.
     let mut candidate = base.clone();
-    candidate.vips[0].backends[1].state = BackendState::Draining;
+    candidate.vip_mut(0).backends[1].state = BackendState::Draining;
     candidate.hash_seed = 8;
     let p = plan(&base, &candidate).unwrap();
     let lint = p
@@ -404,11 +404,11 @@ fn draining_one_backend_does_not_count_its_flows_as_moved() {
 fn table_size_hash_seed_or_hash_mode_change_moves_most_flows() {
     let base = equal(10);
     let mut bigger = base.clone();
-    bigger.vips[0].table_size = 8191;
+    bigger.vip_mut(0).table_size = 8191;
     let mut reseeded = base.clone();
     reseeded.hash_seed = 8;
     let mut by_source = base.clone();
-    by_source.vips[0].hash = config::HashMode::Source;
+    by_source.vip_mut(0).hash = config::HashMode::Source;
     for (candidate, cause) in [
         (
             &bigger,
@@ -450,7 +450,7 @@ fn a_forwarding_change_moves_no_flow() {
     // The method says how frames reach the backend, not which backend.
     let base = equal(10);
     let mut gue = base.clone();
-    gue.vips[0].forwarding = config::Forwarding::Gue;
+    gue.vip_mut(0).forwarding = config::Forwarding::Gue;
     let p = plan(&base, &gue).unwrap();
     assert!(p.changed && !p.refused());
     assert_eq!(p.vips[0].change, Change::Changed);
@@ -460,7 +460,7 @@ fn a_forwarding_change_moves_no_flow() {
     let mut api = vip("api", 1021, vec![backend(0, 1)]);
     api.forwarding = config::Forwarding::Gue;
     api.hash = config::HashMode::Source;
-    gue.vips.push(api);
+    gue.vips.push(api.into());
     let p = plan(&base, &gue).unwrap();
     assert_eq!(
         p.vips[1].details,
@@ -475,7 +475,7 @@ fn a_forwarding_change_moves_no_flow() {
 fn adding_one_backend_to_10_is_benign() {
     let base = equal(10);
     let mut candidate = base.clone();
-    candidate.vips[0].backends.push(backend(10, 1));
+    candidate.vip_mut(0).backends.push(backend(10, 1));
     let p = plan(&base, &candidate).unwrap();
     assert!(p.changed);
     assert!(p.lints.is_empty(), "{:#?}", p.lints);
@@ -498,9 +498,9 @@ fn weight_2_to_3_on_one_of_10_is_benign() {
     // 2/11 = 18.2% -> 3/12 = 25%: 1.375x, under 1.5x; capacity follows the
     // weight; about 7% of the flows move.
     let mut base = equal(10);
-    set_weight(&mut base.vips[0].backends[4], 2);
+    set_weight(&mut base.vip_mut(0).backends[4], 2);
     let mut candidate = base.clone();
-    set_weight(&mut candidate.vips[0].backends[4], 3);
+    set_weight(&mut candidate.vip_mut(0).backends[4], 3);
     let p = plan(&base, &candidate).unwrap();
     assert!(p.lints.is_empty(), "{:#?}", p.lints);
     let b4 = backend_plan(&p, "web", "b4");
@@ -513,8 +513,8 @@ fn weight_2_to_3_on_one_of_10_is_benign() {
 fn candidate_safety_limits_apply() {
     let base = equal(10);
     let mut candidate = base.clone();
-    set_weight(&mut candidate.vips[0].backends[3], 10);
-    candidate.vips[0].safety = Safety {
+    set_weight(&mut candidate.vip_mut(0).backends[3], 10);
+    candidate.vip_mut(0).safety = Safety {
         max_share_growth: 10.0,
         max_flows_moved: 0.5,
         ..Safety::default()
@@ -536,20 +536,20 @@ fn candidate_safety_limits_apply() {
 #[test]
 fn capacity_check_only_when_the_share_grows() {
     let mut base = equal(4);
-    set_weight(&mut base.vips[0].backends[0], 4);
+    set_weight(&mut base.vip_mut(0).backends[0], 4);
     let mut candidate = base.clone();
-    candidate.vips[0].backends.push(backend(4, 1));
+    candidate.vip_mut(0).backends.push(backend(4, 1));
     // b0: 4/7 of the flows on 4/7 of the capacity, then 4/8 on 4/8.
     assert!(plan(&base, &candidate).unwrap().lints.is_empty());
     // Declared capacity 1, like the others: 4/7 of the flows on 1/4 of the
     // capacity, then 4/8 on 1/5; the addition relieves b0, it is not refused.
-    base.vips[0].backends[0].capacity = 1.0;
-    candidate.vips[0].backends[0].capacity = 1.0;
+    base.vip_mut(0).backends[0].capacity = 1.0;
+    candidate.vip_mut(0).backends[0].capacity = 1.0;
     let p = plan(&base, &candidate).unwrap();
     assert!(p.lints.is_empty(), "{:#?}", p.lints);
     // A weight increase on it is: 5/8 on 1/4.
     let mut candidate = base.clone();
-    candidate.vips[0].backends[0].weight = 5;
+    candidate.vip_mut(0).backends[0].weight = 5;
     let p = plan(&base, &candidate).unwrap();
     assert_eq!(kinds(&p), [LintKind::OverCapacity], "{:#?}", p.lints);
     let message = &p.lints[0].message;
@@ -566,7 +566,7 @@ fn new_backend_is_checked_against_its_capacity_not_for_growth() {
     let mut candidate = base.clone();
     let mut big = backend(4, 8);
     big.capacity = 1.0;
-    candidate.vips[0].backends.push(big);
+    candidate.vip_mut(0).backends.push(big);
     let p = plan(&base, &candidate).unwrap();
     // b4: 8/12 of the flows on 1/5 of the capacity; the old ones shrink.
     assert!(
@@ -591,7 +591,7 @@ fn removing_one_backend_of_n_moves_about_1_over_n() {
         let base = equal(n);
         for gone in [0, n / 2, n - 1] {
             let mut candidate = base.clone();
-            candidate.vips[0].backends.remove(gone);
+            candidate.vip_mut(0).backends.remove(gone);
             let p = plan(&base, &candidate).unwrap();
             let moved = p.vips[0].flows_moved_ratio;
             let own = backend_plan(&p, "web", &format!("b{gone}")).share_before_ratio;
@@ -615,7 +615,7 @@ fn added_and_removed_vips_are_listed_not_checked() {
     let dns = candidate.vips.remove(1);
     let mut big = vip("api", 1021, vec![backend(0, 1), backend(1, 9)]);
     big.backends[1].capacity = 0.1;
-    candidate.vips.insert(0, big);
+    candidate.vips.insert(0, big.into());
     let p = plan(&base, &candidate).unwrap();
     assert!(p.lints.is_empty(), "{:#?}", p.lints);
     let order: Vec<(&str, Change)> = p.vips.iter().map(|v| (v.name.as_str(), v.change)).collect();
@@ -674,7 +674,7 @@ fn added_and_removed_vips_are_listed_not_checked() {
 fn a_vip_without_active_backends() {
     // Nothing served today: bringing backends up moves no flow.
     let mut base = equal(3);
-    for b in &mut base.vips[0].backends {
+    for b in &mut base.vip_mut(0).backends {
         b.state = BackendState::Disabled;
     }
     let candidate = equal(3);
@@ -701,7 +701,7 @@ fn every_difference_has_a_line() {
     let mut c = base.clone();
     c.interface = "eth1".into();
     c.metrics_address = "127.0.0.1:9999".parse().unwrap();
-    let web = &mut c.vips[0];
+    let web = c.vip_mut(0);
     web.address = "198.18.100.9".parse().unwrap();
     web.port = 8081;
     web.protocol = Protocol::Udp;
@@ -840,16 +840,16 @@ fn moved_fraction_matches_real_flows() {
     use lb_common::hash::{FlowWords, flow_hash, hash_input};
     let base = equal(6);
     let mut bigger = base.clone();
-    bigger.vips[0].table_size = 8191;
+    bigger.vip_mut(0).table_size = 8191;
     let mut reseeded = base.clone();
     reseeded.hash_seed = 12345;
     let mut weighted = base.clone();
-    weighted.vips[0].backends[1].weight = 4;
-    weighted.vips[0].backends.remove(5);
+    weighted.vip_mut(0).backends[1].weight = 4;
+    weighted.vip_mut(0).backends.remove(5);
     let mut by_source = base.clone();
-    by_source.vips[0].hash = config::HashMode::Source;
+    by_source.vip_mut(0).hash = config::HashMode::Source;
     let mut no_ports = weighted.clone();
-    no_ports.vips[0].hash = config::HashMode::NoPorts;
+    no_ports.vip_mut(0).hash = config::HashMode::NoPorts;
 
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -893,9 +893,11 @@ fn moved_fraction_matches_real_flows() {
 fn plan_round_trips_through_json() {
     let base = equal(10);
     let mut candidate = base.clone();
-    set_weight(&mut candidate.vips[0].backends[3], 10);
-    candidate.vips[0].backends.push(backend(10, 1));
-    candidate.vips.push(vip("dns", 1021, vec![backend(0, 1)]));
+    set_weight(&mut candidate.vip_mut(0).backends[3], 10);
+    candidate.vip_mut(0).backends.push(backend(10, 1));
+    candidate
+        .vips
+        .push(vip("dns", 1021, vec![backend(0, 1)]).into());
     let mut p = plan(&base, &candidate).unwrap();
     p.base_revision = Some(42);
     let json = serde_json::to_string(&p).unwrap();
@@ -940,7 +942,7 @@ fn config_hash_is_of_the_json_form_vip_by_vip() {
     swapped.vips.reverse();
     assert_ne!(config_hash(&a), config_hash(&swapped));
     let mut b = a.clone();
-    b.vips[0].backends[0].capacity = 1.5;
+    b.vip_mut(0).backends[0].capacity = 1.5;
     assert_ne!(config_hash(&a), config_hash(&b));
     assert!(config_hash(&a).chars().all(|c| c.is_ascii_hexdigit()));
 }
@@ -948,11 +950,11 @@ fn config_hash_is_of_the_json_form_vip_by_vip() {
 #[test]
 fn render_shows_changes_shares_and_refusals() {
     let mut base = equal(10);
-    base.vips.push(vip("dns", 1021, vec![backend(0, 1)]));
+    base.vips.push(vip("dns", 1021, vec![backend(0, 1)]).into());
     let mut candidate = base.clone();
-    set_weight(&mut candidate.vips[0].backends[3], 10);
-    candidate.vips[0].backends[5].state = BackendState::Draining;
-    candidate.vips[0].backends.push(backend(10, 1));
+    set_weight(&mut candidate.vip_mut(0).backends[3], 10);
+    candidate.vip_mut(0).backends[5].state = BackendState::Draining;
+    candidate.vip_mut(0).backends.push(backend(10, 1));
     let p = plan(&base, &candidate).unwrap();
     let text = p.render_table();
     let web = &p.vips[0];
@@ -1182,11 +1184,11 @@ proptest! {
 fn removal_cuts_established_connections_and_a_drain_keeps_them() {
     let base = equal(4);
     let mut drained = base.clone();
-    drained.vips[0].backends[3].state = BackendState::Draining;
+    drained.vip_mut(0).backends[3].state = BackendState::Draining;
     let mut removed = base.clone();
-    removed.vips[0].backends.remove(3);
+    removed.vip_mut(0).backends.remove(3);
     let mut moved = base.clone();
-    moved.vips[0].backends[2].address = "198.18.9.9".parse().unwrap();
+    moved.vip_mut(0).backends[2].address = "198.18.9.9".parse().unwrap();
     let d = plan(&base, &drained).unwrap();
     let r = plan(&base, &removed).unwrap();
     assert_eq!(d.vips[0].flows_moved_ratio, r.vips[0].flows_moved_ratio);
@@ -1218,9 +1220,9 @@ fn removal_cuts_established_connections_and_a_drain_keeps_them() {
 fn draining_one_of_three_passes_at_every_table_size() {
     for table_size in [101, 1021, 4093, 65537] {
         let mut base = equal(3);
-        base.vips[0].table_size = table_size;
+        base.vip_mut(0).table_size = table_size;
         let mut drained = base.clone();
-        drained.vips[0].backends[2].state = BackendState::Draining;
+        drained.vip_mut(0).backends[2].state = BackendState::Draining;
         let p = plan(&base, &drained).unwrap();
         assert!(p.lints.is_empty(), "table_size {table_size}: {:?}", p.lints);
         assert!(
@@ -1228,7 +1230,7 @@ fn draining_one_of_three_passes_at_every_table_size() {
         );
         // Two of three leave: two thirds of the capacity, refused by
         // capacity_removed, still not by share_growth.
-        drained.vips[0].backends[1].state = BackendState::Disabled;
+        drained.vip_mut(0).backends[1].state = BackendState::Disabled;
         let kinds: Vec<LintKind> = plan(&base, &drained)
             .unwrap()
             .lints

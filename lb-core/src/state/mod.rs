@@ -107,7 +107,8 @@ pub struct Allocation {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredVip {
-    pub config: Vip,
+    /// The applied config's own VIP (the same `Arc` as in `Desired::config`).
+    pub config: Arc<Vip>,
     pub id: u32,
     pub key: VipKey,
     pub meta: VipMeta,
@@ -318,7 +319,7 @@ pub(crate) fn same_table_inputs(a: &Vip, a_seed: u32, b: &Vip, b_seed: u32) -> b
 #[derive(Debug, Default)]
 pub struct Prebuilt {
     pub seed: u32,
-    pub tables: HashMap<String, (Vip, MaglevTable)>,
+    pub tables: HashMap<String, (Arc<Vip>, MaglevTable)>,
 }
 
 /// The Maglev table `v` builds under `seed`: its table backends (active,
@@ -393,13 +394,13 @@ pub fn desired_reusing(
                 .get(v.name.as_str())
                 .filter(|_| built_is_previous)?;
             let map = previous.backends.get(&v.name)?;
+            // (The same `Arc`: the same backends, nothing to compare.)
             let same = map.len() == v.backends.len()
-                && b.config.backends.len() == v.backends.len()
-                && b.config
-                    .backends
-                    .iter()
-                    .zip(&v.backends)
-                    .all(|(x, y)| x.name == y.name && x.mac == y.mac && x.address == y.address);
+                && (Arc::ptr_eq(&b.config, v)
+                    || b.config.backends.len() == v.backends.len()
+                        && b.config.backends.iter().zip(&v.backends).all(|(x, y)| {
+                            x.name == y.name && x.mac == y.mac && x.address == y.address
+                        }));
             same.then_some(map)
         })
         .collect();
@@ -471,7 +472,7 @@ pub fn desired_reusing(
                 .get(v.name.as_str())
                 .filter(|b| same_table_inputs(&b.config, built_seed, v, config.hash_seed));
             if let Some(b) = reused {
-                if same_seed && !b.health_patched && b.config == *v {
+                if same_seed && !b.health_patched && (Arc::ptr_eq(&b.config, v) || b.config == *v) {
                     return Ok(Reuse::Whole(Arc::clone(b)));
                 }
                 return Ok(Reuse::Table(b.table.clone(), false, vip_hash(v)));
@@ -530,8 +531,16 @@ pub fn desired_reusing(
         vips.push(Arc::new(desired_vip(v, id, table, backend_ids, hash)));
     }
     let echo = echo_entries(config.icmp_echo, &vips);
+    // The config's VIPs are the state's (one copy held): a VIP kept whole
+    // may have come from a parse of its own, equal but not the same `Arc`.
+    let mut config = owned.into_owned();
+    for (c, d) in config.vips.iter_mut().zip(&vips) {
+        if !Arc::ptr_eq(c, &d.config) {
+            *c = Arc::clone(&d.config);
+        }
+    }
     Ok(Desired {
-        config: owned.into_owned(),
+        config,
         vips,
         echo,
         allocation,
@@ -550,7 +559,7 @@ enum Reuse {
 /// The desired state of VIP `v` with id `id`, table `table` and kernel
 /// backend ids `backend_ids` (one per `v.backends`).
 fn desired_vip(
-    v: &Vip,
+    v: &Arc<Vip>,
     id: u32,
     table: MaglevTable,
     backend_ids: Vec<u32>,
@@ -578,7 +587,7 @@ fn desired_vip(
         .collect();
     DesiredVip {
         table_shares,
-        config: v.clone(),
+        config: Arc::clone(v),
         id,
         key: vip_key(v),
         meta: VipMeta {
@@ -904,6 +913,17 @@ mod tests {
         .unwrap();
         assert!(!Arc::ptr_eq(&before.vips[0], &after.vips[0]), "web changed");
         assert!(Arc::ptr_eq(&before.vips[1], &after.vips[1]), "api did not");
+        // The config's VIPs are the state's, held once: `next` was parsed
+        // apart from `first`, so api's config became `before`'s own.
+        let held_once = |d: &Desired| {
+            d.config
+                .vips
+                .iter()
+                .zip(&d.vips)
+                .all(|(c, v)| Arc::ptr_eq(c, &v.config))
+        };
+        assert!(held_once(&before) && held_once(&after));
+        assert!(Arc::ptr_eq(&after.config.vips[1], &before.config.vips[1]));
         // api's backend ids too; web's weights changed, not its backends.
         let shared = |vip: &str| {
             Arc::ptr_eq(
@@ -1175,7 +1195,7 @@ mod tests {
             ("bb", "02:00:00:00:00:02", 1),
             ("ccc", "02:00:00:00:00:09", 1),
         ]);
-        c.vips[0].backends[0].state = crate::config::BackendState::Draining;
+        c.vip_mut(0).backends[0].state = crate::config::BackendState::Draining;
         let second = desired(&c, &first.allocation).unwrap();
         assert_eq!(second.vips[0].backend_ids, vec![1, 3]);
         assert_eq!(
@@ -1238,7 +1258,7 @@ mod tests {
     #[test]
     fn a_vip_without_active_backends_gets_a_table_that_drops() {
         let mut c = config(&[("a", "02:00:00:00:00:01", 1)]);
-        c.vips[0].backends[0].state = crate::config::BackendState::Disabled;
+        c.vip_mut(0).backends[0].state = crate::config::BackendState::Disabled;
         let d = desired(&c, &Allocation::default()).unwrap();
         assert_eq!(d.vips[0].slots(), vec![NO_BACKEND]);
         assert_eq!(d.vips[0].meta.table_size, 1);
@@ -1381,7 +1401,7 @@ mod tests {
             0
         );
         let mut any_port = exact.clone();
-        any_port.vips[1].port = 0;
+        any_port.vip_mut(1).port = 0;
         assert_ne!(
             global_config(&host, &any_port).flags & GLOBAL_F_PORT_WILDCARD,
             0
