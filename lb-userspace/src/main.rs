@@ -11,10 +11,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// before it is given back to the system.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// `mi_option_allow_thp` of mimalloc.h (v2, the one the bindings build;
+/// `mi_option_allow_thp` of mimalloc.h (v3, the one the bindings build;
 /// not named by them either): whether its segments may be backed by
 /// transparent huge pages.
-const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 37;
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 fn main() -> std::process::ExitCode {
     // Give freed memory back at once: a delayed purge runs only when the
