@@ -347,10 +347,12 @@ impl Reports for BTreeMap<String, Arc<VipReport>> {
 }
 
 /// The daemon's: a [`Detector::shares_on_demand`] makes each report with
-/// its shares as the document asks for it.
+/// its shares as the document asks for it (none for an idle VIP: the
+/// document shows a missing share as None and a missing rate as 0, what
+/// an idle VIP's shares say).
 impl Reports for Detector {
     fn report(&self, vip: &str) -> Option<Cow<'_, VipReport>> {
-        Detector::report(self, vip)
+        Detector::report_unless_idle(self, vip)
     }
 }
 

@@ -168,6 +168,19 @@ impl Detector {
         }
     }
 
+    /// [`Detector::report`], but without the per-backend shares (the
+    /// kept report, not copied) when no backend of the VIP grew in the
+    /// window: each share would be None and each rate 0. For a reader to
+    /// whom a missing share is None and a missing rate 0 (the status
+    /// document: an idle VIP costs it no copy).
+    pub fn report_unless_idle(&self, vip: &str) -> Option<Cow<'_, VipReport>> {
+        let state = self.vips.get(vip)?;
+        if self.shares == PerBackend::OnDemand && state.idle() {
+            return state.last_report().map(|r| Cow::Borrowed(&**r));
+        }
+        self.report(vip)
+    }
+
     /// One tick. `now_unix_seconds` increases between calls (normally by ~1).
     /// Returns one report per sample, in order. VIPs absent from `samples` are forgotten.
     ///

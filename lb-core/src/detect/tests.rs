@@ -1028,6 +1028,7 @@ fn reused_reports_are_the_ones_made_anew() {
     let mut counters = [Cumulative::default(); 4];
     let mut now = 1.7e9;
     let (mut last_address, mut handed_back) = (0usize, 0);
+    let mut idle_ticks = 0;
     let mut held: Option<Arc<VipReport>> = None;
     for t in 0..400u32 {
         now += 1.0 + f64::from(t % 7) * 1e-4;
@@ -1090,6 +1091,21 @@ fn reused_reports_are_the_ones_made_anew() {
         let asked = on_demand.report("web").unwrap();
         assert_eq!(*asked, *b[0], "tick {t}");
         assert_eq!(on_demand.report("web").unwrap(), asked);
+        // Idle: the same report but for shares that say nothing (None,
+        // rate 0); else the whole one.
+        let lean = on_demand.report_unless_idle("web").unwrap();
+        let mut said = VipReport::clone(&asked);
+        for s in &mut said.signals {
+            s.backends
+                .retain(|b| b.observed_share_ratio.is_some() || b.rate_per_second != 0.0);
+        }
+        let idle = lean.signals.iter().all(|s| s.backends.is_empty());
+        if idle {
+            assert_eq!(*lean, said, "tick {t}");
+        } else {
+            assert_eq!(*lean, *asked, "tick {t}");
+        }
+        idle_ticks += usize::from(idle);
         assert_eq!(on_demand.report("api"), None);
         assert_eq!(reused.report("web").as_deref(), Some(&*a[0]));
         assert_eq!(judge.report("web").as_deref(), Some(&*d[0]), "tick {t}");
@@ -1107,4 +1123,5 @@ fn reused_reports_are_the_ones_made_anew() {
     // window) and those whose table share moved (below the epsilon: no
     // start over, but the report shows the share given).
     assert!(handed_back >= 50, "{handed_back} reports handed back");
+    assert!(idle_ticks >= 50, "{idle_ticks} idle ticks");
 }

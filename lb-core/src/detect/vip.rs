@@ -301,6 +301,18 @@ impl VipState {
     /// reports made at that tick, field for field. None before a first tick.
     pub fn report_with_shares(&self, scratch: &mut Scratch) -> Option<VipReport> {
         let last = self.last.as_ref()?;
+        Some(self.shares_into(last, scratch))
+    }
+
+    /// Whether no backend grew in the window (or there is none yet): then
+    /// every per-backend share is None and every rate 0.
+    pub fn idle(&self) -> bool {
+        self.window
+            .delta()
+            .is_none_or(|d| (0..self.order.rank.len()).all(|p| d.get(p) == Cumulative::default()))
+    }
+
+    fn shares_into(&self, last: &Last, scratch: &mut Scratch) -> VipReport {
         let delta = self.window.delta();
         let span = delta.as_ref().map_or(0.0, |d| d.span);
         scratch.rows.clear();
@@ -331,7 +343,7 @@ impl VipState {
             signal.backends =
                 backend_shares(signal.signal, shares, &name, &self.order.rank, rows, span);
         }
-        Some(report)
+        report
     }
 }
 
