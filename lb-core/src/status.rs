@@ -5,11 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::config::AllDown;
 use crate::counters::{ConnScan, CounterSnapshot, PacketsAt};
-use crate::detect::{Signal, State, VipReport};
+use crate::detect::{Detector, Signal, State, VipReport};
 use crate::fleet::{self, Decision};
 use crate::health::{BackendHealth, Health, Membership, Monitor, VipHealth};
 use crate::state::{Desired, DesiredVip};
@@ -324,13 +325,35 @@ pub struct StatusContext<'a> {
     pub observed_seconds: f64,
     pub generated_at_unix_seconds: f64,
     /// The detector's last reports, by VIP name.
-    pub reports: &'a BTreeMap<String, Arc<VipReport>>,
+    pub reports: &'a (dyn Reports + Sync),
     /// The last drift check, by VIP name.
     pub drift: &'a BTreeMap<String, crate::drift::Finding>,
     pub drift_checked_at: &'a BTreeMap<String, f64>,
     pub bake: Option<&'a crate::bake::BakeStatus>,
     /// The last connection-table scan, if any.
     pub conn_scan: Option<&'a ConnScan>,
+}
+
+/// Where a status document finds each VIP's last imbalance report, with
+/// its per-backend shares.
+pub trait Reports {
+    fn report(&self, vip: &str) -> Option<Cow<'_, VipReport>>;
+}
+
+impl Reports for BTreeMap<String, Arc<VipReport>> {
+    fn report(&self, vip: &str) -> Option<Cow<'_, VipReport>> {
+        self.get(vip).map(|r| Cow::Borrowed(&**r))
+    }
+}
+
+/// The daemon's: a [`Detector::shares_on_demand`] makes each report with
+/// its shares as the document asks for it (none for an idle VIP: the
+/// document shows a missing share as None and a missing rate as 0, what
+/// an idle VIP's shares say).
+impl Reports for Detector {
+    fn report(&self, vip: &str) -> Option<Cow<'_, VipReport>> {
+        Detector::report_unless_idle(self, vip)
+    }
 }
 
 fn no_verdict() -> Verdict {
@@ -456,7 +479,8 @@ pub fn build_with(
                 n.saturating_sub(b)
             };
             let vip_since: u64 = v.backend_ids.iter().map(|&id| since(id)).sum();
-            let report = ctx.reports.get(&v.config.name);
+            let report = ctx.reports.report(&v.config.name);
+            let report = report.as_deref();
             let finding = ctx.drift.get(&v.config.name);
             let live_shares = finding.and_then(|f| f.live_table_shares.as_ref());
             // (signal, backend name) -> (share, rate) from the detector.

@@ -80,6 +80,7 @@
 //! sums are taken in u128, and every number in a report is finite, so a
 //! report always serializes to JSON and back.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -102,11 +103,24 @@ pub use types::{
 pub struct Detector {
     vips: HashMap<String, vip::VipState>,
     scratch: vip::Scratch,
-    /// Reports without per-backend shares (`SignalReport::backends` empty).
-    verdicts_only: bool,
+    /// Where the per-backend shares go.
+    shares: PerBackend,
     /// Make every report anew (tests compare the reused ones with these).
     #[cfg(test)]
     always_fresh: bool,
+}
+
+/// Whether a detector's reports carry each signal's per-backend shares
+/// (`SignalReport::backends`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum PerBackend {
+    /// In every report [`Detector::observe`] hands back.
+    #[default]
+    InReports,
+    /// Only in [`Detector::report`]'s, made when asked.
+    OnDemand,
+    /// Never.
+    Never,
 }
 
 impl Detector {
@@ -119,9 +133,52 @@ impl Detector {
     /// (the bake's capacity view), at a fraction of the memory.
     pub fn verdicts_only() -> Self {
         Self {
-            verdicts_only: true,
+            shares: PerBackend::Never,
             ..Self::default()
         }
+    }
+
+    /// A detector whose [`Detector::observe`] reports carry no per-backend
+    /// shares (as [`Detector::verdicts_only`]'s), and whose
+    /// [`Detector::report`] makes a VIP's whole report when asked, from
+    /// what the VIP keeps anyway: the same report [`Detector::new`]'s
+    /// `observe` handed back at the last tick. For a caller that judges
+    /// every tick and shows the shares now and then (the daemon: its status
+    /// document); at 1,000 VIPs x 64 backends the kept shares were ~20 MB.
+    pub fn shares_on_demand() -> Self {
+        Self {
+            shares: PerBackend::OnDemand,
+            ..Self::default()
+        }
+    }
+
+    /// The last report of `vip` (None if the last tick did not have it),
+    /// with the per-backend shares unless the detector is
+    /// [`Detector::verdicts_only`]. Made here for a
+    /// [`Detector::shares_on_demand`] detector, else the kept report.
+    pub fn report(&self, vip: &str) -> Option<Cow<'_, VipReport>> {
+        let state = self.vips.get(vip)?;
+        match self.shares {
+            PerBackend::OnDemand => state
+                .report_with_shares(&mut vip::Scratch::default())
+                .map(Cow::Owned),
+            PerBackend::InReports | PerBackend::Never => {
+                state.last_report().map(|r| Cow::Borrowed(&**r))
+            }
+        }
+    }
+
+    /// [`Detector::report`], but without the per-backend shares (the
+    /// kept report, not copied) when no backend of the VIP grew in the
+    /// window: each share would be None and each rate 0. For a reader to
+    /// whom a missing share is None and a missing rate 0 (the status
+    /// document: an idle VIP costs it no copy).
+    pub fn report_unless_idle(&self, vip: &str) -> Option<Cow<'_, VipReport>> {
+        let state = self.vips.get(vip)?;
+        if self.shares == PerBackend::OnDemand && state.idle() {
+            return state.last_report().map(|r| Cow::Borrowed(&**r));
+        }
+        self.report(vip)
     }
 
     /// One tick. `now_unix_seconds` increases between calls (normally by ~1).
@@ -152,7 +209,7 @@ impl Detector {
                     now_unix_seconds,
                     sample,
                     &mut self.scratch,
-                    !self.verdicts_only,
+                    self.shares == PerBackend::InReports,
                 )
             })
             .collect();

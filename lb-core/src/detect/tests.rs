@@ -958,6 +958,7 @@ proptest! {
         let mut rng = SplitMix(SplitMix64(seed));
         let mut order_rng = SplitMix(SplitMix64(!seed));
         let (mut canonical, mut shuffled) = (Detector::new(), Detector::new());
+        let mut on_demand = Detector::shares_on_demand();
         let mut counters = vec![Cumulative::default(); n];
         for t in 0..12 {
             let (flows, _) = multinomial(&mut rng, &traffic, 150);
@@ -980,8 +981,13 @@ proptest! {
             order_rng.shuffle(&mut mixed);
             let now = 1000.0 + f64::from(t);
             let a = canonical.observe(now, &[VipSample { vip: "v", thresholds: &th, backends }]);
-            let b = shuffled.observe(now, &[VipSample { vip: "v", thresholds: &th, backends: mixed }]);
+            let mixed = [VipSample { vip: "v", thresholds: &th, backends: mixed }];
+            let b = shuffled.observe(now, &mixed);
+            on_demand.observe(now, &mixed);
             let (a, b) = (&a[0], &b[0]);
+            // Shares made when asked, in the sample's order, as kept ones.
+            let asked = on_demand.report("v");
+            prop_assert_eq!(asked.as_deref(), Some(&**b), "tick {}", t);
             prop_assert_eq!(&a.verdict, &b.verdict, "tick {}", t);
             for (x, y) in a.signals.iter().zip(&b.signals) {
                 prop_assert_eq!(&x.verdict, &y.verdict);
@@ -1017,10 +1023,12 @@ fn reused_reports_are_the_ones_made_anew() {
     let mut fresh = Detector::new();
     fresh.always_fresh = true;
     let mut judge = Detector::verdicts_only();
+    let mut on_demand = Detector::shares_on_demand();
     let names = ["b0", "b1", "b2", "b3"];
     let mut counters = [Cumulative::default(); 4];
     let mut now = 1.7e9;
     let (mut last_address, mut handed_back) = (0usize, 0);
+    let mut idle_ticks = 0;
     let mut held: Option<Arc<VipReport>> = None;
     for t in 0..400u32 {
         now += 1.0 + f64::from(t % 7) * 1e-4;
@@ -1076,6 +1084,31 @@ fn reused_reports_are_the_ones_made_anew() {
             c.backends = b.backends.clone();
         }
         assert_eq!(c, *b[0], "tick {t}");
+        // Shares on demand: the verdicts-only report at the tick, the
+        // whole one when asked (and asking again changes nothing).
+        let d = on_demand.observe(now, std::slice::from_ref(&sample));
+        assert!(d[0].signals.iter().all(|s| s.backends.is_empty()));
+        let asked = on_demand.report("web").unwrap();
+        assert_eq!(*asked, *b[0], "tick {t}");
+        assert_eq!(on_demand.report("web").unwrap(), asked);
+        // Idle: the same report but for shares that say nothing (None,
+        // rate 0); else the whole one.
+        let lean = on_demand.report_unless_idle("web").unwrap();
+        let mut said = VipReport::clone(&asked);
+        for s in &mut said.signals {
+            s.backends
+                .retain(|b| b.observed_share_ratio.is_some() || b.rate_per_second != 0.0);
+        }
+        let idle = lean.signals.iter().all(|s| s.backends.is_empty());
+        if idle {
+            assert_eq!(*lean, said, "tick {t}");
+        } else {
+            assert_eq!(*lean, *asked, "tick {t}");
+        }
+        idle_ticks += usize::from(idle);
+        assert_eq!(on_demand.report("api"), None);
+        assert_eq!(reused.report("web").as_deref(), Some(&*a[0]));
+        assert_eq!(judge.report("web").as_deref(), Some(&*d[0]), "tick {t}");
         // An address still in use when the next report is made can only
         // come back if that report is the same one.
         let address = Arc::as_ptr(&a[0]) as usize;
@@ -1090,4 +1123,5 @@ fn reused_reports_are_the_ones_made_anew() {
     // window) and those whose table share moved (below the epsilon: no
     // start over, but the report shows the share given).
     assert!(handed_back >= 50, "{handed_back} reports handed back");
+    assert!(idle_ticks >= 50, "{idle_ticks} idle ticks");
 }

@@ -263,7 +263,7 @@ impl VipState {
                     cv: s.cv,
                     verdict,
                     backends: if per_backend {
-                        backend_shares(signal, s, backends, &self.order.rank, rows, span)
+                        backend_shares(signal, s, &name, &self.order.rank, rows, span)
                     } else {
                         Vec::new()
                     },
@@ -284,6 +284,65 @@ impl VipState {
             signals,
         });
         Last::record(&mut self.last, report.clone(), th, rows);
+        report
+    }
+}
+
+impl VipState {
+    /// The last report, as the last tick handed it back.
+    pub fn last_report(&self) -> Option<&Arc<VipReport>> {
+        self.last.as_ref().map(|l| &l.report)
+    }
+
+    /// The last report with each signal's per-backend shares, made from
+    /// what the VIP keeps between ticks (the window's counts, and the flags
+    /// and shares the last report was made with, which a reused report was
+    /// checked against): the report a detector that keeps the shares in its
+    /// reports made at that tick, field for field. None before a first tick.
+    pub fn report_with_shares(&self, scratch: &mut Scratch) -> Option<VipReport> {
+        let last = self.last.as_ref()?;
+        Some(self.shares_into(last, scratch))
+    }
+
+    /// Whether no backend grew in the window (or there is none yet): then
+    /// every per-backend share is None and every rate 0.
+    pub fn idle(&self) -> bool {
+        self.window
+            .delta()
+            .is_none_or(|d| (0..self.order.rank.len()).all(|p| d.get(p) == Cumulative::default()))
+    }
+
+    fn shares_into(&self, last: &Last, scratch: &mut Scratch) -> VipReport {
+        let delta = self.window.delta();
+        let span = delta.as_ref().map_or(0.0, |d| d.span);
+        scratch.rows.clear();
+        scratch
+            .rows
+            .extend(last.active.iter().zip(&last.shares).enumerate().map(
+                |(p, (&active, &[expected, table]))| {
+                    Row {
+                        active,
+                        expected,
+                        table,
+                        delta: delta
+                            .as_ref()
+                            .map_or_else(Cumulative::default, |d| d.get(p)),
+                    }
+                },
+            ));
+        let rows = &scratch.rows[..];
+        let name = |p: usize| self.window.name(p);
+        let mut report = VipReport::clone(&last.report);
+        for (signal, shares) in report.signals.iter_mut().zip(&mut scratch.shares) {
+            shares.recompute(rows.len(), |p| Entry {
+                name: name(p),
+                active: rows[p].active,
+                expected_share: rows[p].expected,
+                delta: rows[p].delta.get(signal.signal),
+            });
+            signal.backends =
+                backend_shares(signal.signal, shares, &name, &self.order.rank, rows, span);
+        }
         report
     }
 }
@@ -362,22 +421,21 @@ fn assess(signal: Signal, s: &Shares, tick: &Tick<'_>, th: &Thresholds) -> Asses
 }
 
 /// Per-backend numbers of one signal, in the sample's order (`rank` maps a
-/// sample index to its name-order position in `rows` and `s`).
-fn backend_shares(
+/// sample index to its name-order position in `rows` and `s`, and `name`
+/// gives the name at a name-order position).
+fn backend_shares<'n>(
     signal: Signal,
     s: &Shares,
-    backends: &[BackendSample<'_>],
+    name: &impl Fn(usize) -> &'n str,
     rank: &[usize],
     rows: &[Row],
     span: f64,
 ) -> Vec<BackendShare> {
-    backends
-        .iter()
-        .zip(rank)
-        .map(|(b, &p)| {
+    rank.iter()
+        .map(|&p| {
             let row = &rows[p];
             BackendShare {
-                backend: b.name.to_owned(),
+                backend: name(p).to_owned(),
                 active: row.active,
                 expected_share_ratio: row.expected,
                 table_share_ratio: row.table,

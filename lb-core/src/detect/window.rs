@@ -6,9 +6,11 @@
 //! second one per VIP while a revision bakes): the newest cumulative
 //! counters, their growth since the window's base, and each kept tick's
 //! growth per backend and signal in the narrowest of 2, 4 or 8 bytes that
-//! holds every value kept ([`Steps`]). At 64 backends and a 10 s window
-//! that is about 8 KB a VIP when idle, where 13 snapshots of three `u64`
-//! per backend took 20 KB. The deltas are the same integers either way.
+//! holds every value kept ([`Steps`]), none for a tick in which the signal
+//! did not grow. At 64 backends and a 10 s window that is about 8 KB a VIP
+//! with traffic at one tick a second (three times that at the bake's four),
+//! and about 5 KB idle, where 13 snapshots of three `u64` per backend took
+//! 20 KB. The deltas are the same integers either way.
 
 use std::collections::VecDeque;
 
@@ -181,7 +183,11 @@ impl Cells {
 }
 
 /// One signal's growth per tick and backend, for the ticks after the
-/// window's base: a ring of ticks, each `n` cells (one per backend).
+/// window's base: a ring of ticks, each `n` cells (one per backend). A
+/// tick in which no backend grew keeps no cells, only its mark in
+/// `grew`: an idle VIP's window holds none (at 1,000 VIPs x 64 backends
+/// and the bake's four ticks a second, 41 ticks of cells were 16 MB a
+/// detector).
 #[derive(Clone, Debug, Default)]
 struct Steps {
     cells: Cells,
@@ -190,38 +196,63 @@ struct Steps {
     slots: usize,
     /// The ring's oldest tick.
     head: usize,
-    /// Ticks held.
+    /// Ticks held in the ring (those with cells).
     len: usize,
+    /// Every tick after the base, oldest first: whether it has cells in
+    /// the ring (false: every backend's growth was 0).
+    grew: VecDeque<bool>,
+    /// Ticks' room made at once when the first tick with cells comes.
+    room: usize,
 }
 
 impl Steps {
-    fn clear(&mut self, n: usize, room: usize) {
-        self.cells.reset(n.saturating_mul(room));
+    fn clear(&mut self, room: usize) {
+        self.cells.reset(0);
         self.slots = 0;
         self.head = 0;
         self.len = 0;
+        self.grew.clear();
+        self.grew.reserve(room);
+        self.room = room;
     }
 
-    /// Appends one tick and returns where its cells start: the caller
-    /// sets all `n` of them (what is there is an older tick's).
-    fn open(&mut self, n: usize) -> usize {
+    /// Ticks held, with cells or without.
+    #[cfg(test)]
+    fn ticks(&self) -> usize {
+        self.grew.len()
+    }
+
+    /// Appends one tick; when some backend `grew`, returns where its
+    /// cells start: the caller sets all `n` of them (what is there is an
+    /// older tick's).
+    fn open(&mut self, n: usize, grew: bool) -> Option<usize> {
+        self.grew.push_back(grew);
+        if !grew {
+            return None;
+        }
         let slots = self.slots;
         if self.len == slots {
-            // Full (or no room yet): room for exactly one more tick. Not
-            // doubled: the ticks that come in a burst after a stalled
-            // collector (an apply) would leave twice the room for good.
-            self.cells.grow(self.head * n, n);
-            self.slots += 1;
+            // Full (or no room yet): the room the window is expected to
+            // need the first time (made at once: a ring allocated bit by
+            // bit ends up scattered among the short-lived reports, which
+            // slowed malloc and free for every later report), else room
+            // for exactly one more tick. Not doubled: the ticks that come
+            // in a burst after a stalled collector (an apply) would leave
+            // twice the room for good.
+            let more = if slots == 0 { self.room.max(1) } else { 1 };
+            self.cells.grow(self.head * n, more * n);
+            self.slots += more;
             self.head = 0;
         }
         let at = (self.head + self.len) % self.slots * n;
         self.len += 1;
-        at
+        Some(at)
     }
 
-    /// Drops the oldest tick, handing each backend's value to `take`.
+    /// Drops the oldest tick, handing each backend's value to `take` (not
+    /// called for a tick in which nothing grew).
     fn pop_front(&mut self, n: usize, mut take: impl FnMut(usize, u64)) {
-        if self.len == 0 {
+        if !self.grew.pop_front().unwrap_or(false) || self.len == 0 {
             return;
         }
         let at = self.head * n;
@@ -232,8 +263,13 @@ impl Steps {
         self.len -= 1;
         // After a burst of ticks (a stalled collector catching up) the
         // window holds its usual few again: give the room back once it is
-        // more than twice what is held, keeping one tick of room.
-        if self.slots > 2 * (self.len + 1) {
+        // more than twice what is held, keeping one tick of room; all of
+        // it once no tick has cells (the traffic stopped).
+        if self.len == 0 {
+            self.cells.reset(0);
+            self.slots = 0;
+            self.head = 0;
+        } else if self.slots > 2 * (self.len + 1) {
             self.cells.shrink(self.head * n, (self.len + 1) * n);
             self.slots = self.len + 1;
             self.head = 0;
@@ -300,7 +336,14 @@ impl Window {
             } else {
                 // `continues` checked that no counter went backwards.
                 let n = self.last.len();
-                let at = self.steps.each_mut().map(|steps| steps.open(n));
+                let mut grew = [false; SIGNALS.len()];
+                for (old, b) in self.last.iter().zip(backends.clone()) {
+                    for (grew, signal) in grew.iter_mut().zip(SIGNALS) {
+                        *grew |= b.counters.get(signal) != old.get(signal);
+                    }
+                }
+                let at: [Option<usize>; SIGNALS.len()] =
+                    std::array::from_fn(|i| self.steps[i].open(n, grew[i]));
                 let rows = self.last.iter_mut().zip(&mut self.growth);
                 for (j, ((old, growth), b)) in rows.zip(backends).enumerate() {
                     let new = b.counters;
@@ -310,7 +353,9 @@ impl Window {
                         bytes: new.bytes - old.bytes,
                     };
                     for ((steps, at), signal) in self.steps.iter_mut().zip(at).zip(SIGNALS) {
-                        steps.cells.set(at + j, step.get(signal));
+                        if let Some(at) = at {
+                            steps.cells.set(at + j, step.get(signal));
+                        }
                     }
                     self.moved |= step != Cumulative::default();
                     growth.new_flows += step.new_flows;
@@ -326,6 +371,11 @@ impl Window {
         reset
     }
 
+    /// The name of the `i`th backend in the order they were pushed.
+    pub fn name(&self, i: usize) -> &str {
+        self.keys.name(i)
+    }
+
     /// Whether the last push changed the deltas, started over, or made or
     /// lost the window: when not, [`Window::delta`] gives the previous
     /// tick's counts (its span may differ by the ticks' jitter).
@@ -335,8 +385,9 @@ impl Window {
 
     /// Drops the history and records what the new one is matched against.
     ///
-    /// It also makes room, here and now, for the ticks that a window of
-    /// `window_seconds` at the daemon's one tick a second will hold, so
+    /// It also makes room, here and now (and for the cells of the ticks,
+    /// when the first one with growth comes), for the ticks that a window
+    /// of `window_seconds` at the daemon's one tick a second will hold, so
     /// that later ticks allocate nothing: a history allocated bit by bit
     /// while it fills ends up scattered among the short-lived reports,
     /// which slowed malloc and free for every later report (by about a
@@ -346,7 +397,6 @@ impl Window {
         backends: impl ExactSizeIterator<Item = &'s BackendSample<'a>>,
         window_seconds: f64,
     ) {
-        let n = backends.len();
         self.keys.set(backends);
         self.times.clear();
         self.last.clear();
@@ -357,7 +407,7 @@ impl Window {
             ((window_seconds.ceil() as usize).saturating_add(3)).min(PREALLOCATED_SNAPSHOTS);
         self.times.reserve(wanted);
         for steps in &mut self.steps {
-            steps.clear(n, wanted - 1);
+            steps.clear(wanted - 1);
         }
     }
 
@@ -496,10 +546,12 @@ mod tests {
     fn steady_state_allocates_nothing() {
         let mut w = Window::default();
         push(&mut w, 0.0, 0, 10.0);
+        assert_eq!(cells_capacity(&w), 0, "no tick with growth yet");
+        push(&mut w, 1.0, 1, 10.0);
         let room = cells_capacity(&w);
         // 12 ticks of 2 backends, 3 signals, 2 bytes each (10 s window + 2).
         assert_eq!(room, 3 * 12 * 2);
-        for t in 1..40u64 {
+        for t in 2..40u64 {
             push(&mut w, t as f64, t, 10.0);
             assert_eq!(cells_capacity(&w), room, "tick {t}");
         }
@@ -509,6 +561,39 @@ mod tests {
                 .iter()
                 .all(|s| matches!(s.cells, Cells::U16(_)) || s.len == 0)
         );
+    }
+
+    #[test]
+    fn ticks_without_growth_keep_no_cells() {
+        let mut w = Window::default();
+        push(&mut w, 0.0, 0, 10.0);
+        // Idle: ticks, but no cells.
+        for t in 1..20u64 {
+            assert!(!push(&mut w, t as f64, 0, 10.0));
+            assert_eq!(cells_capacity(&w), 0, "tick {t}");
+        }
+        assert_eq!(w.times.len(), 11);
+        assert!(w.steps.iter().all(|s| s.ticks() == 10 && s.len == 0));
+        // Two ticks of traffic among idle ones: only they have cells.
+        push(&mut w, 20.0, 3, 10.0);
+        push(&mut w, 21.0, 3, 10.0);
+        push(&mut w, 22.0, 5, 10.0);
+        assert!(w.steps.iter().all(|s| s.ticks() == 10 && s.len == 2));
+        assert_eq!(w.delta().unwrap().get(0).new_flows, 5);
+        assert_eq!(w.delta().unwrap().get(1).bytes, 2000 * 5);
+        // One signal growing alone: only its ring has cells.
+        let mut a = backend("a", 5);
+        let b = backend("b", 10);
+        a.counters.bytes += 1;
+        w.push(23.0, [&a, &b], 10.0);
+        let held: Vec<usize> = w.steps.iter().map(|s| s.len).collect();
+        assert_eq!(held, [2, 2, 3]);
+        // Once the traffic has left the window, the room goes too.
+        for t in 24..40u64 {
+            w.push(t as f64, [&a, &b], 10.0);
+        }
+        assert_eq!(cells_capacity(&w), 0);
+        assert_eq!(w.delta().unwrap().get(0), Cumulative::default());
     }
 
     #[test]
@@ -760,7 +845,8 @@ mod tests {
         /// The compact window gives the whole one's deltas, spans and
         /// resets over any run of ticks: growth of every size (the widths
         /// widened), counters going back (a reset) or wrapping past
-        /// u64::MAX, the clock standing still, a backend's flag changing.
+        /// u64::MAX, the clock standing still, a backend's flag changing, ticks
+        /// in which nothing grew (they keep no cells).
         #[test]
         fn the_compact_window_gives_the_same_deltas(
             window in proptest::prop_oneof![
@@ -790,6 +876,7 @@ mod tests {
                     ),
                     proptest::bool::weighted(0.05),
                     proptest::bool::weighted(0.05),
+                    proptest::bool::weighted(0.3),
                 ),
                 1..60,
             ),
@@ -800,8 +887,11 @@ mod tests {
             let (mut compact, mut whole) = (Window::default(), Whole::default());
             let mut now = 1.7e9;
             let mut before: Option<(f64, Vec<Cumulative>)> = None;
-            for (dt, growth, back, flip) in ticks {
+            for (dt, mut growth, back, flip, idle) in ticks {
                 now += dt;
+                if idle {
+                    growth.fill(0);
+                }
                 for (i, c) in counters.iter_mut().enumerate() {
                     // wrapping: past u64::MAX a counter starts again low
                     c.new_flows = c.new_flows.wrapping_add(growth[3 * i]);

@@ -801,7 +801,8 @@ mod tests {
             now.backends.insert(v.backend_ids[0], c);
             now.vips.insert(v.id, c);
         }
-        let (reports, drift, checked) = Default::default();
+        let reports = xlb_core::detect::Detector::new();
+        let (drift, checked) = Default::default();
         let ctx = xlb_core::status::StatusContext {
             interface: "eth0",
             revision: 1,

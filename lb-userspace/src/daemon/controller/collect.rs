@@ -106,8 +106,8 @@ impl Controller {
             .collect();
         drop(health);
         // The detector hands back an unchanged VIP's last report, adjusted
-        // in place when no one else holds it: let go of this tick's first.
-        self.reports.clear();
+        // in place when no one else holds it: the reports are let go of
+        // after the bake's decision (the detector keeps them for status).
         let reports = self.detector.observe(now_unix_seconds, &samples);
         let baking = self
             .bake
@@ -130,7 +130,7 @@ impl Controller {
             }
             None => Decision::Wait,
         };
-        self.reports = reports.into_iter().map(|r| (r.vip.clone(), r)).collect();
+        drop(reports);
         self.metrics
             .collector
             .observe(started.elapsed().as_secs_f64());
@@ -183,7 +183,7 @@ impl Controller {
                 .map_or(0, |d| d.as_secs()),
             observed_seconds: self.applied_instant.elapsed().as_secs_f64(),
             generated_at_unix_seconds: unix_now(),
-            reports: &self.reports,
+            reports: &self.detector,
             drift: &self.drift,
             drift_checked_at: &self.drift_checked_at,
             bake: self.bake.as_ref(),

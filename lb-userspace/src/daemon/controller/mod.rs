@@ -21,7 +21,7 @@ use xlb_core::change::LiveRevision;
 use xlb_core::clock::unix_now;
 use xlb_core::config;
 use xlb_core::counters::PacketsAt;
-use xlb_core::detect::{Detector, VipReport};
+use xlb_core::detect::Detector;
 use xlb_core::drift::Finding;
 use xlb_core::reload::ConfigFileStatus;
 use xlb_core::state::{self, Desired};
@@ -126,8 +126,9 @@ pub struct Controller {
     applied_at: SystemTime,
     applied_instant: Instant,
     at_apply: PacketsAt,
+    /// The imbalance detector; it keeps each VIP's last report, and makes
+    /// the per-backend shares of one when the status document asks.
     detector: Detector,
-    reports: BTreeMap<String, Arc<VipReport>>,
     drift: BTreeMap<String, Finding>,
     drift_checked_at: BTreeMap<String, f64>,
     /// Where the round-robin drift check goes on next tick (a VIP index).
@@ -201,8 +202,7 @@ impl Controller {
             applied_at: SystemTime::now(),
             applied_instant: Instant::now(),
             at_apply: PacketsAt::default(),
-            detector: Detector::new(),
-            reports: BTreeMap::new(),
+            detector: Detector::shares_on_demand(),
             drift: BTreeMap::new(),
             drift_checked_at: BTreeMap::new(),
             drift_cursor: 0,
