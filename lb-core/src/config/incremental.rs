@@ -136,11 +136,21 @@ pub fn parse_against(
 
 /// The short way, or None where it does not apply or found a problem.
 fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Config> {
-    let new = cut(text)?;
-    let earlier = cut(old_text)?;
+    // The two texts cut on two cores (each cut scans 5.8 MB five times at
+    // the declared limits: ~1.8 ms).
+    let (new, earlier) = rayon::join(|| cut(text), || cut(old_text));
+    let (new, earlier) = (new?, earlier?);
     if new.head != earlier.head || earlier.vips.len() != old.vips.len() {
         return None;
     }
+    // Piece i compared with the earlier piece i on every core (1,000
+    // memcmp of ~5.8 KB each at the declared limits).
+    let in_place: Vec<bool> = new
+        .vips
+        .par_iter()
+        .enumerate()
+        .map(|(i, piece)| earlier.vips.get(i) == Some(piece))
+        .collect();
     // Piece i is most often the earlier piece i (a memcmp); the others are
     // looked up among the earlier pieces of their length (the map made only
     // then, from lengths: hashing 5.8 MB of pieces took a tenth of a
@@ -150,9 +160,11 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
         .vips
         .iter()
         .enumerate()
-        .map(|(i, &piece)| match earlier.vips.get(i) {
-            Some(&p) if p == piece => Some(&old.vips[i]),
-            _ => by_len
+        .map(|(i, &piece)| {
+            if in_place[i] {
+                return Some(&old.vips[i]);
+            }
+            by_len
                 .get_or_init(|| {
                     let mut map: HashMap<usize, Vec<usize>> = HashMap::new();
                     for (j, p) in earlier.vips.iter().enumerate() {
@@ -163,7 +175,7 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
                 .get(&piece.len())?
                 .iter()
                 .find(|&&j| earlier.vips[j] == piece)
-                .map(|&j| &old.vips[j]),
+                .map(|&j| &old.vips[j])
         })
         .collect();
     assemble(&new, &taken, file)
