@@ -30,6 +30,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use itertools::Itertools as _;
 use rayon::prelude::*;
 use std::net::IpAddr;
 
@@ -67,12 +68,9 @@ fn cut(text: &str) -> Option<Cut<'_>> {
         .flat_map(|p| memchr::memmem::find_iter(bytes, p).map(|at| at + 1))
         .collect();
     indented.sort_unstable();
-    let lines = Merged {
-        a: std::iter::once(0)
-            .chain(memchr::memmem::find_iter(bytes, b"\n[").map(|at| at + 1))
-            .peekable(),
-        b: indented.into_iter().peekable(),
-    };
+    let lines = std::iter::once(0)
+        .chain(memchr::memmem::find_iter(bytes, b"\n[").map(|at| at + 1))
+        .merge(indented);
     let mut starts = Vec::new();
     for at in lines {
         let rest = &text[at..];
@@ -98,24 +96,6 @@ fn cut(text: &str) -> Option<Cut<'_>> {
         .map(|(&a, &b)| &text[a..b])
         .collect();
     Some(Cut { head, vips })
-}
-
-/// Two ascending sequences of offsets as one.
-struct Merged<A: Iterator<Item = usize>, B: Iterator<Item = usize>> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
-}
-
-impl<A: Iterator<Item = usize>, B: Iterator<Item = usize>> Iterator for Merged<A, B> {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        match (self.a.peek(), self.b.peek()) {
-            (Some(a), Some(b)) if b < a => self.b.next(),
-            (Some(_), _) => self.a.next(),
-            (None, _) => self.b.next(),
-        }
-    }
 }
 
 /// Parse and validate `text` (named `file` in errors) as
@@ -153,9 +133,15 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
         .collect();
     // Piece i is most often the earlier piece i (a memcmp); the others are
     // looked up among the earlier pieces of their length (the map made only
-    // then, from lengths: hashing 5.8 MB of pieces took a tenth of a
-    // one-VIP apply, and a changed piece is looked up whatever happens).
-    let by_len: std::cell::OnceCell<HashMap<usize, Vec<usize>>> = std::cell::OnceCell::new();
+    // when a piece is not in place, from lengths: hashing 5.8 MB of pieces
+    // took a tenth of a one-VIP apply).
+    let by_len: Option<HashMap<usize, Vec<usize>>> = in_place.contains(&false).then(|| {
+        let mut map: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (j, p) in earlier.vips.iter().enumerate() {
+            map.entry(p.len()).or_default().push(j);
+        }
+        map
+    });
     let taken: Vec<Option<&Arc<Vip>>> = new
         .vips
         .iter()
@@ -165,13 +151,7 @@ fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Con
                 return Some(&old.vips[i]);
             }
             by_len
-                .get_or_init(|| {
-                    let mut map: HashMap<usize, Vec<usize>> = HashMap::new();
-                    for (j, p) in earlier.vips.iter().enumerate() {
-                        map.entry(p.len()).or_default().push(j);
-                    }
-                    map
-                })
+                .as_ref()?
                 .get(&piece.len())?
                 .iter()
                 .find(|&&j| earlier.vips[j] == piece)
