@@ -64,6 +64,13 @@ impl Config {
     }
 }
 
+/// Whether two VIPs are equal: at once when they are the same `Arc` (as an
+/// incremental parse leaves an unchanged VIP), else field by field (64
+/// backends).
+pub fn same_vip(a: &Arc<Vip>, b: &Arc<Vip>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 /// The metrics address when the config names none: loopback only.
 pub const DEFAULT_METRICS_ADDRESS: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9470);

@@ -34,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub use crate::config::vip_hash;
-use crate::config::{Config, Vip};
+use crate::config::{Config, Vip, same_vip};
 use crate::state::{Desired, DesiredVip, Prebuilt, same_table_inputs};
 
 use diff::Side;
@@ -89,13 +89,11 @@ pub fn plan_keeping_tables(
     // change, and nothing to build or diff (no safety check can fire on
     // it: its shares and flows stay as they are).
     let same_seed = base.hash_seed == candidate.hash_seed;
-    // (The same `Arc`, as an incremental parse leaves an unchanged VIP: equal
-    // without comparing 64 backends.)
     let identical = |v: &Arc<Vip>| {
         same_seed
             && base_index
                 .get(v.name.as_str())
-                .is_some_and(|&i| Arc::ptr_eq(&base.vips[i], v) || base.vips[i] == *v)
+                .is_some_and(|&i| same_vip(&base.vips[i], v))
     };
     let candidate_identical: Vec<bool> = candidate.vips.iter().map(identical).collect();
     let base_needed: HashSet<&str> = candidate

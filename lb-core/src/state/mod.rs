@@ -34,7 +34,7 @@ use lb_common::{
 use rayon::prelude::*;
 
 use crate::config::vip_hash;
-use crate::config::{Backend, Config, IcmpEcho, Unhandled, Vip};
+use crate::config::{Backend, Config, IcmpEcho, Unhandled, Vip, same_vip};
 use crate::host::HostInterface;
 use crate::maglev::{self, MaglevBackend, MaglevTable};
 
@@ -472,7 +472,7 @@ pub fn desired_reusing(
                 .get(v.name.as_str())
                 .filter(|b| same_table_inputs(&b.config, built_seed, v, config.hash_seed));
             if let Some(b) = reused {
-                if same_seed && !b.health_patched && (Arc::ptr_eq(&b.config, v) || b.config == *v) {
+                if same_seed && !b.health_patched && same_vip(&b.config, v) {
                     return Ok(Reuse::Whole(Arc::clone(b)));
                 }
                 return Ok(Reuse::Table(b.table.clone(), false, vip_hash(v)));
@@ -535,9 +535,7 @@ pub fn desired_reusing(
     // may have come from a parse of its own, equal but not the same `Arc`.
     let mut config = owned.into_owned();
     for (c, d) in config.vips.iter_mut().zip(&vips) {
-        if !Arc::ptr_eq(c, &d.config) {
-            *c = Arc::clone(&d.config);
-        }
+        *c = Arc::clone(&d.config);
     }
     Ok(Desired {
         config,
