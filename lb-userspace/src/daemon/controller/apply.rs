@@ -488,12 +488,8 @@ impl Controller {
 /// Drop `value` on a short-lived thread of its own (inline when no thread
 /// can be made): freeing a large structure then costs the caller nothing.
 fn drop_aside<T: Send + 'static>(value: T) {
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(value)));
-    let theirs = std::sync::Arc::clone(&slot);
-    let spawned = std::thread::Builder::new()
+    // A spawn that fails drops its closure, and `value` with it, here.
+    let _ = std::thread::Builder::new()
         .name("xlb-drop".into())
-        .spawn(move || drop(theirs.lock().map(|mut v| v.take())));
-    if spawned.is_err() {
-        drop(slot.lock().map(|mut v| v.take()));
-    }
+        .spawn(move || drop(value));
 }
