@@ -16,7 +16,9 @@ use xlb_core::plan::Plan;
 use xlb_core::revision::{Kind, Outcome, Revision};
 use xlb_core::state::{self, Allocation, Desired, Prebuilt};
 
+use super::rollback::RollbackTarget;
 use super::{ApplyError, Controller, health};
+use crate::store::PackedText;
 
 /// What an apply made.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,6 +208,7 @@ impl Controller {
         };
         self.metrics.progress.beat();
         let baking = result.is_ok() && self.bakes(&kind);
+        let mut packed = None;
         if let Some(store) = self.revisions.as_mut() {
             let outcome = match &result {
                 Ok(_) if baking => Outcome::Baking,
@@ -236,6 +239,7 @@ impl Controller {
             };
             let recorded = store.record(&rev);
             candidate.text = rev.config_text;
+            packed = recorded.as_ref().ok().cloned();
             if let Err(e) = recorded {
                 if result.is_ok() {
                     // Not durably recorded, so not applied: the next start
@@ -246,14 +250,16 @@ impl Controller {
                 }
             }
         }
-        if result.is_ok() {
-            self.start_bake(&candidate, &kind, number);
-            if let Some(c) = self.config_file.as_mut() {
-                c.after_apply(number, &kind, &candidate.file, &candidate.text);
-            }
+        if result.is_ok()
+            && let Some(c) = self.config_file.as_mut()
+        {
+            c.after_apply(number, &kind, &candidate.file, &candidate.text);
         }
         if let (Checks::Operator { force, .. }, Some(plan)) = (checks, &plan) {
             self.audit_operator_apply(&candidate, &kind, force, plan, &result);
+        }
+        if result.is_ok() {
+            self.start_bake(candidate, &kind, number, packed);
         }
         // Whoever applied it (the socket, SIGHUP, the fleet agent, a bake's
         // rollback): no status request is answered with the old document.
@@ -313,15 +319,23 @@ impl Controller {
             && self.bake_policy.window_seconds > 0.0
     }
 
-    /// After a successful write: the new revision replaces the live one, and
-    /// bakes when it is an operator's apply or edit replacing a revision and
-    /// baking is on (`bakes`).
-    fn start_bake(&mut self, candidate: &Candidate, kind: &Kind, number: u64) {
+    /// After a successful write: the new revision (its text moved from
+    /// `candidate`; `packed`, as the store recorded it) replaces the live
+    /// one, and bakes when it is an operator's apply or edit replacing a
+    /// revision and baking is on (`bakes`).
+    fn start_bake(
+        &mut self,
+        candidate: Candidate,
+        kind: &Kind,
+        number: u64,
+        packed: Option<PackedText>,
+    ) {
         let previous = self.current.replace(LiveRevision {
             number,
-            text: candidate.text.clone(),
-            file: candidate.file.clone(),
+            text: candidate.text,
+            file: candidate.file,
         });
+        let previous_packed = std::mem::replace(&mut self.current_packed, packed);
         let (Kind::Apply | Kind::Edit { .. }, Some(previous)) = (kind, previous) else {
             return;
         };
@@ -338,7 +352,8 @@ impl Controller {
             reason: None,
             rollback_revision: None,
         });
-        self.rollback_target = Some(previous);
+        // Kept as the store recorded it: a rollback decompresses it.
+        self.rollback_target = Some(RollbackTarget::of(previous, previous_packed));
         // The last bake's detector (windows of 64,000 backends at the
         // declared limits: ~2.5 ms to free, a tenth of a one-VIP apply's
         // own time) is freed on a thread of its own, not in the request's.
@@ -420,6 +435,10 @@ impl Controller {
                 text: candidate.text.clone(),
                 file: file.clone(),
             });
+            self.current_packed = self
+                .revisions
+                .as_ref()
+                .and_then(|s| s.packed(n).ok().flatten());
         }
         self.applied_at = SystemTime::now();
         self.applied_instant = Instant::now();

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use xlb_core::bake::{BakeState, BakeStatus};
-use xlb_core::change::{ApplyOptions, Candidate, LiveRevision, Origin};
+use xlb_core::change::{ApplyOptions, Candidate, Origin};
 use xlb_core::clock::unix_now;
 use xlb_core::detect::{BackendSample, Detector, VipReport, VipSample};
 use xlb_core::revision::{Kind, Outcome, Revision};
 use xlb_core::state::Desired;
 
+use super::rollback::{KeptText, RollbackTarget};
 use super::{ApplyError, BakePolicy, Controller};
 
 impl Controller {
@@ -49,10 +50,18 @@ impl Controller {
             self.finish_bake();
             return;
         };
-        self.rollback_target = Some(LiveRevision {
+        let packed = self
+            .revisions
+            .as_ref()
+            .and_then(|s| s.packed(target.number).ok().flatten());
+        let text = match packed {
+            Some(p) => KeptText::Packed(p),
+            None => KeptText::Plain(target.config_text.clone()),
+        };
+        self.rollback_target = Some(RollbackTarget {
             number: target.number,
-            text: target.config_text.clone(),
             file: target.config_file.clone(),
+            text,
         });
         self.capacity_detector = Detector::verdicts_only();
         if now >= until {
@@ -108,7 +117,17 @@ impl Controller {
             to,
             reason: reason.to_string(),
         };
-        let applied = Candidate::parse(&target.text, &target.file, origin)
+        let text = match target.text.text() {
+            Ok(text) => text,
+            Err(e) => {
+                log::error!(
+                    "automatic rollback of revision {}: revision {to}'s text: {e}; still on it",
+                    bake.revision
+                );
+                return;
+            }
+        };
+        let applied = Candidate::parse(text.as_ref(), &target.file, origin)
             .map_err(ApplyError::from)
             .and_then(|c| self.apply(c, ApplyOptions::unchecked(kind)));
         match applied.map(|a| a.revision) {
@@ -119,7 +138,7 @@ impl Controller {
                     "xlb",
                     Some(new),
                     Some(&target.file),
-                    Some(&target.text),
+                    Some(&text),
                     Some(format!("revision {} -> {to}: {reason}", bake.revision)),
                 );
                 if let Some(store) = self.revisions.as_mut()

@@ -6,6 +6,7 @@
 //! - `history`: a rollback to a recorded revision;
 //! - `collect`: the once-a-second tick (counters, detector) and the status;
 //! - `bake`: judging a new revision, and the automatic rollback;
+//! - `rollback`: what that rollback returns to (the text kept compressed);
 //! - `drift`: the kernel's maps compared with what was applied, and repair;
 //! - `health`: health checks following applies, and patched tables;
 //! - `announcing` (the state) and `announce` (fed from the controller):
@@ -29,7 +30,8 @@ use xlb_dataplane::{ConnScan, Dataplane, DataplaneError};
 
 use crate::daemon::audit::{AuditLog, Event};
 use crate::daemon::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{PackedText, Store};
+use rollback::RollbackTarget;
 
 mod announce;
 mod announcing;
@@ -39,6 +41,7 @@ mod collect;
 mod drift;
 mod health;
 mod history;
+mod rollback;
 
 pub use announcing::{Announcing, DRAIN_FILE, DrainError};
 pub use apply::Applied;
@@ -139,8 +142,11 @@ pub struct Controller {
     revisions: Option<Store>,
     /// The revision in force (the target of the next automatic rollback).
     current: Option<LiveRevision>,
+    /// Its text as the store recorded it (compressed): what
+    /// `rollback_target` keeps of it when the next apply bakes.
+    current_packed: Option<PackedText>,
     /// What the last apply is rolled back to if its bake fails.
-    rollback_target: Option<LiveRevision>,
+    rollback_target: Option<RollbackTarget>,
     bake_policy: BakePolicy,
     bake: Option<BakeStatus>,
     /// Judges a baking revision against capacity shares (see `bake`).
@@ -209,6 +215,7 @@ impl Controller {
             metrics,
             revisions: None,
             current: None,
+            current_packed: None,
             rollback_target: None,
             bake_policy: BakePolicy {
                 window_seconds: 0.0,
