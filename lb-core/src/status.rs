@@ -274,7 +274,9 @@ pub struct VipStatus {
     /// What decides a new flow's backend here, and its fingerprint: equal
     /// on every node of a fleet that agrees (`xlb fleet status`).
     #[serde(default)]
-    pub decision: Option<Decision>,
+    /// Shared with the daemon's decisions (`Decisions`), which outlive a
+    /// document: 64,000 backends' names and addresses are 4 MB.
+    pub decision: Option<Arc<Decision>>,
     /// Whether the node announces this VIP, and why; null from a daemon
     /// older than announcing.
     #[serde(default)]
@@ -410,7 +412,7 @@ fn retained_status(
 #[derive(Debug, Default)]
 pub struct Decisions {
     /// By the address of the `Arc` held beside (only compared).
-    by_vip: std::collections::HashMap<usize, (Arc<DesiredVip>, u32, Decision)>,
+    by_vip: std::collections::HashMap<usize, (Arc<DesiredVip>, u32, Arc<Decision>)>,
 }
 
 fn address(vip: &Arc<DesiredVip>) -> usize {
@@ -420,7 +422,7 @@ fn address(vip: &Arc<DesiredVip>) -> usize {
 impl Decisions {
     /// `vip`'s decision under `hash_seed`: the kept one when made of this
     /// very VIP state and seed, else made now and kept.
-    fn of(&mut self, vip: &Arc<DesiredVip>, hash_seed: u32) -> Decision {
+    fn of(&mut self, vip: &Arc<DesiredVip>, hash_seed: u32) -> Arc<Decision> {
         let key = address(vip);
         if let Some((kept, seed, decision)) = self.by_vip.get(&key)
             && Arc::ptr_eq(kept, vip)
@@ -428,7 +430,7 @@ impl Decisions {
         {
             return decision.clone();
         }
-        let decision = fleet::decision(vip, hash_seed);
+        let decision = Arc::new(fleet::decision(vip, hash_seed));
         self.by_vip
             .insert(key, (vip.clone(), hash_seed, decision.clone()));
         decision

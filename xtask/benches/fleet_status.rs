@@ -180,7 +180,10 @@ fn fleet(backends: usize) -> anyhow::Result<()> {
             let d = s
                 .vips
                 .into_iter()
-                .filter_map(|v| v.decision.map(|d| (v.name, d)))
+                .filter_map(|v| {
+                    v.decision
+                        .map(|d| (v.name, std::sync::Arc::unwrap_or_clone(d)))
+                })
                 .collect();
             nodes.push((u.clone(), d));
             parsing += t.elapsed();

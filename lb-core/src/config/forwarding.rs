@@ -499,7 +499,7 @@ fn mac(
     field: impl std::fmt::Display,
     whose: &str,
 ) -> Option<MacAddr> {
-    let Some(mac) = parse_mac(&v.value) else {
+    let Some(mac) = MacAddr::parse(&v.value) else {
         ck.problem(
             &v.span,
             field.to_string(),
@@ -525,21 +525,4 @@ fn mac(
     };
     ck.problem(&v.span, field.to_string(), reason);
     None
-}
-
-/// Six pairs of hex digits separated by ':'.
-pub(super) fn parse_mac(text: &str) -> Option<MacAddr> {
-    let mut out = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut out {
-        let part = parts.next()?;
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(MacAddr(out))
 }

@@ -540,13 +540,19 @@ impl Serialize for Ipv6Prefix {
     }
 }
 
-impl fmt::Display for BackendState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
             BackendState::Active => "active",
             BackendState::Draining => "draining",
             BackendState::Disabled => "disabled",
-        })
+        }
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -561,6 +567,25 @@ impl fmt::Display for MacAddr {
     }
 }
 
+impl MacAddr {
+    /// Six pairs of hex digits separated by ':'.
+    pub fn parse(text: &str) -> Option<MacAddr> {
+        let mut out = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut out {
+            let part = parts.next()?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(MacAddr(out))
+    }
+}
+
 impl fmt::Debug for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -570,6 +595,18 @@ impl fmt::Debug for MacAddr {
 impl Serialize for MacAddr {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// As it serializes: six pairs of hex digits separated by ':'.
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        MacAddr::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a MAC address (six pairs of hex digits separated by ':')"
+            ))
+        })
     }
 }
 

@@ -1093,7 +1093,6 @@ fn next_prime(n: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::super::check::{format_duration, parse_duration};
-    use super::super::forwarding::parse_mac;
     use super::super::types::MacAddr;
     use super::*;
 
@@ -1400,11 +1399,11 @@ protocol = "udp"
     #[test]
     fn mac_parsing() {
         assert_eq!(
-            parse_mac("02:00:00:00:00:11"),
+            MacAddr::parse("02:00:00:00:00:11"),
             Some(MacAddr([2, 0, 0, 0, 0, 0x11]))
         );
         assert_eq!(
-            parse_mac("aA:bb:cc:dd:ee:ff"),
+            MacAddr::parse("aA:bb:cc:dd:ee:ff"),
             Some(MacAddr([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]))
         );
         for bad in [
@@ -1416,7 +1415,7 @@ protocol = "udp"
             "02:00:00:00:00:1g",
             "+2:00:00:00:00:11",
         ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
+            assert_eq!(MacAddr::parse(bad), None, "{bad}");
         }
     }
 
