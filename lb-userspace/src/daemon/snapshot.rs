@@ -9,7 +9,7 @@
 //! - after a collector tick (`invalidate`: counters moved) the document
 //!   still served to scrapes and `xlb status --vip` is the previous one,
 //!   and the first request after the tick starts one rebuild on a thread
-//!   of its own (never two at once);
+//!   of its own (never two at once, nor two within `REBUILD_EVERY`);
 //! - `xlb status` (`fresh`) is answered with the counters of the moment it
 //!   asked: the current document if none of the counters it shows moved
 //!   since it was built (read again to compare) and no change came since,
@@ -32,6 +32,16 @@ use crate::daemon::exposition::{Deflated, VipText};
 
 /// How long a request waits for a document being built before it says so.
 pub const BUILD_WAIT: Duration = Duration::from_secs(30);
+
+/// The least time between the starts of two builds that collector ticks
+/// ask for (`invalidate`). While a revision bakes the collector ticks four
+/// times a second, and at 1,000 VIPs x 64 backends a build is ~0.1 s of
+/// a core: rebuilt after every tick, under a steady scrape load the
+/// builds ran back to back, a core's worth, and `xlb status` waited for
+/// the CPU (docs/BENCHMARKS.md, issue 20). A scrape is then answered with
+/// a document at most this much older than the last tick; `xlb status`
+/// (`fresh`) and changes are not limited.
+pub const REBUILD_EVERY: Duration = Duration::from_secs(1);
 
 /// A status document, and the counters it shows (None: not known).
 pub type Built = (Status, Option<CounterSnapshot>);
@@ -346,6 +356,8 @@ struct State {
     current: Option<Arc<Published>>,
     now: Generations,
     building: bool,
+    /// When the last build began.
+    began: Option<Instant>,
 }
 
 /// A build to run on the builder thread, and where its document goes.
@@ -372,6 +384,8 @@ pub struct Snapshots {
     /// What sees each document built before it is published (the status
     /// page's history: the document itself is not kept).
     observer: Mutex<Observer>,
+    /// [`REBUILD_EVERY`] (shorter in tests).
+    rebuild_every: Duration,
 }
 
 /// What is given each document built.
@@ -389,6 +403,11 @@ impl std::fmt::Debug for Observer {
 
 impl Snapshots {
     pub fn new(builds: Counter) -> Self {
+        Self::rebuilding_every(builds, REBUILD_EVERY)
+    }
+
+    /// [`Snapshots::new`], with ticks' rebuilds at most `every`.
+    fn rebuilding_every(builds: Counter, every: Duration) -> Self {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let builder = std::thread::Builder::new()
             .name("xlb-status".into())
@@ -411,6 +430,7 @@ impl Snapshots {
             builder: Mutex::new(builder.ok().map(|_| jobs)),
             decisions: Mutex::default(),
             observer: Mutex::default(),
+            rebuild_every: every,
         }
     }
 
@@ -541,7 +561,8 @@ impl Snapshots {
 
     /// The document to answer with (blocking: call it off the reactor).
     /// Waits only when there is no document, or when a change made it
-    /// untrue; after a tick it answers at once and starts a rebuild,
+    /// untrue; after a tick it answers at once and starts a rebuild (unless
+    /// one began within [`REBUILD_EVERY`]),
     /// unless `fresh` (`xlb status`: the counters of now), when it answers
     /// with the current document if its counters are those of now
     /// (`still_true`: no change since it was built and no counter moved),
@@ -565,7 +586,12 @@ impl Snapshots {
                 && current.made.changes == state.now.changes
                 && (!fresh || current.made.ticks == state.now.ticks)
             {
-                if current.made.ticks != state.now.ticks && !state.building {
+                if current.made.ticks != state.now.ticks
+                    && !state.building
+                    && state
+                        .began
+                        .is_none_or(|t| t.elapsed() >= self.rebuild_every)
+                {
                     self.rebuild(state, build.clone());
                 }
                 return Ok(current);
@@ -585,7 +611,8 @@ impl Snapshots {
     fn build(&self, build: &Build) -> Result<Arc<Published>, String> {
         let began = Instant::now();
         let (made, previous) = {
-            let state = self.lock();
+            let mut state = self.lock();
+            state.began = Some(began);
             (state.now, state.current.clone())
         };
         self.builds.inc();
@@ -703,6 +730,29 @@ mod tests {
         assert_eq!(snapshots.document(&build, true).unwrap().revision(), 3);
         assert_eq!(snapshots.document(&build, false).unwrap().revision(), 3);
         assert_eq!(builds.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn ticks_rebuild_at_most_once_an_interval() {
+        let every = Duration::from_millis(300);
+        let snapshots = Arc::new(Snapshots::rebuilding_every(Counter::default(), every));
+        let (build, builds) = counting(Duration::ZERO, None);
+        snapshots.document(&build, false).unwrap();
+        // Ticks four times as often as the interval, a scrape after each,
+        // for three intervals: one rebuild an interval at most.
+        let started = Instant::now();
+        while started.elapsed() < every * 3 {
+            snapshots.invalidate();
+            snapshots.document(&build, false).unwrap();
+            std::thread::sleep(every / 4);
+        }
+        wait_for("the last rebuild", || !snapshots.lock().building);
+        let n = builds.load(Ordering::SeqCst);
+        assert!((2..=5).contains(&n), "{n} builds");
+        // A fresh request is not limited: built now.
+        let before = builds.load(Ordering::SeqCst);
+        snapshots.document(&build, true).unwrap();
+        assert_eq!(builds.load(Ordering::SeqCst), before + 1);
     }
 
     #[test]
