@@ -168,15 +168,8 @@ fn main() {
     let runs: Vec<Duration> = (0..11)
         .map(|_| {
             let t = Instant::now();
-            dp.install_table(
-                0,
-                &table
-                    .slots
-                    .iter()
-                    .map(|&i| u32::from(i))
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap();
+            dp.install_table(0, &table.slots.iter().map(u32::from).collect::<Vec<_>>())
+                .unwrap();
             t.elapsed()
         })
         .collect();
