@@ -246,7 +246,7 @@ fn table_votes(
     if table.slots.len() != slots.len() {
         return votes;
     }
-    for (&index, &id) in table.slots.iter().zip(slots) {
+    for (index, &id) in table.slots.iter().zip(slots) {
         votes
             .entry(table.names[index as usize].clone())
             .or_default()

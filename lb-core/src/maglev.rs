@@ -31,6 +31,9 @@ use std::collections::BinaryHeap;
 
 use xxhash_rust::xxh64::xxh64;
 
+mod slots;
+pub use slots::{Iter as SlotIter, NARROW_BACKENDS, SlotIndex, Slots, SlotsView};
+
 /// True when `n` is prime (table sizes must be).
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
@@ -68,11 +71,13 @@ pub struct MaglevTable {
     /// Backend names in table order: sorted by name (byte order).
     pub names: Vec<String>,
     /// slots[i] = index into `names` of the backend owning slot i; len ==
-    /// table_size. Empty when there are no backends. Two bytes a slot: a
-    /// table has at most [`MAX_TABLE_BACKENDS`] backends, and a daemon holds
-    /// one table per VIP (1,000 tables of 16,381 slots are 33 MB so, 66 MB
-    /// as `u32`).
-    pub slots: Vec<u16>,
+    /// table_size. Empty when there are no backends. One byte a slot when
+    /// the table has at most [`NARROW_BACKENDS`] (256) backends, two up to
+    /// [`MAX_TABLE_BACKENDS`]: a daemon holds one table per VIP, and 1,000
+    /// tables of 16,381 slots are 16 MB in one byte, 33 MB in two, 66 MB as
+    /// `u32`. The width is not seen from outside: [`Slots`] reads as `u16`s
+    /// and compares by value.
+    pub slots: Slots,
 }
 
 /// The most backends one table can index (`u16` slots).
@@ -187,7 +192,7 @@ fn build_with(
     if sorted.is_empty() {
         return Ok(MaglevTable {
             names,
-            slots: Vec::new(),
+            slots: Slots::empty(),
         });
     }
 
@@ -198,7 +203,25 @@ fn build_with(
         .unwrap_or(1);
     let weights: Vec<u32> = sorted.iter().map(|b| b.weight).collect();
     let schedule = schedule.unwrap_or_else(|| cheaper_schedule(&weights));
-    let mut fill = Fill::new(&sorted, table_size, seed);
+    // Filled in place at their width: no second, wider copy.
+    let slots = if sorted.len() <= NARROW_BACKENDS {
+        fill::<u8>(&sorted, table_size, seed, schedule, endgame, max_weight)
+    } else {
+        fill::<u16>(&sorted, table_size, seed, schedule, endgame, max_weight)
+    };
+    Ok(MaglevTable { names, slots })
+}
+
+/// The slots of `sorted` (checked by `build_with`) filled with `T` indices.
+fn fill<T: Store>(
+    sorted: &[MaglevBackend<'_>],
+    table_size: u32,
+    seed: u32,
+    schedule: Schedule,
+    endgame: bool,
+    max_weight: u64,
+) -> Slots {
+    let mut fill = Fill::<T>::new(sorted, table_size, seed);
     if !endgame {
         fill.endgame_at = 0;
     }
@@ -206,10 +229,35 @@ fn build_with(
         Schedule::Rounds => fill.by_rounds(max_weight),
         Schedule::Heap => fill.by_heap(max_weight),
     }
-    Ok(MaglevTable {
-        names,
-        slots: fill.slots,
-    })
+    T::finish(fill.slots)
+}
+
+/// A slot index the builder writes: `u8` up to `NARROW_BACKENDS` backends,
+/// `u16` up to `MAX_TABLE_BACKENDS`.
+trait Store: SlotIndex + Default {
+    /// Backend `i` (< the width's bound, which `build_with` checked).
+    fn store(i: usize) -> Self;
+    fn finish(slots: Vec<Self>) -> Slots;
+}
+
+impl Store for u8 {
+    #[inline]
+    fn store(i: usize) -> u8 {
+        i as u8
+    }
+    fn finish(slots: Vec<u8>) -> Slots {
+        Slots::narrow(slots.into_boxed_slice())
+    }
+}
+
+impl Store for u16 {
+    #[inline]
+    fn store(i: usize) -> u16 {
+        i as u16
+    }
+    fn finish(slots: Vec<u16>) -> Slots {
+        Slots::wide(slots.into_boxed_slice())
+    }
 }
 
 /// Katran's loop runs until the M-th turn, that is for at most
@@ -244,8 +292,8 @@ struct Walker {
     turns: u64,
 }
 
-/// A table being filled.
-struct Fill {
+/// A table being filled, its slots of type `T`.
+struct Fill<T> {
     m: u64,
     /// Indexed like the sorted backends.
     walkers: Vec<Walker>,
@@ -253,7 +301,7 @@ struct Fill {
     /// at M = 65537 instead of 256 KiB of slots. Measured: 6% faster at
     /// M = 65537, 20% at M ~ 1M, where the slots no longer fit in cache.
     taken: Vec<u64>,
-    slots: Vec<u16>,
+    slots: Vec<T>,
     filled: u64,
     /// How few free slots start the endgame (`ENDGAME`).
     endgame_at: u64,
@@ -273,8 +321,8 @@ struct Fill {
 /// start anywhere from sqrt(M) / 4 to sqrt(M); slower from 2 sqrt(M) on.
 const ENDGAME: u64 = 2;
 
-impl Fill {
-    fn new(sorted: &[MaglevBackend<'_>], table_size: u32, seed: u32) -> Fill {
+impl<T: Store> Fill<T> {
+    fn new(sorted: &[MaglevBackend<'_>], table_size: u32, seed: u32) -> Fill<T> {
         let walkers = sorted
             .iter()
             .map(|b| {
@@ -292,7 +340,7 @@ impl Fill {
             m: u64::from(table_size),
             walkers,
             taken: vec![0; (table_size as usize).div_ceil(64)],
-            slots: vec![0; table_size as usize],
+            slots: vec![T::default(); table_size as usize],
             filled: 0,
             endgame_at: u64::from(table_size).isqrt() / ENDGAME,
             free: Vec::new(),
@@ -405,8 +453,8 @@ impl Fill {
         };
         let w = &mut self.walkers[i];
         self.taken[(pos >> 6) as usize] |= 1 << (pos & 63);
-        // i < N <= MAX_TABLE_BACKENDS (`build` checked).
-        self.slots[pos as usize] = i as u16;
+        // i < N, within T's bound (`build_with` chose T).
+        self.slots[pos as usize] = T::store(i);
         pos += w.skip;
         if pos >= m {
             pos -= m;
@@ -447,10 +495,20 @@ impl MaglevTable {
 
     /// Slots owned by each backend, indexed like `names`.
     pub fn slot_counts(&self) -> Vec<u64> {
-        let mut counts = vec![0u64; self.names.len()];
-        for &s in &self.slots {
-            counts[s as usize] += 1;
+        #[inline]
+        fn count<T: SlotIndex>(slots: &[T], counts: &mut [u64]) {
+            for &s in slots {
+                counts[s.index()] += 1;
+            }
         }
+        // At least 256 counters, so that a one-byte index needs no bounds
+        // check; the ones past `names` stay 0 and go.
+        let mut counts = vec![0u64; self.names.len().max(NARROW_BACKENDS)];
+        match self.slots.view() {
+            SlotsView::Narrow(s) => count(s, &mut counts[..NARROW_BACKENDS]),
+            SlotsView::Wide(s) => count(s, &mut counts),
+        }
+        counts.truncate(self.names.len());
         counts
     }
 
@@ -477,7 +535,7 @@ impl MaglevTable {
     pub fn owner(&self, slot: usize) -> Option<&str> {
         self.slots
             .get(slot)
-            .map(|&i| self.names[i as usize].as_str())
+            .map(|i| self.names[usize::from(i)].as_str())
     }
 
     /// Number of slots whose backend (by name) differs between `self` and
@@ -489,14 +547,27 @@ impl MaglevTable {
             return None;
         }
         // Compare by name, since indices shift when backends come or go.
-        // Translate self's indices into other's once, not per slot.
-        let map: Vec<Option<u32>> = self.names.iter().map(|n| other.index_of(n)).collect();
-        let moved = self
-            .slots
-            .iter()
-            .zip(&other.slots)
-            .filter(|&(&a, &b)| map[usize::from(a)] != Some(u32::from(b)))
-            .count();
+        // Translate self's indices into other's once, not per slot; a name
+        // not in `other` maps to u32::MAX, which no index equals. At least
+        // 256 entries, so that a one-byte index needs no bounds check.
+        let mut map = vec![u32::MAX; self.names.len().max(NARROW_BACKENDS)];
+        for (to, name) in map.iter_mut().zip(&self.names) {
+            *to = other.index_of(name).unwrap_or(u32::MAX);
+        }
+        // One match on the widths, then a loop over two plain slices.
+        #[inline]
+        fn moved<A: SlotIndex, B: SlotIndex>(a: &[A], b: &[B], map: &[u32]) -> usize {
+            a.iter()
+                .zip(b)
+                .map(|(&a, &b)| usize::from(map[a.index()] != u32::from(b.wide())))
+                .sum()
+        }
+        let moved = match (self.slots.view(), other.slots.view()) {
+            (SlotsView::Narrow(a), SlotsView::Narrow(b)) => moved(a, b, &map[..NARROW_BACKENDS]),
+            (SlotsView::Narrow(a), SlotsView::Wide(b)) => moved(a, b, &map[..NARROW_BACKENDS]),
+            (SlotsView::Wide(a), SlotsView::Narrow(b)) => moved(a, b, &map),
+            (SlotsView::Wide(a), SlotsView::Wide(b)) => moved(a, b, &map),
+        };
         Some(moved as u64)
     }
 }
@@ -609,7 +680,7 @@ mod tests {
         let mut held = 0u64;
         let mut moved = 0u64;
         for slot in 0..before.table_size() {
-            if u32::from(before.slots[slot]) == r {
+            if before.slots.get(slot).map(u32::from) == Some(r) {
                 continue;
             }
             held += 1;
@@ -718,7 +789,7 @@ mod tests {
         let bytes: Vec<u8> = t
             .slots
             .iter()
-            .flat_map(|&s| u32::from(s).to_le_bytes())
+            .flat_map(|s| u32::from(s).to_le_bytes())
             .collect();
         xxh64(&bytes, 0)
     }
@@ -892,7 +963,10 @@ mod tests {
             assert_eq!(shares[i], counts[i] as f64 / 101.0);
         }
         assert_eq!(t.index_of("nope"), None);
-        assert_eq!(t.owner(0), Some(t.names[t.slots[0] as usize].as_str()));
+        assert_eq!(
+            t.owner(0),
+            Some(t.names[usize::from(t.slots.get(0).unwrap())].as_str())
+        );
         assert_eq!(t.owner(101), None);
         assert_eq!(t.moved_slots(&t), Some(0));
         let other = build(&backends(&n, &[1, 2, 3, 4, 5]), 103, 0).unwrap();
@@ -921,6 +995,67 @@ mod tests {
             }
             assert_eq!(build(&b, M, 11).unwrap().slots, reference);
         }
+    }
+
+    /// One byte a slot up to 256 backends, two from 257: the same tables
+    /// as Katran's (in `u16`) on both sides of the boundary, the same
+    /// table from either width of the builder, and moves and equality
+    /// counted by value across widths.
+    #[test]
+    fn slot_widths_at_the_256_257_boundary() {
+        const M16K: u32 = 16381;
+        let all = names("w", 257);
+        let mut rng = SplitMix(20);
+        let weights: Vec<u32> = (0..257).map(|_| rng.range(1, 100)).collect();
+        let mut tables = Vec::new();
+        for (n, bytes) in [(256, 1), (257, 2)] {
+            for w in [&vec![1; 257], &weights] {
+                let b = backends(&all[..n], &w[..n]);
+                let t = build(&b, M16K, 5).unwrap();
+                assert_eq!(t.slots.heap_bytes(), bytes * M16K as usize, "N = {n}");
+                assert_eq!(t.slots, katran_reference(&b, M16K, 5), "N = {n}");
+                // Either width of the builder fills the same indices.
+                let schedule = cheaper_schedule(&w[..n]);
+                let max_weight = u64::from(*w[..n].iter().max().unwrap());
+                let mut sorted = b.clone();
+                sorted.sort_unstable_by(|x, y| x.name.cmp(y.name));
+                let wide = fill::<u16>(&sorted, M16K, 5, schedule, true, max_weight);
+                assert_eq!(wide.heap_bytes(), 2 * M16K as usize);
+                assert_eq!(wide, t.slots, "N = {n}");
+                assert_eq!(t.slots, wide, "N = {n}");
+                tables.push(t);
+            }
+        }
+        // Equal by value across widths, as whole tables too.
+        let narrow = &tables[0];
+        let widened = MaglevTable {
+            names: narrow.names.clone(),
+            slots: Slots::from_indices(&narrow.slots.to_vec(), 257),
+        };
+        assert!(matches!(widened.slots.view(), SlotsView::Wide(_)));
+        assert_eq!(*narrow, widened);
+        assert_eq!(widened.moved_slots(narrow), Some(0));
+        assert_eq!(widened.slot_counts(), narrow.slot_counts());
+        assert_ne!(tables[0], tables[2]);
+        // Moves between a narrow and a wide table, both ways, all four
+        // pairs of widths: the count of slots whose owner's name differs.
+        let by_owner = |a: &MaglevTable, b: &MaglevTable| {
+            (0..a.table_size())
+                .filter(|&s| a.owner(s) != b.owner(s))
+                .count() as u64
+        };
+        for a in &tables {
+            for b in &tables {
+                let moved = a.moved_slots(b).unwrap();
+                assert_eq!(moved, by_owner(a, b));
+                assert_eq!(Some(moved), b.moved_slots(a));
+            }
+        }
+        // Adding the 257th backend (equal weights) moves at least its own
+        // slots, though the two tables differ in width.
+        let added = tables[0].moved_slots(&tables[2]).unwrap();
+        let own = tables[2].slot_counts()[tables[2].index_of(&all[256]).unwrap() as usize];
+        assert!(own > 0 && added >= own, "{added} moved, {own} its own");
     }
 
     // ---- acceptance criterion 1: balance with equal weights ----

@@ -116,7 +116,7 @@ fn config_table(text: &str, vip: &str, ids: &BTreeMap<String, u32>) -> anyhow::R
     Ok(v.table
         .slots
         .iter()
-        .map(|&i| ids[&v.table.names[i as usize]])
+        .map(|i| ids[&v.table.names[usize::from(i)]])
         .collect())
 }
 

@@ -90,7 +90,7 @@ pub fn refill(table: &MaglevTable, weights: &[u32], down: &[bool], seed: u32) ->
     if live.is_empty() {
         return None;
     }
-    let mut slots = table.slots.clone();
+    let mut slots = table.slots.to_vec();
     for (s, owner) in slots.iter_mut().enumerate() {
         if !down[*owner as usize] {
             continue;
@@ -142,7 +142,7 @@ pub fn patched(vip: &DesiredVip, m: &Membership, seed: u32) -> Patched {
         };
     }
     let indices = match m {
-        Membership::Full => Some(table.slots.clone()),
+        Membership::Full => Some(table.slots.to_vec()),
         Membership::Without(gone) => {
             let down: Vec<bool> = table.names.iter().map(|n| gone.contains(n)).collect();
             let weights: Vec<u32> = config_index
@@ -151,7 +151,7 @@ pub fn patched(vip: &DesiredVip, m: &Membership, seed: u32) -> Patched {
                 .collect();
             // Nobody left would be `Closed`; the monitor never asks for it,
             // but keep serving rather than build an empty table.
-            Some(refill(table, &weights, &down, seed).unwrap_or_else(|| table.slots.clone()))
+            Some(refill(table, &weights, &down, seed).unwrap_or_else(|| table.slots.to_vec()))
         }
         Membership::Closed => None,
     };
@@ -242,9 +242,11 @@ mod tests {
         let (t, _) = table(&weights, 65537);
         let down = down_of(&t, &["b01"]);
         let patched = refill(&t, &weights, &down, 1).unwrap();
-        let freed: Vec<usize> = (0..t.slots.len()).filter(|&s| t.slots[s] == 1).collect();
+        let freed: Vec<usize> = (0..t.slots.len())
+            .filter(|&s| t.slots.get(s) == Some(1))
+            .collect();
         // Exactly its slots changed...
-        assert_eq!(moved(&t.slots, &patched), freed);
+        assert_eq!(moved(&t.slots.to_vec(), &patched), freed);
         // ...every other slot kept its backend, and no slot names it now.
         assert!(patched.iter().all(|&o| o != 1));
         // The freed slots went 1:2 to b00 and b02, within 4 sigma.
@@ -284,7 +286,7 @@ mod tests {
         let (t, _) = table(&weights, 1021);
         assert_eq!(
             refill(&t, &weights, &[false, false, false], 0).unwrap(),
-            t.slots
+            t.slots.to_vec()
         );
         assert_eq!(refill(&t, &weights, &[true, true, true], 0), None);
         // One left: it gets everything.
@@ -310,8 +312,10 @@ mod tests {
         let (t, names) = table(&weights, 65537);
         let gone: Vec<&str> = names[..5].iter().map(String::as_str).collect();
         let patched = refill(&t, &weights, &down_of(&t, &gone), 3).unwrap();
-        let freed: Vec<usize> = (0..t.slots.len()).filter(|&s| t.slots[s] < 5).collect();
-        assert_eq!(moved(&t.slots, &patched), freed);
+        let freed: Vec<usize> = (0..t.slots.len())
+            .filter(|&s| t.slots.get(s).unwrap() < 5)
+            .collect();
+        assert_eq!(moved(&t.slots.to_vec(), &patched), freed);
         let n = freed.len() as f64;
         let p = 1.0 / 15.0;
         let sigma = (n * p * (1.0 - p)).sqrt();

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use crate::config::vip_hash;
 use crate::config::{Backend, Config, IcmpEcho, Unhandled, Vip, same_vip};
 use crate::host::HostInterface;
-use crate::maglev::{self, MaglevBackend, MaglevTable};
+use crate::maglev::{self, MaglevBackend, MaglevTable, SlotsView};
 
 mod error;
 mod ids;
@@ -142,7 +142,13 @@ impl DesiredVip {
     pub fn slots(&self) -> Cow<'_, [u32]> {
         match &self.patched_slots {
             Some(slots) => Cow::Borrowed(slots),
-            None => Cow::Owned(self.slot_iter().collect()),
+            None => {
+                // Through `fold`: one match on the width, not one a slot.
+                let slots = self.slot_iter();
+                let mut out = Vec::with_capacity(slots.len());
+                slots.for_each(|id| out.push(id));
+                Cow::Owned(out)
+            }
         }
     }
 
@@ -152,7 +158,10 @@ impl DesiredVip {
         match &self.patched_slots {
             Some(slots) => KernelSlots::Held(slots.iter()),
             None if self.table.slots.is_empty() => KernelSlots::Held([NO_BACKEND].iter()),
-            None => KernelSlots::Table(self.table.slots.iter(), &self.table_ids),
+            None => match self.table.slots.view() {
+                SlotsView::Narrow(s) => KernelSlots::Narrow(s.iter(), &self.table_ids),
+                SlotsView::Wide(s) => KernelSlots::Wide(s.iter(), &self.table_ids),
+            },
         }
     }
 
@@ -187,8 +196,11 @@ impl DesiredVip {
 /// keeps them.
 #[derive(Clone, Debug)]
 pub enum KernelSlots<'a> {
-    /// Table indices translated to backend ids.
-    Table(std::slice::Iter<'a, u16>, &'a [u32]),
+    /// Table indices (one byte a slot: at most 256 backends) translated to
+    /// backend ids.
+    Narrow(std::slice::Iter<'a, u8>, &'a [u32]),
+    /// Table indices (two bytes a slot) translated to backend ids.
+    Wide(std::slice::Iter<'a, u16>, &'a [u32]),
     /// Backend ids as they are held.
     Held(std::slice::Iter<'a, u32>),
 }
@@ -199,15 +211,43 @@ impl Iterator for KernelSlots<'_> {
     #[inline]
     fn next(&mut self) -> Option<u32> {
         match self {
-            KernelSlots::Table(slots, ids) => slots.next().map(|&i| ids[usize::from(i)]),
+            KernelSlots::Narrow(slots, ids) => slots.next().map(|&i| ids[usize::from(i)]),
+            KernelSlots::Wide(slots, ids) => slots.next().map(|&i| ids[usize::from(i)]),
             KernelSlots::Held(slots) => slots.next().copied(),
         }
     }
 
+    #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
         match self {
-            KernelSlots::Table(slots, _) => slots.size_hint(),
+            KernelSlots::Narrow(slots, _) => slots.size_hint(),
+            KernelSlots::Wide(slots, _) => slots.size_hint(),
             KernelSlots::Held(slots) => slots.size_hint(),
+        }
+    }
+
+    /// A jump, not `n` steps (`simulate` asks for one slot).
+    #[inline]
+    fn nth(&mut self, n: usize) -> Option<u32> {
+        match self {
+            KernelSlots::Narrow(slots, ids) => slots.nth(n).map(|&i| ids[usize::from(i)]),
+            KernelSlots::Wide(slots, ids) => slots.nth(n).map(|&i| ids[usize::from(i)]),
+            KernelSlots::Held(slots) => slots.nth(n).copied(),
+        }
+    }
+
+    /// One match, then a loop over one slice (`for_each`, `sum`, `count`
+    /// and `DesiredVip::slots` go through here; a `for` loop calls `next`).
+    #[inline]
+    fn fold<B, F: FnMut(B, u32) -> B>(self, init: B, mut f: F) -> B {
+        match self {
+            KernelSlots::Narrow(slots, ids) => {
+                slots.fold(init, |acc, &i| f(acc, ids[usize::from(i)]))
+            }
+            KernelSlots::Wide(slots, ids) => {
+                slots.fold(init, |acc, &i| f(acc, ids[usize::from(i)]))
+            }
+            KernelSlots::Held(slots) => slots.fold(init, |acc, &id| f(acc, id)),
         }
     }
 }
@@ -1235,7 +1275,7 @@ mod tests {
         assert_eq!(v.slot_count(), 1021);
         assert_eq!(v.meta.table_size, 1021);
         for (slot, &id) in v.slots().iter().enumerate() {
-            let name = &v.table.names[v.table.slots[slot] as usize];
+            let name = &v.table.names[usize::from(v.table.slots.get(slot).unwrap())];
             let i = v
                 .config
                 .backends
@@ -1251,6 +1291,66 @@ mod tests {
             .count() as f64
             / 1021.0;
         assert!((weight_weighted - 0.75).abs() < 0.01);
+    }
+
+    /// The kernel table read from a one-byte (256 backends) and a
+    /// two-byte (257) Maglev table, every way a caller reads it: `next`,
+    /// `fold`, `nth`, `slots`, against the table's `u16` indices mapped by
+    /// hand.
+    #[test]
+    fn kernel_slots_of_either_width() {
+        for n in [256, 257] {
+            let mut text = String::from(
+                "interface = \"eth0\"\nhash_seed = 3\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 25703\n",
+            );
+            for b in 0..n {
+                text.push_str(&format!(
+                    "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.{}.{}\"\nmac = \"02:00:00:00:{:02x}:{:02x}\"\n",
+                    1 + b / 250,
+                    1 + b % 250,
+                    b / 256,
+                    b % 256
+                ));
+            }
+            let d = desired(&parse(&text, "test.toml").unwrap(), &Allocation::default()).unwrap();
+            let v = &d.vips[0];
+            let narrow = matches!(v.slot_iter(), KernelSlots::Narrow(..));
+            assert_eq!(narrow, n == 256, "N = {n}");
+            let expected: Vec<u32> = v
+                .table
+                .slots
+                .to_vec()
+                .into_iter()
+                .map(|i| {
+                    let name = &v.table.names[usize::from(i)];
+                    let c = v.config.backends.iter().position(|b| &b.name == name);
+                    v.backend_ids[c.unwrap()]
+                })
+                .collect();
+            assert_eq!(expected.len(), 25703);
+            let mut by_next = Vec::new();
+            let it = v.slot_iter();
+            assert_eq!(it.len(), 25703);
+            // A `for` loop calls `next`.
+            for id in it {
+                by_next.push(id);
+            }
+            assert_eq!(by_next, expected, "N = {n}");
+            assert_eq!(*v.slots(), expected[..], "N = {n}");
+            let mut by_fold = Vec::new();
+            v.slot_iter().for_each(|id| by_fold.push(id));
+            assert_eq!(by_fold, expected, "N = {n}");
+            for k in [0, 1, 255, 256, 25702] {
+                assert_eq!(v.slot_iter().nth(k), Some(expected[k]), "N = {n}");
+            }
+            let mut it = v.slot_iter();
+            assert_eq!(
+                (it.nth(10), it.next(), it.len()),
+                (Some(expected[10]), Some(expected[11]), 25703 - 12)
+            );
+            assert_eq!(v.slot_iter().nth(25703), None);
+            assert!(v.same_slots(v));
+        }
     }
 
     #[test]
