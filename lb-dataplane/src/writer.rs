@@ -118,9 +118,8 @@ impl Dataplane {
             // Fill it through memory: one copy instead of a syscall per
             // slot. No program can see this map before the swap below.
             let mem = MappedArray::<u32>::new(inner.fd(), slots.len()).map_err(io_err(name))?;
-            for (i, id) in slots.enumerate() {
-                mem.set(i, id);
-            }
+            // `for_each`: one match on the table's width, then a loop.
+            slots.enumerate().for_each(|(i, id)| mem.set(i, id));
             fresh.push((vip_id, inner, mem));
         }
         let count = self.swaps_allowed(fresh.len());
