@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, TextCut};
 use crate::revision::Kind;
 
 /// Who asked for a change and why, for the revision record and the audit
@@ -36,6 +36,9 @@ pub struct Candidate {
     pub file: String,
     pub text: String,
     pub config: Config,
+    /// The text's cut, when its parse made one (`config::parse_cut`): what
+    /// the next text is parsed against once this one is live.
+    pub cut: Option<TextCut>,
 }
 
 impl Candidate {
@@ -49,22 +52,28 @@ impl Candidate {
     }
 
     /// [`parse`](Self::parse), taking the VIPs whose text did not change
-    /// from `previous` (the live text and its config), so a change of one
-    /// VIP parses one VIP (`config::parse_against`); same result.
+    /// from `previous` (the live text's cut and its config), so a change of
+    /// one VIP parses one VIP (`config::parse_against`); same result.
     pub fn parse_against(
         text: impl Into<String>,
         file: impl Into<String>,
         origin: Origin,
-        previous: Option<(&str, &Config)>,
+        previous: Option<(&TextCut, &Config)>,
     ) -> Result<Self, ConfigError> {
         let (text, file) = (text.into(), file.into());
-        let config = config::parse_against(&text, &file, previous)?;
+        let (config, cut) = config::parse_cut(&text, &file, previous)?;
         Ok(Self {
             origin,
             file,
             text,
             config,
+            cut,
         })
+    }
+
+    /// The text's cut: the parse's, or made now.
+    pub fn take_cut(&mut self) -> Option<TextCut> {
+        self.cut.take().or_else(|| TextCut::of(&self.text))
     }
 }
 

@@ -14,13 +14,16 @@
 //!   opens one of that VIP's own tables (`[vip.` or `[[vip.`), so no piece
 //!   sets anything outside its VIP (a `[health]` after the VIPs would give
 //!   every VIP its defaults);
-//! - the head is byte for byte the earlier text's head (the defaults of
-//!   every VIP, the top-level settings);
+//! - the head is the earlier text's head (the defaults of every VIP, the
+//!   top-level settings);
 //! - the earlier text cuts the same way into as many pieces as its config
 //!   has VIPs (piece i is VIP i).
 //!
 //! A piece equal to one of the earlier text's takes that VIP as it was
-//! (defaults included: the head is the same). The changed pieces are parsed
+//! (defaults included: the head is the same). The earlier text is not
+//! kept: only its cut's pieces by hash ([`TextCut`], xxh3-128 each, 16 KB
+//! at the declared limits where the text is 5.8 MB), and a piece is equal
+//! to an earlier one when their hashes are. The changed pieces are parsed
 //! and validated after the head, as a document of their own, and the rules
 //! that span VIPs (limits, unique names and endpoints, one `unhandled` per
 //! address) are checked again over the whole list. Any problem found the
@@ -45,6 +48,38 @@ use super::validate::parse_and_validate;
 struct Cut<'a> {
     head: &'a str,
     vips: Vec<&'a str>,
+}
+
+/// What the short way keeps of a text: its head's and each VIP piece's
+/// hash (xxh3-128), not the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextCut {
+    head: u128,
+    vips: Vec<u128>,
+}
+
+impl TextCut {
+    /// `text`'s cut, or None where the cut does not apply (then no text
+    /// parsed against it takes the short way).
+    pub fn of(text: &str) -> Option<TextCut> {
+        cut(text).map(|c| TextCut::hashed(&c))
+    }
+
+    fn hashed(cut: &Cut<'_>) -> TextCut {
+        TextCut {
+            head: hash(cut.head),
+            vips: pieces_hashed(&cut.vips),
+        }
+    }
+}
+
+fn hash(piece: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(piece.as_bytes())
+}
+
+/// Each piece's hash, on every core.
+fn pieces_hashed(pieces: &[&str]) -> Vec<u128> {
+    pieces.par_iter().map(|p| hash(p)).collect()
 }
 
 /// Cut `text` into its head and VIP pieces, or None when the cut may not be
@@ -100,78 +135,81 @@ fn cut(text: &str) -> Option<Cut<'_>> {
 
 /// Parse and validate `text` (named `file` in errors) as
 /// [`parse`](super::parse) does, taking the VIPs whose text is unchanged
-/// from `previous` (an earlier text and what it parsed into). The result is
-/// the same `Config` or the same error as a whole parse's.
+/// from `previous` (an earlier text's cut and what it parsed into). The
+/// result is the same `Config` or the same error as a whole parse's.
 pub fn parse_against(
     text: &str,
     file: &str,
-    previous: Option<(&str, &Config)>,
+    previous: Option<(&TextCut, &Config)>,
 ) -> Result<Config, ConfigError> {
-    let short = previous.and_then(|(old_text, old)| short_way(text, file, old_text, old));
-    if let Some(config) = short.or_else(|| in_parts(text, file)) {
-        return Ok(config);
-    }
-    parse_and_validate(text, file)
+    parse_cut(text, file, previous).map(|(config, _)| config)
 }
 
-/// The short way, or None where it does not apply or found a problem.
-fn short_way(text: &str, file: &str, old_text: &str, old: &Config) -> Option<Config> {
-    // The two texts cut on two cores (each cut scans 5.8 MB five times at
-    // the declared limits: ~1.8 ms).
-    let (new, earlier) = rayon::join(|| cut(text), || cut(old_text));
-    let (new, earlier) = (new?, earlier?);
-    if new.head != earlier.head || earlier.vips.len() != old.vips.len() {
+/// [`parse_against`], and `text`'s own cut when the parse made one (to
+/// parse the next text against; else [`TextCut::of`]).
+pub fn parse_cut(
+    text: &str,
+    file: &str,
+    previous: Option<(&TextCut, &Config)>,
+) -> Result<(Config, Option<TextCut>), ConfigError> {
+    let short = previous.and_then(|(earlier, old)| short_way(text, file, earlier, old));
+    if let Some((config, cut)) = short.or_else(|| in_parts_cut(text, file)) {
+        return Ok((config, Some(cut)));
+    }
+    parse_and_validate(text, file).map(|config| (config, None))
+}
+
+/// The short way, and `text`'s cut; None where it does not apply or found
+/// a problem.
+fn short_way(text: &str, file: &str, earlier: &TextCut, old: &Config) -> Option<(Config, TextCut)> {
+    let new = cut(text)?;
+    if earlier.vips.len() != old.vips.len() || hash(new.head) != earlier.head {
         return None;
     }
-    // Piece i compared with the earlier piece i on every core (1,000
-    // memcmp of ~5.8 KB each at the declared limits).
-    let in_place: Vec<bool> = new
+    // Every piece hashed on every core (xxh3: 5.8 MB in well under a
+    // millisecond at the declared limits).
+    let cut = TextCut::hashed(&new);
+    // Piece i is most often the earlier piece i; the others are looked up
+    // among the earlier pieces by hash (the map made only when a piece is
+    // not in place).
+    let by_hash: Option<HashMap<u128, usize>> = cut
         .vips
-        .par_iter()
-        .enumerate()
-        .map(|(i, piece)| earlier.vips.get(i) == Some(piece))
-        .collect();
-    // Piece i is most often the earlier piece i (a memcmp); the others are
-    // looked up among the earlier pieces of their length (the map made only
-    // when a piece is not in place, from lengths: hashing 5.8 MB of pieces
-    // took a tenth of a one-VIP apply).
-    let by_len: Option<HashMap<usize, Vec<usize>>> = in_place.contains(&false).then(|| {
-        let mut map: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (j, p) in earlier.vips.iter().enumerate() {
-            map.entry(p.len()).or_default().push(j);
-        }
-        map
-    });
-    let taken: Vec<Option<&Arc<Vip>>> = new
+        .iter()
+        .zip(&earlier.vips)
+        .any(|(a, b)| a != b)
+        .then(|| {
+            let mut map = HashMap::with_capacity(earlier.vips.len());
+            for (j, &h) in earlier.vips.iter().enumerate() {
+                map.entry(h).or_insert(j);
+            }
+            map
+        });
+    let taken: Vec<Option<&Arc<Vip>>> = cut
         .vips
         .iter()
         .enumerate()
-        .map(|(i, &piece)| {
-            if in_place[i] {
+        .map(|(i, h)| {
+            if earlier.vips.get(i) == Some(h) {
                 return Some(&old.vips[i]);
             }
-            by_len
-                .as_ref()?
-                .get(&piece.len())?
-                .iter()
-                .find(|&&j| earlier.vips[j] == piece)
-                .map(|&j| &old.vips[j])
+            by_hash.as_ref()?.get(h).map(|&j| &old.vips[j])
         })
         .collect();
-    assemble(&new, &taken, file)
+    assemble(&new, &taken, file).map(|config| (config, cut))
 }
 
 /// A text with no earlier one, the short way's way: its VIP pieces parsed
 /// in parts on every core instead of the whole text on one (a start at the
 /// declared limits parses 5.8 MB). None where the cut does not apply, for
 /// a text of few VIPs (one part: the whole parse is as fast) or on any
-/// problem, which the whole parse then reports.
-pub(super) fn in_parts(text: &str, file: &str) -> Option<Config> {
+/// problem, which the whole parse then reports. With `text`'s cut.
+fn in_parts_cut(text: &str, file: &str) -> Option<(Config, TextCut)> {
     let new = cut(text)?;
     if new.vips.len() <= PIECES_PER_PART {
         return None;
     }
-    assemble(&new, &vec![None; new.vips.len()], file)
+    let config = assemble(&new, &vec![None; new.vips.len()], file)?;
+    Some((config, TextCut::hashed(&new)))
 }
 
 /// The config of `new`'s head and pieces: piece i is `taken[i]` where that
@@ -260,6 +298,11 @@ fn across_vips(vips: &[Arc<Vip>]) -> bool {
 mod tests {
     use super::*;
 
+    /// [`in_parts_cut`]'s config.
+    fn in_parts(text: &str, file: &str) -> Option<Config> {
+        in_parts_cut(text, file).map(|(config, _)| config)
+    }
+
     const HEAD: &str = "interface = \"eth0\"\nhash_seed = 3\n\n[imbalance]\nmax_cv = 0.5\n\n";
 
     fn vip(n: usize, weight: u32) -> String {
@@ -280,13 +323,22 @@ mod tests {
     fn same_as_whole(old: &str, new: &str) -> bool {
         let earlier = parse_and_validate(old, "old.toml").expect("the earlier text is valid");
         let whole = parse_and_validate(new, "new.toml");
-        let against = parse_against(new, "new.toml", Some((old, &earlier)));
+        let Some(old_cut) = TextCut::of(old) else {
+            return false;
+        };
+        let against = parse_cut(new, "new.toml", Some((&old_cut, &earlier)));
         match (&whole, &against) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "{new}"),
+            (Ok(a), Ok((b, cut))) => {
+                assert_eq!(a, b, "{new}");
+                // The cut handed back is the text's own, when one is.
+                if let Some(cut) = cut {
+                    assert_eq!(Some(cut), TextCut::of(new).as_ref());
+                }
+            }
             (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
             _ => panic!("whole {whole:?} but against {against:?}"),
         }
-        short_way(new, "new.toml", old, &earlier).is_some()
+        short_way(new, "new.toml", &old_cut, &earlier).is_some()
     }
 
     #[test]
@@ -378,7 +430,8 @@ mod tests {
         let old = text(&[vip(1, 1), vip(2, 1), vip(3, 1)]);
         let earlier = super::super::parse(&old, "old.toml").unwrap();
         let new = text(&[vip(1, 1), vip(2, 5), vip(3, 1)]);
-        let config = parse_against(&new, "new.toml", Some((&old, &earlier))).unwrap();
+        let old_cut = TextCut::of(&old).unwrap();
+        let config = parse_against(&new, "new.toml", Some((&old_cut, &earlier))).unwrap();
         let shared: Vec<bool> = config
             .vips
             .iter()
@@ -388,7 +441,7 @@ mod tests {
         assert_eq!(shared, [true, false, true]);
         // Moved: found by its text, still shared.
         let moved = text(&[vip(3, 1), vip(1, 1)]);
-        let config = parse_against(&moved, "new.toml", Some((&old, &earlier))).unwrap();
+        let config = parse_against(&moved, "new.toml", Some((&old_cut, &earlier))).unwrap();
         assert!(Arc::ptr_eq(&config.vips[0], &earlier.vips[2]));
         assert!(Arc::ptr_eq(&config.vips[1], &earlier.vips[0]));
     }

@@ -34,7 +34,7 @@ mod validate;
 pub mod warnings;
 
 pub use error::ConfigError;
-pub use incremental::parse_against;
+pub use incremental::{TextCut, parse_against, parse_cut};
 pub use types::*;
 pub use validate::MAX_WEIGHT;
 

@@ -325,11 +325,12 @@ impl Controller {
     /// revision and baking is on (`bakes`).
     fn start_bake(
         &mut self,
-        candidate: Candidate,
+        mut candidate: Candidate,
         kind: &Kind,
         number: u64,
         packed: Option<PackedText>,
     ) {
+        self.current_cut = candidate.take_cut();
         let previous = self.current.replace(LiveRevision {
             number,
             text: candidate.text,
@@ -439,6 +440,10 @@ impl Controller {
                 .revisions
                 .as_ref()
                 .and_then(|s| s.packed(n).ok().flatten());
+            self.current_cut = candidate
+                .cut
+                .clone()
+                .or_else(|| xlb_core::config::TextCut::of(&candidate.text));
         }
         self.applied_at = SystemTime::now();
         self.applied_instant = Instant::now();

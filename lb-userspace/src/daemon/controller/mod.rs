@@ -145,6 +145,9 @@ pub struct Controller {
     /// Its text as the store recorded it (compressed): what
     /// `rollback_target` keeps of it when the next apply bakes.
     current_packed: Option<PackedText>,
+    /// Its text's cut (hashes of its pieces), which candidates are parsed
+    /// against (`candidate`).
+    current_cut: Option<config::TextCut>,
     /// What the last apply is rolled back to if its bake fails.
     rollback_target: Option<RollbackTarget>,
     bake_policy: BakePolicy,
@@ -216,6 +219,7 @@ impl Controller {
             revisions: None,
             current: None,
             current_packed: None,
+            current_cut: None,
             rollback_target: None,
             bake_policy: BakePolicy {
                 window_seconds: 0.0,
@@ -374,8 +378,8 @@ impl Controller {
         file: impl Into<String>,
         origin: xlb_core::change::Origin,
     ) -> Result<xlb_core::change::Candidate, config::ConfigError> {
-        let previous = match (&self.current, &self.applied) {
-            (Some(live), Some(applied)) => Some((live.text.as_str(), &applied.config)),
+        let previous = match (&self.current_cut, &self.applied) {
+            (Some(cut), Some(applied)) => Some((cut, &applied.config)),
             _ => None,
         };
         xlb_core::change::Candidate::parse_against(text, file, origin, previous)
