@@ -13,8 +13,15 @@ use crate::daemon::controller::{Applied, ApplyError, Controller};
 
 /// Edit, plan, check and apply; the response for the CLI.
 pub fn respond(controller: &mut Controller, request: EditRequest) -> Response {
-    let Some(live) = controller.live_revision().cloned() else {
-        return bad_input(&EditError::NoConfig);
+    let live = match controller.live_revision() {
+        Ok(Some(live)) => live,
+        Ok(None) => return bad_input(&EditError::NoConfig),
+        Err(e) => {
+            return Response::Error(ApiError {
+                kind: ErrorKind::Internal,
+                message: format!("reading the live revision's text: {e}"),
+            });
+        }
     };
     let (base, file) = (live.number, live.file);
     let edited = match edit_config(&live.text, base, &request.edit) {

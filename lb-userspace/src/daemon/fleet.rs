@@ -248,7 +248,7 @@ impl Agent {
             )),
         };
         let mut c = controller.lock().unwrap_or_else(|p| p.into_inner());
-        let live = c.live_revision().map_or(0, |l| l.number);
+        let live = c.live_number().unwrap_or(0);
         let options = if t.bake {
             ApplyOptions::operator(Kind::Apply, t.force, None)
         } else {
@@ -315,9 +315,13 @@ impl Agent {
 
 fn read_local(controller: &Mutex<Controller>) -> Local {
     let c = controller.lock().unwrap_or_else(|p| p.into_inner());
-    let (live, live_text) = c
-        .live_revision()
-        .map_or((0, String::new()), |l| (l.number, l.text.clone()));
+    let (live, live_text) = match c.live_revision() {
+        Ok(l) => l.map_or((0, String::new()), |l| (l.number, l.text)),
+        Err(e) => {
+            log::error!("fleet: reading the live revision's text: {e}");
+            (c.live_number().unwrap_or(0), String::new())
+        }
+    };
     let bake = c.bake().cloned();
     let (fingerprint, announce) = match c.status() {
         Ok(s) => (
@@ -411,8 +415,7 @@ pub async fn serve(
     let live = controller
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .live_revision()
-        .map(|l| l.number);
+        .live_number();
     if agent.kept.local.is_some() && agent.kept.local != live {
         log::info!(
             "fleet: the start made revision {}, not the fleet's {}: serving no fleet revision until it converges",
@@ -436,8 +439,8 @@ pub async fn serve(
         let live = controller
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .live_revision()
-            .map_or(0, |l| l.number);
+            .live_number()
+            .unwrap_or(0);
         log::warn!(
             "fleet: unreachable: {err}; forwarding goes on with revision {live}; retrying in {backoff:?}"
         );

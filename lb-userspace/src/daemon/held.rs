@@ -114,7 +114,7 @@ async fn run(
                 install(controller, options, state, records, true).await?;
             }
             _ = tick.tick() => {
-                let live = lock(controller).live_revision().map(|l| l.number);
+                let live = lock(controller).live_number();
                 let changed = live != seen_revision;
                 let due = last_scan.is_none_or(|t| t.elapsed() >= xlb_dataplane::CONN_SCAN_PERIOD);
                 if !(changed || due) {

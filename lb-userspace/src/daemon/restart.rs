@@ -258,7 +258,10 @@ fn sync_file(
     candidate: Result<Candidate, String>,
 ) -> Result<Reload, String> {
     let now = unix_now();
-    let Some(live) = controller.live_revision().cloned() else {
+    let Some(live) = controller
+        .live_revision()
+        .map_err(|e| format!("reading the live revision's text: {e}"))?
+    else {
         // Nothing applied yet: the file is all there is.
         let candidate = candidate?;
         return controller

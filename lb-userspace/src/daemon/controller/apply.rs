@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::time::{Instant, SystemTime};
 
 use xlb_core::bake::{BakeState, BakeStatus};
-use xlb_core::change::{ApplyOptions, Candidate, Checks, LiveRevision};
+use xlb_core::change::{ApplyOptions, Candidate, Checks};
 use xlb_core::clock::unix_now;
 use xlb_core::config::Config;
 use xlb_core::config::keys::{RestartChange, restart_change};
@@ -16,7 +16,7 @@ use xlb_core::plan::Plan;
 use xlb_core::revision::{Kind, Outcome, Revision};
 use xlb_core::state::{self, Allocation, Desired, Prebuilt};
 
-use super::rollback::RollbackTarget;
+use super::rollback::{Kept, KeptText};
 use super::{ApplyError, Controller, health};
 use crate::store::PackedText;
 
@@ -331,12 +331,11 @@ impl Controller {
         packed: Option<PackedText>,
     ) {
         self.current_cut = candidate.take_cut();
-        let previous = self.current.replace(LiveRevision {
+        let previous = self.current.replace(Kept {
             number,
-            text: candidate.text,
+            text: KeptText::of(number, candidate.text, packed),
             file: candidate.file,
         });
-        let previous_packed = std::mem::replace(&mut self.current_packed, packed);
         let (Kind::Apply | Kind::Edit { .. }, Some(previous)) = (kind, previous) else {
             return;
         };
@@ -354,7 +353,7 @@ impl Controller {
             rollback_revision: None,
         });
         // Kept as the store recorded it: a rollback decompresses it.
-        self.rollback_target = Some(RollbackTarget::of(previous, previous_packed));
+        self.rollback_target = Some(previous);
         // The last bake's detector (windows of 64,000 backends at the
         // declared limits: ~2.5 ms to free, a tenth of a one-VIP apply's
         // own time) is freed on a thread of its own, not in the request's.
@@ -431,15 +430,18 @@ impl Controller {
         self.health_adopt(adopted.health);
         if let Some(n) = number {
             self.revision = n;
-            self.current = Some(LiveRevision {
-                number: n,
-                text: candidate.text.clone(),
-                file: file.clone(),
-            });
-            self.current_packed = self
+            let packed = self
                 .revisions
                 .as_ref()
                 .and_then(|s| s.packed(n).ok().flatten());
+            self.current = Some(Kept {
+                number: n,
+                text: match packed {
+                    Some(p) => KeptText::Packed(p),
+                    None => KeptText::Plain(candidate.text.clone()),
+                },
+                file: file.clone(),
+            });
             self.current_cut = candidate
                 .cut
                 .clone()

@@ -11,7 +11,7 @@ use xlb_core::detect::{BackendSample, Detector, VipReport, VipSample};
 use xlb_core::revision::{Kind, Outcome, Revision};
 use xlb_core::state::Desired;
 
-use super::rollback::{KeptText, RollbackTarget};
+use super::rollback::{Kept, KeptText};
 use super::{ApplyError, BakePolicy, Controller};
 
 impl Controller {
@@ -58,7 +58,7 @@ impl Controller {
             Some(p) => KeptText::Packed(p),
             None => KeptText::Plain(target.config_text.clone()),
         };
-        self.rollback_target = Some(RollbackTarget {
+        self.rollback_target = Some(Kept {
             number: target.number,
             file: target.config_file.clone(),
             text,

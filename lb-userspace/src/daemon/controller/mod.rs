@@ -6,7 +6,8 @@
 //! - `history`: a rollback to a recorded revision;
 //! - `collect`: the once-a-second tick (counters, detector) and the status;
 //! - `bake`: judging a new revision, and the automatic rollback;
-//! - `rollback`: what that rollback returns to (the text kept compressed);
+//! - `rollback`: the live revision and what a rollback returns to, their
+//!   texts kept as the store compressed them;
 //! - `drift`: the kernel's maps compared with what was applied, and repair;
 //! - `health`: health checks following applies, and patched tables;
 //! - `announcing` (the state) and `announce` (fed from the controller):
@@ -30,8 +31,8 @@ use xlb_dataplane::{ConnScan, Dataplane, DataplaneError};
 
 use crate::daemon::audit::{AuditLog, Event};
 use crate::daemon::metrics::Metrics;
-use crate::store::{PackedText, Store};
-use rollback::RollbackTarget;
+use crate::store::{Store, StoreError};
+use rollback::Kept;
 
 mod announce;
 mod announcing;
@@ -140,16 +141,14 @@ pub struct Controller {
     /// Every apply recorded as a numbered revision (the daemon always has
     /// one; benchmarks and tests of the dataplane may run without).
     revisions: Option<Store>,
-    /// The revision in force (the target of the next automatic rollback).
-    current: Option<LiveRevision>,
-    /// Its text as the store recorded it (compressed): what
-    /// `rollback_target` keeps of it when the next apply bakes.
-    current_packed: Option<PackedText>,
+    /// The revision in force (the target of the next automatic rollback),
+    /// its text as the store recorded it.
+    current: Option<Kept>,
     /// Its text's cut (hashes of its pieces), which candidates are parsed
     /// against (`candidate`).
     current_cut: Option<config::TextCut>,
     /// What the last apply is rolled back to if its bake fails.
-    rollback_target: Option<RollbackTarget>,
+    rollback_target: Option<Kept>,
     bake_policy: BakePolicy,
     bake: Option<BakeStatus>,
     /// Judges a baking revision against capacity shares (see `bake`).
@@ -218,7 +217,6 @@ impl Controller {
             metrics,
             revisions: None,
             current: None,
-            current_packed: None,
             current_cut: None,
             rollback_target: None,
             bake_policy: BakePolicy {
@@ -363,10 +361,15 @@ impl Controller {
         self.config_file = Some(status);
     }
 
-    /// The live revision (None before the first apply). `xlb drain` edits
-    /// its text.
-    pub fn live_revision(&self) -> Option<&LiveRevision> {
-        self.current.as_ref()
+    /// The live revision (None before the first apply), its text
+    /// decompressed: `xlb drain` edits it.
+    pub fn live_revision(&self) -> Result<Option<LiveRevision>, StoreError> {
+        self.current.as_ref().map(Kept::revision).transpose()
+    }
+
+    /// The live revision's number (None before the first apply).
+    pub fn live_number(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.number)
     }
 
     /// Parse `text` for a change, against the live revision's text and the

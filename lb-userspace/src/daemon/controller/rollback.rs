@@ -1,5 +1,6 @@
-//! What an automatic rollback returns to: the revision in force before a
-//! baking one, its text kept as the store recorded it.
+//! The revision in force, and the one an automatic rollback returns to:
+//! each with its text kept as the store recorded it (compressed) when it
+//! did, not the text itself.
 
 use std::borrow::Cow;
 
@@ -7,17 +8,18 @@ use xlb_core::change::LiveRevision;
 
 use crate::store::{PackedText, StoreError};
 
-/// The revision an automatic rollback returns to.
+/// A revision the daemon keeps: the live one, or the one before a baking
+/// revision (the target of its automatic rollback).
 #[derive(Clone, Debug)]
-pub struct RollbackTarget {
+pub struct Kept {
     pub number: u64,
     pub file: String,
     pub text: KeptText,
 }
 
-/// A rollback target's config text: as the store recorded it (compressed:
-/// at 1,000 VIPs x 64 backends 8 KB, not 5.8 MB held while a revision
-/// bakes) when the store has it, else as it is.
+/// A kept revision's config text: as the store recorded it (compressed: at
+/// 1,000 VIPs x 64 backends 8 KB, not 5.8 MB) when the store has it, else
+/// as it is (a daemon without revisions: tests and benches).
 #[derive(Clone, Debug)]
 pub enum KeptText {
     Plain(String),
@@ -25,6 +27,14 @@ pub enum KeptText {
 }
 
 impl KeptText {
+    /// `text`, or `packed` when it holds that revision's text.
+    pub fn of(number: u64, text: String, packed: Option<PackedText>) -> KeptText {
+        match packed {
+            Some(p) if p.number() == number => KeptText::Packed(p),
+            _ => KeptText::Plain(text),
+        }
+    }
+
     pub fn text(&self) -> Result<Cow<'_, str>, StoreError> {
         match self {
             KeptText::Plain(text) => Ok(Cow::Borrowed(text)),
@@ -33,18 +43,13 @@ impl KeptText {
     }
 }
 
-impl RollbackTarget {
-    /// `live`, the revision in force until now, with `packed`, its text as
-    /// recorded (kept instead of the text when it is `live`'s).
-    pub fn of(live: LiveRevision, packed: Option<PackedText>) -> Self {
-        let text = match packed {
-            Some(p) if p.number() == live.number => KeptText::Packed(p),
-            _ => KeptText::Plain(live.text),
-        };
-        RollbackTarget {
-            number: live.number,
-            file: live.file,
-            text,
-        }
+impl Kept {
+    /// The revision with its text (decompressed when kept compressed).
+    pub fn revision(&self) -> Result<LiveRevision, StoreError> {
+        Ok(LiveRevision {
+            number: self.number,
+            text: self.text.text()?.into_owned(),
+            file: self.file.clone(),
+        })
     }
 }
