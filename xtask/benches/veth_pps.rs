@@ -358,6 +358,7 @@ impl Generator {
             received: end.bounced + end.stopped - start.bounced - start.stopped,
             in_flight: end.stopped - start.stopped,
             injected: frames,
+            tx_gap: None,
             ns_per_run: Vec::new(),
         })
     }
@@ -411,6 +412,9 @@ struct Run {
     /// Frames still circulating when the stop flag was set.
     in_flight: u64,
     injected: u32,
+    /// A balancer's XDP_TX count less the frames gen0 received (frames a
+    /// full veth ring dropped); None for the floor, which counts nothing.
+    tx_gap: Option<u64>,
     /// With `XLB_PPS_BPF_STATS`: ns a run of lb0's program and of the
     /// generator's, over `time`; empty otherwise.
     ns_per_run: Vec<f64>,
@@ -686,7 +690,10 @@ impl Bench<'_> {
             run.injected,
             seen()
         );
-        Ok(run)
+        Ok(Run {
+            tx_gap: Some(tx - run.received),
+            ..run
+        })
         // Dropping `dp` detaches the balancer.
     }
 
@@ -716,8 +723,13 @@ fn print_row(label: &str, runs: &[Run]) {
         ),
         _ => String::new(),
     };
+    let gaps: Vec<u64> = runs.iter().filter_map(|r| r.tx_gap).collect();
+    let gaps = match (gaps.iter().min(), gaps.iter().max()) {
+        (Some(lo), Some(hi)) => format!("; XDP_TX less received {lo}..{hi}"),
+        _ => String::new(),
+    };
     println!(
-        "{label:<32} {:>8.3} Mpps  {:>6.1} ns/packet  (in flight at the end {}..{} of {}; \
+        "{label:<32} {:>8.3} Mpps  {:>6.1} ns/packet  (in flight at the end {}..{} of {}{gaps}; \
          on CPU 0 {:.1}%{stats}; runs: {})",
         m / 1e6,
         1e9 / m,
