@@ -28,7 +28,7 @@
 //! refuses), not in value (docs/BENCHMARKS.md, tenth round). The injection
 //! is made from CPU 0, where veth NAPI then keeps running (each side's
 //! transmit schedules the peer's poll on the CPU it runs on): the rate is
-//! one core's; the bench checks that CPU 0 counted the frames.
+//! one core's; the bench prints the share of the frames counted on CPU 0.
 //!
 //! Checks: the loop ran and ended (the counts stopped moving), the frames
 //! still in flight at the end (dropped on the stop flag) are reported; a
