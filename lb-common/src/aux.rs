@@ -7,17 +7,24 @@
 pub const PASS_PROGRAM: &str = "xlb_pass";
 /// The bare MAC-swap XDP_TX floor the benchmarks compare with.
 pub const MAC_SWAP_PROGRAM: &str = "xlb_mac_swap";
-/// The pps bench's receiver: counts a frame in `RX_COUNT_MAP` and drops it.
-pub const COUNT_DROP_PROGRAM: &str = "xlb_count_drop";
-/// The pps bench's generator: `GEN_TEMPLATE_MAP`'s frame, `GEN_FLOWS` flows.
-pub const GEN_TCP_ACKS_PROGRAM: &str = "xlb_gen_tcp_acks";
+/// The pps bench's generator: sends each frame that comes back to it out
+/// again as `GEN_TEMPLATE_MAP`'s frame, cycling through `GEN_FLOWS` flows,
+/// counting in `GEN_COUNT_MAP`; drops them while `GEN_STOP_MAP` is set.
+pub const GEN_BOUNCE_PROGRAM: &str = "xlb_gen_bounce";
 /// One IPv4 / IPv6 `bpf_fib_lookup` to `FIB_DST_MAP` / `FIB_DST6_MAP`, then
 /// the floor's work.
 pub const FIB_LOOKUP_PROGRAM: &str = "xlb_fib_lookup";
 pub const FIB_LOOKUP6_PROGRAM: &str = "xlb_fib_lookup6";
 
-/// Per-CPU u64 (index 0): frames `COUNT_DROP_PROGRAM` saw.
-pub const RX_COUNT_MAP: &str = "XLB_RX_COUNT";
+/// Per-CPU u64: `GEN_BOUNCE_PROGRAM`'s counts, at `GEN_BOUNCED` and
+/// `GEN_STOPPED`.
+pub const GEN_COUNT_MAP: &str = "XLB_GEN_COUNT";
+/// `GEN_COUNT_MAP`'s index of the frames sent back.
+pub const GEN_BOUNCED: u32 = 0;
+/// `GEN_COUNT_MAP`'s index of the frames dropped with the stop flag set.
+pub const GEN_STOPPED: u32 = 1;
+/// u32 (index 0): non-zero makes `GEN_BOUNCE_PROGRAM` drop every frame.
+pub const GEN_STOP_MAP: &str = "XLB_GEN_STOP";
 /// `[u8; GEN_FRAME_LEN]` (index 0): the frame the generator sends.
 pub const GEN_TEMPLATE_MAP: &str = "XLB_GEN_TEMPLATE";
 /// Per-CPU u64 (index 0): the generator's frame sequence.
@@ -60,8 +67,9 @@ pub const LRU_PERCPU: LruCandidate = LruCandidate {
 pub const LRU_CANDIDATES: [LruCandidate; 3] = [LRU_COMMON, LRU_NO_COMMON, LRU_PERCPU];
 
 /// Every map the aux object must define.
-pub const MAPS: [&str; 9] = [
-    RX_COUNT_MAP,
+pub const MAPS: [&str; 10] = [
+    GEN_COUNT_MAP,
+    GEN_STOP_MAP,
     GEN_TEMPLATE_MAP,
     GEN_SEQ_MAP,
     LRU_SEQ_MAP,
@@ -73,11 +81,10 @@ pub const MAPS: [&str; 9] = [
 ];
 
 /// Every program the aux object must define.
-pub const PROGRAMS: [&str; 12] = [
+pub const PROGRAMS: [&str; 11] = [
     PASS_PROGRAM,
     MAC_SWAP_PROGRAM,
-    COUNT_DROP_PROGRAM,
-    GEN_TCP_ACKS_PROGRAM,
+    GEN_BOUNCE_PROGRAM,
     FIB_LOOKUP_PROGRAM,
     FIB_LOOKUP6_PROGRAM,
     LRU_COMMON.new_program,

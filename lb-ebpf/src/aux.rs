@@ -3,8 +3,8 @@
 //!
 //! - `xlb_pass`: lets a veth accept XDP_TX frames from its peer;
 //! - `xlb_mac_swap`: the bare XDP_TX floor benchmarks compare with;
-//! - `xlb_count_drop` and `xlb_gen_tcp_acks`: the receiver and the generator
-//!   of the packets-per-second bench (xtask/benches/veth_pps.rs);
+//! - `xlb_gen_bounce`: the generator of the packets-per-second bench
+//!   (xtask/benches/veth_pps.rs), which also counts what comes back;
 //! - `xlb_lru_*`: the connection-table LRU choice (xtask/benches/lru_choice.rs);
 //! - `xlb_fib_lookup`, `xlb_fib_lookup6`: the cost of the tunnels' next-hop lookup
 //!   (xtask/benches/dataplane.rs).
@@ -14,19 +14,21 @@
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
     btf_maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_smp_processor_id, bpf_xdp_adjust_head},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::{
-    aux::{GEN_FIRST_PORT, GEN_FLOWS, GEN_FRAME_LEN},
+    aux::{GEN_BOUNCED, GEN_FIRST_PORT, GEN_FLOWS, GEN_FRAME_LEN, GEN_STOPPED},
     hash::FlowWords,
     maps::BPF_F_NO_COMMON_LRU,
 };
-// The panic handler and the license (lb-ebpf's lib.rs). The floor keeps its
-// own two-line bounds check rather than packet::ptr_at, so its code, which
-// every bench row is measured against, stays what the recorded figures used.
-use lb_ebpf as _;
+// The panic handler and the license (lb-ebpf's lib.rs), and the frame's
+// bounds read as the balancer reads them (again after an adjust_head). The
+// floor keeps its own two-line bounds check rather than packet::ptr_at, so
+// its code, which every bench row is measured against, stays what the
+// recorded figures used.
+use lb_ebpf::packet::bounds;
 
 /// Lets a veth accept frames its peer sends with XDP_TX (see TESTBED.md).
 #[xdp]
@@ -63,35 +65,30 @@ pub fn xlb_mac_swap(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Frames `xlb_count_drop` saw, per CPU (index 0).
-#[btf_map]
-pub static XLB_RX_COUNT: PerCpuArray<u64, 1> = PerCpuArray::new();
-
-/// The receiving end of the pps bench: count the frame and drop it, so what
-/// is counted is what the program under test delivered, and nothing else is
-/// spent on it.
-#[xdp]
-pub fn xlb_count_drop(_ctx: XdpContext) -> u32 {
-    if let Some(n) = XLB_RX_COUNT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; XDP is not preempted by XDP on one CPU.
-        unsafe { *n += 1 };
-    }
-    xdp_action::XDP_DROP
-}
-
 /// Ethernet + IPv4 without options: where the generator's TCP header starts.
 const GEN_TCP_OFFSET: usize = 14 + 20;
 
 /// The frame the generator sends, written by the bench (index 0). Copied
-/// over every frame before it goes out: with live frames the kernel recycles
-/// a page without restoring its bytes, and the program under test may have
-/// rewritten them (an encapsulation moves the headers up and writes its own).
+/// over every frame before it goes out again: the program under test has
+/// rewritten it (a MAC swap, or an encapsulation that moved the headers up
+/// and wrote its own).
 #[btf_map]
 pub static XLB_GEN_TEMPLATE: Array<[u8; GEN_FRAME_LEN], 1> = Array::new();
 
 /// Per-CPU frame sequence of the generator (index 0).
 #[btf_map]
 pub static XLB_GEN_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// The generator's stop flag (index 0), set by the bench: while non-zero,
+/// `xlb_gen_bounce` drops every frame, so the frames in flight die out.
+#[btf_map]
+pub static XLB_GEN_STOP: Array<u32, 1> = Array::new();
+
+/// Per-CPU counts of `xlb_gen_bounce`: index 0 the frames it sent back
+/// (what the program under test delivered), index 1 those it dropped
+/// because the stop flag was set (the frames still in flight then).
+#[btf_map]
+pub static XLB_GEN_COUNT: PerCpuArray<u64, 2> = PerCpuArray::new();
 
 /// RFC 1624 incremental update of an Internet checksum when one 16-bit word
 /// changes from `old` to `new` (all in network byte order as read).
@@ -103,18 +100,45 @@ fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
     !(sum as u16)
 }
 
-/// The pps bench's generator, run from userspace with BPF_PROG_TEST_RUN and
-/// BPF_F_TEST_XDP_LIVE_FRAMES on the generator's veth: each run writes the
-/// template frame (`XLB_GEN_TEMPLATE`: an IPv4 TCP ACK, no IP options) over
-/// the frame, gives it the next of
-/// `GEN_FLOWS` source ports with its TCP checksum kept valid, and sends it
-/// out of that veth (XDP_TX becomes a transmit there). So the program under
-/// test sees many flows, like production, at a rate no socket reaches here.
+/// Add one to this CPU's count at `index` of `XLB_GEN_COUNT`.
+#[inline(always)]
+fn gen_count(index: u32) {
+    if let Some(n) = XLB_GEN_COUNT.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot; XDP is not preempted by XDP on one CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+/// The pps bench's generator, natively attached to the generator's veth:
+/// each frame the program under test sent back (XDP_TX on the peer) is
+/// counted, made `GEN_FRAME_LEN` bytes long again with
+/// `bpf_xdp_adjust_head` (whatever an encapsulation added in front, so the
+/// headroom it took is given back), overwritten with the template frame
+/// (`XLB_GEN_TEMPLATE`: an IPv4 TCP ACK, no IP options), given the next of
+/// `GEN_FLOWS` source ports with its TCP checksum kept valid, and sent back
+/// to the peer with XDP_TX. So the frames the bench injected once circulate
+/// between the two programs, and the program under test sees many flows,
+/// like production, at a rate no socket reaches here. With the stop flag
+/// set (`XLB_GEN_STOP`) it counts and drops every frame instead.
 #[xdp]
-pub fn xlb_gen_tcp_acks(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    // The bench's frames are GEN_FRAME_LEN bytes long.
-    if start + GEN_FRAME_LEN > ctx.data_end() {
+pub fn xlb_gen_bounce(ctx: XdpContext) -> u32 {
+    if XLB_GEN_STOP.get(0).is_none_or(|stop| *stop != 0) {
+        gen_count(GEN_STOPPED);
+        return xdp_action::XDP_DROP;
+    }
+    let (start, end) = bounds(&ctx);
+    if start + GEN_FRAME_LEN != end {
+        // Positive: shrink from the front (an encapsulation's headers).
+        let delta = end as i64 - start as i64 - GEN_FRAME_LEN as i64;
+        // SAFETY: the helper moves the frame's start within its buffer or
+        // fails; nothing derived from the old start is used after it.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta as i32) } != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
+    // Read again (volatile): the helper moved the start.
+    let (start, end) = bounds(&ctx);
+    if start + GEN_FRAME_LEN > end {
         return xdp_action::XDP_ABORTED;
     }
     // No template written (EtherType 0): the bench forgot; say so loudly.
@@ -140,6 +164,7 @@ pub fn xlb_gen_tcp_acks(ctx: XdpContext) -> u32 {
         *tcp.add(8) = csum_replace(*tcp.add(8), old, port);
         *tcp = port;
     }
+    gen_count(GEN_BOUNCED);
     xdp_action::XDP_TX
 }
 

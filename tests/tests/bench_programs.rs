@@ -8,6 +8,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use lb_common::aux;
 
+const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -74,8 +75,75 @@ fn mac_swap_sends_the_frame_back_with_the_addresses_swapped() {
     assert_eq!(out[12..], frame[12..]);
 }
 
+/// The generator's counts summed over the CPUs: (sent back, dropped on
+/// the stop flag).
+fn gen_counts(ebpf: &aya::Ebpf) -> (u64, u64) {
+    let counts = PerCpuArray::<_, u64>::try_from(ebpf.map(aux::GEN_COUNT_MAP).unwrap()).unwrap();
+    let sum = |i: u32| counts.get(&i, 0).unwrap().iter().sum::<u64>();
+    (sum(aux::GEN_BOUNCED), sum(aux::GEN_STOPPED))
+}
+
+/// Set the generator's stop flag.
+fn set_stop(ebpf: &mut aya::Ebpf, stop: u32) {
+    aya::maps::Array::<_, u32>::try_from(ebpf.map_mut(aux::GEN_STOP_MAP).unwrap())
+        .unwrap()
+        .set(0, stop, 0)
+        .unwrap();
+}
+
+fn bounce(ebpf: &aya::Ebpf) -> &Xdp {
+    ebpf.program(aux::GEN_BOUNCE_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// The source port of a generator frame, after checking that the frame
+/// is the template but for the source port and the TCP checksum, and that
+/// the checksum is valid.
+fn gen_port(template: &[u8], out: &[u8]) -> u16 {
+    assert_eq!(
+        out.len(),
+        aux::GEN_FRAME_LEN,
+        "the generator's frame length"
+    );
+    let packet = SlicedPacket::from_ethernet(out).expect("a frame");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
+        panic!("not IPv4");
+    };
+    let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
+        panic!("not TCP");
+    };
+    let expected = tcp
+        .to_header()
+        .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+        .unwrap();
+    assert_eq!(
+        tcp.checksum(),
+        expected,
+        "TCP checksum after the port change"
+    );
+    assert!(
+        GEN_PORTS.contains(&tcp.source_port()),
+        "{}",
+        tcp.source_port()
+    );
+    assert_eq!(out[..34], template[..34], "only the TCP header may change");
+    assert_eq!(
+        out[36..50],
+        template[36..50],
+        "TCP: only the source port and checksum"
+    );
+    assert_eq!(
+        out[52..],
+        template[52..],
+        "TCP: only the source port and checksum"
+    );
+    tcp.source_port()
+}
+
 #[test]
-fn generator_varies_the_source_port_and_keeps_the_checksum_valid() {
+fn generator_bounces_what_comes_back_as_the_next_flow_and_stops_on_its_flag() {
     tests::require_privileges!();
     pin();
     let mut ebpf = aux();
@@ -87,62 +155,51 @@ fn generator_varies_the_source_port_and_keeps_the_checksum_valid() {
     .unwrap()
     .set(0, template, 0)
     .unwrap();
-    let generator = load(&mut ebpf, aux::GEN_TCP_ACKS_PROGRAM);
-    // The template is written over what the frame held.
-    let (action, out) = run(generator, &[0u8; 60]);
-    assert_eq!(action, XDP_TX);
-    assert_eq!(out[..34], frame[..34], "the template's headers");
+    load(&mut ebpf, aux::GEN_BOUNCE_PROGRAM);
+    // What the program under test sends back: the frame with its MACs
+    // swapped (the floor, L2 DSR), or with 20 (IPIP) or 28 (GUE) bytes of
+    // headers in front; and, never seen but handled, a frame of zeros and a
+    // shorter one. Whatever it is, the template goes out again,
+    // GEN_FRAME_LEN bytes long.
+    let mut swapped = frame.clone();
+    swapped[..12].rotate_left(6);
     let mut ports = Vec::new();
-    for _ in 0..3 {
-        let (action, out) = run(generator, &frame);
-        assert_eq!(action, XDP_TX);
-        let packet = SlicedPacket::from_ethernet(&out).expect("a frame");
-        let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
-            panic!("not IPv4");
-        };
-        let Some(TransportSlice::Tcp(tcp)) = &packet.transport else {
-            panic!("not TCP");
-        };
-        let expected = tcp
-            .to_header()
-            .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
-            .unwrap();
-        assert_eq!(
-            tcp.checksum(),
-            expected,
-            "TCP checksum after the port change"
-        );
-        assert!(
-            GEN_PORTS.contains(&tcp.source_port()),
-            "{}",
-            tcp.source_port()
-        );
-        assert_eq!(out[..34], frame[..34], "only the TCP header may change");
-        ports.push(tcp.source_port());
+    for input in [
+        swapped,
+        [vec![0xee; 20], frame.clone()].concat(),
+        [vec![0xee; 28], frame.clone()].concat(),
+        vec![0u8; aux::GEN_FRAME_LEN],
+        frame[..54].to_vec(),
+    ] {
+        let (action, out) = run(bounce(&ebpf), &input);
+        assert_eq!(action, XDP_TX, "a {}-byte frame", input.len());
+        ports.push(gen_port(&frame, &out));
     }
-    // A fresh object's sequence starts at 0: the first run above took
-    // port 20001, these the next three.
-    assert_eq!(ports, [20002, 20003, 20004]);
+    // A fresh object's sequence starts at 0: the first frame took port
+    // 20001, the next ones the next ports.
+    assert_eq!(ports, [20001, 20002, 20003, 20004, 20005]);
+    assert_eq!(gen_counts(&ebpf), (5, 0));
+
+    // The stop flag: every frame dropped and counted as such, the flow
+    // sequence left where it was.
+    set_stop(&mut ebpf, 1);
+    for _ in 0..2 {
+        assert_eq!(run(bounce(&ebpf), &frame).0, XDP_DROP);
+    }
+    assert_eq!(gen_counts(&ebpf), (5, 2));
+    set_stop(&mut ebpf, 0);
+    let (action, out) = run(bounce(&ebpf), &frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(gen_port(&frame, &out), 20006);
+    assert_eq!(gen_counts(&ebpf), (6, 2));
 }
 
 #[test]
-fn count_drop_counts_and_drops() {
+fn generator_without_a_template_aborts() {
     tests::require_privileges!();
     let mut ebpf = aux();
-    let counted = |ebpf: &aya::Ebpf| -> u64 {
-        let counts = PerCpuArray::<_, u64>::try_from(ebpf.map(aux::RX_COUNT_MAP).unwrap()).unwrap();
-        counts.get(&0, 0).unwrap().iter().sum()
-    };
-    load(&mut ebpf, aux::COUNT_DROP_PROGRAM);
-    let before = counted(&ebpf);
-    let prog: &Xdp = ebpf
-        .program(aux::COUNT_DROP_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let (action, _) = run(prog, &ack());
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(counted(&ebpf), before + 1);
+    let (action, _) = run(load(&mut ebpf, aux::GEN_BOUNCE_PROGRAM), &ack());
+    assert_eq!(action, XDP_ABORTED);
 }
 
 #[test]

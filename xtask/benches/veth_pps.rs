@@ -2,24 +2,43 @@
 //! program on the same path.
 //!
 //! Path: namespace `xlbbench-pps-gen` holds `gen0`, namespace
-//! `xlbbench-pps-lb` its peer `lb0` (a veth pair, no bridge). The generator
-//! runs `xlb_gen_tcp_acks` with BPF_PROG_TEST_RUN and
-//! BPF_F_TEST_XDP_LIVE_FRAMES as if received on gen0, so its XDP_TX transmits
-//! each frame out of gen0: TCP ACKs to the VIP from 1,024 source ports
-//! (flows). On lb0, natively attached, runs the balancer with one TCP VIP
-//! forwarded with L2 DSR, IPIP or GUE (the first packet of each flow fills the
-//! connection table, the rest hit it), or the bare MAC swap (`xlb_mac_swap`).
-//! Both send the frame back out of lb0 (XDP_TX); on gen0 `xlb_count_drop`
-//! counts and drops it: the delivered rate. lb0's FIB holds a route and a
-//! neighbour entry for the backend, so a tunnel's next-hop lookup succeeds.
+//! `xlbbench-pps-lb` its peer `lb0` (a veth pair, no bridge), both with
+//! native XDP. On lb0 runs the balancer with one TCP VIP forwarded with L2
+//! DSR, IPIP or GUE (the first packet of each flow fills the connection
+//! table, the rest hit it), or the bare MAC swap (`xlb_mac_swap`, the
+//! floor); either sends each frame back out of lb0 with XDP_TX. On gen0
+//! runs the generator, `xlb_gen_bounce`: it counts each frame that comes
+//! back (the delivered rate), makes it `GEN_FRAME_LEN` bytes again
+//! (`bpf_xdp_adjust_head` takes off what an encapsulation put in front),
+//! writes the template TCP ACK to the VIP over it with the next of 1,024
+//! source ports (flows), and sends it back to lb0 with XDP_TX. The bench
+//! injects `FRAMES` frames once from an AF_PACKET socket on gen0; they then
+//! circulate between the two programs, entirely in the kernel, until the
+//! bench sets the generator's stop flag, which makes it drop every frame;
+//! the bench waits until its counts stop moving before anything else
+//! happens. lb0's FIB holds a route and a neighbour entry for the backend,
+//! so a tunnel's next-hop lookup succeeds.
 //!
-//! A tunnel method is run only if the loaded balancer implements it: one
-//! frame through BPF_PROG_TEST_RUN first, its output checked
-//! (frames::check). Runs are interleaved (each method, then the floor),
-//! `RUNS` of each, `RUN_TIME` each after a warm-up; medians. Everything
-//! (generator, lb0's and gen0's NAPI) runs on CPU 0, so the rate is one
-//! core's, and the generator and the counter are a fixed cost in every run
-//! (see docs/BENCHMARKS.md).
+//! Every frame's round trip is: lb0's program, a veth XDP transmit to gen0,
+//! `xlb_gen_bounce` (a 60-byte template copy, the port and its checksum,
+//! two per-CPU map updates), a veth XDP transmit to lb0. Everything but
+//! lb0's program is a fixed cost of every row, floor included, so the
+//! ratios to the floor compare in kind with those of the earlier
+//! generator (BPF_PROG_TEST_RUN with live frames, which this kernel
+//! refuses), not in value (docs/BENCHMARKS.md, tenth round). The injection
+//! is made from CPU 0, where veth NAPI then keeps running (each side's
+//! transmit schedules the peer's poll on the CPU it runs on): the rate is
+//! one core's; the bench prints the share of the frames counted on CPU 0.
+//!
+//! Checks: the loop ran and ended (the counts stopped moving), the frames
+//! still in flight at the end (dropped on the stop flag) are reported; a
+//! balancer saw exactly the generator's 1,024 new flows, and its own
+//! XDP_TX count agrees with what the generator received (at most
+//! `FRAMES` apart: frames a full veth ring dropped). A tunnel method is
+//! run only if the loaded balancer implements it: one frame through
+//! BPF_PROG_TEST_RUN first, its output checked (frames::check). Runs are
+//! interleaved (each method, then the floor), `RUNS` of each, `RUN_TIME`
+//! each after a warm-up; medians.
 //!
 //! For profiling and A/B comparisons (docs/BENCHMARKS.md, issue 16):
 //! `XLB_PPS_ONLY=floor,dsr,ipip,gue` (any subset) runs only those;
@@ -31,14 +50,21 @@
 //! `XLB_PPS_COMPARE_CONNS=<entries>` gives the compared object's connection
 //! table that size instead of the balancer's default (the same object as A
 //! and B then measures what the table's size costs).
+//! `XLB_PPS_FRAMES=K` injects K frames instead of `FRAMES` (1..=4096), to
+//! check that the rate no longer rises with K.
+//! `XLB_PPS_BPF_STATS=1` turns the kernel's BPF run-time statistics on for
+//! the bench (`BPF_ENABLE_STATS`) and prints each program's ns per run
+//! (lb0's and the generator's) beside the rates; they cost two clock reads
+//! a program run, so the rates of such a run are not the bench's figures.
 
 mod support;
 
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use aya::maps::PerCpuArray;
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
+use aya::maps::{Array, MapData, PerCpuArray};
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use etherparse::PacketBuilder;
 use lb_common::aux;
 use support::frames::{self, Family, Method, Outcome};
@@ -48,10 +74,13 @@ use xlb_dataplane::HostInterface;
 const RUNS: usize = 5;
 const RUN_TIME: Duration = Duration::from_secs(3);
 const WARM_UP: Duration = Duration::from_millis(300);
-/// Frames per BPF_PROG_TEST_RUN call (about 0.1 s at the rates seen here).
-const CHUNK: u32 = 1 << 18;
-/// Frames the kernel runs through the generator before each flush.
-const BATCH: u32 = 64;
+/// Frames injected into the loop (`XLB_PPS_FRAMES`): enough that the rate
+/// no longer rises with more (from 64 on: docs/BENCHMARKS.md, tenth
+/// round), and half of what a veth ring holds (256), so that none is
+/// dropped on the way (from ~240 on, some are).
+const FRAMES: u32 = 128;
+/// How long the loop may take to die out after the stop flag is set.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The generator's flows.
 const FLOWS: u64 = aux::GEN_FLOWS as u64;
 /// The generator's frame length.
@@ -85,12 +114,13 @@ fn config(method: Method) -> String {
 }
 
 /// A TCP ACK from the client to the VIP, 60 bytes (64 on a wire): the
-/// generator's template (IPv4 without options, as it requires).
+/// generator's template (IPv4 without options, as it requires), and the
+/// frame injected (its source port is the generator's first).
 fn frame() -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2(frames::CLIENT_MAC, frames::LB_MAC)
         .ipv4(frames::CLIENT_V4.octets(), frames::VIP_V4.octets(), 64)
-        .tcp(20000, VIP_PORT, 1, 65535)
+        .tcp(aux::GEN_FIRST_PORT, VIP_PORT, 1, 65535)
         .ack(1)
         .write(&mut out, &[0u8; 6])
         .expect("frame");
@@ -111,8 +141,6 @@ fn xdp_md(frame_len: usize, ifindex: u32) -> Vec<u8> {
 struct Wire {
     gen_ns: Netns,
     lb_ns: Netns,
-    /// Indexes of gen0 (in gen_ns) and lb0 (in lb_ns).
-    gen_ifindex: u32,
     lb: HostInterface,
 }
 
@@ -122,6 +150,12 @@ impl Wire {
     fn new() -> anyhow::Result<Self> {
         let gen_ns = Netns::new("xlbbench-pps-gen")?;
         let lb_ns = Netns::new("xlbbench-pps-lb")?;
+        // No IPv6: neither stack sends anything (router solicitations, DAD)
+        // that could join the loop.
+        for ns in [&gen_ns, &lb_ns] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
         gen_ns.ip(&[
             "link",
             "add",
@@ -142,6 +176,13 @@ impl Wire {
             &frames::mac_text(frames::CLIENT_MAC),
             "up",
         ])?;
+        // A veth hands a frame from its stack to the peer's XDP program only
+        // when it may aggregate it (veth_skb_is_eligible_for_gro): with TSO
+        // on, the injected frames would go to lb0's stack instead.
+        tests::netns::sh(&gen_ns_exec(
+            &gen_ns,
+            &["ethtool", "-K", "gen0", "tso", "off"],
+        ))?;
         lb_ns.ip(&[
             "link",
             "set",
@@ -168,11 +209,9 @@ impl Wire {
         lb_ns.enter()?;
         let lb_ifindex = nix::net::if_::if_nametoindex("lb0").context("lb0's ifindex")?;
         gen_ns.enter()?;
-        let gen_ifindex = nix::net::if_::if_nametoindex("gen0").context("gen0's ifindex")?;
         Ok(Self {
             gen_ns,
             lb_ns,
-            gen_ifindex,
             lb: HostInterface {
                 mac: frames::LB_MAC,
                 ifindex: lb_ifindex,
@@ -182,18 +221,203 @@ impl Wire {
     }
 }
 
-/// Frames `xlb_count_drop` counted, over all CPUs.
-fn delivered(aux: &aya::Ebpf) -> anyhow::Result<u64> {
-    let map = aux.map(aux::RX_COUNT_MAP).context("no map XLB_RX_COUNT")?;
-    let counts = PerCpuArray::<_, u64>::try_from(map)?;
-    Ok(counts.get(&0, 0)?.iter().sum())
+/// `ip netns exec NS ARGS...` as words.
+fn gen_ns_exec<'a>(ns: &'a Netns, args: &[&'a str]) -> Vec<&'a str> {
+    let mut words = ns.exec_prefix().to_vec();
+    words.extend_from_slice(args);
+    words
 }
 
-/// One measured run: frames sent and delivered, and the time.
+/// An AF_PACKET socket on gen0 that only sends (protocol 0: it receives
+/// nothing), opened in the calling thread's namespace.
+struct Injector {
+    fd: OwnedFd,
+    addr: nix::libc::sockaddr_ll,
+}
+
+impl Injector {
+    fn open(interface: &str) -> anyhow::Result<Self> {
+        use nix::libc;
+        let ifindex = nix::net::if_::if_nametoindex(interface)
+            .with_context(|| format!("no interface {interface}"))?;
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        Ok(Self { fd, addr })
+    }
+
+    /// Send `frame` `count` times.
+    fn send(&self, frame: &[u8], count: u32) -> anyhow::Result<()> {
+        let mut addr = self.addr;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        for i in 0..count {
+            // SAFETY: `frame` and `addr` outlive the call; the length is
+            // the address's own.
+            let n = unsafe {
+                nix::libc::sendto(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const nix::libc::sockaddr_ll).cast(),
+                    size_of::<nix::libc::sockaddr_ll>() as u32,
+                )
+            };
+            if n != frame.len() as isize {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("injecting frame {} of {count} on gen0", i + 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The generator's counts, summed over the CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    /// Frames sent back to lb0.
+    bounced: u64,
+    /// Of which on CPU 0.
+    bounced_cpu0: u64,
+    /// Frames dropped with the stop flag set.
+    stopped: u64,
+}
+
+/// The generator on gen0: its injector, stop flag and counts.
+struct Generator {
+    injector: Injector,
+    stop: Array<MapData, u32>,
+    counts: PerCpuArray<MapData, u64>,
+}
+
+impl Generator {
+    /// Take the generator's maps out of `aux` and open the injector (the
+    /// calling thread must be in the generator's namespace).
+    fn new(aux: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let stop = aux
+            .take_map(aux::GEN_STOP_MAP)
+            .with_context(|| format!("no map {}", aux::GEN_STOP_MAP))?;
+        let counts = aux
+            .take_map(aux::GEN_COUNT_MAP)
+            .with_context(|| format!("no map {}", aux::GEN_COUNT_MAP))?;
+        let mut generator = Self {
+            injector: Injector::open("gen0")?,
+            stop: Array::try_from(stop)?,
+            counts: PerCpuArray::try_from(counts)?,
+        };
+        generator.set_stop(true)?;
+        Ok(generator)
+    }
+
+    fn set_stop(&mut self, stop: bool) -> anyhow::Result<()> {
+        self.stop
+            .set(0, u32::from(stop), 0)
+            .context("writing the generator's stop flag")
+    }
+
+    fn counts(&self) -> anyhow::Result<Counts> {
+        let bounced = self.counts.get(&aux::GEN_BOUNCED, 0)?;
+        let stopped = self.counts.get(&aux::GEN_STOPPED, 0)?;
+        Ok(Counts {
+            bounced: bounced.iter().sum(),
+            bounced_cpu0: bounced.iter().next().copied().unwrap_or(0),
+            stopped: stopped.iter().sum(),
+        })
+    }
+
+    /// Inject `frames` copies of `frame` from CPU 0 (where the calling
+    /// thread runs), let the loop warm up, count what comes back for
+    /// `RUN_TIME`, then stop the loop and wait until it has died out.
+    fn run(&mut self, frame: &[u8], frames: u32) -> anyhow::Result<Run> {
+        let start = self.counts()?;
+        self.set_stop(false)?;
+        let running = self.start(frame, frames);
+        // Stop whatever happened: no frame may still circulate when the
+        // caller detaches a program or removes the namespaces.
+        let stopped = self.set_stop(true).and_then(|()| self.wait_until_still());
+        let (before, after, time) = running?;
+        let end = stopped?;
+        ensure!(
+            after.bounced > before.bounced,
+            "no frame came back to gen0 during the run ({frames} injected): the loop did not run"
+        );
+        let delivered = after.bounced - before.bounced;
+        Ok(Run {
+            delivered,
+            on_cpu0: (after.bounced_cpu0 - before.bounced_cpu0) as f64 / delivered as f64,
+            time,
+            received: end.bounced + end.stopped - start.bounced - start.stopped,
+            in_flight: end.stopped - start.stopped,
+            injected: frames,
+            tx_gap: None,
+            ns_per_run: Vec::new(),
+        })
+    }
+
+    fn start(&self, frame: &[u8], frames: u32) -> anyhow::Result<(Counts, Counts, Duration)> {
+        self.injector.send(frame, frames)?;
+        std::thread::sleep(WARM_UP);
+        let before = self.counts()?;
+        let start = Instant::now();
+        std::thread::sleep(RUN_TIME);
+        let after = self.counts()?;
+        Ok((before, after, start.elapsed()))
+    }
+
+    /// Wait until the generator's counts stop moving (the stop flag is
+    /// set): the last frames dropped. Fails after `STOP_TIMEOUT`.
+    fn wait_until_still(&self) -> anyhow::Result<Counts> {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut last = self.counts()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.counts()?;
+            if now.bounced == last.bounced && now.stopped == last.stopped {
+                return Ok(now);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the loop did not end {STOP_TIMEOUT:?} after the stop flag was set \
+                 (counts {now:?})"
+            );
+            last = now;
+        }
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        let _ = self.set_stop(true);
+    }
+}
+
+/// One measured run.
 struct Run {
-    sent: u64,
+    /// Frames counted back on gen0 during `time`.
     delivered: u64,
+    /// The share of those counted on CPU 0.
+    on_cpu0: f64,
     time: Duration,
+    /// Frames gen0 received from the injection to the end of the loop.
+    received: u64,
+    /// Frames still circulating when the stop flag was set.
+    in_flight: u64,
+    injected: u32,
+    /// A balancer's XDP_TX count less the frames gen0 received (frames a
+    /// full veth ring dropped); None for the floor, which counts nothing.
+    tx_gap: Option<u64>,
+    /// With `XLB_PPS_BPF_STATS`: ns a run of lb0's program and of the
+    /// generator's, over `time`; empty otherwise.
+    ns_per_run: Vec<f64>,
 }
 
 impl Run {
@@ -201,47 +425,6 @@ impl Run {
         self.delivered as f64 / self.time.as_secs_f64()
     }
 }
-
-/// Run the generator for the warm-up, then for `RUN_TIME`, counting what
-/// came back. The calling thread must be in the generator's namespace (the
-/// kernel finds gen0 by ifindex there).
-fn generate(aux: &aya::Ebpf, frame: &[u8], gen_ifindex: u32) -> anyhow::Result<Run> {
-    let generator = support::xdp(aux, aux::GEN_TCP_ACKS_PROGRAM)?;
-    let ctx = xdp_md(frame.len(), gen_ifindex);
-    let send = |frames: u32| -> anyhow::Result<()> {
-        generator
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::new()
-            })
-            .context("BPF_PROG_TEST_RUN (live frames) of the generator")?;
-        Ok(())
-    };
-    let warm = Instant::now();
-    while warm.elapsed() < WARM_UP {
-        send(CHUNK / 4)?;
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    let before = delivered(aux)?;
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while start.elapsed() < RUN_TIME {
-        send(CHUNK)?;
-        sent += CHUNK as u64;
-    }
-    let time = start.elapsed();
-    // Frames still on their way land within microseconds.
-    std::thread::sleep(Duration::from_millis(20));
-    Ok(Run {
-        sent,
-        delivered: delivered(aux)? - before,
-        time,
-    })
-}
-
 /// The balancer object `XLB_PPS_COMPARE` names, and the bpffs directory
 /// its maps are pinned under for one run (removed after each run, so each
 /// run starts from an empty connection table, as this build's does).
@@ -297,35 +480,50 @@ impl Compared {
     }
 }
 
-/// What to run, from `XLB_PPS_ONLY` (all when unset) and `XLB_PPS_RUNS`.
+/// The count the environment variable `name` gives (1 to `max`), or
+/// `default` when it is unset.
+fn count_from_env(name: &str, max: u32, default: u32) -> anyhow::Result<u32> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .with_context(|| format!("{name}={v}: expected a count from 1 to {max}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// What to run, from `XLB_PPS_ONLY` (all when unset), `XLB_PPS_RUNS`,
+/// `XLB_PPS_FRAMES` and `XLB_PPS_BPF_STATS`.
 struct Selection {
     floor: bool,
     methods: Vec<Method>,
     runs: usize,
+    frames: u32,
+    bpf_stats: bool,
 }
 
 impl Selection {
     fn from_env() -> anyhow::Result<Self> {
-        let runs = match std::env::var("XLB_PPS_RUNS") {
-            Ok(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=50).contains(n))
-                .with_context(|| format!("XLB_PPS_RUNS={v}: expected a count from 1 to 50"))?,
-            Err(_) => RUNS,
-        };
-        let Ok(only) = std::env::var("XLB_PPS_ONLY") else {
-            return Ok(Self {
-                floor: true,
-                methods: Method::ALL.to_vec(),
-                runs,
-            });
+        let runs = count_from_env("XLB_PPS_RUNS", 50, RUNS as u32)? as usize;
+        let frames = count_from_env("XLB_PPS_FRAMES", 4096, FRAMES)?;
+        let bpf_stats = match std::env::var("XLB_PPS_BPF_STATS").as_deref() {
+            Ok("1") => true,
+            Ok("0") | Err(_) => false,
+            Ok(v) => anyhow::bail!("XLB_PPS_BPF_STATS={v}: expected 1 or 0"),
         };
         let mut sel = Self {
-            floor: false,
-            methods: Vec::new(),
+            floor: true,
+            methods: Method::ALL.to_vec(),
             runs,
+            frames,
+            bpf_stats,
         };
+        let Ok(only) = std::env::var("XLB_PPS_ONLY") else {
+            return Ok(sel);
+        };
+        sel.floor = false;
+        sel.methods.clear();
         for word in only.split(',').map(str::trim) {
             match Method::ALL.iter().find(|m| m.config_value() == word) {
                 Some(m) => sel.methods.push(*m),
@@ -382,89 +580,163 @@ fn implemented(wire: &Wire, method: Method, frame: &[u8]) -> anyhow::Result<bool
     Ok(outcome != Outcome::NotEncapsulated)
 }
 
-/// A run of the balancer (this build's, or the compared object) on lb0;
-/// checks that every flow was new exactly once.
-fn run_balancer(
-    wire: &Wire,
-    method: Method,
-    aux: &aya::Ebpf,
-    frame: &[u8],
-    compared: Option<&Compared>,
-) -> anyhow::Result<Run> {
-    let run = run_balancer_once(wire, method, aux, frame, compared);
-    if let Some(c) = compared {
-        c.clear()?;
+/// What every run shares: the generator, its program, the injected frame
+/// and the options.
+struct Bench<'a> {
+    wire: &'a Wire,
+    generator: Generator,
+    frame: Vec<u8>,
+    selection: &'a Selection,
+}
+
+/// The kernel's run-time statistics of `programs` (BPF_ENABLE_STATS):
+/// (ns, runs) of each.
+fn bpf_stats(programs: &[&Xdp]) -> anyhow::Result<Vec<(u64, u64)>> {
+    programs
+        .iter()
+        .map(|p| {
+            let info = p
+                .info()
+                .context("reading a program's run-time statistics")?;
+            Ok((info.run_time().as_nanos() as u64, info.run_count()))
+        })
+        .collect()
+}
+
+impl Bench<'_> {
+    /// One run with `lb_program` on lb0 (already attached): the generator's
+    /// run, and with `XLB_PPS_BPF_STATS` the ns a run of lb0's program and
+    /// of the generator's over the same window.
+    fn run(&mut self, lb_program: &Xdp, gen_program: &Xdp) -> anyhow::Result<Run> {
+        let programs = [lb_program, gen_program];
+        let programs: &[&Xdp] = if self.selection.bpf_stats {
+            &programs
+        } else {
+            &[]
+        };
+        let before = bpf_stats(programs)?;
+        let mut run = self.generator.run(&self.frame, self.selection.frames)?;
+        let after = bpf_stats(programs)?;
+        run.ns_per_run = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64)
+            .collect();
+        Ok(run)
     }
-    run
-}
 
-fn run_balancer_once(
-    wire: &Wire,
-    method: Method,
-    aux: &aya::Ebpf,
-    frame: &[u8],
-    compared: Option<&Compared>,
-) -> anyhow::Result<Run> {
-    wire.lb_ns.enter()?;
-    let (mut dp, desired) = balancer(wire, method, compared)?;
-    dp.attach("lb0", xlb_dataplane::AttachMode::Native)?;
-    wire.gen_ns.enter()?;
-    let run = generate(aux, frame, wire.gen_ifindex)?;
-    let vip = dp.vip_counters(desired.vips[0].id);
-    // What the balancer did, for the errors below.
-    let seen = || -> String {
-        match dp.snapshot([], []) {
-            Ok(s) => format!(
-                "actions (aborted, drop, pass, tx, redirect) {:?}, drops by reason {:?}, \
-                 events {:?}",
-                s.actions.iter().map(|c| c.packets).collect::<Vec<_>>(),
-                s.drops.iter().map(|c| c.packets).collect::<Vec<_>>(),
-                s.events
-            ),
-            Err(e) => format!("(counters unreadable: {e})"),
+    /// A run of the balancer (this build's, or the compared object) on lb0;
+    /// checks that every flow was new exactly once and that the balancer
+    /// sent what the generator received.
+    fn balancer(
+        &mut self,
+        method: Method,
+        aux: &aya::Ebpf,
+        compared: Option<&Compared>,
+    ) -> anyhow::Result<Run> {
+        let run = self.balancer_once(method, aux, compared);
+        if let Some(c) = compared {
+            c.clear()?;
         }
-    };
-    ensure!(
-        vip.new_flows == FLOWS,
-        "{}: the balancer saw {} new flows, expected the generator's {FLOWS}; {}",
-        method.label(),
-        vip.new_flows,
-        seen()
-    );
-    ensure!(
-        vip.packets >= run.delivered,
-        "{}: the balancer counted {} packets but {} came back; {}",
-        method.label(),
-        vip.packets,
-        run.delivered,
-        seen()
-    );
-    Ok(run)
-    // Dropping `dp` detaches the balancer.
-}
+        run
+    }
 
-/// A run of the bare MAC swap on lb0.
-fn run_floor(wire: &Wire, aux: &mut aya::Ebpf, frame: &[u8]) -> anyhow::Result<Run> {
-    wire.lb_ns.enter()?;
-    let link = support::xdp_mut(aux, aux::MAC_SWAP_PROGRAM)?.attach("lb0", XdpMode::Driver)?;
-    wire.gen_ns.enter()?;
-    let run = generate(aux, frame, wire.gen_ifindex);
-    support::xdp_mut(aux, aux::MAC_SWAP_PROGRAM)?.detach(link)?;
-    run
+    fn balancer_once(
+        &mut self,
+        method: Method,
+        aux: &aya::Ebpf,
+        compared: Option<&Compared>,
+    ) -> anyhow::Result<Run> {
+        self.wire.lb_ns.enter()?;
+        let (mut dp, desired) = balancer(self.wire, method, compared)?;
+        dp.attach("lb0", xlb_dataplane::AttachMode::Native)?;
+        self.wire.gen_ns.enter()?;
+        let run = self.run(dp.program(), support::xdp(aux, aux::GEN_BOUNCE_PROGRAM)?)?;
+        let vip = dp.vip_counters(desired.vips[0].id);
+        let snapshot = dp.snapshot([], []);
+        // What the balancer did, for the errors below.
+        let seen = || -> String {
+            match &snapshot {
+                Ok(s) => format!(
+                    "actions (aborted, drop, pass, tx, redirect) {:?}, drops by reason {:?}, \
+                     events {:?}",
+                    s.actions.iter().map(|c| c.packets).collect::<Vec<_>>(),
+                    s.drops.iter().map(|c| c.packets).collect::<Vec<_>>(),
+                    s.events
+                ),
+                Err(e) => format!("(counters unreadable: {e})"),
+            }
+        };
+        ensure!(
+            vip.new_flows == FLOWS,
+            "{}: the balancer saw {} new flows, expected the generator's {FLOWS}; {}",
+            method.label(),
+            vip.new_flows,
+            seen()
+        );
+        // Every frame gen0 received was sent by the balancer; those it sent
+        // and gen0 never received were dropped by a full veth ring, which
+        // the injected frames bound.
+        let tx = snapshot
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the balancer's counters: {e}"))?
+            .actions[lb_common::stats::XDP_TX as usize]
+            .packets;
+        ensure!(
+            (run.received..=run.received + u64::from(run.injected)).contains(&tx),
+            "{}: the balancer sent {tx} frames with XDP_TX, gen0 received {} ({} injected); {}",
+            method.label(),
+            run.received,
+            run.injected,
+            seen()
+        );
+        Ok(Run {
+            tx_gap: Some(tx - run.received),
+            ..run
+        })
+        // Dropping `dp` detaches the balancer.
+    }
+
+    /// A run of the bare MAC swap on lb0.
+    fn floor(&mut self, aux: &mut aya::Ebpf) -> anyhow::Result<Run> {
+        self.wire.lb_ns.enter()?;
+        let link = support::xdp_mut(aux, aux::MAC_SWAP_PROGRAM)?.attach("lb0", XdpMode::Driver)?;
+        self.wire.gen_ns.enter()?;
+        let run = self.run(
+            support::xdp(aux, aux::MAC_SWAP_PROGRAM)?,
+            support::xdp(aux, aux::GEN_BOUNCE_PROGRAM)?,
+        );
+        support::xdp_mut(aux, aux::MAC_SWAP_PROGRAM)?.detach(link)?;
+        run
+    }
 }
 
 fn print_row(label: &str, runs: &[Run]) {
     let pps: Vec<f64> = runs.iter().map(Run::pps).collect();
-    let sent: Vec<f64> = runs
-        .iter()
-        .map(|r| r.sent as f64 / r.time.as_secs_f64())
-        .collect();
     let m = support::median(pps.clone());
+    let in_flight = runs.iter().map(|r| r.in_flight);
+    let stats = match runs.first().map(|r| r.ns_per_run.len()) {
+        Some(2) => format!(
+            "; ns a run: lb0 {:.1}, gen0 {:.1}",
+            support::median(runs.iter().map(|r| r.ns_per_run[0]).collect()),
+            support::median(runs.iter().map(|r| r.ns_per_run[1]).collect())
+        ),
+        _ => String::new(),
+    };
+    let gaps: Vec<u64> = runs.iter().filter_map(|r| r.tx_gap).collect();
+    let gaps = match (gaps.iter().min(), gaps.iter().max()) {
+        (Some(lo), Some(hi)) => format!("; XDP_TX less received {lo}..{hi}"),
+        _ => String::new(),
+    };
     println!(
-        "{label:<32} {:>8.3} Mpps  {:>6.1} ns/packet  (offered {:.3} Mpps; runs: {})",
+        "{label:<32} {:>8.3} Mpps  {:>6.1} ns/packet  (in flight at the end {}..{} of {}{gaps}; \
+         on CPU 0 {:.1}%{stats}; runs: {})",
         m / 1e6,
         1e9 / m,
-        support::median(sent) / 1e6,
+        in_flight.clone().min().unwrap_or(0),
+        in_flight.max().unwrap_or(0),
+        runs.first().map_or(0, |r| r.injected),
+        100.0 * runs.iter().map(|r| r.on_cpu0).fold(f64::INFINITY, f64::min),
         pps.iter()
             .map(|p| format!("{:.3}", p / 1e6))
             .collect::<Vec<_>>()
@@ -476,20 +748,21 @@ fn main() -> anyhow::Result<()> {
     if !support::root("veth_pps") {
         return Ok(());
     }
+    let selection = Selection::from_env()?;
+    let compared = Compared::from_env()?;
     let wire = Wire::new()?;
-    // Everything on CPU 0: the generator, and the NAPI polls it triggers.
+    // Everything on CPU 0: the injection, and so the NAPI polls of both
+    // veths, which keep scheduling each other there.
     support::pin_to_cpu(0)?;
+    let _stats = selection
+        .bpf_stats
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()
+        .context("XLB_PPS_BPF_STATS: enabling the kernel's BPF run-time statistics")?;
     let mut aux = aya::Ebpf::load(xlb_dataplane::aux_object())?;
-    for name in [
-        aux::GEN_TCP_ACKS_PROGRAM,
-        aux::COUNT_DROP_PROGRAM,
-        aux::MAC_SWAP_PROGRAM,
-    ] {
+    for name in [aux::GEN_BOUNCE_PROGRAM, aux::MAC_SWAP_PROGRAM] {
         support::load_xdp(&mut aux, name)?;
     }
-    // The receiver; also what lets gen0 accept lb0's XDP_TX frames.
-    support::xdp_mut(&mut aux, aux::COUNT_DROP_PROGRAM)?.attach("gen0", XdpMode::Driver)?;
-
     let frame = frame();
     // The generator writes this over every frame it sends.
     let template: [u8; FRAME_LEN] = frame.as_slice().try_into().with_context(|| {
@@ -501,9 +774,12 @@ fn main() -> anyhow::Result<()> {
     let map = aux
         .map_mut(aux::GEN_TEMPLATE_MAP)
         .context("no map XLB_GEN_TEMPLATE")?;
-    aya::maps::Array::<_, [u8; FRAME_LEN]>::try_from(map)?.set(0, template, 0)?;
-    let selection = Selection::from_env()?;
-    let compared = Compared::from_env()?;
+    Array::<_, [u8; FRAME_LEN]>::try_from(map)?.set(0, template, 0)?;
+    // The generator (stopped until a run starts); also what lets gen0
+    // accept lb0's XDP_TX frames.
+    let generator = Generator::new(&mut aux)?;
+    support::xdp_mut(&mut aux, aux::GEN_BOUNCE_PROGRAM)?.attach("gen0", XdpMode::Driver)?;
+
     let mut methods = Vec::new();
     let mut missing = Vec::new();
     for method in selection.methods.iter().copied() {
@@ -513,6 +789,12 @@ fn main() -> anyhow::Result<()> {
             missing.push(method);
         }
     }
+    let mut bench = Bench {
+        wire: &wire,
+        generator,
+        frame,
+        selection: &selection,
+    };
     let mut balancer_runs: Vec<Vec<Run>> = methods.iter().map(|_| Vec::new()).collect();
     let mut compared_runs: Vec<Vec<Run>> = methods.iter().map(|_| Vec::new()).collect();
     let mut floor = Vec::new();
@@ -522,23 +804,29 @@ fn main() -> anyhow::Result<()> {
             .zip(&mut balancer_runs)
             .zip(&mut compared_runs)
         {
-            runs.push(run_balancer(&wire, *method, &aux, &frame, None)?);
+            runs.push(bench.balancer(*method, &aux, None)?);
             if let Some(c) = &compared {
-                b_runs.push(run_balancer(&wire, *method, &aux, &frame, Some(c))?);
+                b_runs.push(bench.balancer(*method, &aux, Some(c))?);
             }
         }
         if selection.floor {
-            floor.push(run_floor(&wire, &mut aux, &frame)?);
+            floor.push(bench.floor(&mut aux)?);
         }
     }
 
     println!(
         "packets per second on a veth pair, native XDP, TCP ACKs of {FLOWS} flows, 60-byte \
-         frames; generator: BPF_PROG_TEST_RUN live frames; one CPU; median of {} \
-         interleaved runs of {} s; load average {}",
+         frames; generator: {} frames bounced by xlb_gen_bounce on the peer; one CPU; median \
+         of {} interleaved runs of {} s; load average {}{}",
+        selection.frames,
         selection.runs,
         RUN_TIME.as_secs(),
-        support::load_average()
+        support::load_average(),
+        if selection.bpf_stats {
+            "; BPF run-time statistics on (rates slowed by them)"
+        } else {
+            ""
+        }
     );
     if let Some(c) = &compared {
         println!(
