@@ -329,23 +329,29 @@ fn to_bytes(rev: &Revision) -> Result<Vec<u8>, StoreError> {
 
 /// A format-3 revision's body: its plan's line and its config text, zstd.
 fn body_of(rev: &Revision) -> Result<Vec<u8>, StoreError> {
-    let invalid = |reason: String| StoreError::Invalid {
-        number: rev.number,
-        reason,
-    };
+    pack(rev.number, rev.plan.as_ref(), &rev.config_text).map(|p| p.body)
+}
+
+/// Revision `number`'s body as [`Store::record_packed`] takes it: its
+/// recorded `plan` and its config `text`, compressed. Made apart from the
+/// record so that it can be made while the tables are written (at 1,000
+/// VIPs x 64 backends ~5 ms, beside a table swap's ~10 ms wait for the
+/// kernel).
+pub fn pack(
+    number: u64,
+    plan: Option<&RecordedPlan>,
+    text: &str,
+) -> Result<PackedText, StoreError> {
+    let invalid = |reason: String| StoreError::Invalid { number, reason };
     let compressing = |e: io::Error| invalid(format!("compressing: {e}"));
     let mut body = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(compressing)?;
-    serde_json::to_writer(
-        &mut body,
-        &PlanLine {
-            plan: rev.plan.as_ref(),
-        },
-    )
-    .map_err(|e| invalid(e.to_string()))?;
+    serde_json::to_writer(&mut body, &PlanLine { plan }).map_err(|e| invalid(e.to_string()))?;
     body.write_all(b"\n").map_err(compressing)?;
-    body.write_all(rev.config_text.as_bytes())
-        .map_err(compressing)?;
-    body.finish().map_err(compressing)
+    body.write_all(text.as_bytes()).map_err(compressing)?;
+    Ok(PackedText {
+        number,
+        body: body.finish().map_err(compressing)?,
+    })
 }
 
 /// A recorded revision's config text as the store keeps it: its
@@ -886,6 +892,23 @@ impl Store {
     /// prune are logged: the revision is recorded, and the high-water mark is
     /// still carried by its file name.
     pub fn record(&mut self, rev: &Revision) -> Result<PackedText, StoreError> {
+        let packed = pack(rev.number, rev.plan.as_ref(), &rev.config_text)?;
+        self.record_packed(rev, packed)
+    }
+
+    /// [`Store::record`], with the body made beforehand: `packed` must be
+    /// [`pack`] of `rev`'s number, plan and text.
+    pub fn record_packed(
+        &mut self,
+        rev: &Revision,
+        packed: PackedText,
+    ) -> Result<PackedText, StoreError> {
+        if packed.number != rev.number {
+            return Err(StoreError::Invalid {
+                number: rev.number,
+                reason: format!("its body is revision {}'s", packed.number),
+            });
+        }
         if self.read_only {
             return Err(StoreError::ReadOnly(self.dir.clone()));
         }
@@ -908,7 +931,7 @@ impl Store {
                 reason: "already exists, and revisions are immutable".to_string(),
             });
         }
-        let body = body_of(rev)?;
+        let body = packed.body;
         let bytes = header_then(FORMAT, rev.summary(), &body)?;
         let crash = self.crash_for_next_write();
         let written = write_atomic(&self.dir, &file_name(number), &bytes, crash);
@@ -1250,6 +1273,15 @@ mod tests {
         let read = store.packed(1).unwrap().expect("revision 1 is held");
         assert_eq!(read.text().unwrap(), text);
         assert!(store.packed(2).unwrap().is_none());
+        // A body made beforehand is recorded as record makes it; another
+        // revision's is refused.
+        let r2 = rev(2, &config(2));
+        let wrong = pack(3, r2.plan.as_ref(), &r2.config_text).unwrap();
+        let e = store.record_packed(&r2, wrong).unwrap_err().to_string();
+        assert!(e.contains("revision 3's"), "{e}");
+        let body = pack(2, r2.plan.as_ref(), &r2.config_text).unwrap();
+        store.record_packed(&r2, body).unwrap();
+        assert_eq!(store.get(2).unwrap(), Some(r2));
 
         // A damaged body is named, not handed back.
         let path = tmp.path().join("0000000001.json");
