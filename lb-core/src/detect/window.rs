@@ -344,24 +344,29 @@ impl Window {
                 }
                 let at: [Option<usize>; SIGNALS.len()] =
                     std::array::from_fn(|i| self.steps[i].open(n, grew[i]));
+                // No counter moved (an idle VIP, most of them): every step
+                // is 0 and every counter the last one, so the rows stay
+                // as they are.
                 let rows = self.last.iter_mut().zip(&mut self.growth);
-                for (j, ((old, growth), b)) in rows.zip(backends).enumerate() {
-                    let new = b.counters;
-                    let step = Cumulative {
-                        new_flows: new.new_flows - old.new_flows,
-                        packets: new.packets - old.packets,
-                        bytes: new.bytes - old.bytes,
-                    };
-                    for ((steps, at), signal) in self.steps.iter_mut().zip(at).zip(SIGNALS) {
-                        if let Some(at) = at {
-                            steps.cells.set(at + j, step.get(signal));
+                if grew.contains(&true) {
+                    for (j, ((old, growth), b)) in rows.zip(backends).enumerate() {
+                        let new = b.counters;
+                        let step = Cumulative {
+                            new_flows: new.new_flows - old.new_flows,
+                            packets: new.packets - old.packets,
+                            bytes: new.bytes - old.bytes,
+                        };
+                        for ((steps, at), signal) in self.steps.iter_mut().zip(at).zip(SIGNALS) {
+                            if let Some(at) = at {
+                                steps.cells.set(at + j, step.get(signal));
+                            }
                         }
+                        self.moved |= step != Cumulative::default();
+                        growth.new_flows += step.new_flows;
+                        growth.packets += step.packets;
+                        growth.bytes += step.bytes;
+                        *old = new;
                     }
-                    self.moved |= step != Cumulative::default();
-                    growth.new_flows += step.new_flows;
-                    growth.packets += step.packets;
-                    growth.bytes += step.bytes;
-                    *old = new;
                 }
             }
             self.times.push_back(now);
