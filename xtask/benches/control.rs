@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use support::median_duration;
-use support::scale::{BACKENDS, VIPS};
+use support::scale::{self, BACKENDS, VIPS};
 use tests::netns::Netns;
 use tests::xlbd::xlb_binary;
 
@@ -58,26 +58,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The config: every VIP's first backend at `weight`, VIP 0's at `first`.
 fn config(weight: u32, first: u32) -> String {
-    let mut text = String::from("interface = \"eth0\"\nhash_seed = 1\n");
-    for v in 0..VIPS {
-        text.push_str(&format!(
-            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {TABLE_SIZE}\n",
-            100 + v / 250,
-            v % 250 + 1
-        ));
-        for b in 0..BACKENDS {
-            let w = match (v, b) {
-                (0, 0) => first,
-                (_, 0) => weight,
-                _ => 1,
-            };
-            text.push_str(&format!(
-                "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
-                b + 1
-            ));
-        }
-    }
-    text
+    scale::text(
+        "interface = \"eth0\"\nhash_seed = 1\n",
+        VIPS,
+        BACKENDS,
+        TABLE_SIZE,
+        |v, b| match (v, b) {
+            (0, 0) => first,
+            (_, 0) => weight,
+            _ => 1,
+        },
+    )
 }
 
 /// `n` applies of `changed` and `base` by turns (each counted in

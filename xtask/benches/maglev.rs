@@ -1,14 +1,13 @@
 //! Maglev table build time (pure userspace) and, as root, the time to write a
 //! built table into a fresh inner map and swap it in. Median of many runs.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
+use support::median_duration as median;
+use support::scale;
 use xlb_core::maglev::{MaglevBackend, build};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 /// The median time of `runs` builds of `backends` in `m` slots.
 fn time_builds(backends: &[MaglevBackend<'_>], m: u32, runs: usize) -> Duration {
@@ -50,20 +49,13 @@ fn time_per_call<T>(runs: usize, calls: u32, mut f: impl FnMut() -> T) -> Durati
 /// The config of `vips` VIPs (each on an address of its own) of `backends`
 /// equal backends in `m` slots.
 fn config(vips: usize, backends: usize, m: u32) -> xlb_core::config::Config {
-    let mut text = String::from("interface = \"lo\"\nhash_seed = 1\n");
-    for v in 0..vips {
-        text.push_str(&format!(
-            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {m}\n",
-            100 + v / 250,
-            v % 250 + 1
-        ));
-        for b in 0..backends {
-            text.push_str(&format!(
-                "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\n",
-                b + 1
-            ));
-        }
-    }
+    let text = scale::text(
+        "interface = \"lo\"\nhash_seed = 1\n",
+        vips,
+        backends,
+        m,
+        |_, _| 1,
+    );
     xlb_core::config::parse(&text, "bench.toml").expect("the bench's config")
 }
 

@@ -15,15 +15,30 @@ pub fn config(header: &str, weight: u32) -> String {
 /// [`config`] with `backends` backends per VIP (at most `BACKENDS`; the
 /// table size stays `TABLE_SIZE`).
 pub fn config_of(header: &str, weight: u32, backends: usize) -> String {
+    text(header, VIPS, backends, TABLE_SIZE, |v, b| {
+        if v == 0 && b == 0 { weight } else { 1 }
+    })
+}
+
+/// `header`, then `vips` VIPs (each on an address of its own) of `backends`
+/// backends (shared by name) in `table_size` slots, backend `b` of VIP `v`
+/// at `weight(v, b)`.
+pub fn text(
+    header: &str,
+    vips: usize,
+    backends: usize,
+    table_size: u32,
+    weight: impl Fn(usize, usize) -> u32,
+) -> String {
     let mut text = header.to_string();
-    for v in 0..VIPS {
+    for v in 0..vips {
         text.push_str(&format!(
-            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {TABLE_SIZE}\n",
+            "[[vip]]\nname = \"vip{v}\"\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\ntable_size = {table_size}\n",
             100 + v / 250,
             v % 250 + 1
         ));
         for b in 0..backends {
-            let w = if v == 0 && b == 0 { weight } else { 1 };
+            let w = weight(v, b);
             text.push_str(&format!(
                 "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
                 b + 1
