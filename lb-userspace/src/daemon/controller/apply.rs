@@ -246,11 +246,9 @@ impl Controller {
                 plan: recorded_plan,
                 outcome,
             };
-            let recorded = match body {
-                Some(Ok(body)) => store.record_packed(&rev, body),
-                Some(Err(e)) => Err(e),
-                None => store.record(&rev),
-            };
+            let recorded = body
+                .unwrap_or_else(|| crate::store::pack(number, rev.plan.as_ref(), &rev.config_text))
+                .and_then(|body| store.record_packed(&rev, body));
             candidate.text = rev.config_text;
             packed = recorded.as_ref().ok().cloned();
             if let Err(e) = recorded {
@@ -346,7 +344,7 @@ impl Controller {
         self.current_cut = candidate.take_cut();
         let previous = self.current.replace(Kept {
             number,
-            text: KeptText::of(number, candidate.text, packed),
+            text: KeptText::of(packed, || candidate.text),
             file: candidate.file,
         });
         let (Kind::Apply | Kind::Edit { .. }, Some(previous)) = (kind, previous) else {
@@ -443,18 +441,12 @@ impl Controller {
         self.health_adopt(adopted.health);
         if let Some(n) = number {
             self.revision = n;
-            let packed = self
-                .revisions
-                .as_ref()
-                .and_then(|s| s.packed(n).ok().flatten());
-            self.current = Some(Kept {
-                number: n,
-                text: match packed {
-                    Some(p) => KeptText::Packed(p),
-                    None => KeptText::Plain(candidate.text.clone()),
-                },
-                file: file.clone(),
-            });
+            self.current = Some(Kept::recorded(
+                self.revisions.as_ref(),
+                n,
+                file.clone(),
+                || candidate.text.clone(),
+            ));
             self.current_cut = candidate
                 .cut
                 .clone()

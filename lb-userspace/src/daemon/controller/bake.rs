@@ -11,7 +11,7 @@ use xlb_core::detect::{BackendSample, Detector, VipReport, VipSample};
 use xlb_core::revision::{Kind, Outcome, Revision};
 use xlb_core::state::Desired;
 
-use super::rollback::{Kept, KeptText};
+use super::rollback::Kept;
 use super::{ApplyError, BakePolicy, Controller};
 
 impl Controller {
@@ -50,19 +50,12 @@ impl Controller {
             self.finish_bake();
             return;
         };
-        let packed = self
-            .revisions
-            .as_ref()
-            .and_then(|s| s.packed(target.number).ok().flatten());
-        let text = match packed {
-            Some(p) => KeptText::Packed(p),
-            None => KeptText::Plain(target.config_text.clone()),
-        };
-        self.rollback_target = Some(Kept {
-            number: target.number,
-            file: target.config_file.clone(),
-            text,
-        });
+        self.rollback_target = Some(Kept::recorded(
+            self.revisions.as_ref(),
+            target.number,
+            target.config_file.clone(),
+            || target.config_text.clone(),
+        ));
         self.capacity_detector = Detector::verdicts_only();
         if now >= until {
             log::info!(

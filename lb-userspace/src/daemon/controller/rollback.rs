@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use xlb_core::change::LiveRevision;
 
-use crate::store::{PackedText, StoreError};
+use crate::store::{PackedText, Store, StoreError};
 
 /// A revision the daemon keeps: the live one, or the one before a baking
 /// revision (the target of its automatic rollback).
@@ -27,11 +27,11 @@ pub enum KeptText {
 }
 
 impl KeptText {
-    /// `text`, or `packed` when it holds that revision's text.
-    pub fn of(number: u64, text: String, packed: Option<PackedText>) -> KeptText {
+    /// `packed` when there is one, else `text()`.
+    pub fn of(packed: Option<PackedText>, text: impl FnOnce() -> String) -> KeptText {
         match packed {
-            Some(p) if p.number() == number => KeptText::Packed(p),
-            _ => KeptText::Plain(text),
+            Some(p) => KeptText::Packed(p),
+            None => KeptText::Plain(text()),
         }
     }
 
@@ -44,6 +44,22 @@ impl KeptText {
 }
 
 impl Kept {
+    /// Revision `number` of `file`, its text as `store` recorded it when
+    /// it can be read from there, else `text()`.
+    pub fn recorded(
+        store: Option<&Store>,
+        number: u64,
+        file: String,
+        text: impl FnOnce() -> String,
+    ) -> Kept {
+        let packed = store.and_then(|s| s.packed(number).ok().flatten());
+        Kept {
+            number,
+            file,
+            text: KeptText::of(packed, text),
+        }
+    }
+
     /// The revision with its text (decompressed when kept compressed).
     pub fn revision(&self) -> Result<LiveRevision, StoreError> {
         Ok(LiveRevision {
