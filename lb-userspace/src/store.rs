@@ -324,15 +324,12 @@ fn header_then(format: u32, summary: Summary, body: &[u8]) -> Result<Vec<u8>, St
 }
 
 fn to_bytes(rev: &Revision) -> Result<Vec<u8>, StoreError> {
-    header_then(FORMAT, rev.summary(), &body_of(rev)?)
+    let packed = pack(rev.number, rev.plan.as_ref(), &rev.config_text)?;
+    header_then(FORMAT, rev.summary(), &packed.body)
 }
 
-/// A format-3 revision's body: its plan's line and its config text, zstd.
-fn body_of(rev: &Revision) -> Result<Vec<u8>, StoreError> {
-    pack(rev.number, rev.plan.as_ref(), &rev.config_text).map(|p| p.body)
-}
-
-/// Revision `number`'s body as [`Store::record_packed`] takes it: its
+/// A format-3 revision's body (its plan's line and its config text, zstd):
+/// revision `number`'s as [`Store::record_packed`] takes it: its
 /// recorded `plan` and its config `text`, compressed. Made apart from the
 /// record so that it can be made while the tables are written (at 1,000
 /// VIPs x 64 backends ~5 ms, beside a table swap's ~10 ms wait for the

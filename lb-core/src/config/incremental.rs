@@ -68,18 +68,14 @@ impl TextCut {
     fn hashed(cut: &Cut<'_>) -> TextCut {
         TextCut {
             head: hash(cut.head),
-            vips: pieces_hashed(&cut.vips),
+            // On every core.
+            vips: cut.vips.par_iter().map(|p| hash(p)).collect(),
         }
     }
 }
 
 fn hash(piece: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(piece.as_bytes())
-}
-
-/// Each piece's hash, on every core.
-fn pieces_hashed(pieces: &[&str]) -> Vec<u128> {
-    pieces.par_iter().map(|p| hash(p)).collect()
 }
 
 /// Cut `text` into its head and VIP pieces, or None when the cut may not be
@@ -172,24 +168,25 @@ fn short_way(text: &str, file: &str, earlier: &TextCut, old: &Config) -> Option<
     // Piece i is most often the earlier piece i; the others are looked up
     // among the earlier pieces by hash (the map made only when a piece is
     // not in place).
-    let by_hash: Option<HashMap<u128, usize>> = cut
+    let in_place: Vec<bool> = cut
         .vips
         .iter()
-        .zip(&earlier.vips)
-        .any(|(a, b)| a != b)
-        .then(|| {
-            let mut map = HashMap::with_capacity(earlier.vips.len());
-            for (j, &h) in earlier.vips.iter().enumerate() {
-                map.entry(h).or_insert(j);
-            }
-            map
-        });
+        .enumerate()
+        .map(|(i, h)| earlier.vips.get(i) == Some(h))
+        .collect();
+    let by_hash: Option<HashMap<u128, usize>> = in_place.contains(&false).then(|| {
+        let mut map = HashMap::with_capacity(earlier.vips.len());
+        for (j, &h) in earlier.vips.iter().enumerate() {
+            map.entry(h).or_insert(j);
+        }
+        map
+    });
     let taken: Vec<Option<&Arc<Vip>>> = cut
         .vips
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            if earlier.vips.get(i) == Some(h) {
+            if in_place[i] {
                 return Some(&old.vips[i]);
             }
             by_hash.as_ref()?.get(h).map(|&j| &old.vips[j])
