@@ -103,6 +103,9 @@ pub struct Dataplane {
     /// The inner table each VIP id got from us, kept mapped: the drift check
     /// reads it without a syscall when the outer map still points at it.
     pub(crate) installed: std::collections::HashMap<u32, Installed>,
+    /// The last table swap's call, still waiting for its RCU grace period
+    /// with every pointer in place (`writer::swap`; `settle` joins it).
+    pub(crate) grace: Option<std::thread::JoinHandle<Result<(), (usize, std::io::Error)>>>,
     /// See `inject_swap_failure`.
     #[cfg(feature = "fault-injection")]
     pub(crate) fail_after_swaps: Option<usize>,

@@ -76,6 +76,7 @@ impl Dataplane {
                 .map_err(io_err(maps::BACKENDS))?,
             _backends_map: backends_map,
             installed: Default::default(),
+            grace: None,
             #[cfg(feature = "fault-injection")]
             fail_after_swaps: None,
             vip_stats: Striped::take(&mut ebpf, maps::VIP_STATS, maps::MAX_VIPS)?,

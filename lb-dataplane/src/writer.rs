@@ -130,7 +130,7 @@ impl Dataplane {
             .collect();
         // The swap: the kernel frees each old inner map once no program can
         // still hold it (RCU) and we let go of it below.
-        let (done, failed) = match crate::sys::update_batch(self.tables_fd.as_fd(), &keys, &fds) {
+        let (done, failed) = match self.swap(keys, fds, &fresh[..count]) {
             Ok(()) => (count, None),
             Err((done, e)) => (done, Some(e)),
         };
@@ -146,6 +146,72 @@ impl Dataplane {
             return Err(DataplaneError::Injected);
         }
         Ok(())
+    }
+
+    /// Point the outer map's `keys` at the inner maps `fds` (`fresh`, the
+    /// same maps), one BPF_MAP_UPDATE_BATCH, and return once every pointer
+    /// is in place: the kernel updates them in order, then waits for an RCU
+    /// grace period (5 to 15 ms here) so that no program run still holds an
+    /// old table. Nothing of ours needs that wait (an old table is freed by
+    /// the kernel when its last reader is done; a backend no table names
+    /// waits `RETIRE_GRACE` after `settle`), so the call is made on a
+    /// thread of its own and this returns when the last key reads the last
+    /// map's id, or when the call ended (its own result, an error
+    /// included). The thread is joined by `settle` before anything that
+    /// needs the grace period to be over.
+    fn swap(
+        &mut self,
+        keys: Vec<u32>,
+        fds: Vec<u32>,
+        fresh: &[(u32, MapData, MappedArray<u32>)],
+    ) -> Result<(), (usize, std::io::Error)> {
+        self.settle();
+        let (Some(&last_key), Some((_, last_map, _))) = (keys.last(), fresh.last()) else {
+            return Ok(());
+        };
+        let last_id = last_map
+            .info()
+            .map_err(|e| (0, std::io::Error::other(e)))?
+            .id();
+        let outer = self.tables_fd.try_clone().map_err(|e| (0, e))?;
+        let call = std::thread::Builder::new()
+            .name("xlb-swap".into())
+            .spawn(move || crate::sys::update_batch(outer.as_fd(), &keys, &fds));
+        let call = match call {
+            Ok(call) => call,
+            // No thread to be had: the call made here, waiting with it.
+            Err(_) => {
+                let keys: Vec<u32> = fresh.iter().map(|(id, _, _)| *id).collect();
+                let fds: Vec<u32> = fresh
+                    .iter()
+                    .map(|(_, inner, _)| inner.fd().as_fd().as_raw_fd() as u32)
+                    .collect();
+                return crate::sys::update_batch(self.tables_fd.as_fd(), &keys, &fds);
+            }
+        };
+        // Bounded: the call ends, in the kernel's own time.
+        loop {
+            if call.is_finished() {
+                return call.join().unwrap_or_else(|_| {
+                    Err((0, std::io::Error::other("the table swap's thread panicked")))
+                });
+            }
+            let in_place = crate::sys::lookup_elem(self.tables_fd.as_fd(), last_key, 4)
+                .is_ok_and(|v| v == last_id.to_ne_bytes());
+            if in_place {
+                self.grace = Some(call);
+                return Ok(());
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Wait for the last swap's grace period to be over (see `swap`).
+    pub(crate) fn settle(&mut self) {
+        if let Some(call) = self.grace.take() {
+            // Its pointers were all in place: only the wait was left.
+            let _ = call.join();
+        }
     }
 
     /// How many of `n` table swaps may be made now: all of them, unless the
@@ -200,10 +266,12 @@ impl Dataplane {
     /// `ids`, which no live table names any more. Only the flags byte
     /// changes (the rest is rewritten with the bytes it holds), so a packet
     /// reading an entry meanwhile sees it whole, valid or not.
-    fn retire_backends(&self, ids: &BTreeSet<u32>) {
+    fn retire_backends(&mut self, ids: &BTreeSet<u32>) {
         if ids.is_empty() {
             return;
         }
+        // No program run still reads a table from before the swap.
+        self.settle();
         std::thread::sleep(RETIRE_GRACE);
         self.retire_retained(ids);
     }

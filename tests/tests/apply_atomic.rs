@@ -1,6 +1,7 @@
 //! An apply is all or nothing across VIPs: a failure injected between two
 //! VIPs' table swaps leaves every VIP on the previous state (tables, VIP
-//! entries), and a VIP the failed config added is not served.
+//! entries), and a VIP the failed config added is not served. An apply
+//! returns with its tables in place.
 
 use xlb_core::state::{Allocation, Desired};
 use xlb_dataplane::Dataplane;
@@ -89,4 +90,22 @@ fn a_failure_between_swaps_restores_every_vip() {
     // And the same change without a fault goes through whole.
     dp.apply(MAC, &new, Some(&old)).expect("second try");
     assert_serving(&dp, &new, "after the good apply");
+}
+
+/// An apply returns once every changed table is in place (the kernel's
+/// wait for the programs that ran on the old ones goes on beside it,
+/// `Dataplane::settle`): read right after each of many applies, the
+/// outer map names the new tables, never the old.
+#[test]
+fn an_apply_returns_with_its_tables_in_place() {
+    tests::require_privileges!();
+    let mut dp = Dataplane::load().expect("load");
+    let mut live = desired(&config([1, 1], true), &Allocation::default());
+    dp.apply(MAC, &live, None).expect("first apply");
+    for round in 0..20u32 {
+        let next = desired(&config([1, 2 + round % 5], true), &live.allocation);
+        dp.apply(MAC, &next, Some(&live)).expect("apply");
+        assert_serving(&dp, &next, &format!("right after apply {round}"));
+        live = next;
+    }
 }
