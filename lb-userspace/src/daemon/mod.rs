@@ -535,22 +535,30 @@ async fn handle(
             let metrics = metrics.clone();
             // So is encoding the answer: a status at 1,000 VIPs x 64
             // backends is a second of JSON.
+            let (answered, answer_rx) = tokio::sync::oneshot::channel();
             tokio::task::spawn_blocking(move || {
-                match peer::admit(&policy, &peer, &incoming.line, incoming.text) {
-                    Err(e) => Ok(vec![Bytes::from(encode(&Response::Error(e))?)]),
+                let (out, large) = match peer::admit(&policy, &peer, &incoming.line, incoming.text)
+                {
+                    Err(e) => (
+                        encode(&Response::Error(e)).map(|b| vec![Bytes::from(b)]),
+                        false,
+                    ),
                     Ok(request) => {
                         // A plan or a change parsed a config and built
                         // tables, here and on the pool (memory.rs).
                         let large = changes(&request) || matches!(request, Request::Plan { .. });
-                        let out = answer(&controller, &metrics, request);
-                        if large {
-                            crate::memory::give_back();
-                        }
-                        out
+                        (answer(&controller, &metrics, request), large)
                     }
+                };
+                // The answer goes out while what made it is given back.
+                let _ = answered.send(out);
+                if large {
+                    crate::memory::give_back();
                 }
-            })
-            .await??
+            });
+            answer_rx
+                .await
+                .context("the request's worker ended without an answer")??
         }
     };
     // The answer's parts one after the other (the status: its JSON framed,
