@@ -11,7 +11,8 @@
 //!   maps it holds open (fdinfo `memlock`), apart;
 //! - `xlb status`, `xlb status --vip NAME`, a `/metrics` scrape (gzip, as
 //!   Prometheus asks, the body counted; and one uncompressed), idle and
-//!   while 16 clients scrape `/metrics` with gzip in a loop;
+//!   while 16 clients scrape `/metrics` with gzip in a loop, and under that
+//!   load an apply of every VIP (the median of three, as without it);
 //! - `xlb history` with the revisions those applies recorded.
 //!
 //! With `XLB_BENCH_CONTROL_RSS_ONLY=1` the run stops after the RSS and
@@ -498,10 +499,12 @@ fn main() -> anyhow::Result<()> {
     let status_loaded = daemon.median(&["-o", "json", "status"], CALLS);
     let scrape_loaded = scrapes(&ns, CALLS, Scrape::Gzip);
     let plain_loaded = scrapes(&ns, CALLS, Scrape::Plain);
+    // The median of `FULL_APPLIES`, each a change to every VIP (the
+    // changed file and the start by turns), as without the load.
     let apply_loaded = if status_only {
         Ok(Duration::ZERO)
     } else {
-        daemon.timed(&["apply", "--force", every])
+        by_turns(&daemon, every, a, FULL_APPLIES, &mut 0)
     };
     let load_seconds = load_started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
