@@ -37,17 +37,11 @@ fn main() -> std::process::ExitCode {
     // gain in apply or plan time (docs/BENCHMARKS.md, "Fifth round").
     // SAFETY: as above: one option value, before any thread; 0 is valid.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0) };
-    // The option alone came too late for the memory mimalloc had already
-    // taken: the runtime allocates before `main`, so mimalloc started with
-    // THP allowed, asked for huge pages on its whole first arena (1 GiB
-    // reserved) and did not turn them off for the process (which it does
-    // at its start when the option is off). Turned off here for every
-    // mapping, those before included: 28-41 MB of huge pages were resident
-    // after 100 applies, 31-35 MB of anonymous RSS (docs/BENCHMARKS.md,
-    // "Seventh round: memory"). Best effort: an error leaves THP as it was.
-    // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and
-    // changes only this process's THP flag.
-    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    // The option alone comes too late for the memory mimalloc has already
+    // taken: the daemon turns THP off for the whole process when it starts
+    // (`xlb::memory::no_huge_pages`). The other commands live for a moment
+    // and keep them: a status or a config of tens of MB is faulted in by
+    // 2 MiB pages.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     xlb::cli::main()
 }

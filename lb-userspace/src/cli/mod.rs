@@ -41,7 +41,11 @@ pub use output::{Failure, Output};
 /// Run one parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Run(args) => run::run(&cli.socket, args),
+        Command::Run(args) => {
+            // Before the config is read (memory.rs).
+            crate::memory::no_huge_pages();
+            run::run(&cli.socket, args)
+        }
         Command::Detach {
             interface,
             bpffs,
