@@ -105,7 +105,7 @@ impl Plan {
                     .iter()
                     .map(|l| vec![l.vip.clone(), l.kind.key().to_string(), l.message.clone()]),
             );
-            indent(&mut out, &crate::table::render(&rows));
+            crate::table::render_into(&mut out, &rows, "  ");
         }
         out
     }
@@ -271,14 +271,7 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
         .to_vec(),
     ];
     rows.extend(vip.backends.iter().map(backend_row));
-    indent(out, &crate::table::render(&rows));
-}
-
-/// Appends `text`, each line indented by two spaces.
-fn indent(out: &mut String, text: &str) {
-    for line in text.lines() {
-        out.push_str(&format!("  {line}\n"));
-    }
+    crate::table::render_into(out, &rows, "  ");
 }
 
 fn backend_row(b: &BackendPlan) -> Vec<String> {
