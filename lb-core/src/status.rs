@@ -924,7 +924,7 @@ pub fn render_table(s: &Status, wide: bool) -> String {
             rows.push(row);
         }
     }
-    out.push_str(&crate::table::render(&rows));
+    crate::table::render_into(&mut out, &rows, "");
     out.push('\n');
     for v in &s.vips {
         out.push_str(&verdict_line(v, s.generated_at_unix_seconds));
@@ -1089,7 +1089,7 @@ pub fn render_node(s: &Status) -> String {
             }),
         ]);
     }
-    out.push_str(&crate::table::render(&rows));
+    crate::table::render_into(&mut out, &rows, "");
     out
 }
 
