@@ -66,6 +66,7 @@ use aya::maps::MapError;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{aux, hash::FlowWords};
 use support::frames::{self, Family, Method, NextHop, Outcome, XDP_PASS, XDP_TX};
+use support::katran::{self, Katran};
 use tests::netns::Netns;
 use xlb_dataplane::HostInterface;
 
@@ -271,7 +272,7 @@ struct SingleRow<'a> {
     /// Run `i` sends `frames[i % len]`, first deleting its key from the
     /// connection table if it has one (a new flow). A new-flow row has
     /// `new_flows()` frames of distinct flows, the other rows one.
-    frames: Vec<(Vec<u8>, Option<FlowWords>)>,
+    frames: Vec<(Vec<u8>, Option<Key>)>,
     ctx: Vec<u8>,
     /// The action every run must answer.
     action: u32,
@@ -280,6 +281,14 @@ struct SingleRow<'a> {
     /// Which object's connection table the keys are deleted from: 0 this
     /// build's, 1 the compared one's.
     table: usize,
+}
+
+/// A new-flow row's key, deleted before each run: from an xlb object's
+/// connection table (`SingleRow::table`), or from Katran's LRU map of CPU 0
+/// (the bench runs on CPU 0).
+enum Key {
+    Xlb(FlowWords),
+    Katran([u8; katran::FLOW_KEY_LEN]),
 }
 
 /// With `var` set to comma-separated words, keep the first row (the floor:
@@ -320,12 +329,17 @@ fn forget(conns: &mut xlb_dataplane::ConnFlows, key: &FlowWords) -> anyhow::Resu
 fn time_single(
     row: &SingleRow,
     conns: &mut [xlb_dataplane::ConnFlows],
+    katran: Option<&Katran>,
 ) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(SINGLE_RUNS);
     for i in 0..SINGLE_RUNS {
         let (frame, key) = &row.frames[i % row.frames.len()];
-        if let Some(key) = key {
-            forget(&mut conns[row.table], key)?;
+        match key {
+            Some(Key::Xlb(key)) => forget(&mut conns[row.table], key)?,
+            Some(Key::Katran(key)) => katran
+                .context("a Katran row without Katran")?
+                .forget(0, key)?,
+            None => {}
         }
         let (action, d, _) = test_run(row.prog, frame, &row.ctx, 1)?;
         ensure!(
@@ -376,7 +390,7 @@ fn prepare<'a>(
         );
         outcome = Some(o);
         filed &= conns.get(&key, 0).is_ok();
-        new.push((frame, Some(key)));
+        new.push((frame, Some(Key::Xlb(key))));
     }
     let outcome = outcome.context("no new flow")?;
     // A compared object may file flows elsewhere (an experiment): its
@@ -409,7 +423,7 @@ fn prepare<'a>(
     } else {
         targets::DSR_HIT
     };
-    let row = |what: &str, frames: Vec<(Vec<u8>, Option<FlowWords>)>, target| SingleRow {
+    let row = |what: &str, frames: Vec<(Vec<u8>, Option<Key>)>, target| SingleRow {
         label: format!("{who} {name}: {what}"),
         prog: balancer,
         ctx: fib.ctx(frames[0].0.len()),
@@ -442,6 +456,100 @@ fn prepare<'a>(
     Ok((note, rows))
 }
 
+/// Issue 16's configuration for Katran: the IPv4 VIP's TCP and UDP ports
+/// and the IPv6 VIP's TCP port, three reals each.
+const KATRAN_TCP_PORT: u16 = 80;
+const KATRAN_UDP_PORT: u16 = 443;
+
+/// Katran's three reals of a family's VIPs, from the family's backend on
+/// (its IPv4 VIPs' reals are IPv4: IPIP; its IPv6 VIP's IPv6:
+/// IPv6-in-IPv6).
+fn katran_reals(family: Family) -> Vec<std::net::IpAddr> {
+    katran::reals_from(family.backend(), 3)
+}
+
+fn katran_vips() -> Vec<katran::Vip> {
+    let vip = |family: Family, port, proto| katran::Vip {
+        address: family.vip(),
+        port,
+        proto,
+        reals: katran_reals(family),
+    };
+    vec![
+        vip(Family::V4, KATRAN_TCP_PORT, lb_common::PROTO_TCP),
+        vip(Family::V4, KATRAN_UDP_PORT, lb_common::PROTO_UDP),
+        vip(Family::V6, KATRAN_TCP_PORT, lb_common::PROTO_TCP),
+    ]
+}
+
+/// Katran's rows of a family, each frame sent once (twice for a known
+/// flow) and its output checked first: a new flow (`flows` flows, each
+/// deleted from the LRU map before its run), a known TCP flow and, for
+/// IPv4, a known UDP flow.
+fn prepare_katran<'a>(
+    k: &'a Katran,
+    fib: &FibHost,
+    family: Family,
+    flows: u16,
+) -> anyhow::Result<Vec<SingleRow<'a>>> {
+    let prog = k.program();
+    let reals = katran_reals(family);
+    let vip = family.vip();
+    let name = format!("katran {}", family.label());
+    let send = |frame: &[u8], what: &str| -> anyhow::Result<()> {
+        let (action, _, out) = test_run(prog, frame, &fib.ctx(frame.len()), 1)?;
+        katran::check(frame, action, &out, &reals, frames::GATEWAY_MAC)
+            .map_err(|e| anyhow::anyhow!("{name}, {what}: {e}"))?;
+        Ok(())
+    };
+    let mut new = Vec::new();
+    for i in 0..flows {
+        let src_port = NEW_FLOW_PORT + i;
+        let frame = frames::tcp(family, vip, KATRAN_TCP_PORT, src_port, SYN);
+        let key = katran::flow_key(
+            family.client(),
+            vip,
+            src_port,
+            KATRAN_TCP_PORT,
+            lb_common::PROTO_TCP,
+        );
+        k.forget(0, &key)?;
+        send(&frame, "new flow")?;
+        ensure!(
+            k.holds(0, &key),
+            "{name}: after a new flow, its key is not in Katran's LRU map of CPU 0; the bench's \
+             key (katran::flow_key) does not match Katran's"
+        );
+        new.push((frame, Some(Key::Katran(key))));
+    }
+    let row = |what: &str, frames: Vec<(Vec<u8>, Option<Key>)>| SingleRow {
+        label: format!("{name}: {what}"),
+        prog,
+        ctx: fib.ctx(frames[0].0.len()),
+        frames,
+        action: XDP_TX,
+        target: None,
+        table: 0,
+    };
+    let hit = frames::tcp(family, vip, KATRAN_TCP_PORT, CLIENT_PORT, ACK);
+    // Twice: the first files the flow (a non-SYN miss), the second hits.
+    for _ in 0..2 {
+        send(&hit, "known flow")?;
+    }
+    let mut rows = vec![
+        row("new flow", new),
+        row("conn-table hit", vec![(hit, None)]),
+    ];
+    if family == Family::V4 {
+        let udp = frames::udp_v4(KATRAN_UDP_PORT, CLIENT_PORT);
+        for _ in 0..2 {
+            send(&udp, "UDP")?;
+        }
+        rows.push(row("UDP, known flow", vec![(udp, None)]));
+    }
+    Ok(rows)
+}
+
 fn main() -> anyhow::Result<()> {
     if !support::root("dataplane") {
         return Ok(());
@@ -463,6 +571,22 @@ fn main() -> anyhow::Result<()> {
     if let Some(c) = &compared {
         conns.push(c.dp.conn_table().flows_map()?);
     }
+    let katran = match std::env::var_os("XLB_BENCH_KATRAN") {
+        Some(path) => {
+            // As many flows per CPU as xlb's connection table holds.
+            let k = Katran::load(
+                std::path::Path::new(&path),
+                &katran_vips(),
+                frames::GATEWAY_MAC,
+                lb_common::maps::CONN_TABLE_SIZE,
+                support::online_cpus(),
+            )
+            .context("XLB_BENCH_KATRAN")?;
+            println!("Katran's object: {}", path.to_string_lossy());
+            Some(k)
+        }
+        None => None,
+    };
 
     let mut aux = aya::Ebpf::load(xlb_dataplane::aux_object())?;
     support::load_xdp(&mut aux, aux::MAC_SWAP_PROGRAM)?;
@@ -612,8 +736,14 @@ fn main() -> anyhow::Result<()> {
         for family in Family::ALL {
             let (note, rows) = prepare(balancer, &fib, &mut conns[0], 0, method, family, flows)?;
             notes.push(note);
+            // Katran's rows of the family, right after xlb's IPIP rows.
+            let katran_rows = match &katran {
+                Some(k) if method == Method::Ipip => prepare_katran(k, &fib, family, flows)?,
+                _ => Vec::new(),
+            };
             let Some(c) = &compared else {
                 single_rows.extend(rows);
+                single_rows.extend(katran_rows);
                 continue;
             };
             // Each row of this build beside the same row of the other.
@@ -648,6 +778,7 @@ fn main() -> anyhow::Result<()> {
                     single_rows.extend(b);
                 }
             }
+            single_rows.extend(katran_rows);
         }
     }
     keep_only(&mut single_rows, |r| &r.label, "XLB_BENCH_ONLY");
@@ -668,6 +799,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(c) = &compared {
         single_rows.push(pass_row("B xlb: not for a VIP, XDP_PASS", c.dp.program()));
     }
+    if let Some(k) = &katran {
+        single_rows.push(SingleRow {
+            target: None,
+            ..pass_row("katran: not for a VIP, XDP_PASS", k.program())
+        });
+    }
 
     let mut repeat_times: Vec<Vec<Duration>> = vec![Vec::new(); repeat_rows.len()];
     let mut single_times: Vec<Vec<Duration>> = vec![Vec::new(); single_rows.len()];
@@ -680,7 +817,7 @@ fn main() -> anyhow::Result<()> {
             times.push(d);
         }
         for (row, times) in single_rows.iter().zip(&mut single_times) {
-            times.push(time_single(row, &mut conns)?);
+            times.push(time_single(row, &mut conns, katran.as_ref())?);
         }
     }
 
@@ -696,7 +833,93 @@ fn main() -> anyhow::Result<()> {
     print_repeat(&repeat_rows, &repeat_medians);
     print_single(&single_rows, &single_medians, repeat_medians[0]);
     print_notes(&notes);
+    if let Some(k) = &katran {
+        println!("\n{}", k.describe()?);
+        // Over MAX_CONN_RATE new flows a second, Katran stops filing them
+        // (cheaper SYNs): the new-flow rows must stay under it.
+        let rate = k.new_conn_rate()?;
+        ensure!(
+            rate <= katran::MAX_CONN_RATE,
+            "Katran counted {rate} new flows in a second (over MAX_CONN_RATE): its new-flow rows \
+             did not file their flows"
+        );
+        println!(
+            "Katran's new flows in its last second: {rate} (under MAX_CONN_RATE {}: every SYN \
+             filed its flow)",
+            katran::MAX_CONN_RATE
+        );
+        print_katran(&single_rows, &single_medians);
+    }
     Ok(())
+}
+
+/// Issue 16's reading: each of xlb's rows at most 0.8x Katran's on the
+/// same work, both as ns above the floor's single run.
+fn print_katran(rows: &[SingleRow], medians: &[Duration]) {
+    let floor = ns(medians[0]);
+    let above = |label: &str| {
+        rows.iter()
+            .position(|r| r.label == label)
+            .map(|i| ns(medians[i]) - floor)
+    };
+    println!(
+        "\nKatran beside xlb: ns above the floor's single run, and xlb's over Katran's (issue \
+         16: at most 0.80)"
+    );
+    println!(
+        "{:<30} {:>8} {:>14} {:>14} {:>14}",
+        "frame", "Katran", "xlb IPIP", "xlb GUE", "xlb L2 DSR"
+    );
+    let pairs = [
+        ("TCP, known flow, IPv4", "conn-table hit", "IPv4"),
+        ("TCP, known flow, IPv6", "conn-table hit", "IPv6"),
+        ("UDP, known flow (IPv4)", "UDP, known flow", "IPv4"),
+        ("TCP SYN, new flow, IPv4", "new flow", "IPv4"),
+        ("TCP SYN, new flow, IPv6", "new flow", "IPv6"),
+    ];
+    let cell = |x: Option<f64>, k: f64| match x {
+        Some(x) => format!(
+            "{x:>+6.0} {:>5.2}{}",
+            x / k,
+            if x <= 0.8 * k { " " } else { "!" }
+        ),
+        None => "-".into(),
+    };
+    let (mut met, mut total) = (0, 0);
+    let mut tally = |x: Option<f64>, k: f64| {
+        if let Some(x) = x {
+            total += 1;
+            met += usize::from(x <= 0.8 * k);
+        }
+    };
+    for (what, row, family) in pairs {
+        let Some(k) = above(&format!("katran {family}: {row}")) else {
+            continue;
+        };
+        let xlb = |method: &str| above(&format!("xlb {method} {family}: {row}"));
+        let (ipip, gue, dsr) = (xlb("IPIP"), xlb("GUE"), xlb("L2 DSR"));
+        for x in [ipip, gue, dsr] {
+            tally(x, k);
+        }
+        println!(
+            "{what:<30} {k:>+8.0} {:>14} {:>14} {:>14}",
+            cell(ipip, k),
+            cell(gue, k),
+            cell(dsr, k)
+        );
+    }
+    if let (Some(k), Some(x)) = (
+        above("katran: not for a VIP, XDP_PASS"),
+        above("xlb: not for a VIP, XDP_PASS"),
+    ) {
+        tally(Some(x), k);
+        println!(
+            "{:<30} {k:>+8.0} {:>14}",
+            "not for a VIP (XDP_PASS)",
+            cell(Some(x), k)
+        );
+    }
+    println!("xlb at most 0.80x Katran: {met} of {total} cells (\"!\": not met)");
 }
 
 /// The object named by `XLB_BENCH_COMPARE`, loaded beside this build's

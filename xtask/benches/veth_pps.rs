@@ -56,6 +56,16 @@
 //! the bench (`BPF_ENABLE_STATS`) and prints each program's ns per run
 //! (lb0's and the generator's) beside the rates; they cost two clock reads
 //! a program run, so the rates of such a run are not the bench's figures.
+//! `XLB_PPS_KATRAN=<path of Katran's balancer object>` (built from Katran's
+//! own source outside this repository: docs/BENCHMARKS.md, eleventh round)
+//! also runs Katran on lb0 (`support::katran`), after the xlb runs of each
+//! round: the VIP with three reals, IPIP, the gateway MAC in `ctl_array`,
+//! one LRU map per CPU, loaded afresh each run (an empty LRU, as xlb's
+//! table). The generator strips Katran's outer IPv4 header as it does
+//! xlb's (it makes every frame 60 bytes again). Checks as for xlb: Katran
+//! missed its LRU exactly once per generator flow, and the packets it
+//! forwarded (its VIP's packet count) less what gen0 received lie between
+//! 0 and the frames injected.
 
 mod support;
 
@@ -68,6 +78,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use etherparse::PacketBuilder;
 use lb_common::aux;
 use support::frames::{self, Family, Method, Outcome};
+use support::katran::{self, Katran};
 use tests::netns::Netns;
 use xlb_dataplane::HostInterface;
 
@@ -125,6 +136,45 @@ fn frame() -> Vec<u8> {
         .write(&mut out, &[0u8; 6])
         .expect("frame");
     out
+}
+
+/// Katran's config: the VIP with three reals (issue 16), IPIP.
+fn katran_vips() -> Vec<katran::Vip> {
+    vec![katran::Vip {
+        address: frames::VIP_V4.into(),
+        port: VIP_PORT,
+        proto: lb_common::PROTO_TCP,
+        reals: katran_reals(),
+    }]
+}
+
+fn katran_reals() -> Vec<std::net::IpAddr> {
+    katran::reals_from(frames::BACKEND_V4.into(), 3)
+}
+
+/// Katran loaded afresh with `katran_vips` (the calling thread must be in
+/// the LB's namespace).
+fn load_katran(path: &std::path::Path) -> anyhow::Result<Katran> {
+    Katran::load(
+        path,
+        &katran_vips(),
+        frames::GATEWAY_MAC,
+        lb_common::maps::CONN_TABLE_SIZE,
+        support::online_cpus(),
+    )
+    .with_context(|| format!("XLB_PPS_KATRAN: {}", path.display()))
+}
+
+/// Katran forwards the generator's frame as it should: one frame through
+/// it (BPF_PROG_TEST_RUN, as if received on lb0), output checked.
+fn katran_works(wire: &Wire, path: &std::path::Path, frame: &[u8]) -> anyhow::Result<()> {
+    wire.lb_ns.enter()?;
+    let k = load_katran(path)?;
+    let (action, out) = run_once(wire, k.program(), frame).context("Katran")?;
+    katran::check(frame, action, &out, &katran_reals(), frames::GATEWAY_MAC)
+        .map_err(|e| anyhow::anyhow!("Katran: {e}"))?;
+    println!("{}", k.describe()?);
+    Ok(())
 }
 
 /// `struct xdp_md` for BPF_PROG_TEST_RUN: the frame arrives on `ifindex`
@@ -563,21 +613,28 @@ fn balancer(
 fn implemented(wire: &Wire, method: Method, frame: &[u8]) -> anyhow::Result<bool> {
     wire.lb_ns.enter()?;
     let (dp, _) = balancer(wire, method, None)?;
+    let (action, out) = run_once(wire, dp.program(), frame).context("the balancer")?;
+    let outcome = frames::check(method, Family::V4, frame, action, &out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", method.label()))?;
+    Ok(outcome != Outcome::NotEncapsulated)
+}
+
+/// `frame` once through `prog` (BPF_PROG_TEST_RUN, as if received on lb0;
+/// the calling thread is in the LB's namespace): the action and the output
+/// frame. Returns to the generator's namespace.
+fn run_once(wire: &Wire, prog: &Xdp, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
-    let r = dp
-        .program()
+    let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&xdp_md(frame.len(), wire.lb.ifindex)),
             ..TestRunOptions::new()
         })
-        .context("BPF_PROG_TEST_RUN of the balancer")?;
+        .context("BPF_PROG_TEST_RUN")?;
     out.truncate(r.data_size_out as usize);
     wire.gen_ns.enter()?;
-    let outcome = frames::check(method, Family::V4, frame, r.return_value, &out)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", method.label()))?;
-    Ok(outcome != Outcome::NotEncapsulated)
+    Ok((r.return_value, out))
 }
 
 /// What every run shares: the generator, its program, the injected frame
@@ -697,6 +754,34 @@ impl Bench<'_> {
         // Dropping `dp` detaches the balancer.
     }
 
+    /// A run of Katran on lb0, loaded afresh; checks that it missed its LRU
+    /// once per generator flow and forwarded what the generator received.
+    fn katran(&mut self, path: &std::path::Path, aux: &aya::Ebpf) -> anyhow::Result<Run> {
+        self.wire.lb_ns.enter()?;
+        let mut k = load_katran(path)?;
+        let link = k.attach("lb0")?;
+        self.wire.gen_ns.enter()?;
+        let run = self.run(k.program(), support::xdp(aux, aux::GEN_BOUNCE_PROGRAM)?);
+        k.detach(link)?;
+        let run = run?;
+        let misses = k.lru_misses()?;
+        ensure!(
+            misses == FLOWS,
+            "Katran: {misses} LRU misses, expected one per generator flow ({FLOWS})"
+        );
+        let tx = k.vip_packets(0)?;
+        ensure!(
+            (run.received..=run.received + u64::from(run.injected)).contains(&tx),
+            "Katran forwarded {tx} frames, gen0 received {} ({} injected)",
+            run.received,
+            run.injected
+        );
+        Ok(Run {
+            tx_gap: Some(tx - run.received),
+            ..run
+        })
+    }
+
     /// A run of the bare MAC swap on lb0.
     fn floor(&mut self, aux: &mut aya::Ebpf) -> anyhow::Result<Run> {
         self.wire.lb_ns.enter()?;
@@ -780,6 +865,10 @@ fn main() -> anyhow::Result<()> {
     let generator = Generator::new(&mut aux)?;
     support::xdp_mut(&mut aux, aux::GEN_BOUNCE_PROGRAM)?.attach("gen0", XdpMode::Driver)?;
 
+    let katran_path = std::env::var_os("XLB_PPS_KATRAN").map(std::path::PathBuf::from);
+    if let Some(path) = &katran_path {
+        katran_works(&wire, path, &frame)?;
+    }
     let mut methods = Vec::new();
     let mut missing = Vec::new();
     for method in selection.methods.iter().copied() {
@@ -798,6 +887,7 @@ fn main() -> anyhow::Result<()> {
     let mut balancer_runs: Vec<Vec<Run>> = methods.iter().map(|_| Vec::new()).collect();
     let mut compared_runs: Vec<Vec<Run>> = methods.iter().map(|_| Vec::new()).collect();
     let mut floor = Vec::new();
+    let mut katran_runs = Vec::new();
     for _ in 0..selection.runs {
         for ((method, runs), b_runs) in methods
             .iter()
@@ -808,6 +898,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(c) = &compared {
                 b_runs.push(bench.balancer(*method, &aux, Some(c))?);
             }
+        }
+        if let Some(path) = &katran_path {
+            katran_runs.push(bench.katran(path, &aux)?);
         }
         if selection.floor {
             floor.push(bench.floor(&mut aux)?);
@@ -880,6 +973,28 @@ fn main() -> anyhow::Result<()> {
                     .map(|p| format!("{p:.3}"))
                     .collect::<Vec<_>>()
                     .join(" ")
+            );
+        }
+    }
+    if !katran_runs.is_empty() {
+        print_row("Katran, IPIP", &katran_runs);
+        let k = support::median(katran_runs.iter().map(Run::pps).collect());
+        if !floor.is_empty() {
+            let f = support::median(floor.iter().map(Run::pps).collect());
+            println!(
+                "Katran IPIP: {:.2}x the floor's rate (xlb's goals: >= 0.80 tunnelled, >= 0.90 \
+                 L2 DSR); {:.1} ns/packet more",
+                k / f,
+                1e9 / k - 1e9 / f
+            );
+        }
+        for (method, runs) in methods.iter().zip(&balancer_runs) {
+            let a = support::median(runs.iter().map(Run::pps).collect());
+            println!(
+                "xlb {} beside Katran: {:.2}x Katran's rate; {:+.1} ns/packet",
+                method.label(),
+                a / k,
+                1e9 / a - 1e9 / k
             );
         }
     }

@@ -9,6 +9,7 @@
 )]
 
 pub mod frames;
+pub mod katran;
 pub mod scale;
 
 use std::time::Duration;
