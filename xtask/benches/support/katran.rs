@@ -20,13 +20,15 @@
 //! The other maps (statistics, QUIC, server ids) start zeroed, as Katran's
 //! userspace leaves them. The default build encapsulates in IPIP (an IPv4
 //! real) or IPv6-in-IPv6 (an IPv6 real), from a source address made of
-//! the client's (172.16.x.x for IPv4, 100::/64 for IPv6), to the real,
-//! with the gateway MAC as destination and the frame's own destination MAC
-//! as source.
+//! the client's under a prefix fixed at build time (Katran's own are
+//! 172.16/16 and 100::/64; the benches take only an object built with
+//! `-DIPIP_V4_PREFIX=4806 -DIPIP_V6_PREFIX1=0xb80d0120`, 198.18/16 and
+//! 2001:db8::/64, so tunnel sources stay in the test ranges: `check`
+//! refuses any other), to the real, with the gateway MAC as destination
+//! and the frame's own destination MAC as source.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::os::fd::{FromRawFd as _, OwnedFd};
 
 use anyhow::{Context as _, ensure};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError};
@@ -111,41 +113,19 @@ pub fn flow_key(src: IpAddr, dst: IpAddr, src_port: u16, dst_port: u16, proto: u
     k
 }
 
-/// BPF_MAP_CREATE of an LRU hash map (aya 0.14 creates no standalone LRU
-/// map): flow_key -> real_pos_lru, flags 0 as the outer map's inner
-/// template.
+/// An LRU hash map flow_key -> real_pos_lru of `entries`, made with aya
+/// as Katran's userspace makes one per CPU (flags 0, as the outer map's
+/// inner template).
 fn create_lru(entries: u32, cpu: usize) -> anyhow::Result<MapData> {
-    const BPF_MAP_CREATE: nix::libc::c_long = 0;
-    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-    // union bpf_attr's map-create part: map_type, key_size, value_size,
-    // max_entries, map_flags, inner_map_fd, numa_node, map_name[16], ...
-    let mut attr = [0u32; 32];
-    attr[0] = BPF_MAP_TYPE_LRU_HASH;
-    attr[1] = FLOW_KEY_LEN as u32;
-    attr[2] = REAL_POS_LRU_LEN as u32;
-    attr[3] = entries;
-    let name = format!("katran_lru{cpu}");
-    let mut name_bytes = [0u8; 16];
-    name_bytes[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
-    for (i, chunk) in name_bytes.chunks(4).enumerate() {
-        attr[7 + i] = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
-    }
-    // SAFETY: `attr` is a zeroed bpf_attr of 128 bytes outliving the call.
-    let fd = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            attr.as_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("creating Katran's LRU map for CPU {cpu}"));
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    MapData::from_fd(fd).context("Katran's LRU map")
+    let def = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
+        FLOW_KEY_LEN as u32,
+        REAL_POS_LRU_LEN as u32,
+        entries,
+        0,
+    );
+    MapData::create(def, &format!("katran_lru{cpu}"), None)
+        .with_context(|| format!("creating Katran's LRU map for CPU {cpu}"))
 }
 
 impl Katran {
@@ -364,19 +344,30 @@ pub fn check(
     let inner_v6 = input[12..14] == [0x86, 0xdd];
     let inner_proto = if inner_v6 { 41 } else { 4 };
     let ip = &output[14..];
-    let (overhead, proto, dst): (usize, u8, IpAddr) = match output[12..14] {
+    let (overhead, proto, src, dst): (usize, u8, IpAddr, IpAddr) = match output[12..14] {
         [0x08, 0x00] if ip.len() >= 20 => (
             20,
             ip[9],
+            IpAddr::from(<[u8; 4]>::try_from(&ip[12..16]).expect("4 bytes")),
             IpAddr::from(<[u8; 4]>::try_from(&ip[16..20]).expect("4 bytes")),
         ),
         [0x86, 0xdd] if ip.len() >= 40 => (
             40,
             ip[6],
+            IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes")),
             IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes")),
         ),
         _ => return Err(format!("EtherType {:02x?}", &output[12..14])),
     };
+    // Test traffic keeps to the test ranges, tunnel sources included: an
+    // object built with Katran's own prefixes (172.16/16, 100::/64) is
+    // refused here (docs/BENCHMARKS.md gives the build's -D flags).
+    if !test_range(src) {
+        return Err(format!(
+            "outer source {src}: outside 198.18.0.0/15 and 2001:db8::/32 (build Katran \
+             with -DIPIP_V4_PREFIX=4806 -DIPIP_V6_PREFIX1=0xb80d0120)"
+        ));
+    }
     if output.len() != input.len() + overhead {
         return Err(format!(
             "{} bytes out for {} in: expected {overhead} more",
@@ -396,4 +387,13 @@ pub fn check(
         return Err("the client's packet behind the outer header is not the one sent".into());
     }
     Ok(dst)
+}
+
+/// Whether `a` lies in the addresses test traffic may use: 198.18.0.0/15
+/// or 2001:db8::/32.
+fn test_range(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.octets()[0] == 198 && v4.octets()[1] & 0xfe == 18,
+        IpAddr::V6(v6) => v6.segments()[..2] == [0x2001, 0x0db8],
+    }
 }
