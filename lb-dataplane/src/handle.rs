@@ -87,6 +87,31 @@ impl Striped {
     }
 }
 
+/// The counter arrays of a loaded balancer, shared (an `Arc`): a clone
+/// reads the same maps without the `Dataplane` (the daemon's status check
+/// reads them without waiting for the controller). Read in `reader`.
+#[derive(Clone)]
+pub struct Counting(std::sync::Arc<CountingMaps>);
+
+pub(crate) struct CountingMaps {
+    pub(crate) vip_stats: Striped,
+    pub(crate) backend_stats: Striped,
+    pub(crate) action_stats: PerCpuArray<MapData, Counters>,
+    pub(crate) drop_stats: PerCpuArray<MapData, Counters>,
+    /// Per-CPU u64 per data-plane event (`stats::EV_*`).
+    pub(crate) event_stats: PerCpuArray<MapData, u64>,
+}
+
+impl Counting {
+    pub(crate) fn new(maps: CountingMaps) -> Self {
+        Self(std::sync::Arc::new(maps))
+    }
+
+    pub(crate) fn maps(&self) -> &CountingMaps {
+        &self.0
+    }
+}
+
 /// The loaded balancer: its program and typed handles to every map.
 pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
@@ -109,13 +134,10 @@ pub struct Dataplane {
     /// See `inject_swap_failure`.
     #[cfg(feature = "fault-injection")]
     pub(crate) fail_after_swaps: Option<usize>,
-    pub(crate) vip_stats: Striped,
-    pub(crate) backend_stats: Striped,
-    pub(crate) action_stats: PerCpuArray<MapData, Counters>,
-    pub(crate) drop_stats: PerCpuArray<MapData, Counters>,
+    /// The counter arrays, shared with whoever reads counters without
+    /// holding this handle (`Dataplane::counting`).
+    pub(crate) counting: Counting,
     pub(crate) config: Array<MapData, GlobalConfig>,
-    /// Per-CPU u64 per data-plane event (`stats::EV_*`).
-    pub(crate) event_stats: PerCpuArray<MapData, u64>,
     /// The connection tables, for counting (see `conns`).
     pub(crate) conns: ConnTable,
     /// Each family's table's max_entries, fixed at load (`conn_table_size`).

@@ -46,7 +46,7 @@ pub use conns::{
 };
 pub(crate) use error::map_err;
 pub use error::{DataplaneError, PinError};
-pub use handle::Dataplane;
+pub use handle::{Counting, Dataplane};
 pub use host::HostInterface;
 pub use mode::AttachMode;
 pub use objects::{aux_object, balancer_object, decap_object};

@@ -8,7 +8,7 @@ use lb_common::maps;
 
 use crate::conns::ConnTable;
 use crate::error::{DataplaneError, io_err};
-use crate::handle::{Dataplane, Striped, possible_cpus};
+use crate::handle::{Counting, CountingMaps, Dataplane, Striped, possible_cpus};
 use crate::mmap::MappedArray;
 use crate::objects::{balancer_object, load_xdp, take, take_array};
 
@@ -79,13 +79,15 @@ impl Dataplane {
             grace: None,
             #[cfg(feature = "fault-injection")]
             fail_after_swaps: None,
-            vip_stats: Striped::take(&mut ebpf, maps::VIP_STATS, maps::MAX_VIPS)?,
-            backend_stats: Striped::take(&mut ebpf, maps::BACKEND_STATS, maps::MAX_BACKENDS)?,
-            action_stats: take(&mut ebpf, maps::ACTION_STATS)?,
-            drop_stats: take(&mut ebpf, maps::DROP_STATS)?,
+            counting: Counting::new(CountingMaps {
+                vip_stats: Striped::take(&mut ebpf, maps::VIP_STATS, maps::MAX_VIPS)?,
+                backend_stats: Striped::take(&mut ebpf, maps::BACKEND_STATS, maps::MAX_BACKENDS)?,
+                action_stats: take(&mut ebpf, maps::ACTION_STATS)?,
+                drop_stats: take(&mut ebpf, maps::DROP_STATS)?,
+                event_stats: take(&mut ebpf, maps::EVENT_STATS)?,
+            }),
             config: take(&mut ebpf, maps::CONFIG)?,
             conn_table_size,
-            event_stats: take(&mut ebpf, maps::EVENT_STATS)?,
             conns: ConnTable::take(&mut ebpf)?,
             tracer: crate::trace::Tracer::take(&mut ebpf)?
                 .map(|t| std::sync::Arc::new(std::sync::Mutex::new(t))),

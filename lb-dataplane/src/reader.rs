@@ -7,6 +7,7 @@ use lb_common::{
     stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
 };
 
+use crate::handle::Counting;
 use crate::{Dataplane, DataplaneError, error::map_err, mmap::MappedArray};
 
 fn per_cpu(
@@ -37,13 +38,13 @@ pub(crate) fn sum_cpus(values: &[u64]) -> u64 {
 
 pub use xlb_core::counters::CounterSnapshot;
 
-impl Dataplane {
+impl Counting {
     pub fn vip_counters(&self, vip_id: u32) -> Counters {
-        self.vip_stats.sum(vip_id)
+        self.maps().vip_stats.sum(vip_id)
     }
 
     pub fn backend_counters(&self, backend_id: u32) -> Counters {
-        self.backend_stats.sum(backend_id)
+        self.maps().backend_stats.sum(backend_id)
     }
 
     /// Counters of the given VIP and backend ids, and all action, drop and
@@ -53,6 +54,7 @@ impl Dataplane {
         vip_ids: impl IntoIterator<Item = u32>,
         backend_ids: impl IntoIterator<Item = u32>,
     ) -> Result<CounterSnapshot, DataplaneError> {
+        let m = self.maps();
         // Collected, then built in bulk (sorted once): 64,000 backends
         // inserted one by one were a tenth of an apply of one VIP.
         let mut s = CounterSnapshot {
@@ -67,7 +69,7 @@ impl Dataplane {
             ..CounterSnapshot::default()
         };
         for a in 0..ACTION_COUNT {
-            let cpus = per_cpu(&self.action_stats, maps::ACTION_STATS, a)?;
+            let cpus = per_cpu(&m.action_stats, maps::ACTION_STATS, a)?;
             if s.per_cpu.len() < cpus.len() {
                 s.per_cpu.resize(cpus.len(), Counters::default());
             }
@@ -78,16 +80,41 @@ impl Dataplane {
         }
         for d in 0..DROP_REASON_COUNT {
             s.drops
-                .push(total(&per_cpu(&self.drop_stats, maps::DROP_STATS, d)?));
+                .push(total(&per_cpu(&m.drop_stats, maps::DROP_STATS, d)?));
         }
         for ev in 0..EVENT_COUNT {
-            let cpus = self
+            let cpus = m
                 .event_stats
                 .get(&ev, 0)
                 .map_err(map_err(maps::EVENT_STATS))?;
             s.events.push(sum_cpus(&cpus));
         }
         Ok(s)
+    }
+}
+
+impl Dataplane {
+    pub fn vip_counters(&self, vip_id: u32) -> Counters {
+        self.counting.vip_counters(vip_id)
+    }
+
+    pub fn backend_counters(&self, backend_id: u32) -> Counters {
+        self.counting.backend_counters(backend_id)
+    }
+
+    /// The counter arrays, shared: read them without this handle.
+    pub fn counting(&self) -> Counting {
+        self.counting.clone()
+    }
+
+    /// Counters of the given VIP and backend ids, and all action, drop and
+    /// event counters.
+    pub fn snapshot(
+        &self,
+        vip_ids: impl IntoIterator<Item = u32>,
+        backend_ids: impl IntoIterator<Item = u32>,
+    ) -> Result<CounterSnapshot, DataplaneError> {
+        self.counting.snapshot(vip_ids, backend_ids)
     }
 
     /// The Maglev table the kernel holds for `vip_id` now, slot by slot;

@@ -486,7 +486,7 @@ impl Dataplane {
         for vip in &desired.vips {
             for (b, &id) in vip.config.backends.iter().zip(&vip.backend_ids) {
                 if new_backend_ids.contains(&id) {
-                    self.backend_stats.zero(id);
+                    self.counting.maps().backend_stats.zero(id);
                     self.publish_backend(id, kernel_backend(b, vip.id));
                 }
             }
@@ -503,7 +503,7 @@ impl Dataplane {
             .unwrap_or_default();
         for vip in &desired.vips {
             if new_vip_ids.contains(&vip.id) {
-                self.vip_stats.zero(vip.id);
+                self.counting.maps().vip_stats.zero(vip.id);
             }
         }
         // Every changed table, swapped in together.

@@ -438,6 +438,7 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         self.applied = Some(adopted.desired);
+        self.publish_counted();
         self.health_adopt(adopted.health);
         if let Some(n) = number {
             self.revision = n;
@@ -507,6 +508,7 @@ impl Controller {
         self.drift.clear();
         self.drift_checked_at.clear();
         let replaced = self.applied.replace(desired);
+        self.publish_counted();
         self.health_follow(memberships);
         self.revision = number;
         self.applied_at = SystemTime::now();

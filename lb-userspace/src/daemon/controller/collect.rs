@@ -146,6 +146,23 @@ impl Controller {
         Ok(self.status_with(&mut status::Decisions::default())?.0)
     }
 
+    /// Tell the status snapshots which ids the applied state counts, and
+    /// where (`snapshot::Counted`): after every change of `applied`.
+    pub(super) fn publish_counted(&self) {
+        let empty = Vec::new();
+        let vips = self.applied.as_ref().map_or(&empty, |d| &d.vips);
+        self.metrics
+            .snapshots
+            .set_counters(crate::daemon::snapshot::Counted {
+                counting: self.dataplane.counting(),
+                vip_ids: vips.iter().map(|v| v.id).collect(),
+                backend_ids: vips
+                    .iter()
+                    .flat_map(|v| v.backend_ids.iter().copied())
+                    .collect(),
+            });
+    }
+
     /// The counters a status document shows, read now (the status
     /// document's snapshots compare them with a document's: snapshot.rs).
     pub fn status_counters(&self) -> Result<CounterSnapshot, DataplaneError> {
