@@ -123,14 +123,9 @@ impl Dataplane {
             fresh.push((vip_id, inner, mem));
         }
         let count = self.swaps_allowed(fresh.len());
-        let keys: Vec<u32> = fresh[..count].iter().map(|(id, _, _)| *id).collect();
-        let fds: Vec<u32> = fresh[..count]
-            .iter()
-            .map(|(_, inner, _)| inner.fd().as_fd().as_raw_fd() as u32)
-            .collect();
         // The swap: the kernel frees each old inner map once no program can
         // still hold it (RCU) and we let go of it below.
-        let (done, failed) = match self.swap(keys, fds, &fresh[..count]) {
+        let (done, failed) = match self.swap(&fresh[..count]) {
             Ok(()) => (count, None),
             Err((done, e)) => (done, Some(e)),
         };
@@ -148,8 +143,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Point the outer map's `keys` at the inner maps `fds` (`fresh`, the
-    /// same maps), one BPF_MAP_UPDATE_BATCH, and return once every pointer
+    /// Point the outer map's entry of each VIP id of `fresh` at its new
+    /// inner map, one BPF_MAP_UPDATE_BATCH, and return once every pointer
     /// is in place: the kernel updates them in order, then waits for an RCU
     /// grace period (5 to 15 ms here) so that no program run still holds an
     /// old table. Nothing of ours needs that wait (an old table is freed by
@@ -161,33 +156,30 @@ impl Dataplane {
     /// needs the grace period to be over.
     fn swap(
         &mut self,
-        keys: Vec<u32>,
-        fds: Vec<u32>,
         fresh: &[(u32, MapData, MappedArray<u32>)],
     ) -> Result<(), (usize, std::io::Error)> {
         self.settle();
-        let (Some(&last_key), Some((_, last_map, _))) = (keys.last(), fresh.last()) else {
+        let Some((last_key, last_map, _)) = fresh.last() else {
             return Ok(());
         };
         let last_id = last_map
             .info()
             .map_err(|e| (0, std::io::Error::other(e)))?
             .id();
+        let keys: Vec<u32> = fresh.iter().map(|(id, _, _)| *id).collect();
+        let fds: Vec<u32> = fresh
+            .iter()
+            .map(|(_, inner, _)| inner.fd().as_fd().as_raw_fd() as u32)
+            .collect();
         let outer = self.tables_fd.try_clone().map_err(|e| (0, e))?;
+        let (k, f) = (keys.clone(), fds.clone());
         let call = std::thread::Builder::new()
             .name("xlb-swap".into())
-            .spawn(move || crate::sys::update_batch(outer.as_fd(), &keys, &fds));
+            .spawn(move || crate::sys::update_batch(outer.as_fd(), &k, &f));
         let call = match call {
             Ok(call) => call,
             // No thread to be had: the call made here, waiting with it.
-            Err(_) => {
-                let keys: Vec<u32> = fresh.iter().map(|(id, _, _)| *id).collect();
-                let fds: Vec<u32> = fresh
-                    .iter()
-                    .map(|(_, inner, _)| inner.fd().as_fd().as_raw_fd() as u32)
-                    .collect();
-                return crate::sys::update_batch(self.tables_fd.as_fd(), &keys, &fds);
-            }
+            Err(_) => return crate::sys::update_batch(self.tables_fd.as_fd(), &keys, &fds),
         };
         // Bounded: the call ends, in the kernel's own time.
         loop {
@@ -196,7 +188,7 @@ impl Dataplane {
                     Err((0, std::io::Error::other("the table swap's thread panicked")))
                 });
             }
-            let in_place = crate::sys::lookup_elem(self.tables_fd.as_fd(), last_key, 4)
+            let in_place = crate::sys::lookup_elem(self.tables_fd.as_fd(), *last_key, 4)
                 .is_ok_and(|v| v == last_id.to_ne_bytes());
             if in_place {
                 self.grace = Some(call);
