@@ -58,12 +58,12 @@ pub fn call_raw(socket: &Path, request: &Request) -> Result<Vec<u8>, ClientError
     exchange(socket, request).map(|(reply, _)| reply)
 }
 
-/// Send `request`; the response line, and the connection to read what
-/// follows it (the compressed status).
 /// The reply buffer's first capacity: address space, not memory, until
 /// the answer is written into it.
 const REPLY_ROOM: usize = 64 << 20;
 
+/// Send `request`; the response line, and the connection to read what
+/// follows it (the compressed status).
 fn exchange(
     socket: &Path,
     request: &Request,
