@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::edit::Edit;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlanText};
 use crate::status::Status;
 
 /// Where the daemon listens unless told otherwise (`--socket`, `XLB_SOCKET`).
@@ -73,6 +73,11 @@ pub enum Request {
         /// Who asks (the audit log).
         #[serde(default)]
         user: String,
+        /// Answer with the plan's text and verdict (`Response::PlanText`,
+        /// for `xlb plan`'s table) instead of the whole document. A daemon
+        /// older than this field ignores it and answers `Response::Plan`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        as_text: bool,
     },
     /// Every kept revision, oldest first.
     History,
@@ -127,11 +132,17 @@ impl Request {
                 },
                 text,
             )),
-            Request::Plan { file, text, user } if !text.is_empty() => Some((
+            Request::Plan {
+                file,
+                text,
+                user,
+                as_text,
+            } if !text.is_empty() => Some((
                 Request::Plan {
                     file: file.clone(),
                     text: String::new(),
                     user: user.clone(),
+                    as_text: *as_text,
                 },
                 text,
             )),
@@ -274,6 +285,8 @@ pub enum Response {
     /// has them).
     History(Vec<crate::revision::Summary>),
     Plan(Box<Plan>),
+    /// A plan's text and verdict (`Request::Plan` with `as_text`).
+    PlanText(Box<PlanText>),
     Revision(Box<crate::revision::Revision>),
     /// An edit applied: the new revision and its plan.
     Edited(Box<Edited>),
@@ -385,12 +398,15 @@ mod tests {
             "{line}"
         );
         assert!(format!("{:?}", round_trip(&request)) == format!("{request:?}"));
-        let plan = Request::Plan {
-            file: "lb.toml".into(),
-            text: text.into(),
-            user: "ops".into(),
-        };
-        assert!(format!("{:?}", round_trip(&plan)) == format!("{plan:?}"));
+        for as_text in [false, true] {
+            let plan = Request::Plan {
+                file: "lb.toml".into(),
+                text: text.into(),
+                user: "ops".into(),
+                as_text,
+            };
+            assert!(format!("{:?}", round_trip(&plan)) == format!("{plan:?}"));
+        }
         // A daemon from before `text_bytes` (its `text` required) refuses
         // the line instead of applying an empty config.
         #[derive(Debug, Deserialize)]
@@ -407,6 +423,39 @@ mod tests {
             assert!(raw.is_none());
             assert!(!String::from_utf8(line).unwrap().contains(TEXT_BYTES));
         }
+    }
+
+    #[test]
+    fn a_plan_asked_as_text_is_a_plan_to_an_older_daemon() {
+        // An older daemon's `plan` request knows no `as_text`: it reads the
+        // line as a plan and answers the whole document, which the CLI
+        // takes as well.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        enum Older {
+            Plan {
+                #[expect(dead_code, reason = "only whether it parses matters")]
+                file: String,
+            },
+        }
+        let request = Request::Plan {
+            file: "lb.toml".into(),
+            text: "x = 1".into(),
+            user: String::new(),
+            as_text: true,
+        };
+        let (line, _) = request.framed().unwrap();
+        assert!(String::from_utf8_lossy(&line).contains("\"as_text\":true"));
+        assert!(matches!(
+            serde_json::from_slice::<Older>(&line),
+            Ok(Older::Plan { .. })
+        ));
+        // An older CLI's line asks for the document.
+        let old = r#"{"op":"plan","file":"lb.toml","text":"x = 1"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Request>(old).unwrap(),
+            Request::Plan { as_text: false, .. }
+        ));
     }
 
     #[test]
@@ -434,6 +483,7 @@ mod tests {
                 file: String::new(),
                 text: String::new(),
                 user: String::new(),
+                as_text: true,
             },
             Request::History,
             Request::Show { number: 1 },

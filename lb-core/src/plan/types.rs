@@ -225,6 +225,58 @@ impl Plan {
     pub fn needs_restart(&self) -> bool {
         !self.restart_only.is_empty()
     }
+
+    /// What `xlb plan`'s exit status and warnings depend on.
+    pub fn verdict(&self) -> Verdict {
+        Verdict {
+            changed: self.changed,
+            refused: self.refused(),
+            restart_only: self.restart_only.clone(),
+            warnings: self.warnings.clone(),
+        }
+    }
+
+    /// The plan as a person reads it ([`Plan::render_table`]) and its
+    /// verdict.
+    pub fn to_text(&self) -> PlanText {
+        PlanText {
+            text: self.render_table(),
+            verdict: self.verdict(),
+        }
+    }
+}
+
+/// What `xlb plan` decides by, apart from the plan itself: whether it
+/// changes anything, whether a safety check refuses it, what only a
+/// restart takes, and the candidate's warnings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub changed: bool,
+    pub refused: bool,
+    #[serde(default)]
+    pub restart_only: Vec<crate::config::keys::RestartChange>,
+    #[serde(default)]
+    pub warnings: Vec<crate::config::warnings::Warning>,
+}
+
+impl Verdict {
+    /// As [`Plan::needs_restart`].
+    pub fn needs_restart(&self) -> bool {
+        !self.restart_only.is_empty()
+    }
+}
+
+/// A plan as text, with its verdict: what the daemon answers `xlb plan`
+/// for the human output, instead of the whole document. At 1,000 VIPs x
+/// 64 backends the document is 25 MB of JSON that the CLI parsed and then
+/// rendered into 5 MB of text; the text is rendered where the plan is
+/// made, on every core (docs/BENCHMARKS.md, issue 20, "Tenth round").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanText {
+    /// [`Plan::render_table`]'s text.
+    pub text: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
 }
 
 impl LintKind {

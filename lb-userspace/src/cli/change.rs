@@ -8,7 +8,7 @@ use xlb_core::config;
 use xlb_core::status::SCHEMA_VERSION;
 
 use super::args::Cli;
-use super::client::Client;
+use super::client::{Client, PlanAnswer};
 use super::output::{Failure, Output, print_json};
 use crate::user::current_user;
 
@@ -90,7 +90,11 @@ pub(super) fn plan(
 ) -> Result<(), Failure> {
     let text = read_text(file)?;
     let name = file.display().to_string();
-    let plan = match base {
+    // The table alone needs only the plan's text and verdict, which the
+    // daemon renders (the whole document is 25 MB of JSON at the declared
+    // limits).
+    let as_text = cli.output != Output::Json && out.is_none();
+    let answer = match base {
         // Offline, against a file or a recorded revision.
         Some(base) => {
             let candidate = config::parse(&text, &name).map_err(Failure::bad_input)?;
@@ -109,56 +113,76 @@ pub(super) fn plan(
                 }
             };
             let base = config::parse(&base_text, &base_name).map_err(Failure::bad_input)?;
-            xlb_core::plan::plan(&base, &candidate).map_err(Failure::bad_input)?
+            let plan = xlb_core::plan::plan(&base, &candidate).map_err(Failure::bad_input)?;
+            PlanAnswer::Document(Box::new(plan))
         }
         // The daemon validates the file (parsing only the VIPs that differ
         // from the live config) and says its warnings.
         None => {
             let offline = || check_offline(&text, &name);
-            let plan = Client::new(&cli.socket).plan(
+            let answer = Client::new(&cli.socket).plan(
                 name.clone(),
                 text.clone(),
                 current_user(),
+                as_text,
                 offline,
             )?;
-            print_warnings(&name, &plan.warnings);
-            plan
+            let warnings = match &answer {
+                PlanAnswer::Document(plan) => &plan.warnings,
+                PlanAnswer::Text(shown) => &shown.verdict.warnings,
+            };
+            print_warnings(&name, warnings);
+            answer
         }
     };
-    match cli.output {
-        Output::Json => print_json(&plan),
-        _ => print!("{}", plan.render_table()),
-    }
-    if let Some(out) = out {
-        let doc = PlanFile {
-            schema_version: xlb_core::plan::SCHEMA_VERSION,
-            plan: plan.clone(),
-            config_file: name.clone(),
-            config_text: text,
-        };
-        let json = serde_json::to_string_pretty(&doc).expect("plans serialize");
-        std::fs::write(out, json + "\n")
-            .map_err(|e| Failure::internal(format!("{}: cannot write: {e}", out.display())))?;
-        eprintln!("plan written to {}", out.display());
-    }
-    if plan.refused() && !force {
+    let verdict = match answer {
+        PlanAnswer::Text(shown) => {
+            print!("{}", shown.text);
+            shown.verdict
+        }
+        PlanAnswer::Document(plan) => {
+            match cli.output {
+                Output::Json => print_json(&plan),
+                _ => print!("{}", plan.render_table()),
+            }
+            if let Some(out) = out {
+                let verdict = plan.verdict();
+                let doc = PlanFile {
+                    schema_version: xlb_core::plan::SCHEMA_VERSION,
+                    plan: *plan,
+                    config_file: name.clone(),
+                    config_text: text,
+                };
+                let json = serde_json::to_string_pretty(&doc).expect("plans serialize");
+                std::fs::write(out, json + "\n").map_err(|e| {
+                    Failure::internal(format!("{}: cannot write: {e}", out.display()))
+                })?;
+                eprintln!("plan written to {}", out.display());
+                verdict
+            } else {
+                plan.verdict()
+            }
+        }
+    };
+    if verdict.refused && !force {
         return Err(Failure::refused(
             "refused by the safety checks above (`xlb apply` refuses it too; `xlb apply --force` \
              applies it anyway, `xlb plan --force` only exits 0)",
         ));
     }
     // As the apply would: restart-only changes are bad input, forced or not.
-    if plan.needs_restart() {
+    if verdict.needs_restart() {
         return Err(Failure::bad_input(format!(
             "{name}: an apply refuses this: {}",
-            plan.restart_only
+            verdict
+                .restart_only
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ")
         )));
     }
-    if detailed_exitcode && plan.changed {
+    if detailed_exitcode && verdict.changed {
         return Err(Failure {
             code: 3,
             message: "changes planned".into(),

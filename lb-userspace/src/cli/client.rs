@@ -11,7 +11,7 @@ use std::time::Duration;
 use xlb_core::announce::NodeAnnounce;
 use xlb_core::api::{EditRequest, Edited, Repaired, Request, Response};
 use xlb_core::config::warnings::Warning;
-use xlb_core::plan::Plan;
+use xlb_core::plan::{Plan, PlanText};
 use xlb_core::revision::{Revision, Summary};
 use xlb_core::status::Status;
 
@@ -126,6 +126,16 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         Failure::internal(e)
     }
+}
+
+/// What the daemon answers a plan with.
+#[derive(Debug)]
+pub enum PlanAnswer {
+    /// The whole document (`-o json`, `--out`; or a daemon older than
+    /// plans as text).
+    Document(Box<Plan>),
+    /// Its text and verdict.
+    Text(Box<PlanText>),
 }
 
 /// The daemon at a control socket, one method per request.
@@ -317,18 +327,29 @@ impl<'a> Client<'a> {
 
     /// The daemon's plan of a file (`offline` checks it when no daemon
     /// answers).
+    /// The daemon's plan of `text`: the whole document, or its text and
+    /// verdict when `as_text` asks for them (a daemon older than that
+    /// answers the document all the same).
     pub fn plan(
         &self,
         file: String,
         text: String,
         user: String,
+        as_text: bool,
         offline: impl FnOnce() -> Result<(), Failure>,
-    ) -> Result<Plan, Failure> {
+    ) -> Result<PlanAnswer, Failure> {
         let pick = |r| match r {
-            Response::Plan(p) => Ok(*p),
+            Response::Plan(p) => Ok(PlanAnswer::Document(p)),
+            Response::PlanText(t) => Ok(PlanAnswer::Text(t)),
             other => Err(other),
         };
-        self.ask_or_check(&Request::Plan { file, text, user }, pick, offline)
+        let request = Request::Plan {
+            file,
+            text,
+            user,
+            as_text,
+        };
+        self.ask_or_check(&request, pick, offline)
     }
 
     /// The kept revisions; `None` when no daemon listens on the socket.

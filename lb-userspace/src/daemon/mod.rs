@@ -612,9 +612,16 @@ fn answer(
         },
         request => {
             let changed = changes(&request);
-            let response = dispatch(controller, request);
+            let as_text = matches!(request, Request::Plan { as_text: true, .. });
+            let mut response = dispatch(controller, request);
             if changed {
                 metrics.invalidate_change();
+            }
+            // The plan's text is rendered here, out of the controller's
+            // lock (on every core at many VIPs), and sent instead of the
+            // whole document.
+            if as_text && let Response::Plan(plan) = &response {
+                response = Response::PlanText(Box::new(plan.to_text()));
             }
             response
         }
@@ -702,7 +709,9 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 Err(e) => internal(e.to_string()),
             }
         }
-        Request::Plan { file, text, user } => {
+        Request::Plan {
+            file, text, user, ..
+        } => {
             let origin = Origin {
                 user,
                 message: None,
