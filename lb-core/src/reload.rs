@@ -145,11 +145,12 @@ impl ConfigFileStatus {
     }
 
     /// A change applied as revision `number` (kind `kind`, from `file`,
-    /// text `text`): an operator's apply of this file (or of its text), or
-    /// any change that makes the live text the file's, clears the
-    /// difference; otherwise the file still differs, from `number` now.
-    pub fn after_apply(&mut self, number: u64, kind: &Kind, file: &str, text: &str) {
-        let same_text = text_hash(text) == self.file_hash;
+    /// its text's [`text_hash`] `config_hash`): an operator's apply of this
+    /// file (or of its text), or any change that makes the live text the
+    /// file's, clears the difference; otherwise the file still differs,
+    /// from `number` now.
+    pub fn after_apply(&mut self, number: u64, kind: &Kind, file: &str, config_hash: &str) {
+        let same_text = config_hash == self.file_hash;
         if same_text || (matches!(kind, Kind::Apply) && file == self.file) {
             self.differs = false;
             self.reason = None;
@@ -345,14 +346,14 @@ mod tests {
         let mut s = ConfigFileStatus::kept(F, "a", 2, Some(1), "r".into(), 0.0);
         assert!(s.line().unwrap().contains("differs from live revision 2"));
         // A further edit: still differs, from the new revision.
-        s.after_apply(3, &drain(), F, "a-drained-more");
+        s.after_apply(3, &drain(), F, &text_hash("a-drained-more"));
         assert!(s.differs && s.live_revision == 3);
         // A rollback onto the file's text: in sync.
         let mut t = s.clone();
-        t.after_apply(4, &Kind::Rollback { to: 1 }, F, "a");
+        t.after_apply(4, &Kind::Rollback { to: 1 }, F, &text_hash("a"));
         assert!(!t.differs && t.line().is_none());
         // `xlb apply FILE`, whatever it holds by now.
-        s.after_apply(4, &Kind::Apply, F, "a-edited");
+        s.after_apply(4, &Kind::Apply, F, &text_hash("a-edited"));
         assert!(!s.differs && s.last_applied_revision == Some(4));
     }
 }

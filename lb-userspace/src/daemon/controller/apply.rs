@@ -13,7 +13,7 @@ use xlb_core::config::Config;
 use xlb_core::config::keys::{RestartChange, restart_change};
 use xlb_core::detect::Detector;
 use xlb_core::plan::Plan;
-use xlb_core::revision::{Kind, Outcome, Revision};
+use xlb_core::revision::{Kind, Outcome, Revision, text_hash};
 use xlb_core::state::{self, Allocation, Desired, Prebuilt};
 
 use super::rollback::{Kept, KeptText};
@@ -118,7 +118,7 @@ impl Controller {
             &candidate.origin.user,
             plan.base_revision,
             Some(&candidate.file),
-            Some(&candidate.text),
+            Some(text_hash(&candidate.text)),
             Some(detail),
         );
         Ok(plan)
@@ -135,7 +135,10 @@ impl Controller {
         mut candidate: Candidate,
         options: ApplyOptions,
     ) -> Result<Applied, ApplyError> {
-        let (origin, file, text) = (&candidate.origin, &candidate.file, &candidate.text);
+        let (origin, file) = (&candidate.origin, &candidate.file);
+        // Hashed once (at the declared limits the text is 6 to 28 MB): for
+        // the revision, the audit log and the config file's status.
+        let config_hash = text_hash(&candidate.text);
         let ApplyOptions { kind, checks } = options;
         // The tables the plan built, handed to the write.
         let mut prebuilt = None;
@@ -176,7 +179,7 @@ impl Controller {
                         &origin.user,
                         None,
                         Some(file),
-                        Some(text),
+                        Some(config_hash),
                         Some(e.to_string()),
                     );
                     return Err(e);
@@ -202,13 +205,15 @@ impl Controller {
         let previous_revision = self.revision;
         // The revision's body (the changed VIPs' plan and the text,
         // compressed: ~5 ms at the declared limits) is made while the
-        // tables are written, most of which is waiting for the kernel's
-        // table swap (a grace period, ~10 ms).
+        // tables are written.
         let recorded_plan = plan.as_ref().map(Plan::recorded);
         let recording = self.revisions.is_some();
         let (written, body) = rayon::join(
             || self.write(config, file, number, prebuilt),
-            || recording.then(|| crate::store::pack(number, recorded_plan.as_ref(), text)),
+            || {
+                recording
+                    .then(|| crate::store::pack(number, recorded_plan.as_ref(), &candidate.text))
+            },
         );
         // What the tables go back to if the new revision cannot be recorded.
         let (mut result, previous) = match written {
@@ -231,7 +236,6 @@ impl Controller {
             };
             // The text moves into the revision and back (at the declared
             // limits a copy is 6 to 28 MB).
-            let config_hash = xlb_core::revision::text_hash(&candidate.text);
             let rev = Revision {
                 schema_version: xlb_core::revision::SCHEMA_VERSION,
                 number,
@@ -240,7 +244,7 @@ impl Controller {
                 message: candidate.origin.message.clone(),
                 config_file: candidate.file.clone(),
                 config_text: std::mem::take(&mut candidate.text),
-                config_hash,
+                config_hash: config_hash.clone(),
                 kind: kind.clone(),
                 // The summary and the changed VIPs only (`Plan::recorded`).
                 plan: recorded_plan,
@@ -264,10 +268,10 @@ impl Controller {
         if result.is_ok()
             && let Some(c) = self.config_file.as_mut()
         {
-            c.after_apply(number, &kind, &candidate.file, &candidate.text);
+            c.after_apply(number, &kind, &candidate.file, &config_hash);
         }
         if let (Checks::Operator { force, .. }, Some(plan)) = (checks, &plan) {
-            self.audit_operator_apply(&candidate, &kind, force, plan, &result);
+            self.audit_operator_apply(&candidate, config_hash, &kind, force, plan, &result);
         }
         if result.is_ok() {
             self.start_bake(candidate, &kind, number, packed);
@@ -375,6 +379,7 @@ impl Controller {
     fn audit_operator_apply(
         &mut self,
         candidate: &Candidate,
+        config_hash: String,
         kind: &Kind,
         force: bool,
         plan: &Plan,
@@ -407,7 +412,7 @@ impl Controller {
             &origin.user,
             revision,
             Some(&candidate.file),
-            Some(&candidate.text),
+            Some(config_hash),
             detail,
         );
     }

@@ -131,7 +131,7 @@ impl Controller {
                     "xlb",
                     Some(new),
                     Some(&target.file),
-                    Some(&text),
+                    Some(xlb_core::revision::text_hash(&text)),
                     Some(format!("revision {} -> {to}: {reason}", bake.revision)),
                 );
                 if let Some(store) = self.revisions.as_mut()

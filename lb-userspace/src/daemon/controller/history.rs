@@ -74,7 +74,7 @@ impl Controller {
             &origin.user.clone(),
             Some(new),
             Some(&file),
-            Some(&text),
+            Some(xlb_core::revision::text_hash(&text)),
             Some(format!("to revision {number}")),
         );
         Ok(new)

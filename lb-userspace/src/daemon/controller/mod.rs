@@ -248,7 +248,7 @@ impl Controller {
         user: &str,
         revision: Option<u64>,
         file: Option<&str>,
-        text: Option<&str>,
+        config_hash: Option<String>,
         detail: Option<String>,
     ) {
         if let Some(log) = self.audit.as_mut() {
@@ -258,7 +258,7 @@ impl Controller {
                 user: user.to_string(),
                 revision,
                 file: file.map(str::to_string),
-                config_hash: text.map(xlb_core::revision::text_hash),
+                config_hash,
                 detail,
             });
         }
