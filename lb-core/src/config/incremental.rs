@@ -81,8 +81,80 @@ fn hash(piece: &str) -> u128 {
 /// Cut `text` into its head and VIP pieces, or None when the cut may not be
 /// the document's structure (see the module's rules).
 fn cut(text: &str) -> Option<Cut<'_>> {
-    // (SIMD substring search: `str::contains` took a tenth of an apply.)
+    cut_in_runs(text, RUN_BYTES)
+}
+
+/// [`cut`], the text looked through in runs of about `run_bytes`.
+fn cut_in_runs(text: &str, run_bytes: usize) -> Option<Cut<'_>> {
+    // The text's lines in a few runs, each from a line's start, looked
+    // through on every core (a tenth of a one-VIP apply at the declared
+    // limits, on one core); their headers then in order.
+    let runs = line_runs(text, run_bytes);
+    let headers: Vec<Vec<(usize, Header)>> = if runs.len() == 1 {
+        vec![headers_in(text, runs[0].clone())?]
+    } else {
+        runs.into_par_iter()
+            .map(|run| headers_in(text, run))
+            .collect::<Option<_>>()?
+    };
+    let mut starts = Vec::new();
+    for (at, header) in headers.into_iter().flatten() {
+        match header {
+            Header::Vip => starts.push(at),
+            Header::VipsOwn => {}
+            Header::Other if starts.is_empty() => {}
+            Header::Other => return None,
+        }
+    }
+    let head = &text[..starts.first().copied().unwrap_or(text.len())];
+    let vips = starts
+        .iter()
+        .zip(starts.iter().skip(1).chain(std::iter::once(&text.len())))
+        .map(|(&a, &b)| &text[a..b])
+        .collect();
+    Some(Cut { head, vips })
+}
+
+/// A text from this size on is looked through in runs on every core.
+const RUN_BYTES: usize = 1 << 20;
+
+/// `text`'s byte ranges, about `run_bytes` each (one for a shorter text),
+/// each beginning where a line begins and ending after a newline or at
+/// the text's end.
+fn line_runs(text: &str, run_bytes: usize) -> Vec<std::ops::Range<usize>> {
     let bytes = text.as_bytes();
+    let mut runs = Vec::with_capacity(text.len() / run_bytes.max(1) + 1);
+    let mut start = 0;
+    while text.len() - start > run_bytes {
+        let Some(newline) = memchr::memchr(b'\n', &bytes[start + run_bytes..]) else {
+            break;
+        };
+        let end = start + run_bytes + newline + 1;
+        runs.push(start..end);
+        start = end;
+    }
+    runs.push(start..text.len());
+    runs
+}
+
+/// What a header line opens, for the cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Header {
+    /// `[[vip]]`: a VIP's piece begins.
+    Vip,
+    /// One of a VIP's own tables (`[vip.` or `[[vip.`).
+    VipsOwn,
+    /// Anything else.
+    Other,
+}
+
+/// The header lines that begin in `run` (a range of `text` that begins at
+/// a line's start), in order; None when `run` holds a multi-line string
+/// delimiter (`"""` or `'''`), inside which a `[[vip]]` line would be
+/// text. A delimiter has no newline in it, so none spans two runs.
+fn headers_in(text: &str, run: std::ops::Range<usize>) -> Option<Vec<(usize, Header)>> {
+    // (SIMD substring search: `str::contains` took a tenth of an apply.)
+    let bytes = &text.as_bytes()[run.clone()];
     if memchr::memmem::find(bytes, b"\"\"\"").is_some()
         || memchr::memmem::find(bytes, b"'''").is_some()
     {
@@ -102,9 +174,10 @@ fn cut(text: &str) -> Option<Cut<'_>> {
     let lines = std::iter::once(0)
         .chain(memchr::memmem::find_iter(bytes, b"\n[").map(|at| at + 1))
         .merge(indented);
-    let mut starts = Vec::new();
+    let run_text = &text[run.clone()];
+    let mut headers = Vec::new();
     for at in lines {
-        let rest = &text[at..];
+        let rest = &run_text[at..];
         let line = rest.split_once('\n').map_or(rest, |(line, _)| line);
         let Some(header) = line
             .trim_start_matches([' ', '\t'])
@@ -113,20 +186,16 @@ fn cut(text: &str) -> Option<Cut<'_>> {
         else {
             continue;
         };
-        if header == "[vip]]" {
-            starts.push(at);
-        } else if !starts.is_empty() && !header.starts_with("vip.") && !header.starts_with("[vip.")
-        {
-            return None;
-        }
+        let kind = if header == "[vip]]" {
+            Header::Vip
+        } else if header.starts_with("vip.") || header.starts_with("[vip.") {
+            Header::VipsOwn
+        } else {
+            Header::Other
+        };
+        headers.push((run.start + at, kind));
     }
-    let head = &text[..starts.first().copied().unwrap_or(text.len())];
-    let vips = starts
-        .iter()
-        .zip(starts.iter().skip(1).chain(std::iter::once(&text.len())))
-        .map(|(&a, &b)| &text[a..b])
-        .collect();
-    Some(Cut { head, vips })
+    Some(headers)
 }
 
 /// Parse and validate `text` (named `file` in errors) as
@@ -351,6 +420,36 @@ mod tests {
         // A top-level table after a VIP: no cut.
         assert_eq!(cut(&format!("{t}\t[health]\n")), None);
         assert_eq!(cut(&format!("{t}[[other]]\n")), None);
+    }
+
+    /// Looked through in runs of any size (a run's edge anywhere: before
+    /// a header's `[`, inside a `"""`, after an indent), a text is cut
+    /// as it is in one run.
+    #[test]
+    fn a_text_is_cut_alike_in_runs_of_any_size() {
+        let plain = text(&[vip(1, 1), vip(2, 1), vip(3, 2)]);
+        let indented =
+            format!("{HEAD}\t[[vip]]\r\nname = \"a\"\r\n  [[vip.backend]]\r\n [[vip]] \n");
+        let texts = [
+            plain.clone(),
+            indented.clone(),
+            format!("{indented}\t[health]\n"),
+            format!("{plain}[safety]\nmax_flows_moved = 0.5\n"),
+            plain.replace("hash_seed = 3\n", "hash_seed = 3\n# \"\"\"\n"),
+            format!("{plain}# '''"),
+            plain.replace("[[vip]]\nname = \"v2\"", "[[vip]] # second\nname = \"v2\""),
+            String::new(),
+            "\n\n[[vip]]".to_string(),
+        ];
+        for t in &texts {
+            let whole = cut_in_runs(t, usize::MAX);
+            for run_bytes in 0..=t.len() + 1 {
+                assert_eq!(cut_in_runs(t, run_bytes), whole, "{run_bytes} in {t:?}");
+            }
+        }
+        assert!(cut_in_runs(&texts[0], 1).is_some_and(|c| c.vips.len() == 3));
+        assert!(cut_in_runs(&texts[4], 7).is_none());
+        assert!(cut_in_runs(&texts[5], 7).is_none());
     }
 
     /// Many changed VIPs are parsed in parts, one per core; the result, and
