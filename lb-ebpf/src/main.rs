@@ -108,8 +108,10 @@ impl Verdict {
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let tracing = trace::on();
-    let v = balance(&ctx, tracing);
+    // Asked only once the packet is known to be for a VIP: a packet passed
+    // before that has no trace record to complete.
+    let mut tracing = false;
+    let v = balance(&ctx, &mut tracing);
     if v.action != xdp_action::XDP_PASS {
         let cpu = this_cpu();
         if v.backend_id != NONE {
@@ -158,7 +160,7 @@ fn striped(cpu: u32, stripe: u32, id: u32) -> u32 {
     reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
 )]
 #[inline(always)]
-fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
+fn balance(ctx: &XdpContext, tracing: &mut bool) -> Verdict {
     let Some(s) = scratch::scratch() else {
         return Verdict::PASS;
     };
@@ -170,7 +172,8 @@ fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
     let Some(meta) = lookup::vip(&mut s.p, wildcard) else {
         return Verdict::PASS;
     };
-    if tracing {
+    *tracing = trace::on();
+    if *tracing {
         trace::begin(ctx, &s.p, &meta);
     }
     // Every VIP address has an address entry; without the echo flag a
@@ -233,7 +236,7 @@ fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
 /// drops it (counted by reason) or passes it (counted as an event);
 /// otherwise, or if the parser could not read its address, it is passed.
 #[inline(always)]
-fn unhandled(ctx: &XdpContext, p: &mut Parsed, tracing: bool) -> Verdict {
+fn unhandled(ctx: &XdpContext, p: &mut Parsed, tracing: &mut bool) -> Verdict {
     if p.kind < KIND_UNHANDLED_EXT_HEADER {
         return Verdict::PASS;
     }
@@ -254,7 +257,8 @@ fn unhandled(ctx: &XdpContext, p: &mut Parsed, tracing: bool) -> Verdict {
     if flags & VIP_F_ADDRESS == 0 {
         return Verdict::PASS;
     }
-    if tracing {
+    *tracing = trace::on();
+    if *tracing {
         trace::begin(ctx, p, &meta);
     }
     if flags & VIP_F_UNHANDLED_PASS != 0 {
