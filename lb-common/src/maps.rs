@@ -6,6 +6,11 @@ pub const VIPS: &str = "XLB_VIPS";
 /// `VIPS`, indexed by `vipslot::slot_index` (mmapable; written by the
 /// controller, `VIPS` stays the truth).
 pub const VIP_SLOTS: &str = "XLB_VIP_SLOTS";
+/// One bit per VIP slot (`vipslot::sole_bit`): set when no key that falls
+/// on the slot is in `VIPS` without being the slot's, so a packet whose
+/// key misses its slot is for no VIP without a `VIPS` lookup (mmapable;
+/// written by the controller; all clear: look `VIPS` up, as before).
+pub const VIP_SOLE: &str = "XLB_VIP_SOLE";
 /// Array of maps: vip_id -> that VIP's Maglev table (array of backend ids).
 pub const MAGLEV_TABLES: &str = "XLB_MAGLEV_TABLES";
 /// backend id -> `Backend`.
@@ -48,7 +53,7 @@ pub const TRACE: &str = "XLB_TRACE";
 pub const TRACE_RING: &str = "XLB_TRACE_RING";
 
 /// Every map the balancer object must define.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     TRACE,
     TRACE_RING,
     EVENT_STATS,
@@ -57,6 +62,7 @@ pub const ALL: [&str; 15] = [
     CONNS_V4,
     VIPS,
     VIP_SLOTS,
+    VIP_SOLE,
     MAGLEV_TABLES,
     BACKENDS,
     VIP_STATS,

@@ -92,6 +92,23 @@ pub fn slot(key: &VipKey, meta: &VipMeta) -> VipSlot {
 /// The tail word of an empty slot, and of a cleared one.
 pub const EMPTY_TAIL: u32 = 0;
 
+/// Words (u64) of the slots' "sole" bits (`maps::VIP_SOLE`), one bit a
+/// slot. Slot `i`'s bit set says: every VIP entry whose key falls on slot
+/// `i` is the one the slot holds. A packet whose key misses a slot whose
+/// bit is set is then for no VIP, and the program does not look the hash
+/// map up (a frame for no VIP paid that lookup: jhash2 of its 20-byte key
+/// and a bucket read, docs/BENCHMARKS.md, twelfth round). The controller
+/// clears a slot's bit before the slot's tail word and before any key that
+/// falls on it enters the hash map without the slot, and sets it after the
+/// slot is filled and such keys are gone; all bits clear is always safe.
+pub const SOLE_WORDS: u32 = VIP_SLOTS / 64;
+
+/// Slot `i`'s sole bit: its word's index and its mask in that word.
+#[inline(always)]
+pub fn sole_bit(i: u32) -> (u32, u64) {
+    (i / 64, 1u64 << (i % 64))
+}
+
 #[cfg(feature = "user")]
 // SAFETY: bytemuck::Pod is derived for it (checked #[repr(C)], no padding holes).
 unsafe impl aya::Pod for VipSlot {}
@@ -198,5 +215,18 @@ mod tests {
         );
         assert_ne!(s.tail, EMPTY_TAIL);
         assert!(slot_index(&w) < VIP_SLOTS);
+    }
+
+    #[test]
+    fn every_slot_has_one_sole_bit_of_its_own() {
+        let mut seen = [0u64; SOLE_WORDS as usize];
+        for i in 0..VIP_SLOTS {
+            let (word, bit) = sole_bit(i);
+            assert!(word < SOLE_WORDS);
+            assert_eq!(bit.count_ones(), 1);
+            assert_eq!(seen[word as usize] & bit, 0, "slot {i} shares its bit");
+            seen[word as usize] |= bit;
+        }
+        assert!(seen.iter().all(|w| *w == u64::MAX));
     }
 }

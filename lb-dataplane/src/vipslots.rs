@@ -9,6 +9,14 @@
 //! writes the target's slots, tail word last. A slot that held something
 //! before is refilled only after `RETIRE_GRACE`: a program run that matched
 //! its old tail before the clear may still be reading its old entry.
+//!
+//! The slots' sole bits (XLB_VIP_SOLE, `vipslot::SOLE_WORDS`) follow the
+//! same two steps: `clear_stale` clears every bit the target does not set
+//! and the bit of every slot it empties, before the slot's tail and before
+//! the VIP entries change; `fill` sets the target's bits after the slots
+//! are written and the removed entries are gone. A set bit so never hides
+//! a VIP entry: the program reads it after the slot's tail, and only when
+//! the key missed the slot.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{Ordering, fence};
@@ -16,7 +24,7 @@ use std::sync::atomic::{Ordering, fence};
 use aya::{Ebpf, maps::MapData};
 use lb_common::{
     VipKey, VipMeta, maps,
-    vipslot::{EMPTY_TAIL, VIP_SLOTS, VipSlot, key_words, slot, slot_index},
+    vipslot::{EMPTY_TAIL, SOLE_WORDS, VIP_SLOTS, VipSlot, key_words, slot, slot_index, sole_bit},
 };
 
 use crate::error::{DataplaneError, io_err};
@@ -44,10 +52,35 @@ pub fn owners<'a>(
         .collect()
 }
 
+/// The sole bits of a set of VIP entries whose slots are `target`
+/// (`owners` of them): slot i's bit is set when every key of `keys` that
+/// falls on slot i is the key `target` puts there (or none falls there),
+/// so a key that misses slot i is in no entry.
+pub fn sole_words<'a>(
+    target: &BTreeMap<u32, VipSlot>,
+    keys: impl IntoIterator<Item = &'a VipKey>,
+) -> Vec<u64> {
+    let mut words = vec![u64::MAX; SOLE_WORDS as usize];
+    for key in keys {
+        let w = key_words(key);
+        let i = slot_index(&w);
+        let held = target
+            .get(&i)
+            .is_some_and(|s| s.addr == [w[0], w[1], w[2], w[3]] && s.tail == w[4]);
+        if !held {
+            let (word, bit) = sole_bit(i);
+            words[word as usize] &= !bit;
+        }
+    }
+    words
+}
+
 /// The VIP slots of a loaded balancer, mapped into memory.
 pub(crate) struct VipSlots {
     mem: MappedArray<VipSlot>,
     _map: MapData,
+    /// The sole bits, if the object has them.
+    sole: Option<(MappedArray<u64>, MapData)>,
     /// What the last `fill` made the slots hold (empty before any): what
     /// the drift check compares each VIP's slot with.
     written: BTreeMap<u32, VipSlot>,
@@ -57,6 +90,9 @@ pub(crate) struct VipSlots {
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     target: BTreeMap<u32, VipSlot>,
+    /// The sole bits to set once the slots are filled (`sole_words`);
+    /// empty: none.
+    sole: Vec<u64>,
     fill: Vec<u32>,
     /// A slot to fill held something before this change.
     grace: bool,
@@ -72,9 +108,19 @@ impl VipSlots {
         let map = crate::objects::take_array(ebpf, maps::VIP_SLOTS)?;
         let mem =
             MappedArray::new(map.fd(), VIP_SLOTS as usize).map_err(io_err(maps::VIP_SLOTS))?;
+        let sole = match ebpf.map(maps::VIP_SOLE) {
+            None => None,
+            Some(_) => {
+                let bits = crate::objects::take_array(ebpf, maps::VIP_SOLE)?;
+                let mem = MappedArray::new(bits.fd(), SOLE_WORDS as usize)
+                    .map_err(io_err(maps::VIP_SOLE))?;
+                Some((mem, bits))
+            }
+        };
         Ok(Some(Self {
             mem,
             _map: map,
+            sole,
             written: BTreeMap::new(),
         }))
     }
@@ -92,6 +138,12 @@ impl VipSlots {
     /// by an xlb that ran on these pins without them). Always safe: an
     /// empty slot sends its key to the hash map.
     pub(crate) fn clear_all(&self) {
+        if let Some((bits, _)) = &self.sole {
+            for w in 0..SOLE_WORDS as usize {
+                bits.set(w, 0);
+            }
+            fence(Ordering::SeqCst);
+        }
         for i in 0..VIP_SLOTS as usize {
             let p = self.mem.slot_ptr(i);
             // SAFETY: `slot_ptr` checked the index; a volatile store of the
@@ -113,11 +165,29 @@ impl VipSlots {
             .collect()
     }
 
-    /// Empty every slot that does not hold what `target` says; what is left
-    /// to write goes to `fill`.
-    pub(crate) fn clear_stale(&self, target: BTreeMap<u32, VipSlot>) -> Pending {
+    /// Empty every slot that does not hold what `target` says, and clear
+    /// every sole bit `sole` (the target's, `sole_words`; empty: none) does
+    /// not set and that of every slot emptied, first; what is left to
+    /// write goes to `fill`.
+    pub(crate) fn clear_stale(&self, target: BTreeMap<u32, VipSlot>, sole: Vec<u64>) -> Pending {
         let mut pending = Pending::default();
-        for i in self.differing(&target) {
+        let differing = self.differing(&target);
+        if let Some((bits, _)) = &self.sole {
+            let mut keep = sole.clone();
+            keep.resize(SOLE_WORDS as usize, 0);
+            for &i in &differing {
+                let (word, bit) = sole_bit(i);
+                keep[word as usize] &= !bit;
+            }
+            for (w, keep) in keep.iter().enumerate() {
+                let now = bits.get(w);
+                if now & keep != now {
+                    bits.set(w, now & keep);
+                }
+            }
+            fence(Ordering::SeqCst);
+        }
+        for i in differing {
             let p = self.mem.slot_ptr(i as usize);
             // SAFETY: `slot_ptr` checked the index; the mapping is shared
             // memory the program reads concurrently, written volatile.
@@ -133,6 +203,7 @@ impl VipSlots {
         }
         fence(Ordering::SeqCst);
         pending.target = target;
+        pending.sole = sole;
         pending
     }
 
@@ -155,6 +226,18 @@ impl VipSlots {
                 core::ptr::addr_of_mut!((*p).meta).write_volatile(want.meta);
                 fence(Ordering::Release);
                 core::ptr::addr_of_mut!((*p).tail).write_volatile(want.tail);
+            }
+        }
+        if let Some((bits, _)) = &self.sole
+            && !pending.sole.is_empty()
+        {
+            // After every tail above, and after the removed entries went
+            // (the caller's order).
+            fence(Ordering::SeqCst);
+            for (w, &want) in pending.sole.iter().enumerate() {
+                if bits.get(w) != want {
+                    bits.set(w, want);
+                }
             }
         }
         self.written = pending.target;
@@ -218,6 +301,38 @@ mod tests {
             assert_eq!(o.len(), 1, "one slot for two colliding keys");
             assert_eq!(o[&i], slot(&small, &ms));
         }
+    }
+
+    #[test]
+    fn a_sole_bit_is_set_only_where_every_key_is_its_slots() {
+        let (a, b) = colliding();
+        let alone = key(30, 80);
+        let mut echo = key(30, 0);
+        echo.proto = lb_common::PROTO_ICMP;
+        let (ma, mb, mc) = (meta(1), meta(2), meta(3));
+        let target = owners([(&a, &ma), (&b, &mb), (&alone, &mc)]);
+        let bits = sole_words(&target, [&a, &b, &alone, &echo]);
+        let set = |k: &VipKey| {
+            let (word, bit) = sole_bit(slot_index(&key_words(k)));
+            bits[word as usize] & bit != 0
+        };
+        assert!(
+            !set(&a) && !set(&b),
+            "a colliding key lives in the hash map"
+        );
+        assert!(!set(&echo), "an address entry never takes a slot");
+        assert!(set(&alone), "a key alone on its slot");
+        let used = [&a, &alone, &echo].map(|k| slot_index(&key_words(k)));
+        let empty = (0..VIP_SLOTS)
+            .find(|i| !used.contains(i))
+            .expect("a free slot");
+        let (word, bit) = sole_bit(empty);
+        assert_ne!(
+            bits[word as usize] & bit,
+            0,
+            "no key falls on an empty slot"
+        );
+        assert_eq!(bits.len(), SOLE_WORDS as usize);
     }
 
     #[test]

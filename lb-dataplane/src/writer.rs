@@ -33,7 +33,7 @@ use lb_common::{
 };
 
 use crate::HostInterface;
-use crate::vipslots::{Pending, owners};
+use crate::vipslots::{Pending, owners, sole_words};
 use crate::{
     Dataplane, DataplaneError,
     error::{io_err, map_err},
@@ -307,7 +307,16 @@ impl Dataplane {
         let Some(slots) = &self.vip_slots else {
             return Pending::default();
         };
-        slots.clear_stale(Self::vip_slot_target(live))
+        let target = Self::vip_slot_target(live);
+        // Every key of the hash map: the VIPs' and the address entries'.
+        // Nothing live (None): no bit set, every miss looks the map up.
+        let sole = live
+            .map(|d| {
+                let keys = d.vips.iter().map(|v| &v.key);
+                sole_words(&target, keys.chain(d.echo.iter().map(|(k, _)| k)))
+            })
+            .unwrap_or_default();
+        slots.clear_stale(target, sole)
     }
 
     /// Step two, after the VIP entries: fill what `clear_vip_slots` left.

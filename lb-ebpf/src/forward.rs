@@ -103,7 +103,7 @@ static XLB_NEXT_HOPS: Array<NextHop, { MAX_BACKENDS as usize }> = Array::new();
 /// interface, an ifindex to redirect to, or ROUTE_NONE. When the kernel has
 /// no answer (no route, no neighbour entry yet, forwarding off), the
 /// configured gateway MAC is the next hop.
-#[inline(never)]
+#[inline(always)]
 pub fn route(ctx: &XdpContext, s: &mut Scratch, cfg: &GlobalConfig, family: u8) -> u32 {
     // SAFETY: a BPF helper without arguments; it only reads `jiffies_64`
     // (the verifier inlines it as that load).

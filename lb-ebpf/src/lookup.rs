@@ -5,12 +5,15 @@ use lb_common::{
     BACKEND_F_VALID, Backend, FAMILY_V4, GlobalConfig, HASH_FIVE_TUPLE, VipKey, VipMeta,
     hash::{ConnEntry, FlowKey4, flow_hash, hash_input},
     stats::{EV_CONN_HIT, EV_CONN_MISS, EV_CONN_RESTEER},
-    vipslot::{slot_index, tail_word},
+    vipslot::{slot_index, sole_bit, tail_word},
 };
 
 use crate::{
     events::count_event,
-    maps::{XLB_BACKENDS, XLB_CONNS, XLB_CONNS_V4, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS, XLB_VIPS},
+    maps::{
+        XLB_BACKENDS, XLB_CONNS, XLB_CONNS_V4, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS, XLB_VIP_SOLE,
+        XLB_VIPS,
+    },
     scratch::{KIND_ICMP_ERROR, Parsed},
 };
 
@@ -30,22 +33,12 @@ pub fn vip(p: &mut Parsed, wildcard: bool) -> Option<VipMeta> {
 
 /// `key`'s entry: from its slot when the slot holds this key, else from
 /// the hash map (the truth; colliding VIPs and address entries live only
-/// there). `key` is the per-CPU scratch's: passed by reference, it is
-/// not copied to the 512-byte stack.
+/// there), unless the slot's sole bit says no key of that slot lives only
+/// there: then it is for no VIP (a frame for no VIP, most of a host's
+/// traffic, pays no hash-map lookup). `key` is the per-CPU scratch's:
+/// passed by reference, it is not copied to the 512-byte stack.
 #[inline(always)]
 fn find(key: &VipKey) -> Option<VipMeta> {
-    if let Some(m) = slot(key) {
-        return Some(m);
-    }
-    // SAFETY: `get` is unsafe because userspace may rewrite or delete the
-    // entry while the reference lives; the value is copied out at once, and
-    // the controller writes VIP entries whole with one map update.
-    unsafe { XLB_VIPS.get(key) }.copied()
-}
-
-/// `key`'s entry from XLB_VIP_SLOTS, if its slot holds exactly this key.
-#[inline(always)]
-fn slot(key: &VipKey) -> Option<VipMeta> {
     let k = key as *const VipKey as *const u32;
     // SAFETY: the key is `Parsed::vip`, at offset 0 of the per-CPU scratch
     // (8-aligned map memory; asserted in scratch.rs), so four aligned u32
@@ -61,7 +54,23 @@ fn slot(key: &VipKey) -> Option<VipMeta> {
         a[3],
         tail_word(key.port_be, key.proto, key.family),
     ];
-    let s = XLB_VIP_SLOTS.get_ptr(slot_index(&w))?;
+    let i = slot_index(&w);
+    if let Some(m) = slot(i, &w) {
+        return Some(m);
+    }
+    if sole(i) {
+        return None;
+    }
+    // SAFETY: `get` is unsafe because userspace may rewrite or delete the
+    // entry while the reference lives; the value is copied out at once, and
+    // the controller writes VIP entries whole with one map update.
+    unsafe { XLB_VIPS.get(key) }.copied()
+}
+
+/// Slot `i`'s entry, if the slot holds exactly the key of words `w`.
+#[inline(always)]
+fn slot(i: u32, w: &[u32; 5]) -> Option<VipMeta> {
+    let s = XLB_VIP_SLOTS.get_ptr(i)?;
     // SAFETY: get_ptr checked the index; array values are never freed.
     // Volatile, in this order: the controller writes the tail word last
     // when it fills a slot and first when it clears one (x86 keeps stores
@@ -77,6 +86,18 @@ fn slot(key: &VipKey) -> Option<VipMeta> {
         }
         Some(core::ptr::addr_of!((*s).meta).read_volatile())
     }
+}
+
+/// Whether slot `i`'s sole bit is set: read after the slot's tail word
+/// (volatile, in that order), as the controller clears the bit before it
+/// changes the tail and sets it after.
+#[inline(always)]
+fn sole(i: u32) -> bool {
+    let (word, bit) = sole_bit(i);
+    XLB_VIP_SOLE
+        .get_ptr(word)
+        // SAFETY: get_ptr checked the index; array values are never freed.
+        .is_some_and(|p| unsafe { p.read_volatile() } & bit != 0)
 }
 
 /// The backend entry of `backend_id` if it may carry this VIP's packets:

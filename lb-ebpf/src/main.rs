@@ -41,78 +41,98 @@ use crate::{
     },
 };
 
-/// What `balance` decided, with what the counters need.
+/// What `balance` decided, with what the counters need. A struct whose
+/// every field is set on every path, not an enum: the fields a variant
+/// lacks are undefined values, which LLVM may spill from an unset register,
+/// and the verifier refuses that (it did after small changes elsewhere).
 #[derive(Clone, Copy)]
-enum Verdict {
-    /// Not for a VIP, or not something we balance: the host's stack takes it.
-    Pass,
-    /// Sent to a backend with `action` (XDP_TX or XDP_REDIRECT); `new_flow`
-    /// if it was hashed (not a connection-table hit).
-    Sent {
-        vip_id: u32,
-        backend_id: u32,
-        new_flow: bool,
-        action: u32,
-    },
-    /// Answered by the balancer itself (ICMP), sent back with XDP_TX.
-    Replied { vip_id: u32 },
-    /// For a VIP, but nowhere to send it.
-    Drop { vip_id: u32, reason: u32 },
+struct Verdict {
+    /// The XDP action: XDP_PASS (not for a VIP, or not something we
+    /// balance: the host's stack takes it), XDP_TX or XDP_REDIRECT (sent to
+    /// a backend, or XDP_TX answered by the balancer itself with ICMP), or
+    /// XDP_DROP (for a VIP, but nowhere to send it).
+    action: u32,
+    /// The VIP of a packet not passed.
+    vip_id: u32,
+    /// The backend it was sent to; `NONE` unless sent.
+    backend_id: u32,
+    /// The drop reason; `NONE` unless dropped.
+    reason: u32,
+    /// Hashed (not a connection-table hit): a new flow for the counters.
+    new_flow: bool,
+}
+
+/// No backend, no drop reason.
+const NONE: u32 = lb_common::trace::TRACE_NONE;
+
+impl Verdict {
+    const PASS: Verdict = Verdict {
+        action: xdp_action::XDP_PASS,
+        vip_id: NONE,
+        backend_id: NONE,
+        reason: NONE,
+        new_flow: false,
+    };
+
+    #[inline(always)]
+    fn sent(vip_id: u32, backend_id: u32, new_flow: bool, action: u32) -> Verdict {
+        Verdict {
+            action,
+            vip_id,
+            backend_id,
+            reason: NONE,
+            new_flow,
+        }
+    }
+
+    #[inline(always)]
+    fn replied(vip_id: u32) -> Verdict {
+        Verdict {
+            action: xdp_action::XDP_TX,
+            vip_id,
+            ..Verdict::PASS
+        }
+    }
+
+    #[inline(always)]
+    fn drop(vip_id: u32, reason: u32) -> Verdict {
+        Verdict {
+            action: xdp_action::XDP_DROP,
+            vip_id,
+            reason,
+            ..Verdict::PASS
+        }
+    }
 }
 
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let tracing = trace::on();
-    let verdict = balance(&ctx, tracing);
-    let (action, vip) = match verdict {
-        Verdict::Pass => (xdp_action::XDP_PASS, None),
-        Verdict::Sent {
-            vip_id,
-            backend_id,
-            new_flow,
-            action,
-        } => {
-            let cpu = this_cpu();
-            let slot = striped(cpu, MAX_BACKENDS, backend_id);
-            count_flow(&XLB_BACKEND_STATS, slot, bytes, new_flow);
-            (action, Some((vip_id, new_flow, cpu)))
+    // Asked only once the packet is known to be for a VIP: a packet passed
+    // before that has no trace record to complete.
+    let mut tracing = false;
+    let v = balance(&ctx, &mut tracing);
+    if v.action != xdp_action::XDP_PASS {
+        let cpu = this_cpu();
+        if v.backend_id != NONE {
+            let slot = striped(cpu, MAX_BACKENDS, v.backend_id);
+            count_flow(&XLB_BACKEND_STATS, slot, bytes, v.new_flow);
         }
-        Verdict::Replied { vip_id } => (xdp_action::XDP_TX, Some((vip_id, false, this_cpu()))),
-        Verdict::Drop { vip_id, reason } => {
-            count(&XLB_DROP_STATS, reason, bytes);
-            (xdp_action::XDP_DROP, Some((vip_id, false, this_cpu())))
+        if v.action == xdp_action::XDP_DROP {
+            count(&XLB_DROP_STATS, v.reason, bytes);
         }
-    };
-    if let Some((vip_id, new_flow, cpu)) = vip {
         count_flow(
             &XLB_VIP_STATS,
-            striped(cpu, MAX_VIPS, vip_id),
+            striped(cpu, MAX_VIPS, v.vip_id),
             bytes,
-            new_flow,
+            v.new_flow,
         );
     }
-    count(&XLB_ACTION_STATS, action, bytes);
+    count(&XLB_ACTION_STATS, v.action, bytes);
     if tracing {
-        traced(action, verdict);
+        trace::emit(v.action, v.backend_id, v.new_flow, v.reason);
     }
-    action
-}
-
-/// A traced packet's verdict, to its record (trace.rs).
-#[inline(always)]
-fn traced(action: u32, verdict: Verdict) {
-    let none = lb_common::trace::TRACE_NONE;
-    let (backend_id, new_flow, reason) = match verdict {
-        Verdict::Sent {
-            backend_id,
-            new_flow,
-            ..
-        } => (backend_id, new_flow, none),
-        Verdict::Drop { reason, .. } => (none, false, reason),
-        Verdict::Pass | Verdict::Replied { .. } => (none, false, none),
-    };
-    trace::emit(action, backend_id, new_flow, reason);
+    v.action
 }
 
 /// The CPU this program runs on: asked only for packets counted in the
@@ -140,9 +160,9 @@ fn striped(cpu: u32, stripe: u32, id: u32) -> u32 {
     reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
 )]
 #[inline(always)]
-fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
+fn balance(ctx: &XdpContext, tracing: &mut bool) -> Verdict {
     let Some(s) = scratch::scratch() else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     if !parse::parse(ctx, &mut s.p) {
         return unhandled(ctx, &mut s.p, tracing);
@@ -150,32 +170,30 @@ fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
     let cfg = XLB_CONFIG.get(0);
     let wildcard = cfg.is_none_or(|c| c.flags & GLOBAL_F_PORT_WILDCARD != 0);
     let Some(meta) = lookup::vip(&mut s.p, wildcard) else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
-    if tracing {
+    *tracing = trace::on();
+    if *tracing {
         trace::begin(ctx, &s.p, &meta);
     }
     // Every VIP address has an address entry; without the echo flag a
     // request to it goes to the host, as before there was such an entry.
     if s.p.kind == KIND_ECHO && meta.flags & VIP_F_ECHO_REPLY == 0 {
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
     let vip_id = meta.vip_id;
     let Some(cfg) = cfg else {
-        return Verdict::Drop {
-            vip_id,
-            reason: DROP_NO_CONFIG,
-        };
+        return Verdict::drop(vip_id, DROP_NO_CONFIG);
     };
     if s.p.vlan != 0 {
         count_event(EV_VLAN);
     }
     if s.p.kind == KIND_ECHO {
         if meta.flags & VIP_F_ECHO_REPLY == 0 || !icmp::echo_reply(ctx, &s.p, &cfg.iface_mac) {
-            return Verdict::Pass;
+            return Verdict::PASS;
         }
         count_event(EV_ICMP_ECHO_REPLY);
-        return Verdict::Replied { vip_id };
+        return Verdict::replied(vip_id);
     }
     if s.p.frag == FRAG_FIRST {
         // Later fragments of this datagram will look its ports up.
@@ -185,10 +203,7 @@ fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
         count_event(EV_FRAG_FOLLOW);
     }
     let Some(choice) = lookup::backend(&s.p, &meta, cfg) else {
-        return Verdict::Drop {
-            vip_id,
-            reason: DROP_NO_BACKEND,
-        };
+        return Verdict::drop(vip_id, DROP_NO_BACKEND);
     };
     if s.p.kind == KIND_ICMP_ERROR {
         count_event(EV_ICMP_ERROR_STEERED);
@@ -207,18 +222,13 @@ fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
         tunnel::send(ctx, s, backend, cfg, meta.method)
     };
     if let Some(reason) = sent.dropped() {
-        return Verdict::Drop { vip_id, reason };
+        return Verdict::drop(vip_id, reason);
     }
     if sent.replied() {
         count_event(EV_ICMP_TOO_BIG_SENT);
-        return Verdict::Replied { vip_id };
+        return Verdict::replied(vip_id);
     }
-    Verdict::Sent {
-        vip_id,
-        backend_id: choice.backend_id,
-        new_flow: choice.new_flow,
-        action: sent.0,
-    }
+    Verdict::sent(vip_id, choice.backend_id, choice.new_flow, sent.0)
 }
 
 /// A packet the parser does not handle: if its destination is a VIP
@@ -226,9 +236,9 @@ fn balance(ctx: &XdpContext, tracing: bool) -> Verdict {
 /// drops it (counted by reason) or passes it (counted as an event);
 /// otherwise, or if the parser could not read its address, it is passed.
 #[inline(always)]
-fn unhandled(ctx: &XdpContext, p: &mut Parsed, tracing: bool) -> Verdict {
+fn unhandled(ctx: &XdpContext, p: &mut Parsed, tracing: &mut bool) -> Verdict {
     if p.kind < KIND_UNHANDLED_EXT_HEADER {
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
     // The reasons and events are numbered in the order of the kinds.
     let index = (p.kind - KIND_UNHANDLED_EXT_HEADER) as u32;
@@ -241,23 +251,21 @@ fn unhandled(ctx: &XdpContext, p: &mut Parsed, tracing: bool) -> Verdict {
     };
     // The address entry (port 0): no wildcard to try after it.
     let Some(meta) = lookup::vip(p, false) else {
-        return Verdict::Pass;
+        return Verdict::PASS;
     };
     let VipMeta { flags, vip_id, .. } = meta;
     if flags & VIP_F_ADDRESS == 0 {
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
-    if tracing {
+    *tracing = trace::on();
+    if *tracing {
         trace::begin(ctx, p, &meta);
     }
     if flags & VIP_F_UNHANDLED_PASS != 0 {
         count_event(EV_UNHANDLED_EXT_HEADER_PASSED + index);
-        return Verdict::Pass;
+        return Verdict::PASS;
     }
-    Verdict::Drop {
-        vip_id,
-        reason: DROP_UNHANDLED_EXT_HEADER + index,
-    }
+    Verdict::drop(vip_id, DROP_UNHANDLED_EXT_HEADER + index)
 }
 
 /// Add one packet (and maybe one new flow) to slot `slot` of a CPU-striped

@@ -14,7 +14,7 @@ use lb_common::{
         MAX_BACKENDS, MAX_VIPS, VIP_ENTRIES,
     },
     stats::{ACTION_COUNT, DROP_REASON_COUNT, EVENT_COUNT},
-    vipslot::{VIP_SLOTS, VipSlot},
+    vipslot::{SOLE_WORDS, VIP_SLOTS, VipSlot},
 };
 
 /// (address, port, protocol) -> VIP id and table size, and each VIP
@@ -27,6 +27,14 @@ pub static XLB_VIPS: HashMap<VipKey, VipMeta, { VIP_ENTRIES as usize }> = HashMa
 /// last word last).
 #[btf_map]
 pub static XLB_VIP_SLOTS: Array<VipSlot, { VIP_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
+
+/// One bit per VIP slot (`lb_common::vipslot::sole_bit`): set when the
+/// slot's key is the only VIP entry that falls on it, so a miss there
+/// needs no XLB_VIPS lookup; mmapable, so the controller orders its writes
+/// with the slots'.
+#[btf_map]
+pub static XLB_VIP_SOLE: Array<u64, { SOLE_WORDS as usize }, { BPF_F_MMAPABLE as usize }> =
     Array::new();
 
 /// vip_id -> that VIP's Maglev table (slot -> backend id). The controller

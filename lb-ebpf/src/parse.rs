@@ -74,7 +74,7 @@ fn words16(a: &[u8; 16]) -> [u32; 4] {
 /// balancer may handle (whether its address is a VIP is looked up next);
 /// false with `p.kind` one of `KIND_UNHANDLED_*` if it is one the parser
 /// does not handle but whose destination address it read.
-#[inline(never)]
+#[inline(always)]
 pub fn parse(ctx: &XdpContext, p: &mut Parsed) -> bool {
     p.kind = KIND_FLOW;
     parse_frame(ctx, p).is_some()

@@ -1,6 +1,7 @@
 //! Tracing and capture (`xlb trace`, `xlb capture`; docs/TRACE.md). The
-//! controller switches it on in `XLB_TRACE`; with it off, a packet pays one
-//! load and one branch (`on`). With it on, `begin` (after the VIP lookup)
+//! controller switches it on in `XLB_TRACE`; with it off, a packet for a VIP
+//! pays one load and one branch (`on`), one for no VIP nothing (it is asked
+//! only after the VIP lookup: no record to complete). With it on, `begin` (after the VIP lookup)
 //! judges the filter and notes what the packet was before the balancer
 //! touched it (its flow, its connection-table entry, its Maglev slot, for a
 //! capture its first bytes) in a per-CPU record, and `emit` (at the end,

@@ -32,7 +32,7 @@ const UDP_LEN: u32 = 8;
 
 /// Encapsulate the packet for `b` and send it (or answer it with ICMP when
 /// the result would not fit the interface's MTU).
-#[inline(never)]
+#[inline(always)]
 pub fn send(
     ctx: &XdpContext,
     s: &mut Scratch,
@@ -97,7 +97,7 @@ fn outer_addresses(s: &mut Scratch, b: &Backend, cfg: &GlobalConfig, h: u32) {
 
 /// Make room for the outer headers and write them. `overhead` says which:
 /// IPv4 20 / 28 (IPIP / GUE), IPv6 40 / 48. `h` is the flow hash.
-#[inline(never)]
+#[inline(always)]
 fn encapsulate(
     ctx: &XdpContext,
     s: &mut Scratch,
