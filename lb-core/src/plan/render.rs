@@ -34,6 +34,7 @@
 //! Without any change the text is `no changes`, a blank line, and that every
 //! safety check passes.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 
 use rayon::prelude::*;
@@ -148,6 +149,12 @@ impl Plan {
                 .unwrap_or_else(|| "every safety check passes".to_string()),
         );
         let mut lines = vec![format!("plan: {}", whole.join("; "))];
+        // Each VIP's findings, gathered once (a change of every VIP at the
+        // declared limits can have a finding for each of 1,000 VIPs).
+        let mut by_vip: HashMap<&str, Vec<&Lint>> = HashMap::new();
+        for l in &self.lints {
+            by_vip.entry(l.vip.as_str()).or_default().push(l);
+        }
         for vip in self.vips.iter().filter(|v| v.change != Change::Unchanged) {
             let mut parts = Vec::new();
             match vip.change {
@@ -171,7 +178,8 @@ impl Plan {
                 }
             }
             let mut line = format!("{}: {}", vip.name, parts.join(", "));
-            if let Some(v) = verdict(&mut self.lints.iter().filter(|l| l.vip == vip.name)) {
+            let found = by_vip.get(vip.name.as_str()).map_or(&[][..], Vec::as_slice);
+            if let Some(v) = verdict(&mut found.iter().copied()) {
                 line.push_str(&format!("; {v}"));
             }
             lines.push(line);
