@@ -190,26 +190,35 @@ pub fn effective_of(pid: u32) -> anyhow::Result<Vec<Capability>> {
     Ok(caps)
 }
 
-/// A pin directory of a test's own, `/sys/fs/bpf/<prefix>-<pid>/xlb/<interface>`,
-/// for a balancer loaded over pins without a daemon; its maps are unpinned
-/// and the directory removed on drop, even when the test fails.
+/// A pin directory of a test's own, `xlb/<interface>` in a bpffs of its
+/// own mounted at `<temp dir>/<prefix>-<pid>` (a machine without systemd
+/// has no bpffs at /sys/fs/bpf), for a balancer loaded over pins without a
+/// daemon; its maps are unpinned, the bpffs unmounted and its directory
+/// removed on drop, even when the test fails.
 pub struct TestPins {
     dir: PathBuf,
+    bpffs: Option<Bpffs>,
     pub pins: xlb_dataplane::PinDir,
 }
 
 impl TestPins {
     pub fn new(prefix: &str, interface: &str) -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/{prefix}-{}", std::process::id()));
-        let pins = xlb_dataplane::PinDir::new(&dir, interface);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        let bpffs = Bpffs::mount(&dir).expect("mount a bpffs for the test's pins");
+        let pins = xlb_dataplane::PinDir::new(&bpffs.path, interface);
         pins.create().expect("create the pin directory");
-        Self { dir, pins }
+        Self {
+            dir,
+            bpffs: Some(bpffs),
+            pins,
+        }
     }
 }
 
 impl Drop for TestPins {
     fn drop(&mut self) {
         let _ = self.pins.remove();
+        drop(self.bpffs.take());
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
