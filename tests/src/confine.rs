@@ -124,7 +124,8 @@ pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> anyhow::Result<Output
 /// A bpffs mounted for one test (the daemon's `--bpffs`): `ip netns exec`
 /// mounts a fresh /sys, without the host's /sys/fs/bpf, and mounting one
 /// needs CAP_SYS_ADMIN, which the unit does not grant (under systemd the
-/// host's is there, mounted at boot). Unmounted on drop.
+/// host's is there, mounted at boot). Unmounted on drop, and its directory
+/// removed (when empty).
 pub struct Bpffs {
     pub path: PathBuf,
 }
@@ -155,6 +156,7 @@ impl Drop for Bpffs {
             .arg(&self.path)
             .stderr(Stdio::null())
             .status();
+        let _ = std::fs::remove_dir(&self.path);
     }
 }
 
@@ -196,9 +198,10 @@ pub fn effective_of(pid: u32) -> anyhow::Result<Vec<Capability>> {
 /// daemon; its maps are unpinned, the bpffs unmounted and its directory
 /// removed on drop, even when the test fails.
 pub struct TestPins {
-    dir: PathBuf,
-    bpffs: Option<Bpffs>,
     pub pins: xlb_dataplane::PinDir,
+    /// Dropped after `drop` unpinned the maps: unmounted, its directory
+    /// removed.
+    _bpffs: Bpffs,
 }
 
 impl TestPins {
@@ -208,9 +211,8 @@ impl TestPins {
         let pins = xlb_dataplane::PinDir::new(&bpffs.path, interface);
         pins.create().expect("create the pin directory");
         Self {
-            dir,
-            bpffs: Some(bpffs),
             pins,
+            _bpffs: bpffs,
         }
     }
 }
@@ -218,7 +220,5 @@ impl TestPins {
 impl Drop for TestPins {
     fn drop(&mut self) {
         let _ = self.pins.remove();
-        drop(self.bpffs.take());
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }

@@ -30,26 +30,15 @@ const PARALLEL_VIPS: usize = 64;
 /// on every core, a plan's and an apply's serial work otherwise.
 pub fn warnings(config: &Config) -> Vec<Warning> {
     if config.vips.len() < PARALLEL_VIPS {
-        let mut out = Vec::new();
-        for v in &config.vips {
-            vip_warnings(v, &mut out);
-        }
-        return out;
+        return config.vips.iter().flat_map(|v| vip_warnings(v)).collect();
     }
-    let each: Vec<Vec<Warning>> = config
-        .vips
-        .par_iter()
-        .map(|v| {
-            let mut out = Vec::new();
-            vip_warnings(v, &mut out);
-            out
-        })
-        .collect();
+    let each: Vec<Vec<Warning>> = config.vips.par_iter().map(|v| vip_warnings(v)).collect();
     each.concat()
 }
 
-/// `v`'s warnings, added to `out`.
-fn vip_warnings(v: &Vip, out: &mut Vec<Warning>) {
+/// `v`'s own warnings.
+fn vip_warnings(v: &Vip) -> Vec<Warning> {
+    let mut out = Vec::new();
     let at = |field: &str| {
         if field.is_empty() {
             format!("vip[{}]", v.name)
@@ -120,6 +109,7 @@ fn vip_warnings(v: &Vip, out: &mut Vec<Warning>) {
             ),
         });
     }
+    out
 }
 
 #[cfg(test)]
@@ -176,10 +166,8 @@ mod tests {
                 ));
             }
             let config = crate::config::parse(&text, "f.toml").unwrap();
-            let mut one_by_one = Vec::new();
-            for v in &config.vips {
-                vip_warnings(v, &mut one_by_one);
-            }
+            let one_by_one: Vec<Warning> =
+                config.vips.iter().flat_map(|v| vip_warnings(v)).collect();
             let all = warnings(&config);
             assert_eq!(all, one_by_one, "{n} VIPs");
             assert_eq!(all.len(), n.div_ceil(2), "{all:#?}");

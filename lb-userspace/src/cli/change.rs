@@ -145,8 +145,8 @@ pub(super) fn plan(
                 Output::Json => print_json(&plan),
                 _ => print!("{}", plan.render_table()),
             }
+            let verdict = plan.verdict();
             if let Some(out) = out {
-                let verdict = plan.verdict();
                 let doc = PlanFile {
                     schema_version: xlb_core::plan::SCHEMA_VERSION,
                     plan: *plan,
@@ -158,10 +158,8 @@ pub(super) fn plan(
                     Failure::internal(format!("{}: cannot write: {e}", out.display()))
                 })?;
                 eprintln!("plan written to {}", out.display());
-                verdict
-            } else {
-                plan.verdict()
             }
+            verdict
         }
     };
     if verdict.refused && !force {
