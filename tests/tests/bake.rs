@@ -3,7 +3,8 @@
 //! ~80% of new flows against a 25% capacity share) is rolled back by the
 //! daemon on its own within 10 s (forced past the plan's safety checks, which
 //! refuse it), and `xlb apply --wait` exits 1; a benign
-//! change bakes and stays (exit 0). No TCP connection fails throughout.
+//! change bakes and stays (exit 0); the same config again is recorded
+//! without a bake. No TCP connection fails throughout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +98,29 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             );
             let status = daemon.status()?;
             ensure!(status["revision"] == 4, "{status}");
+
+            // The same settings again (a comment more): recorded, not baked,
+            // since nothing changed for a bake to watch.
+            let again = dir.join("benign-again.toml");
+            std::fs::write(
+                &again,
+                format!("# the benign change again\n{}", config(&[2, 2, 3])),
+            )?;
+            let out = daemon.xlb(&["apply", &again.display().to_string(), "--wait"])?;
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            ensure!(
+                out.status.success() && stderr.contains("not baking"),
+                "apply --wait of the live config: {out:?}"
+            );
+            let status = daemon.status()?;
+            ensure!(status["revision"] == 5, "{status}");
+            let history: serde_json::Value =
+                serde_json::from_slice(&daemon.xlb(&["history", "-o", "json"])?.stdout)?;
+            let last = &history["revisions"][4];
+            ensure!(
+                last["number"] == 5 && last["outcome"]["type"] == "applied",
+                "{history}"
+            );
             Ok(())
         })();
         stop.store(true, Ordering::Relaxed);

@@ -92,6 +92,7 @@ fn identical_configs_are_unchanged_without_lints() {
         assert!(!p.refused());
         assert!(p.lints.is_empty() && p.details.is_empty());
         assert_eq!(p.base_config_hash, p.config_hash);
+        assert!(p.same_config());
         assert_eq!(p.schema_version, 2);
         assert_eq!(p.base_revision, None);
         assert_eq!(p.vips.len(), cfg.vips.len());
@@ -127,8 +128,10 @@ fn file_order_of_backends_and_vips_does_not_matter() {
     let p = plan(&base, &shuffled).unwrap();
     assert!(!p.changed && !p.refused(), "{}", p.render_table());
     assert!(p.vips.iter().all(|v| v.flows_moved_ratio == 0.0));
-    // The config hash is of the file's content, so it differs.
+    // The config hash is of the file's content, so it differs, and an
+    // apply of it bakes.
     assert_ne!(p.base_config_hash, p.config_hash);
+    assert!(!p.same_config());
 
     // And a change plans the same whatever the order of the candidate.
     let mut candidate = base.clone();
@@ -147,6 +150,22 @@ fn file_order_of_backends_and_vips_does_not_matter() {
     let mut sorted = names.clone();
     sorted.sort_unstable();
     assert_eq!(names, sorted);
+}
+
+#[test]
+fn comments_and_spacing_are_the_same_config() {
+    let text = include_str!("../../../examples/xlb.toml");
+    let other = format!("# the same settings\n\n{}", text.replace(" = ", "   =   "));
+    let (a, b) = (
+        config::parse(text, "a.toml").unwrap(),
+        config::parse(&other, "b.toml").unwrap(),
+    );
+    let p = plan(&a, &b).unwrap();
+    assert!(p.same_config() && !p.changed);
+    // One setting more is another config.
+    let mut c = b.clone();
+    c.vip_mut(0).backends[0].weight += 1;
+    assert!(!plan(&a, &c).unwrap().same_config());
 }
 
 // ---- predicted shares ----

@@ -226,6 +226,13 @@ impl Plan {
         !self.restart_only.is_empty()
     }
 
+    /// The candidate is the config applied today, setting for setting
+    /// (`config_hash`: comments, blank lines and spacing are not in it).
+    /// An apply of it changes nothing for a bake to watch.
+    pub fn same_config(&self) -> bool {
+        self.config_hash == self.base_config_hash
+    }
+
     /// What `xlb plan`'s exit status and warnings depend on.
     pub fn verdict(&self) -> Verdict {
         Verdict {

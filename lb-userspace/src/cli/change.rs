@@ -269,7 +269,9 @@ pub(super) fn wait_for_bake(socket: &Path, revision: u64) -> Result<(), Failure>
     loop {
         let s = Client::new(socket).status()?;
         let Some(bake) = s.bake.as_ref().filter(|b| b.revision == revision) else {
-            eprintln!("revision {revision}: not baking (the daemon runs with --bake-window 0s)");
+            eprintln!(
+                "revision {revision}: not baking (its config is the one that ran before it, or the daemon runs with --bake-window 0s)"
+            );
             return Ok(());
         };
         let line = xlb_core::status::bake_line(bake, s.generated_at_unix_seconds);

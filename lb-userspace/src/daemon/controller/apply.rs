@@ -221,7 +221,7 @@ impl Controller {
             Err(e) => (Err(e), None),
         };
         self.metrics.progress.beat();
-        let baking = result.is_ok() && self.bakes(&kind);
+        let baking = result.is_ok() && self.bakes(&kind, plan.as_ref());
         let mut packed = None;
         if let Some(store) = self.revisions.as_mut() {
             let outcome = match &result {
@@ -274,7 +274,7 @@ impl Controller {
             self.audit_operator_apply(&candidate, config_hash, &kind, force, plan, &result);
         }
         if result.is_ok() {
-            self.start_bake(candidate, &kind, number, packed);
+            self.start_bake(candidate, baking, number, packed);
         }
         // Whoever applied it (the socket, SIGHUP, the fleet agent, a bake's
         // rollback): no status request is answered with the old document.
@@ -326,22 +326,24 @@ impl Controller {
         }
     }
 
-    /// Whether an apply of `kind` made now would bake: an operator's apply
-    /// or edit that replaces a revision, with baking on.
-    fn bakes(&self, kind: &Kind) -> bool {
+    /// Whether an apply of `kind` with `plan` made now would bake: an
+    /// operator's apply or edit that replaces a revision with another
+    /// config (not `Plan::same_config`: re-applying what runs, as a fleet's
+    /// first revision does, changes nothing to watch), with baking on.
+    fn bakes(&self, kind: &Kind, plan: Option<&Plan>) -> bool {
         matches!(kind, Kind::Apply | Kind::Edit { .. })
             && self.current.is_some()
             && self.bake_policy.window_seconds > 0.0
+            && !plan.is_some_and(Plan::same_config)
     }
 
     /// After a successful write: the new revision (its text moved from
     /// `candidate`; `packed`, as the store recorded it) replaces the live
-    /// one, and bakes when it is an operator's apply or edit replacing a
-    /// revision and baking is on (`bakes`).
+    /// one, and bakes when `baking` (`bakes`).
     fn start_bake(
         &mut self,
         mut candidate: Candidate,
-        kind: &Kind,
+        baking: bool,
         number: u64,
         packed: Option<PackedText>,
     ) {
@@ -351,12 +353,9 @@ impl Controller {
             text: KeptText::of(packed, || candidate.text),
             file: candidate.file,
         });
-        let (Kind::Apply | Kind::Edit { .. }, Some(previous)) = (kind, previous) else {
+        let Some(previous) = previous.filter(|_| baking) else {
             return;
         };
-        if self.bake_policy.window_seconds <= 0.0 {
-            return;
-        }
         let now = unix_now();
         self.bake = Some(BakeStatus {
             revision: number,
