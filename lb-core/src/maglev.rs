@@ -85,7 +85,7 @@ pub const MAX_TABLE_BACKENDS: usize = 1 << 16;
 
 /// Why a table cannot be built. Each variant names the offending value, so the
 /// caller can point at the field in the configuration.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MaglevError {
     /// Maglev's permutations only visit every slot when the size is prime
     /// (every skip in 1..M is then coprime with M).

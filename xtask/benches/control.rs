@@ -6,7 +6,11 @@
 //!
 //! - start until the control socket answers (tables written by then);
 //! - `xlb apply --force` of a change to every VIP, and of a file in which
-//!   one VIP changed; `xlb plan` of either;
+//!   one VIP changed; `xlb plan` of either; one pool of backends serves
+//!   every VIP (so their tables are alike), as in the issue;
+//! - last, a daemon of its own started where each VIP has a pool of
+//!   backends of its own (1,000 distinct tables to build), and the plan
+//!   and the apply of a change to every VIP there;
 //! - the daemon's RSS after `APPLIES` applies, and the kernel's memory for the
 //!   maps it holds open (fdinfo `memlock`), apart;
 //! - `xlb status`, `xlb status --vip NAME`, a `/metrics` scrape (gzip, as
@@ -39,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use support::median_duration;
-use support::scale::{self, BACKENDS, VIPS};
+use support::scale::{self, BACKENDS, Pools, VIPS};
 use tests::netns::Netns;
 use tests::xlbd::xlb_binary;
 
@@ -57,9 +61,15 @@ const FULL_APPLIES: usize = 3;
 /// How long the daemon may take to answer after its start.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The config: every VIP's first backend at `weight`, VIP 0's at `first`.
+/// The config: every VIP's first backend at `weight`, VIP 0's at `first`;
+/// one pool of backends for all VIPs.
 fn config(weight: u32, first: u32) -> String {
-    scale::text(
+    config_of(weight, first, Pools::Shared)
+}
+
+/// [`config`] with the VIPs' backends named as `pools` says.
+fn config_of(weight: u32, first: u32, pools: Pools) -> String {
+    scale::text_of(
         "interface = \"eth0\"\nhash_seed = 1\n",
         VIPS,
         BACKENDS,
@@ -69,6 +79,7 @@ fn config(weight: u32, first: u32) -> String {
             (_, 0) => weight,
             _ => 1,
         },
+        pools,
     )
 }
 
@@ -325,6 +336,48 @@ fn mb(bytes: u64) -> String {
     format!("{:.0} MB", bytes as f64 / 1e6)
 }
 
+/// A namespace `label-*` with a veth `eth0` for a daemon to attach to.
+fn veth_namespace(label: &str) -> anyhow::Result<Netns> {
+    let ns = Netns::new(label)?;
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["link", "set", "peer0", "up"])?;
+    Ok(ns)
+}
+
+/// A daemon of its own started on `own[0]`, where each VIP has a pool of
+/// backends of its own, so that each VIP has a table of its own (an apply
+/// from the shared pool to these would need 128,000 backend ids at once:
+/// more than the 65,536 there are); then the plan and the apply of a
+/// change to every VIP (`own[1]`).
+fn own_pools(dir: &Path, own: [&str; 2]) -> anyhow::Result<()> {
+    let ns = veth_namespace("xlbctl-own")?;
+    let dir = dir.join("own");
+    std::fs::create_dir_all(&dir)?;
+    let (daemon, start_time) = start(&ns, Path::new(own[0]), &dir)?;
+    row(
+        "start until the socket answers, each VIP a pool of its own",
+        "< 2 s",
+        format!("{start_time:.2?}"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let plan_every = daemon.median(&["plan", "--force", own[1]], CALLS)?;
+    row(
+        "`xlb plan` of a change to every VIP, each VIP a pool of its own",
+        "< 0.5 s",
+        format!("{plan_every:.2?}"),
+    );
+    let apply_every = by_turns(&daemon, own[1], own[0], FULL_APPLIES * 2, &mut 0)?;
+    row(
+        "`xlb apply` of a change to every VIP, each VIP a pool of its own",
+        "< 1 s",
+        format!("{apply_every:.2?}"),
+    );
+    Ok(())
+}
+
 /// The plans and applies of the issue, then the RSS after `APPLIES`
 /// applies: the applies made.
 fn plans_and_applies(daemon: &Daemon, a: &str, every: &str, one: &str) -> anyhow::Result<usize> {
@@ -380,30 +433,29 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("xlb-control-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let ns = Netns::new("xlbctl")?;
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-    ])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&["link", "set", "peer0", "up"])?;
+    let ns = veth_namespace("xlbctl")?;
 
     // a: the start; every: every VIP's first weight changed; one: only
     // vip0's.
+    // own-a, own-every: a and every with a pool of backends per VIP.
     let files = [
         ("a", config(1, 1)),
         ("every", config(2, 2)),
         ("one", config(1, 3)),
+        ("own-a", config_of(1, 1, Pools::Own)),
+        ("own-every", config_of(2, 2, Pools::Own)),
     ]
     .map(|(name, text)| {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).map(|()| path)
     });
-    let [a, every, one] = files;
-    let (a, every, one) = (a?, every?, one?);
-    let (a, every, one) = (
+    let [a, every, one, own_a, own_every] = files;
+    let (a, every, one, own_a, own_every) = (a?, every?, one?, own_a?, own_every?);
+    let (a, every, one, own) = (
         a.to_str().unwrap(),
         every.to_str().unwrap(),
         one.to_str().unwrap(),
+        [own_a.to_str().unwrap(), own_every.to_str().unwrap()],
     );
     println!(
         "control: {VIPS} VIPs x {BACKENDS} backends, table size {TABLE_SIZE}, config {} bytes; load average {}",
@@ -538,6 +590,7 @@ fn main() -> anyhow::Result<()> {
             "< 1 s",
             format!("{apply_loaded:.2?}"),
         );
+        own_pools(&dir, own)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

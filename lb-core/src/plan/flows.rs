@@ -26,8 +26,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{HashMode, Vip};
-use crate::maglev::{MaglevError, MaglevTable};
+use crate::config::HashMode;
+use crate::maglev::MaglevTable;
 
 /// A VIP's table as one config builds it, with that config's seed and the
 /// VIP's hash mode: together, where a flow lands.
@@ -41,7 +41,11 @@ pub(super) struct Built {
 
 /// The table the daemon would build for `vip`: its active backends, its
 /// table size, the config's `hash_seed` (what `state::desired` does).
-pub(super) fn build(vip: &Vip, seed: u32) -> Result<Built, MaglevError> {
+#[cfg(test)]
+pub(super) fn build(
+    vip: &crate::config::Vip,
+    seed: u32,
+) -> Result<Built, crate::maglev::MaglevError> {
     Ok(Built::from_table(
         crate::state::vip_table(vip, seed)?,
         seed,

@@ -35,10 +35,42 @@ use std::sync::Arc;
 
 pub use crate::config::vip_hash;
 use crate::config::{Config, Vip, same_vip};
-use crate::state::{Desired, DesiredVip, Prebuilt, same_table_inputs};
+use crate::maglev::MaglevTable;
+use crate::state::{self, Desired, DesiredVip, Prebuilt, same_table_inputs};
 
 use diff::Side;
 use flows::Built;
+
+/// One side's tables, VIP by VIP: `taken` where Some, else built where
+/// `to_build` is Some (each distinct table once: `state::vip_tables`),
+/// else None.
+fn built_sides(
+    vips: &[Arc<Vip>],
+    taken: impl Iterator<Item = Option<MaglevTable>>,
+    to_build: &[Option<&Vip>],
+    seed: u32,
+    which: &'static str,
+) -> Result<Vec<Option<Built>>, PlanError> {
+    let fresh = state::vip_tables(to_build, seed);
+    let tables: Vec<Option<MaglevTable>> = taken
+        .zip(fresh)
+        .zip(vips)
+        .map(|((taken, fresh), v)| match (taken, fresh) {
+            (Some(t), _) => Ok(Some(t)),
+            (None, Some(built)) => built.map(Some).map_err(|source| PlanError::Maglev {
+                which,
+                vip: v.name.clone(),
+                source,
+            }),
+            (None, None) => Ok(None),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(tables
+        .into_par_iter()
+        .zip(vips)
+        .map(|(table, v)| table.map(|t| Built::from_table(t, seed, v.hash)))
+        .collect())
+}
 
 /// Plan the change from `base` (applied today) to `candidate`.
 /// `base_revision` is left unset for the caller to fill in.
@@ -106,34 +138,38 @@ pub fn plan_keeping_tables(
     let candidate_names: HashSet<&str> = candidate.vips.iter().map(|v| v.name.as_str()).collect();
     // The base's tables of the VIPs that change or leave: the applied ones
     // where they are the same, the others built (on every core).
-    let base_built =
-        base.vips
-            .par_iter()
-            .map(|v| {
-                let needed = base_needed.contains(v.name.as_str())
-                    || !candidate_names.contains(v.name.as_str());
-                if !needed {
-                    return Ok(None);
-                }
-                match applied_by_name
-                    .get(v.name.as_str())
-                    .filter(|a| same_table_inputs(&a.config, applied_seed, v, base.hash_seed))
-                {
-                    Some(a) => Ok(Some(Built::from_table(
-                        a.table.clone(),
-                        base.hash_seed,
-                        v.hash,
-                    ))),
-                    None => flows::build(v, base.hash_seed).map(Some).map_err(|source| {
-                        PlanError::Maglev {
-                            which: "base",
-                            vip: v.name.clone(),
-                            source,
-                        }
-                    }),
-                }
-            })
-            .collect::<Result<Vec<Option<Built>>, _>>()?;
+    let needed: Vec<bool> = base
+        .vips
+        .iter()
+        .map(|v| {
+            base_needed.contains(v.name.as_str()) || !candidate_names.contains(v.name.as_str())
+        })
+        .collect();
+    let applied_tables: Vec<Option<&DesiredVip>> = base
+        .vips
+        .iter()
+        .zip(&needed)
+        .map(|(v, &needed)| {
+            applied_by_name
+                .get(v.name.as_str())
+                .filter(|a| needed && same_table_inputs(&a.config, applied_seed, v, base.hash_seed))
+                .copied()
+        })
+        .collect();
+    let to_build: Vec<Option<&Vip>> = base
+        .vips
+        .iter()
+        .zip(&needed)
+        .zip(&applied_tables)
+        .map(|((v, &needed), applied)| (needed && applied.is_none()).then_some(&**v))
+        .collect();
+    let base_built = built_sides(
+        &base.vips,
+        applied_tables.iter().map(|a| a.map(|a| a.table.clone())),
+        &to_build,
+        base.hash_seed,
+        "base",
+    )?;
     let base_side = |name: &str| {
         base_index.get(name).and_then(|&i| {
             base_built[i].as_ref().map(|built| Side {
@@ -144,30 +180,26 @@ pub fn plan_keeping_tables(
     };
     // None: the same table as the base VIP of that name (or an identical
     // VIP, which needs none).
-    let candidate_built = candidate
+    let to_build: Vec<Option<&Vip>> = candidate
         .vips
-        .par_iter()
+        .iter()
         .zip(&candidate_identical)
         .map(|(v, &same)| {
-            if same {
-                return Ok(None);
-            }
-            let same = base_side(&v.name).is_some_and(|b| {
-                b.vip.hash == v.hash
-                    && same_table_inputs(b.vip, base.hash_seed, v, candidate.hash_seed)
-            });
-            if same {
-                return Ok(None);
-            }
-            flows::build(v, candidate.hash_seed)
-                .map(Some)
-                .map_err(|source| PlanError::Maglev {
-                    which: "candidate",
-                    vip: v.name.clone(),
-                    source,
-                })
+            let shared = same
+                || base_side(&v.name).is_some_and(|b| {
+                    b.vip.hash == v.hash
+                        && same_table_inputs(b.vip, base.hash_seed, v, candidate.hash_seed)
+                });
+            (!shared).then_some(&**v)
         })
-        .collect::<Result<Vec<Option<Built>>, _>>()?;
+        .collect();
+    let candidate_built = built_sides(
+        &candidate.vips,
+        std::iter::repeat_n(None, candidate.vips.len()),
+        &to_build,
+        candidate.hash_seed,
+        "candidate",
+    )?;
 
     // Each VIP's part of the plan and its checks, on every core (a change
     // of every VIP diffs 64,000 backends and compares 1,000 tables); in

@@ -1105,7 +1105,7 @@ fn same_assignment(before: &Built, after: &Built) -> bool {
         return (0..t1.slots.len()).all(|i| t1.owner(i) == t2.owner(i));
     }
     // Independent slots: only a single, same owner keeps every flow.
-    let owners = |t: &maglev::MaglevTable| {
+    let owners = |t: &MaglevTable| {
         let counts = t.slot_counts();
         t.names
             .iter()

@@ -20,6 +20,17 @@ pub fn config_of(header: &str, weight: u32, backends: usize) -> String {
     })
 }
 
+/// How the VIPs' backends are named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pools {
+    /// `b0`, `b1`, ... in every VIP: one pool serves them all (with equal
+    /// weights, one Maglev table for all).
+    Shared,
+    /// `v7b0`, `v7b1`, ... in VIP 7: a pool of its own per VIP, so a table
+    /// of its own per VIP.
+    Own,
+}
+
 /// `header`, then `vips` VIPs (each on an address of its own) of `backends`
 /// backends (shared by name) in `table_size` slots, backend `b` of VIP `v`
 /// at `weight(v, b)`.
@@ -30,6 +41,18 @@ pub fn text(
     table_size: u32,
     weight: impl Fn(usize, usize) -> u32,
 ) -> String {
+    text_of(header, vips, backends, table_size, weight, Pools::Shared)
+}
+
+/// [`text`], with the backends named as `pools` says.
+pub fn text_of(
+    header: &str,
+    vips: usize,
+    backends: usize,
+    table_size: u32,
+    weight: impl Fn(usize, usize) -> u32,
+    pools: Pools,
+) -> String {
     let mut text = header.to_string();
     for v in 0..vips {
         text.push_str(&format!(
@@ -39,8 +62,12 @@ pub fn text(
         ));
         for b in 0..backends {
             let w = weight(v, b);
+            let pool = match pools {
+                Pools::Shared => String::new(),
+                Pools::Own => format!("v{v}"),
+            };
             text.push_str(&format!(
-                "[[vip.backend]]\nname = \"b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
+                "[[vip.backend]]\nname = \"{pool}b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
                 b + 1
             ));
         }
