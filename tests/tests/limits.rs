@@ -3,7 +3,9 @@
 //! answered, 64 backends each: 65,536 backends) starts the real daemon on
 //! the namespace testbed and serves real TCP and pings to VIPs at the start,
 //! middle and end of the file; one VIP or one backend more is refused by
-//! `xlb validate`, naming the limit. A privileged test
+//! `xlb validate`, naming the limit; renaming every backend at once needs
+//! more backend ids than there are, which `xlb plan` says as `xlb apply`
+//! does. A privileged test
 //! (`tests::require_privileges!`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,6 +29,11 @@ fn vip_address(i: u32) -> Ipv4Addr {
 /// backend's frames go to the testbed's b1 or b2 by MAC (L2 DSR rewrites
 /// only the MAC); their addresses, distinct per VIP, are never used.
 fn config(vips: u32, extra: u32) -> String {
+    config_named(vips, extra, "b")
+}
+
+/// [`config`], backend `j` named `{prefix}{j}`.
+fn config_named(vips: u32, extra: u32, prefix: &str) -> String {
     let mut text = String::from("interface = \"eth0\"\nhash_seed = 1\nicmp_echo = \"reply\"\n");
     for i in 0..vips {
         text.push_str(&format!(
@@ -36,7 +43,7 @@ fn config(vips: u32, extra: u32) -> String {
         let backends = PER_VIP + if i == 0 { extra } else { 0 };
         for j in 0..backends {
             text.push_str(&format!(
-                "[[vip.backend]]\nname = \"b{j}\"\naddress = \"198.18.{}.{}\"\nmac = \"02:00:00:00:00:{}\"\n",
+                "[[vip.backend]]\nname = \"{prefix}{j}\"\naddress = \"198.18.{}.{}\"\nmac = \"02:00:00:00:00:{}\"\n",
                 2 + j / 250,
                 j % 250 + 1,
                 11 + j % 2
@@ -134,6 +141,27 @@ fn the_largest_valid_config_starts_and_serves() {
             .exec(&["ping", "-c", "1", "-W", "3", &address.to_string()]);
         assert!(ping.is_ok(), "vip{i} at {address} answers a ping: {ping:?}");
     }
+
+    // Every backend renamed at once: 65,536 new ids beside the 65,536 the
+    // live config holds. The plan fails as the apply does (bad input,
+    // exit 2, naming the limit), and nothing is applied.
+    let renamed = dir.join("renamed.toml");
+    std::fs::write(&renamed, config_named(MAX_VIPS, 0, "r")).unwrap();
+    let renamed = renamed.to_str().unwrap();
+    let revision = daemon.status().unwrap()["revision"].clone();
+    for args in [
+        &["plan", "--force", renamed][..],
+        &["apply", "--force", renamed],
+    ] {
+        let out = daemon.xlb(args).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(
+            describe(&out).contains(&format!("out of backend ids (at most {MAX_BACKENDS}")),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+    assert_eq!(daemon.status().unwrap()["revision"], revision);
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

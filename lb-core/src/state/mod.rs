@@ -433,28 +433,36 @@ pub fn vip_tables(
     built
 }
 
-/// [`desired`], taking the Maglev table of each VIP whose table inputs
-/// (size, seed, table backends and weights) are those it had in `built`
-/// from there instead of building it again: an apply that changes one VIP
-/// builds one table. `built`'s tables are never health-patched
-/// (`DesiredVip::table`), so they are what `maglev::build` would return.
-/// The tables to build are built on every core (rayon); then `progress`
-/// is called once for each table built (the daemon's watchdog: the
-/// largest config's tables take about a second of one core). An owned
-/// `config` moves into the state instead of being copied.
-pub fn desired_reusing(
-    config: Cow<'_, Config>,
+/// The ids `config` gets after `previous` (`desired_reusing`'s, without
+/// building anything): an apply fails with the error this returns, so a
+/// plan asks it too. `built`: the state applied now, if any.
+pub fn allocate(
+    config: &Config,
     previous: &Allocation,
     built: Option<&Desired>,
-    prebuilt: Option<Prebuilt>,
-    progress: &dyn Fn(),
-) -> Result<Desired, StateError> {
-    let owned = config;
-    let config: &Config = &owned;
+) -> Result<Allocation, StateError> {
     let built_by_name: HashMap<&str, &Arc<DesiredVip>> = built
         .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
         .unwrap_or_default();
-    let built_seed = built.map_or(0, |d| d.config.hash_seed);
+    allocated(config, previous, built, &built_by_name).map(|a| a.allocation)
+}
+
+/// What [`allocated`] hands out.
+struct Allocated<'p> {
+    allocation: Allocation,
+    /// Each VIP's identity, in `config`'s order.
+    vip_identities: Vec<VipIdentity>,
+    /// Each VIP's map of backend ids where it is kept whole.
+    kept_backends: Vec<Option<&'p Arc<VipBackends>>>,
+}
+
+/// [`allocate`], with what `desired_reusing` goes on with.
+fn allocated<'p>(
+    config: &Config,
+    previous: &'p Allocation,
+    built: Option<&Desired>,
+    built_by_name: &HashMap<&str, &Arc<DesiredVip>>,
+) -> Result<Allocated<'p>, StateError> {
     let mut allocation = Allocation::default();
 
     // VIP ids: keep, then allocate the new ones from ids nobody held before.
@@ -544,6 +552,40 @@ pub fn desired_reusing(
         }
     }
     allocation.retained = carried(previous, &allocation);
+    Ok(Allocated {
+        allocation,
+        vip_identities,
+        kept_backends,
+    })
+}
+
+/// [`desired`], taking the Maglev table of each VIP whose table inputs
+/// (size, seed, table backends and weights) are those it had in `built`
+/// from there instead of building it again: an apply that changes one VIP
+/// builds one table. `built`'s tables are never health-patched
+/// (`DesiredVip::table`), so they are what `maglev::build` would return.
+/// The tables to build are built on every core (rayon); then `progress`
+/// is called once for each table built (the daemon's watchdog: the
+/// largest config's tables take about a second of one core). An owned
+/// `config` moves into the state instead of being copied.
+pub fn desired_reusing(
+    config: Cow<'_, Config>,
+    previous: &Allocation,
+    built: Option<&Desired>,
+    prebuilt: Option<Prebuilt>,
+    progress: &dyn Fn(),
+) -> Result<Desired, StateError> {
+    let owned = config;
+    let config: &Config = &owned;
+    let built_by_name: HashMap<&str, &Arc<DesiredVip>> = built
+        .map(|d| d.vips.iter().map(|v| (v.config.name.as_str(), v)).collect())
+        .unwrap_or_default();
+    let built_seed = built.map_or(0, |d| d.config.hash_seed);
+    let Allocated {
+        allocation,
+        vip_identities,
+        kept_backends,
+    } = allocated(config, previous, built, &built_by_name)?;
 
     // Each VIP: the built one whole where nothing of it changed, else its
     // table where the table's inputs are the same; the others' tables
@@ -1257,6 +1299,43 @@ mod tests {
             ));
         }
         parse(&text, "test.toml").unwrap()
+    }
+
+    /// At the declared limits every backend id is held by the live config:
+    /// `allocate` refuses a config with one backend renamed (one new id
+    /// beside them), as `desired_reusing` does, and takes the same config.
+    #[test]
+    fn allocate_refuses_what_the_id_space_cannot_hold() {
+        let limits = |renamed: usize| {
+            let mut c = config(&[("b", "02:00:00:00:00:01", 1)]);
+            let template = (*c.vips[0]).clone();
+            let per_vip = (MAX_BACKENDS / MAX_VIPS) as usize;
+            c.vips = (0..MAX_VIPS as usize)
+                .map(|v| {
+                    let mut vip = template.clone();
+                    vip.name = format!("vip{v}");
+                    vip.backends = (0..per_vip)
+                        .map(|b| {
+                            let mut backend = template.backends[0].clone();
+                            let fresh = if v * per_vip + b < renamed { "r" } else { "b" };
+                            backend.name = format!("{fresh}{b}");
+                            backend
+                        })
+                        .collect();
+                    Arc::new(vip)
+                })
+                .collect();
+            c
+        };
+        let live = allocate(&limits(0), &Allocation::default(), None).unwrap();
+        assert_eq!(allocate(&limits(0), &live, None).unwrap().ids(), live.ids());
+        let refused = StateError::OutOfIds {
+            kind: "backend",
+            max: MAX_BACKENDS,
+        };
+        assert_eq!(allocate(&limits(1), &live, None).unwrap_err(), refused);
+        let reused = desired_reusing(Cow::Owned(limits(1)), &live, None, None, &|| {});
+        assert_eq!(reused.unwrap_err(), refused);
     }
 
     #[test]

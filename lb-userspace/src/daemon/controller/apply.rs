@@ -42,6 +42,12 @@ impl Controller {
                 ..candidate.config.clone()
             }),
         };
+        // The ids the write would hand out: a change the id space cannot
+        // take (new backends beside the ids the live config still holds)
+        // fails its plan as it would fail its apply.
+        if let Some(applied) = &self.applied {
+            state::allocate(&candidate.config, &applied.allocation, Some(applied))?;
+        }
         // The applied tables stand for the base's; only changed VIPs'
         // tables are built.
         let (mut plan, tables) =
