@@ -46,9 +46,21 @@ pub fn ipv6(
     h[4..6].copy_from_slice(&payload_len.to_be_bytes());
     h[6] = next;
     h[7] = TTL;
-    h[8..24].copy_from_slice(src);
-    h[24..40].copy_from_slice(dst);
+    // Word copies: `copy_from_slice` of the addresses became 32 byte loads
+    // and 32 byte stores.
+    let (_, addrs) = h.split_at_mut(8);
+    let (s, d) = addrs.split_at_mut(16);
+    copy(as16(s), src);
+    copy(as16(d), dst);
     h
+}
+
+/// A 16-byte slice as an array (its length is a constant at every use).
+#[inline(always)]
+fn as16(b: &mut [u8]) -> &mut [u8; 16] {
+    // SAFETY: the callers pass slices of exactly 16 bytes (`split_at_mut`
+    // of a 40-byte array at constant offsets); [u8; 16] has alignment 1.
+    unsafe { &mut *(b.as_mut_ptr() as *mut [u8; 16]) }
 }
 
 /// After bpf_xdp_adjust_head grew the frame by `grown` bytes (more than
@@ -64,8 +76,10 @@ pub fn move_l2(ctx: &XdpContext, grown: usize, dmac: &[u8; 6], smac: &[u8; 6]) -
     unsafe {
         let l2 = &mut *l2;
         copy(l2, &*old);
-        l2[..6].copy_from_slice(dmac);
-        l2[6..12].copy_from_slice(smac);
+        // Word copies (a u32 and a u16 each), not 12 byte copies.
+        let macs = l2.as_mut_ptr();
+        copy(&mut *(macs as *mut [u8; 6]), dmac);
+        copy(&mut *(macs.add(6) as *mut [u8; 6]), smac);
     }
     Some(())
 }

@@ -75,7 +75,10 @@ fn slot(i: u32, w: &[u32; 5]) -> Option<VipMeta> {
     // Volatile, in this order: the controller writes the tail word last
     // when it fills a slot and first when it clears one (x86 keeps stores
     // and loads in order), so a matching tail read first means the address
-    // words and entry read after it are the ones written with it.
+    // words and entry read after it are the ones written with it. The
+    // entry lies at offset 24 of an 8-aligned map value (u64 loads are
+    // aligned), and VipMeta is 16 bytes of plain integers (lb_common::Pod):
+    // every bit pattern is a value.
     unsafe {
         if core::ptr::addr_of!((*s).tail).read_volatile() != w[4] {
             return None;
@@ -84,7 +87,11 @@ fn slot(i: u32, w: &[u32; 5]) -> Option<VipMeta> {
         if a[0] != w[0] || a[1] != w[1] || a[2] != w[2] || a[3] != w[3] {
             return None;
         }
-        Some(core::ptr::addr_of!((*s).meta).read_volatile())
+        // The entry as two u64 loads: a volatile read of the struct loads
+        // each field apart (ten loads, the padding's bytes among them).
+        let m = core::ptr::addr_of!((*s).meta).cast::<u64>();
+        let words = [m.read_volatile(), m.add(1).read_volatile()];
+        Some(core::mem::transmute::<[u64; 2], VipMeta>(words))
     }
 }
 

@@ -79,7 +79,9 @@ pub fn send(
 #[inline(always)]
 fn outer_addresses(s: &mut Scratch, b: &Backend, cfg: &GlobalConfig, h: u32) {
     let hb = h.to_be_bytes();
-    s.outer_dst = b.addr;
+    // Not `s.outer_dst = b.addr`: that became a call to the byte-at-a-time
+    // `memmove` (packet.rs, `copy`) on every tunnelled packet.
+    copy(&mut s.outer_dst, &b.addr);
     if b.family == FAMILY_V6 {
         copy(&mut s.outer_src, &cfg.tunnel_src_v6);
         let p = &cfg.tunnel_src_v6;
