@@ -616,10 +616,19 @@ impl Vip {
     /// backends (0 when it is not active): the share of new flows it can
     /// take, which `max_capacity_ratio` bounds (plan, bake, simulate).
     pub fn capacity_share(&self, backend: &Backend) -> f64 {
+        Self::capacity_share_of(backend, self.capacity_total())
+    }
+
+    /// The capacity of the table backends, summed (in file order).
+    pub fn capacity_total(&self) -> f64 {
+        self.table_backends().map(|b| b.capacity).sum()
+    }
+
+    /// [`Vip::capacity_share`] with the VIP's `capacity_total` known.
+    pub fn capacity_share_of(backend: &Backend, total: f64) -> f64 {
         if backend.state != BackendState::Active {
             return 0.0;
         }
-        let total: f64 = self.table_backends().map(|b| b.capacity).sum();
         if total > 0.0 {
             backend.capacity / total
         } else {

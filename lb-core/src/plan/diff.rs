@@ -2,7 +2,6 @@
 //! the config-wide lines. Backends are matched by name and listed by name,
 //! so the order of the file never shows as a change.
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 
 use crate::config::{Backend, Config, Safety, Thresholds, Vip};
@@ -23,10 +22,11 @@ pub(super) fn vip_plan(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vip
         .or(before)
         .map(|s| s.vip.name.clone())
         .expect("a VIP is on one side at least");
-    let backends = backend_plans(before, after);
+    let both = union(before, after);
+    let backends = backend_plans(before, after, &both);
     let (change, details, flows_moved_ratio) = match (before, after) {
         (Some(b), Some(a)) => {
-            let details = vip_details(b, a);
+            let details = vip_details(b, a, &both);
             let change = if details.is_empty() {
                 Change::Unchanged
             } else {
@@ -134,25 +134,57 @@ fn count_backends(vip: &Vip) -> String {
     format!("{n} backend{plural} ({active} active)")
 }
 
-/// Backends of either side, by name.
-fn union<'a>(
-    before: Option<Side<'a>>,
-    after: Option<Side<'a>>,
-) -> BTreeMap<&'a str, (Option<&'a Backend>, Option<&'a Backend>)> {
-    let mut out: BTreeMap<&str, (Option<&Backend>, Option<&Backend>)> = BTreeMap::new();
-    for b in before.iter().flat_map(|s| &s.vip.backends) {
-        out.entry(&b.name).or_default().0 = Some(b);
-    }
-    for a in after.iter().flat_map(|s| &s.vip.backends) {
-        out.entry(&a.name).or_default().1 = Some(a);
+/// A backend name of either side, with its backend on each.
+type Both<'a> = (&'a str, Option<&'a Backend>, Option<&'a Backend>);
+
+/// Backends of either side, by name (names are unique on a side): each
+/// side sorted, then merged.
+fn union<'a>(before: Option<Side<'a>>, after: Option<Side<'a>>) -> Vec<Both<'a>> {
+    let sorted = |side: Option<Side<'a>>| {
+        let mut backends: Vec<&'a Backend> =
+            side.map_or(&[][..], |s| &s.vip.backends).iter().collect();
+        backends.sort_unstable_by(|x, y| x.name.cmp(&y.name));
+        backends
+    };
+    let (b, a) = (sorted(before), sorted(after));
+    let mut out = Vec::with_capacity(b.len().max(a.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < b.len() || j < a.len() {
+        let order = match (b.get(i), a.get(j)) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                out.push((b[i].name.as_str(), Some(b[i]), None));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push((a[j].name.as_str(), None, Some(a[j])));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((a[j].name.as_str(), Some(b[i]), Some(a[j])));
+                i += 1;
+                j += 1;
+            }
+        }
     }
     out
 }
 
-fn backend_plans(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vec<BackendPlan> {
-    union(before, after)
-        .into_iter()
-        .map(|(name, (b, a))| BackendPlan {
+fn backend_plans(
+    before: Option<Side<'_>>,
+    after: Option<Side<'_>>,
+    both: &[Both<'_>],
+) -> Vec<BackendPlan> {
+    let mut shares_before = before.map(|s| s.built.shares_in_order());
+    let mut shares_after = after.map(|s| s.built.shares_in_order());
+    // The after side's capacity, summed once (`Vip::capacity_share`).
+    let capacity_total = after.map_or(0.0, |s| s.vip.capacity_total());
+    both.iter()
+        .map(|&(name, b, a)| BackendPlan {
             name: name.to_string(),
             change: match (b, a) {
                 (None, _) => Change::Added,
@@ -164,10 +196,10 @@ fn backend_plans(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vec<Backe
             weight_after: a.map(|a| a.weight),
             state_before: b.map(|b| b.state.to_string()),
             state_after: a.map(|a| a.state.to_string()),
-            share_before_ratio: ratio(before.map_or(0.0, |s| s.built.share(name))),
-            share_after_ratio: ratio(after.map_or(0.0, |s| s.built.share(name))),
+            share_before_ratio: ratio(shares_before.as_mut().map_or(0.0, |s| s.share(name))),
+            share_after_ratio: ratio(shares_after.as_mut().map_or(0.0, |s| s.share(name))),
             capacity_share_ratio: ratio(match (after, a) {
-                (Some(s), Some(a)) => s.vip.capacity_share(a),
+                (Some(_), Some(a)) => Vip::capacity_share_of(a, capacity_total),
                 _ => 0.0,
             }),
             established: match (b, a) {
@@ -182,7 +214,7 @@ fn backend_plans(before: Option<Side<'_>>, after: Option<Side<'_>>) -> Vec<Backe
 
 /// The diff lines of a VIP in both configs: its own keys, then its
 /// backends by name.
-fn vip_details(before: Side<'_>, after: Side<'_>) -> Vec<String> {
+fn vip_details(before: Side<'_>, after: Side<'_>, both: &[Both<'_>]) -> Vec<String> {
     let (b, a) = (before.vip, after.vip);
     let mut out = Vec::new();
     diff(&mut out, "address", &b.address, &a.address);
@@ -196,8 +228,8 @@ fn vip_details(before: Side<'_>, after: Side<'_>) -> Vec<String> {
     imbalance_details(&mut out, &b.imbalance, &a.imbalance);
     safety_details(&mut out, &b.safety, &a.safety);
     out.extend(crate::health::plan_details(&b.health, &a.health));
-    for (name, sides) in union(Some(before), Some(after)) {
-        match sides {
+    for &(name, b, a) in both {
+        match (b, a) {
             (None, Some(a)) => {
                 let mut line = format!("backend {name} added (weight {}", a.weight);
                 if a.capacity != f64::from(a.weight) {

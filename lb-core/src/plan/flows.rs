@@ -72,6 +72,15 @@ impl Built {
             .map_or(0.0, |i| self.shares[i as usize])
     }
 
+    /// Shares of names asked in increasing order (a walk along the
+    /// table's sorted names, not a search for each).
+    pub fn shares_in_order(&self) -> SharesInOrder<'_> {
+        SharesInOrder {
+            built: self,
+            next: 0,
+        }
+    }
+
     /// Slot counts by name, of the backends that own any.
     fn counts(&self) -> BTreeMap<&str, u64> {
         self.table
@@ -81,6 +90,27 @@ impl Built {
             .zip(self.table.slot_counts())
             .filter(|&(_, c)| c > 0)
             .collect()
+    }
+}
+
+/// [`Built::shares_in_order`].
+pub(super) struct SharesInOrder<'a> {
+    built: &'a Built,
+    /// The first of the table's names not passed yet.
+    next: usize,
+}
+
+impl SharesInOrder<'_> {
+    /// As [`Built::share`], for a name after every name asked before.
+    pub fn share(&mut self, name: &str) -> f64 {
+        let names = &self.built.table.names;
+        while self.next < names.len() && names[self.next].as_str() < name {
+            self.next += 1;
+        }
+        match names.get(self.next) {
+            Some(n) if n == name => self.built.shares[self.next],
+            _ => 0.0,
+        }
     }
 }
 

@@ -170,6 +170,24 @@ fn comments_and_spacing_are_the_same_config() {
 
 // ---- predicted shares ----
 
+/// Shares asked in name order, absent names among them, are the shares a
+/// search by name gives.
+#[test]
+fn shares_in_name_order_are_the_shares_by_search() {
+    let mut cfg = equal(10);
+    cfg.vip_mut(0).backends[3].state = BackendState::Draining;
+    let built = flows::build(&cfg.vips[0], cfg.hash_seed).unwrap();
+    let mut names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
+    names.extend(["a".to_string(), "b".to_string(), "zz".to_string()]);
+    names.sort();
+    let mut walk = built.shares_in_order();
+    for n in &names {
+        assert_eq!(walk.share(n), built.share(n), "{n}");
+    }
+    assert_eq!(built.share("b3"), 0.0);
+    assert!(built.share("b4") > 0.0);
+}
+
 /// The predicted shares are those of the tables the daemon would build:
 /// `maglev::build` over the active backends, and `state::desired`.
 #[test]
