@@ -39,3 +39,19 @@ pub fn give_back_here() {
     // heap (and abandoned segments); any thread may call it at any time.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
+
+/// Drop `value` on a short-lived thread of its own (inline when no thread
+/// can be made): freeing a large structure then costs the caller nothing
+/// (at 1,000 VIPs x 64 backends a parsed config or a plan document is
+/// ~10 ms of frees).
+pub fn drop_aside<T: Send + 'static>(value: T) {
+    // A spawn that fails drops its closure, and `value` with it, here.
+    let _ = std::thread::Builder::new()
+        .name("xlb-drop".into())
+        .spawn(move || {
+            drop(value);
+            // What it freed goes back before the thread ends (its heap
+            // would be abandoned with the memory held).
+            give_back_here();
+        });
+}

@@ -621,7 +621,9 @@ fn answer(
             // lock (on every core at many VIPs), and sent instead of the
             // whole document.
             if as_text && let Response::Plan(plan) = &response {
-                response = Response::PlanText(Box::new(plan.to_text()));
+                let text = Response::PlanText(Box::new(plan.to_text()));
+                // The document is freed while the text goes out.
+                crate::memory::drop_aside(std::mem::replace(&mut response, text));
             }
             response
         }
@@ -717,10 +719,15 @@ fn dispatch(controller: &Mutex<Controller>, request: Request) -> Response {
                 message: None,
             };
             match controller.candidate(text, file, origin) {
-                Ok(candidate) => match controller.plan_audited(&candidate) {
-                    Ok(plan) => Response::Plan(Box::new(plan)),
-                    Err(e) => e.response(),
-                },
+                Ok(candidate) => {
+                    let planned = controller.plan_audited(&candidate);
+                    // Not freed under the controller's lock.
+                    crate::memory::drop_aside(candidate);
+                    match planned {
+                        Ok(plan) => Response::Plan(Box::new(plan)),
+                        Err(e) => e.response(),
+                    }
+                }
                 Err(e) => ApplyError::from(e).response(),
             }
         }

@@ -378,7 +378,7 @@ impl Controller {
         // declared limits: ~2.5 ms to free, a tenth of a one-VIP apply's
         // own time) is freed on a thread of its own, not in the request's.
         let last = std::mem::replace(&mut self.capacity_detector, Detector::verdicts_only());
-        drop_aside(last);
+        crate::memory::drop_aside(last);
     }
 
     fn audit_operator_apply(
@@ -526,13 +526,4 @@ impl Controller {
         log::info!("applied revision {} from {file}", self.revision);
         Ok((self.revision, replaced))
     }
-}
-
-/// Drop `value` on a short-lived thread of its own (inline when no thread
-/// can be made): freeing a large structure then costs the caller nothing.
-fn drop_aside<T: Send + 'static>(value: T) {
-    // A spawn that fails drops its closure, and `value` with it, here.
-    let _ = std::thread::Builder::new()
-        .name("xlb-drop".into())
-        .spawn(move || drop(value));
 }
