@@ -4,6 +4,8 @@
 
 use std::fmt::Display;
 
+use itertools::{EitherOrBoth, Itertools as _};
+
 use crate::config::{Backend, Config, Safety, Thresholds, Vip};
 
 use super::flows::{Built, moved_ratio};
@@ -146,32 +148,15 @@ fn union<'a>(before: Option<Side<'a>>, after: Option<Side<'a>>) -> Vec<Both<'a>>
         backends.sort_unstable_by(|x, y| x.name.cmp(&y.name));
         backends
     };
-    let (b, a) = (sorted(before), sorted(after));
-    let mut out = Vec::with_capacity(b.len().max(a.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < b.len() || j < a.len() {
-        let order = match (b.get(i), a.get(j)) {
-            (Some(x), Some(y)) => x.name.cmp(&y.name),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                out.push((b[i].name.as_str(), Some(b[i]), None));
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push((a[j].name.as_str(), None, Some(a[j])));
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push((a[j].name.as_str(), Some(b[i]), Some(a[j])));
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out
+    sorted(before)
+        .into_iter()
+        .merge_join_by(sorted(after), |b, a| b.name.cmp(&a.name))
+        .map(|sides| match sides {
+            EitherOrBoth::Left(b) => (b.name.as_str(), Some(b), None),
+            EitherOrBoth::Right(a) => (a.name.as_str(), None, Some(a)),
+            EitherOrBoth::Both(b, a) => (a.name.as_str(), Some(b), Some(a)),
+        })
+        .collect()
 }
 
 fn backend_plans(
@@ -198,10 +183,9 @@ fn backend_plans(
             state_after: a.map(|a| a.state.to_string()),
             share_before_ratio: ratio(shares_before.as_mut().map_or(0.0, |s| s.share(name))),
             share_after_ratio: ratio(shares_after.as_mut().map_or(0.0, |s| s.share(name))),
-            capacity_share_ratio: ratio(match (after, a) {
-                (Some(_), Some(a)) => Vip::capacity_share_of(a, capacity_total),
-                _ => 0.0,
-            }),
+            capacity_share_ratio: ratio(
+                a.map_or(0.0, |a| Vip::capacity_share_of(a, capacity_total)),
+            ),
             established: match (b, a) {
                 (None, _) => Established::None,
                 (_, None) => Established::CutRemoved,

@@ -60,12 +60,12 @@ pub fn text_of(
             100 + v / 250,
             v % 250 + 1
         ));
+        let pool = match pools {
+            Pools::Shared => String::new(),
+            Pools::Own => format!("v{v}"),
+        };
         for b in 0..backends {
             let w = weight(v, b);
-            let pool = match pools {
-                Pools::Shared => String::new(),
-                Pools::Own => format!("v{v}"),
-            };
             text.push_str(&format!(
                 "[[vip.backend]]\nname = \"{pool}b{b}\"\naddress = \"198.18.0.{}\"\nmac = \"02:00:00:00:01:{b:02x}\"\nweight = {w}\n",
                 b + 1

@@ -42,12 +42,6 @@ impl Controller {
                 ..candidate.config.clone()
             }),
         };
-        // The ids the write would hand out: a change the id space cannot
-        // take (new backends beside the ids the live config still holds)
-        // fails its plan as it would fail its apply.
-        if let Some(applied) = &self.applied {
-            state::allocate(&candidate.config, &applied.allocation, Some(applied))?;
-        }
         // The applied tables stand for the base's; only changed VIPs'
         // tables are built.
         let (mut plan, tables) =
@@ -110,6 +104,12 @@ impl Controller {
 
     /// Plan for an operator, and put it in the audit log.
     pub fn plan_audited(&mut self, candidate: &Candidate) -> Result<Plan, ApplyError> {
+        // The ids the write would hand out: a change the id space cannot
+        // take (new backends beside the ids the live config still holds)
+        // fails its plan as its apply fails in the write.
+        if let Some(applied) = &self.applied {
+            state::allocate(&candidate.config, &applied.allocation, Some(applied))?;
+        }
         let (mut plan, tables) = self.plan(candidate)?;
         plan.held = self.held_section(candidate, tables);
         let detail = if plan.refused() {
