@@ -9,8 +9,9 @@
 //!   deleted by another process, as an eviction deletes one) are followed
 //!   within the time bound: no packet sent later than
 //!   `BOUND` after the write went by the old entry;
-//! - the controller's writes and deletes (`ConnFlows`) are followed at the
-//!   next packet on every CPU;
+//! - the controller's writes and deletes (`ConnFlows`), held flows from
+//!   other nodes among them (`ConnTable::insert_absent`), are followed at
+//!   the next packet on every CPU;
 //! - a program loaded anew over the same pins follows at once (its cache
 //!   starts empty).
 //!
@@ -140,6 +141,19 @@ fn follow(dp: &Dataplane, m: &Moved, since: Instant) -> (bool, Duration) {
         assert!(
             start < Duration::from_secs(1),
             "the flow never followed its entry"
+        );
+    }
+}
+
+/// An ACK of `m` from each CPU goes to `mac`, as `what` says.
+fn on_both_cpus(dp: &Dataplane, m: &Moved, mac: [u8; 6], what: &str) {
+    for cpu in [0, 1] {
+        pin(cpu);
+        assert_eq!(
+            send(dp, &m.ack),
+            mac,
+            "{:?}, CPU {cpu}: the ACK did not follow {what}",
+            m.flow
         );
     }
 }
@@ -316,14 +330,27 @@ fn every_writer_of_the_connection_tables_is_followed() {
             .find(|v| v.config.name == name)
             .expect("the family's VIP");
         write(&mut conns, &m.flow, vip.backend_ids[0]);
-        for cpu in [0, 1] {
-            pin(cpu);
-            assert_eq!(
-                send(&dp, &m.ack),
-                vip.config.backends[0].mac.0,
-                "{family}, CPU {cpu}: the ACK did not follow the controller's write"
-            );
-        }
+        on_both_cpus(
+            &dp,
+            &m,
+            vip.config.backends[0].mac.0,
+            "the controller's write",
+        );
+        // A held flow from another node (the fleet's way in: where the
+        // table has no entry), after the entry was evicted (deleted as
+        // another process would: no bump) while both slots name b0.
+        outside.delete(&m.flow.words());
+        let held = dp
+            .conn_table()
+            .insert_absent([(m.flow.words(), vip.backend_ids[1], 0)])
+            .expect("insert a held flow");
+        assert_eq!(held.added, 1, "{family}: the held flow was not inserted");
+        on_both_cpus(
+            &dp,
+            &m,
+            vip.config.backends[1].mac.0,
+            "the held flow written",
+        );
     }
 }
 
