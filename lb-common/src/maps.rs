@@ -40,6 +40,12 @@ pub const CONNS: &str = "XLB_CONNS";
 /// userspace (held flows from other nodes), where the program never looks
 /// for it (it is hashed again, as a flow without an entry).
 pub const CONNS_V4: &str = "XLB_CONNS_V4";
+/// The generation of the connection tables' contents, one u64 in an
+/// mmapable array: userspace adds 1 after each of its writes and deletes,
+/// and the program's flow cache (each CPU's copy of the entries it used
+/// last, docs/DATAPLANE.md) serves no slot filled under another. The
+/// program's own map, like the cache: not pinned and not in `ALL`.
+pub const FLOW_CACHE_GEN: &str = "XLB_FLOW_CACHE_GEN";
 
 /// Per-CPU u64 per data-plane event (`stats::EV_*`).
 pub const EVENT_STATS: &str = "XLB_EVENT_STATS";

@@ -2,7 +2,9 @@
 //! address family): how many flows they remember and how many of them name
 //! each backend id; their entries for the held-flow selection; entries
 //! inserted where none is; the IPv4 flows of a layout-5 table moved into
-//! the IPv4 table at an upgrade.
+//! the IPv4 table at an upgrade. Every write and delete made here is
+//! followed by a bump of the flow cache's generation (`Generation`), so no
+//! CPU's cached copy of an entry outlives it.
 //!
 //! aya 0.14 has no batch API, and walking an LRU hash with
 //! BPF_MAP_GET_NEXT_KEY is wrong while packets evict entries (a key deleted
@@ -228,6 +230,55 @@ pub struct Moved {
     pub removed: u64,
 }
 
+/// The program's flow-cache generation (`maps::FLOW_CACHE_GEN`,
+/// docs/DATAPLANE.md): each CPU's cached copy of a connection entry serves
+/// only under the generation it was filled in, so adding 1 after a write
+/// to the tables makes every CPU look its flows up in the LRU again at
+/// their next packet.
+struct Generation {
+    _map: MapData,
+    value: crate::mmap::MappedArray<u64>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("value", &self.value.get(0))
+            .finish()
+    }
+}
+
+impl Generation {
+    /// The map out of the loaded object; None for an object without a
+    /// flow cache.
+    fn take(ebpf: &mut aya::Ebpf) -> Result<Option<Arc<Self>>, DataplaneError> {
+        let name = maps::FLOW_CACHE_GEN;
+        let map = match ebpf.take_map(name) {
+            Some(Map::Array(map)) => map,
+            Some(_) => {
+                return Err(DataplaneError::Missing {
+                    kind: "BPF_MAP_TYPE_ARRAY",
+                    name,
+                });
+            }
+            None => return Ok(None),
+        };
+        let value = crate::mmap::MappedArray::new(map.fd().as_fd(), 1).map_err(io_err(name))?;
+        Ok(Some(Arc::new(Self { _map: map, value })))
+    }
+
+    /// Add 1, after a write to the tables: one atomic add on the map's
+    /// memory (a locked instruction on x86, ordered after the write's
+    /// syscall), which every CPU's next packet reads.
+    fn bump(&self) {
+        // SAFETY: the slot is in bounds of the live mapping, 8-aligned
+        // (page-aligned base), and only ever accessed atomically or by
+        // single aligned loads (the program's).
+        let word = unsafe { std::sync::atomic::AtomicU64::from_ptr(self.value.slot_ptr(0)) };
+        word.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// One family's table.
 #[derive(Clone, Debug)]
 struct Table {
@@ -307,6 +358,9 @@ pub struct ConnFlows {
     /// None for an object without XLB_CONNS_V4 (its XLB_CONNS holds both
     /// families).
     v4: Option<HashMap<MapData, FlowKey4, ConnEntry>>,
+    /// Bumped after every write and delete (None: an object without a
+    /// flow cache).
+    generation: Option<Arc<Generation>>,
 }
 
 impl ConnFlows {
@@ -318,16 +372,19 @@ impl ConnFlows {
         }
     }
 
+    /// Write the flow's entry; the flow cache follows at the next packet.
     pub fn insert(
         &mut self,
         words: FlowWords,
         entry: ConnEntry,
         flags: u64,
     ) -> Result<(), MapError> {
-        match (&mut self.v4, conn_key(&words)) {
+        let done = match (&mut self.v4, conn_key(&words)) {
             (Some(v4), ConnKey::V4(k)) => v4.insert(k, entry, flags),
             _ => self.v6.insert(words, entry, flags),
-        }
+        };
+        self.bump();
+        done
     }
 
     pub fn get(&self, words: &FlowWords, flags: u64) -> Result<ConnEntry, MapError> {
@@ -337,10 +394,21 @@ impl ConnFlows {
         }
     }
 
+    /// Delete the flow's entry; the flow cache follows at the next packet.
     pub fn remove(&mut self, words: &FlowWords) -> Result<(), MapError> {
-        match (&mut self.v4, conn_key(words)) {
+        let done = match (&mut self.v4, conn_key(words)) {
             (Some(v4), ConnKey::V4(k)) => v4.remove(&k),
             _ => self.v6.remove(words),
+        };
+        self.bump();
+        done
+    }
+
+    /// The flow cache's generation moved on, after a write (a failed
+    /// one too: it may have changed something).
+    fn bump(&self) {
+        if let Some(g) = &self.generation {
+            g.bump();
         }
     }
 
@@ -364,6 +432,8 @@ pub struct ConnTable {
     v6: Table,
     /// XLB_CONNS_V4; None for an object built before it.
     v4: Option<Table>,
+    /// The flow cache's generation; None for an object without one.
+    generation: Option<Arc<Generation>>,
 }
 
 impl ConnTable {
@@ -374,7 +444,8 @@ impl ConnTable {
             name: maps::CONNS,
         })?;
         let v4 = Table::take(ebpf, maps::CONNS_V4)?;
-        Ok(Self { v6, v4 })
+        let generation = Generation::take(ebpf)?;
+        Ok(Self { v6, v4, generation })
     }
 
     /// max_entries of each family's table (`conn_table_size`).
@@ -490,7 +561,9 @@ impl ConnTable {
                 Err(e) => return Err(map_err(maps::CONNS_V4)(e)),
             }
             if remove {
-                match flows.v6.remove(&words) {
+                let removed = flows.v6.remove(&words);
+                flows.bump();
+                match removed {
                     Ok(()) => moved.removed += 1,
                     // Evicted meanwhile.
                     Err(MapError::KeyNotFound) => {}
@@ -509,6 +582,7 @@ impl ConnTable {
         Ok(ConnFlows {
             v6: self.v6.typed()?,
             v4: self.v4.as_ref().map(Table::typed).transpose()?,
+            generation: self.generation.clone(),
         })
     }
 }

@@ -10,6 +10,7 @@ use lb_common::{
 
 use crate::{
     events::count_event,
+    flowcache,
     maps::{
         XLB_BACKENDS, XLB_CONNS, XLB_CONNS_V4, XLB_MAGLEV_TABLES, XLB_VIP_SLOTS, XLB_VIP_SOLE,
         XLB_VIPS,
@@ -145,14 +146,13 @@ fn as_key4(k: &[u64; 2]) -> &FlowKey4 {
 }
 
 /// The flow's connection-table entry, from its family's table (an IPv4
-/// flow's by its `key4`, made only then). The 8 bytes are copied out at
-/// once.
+/// flow's by its `key4` words `k4`). The 8 bytes are copied out at once.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys live in the per-CPU scratch; passed by value they would be copied to the 512-byte stack"
 )]
 #[inline(always)]
-pub fn known(p: &Parsed) -> Option<ConnEntry> {
+fn lru(p: &Parsed, k4: &[u64; 2]) -> Option<ConnEntry> {
     // SAFETY: `get` is unsafe because the entry may be changed or evicted
     // while the reference lives; the value is copied out at once. An
     // element an LRU reuses for another flow under us gives at worst that
@@ -160,11 +160,18 @@ pub fn known(p: &Parsed) -> Option<ConnEntry> {
     // which only picks outer header bits.
     unsafe {
         if p.family == FAMILY_V4 {
-            XLB_CONNS_V4.get(as_key4(&key4(p))).copied()
+            XLB_CONNS_V4.get(as_key4(k4)).copied()
         } else {
             XLB_CONNS.get(&p.flow).copied()
         }
     }
+}
+
+/// The flow's entry in its family's connection table (the LRU, not this
+/// CPU's flow cache): what `xlb trace` reports as the flow's entry.
+#[inline(always)]
+pub fn known(p: &Parsed) -> Option<ConnEntry> {
+    lru(p, &key4(p))
 }
 
 /// The chosen backend: its id and entry, whether the flow was hashed (a
@@ -192,19 +199,35 @@ pub struct Choice {
 #[inline(always)]
 pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice> {
     let mut event = EV_CONN_MISS;
-    if p.new_connection == 0
-        && let Some(entry) = known(p)
-    {
-        if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
-            count_event(EV_CONN_HIT);
-            return Some(Choice {
-                backend_id: entry.backend_id,
-                backend,
-                new_flow: false,
-                tuple_hash: entry.flow_hash,
-            });
+    let k4 = key4(p);
+    // This CPU's flow-cache slot of the flow (crate::flowcache), in front
+    // of the LRU; written with what the LRU holds or is given here.
+    let at = if p.family == FAMILY_V4 {
+        flowcache::at4(&k4)
+    } else {
+        flowcache::at6(p)
+    };
+    let stamp = flowcache::stamp();
+    if p.new_connection == 0 {
+        let mut entry = flowcache::get(&at, p, &k4, stamp);
+        if entry.is_none() {
+            entry = lru(p, &k4);
+            if let Some(e) = &entry {
+                flowcache::put(&at, p, &k4, e, stamp);
+            }
         }
-        event = EV_CONN_RESTEER;
+        if let Some(entry) = entry {
+            if let Some(backend) = usable(entry.backend_id, meta.vip_id) {
+                count_event(EV_CONN_HIT);
+                return Some(Choice {
+                    backend_id: entry.backend_id,
+                    backend,
+                    new_flow: false,
+                    tuple_hash: entry.flow_hash,
+                });
+            }
+            event = EV_CONN_RESTEER;
+        }
     }
     count_event(event);
     if meta.table_size == 0 {
@@ -224,16 +247,22 @@ pub fn backend(p: &Parsed, meta: &VipMeta, cfg: &GlobalConfig) -> Option<Choice>
     if p.kind != KIND_ICMP_ERROR {
         // A full LRU evicts its oldest entry; a failed insert only means the
         // next packet hashes again, to the same backend unless the table
-        // changed in between.
+        // changed in between. This CPU's slot follows the LRU at once: the
+        // entry filed, or none.
         let entry = ConnEntry {
             backend_id,
             flow_hash: tuple_hash,
         };
-        let _ = if p.family == FAMILY_V4 {
-            XLB_CONNS_V4.insert(as_key4(&key4(p)), &entry, 0)
+        let filed = if p.family == FAMILY_V4 {
+            XLB_CONNS_V4.insert(as_key4(&k4), &entry, 0)
         } else {
             XLB_CONNS.insert(&p.flow, &entry, 0)
         };
+        if filed.is_ok() {
+            flowcache::put(&at, p, &k4, &entry, stamp);
+        } else {
+            flowcache::clear(&at, stamp);
+        }
     }
     Some(Choice {
         backend_id,

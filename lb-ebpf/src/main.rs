@@ -6,6 +6,7 @@
 
 mod csum;
 mod events;
+mod flowcache;
 mod forward;
 mod headers;
 mod icmp;
