@@ -10,6 +10,7 @@
 //! a plain slice; [`SlotIndex`] lets one generic function serve both.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The most backends a table holds in one byte a slot.
 pub const NARROW_BACKENDS: usize = 1 << 8;
@@ -52,9 +53,9 @@ pub struct Slots(Inner);
 #[derive(Clone)]
 enum Inner {
     /// At most [`NARROW_BACKENDS`] backends.
-    Narrow(Box<[u8]>),
+    Narrow(Arc<[u8]>),
     /// More.
-    Wide(Box<[u16]>),
+    Wide(Arc<[u16]>),
 }
 
 /// The slots as a slice of their own width: match once, loop on the slice.
@@ -67,7 +68,7 @@ pub enum SlotsView<'a> {
 impl Slots {
     /// No slots (a table without backends).
     pub fn empty() -> Slots {
-        Slots(Inner::Narrow(Box::default()))
+        Slots(Inner::Narrow(Arc::new([])))
     }
 
     /// The slots of a table of `backends` backends, from each slot's index
@@ -84,11 +85,11 @@ impl Slots {
     }
 
     /// Slots filled in place by the builder, already of their width.
-    pub(super) fn narrow(slots: Box<[u8]>) -> Slots {
+    pub(super) fn narrow(slots: Arc<[u8]>) -> Slots {
         Slots(Inner::Narrow(slots))
     }
 
-    pub(super) fn wide(slots: Box<[u16]>) -> Slots {
+    pub(super) fn wide(slots: Arc<[u16]>) -> Slots {
         Slots(Inner::Wide(slots))
     }
 
