@@ -11,8 +11,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// before it is given back to the system.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// The purge delay, in milliseconds.
-const PURGE_DELAY_MS: std::ffi::c_long = 10;
+/// The purge delay, in milliseconds: longer than a request at the declared
+/// limits takes (a plan or an apply of every VIP, under a second), so that
+/// memory a request frees is used again by the same request instead of
+/// given back and faulted in afresh a few milliseconds later; the request
+/// gives everything back when it ends (`xlb::memory::give_back`).
+/// Measured against 10 ms (mimalloc's default), by turns, a plan of every
+/// VIP at 1,000 VIPs x 64 backends with a pool each: 8-10% less CPU
+/// (docs/BENCHMARKS.md, issue 20, "Twelfth round").
+const PURGE_DELAY_MS: std::ffi::c_long = 1000;
 
 /// `mi_option_allow_thp` of mimalloc.h (v3, the one the bindings build;
 /// not named by them either): whether its segments may be backed by
@@ -20,12 +27,12 @@ const PURGE_DELAY_MS: std::ffi::c_long = 10;
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 fn main() -> std::process::ExitCode {
-    // Give freed memory back 10 ms after it is freed (mimalloc's default,
-    // set here so that it is stated): given back at once, the parse of a
-    // large config faulted in again each page it had just freed. A delayed
-    // purge runs only when the freeing thread allocates again, so the
-    // daemon gives back its pool's and its request's memory when a request
-    // ends (`xlb::memory::give_back`); without that it kept a large apply's
+    // Give freed memory back a second after it is freed (mimalloc's
+    // default is 10 ms): given back at once, the parse of a large config
+    // faulted in again each page it had just freed. A delayed purge runs
+    // only when the freeing thread allocates again, so the daemon gives
+    // back its pool's and its request's memory when a request ends
+    // (`xlb::memory::give_back`); without that it kept a large apply's
     // peak (~300 MB more at 1,000 VIPs x 64 backends) for good.
     // SAFETY: sets one option value of the allocator, before any thread of
     // ours starts; any value is valid for this option.
