@@ -233,20 +233,7 @@ impl<'a> Client<'a> {
             Response::Error(e) => return Err(e.into()),
             other => return Err(Failure::internal(format!("unexpected response: {other:?}"))),
         };
-        let mut frames = Vec::new();
-        (&mut rest)
-            .take(bytes)
-            .read_to_end(&mut frames)
-            .map_err(|source| ClientError::Io {
-                socket: name.clone(),
-                source,
-            })?;
-        if frames.len() as u64 != bytes {
-            return Err(Failure::internal(format!(
-                "the xlb daemon at {name} sent {} of the status's {bytes} bytes",
-                frames.len()
-            )));
-        }
+        let frames = self.after_line(&mut rest, bytes, "status")?;
         let json = zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress(&frames, plain as usize))
             .map_err(|e| {
@@ -338,18 +325,71 @@ impl<'a> Client<'a> {
         as_text: bool,
         offline: impl FnOnce() -> Result<(), Failure>,
     ) -> Result<PlanAnswer, Failure> {
-        let pick = |r| match r {
-            Response::Plan(p) => Ok(PlanAnswer::Document(p)),
-            Response::PlanText(t) => Ok(PlanAnswer::Text(t)),
-            other => Err(other),
-        };
         let request = Request::Plan {
             file,
             text,
             user,
             as_text,
+            text_raw: as_text,
         };
-        self.ask_or_check(&request, pick, offline)
+        let (reply, mut rest) = match exchange(self.socket, &request) {
+            Err(e @ ClientError::Connect { .. }) => {
+                offline()?;
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        match decode(self.socket, &reply)? {
+            Response::Plan(p) => Ok(PlanAnswer::Document(p)),
+            // A daemon older than `text_raw`.
+            Response::PlanText(t) => Ok(PlanAnswer::Text(t)),
+            Response::PlanTextRaw { verdict, bytes } => {
+                let text = self.raw_text(&mut rest, bytes, "plan")?;
+                Ok(PlanAnswer::Text(Box::new(PlanText { text, verdict })))
+            }
+            Response::Error(e) => Err(e.into()),
+            other => Err(Failure::internal(format!("unexpected response: {other:?}"))),
+        }
+    }
+
+    /// The `bytes` bytes that follow an answer's line, all of them (the
+    /// `what` they are, for errors).
+    fn after_line(
+        &self,
+        rest: &mut BufReader<UnixStream>,
+        bytes: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let name = self.socket.display().to_string();
+        let mut read = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0).min(REPLY_ROOM));
+        rest.take(bytes)
+            .read_to_end(&mut read)
+            .map_err(|source| ClientError::Io {
+                socket: name.clone(),
+                source,
+            })?;
+        if read.len() as u64 != bytes {
+            return Err(Failure::internal(format!(
+                "the xlb daemon at {name} sent {} of the {what}'s {bytes} bytes",
+                read.len()
+            )));
+        }
+        Ok(read)
+    }
+
+    /// [`Client::after_line`], UTF-8 text.
+    fn raw_text(
+        &self,
+        rest: &mut BufReader<UnixStream>,
+        bytes: u64,
+        what: &str,
+    ) -> Result<String, Failure> {
+        String::from_utf8(self.after_line(rest, bytes, what)?).map_err(|_| {
+            Failure::internal(format!(
+                "the xlb daemon at {} sent a {what} that is not UTF-8",
+                self.socket.display()
+            ))
+        })
     }
 
     /// The kept revisions; `None` when no daemon listens on the socket.
@@ -425,6 +465,61 @@ mod tests {
         };
         assert_eq!(json, br#"{"revision":7}"#);
         assert_eq!(old.join().unwrap(), ["status_zstd", "status"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A plan's text raw after the answer's line is read whole; one cut
+    /// short or not UTF-8 is an error naming what is wrong, not a plan.
+    #[test]
+    fn a_plan_text_raw_after_its_line_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("xlb-client-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("d.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let head = |bytes: usize| {
+            format!(
+                r#"{{"plan_text_raw":{{"verdict":{{"changed":true,"refused":false}},"bytes":{bytes}}}}}"#
+            )
+        };
+        let answers: Vec<(String, Vec<u8>)> = vec![
+            (head(12), b"plan: vip a\n".to_vec()),
+            (head(20), b"cut short".to_vec()),
+            (head(2), vec![0xff, 0xfe]),
+        ];
+        let daemon = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for (line, raw) in answers {
+                let (stream, _) = listener.accept().unwrap();
+                let mut request = String::new();
+                BufReader::new(&stream).read_line(&mut request).unwrap();
+                asked.push(serde_json::from_str::<serde_json::Value>(&request).unwrap());
+                let mut stream = stream;
+                writeln!(stream, "{line}").unwrap();
+                stream.write_all(&raw).unwrap();
+            }
+            asked
+        });
+        let client = Client::new(&socket);
+        let plan = || {
+            client.plan("lb.toml".into(), String::new(), "ops".into(), true, || {
+                Ok(())
+            })
+        };
+        let Ok(PlanAnswer::Text(t)) = plan() else {
+            panic!("the raw plan text was not read");
+        };
+        assert_eq!(t.text, "plan: vip a\n");
+        assert!(t.verdict.changed && !t.verdict.refused);
+        let message = |r: Result<PlanAnswer, Failure>| r.err().map(|e| e.message);
+        let cut = message(plan()).unwrap();
+        assert!(cut.contains("sent 9 of the plan's 20 bytes"), "{cut}");
+        let bad = message(plan()).unwrap();
+        assert!(bad.contains("not UTF-8"), "{bad}");
+        for request in daemon.join().unwrap() {
+            assert_eq!(request["as_text"], true);
+            assert_eq!(request["text_raw"], true);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -612,18 +612,30 @@ fn answer(
         },
         request => {
             let changed = changes(&request);
-            let as_text = matches!(request, Request::Plan { as_text: true, .. });
+            let (as_text, text_raw) = match request {
+                Request::Plan {
+                    as_text, text_raw, ..
+                } => (as_text, text_raw),
+                _ => (false, false),
+            };
             let mut response = dispatch(controller, request);
             if changed {
                 metrics.invalidate_change();
             }
             // The plan's text is rendered here, out of the controller's
             // lock (on every core at many VIPs), and sent instead of the
-            // whole document.
+            // whole document: raw after the line when the client reads it
+            // so (api.rs).
             if as_text && let Response::Plan(plan) = &response {
-                let text = Response::PlanText(Box::new(plan.to_text()));
+                let xlb_core::plan::PlanText { text, verdict } = plan.to_text();
                 // The document is freed while the text goes out.
-                crate::memory::drop_aside(std::mem::replace(&mut response, text));
+                crate::memory::drop_aside(response);
+                if text_raw {
+                    let bytes = text.len() as u64;
+                    let head = encode(&Response::PlanTextRaw { verdict, bytes })?;
+                    return Ok(vec![Bytes::from(head), Bytes::from(text.into_bytes())]);
+                }
+                response = Response::PlanText(Box::new(xlb_core::plan::PlanText { text, verdict }));
             }
             response
         }
