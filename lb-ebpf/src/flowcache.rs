@@ -167,10 +167,8 @@ pub fn get(at: &At, p: &Parsed, k4: &[u64; 2], stamp: u64) -> Option<ConnEntry> 
         }
         let s = at.v6.as_ref()?;
         let w = words6(p);
-        let mut d = 0;
-        for i in 0..10 {
-            d |= s.key[i] ^ w[i];
-        }
+        // The ten words compared without a branch each.
+        let d = s.key.iter().zip(&w).fold(0, |d, (a, b)| d | (a ^ b));
         if d != 0 || stamp.wrapping_sub(s.stamp) >= FLOW_CACHE_JIFFIES {
             return None;
         }
