@@ -51,6 +51,26 @@ fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     );
     let out = daemon.xlb(&["plan", &benign, "--detailed-exitcode"])?;
     ensure!(code(&out) == 3, "plan --detailed-exitcode: {out:?}");
+    // Read by a reader that stops at once (`xlb plan | head -0`): the CLI
+    // ends quietly by SIGPIPE, as Unix tools do, without a panic.
+    let mut child = std::process::Command::new(tests::xlbd::xlb_binary()?)
+        .args([
+            "--socket",
+            &daemon.socket.display().to_string(),
+            "plan",
+            &benign,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    use std::os::unix::process::ExitStatusExt as _;
+    ensure!(
+        out.status.signal() == Some(nix::libc::SIGPIPE) && out.stderr.is_empty(),
+        "plan into a closed pipe: {out:?}"
+    );
     let out = daemon.xlb(&["plan", &start, "--detailed-exitcode"])?;
     ensure!(code(&out) == 0, "plan of the live config: {out:?}");
 

@@ -38,6 +38,19 @@ use std::process::ExitCode;
 pub use args::{Cli, Command, FleetCommand, RunArgs, XdpModeArg};
 pub use output::{Failure, Output};
 
+/// A command whose output goes to a reader that stopped reading
+/// (`xlb status | head`) ends there, as other Unix tools do (killed by
+/// SIGPIPE, status 141 in a shell), instead of panicking in `println!`
+/// with a backtrace: the Rust runtime ignores SIGPIPE, so a write to a
+/// closed pipe fails and `println!` panics on the failure. Not for `xlb
+/// run`: a daemon must not die of a client that went away (its sockets'
+/// writes fail with EPIPE and are handled).
+fn stop_at_a_closed_pipe() {
+    // SAFETY: sets this process's SIGPIPE disposition back to the default;
+    // no handler is installed and no other state is touched.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Run one parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
@@ -136,6 +149,9 @@ pub fn main() -> ExitCode {
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
         .unwrap_or_else(|e| e.exit());
     let output = cli.output;
+    if !matches!(cli.command, Command::Run(_)) {
+        stop_at_a_closed_pipe();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
