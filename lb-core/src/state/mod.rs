@@ -362,6 +362,23 @@ pub struct Prebuilt {
     pub tables: HashMap<String, (Arc<Vip>, MaglevTable)>,
 }
 
+/// Every table of `config`, built ahead of its apply (`desired_reusing`
+/// takes them): a daemon's start builds them while the kernel verifies
+/// its program. A table that fails to build is left out, for the apply to
+/// build again and report.
+pub fn prebuild(config: &Config) -> Prebuilt {
+    let vips: Vec<Option<&Vip>> = config.vips.iter().map(|v| Some(&**v)).collect();
+    let tables = vip_tables(&vips, config.hash_seed)
+        .into_iter()
+        .zip(&config.vips)
+        .filter_map(|(table, v)| Some((v.name.clone(), (Arc::clone(v), table?.ok()?))))
+        .collect();
+    Prebuilt {
+        seed: config.hash_seed,
+        tables,
+    }
+}
+
 /// The Maglev table `v` builds under `seed`: its table backends (active,
 /// weighted) and its table size.
 pub fn vip_table(v: &Vip, seed: u32) -> Result<MaglevTable, maglev::MaglevError> {
@@ -1248,6 +1265,34 @@ mod tests {
         // Built under another seed: not taken.
         assert_eq!(apply(built_under(4)), full);
         assert_eq!(builds.get(), 2, "web's weights and api's size changed");
+    }
+
+    /// A start's tables built ahead (`prebuild`) are every VIP's, and a
+    /// first state made with them builds nothing and is the state made
+    /// without them.
+    #[test]
+    fn tables_built_ahead_make_the_first_state() {
+        let config = two_vips(3, 2, "02:00:00:00:00:12", 1033);
+        let ahead = prebuild(&config);
+        assert_eq!(ahead.seed, config.hash_seed);
+        assert_eq!(ahead.tables.len(), config.vips.len());
+        for v in &config.vips {
+            assert_eq!(
+                ahead.tables[&v.name].1,
+                vip_table(v, config.hash_seed).unwrap()
+            );
+        }
+        let builds = std::cell::Cell::new(0);
+        let first = desired_reusing(
+            Cow::Borrowed(&config),
+            &Allocation::default(),
+            None,
+            Some(ahead),
+            &|| builds.set(builds.get() + 1),
+        )
+        .unwrap();
+        assert_eq!(builds.get(), 0, "every table was built ahead");
+        assert_eq!(first, desired(&config, &Allocation::default()).unwrap());
     }
 
     /// A VIP without backends (a warning, not an error) has an empty table

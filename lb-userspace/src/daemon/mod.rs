@@ -131,11 +131,24 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         &opts.bpffs,
         opts.object.as_deref(),
     )?;
+    // A fresh start (no pinned state to adopt) builds the config's tables
+    // while the kernel verifies the program, a core each: ~0.3 s of one
+    // core at 1,000 VIPs x 64 backends with a pool each, beside ~0.15 s
+    // of loading (docs/BENCHMARKS.md, issue 20, "Twelfth round").
+    let ahead = (!inspected.pinned.holds_state()).then(|| {
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("xlb-tables".into())
+            .spawn(move || xlb_core::state::prebuild(&config))
+    });
     // From here on the interface and the pins change.
     // The connection table is sized here, once (and pinned): a later apply
     // that changes conn_table_size is refused.
-    let (dataplane, pinned) =
-        restart::load_and_attach(inspected, &interface, opts.mode).map_err(StartError::Failed)?;
+    let loaded = restart::load_and_attach(inspected, &interface, opts.mode);
+    // A thread that could not be made or failed builds nothing ahead: the
+    // apply builds every table.
+    let ahead = ahead.and_then(|spawned| spawned.ok()?.join().ok());
+    let (dataplane, pinned) = loaded.map_err(StartError::Failed)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let controller = Controller::new(dataplane, interface, ready.host, metrics)
         .with_revisions(ready.store)
@@ -148,7 +161,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         None => controller.with_metrics_bound(metrics_address),
     };
     let config_file = PathBuf::from(&opts.candidate.file);
-    let revision = restart::first_apply(&mut controller, &pinned, opts.candidate)
+    let revision = restart::first_apply(&mut controller, &pinned, opts.candidate, ahead)
         .map_err(StartError::Failed)?;
     log::info!("serving revision {revision}");
     // The start's parse and tables were made here and on the pool.

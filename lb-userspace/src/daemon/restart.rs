@@ -38,6 +38,7 @@ use xlb_core::reload::{ConfigFileStatus, Verdict, judge};
 use crate::daemon::controller::{ApplyError, Controller};
 use crate::daemon::start::{self, StartError};
 use xlb_core::revision::Kind;
+use xlb_core::state::Prebuilt;
 use xlb_dataplane::{Attached, Dataplane, DataplaneError, PinDir, Pinned, balancer_object};
 
 /// Ignore SIGHUP until the reload handler is installed (its default action
@@ -133,6 +134,7 @@ pub fn first_apply(
     controller: &mut Controller,
     pinned: &Pinned,
     candidate: Candidate,
+    ahead: Option<Prebuilt>,
 ) -> anyhow::Result<u64> {
     let file = candidate.file.clone();
     if pinned.holds_state() {
@@ -208,7 +210,7 @@ pub fn first_apply(
     }
     let text = candidate.text.clone();
     let revision = controller
-        .apply(candidate, ApplyOptions::unchecked(Kind::Startup))
+        .apply_prebuilt(candidate, ApplyOptions::unchecked(Kind::Startup), ahead)
         .map(|applied| applied.revision)
         .context("applying the initial config")?;
     controller.set_config_file(ConfigFileStatus::in_sync(

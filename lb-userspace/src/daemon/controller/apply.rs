@@ -138,16 +138,28 @@ impl Controller {
     /// revision). An operator's apply or edit that replaces a revision bakes.
     pub fn apply(
         &mut self,
+        candidate: Candidate,
+        options: ApplyOptions,
+    ) -> Result<Applied, ApplyError> {
+        self.apply_prebuilt(candidate, options, None)
+    }
+
+    /// [`Controller::apply`], with tables built ahead for `candidate`
+    /// (`state::prebuild`: the start's); an operator's change takes its
+    /// plan's instead.
+    pub fn apply_prebuilt(
+        &mut self,
         mut candidate: Candidate,
         options: ApplyOptions,
+        ahead: Option<Prebuilt>,
     ) -> Result<Applied, ApplyError> {
         let (origin, file) = (&candidate.origin, &candidate.file);
         // Hashed once (at the declared limits the text is 6 to 28 MB): for
         // the revision, the audit log and the config file's status.
         let config_hash = text_hash(&candidate.text);
         let ApplyOptions { kind, checks } = options;
-        // The tables the plan built, handed to the write.
-        let mut prebuilt = None;
+        // The tables the plan built (or built ahead), handed to the write.
+        let mut prebuilt = ahead;
         let plan = match checks {
             Checks::Unchecked => None,
             Checks::Operator {
