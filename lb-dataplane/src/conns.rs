@@ -253,16 +253,10 @@ impl Generation {
     /// flow cache.
     fn take(ebpf: &mut aya::Ebpf) -> Result<Option<Arc<Self>>, DataplaneError> {
         let name = maps::FLOW_CACHE_GEN;
-        let map = match ebpf.take_map(name) {
-            Some(Map::Array(map)) => map,
-            Some(_) => {
-                return Err(DataplaneError::Missing {
-                    kind: "BPF_MAP_TYPE_ARRAY",
-                    name,
-                });
-            }
-            None => return Ok(None),
-        };
+        if ebpf.map(name).is_none() {
+            return Ok(None);
+        }
+        let map = crate::objects::take_array(ebpf, name)?;
         let value = crate::mmap::MappedArray::new(map.fd().as_fd(), 1).map_err(io_err(name))?;
         Ok(Some(Arc::new(Self { _map: map, value })))
     }

@@ -640,15 +640,17 @@ fn answer(
             // whole document: raw after the line when the client reads it
             // so (api.rs).
             if as_text && let Response::Plan(plan) = &response {
-                let xlb_core::plan::PlanText { text, verdict } = plan.to_text();
+                let text = plan.to_text();
                 // The document is freed while the text goes out.
                 crate::memory::drop_aside(response);
                 if text_raw {
-                    let bytes = text.len() as u64;
-                    let head = encode(&Response::PlanTextRaw { verdict, bytes })?;
-                    return Ok(vec![Bytes::from(head), Bytes::from(text.into_bytes())]);
+                    let head = encode(&Response::PlanTextRaw {
+                        bytes: text.text.len() as u64,
+                        verdict: text.verdict,
+                    })?;
+                    return Ok(vec![Bytes::from(head), Bytes::from(text.text.into_bytes())]);
                 }
-                response = Response::PlanText(Box::new(xlb_core::plan::PlanText { text, verdict }));
+                response = Response::PlanText(Box::new(text));
             }
             response
         }
