@@ -261,7 +261,16 @@ pub(super) fn leaving_note(before: Side<'_>, after: Side<'_>) -> Option<String> 
 
 /// `41.2%`: a share or a fraction, one decimal.
 pub(super) fn percent(ratio: f64) -> String {
-    format!("{:.1}%", ratio * 100.0)
+    Percent(ratio).to_string()
+}
+
+/// A ratio as [`percent`] writes it, written where it goes.
+pub(super) struct Percent(pub f64);
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1}%", self.0 * 100.0)
+    }
 }
 
 /// `30%`, `0.1%`: a limit as written, without float noise.

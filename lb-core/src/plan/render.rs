@@ -39,7 +39,9 @@ use std::fmt::Display;
 
 use rayon::prelude::*;
 
-use super::lints::percent;
+use crate::table::Rows;
+
+use super::lints::{Percent, percent};
 use super::types::{BackendPlan, Change, Lint, Plan, VipPlan};
 
 /// What a plan says when no safety check refuses it.
@@ -292,46 +294,55 @@ fn render_vip(out: &mut String, vip: &VipPlan) {
     if vip.backends.is_empty() {
         return;
     }
-    let mut rows = vec![
-        [
-            "BACKEND",
-            "CHANGE",
-            "WEIGHT",
-            "STATE",
-            "SHARE",
-            "CAPACITY SHARE",
-            "ESTABLISHED",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    rows.extend(vip.backends.iter().map(backend_row));
-    crate::table::render_into(out, &rows, "  ");
+    let mut rows = Rows::with_header(&[
+        "BACKEND",
+        "CHANGE",
+        "WEIGHT",
+        "STATE",
+        "SHARE",
+        "CAPACITY SHARE",
+        "ESTABLISHED",
+    ]);
+    rows.reserve(vip.backends.len(), 7, 10);
+    for b in &vip.backends {
+        backend_row(&mut rows, b);
+    }
+    rows.render_into(out, "  ");
 }
 
-fn backend_row(b: &BackendPlan) -> Vec<String> {
-    vec![
-        format!("{} {}", marker(b.change), b.name),
-        b.change.to_string(),
-        before_after(b.weight_before, b.weight_after),
-        before_after(b.state_before.as_deref(), b.state_after.as_deref()),
-        format!(
-            "{} -> {}",
-            percent(b.share_before_ratio),
-            percent(b.share_after_ratio)
-        ),
-        percent(b.capacity_share_ratio),
-        b.established.describe().to_string(),
-    ]
+fn backend_row(rows: &mut Rows, b: &BackendPlan) {
+    rows.cell_fmt(format_args!("{} {}", marker(b.change), b.name))
+        .cell_fmt(format_args!("{}", b.change));
+    before_after(rows, b.weight_before, b.weight_after);
+    before_after(rows, b.state_before.as_deref(), b.state_after.as_deref());
+    rows.cell_fmt(format_args!(
+        "{} -> {}",
+        Percent(b.share_before_ratio),
+        Percent(b.share_after_ratio)
+    ))
+    .cell_fmt(format_args!("{}", Percent(b.capacity_share_ratio)))
+    .cell(b.established.describe())
+    .end_row();
 }
 
-/// `1` when the same, `1 -> 4` when not, `-` for absent.
-fn before_after<T: Display + PartialEq>(before: Option<T>, after: Option<T>) -> String {
-    let show = |v: &Option<T>| v.as_ref().map_or("-".to_string(), ToString::to_string);
+/// A cell of `1` when the same, `1 -> 4` when not, `-` for absent.
+fn before_after<T: Display + PartialEq>(rows: &mut Rows, before: Option<T>, after: Option<T>) {
     if before == after {
-        show(&before)
+        rows.cell_fmt(format_args!("{}", Shown(&before)));
     } else {
-        format!("{} -> {}", show(&before), show(&after))
+        rows.cell_fmt(format_args!("{} -> {}", Shown(&before), Shown(&after)));
+    }
+}
+
+/// A value, or `-` for none.
+struct Shown<'a, T>(&'a Option<T>);
+
+impl<T: Display> Display for Shown<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
