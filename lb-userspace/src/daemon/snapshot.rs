@@ -113,7 +113,7 @@ const NO_VIPS: &[u8] = b"\"vips\":[]";
 /// (docs/BENCHMARKS.md, "Sixth round", has sizes and times).
 const ZSTD_LEVEL: i32 = 1;
 
-/// VIPs encoded at least in one job of [`Published::new`] (each job makes
+/// At least this many VIPs to a job of [`Published::new`] (each job makes
 /// its encoders: a deflater allocates ~300 KiB).
 const VIPS_PER_JOB: usize = 16;
 
@@ -165,8 +165,9 @@ impl Published {
             .unwrap_or_default();
         // Each VIP's encodings on every core, each worker with encoders of
         // its own: a first document (a start, or a change of every VIP)
-        // at 1,000 VIPs x 64 backends encodes ~37 MB of JSON and as much
-        // text, which one thread took ~0.5 s to compress.
+        // at 1,000 VIPs x 64 backends encodes ~37 MB of JSON and ~40 MB of
+        // text: 190-310 ms on one thread, 135-190 ms on two cores
+        // (docs/BENCHMARKS.md, issue 20, "Thirteenth round").
         let parts: Vec<Arc<VipParts>> = status
             .vips
             .par_iter()
