@@ -38,13 +38,15 @@ pub const FIB_DST_MAP: &str = "XLB_FIB_DST";
 pub const FIB_DST6_MAP: &str = "XLB_FIB_DST6";
 
 /// One candidate for the connection table (xtask/benches/lru_choice.rs): its
-/// map and its two programs (insert a new flow; look up a known one). The
+/// map and its three programs (insert a new flow; look up a known one;
+/// insert the same flow again, on a cache-hot key). The
 /// LRU hashes and the set-associative arrays (`SA4`, `SA8`) alike.
 #[derive(Clone, Copy, Debug)]
 pub struct LruCandidate {
     pub map: &'static str,
     pub new_program: &'static str,
     pub hit_program: &'static str,
+    pub renew_program: &'static str,
 }
 
 /// One LRU list shared by all CPUs.
@@ -52,18 +54,21 @@ pub const LRU_COMMON: LruCandidate = LruCandidate {
     map: "XLB_LRU_COMMON",
     new_program: "xlb_lru_common_new",
     hit_program: "xlb_lru_common_hit",
+    renew_program: "xlb_lru_common_renew",
 };
 /// BPF_F_NO_COMMON_LRU: each CPU evicts from its own list.
 pub const LRU_NO_COMMON: LruCandidate = LruCandidate {
     map: "XLB_LRU_NO_COMMON",
     new_program: "xlb_lru_no_common_new",
     hit_program: "xlb_lru_no_common_hit",
+    renew_program: "xlb_lru_no_common_renew",
 };
 /// An LRU per-CPU hash.
 pub const LRU_PERCPU: LruCandidate = LruCandidate {
     map: "XLB_LRU_PERCPU",
     new_program: "xlb_lru_percpu_new",
     hit_program: "xlb_lru_percpu_hit",
+    renew_program: "xlb_lru_percpu_renew",
 };
 /// A set-associative table in a plain array, 4 ways a bucket: an array of
 /// `CONN_TABLE_SIZE / 4` buckets (lb-ebpf's aux.rs `SaBucket`), claimed with
@@ -72,12 +77,14 @@ pub const SA4: LruCandidate = LruCandidate {
     map: "XLB_SA4",
     new_program: "xlb_sa4_new",
     hit_program: "xlb_sa4_hit",
+    renew_program: "xlb_sa4_renew",
 };
 /// The same with 8 ways a bucket.
 pub const SA8: LruCandidate = LruCandidate {
     map: "XLB_SA8",
     new_program: "xlb_sa8_new",
     hit_program: "xlb_sa8_hit",
+    renew_program: "xlb_sa8_renew",
 };
 /// Ways a bucket of `SA4` and `SA8`.
 pub const SA4_WAYS: u32 = 4;
@@ -117,7 +124,7 @@ pub const MAPS: [&str; 14] = [
 ];
 
 /// Every program the aux object must define.
-pub const PROGRAMS: [&str; 16] = [
+pub const PROGRAMS: [&str; 21] = [
     PASS_PROGRAM,
     MAC_SWAP_PROGRAM,
     GEN_BOUNCE_PROGRAM,
@@ -134,6 +141,11 @@ pub const PROGRAMS: [&str; 16] = [
     SA8.new_program,
     SA8.hit_program,
     SA_HASH_PROGRAM,
+    LRU_COMMON.renew_program,
+    LRU_NO_COMMON.renew_program,
+    LRU_PERCPU.renew_program,
+    SA4.renew_program,
+    SA8.renew_program,
 ];
 
 /// Distinct TCP source ports (flows) the generator cycles through.

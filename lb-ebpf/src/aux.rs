@@ -213,6 +213,7 @@ pub static XLB_LRU_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
 /// Marks the first key word: new-flow keys and the known key never collide.
 const NEW_FLOW_MARK: u32 = 0x4e45_5700;
 const KNOWN_FLOW_MARK: u32 = 0x4b4e_4f00;
+const RENEW_FLOW_MARK: u32 = 0x524e_5700;
 
 #[inline(always)]
 fn this_cpu() -> u32 {
@@ -250,15 +251,40 @@ fn known_flow_key() -> FlowWords {
     }
 }
 
-/// For each candidate map, two programs that do the map work of one packet
+/// The one flow the "renew" programs file again and again, one per CPU.
+#[inline(always)]
+fn renew_flow_key() -> FlowWords {
+    FlowWords {
+        src: [RENEW_FLOW_MARK, this_cpu(), 0, 0],
+        ..known_flow_key()
+    }
+}
+
+/// For each candidate map, three programs that do the map work of one packet
 /// and then what the floor does (MAC swap, XDP_TX), so their time above the
 /// floor is the map's:
 /// - `new`: insert a flow never seen (a full table evicts its oldest entry);
 /// - `hit`: look up a flow that is there. A miss (only the first run, or
 ///   after other programs' inserts evicted the flow) inserts it and returns
-///   XDP_PASS, so a bench sees a last run that missed.
+///   XDP_PASS, so a bench sees a last run that missed;
+/// - `renew`: insert the same flow again (one per CPU): the insert on a
+///   cache-hot key, as the `dataplane` bench's SYN rows measure it (they
+///   delete the flow before each run; an LRU hash's update of a present key
+///   takes a free node and frees the old one, the same path).
 macro_rules! lru_programs {
-    ($map:ident, $new:ident, $hit:ident) => {
+    ($map:ident, $new:ident, $hit:ident, $renew:ident) => {
+        #[xdp]
+        pub fn $renew(ctx: XdpContext) -> u32 {
+            if $map.insert(&renew_flow_key(), &1, 0).is_err() {
+                return xdp_action::XDP_DROP;
+            }
+            if swap_macs(&ctx) {
+                xdp_action::XDP_TX
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+
         #[xdp]
         pub fn $new(ctx: XdpContext) -> u32 {
             let Some(key) = new_flow_key() else {
@@ -290,13 +316,24 @@ macro_rules! lru_programs {
     };
 }
 
-lru_programs!(XLB_LRU_COMMON, xlb_lru_common_new, xlb_lru_common_hit);
+lru_programs!(
+    XLB_LRU_COMMON,
+    xlb_lru_common_new,
+    xlb_lru_common_hit,
+    xlb_lru_common_renew
+);
 lru_programs!(
     XLB_LRU_NO_COMMON,
     xlb_lru_no_common_new,
-    xlb_lru_no_common_hit
+    xlb_lru_no_common_hit,
+    xlb_lru_no_common_renew
 );
-lru_programs!(XLB_LRU_PERCPU, xlb_lru_percpu_new, xlb_lru_percpu_hit);
+lru_programs!(
+    XLB_LRU_PERCPU,
+    xlb_lru_percpu_new,
+    xlb_lru_percpu_hit,
+    xlb_lru_percpu_renew
+);
 
 /// A set-associative connection table in a plain array map: the candidate
 /// that does not go through the kernel's LRU hash. One array element is a
@@ -511,9 +548,27 @@ unsafe fn sa_insert<const W: usize>(
 /// The set-associative candidates' programs, as `lru_programs!`'s: `new`
 /// files a flow never seen (a full bucket gives up its oldest way; an
 /// insert given up is counted in `XLB_SA_LOST` and the frame still sent),
-/// `hit` finds the known flow (a miss files it and returns XDP_PASS).
+/// `hit` finds the known flow (a miss files it and returns XDP_PASS),
+/// `renew` files the same flow again (XDP_DROP when given up).
 macro_rules! sa_programs {
-    ($map:ident, $mask_index:expr, $new:ident, $hit:ident) => {
+    ($map:ident, $mask_index:expr, $new:ident, $hit:ident, $renew:ident) => {
+        #[xdp]
+        pub fn $renew(ctx: XdpContext) -> u32 {
+            let key = renew_flow_key();
+            let Some((b, tag)) = sa_bucket(&$map, $mask_index, &key) else {
+                return xdp_action::XDP_ABORTED;
+            };
+            // SAFETY: `b` is a bucket of the map (sa_bucket).
+            if unsafe { sa_insert(b, &key, tag, 1) }.is_err() {
+                return xdp_action::XDP_DROP;
+            }
+            if swap_macs(&ctx) {
+                xdp_action::XDP_TX
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+
         #[xdp]
         pub fn $new(ctx: XdpContext) -> u32 {
             let Some(key) = new_flow_key() else {
@@ -557,8 +612,8 @@ macro_rules! sa_programs {
     };
 }
 
-sa_programs!(XLB_SA4, 0, xlb_sa4_new, xlb_sa4_hit);
-sa_programs!(XLB_SA8, 1, xlb_sa8_new, xlb_sa8_hit);
+sa_programs!(XLB_SA4, 0, xlb_sa4_new, xlb_sa4_hit, xlb_sa4_renew);
+sa_programs!(XLB_SA8, 1, xlb_sa8_new, xlb_sa8_hit, xlb_sa8_renew);
 
 /// The set-associative rows' hash alone: a new flow's key and its
 /// `flow_hash`, then the floor's work. The balancer hashes every flow for

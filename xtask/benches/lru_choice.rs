@@ -12,7 +12,9 @@
 //! repeat > 1 is sound. Rows:
 //! - new flow: insert a key no run used before, into a table filled first
 //!   (the steady state of a busy balancer: every insert evicts);
-//! - hit: look up a key that is there.
+//! - hit: look up a key that is there;
+//! - same flow again: insert one key (per CPU) over and over: the insert on
+//!   a cache-hot key, as `dataplane`'s SYN rows measure it.
 //!
 //! The set-associative rows hash the key with the balancer's `flow_hash`
 //! (the LRU hashes it in the kernel with jhash); the row "flow hash only"
@@ -148,6 +150,10 @@ fn rows() -> Vec<Row> {
         rows.push(Row {
             label: format!("{}: hit", c.label),
             program: c.names.hit_program,
+        });
+        rows.push(Row {
+            label: format!("{}: same flow again", c.label),
+            program: c.names.renew_program,
         });
     }
     rows
