@@ -38,12 +38,15 @@ pub const FIB_DST_MAP: &str = "XLB_FIB_DST";
 pub const FIB_DST6_MAP: &str = "XLB_FIB_DST6";
 
 /// One candidate for the connection table (xtask/benches/lru_choice.rs): its
-/// map and its two programs (insert a new flow; look up a known one).
+/// map and its three programs (insert a new flow; look up a known one;
+/// insert the same flow again, on a cache-hot key). The
+/// LRU hashes and the set-associative arrays (`SA4`, `SA8`) alike.
 #[derive(Clone, Copy, Debug)]
 pub struct LruCandidate {
     pub map: &'static str,
     pub new_program: &'static str,
     pub hit_program: &'static str,
+    pub renew_program: &'static str,
 }
 
 /// One LRU list shared by all CPUs.
@@ -51,23 +54,59 @@ pub const LRU_COMMON: LruCandidate = LruCandidate {
     map: "XLB_LRU_COMMON",
     new_program: "xlb_lru_common_new",
     hit_program: "xlb_lru_common_hit",
+    renew_program: "xlb_lru_common_renew",
 };
 /// BPF_F_NO_COMMON_LRU: each CPU evicts from its own list.
 pub const LRU_NO_COMMON: LruCandidate = LruCandidate {
     map: "XLB_LRU_NO_COMMON",
     new_program: "xlb_lru_no_common_new",
     hit_program: "xlb_lru_no_common_hit",
+    renew_program: "xlb_lru_no_common_renew",
 };
 /// An LRU per-CPU hash.
 pub const LRU_PERCPU: LruCandidate = LruCandidate {
     map: "XLB_LRU_PERCPU",
     new_program: "xlb_lru_percpu_new",
     hit_program: "xlb_lru_percpu_hit",
+    renew_program: "xlb_lru_percpu_renew",
 };
-pub const LRU_CANDIDATES: [LruCandidate; 3] = [LRU_COMMON, LRU_NO_COMMON, LRU_PERCPU];
+/// A set-associative table in a plain array, 4 ways a bucket: an array of
+/// `CONN_TABLE_SIZE / 4` buckets (lb-ebpf's aux.rs `SaBucket`), claimed with
+/// a compare-and-exchange, no kernel LRU.
+pub const SA4: LruCandidate = LruCandidate {
+    map: "XLB_SA4",
+    new_program: "xlb_sa4_new",
+    hit_program: "xlb_sa4_hit",
+    renew_program: "xlb_sa4_renew",
+};
+/// The same with 8 ways a bucket.
+pub const SA8: LruCandidate = LruCandidate {
+    map: "XLB_SA8",
+    new_program: "xlb_sa8_new",
+    hit_program: "xlb_sa8_hit",
+    renew_program: "xlb_sa8_renew",
+};
+/// Ways a bucket of `SA4` and `SA8`.
+pub const SA4_WAYS: u32 = 4;
+pub const SA8_WAYS: u32 = 8;
+/// u32 at index 0 (`SA4`) and 1 (`SA8`): the table's bucket count − 1 (a
+/// power of two less one), written by the bench; 0 puts every flow in
+/// bucket 0.
+pub const SA_MASK_MAP: &str = "XLB_SA_MASK";
+/// Per-CPU u64 at the same indexes as `SA_MASK_MAP`: the inserts a
+/// set-associative candidate gave up (its way's compare-and-exchange lost
+/// to another CPU, or every way of the bucket held by a writer).
+pub const SA_LOST_MAP: &str = "XLB_SA_LOST";
+/// A new flow's key and the set-associative tables' hash of it, then the
+/// floor's work: the part of the `SA*` rows a table reusing the balancer's
+/// flow hash would not pay.
+pub const SA_HASH_PROGRAM: &str = "xlb_sa_hash";
+
+/// Every candidate, as the smoke test (tests/bench_programs.rs) runs them.
+pub const LRU_CANDIDATES: [LruCandidate; 5] = [LRU_COMMON, LRU_NO_COMMON, LRU_PERCPU, SA4, SA8];
 
 /// Every map the aux object must define.
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 14] = [
     GEN_COUNT_MAP,
     GEN_STOP_MAP,
     GEN_TEMPLATE_MAP,
@@ -78,10 +117,14 @@ pub const MAPS: [&str; 10] = [
     LRU_COMMON.map,
     LRU_NO_COMMON.map,
     LRU_PERCPU.map,
+    SA4.map,
+    SA8.map,
+    SA_MASK_MAP,
+    SA_LOST_MAP,
 ];
 
 /// Every program the aux object must define.
-pub const PROGRAMS: [&str; 11] = [
+pub const PROGRAMS: [&str; 21] = [
     PASS_PROGRAM,
     MAC_SWAP_PROGRAM,
     GEN_BOUNCE_PROGRAM,
@@ -93,6 +136,16 @@ pub const PROGRAMS: [&str; 11] = [
     LRU_NO_COMMON.hit_program,
     LRU_PERCPU.new_program,
     LRU_PERCPU.hit_program,
+    SA4.new_program,
+    SA4.hit_program,
+    SA8.new_program,
+    SA8.hit_program,
+    SA_HASH_PROGRAM,
+    LRU_COMMON.renew_program,
+    LRU_NO_COMMON.renew_program,
+    LRU_PERCPU.renew_program,
+    SA4.renew_program,
+    SA8.renew_program,
 ];
 
 /// Distinct TCP source ports (flows) the generator cycles through.
