@@ -71,7 +71,14 @@ fn swap_macs(ctx: &XdpContext) -> bool {
 /// The floor: swap the Ethernet addresses and send the frame back.
 #[xdp]
 pub fn xlb_mac_swap(ctx: XdpContext) -> u32 {
-    if swap_macs(&ctx) {
+    floor(&ctx)
+}
+
+/// What the floor does: the MAC swap and XDP_TX (XDP_PASS for a frame too
+/// short); the candidates' programs end with it after their map work.
+#[inline(always)]
+fn floor(ctx: &XdpContext) -> u32 {
+    if swap_macs(ctx) {
         xdp_action::XDP_TX
     } else {
         xdp_action::XDP_PASS
@@ -278,11 +285,7 @@ macro_rules! lru_programs {
             if $map.insert(&renew_flow_key(), &1, 0).is_err() {
                 return xdp_action::XDP_DROP;
             }
-            if swap_macs(&ctx) {
-                xdp_action::XDP_TX
-            } else {
-                xdp_action::XDP_PASS
-            }
+            floor(&ctx)
         }
 
         #[xdp]
@@ -293,11 +296,7 @@ macro_rules! lru_programs {
             if $map.insert(&key, &1, 0).is_err() {
                 return xdp_action::XDP_DROP;
             }
-            if swap_macs(&ctx) {
-                xdp_action::XDP_TX
-            } else {
-                xdp_action::XDP_PASS
-            }
+            floor(&ctx)
         }
 
         #[xdp]
@@ -307,11 +306,7 @@ macro_rules! lru_programs {
                 let _ = $map.insert(&key, &1, 0);
                 return xdp_action::XDP_PASS;
             }
-            if swap_macs(&ctx) {
-                xdp_action::XDP_TX
-            } else {
-                xdp_action::XDP_PASS
-            }
+            floor(&ctx)
         }
     };
 }
@@ -467,7 +462,8 @@ unsafe fn sa_lookup<const W: usize>(b: *mut SaBucket<W>, key: &FlowWords, tag: u
             }
             let stamp = (w1 >> 32) as u32;
             if now.wrapping_sub(stamp) > SA_REFRESH_JIFFIES {
-                // Lost to a writer: the flow's way is that writer's now.
+                // A refresh that loses to a writer is left: the way is
+                // that writer's now.
                 let _ = sa_cmpxchg(
                     &raw mut (*b).words[i],
                     w1,
@@ -562,11 +558,7 @@ macro_rules! sa_programs {
             if unsafe { sa_insert(b, &key, tag, 1) }.is_err() {
                 return xdp_action::XDP_DROP;
             }
-            if swap_macs(&ctx) {
-                xdp_action::XDP_TX
-            } else {
-                xdp_action::XDP_PASS
-            }
+            floor(&ctx)
         }
 
         #[xdp]
@@ -584,11 +576,7 @@ macro_rules! sa_programs {
                 // SAFETY: this CPU's slot; XDP is not preempted by XDP.
                 unsafe { *lost += 1 };
             }
-            if swap_macs(&ctx) {
-                xdp_action::XDP_TX
-            } else {
-                xdp_action::XDP_PASS
-            }
+            floor(&ctx)
         }
 
         #[xdp]
@@ -603,11 +591,7 @@ macro_rules! sa_programs {
                 let _ = unsafe { sa_insert(b, &key, tag, 1) };
                 return xdp_action::XDP_PASS;
             }
-            if swap_macs(&ctx) {
-                xdp_action::XDP_TX
-            } else {
-                xdp_action::XDP_PASS
-            }
+            floor(&ctx)
         }
     };
 }
@@ -626,11 +610,7 @@ pub fn xlb_sa_hash(ctx: XdpContext) -> u32 {
     if flow_hash(&key, SA_SEED) == 0x5a5a_5a5a {
         return xdp_action::XDP_PASS;
     }
-    if swap_macs(&ctx) {
-        xdp_action::XDP_TX
-    } else {
-        xdp_action::XDP_PASS
-    }
+    floor(&ctx)
 }
 
 /// The IPv4 address `xlb_fib_lookup` asks the FIB about (network order, as
@@ -688,9 +668,5 @@ fn fib_then_swap(ctx: &XdpContext, f: &mut bpf_fib_lookup) -> u32 {
     if ret != 0 {
         return xdp_action::XDP_DROP;
     }
-    if swap_macs(ctx) {
-        xdp_action::XDP_TX
-    } else {
-        xdp_action::XDP_PASS
-    }
+    floor(ctx)
 }
